@@ -1,0 +1,31 @@
+"""Error types of autoprune.
+
+A user's mistake (bad config, unknown name, unreadable file) raises an
+:class:`AutopruneError` subclass whose message names the culprit and what is
+allowed; the CLI prints it as one line and exits with code 2. Anything else is a
+bug and keeps its traceback.
+"""
+
+
+class AutopruneError(Exception):
+    """Base class for errors caused by user input or environment."""
+
+
+class ConfigError(AutopruneError):
+    """A configuration value (file, CLI argument or API argument) is invalid."""
+
+
+class DataError(AutopruneError):
+    """A data set cannot be found or read."""
+
+
+class ModelError(AutopruneError):
+    """A model cannot be built, loaded or analysed."""
+
+
+class PolicyError(AutopruneError):
+    """A pruning policy does not fit the model it is applied to."""
+
+
+class BudgetError(AutopruneError):
+    """A budget cannot be met with the allowed pruning ratios."""

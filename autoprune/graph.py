@@ -1,0 +1,510 @@
+"""``PrunableGraph``: the model seen as an ordered list of prunable units and droppable blocks.
+
+Torch-Pruning's dependency graph is built once. Each dependency group (all
+layers whose channels must be pruned together, e.g. every conv that writes into
+one residual stream) becomes one :class:`PrunableUnit`, named after the module
+path of its root layer. Residual blocks whose input and output shapes match
+become :class:`DroppableBlock` s: dropping one replaces it by its shortcut.
+
+The graph also knows, for every layer, which unit owns its input and output
+channels, so the layer shapes (and hence the latency) of any policy can be
+predicted without touching the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from autoprune.errors import ModelError, PolicyError
+from autoprune.layerspec import LayerSpec
+
+log = logging.getLogger(__name__)
+
+PARAM_LAYER_KINDS = ("conv2d", "conv1d", "linear")
+
+
+@dataclass(frozen=True)
+class UnitFeatures:
+    """Model-size-invariant description of a unit, used as an agent's observation.
+
+    Attributes:
+        kind: ``conv``, ``depthwise`` (group holds a depthwise conv) or ``linear``.
+        channels: Number of prunable channels in the group.
+        in_channels: Input channels of the root layer.
+        kernel: Kernel size of the root layer (1 for linear).
+        stride: Stride of the root layer (1 for linear).
+        macs: MACs of every layer whose input or output channels this unit prunes.
+        params: Parameters of those layers.
+        depth: Relative position of the root layer in execution order, 0..1.
+        resolution: Spatial size of the root layer's input relative to the model input, 0..1.
+        coupled: Whether several layers write into these channels (e.g. a residual stream).
+        n_layers: Layers whose channels this unit prunes (input or output side).
+    """
+
+    kind: str
+    channels: int
+    in_channels: int
+    kernel: int
+    stride: int
+    macs: int
+    params: int
+    depth: float
+    resolution: float
+    coupled: bool
+    n_layers: int
+
+
+@dataclass(frozen=True)
+class PrunableUnit:
+    """One dependency group of coupled channels, named after its root layer."""
+
+    name: str
+    features: UnitFeatures
+    out_layers: tuple[str, ...]
+    in_layers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DroppableBlock:
+    """A residual block ``y = f(x) + x`` that can be replaced by its identity shortcut."""
+
+    name: str
+    macs: int
+    params: int
+    depth: float
+    units_inside: tuple[str, ...]
+
+
+def kept_channels(n: int, ratio: float, round_to: int | None = None) -> int:
+    """How many of ``n`` channels survive pruning by ``ratio`` (rounded to a multiple of ``round_to``).
+
+    Raises:
+        PolicyError: if the ratio is outside [0, 1) or would remove every channel.
+    """
+    if not (0.0 <= ratio < 1.0):
+        raise PolicyError(f"pruning ratio {ratio!r} is out of range; allowed: 0 <= ratio < 1")
+    keep = int(round(n * (1.0 - ratio)))
+    if round_to and round_to > 1 and n > round_to:
+        keep = int(round(keep / round_to)) * round_to
+        keep = max(round_to, keep)
+    keep = min(n, keep)
+    if keep < 1:
+        raise PolicyError(f"pruning ratio {ratio:.3f} would remove all {n} channels; use a smaller ratio")
+    return keep
+
+
+def _conv_macs(spec: LayerSpec) -> int:
+    if spec.kind in ("conv2d",):
+        n, _, h, w = spec.input_shape
+        kh, kw = spec.kernel_size
+        sh, sw = spec.stride
+        ph, pw = spec.padding
+        ho = (h + 2 * ph - kh) // sh + 1
+        wo = (w + 2 * pw - kw) // sw + 1
+        return n * spec.out_channels * (spec.in_channels // spec.groups) * kh * kw * ho * wo
+    if spec.kind == "linear":
+        return spec.input_shape[0] * spec.in_channels * spec.out_channels
+    return 0
+
+
+def spec_macs(spec: LayerSpec) -> int:
+    """Multiply-accumulates of one layer call (convs and linears; 0 for the rest)."""
+    return _conv_macs(spec)
+
+
+def record_layer_specs(model: nn.Module, example_input: torch.Tensor) -> list[LayerSpec]:
+    """Run ``model`` once with hooks on every leaf module and return their specs in call order."""
+    names = {m: n for n, m in model.named_modules()}
+    specs: list[LayerSpec] = []
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if not inputs or not isinstance(inputs[0], torch.Tensor):
+            return
+        x = inputs[0]
+        kind = type(module).__name__.lower()
+        shape = tuple(int(s) for s in x.shape)
+        in_c = shape[1] if len(shape) > 1 else shape[0]
+        out_c = int(output.shape[1]) if isinstance(output, torch.Tensor) and output.dim() > 1 else in_c
+        kwargs: dict = {}
+        if isinstance(module, nn.Conv2d):
+            kwargs = dict(
+                kernel_size=tuple(module.kernel_size), stride=tuple(module.stride), padding=tuple(module.padding),  # type: ignore[arg-type]
+                groups=module.groups, bias=module.bias is not None,
+            )
+        elif isinstance(module, nn.Linear):
+            kwargs = dict(bias=module.bias is not None)
+            in_c, out_c = module.in_features, module.out_features
+        elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+            k, s, p = (module.kernel_size, module.stride, module.padding)
+            as2 = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+            kwargs = dict(kernel_size=as2(k), stride=as2(s), padding=as2(p))
+        specs.append(LayerSpec(names[module], kind, in_c, out_c, shape, **kwargs))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if len(list(m.children())) == 0]
+    try:
+        was_training = model.training
+        model.eval()
+        with torch.inference_mode():
+            model(example_input)
+        model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    return specs
+
+
+def _is_residual_by_trace(module: nn.Module) -> bool:
+    """True if torch.fx shows the module returns ``input + f(input)`` (optionally through an activation)."""
+    try:
+        gm = torch.fx.symbolic_trace(module)
+    except Exception:
+        return False
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        return False
+    x = placeholders[0]
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    if not isinstance(out, torch.fx.Node):
+        return False
+    node = out
+    # Skip one trailing activation: relu(x + f(x)).
+    if node.op in ("call_function", "call_method", "call_module") and len(node.args) >= 1 and not _is_add(node):
+        node = node.args[0] if isinstance(node.args[0], torch.fx.Node) else node
+    if not _is_add(node):
+        return False
+    return any(a is x or _is_identity_of(a, x, gm) for a in node.args)
+
+
+def _is_add(node: torch.fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in (operator.add, torch.add)) or (
+        node.op == "call_method" and node.target == "add"
+    )
+
+
+def _is_identity_of(node: object, x: torch.fx.Node, gm: torch.fx.GraphModule) -> bool:
+    if not isinstance(node, torch.fx.Node) or node.op != "call_module":
+        return False
+    sub = gm.get_submodule(str(node.target))
+    return isinstance(sub, nn.Identity) and node.args and node.args[0] is x
+
+
+class PrunableGraph:
+    """The prunable structure of one model, built once and asked by everything else.
+
+    Args:
+        model: The dense model (not modified; the graph keeps a reference to it).
+        example_input: One batch shaped like the model's input.
+        ignored: Module names not to prune (besides the classifier output, always ignored).
+        drop_blocks: Whether to look for droppable residual blocks.
+
+    Raises:
+        ModelError: if the model cannot be traced or holds a layer Torch-Pruning cannot handle.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        *,
+        ignored: Sequence[str] = (),
+        drop_blocks: bool = True,
+    ) -> None:
+        self.model = model
+        self.example_input = example_input
+        self._module_by_name = dict(model.named_modules())
+        unknown = [n for n in ignored if n not in self._module_by_name]
+        if unknown:
+            raise ModelError(f"ignored layers: {unknown} are not modules of the model")
+        self._check_supported_layers(set(ignored))
+        self.dense_specs = record_layer_specs(model, example_input)
+        self._exec_order = {s.module_name: i for i, s in enumerate(self.dense_specs)}
+        param_specs = [s for s in self.dense_specs if s.kind in PARAM_LAYER_KINDS]
+        if not param_specs:
+            raise ModelError("the model has no Conv2d or Linear layer to prune")
+        self.output_layer = param_specs[-1].module_name
+        ignored_modules = [self._module_by_name[n] for n in (*ignored, self.output_layer)]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.dg = tp.DependencyGraph().build_dependency(
+                    model, example_inputs=example_input, verbose=False
+                )
+        except Exception as e:
+            raise ModelError(f"Torch-Pruning cannot trace the model ({type(e).__name__}: {e})") from e
+        self._groups: dict[str, tp.dependency.Group] = {}
+        self.units = self._collect_units(ignored_modules)
+        self.blocks = self._collect_blocks() if drop_blocks else []
+        self._importance_cache: dict[str, dict[str, torch.Tensor]] = {}
+
+    # ----------------------------------------------------------------- discovery
+    def _check_supported_layers(self, ignored: set[str]) -> None:
+        for name, m in self.model.named_modules():
+            if len(list(m.children())) or not list(m.parameters(recurse=False)):
+                continue
+            if name in ignored:
+                continue
+            if tp.ops.module2type(m) == tp.ops.OPTYPE.ELEMENTWISE or isinstance(m, (nn.LSTM, nn.GRU, nn.RNN)):
+                raise ModelError(
+                    f"layer {name!r} ({type(m).__name__}) is not supported by the pruning graph; "
+                    f"add it to model.ignore or replace it with a supported layer (Conv, Linear, BatchNorm, LayerNorm, ...)"
+                )
+
+    def _name(self, module: object) -> str | None:
+        return self.dg._module2name.get(module)  # noqa: SLF001 - Torch-Pruning exposes no public accessor
+
+    def _collect_units(self, ignored_modules: list[nn.Module]) -> list[PrunableUnit]:
+        layer_by_name = {s.module_name: s for s in self.dense_specs}
+        n_layers = max(1, len(self.dense_specs) - 1)
+        input_hw = self.example_input.shape[-1] if self.example_input.dim() == 4 else 1
+        units = []
+        self.out_owner: dict[str, str] = {}
+        self.in_owner: dict[str, str] = {}
+        for group in self.dg.get_all_groups(ignored_layers=ignored_modules, root_module_types=(nn.Conv2d, nn.Conv1d, nn.Linear)):
+            root = group[0].dep.target.module
+            name = self._name(root)
+            if name is None:
+                continue
+            outs, ins, depthwise = [], [], False
+            for dep, _ in group:
+                mname = self._name(dep.target.module)
+                if mname is None or mname not in self._module_by_name:
+                    continue
+                if self.dg.is_out_channel_pruning_fn(dep.handler):
+                    outs.append(mname)
+                    self.out_owner[mname] = name
+                else:
+                    ins.append(mname)
+                    self.in_owner[mname] = name
+                m = dep.target.module
+                if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels:
+                    depthwise = True
+                    self.in_owner[mname] = name
+            self._groups[name] = group
+            root_spec = layer_by_name.get(name)
+            touched = {n for n in outs + ins if n in layer_by_name}
+            macs = sum(spec_macs(layer_by_name[n]) for n in touched)
+            params = sum(p.numel() for n in touched for p in self._module_by_name[n].parameters(recurse=False))
+            kind = "depthwise" if depthwise else ("linear" if isinstance(root, nn.Linear) else "conv")
+            conv_outs = [n for n in outs if isinstance(self._module_by_name[n], (nn.Conv2d, nn.Conv1d, nn.Linear))]
+            res = 1.0
+            if root_spec is not None and len(root_spec.input_shape) == 4:
+                res = root_spec.input_shape[-1] / input_hw
+            features = UnitFeatures(
+                kind=kind,
+                channels=len(group[0][1]),
+                in_channels=root_spec.in_channels if root_spec else 0,
+                kernel=root_spec.kernel_size[0] if root_spec else 1,
+                stride=root_spec.stride[0] if root_spec else 1,
+                macs=int(macs),
+                params=int(params),
+                depth=self._exec_order.get(name, 0) / n_layers,
+                resolution=float(res),
+                coupled=len(conv_outs) > 1,
+                n_layers=len(touched),
+            )
+            units.append(PrunableUnit(name, features, tuple(outs), tuple(ins)))
+        units.sort(key=lambda u: self._exec_order.get(u.name, 0))
+        return units
+
+    def _collect_blocks(self) -> list[DroppableBlock]:
+        blocks = []
+        shapes: dict[str, tuple[tuple, tuple]] = {}
+        handles = []
+        for name, m in self.model.named_modules():
+            if name and len(list(m.children())):
+                def hook(mod, inp, out, name=name):  # noqa: ANN001
+                    if inp and isinstance(inp[0], torch.Tensor) and isinstance(out, torch.Tensor):
+                        shapes[name] = (tuple(inp[0].shape), tuple(out.shape))
+                handles.append(m.register_forward_hook(hook))
+        try:
+            self.model.eval()
+            with torch.inference_mode():
+                self.model(self.example_input)
+        finally:
+            for h in handles:
+                h.remove()
+        n_layers = max(1, len(self.dense_specs) - 1)
+        for name, (ishape, oshape) in shapes.items():
+            m = self._module_by_name[name]
+            if ishape != oshape:
+                continue
+            flagged = getattr(m, "residual", None)
+            if flagged is False:
+                continue
+            if not (flagged is True or _is_residual_by_trace(m)):
+                continue
+            if any(name.startswith(b.name + ".") for b in blocks):
+                continue
+            inside = [s for s in self.dense_specs if s.module_name.startswith(name + ".")]
+            if not inside:
+                continue
+            blocks.append(
+                DroppableBlock(
+                    name=name,
+                    macs=sum(spec_macs(s) for s in inside),
+                    params=sum(p.numel() for p in m.parameters()),
+                    depth=self._exec_order[inside[0].module_name] / n_layers,
+                    units_inside=tuple(u.name for u in self.units if u.name.startswith(name + ".")),
+                )
+            )
+        blocks.sort(key=lambda b: b.depth)
+        return blocks
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def unit_names(self) -> list[str]:
+        """Unit names in graph (execution) order."""
+        return [u.name for u in self.units]
+
+    @property
+    def block_names(self) -> list[str]:
+        """Droppable block names in execution order."""
+        return [b.name for b in self.blocks]
+
+    def unit(self, name: str) -> PrunableUnit:
+        """The unit called ``name``. Raises PolicyError for an unknown name."""
+        for u in self.units:
+            if u.name == name:
+                return u
+        raise PolicyError(f"unknown unit {name!r}; units of this model: {', '.join(self.unit_names)}")
+
+    def module(self, name: str) -> nn.Module:
+        """The dense model's module at dotted path ``name``."""
+        return self._module_by_name[name]
+
+    def group(self, unit_name: str) -> tp.dependency.Group:
+        """Torch-Pruning's dependency group of a unit (on the dense model)."""
+        return self._groups[unit_name]
+
+    @property
+    def dense_macs(self) -> int:
+        """MACs of the dense model at the example input's batch size."""
+        return sum(spec_macs(s) for s in self.dense_specs)
+
+    def validate_policy(self, ratios: dict[str, float], drop: Iterable[str] = ()) -> None:
+        """Check that every unit and block name exists and every ratio is in [0, 1).
+
+        Raises:
+            PolicyError: naming the missing, extra or out-of-range entries.
+        """
+        extra = sorted(set(ratios) - set(self.unit_names))
+        if extra:
+            raise PolicyError(
+                f"policy names units the model does not have: {extra}; model units: {self.unit_names} "
+                f"(use 'autoprune transfer' for another architecture)"
+            )
+        bad_drop = sorted(set(drop) - set(self.block_names))
+        if bad_drop:
+            raise PolicyError(f"policy drops blocks the model does not have: {bad_drop}; droppable blocks: {self.block_names}")
+        for name, r in ratios.items():
+            if not isinstance(r, (int, float)) or not (0.0 <= float(r) < 1.0):
+                raise PolicyError(f"ratio of unit {name!r} is {r!r}; allowed: 0 <= ratio < 1")
+
+    def kept(self, ratios: dict[str, float], round_to: int | None = None) -> dict[str, int]:
+        """Surviving channel count per unit under ``ratios`` (missing units keep all channels)."""
+        out = {}
+        for u in self.units:
+            r = float(ratios.get(u.name, 0.0))
+            try:
+                out[u.name] = kept_channels(u.features.channels, r, round_to)
+            except PolicyError as e:
+                raise PolicyError(f"unit {u.name!r}: {e}") from e
+        return out
+
+    def specs_for(
+        self, ratios: dict[str, float], drop: Iterable[str] = (), *, round_to: int | None = None, batch_size: int | None = None
+    ) -> list[LayerSpec]:
+        """Layer specs of the model pruned by ``ratios`` and ``drop``, predicted without surgery."""
+        kept = self.kept(ratios, round_to)
+        dropped = tuple(b + "." for b in drop)
+        specs: list[LayerSpec] = []
+        current: int | None = None
+        for s in self.dense_specs:
+            if dropped and s.module_name.startswith(dropped):
+                continue
+            out_unit = self.out_owner.get(s.module_name)
+            in_unit = self.in_owner.get(s.module_name)
+            in_c = kept[in_unit] if in_unit in kept else s.in_channels
+            out_c = kept[out_unit] if out_unit in kept else s.out_channels
+            if s.kind.startswith("batchnorm") and out_unit in kept:
+                in_c = out_c
+            if s.kind not in PARAM_LAYER_KINDS and not s.kind.startswith("batchnorm") and out_unit is None and in_unit is None:
+                if current is not None and len(s.input_shape) > 1 and s.in_channels == s.out_channels:
+                    in_c = out_c = current
+            new = s.with_channels(in_c, out_c) if (in_c, out_c) != (s.in_channels, s.out_channels) else s
+            if batch_size is not None:
+                new = new.with_batch(batch_size)
+            specs.append(new)
+            current = new.out_channels
+        return specs
+
+    def macs_for(self, ratios: dict[str, float], drop: Iterable[str] = (), *, round_to: int | None = None) -> int:
+        """Predicted MACs (at the example input's batch size) of a policy."""
+        return sum(spec_macs(s) for s in self.specs_for(ratios, drop, round_to=round_to))
+
+    # --------------------------------------------------------------- importance
+    def importance(self, criterion: str, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None) -> dict[str, torch.Tensor]:
+        """Per-channel importance of every unit on the dense model, computed once per criterion.
+
+        Args:
+            criterion: ``l1``, ``l2``, ``taylor`` (needs ``batches``) or ``bn_scale``.
+            batches: Callable returning a few ``(x, y)`` training batches, for ``taylor``.
+        """
+        if criterion in self._importance_cache:
+            return self._importance_cache[criterion]
+        if criterion == "l1":
+            scorer = tp.importance.GroupMagnitudeImportance(p=1)
+        elif criterion == "l2":
+            scorer = tp.importance.GroupMagnitudeImportance(p=2)
+        elif criterion == "bn_scale":
+            scorer = tp.importance.BNScaleImportance()
+        elif criterion == "taylor":
+            if batches is None:
+                raise PolicyError("importance 'taylor' needs training batches to compute gradients")
+            scorer = tp.importance.GroupTaylorImportance()
+            self._accumulate_gradients(batches)
+        else:
+            raise PolicyError(f"importance: unknown criterion {criterion!r}; allowed: l1, l2, taylor, bn_scale")
+        scores = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for u in self.units:
+                s = scorer(self._groups[u.name])
+                if s is None:  # e.g. BN scale on a group without BatchNorm: fall back to L1
+                    s = tp.importance.GroupMagnitudeImportance(p=1)(self._groups[u.name])
+                scores[u.name] = torch.nan_to_num(s.detach().clone(), nan=0.0)
+        if criterion == "taylor":
+            self.model.zero_grad(set_to_none=True)
+        self._importance_cache[criterion] = scores
+        return scores
+
+    def _accumulate_gradients(self, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        was_training = self.model.training
+        self.model.eval()
+        self.model.zero_grad(set_to_none=True)
+        for x, y in batches():
+            loss = nn.functional.cross_entropy(self.model(x), y)
+            loss.backward()
+        self.model.train(was_training)
+
+    def pruning_plan(self, unit_name: str, idxs: list[int]) -> list[tuple[str, Callable, int, list[int]]]:
+        """What pruning ``idxs`` of a unit does: ``(module name, handler, pruning dim, plain indices)`` per layer."""
+        group = self._groups[unit_name]
+        root = group[0].dep.target.module
+        sub = self.dg.get_pruning_group(root, group[0].dep.handler, idxs)
+        plan = []
+        for dep, ix in sub:
+            mname = self._name(dep.target.module)
+            if mname is None or mname not in self._module_by_name:
+                continue
+            plain = tp._helpers.to_plain_idxs(ix)  # noqa: SLF001
+            plan.append((mname, dep.handler, dep.target.pruning_dim, [int(i) for i in plain]))
+        return plan

@@ -1,0 +1,265 @@
+"""A latency lookup table: predicts a model's latency from its layer specs without running it.
+
+Each distinct :meth:`LayerSpec.key` is micro-benchmarked once, on demand, by building
+a fresh module of that kind and timing it on a random input of the recorded shape.
+The sum over a model's specs misses functional ops (``F.relu``, residual additions)
+and per-call Python overhead, so the table is calibrated against whole-model
+measurements: ``latency ≈ a + b * sum(spec latencies)``. The search mostly uses
+:meth:`LatencyTable.predict_ratio`, the predicted ratio to the dense model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.errors import ConfigError
+from autoprune.layerspec import LayerSpec
+from autoprune.measure import ExampleInput, LatencyBackend, extract_layer_specs, fixed_threads, measure_latency
+
+logger = logging.getLogger(__name__)
+
+_FORMAT = 1
+_NO_ARG_MODULES: dict[str, type[nn.Module]] = {
+    name.lower(): cls for name, cls in vars(nn).items() if isinstance(cls, type) and issubclass(cls, nn.Module)
+}
+
+
+def _build(spec: LayerSpec) -> nn.Module | None:
+    """A fresh module with the spec's parameters, or None if the kind is unknown."""
+    kind = spec.kind
+    if kind == "conv2d":
+        return nn.Conv2d(
+            spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding, groups=spec.groups, bias=spec.bias
+        )
+    if kind == "linear":
+        return nn.Linear(spec.in_channels, spec.out_channels, bias=spec.bias)
+    if kind in ("batchnorm1d", "batchnorm2d"):
+        cls = nn.BatchNorm1d if kind == "batchnorm1d" else nn.BatchNorm2d
+        return cls(spec.in_channels, affine=spec.bias)
+    if kind in ("maxpool2d", "avgpool2d"):
+        cls = nn.MaxPool2d if kind == "maxpool2d" else nn.AvgPool2d
+        return cls(spec.kernel_size, spec.stride, spec.padding)
+    if kind in ("adaptiveavgpool2d", "adaptivemaxpool2d"):
+        cls = nn.AdaptiveAvgPool2d if kind == "adaptiveavgpool2d" else nn.AdaptiveMaxPool2d
+        return cls(spec.kernel_size)
+    if kind in _NO_ARG_MODULES:
+        try:
+            return _NO_ARG_MODULES[kind]()
+        except TypeError:
+            return None
+    return None
+
+
+class LatencyTable:
+    """Per-spec latencies (measured on demand and cached) plus a linear calibration.
+
+    Args:
+        threads: Intra-op threads for every micro-benchmark.
+        warmup: Untimed calls per micro-benchmark.
+        repeats: Timed calls per micro-benchmark (the median is kept).
+        entries: Initial ``{key: milliseconds}`` (as written by :meth:`save`).
+        offset_ms: Calibration intercept ``a``.
+        scale: Calibration slope ``b``.
+
+    Raises:
+        ConfigError: non-positive counts.
+    """
+
+    def __init__(
+        self,
+        *,
+        threads: int = 2,
+        warmup: int = 3,
+        repeats: int = 7,
+        entries: dict[str, float] | None = None,
+        offset_ms: float = 0.0,
+        scale: float = 1.0,
+    ) -> None:
+        for field, value, minimum in (("threads", threads, 1), ("warmup", warmup, 0), ("repeats", repeats, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"{field}: expected an integer >= {minimum}, got {value!r}")
+        self.threads = threads
+        self.warmup = warmup
+        self.repeats = repeats
+        self.entries: dict[str, float] = dict(entries or {})
+        self.offset_ms = float(offset_ms)
+        self.scale = float(scale)
+        self._unknown_kinds: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @staticmethod
+    def key_of(spec: LayerSpec) -> str:
+        """The JSON string under which ``spec`` is stored."""
+        return json.dumps(spec.key())
+
+    def _bench(self, spec: LayerSpec) -> float:
+        module = _build(spec)
+        if module is None:
+            if spec.kind not in self._unknown_kinds:
+                self._unknown_kinds.add(spec.kind)
+                logger.warning("latency table: no builder for layer kind %r; counted as 0 ms (calibration absorbs it)", spec.kind)
+            return 0.0
+        module.eval()
+        x = torch.randn(spec.input_shape)
+        times = []
+        with torch.inference_mode():
+            for _ in range(self.warmup):
+                module(x)
+            for _ in range(self.repeats):
+                start = time.perf_counter_ns()
+                module(x)
+                times.append((time.perf_counter_ns() - start) / 1e6)
+        return float(np.median(times))
+
+    def spec_ms(self, spec: LayerSpec) -> float:
+        """Raw (uncalibrated) latency of one spec, benchmarked on first use."""
+        key = self.key_of(spec)
+        if key not in self.entries:
+            with fixed_threads(self.threads):
+                self.entries[key] = self._bench(spec)
+        return self.entries[key]
+
+    def prefill(self, spec_lists: Iterable[Sequence[LayerSpec]]) -> int:
+        """Benchmark every spec not yet in the table; returns how many were new."""
+        missing: dict[str, LayerSpec] = {}
+        for specs in spec_lists:
+            for spec in specs:
+                key = self.key_of(spec)
+                if key not in self.entries:
+                    missing.setdefault(key, spec)
+        with fixed_threads(self.threads):
+            for key, spec in missing.items():
+                self.entries[key] = self._bench(spec)
+        logger.debug("latency table: benchmarked %d new specs (%d total)", len(missing), len(self.entries))
+        return len(missing)
+
+    def raw_ms(self, specs: Sequence[LayerSpec]) -> float:
+        """Sum of the per-spec latencies, uncalibrated."""
+        self.prefill([specs])
+        return float(sum(self.entries[self.key_of(s)] for s in specs))
+
+    def fit(self, samples: Sequence[tuple[Sequence[LayerSpec], float]]) -> tuple[float, float]:
+        """Fit ``measured_ms ≈ offset_ms + scale * raw_ms(specs)`` by least squares.
+
+        With one sample (or when the intercept would come out negative) only the scale
+        is fitted.
+
+        Args:
+            samples: ``(specs of a model, measured latency of that model in ms)`` pairs.
+
+        Returns:
+            ``(offset_ms, scale)``, also stored on the table.
+
+        Raises:
+            ConfigError: no samples or a non-positive latency.
+        """
+        if not samples:
+            raise ConfigError("samples: expected at least one (specs, measured_ms) pair, got none")
+        for i, (_, ms) in enumerate(samples):
+            if not ms > 0:
+                raise ConfigError(f"samples[{i}]: measured latency must be > 0 ms, got {ms!r}")
+        x = np.array([self.raw_ms(specs) for specs, _ in samples])
+        y = np.array([float(ms) for _, ms in samples])
+        offset, scale = 0.0, float(y @ x / (x @ x)) if x @ x > 0 else 1.0
+        if len(samples) > 1 and np.ptp(x) > 0:
+            (fit_offset, fit_scale), *_ = np.linalg.lstsq(np.stack([np.ones_like(x), x], 1), y, rcond=None)
+            if fit_offset >= 0 and fit_scale > 0:
+                offset, scale = float(fit_offset), float(fit_scale)
+            else:
+                logger.info("latency table: affine fit gave offset %.3f ms, scale %.3f; using scale only", fit_offset, fit_scale)
+        self.offset_ms, self.scale = offset, scale
+        logger.debug("latency table calibrated: %.3f ms + %.3f * sum", offset, scale)
+        return offset, scale
+
+    def predict_ms(self, specs: Sequence[LayerSpec]) -> float:
+        """Calibrated latency prediction for a model with these specs."""
+        return self.offset_ms + self.scale * self.raw_ms(specs)
+
+    def predict_ratio(self, specs: Sequence[LayerSpec], reference_specs: Sequence[LayerSpec]) -> float:
+        """Predicted latency of ``specs`` divided by that of ``reference_specs``."""
+        return self.predict_ms(specs) / self.predict_ms(reference_specs)
+
+    def save(self, path: str | Path) -> None:
+        """Write the table and its calibration as JSON."""
+        data = {
+            "format": _FORMAT,
+            "threads": self.threads,
+            "warmup": self.warmup,
+            "repeats": self.repeats,
+            "offset_ms": self.offset_ms,
+            "scale": self.scale,
+            "entries": self.entries,
+        }
+        Path(path).write_text(json.dumps(data, indent=1, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyTable":
+        """Read a table written by :meth:`save`.
+
+        Raises:
+            ConfigError: the file is missing, not JSON or not a latency table.
+        """
+        try:
+            data = json.loads(Path(path).read_text())
+            if data.get("format") != _FORMAT:
+                raise ValueError(f"format {data.get('format')!r}, expected {_FORMAT}")
+            return cls(
+                threads=int(data["threads"]),
+                warmup=int(data["warmup"]),
+                repeats=int(data["repeats"]),
+                entries={str(k): float(v) for k, v in data["entries"].items()},
+                offset_ms=float(data["offset_ms"]),
+                scale=float(data["scale"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(f"latency table path: cannot read {str(path)!r} as a latency table ({e})") from e
+
+    @classmethod
+    def calibrated_for(
+        cls,
+        models: Sequence[nn.Module],
+        example_input: ExampleInput,
+        *,
+        threads: int = 2,
+        backend: str | LatencyBackend = "torch",
+        warmup: int = 3,
+        repeats: int = 7,
+        model_warmup: int = 10,
+        model_repeats: int = 30,
+    ) -> "LatencyTable":
+        """A table calibrated on whole-model medians of ``models`` at ``example_input``'s batch size.
+
+        Args:
+            models: Models to measure (e.g. the dense model and a few pruned variants).
+            example_input: Input batch used for specs and measurements.
+            threads: Threads for micro-benchmarks and model measurements.
+            backend: Backend for the whole-model measurements.
+            warmup, repeats: Micro-benchmark counts.
+            model_warmup, model_repeats: Whole-model measurement counts.
+
+        Raises:
+            ConfigError: empty ``models`` or bad counts.
+        """
+        if not models:
+            raise ConfigError("models: expected at least one model to calibrate the latency table, got none")
+        table = cls(threads=threads, warmup=warmup, repeats=repeats)
+        samples = []
+        for model in models:
+            specs = extract_layer_specs(model, example_input)
+            stats = measure_latency(model, example_input, backend=backend, warmup=model_warmup, repeats=model_repeats, threads=threads)
+            samples.append((specs, stats.median_ms))
+        table.fit(samples)
+        return table
+
+
+__all__ = ["LatencyTable"]

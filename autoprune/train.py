@@ -1,0 +1,136 @@
+"""Train a baseline model and save/load checkpoints that load with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from autoprune.errors import ConfigError, ModelError
+from autoprune.evaluate import accuracy
+from autoprune.zoo import DataBundle, build_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    """How to train a baseline: SGD with Nesterov momentum and a one-cycle schedule."""
+
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 0.2
+    weight_decay: float = 5e-4
+    augment: bool = True
+    seed: int = 0
+
+
+def train_model(model: nn.Module, data: DataBundle, settings: TrainSettings, *, progress: bool = True) -> dict[str, float]:
+    """Train ``model`` in place on ``data.train``; returns final val and test accuracy."""
+    torch.manual_seed(settings.seed)
+    params_bn = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    params_w = [p for n, p in model.named_parameters() if p.ndim > 1]
+    opt = torch.optim.SGD(
+        [{"params": params_w, "weight_decay": settings.weight_decay}, {"params": params_bn, "weight_decay": 0.0}],
+        lr=settings.lr,
+        momentum=0.9,
+        nesterov=True,
+    )
+    steps_per_epoch = math.ceil(len(data.train) / settings.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch, pct_start=0.25
+    )
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
+    bar = tqdm(total=settings.epochs * steps_per_epoch, disable=not progress, desc="train", unit="batch")
+    for epoch in range(settings.epochs):
+        model.train()
+        for x, y in data.train.batches(settings.batch_size, shuffle=True, seed=settings.seed * 1000 + epoch, augment=settings.augment):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+        val_acc = accuracy(model, data.val)
+        bar.set_postfix(epoch=epoch + 1, val_acc=f"{val_acc:.4f}")
+        log.info("epoch %d: val accuracy %.4f", epoch + 1, val_acc)
+    bar.close()
+    return {"val_accuracy": accuracy(model, data.val), "test_accuracy": accuracy(model, data.test)}
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Save ``{"state_dict", "meta"}``, atomically, in a form that loads with ``weights_only=True``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"format": "autoprune-checkpoint/1", "state_dict": model.state_dict(), "meta": meta}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``).
+
+    Raises:
+        ConfigError: missing file. ModelError: unreadable or not an autoprune checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint: file {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelError(f"checkpoint: cannot load {str(path)!r} ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    if isinstance(ckpt, dict) and "state_dict" in ckpt:
+        return ckpt
+    if isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return {"state_dict": ckpt, "meta": {}}
+    raise ModelError(f"checkpoint: {str(path)!r} is not a state dict or autoprune checkpoint")
+
+
+def load_model_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint's weights into ``model``; returns the checkpoint's meta."""
+    ckpt = load_checkpoint(path)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise ModelError(f"checkpoint: {str(path)!r} does not match the model ({str(e).splitlines()[0]})") from e
+    return dict(ckpt.get("meta", {}))
+
+
+def default_checkpoint_path(model_name: str, data_name: str, cache_dir: str | os.PathLike = ".autoprune/checkpoints") -> Path:
+    """Where the cached baseline for ``model_name`` on ``data_name`` lives."""
+    safe = model_name.replace(":", "_").replace("/", "_")
+    return Path(cache_dir) / f"{safe}-{data_name}.pt"
+
+
+def train_or_load(
+    model_name: str,
+    data: DataBundle,
+    settings: TrainSettings,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Return the trained baseline, training it only if no checkpoint exists yet."""
+    model = build_model(model_name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
+    path = Path(checkpoint) if checkpoint else default_checkpoint_path(model_name, data.name)
+    if path.is_file():
+        meta = load_model_weights(model, path)
+        log.info("loaded baseline %s from %s", model_name, path)
+        return model, meta
+    if settings.epochs < 1:
+        raise ConfigError(f"train.epochs: {settings.epochs!r} must be >= 1")
+    t0 = time.perf_counter()
+    metrics = train_model(model, data, settings, progress=progress)
+    meta = {"model": model_name, "data": data.name, **metrics, "train_seconds": time.perf_counter() - t0, "settings": asdict(settings)}
+    save_checkpoint(path, model, meta)
+    return model, meta

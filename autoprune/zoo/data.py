@@ -1,0 +1,201 @@
+"""Data sets held in memory as tensors: Fashion-MNIST (IDX files), scikit-learn digits, user plugins.
+
+Every data set is split three ways. ``train`` and ``val`` are carved from the
+original training set with a fixed seed; the search only ever sees ``val``.
+``test`` is the original test split, used only for final evaluation.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from autoprune.errors import ConfigError, DataError
+from autoprune.zoo.plugins import call_factory, is_reference
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+DATASET_NAMES = ("fashion_mnist", "digits")
+
+
+@dataclass
+class Split:
+    """Inputs ``x`` (N, C, H, W float32, normalised) and labels ``y`` (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, n: int | None) -> "Split":
+        """The first ``n`` samples (all when ``n`` is None or larger than the split)."""
+        if n is None or n >= len(self):
+            return self
+        return Split(self.x[:n], self.y[:n])
+
+    def batches(
+        self, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(x, y)`` batches; ``augment`` adds random crops (pad 2) and horizontal flips."""
+        n = len(self)
+        if shuffle:
+            g = torch.Generator().manual_seed(seed)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            x, y = self.x[idx], self.y[idx]
+            if augment and x.dim() == 4:
+                x = _augment(x, seed + start)
+            yield x, y
+
+
+def _augment(x: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    n, _, h, w = x.shape
+    pad = 2
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=g).tolist()
+    x = padded[:, :, dy : dy + h, dx : dx + w]
+    flip = torch.rand(n, generator=g) < 0.5
+    x = x.clone()
+    x[flip] = x[flip].flip(-1)
+    return x
+
+
+@dataclass
+class DataBundle:
+    """A data set split for pruning search: ``train``, ``val`` (search only) and ``test`` (final only)."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    in_channels: int
+    num_classes: int
+    input_size: int
+
+    def example_input(self, batch_size: int = 1) -> torch.Tensor:
+        """A batch shaped like the model's input, taken from the training split."""
+        return self.train.x[:batch_size].clone()
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DataError(f"cannot read IDX file {path}: {e}") from e
+    if len(data) < 4:
+        raise DataError(f"IDX file {path} is truncated")
+    _, _, dtype_code, ndim = struct.unpack(">BBBB", data[:4])
+    if dtype_code != 0x08:
+        raise DataError(f"IDX file {path}: unsupported element type 0x{dtype_code:02x}, expected unsigned bytes")
+    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"IDX file {path} is truncated: expected {int(np.prod(dims))} values, found {body.size}")
+    return body.reshape(dims)
+
+
+def fashion_mnist_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """Find the Fashion-MNIST IDX files: ``data_dir``, then ``$AUTOPRUNE_DATA``, then Debian's package.
+
+    Raises:
+        DataError: naming where the four files are expected.
+    """
+    candidates: list[Path] = []
+    if data_dir is not None:
+        candidates.append(Path(data_dir))
+    if os.environ.get("AUTOPRUNE_DATA"):
+        root = Path(os.environ["AUTOPRUNE_DATA"])
+        candidates += [root / "fashion-mnist", root]
+    candidates.append(DEBIAN_FASHION_MNIST)
+    for d in candidates:
+        if all((d / f).is_file() for f in FASHION_FILES.values()):
+            return d
+    tried = ", ".join(str(c) for c in candidates)
+    raise DataError(
+        f"Fashion-MNIST not found (looked in {tried}); install it with "
+        f"'apt-get install -y dataset-fashion-mnist' or put {', '.join(FASHION_FILES.values())} "
+        f"in a directory and set AUTOPRUNE_DATA to it"
+    )
+
+
+def _split_train_val(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int) -> tuple[Split, Split]:
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(y), generator=g)
+    n_val = int(round(len(y) * val_fraction))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    return Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx])
+
+
+def load_fashion_mnist(*, data_dir: str | None = None, val_fraction: float = 0.1, seed: int = 0) -> DataBundle:
+    """Fashion-MNIST, 1x28x28, normalised; ``val`` is a seeded ``val_fraction`` of the training set."""
+    d = fashion_mnist_dir(data_dir)
+    arrays = {k: _read_idx(d / f) for k, f in FASHION_FILES.items()}
+    mean, std = 0.2860, 0.3530
+
+    def images(a: np.ndarray) -> torch.Tensor:
+        return ((torch.from_numpy(a.astype(np.float32) / 255.0) - mean) / std).unsqueeze(1).contiguous()
+
+    train_x, train_y = images(arrays["train_images"]), torch.from_numpy(arrays["train_labels"].astype(np.int64))
+    test = Split(images(arrays["test_images"]), torch.from_numpy(arrays["test_labels"].astype(np.int64)))
+    train, val = _split_train_val(train_x, train_y, val_fraction, seed)
+    return DataBundle("fashion_mnist", train, val, test, in_channels=1, num_classes=10, input_size=28)
+
+
+def load_digits(*, val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0) -> DataBundle:
+    """scikit-learn's 8x8 digits (1797 images): tiny and fast, for tests."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    raw = sk_digits()
+    x = torch.from_numpy((raw.images.astype(np.float32) / 16.0 - 0.5) / 0.5).unsqueeze(1).contiguous()
+    y = torch.from_numpy(raw.target.astype(np.int64))
+    g = torch.Generator().manual_seed(12345)  # the test split is fixed, whatever the search seed
+    order = torch.randperm(len(y), generator=g)
+    n_test = int(round(len(y) * test_fraction))
+    test = Split(x[order[:n_test]], y[order[:n_test]])
+    rest = order[n_test:]
+    train, val = _split_train_val(x[rest], y[rest], val_fraction, seed)
+    return DataBundle("digits", train, val, test, in_channels=1, num_classes=10, input_size=8)
+
+
+def load_data(name: str, *, data_dir: str | None = None, val_fraction: float | None = None, seed: int = 0) -> DataBundle:
+    """Load a data set by zoo name (``fashion_mnist``, ``digits``) or ``"module:factory"`` reference.
+
+    A factory is called with ``seed=`` and must return a :class:`DataBundle`.
+
+    Raises:
+        ConfigError: unknown name or bad reference.
+        DataError: files missing or unreadable.
+    """
+    if val_fraction is not None and not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction: {val_fraction!r} is out of range; allowed: 0 < val_fraction < 1")
+    kwargs = {"seed": seed}
+    if val_fraction is not None:
+        kwargs["val_fraction"] = val_fraction
+    if name == "fashion_mnist":
+        return load_fashion_mnist(data_dir=data_dir, **kwargs)
+    if name == "digits":
+        return load_digits(**kwargs)
+    if is_reference(name):
+        bundle = call_factory(name, field="data.name", seed=seed)
+        if not isinstance(bundle, DataBundle):
+            raise ConfigError(f"data.name: factory {name!r} returned {type(bundle).__name__}, expected autoprune.zoo.DataBundle")
+        return bundle
+    raise ConfigError(f"data.name: unknown data set {name!r}; allowed: {', '.join(DATASET_NAMES)} or 'package.module:factory'")
