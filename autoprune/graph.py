@@ -91,6 +91,8 @@ def kept_channels(n: int, ratio: float, round_to: int | None = None) -> int:
     """
     if not (0.0 <= ratio < 1.0):
         raise PolicyError(f"pruning ratio {ratio!r} is out of range; allowed: 0 <= ratio < 1")
+    if ratio == 0.0:
+        return n
     keep = int(round(n * (1.0 - ratio)))
     if round_to and round_to > 1 and n > round_to:
         keep = int(round(keep / round_to)) * round_to
@@ -271,6 +273,10 @@ class PrunableGraph:
             root = group[0].dep.target.module
             name = self._name(root)
             if name is None:
+                continue
+            if any(dep.target.type == tp.ops.OPTYPE.PARAMETER for dep, _ in group):
+                # channels also indexing a bare nn.Parameter of an ignored custom layer: cannot be cut
+                log.debug("unit %r touches a parameter outside supported layers; not prunable", name)
                 continue
             outs, ins, depthwise = [], [], False
             for dep, _ in group:

@@ -1,7 +1,8 @@
 """A latency lookup table: predicts a model's latency from its layer specs without running it.
 
 Each distinct :meth:`LayerSpec.key` is micro-benchmarked once, on demand, by building
-a fresh module of that kind and timing it on a random input of the recorded shape.
+a fresh module of that kind and timing it on a random input of the recorded shape
+(fastest of a few calls).
 The sum over a model's specs misses functional ops (``F.relu``, residual additions)
 and per-call Python overhead, so the table is calibrated against whole-model
 measurements: ``latency ≈ a + b * sum(spec latencies)``. The search mostly uses
@@ -64,7 +65,8 @@ class LatencyTable:
     Args:
         threads: Intra-op threads for every micro-benchmark.
         warmup: Untimed calls per micro-benchmark.
-        repeats: Timed calls per micro-benchmark (the median is kept).
+        repeats: Timed calls per micro-benchmark; the fastest is kept, since noise from
+            other processes only ever adds time.
         entries: Initial ``{key: milliseconds}`` (as written by :meth:`save`).
         offset_ms: Calibration intercept ``a``.
         scale: Calibration slope ``b``.
@@ -119,7 +121,7 @@ class LatencyTable:
                 start = time.perf_counter_ns()
                 module(x)
                 times.append((time.perf_counter_ns() - start) / 1e6)
-        return float(np.median(times))
+        return min(times)
 
     def spec_ms(self, spec: LayerSpec) -> float:
         """Raw (uncalibrated) latency of one spec, benchmarked on first use."""

@@ -52,7 +52,7 @@ def train_model(model: nn.Module, data: DataBundle, settings: TrainSettings, *, 
     bar = tqdm(total=settings.epochs * steps_per_epoch, disable=not progress, desc="train", unit="batch")
     for epoch in range(settings.epochs):
         model.train()
-        for x, y in data.train.batches(settings.batch_size, shuffle=True, seed=settings.seed * 1000 + epoch, augment=settings.augment):
+        for x, y in data.train.batches(settings.batch_size, shuffle=True, seed=settings.seed * 1000 + epoch, augment=settings.augment and data.augment_ok):
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
             loss.backward()

@@ -47,9 +47,9 @@ class Split:
         return Split(self.x[:n], self.y[:n])
 
     def batches(
-        self, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment: bool = False
+        self, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment: bool = False, flip: bool = True
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(x, y)`` batches; ``augment`` adds random crops (pad 2) and horizontal flips."""
+        """Yield ``(x, y)`` batches; ``augment`` adds random crops (pad 2) and, if ``flip``, horizontal flips."""
         n = len(self)
         if shuffle:
             g = torch.Generator().manual_seed(seed)
@@ -60,18 +60,18 @@ class Split:
             idx = order[start : start + batch_size]
             x, y = self.x[idx], self.y[idx]
             if augment and x.dim() == 4:
-                x = _augment(x, seed + start)
+                x = _augment(x, seed + start, flip)
             yield x, y
 
 
-def _augment(x: torch.Tensor, seed: int) -> torch.Tensor:
+def _augment(x: torch.Tensor, seed: int, flip_ok: bool = True) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     n, _, h, w = x.shape
     pad = 2
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=g).tolist()
     x = padded[:, :, dy : dy + h, dx : dx + w]
-    flip = torch.rand(n, generator=g) < 0.5
+    flip = torch.rand(n, generator=g) < (0.5 if flip_ok else 0.0)
     x = x.clone()
     x[flip] = x[flip].flip(-1)
     return x
@@ -88,6 +88,7 @@ class DataBundle:
     in_channels: int
     num_classes: int
     input_size: int
+    augment_ok: bool = True  # False where crops/flips change the meaning (8x8 digits)
 
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
         """A batch shaped like the model's input, taken from the training split."""
@@ -98,13 +99,15 @@ def _read_idx(path: Path) -> np.ndarray:
     try:
         with gzip.open(path, "rb") as f:
             data = f.read()
-    except OSError as e:
+    except (OSError, EOFError) as e:  # EOFError: gzip stream cut short (partial download)
         raise DataError(f"cannot read IDX file {path}: {e}") from e
     if len(data) < 4:
         raise DataError(f"IDX file {path} is truncated")
     _, _, dtype_code, ndim = struct.unpack(">BBBB", data[:4])
     if dtype_code != 0x08:
         raise DataError(f"IDX file {path}: unsupported element type 0x{dtype_code:02x}, expected unsigned bytes")
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"IDX file {path} is truncated inside its header")
     dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
@@ -172,7 +175,7 @@ def load_digits(*, val_fraction: float = 0.15, test_fraction: float = 0.2, seed:
     test = Split(x[order[:n_test]], y[order[:n_test]])
     rest = order[n_test:]
     train, val = _split_train_val(x[rest], y[rest], val_fraction, seed)
-    return DataBundle("digits", train, val, test, in_channels=1, num_classes=10, input_size=8)
+    return DataBundle("digits", train, val, test, in_channels=1, num_classes=10, input_size=8, augment_ok=False)
 
 
 def load_data(name: str, *, data_dir: str | None = None, val_fraction: float | None = None, seed: int = 0) -> DataBundle:

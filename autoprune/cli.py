@@ -1,0 +1,250 @@
+"""The ``autoprune`` command line: a thin layer over the library's public functions.
+
+A user's mistake (:class:`~autoprune.errors.AutopruneError`) is printed as one line,
+``autoprune: error: <message>``, with exit code 2; usage errors also exit with 2;
+Ctrl-C exits with 130. Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from autoprune import __version__
+from autoprune.errors import AutopruneError
+
+app = typer.Typer(
+    name="autoprune",
+    help="Find how much to prune each layer of a PyTorch model under a measured-latency budget.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,  # a bug prints a plain traceback
+)
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"autoprune {__version__}")
+        raise typer.Exit()
+
+
+def setup_logging(verbosity: int) -> None:
+    """Log to stderr through rich: WARNING by default, INFO with ``-v``, DEBUG with ``-vv``."""
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
+    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]", handlers=[handler], force=True)
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-v: info, -vv: debug).")] = 0,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Find how much to prune each layer of a PyTorch model under a measured-latency budget."""
+    setup_logging(verbose)
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option("--model", "-m", help="Zoo model or 'package.module:factory'.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Data set: fashion_mnist, digits or 'package.module:factory'.")] = "fashion_mnist",
+    data_dir: Annotated[Path | None, typer.Option(help="Directory holding the Fashion-MNIST IDX files.")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 15,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Where to save (or load) the weights (default: .autoprune/checkpoints/MODEL-DATA.pt).")
+    ] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the data split, initialisation and training.")] = 0,
+    augment: Annotated[bool, typer.Option(help="Random crops and flips while training.")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Retrain even if the checkpoint exists.")] = False,
+) -> None:
+    """Train a baseline model (or load the cached one) and report its accuracy."""
+    import torch
+
+    from autoprune.config import check_data_name, check_model_name
+    from autoprune.evaluate import accuracy
+    from autoprune.experiment import baseline_checkpoint
+    from autoprune.train import TrainSettings, train_or_load
+    from autoprune.zoo import load_data
+
+    check_model_name(model)
+    check_data_name(data)
+    bundle = load_data(data, data_dir=str(data_dir) if data_dir else None, seed=seed)
+    path = checkpoint or baseline_checkpoint(model, bundle.name)
+    settings = TrainSettings(epochs=epochs, augment=augment, seed=seed)
+    progress = sys.stderr.isatty()
+    torch.manual_seed(seed)
+    if force and path.exists():
+        # Train into a side file and replace only on success, so an interrupted run keeps the old weights.
+        fresh = path.with_name(path.name + ".new")
+        fresh.unlink(missing_ok=True)
+        net, meta = train_or_load(model, bundle, settings, checkpoint=fresh, progress=progress)
+        os.replace(fresh, path)
+        status = "trained"
+    else:
+        status = "loaded" if path.is_file() else "trained"
+        net, meta = train_or_load(model, bundle, settings, checkpoint=path, progress=progress)
+    val_acc = meta.get("val_accuracy")
+    test_acc = meta.get("test_accuracy")
+    if val_acc is None or test_acc is None:
+        val_acc, test_acc = accuracy(net, bundle.val), accuracy(net, bundle.test)
+
+    table = Table(title=f"{model} on {bundle.name}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    table.add_row("val accuracy", f"{val_acc:.4f}")
+    table.add_row("test accuracy", f"{test_acc:.4f}")
+    table.add_row("parameters", f"{sum(p.numel() for p in net.parameters()):,}")
+    table.add_row("checkpoint", f"{path} ({status})")
+    Console().print(table)
+
+
+@app.command("config")
+def config_cmd(
+    path: Annotated[Path, typer.Argument(metavar="CONFIG.yaml", help="Experiment config file.")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a field, e.g. search.episodes=20 (repeatable).")
+    ] = None,
+    flat: Annotated[bool, typer.Option("--flat", help="Print dotted key=value lines instead of YAML.")] = False,
+) -> None:
+    """Validate an experiment config and print it with every default filled in."""
+    from autoprune.config import dump_config, load_config
+
+    cfg = load_config(path, set_ or [])
+    if flat:
+        typer.echo("\n".join(f"{k}={v}" for k, v in cfg.flat().items()))
+    else:
+        typer.echo(dump_config(cfg), nl=False)
+
+
+def _experiment_config(config: Path | None, model: str | None, data: str | None, overrides: list[str] | None):
+    """A config from a file, or a minimal one from --model/--data."""
+    from autoprune.config import load_config, parse_config
+    from autoprune.errors import ConfigError
+
+    if config is not None:
+        return load_config(config, overrides or [])
+    if model is None:
+        raise ConfigError("give a CONFIG.yaml or --model (e.g. --model resnet20 --data fashion_mnist)")
+    return parse_config({"model": {"name": model}, "data": {"name": data or "fashion_mnist"}}, source="command line", overrides=overrides or [])
+
+
+def _parse_ratios(text: str) -> list[float]:
+    from autoprune.errors import ConfigError
+
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise ConfigError(f"--ratios: {text!r} is not a comma-separated list of numbers such as 0.1,0.3,0.5") from e
+
+
+@app.command()
+def estimate(
+    config: Annotated[Path | None, typer.Argument(metavar="[CONFIG.yaml]", help="Experiment config (or use --model/--data).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Zoo model or 'package.module:factory'.")] = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Data set.")] = None,
+    ratios: Annotated[str, typer.Option(help="Uniform pruning ratios to try, comma-separated.")] = "0.1,0.3,0.5",
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size timed (default: latency.batch_size).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config field.")] = None,
+) -> None:
+    """Measure what uniform pruning really saves: params, MACs, size, latency, proxy accuracy."""
+    from autoprune.experiment import estimate as run_estimate
+    from autoprune.experiment import load_baseline
+
+    cfg = _experiment_config(config, model, data, set_)
+    values = _parse_ratios(ratios)
+    baseline = load_baseline(cfg, progress=sys.stderr.isatty())
+    bs = batch_size or cfg.latency.batch_size
+    rows = run_estimate(
+        baseline, values, batch_size=bs, threads=cfg.latency.threads, proxy=cfg.proxy.settings(),
+        importance=cfg.pruning.importance, round_to=cfg.pruning.round_to, ignored=tuple(cfg.model.ignore),
+    )
+    table = Table(title=f"{cfg.model.name} on {baseline.data.name}: uniform channel pruning (batch {bs}, {cfg.latency.threads} threads)")
+    for col in ("ratio", "params", "MACs", "size", "lat ms", "speed-up [95% CI]", "predicted", "proxy acc", "secs p/a/l"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in rows:
+        table.add_row(
+            "dense" if r.ratio == 0 else f"{r.ratio:.0%}", f"{r.params:,}", f"{r.macs / 1e6:.2f} M", f"{r.size_bytes / 1024:.0f} KiB",
+            f"{r.latency_ms:.3f}", f"{1 / r.latency_ratio:.2f}x [{1 / r.latency_ci[1]:.2f}-{1 / r.latency_ci[0]:.2f}]",
+            f"{1 / r.predicted_ratio:.2f}x", f"{r.proxy_accuracy:.4f}",
+            "/".join(f"{r.seconds[k]:.1f}" for k in ("prune", "accuracy", "latency")),
+        )
+    Console(width=max(120, Console().width)).print(table)
+    typer.echo("speed-up = dense latency / pruned latency, measured paired (interleaved calls); predicted = lookup table; "
+               "proxy acc = validation accuracy after BN re-estimation; secs = prune / accuracy / latency time.")
+
+
+@app.command()
+def search(
+    config: Annotated[Path, typer.Argument(metavar="CONFIG.yaml", help="Experiment config file.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config field (repeatable).")] = None,
+    searcher: Annotated[str | None, typer.Option(help="Override search.searcher.")] = None,
+    episodes: Annotated[int | None, typer.Option(min=1, help="Override search.episodes.")] = None,
+) -> None:
+    """Search per-unit pruning ratios under the config's budget; write policy.json and history.csv."""
+    from autoprune.config import load_config
+    from autoprune.experiment import run_search
+
+    overrides = list(set_ or [])
+    if searcher:
+        overrides.append(f"search.searcher={searcher}")
+    if episodes:
+        overrides.append(f"search.episodes={episodes}")
+    cfg = load_config(config, overrides)
+    run = run_search(cfg, progress=sys.stderr.isatty() or bool(os.environ.get("AUTOPRUNE_PROGRESS")))
+    _print_search_summary(run)
+
+
+def _print_search_summary(run) -> None:  # noqa: ANN001
+    res, ev = run.result, run.evaluator
+    best = res.best
+    table = Table(title=f"{res.searcher}: {res.episodes} episodes in {res.seconds:.0f} s ({60 * res.episodes / max(res.seconds, 1e-9):.1f}/min)")
+    table.add_column("", style="bold")
+    table.add_column("dense", justify="right")
+    table.add_column("best policy", justify="right")
+    if best is None:
+        Console().print("no successful evaluation")
+        return
+    m = best.metrics
+    table.add_row("proxy accuracy (val)", f"{ev.dense_accuracy:.4f}", f"{m.accuracy:.4f}")
+    table.add_row("latency ratio (paired)", "1.000", f"{m.latency_ratio:.3f} [{m.latency_ci[0]:.3f}, {m.latency_ci[1]:.3f}]")
+    table.add_row("latency ms", f"{ev.dense_ms:.3f}", f"{m.latency_ms:.3f}")
+    table.add_row("MAC ratio", "1.000", f"{m.macs_ratio:.3f}")
+    table.add_row("params", f"{ev.dense_params:,}", f"{m.params:,}")
+    table.add_row(f"budget ({ev.budget.metric} <= {ev.target:.3f})", "", "met" if m.feasible else "NOT met")
+    table.add_row("reward", "", f"{m.reward:.4f}")
+    table.add_row("blocks dropped", "", ", ".join(best.policy.drop) or "-")
+    Console().print(table)
+    Console().print(f"policy: {run.policy_path}\nhistory: {run.history_path}")
+
+
+# TODO(lead): `run` (search + fine-tune + export + tracking), `apply` (policy file / runs:/ /
+# models:/ URI onto a model), `ui` (MLflow UI on the tracking URI).
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app, turning user errors into one line and exit code 2."""
+    try:
+        app(args=argv, prog_name="autoprune")
+    except AutopruneError as e:
+        _fail(" ".join(str(e).split()) or type(e).__name__, 2)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except SystemExit as e:
+        if e.code == 130:  # typer's exit code for Ctrl-C inside a command
+            _fail("interrupted", 130)
+        raise
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"autoprune: error: {message}" if code == 2 else f"autoprune: {message}", file=sys.stderr)
+    sys.exit(code)
+

@@ -1,0 +1,643 @@
+"""The experiment config: a pydantic schema, YAML loading with overrides, one-line error messages.
+
+An experiment is one YAML file; only ``model.name`` is required::
+
+    name: resnet20-fmnist
+    model: {name: resnet20}
+    budget: {metric: latency, target: 0.5}
+    search: {searcher: optuna, episodes: 100}
+
+Every section forbids unknown keys, so a typo is an error rather than a silently
+ignored setting. :func:`load_config` turns pydantic's validation errors into one
+:class:`~autoprune.errors.ConfigError` line naming the file, the dotted field, the
+bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from autoprune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from autoprune.evaluate import ProxySettings
+    from autoprune.train import TrainSettings
+
+SearcherName = Literal["ppo", "optuna", "ddpg", "random", "uniform", "sensitivity"]
+SEARCHERS: tuple[str, ...] = get_args(SearcherName)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _not_allowed(allowed: str) -> PydanticCustomError:
+    return PydanticCustomError("not_allowed", "value is not allowed; allowed: {allowed}", {"allowed": allowed})
+
+
+def _combination(message: str) -> PydanticCustomError:
+    """An error about several fields together; ``message`` names them and their values."""
+    return PydanticCustomError("invalid_combination", message)  # no context: never formatted
+
+
+def _is_reference(name: str) -> bool:
+    module, sep, attr = name.partition(":")
+    return bool(sep and module and attr)
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if it is a zoo model or a ``"package.module:factory"`` reference.
+
+    Raises:
+        ConfigError: naming the allowed models.
+    """
+    allowed = _allowed_model_names(name)
+    if allowed is not None:
+        raise ConfigError(f"model.name: {name!r} is not allowed; allowed: {allowed}")
+    return name
+
+
+def check_data_name(name: str) -> str:
+    """Return ``name`` if it is a zoo data set or a ``"package.module:factory"`` reference.
+
+    Raises:
+        ConfigError: naming the allowed data sets.
+    """
+    allowed = _allowed_data_names(name)
+    if allowed is not None:
+        raise ConfigError(f"data.name: {name!r} is not allowed; allowed: {allowed}")
+    return name
+
+
+def _allowed_model_names(name: str) -> str | None:
+    """None if ``name`` is valid, else the text listing what is allowed."""
+    from autoprune.zoo import MODEL_NAMES  # imports torch: only when a config is validated
+
+    if name in MODEL_NAMES or _is_reference(name):
+        return None
+    return ", ".join(repr(n) for n in MODEL_NAMES) + " or 'package.module:factory'"
+
+
+def _allowed_data_names(name: str) -> str | None:
+    from autoprune.zoo import DATASET_NAMES
+
+    if name in DATASET_NAMES or _is_reference(name):
+        return None
+    return ", ".join(repr(n) for n in DATASET_NAMES) + " or 'package.module:factory'"
+
+
+class ModelConfig(_Section):
+    """The model to prune.
+
+    Attributes:
+        name: A zoo model (``resnet20``, ``resnet32``, ``resnet56``, ``vgg_small``,
+            ``mobilenetv2``, ``mlp``) or a ``"package.module:factory"`` reference, called with
+            ``in_channels=``, ``num_classes=`` and ``input_size=``.
+        checkpoint: Weights to start from. None: the cached baseline, trained once with the
+            ``train`` section when missing.
+        ignore: Module names (as in ``model.named_modules()``) that are never pruned.
+    """
+
+    name: str
+    checkpoint: str | None = None
+    ignore: list[str] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        allowed = _allowed_model_names(v)
+        if allowed is not None:
+            raise _not_allowed(allowed)
+        return v
+
+
+class DataConfig(_Section):
+    """The data set.
+
+    Attributes:
+        name: ``fashion_mnist``, ``digits`` or a ``"package.module:factory"`` reference
+            returning an :class:`autoprune.zoo.DataBundle`.
+        data_dir: Where Fashion-MNIST's IDX files are (None: ``$AUTOPRUNE_DATA``, then
+            ``/usr/share/datasets/fashion-mnist``).
+        val_fraction: Share of the training set held out for validation; the search only
+            ever scores on it, the test split is kept for the final result.
+    """
+
+    name: str = "fashion_mnist"
+    data_dir: str | None = None
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_data(cls, v: str) -> str:
+        allowed = _allowed_data_names(v)
+        if allowed is not None:
+            raise _not_allowed(allowed)
+        return v
+
+
+class TrainConfig(_Section):
+    """Training of the dense baseline, used only when no checkpoint exists yet."""
+
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.2, gt=0.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    augment: bool = True
+
+    def settings(self, seed: int = 0) -> "TrainSettings":
+        """The :class:`autoprune.train.TrainSettings` this section describes."""
+        from autoprune.train import TrainSettings
+
+        return TrainSettings(**self.model_dump(), seed=seed)
+
+
+class ProxyConfig(_Section):
+    """The fast accuracy proxy used during search (see :mod:`autoprune.evaluate`).
+
+    Attributes:
+        bn_batches: Training batches to re-estimate BatchNorm statistics after pruning (0: off).
+        bn_batch_size: Size of those batches.
+        val_samples: Validation samples scored per candidate (null: the whole split).
+    """
+
+    bn_batches: int = Field(8, ge=0)
+    bn_batch_size: int = Field(64, ge=1)
+    val_samples: int | None = Field(1000, ge=1)
+
+    def settings(self) -> "ProxySettings":
+        """The :class:`autoprune.evaluate.ProxySettings` this section describes."""
+        from autoprune.evaluate import ProxySettings
+
+        return ProxySettings(**self.model_dump())
+
+
+class LatencyConfig(_Section):
+    """How latency is measured (see :mod:`autoprune.measure`).
+
+    Attributes:
+        backend: ``torch`` (eager) or ``onnxruntime`` (needs the ``onnx`` extra).
+        batch_size: Inference batch size timed.
+        threads: Intra-op threads, fixed while timing.
+        warmup: Untimed runs first.
+        rounds: Timed rounds (the maximum when ``rel_ci`` is set).
+        rel_ci: Stop early once the 95% confidence half-width relative to the median is at
+            most this (null: always time ``rounds`` rounds).
+        predictor: What the environment uses to clip actions to the budget while an episode
+            runs: ``table`` (a per-unit latency table, cheap) or ``measured`` (time the
+            partly pruned model, exact but slow). The final reward is always measured.
+    """
+
+    backend: Literal["torch", "onnxruntime"] = "torch"
+    batch_size: int = Field(1, ge=1)
+    threads: int = Field(2, ge=1)
+    warmup: int = Field(5, ge=0)
+    rounds: int = Field(15, ge=1)
+    rel_ci: float | None = Field(0.03, gt=0.0)
+    predictor: Literal["table", "measured"] = "table"
+
+
+class BudgetConfig(_Section):
+    """The resource budget: set exactly one of ``target`` and ``target_ms``.
+
+    Attributes:
+        metric: ``latency`` (measured on ``latency.backend``) or ``macs``.
+        target: Allowed fraction of the dense model's metric, in (0, 1]. The default 0.5
+            applies when neither ``target`` nor ``target_ms`` is given.
+        target_ms: Allowed absolute latency in milliseconds (``metric: latency`` only).
+    """
+
+    metric: Literal["latency", "macs"] = "latency"
+    target: float | None = Field(None, gt=0.0, le=1.0)
+    target_ms: float | None = Field(None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "BudgetConfig":
+        if self.target is not None and self.target_ms is not None:
+            raise _combination(
+                f"target={self.target!r} and target_ms={self.target_ms!r} are both set; set exactly one "
+                "(target: fraction of dense, target_ms: milliseconds) and the other to null"
+            )
+        if self.target_ms is not None and self.metric != "latency":
+            raise _combination(
+                f"target_ms={self.target_ms!r} needs metric 'latency', not {self.metric!r}; "
+                "for metric 'macs' set target (fraction of dense) instead"
+            )
+        if self.target is None and self.target_ms is None:
+            self.target = 0.5
+        return self
+
+
+class RewardConfig(_Section):
+    """The episode reward, computed once a whole policy is applied.
+
+    With ``acc`` the proxy accuracy and ``r = metric / budget``:
+
+    * ``hard``: ``acc - penalty * max(0, r - 1)``: no effect within budget, a linear
+      penalty above it.
+    * ``soft``: ``acc * r ** exponent`` when ``r > 1``, else ``acc`` (MnasNet-style; the
+      exponent is <= 0, so a policy over budget loses reward smoothly).
+
+    Attributes:
+        kind: ``hard`` or ``soft``.
+        penalty: Slope of the hard penalty (>= 0).
+        exponent: Exponent of the soft penalty (<= 0).
+    """
+
+    kind: Literal["hard", "soft"] = "hard"
+    penalty: float = Field(2.0, ge=0.0)
+    exponent: float = Field(-0.07, le=0.0)
+
+
+class PruningConfig(_Section):
+    """How a policy is applied (see :mod:`autoprune.surgery`).
+
+    Attributes:
+        importance: Channel ranking: ``l1``, ``l2``, ``taylor`` or ``bn_scale``.
+        round_to: Keep channel counts at multiples of this (null: no rounding).
+        max_ratio: Largest ratio any unit may be pruned by, in (0, 1).
+        drop_blocks: Allow removing whole residual blocks.
+        iterative_steps: Reach the policy in this many prune-recover stages.
+    """
+
+    importance: Literal["l1", "l2", "taylor", "bn_scale"] = "l1"
+    round_to: int | None = Field(None, ge=1)
+    max_ratio: float = Field(0.8, gt=0.0, lt=1.0)
+    drop_blocks: bool = True
+    iterative_steps: int = Field(1, ge=1)
+
+
+class SearchConfig(_Section):
+    """The search for per-unit ratios.
+
+    Attributes:
+        searcher: ``ppo`` (agent over the layer-pruning env), ``optuna`` (ratios sampled
+            directly), ``ddpg`` (AMC-style), or the baselines ``random``, ``uniform``,
+            ``sensitivity``.
+        episodes: Policies evaluated (episodes for agents, trials for Optuna).
+        sampler: Optuna sampler (``searcher: optuna`` only): ``tpe``, ``cmaes``
+            (single-objective), ``nsga2`` (multi-objective: accuracy and latency, Pareto
+            front) or ``gp``.
+        storage: Optuna storage URL (null: an SQLite file in ``output_dir``); use a
+            PostgreSQL URL to share a study between machines.
+        study: Optuna study name (null: the experiment's name); workers with the same
+            storage and study cooperate and resume.
+        workers: Parallel worker processes on this machine.
+        params: Searcher hyper-parameters, validated by the searcher itself.
+    """
+
+    searcher: SearcherName = "optuna"
+    episodes: int = Field(150, ge=1)
+    sampler: Literal["tpe", "cmaes", "nsga2", "gp"] = "tpe"
+    storage: str | None = None
+    study: str | None = None
+    workers: int = Field(1, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class FinetuneConfig(_Section):
+    """Fine-tuning of the pruned model, optionally distilled from the dense one.
+
+    Attributes:
+        epochs: Epochs (0: no fine-tuning).
+        lr: Peak learning rate.
+        batch_size: Batch size.
+        optimizer: ``sgd`` (Nesterov momentum) or ``adamw``.
+        schedule: ``cosine`` or ``constant``.
+        distill: Add a knowledge-distillation loss with the dense model as teacher.
+        temperature: Distillation softmax temperature.
+        alpha: Weight of the distillation loss (1 - alpha on the label loss), in [0, 1].
+    """
+
+    epochs: int = Field(3, ge=0)
+    lr: float = Field(0.01, gt=0.0)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    schedule: Literal["cosine", "constant"] = "cosine"
+    distill: bool = False
+    temperature: float = Field(4.0, gt=0.0)
+    alpha: float = Field(0.7, ge=0.0, le=1.0)
+
+
+class ExportConfig(_Section):
+    """What is exported with the pruned model (its state and pruning history always are).
+
+    Attributes:
+        onnx: Also export and check an ONNX model (needs the ``onnx`` extra).
+        quantize: Also write a dynamically quantised ONNX model (implies ``onnx``).
+    """
+
+    onnx: bool = False
+    quantize: bool = False
+
+
+with warnings.catch_warnings():
+    # The field ``register`` shadows ABCMeta.register on the class only; instances read the field.
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+    class TrackingConfig(_Section):
+        """MLflow tracking.
+
+        Attributes:
+            uri: Tracking URI (null: ``sqlite:///mlflow.db`` in the project directory).
+            experiment: MLflow experiment name (null: the experiment's ``name``).
+            register: Register the best pruned model in the model registry.
+        """
+
+        uri: str | None = None
+        experiment: str | None = None
+        register: bool = True
+
+
+class ExperimentConfig(_Section):
+    """One experiment: what to prune, under which budget, searched how, tracked where.
+
+    Attributes:
+        name: Experiment name: letters, digits, ``_``, ``.``, ``-``.
+        seed: Seed of data splits, training and search.
+        output_dir: Where results go; ``{name}`` is replaced by ``name``.
+    """
+
+    name: str = "experiment"
+    seed: int = Field(0, ge=0)
+    output_dir: str = "runs/{name}"
+    model: ModelConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    pruning: PruningConfig = Field(default_factory=PruningConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise _not_allowed("letters, digits, '_', '.' and '-', starting with a letter or digit")
+        return v
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "ExperimentConfig":
+        self.output_dir = self.output_dir.replace("{name}", self.name)
+        if self.tracking.experiment is None:
+            self.tracking.experiment = self.name
+        return self
+
+    def flat(self) -> dict[str, str]:
+        """All settings as ``{"search.episodes": "150", ...}``, e.g. for MLflow params.
+
+        Strings are kept as they are; other values are written as JSON (``true``, ``null``,
+        ``[]``). Nested mappings such as ``search.params`` are flattened too.
+        """
+        out: dict[str, str] = {}
+        _flatten(self.model_dump(mode="json"), "", out)
+        return out
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, str]) -> None:
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    elif isinstance(value, str):
+        out[prefix] = value
+    else:
+        out[prefix] = json.dumps(value)
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The config as YAML, every default written out; :func:`load_config` reads it back."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Read an experiment YAML file, apply ``overrides`` and validate.
+
+    Args:
+        path: The YAML file.
+        overrides: ``"dotted.key=value"`` strings, the value read as YAML
+            (``"search.episodes=20"``, ``"model.ignore=[fc]"``, ``"budget.target=null"``).
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: one line naming the file (or the override), the field, the bad value
+            and what is allowed; also for a missing file or a YAML syntax error.
+    """
+    source = str(path)
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(f"{source}: file not found") from e
+    except IsADirectoryError as e:
+        raise ConfigError(f"{source}: is a directory, expected a YAML file") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{source}: cannot read ({type(e).__name__}: {_one_line(str(e))})") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = " ".join(p for p in (e.context, e.problem) if p)
+        raise ConfigError(f"{where}: YAML syntax error: {_one_line(problem)}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: YAML error: {_one_line(str(e))}") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of sections (model:, budget:, ...), "
+            f"not {_yaml_type(data)}"
+        )
+    return parse_config(data, source=source, overrides=overrides)
+
+
+def parse_config(data: Mapping[str, Any], *, source: str = "config", overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Validate an already-parsed config mapping; see :func:`load_config`.
+
+    Args:
+        data: The mapping (it is not modified).
+        source: What to call it in error messages.
+        overrides: ``"dotted.key=value"`` strings applied first.
+
+    Raises:
+        ConfigError: one line naming ``source`` (or the override), field, value and what is allowed.
+    """
+    data = _deep_copy(data)
+    applied: list[tuple[tuple[str, ...], str]] = []
+    for item in overrides:
+        keys = _apply_override(data, item)
+        applied.append((keys, item))
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source, applied)) from e
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _apply_override(data: dict[str, Any], item: str) -> tuple[str, ...]:
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    keys = tuple(key.split("."))
+    if not sep or not key or any(not k for k in keys):
+        raise ConfigError(f"override {item!r}: expected 'dotted.key=value', e.g. 'search.episodes=20'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({_one_line(str(e))})") from e
+    node: Any = data
+    for i, k in enumerate(keys[:-1]):
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        elif not isinstance(child, dict):
+            where = ".".join(keys[: i + 1])
+            raise ConfigError(f"override {item!r}: {where} is {_show(child)}, not a section with fields")
+        node = child
+    node[keys[-1]] = value
+    return keys
+
+
+# -- turning pydantic errors into one line -----------------------------------------------
+
+_TYPE_HINTS = {
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "dict_type": "expected a mapping",
+    "finite_number": "expected a finite number",
+}
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
+
+
+def _describe(e: ValidationError, source: str, applied: list[tuple[tuple[str, ...], str]]) -> str:
+    errors = e.errors(include_url=False)
+    err = errors[0]
+    loc = tuple(err["loc"])
+    path = _loc_str(loc)
+    for keys, item in reversed(applied):
+        if loc[: len(keys)] == keys or keys[: len(loc)] == loc:
+            source = f"override {item!r}"
+            break
+    msg = f"{source}: {path}: {_explain(err, loc)}" if path else f"{source}: {_explain(err, loc)}"
+    if len(errors) > 1:
+        n = len(errors) - 1
+        msg += f" (+{n} more error{'s' if n > 1 else ''})"
+    return _one_line(msg)
+
+
+def _explain(err: Any, loc: tuple[Any, ...]) -> str:
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    section = _section_at(loc)
+    if kind == "missing":
+        if section is not None:
+            return f"missing required section (fields: {', '.join(section.model_fields)})"
+        return "missing required field"
+    if kind == "extra_forbidden":
+        parent = _section_at(loc[:-1]) or ExperimentConfig
+        allowed = list(parent.model_fields)
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown field{hint}; allowed fields: {', '.join(allowed)}"
+    if kind in ("model_type", "model_attributes_type", "dict_type") and section is not None:
+        return f"{_show(value)} is not allowed; expected a mapping with fields: {', '.join(section.model_fields)}"
+    if kind == "literal_error":
+        return f"{_show(value)} is not allowed; allowed: {ctx.get('expected')}"
+    if kind == "not_allowed":
+        return f"{_show(value)} is not allowed; allowed: {ctx.get('allowed')}"
+    if kind in _BOUNDS:
+        key, op = _BOUNDS[kind]
+        return f"{_show(value)} is not allowed; must be {op} {ctx.get(key)}"
+    if kind in _TYPE_HINTS:
+        return f"{_show(value)} is not allowed; {_TYPE_HINTS[kind]}"
+    text = str(err.get("msg", kind))
+    if kind in ("value_error", "assertion_error", "invalid_combination"):
+        return text.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return f"{_show(value)} is not allowed; {text[:1].lower()}{text[1:]}"
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The section class at ``loc`` in the schema, or None if ``loc`` is not a section."""
+    cls: type[BaseModel] | None = ExperimentConfig
+    for part in loc:
+        if cls is None or not isinstance(part, str) or part not in cls.model_fields:
+            return None
+        ann = cls.model_fields[part].annotation
+        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return cls
+
+
+def _loc_str(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _yaml_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {_show(value)}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+__all__ = [
+    "SEARCHERS",
+    "SearcherName",
+    "BudgetConfig",
+    "DataConfig",
+    "ExperimentConfig",
+    "ExportConfig",
+    "FinetuneConfig",
+    "LatencyConfig",
+    "ModelConfig",
+    "ProxyConfig",
+    "PruningConfig",
+    "RewardConfig",
+    "SearchConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "check_data_name",
+    "check_model_name",
+    "dump_config",
+    "load_config",
+    "parse_config",
+]

@@ -1,0 +1,233 @@
+"""Wire a validated config into the real objects: data, baseline model, evaluator, searcher.
+
+This is the library behind ``autoprune estimate`` and ``autoprune search``; each
+CLI command is a few lines over these functions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from autoprune.config import ExperimentConfig
+from autoprune.errors import ConfigError
+from autoprune.evaluate import ProxySettings, proxy_accuracy
+from autoprune.graph import PrunableGraph
+from autoprune.measure import PairedTimer, count_macs_params, model_size_bytes
+from autoprune.objective import Budget, LatencySettings, PolicyEvaluator, Reward
+from autoprune.policy import Policy
+from autoprune.search import SearchResult, get_searcher
+from autoprune.surgery import apply_policy
+from autoprune.train import TrainSettings, default_checkpoint_path, train_or_load
+from autoprune.zoo import DataBundle, load_data
+
+log = logging.getLogger(__name__)
+
+#: Baselines committed with the repository (trained by ``autoprune train``), looked up first.
+COMMITTED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "experiments" / "checkpoints"
+
+
+def baseline_checkpoint(model_name: str, data_name: str) -> Path:
+    """Where the baseline of ``model_name`` on ``data_name`` is cached: the committed one if present."""
+    committed = default_checkpoint_path(model_name, data_name, COMMITTED_CHECKPOINTS)
+    if committed.is_file():
+        return committed
+    return default_checkpoint_path(model_name, data_name, os.environ.get("AUTOPRUNE_CACHE", ".autoprune/checkpoints"))
+
+
+@dataclass
+class Baseline:
+    """A trained dense model with its data."""
+
+    model: nn.Module
+    data: DataBundle
+    meta: dict[str, Any]
+    checkpoint: Path
+
+
+def load_baseline(cfg: ExperimentConfig, *, progress: bool = True) -> Baseline:
+    """Load the data and the dense model, training and caching the model if no checkpoint exists."""
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg.data.name, data_dir=cfg.data.data_dir, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
+    ckpt = Path(cfg.model.checkpoint) if cfg.model.checkpoint else baseline_checkpoint(cfg.model.name, data.name)
+    if cfg.model.checkpoint and not ckpt.is_file():
+        raise ConfigError(f"model.checkpoint: file {str(ckpt)!r} does not exist")
+    t = cfg.train
+    settings = TrainSettings(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, augment=t.augment, seed=cfg.seed)
+    model, meta = train_or_load(cfg.model.name, data, settings, checkpoint=ckpt, progress=progress)
+    return Baseline(model.eval(), data, meta, ckpt)
+
+
+def build_evaluator(cfg: ExperimentConfig, baseline: Baseline) -> PolicyEvaluator:
+    """The shared objective of a search, from the config's budget, reward, proxy, latency and pruning sections."""
+    lat = cfg.latency
+    if lat.backend != "torch":
+        raise ConfigError(f"latency.backend: {lat.backend!r} is not available yet; allowed: 'torch'")
+    b = cfg.budget
+    target = b.target if b.target is not None else (None if b.target_ms is not None else 0.5)
+    budget = Budget(metric=b.metric, target=target, target_ms=b.target_ms)
+    return PolicyEvaluator(
+        baseline.model,
+        baseline.data,
+        budget=budget,
+        reward=Reward(kind=cfg.reward.kind, penalty=cfg.reward.penalty, exponent=cfg.reward.exponent),
+        proxy=ProxySettings(bn_batches=cfg.proxy.bn_batches, bn_batch_size=cfg.proxy.bn_batch_size, val_samples=cfg.proxy.val_samples),
+        latency=LatencySettings(backend=lat.backend, batch_size=lat.batch_size, threads=lat.threads, warmup=lat.warmup, rounds=lat.rounds, rel_ci=lat.rel_ci),
+        importance=cfg.pruning.importance,
+        round_to=cfg.pruning.round_to,
+        max_ratio=cfg.pruning.max_ratio,
+        allow_drop=cfg.pruning.drop_blocks,
+        ignored=tuple(cfg.model.ignore),
+        seed=cfg.seed,
+    )
+
+
+def output_dir(cfg: ExperimentConfig) -> Path:
+    """The experiment's output directory (created)."""
+    d = Path(cfg.output_dir.replace("{name}", cfg.name))
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"output_dir: cannot create {str(d)!r} ({e.strerror})") from e
+    if not os.access(d, os.W_OK):
+        raise ConfigError(f"output_dir: {str(d)!r} is not writable")
+    return d
+
+
+def searcher_params(cfg: ExperimentConfig, out: Path) -> dict[str, Any]:
+    """Searcher hyper-parameters: ``search.params`` plus what the config says elsewhere (Optuna sampler, storage)."""
+    params = dict(cfg.search.params)
+    if cfg.search.searcher == "optuna":
+        params.setdefault("sampler", cfg.search.sampler)
+        params.setdefault("storage", cfg.search.storage or f"sqlite:///{(out / 'study.db').resolve()}")
+        params.setdefault("study_name", cfg.search.study or cfg.name)
+    return params
+
+
+def write_policy(path: Path, evaluator: PolicyEvaluator, result: SearchResult, cfg: ExperimentConfig) -> None:
+    """Write the best policy with its metrics and provenance as JSON (atomically)."""
+    best = result.best
+    payload = {
+        "format": "autoprune-policy/1",
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "budget": {"metric": evaluator.budget.metric, "target": evaluator.target},
+        "backend": {"name": cfg.latency.backend, "batch_size": cfg.latency.batch_size, "threads": cfg.latency.threads},
+        "searcher": result.searcher,
+        "policy": best.policy.to_dict() if best else None,
+        "metrics": best.metrics.as_dict() if best else None,
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(path)
+
+
+@dataclass
+class SearchRun:
+    """A finished search with where its files went."""
+
+    result: SearchResult
+    evaluator: PolicyEvaluator
+    policy_path: Path
+    history_path: Path
+    baseline: Baseline
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def run_search(
+    cfg: ExperimentConfig, *, progress: bool = True, callback: Callable | None = None, baseline: Baseline | None = None
+) -> SearchRun:
+    """Load the baseline, build the evaluator, run the configured searcher, write policy JSON and history CSV."""
+    out = output_dir(cfg)
+    baseline = baseline or load_baseline(cfg, progress=progress)
+    evaluator = build_evaluator(cfg, baseline)
+    searcher = get_searcher(cfg.search.searcher, searcher_params(cfg, out), progress=progress, callback=callback)
+    evaluator.check_reachable()
+    result = searcher.search(evaluator, cfg.search.episodes, seed=cfg.seed)
+    policy_path, history_path = out / "policy.json", out / "history.csv"
+    write_policy(policy_path, evaluator, result, cfg)
+    result.write_history_csv(history_path)
+    return SearchRun(result, evaluator, policy_path, history_path, baseline)
+
+
+# ----------------------------------------------------------------- estimate
+@dataclass
+class EstimateRow:
+    """One line of ``autoprune estimate``."""
+
+    ratio: float
+    params: int
+    macs: int
+    size_bytes: int
+    latency_ms: float
+    latency_ratio: float
+    latency_ci: tuple[float, float]
+    predicted_ratio: float
+    proxy_accuracy: float
+    seconds: dict[str, float]
+
+
+def estimate(
+    baseline: Baseline,
+    ratios: list[float],
+    *,
+    batch_size: int = 1,
+    threads: int = 2,
+    proxy: ProxySettings = ProxySettings(),
+    importance: str = "l1",
+    round_to: int | None = None,
+    ignored: tuple[str, ...] = (),
+) -> list[EstimateRow]:
+    """Measure what uniform channel pruning at each ratio really saves (and costs in proxy accuracy).
+
+    The first row is the dense model (ratio 0).
+    """
+    for r in ratios:
+        if not 0.0 <= r < 1.0:
+            raise ConfigError(f"--ratios: {r!r} is out of range; allowed: 0 <= ratio < 1")
+    model, data = baseline.model, baseline.data
+    x1 = data.example_input(1)
+    xb = data.example_input(batch_size)
+    graph = PrunableGraph(model, x1, ignored=ignored)
+    from autoprune.latency_table import LatencyTable
+
+    timer = PairedTimer(model, xb, threads=threads)
+    dense_ms = timer.reference_ms()
+    dense_specs = graph.specs_for({}, (), batch_size=batch_size)
+    table = LatencyTable(threads=threads)
+    table.fit([(dense_specs, dense_ms)])
+    rows = []
+    for r in [0.0, *ratios]:
+        t0 = time.perf_counter()
+        pol = Policy.uniform(graph.unit_names, r)
+        pruned = apply_policy(model, pol, graph=graph, importance=importance, round_to=round_to) if r > 0 else model
+        t1 = time.perf_counter()
+        acc = proxy_accuracy(pruned, data, proxy) if r > 0 else proxy_accuracy(_copy(model), data, ProxySettings(bn_batches=0, val_samples=proxy.val_samples))
+        t2 = time.perf_counter()
+        lat = timer.ratio(pruned.eval(), rounds=20)
+        t3 = time.perf_counter()
+        macs, params = count_macs_params(pruned, x1)
+        predicted = table.predict_ratio(graph.specs_for(pol.ratios, (), round_to=round_to, batch_size=batch_size), dense_specs)
+        rows.append(
+            EstimateRow(
+                ratio=r, params=int(params), macs=int(macs), size_bytes=model_size_bytes(pruned),
+                latency_ms=lat.ratio * dense_ms, latency_ratio=lat.ratio, latency_ci=(lat.ci_low, lat.ci_high),
+                predicted_ratio=predicted, proxy_accuracy=acc,
+                seconds={"prune": t1 - t0, "accuracy": t2 - t1, "latency": t3 - t2},
+            )
+        )
+    return rows
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)

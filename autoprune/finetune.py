@@ -1,0 +1,120 @@
+"""Fine-tune a pruned model, optionally distilling from the dense model (Hinton et al. 2015)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from autoprune.evaluate import accuracy
+from autoprune.zoo import DataBundle
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Fine-tuning schedule.
+
+    Attributes:
+        epochs: Passes over the training split (fractions allowed, e.g. 0.5).
+        lr: Peak learning rate.
+        batch_size: Batch size.
+        optimizer: ``sgd`` (Nesterov momentum 0.9) or ``adamw``.
+        schedule: ``cosine`` (decay to 0) or ``constant``.
+        weight_decay: L2 penalty on weights.
+        distill: Use the dense model as a teacher.
+        temperature: Softmax temperature of the distillation loss.
+        alpha: Weight of the distillation loss; ``1 - alpha`` weighs the label loss.
+        augment: Random crops and flips.
+        seed: Shuffling seed.
+    """
+
+    epochs: float = 3
+    lr: float = 0.01
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    schedule: Literal["cosine", "constant"] = "cosine"
+    weight_decay: float = 5e-4
+    distill: bool = False
+    temperature: float = 4.0
+    alpha: float = 0.7
+    augment: bool = True
+    seed: int = 0
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL divergence between softened distributions, scaled by T^2 so gradients keep their size."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, 1), F.softmax(teacher_logits / t, 1), reduction="batchmean") * t * t
+
+
+def finetune(
+    model: nn.Module,
+    data: DataBundle,
+    settings: FinetuneSettings = FinetuneSettings(),
+    *,
+    teacher: nn.Module | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """Train ``model`` in place; returns per-epoch metrics (train loss, val accuracy).
+
+    Args:
+        teacher: The dense model, required when ``settings.distill``.
+        on_epoch: Called with ``(epoch, metrics)`` after each epoch (e.g. MLflow logging).
+    """
+    if settings.epochs <= 0:
+        return []
+    if settings.distill and teacher is None:
+        raise ValueError("distillation needs the dense model as teacher")
+    torch.manual_seed(settings.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=settings.lr, momentum=0.9, nesterov=True, weight_decay=settings.weight_decay)
+    steps_per_epoch = math.ceil(len(data.train) / settings.batch_size)
+    total = max(1, int(round(settings.epochs * steps_per_epoch)))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total) if settings.schedule == "cosine" else None
+    if teacher is not None:
+        teacher.eval()
+    history: list[dict[str, float]] = []
+    bar = tqdm(total=total, desc="finetune", unit="batch", disable=not progress, dynamic_ncols=True)
+    step, epoch = 0, 0
+    while step < total:
+        model.train()
+        running, n = 0.0, 0
+        for x, y in data.train.batches(settings.batch_size, shuffle=True, seed=settings.seed * 1000 + epoch, augment=settings.augment and data.augment_ok):
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            if settings.distill and teacher is not None:
+                with torch.no_grad():
+                    t_out = teacher(x)
+                loss = (1 - settings.alpha) * loss + settings.alpha * distillation_loss(out, t_out, settings.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            running += float(loss) * len(y)
+            n += len(y)
+            step += 1
+            bar.update(1)
+            if step >= total:
+                break
+        epoch += 1
+        metrics = {"train_loss": running / max(1, n), "val_accuracy": accuracy(model, data.val)}
+        bar.set_postfix(epoch=epoch, val_acc=f"{metrics['val_accuracy']:.4f}")
+        history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    bar.close()
+    model.eval()
+    return history

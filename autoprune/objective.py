@@ -1,0 +1,340 @@
+"""``PolicyEvaluator``: policy -> :class:`Metrics`, the one objective every searcher optimises.
+
+The evaluator owns the budget and the reward, so PPO, Optuna and the baselines
+are compared on exactly the same numbers. Evaluations are cached by rounded
+policy.
+
+Rewards (``acc`` is the proxy accuracy in [0, 1], ``c`` the budget metric as a
+fraction of dense: measured latency ratio, or MAC ratio; ``t`` the target):
+
+* ``hard``: ``acc - penalty * max(0, c / t - 1)``. Anything within budget is
+  scored by accuracy alone; every 1% of overshoot costs ``penalty`` points of
+  accuracy (default 2.0: 1% over costs 2 points).
+* ``soft``: ``acc * (c / t) ** w`` with ``w = exponent`` (default -0.07), the
+  MnasNet trade-off: faster than target earns a little, slower loses a little.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+from torch import nn
+
+from autoprune.errors import BudgetError, ConfigError
+from autoprune.evaluate import ProxySettings, accuracy, proxy_accuracy
+from autoprune.graph import PrunableGraph
+from autoprune.latency_table import LatencyTable
+from autoprune.measure import PairedTimer, count_macs_params
+from autoprune.policy import Policy
+from autoprune.surgery import apply_policy
+from autoprune.zoo import DataBundle
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the pruned model must meet: ``metric`` at most ``target`` x dense (or ``target_ms``)."""
+
+    metric: Literal["latency", "macs"] = "latency"
+    target: float | None = 0.5
+    target_ms: float | None = None
+
+    def target_ratio(self, dense_ms: float) -> float:
+        """The target as a fraction of the dense model."""
+        if self.target_ms is not None:
+            if self.metric != "latency":
+                raise ConfigError("budget.target_ms: only allowed with budget.metric 'latency'")
+            return self.target_ms / dense_ms
+        if self.target is None or not 0 < self.target <= 1:
+            raise ConfigError(f"budget.target: {self.target!r} is out of range; allowed: 0 < target <= 1")
+        return float(self.target)
+
+
+@dataclass(frozen=True)
+class Reward:
+    """How accuracy and the budget metric combine into one scalar (see module docstring)."""
+
+    kind: Literal["hard", "soft"] = "hard"
+    penalty: float = 2.0
+    exponent: float = -0.07
+
+    def __call__(self, acc: float, value: float, target: float) -> float:
+        if self.kind == "hard":
+            return acc - self.penalty * max(0.0, value / target - 1.0)
+        if self.kind == "soft":
+            return acc * (value / target) ** self.exponent
+        raise ConfigError(f"reward.kind: {self.kind!r} is not allowed; allowed: 'hard', 'soft'")
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """How latency is measured during search: paired against dense, at ``batch_size``."""
+
+    backend: str = "torch"
+    batch_size: int = 1
+    threads: int = 2
+    warmup: int = 3
+    rounds: int = 15
+    min_rounds: int = 5
+    rel_ci: float | None = 0.03
+
+
+@dataclass
+class Metrics:
+    """Everything measured about one policy.
+
+    Attributes:
+        accuracy: Proxy accuracy on the validation subset (after adaptive BN).
+        latency_ratio: Measured latency / dense latency (paired, interleaved calls).
+        latency_ci: 95% confidence interval of ``latency_ratio``.
+        latency_ms: ``latency_ratio`` x the dense model's latency.
+        predicted_ratio: Latency ratio predicted by the lookup table (no run).
+        macs_ratio, params_ratio: Of the pruned model relative to dense.
+        macs, params: Of the pruned model (MACs per sample).
+        value: The budget metric (latency or MAC ratio) the reward used.
+        feasible: ``value <= target``.
+        reward: See the module docstring.
+        seconds: Time spent per step (prune, accuracy, latency, total).
+        failed: The evaluation raised or produced NaN; ``error`` says why.
+    """
+
+    accuracy: float
+    latency_ratio: float
+    latency_ci: tuple[float, float]
+    latency_ms: float
+    predicted_ratio: float
+    macs: int
+    params: int
+    macs_ratio: float
+    params_ratio: float
+    value: float
+    feasible: bool
+    reward: float
+    seconds: dict[str, float] = field(default_factory=dict)
+    failed: bool = False
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, float | bool | str | None]:
+        """Flat dict for CSV/MLflow."""
+        d = {k: getattr(self, k) for k in (
+            "accuracy", "latency_ratio", "latency_ms", "predicted_ratio", "macs", "params",
+            "macs_ratio", "params_ratio", "value", "feasible", "reward", "failed", "error",
+        )}
+        d["latency_ci_low"], d["latency_ci_high"] = self.latency_ci
+        d.update({f"seconds_{k}": v for k, v in self.seconds.items()})
+        return d
+
+
+FAILED_REWARD = -1.0
+
+
+@dataclass
+class Evaluation:
+    """One entry of the evaluator's history."""
+
+    index: int
+    policy: Policy
+    metrics: Metrics
+    cached: bool = False
+
+
+class PolicyEvaluator:
+    """Evaluate pruning policies of one dense model against one budget.
+
+    Args:
+        model: Trained dense model (never modified).
+        data: Data bundle; the proxy uses ``train`` (BN statistics) and ``val`` only.
+        budget: Target latency or MACs.
+        reward: Reward definition.
+        proxy: Accuracy-proxy sizes.
+        latency: Latency measurement settings.
+        importance: Channel-importance criterion for surgery.
+        round_to: Channel multiple for surgery.
+        max_ratio: Largest per-unit ratio searchers may use.
+        allow_drop: Whether policies may drop residual blocks.
+        ignored: Module names never pruned.
+        graph: Reuse a graph built on ``model`` (built here otherwise).
+        table: A calibrated latency table (calibrated here otherwise).
+        seed: Seed of the BN-recalibration batches.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DataBundle,
+        *,
+        budget: Budget = Budget(),
+        reward: Reward = Reward(),
+        proxy: ProxySettings = ProxySettings(),
+        latency: LatencySettings = LatencySettings(),
+        importance: str = "l1",
+        round_to: int | None = None,
+        max_ratio: float = 0.8,
+        allow_drop: bool = True,
+        ignored: tuple[str, ...] = (),
+        graph: PrunableGraph | None = None,
+        table: LatencyTable | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 < max_ratio < 1.0:
+            raise ConfigError(f"pruning.max_ratio: {max_ratio!r} is out of range; allowed: 0 < max_ratio < 1")
+        self.model = model.eval()
+        self.data = data
+        self.budget = budget
+        self.reward_fn = reward
+        self.proxy = proxy
+        self.latency = latency
+        self.importance = importance
+        self.round_to = round_to
+        self.max_ratio = max_ratio
+        self.seed = seed
+        self.example_input = data.example_input(latency.batch_size)
+        self.graph = graph or PrunableGraph(model, data.example_input(1), ignored=ignored, drop_blocks=allow_drop)
+        self.allow_drop = allow_drop and bool(self.graph.blocks)
+        self.unit_names = self.graph.unit_names
+        self.block_names = self.graph.block_names if self.allow_drop else []
+        self.timer = PairedTimer(self.model, self.example_input, backend=latency.backend, threads=latency.threads)
+        self.dense_ms = self.timer.reference_ms(repeats=30)
+        self.dense_macs, self.dense_params = count_macs_params(self.model, data.example_input(1))
+        self.dense_accuracy = accuracy(self.model, data.val.subset(proxy.val_samples))
+        self.target = budget.target_ratio(self.dense_ms)
+        self._dense_specs = self.graph.specs_for({}, (), batch_size=latency.batch_size)
+        self.table = table or self._calibrate_table()
+        self._cache: dict[tuple, Metrics] = {}
+        self.history: list[Evaluation] = []
+        self._batches_for_taylor = lambda: list(data.train.batches(64, shuffle=True, seed=seed))[:4]
+
+    def __deepcopy__(self, memo: dict) -> "PolicyEvaluator":
+        """The evaluator is a shared service (model, graph, timer, cache): copies of an env share it."""
+        return self
+
+    # ------------------------------------------------------------ prediction
+    def _calibrate_table(self) -> LatencyTable:
+        """Fit the lookup table on the dense model and a few pruned variants, measured paired."""
+        t0 = time.perf_counter()
+        table = LatencyTable(threads=self.latency.threads)
+        variants = [Policy()]
+        variants.append(Policy.uniform(self.unit_names, min(0.5, self.max_ratio)))
+        variants.append(Policy.uniform(self.unit_names, min(0.25, self.max_ratio), drop=self.block_names[::2]))
+        samples = []
+        for pol in variants:
+            specs = self.graph.specs_for(pol.ratios, pol.drop, round_to=self.round_to, batch_size=self.latency.batch_size)
+            if not pol.ratios and not pol.drop:
+                ms = self.dense_ms
+            else:
+                pruned = apply_policy(self.model, pol, graph=self.graph, importance="l1", round_to=self.round_to)
+                ms = self.timer.ratio(pruned.eval(), rounds=10).ratio * self.dense_ms
+            samples.append((specs, ms))
+        table.fit(samples)
+        log.info("latency table calibrated on %d models in %.1fs", len(samples), time.perf_counter() - t0)
+        return table
+
+    def predicted_ratio(self, ratios: dict[str, float], drop: tuple[str, ...] | list[str] = ()) -> float:
+        """Latency ratio to dense predicted by the lookup table, without surgery."""
+        specs = self.graph.specs_for(ratios, drop, round_to=self.round_to, batch_size=self.latency.batch_size)
+        return self.table.predict_ratio(specs, self._dense_specs)
+
+    def predicted_value(self, ratios: dict[str, float], drop: tuple[str, ...] | list[str] = ()) -> float:
+        """The budget metric predicted without surgery (latency ratio, or exact MAC ratio)."""
+        if self.budget.metric == "macs":
+            return self.graph.macs_for(ratios, drop, round_to=self.round_to) / max(1, self.graph.macs_for({}, ()))
+        return self.predicted_ratio(ratios, drop)
+
+    def min_reachable(self) -> float:
+        """Smallest budget metric reachable: every unit at ``max_ratio`` and every block dropped."""
+        return self.predicted_value({n: self.max_ratio for n in self.unit_names}, tuple(self.block_names))
+
+    def check_reachable(self) -> None:
+        """Raise :class:`BudgetError` if the target is below what the maximum ratios can reach."""
+        reachable = self.min_reachable()
+        if reachable > self.target:
+            raise BudgetError(
+                f"budget.target: {self.target:.3f} of dense {self.budget.metric} is unreachable; with every unit at "
+                f"max_ratio {self.max_ratio} and all droppable blocks dropped the model reaches {reachable:.3f} "
+                f"(predicted); raise the target or pruning.max_ratio"
+            )
+
+    # ------------------------------------------------------------ evaluation
+    def reward(self, acc: float, value: float) -> float:
+        """Reward of an accuracy and a budget-metric value (see module docstring)."""
+        return self.reward_fn(acc, value, self.target)
+
+    def evaluate(self, policy: Policy) -> Metrics:
+        """Prune a copy, recalibrate BN, score on validation, measure latency paired; cached."""
+        key = policy.key()
+        if key in self._cache:
+            m = self._cache[key]
+            self.history.append(Evaluation(len(self.history), policy, m, cached=True))
+            return m
+        try:
+            metrics = self._evaluate_uncached(policy)
+        except (RuntimeError, ValueError) as e:
+            log.warning("evaluation failed for policy %s: %s", policy.to_dict(), e)
+            metrics = self._failed(str(e))
+        if math.isnan(metrics.accuracy) or math.isnan(metrics.reward):
+            metrics = self._failed("NaN in accuracy or reward")
+        self._cache[key] = metrics
+        self.history.append(Evaluation(len(self.history), policy, metrics))
+        return metrics
+
+    def _failed(self, why: str) -> Metrics:
+        nan = float("nan")
+        return Metrics(nan, nan, (nan, nan), nan, nan, 0, 0, nan, nan, nan, False, FAILED_REWARD, {}, True, why)
+
+    def _evaluate_uncached(self, policy: Policy) -> Metrics:
+        t0 = time.perf_counter()
+        batches = self._batches_for_taylor if self.importance == "taylor" else None
+        pruned = apply_policy(self.model, policy, graph=self.graph, importance=self.importance, round_to=self.round_to, batches=batches)
+        t1 = time.perf_counter()
+        acc = proxy_accuracy(pruned, self.data, self.proxy, seed=self.seed)
+        pruned.eval()
+        t2 = time.perf_counter()
+        lat = self.timer.ratio(
+            pruned, warmup=self.latency.warmup, rounds=self.latency.rounds,
+            min_rounds=self.latency.min_rounds, rel_ci=self.latency.rel_ci,
+        )
+        t3 = time.perf_counter()
+        macs, params = count_macs_params(pruned, self.data.example_input(1))
+        predicted = self.predicted_ratio(policy.ratios, policy.drop)
+        macs_ratio = macs / self.dense_macs
+        value = macs_ratio if self.budget.metric == "macs" else lat.ratio
+        t4 = time.perf_counter()
+        return Metrics(
+            accuracy=acc,
+            latency_ratio=lat.ratio,
+            latency_ci=(lat.ci_low, lat.ci_high),
+            latency_ms=lat.ratio * self.dense_ms,
+            predicted_ratio=predicted,
+            macs=int(macs),
+            params=int(params),
+            macs_ratio=macs_ratio,
+            params_ratio=params / self.dense_params,
+            value=value,
+            feasible=value <= self.target,
+            reward=self.reward(acc, value),
+            seconds={"prune": t1 - t0, "accuracy": t2 - t1, "latency": t3 - t2, "other": t4 - t3, "total": t4 - t0},
+        )
+
+    # ---------------------------------------------------------------- results
+    def best(self, *, feasible_only: bool = True) -> Evaluation | None:
+        """Highest-reward evaluation so far (among feasible ones when any exist and ``feasible_only``)."""
+        pool = [e for e in self.history if not e.metrics.failed]
+        if feasible_only and any(e.metrics.feasible for e in pool):
+            pool = [e for e in pool if e.metrics.feasible]
+        return max(pool, key=lambda e: e.metrics.reward, default=None)
+
+    def with_budget(self, budget: Budget) -> "PolicyEvaluator":
+        """A shallow variant with another budget sharing the graph, table, timer and cache-free history."""
+        clone = object.__new__(PolicyEvaluator)
+        clone.__dict__.update(self.__dict__)
+        clone.budget = budget
+        clone.target = budget.target_ratio(self.dense_ms)
+        clone._cache = {}
+        clone.history = []
+        return clone

@@ -1,0 +1,167 @@
+"""The searcher protocol: ``search(evaluator, n_episodes, seed) -> SearchResult``.
+
+Every searcher proposes policies and scores them with the shared
+:class:`~autoprune.objective.PolicyEvaluator`, which owns the budget and the
+reward. One call of ``evaluator.evaluate`` is one *episode* of the budget.
+"""
+
+from __future__ import annotations
+
+import abc
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from tqdm.auto import tqdm
+
+from autoprune.errors import ConfigError
+from autoprune.objective import Evaluation, Metrics, PolicyEvaluator
+from autoprune.policy import Policy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchResult:
+    """What a search found.
+
+    Attributes:
+        searcher: Name of the searcher.
+        best: Best feasible evaluation (highest reward), or the best infeasible one if none is feasible.
+        history: Every evaluation in order (cached repeats included, marked ``cached``).
+        pareto: Non-dominated evaluations on (accuracy up, budget metric down).
+        seconds: Wall time of the search.
+        extras: Searcher-specific data (e.g. sensitivity curves, the agent's path).
+    """
+
+    searcher: str
+    best: Evaluation | None
+    history: list[Evaluation]
+    pareto: list[Evaluation]
+    seconds: float
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def episodes(self) -> int:
+        """Evaluations made."""
+        return len(self.history)
+
+    def write_history_csv(self, path: str | Path) -> None:
+        """One row per evaluation: index, reward, metrics and the policy as JSON."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [{"episode": e.index, "cached": e.cached, **e.metrics.as_dict(), "policy": json.dumps(e.policy.to_dict())} for e in self.history]
+        if not rows:
+            path.write_text("")
+            return
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        tmp.replace(path)
+
+
+def pareto_front(history: list[Evaluation]) -> list[Evaluation]:
+    """Evaluations not dominated on (higher accuracy, lower budget metric), sorted by metric."""
+    pts = [e for e in history if not e.metrics.failed and not e.cached]
+    front = []
+    for e in pts:
+        a, v = e.metrics.accuracy, e.metrics.value
+        dominated = any(
+            (o.metrics.accuracy >= a and o.metrics.value <= v) and (o.metrics.accuracy > a or o.metrics.value < v) for o in pts
+        )
+        if not dominated:
+            front.append(e)
+    return sorted(front, key=lambda e: e.metrics.value)
+
+
+class ProgressReporter:
+    """A tqdm bar over episodes showing the best reward so far; also forwards to an optional callback."""
+
+    def __init__(self, total: int, desc: str, *, enabled: bool = True, callback: Callable[[Evaluation], None] | None = None) -> None:
+        self.bar = tqdm(total=total, desc=desc, unit="ep", disable=not enabled, dynamic_ncols=True)
+        self.best = -math.inf
+        self.callback = callback
+
+    def update(self, evaluation: Evaluation) -> None:
+        m = evaluation.metrics
+        if not m.failed and m.feasible and m.reward > self.best:
+            self.best = m.reward
+        self.bar.update(1)
+        self.bar.set_postfix(best=f"{self.best:.4f}" if self.best > -math.inf else "-", acc=f"{m.accuracy:.3f}", lat=f"{m.value:.3f}")
+        if self.callback is not None:
+            self.callback(evaluation)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class Searcher(abc.ABC):
+    """Base class of searchers: a name, validated hyper-parameters, and :meth:`search`.
+
+    Subclasses declare ``defaults`` (every accepted hyper-parameter with its default)
+    and implement :meth:`_run`, calling :meth:`evaluate` once per episode.
+
+    Args:
+        params: Hyper-parameters overriding ``defaults``; unknown names raise ConfigError.
+        progress: Show a progress bar.
+        callback: Called after every evaluation (e.g. MLflow logging).
+    """
+
+    name: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, params: dict[str, Any] | None = None, *, progress: bool = True, callback: Callable[[Evaluation], None] | None = None) -> None:
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            allowed = ", ".join(sorted(self.defaults)) or "(none)"
+            raise ConfigError(f"search.params: unknown hyper-parameter(s) {unknown} for searcher {self.name!r}; allowed: {allowed}")
+        self.params = {**self.defaults, **params}
+        self.progress = progress
+        self.callback = callback
+        self._reporter: ProgressReporter | None = None
+        self._evaluator: PolicyEvaluator | None = None
+
+    def evaluate(self, policy: Policy) -> Metrics:
+        """Score one policy with the shared evaluator (one episode) and report progress."""
+        assert self._evaluator is not None, "evaluate() called outside search()"
+        metrics = self._evaluator.evaluate(policy)
+        if self._reporter is not None:
+            self._reporter.update(self._evaluator.history[-1])
+        return metrics
+
+    def search(self, evaluator: PolicyEvaluator, n_episodes: int, *, seed: int = 0) -> SearchResult:
+        """Run ``n_episodes`` evaluations and return the best policy, history and Pareto front.
+
+        Raises:
+            ConfigError: ``n_episodes`` < 1. BudgetError: the target is unreachable.
+        """
+        if not isinstance(n_episodes, int) or n_episodes < 1:
+            raise ConfigError(f"search.episodes: {n_episodes!r} must be an integer >= 1")
+        evaluator.check_reachable()
+        self._evaluator = evaluator
+        start_index = len(evaluator.history)
+        self._reporter = ProgressReporter(n_episodes, self.name, enabled=self.progress, callback=self.callback)
+        t0 = time.perf_counter()
+        try:
+            extras = self._run(evaluator, n_episodes, seed) or {}
+        finally:
+            self._reporter.close()
+            self._reporter = None
+        seconds = time.perf_counter() - t0
+        history = evaluator.history[start_index:]
+        ok = [e for e in history if not e.metrics.failed]
+        feasible = [e for e in ok if e.metrics.feasible]
+        best = max(feasible or ok, key=lambda e: e.metrics.reward, default=None)
+        return SearchResult(self.name, best, list(history), pareto_front(history), seconds, extras)
+
+    @abc.abstractmethod
+    def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any] | None:
+        """Propose and evaluate ``n_episodes`` policies; may return extras for the result."""

@@ -1,0 +1,65 @@
+"""Shared helpers of the benchmarks: machine/library header and markdown tables."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import shlex
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Iterable, Sequence
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+LIBS = ("torch", "torch-pruning", "gymnasium", "stable-baselines3", "optuna", "mlflow", "numpy")
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def header(title: str, threads: int | None = None) -> str:
+    """Markdown header: command, date, library versions, machine (cores, threads)."""
+    import torch
+
+    cmd = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    libs = ", ".join(f"{n} {_version(n)}" for n in LIBS)
+    return (
+        f"# {title}\n\n"
+        f"- command: `python {cmd}`\n"
+        f"- date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}\n"
+        f"- machine: {os.cpu_count()} cores ({cpu}); torch intra-op threads {threads or torch.get_num_threads()}\n"
+        f"- python {platform.python_version()}; {libs}\n\n"
+    )
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A markdown table; floats get 3-4 significant digits."""
+
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write(name: str, text: str, *, append: bool = False) -> Path:
+    """Write (or append to) ``experiments/results/<name>``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    with path.open("a" if append else "w") as f:
+        f.write(text)
+    return path

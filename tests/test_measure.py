@@ -1,0 +1,231 @@
+"""Specification of autoprune.measure and autoprune.latency_table.
+
+The machine running the tests may be busy, so timing tests use one thread, models
+whose calls take around a millisecond, and bounds that only a real bug would break.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from autoprune.errors import ConfigError
+from autoprune.latency_table import LatencyTable
+from autoprune.measure import (
+    LatencyStats,
+    PairedTimer,
+    count_macs_params,
+    extract_layer_specs,
+    fixed_threads,
+    get_backend,
+    measure_latency,
+    measure_latency_ratio,
+    model_size_bytes,
+)
+from autoprune.zoo import build_model
+from autoprune.zoo.models import CifarResNet
+
+THREADS = 1
+
+
+def conv_net(width: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, 10),
+    )
+
+
+@pytest.fixture(scope="module")
+def resnet20() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("resnet20", in_channels=1, num_classes=10, input_size=28)
+
+
+@pytest.fixture(scope="module")
+def mnist_batch() -> torch.Tensor:
+    return torch.randn(1, 1, 28, 28)
+
+
+def test_latency_stats_are_positive_and_ordered() -> None:
+    stats = measure_latency(conv_net(16), torch.randn(2, 3, 16, 16), warmup=2, repeats=15, threads=THREADS)
+    assert stats.n == 15
+    assert 0 < stats.p10_ms <= stats.median_ms <= stats.p90_ms
+    assert stats.mean_ms > 0 and stats.std_ms >= 0
+    assert stats.cv == pytest.approx(stats.std_ms / stats.mean_ms)
+
+
+def test_latency_stats_summarise_known_samples() -> None:
+    stats = LatencyStats.from_samples([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert stats.median_ms == 3.0 and stats.mean_ms == 3.0 and stats.n == 5
+    assert stats.p10_ms == pytest.approx(1.4) and stats.p90_ms == pytest.approx(4.6)
+
+
+def test_fixed_threads_restores_previous_count() -> None:
+    before = torch.get_num_threads()
+    with fixed_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_ratio_of_model_to_itself_is_near_one(resnet20: nn.Module, mnist_batch: torch.Tensor) -> None:
+    stats = measure_latency_ratio(resnet20, resnet20, mnist_batch, threads=THREADS, warmup=3, rounds=11)
+    assert 0.8 <= stats.ratio <= 1.25
+    assert stats.ci_low <= stats.ratio <= stats.ci_high
+    assert stats.ci_low <= 1.1 and stats.ci_high >= 0.9
+    assert stats.rounds == 11
+    assert stats.ref_median_ms > 0 and stats.cand_median_ms > 0
+
+
+def test_clearly_heavier_model_has_ratio_above_one() -> None:
+    x = torch.randn(16, 3, 16, 16)
+    timer = PairedTimer(conv_net(8), x, threads=THREADS)
+    stats = timer.ratio(conv_net(64), warmup=2, rounds=7, calls_per_round=2)
+    assert stats.ratio > 2
+    assert stats.ci_low > 1
+
+
+def test_prepared_candidate_is_timed_without_re_preparing(resnet20: nn.Module, mnist_batch: torch.Tensor) -> None:
+    timer = PairedTimer(resnet20, mnist_batch, threads=THREADS)
+    candidate = timer.prepare(CifarResNet(20, 1, 10, width=8))
+    first = timer.ratio(candidate, warmup=1, rounds=5)
+    second = timer.ratio(candidate, warmup=1, rounds=5)
+    assert 0 < first.ratio < 1.2 and 0 < second.ratio < 1.2
+    assert timer.reference_ms() > 0
+
+
+def test_early_stopping_stops_between_min_and_max_rounds(resnet20: nn.Module, mnist_batch: torch.Tensor) -> None:
+    timer = PairedTimer(resnet20, mnist_batch, threads=THREADS)
+    loose = timer.ratio(resnet20, warmup=1, min_rounds=4, max_rounds=12, rel_ci=10.0)
+    assert loose.rounds == 4
+    strict = timer.ratio(resnet20, warmup=1, min_rounds=4, max_rounds=7, rel_ci=1e-12)
+    assert strict.rounds == 7
+
+
+def test_time_budget_stops_after_min_rounds(resnet20: nn.Module, mnist_batch: torch.Tensor) -> None:
+    timer = PairedTimer(resnet20, mnist_batch, threads=THREADS)
+    stats = timer.ratio(resnet20, warmup=0, rounds=50, min_rounds=3, time_budget_s=1e-9)
+    assert stats.rounds == 3
+
+
+@pytest.mark.parametrize(("field", "kwargs"), [("rounds", {"rounds": 0}), ("rel_ci", {"rel_ci": -0.1}), ("max_rounds", {"min_rounds": 5, "max_rounds": 3})])
+def test_invalid_ratio_options_raise_config_error(field: str, kwargs: dict) -> None:
+    timer = PairedTimer(conv_net(4), torch.randn(1, 3, 8, 8), threads=THREADS)
+    with pytest.raises(ConfigError, match=field):
+        timer.ratio(conv_net(4), **kwargs)
+
+
+def test_unknown_backend_raises_config_error_naming_value() -> None:
+    assert get_backend("torch").name == "torch"
+    with pytest.raises(ConfigError, match=r"'tensorrt'.*allowed: torch"):
+        get_backend("tensorrt")
+    with pytest.raises(ConfigError, match="tensorrt"):
+        measure_latency(conv_net(4), torch.randn(1, 3, 8, 8), backend="tensorrt")
+
+
+def test_halving_conv_out_channels_reduces_macs_and_params_are_numel_sum() -> None:
+    x = torch.randn(1, 3, 16, 16)
+    wide, narrow = conv_net(16), conv_net(8)
+    wide_macs, wide_params = count_macs_params(wide, x)
+    narrow_macs, narrow_params = count_macs_params(narrow, x)
+    assert narrow_macs < wide_macs
+    assert wide_params == sum(p.numel() for p in wide.parameters())
+    assert narrow_params == sum(p.numel() for p in narrow.parameters())
+
+
+def test_model_size_counts_float_weights() -> None:
+    model = conv_net(16)
+    floats = sum(t.numel() for t in model.state_dict().values())
+    assert 4 * floats <= model_size_bytes(model) <= 4 * floats + 64_000
+
+
+def test_resnet20_specs_cover_every_conv_and_the_classifier(resnet20: nn.Module) -> None:
+    x = torch.randn(3, 1, 28, 28)
+    resnet20.train()
+    specs = extract_layer_specs(resnet20, x)
+    assert resnet20.training
+    names = dict(resnet20.named_modules())
+    assert all(s.module_name in names for s in specs)
+    convs = [s for s in specs if s.kind == "conv2d"]
+    assert len(convs) == 21
+    assert [s.kind for s in specs].count("linear") == 1 and specs[-1].module_name == "fc"
+    assert [s.kind for s in specs].count("batchnorm2d") == 21
+    assert specs[0].module_name == "conv1" and specs[0].input_shape == (3, 1, 28, 28)
+    shortcut = next(s for s in specs if s.module_name == "layer2.0.shortcut.0")
+    assert (shortcut.in_channels, shortcut.out_channels, shortcut.kernel_size, shortcut.stride) == (16, 32, (1, 1), (2, 2))
+    assert shortcut.input_shape == (3, 16, 28, 28)
+    assert specs[-1].input_shape == (3, 64) and specs[-1].bias
+
+
+def test_specs_of_leaf_modules_record_their_parameters() -> None:
+    specs = extract_layer_specs(conv_net(8), torch.randn(2, 3, 16, 16))
+    assert [s.kind for s in specs] == ["conv2d", "relu", "conv2d", "relu", "adaptiveavgpool2d", "flatten", "linear"]
+    assert specs[2].padding == (1, 1) and specs[2].bias
+    assert specs[4].kernel_size == (1, 1)
+    assert specs[5].input_shape == (2, 8, 1, 1)
+    mlp = build_model("mlp", in_channels=1, num_classes=10, input_size=8)
+    kinds = [s.kind for s in extract_layer_specs(mlp, torch.randn(1, 1, 8, 8))]
+    assert kinds[:4] == ["flatten", "linear", "batchnorm1d", "relu"]
+
+
+def _halved(specs: list) -> list:
+    return [s.with_channels(max(1, s.in_channels // 2), max(1, s.out_channels // 2)) for s in specs]
+
+
+def test_latency_table_predicts_dense_and_ranks_narrower_model_lower(resnet20: nn.Module, mnist_batch: torch.Tensor) -> None:
+    narrow = CifarResNet(20, 1, 10, width=8)
+    table = LatencyTable.calibrated_for([resnet20, narrow], mnist_batch, threads=THREADS, model_warmup=3, model_repeats=15)
+    dense_specs = extract_layer_specs(resnet20, mnist_batch)
+    measured = measure_latency(resnet20, mnist_batch, warmup=3, repeats=15, threads=THREADS).median_ms
+    assert table.predict_ms(dense_specs) == pytest.approx(measured, rel=0.5)
+    assert table.predict_ratio(dense_specs, dense_specs) == pytest.approx(1.0)
+    assert table.predict_ratio(_halved(dense_specs), dense_specs) < 1
+
+
+def test_latency_table_fit_with_one_sample_matches_it_exactly(resnet20: nn.Module, mnist_batch: torch.Tensor) -> None:
+    table = LatencyTable(threads=THREADS)
+    specs = extract_layer_specs(resnet20, mnist_batch)
+    offset, scale = table.fit([(specs, 5.0)])
+    assert offset == 0 and scale > 0
+    assert table.predict_ms(specs) == pytest.approx(5.0)
+    assert len(table) == len({s.key() for s in specs})
+
+
+def test_latency_table_affine_fit_recovers_offset_and_scale(resnet20: nn.Module, mnist_batch: torch.Tensor) -> None:
+    table = LatencyTable(threads=THREADS)
+    dense = extract_layer_specs(resnet20, mnist_batch)
+    half = _halved(dense)
+    offset, scale = table.fit([(dense, 0.3 + 2 * table.raw_ms(dense)), (half, 0.3 + 2 * table.raw_ms(half))])
+    assert offset == pytest.approx(0.3) and scale == pytest.approx(2.0)
+
+
+def test_latency_table_save_load_round_trip(tmp_path, resnet20: nn.Module, mnist_batch: torch.Tensor) -> None:
+    table = LatencyTable(threads=THREADS)
+    specs = extract_layer_specs(resnet20, mnist_batch)
+    table.fit([(specs, 4.0), (_halved(specs), 1.5)])
+    path = tmp_path / "table.json"
+    table.save(path)
+    loaded = LatencyTable.load(path)
+    assert loaded.entries == table.entries
+    assert (loaded.offset_ms, loaded.scale, loaded.threads) == (table.offset_ms, table.scale, table.threads)
+    assert loaded.predict_ms(specs) == pytest.approx(table.predict_ms(specs))
+    assert len(loaded) == len(table)
+
+
+def test_latency_table_rejects_bad_input(tmp_path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(ConfigError, match="bad.json"):
+        LatencyTable.load(path)
+    with pytest.raises(ConfigError, match="samples"):
+        LatencyTable().fit([])
+    with pytest.raises(ConfigError, match="repeats"):
+        LatencyTable(repeats=0)
