@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -23,7 +24,7 @@ from torch import nn
 
 from autoprune.errors import ConfigError
 from autoprune.layerspec import LayerSpec
-from autoprune.measure import ExampleInput, LatencyBackend, extract_layer_specs, fixed_threads, measure_latency
+from autoprune.measure import ExampleInput, LatencyBackend, PairedTimer, extract_layer_specs, fixed_threads
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +63,15 @@ def _build(spec: LayerSpec) -> nn.Module | None:
 class LatencyTable:
     """Per-spec latencies (measured on demand and cached) plus a linear calibration.
 
+    New specs are benchmarked in ``passes`` sweeps spread over time, ``repeats``
+    timed calls each, and the fastest call is kept: other processes only ever add
+    time, and a busy phase of the machine rarely lasts through every sweep.
+
     Args:
         threads: Intra-op threads for every micro-benchmark.
-        warmup: Untimed calls per micro-benchmark.
-        repeats: Timed calls per micro-benchmark; the fastest is kept, since noise from
-            other processes only ever adds time.
+        warmup: Untimed calls of each new spec before the first sweep.
+        repeats: Timed calls of each spec per sweep.
+        passes: Sweeps over the new specs.
         entries: Initial ``{key: milliseconds}`` (as written by :meth:`save`).
         offset_ms: Calibration intercept ``a``.
         scale: Calibration slope ``b``.
@@ -79,18 +84,20 @@ class LatencyTable:
         self,
         *,
         threads: int = 2,
-        warmup: int = 3,
-        repeats: int = 7,
+        warmup: int = 2,
+        repeats: int = 3,
+        passes: int = 3,
         entries: dict[str, float] | None = None,
         offset_ms: float = 0.0,
         scale: float = 1.0,
     ) -> None:
-        for field, value, minimum in (("threads", threads, 1), ("warmup", warmup, 0), ("repeats", repeats, 1)):
+        for field, value, minimum in (("threads", threads, 1), ("warmup", warmup, 0), ("repeats", repeats, 1), ("passes", passes, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ConfigError(f"{field}: expected an integer >= {minimum}, got {value!r}")
         self.threads = threads
         self.warmup = warmup
         self.repeats = repeats
+        self.passes = passes
         self.entries: dict[str, float] = dict(entries or {})
         self.offset_ms = float(offset_ms)
         self.scale = float(scale)
@@ -104,45 +111,50 @@ class LatencyTable:
         """The JSON string under which ``spec`` is stored."""
         return json.dumps(spec.key())
 
-    def _bench(self, spec: LayerSpec) -> float:
-        module = _build(spec)
-        if module is None:
-            if spec.kind not in self._unknown_kinds:
+    def _bench(self, specs: list[LayerSpec]) -> list[float]:
+        """Fastest call of each spec over ``passes`` sweeps (0 ms for kinds without a builder)."""
+        cases: list[tuple[nn.Module, torch.Tensor] | None] = []
+        for spec in specs:
+            module = _build(spec)
+            if module is None and spec.kind not in self._unknown_kinds:
                 self._unknown_kinds.add(spec.kind)
                 logger.warning("latency table: no builder for layer kind %r; counted as 0 ms (calibration absorbs it)", spec.kind)
-            return 0.0
-        module.eval()
-        x = torch.randn(spec.input_shape)
-        times = []
-        with torch.inference_mode():
-            for _ in range(self.warmup):
-                module(x)
-            for _ in range(self.repeats):
-                start = time.perf_counter_ns()
-                module(x)
-                times.append((time.perf_counter_ns() - start) / 1e6)
-        return min(times)
+            cases.append(None if module is None else (module.eval(), torch.randn(spec.input_shape)))
+        best = [math.inf if case else 0.0 for case in cases]
+        with fixed_threads(self.threads), torch.inference_mode():
+            for case in cases:
+                for _ in range(self.warmup if case else 0):
+                    case[0](case[1])
+            for _ in range(self.passes):
+                for i, case in enumerate(cases):
+                    if case is None:
+                        continue
+                    module, x = case
+                    for _ in range(self.repeats):
+                        start = time.perf_counter_ns()
+                        module(x)
+                        best[i] = min(best[i], (time.perf_counter_ns() - start) / 1e6)
+        return best
 
     def spec_ms(self, spec: LayerSpec) -> float:
         """Raw (uncalibrated) latency of one spec, benchmarked on first use."""
-        key = self.key_of(spec)
-        if key not in self.entries:
-            with fixed_threads(self.threads):
-                self.entries[key] = self._bench(spec)
-        return self.entries[key]
+        self.prefill([[spec]])
+        return self.entries[self.key_of(spec)]
 
-    def prefill(self, spec_lists: Iterable[Sequence[LayerSpec]]) -> int:
-        """Benchmark every spec not yet in the table; returns how many were new."""
+    def prefill(self, spec_lists: Iterable[Sequence[LayerSpec]], *, chunk: int = 64) -> int:
+        """Benchmark every spec not yet in the table, ``chunk`` at a time; returns how many were new."""
         missing: dict[str, LayerSpec] = {}
         for specs in spec_lists:
             for spec in specs:
                 key = self.key_of(spec)
                 if key not in self.entries:
                     missing.setdefault(key, spec)
-        with fixed_threads(self.threads):
-            for key, spec in missing.items():
-                self.entries[key] = self._bench(spec)
-        logger.debug("latency table: benchmarked %d new specs (%d total)", len(missing), len(self.entries))
+        keys = list(missing)
+        for i in range(0, len(keys), chunk):
+            part = keys[i : i + chunk]
+            self.entries.update(zip(part, self._bench([missing[k] for k in part])))
+        if missing:
+            logger.debug("latency table: benchmarked %d new specs (%d total)", len(missing), len(self.entries))
         return len(missing)
 
     def raw_ms(self, specs: Sequence[LayerSpec]) -> float:
@@ -170,6 +182,7 @@ class LatencyTable:
         for i, (_, ms) in enumerate(samples):
             if not ms > 0:
                 raise ConfigError(f"samples[{i}]: measured latency must be > 0 ms, got {ms!r}")
+        self.prefill([specs for specs, _ in samples])
         x = np.array([self.raw_ms(specs) for specs, _ in samples])
         y = np.array([float(ms) for _, ms in samples])
         offset, scale = 0.0, float(y @ x / (x @ x)) if x @ x > 0 else 1.0
@@ -198,6 +211,7 @@ class LatencyTable:
             "threads": self.threads,
             "warmup": self.warmup,
             "repeats": self.repeats,
+            "passes": self.passes,
             "offset_ms": self.offset_ms,
             "scale": self.scale,
             "entries": self.entries,
@@ -219,6 +233,7 @@ class LatencyTable:
                 threads=int(data["threads"]),
                 warmup=int(data["warmup"]),
                 repeats=int(data["repeats"]),
+                passes=int(data["passes"]),
                 entries={str(k): float(v) for k, v in data["entries"].items()},
                 offset_ms=float(data["offset_ms"]),
                 scale=float(data["scale"]),
@@ -234,33 +249,37 @@ class LatencyTable:
         *,
         threads: int = 2,
         backend: str | LatencyBackend = "torch",
-        warmup: int = 3,
-        repeats: int = 7,
-        model_warmup: int = 10,
-        model_repeats: int = 30,
+        warmup: int = 2,
+        repeats: int = 3,
+        passes: int = 3,
+        rounds: int = 15,
     ) -> "LatencyTable":
-        """A table calibrated on whole-model medians of ``models`` at ``example_input``'s batch size.
+        """A table calibrated on ``models`` at ``example_input``'s batch size.
+
+        The first model is the reference: the others are timed against it by paired
+        measurement (:class:`~autoprune.measure.PairedTimer`), so the fit sees
+        consistent relative latencies even on a busy machine. With one model only the
+        scale is fitted; add one or two pruned variants to fit the fixed overhead too.
 
         Args:
-            models: Models to measure (e.g. the dense model and a few pruned variants).
+            models: The dense model first, then optionally pruned variants of it.
             example_input: Input batch used for specs and measurements.
             threads: Threads for micro-benchmarks and model measurements.
             backend: Backend for the whole-model measurements.
-            warmup, repeats: Micro-benchmark counts.
-            model_warmup, model_repeats: Whole-model measurement counts.
+            warmup, repeats, passes: Micro-benchmark counts (see :class:`LatencyTable`).
+            rounds: Rounds of each paired measurement.
 
         Raises:
             ConfigError: empty ``models`` or bad counts.
         """
         if not models:
             raise ConfigError("models: expected at least one model to calibrate the latency table, got none")
-        table = cls(threads=threads, warmup=warmup, repeats=repeats)
-        samples = []
-        for model in models:
-            specs = extract_layer_specs(model, example_input)
-            stats = measure_latency(model, example_input, backend=backend, warmup=model_warmup, repeats=model_repeats, threads=threads)
-            samples.append((specs, stats.median_ms))
-        table.fit(samples)
+        table = cls(threads=threads, warmup=warmup, repeats=repeats, passes=passes)
+        timer = PairedTimer(models[0], example_input, backend=backend, threads=threads)
+        ratios = [1.0] + [timer.ratio(model, rounds=rounds).ratio for model in models[1:]]
+        reference_ms = timer.reference_ms()
+        specs = [extract_layer_specs(model, example_input) for model in models]
+        table.fit([(s, r * reference_ms) for s, r in zip(specs, ratios)])
         return table
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from autoprune.errors import BudgetError, ConfigError
 from autoprune.evaluate import ProxySettings, accuracy, proxy_accuracy
-from autoprune.graph import PrunableGraph
+from autoprune.graph import PrunableGraph, record_layer_specs, spec_macs
 from autoprune.latency_table import LatencyTable
 from autoprune.measure import PairedTimer, count_macs_params
 from autoprune.policy import Policy
@@ -303,7 +303,7 @@ class PolicyEvaluator:
         macs, params = count_macs_params(pruned, self.data.example_input(1))
         predicted = self.predicted_ratio(policy.ratios, policy.drop)
         macs_ratio = macs / self.dense_macs
-        value = macs_ratio if self.budget.metric == "macs" else lat.ratio
+        value = self._layer_macs_ratio(pruned) if self.budget.metric == "macs" else lat.ratio
         t4 = time.perf_counter()
         return Metrics(
             accuracy=acc,
@@ -320,6 +320,16 @@ class PolicyEvaluator:
             reward=self.reward(acc, value),
             seconds={"prune": t1 - t0, "accuracy": t2 - t1, "latency": t3 - t2, "other": t4 - t3, "total": t4 - t0},
         )
+
+    def _layer_macs_ratio(self, pruned: nn.Module) -> float:
+        """Conv/linear MACs of ``pruned`` over dense, counted as :meth:`predicted_value` counts them.
+
+        The MAC budget is checked with this count, so a policy predicted within budget is within
+        budget (Torch-Pruning's ``macs_ratio`` also counts BN/bias terms and reads ~1% higher).
+        """
+        x = self.data.example_input(1)
+        dense = sum(spec_macs(s) for s in record_layer_specs(self.model, x))
+        return sum(spec_macs(s) for s in record_layer_specs(pruned, x)) / max(1, dense)
 
     # ---------------------------------------------------------------- results
     def best(self, *, feasible_only: bool = True) -> Evaluation | None:

@@ -182,7 +182,7 @@ def _halved(specs: list) -> list:
 
 def test_latency_table_predicts_dense_and_ranks_narrower_model_lower(resnet20: nn.Module, mnist_batch: torch.Tensor) -> None:
     narrow = CifarResNet(20, 1, 10, width=8)
-    table = LatencyTable.calibrated_for([resnet20, narrow], mnist_batch, threads=THREADS, model_warmup=3, model_repeats=15)
+    table = LatencyTable.calibrated_for([resnet20, narrow], mnist_batch, threads=THREADS, rounds=7)
     dense_specs = extract_layer_specs(resnet20, mnist_batch)
     measured = measure_latency(resnet20, mnist_batch, warmup=3, repeats=15, threads=THREADS).median_ms
     assert table.predict_ms(dense_specs) == pytest.approx(measured, rel=0.5)
@@ -215,7 +215,7 @@ def test_latency_table_save_load_round_trip(tmp_path, resnet20: nn.Module, mnist
     table.save(path)
     loaded = LatencyTable.load(path)
     assert loaded.entries == table.entries
-    assert (loaded.offset_ms, loaded.scale, loaded.threads) == (table.offset_ms, table.scale, table.threads)
+    assert (loaded.offset_ms, loaded.scale, loaded.threads, loaded.passes) == (table.offset_ms, table.scale, table.threads, table.passes)
     assert loaded.predict_ms(specs) == pytest.approx(table.predict_ms(specs))
     assert len(loaded) == len(table)
 

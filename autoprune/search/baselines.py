@@ -1,0 +1,290 @@
+"""Classical baselines every learned searcher must beat: random, uniform and sensitivity-based ratios.
+
+* ``random``: ratios drawn uniformly, blocks dropped at random, pushed into the budget.
+* ``uniform``: one ratio for every unit, no block dropped (the usual "prune x% everywhere").
+* ``sensitivity``: prune each unit alone at a few ratios, then give every unit the largest
+  ratio whose accuracy drop stays under one global threshold (Li et al. 2017, "Pruning
+  Filters for Efficient ConvNets", https://arxiv.org/abs/1608.08710).
+
+Budgets are met with the evaluator's cheap prediction; measured evaluations are the episodes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from autoprune.errors import ConfigError
+from autoprune.objective import PolicyEvaluator
+from autoprune.policy import Policy
+from autoprune.search.base import Searcher
+
+log = logging.getLogger(__name__)
+
+Curves = dict[str, list[tuple[float, float]]]
+
+
+def _without_dropped(ratios: dict[str, float], drop: Sequence[str]) -> dict[str, float]:
+    """Ratios of the units that survive: units inside dropped blocks have nothing left to prune."""
+    prefixes = tuple(b + "." for b in drop)
+    return {u: r for u, r in ratios.items() if not (prefixes and u.startswith(prefixes))}
+
+
+def make_feasible(evaluator: PolicyEvaluator, ratios: dict[str, float], drop: Sequence[str], rng: np.random.Generator | None = None) -> Policy:
+    """Push a policy into the predicted budget: blend every ratio toward ``max_ratio`` as little as needed.
+
+    If even every ratio at ``max_ratio`` misses the target, more blocks are dropped first (in random
+    order with ``rng``, else in order). The result is predicted feasible whenever the target is reachable.
+    """
+    drop = list(drop)
+    top = evaluator.max_ratio
+
+    def blended(alpha: float) -> dict[str, float]:
+        return _without_dropped({u: r + alpha * (top - r) for u, r in ratios.items()}, drop)
+
+    def value(alpha: float) -> float:
+        return evaluator.predicted_value(blended(alpha), tuple(drop))
+
+    if value(0.0) <= evaluator.target:
+        return Policy(blended(0.0), tuple(drop))
+    rest = [b for b in evaluator.block_names if b not in drop]
+    if rng is not None:
+        rest = list(rng.permutation(rest))
+    while value(1.0) > evaluator.target and rest:
+        drop.append(str(rest.pop(0)))
+    lo, hi = 0.0, 1.0
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if value(mid) <= evaluator.target else (mid, hi)
+    return Policy(blended(hi), tuple(drop))
+
+
+class RandomSearcher(Searcher):
+    """Random policies: each ratio uniform in [0, max_ratio], each block dropped with ``drop_prob``.
+
+    Hyper-parameters (``params``):
+        drop_prob: Probability of dropping each droppable block.
+        repair: Push every sample into the predicted budget (see :func:`make_feasible`).
+    """
+
+    name = "random"
+    defaults = {"drop_prob": 0.3, "repair": True}
+
+    def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> None:
+        drop_prob = self.params["drop_prob"]
+        if isinstance(drop_prob, bool) or not isinstance(drop_prob, (int, float)) or not 0 <= drop_prob <= 1:
+            raise ConfigError(f"search.params.drop_prob: {drop_prob!r} is out of range; allowed: 0 <= drop_prob <= 1")
+        rng = np.random.default_rng(seed)
+        for _ in range(n_episodes):
+            ratios = {u: float(rng.uniform(0.0, evaluator.max_ratio)) for u in evaluator.unit_names}
+            drop = [b for b in evaluator.block_names if rng.random() < drop_prob]
+            if self.params["repair"]:
+                policy = make_feasible(evaluator, ratios, drop, rng)
+            else:
+                policy = Policy(_without_dropped(ratios, drop), tuple(drop))
+            self.evaluate(policy)
+
+
+class UniformSearcher(Searcher):
+    """One ratio for every unit and no block dropped, set to just meet the budget.
+
+    The ratio is found by bisection on the predicted budget metric, then refined by bisection on
+    the measured one (each measurement is an episode) until it is within ``tolerance`` below the
+    target. With a MAC budget the prediction is exact and one evaluation suffices.
+
+    Hyper-parameters (``params``):
+        tolerance: Stop once the measured metric is within this fraction of dense below the target.
+        max_evals: At most this many evaluations (and at most the episodes given).
+    """
+
+    name = "uniform"
+    defaults = {"tolerance": 0.01, "max_evals": 8}
+
+    def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
+        units, target, top = evaluator.unit_names, evaluator.target, evaluator.max_ratio
+        limit = min(n_episodes, int(self.params["max_evals"]))
+        tol = float(self.params["tolerance"])
+
+        def predicted(r: float) -> float:
+            return evaluator.predicted_value({u: r for u in units})
+
+        if predicted(top) > target:
+            log.warning("uniform: even ratio %.2f everywhere misses the target %.3f (predicted %.3f); "
+                        "blocks must be dropped to reach it", top, target, predicted(top))
+            self.evaluate(Policy.uniform(units, top))
+            return {"ratio": top}
+        lo, hi = 0.0, top
+        if predicted(0.0) > target:
+            for _ in range(20):
+                mid = (lo + hi) / 2
+                lo, hi = (lo, mid) if predicted(mid) <= target else (mid, hi)
+        else:
+            hi = 0.0
+        exact = evaluator.budget.metric == "macs"
+        ratio, step = hi, 0.05
+        feasible_at: float | None = None
+        infeasible_at: float | None = None
+        for _ in range(limit):
+            m = self.evaluate(Policy.uniform(units, ratio))
+            if not m.failed and m.feasible:
+                feasible_at = ratio
+                if exact or target - m.value <= tol:
+                    break
+            else:
+                infeasible_at = ratio
+            if infeasible_at is None:
+                ratio = max(0.0, ratio - step)
+            elif feasible_at is None:
+                ratio = min(top, ratio + step)
+            else:
+                ratio = (infeasible_at + feasible_at) / 2
+            step *= 2
+            if ratio in (feasible_at, infeasible_at) or (
+                feasible_at is not None and infeasible_at is not None and abs(feasible_at - infeasible_at) < 1e-3
+            ):
+                break
+        return {"ratio": feasible_at if feasible_at is not None else ratio}
+
+
+class SensitivitySearcher(Searcher):
+    """Per-unit sensitivity analysis, then one accuracy-drop threshold for the whole network.
+
+    Each unit is pruned alone at each of ``levels`` and each block is dropped alone (one episode
+    each). A threshold ``tau`` then gives every unit the largest ratio whose (interpolated)
+    accuracy drop is at most ``tau`` and drops every block whose drop costs at most ``tau``; the
+    smallest ``tau`` meeting the predicted budget is evaluated, then up to ``neighbours`` variants
+    (the same allocation without block drops, and a larger ``tau``) if episodes remain.
+
+    Hyper-parameters (``params``):
+        levels: Ratios measured per unit (capped at the evaluator's ``max_ratio``). With too few
+            episodes, fewer levels are used and a warning is logged.
+        neighbours: Extra policies evaluated after the chosen one.
+
+    ``extras["sensitivity"]`` maps each unit to ``[(ratio, accuracy), ...]`` starting at the dense
+    point; ``extras["block_sensitivity"]`` maps each block to its accuracy when dropped alone.
+    """
+
+    name = "sensitivity"
+    defaults = {"levels": [0.2, 0.4, 0.6, 0.8], "neighbours": 2}
+
+    def _levels(self, evaluator: PolicyEvaluator, n_episodes: int) -> list[float]:
+        raw = self.params["levels"]
+        if not isinstance(raw, (list, tuple)) or not raw or not all(isinstance(x, (int, float)) and 0 < x < 1 for x in raw):
+            raise ConfigError(f"search.params.levels: {raw!r} is not allowed; expected a list of ratios in (0, 1), e.g. [0.2, 0.4]")
+        levels = sorted({min(float(x), evaluator.max_ratio) for x in raw})
+        units, blocks = len(evaluator.unit_names), len(evaluator.block_names)
+        fit = (n_episodes - blocks - 1) // max(1, units)
+        if fit < 1:
+            raise ConfigError(
+                f"search.episodes: {n_episodes} is too few for sensitivity analysis of {units} units and {blocks} blocks; "
+                f"allowed: at least {units + blocks + 1} (one per unit, one per block, one final policy)"
+            )
+        if fit < len(levels):
+            keep = np.unique(np.round(np.linspace(len(levels) - 1, 0, fit)).astype(int))
+            log.warning("sensitivity: %d episodes allow only %d of the %d levels per unit; using %s",
+                        n_episodes, fit, len(levels), [levels[i] for i in sorted(keep)])
+            levels = [levels[i] for i in sorted(keep)]
+        return levels
+
+    def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
+        levels = self._levels(evaluator, n_episodes)
+        dense = float(evaluator.dense_accuracy)
+        curves: Curves = {}
+        for unit in evaluator.unit_names:
+            curves[unit] = [(0.0, dense)] + [(r, self._accuracy(Policy({unit: r}))) for r in levels]
+        blocks = {b: self._accuracy(Policy(drop=(b,))) for b in evaluator.block_names}
+        block_drops = {b: dense - a for b, a in blocks.items()}
+
+        def allocate(tau: float, with_blocks: bool = True) -> Policy:
+            drop = [b for b, d in block_drops.items() if with_blocks and d <= tau]
+            ratios = {u: largest_ratio(c, dense - tau) for u, c in curves.items()}
+            return Policy(_without_dropped(ratios, drop), tuple(drop))
+
+        def threshold(with_blocks: bool) -> float:
+            """Smallest tau whose allocation meets the predicted budget (``top`` if none does)."""
+            lo, hi = 0.0, top
+            for _ in range(30):
+                mid = (lo + hi) / 2
+                p = allocate(mid, with_blocks)
+                lo, hi = (lo, mid) if evaluator.predicted_value(p.ratios, p.drop) <= evaluator.target else (mid, hi)
+            return hi
+
+        def feasible(policy: Policy) -> Policy:
+            return make_feasible(evaluator, policy.ratios, policy.drop)
+
+        top = max([dense - a for c in curves.values() for _, a in c if a == a] + list(block_drops.values()) + [0.0]) + 1e-6
+        tau = threshold(True)
+        candidates = [feasible(allocate(tau))]
+        if evaluator.block_names:
+            candidates.append(feasible(allocate(threshold(False), False)))
+        if evaluator.budget.metric != "macs":
+            candidates.append(feasible(allocate(tau + 0.25 * (top - tau))))
+        remaining = n_episodes - len(evaluator.unit_names) * len(levels) - len(blocks)
+        seen: set[tuple] = set()
+        for policy in candidates[: 1 + int(self.params["neighbours"])]:
+            if remaining <= 0:
+                break
+            if policy.key() not in seen:
+                seen.add(policy.key())
+                self.evaluate(policy)
+                remaining -= 1
+        return {"sensitivity": curves, "block_sensitivity": blocks, "threshold": tau}
+
+    def _accuracy(self, policy: Policy) -> float:
+        m = self.evaluate(policy)
+        return float("nan") if m.failed else float(m.accuracy)
+
+
+def largest_ratio(curve: list[tuple[float, float]], floor: float) -> float:
+    """Largest ratio whose accuracy, linearly interpolated along ``curve``, stays at or above ``floor``.
+
+    The curve is made monotone first (accuracy never recovers with more pruning) and NaN points
+    (failed evaluations) count as zero accuracy.
+    """
+    pts, running = [], float("inf")
+    for r, a in curve:
+        running = min(running, 0.0 if a != a else a)
+        pts.append((r, running))
+    if pts[0][1] < floor:
+        return 0.0
+    for (r0, a0), (r1, a1) in zip(pts, pts[1:]):
+        if a1 < floor:
+            return r0 + (r1 - r0) * (a0 - floor) / (a0 - a1)
+    return pts[-1][0]
+
+
+def plot_sensitivity(curves: Curves, path: str | Path, *, blocks: dict[str, float] | None = None) -> Path:
+    """Write the sensitivity plot (accuracy against ratio, one line per unit) as a PNG.
+
+    Args:
+        curves: ``extras["sensitivity"]`` of a sensitivity search.
+        path: Output file; parent folders are created.
+        blocks: Optional ``extras["block_sensitivity"]``, drawn as dotted horizontal lines.
+
+    Returns:
+        The path written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for unit, points in curves.items():
+        ax.plot([r for r, _ in points], [a for _, a in points], marker="o", markersize=3, label=unit)
+    for name, acc in (blocks or {}).items():
+        ax.axhline(acc, linestyle=":", linewidth=0.8, color="grey")
+        ax.annotate(f"drop {name}", (0.0, acc), fontsize=6, color="grey")
+    ax.set_xlabel("pruning ratio (unit pruned alone)")
+    ax.set_ylabel("proxy accuracy")
+    ax.set_title("Per-unit pruning sensitivity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2 if len(curves) > 12 else 1, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path

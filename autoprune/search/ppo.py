@@ -1,0 +1,232 @@
+"""PPO searcher: an agent picks one pruning decision per layer, AMC-style, trained on the evaluator's reward.
+
+PPO (Schulman et al. 2017, https://arxiv.org/abs/1707.06347) from Stable-Baselines3
+runs on :class:`envs.pruning.LayerPruningEnv`. The environment itself scores the
+finished policy with the shared evaluator, so one episode is one evaluation. The
+features are model-size-invariant, so a saved agent can be run zero-shot on another
+model or fine-tuned on it.
+
+The helpers :class:`BudgetedEvaluator`, :class:`StopAfterEpisodes` and :func:`make_env`
+are shared with the DDPG searcher.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from stable_baselines3 import PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from autoprune.errors import ConfigError
+from autoprune.objective import Metrics, PolicyEvaluator
+from autoprune.policy import Policy
+from autoprune.search.base import Searcher
+from envs.pruning import LayerPruningEnv
+
+log = logging.getLogger(__name__)
+
+
+class BudgetedEvaluator:
+    """The shared evaluator as the environments see it: counts episodes and reports progress.
+
+    Every attribute is the evaluator's, except :meth:`evaluate`, which goes through
+    :meth:`Searcher.evaluate` (one history entry, one progress tick) until ``n_episodes``
+    evaluations are made. Episodes that end after that (other copies of a vectorised env
+    finishing in the same step) get the last metrics unrecorded; training stops at that
+    step, so they are never learnt from.
+    """
+
+    def __init__(self, searcher: Searcher, evaluator: PolicyEvaluator, n_episodes: int) -> None:
+        self._searcher = searcher
+        self._evaluator = evaluator
+        self.n_episodes = n_episodes
+        self.finished = 0
+        self._last: Metrics | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._evaluator, name)
+
+    def __deepcopy__(self, memo: dict) -> "BudgetedEvaluator":
+        return self
+
+    @property
+    def exhausted(self) -> bool:
+        """All ``n_episodes`` evaluations are made."""
+        return self.finished >= self.n_episodes
+
+    def evaluate(self, policy: Policy) -> Metrics:
+        if self.exhausted and self._last is not None:
+            return self._last
+        self._last = self._searcher.evaluate(policy)
+        self.finished += 1
+        return self._last
+
+
+class StopAfterEpisodes(BaseCallback):
+    """Stop SB3's ``learn`` once the budget is exhausted; save a checkpoint every ``every`` episodes."""
+
+    def __init__(self, budget: BudgetedEvaluator, *, every: int = 0, path: Path | None = None) -> None:
+        super().__init__()
+        self.budget = budget
+        self.every = every
+        self.path = path
+        self._saved_at = 0
+
+    def _on_step(self) -> bool:
+        done = self.budget.finished
+        if self.every and self.path is not None and done // self.every > self._saved_at // self.every:
+            self._saved_at = done
+            self.model.save(self.path.with_name(f"{self.path.stem}_ep{done}.zip"))
+        return not self.budget.exhausted
+
+
+def make_env(budget: BudgetedEvaluator, n_envs: int, shaping: str | None) -> DummyVecEnv:
+    """``n_envs`` copies of the pruning environment, all sharing one evaluator."""
+    try:
+        return DummyVecEnv([lambda: LayerPruningEnv(budget, shaping=shaping) for _ in range(n_envs)])  # type: ignore[arg-type]
+    except ValueError as e:
+        raise ConfigError(f"search.params.shaping: {e}") from e
+
+
+def check_params(params: dict[str, Any], searcher: str) -> None:
+    """Raise ConfigError for hyper-parameters of the wrong type or range."""
+    positive = {"n_steps", "batch_size", "n_epochs", "n_envs", "buffer_size", "learning_rate"}
+    non_negative = {"checkpoint_every", "warmup_episodes", "ent_coef", "sigma"}
+    unit = {"gamma", "gae_lambda", "tau", "clip_range", "sigma_decay"}
+    for key, value in params.items():
+        if value is None:
+            continue
+        bad_type = key in positive | non_negative | unit and (isinstance(value, bool) or not isinstance(value, (int, float)))
+        if bad_type or (key in positive and value <= 0) or (key in non_negative and value < 0) or (key in unit and not 0 < value <= 1):
+            allowed = "> 0" if key in positive else ">= 0" if key in non_negative else "0 < value <= 1"
+            raise ConfigError(f"search.params.{key}: {value!r} is not allowed for searcher {searcher!r}; allowed: {allowed}")
+    arch = params.get("net_arch")
+    if arch is not None and not (isinstance(arch, (list, tuple)) and all(isinstance(n, int) and n > 0 for n in arch)):
+        raise ConfigError(f"search.params.net_arch: {arch!r} is not allowed; expected a list of positive layer widths, e.g. [64, 64]")
+    if params.get("checkpoint_every") and not params.get("save_agent"):
+        raise ConfigError("search.params.checkpoint_every needs search.params.save_agent (checkpoints are written next to it)")
+
+
+def save_agent(model: BaseAlgorithm, path: str | Path) -> str:
+    """Save an SB3 agent as a zip (the suffix is added if missing) and return its path."""
+    path = Path(path)
+    if path.suffix != ".zip":
+        path = path.with_name(path.name + ".zip")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return str(path)
+
+
+class PPOSearcher(Searcher):
+    """Train a PPO agent on the layer-by-layer pruning environment (or run a saved one).
+
+    Hyper-parameters (``params``):
+        n_steps: Steps per environment between updates; ``None`` = four episodes' worth, at least 64.
+        batch_size, n_epochs, learning_rate, gamma, gae_lambda, ent_coef, clip_range: As in SB3's PPO.
+            ``gamma`` is 1: the only reward is at the end of a finite episode.
+        net_arch: Hidden layers of the actor and the critic.
+        log_std_init: Initial log standard deviation of the Gaussian policy (-0.5: std 0.6 on [-1, 1]).
+        n_envs: Environment copies stepping in lock-step (they share the evaluator).
+        shaping: Reward shaping of the environment (``None`` or ``"budget"``).
+        checkpoint_every: Save the agent every this many episodes next to ``save_agent`` (0 = off).
+        save_agent: Path of the SB3 zip written at the end (``None`` = not saved).
+        agent: Path of a saved agent to start from: fine-tuned, or only run with ``zero_shot``.
+        zero_shot: Run ``agent`` without training: the first episode takes the mean action, the
+            others sample the agent's Gaussian, so ``n_episodes`` gives a best-of-n.
+    """
+
+    name = "ppo"
+    defaults = {
+        "n_steps": None,
+        "batch_size": 32,
+        "n_epochs": 10,
+        "learning_rate": 3e-4,
+        "gamma": 1.0,
+        "gae_lambda": 0.95,
+        "ent_coef": 0.0,
+        "clip_range": 0.2,
+        "net_arch": [64, 64],
+        "log_std_init": -0.5,
+        "n_envs": 1,
+        "shaping": None,
+        "checkpoint_every": 0,
+        "save_agent": None,
+        "agent": None,
+        "zero_shot": False,
+    }
+
+    def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
+        p = self.params
+        check_params(p, self.name)
+        if p["zero_shot"] and not p["agent"]:
+            raise ConfigError("search.params.zero_shot needs search.params.agent (the path of a saved PPO agent)")
+        if p["agent"] and not Path(p["agent"]).is_file():
+            raise ConfigError(f"search.params.agent: {p['agent']!r} is not a file; expected a zip written by save_agent")
+        budget = BudgetedEvaluator(self, evaluator, n_episodes)
+        if p["zero_shot"]:
+            self._run_zero_shot(budget, seed)
+            return {"agent": str(p["agent"]), "zero_shot": True}
+        venv = make_env(budget, int(p["n_envs"]), p["shaping"])
+        episode_len = len(venv.envs[0].unwrapped.decisions)
+        model = self._load(venv, seed) if p["agent"] else self._build(venv, episode_len, seed)
+        ckpt = Path(p["save_agent"]) if p["save_agent"] else None
+        callback = StopAfterEpisodes(budget, every=int(p["checkpoint_every"]), path=ckpt)
+        # An upper bound: the callback stops training after exactly n_episodes evaluations.
+        steps = (n_episodes + model.n_envs) * episode_len + model.n_steps * model.n_envs
+        model.learn(total_timesteps=steps, callback=callback, progress_bar=False)
+        if not budget.exhausted:
+            log.warning("ppo stopped after %d of %d episodes", budget.finished, n_episodes)
+        extras: dict[str, Any] = {"n_steps": model.n_steps}
+        if p["save_agent"]:
+            extras["agent_path"] = save_agent(model, p["save_agent"])
+        return extras
+
+    def _train_kwargs(self, n_steps: int, seed: int) -> dict[str, Any]:
+        keys = ("batch_size", "n_epochs", "learning_rate", "gamma", "gae_lambda", "ent_coef", "clip_range")
+        return {**{k: self.params[k] for k in keys}, "n_steps": n_steps, "seed": seed}
+
+    def _n_steps(self, episode_len: int) -> int:
+        n_steps = self.params["n_steps"]
+        if n_steps is None:
+            return max(64, 4 * episode_len)
+        if n_steps * self.params["n_envs"] < 2 * episode_len:
+            log.warning("ppo: n_steps=%d x n_envs=%d holds fewer than two episodes of %d steps", n_steps, self.params["n_envs"], episode_len)
+        return int(n_steps)
+
+    def _build(self, venv: DummyVecEnv, episode_len: int, seed: int) -> PPO:
+        n_steps = self._n_steps(episode_len)
+        if n_steps * venv.num_envs < 2:
+            raise ConfigError("search.params.n_steps: n_steps x n_envs must be at least 2")
+        policy_kwargs = {"net_arch": list(self.params["net_arch"]), "log_std_init": float(self.params["log_std_init"])}
+        return PPO("MlpPolicy", venv, policy_kwargs=policy_kwargs, device="cpu", verbose=0, **self._train_kwargs(n_steps, seed))
+
+    def _load(self, venv: DummyVecEnv, seed: int) -> PPO:
+        """Fine-tune: the saved network (its ``net_arch``, ``log_std``) with this searcher's training settings."""
+        n_steps = self._n_steps(len(venv.envs[0].unwrapped.decisions))
+        try:
+            return PPO.load(self.params["agent"], env=venv, device="cpu", **self._train_kwargs(n_steps, seed))
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"search.params.agent: {self.params['agent']!r} does not fit this environment: {e}") from e
+
+    def _run_zero_shot(self, budget: BudgetedEvaluator, seed: int) -> None:
+        try:
+            model = PPO.load(self.params["agent"], device="cpu")
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"search.params.agent: {self.params['agent']!r} cannot be loaded as a PPO agent: {e}") from e
+        env = LayerPruningEnv(budget, shaping=self.params["shaping"])  # type: ignore[arg-type]
+        if model.observation_space.shape != env.observation_space.shape:
+            raise ConfigError(
+                f"search.params.agent: observations of {self.params['agent']!r} have shape {model.observation_space.shape}, "
+                f"the environment's {env.observation_space.shape}; train the agent with this version of autoprune"
+            )
+        model.set_random_seed(seed)
+        obs, _ = env.reset(seed=seed)
+        while not budget.exhausted:
+            action, _ = model.predict(obs, deterministic=budget.finished == 0)
+            obs, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                obs, _ = env.reset()

@@ -1,0 +1,176 @@
+"""OptunaSearcher: every sampler, warm start, failed trials, determinism and resuming an sqlite study."""
+
+import importlib.util
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from autoprune.errors import ConfigError
+from autoprune.evaluate import ProxySettings
+from autoprune.objective import Budget, Evaluation, LatencySettings, PolicyEvaluator
+from autoprune.search import get_searcher
+from autoprune.train import TrainSettings, train_model
+from autoprune.zoo import build_model
+from autoprune.zoo.models import CifarResNet
+
+HAS_CMAES = importlib.util.find_spec("cmaes") is not None
+FAST = dict(proxy=ProxySettings(bn_batches=2, val_samples=200), latency=LatencySettings(threads=1, warmup=1, rounds=3, min_rounds=2))
+
+
+@pytest.fixture(scope="module")
+def mlp_evaluator(digits) -> PolicyEvaluator:
+    """A trained MLP (two units, no blocks) under a MAC budget, so feasibility is exact."""
+    torch.manual_seed(0)
+    model = build_model("mlp", in_channels=1, num_classes=10, input_size=8)
+    train_model(model, digits, TrainSettings(epochs=2, batch_size=64, lr=0.05), progress=False)
+    return PolicyEvaluator(model.eval(), digits, budget=Budget(metric="macs", target=0.6), **FAST)
+
+
+@pytest.fixture(scope="module")
+def resnet_evaluator(digits) -> PolicyEvaluator:
+    """An untrained ResNet-14 of width 4: nine units and four droppable blocks, cheap to evaluate."""
+    torch.manual_seed(0)
+    return PolicyEvaluator(CifarResNet(14, 1, 10, width=4).eval(), digits, budget=Budget(metric="macs", target=0.6), **FAST)
+
+
+def search(evaluator, n, seed=0, **params):
+    return get_searcher("optuna", params, progress=False).search(evaluator, n, seed=seed)
+
+
+def study_trials(url, name="autoprune"):
+    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+
+
+SAMPLER_PARAMS = [
+    pytest.param({"sampler": "tpe", "n_startup_trials": 3}, id="tpe"),
+    pytest.param({"sampler": "gp", "n_startup_trials": 3}, id="gp"),
+    pytest.param({"sampler": "nsga2", "population_size": 4}, id="nsga2"),
+    pytest.param({"sampler": "cmaes"}, id="cmaes", marks=pytest.mark.skipif(not HAS_CMAES, reason="cmaes not installed")),
+]
+
+
+@pytest.mark.parametrize("params", SAMPLER_PARAMS)
+def test_each_sampler_finds_a_feasible_policy_under_a_mac_budget(mlp_evaluator, params):
+    result = search(mlp_evaluator, 7, **params)
+    assert result.searcher == "optuna" and len(result.history) == 7
+    assert result.extras["trial_numbers"] == list(range(7)) and result.extras["resumed_trials"] == 0
+    assert result.best is not None and result.best.metrics.feasible
+    assert result.best.metrics.value <= mlp_evaluator.target
+    for e in result.history:
+        assert set(e.policy.ratios) == set(mlp_evaluator.unit_names)
+        assert all(0.0 <= r <= mlp_evaluator.max_ratio for r in e.policy.ratios.values())
+    if params["sampler"] == "nsga2":
+        front = result.extras["pareto_trials"]
+        assert front and set(front) <= set(range(7))
+        assert all(result.history[i].metrics.feasible for i in front)
+
+
+def test_block_drops_are_searched_as_binary_parameters(resnet_evaluator):
+    result = search(resnet_evaluator, 5, seed=1)
+    drops = [set(e.policy.drop) for e in result.history]
+    assert all(d <= set(resnet_evaluator.block_names) for d in drops)
+    assert any(drops) and not all(d == drops[0] for d in drops)
+
+
+def test_enqueued_policy_is_evaluated_first(resnet_evaluator):
+    units = resnet_evaluator.unit_names
+    warm = {"ratios": {units[0]: 0.5, units[3]: 0.25}, "drop": ["layer1.1"]}
+    result = search(resnet_evaluator, 2, enqueue=[warm])
+    first = result.history[0].policy
+    assert first.ratios == {u: {units[0]: 0.5, units[3]: 0.25}.get(u, 0.0) for u in units}
+    assert first.drop == ("layer1.1",)
+
+
+def test_enqueued_policy_with_unknown_unit_is_a_config_error(mlp_evaluator):
+    with pytest.raises(ConfigError, match="enqueue.*'nope'"):
+        search(mlp_evaluator, 2, enqueue=[{"ratios": {"nope": 0.5}}])
+
+
+def test_unknown_sampler_is_a_config_error_naming_the_allowed_ones():
+    with pytest.raises(ConfigError, match=r"sampler: 'anneal' is not allowed; allowed: tpe, cmaes, nsga2, gp"):
+        get_searcher("optuna", {"sampler": "anneal"})
+
+
+def test_unknown_hyper_parameter_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"unknown hyper-parameter\(s\) \['n_trials'\]"):
+        get_searcher("optuna", {"n_trials": 5})
+
+
+def test_heartbeat_without_an_rdb_storage_is_a_config_error():
+    with pytest.raises(ConfigError, match="heartbeat_interval: needs an RDB"):
+        get_searcher("optuna", {"heartbeat_interval": 10})
+
+
+@pytest.mark.skipif(HAS_CMAES, reason="cmaes is installed")
+def test_cmaes_without_its_package_is_a_config_error_saying_what_to_install():
+    with pytest.raises(ConfigError, match="pip install cmaes"):
+        get_searcher("optuna", {"sampler": "cmaes"})
+
+
+def test_same_seed_gives_the_same_startup_policies(mlp_evaluator):
+    runs = [search(mlp_evaluator, 4, seed=s) for s in (7, 7, 8)]
+    policies = [[e.policy.ratios for e in r.history] for r in runs]
+    assert policies[0] == policies[1]
+    assert policies[0] != policies[2]
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2"])
+def test_failed_evaluation_marks_the_trial_failed_and_the_search_goes_on(mlp_evaluator, tmp_path, monkeypatch, sampler):
+    real, calls = mlp_evaluator.evaluate, []
+
+    def flaky(policy):
+        calls.append(policy)
+        if len(calls) != 2:
+            return real(policy)
+        m = mlp_evaluator._failed("simulated NaN")
+        mlp_evaluator.history.append(Evaluation(len(mlp_evaluator.history), policy, m))
+        return m
+
+    monkeypatch.setattr(mlp_evaluator, "evaluate", flaky)
+    url = f"sqlite:///{tmp_path}/study.db"
+    result = search(mlp_evaluator, 5, storage=url, sampler=sampler, n_startup_trials=2, population_size=2)
+    assert len(result.history) == 5 and result.history[1].metrics.failed
+    assert not result.best.metrics.failed
+    trials = study_trials(url)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] + [TrialState.FAIL] + [TrialState.COMPLETE] * 3
+    assert trials[1].user_attrs["error"] == "simulated NaN"
+    assert trials[0].user_attrs["constraint"] == pytest.approx(trials[0].user_attrs["value"] - mlp_evaluator.target)
+
+
+def test_sqlite_study_resumes_and_counts_its_complete_trials(mlp_evaluator, tmp_path):
+    url = f"sqlite:///{tmp_path}/study.db"
+    first = search(mlp_evaluator, 4, storage=url, study_name="s")
+    second = search(mlp_evaluator, 7, storage=url, study_name="s")
+    assert len(second.history) == 3
+    assert second.extras["resumed_trials"] == 4 and second.extras["trial_numbers"] == [4, 5, 6]
+    assert second.extras["previous_best"]["reward"] == pytest.approx(first.best.metrics.reward)
+    assert second.extras["previous_best"]["policy"]["ratios"] == first.best.policy.ratios
+    numbers = [t.number for t in study_trials(url, "s")]
+    assert numbers == list(range(7))
+    old = [e.policy.key() for e in first.history]
+    assert not any(e.policy.key() in old for e in second.history)
+
+
+def test_trial_killed_mid_evaluation_is_not_counted_when_resuming(mlp_evaluator, tmp_path):
+    url, seen = f"sqlite:///{tmp_path}/study.db", []
+
+    def interrupt_on_fifth(evaluation):
+        seen.append(evaluation)
+        if len(seen) == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        get_searcher("optuna", {"storage": url}, progress=False, callback=interrupt_on_fifth).search(mlp_evaluator, 7)
+    resumed = search(mlp_evaluator, 7, storage=url)
+    assert resumed.extras["resumed_trials"] == 4 and resumed.extras["trial_numbers"] == [5, 6, 7]
+    states = [t.state for t in study_trials(url)]
+    assert states == [TrialState.COMPLETE] * 4 + [TrialState.FAIL] + [TrialState.COMPLETE] * 3
+
+
+def test_rdb_study_of_another_sampler_direction_is_a_config_error(mlp_evaluator, tmp_path):
+    url = f"sqlite:///{tmp_path}/study.db"
+    search(mlp_evaluator, 2, storage=url)
+    with pytest.raises(ConfigError, match="use another study_name"):
+        search(mlp_evaluator, 3, storage=url, sampler="nsga2")
