@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -131,8 +133,17 @@ def load_pruned(path: str | Path) -> tuple[nn.Module, dict]:
         raise ModelError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # zip/pickle/EOF errors for corrupt files, UnpicklingError for foreign objects
-        raise ModelError(f"{path}: cannot read as an autoprune pruned model ({type(e).__name__}: {_one_line(e)})") from e
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise ModelError(
+            f"{path}: cannot read as an autoprune pruned model: it holds pickled Python objects{what}, "
+            "which are never loaded; only files written by save_pruned are accepted"
+        ) from e
+    except Exception as e:  # zip/EOF errors of truncated or corrupt files
+        raise ModelError(
+            f"{path}: cannot read as an autoprune pruned model: truncated or corrupt ({type(e).__name__}: {_one_line(e, 120)})"
+        ) from e
     tag = data.get("format") if isinstance(data, dict) else None
     if tag != FORMAT:
         raise ModelError(f"{path}: not an autoprune pruned model (format tag {tag!r}, expected {FORMAT!r}); save it with save_pruned")

@@ -112,7 +112,15 @@ class LatencyTable:
         return json.dumps(spec.key())
 
     def _bench(self, specs: list[LayerSpec]) -> list[float]:
-        """Fastest call of each spec over ``passes`` sweeps (0 ms for kinds without a builder)."""
+        """Fastest call of each spec over ``passes`` sweeps (0 ms for kinds without a builder).
+
+        Runs under a forked RNG so micro-benchmarks never change torch's global random state
+        (searchers' reproducibility must not depend on which shapes were new).
+        """
+        with torch.random.fork_rng(devices=[]):
+            return self._bench_unseeded(specs)
+
+    def _bench_unseeded(self, specs: list[LayerSpec]) -> list[float]:
         cases: list[tuple[nn.Module, torch.Tensor] | None] = []
         for spec in specs:
             module = _build(spec)

@@ -111,17 +111,19 @@ def plot_ratios(policy: Policy, path: str | Path, *, unit_order: Sequence[str]) 
     fig = Figure(figsize=(max(6.0, 0.32 * len(names) + 2), 4.5))
     ax = fig.add_subplot()
     if names:
-        colors = [INFEASIBLE if d else FEASIBLE for d in dropped]
-        bars = ax.bar(range(len(names)), ratios, color=colors, edgecolor="k", lw=0.4)
+        # a unit inside a dropped block loses all its channels, whatever its ratio says
+        heights = [1.0 if d else r for r, d in zip(ratios, dropped)]
+        colors = ["0.85" if d else FEASIBLE for d in dropped]
+        bars = ax.bar(range(len(names)), heights, color=colors, edgecolor="k", lw=0.4)
         for bar, d in zip(bars, dropped):
             if d:
                 bar.set_hatch("//")
-                ax.annotate("dropped", (bar.get_x() + bar.get_width() / 2, 0.02), rotation=90, ha="center",
-                            va="bottom", fontsize=7, color="0.25")
+                ax.text(bar.get_x() + bar.get_width() / 2, 0.5, "dropped", rotation=90, ha="center", va="center",
+                        fontsize=7, color="0.2", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
         ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 1.05)
         if any(dropped):
-            ax.bar([0], [0], color=INFEASIBLE, hatch="//", edgecolor="k", lw=0.4, label="in a dropped block")
+            ax.bar([0], [0], color="0.85", hatch="//", edgecolor="k", lw=0.4, label="in a dropped block (removed)")
             ax.legend(loc="upper right", fontsize=8)
     else:
         _empty(ax, "no prunable units")

@@ -105,8 +105,12 @@ class UniformSearcher(Searcher):
 
     def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
         units, target, top = evaluator.unit_names, evaluator.target, evaluator.max_ratio
-        limit = min(n_episodes, int(self.params["max_evals"]))
-        tol = float(self.params["tolerance"])
+        tol, max_evals = self.params["tolerance"], self.params["max_evals"]
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0:
+            raise ConfigError(f"search.params.tolerance: {tol!r} is not allowed; allowed: a number >= 0")
+        if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 1:
+            raise ConfigError(f"search.params.max_evals: {max_evals!r} is not allowed; allowed: an integer >= 1")
+        limit = min(n_episodes, max_evals)
 
         def predicted(r: float) -> float:
             return evaluator.predicted_value({u: r for u in units})
@@ -171,7 +175,9 @@ class SensitivitySearcher(Searcher):
     defaults = {"levels": [0.2, 0.4, 0.6, 0.8], "neighbours": 2}
 
     def _levels(self, evaluator: PolicyEvaluator, n_episodes: int) -> list[float]:
-        raw = self.params["levels"]
+        raw, neighbours = self.params["levels"], self.params["neighbours"]
+        if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 0:
+            raise ConfigError(f"search.params.neighbours: {neighbours!r} is not allowed; allowed: an integer >= 0")
         if not isinstance(raw, (list, tuple)) or not raw or not all(isinstance(x, (int, float)) and 0 < x < 1 for x in raw):
             raise ConfigError(f"search.params.levels: {raw!r} is not allowed; expected a list of ratios in (0, 1), e.g. [0.2, 0.4]")
         levels = sorted({min(float(x), evaluator.max_ratio) for x in raw})
@@ -215,7 +221,8 @@ class SensitivitySearcher(Searcher):
         def feasible(policy: Policy) -> Policy:
             return make_feasible(evaluator, policy.ratios, policy.drop)
 
-        top = max([dense - a for c in curves.values() for _, a in c if a == a] + list(block_drops.values()) + [0.0]) + 1e-6
+        drops = [dense - a for c in curves.values() for _, a in c] + list(block_drops.values())
+        top = max([d for d in drops if d == d] + [0.0]) + 1e-6
         tau = threshold(True)
         candidates = [feasible(allocate(tau))]
         if evaluator.block_names:

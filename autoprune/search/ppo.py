@@ -6,8 +6,8 @@ finished policy with the shared evaluator, so one episode is one evaluation. The
 features are model-size-invariant, so a saved agent can be run zero-shot on another
 model or fine-tuned on it.
 
-The helpers :class:`BudgetedEvaluator`, :class:`StopAfterEpisodes` and :func:`make_env`
-are shared with the DDPG searcher.
+The helpers :class:`BudgetedEvaluator`, :class:`StopAfterEpisodes`, :func:`make_env` and
+:func:`check_params` are shared with the DDPG searcher.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -37,7 +38,7 @@ class BudgetedEvaluator:
     :meth:`Searcher.evaluate` (one history entry, one progress tick) until ``n_episodes``
     evaluations are made. Episodes that end after that (other copies of a vectorised env
     finishing in the same step) get the last metrics unrecorded; training stops at that
-    step, so they are never learnt from.
+    step, so they are never learnt from. No call changes torch's global random state.
     """
 
     def __init__(self, searcher: Searcher, evaluator: PolicyEvaluator, n_episodes: int) -> None:
@@ -61,9 +62,20 @@ class BudgetedEvaluator:
     def evaluate(self, policy: Policy) -> Metrics:
         if self.exhausted and self._last is not None:
             return self._last
-        self._last = self._searcher.evaluate(policy)
+        with torch.random.fork_rng(devices=[]):
+            self._last = self._searcher.evaluate(policy)
         self.finished += 1
         return self._last
+
+    # The latency table times unseen layer shapes on fresh random modules, drawing from torch's
+    # global generator; the agent samples its actions from it, so these calls must not touch it.
+    def predicted_value(self, ratios: dict[str, float], drop: tuple[str, ...] | list[str] = ()) -> float:
+        with torch.random.fork_rng(devices=[]):
+            return self._evaluator.predicted_value(ratios, drop)
+
+    def predicted_ratio(self, ratios: dict[str, float], drop: tuple[str, ...] | list[str] = ()) -> float:
+        with torch.random.fork_rng(devices=[]):
+            return self._evaluator.predicted_ratio(ratios, drop)
 
 
 class StopAfterEpisodes(BaseCallback):
@@ -84,12 +96,17 @@ class StopAfterEpisodes(BaseCallback):
         return not self.budget.exhausted
 
 
-def make_env(budget: BudgetedEvaluator, n_envs: int, shaping: str | None) -> DummyVecEnv:
-    """``n_envs`` copies of the pruning environment, all sharing one evaluator."""
+def pruning_env(budget: BudgetedEvaluator, shaping: str | None) -> LayerPruningEnv:
+    """The pruning environment over the budgeted evaluator."""
     try:
-        return DummyVecEnv([lambda: LayerPruningEnv(budget, shaping=shaping) for _ in range(n_envs)])  # type: ignore[arg-type]
+        return LayerPruningEnv(budget, shaping=shaping)  # type: ignore[arg-type]
     except ValueError as e:
         raise ConfigError(f"search.params.shaping: {e}") from e
+
+
+def make_env(budget: BudgetedEvaluator, n_envs: int, shaping: str | None) -> DummyVecEnv:
+    """``n_envs`` copies of the pruning environment, all sharing one evaluator."""
+    return DummyVecEnv([lambda: pruning_env(budget, shaping) for _ in range(n_envs)])
 
 
 def check_params(params: dict[str, Any], searcher: str) -> None:
@@ -125,7 +142,8 @@ class PPOSearcher(Searcher):
     """Train a PPO agent on the layer-by-layer pruning environment (or run a saved one).
 
     Hyper-parameters (``params``):
-        n_steps: Steps per environment between updates; ``None`` = four episodes' worth, at least 64.
+        n_steps: Steps per environment between updates; ``None`` = four episodes' worth, at least 64,
+            rounded up to a multiple of ``batch_size``.
         batch_size, n_epochs, learning_rate, gamma, gae_lambda, ent_coef, clip_range: As in SB3's PPO.
             ``gamma`` is 1: the only reward is at the end of a finite episode.
         net_arch: Hidden layers of the actor and the critic.
@@ -192,7 +210,8 @@ class PPOSearcher(Searcher):
     def _n_steps(self, episode_len: int) -> int:
         n_steps = self.params["n_steps"]
         if n_steps is None:
-            return max(64, 4 * episode_len)
+            batch = int(self.params["batch_size"])
+            return -(-max(64, 4 * episode_len) // batch) * batch
         if n_steps * self.params["n_envs"] < 2 * episode_len:
             log.warning("ppo: n_steps=%d x n_envs=%d holds fewer than two episodes of %d steps", n_steps, self.params["n_envs"], episode_len)
         return int(n_steps)
@@ -217,7 +236,7 @@ class PPOSearcher(Searcher):
             model = PPO.load(self.params["agent"], device="cpu")
         except (ValueError, KeyError) as e:
             raise ConfigError(f"search.params.agent: {self.params['agent']!r} cannot be loaded as a PPO agent: {e}") from e
-        env = LayerPruningEnv(budget, shaping=self.params["shaping"])  # type: ignore[arg-type]
+        env = pruning_env(budget, self.params["shaping"])
         if model.observation_space.shape != env.observation_space.shape:
             raise ConfigError(
                 f"search.params.agent: observations of {self.params['agent']!r} have shape {model.observation_space.shape}, "

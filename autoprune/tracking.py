@@ -1,0 +1,736 @@
+"""Everything MLflow: one parent run per experiment, per-episode step metrics, artifacts, the model registry.
+
+A :class:`Tracker` is a context manager around one MLflow run::
+
+    with Tracker(cfg) as tracker:
+        tracker.log_dense({"accuracy": 0.91, "latency_ms": 3.2})
+        result = searcher.search(...)          # with callback=tracker.log_episode
+        tracker.log_search_result(result, {"target": 0.5, "dense_accuracy": 0.91, "unit_order": names})
+        tracker.log_pruned_model("pruned.pt", register_as="resnet20-pruned", test_accuracy=0.90)
+
+Episodes are step metrics of that run (``step`` = episode index), buffered and sent with
+``log_batch``, so a search of hundreds of episodes costs milliseconds per episode and
+gives one chart per metric. The pruned model is stored as run artifacts in the
+pickle-free format of :mod:`autoprune.export` (``model/model.pt``), and registered as a
+model version whose source is that artifact folder; :func:`download_model_uri` turns a
+``runs:/`` or ``models:/`` URI back into the local ``.pt`` file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import platform
+import re
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Iterator, Mapping, Sequence
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+
+from autoprune.config import ExperimentConfig, dump_config
+from autoprune.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+MODEL_DIR = "model"
+MODEL_FILE = "model.pt"
+ACCURACY_TAG = "test_accuracy"
+_DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+_OTHER_SCHEMES = ("file", "http", "https", "databricks", "databricks-uc", "uc")
+_ALLOWED_URIS = "sqlite:///path/mlflow.db, file:///dir, http(s)://host:port, postgresql://..., mysql://..., databricks"
+_LIBRARIES = ("torch", "torch-pruning", "optuna", "stable-baselines3", "gymnasium", "mlflow", "autoprune")
+
+
+def _quiet_mlflow() -> None:
+    """MLflow and alembic log every migration and download at INFO; keep their warnings only."""
+    for name in ("mlflow", "alembic"):
+        logger = logging.getLogger(name)
+        if logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Hide MLflow's artifact-download progress bar unless the user asked for it."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
+def _one_line(text: object, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _mlflow_message(e: MlflowException) -> str:
+    return _one_line(getattr(e, "message", None) or e)
+
+
+# ----------------------------------------------------------------------- URIs
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """Validate a tracking URI and return it in absolute form.
+
+    Args:
+        uri: ``sqlite:///path.db``, ``file:///dir``, ``http(s)://host:port``,
+            ``postgresql://...``, ``mysql://...``, ``databricks``; None means
+            ``sqlite:///<current directory>/mlflow.db``.
+
+    Returns:
+        The URI; SQLite paths are made absolute.
+
+    Raises:
+        ConfigError: unknown scheme, a SQLite or file location that is missing or not
+            writable, or an HTTP server that does not answer within 3 seconds.
+    """
+    if uri is None:
+        return _check_sqlite(f"sqlite:///{Path.cwd() / 'mlflow.db'}", "sqlite")
+    if not isinstance(uri, str) or not uri.strip():
+        raise ConfigError(f"tracking.uri: {uri!r} is not allowed; allowed: {_ALLOWED_URIS}, or null for ./mlflow.db")
+    uri = uri.strip()
+    scheme = urllib.parse.urlparse(uri).scheme.lower()
+    base = scheme.split("+", 1)[0]
+    if uri in ("databricks", "databricks-uc") or uri.startswith(("databricks://", "databricks-uc://")):
+        return uri
+    if not scheme or (base not in _DB_SCHEMES and scheme not in _OTHER_SCHEMES):
+        what = "has no scheme" if not scheme else f"has unsupported scheme {scheme!r}"
+        raise ConfigError(f"tracking.uri: {uri!r} {what}; allowed: {_ALLOWED_URIS}")
+    if base == "sqlite":
+        return _check_sqlite(uri, scheme)
+    if scheme == "file":
+        return _check_file(uri)
+    if scheme in ("http", "https"):
+        return _check_http(uri)
+    return uri
+
+
+def _check_sqlite(uri: str, scheme: str) -> str:
+    prefix = f"{scheme}:///"
+    if not uri.lower().startswith(prefix):
+        raise ConfigError(f"tracking.uri: {uri!r} is not a SQLite file URI; write sqlite:///relative/path.db or sqlite:////absolute/path.db")
+    raw = urllib.parse.unquote(uri[len(prefix):].split("?", 1)[0])
+    if raw in ("", ":memory:"):
+        raise ConfigError(f"tracking.uri: {uri!r} names no database file; an in-memory database would lose every run")
+    path = Path(raw).expanduser().absolute()
+    if not path.parent.is_dir():
+        raise ConfigError(f"tracking.uri: {uri!r}: directory {path.parent} does not exist; create it or choose another path")
+    if path.exists() and (not path.is_file() or not os.access(path, os.R_OK | os.W_OK)):
+        raise ConfigError(f"tracking.uri: {uri!r}: {path} is not a readable and writable file")
+    if not path.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"tracking.uri: {uri!r}: directory {path.parent} is not writable")
+    return f"{scheme}:///{path}"
+
+
+def _check_file(uri: str) -> str:
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.netloc not in ("", "localhost"):
+        raise ConfigError(f"tracking.uri: {uri!r}: remote file URIs are not supported; use file:///absolute/dir")
+    path = Path(urllib.request.url2pathname(parsed.path))
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"tracking.uri: {uri!r}: {existing or path} is not a writable directory")
+    return uri
+
+
+def _check_http(uri: str, timeout: float = 3.0) -> str:
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return uri  # the server answered, if only with an error status: it is reachable
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError(
+            f"tracking.uri: cannot reach {uri} ({_one_line(reason, 120)}); start the server "
+            "(e.g. `mlflow server --backend-store-uri sqlite:///mlflow.db`) or set tracking.uri to a sqlite:/// file"
+        ) from e
+    return uri
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    scheme = urllib.parse.urlparse(uri).scheme.lower()
+    if scheme.split("+", 1)[0] != "sqlite":
+        return None
+    return Path(urllib.parse.unquote(uri[len(f"{scheme}:///"):].split("?", 1)[0]))
+
+
+def _artifact_root(uri: str, experiment: str) -> str | None:
+    """For a SQLite store: artifacts beside the database (MLflow would use ./mlruns of the current directory)."""
+    db = _sqlite_file(uri)
+    if db is None:
+        return None
+    folder = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment) or "experiment"
+    return (db.parent / "mlartifacts" / folder).as_uri()
+
+
+# ----------------------------------------------------------------------- tracker
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in _LIBRARIES:
+        try:
+            out[f"version.{name}"] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[f"version.{name}"] = "not installed"
+    return out
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)) and math.isfinite(float(value)):
+        return float(value)
+    return None
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _flat_scalars(data: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flat_scalars(v, f"{key}_"))
+        elif (f := _finite(v)) is not None:
+            out[key] = f
+    return out
+
+
+class Tracker:
+    """One MLflow run for one experiment: params, tags, step metrics per episode, artifacts, registry.
+
+    On entering, the tracking URI and the experiment (``cfg.tracking.experiment``, else
+    ``cfg.name``) are set, a run is started (or ``resume_run_id`` resumed) and the config is
+    logged as params plus ``config.yaml``. On leaving, buffered metrics are flushed and the
+    run ends ``FINISHED``, or ``FAILED`` after an exception, or ``KILLED`` after
+    ``KeyboardInterrupt``: it is never left ``RUNNING``. If another run is active when
+    entering, this run is nested under it.
+
+    Args:
+        cfg: The experiment config.
+        run_name: Name of the run (default: the experiment's name).
+        resume_run_id: Continue this run instead of starting a new one; params already
+            logged keep their values.
+        flush_every: Episodes buffered before one ``log_batch`` call.
+
+    Raises:
+        ConfigError: invalid or unreachable tracking URI, unknown ``resume_run_id``, or a
+            deleted experiment of that name.
+    """
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        *,
+        run_name: str | None = None,
+        resume_run_id: str | None = None,
+        flush_every: int = 20,
+    ) -> None:
+        if flush_every < 1:
+            raise ConfigError(f"flush_every: {flush_every!r} must be >= 1")
+        self.cfg = cfg
+        self.uri = resolve_tracking_uri(cfg.tracking.uri)
+        self.experiment = cfg.tracking.experiment or cfg.name
+        self.run_name = run_name or cfg.name
+        self.resume_run_id = resume_run_id
+        self.flush_every = flush_every
+        self.client: MlflowClient | None = None
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+        self.artifact_uri: str | None = None
+        self._buffer: list[Metric] = []
+        self._pending_episodes = 0
+        self._best = -math.inf
+
+    # ------------------------------------------------------------ lifecycle
+    def __enter__(self) -> "Tracker":
+        _quiet_mlflow()
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        nested = mlflow.active_run() is not None
+        if self.resume_run_id is not None:
+            previous = self._existing_run(self.resume_run_id)
+            run = mlflow.start_run(run_id=self.resume_run_id, nested=nested)
+            self._best = previous.data.metrics.get("best_reward", -math.inf)
+            logged = previous.data.params
+        else:
+            run = mlflow.start_run(experiment_id=self._experiment_id(), run_name=self.run_name, nested=nested)
+            logged = {}
+        self.run_id = run.info.run_id
+        self.experiment_id = run.info.experiment_id
+        self.artifact_uri = run.info.artifact_uri
+        try:
+            self._log_config(logged)
+        except BaseException:
+            self._end("FAILED")
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is None:
+            status = "FINISHED"
+        elif issubclass(exc_type, Exception):
+            status = "FAILED"
+        else:  # KeyboardInterrupt, SystemExit
+            status = "KILLED"
+        try:
+            self.flush()
+            if exc is not None:
+                self.client.set_tag(self.run_id, "error", _one_line(f"{exc_type.__name__}: {exc}", MAX_TAG_VAL_LENGTH))
+        except Exception as e:  # never mask the body's exception, never leave the run RUNNING
+            log.warning("MLflow: could not write the last metrics of run %s: %s", self.run_id, _one_line(e))
+            status = "FAILED" if status == "FINISHED" else status
+        finally:
+            self._end(status)
+
+    def _end(self, status: str) -> None:
+        while (active := mlflow.active_run()) is not None and active.info.run_id != self.run_id:
+            mlflow.end_run(status)  # a nested run left open by the body
+        if active is not None:
+            mlflow.end_run(status)
+        else:
+            self.client.set_terminated(self.run_id, status)
+
+    def _existing_run(self, run_id: str) -> Any:
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as e:
+            raise ConfigError(f"resume: no MLflow run {run_id!r} at {self.uri} ({_mlflow_message(e)})") from e
+
+    def _experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            try:
+                return self.client.create_experiment(self.experiment, artifact_location=_artifact_root(self.uri, self.experiment))
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_ALREADY_EXISTS":  # created meanwhile by another worker
+                    raise ConfigError(f"tracking.experiment: cannot create {self.experiment!r} ({_mlflow_message(e)})") from e
+                exp = self.client.get_experiment_by_name(self.experiment)
+        if exp.lifecycle_stage == "deleted":
+            raise ConfigError(
+                f"tracking.experiment: {self.experiment!r} was deleted in MLflow; restore it "
+                f"(`mlflow experiments restore --experiment-id {exp.experiment_id}`) or choose another name"
+            )
+        return exp.experiment_id
+
+    def _log_config(self, logged: Mapping[str, str]) -> None:
+        params = {k: v if len(v) <= MAX_PARAM_VAL_LENGTH else v[: MAX_PARAM_VAL_LENGTH - 3] + "..." for k, v in self.cfg.flat().items()}
+        changed = sorted(k for k, v in params.items() if k in logged and logged[k] != v)
+        if changed:
+            log.warning("MLflow: resumed run %s keeps its logged values of %s", self.run_id, ", ".join(changed))
+        new = [Param(k, v) for k, v in params.items() if k not in logged]
+        tags = {
+            "model": self.cfg.model.name,
+            "data": self.cfg.data.name,
+            "searcher": self.cfg.search.searcher,
+            "backend": self.cfg.latency.backend,
+            "budget": f"{self.cfg.budget.metric} {self.cfg.budget.target if self.cfg.budget.target is not None else str(self.cfg.budget.target_ms) + ' ms'}",
+            "machine.hostname": platform.node(),
+            "machine.cpu_count": str(os.cpu_count()),
+            "machine.torch_threads": str(torch.get_num_threads()),
+            "machine.platform": platform.platform(),
+            **_versions(),
+        }
+        if self.resume_run_id is not None:
+            tags["resumed"] = "true"
+        self.client.log_batch(self.run_id, params=new, tags=[RunTag(k, v[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()])
+        self.client.log_text(self.run_id, dump_config(self.cfg), "config.yaml")
+
+    def _require_run(self) -> str:
+        if self.run_id is None or self.client is None:
+            raise RuntimeError("Tracker methods must be called inside `with Tracker(cfg) as tracker:`")
+        return self.run_id
+
+    # ------------------------------------------------------------ metrics
+    def log_metrics(self, metrics: Mapping[str, Any], *, step: int = 0, prefix: str = "") -> None:
+        """Log the finite numeric entries of ``metrics`` (nested mappings flattened with ``_``) now."""
+        run_id = self._require_run()
+        ts = int(time.time() * 1000)
+        batch = [Metric(f"{prefix}{k}", v, ts, step) for k, v in _flat_scalars(metrics).items()]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def log_dense(self, metrics: Mapping[str, Any]) -> None:
+        """Metrics of the unpruned model, as ``dense_<name>``."""
+        self.log_metrics(metrics, prefix="dense_")
+
+    def log_episode(self, evaluation: Any) -> None:
+        """Buffer the step metrics of one evaluation (step = its index); usable as a searcher callback.
+
+        Logged: reward, accuracy, value, latency_ratio, predicted_ratio, macs_ratio,
+        feasible (0/1), failed (0/1) and best_reward (best feasible reward so far, once
+        there is one). Non-finite values (failed evaluations) are left out.
+        """
+        self._require_run()
+        m = evaluation.metrics
+        if not m.failed and m.feasible and m.reward > self._best:
+            self._best = float(m.reward)
+        values = {
+            "reward": m.reward, "accuracy": m.accuracy, "value": m.value, "latency_ratio": m.latency_ratio,
+            "predicted_ratio": m.predicted_ratio, "macs_ratio": m.macs_ratio,
+            "feasible": float(bool(m.feasible)), "failed": float(bool(m.failed)),
+        }
+        if self._best > -math.inf:
+            values["best_reward"] = self._best
+        ts = int(time.time() * 1000)
+        step = int(evaluation.index)
+        self._buffer.extend(Metric(k, f, ts, step) for k, v in values.items() if (f := _finite(v)) is not None)
+        self._pending_episodes += 1
+        if self._pending_episodes >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send buffered episode metrics; on a failure they stay buffered for the next try."""
+        if not self._buffer or self.run_id is None:
+            return
+        try:
+            self.client.log_batch(self.run_id, metrics=self._buffer)
+        except MlflowException as e:
+            log.warning("MLflow: could not log %d episode metrics (will retry): %s", len(self._buffer), _mlflow_message(e))
+            return
+        self._buffer = []
+        self._pending_episodes = 0
+
+    def log_finetune_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
+        """Fine-tuning metrics of one epoch as ``finetune_<name>`` at ``step=epoch``."""
+        self.log_metrics(metrics, step=int(epoch), prefix="finetune_")
+
+    # ------------------------------------------------------------ artifacts
+    def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
+        """Log a file, or a folder's contents, under ``subdir`` of the run's artifacts.
+
+        Raises:
+            ConfigError: ``path`` does not exist.
+        """
+        run_id = self._require_run()
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), subdir)
+        elif path.is_file():
+            self.client.log_artifact(run_id, str(path), subdir)
+        else:
+            raise ConfigError(f"log_artifact: {path} does not exist")
+
+    def log_search_result(self, result: Any, info: Mapping[str, Any] | None = None, *, out_dir: str | Path | None = None) -> dict[str, Path]:
+        """Summary metrics plus ``policy.json``, ``history.csv``, ``search_info.json`` and plots of a search.
+
+        Args:
+            result: A :class:`autoprune.search.SearchResult`.
+            info: What the plots need from the evaluator, all optional: ``target`` (budget as a
+                fraction of dense), ``metric`` (``latency`` or ``macs``), ``dense_accuracy``,
+                ``unit_order`` (unit names in graph order), ``uniform`` ((value, accuracy) of
+                the uniform baseline). Stored as ``search_info.json``.
+            out_dir: Keep the files there (default: a temporary folder, removed afterwards).
+
+        Returns:
+            The written files by artifact name (only meaningful with ``out_dir``). Plots are
+            under ``plots/``; ``plots/sensitivity.png`` when ``result.extras`` has
+            ``sensitivity`` curves.
+        """
+        from autoprune import plots  # matplotlib: only when results are logged
+
+        run_id = self._require_run()
+        self.flush()
+        info = dict(info or {})
+        temp = None if out_dir is not None else tempfile.mkdtemp(prefix="autoprune-search-")
+        root = Path(out_dir if out_dir is not None else temp)
+        root.mkdir(parents=True, exist_ok=True)
+        files: dict[str, Path] = {}
+        try:
+            best = result.best
+            history = list(result.history)
+            target, metric = info.get("target"), info.get("metric", "latency")
+            if best is not None:
+                policy_doc = {
+                    **best.policy.to_dict(),
+                    "searcher": result.searcher, "episode": best.index, "metric": metric, "target": target,
+                    "metrics": best.metrics.as_dict(),
+                }
+                files["policy.json"] = root / "policy.json"
+                files["policy.json"].write_text(json.dumps(_json_safe(policy_doc), indent=2))
+            files["history.csv"] = root / "history.csv"
+            result.write_history_csv(files["history.csv"])
+            files["search_info.json"] = root / "search_info.json"
+            files["search_info.json"].write_text(json.dumps(_json_safe({"searcher": result.searcher, **info}), indent=2))
+            pdir = root / "plots"
+            dense_acc = info.get("dense_accuracy")
+            files["plots/pareto.png"] = plots.plot_pareto(
+                history, pdir / "pareto.png", target=target, metric=metric,
+                dense=(1.0, float(dense_acc)) if dense_acc is not None else None,
+                uniform=tuple(info["uniform"]) if info.get("uniform") is not None else None,
+            )
+            files["plots/search_curve.png"] = plots.plot_search_curve(history, pdir / "search_curve.png")
+            if best is not None:
+                order = info.get("unit_order") or list(best.policy.ratios)
+                files["plots/ratios.png"] = plots.plot_ratios(best.policy, pdir / "ratios.png", unit_order=order)
+            if result.extras.get("sensitivity"):
+                files["plots/sensitivity.png"] = plots.plot_sensitivity(result.extras["sensitivity"], pdir / "sensitivity.png")
+            self.client.log_artifacts(run_id, str(root))
+            self.log_metrics(self._search_summary(result))
+            if best is not None:
+                self.client.set_tag(run_id, "best_policy", json.dumps(best.policy.to_dict())[:MAX_TAG_VAL_LENGTH])
+        finally:
+            if temp is not None:
+                shutil.rmtree(temp, ignore_errors=True)
+        return files
+
+    @staticmethod
+    def _search_summary(result: Any) -> dict[str, float]:
+        history = list(result.history)
+        summary: dict[str, Any] = {
+            "search_seconds": result.seconds,
+            "search_episodes": len(history),
+            "search_feasible_episodes": sum(1 for e in history if not e.metrics.failed and e.metrics.feasible),
+            "search_failed_episodes": sum(1 for e in history if e.metrics.failed),
+            "search_pareto_size": len(result.pareto),
+        }
+        if result.best is not None:
+            m = result.best.metrics
+            summary.update({
+                "best_episode": result.best.index, "best_reward": m.reward, "best_accuracy": m.accuracy,
+                "best_value": m.value, "best_latency_ratio": m.latency_ratio, "best_latency_ms": m.latency_ms,
+                "best_predicted_ratio": m.predicted_ratio, "best_macs_ratio": m.macs_ratio,
+                "best_params_ratio": m.params_ratio, "best_feasible": m.feasible,
+            })
+        return summary
+
+    def log_final(self, report: Mapping[str, Any], *, title: str | None = None) -> None:
+        """Final results: numeric entries as ``final_<name>`` metrics, everything as ``report.md``."""
+        run_id = self._require_run()
+        self.log_metrics(report, prefix="final_")
+        self.client.log_text(run_id, render_report(report, title or f"autoprune: {self.cfg.name}"), "report.md")
+
+    # ------------------------------------------------------------ models
+    def log_pruned_model(
+        self,
+        path_pt: str | Path,
+        onnx_path: str | Path | None = None,
+        *,
+        register_as: str | None = None,
+        test_accuracy: float | None = None,
+        extra_files: Sequence[str | Path] = (),
+    ) -> dict[str, Any]:
+        """Log a pruned model (the :func:`autoprune.export.save_pruned` file) and optionally register it.
+
+        The files go to the run's ``model/`` folder as ``model.pt`` (and ``model.onnx``, plus
+        ``extra_files`` under their own names). With ``register_as``, a model version is created
+        whose source is that folder (no MLmodel file, nothing pickled: read it back with
+        :func:`download_model_uri` and :func:`autoprune.export.load_pruned`). The new version
+        gets the alias ``champion`` when the registered model has no champion yet, or when
+        ``test_accuracy`` is strictly higher than the champion's ``test_accuracy`` tag.
+
+        Args:
+            path_pt: The saved pruned model.
+            onnx_path: Its ONNX export, if any.
+            register_as: Registered model name (None: do not register).
+            test_accuracy: Stored as the version's ``test_accuracy`` tag and used for ``champion``.
+            extra_files: More files to put beside the model (e.g. an int8 ONNX model).
+
+        Returns:
+            ``{"uri": "runs:/<run>/model", "name", "version", "champion"}`` (the last three None
+            without ``register_as``).
+
+        Raises:
+            ConfigError: a file is missing, or the registry rejects the name.
+        """
+        run_id = self._require_run()
+        files = {MODEL_FILE: Path(path_pt)}
+        if onnx_path is not None:
+            files["model.onnx"] = Path(onnx_path)
+        for f in extra_files:
+            files[Path(f).name] = Path(f)
+        for f in files.values():
+            if not f.is_file():
+                raise ConfigError(f"log_pruned_model: {f} does not exist")
+        with tempfile.TemporaryDirectory(prefix="autoprune-model-") as d:
+            for name, src in files.items():
+                shutil.copyfile(src, Path(d) / name)
+            self.client.log_artifacts(run_id, d, MODEL_DIR)
+        out: dict[str, Any] = {"uri": f"runs:/{run_id}/{MODEL_DIR}", "name": None, "version": None, "champion": None}
+        if register_as is None:
+            return out
+        tags = {"format": "autoprune-pruned/1", "file": MODEL_FILE}
+        if test_accuracy is not None:
+            tags[ACCURACY_TAG] = repr(float(test_accuracy))
+        try:
+            try:
+                self.client.create_registered_model(register_as, description="Pruned by autoprune; load with autoprune.export.load_pruned.")
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            source = f"{self.artifact_uri.rstrip('/')}/{MODEL_DIR}"
+            mv = self.client.create_model_version(register_as, source, run_id=run_id, tags=tags)
+        except MlflowException as e:
+            raise ConfigError(f"tracking.register: cannot register model {register_as!r} ({_mlflow_message(e)})") from e
+        champion = self._maybe_promote(register_as, mv.version, test_accuracy)
+        self.client.set_tag(run_id, "registered_model", f"{register_as}/{mv.version}")
+        out.update(name=register_as, version=str(mv.version), champion=champion)
+        return out
+
+    def _maybe_promote(self, name: str, version: str, accuracy: float | None) -> bool:
+        try:
+            current = self.client.get_model_version_by_alias(name, CHAMPION)
+        except MlflowException as e:
+            if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                raise
+            current = None
+        if current is not None:
+            best = _finite(_float_or_none(current.tags.get(ACCURACY_TAG)))
+            if accuracy is None or (best is not None and not float(accuracy) > best):
+                return False
+        self.client.set_registered_model_alias(name, CHAMPION, str(version))
+        return True
+
+
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def render_report(report: Mapping[str, Any], title: str = "autoprune report") -> str:
+    """Markdown: a table of the scalar entries, then one JSON block per structured entry."""
+    lines = [f"# {title}", ""]
+    scalars = {k: v for k, v in report.items() if isinstance(v, (str, int, float, bool)) or v is None}
+    if scalars:
+        lines += ["| item | value |", "| --- | --- |"]
+        for k, v in scalars.items():
+            shown = f"{v:.4g}" if isinstance(v, float) else str(v)
+            lines.append(f"| {k} | {shown.replace('|', '/')} |")
+        lines.append("")
+    for k, v in report.items():
+        if k not in scalars:
+            lines += [f"## {k}", "", "```json", json.dumps(_json_safe(v), indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------- download
+
+
+def download_model_uri(uri: str | Path, *, tracking_uri: str | None = None, dst: str | Path | None = None) -> Path:
+    """The local ``.pt`` file behind a path, a ``runs:/`` URI or a ``models:/`` URI.
+
+    Args:
+        uri: A local file (or folder holding one ``.pt``), ``runs:/<run_id>/<path>``,
+            ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or ``models:/<name>/latest``.
+        tracking_uri: Where the run or registered model is (see :func:`resolve_tracking_uri`;
+            None: ``sqlite:///<current directory>/mlflow.db``).
+        dst: Folder to download into (default: a new temporary folder).
+
+    Returns:
+        Path of the local ``.pt`` file.
+
+    Raises:
+        ConfigError: one line naming ``uri`` when it does not exist or holds no single ``.pt`` file.
+    """
+    text = str(uri)
+    scheme = urllib.parse.urlparse(text).scheme
+    if scheme not in ("runs", "models"):
+        path = Path(urllib.request.url2pathname(urllib.parse.urlparse(text).path)) if scheme == "file" else Path(text)
+        if not path.exists():
+            raise ConfigError(f"{text}: no such file; expected a .pt file, runs:/<run_id>/<path> or models:/<name>@<alias>")
+        return _find_pt(path, text)
+    turi = resolve_tracking_uri(tracking_uri)
+    db = _sqlite_file(turi)
+    if db is not None and not db.is_file():
+        raise ConfigError(f"{text}: no MLflow database at {db} (tracking.uri {turi})")
+    _quiet_mlflow()
+    client = MlflowClient(tracking_uri=turi, registry_uri=turi)
+    target = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="autoprune-model-"))
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        with _no_progress_bars():
+            if scheme == "runs":
+                run_id, _, sub = text[len("runs:/"):].lstrip("/").partition("/")
+                if not run_id:
+                    raise ConfigError(f"{text}: expected runs:/<run_id>/<path>")
+                client.get_run(run_id)
+                local = client.download_artifacts(run_id, sub, str(target))
+            else:
+                name, version, sub = _parse_models_uri(client, text)
+                source = client.get_model_version_download_uri(name, version)
+                if sub:
+                    source = f"{source.rstrip('/')}/{sub}"
+                local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target), tracking_uri=turi)
+    except MlflowException as e:
+        raise ConfigError(f"{text}: not found in {turi} ({_mlflow_message(e)})") from e
+    return _find_pt(Path(local), text)
+
+
+def _parse_models_uri(client: MlflowClient, uri: str) -> tuple[str, str, str]:
+    """``(name, version, sub_path)`` of ``models:/name@alias[/sub]`` or ``models:/name/version[/sub]``."""
+    parts = uri[len("models:/"):].lstrip("/").split("/")
+    head = parts[0]
+    if "@" in head:
+        name, alias = head.split("@", 1)
+        if not name or not alias:
+            raise ConfigError(f"{uri}: expected models:/<name>@<alias>")
+        return name, str(client.get_model_version_by_alias(name, alias).version), "/".join(parts[1:])
+    if len(parts) < 2 or not head:
+        raise ConfigError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    name, version = head, parts[1]
+    if version == "latest":
+        versions = client.search_model_versions(f"name = '{name}'")
+        if not versions:
+            raise ConfigError(f"{uri}: registered model {name!r} has no versions")
+        version = str(max(int(v.version) for v in versions))
+    elif not version.isdigit():
+        raise ConfigError(f"{uri}: version {version!r} is not a number; use models:/<name>/<version> or models:/<name>@<alias>")
+    else:
+        client.get_model_version(name, version)
+    return name, version, "/".join(parts[2:])
+
+
+def _find_pt(path: Path, uri: str) -> Path:
+    if path.is_file():
+        return path
+    candidates = sorted(path.rglob("*.pt"))
+    preferred = [p for p in candidates if p.name == MODEL_FILE]
+    if len(preferred) == 1:
+        return preferred[0]
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise ConfigError(f"{uri}: holds no .pt model file")
+    raise ConfigError(f"{uri}: holds several .pt files ({', '.join(p.name for p in candidates[:5])}); name one in the URI")
+
+
+__all__ = ["CHAMPION", "Tracker", "download_model_uri", "render_report", "resolve_tracking_uri"]

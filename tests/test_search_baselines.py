@@ -1,0 +1,140 @@
+"""Baseline searchers (random, uniform, sensitivity) and the sensitivity plot."""
+
+import logging
+
+import pytest
+
+from autoprune.errors import ConfigError
+from autoprune.evaluate import ProxySettings
+from autoprune.objective import Budget, LatencySettings, PolicyEvaluator
+from autoprune.policy import Policy
+from autoprune.search import get_searcher
+from autoprune.search.baselines import largest_ratio, make_feasible, plot_sensitivity
+from autoprune.train import TrainSettings, train_model
+
+BUDGET = Budget(metric="macs", target=0.6)
+SETTINGS = dict(proxy=ProxySettings(bn_batches=2, val_samples=200), latency=LatencySettings(rounds=5, min_rounds=3, threads=1))
+
+
+@pytest.fixture(scope="module")
+def resnet_evaluator(trained_resnet20, digits):
+    return PolicyEvaluator(trained_resnet20, digits, budget=BUDGET, **SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def mlp_evaluator(digits, make_model):
+    model = make_model("mlp")
+    train_model(model, digits, TrainSettings(epochs=2, batch_size=64, lr=0.05, augment=False), progress=False)
+    return PolicyEvaluator(model.eval(), digits, budget=BUDGET, **SETTINGS)
+
+
+@pytest.fixture
+def evaluator(resnet_evaluator):
+    """A fresh history and cache on the shared resnet20 evaluator."""
+    return resnet_evaluator.with_budget(BUDGET)
+
+
+def search(name, evaluator, episodes, **params):
+    return get_searcher(name, params, progress=False).search(evaluator, episodes, seed=0)
+
+
+def predicted(evaluator, policy):
+    return evaluator.predicted_value(policy.ratios, policy.drop)
+
+
+def test_random_search_repairs_every_sample_into_the_budget(evaluator):
+    result = search("random", evaluator, 5)
+    assert len(result.history) == 5
+    assert all(e.metrics.feasible and predicted(evaluator, e.policy) <= 0.6 for e in result.history)
+    assert result.best.metrics.feasible
+    assert len({e.policy.key() for e in result.history}) == 5
+
+
+def test_random_search_is_reproducible_for_a_seed(resnet_evaluator):
+    runs = [[e.policy for e in search("random", resnet_evaluator.with_budget(BUDGET), 3).history] for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+def test_random_search_leaves_out_units_of_dropped_blocks(evaluator):
+    result = search("random", evaluator, 2, drop_prob=1.0)
+    for e in result.history:
+        assert set(e.policy.drop) == set(evaluator.block_names)
+        assert not any(u.startswith(b + ".") for u in e.policy.ratios for b in e.policy.drop)
+
+
+def test_make_feasible_blends_as_little_as_needed(evaluator):
+    policy = make_feasible(evaluator, {u: 0.1 for u in evaluator.unit_names}, [])
+    ratios = set(policy.ratios.values())
+    assert len(ratios) == 1 and 0.1 < ratios.pop() < evaluator.max_ratio
+    assert 0.58 < predicted(evaluator, policy) <= 0.6
+    already = Policy.uniform(evaluator.unit_names, 0.5)
+    assert make_feasible(evaluator, already.ratios, []) == already
+
+
+def test_uniform_uses_one_ratio_no_drops_and_just_meets_the_budget(evaluator):
+    result = search("uniform", evaluator, 8)
+    policy = result.best.policy
+    (ratio,) = set(policy.ratios.values())
+    assert set(policy.ratios) == set(evaluator.unit_names) and policy.drop == ()
+    assert result.best.metrics.feasible and result.extras["ratio"] == ratio
+    # a MAC budget is predicted exactly: one evaluation, and any less pruning misses the target
+    assert len(result.history) == 1
+    assert predicted(evaluator, Policy.uniform(evaluator.unit_names, ratio - 0.03)) > 0.6
+
+
+def test_uniform_refines_on_measured_latency_within_max_evals(resnet_evaluator):
+    ev = resnet_evaluator.with_budget(Budget(metric="latency", target=0.7))
+    result = search("uniform", ev, 20, max_evals=4, tolerance=0.05)
+    assert 1 <= len(result.history) <= 4
+    assert all(len(set(e.policy.ratios.values())) == 1 and not e.policy.drop for e in result.history)
+
+
+def test_sensitivity_measures_every_unit_and_block_then_meets_the_budget(evaluator, tmp_path):
+    result = search("sensitivity", evaluator, 34, levels=[0.4, 0.9])
+    curves = result.extras["sensitivity"]
+    assert set(curves) == set(evaluator.unit_names)
+    # levels are capped at max_ratio 0.8; the first point is the dense model
+    assert all([r for r, _ in c] == [0.0, 0.4, 0.8] for c in curves.values())
+    assert all(c[0][1] == evaluator.dense_accuracy for c in curves.values())
+    assert set(result.extras["block_sensitivity"]) == set(evaluator.block_names)
+    n_measured = 2 * len(curves) + len(evaluator.block_names)
+    assert n_measured < len(result.history) <= n_measured + 3
+    assert result.best.metrics.feasible
+    assert result.best in result.history[n_measured:]
+
+    png = plot_sensitivity(curves, tmp_path / "plots" / "sensitivity.png", blocks=result.extras["block_sensitivity"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sensitivity_with_few_episodes_uses_fewer_levels_and_warns(mlp_evaluator, caplog):
+    ev = mlp_evaluator.with_budget(BUDGET)
+    with caplog.at_level(logging.WARNING, logger="autoprune.search.baselines"):
+        result = search("sensitivity", ev, 5)
+    assert "allow only 2 of the 4 levels" in caplog.text
+    assert all(len(c) == 3 for c in result.extras["sensitivity"].values())
+    assert len(result.history) <= 5 and result.best.metrics.feasible
+
+
+def test_sensitivity_with_too_few_episodes_for_one_level_raises(mlp_evaluator):
+    with pytest.raises(ConfigError, match="at least 3"):
+        search("sensitivity", mlp_evaluator.with_budget(BUDGET), 2)
+
+
+def test_largest_ratio_interpolates_the_monotone_accuracy_curve():
+    curve = [(0.0, 0.9), (0.5, 0.8), (1.0, 0.5)]
+    assert largest_ratio(curve, 0.85) == pytest.approx(0.25)
+    assert largest_ratio(curve, 0.95) == 0.0
+    assert largest_ratio(curve, 0.4) == 1.0
+    # accuracy that recovers with more pruning does not count: the curve is made monotone
+    assert largest_ratio([(0.0, 0.9), (0.4, 0.7), (0.8, 0.88)], 0.8) == pytest.approx(0.2)
+
+
+def test_unknown_searcher_raises_config_error_naming_it():
+    with pytest.raises(ConfigError, match="'nosuch'.*allowed: .*uniform"):
+        get_searcher("nosuch")
+
+
+@pytest.mark.parametrize("name,params,culprit", [("random", {"drop_prob": 2}, "drop_prob"), ("sensitivity", {"levels": [1.5]}, "levels")])
+def test_bad_baseline_hyper_parameters_raise_config_error(evaluator, name, params, culprit):
+    with pytest.raises(ConfigError, match=culprit):
+        search(name, evaluator, 3, **params)
