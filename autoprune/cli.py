@@ -226,8 +226,127 @@ def _print_search_summary(run) -> None:  # noqa: ANN001
     Console().print(f"policy: {run.policy_path}\nhistory: {run.history_path}")
 
 
-# TODO(lead): `run` (search + fine-tune + export + tracking), `apply` (policy file / runs:/ /
-# models:/ URI onto a model), `ui` (MLflow UI on the tracking URI).
+def _progress() -> bool:
+    return sys.stderr.isatty() or bool(os.environ.get("AUTOPRUNE_PROGRESS"))
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(metavar="CONFIG.yaml", help="Experiment config file.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config field (repeatable).")] = None,
+) -> None:
+    """The whole job: search, apply the best policy, fine-tune, test, export, log everything to MLflow."""
+    from autoprune.config import load_config
+    from autoprune.pipeline import run_experiment
+
+    cfg = load_config(config, set_ or [])
+    res = run_experiment(cfg, progress=_progress())
+    _print_search_summary(res.search)
+    d, p = res.dense, res.pruned
+    table = Table(title=f"{cfg.name}: dense vs pruned (test split, batch {cfg.latency.batch_size}, {cfg.latency.threads} threads)")
+    for col in ("", "dense", "pruned", "change"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_row("test accuracy", f"{d.test_accuracy:.4f}", f"{p.test_accuracy:.4f}", f"{100 * (p.test_accuracy - d.test_accuracy):+.2f} pts")
+    table.add_row("latency ms [95% CI]", f"{d.latency_ms:.3f}", f"{p.latency_ms:.3f} [{p.latency_ci_ms[0]:.3f}, {p.latency_ci_ms[1]:.3f}]", f"{d.latency_ms / p.latency_ms:.2f}x faster")
+    table.add_row("MACs", f"{d.macs / 1e6:.2f} M", f"{p.macs / 1e6:.2f} M", f"{d.macs / max(1, p.macs):.2f}x fewer")
+    table.add_row("params", f"{d.params:,}", f"{p.params:,}", f"{d.params / max(1, p.params):.2f}x fewer")
+    table.add_row("size", f"{d.size_bytes / 1024:.0f} KiB", f"{p.size_bytes / 1024:.0f} KiB", f"{d.size_bytes / max(1, p.size_bytes):.2f}x smaller")
+    Console(width=max(110, Console().width)).print(table)
+    typer.echo(f"pruned model: {res.model_path}" + (f"\nonnx: {res.onnx['path']}" if res.onnx else ""))
+    typer.echo(f"MLflow run {res.run_id}: see it with 'autoprune ui'")
+
+
+@app.command()
+def apply(
+    policy: Annotated[str, typer.Option("--policy", "-p", help="policy.json file or runs:/<run_id>/policy.json.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Zoo model or 'package.module:factory'.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Data set.")] = "fashion_mnist",
+    checkpoint: Annotated[Path | None, typer.Option(help="Dense weights (default: the cached baseline).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the pruned model (.pt, pickle-free).")] = Path("pruned.pt"),
+    finetune_epochs: Annotated[float, typer.Option(min=0, help="Fine-tuning epochs after pruning.")] = 0,
+) -> None:
+    """Apply a saved policy to a model (unit names must match), optionally fine-tune, save."""
+    from autoprune.config import parse_config
+    from autoprune.evaluate import evaluate as run_eval
+    from autoprune.experiment import load_baseline
+    from autoprune.export import save_pruned
+    from autoprune.finetune import FinetuneSettings, finetune
+    from autoprune.pipeline import apply_best
+    from autoprune.policy import load_policy
+
+    cfg = parse_config({"model": {"name": model, "checkpoint": str(checkpoint) if checkpoint else None}, "data": {"name": data}}, source="command line")
+    pol, _ = load_policy(policy)
+    baseline = load_baseline(cfg, progress=_progress())
+    pruned = apply_best(cfg, baseline, pol)
+    if finetune_epochs > 0:
+        finetune(pruned, baseline.data, FinetuneSettings(epochs=finetune_epochs), teacher=None, progress=_progress())
+    acc = run_eval(pruned, baseline.data.test)["accuracy"]
+    save_pruned(out, pruned, model_name=model, in_channels=baseline.data.in_channels, num_classes=baseline.data.num_classes,
+                input_size=baseline.data.input_size, extra={"policy": pol.to_dict(), "test_accuracy": acc})
+    typer.echo(f"pruned {model}: params {sum(q.numel() for q in baseline.model.parameters()):,} -> "
+               f"{sum(q.numel() for q in pruned.parameters()):,}; test accuracy {acc:.4f}; written to {out}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model_file: Annotated[str, typer.Argument(metavar="MODEL", help="Pruned model: .pt file, runs:/... or models:/name@alias.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Data set.")] = "fashion_mnist",
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size timed.")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="Threads while timing.")] = 2,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for runs:/ and models:/ (default: ./mlflow.db).")] = None,
+) -> None:
+    """Test accuracy and latency of a saved pruned model."""
+    from autoprune.evaluate import evaluate as run_eval
+    from autoprune.export import load_pruned
+    from autoprune.measure import count_macs_params, measure_latency
+    from autoprune.tracking import download_model_uri
+    from autoprune.zoo import load_data
+
+    path = download_model_uri(model_file, tracking_uri=tracking_uri)
+    net, meta = load_pruned(path)
+    bundle = load_data(data)
+    res = run_eval(net, bundle.test)
+    lat = measure_latency(net, bundle.example_input(batch_size), threads=threads)
+    macs, params = count_macs_params(net, bundle.example_input(1))
+    typer.echo(f"{path}: test accuracy {res['accuracy']:.4f}, latency {lat.median_ms:.3f} ms (p10 {lat.p10_ms:.3f}, p90 {lat.p90_ms:.3f}) "
+               f"at batch {batch_size}, {macs / 1e6:.2f} M MACs, {params:,} params")
+
+
+@app.command("export")
+def export_cmd(
+    model_file: Annotated[str, typer.Argument(metavar="MODEL", help="Pruned model: .pt file, runs:/... or models:/name@alias.")],
+    onnx: Annotated[Path, typer.Option(help="Destination ONNX file.")] = Path("model.onnx"),
+    quantize: Annotated[bool, typer.Option(help="Also write a dynamically int8-quantised ONNX model.")] = False,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for runs:/ and models:/.")] = None,
+) -> None:
+    """Export a pruned model to ONNX, checked against torch in ONNX Runtime (needs the 'onnx' extra)."""
+    import torch
+
+    from autoprune.export import export_onnx, load_pruned, quantize_onnx
+    from autoprune.tracking import download_model_uri
+
+    net, meta = load_pruned(download_model_uri(model_file, tracking_uri=tracking_uri))
+    spec = meta["model"]
+    info = export_onnx(net, torch.zeros(1, spec["in_channels"], spec["input_size"], spec["input_size"]), onnx)
+    typer.echo(f"wrote {info['path']} (max |onnx - torch| = {info['max_abs_diff']:.2e})")
+    if quantize:
+        typer.echo(f"wrote {quantize_onnx(onnx, onnx.with_suffix('.int8.onnx'))}")
+
+
+@app.command()
+def ui(
+    uri: Annotated[str | None, typer.Option(help="Tracking URI (default: sqlite:///./mlflow.db).")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5000,
+) -> None:
+    """Start the MLflow UI on the experiment store."""
+    import subprocess
+
+    from autoprune.tracking import resolve_tracking_uri
+
+    store = resolve_tracking_uri(uri)
+    typer.echo(f"MLflow UI on http://{host}:{port} (store {store}); Ctrl-C to stop")
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", host, "--port", str(port)]))
 
 
 def main(argv: list[str] | None = None) -> None:

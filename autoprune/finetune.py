@@ -103,7 +103,7 @@ def finetune(
             opt.step()
             if sched is not None:
                 sched.step()
-            running += float(loss) * len(y)
+            running += loss.item() * len(y)
             n += len(y)
             step += 1
             bar.update(1)

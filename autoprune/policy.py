@@ -36,3 +36,51 @@ class Policy:
     def from_dict(cls, d: dict) -> "Policy":
         """Inverse of :meth:`to_dict`."""
         return cls({str(k): float(v) for k, v in d.get("ratios", {}).items()}, tuple(d.get("drop", ())))
+
+
+def load_policy(source: str, *, tracking_uri: str | None = None) -> tuple[Policy, dict]:
+    """Read a policy from a JSON file or a ``runs:/<run_id>/policy.json`` artifact.
+
+    Accepts the file ``autoprune search`` writes (``{"format": "autoprune-policy/1", "policy": ...}``)
+    or a bare ``{"ratios": ..., "drop": ...}``. Returns the policy and the whole payload.
+
+    Raises:
+        PolicyError: unreadable, truncated or malformed file, or a wrong format version.
+        ConfigError: a missing file or unknown MLflow URI.
+    """
+    import json
+    from pathlib import Path
+
+    from autoprune.errors import ConfigError, PolicyError
+
+    path = Path(source)
+    if source.startswith("runs:/"):
+        import mlflow
+
+        from autoprune.tracking import resolve_tracking_uri
+
+        try:
+            mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+            path = Path(mlflow.artifacts.download_artifacts(source))
+        except Exception as e:  # MlflowException and friends: the URI does not resolve
+            raise ConfigError(f"--policy: cannot download {source!r} ({str(e).splitlines()[0][:200]})") from e
+        if path.is_dir():
+            path = path / "policy.json"
+    if not path.is_file():
+        raise ConfigError(f"--policy: file {source!r} does not exist")
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PolicyError(f"--policy: {source!r} is not valid JSON ({e})") from e
+    if not isinstance(payload, dict):
+        raise PolicyError(f"--policy: {source!r} must hold a JSON object")
+    fmt = payload.get("format")
+    if fmt is not None and fmt != "autoprune-policy/1":
+        raise PolicyError(f"--policy: {source!r} has format {fmt!r}; this version reads 'autoprune-policy/1'")
+    body = payload.get("policy", payload)
+    if not isinstance(body, dict) or not isinstance(body.get("ratios", {}), dict) or not isinstance(body.get("drop", []), list):
+        raise PolicyError(f"--policy: {source!r} has no valid 'ratios' mapping / 'drop' list")
+    try:
+        return Policy.from_dict(body), payload
+    except (TypeError, ValueError) as e:
+        raise PolicyError(f"--policy: {source!r} holds a non-numeric ratio ({e})") from e

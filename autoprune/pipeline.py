@@ -1,0 +1,162 @@
+"""The end-to-end job behind ``autoprune run``: search -> apply -> fine-tune -> evaluate -> export -> MLflow.
+
+Search sees only the validation split; the final accuracy is measured on the test
+split, which nothing before this point has looked at.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.config import ExperimentConfig
+from autoprune.evaluate import evaluate
+from autoprune.experiment import Baseline, SearchRun, load_baseline, output_dir, run_search
+from autoprune.export import export_onnx, quantize_onnx, save_pruned
+from autoprune.finetune import FinetuneSettings, finetune
+from autoprune.measure import PairedTimer, count_macs_params, model_size_bytes
+from autoprune.policy import Policy
+from autoprune.surgery import apply_iteratively, apply_policy
+from autoprune.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def finetune_settings(cfg: ExperimentConfig) -> FinetuneSettings:
+    """The config's fine-tuning section as library settings."""
+    f = cfg.finetune
+    return FinetuneSettings(
+        epochs=f.epochs, lr=f.lr, batch_size=f.batch_size, optimizer=f.optimizer, schedule=f.schedule,
+        distill=f.distill, temperature=f.temperature, alpha=f.alpha, seed=cfg.seed,
+    )
+
+
+def apply_best(cfg: ExperimentConfig, baseline: Baseline, policy: Policy, graph: Any = None) -> nn.Module:
+    """Apply a policy to the dense model, one-shot or in ``pruning.iterative_steps`` stages."""
+    p = cfg.pruning
+    if p.iterative_steps > 1:
+        recover_settings = FinetuneSettings(epochs=0.2, lr=cfg.finetune.lr, seed=cfg.seed)
+        return apply_iteratively(
+            baseline.model, policy, example_input=baseline.data.example_input(1), steps=p.iterative_steps,
+            recover=lambda m: finetune(m, baseline.data, recover_settings, progress=False),
+            importance=p.importance, round_to=p.round_to,
+        )
+    return apply_policy(
+        baseline.model, policy, graph=graph, example_input=baseline.data.example_input(1),
+        importance=p.importance, round_to=p.round_to,
+    )
+
+
+@dataclass
+class ModelReport:
+    """Final figures of one model on the test split and the target backend."""
+
+    test_accuracy: float
+    latency_ms: float
+    latency_ci_ms: tuple[float, float]
+    macs: int
+    params: int
+    size_bytes: int
+
+
+def measure_final(model: nn.Module, dense: nn.Module, baseline: Baseline, cfg: ExperimentConfig) -> tuple[ModelReport, ModelReport]:
+    """Test accuracy and paired latency (30 rounds) of ``model`` and the dense model."""
+    x = baseline.data.example_input(cfg.latency.batch_size)
+    x1 = baseline.data.example_input(1)
+    timer = PairedTimer(dense, x, backend=cfg.latency.backend, threads=cfg.latency.threads)
+    dense_ms = timer.reference_ms(repeats=50)
+    lat = timer.ratio(model.eval(), rounds=30)
+    reports = []
+    for m, ratio, ci in ((dense, 1.0, (1.0, 1.0)), (model, lat.ratio, (lat.ci_low, lat.ci_high))):
+        macs, params = count_macs_params(m, x1)
+        reports.append(
+            ModelReport(
+                test_accuracy=evaluate(m, baseline.data.test)["accuracy"],
+                latency_ms=ratio * dense_ms,
+                latency_ci_ms=(ci[0] * dense_ms, ci[1] * dense_ms),
+                macs=int(macs),
+                params=int(params),
+                size_bytes=model_size_bytes(m),
+            )
+        )
+    return reports[0], reports[1]
+
+
+@dataclass
+class RunResult:
+    """What ``autoprune run`` produced."""
+
+    dense: ModelReport
+    pruned: ModelReport
+    search: SearchRun
+    model_path: Path
+    onnx: dict[str, Any] | None
+    run_id: str | None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
+    """The whole job, tracked in one MLflow run (ended FAILED/KILLED if anything goes wrong)."""
+    out = output_dir(cfg)
+    torch.set_num_threads(cfg.latency.threads)
+    with Tracker(cfg) as tracker:
+        t0 = time.perf_counter()
+        baseline = load_baseline(cfg, progress=progress)
+        tracker.log_dense({"val_accuracy": baseline.meta.get("val_accuracy", float("nan")), "test_accuracy": baseline.meta.get("test_accuracy", float("nan"))})
+        search = run_search(cfg, progress=progress, callback=tracker.log_episode, baseline=baseline)
+        ev = search.evaluator
+        tracker.log_search_result(
+            search.result,
+            {"target": ev.target, "metric": ev.budget.metric, "dense_accuracy": ev.dense_accuracy, "unit_order": ev.unit_names},
+            out_dir=out,
+        )
+        best = search.result.best
+        if best is None:
+            raise RuntimeError("the search produced no successful evaluation")
+        pruned = apply_best(cfg, baseline, best.policy, graph=ev.graph)
+        teacher = baseline.model if cfg.finetune.distill else None
+        finetune(pruned, baseline.data, finetune_settings(cfg), teacher=teacher, progress=progress, on_epoch=tracker.log_finetune_epoch)
+        dense_r, pruned_r = measure_final(pruned, baseline.model, baseline, cfg)
+        model_path = save_pruned(
+            out / "model.pt", pruned, model_name=cfg.model.name, in_channels=baseline.data.in_channels,
+            num_classes=baseline.data.num_classes, input_size=baseline.data.input_size,
+            extra={"policy": best.policy.to_dict(), "test_accuracy": pruned_r.test_accuracy},
+        )
+        onnx_info = None
+        if cfg.export.onnx or cfg.export.quantize:
+            onnx_info = export_onnx(pruned, baseline.data.example_input(1), out / "model.onnx")
+            if cfg.export.quantize:
+                onnx_info["quantized"] = str(quantize_onnx(out / "model.onnx", out / "model.int8.onnx"))
+        report = {
+            "dense_test_accuracy": dense_r.test_accuracy,
+            "pruned_test_accuracy": pruned_r.test_accuracy,
+            "accuracy_drop_points": 100 * (dense_r.test_accuracy - pruned_r.test_accuracy),
+            "dense_latency_ms": dense_r.latency_ms,
+            "pruned_latency_ms": pruned_r.latency_ms,
+            "speedup": dense_r.latency_ms / pruned_r.latency_ms,
+            "mac_reduction": dense_r.macs / max(1, pruned_r.macs),
+            "dense_macs": dense_r.macs,
+            "pruned_macs": pruned_r.macs,
+            "dense_params": dense_r.params,
+            "pruned_params": pruned_r.params,
+            "dense_size_bytes": dense_r.size_bytes,
+            "pruned_size_bytes": pruned_r.size_bytes,
+            "search_episodes": search.result.episodes,
+            "search_seconds": search.result.seconds,
+            "search_best_proxy_accuracy": best.metrics.accuracy,
+            "blocks_dropped": len(best.policy.drop),
+            "total_seconds": time.perf_counter() - t0,
+        }
+        tracker.log_final(report, title=f"autoprune: {cfg.name}")
+        tracker.log_pruned_model(
+            model_path, onnx_info["path"] if onnx_info else None,
+            register_as=f"{cfg.name}-{cfg.model.name}" if cfg.tracking.register else None,
+            test_accuracy=pruned_r.test_accuracy,
+        )
+        return RunResult(dense_r, pruned_r, search, model_path, onnx_info, tracker.run_id, report)
