@@ -69,8 +69,11 @@ def load_baseline(cfg: ExperimentConfig, *, progress: bool = True) -> Baseline:
 def build_evaluator(cfg: ExperimentConfig, baseline: Baseline) -> PolicyEvaluator:
     """The shared objective of a search, from the config's budget, reward, proxy, latency and pruning sections."""
     lat = cfg.latency
-    if lat.backend != "torch":
-        raise ConfigError(f"latency.backend: {lat.backend!r} is not available yet; allowed: 'torch'")
+    if lat.backend == "onnxruntime":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as e:
+            raise ConfigError("latency.backend: 'onnxruntime' needs the optional extra: pip install 'autoprune[onnx]'") from e
     b = cfg.budget
     target = b.target if b.target is not None else (None if b.target_ms is not None else 0.5)
     budget = Budget(metric=b.metric, target=target, target_ms=b.target_ms)

@@ -7,6 +7,7 @@ split, which nothing before this point has looked at.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,11 @@ def measure_final(model: nn.Module, dense: nn.Module, baseline: Baseline, cfg: E
     return reports[0], reports[1]
 
 
+def registered_name(cfg: ExperimentConfig) -> str:
+    """Registry name of an experiment's pruned model (MLflow refuses ':' and '/')."""
+    return re.sub(r"[:/]", "-", f"{cfg.name}-{cfg.model.name}")
+
+
 @dataclass
 class RunResult:
     """What ``autoprune run`` produced."""
@@ -156,7 +162,8 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult
         tracker.log_final(report, title=f"autoprune: {cfg.name}")
         tracker.log_pruned_model(
             model_path, onnx_info["path"] if onnx_info else None,
-            register_as=f"{cfg.name}-{cfg.model.name}" if cfg.tracking.register else None,
+            register_as=registered_name(cfg) if cfg.tracking.register else None,
             test_accuracy=pruned_r.test_accuracy,
+            extra_files=[onnx_info["quantized"]] if onnx_info and "quantized" in onnx_info else (),
         )
         return RunResult(dense_r, pruned_r, search, model_path, onnx_info, tracker.run_id, report)

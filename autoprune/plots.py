@@ -171,7 +171,7 @@ def plot_search_curve(history: Sequence[Evaluation], path: str | Path) -> Path:
     ax.set_title("Search progress")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     return _save(fig, path)
 
 
@@ -184,10 +184,11 @@ def plot_sensitivity(curves: Mapping[str, Sequence[tuple[float, float]]], path: 
     """
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot()
-    for name, pts in curves.items():
+    styles = ("-", "--", ":", "-.")
+    for i, (name, pts) in enumerate(curves.items()):
         pts = sorted((float(r), float(a)) for r, a in pts)
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1, label=name)
+        if pts:  # the colour cycle has 10 colours: change the line style after each 10 units
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1, ls=styles[i // 10 % len(styles)], label=name)
     if not curves:
         _empty(ax, "no sensitivity curves")
     ax.set_xlabel("pruning ratio of the unit (others dense)")
