@@ -84,7 +84,7 @@ def get_backend(name: str | LatencyBackend) -> LatencyBackend:
     if name == "onnxruntime" and name not in _BACKENDS:
         import autoprune.export  # noqa: F401  (registers the "onnxruntime" backend; needs the 'onnx' extra)
     if name not in _BACKENDS:
-        raise ConfigError(f"backend: unknown latency backend {name!r}; allowed: {', '.join(sorted(_BACKENDS))}")
+        raise ConfigError(f"backend: unknown latency backend {name!r}; allowed: {', '.join(sorted(set(_BACKENDS) | {'onnxruntime'}))}")
     return _BACKENDS[name]()
 
 
