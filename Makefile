@@ -9,10 +9,12 @@ setup:
 test: setup
 	$(PYTHON) -m pytest -q
 
-# Placeholder until the end-to-end demo lands.
+# The main job: what uniform pruning saves, then a small real search -> fine-tune -> export,
+# tracked in the embedded MLflow store (./mlflow.db; browse it with `make ui`).
 demo: setup
-	$(VENV)/bin/autoprune --help
+	$(VENV)/bin/autoprune estimate experiments/configs/demo.yaml
+	$(VENV)/bin/autoprune run experiments/configs/demo.yaml
 
-# MLflow UI on the local tracking store (placeholder until `autoprune ui` lands).
+# MLflow UI on the embedded tracking store, bound to 127.0.0.1.
 ui: setup
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
+	$(VENV)/bin/autoprune ui

@@ -215,13 +215,23 @@ class PolicyEvaluator:
         return self
 
     # ------------------------------------------------------------ prediction
-    def _calibrate_table(self) -> LatencyTable:
-        """Fit the lookup table on the dense model and a few pruned variants, measured paired."""
+    def _calibrate_table(self, n_random: int = 8) -> LatencyTable:
+        """Fit the lookup table on dense, uniform and random pruned variants, measured paired.
+
+        Random variants (odd channel counts, random block drops) look like what searchers
+        propose, so the affine fit is not biased towards round uniform models.
+        """
+        import numpy as np
+
         t0 = time.perf_counter()
         table = LatencyTable(threads=self.latency.threads)
-        variants = [Policy()]
-        variants.append(Policy.uniform(self.unit_names, min(0.5, self.max_ratio)))
+        rng = np.random.default_rng(12345)
+        variants = [Policy(), Policy.uniform(self.unit_names, min(0.5, self.max_ratio))]
         variants.append(Policy.uniform(self.unit_names, min(0.25, self.max_ratio), drop=self.block_names[::2]))
+        for _ in range(n_random):
+            ratios = {u: float(rng.uniform(0.0, self.max_ratio)) for u in self.unit_names}
+            drop = tuple(b for b in self.block_names if rng.random() < 0.25)
+            variants.append(Policy(ratios, drop))
         samples = []
         for pol in variants:
             specs = self.graph.specs_for(pol.ratios, pol.drop, round_to=self.round_to, batch_size=self.latency.batch_size)

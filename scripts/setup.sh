@@ -79,7 +79,7 @@ install_package() {
         return 0
     fi
     log "installing autoprune (editable, with dev extras) into $VENV"
-    "$VENV/bin/python" -m pip install -e '.[dev]'
+    "$VENV/bin/python" -m pip install -e '.[dev,onnx]'
     touch "$STAMP"
 }
 

@@ -53,3 +53,32 @@ def trained_resnet20(digits: DataBundle, make_model: Callable[[str], nn.Module])
     model = make_model("resnet20")
     train_model(model, digits, TrainSettings(epochs=3, batch_size=64, lr=0.05, augment=False), progress=False)
     return model.eval()
+
+
+# --------------------------------------------------------------- searcher fixtures
+from autoprune.evaluate import ProxySettings  # noqa: E402
+from autoprune.objective import Budget, LatencySettings, PolicyEvaluator  # noqa: E402
+
+#: A MAC budget makes feasibility exact (measured latency is noisy on shared machines).
+SEARCH_BUDGET = Budget(metric="macs", target=0.6)
+SEARCH_SETTINGS = dict(proxy=ProxySettings(bn_batches=2, val_samples=200), latency=LatencySettings(rounds=5, min_rounds=3, threads=1))
+
+
+@pytest.fixture(scope="session")
+def resnet_evaluator(trained_resnet20, digits) -> PolicyEvaluator:
+    """An evaluator over the trained digits ResNet-20 (has droppable blocks)."""
+    return PolicyEvaluator(trained_resnet20, digits, budget=SEARCH_BUDGET, **SEARCH_SETTINGS)
+
+
+@pytest.fixture(scope="session")
+def mlp_evaluator(digits, make_model) -> PolicyEvaluator:
+    """An evaluator over a small trained MLP (no blocks): the fastest objective."""
+    model = make_model("mlp")
+    train_model(model, digits, TrainSettings(epochs=2, batch_size=64, lr=0.05, augment=False), progress=False)
+    return PolicyEvaluator(model.eval(), digits, budget=SEARCH_BUDGET, **SEARCH_SETTINGS)
+
+
+@pytest.fixture
+def evaluator(resnet_evaluator) -> PolicyEvaluator:
+    """A fresh history and cache on the shared ResNet-20 evaluator."""
+    return resnet_evaluator.with_budget(SEARCH_BUDGET)

@@ -5,34 +5,9 @@ import logging
 import pytest
 
 from autoprune.errors import ConfigError
-from autoprune.evaluate import ProxySettings
-from autoprune.objective import Budget, LatencySettings, PolicyEvaluator
 from autoprune.policy import Policy
 from autoprune.search import get_searcher
 from autoprune.search.baselines import largest_ratio, make_feasible, plot_sensitivity
-from autoprune.train import TrainSettings, train_model
-
-BUDGET = Budget(metric="macs", target=0.6)
-SETTINGS = dict(proxy=ProxySettings(bn_batches=2, val_samples=200), latency=LatencySettings(rounds=5, min_rounds=3, threads=1))
-
-
-@pytest.fixture(scope="module")
-def resnet_evaluator(trained_resnet20, digits):
-    return PolicyEvaluator(trained_resnet20, digits, budget=BUDGET, **SETTINGS)
-
-
-@pytest.fixture(scope="module")
-def mlp_evaluator(digits, make_model):
-    model = make_model("mlp")
-    train_model(model, digits, TrainSettings(epochs=2, batch_size=64, lr=0.05, augment=False), progress=False)
-    return PolicyEvaluator(model.eval(), digits, budget=BUDGET, **SETTINGS)
-
-
-@pytest.fixture
-def evaluator(resnet_evaluator):
-    """A fresh history and cache on the shared resnet20 evaluator."""
-    return resnet_evaluator.with_budget(BUDGET)
-
 
 def search(name, evaluator, episodes, **params):
     return get_searcher(name, params, progress=False).search(evaluator, episodes, seed=0)
@@ -51,7 +26,7 @@ def test_random_search_repairs_every_sample_into_the_budget(evaluator):
 
 
 def test_random_search_is_reproducible_for_a_seed(resnet_evaluator):
-    runs = [[e.policy for e in search("random", resnet_evaluator.with_budget(BUDGET), 3).history] for _ in range(2)]
+    runs = [[e.policy for e in search("random", resnet_evaluator.with_budget(resnet_evaluator.budget), 3).history] for _ in range(2)]
     assert runs[0] == runs[1]
 
 
@@ -107,7 +82,7 @@ def test_sensitivity_measures_every_unit_and_block_then_meets_the_budget(evaluat
 
 
 def test_sensitivity_with_few_episodes_uses_fewer_levels_and_warns(mlp_evaluator, caplog):
-    ev = mlp_evaluator.with_budget(BUDGET)
+    ev = mlp_evaluator.with_budget(mlp_evaluator.budget)
     with caplog.at_level(logging.WARNING, logger="autoprune.search.baselines"):
         result = search("sensitivity", ev, 5)
     assert "allow only 2 of the 4 levels" in caplog.text
@@ -117,7 +92,7 @@ def test_sensitivity_with_few_episodes_uses_fewer_levels_and_warns(mlp_evaluator
 
 def test_sensitivity_with_too_few_episodes_for_one_level_raises(mlp_evaluator):
     with pytest.raises(ConfigError, match="at least 3"):
-        search("sensitivity", mlp_evaluator.with_budget(BUDGET), 2)
+        search("sensitivity", mlp_evaluator.with_budget(mlp_evaluator.budget), 2)
 
 
 def test_largest_ratio_interpolates_the_monotone_accuracy_curve():

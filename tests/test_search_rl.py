@@ -6,32 +6,7 @@ import pytest
 import torch
 
 from autoprune.errors import ConfigError
-from autoprune.evaluate import ProxySettings
-from autoprune.objective import Budget, LatencySettings, PolicyEvaluator
 from autoprune.search import get_searcher
-from autoprune.train import TrainSettings, train_model
-
-BUDGET = Budget(metric="macs", target=0.6)
-SETTINGS = dict(proxy=ProxySettings(bn_batches=2, val_samples=200), latency=LatencySettings(rounds=5, min_rounds=3, threads=1))
-
-
-@pytest.fixture(scope="module")
-def resnet_evaluator(trained_resnet20, digits):
-    return PolicyEvaluator(trained_resnet20, digits, budget=BUDGET, **SETTINGS)
-
-
-@pytest.fixture(scope="module")
-def mlp_evaluator(digits, make_model):
-    model = make_model("mlp")
-    train_model(model, digits, TrainSettings(epochs=2, batch_size=64, lr=0.05, augment=False), progress=False)
-    return PolicyEvaluator(model.eval(), digits, budget=BUDGET, **SETTINGS)
-
-
-@pytest.fixture
-def evaluator(resnet_evaluator):
-    """A fresh history and cache on the shared resnet20 evaluator."""
-    return resnet_evaluator.with_budget(BUDGET)
-
 
 def search(name, evaluator, episodes, **params):
     calls = []
@@ -55,7 +30,7 @@ def test_ppo_with_parallel_envs_stops_at_the_episode_budget(evaluator):
 
 
 def test_ppo_is_reproducible_for_a_seed(resnet_evaluator):
-    policies = [[e.policy for e in search("ppo", resnet_evaluator.with_budget(BUDGET), 3)[0].history] for _ in range(2)]
+    policies = [[e.policy for e in search("ppo", resnet_evaluator.with_budget(resnet_evaluator.budget), 3)[0].history] for _ in range(2)]
     assert policies[0] == policies[1]
 
 
@@ -65,7 +40,7 @@ def test_ppo_saves_an_agent_that_runs_zero_shot_on_another_model(evaluator, mlp_
     assert path.endswith("agent.zip") and zipfile.is_zipfile(path)
     assert (tmp_path / "agent_ep3.zip").is_file() and (tmp_path / "agent_ep6.zip").is_file()
 
-    target = mlp_evaluator.with_budget(BUDGET)
+    target = mlp_evaluator.with_budget(mlp_evaluator.budget)
     weights = {k: v.clone() for k, v in target.model.state_dict().items()}
     result, calls = search("ppo", target, 3, agent=path, zero_shot=True)
     assert len(result.history) == len(calls) == 3
@@ -76,7 +51,7 @@ def test_ppo_saves_an_agent_that_runs_zero_shot_on_another_model(evaluator, mlp_
 
 
 def test_ppo_fine_tunes_a_saved_agent(evaluator, mlp_evaluator, tmp_path):
-    search("ppo", mlp_evaluator.with_budget(BUDGET), 4, save_agent=str(tmp_path / "mlp.zip"))
+    search("ppo", mlp_evaluator.with_budget(mlp_evaluator.budget), 4, save_agent=str(tmp_path / "mlp.zip"))
     result, _ = search("ppo", evaluator, 4, agent=str(tmp_path / "mlp.zip"), learning_rate=1e-4)
     assert len(result.history) == 4 and result.best.metrics.feasible
 
