@@ -287,6 +287,39 @@ def apply(
                f"{sum(q.numel() for q in pruned.parameters()):,}; test accuracy {acc:.4f}; written to {out}")
 
 
+@app.command("finetune")
+def finetune_cmd(
+    model_file: Annotated[str, typer.Argument(metavar="MODEL", help="Pruned model: .pt file, runs:/... or models:/name@alias.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Data set.")] = "fashion_mnist",
+    epochs: Annotated[float, typer.Option(min=0, help="Epochs (fractions allowed).")] = 3,
+    lr: Annotated[float, typer.Option(min=0, help="Peak learning rate.")] = 0.01,
+    distill: Annotated[bool, typer.Option(help="Distil from the dense baseline of the same model (cached checkpoint).")] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the fine-tuned model.")] = Path("finetuned.pt"),
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for runs:/ and models:/.")] = None,
+) -> None:
+    """Fine-tune a saved pruned model (optionally with knowledge distillation) and save it."""
+    from autoprune.config import parse_config
+    from autoprune.evaluate import evaluate as run_eval
+    from autoprune.experiment import load_baseline
+    from autoprune.export import load_pruned, save_pruned
+    from autoprune.finetune import FinetuneSettings, finetune
+    from autoprune.tracking import download_model_uri
+    from autoprune.zoo import load_data
+
+    net, meta = load_pruned(download_model_uri(model_file, tracking_uri=tracking_uri))
+    spec = meta["model"]
+    teacher = None
+    if distill:
+        teacher = load_baseline(parse_config({"model": {"name": spec["name"]}, "data": {"name": data}}, source="command line"), progress=_progress()).model
+    bundle = load_data(data)
+    finetune(net, bundle, FinetuneSettings(epochs=epochs, lr=lr, distill=distill), teacher=teacher, progress=_progress())
+    acc = run_eval(net, bundle.test)["accuracy"]
+    extra = dict(meta.get("extra") or {})
+    extra["test_accuracy"] = acc
+    save_pruned(out, net, model_name=spec["name"], in_channels=spec["in_channels"], num_classes=spec["num_classes"], input_size=spec["input_size"], extra=extra)
+    typer.echo(f"fine-tuned for {epochs:g} epochs: test accuracy {acc:.4f}; written to {out}")
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     model_file: Annotated[str, typer.Argument(metavar="MODEL", help="Pruned model: .pt file, runs:/... or models:/name@alias.")],

@@ -89,6 +89,23 @@ def measure_final(model: nn.Module, dense: nn.Module, baseline: Baseline, cfg: E
     return reports[0], reports[1]
 
 
+def uniform_point(evaluator: Any, max_evals: int = 6) -> tuple[float, float] | None:
+    """(budget value, proxy accuracy) of the classical baseline: one ratio for every unit, no block drops.
+
+    Costs a few evaluations; shown on the Pareto plot so the search's gain is visible at a glance.
+    """
+    from autoprune.search import get_searcher
+
+    try:
+        res = get_searcher("uniform", {"max_evals": max_evals}, progress=False).search(evaluator, max_evals)
+    except Exception as e:  # the baseline is a courtesy: never fail a finished search for it
+        log.warning("uniform baseline skipped: %s", e)
+        return None
+    if res.best is None:
+        return None
+    return (res.best.metrics.value, res.best.metrics.accuracy)
+
+
 def registered_name(cfg: ExperimentConfig) -> str:
     """Registry name of an experiment's pruned model (MLflow refuses ':' and '/')."""
     return re.sub(r"[:/]", "-", f"{cfg.name}-{cfg.model.name}")
@@ -117,11 +134,12 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult
         tracker.log_dense({"val_accuracy": baseline.meta.get("val_accuracy", float("nan")), "test_accuracy": baseline.meta.get("test_accuracy", float("nan"))})
         search = run_search(cfg, progress=progress, callback=tracker.log_episode, baseline=baseline)
         ev = search.evaluator
-        tracker.log_search_result(
-            search.result,
-            {"target": ev.target, "metric": ev.budget.metric, "dense_accuracy": ev.dense_accuracy, "unit_order": ev.unit_names},
-            out_dir=out,
-        )
+        info = {"target": ev.target, "metric": ev.budget.metric, "dense_accuracy": ev.dense_accuracy, "unit_order": ev.unit_names}
+        uniform = uniform_point(ev) if cfg.search.searcher != "uniform" else None
+        if uniform is not None:
+            info["uniform"] = uniform
+            tracker.log_metrics({"uniform_accuracy": uniform[1], "uniform_value": uniform[0]})
+        tracker.log_search_result(search.result, info, out_dir=out)
         best = search.result.best
         if best is None:
             raise RuntimeError("the search produced no successful evaluation")

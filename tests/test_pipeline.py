@@ -1,0 +1,97 @@
+"""The end-to-end job (`autoprune run`) on a tiny real model, tracked in a throwaway MLflow store."""
+
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import torch
+import yaml
+
+from autoprune.config import parse_config
+from autoprune.export import load_pruned
+from autoprune.pipeline import run_experiment
+from autoprune.tracking import download_model_uri
+
+
+def tiny_config(tmp_path, **over):
+    cfg = {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "out"),
+        "model": {"name": "mlp", "checkpoint": None},
+        "data": {"name": "digits"},
+        "train": {"epochs": 3, "batch_size": 64, "lr": 0.05, "augment": False},
+        "budget": {"metric": "macs", "target": 0.6},
+        "latency": {"threads": 1, "rounds": 5},
+        "proxy": {"bn_batches": 2, "val_samples": 200},
+        "search": {"searcher": "optuna", "episodes": 6},
+        "finetune": {"epochs": 1, "lr": 0.01},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
+    }
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    import os
+
+    os.environ["AUTOPRUNE_CACHE"] = str(tmp / "cache")
+    cfg = parse_config(tiny_config(tmp))
+    return tmp, cfg, run_experiment(cfg, progress=False)
+
+
+def test_run_prunes_fine_tunes_and_reports_on_the_test_split(finished):
+    _, _, res = finished
+    assert res.pruned.params < res.dense.params
+    assert res.pruned.macs <= 0.6 * res.dense.macs * 1.02
+    assert 0.5 < res.pruned.test_accuracy <= 1.0
+    assert res.report["speedup"] > 0 and res.report["mac_reduction"] > 1.4
+
+
+def test_run_leaves_a_finished_mlflow_run_with_artifacts_and_a_champion(finished):
+    tmp, cfg, res = finished
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+    run = client.get_run(res.run_id)
+    assert run.info.status == "FINISHED"
+    assert "final_pruned_test_accuracy" in run.data.metrics and "dense_test_accuracy" in run.data.metrics
+    assert len(client.get_metric_history(res.run_id, "reward")) == 6
+    names = {a.path for a in client.list_artifacts(res.run_id)}
+    assert {"policy.json", "history.csv", "report.md", "model", "plots"} <= names
+    plots = {a.path for a in client.list_artifacts(res.run_id, "plots")}
+    assert "plots/pareto.png" in plots
+    path = download_model_uri("models:/tiny-mlp@champion", tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+    model, meta = load_pruned(path)
+    assert sum(p.numel() for p in model.parameters()) == res.pruned.params
+    assert meta["extra"]["test_accuracy"] == pytest.approx(res.pruned.test_accuracy)
+
+
+def test_pruned_model_file_reloads_without_pickle_and_matches(finished):
+    _, _, res = finished
+    model, _ = load_pruned(res.model_path)
+    x = torch.randn(3, 1, 8, 8)
+    assert model(x).shape == (3, 10)
+
+
+def test_a_crashing_run_ends_failed_not_running(tmp_path):
+    cfg = parse_config(tiny_config(tmp_path, model={"name": "mlp", "checkpoint": None}, budget={"metric": "macs", "target": 0.01}))
+    from autoprune.errors import BudgetError
+
+    with pytest.raises(BudgetError, match="unreachable"):
+        run_experiment(cfg, progress=False)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id])
+    assert runs and all(r.info.status == "FAILED" for r in runs)
+
+
+def test_cli_run_with_an_impossible_budget_exits_2_with_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tmp_path, budget={"metric": "macs", "target": 0.01})))
+    out = subprocess.run([sys.executable, "-m", "autoprune", "run", str(path)], capture_output=True, text=True, cwd=tmp_path,
+                         env={**__import__("os").environ, "AUTOPRUNE_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "budget" in lines[0] and "Traceback" not in out.stderr
