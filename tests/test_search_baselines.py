@@ -5,6 +5,7 @@ import logging
 import pytest
 
 from autoprune.errors import ConfigError
+from autoprune.objective import Budget
 from autoprune.policy import Policy
 from autoprune.search import get_searcher
 from autoprune.search.baselines import largest_ratio, make_feasible, plot_sensitivity
