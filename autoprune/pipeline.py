@@ -71,8 +71,9 @@ def measure_final(model: nn.Module, dense: nn.Module, baseline: Baseline, cfg: E
     x = baseline.data.example_input(cfg.latency.batch_size)
     x1 = baseline.data.example_input(1)
     timer = PairedTimer(dense, x, backend=cfg.latency.backend, threads=cfg.latency.threads)
-    dense_ms = timer.reference_ms(repeats=50)
-    lat = timer.ratio(model.eval(), rounds=30)
+    timer.ratio(model.eval(), rounds=5)  # warm both models up after fine-tuning (fresh kernels, caches)
+    lat = timer.ratio(model, rounds=30)
+    dense_ms = lat.ref_median_ms
     reports = []
     for m, ratio, ci in ((dense, 1.0, (1.0, 1.0)), (model, lat.ratio, (lat.ci_low, lat.ci_high))):
         macs, params = count_macs_params(m, x1)
