@@ -6,6 +6,7 @@ CLI command is a few lines over these functions.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from autoprune.config import ExperimentConfig
 from autoprune.errors import ConfigError
 from autoprune.evaluate import ProxySettings, proxy_accuracy
 from autoprune.graph import PrunableGraph
+from autoprune.latency_table import LatencyTable
 from autoprune.measure import PairedTimer, count_macs_params, model_size_bytes
 from autoprune.objective import Budget, LatencySettings, PolicyEvaluator, Reward
 from autoprune.policy import Policy
@@ -200,8 +202,6 @@ def estimate(
     x1 = data.example_input(1)
     xb = data.example_input(batch_size)
     graph = PrunableGraph(model, x1, ignored=ignored)
-    from autoprune.latency_table import LatencyTable
-
     timer = PairedTimer(model, xb, threads=threads)
     dense_ms = timer.reference_ms()
     dense_specs = graph.specs_for({}, (), batch_size=batch_size)
@@ -213,7 +213,7 @@ def estimate(
         pol = Policy.uniform(graph.unit_names, r)
         pruned = apply_policy(model, pol, graph=graph, importance=importance, round_to=round_to) if r > 0 else model
         t1 = time.perf_counter()
-        acc = proxy_accuracy(pruned, data, proxy) if r > 0 else proxy_accuracy(_copy(model), data, ProxySettings(bn_batches=0, val_samples=proxy.val_samples))
+        acc = proxy_accuracy(pruned, data, proxy) if r > 0 else proxy_accuracy(copy.deepcopy(model), data, ProxySettings(bn_batches=0, val_samples=proxy.val_samples))
         t2 = time.perf_counter()
         lat = timer.ratio(pruned.eval(), rounds=20)
         t3 = time.perf_counter()
@@ -229,8 +229,3 @@ def estimate(
         )
     return rows
 
-
-def _copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)

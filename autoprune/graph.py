@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import operator
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import torch

@@ -19,10 +19,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
 from torch import nn
 
 from autoprune.errors import BudgetError, ConfigError

@@ -46,7 +46,7 @@ def call_factory(ref: str, *, field: str, **kwargs: Any) -> Any:
     factory = resolve_reference(ref, field=field)
     try:
         return factory(**kwargs)
-    except TypeError as e:
+    except TypeError:
         # Retry without keyword arguments the factory does not accept.
         try:
             return factory()
