@@ -114,3 +114,12 @@ def test_unknown_searcher_raises_config_error_naming_it():
 def test_bad_baseline_hyper_parameters_raise_config_error(evaluator, name, params, culprit):
     with pytest.raises(ConfigError, match=culprit):
         search(name, evaluator, 3, **params)
+
+
+def test_best_latency_policy_is_confirmed_by_a_second_measurement(resnet_evaluator):
+    ev = resnet_evaluator.with_budget(Budget(metric="latency", target=0.8))
+    result = search("random", ev, 4)
+    confirmed = result.extras["confirmed_latency"]
+    assert 1 <= len(confirmed) <= 3
+    assert result.best.index in [c["episode"] for c in confirmed]
+    assert all(c["confirmed_ratio"] > 0 for c in confirmed)
