@@ -207,6 +207,10 @@ class LatencyConfig(_Section):
     rel_ci: float | None = Field(0.03, gt=0.0)
     predictor: Literal["table", "measured"] = "table"
 
+    def backend_info(self) -> dict[str, Any]:
+        """Where latency is measured (backend, batch size, threads): recorded with every found policy."""
+        return {"name": self.backend, "batch_size": self.batch_size, "threads": self.threads}
+
 
 class BudgetConfig(_Section):
     """The resource budget: set exactly one of ``target`` and ``target_ms``.

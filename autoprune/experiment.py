@@ -25,7 +25,7 @@ from autoprune.graph import PrunableGraph
 from autoprune.latency_table import LatencyTable
 from autoprune.measure import PairedTimer, count_macs_params, model_size_bytes
 from autoprune.objective import Budget, LatencySettings, PolicyEvaluator, Reward
-from autoprune.policy import Policy
+from autoprune.policy import Policy, policy_document
 from autoprune.search import SearchResult, get_searcher
 from autoprune.surgery import apply_policy
 from autoprune.train import TrainSettings, default_checkpoint_path, train_or_load
@@ -120,16 +120,12 @@ def searcher_params(cfg: ExperimentConfig, out: Path) -> dict[str, Any]:
 def write_policy(path: Path, evaluator: PolicyEvaluator, result: SearchResult, cfg: ExperimentConfig) -> None:
     """Write the best policy with its metrics and provenance as JSON (atomically)."""
     best = result.best
-    payload = {
-        "format": "autoprune-policy/1",
-        "model": cfg.model.name,
-        "data": cfg.data.name,
-        "budget": {"metric": evaluator.budget.metric, "target": evaluator.target},
-        "backend": {"name": cfg.latency.backend, "batch_size": cfg.latency.batch_size, "threads": cfg.latency.threads},
-        "searcher": result.searcher,
-        "policy": best.policy.to_dict() if best else None,
-        "metrics": best.metrics.as_dict() if best else None,
-    }
+    payload = None
+    if best is not None:
+        payload = policy_document(
+            best.policy, model=cfg.model.name, data=cfg.data.name, metric=evaluator.budget.metric, target=evaluator.target,
+            backend=cfg.latency.backend_info(), searcher=result.searcher, episode=best.index, metrics=best.metrics.as_dict(),
+        )
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     tmp.replace(path)

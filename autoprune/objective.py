@@ -252,7 +252,7 @@ class PolicyEvaluator:
     def predicted_value(self, ratios: dict[str, float], drop: tuple[str, ...] | list[str] = ()) -> float:
         """The budget metric predicted without surgery (latency ratio, or exact MAC ratio)."""
         if self.budget.metric == "macs":
-            return self.graph.macs_for(ratios, drop, round_to=self.round_to) / max(1, self.graph.macs_for({}, ()))
+            return self.graph.macs_for(ratios, drop, round_to=self.round_to) / max(1, self.graph.dense_macs)
         return self.predicted_ratio(ratios, drop)
 
     def min_reachable(self) -> float:
@@ -336,9 +336,8 @@ class PolicyEvaluator:
         The MAC budget is checked with this count, so a policy predicted within budget is within
         budget (Torch-Pruning's ``macs_ratio`` also counts BN/bias terms and reads ~1% higher).
         """
-        x = self.data.example_input(1)
-        dense = sum(spec_macs(s) for s in record_layer_specs(self.model, x))
-        return sum(spec_macs(s) for s in record_layer_specs(pruned, x)) / max(1, dense)
+        pruned_macs = sum(spec_macs(s) for s in record_layer_specs(pruned, self.graph.example_input))
+        return pruned_macs / max(1, self.graph.dense_macs)
 
     # ---------------------------------------------------------------- results
     def best(self, *, feasible_only: bool = True) -> Evaluation | None:

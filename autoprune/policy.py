@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 
+POLICY_FORMAT = "autoprune-policy/1"
+
+
 @dataclass(frozen=True)
 class Policy:
     """What to prune: ``ratios[unit] in [0, 1)`` and the names of blocks to drop.
@@ -36,6 +39,36 @@ class Policy:
     def from_dict(cls, d: dict) -> "Policy":
         """Inverse of :meth:`to_dict`."""
         return cls({str(k): float(v) for k, v in d.get("ratios", {}).items()}, tuple(d.get("drop", ())))
+
+
+def policy_document(
+    policy: Policy,
+    *,
+    model: str,
+    data: str,
+    metric: str,
+    target: float | None,
+    backend: dict,
+    searcher: str,
+    episode: int | None = None,
+    metrics: dict | None = None,
+) -> dict:
+    """The one JSON form of a found policy: ratios and drops at the top, plus where it came from.
+
+    Written by ``autoprune search`` (``policy.json``) and logged to MLflow; read by :func:`load_policy`
+    (and by :meth:`Policy.from_dict`, which only looks at ``ratios`` and ``drop``).
+    """
+    return {
+        "format": POLICY_FORMAT,
+        **policy.to_dict(),
+        "model": model,
+        "data": data,
+        "budget": {"metric": metric, "target": target},
+        "backend": backend,
+        "searcher": searcher,
+        "episode": episode,
+        "metrics": metrics,
+    }
 
 
 def load_policy(source: str, *, tracking_uri: str | None = None) -> tuple[Policy, dict]:
@@ -75,8 +108,8 @@ def load_policy(source: str, *, tracking_uri: str | None = None) -> tuple[Policy
     if not isinstance(payload, dict):
         raise PolicyError(f"--policy: {source!r} must hold a JSON object")
     fmt = payload.get("format")
-    if fmt is not None and fmt != "autoprune-policy/1":
-        raise PolicyError(f"--policy: {source!r} has format {fmt!r}; this version reads 'autoprune-policy/1'")
+    if fmt is not None and fmt != POLICY_FORMAT:
+        raise PolicyError(f"--policy: {source!r} has format {fmt!r}; this version reads {POLICY_FORMAT!r}")
     body = payload.get("policy", payload)
     if not isinstance(body, dict) or not isinstance(body.get("ratios", {}), dict) or not isinstance(body.get("drop", []), list):
         raise PolicyError(f"--policy: {source!r} has no valid 'ratios' mapping / 'drop' list")

@@ -45,6 +45,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from autoprune.config import ExperimentConfig, dump_config
 from autoprune.errors import ConfigError
+from autoprune.policy import policy_document
 
 log = logging.getLogger(__name__)
 
@@ -478,11 +479,11 @@ class Tracker:
             history = list(result.history)
             target, metric = info.get("target"), info.get("metric", "latency")
             if best is not None:
-                policy_doc = {
-                    **best.policy.to_dict(),
-                    "searcher": result.searcher, "episode": best.index, "metric": metric, "target": target,
-                    "metrics": best.metrics.as_dict(),
-                }
+                policy_doc = policy_document(
+                    best.policy, model=self.cfg.model.name, data=self.cfg.data.name, metric=metric, target=target,
+                    backend=self.cfg.latency.backend_info(),
+                    searcher=result.searcher, episode=best.index, metrics=best.metrics.as_dict(),
+                )
                 files["policy.json"] = root / "policy.json"
                 files["policy.json"].write_text(json.dumps(_json_safe(policy_doc), indent=2))
             files["history.csv"] = root / "history.csv"
@@ -502,7 +503,9 @@ class Tracker:
                 files["plots/ratios.png"] = plots.plot_ratios(best.policy, pdir / "ratios.png", unit_order=order)
             if result.extras.get("sensitivity"):
                 files["plots/sensitivity.png"] = plots.plot_sensitivity(result.extras["sensitivity"], pdir / "sensitivity.png")
-            self.client.log_artifacts(run_id, str(root))
+            for name, path in files.items():  # only what this call wrote: out_dir may hold other files (e.g. study.db)
+                folder = str(Path(name).parent)
+                self.client.log_artifact(run_id, str(path), None if folder == "." else folder)
             self.log_metrics(self._search_summary(result))
             if best is not None:
                 self.client.set_tag(run_id, "best_policy", json.dumps(best.policy.to_dict())[:MAX_TAG_VAL_LENGTH])

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, table, write  # noqa: E402
 
 from autoprune.config import parse_config  # noqa: E402
-from autoprune.evaluate import ProxySettings, accuracy  # noqa: E402
+from autoprune.evaluate import accuracy  # noqa: E402
 from autoprune.experiment import build_evaluator, load_baseline  # noqa: E402
 from autoprune.finetune import FinetuneSettings, finetune  # noqa: E402
 from autoprune.measure import PairedTimer, measure_latency  # noqa: E402

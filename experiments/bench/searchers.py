@@ -55,9 +55,9 @@ def remeasure(policy_path: str, batch: int, threads: int = 2) -> dict:
         "import json,sys,torch;torch.set_num_threads({t});"
         "from autoprune.config import parse_config;from autoprune.experiment import load_baseline;"
         "from autoprune.graph import PrunableGraph;from autoprune.surgery import apply_policy;"
-        "from autoprune.policy import Policy;from autoprune.measure import PairedTimer;"
+        "from autoprune.policy import load_policy;from autoprune.measure import PairedTimer;"
         "cfg=parse_config({{'model':{{'name':'resnet20'}},'data':{{'name':'fashion_mnist'}}}});b=load_baseline(cfg,progress=False);"
-        "p=Policy.from_dict(json.load(open({path!r}))['policy']);g=PrunableGraph(b.model,b.data.example_input(1));"
+        "p=load_policy({path!r})[0];g=PrunableGraph(b.model,b.data.example_input(1));"
         "m=apply_policy(b.model,p,graph=g).eval();t=PairedTimer(b.model,b.data.example_input({bs}),threads={t});"
         "t.ratio(m,rounds=5);r=t.ratio(m,rounds=30);print(json.dumps({{'ratio':r.ratio,'lo':r.ci_low,'hi':r.ci_high}}))"
     ).format(t=threads, path=policy_path, bs=batch)
@@ -66,7 +66,7 @@ def remeasure(policy_path: str, batch: int, threads: int = 2) -> dict:
 
 
 def run_cell(searcher: str, batch: int, seed: int, episodes: int, target: float, metric: str) -> dict:
-    from autoprune.experiment import build_evaluator, load_baseline, run_search
+    from autoprune.experiment import load_baseline, run_search
 
     cfg = make_config(searcher, batch, seed, episodes, target, metric)
     baseline = load_baseline(cfg, progress=False)
