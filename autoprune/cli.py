@@ -188,19 +188,76 @@ def search(
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config field (repeatable).")] = None,
     searcher: Annotated[str | None, typer.Option(help="Override search.searcher.")] = None,
     episodes: Annotated[int | None, typer.Option(min=1, help="Override search.episodes.")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL shared by workers, e.g. postgresql://user@host/db "
+                                                     "(default: an SQLite file in the output directory).")] = None,
+    study: Annotated[str | None, typer.Option(help="Optuna study to create or join (default: the experiment's name).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Local worker processes (Optuna only); threads are split between them.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Start PPO from a saved agent: folder, runs:/<run_id>/agent or models:/...")] = None,
+    zero_shot: Annotated[bool, typer.Option("--zero-shot", help="With --agent: only run the agent (no training); "
+                                                                 "the first episode is its deterministic policy.")] = False,
+    warm_start: Annotated[str | None, typer.Option(help="Evaluate this policy first (Optuna): policy.json, runs:/ or models:/; "
+                                                        "a policy of another architecture is transferred.")] = None,
+    restart: Annotated[bool, typer.Option("--restart", help="Forget the stored study / PPO checkpoint and start afresh.")] = False,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for runs:/ and models:/ sources.")] = None,
 ) -> None:
-    """Search per-unit pruning ratios under the config's budget; write policy.json and history.csv."""
+    """Search per-unit pruning ratios under the config's budget; write policy.json and history.csv.
+
+    Run again with the same config (and storage), it continues where it stopped.
+    """
     from autoprune.config import load_config
+    from autoprune.errors import ConfigError
     from autoprune.experiment import run_search
 
     overrides = list(set_ or [])
-    if searcher:
-        overrides.append(f"search.searcher={searcher}")
-    if episodes:
-        overrides.append(f"search.episodes={episodes}")
+    for key, value in (("search.searcher", searcher), ("search.episodes", episodes), ("search.storage", storage),
+                       ("search.study", study), ("search.workers", workers)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if zero_shot and not agent:
+        raise ConfigError("--zero-shot needs --agent (the saved agent to run)")
+    if agent:
+        from autoprune.agent import locate_bundle
+
+        if searcher not in (None, "ppo"):
+            raise ConfigError(f"--agent: runs the PPO searcher; drop --searcher {searcher}")
+        overrides += ["search.searcher=ppo", f"search.params.agent={locate_bundle(agent, tracking_uri=tracking_uri)}"]
+        if zero_shot:
+            overrides.append("search.params.zero_shot=true")
     cfg = load_config(config, overrides)
-    run = run_search(cfg, progress=sys.stderr.isatty() or bool(os.environ.get("AUTOPRUNE_PROGRESS")))
+    warm = None
+    if warm_start:
+        from autoprune.policy import load_policy
+
+        if cfg.search.searcher != "optuna":
+            raise ConfigError(f"--warm-start: enqueues a policy in an Optuna study; search.searcher is {cfg.search.searcher!r}")
+        warm = load_policy(warm_start, tracking_uri=tracking_uri)
+    run = run_search(cfg, progress=_progress(), restart=restart, warm_start=warm)
     _print_search_summary(run)
+
+
+@app.command()
+def worker(
+    storage: Annotated[str, typer.Option(help="The study's storage URL, e.g. postgresql://user@host/db.")],
+    study: Annotated[str, typer.Option(help="Name of a study created by `autoprune search`.")],
+    n_trials: Annotated[int | None, typer.Option(min=1, help="Run at most this many trials (default: until the study is done).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Intra-op threads of this process (default: torch's).")] = None,
+) -> None:
+    """Join a distributed search: run trials of a stored study until it has all its episodes.
+
+    The experiment config comes from the study, so any machine that reaches the database
+    (and has the baseline checkpoint) can join. Trials are logged to the search's MLflow run.
+    """
+    import torch
+
+    from autoprune.experiment import run_worker
+
+    if threads:
+        torch.set_num_threads(threads)
+    res = run_worker(storage, study, n_trials=n_trials, progress=_progress())
+    mine = res.extras.get("trial_numbers", [])
+    best = res.best
+    typer.echo(f"worker done: ran {len(mine)} trial(s) of study {study!r} ({res.episodes} finished in all); "
+               + (f"best reward so far {best.metrics.reward:.4f} (trial {best.index})" if best else "no successful trial"))
 
 
 def _print_search_summary(run) -> None:  # noqa: ANN001
@@ -234,13 +291,17 @@ def _progress() -> bool:
 def run(
     config: Annotated[Path, typer.Argument(metavar="CONFIG.yaml", help="Experiment config file.")],
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config field (repeatable).")] = None,
+    restart: Annotated[bool, typer.Option("--restart", help="Start afresh instead of continuing an interrupted run of this config.")] = False,
 ) -> None:
-    """The whole job: search, apply the best policy, fine-tune, test, export, log everything to MLflow."""
+    """The whole job: search, apply the best policy, fine-tune, test, export, log everything to MLflow.
+
+    After a crash or Ctrl-C, the same command continues: finished trials are kept and the MLflow run is resumed.
+    """
     from autoprune.config import load_config
     from autoprune.pipeline import run_experiment
 
     cfg = load_config(config, set_ or [])
-    res = run_experiment(cfg, progress=_progress())
+    res = run_experiment(cfg, progress=_progress(), restart=restart)
     _print_search_summary(res.search)
     d, p = res.dense, res.pruned
     table = Table(title=f"{cfg.name}: dense vs pruned (test split, batch {cfg.latency.batch_size}, {cfg.latency.threads} threads)")
@@ -258,33 +319,112 @@ def run(
 
 @app.command()
 def apply(
-    policy: Annotated[str, typer.Option("--policy", "-p", help="policy.json file or runs:/<run_id>/policy.json.")],
+    policy: Annotated[str, typer.Option("--policy", "-p", help="policy.json, runs:/<run_id>/policy.json or models:/<name>@<alias>.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Zoo model or 'package.module:factory'.")],
     data: Annotated[str, typer.Option("--data", "-d", help="Data set.")] = "fashion_mnist",
     checkpoint: Annotated[Path | None, typer.Option(help="Dense weights (default: the cached baseline).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the pruned model (.pt, pickle-free).")] = Path("pruned.pt"),
     finetune_epochs: Annotated[float, typer.Option(min=0, help="Fine-tuning epochs after pruning.")] = 0,
+    distill: Annotated[bool, typer.Option(help="Fine-tune with knowledge distillation from the dense model.")] = False,
+    track: Annotated[bool, typer.Option(help="Log the result to MLflow (experiment 'apply').")] = True,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: ./mlflow.db); also for runs:/ and models:/.")] = None,
 ) -> None:
-    """Apply a saved policy to a model (unit names must match), optionally fine-tune, save."""
+    """Apply a saved policy to the same architecture (unit names must match), optionally fine-tune, save, log.
+
+    A policy found on another architecture is refused: map it with `autoprune transfer` first.
+    """
     from autoprune.config import parse_config
     from autoprune.evaluate import evaluate as run_eval
     from autoprune.experiment import load_baseline
     from autoprune.export import save_pruned
     from autoprune.finetune import FinetuneSettings, finetune
+    from autoprune.graph import PrunableGraph
+    from autoprune.measure import count_macs_params
     from autoprune.pipeline import apply_best
-    from autoprune.policy import load_policy
+    from autoprune.policy import check_policy_fits, load_policy
 
-    cfg = parse_config({"model": {"name": model, "checkpoint": str(checkpoint) if checkpoint else None}, "data": {"name": data}}, source="command line")
-    pol, _ = load_policy(policy)
+    cfg = parse_config({"name": "apply", "model": {"name": model, "checkpoint": str(checkpoint) if checkpoint else None},
+                        "data": {"name": data}, "tracking": {"uri": tracking_uri, "register": False}}, source="command line")
+    pol, payload = load_policy(policy, tracking_uri=tracking_uri)
     baseline = load_baseline(cfg, progress=_progress())
-    pruned = apply_best(cfg, baseline, pol)
+    graph = PrunableGraph(baseline.model, baseline.data.example_input(1))
+    check_policy_fits(pol, graph, fingerprint=payload.get("fingerprint"), source=f"--policy {policy}")
+    pruned = apply_best(cfg, baseline, pol, graph=graph)
     if finetune_epochs > 0:
-        finetune(pruned, baseline.data, FinetuneSettings(epochs=finetune_epochs), teacher=None, progress=_progress())
+        finetune(pruned, baseline.data, FinetuneSettings(epochs=finetune_epochs, distill=distill),
+                 teacher=baseline.model if distill else None, progress=_progress())
     acc = run_eval(pruned, baseline.data.test)["accuracy"]
+    out.parent.mkdir(parents=True, exist_ok=True)
     save_pruned(out, pruned, model_name=model, in_channels=baseline.data.in_channels, num_classes=baseline.data.num_classes,
                 input_size=baseline.data.input_size, extra={"policy": pol.to_dict(), "test_accuracy": acc})
-    typer.echo(f"pruned {model}: params {sum(q.numel() for q in baseline.model.parameters()):,} -> "
-               f"{sum(q.numel() for q in pruned.parameters()):,}; test accuracy {acc:.4f}; written to {out}")
+    dense_macs, dense_params = count_macs_params(baseline.model, baseline.data.example_input(1))
+    macs, params = count_macs_params(pruned, baseline.data.example_input(1))
+    typer.echo(f"pruned {model}: params {dense_params:,} -> {params:,}, MACs {dense_macs / 1e6:.2f} M -> {macs / 1e6:.2f} M; "
+               f"test accuracy {acc:.4f}; written to {out}")
+    if track:
+        from autoprune.tracking import Tracker
+
+        with Tracker(cfg, run_name=f"apply-{model}") as tracker:
+            tracker.client.set_tag(tracker.run_id, "policy_source", policy)
+            tracker.log_metrics({"test_accuracy": acc, "params": params, "macs": macs, "dense_params": dense_params,
+                                 "dense_macs": dense_macs, "finetune_epochs": finetune_epochs})
+            tracker.log_pruned_model(out, test_accuracy=acc)
+        typer.echo(f"MLflow run {tracker.run_id} (experiment 'apply')")
+
+
+@app.command()
+def transfer(
+    config: Annotated[Path | None, typer.Argument(metavar="[CONFIG.yaml]", help="Target experiment config (or use --model/--data).")] = None,
+    policy: Annotated[str, typer.Option("--policy", "-p", help="Source policy: policy.json, runs:/... or models:/...")] = ...,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Target zoo model or 'package.module:factory'.")] = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Data set.")] = None,
+    target: Annotated[float | None, typer.Option(help="Budget of the target model as a fraction of dense (default: the config's).")] = None,
+    refit: Annotated[bool, typer.Option(help="Re-fit to the target model's budget: one uniform ratio scale found by bisection.")] = True,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the transferred policy.")] = Path("transferred_policy.json"),
+    track: Annotated[bool, typer.Option(help="Log the mapping table, policy and metrics to MLflow (experiment 'transfer').")] = True,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: ./mlflow.db); also for runs:/ and models:/.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config field.")] = None,
+) -> None:
+    """Map a policy found on one architecture onto another (by depth, type, stage, coupling) and re-fit its budget.
+
+    Prints the mapping table, measures the result (latency, proxy accuracy) and writes the new policy.
+    """
+    from autoprune.experiment import build_evaluator, load_baseline
+    from autoprune.policy import load_policy, write_policy_file
+    from autoprune.transfer import mapping_table
+    from autoprune.transfer import transfer as run_transfer
+
+    overrides = list(set_ or [])
+    if target is not None:
+        overrides.append(f"budget.target={target}")
+    if tracking_uri is not None:
+        overrides.append(f"tracking.uri={tracking_uri}")
+    cfg = _experiment_config(config, model, data, overrides)
+    src, payload = load_policy(policy, tracking_uri=tracking_uri)
+    baseline = load_baseline(cfg, progress=_progress())
+    evaluator = build_evaluator(cfg, baseline)
+    res = run_transfer(src, payload, evaluator, refit=refit, measure=True)
+    table = mapping_table(res.rows)
+    typer.echo(table)
+    doc = res.document(model=cfg.model.name, data=cfg.data.name, backend=cfg.latency.backend_info(), metrics=res.metrics)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_policy_file(out, doc)
+    m = res.metrics or {}
+    how = "same architecture: taken by unit name" if res.identity else f"from {payload.get('model')}"
+    typer.echo(f"{how}; scale {res.scale:.3f}; predicted {res.metric} {res.predicted_value:.3f}, measured "
+               f"{m.get('value', float('nan')):.3f} (target {res.target:.3f}, {'met' if m.get('feasible') else 'NOT met'}); "
+               f"proxy accuracy {m.get('accuracy', float('nan')):.4f} (dense {evaluator.dense_accuracy:.4f}); written to {out}")
+    if track:
+        from autoprune.tracking import Tracker
+
+        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"experiment": "transfer", "register": False})})
+        with Tracker(cfg, run_name=f"transfer-{payload.get('model')}-to-{cfg.model.name}") as tracker:
+            tracker.client.set_tag(tracker.run_id, "policy_source", policy)
+            tracker.log_metrics({"scale": res.scale, "predicted_value": res.predicted_value, "target": res.target,
+                                 **{k: v for k, v in m.items() if k in ("accuracy", "value", "latency_ratio", "macs_ratio", "feasible")}})
+            tracker.client.log_text(tracker.run_id, table, "transfer/mapping.md")
+            tracker.log_artifact(out, "transfer")
+        typer.echo(f"MLflow run {tracker.run_id} (experiment 'transfer')")
 
 
 @app.command("finetune")

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 SearcherName = Literal["ppo", "optuna", "ddpg", "random", "uniform", "sensitivity"]
 SEARCHERS: tuple[str, ...] = get_args(SearcherName)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_RDB_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*(\+[A-Za-z0-9_]+)?://")  # dialect[+driver]://...
 
 
 class _Section(BaseModel):
@@ -309,6 +310,15 @@ class SearchConfig(_Section):
     workers: int = Field(1, ge=1)
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("storage")
+    @classmethod
+    def _rdb_url(cls, v: str | None) -> str | None:
+        # Only the form is checked here; whether the database opens is checked when the search starts.
+        if v is not None and not _RDB_URL_RE.match(v):
+            raise _not_allowed("an RDB URL such as 'sqlite:///study.db' or 'postgresql+psycopg2://user@host/db', "
+                               "or null for output_dir/study.db")
+        return v
+
 
 class FinetuneConfig(_Section):
     """Fine-tuning of the pruned model, optionally distilled from the dense one.
@@ -455,12 +465,9 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentCo
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{source}: cannot read ({type(e).__name__}: {_one_line(str(e))})") from e
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader that refuses duplicate keys
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        problem = " ".join(p for p in (e.context, e.problem) if p)
-        raise ConfigError(f"{where}: YAML syntax error: {_one_line(problem)}") from e
+        raise ConfigError(_yaml_error(source, e)) from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: YAML error: {_one_line(str(e))}") from e
     if data is None:
@@ -471,6 +478,40 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentCo
             f"not {_yaml_type(data)}"
         )
     return parse_config(data, source=source, overrides=overrides)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base': local keys may override merged ones
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: let SafeLoader report it
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given at line {first.line + 1}); give each key once",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_error(source: str, e: yaml.MarkedYAMLError) -> str:
+    """``file:line:column: YAML syntax error: problem (context and where it started)``."""
+    mark, ctx = e.problem_mark or e.context_mark, e.context_mark
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+    problem = e.problem or ""
+    if e.context and ctx is not None and mark is not None and (ctx.line, ctx.column) != (mark.line, mark.column):
+        problem += f" ({e.context} that starts at line {ctx.line + 1}, column {ctx.column + 1})"
+    elif e.context:
+        problem = f"{e.context}: {problem}" if problem else e.context
+    return f"{where}: YAML syntax error: {_one_line(problem)}"
 
 
 def parse_config(data: Mapping[str, Any], *, source: str = "config", overrides: Iterable[str] = ()) -> ExperimentConfig:
@@ -513,6 +554,9 @@ def _apply_override(data: dict[str, Any], item: str) -> tuple[str, ...]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {item!r}: the value is not valid YAML ({_one_line(str(e))})") from e
+    if isinstance(value, (dict, list)) and not raw.strip().startswith(("{", "[")):
+        # One line holds only flow-style collections: 'sqlite:///:memory:' or 'a: b' is a string, not a mapping.
+        value = raw.strip()
     node: Any = data
     for i, k in enumerate(keys[:-1]):
         child = node.get(k)
@@ -546,6 +590,8 @@ _BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "les
 
 def _describe(e: ValidationError, source: str, applied: list[tuple[tuple[str, ...], str]]) -> str:
     errors = e.errors(include_url=False)
+    # An unknown field first: a misspelt section ('modle:') also makes the real one 'missing'.
+    errors.sort(key=lambda err: err["type"] != "extra_forbidden")
     err = errors[0]
     loc = tuple(err["loc"])
     path = _loc_str(loc)

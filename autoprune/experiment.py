@@ -7,7 +7,6 @@ CLI command is a few lines over these functions.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import time
@@ -25,7 +24,7 @@ from autoprune.graph import PrunableGraph
 from autoprune.latency_table import LatencyTable
 from autoprune.measure import PairedTimer, count_macs_params, model_size_bytes
 from autoprune.objective import Budget, LatencySettings, PolicyEvaluator, Reward
-from autoprune.policy import Policy, policy_document
+from autoprune.policy import Policy, model_fingerprint, policy_document, write_policy_file
 from autoprune.search import SearchResult, get_searcher
 from autoprune.surgery import apply_policy
 from autoprune.train import TrainSettings, default_checkpoint_path, train_or_load
@@ -108,27 +107,33 @@ def output_dir(cfg: ExperimentConfig) -> Path:
 
 
 def searcher_params(cfg: ExperimentConfig, out: Path) -> dict[str, Any]:
-    """Searcher hyper-parameters: ``search.params`` plus what the config says elsewhere (Optuna sampler, storage)."""
+    """Searcher hyper-parameters: ``search.params`` plus defaults that depend on the experiment.
+
+    Optuna: the sampler, and a storage (``<output_dir>/study.db``) and study name, so a search can
+    resume. PPO: the agent bundle goes to ``<output_dir>/agent``, checkpointed every 20 episodes.
+    """
     params = dict(cfg.search.params)
     if cfg.search.searcher == "optuna":
         params.setdefault("sampler", cfg.search.sampler)
         params.setdefault("storage", cfg.search.storage or f"sqlite:///{(out / 'study.db').resolve()}")
         params.setdefault("study_name", cfg.search.study or cfg.name)
+    if cfg.search.searcher == "ppo":
+        params.setdefault("save_agent", str(out / "agent"))
+        params.setdefault("checkpoint_every", 20 if params.get("save_agent") else 0)
     return params
 
 
 def write_policy(path: Path, evaluator: PolicyEvaluator, result: SearchResult, cfg: ExperimentConfig) -> None:
-    """Write the best policy with its metrics and provenance as JSON (atomically)."""
+    """Write the best policy with its metrics, provenance and the model's fingerprint as JSON (atomically)."""
     best = result.best
     payload = None
     if best is not None:
         payload = policy_document(
             best.policy, model=cfg.model.name, data=cfg.data.name, metric=evaluator.budget.metric, target=evaluator.target,
             backend=cfg.latency.backend_info(), searcher=result.searcher, episode=best.index, metrics=best.metrics.as_dict(),
+            fingerprint=model_fingerprint(evaluator.graph),
         )
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
+    write_policy_file(path, payload)
 
 
 @dataclass
@@ -144,19 +149,138 @@ class SearchRun:
 
 
 def run_search(
-    cfg: ExperimentConfig, *, progress: bool = True, callback: Callable | None = None, baseline: Baseline | None = None
+    cfg: ExperimentConfig,
+    *,
+    progress: bool = True,
+    callback: Callable | None = None,
+    baseline: Baseline | None = None,
+    tracking: tuple[str, str] | None = None,
+    restart: bool = False,
+    warm_start: tuple[Policy, dict] | None = None,
 ) -> SearchRun:
-    """Load the baseline, build the evaluator, run the configured searcher, write policy JSON and history CSV."""
+    """Load the baseline, build the evaluator, run the configured searcher, write policy JSON and history CSV.
+
+    An Optuna search keeps its study in ``search.storage`` (default: ``<output_dir>/study.db``):
+    the same config run again continues where it stopped, ``restart`` starts it afresh. With
+    ``search.workers`` > 1, that many local worker processes share the study (this process is
+    one of them).
+
+    Args:
+        tracking: ``(tracking_uri, run_id)`` of the MLflow run that workers log their trials to.
+        restart: Delete the stored study (or PPO checkpoint) first.
+        warm_start: A policy and its file's payload (:func:`autoprune.policy.load_policy`) to evaluate
+            first (Optuna); one from another architecture is transferred and re-fitted to the budget.
+
+    Raises:
+        ConfigError: e.g. ``search.workers`` > 1 with a searcher other than Optuna.
+    """
+    from autoprune.distributed import publish_study, spawn_workers, stop_workers, threads_per_worker, wait_workers
+
     out = output_dir(cfg)
+    workers = cfg.search.workers
+    if workers > 1:
+        if cfg.search.searcher != "optuna":
+            raise ConfigError(f"search.workers: {workers} worker processes need searcher 'optuna' (got {cfg.search.searcher!r}); "
+                              "ppo and ddpg stay in one process (use search.params.n_envs for vectorised environments)")
+        threads = threads_per_worker(workers)
+        if cfg.latency.threads > threads:
+            log.info("latency.threads %d -> %d: %d workers share %d cores", cfg.latency.threads, threads, workers, os.cpu_count())
+            cfg = cfg.model_copy(update={"latency": cfg.latency.model_copy(update={"threads": threads})})
+        torch.set_num_threads(threads)
     baseline = baseline or load_baseline(cfg, progress=progress)
     evaluator = build_evaluator(cfg, baseline)
-    searcher = get_searcher(cfg.search.searcher, searcher_params(cfg, out), progress=progress, callback=callback)
+    params = searcher_params(cfg, out)
+    if warm_start is not None:
+        params["enqueue"] = [warm_start_policy(warm_start, evaluator).to_dict(), *params.get("enqueue", [])]
+    if restart:
+        _forget_previous_search(cfg, params)
+    procs: list = []
+    extra: dict[str, Any] = {}
+    if cfg.search.searcher == "optuna":
+        def on_ready(study: Any) -> None:
+            publish_study(study, cfg.model_dump(mode="json"), cfg.search.episodes, run=tracking)
+            if workers > 1:
+                procs.extend(spawn_workers(params["storage"], study.study_name, workers - 1,
+                                           threads=threads_per_worker(workers), log_dir=out / "workers"))
+        extra["on_ready"] = on_ready
+    searcher = get_searcher(cfg.search.searcher, params, progress=progress, callback=callback, **extra)
     evaluator.check_reachable()
-    result = searcher.search(evaluator, cfg.search.episodes, seed=cfg.seed)
+    try:
+        result = searcher.search(evaluator, cfg.search.episodes, seed=cfg.seed)
+        wait_workers(procs, log_dir=out / "workers")
+    finally:
+        stop_workers(procs)
     policy_path, history_path = out / "policy.json", out / "history.csv"
     write_policy(policy_path, evaluator, result, cfg)
     result.write_history_csv(history_path)
     return SearchRun(result, evaluator, policy_path, history_path, baseline)
+
+
+def warm_start_policy(source: tuple[Policy, dict], evaluator: PolicyEvaluator) -> Policy:
+    """The policy to enqueue first: as it is when it fits the model, else transferred and re-fitted."""
+    from autoprune.transfer import transfer
+
+    from autoprune.errors import PolicyError
+    from autoprune.policy import check_policy_fits
+
+    policy, payload = source
+    try:
+        check_policy_fits(policy, evaluator.graph, fingerprint=payload.get("fingerprint"))
+        if set(policy.drop) <= set(evaluator.block_names):
+            return Policy({u: min(r, evaluator.max_ratio) for u, r in policy.ratios.items()}, policy.drop)
+    except PolicyError:
+        pass
+    moved = transfer(policy, payload, evaluator, refit=True)
+    log.info("warm start: policy of %s transferred (scale %.2f, predicted %.3f)", payload.get("model"), moved.scale, moved.predicted_value)
+    return moved.policy
+
+
+def _forget_previous_search(cfg: ExperimentConfig, params: dict[str, Any]) -> None:
+    """Delete the stored Optuna study, or the PPO checkpoint, so the search starts from scratch."""
+    if cfg.search.searcher == "optuna" and params.get("storage"):
+        import optuna
+
+        try:
+            optuna.delete_study(study_name=params["study_name"], storage=params["storage"])
+            log.info("deleted study %r from %s", params["study_name"], params["storage"])
+        except KeyError:
+            pass
+    if params.get("save_agent"):
+        from autoprune.search.ppo import checkpoint_paths
+
+        for path in checkpoint_paths(params["save_agent"]):
+            path.unlink(missing_ok=True)
+
+
+def run_worker(storage: str, study_name: str, *, n_trials: int | None = None, progress: bool = True) -> SearchResult:
+    """Join a study created by ``autoprune search``: run trials until it has its episodes (or ``n_trials``).
+
+    The experiment config comes from the study; trials are logged to the search's MLflow run.
+
+    Raises:
+        ConfigError: unreachable storage or unknown study.
+    """
+    from autoprune.config import parse_config
+    from autoprune.distributed import read_study
+
+    info = read_study(storage, study_name)
+    cfg = parse_config(info.config, source=f"study {study_name!r}")
+    baseline = load_baseline(cfg, progress=False)
+    evaluator = build_evaluator(cfg, baseline)
+    params = {**searcher_params(cfg, Path(cfg.output_dir)), "storage": storage, "study_name": study_name, "max_local_trials": n_trials}
+    tracker = None
+    if info.run_id and info.tracking_uri:
+        from autoprune.tracking import Tracker
+
+        tracker = Tracker(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": info.tracking_uri})}),
+                          resume_run_id=info.run_id, attach=True)
+    searcher = get_searcher("optuna", params, progress=progress, callback=tracker.log_episode if tracker else None)
+    searcher.confirm_top = 0  # the coordinating `autoprune search` confirms the winners
+    seed = cfg.seed + 1 + os.getpid() % 100_003  # workers starting together must not draw the same startup trials
+    if tracker is None:
+        return searcher.search(evaluator, info.episodes, seed=seed)
+    with tracker:
+        return searcher.search(evaluator, info.episodes, seed=seed)
 
 
 # ----------------------------------------------------------------- estimate

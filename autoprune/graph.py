@@ -224,9 +224,18 @@ class PrunableGraph:
         self._module_by_name = dict(model.named_modules())
         unknown = [n for n in ignored if n not in self._module_by_name]
         if unknown:
-            raise ModelError(f"ignored layers: {unknown} are not modules of the model")
+            names = [n for n, m in model.named_modules() if n and not list(m.children())]
+            shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+            raise ModelError(f"model.ignore: {unknown} are not modules of the model; its layers are: {shown}")
         self._check_supported_layers(set(ignored))
-        self.dense_specs = record_layer_specs(model, example_input)
+        try:
+            self.dense_specs = record_layer_specs(model, example_input)
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:  # the model's forward fails on this input
+            first = " ".join(str(e).split())[:300]
+            raise ModelError(
+                f"the model fails on an input of shape {tuple(example_input.shape)} ({type(e).__name__}: {first}); "
+                "build it for the data's channels, classes and input size"
+            ) from e
         self._exec_order = {s.module_name: i for i, s in enumerate(self.dense_specs)}
         param_specs = [s for s in self.dense_specs if s.kind in PARAM_LAYER_KINDS]
         if not param_specs:

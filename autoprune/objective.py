@@ -129,6 +129,25 @@ class Metrics:
         d.update({f"seconds_{k}": v for k, v in self.seconds.items()})
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Metrics":
+        """Inverse of :meth:`as_dict` (e.g. metrics stored with an Optuna trial by another worker)."""
+        nan = float("nan")
+
+        def num(key: str) -> float:
+            v = d.get(key)
+            return nan if v is None else float(v)
+
+        return cls(
+            accuracy=num("accuracy"), latency_ratio=num("latency_ratio"),
+            latency_ci=(num("latency_ci_low"), num("latency_ci_high")), latency_ms=num("latency_ms"),
+            predicted_ratio=num("predicted_ratio"), macs=int(d.get("macs") or 0), params=int(d.get("params") or 0),
+            macs_ratio=num("macs_ratio"), params_ratio=num("params_ratio"), value=num("value"),
+            feasible=bool(d.get("feasible")), reward=num("reward"),
+            seconds={k.removeprefix("seconds_"): float(v) for k, v in d.items() if k.startswith("seconds_") and v is not None},
+            failed=bool(d.get("failed")), error=d.get("error"),
+        )
+
 
 FAILED_REWARD = -1.0
 
@@ -274,12 +293,16 @@ class PolicyEvaluator:
         """Reward of an accuracy and a budget-metric value (see module docstring)."""
         return self.reward_fn(acc, value, self.target)
 
-    def evaluate(self, policy: Policy) -> Metrics:
-        """Prune a copy, recalibrate BN, score on validation, measure latency paired; cached."""
+    def evaluate(self, policy: Policy, *, index: int | None = None) -> Metrics:
+        """Prune a copy, recalibrate BN, score on validation, measure latency paired; cached.
+
+        ``index`` numbers the history entry (default: its position; Optuna uses the trial number).
+        """
+        index = len(self.history) if index is None else index
         key = policy.key()
         if key in self._cache:
             m = self._cache[key]
-            self.history.append(Evaluation(len(self.history), policy, m, cached=True))
+            self.history.append(Evaluation(index, policy, m, cached=True))
             return m
         try:
             metrics = self._evaluate_uncached(policy)
@@ -289,8 +312,15 @@ class PolicyEvaluator:
         if math.isnan(metrics.accuracy) or math.isnan(metrics.reward):
             metrics = self._failed("NaN in accuracy or reward")
         self._cache[key] = metrics
-        self.history.append(Evaluation(len(self.history), policy, metrics))
+        self.history.append(Evaluation(index, policy, metrics))
         return metrics
+
+    def record(self, policy: Policy, metrics: Metrics, *, index: int) -> Evaluation:
+        """Add an evaluation made elsewhere (another worker, an earlier run) to the history and cache."""
+        evaluation = Evaluation(index, policy, metrics)
+        self._cache.setdefault(policy.key(), metrics)
+        self.history.append(evaluation)
+        return evaluation
 
     def _failed(self, why: str) -> Metrics:
         nan = float("nan")

@@ -6,6 +6,7 @@ split, which nothing before this point has looked at.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mlflow import MlflowClient
 from torch import nn
 
 from autoprune.config import ExperimentConfig
@@ -22,9 +24,9 @@ from autoprune.experiment import Baseline, SearchRun, load_baseline, output_dir,
 from autoprune.export import export_onnx, quantize_onnx, save_pruned
 from autoprune.finetune import FinetuneSettings, finetune
 from autoprune.measure import PairedTimer, count_macs_params, model_size_bytes
-from autoprune.policy import Policy
+from autoprune.policy import Policy, model_fingerprint, write_policy_file
 from autoprune.surgery import apply_iteratively, apply_policy
-from autoprune.tracking import Tracker
+from autoprune.tracking import Tracker, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -125,17 +127,46 @@ class RunResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult:
-    """The whole job, tracked in one MLflow run (ended FAILED/KILLED if anything goes wrong)."""
+RUN_FILE = "mlflow_run.json"
+
+
+def _unfinished_run(out: Path, cfg: ExperimentConfig) -> str | None:
+    """The MLflow run of an earlier, interrupted ``run`` of this experiment (to resume), if any."""
+    path = out / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        client = MlflowClient(tracking_uri=resolve_tracking_uri(cfg.tracking.uri))
+        run = client.get_run(saved["run_id"])
+    except Exception as e:  # unreadable file, another store, deleted run: start a new run
+        log.info("not resuming the MLflow run in %s: %s", path, e)
+        return None
+    if run.info.status == "FINISHED" or saved.get("tracking_uri") != resolve_tracking_uri(cfg.tracking.uri):
+        return None
+    log.info("resuming MLflow run %s (%s)", run.info.run_id, run.info.status)
+    return run.info.run_id
+
+
+def run_experiment(cfg: ExperimentConfig, *, progress: bool = True, restart: bool = False) -> RunResult:
+    """The whole job, tracked in one MLflow run (ended FAILED/KILLED if anything goes wrong).
+
+    Run again after a crash or Ctrl-C, the same config continues: the Optuna study keeps the
+    finished trials and the interrupted MLflow run is resumed. ``restart`` starts afresh.
+    """
     out = output_dir(cfg)
     torch.set_num_threads(cfg.latency.threads)
-    with Tracker(cfg) as tracker:
+    resume = None if restart else _unfinished_run(out, cfg)
+    with Tracker(cfg, resume_run_id=resume) as tracker:
+        write_policy_file(out / RUN_FILE, {"run_id": tracker.run_id, "tracking_uri": tracker.uri})
         t0 = time.perf_counter()
         baseline = load_baseline(cfg, progress=progress)
         tracker.log_dense({"val_accuracy": baseline.meta.get("val_accuracy", float("nan")), "test_accuracy": baseline.meta.get("test_accuracy", float("nan"))})
-        search = run_search(cfg, progress=progress, callback=tracker.log_episode, baseline=baseline)
+        search = run_search(cfg, progress=progress, callback=tracker.log_episode, baseline=baseline,
+                            tracking=(tracker.uri, tracker.run_id), restart=restart)
         ev = search.evaluator
-        info = {"target": ev.target, "metric": ev.budget.metric, "dense_accuracy": ev.dense_accuracy, "unit_order": ev.unit_names}
+        info = {"target": ev.target, "metric": ev.budget.metric, "dense_accuracy": ev.dense_accuracy, "unit_order": ev.unit_names,
+                "fingerprint": model_fingerprint(ev.graph)}
         uniform = uniform_point(ev) if cfg.search.searcher != "uniform" else None
         if uniform is not None:
             info["uniform"] = uniform
@@ -183,6 +214,8 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> RunResult
             model_path, onnx_info["path"] if onnx_info else None,
             register_as=registered_name(cfg) if cfg.tracking.register else None,
             test_accuracy=pruned_r.test_accuracy,
-            extra_files=[onnx_info["quantized"]] if onnx_info and "quantized" in onnx_info else (),
+            extra_files=[search.policy_path, *([onnx_info["quantized"]] if onnx_info and "quantized" in onnx_info else [])],
         )
+        if search.result.extras.get("agent_path"):
+            tracker.log_artifact(search.result.extras["agent_path"], "agent")
         return RunResult(dense_r, pruned_r, search, model_path, onnx_info, tracker.run_id, report)

@@ -1,12 +1,26 @@
-"""``Policy``: a pruning ratio per unit name, plus the residual blocks to drop."""
+"""``Policy``: a pruning ratio per unit name, plus the residual blocks to drop; its versioned JSON file.
+
+A policy file (``autoprune-policy/2``) carries, besides the ratios, the *fingerprint* of
+the model it was found on: an architecture hash and, per unit and droppable block, the
+features :mod:`autoprune.transfer` needs to map the policy onto another architecture.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterable
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
 
+from torch import nn
 
-POLICY_FORMAT = "autoprune-policy/1"
+if TYPE_CHECKING:
+    from autoprune.graph import PrunableGraph
+
+POLICY_FORMAT = "autoprune-policy/2"
+#: Earlier formats and why they are not read any more.
+_OLD_FORMATS = {"autoprune-policy/1": "it has no model fingerprint; re-run the search (or strip 'format' to apply it by unit names)"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,37 @@ class Policy:
         return cls({str(k): float(v) for k, v in d.get("ratios", {}).items()}, tuple(d.get("drop", ())))
 
 
+# ----------------------------------------------------------------- fingerprint
+def architecture_hash(model: nn.Module) -> str:
+    """A short hash of the module tree: names, layer types and parameter shapes (not the values)."""
+    h = hashlib.sha256()
+    for name, m in model.named_modules():
+        shapes = [tuple(p.shape) for p in m.parameters(recurse=False)]
+        h.update(f"{name}:{type(m).__name__}:{shapes};".encode())
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(graph: "PrunableGraph") -> dict[str, Any]:
+    """What a policy needs to know about the model it was found on.
+
+    Returns:
+        ``{"arch_hash", "dense_macs", "units": [{name, kind, channels, depth, resolution, coupled, ...}],
+        "blocks": [{name, depth, resolution, macs, units_inside}]}``, JSON-ready.
+    """
+    units = [{"name": u.name, **asdict(u.features)} for u in graph.units]
+    by_depth = sorted(graph.units, key=lambda u: u.features.depth)
+
+    def resolution_at(depth: float) -> float:
+        later = [u for u in by_depth if u.features.depth >= depth]
+        return (later[0] if later else by_depth[-1]).features.resolution if by_depth else 1.0
+
+    blocks = [
+        {"name": b.name, "depth": b.depth, "resolution": resolution_at(b.depth), "macs": b.macs, "units_inside": list(b.units_inside)}
+        for b in graph.blocks
+    ]
+    return {"arch_hash": architecture_hash(graph.model), "dense_macs": int(graph.dense_macs), "units": units, "blocks": blocks}
+
+
 def policy_document(
     policy: Policy,
     *,
@@ -52,11 +97,12 @@ def policy_document(
     searcher: str,
     episode: int | None = None,
     metrics: dict | None = None,
+    fingerprint: dict | None = None,
 ) -> dict:
     """The one JSON form of a found policy: ratios and drops at the top, plus where it came from.
 
-    Written by ``autoprune search`` (``policy.json``) and logged to MLflow; read by :func:`load_policy`
-    (and by :meth:`Policy.from_dict`, which only looks at ``ratios`` and ``drop``).
+    Written by ``autoprune search`` (``policy.json``), ``autoprune transfer`` and logged to MLflow;
+    read by :func:`load_policy` (and by :meth:`Policy.from_dict`, which only looks at ``ratios`` and ``drop``).
     """
     return {
         "format": POLICY_FORMAT,
@@ -68,39 +114,53 @@ def policy_document(
         "searcher": searcher,
         "episode": episode,
         "metrics": metrics,
+        "fingerprint": fingerprint,
     }
 
 
-def load_policy(source: str, *, tracking_uri: str | None = None) -> tuple[Policy, dict]:
-    """Read a policy from a JSON file or a ``runs:/<run_id>/policy.json`` artifact.
+def write_policy_file(path: str | Path, document: dict | None) -> Path:
+    """Write a policy document (or any JSON) atomically: a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2))
+    tmp.replace(path)
+    return path
 
-    Accepts the file ``autoprune search`` writes (``{"format": "autoprune-policy/1", "policy": ...}``)
-    or a bare ``{"ratios": ..., "drop": ...}``. Returns the policy and the whole payload.
+
+# ----------------------------------------------------------------- loading
+def _local_policy_file(source: str, tracking_uri: str | None) -> Path:
+    from autoprune.errors import ConfigError
+
+    if source.startswith(("runs:/", "models:/")):
+        from autoprune.tracking import download_artifact_uri
+
+        path = download_artifact_uri(source, tracking_uri=tracking_uri, option="--policy")
+        if path.is_dir():
+            found = sorted(path.rglob("policy.json"))
+            if not found:
+                raise ConfigError(f"--policy: {source!r} holds no policy.json")
+            path = found[0]
+        return path
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"--policy: file {source!r} does not exist")
+    return path
+
+
+def load_policy(source: str, *, tracking_uri: str | None = None) -> tuple[Policy, dict]:
+    """Read a policy from a JSON file, ``runs:/<run_id>/policy.json`` or ``models:/<name>@<alias>``.
+
+    Accepts the file ``autoprune search`` writes (``"format": "autoprune-policy/2"``) or a bare
+    ``{"ratios": ..., "drop": ...}`` without a format (no fingerprint: it can only be applied by
+    unit names). Returns the policy and the whole payload.
 
     Raises:
         PolicyError: unreadable, truncated or malformed file, or a wrong format version.
         ConfigError: a missing file or unknown MLflow URI.
     """
-    import json
-    from pathlib import Path
+    from autoprune.errors import PolicyError
 
-    from autoprune.errors import ConfigError, PolicyError
-
-    path = Path(source)
-    if source.startswith("runs:/"):
-        import mlflow
-
-        from autoprune.tracking import resolve_tracking_uri
-
-        try:
-            mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-            path = Path(mlflow.artifacts.download_artifacts(source))
-        except Exception as e:  # MlflowException and friends: the URI does not resolve
-            raise ConfigError(f"--policy: cannot download {source!r} ({str(e).splitlines()[0][:200]})") from e
-        if path.is_dir():
-            path = path / "policy.json"
-    if not path.is_file():
-        raise ConfigError(f"--policy: file {source!r} does not exist")
+    path = _local_policy_file(source, tracking_uri)
     try:
         payload = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -109,11 +169,53 @@ def load_policy(source: str, *, tracking_uri: str | None = None) -> tuple[Policy
         raise PolicyError(f"--policy: {source!r} must hold a JSON object")
     fmt = payload.get("format")
     if fmt is not None and fmt != POLICY_FORMAT:
-        raise PolicyError(f"--policy: {source!r} has format {fmt!r}; this version reads {POLICY_FORMAT!r}")
+        why = _OLD_FORMATS.get(fmt, "written by another version of autoprune?")
+        raise PolicyError(f"--policy: {source!r} has format {fmt!r}; this version reads {POLICY_FORMAT!r} ({why})")
     body = payload.get("policy", payload)
     if not isinstance(body, dict) or not isinstance(body.get("ratios", {}), dict) or not isinstance(body.get("drop", []), list):
         raise PolicyError(f"--policy: {source!r} has no valid 'ratios' mapping / 'drop' list")
+    fp = payload.get("fingerprint")
+    if fp is not None and not (isinstance(fp, dict) and isinstance(fp.get("units"), list) and isinstance(fp.get("blocks", []), list)):
+        raise PolicyError(f"--policy: {source!r} has a malformed 'fingerprint' (expected units and blocks lists)")
     try:
-        return Policy.from_dict(body), payload
-    except (TypeError, ValueError) as e:
+        policy = Policy.from_dict(body)
+    except (TypeError, ValueError, AttributeError) as e:
         raise PolicyError(f"--policy: {source!r} holds a non-numeric ratio ({e})") from e
+    bad = {k: v for k, v in policy.ratios.items() if not 0.0 <= v < 1.0}
+    if bad:
+        raise PolicyError(f"--policy: {source!r} holds ratios outside [0, 1): {bad}")
+    return policy, payload
+
+
+def check_policy_fits(policy: Policy, graph: "PrunableGraph", *, fingerprint: dict | None = None, source: str = "policy") -> None:
+    """Refuse a policy found on another architecture (map it with ``autoprune transfer`` instead).
+
+    With the source model's ``fingerprint``, its unit and block names must be this model's; without
+    one (a bare ``{"ratios": ...}`` file), every name the policy uses must exist here.
+
+    Raises:
+        PolicyError: naming the units and blocks that are missing here and those that are extra.
+    """
+    from autoprune.errors import PolicyError
+
+    units, blocks = set(graph.unit_names), set(graph.block_names)
+    if fingerprint is not None:
+        theirs = {u["name"] for u in fingerprint.get("units", [])}
+        their_blocks = {b["name"] for b in fingerprint.get("blocks", [])}
+    else:
+        theirs, their_blocks = set(policy.ratios), set(policy.drop)
+    extra = sorted(theirs - units) + sorted(their_blocks - blocks)
+    missing = sorted(units - theirs) + sorted(blocks - their_blocks) if fingerprint is not None else []
+    extra += sorted((set(policy.ratios) - units - set(extra)) | (set(policy.drop) - blocks - set(extra)))
+    if extra or missing:
+        def show(names: list[str]) -> str:
+            return ", ".join(names[:6]) + (f" ... ({len(names)} in all)" if len(names) > 6 else "")
+
+        raise PolicyError(
+            f"{source}: was found on another architecture: units/blocks it has that this model lacks: [{show(extra)}]; "
+            f"units/blocks of this model it does not know: [{show(missing)}]; map it with `autoprune transfer`"
+        )
+
+
+__all__ = ["POLICY_FORMAT", "Policy", "architecture_hash", "check_policy_fits", "load_policy", "model_fingerprint",
+           "policy_document", "write_policy_file"]

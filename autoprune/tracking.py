@@ -106,14 +106,18 @@ def resolve_tracking_uri(uri: str | None) -> str:
 
     Raises:
         ConfigError: unknown scheme, a SQLite or file location that is missing or not
-            writable, or an HTTP server that does not answer within 3 seconds.
+            writable (or a file there that is not an SQLite database), or an HTTP server or
+            database that does not answer within 3 seconds.
     """
     if uri is None:
         return _check_sqlite(f"sqlite:///{Path.cwd() / 'mlflow.db'}", "sqlite")
     if not isinstance(uri, str) or not uri.strip():
         raise ConfigError(f"tracking.uri: {uri!r} is not allowed; allowed: {_ALLOWED_URIS}, or null for ./mlflow.db")
     uri = uri.strip()
-    scheme = urllib.parse.urlparse(uri).scheme.lower()
+    try:
+        scheme = urllib.parse.urlparse(uri).scheme.lower()
+    except ValueError as e:  # e.g. an unclosed '[' of an IPv6 host
+        raise ConfigError(f"tracking.uri: {uri!r} is not a valid URI ({e}); allowed: {_ALLOWED_URIS}") from e
     base = scheme.split("+", 1)[0]
     if uri in ("databricks", "databricks-uc") or uri.startswith(("databricks://", "databricks-uc://")):
         return uri
@@ -126,6 +130,8 @@ def resolve_tracking_uri(uri: str | None) -> str:
         return _check_file(uri)
     if scheme in ("http", "https"):
         return _check_http(uri)
+    if base in _DB_SCHEMES:
+        return _check_database(uri, base)
     return uri
 
 
@@ -141,6 +147,12 @@ def _check_sqlite(uri: str, scheme: str) -> str:
         raise ConfigError(f"tracking.uri: {uri!r}: directory {path.parent} does not exist; create it or choose another path")
     if path.exists() and (not path.is_file() or not os.access(path, os.R_OK | os.W_OK)):
         raise ConfigError(f"tracking.uri: {uri!r}: {path} is not a readable and writable file")
+    if path.is_file() and path.stat().st_size > 0:
+        with path.open("rb") as f:
+            header = f.read(16)
+        if header != b"SQLite format 3\x00":
+            raise ConfigError(f"tracking.uri: {uri!r}: {path} exists and is not an SQLite database; "
+                              "choose another file name (MLflow creates it) or move that file away")
     if not path.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
         raise ConfigError(f"tracking.uri: {uri!r}: directory {path.parent} is not writable")
     return f"{scheme}:///{path}"
@@ -154,6 +166,38 @@ def _check_file(uri: str) -> str:
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"tracking.uri: {uri!r}: {existing or path} is not a writable directory")
+    return uri
+
+
+def _check_database(uri: str, base: str, timeout: int = 3) -> str:
+    """Connect once to a PostgreSQL / MySQL / MSSQL store, so a wrong URL fails here in one line, not in MLflow."""
+    import sqlalchemy
+
+    try:
+        shown = sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as e:
+        raise ConfigError(f"tracking.uri: {base} URI is malformed ({_one_line(e, 120)}); expected {base}://user@host:port/database") from e
+    connect_args = {"connect_timeout": timeout} if base in ("postgresql", "mysql") else {}
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=connect_args, poolclass=sqlalchemy.pool.NullPool)
+    except ImportError as e:  # the dialect's default driver is not installed
+        hint = "install the driver"
+        if base == "postgresql" and "+" not in uri.split("://", 1)[0]:
+            hint = ("plain postgresql:// means psycopg 3 to SQLAlchemy; write postgresql+psycopg2://... "
+                    "(psycopg2 comes with pip install 'autoprune[postgres]') or pip install 'psycopg[binary]'")
+        elif base == "postgresql":
+            hint = "install it with pip install 'autoprune[postgres]'"
+        raise ConfigError(f"tracking.uri: {shown!r} needs a database driver that is not installed ({_one_line(e, 120)}); {hint}") from e
+    except (sqlalchemy.exc.ArgumentError, ValueError, TypeError) as e:  # unknown driver, bad option
+        raise ConfigError(f"tracking.uri: {shown!r} is not usable ({_one_line(e, 160)})") from e
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        reason = _one_line(getattr(e, "orig", None) or e, 160)
+        raise ConfigError(f"tracking.uri: cannot connect to {shown} ({reason}); start the database server or fix the URI") from e
+    finally:
+        engine.dispose()
     return uri
 
 
@@ -248,6 +292,8 @@ class Tracker:
         run_name: Name of the run (default: the experiment's name).
         resume_run_id: Continue this run instead of starting a new one; params already
             logged keep their values.
+        attach: Only log episodes to ``resume_run_id``, which another process owns (a
+            distributed worker): the run is neither started, nor configured, nor ended here.
         flush_every: Episodes buffered before one ``log_batch`` call.
 
     Raises:
@@ -261,10 +307,14 @@ class Tracker:
         *,
         run_name: str | None = None,
         resume_run_id: str | None = None,
+        attach: bool = False,
         flush_every: int = 20,
     ) -> None:
         if flush_every < 1:
             raise ConfigError(f"flush_every: {flush_every!r} must be >= 1")
+        if attach and resume_run_id is None:
+            raise ConfigError("attach: needs the run id of the run to log to (resume_run_id)")
+        self.attach = attach
         self.cfg = cfg
         self.uri = resolve_tracking_uri(cfg.tracking.uri)
         self.experiment = cfg.tracking.experiment or cfg.name
@@ -285,6 +335,10 @@ class Tracker:
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        if self.attach:
+            run = self._existing_run(self.resume_run_id)
+            self.run_id, self.experiment_id, self.artifact_uri = run.info.run_id, run.info.experiment_id, run.info.artifact_uri
+            return self
         nested = mlflow.active_run() is not None
         if self.resume_run_id is not None:
             previous = self._existing_run(self.resume_run_id)
@@ -305,6 +359,9 @@ class Tracker:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.attach:
+            self.flush()
+            return
         if exc_type is None:
             status = "FINISHED"
         elif issubclass(exc_type, Exception):
@@ -457,7 +514,8 @@ class Tracker:
             info: What the plots need from the evaluator, all optional: ``target`` (budget as a
                 fraction of dense), ``metric`` (``latency`` or ``macs``), ``dense_accuracy``,
                 ``unit_order`` (unit names in graph order), ``uniform`` ((value, accuracy) of
-                the uniform baseline). Stored as ``search_info.json``.
+                the uniform baseline), ``fingerprint`` (of the searched model, for ``policy.json``).
+                Stored as ``search_info.json`` (without the fingerprint).
             out_dir: Keep the files there (default: a temporary folder, removed afterwards).
 
         Returns:
@@ -470,6 +528,7 @@ class Tracker:
         run_id = self._require_run()
         self.flush()
         info = dict(info or {})
+        fingerprint = info.pop("fingerprint", None)
         temp = None if out_dir is not None else tempfile.mkdtemp(prefix="autoprune-search-")
         root = Path(out_dir if out_dir is not None else temp)
         root.mkdir(parents=True, exist_ok=True)
@@ -482,7 +541,7 @@ class Tracker:
                 policy_doc = policy_document(
                     best.policy, model=self.cfg.model.name, data=self.cfg.data.name, metric=metric, target=target,
                     backend=self.cfg.latency.backend_info(),
-                    searcher=result.searcher, episode=best.index, metrics=best.metrics.as_dict(),
+                    searcher=result.searcher, episode=best.index, metrics=best.metrics.as_dict(), fingerprint=fingerprint,
                 )
                 files["policy.json"] = root / "policy.json"
                 files["policy.json"].write_text(json.dumps(_json_safe(policy_doc), indent=2))
@@ -648,43 +707,42 @@ def render_report(report: Mapping[str, Any], title: str = "autoprune report") ->
 # ----------------------------------------------------------------------- download
 
 
-def download_model_uri(uri: str | Path, *, tracking_uri: str | None = None, dst: str | Path | None = None) -> Path:
-    """The local ``.pt`` file behind a path, a ``runs:/`` URI or a ``models:/`` URI.
+def download_artifact_uri(uri: str | Path, *, tracking_uri: str | None = None, dst: str | Path | None = None,
+                          option: str = "uri") -> Path:
+    """The local file or folder behind a path, a ``runs:/`` URI or a ``models:/`` URI.
 
     Args:
-        uri: A local file (or folder holding one ``.pt``), ``runs:/<run_id>/<path>``,
-            ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or ``models:/<name>/latest``.
+        uri: A local path, ``runs:/<run_id>/<path>``, ``models:/<name>@<alias>[/<path>]``,
+            ``models:/<name>/<version>`` or ``models:/<name>/latest``.
         tracking_uri: Where the run or registered model is (see :func:`resolve_tracking_uri`;
             None: ``sqlite:///<current directory>/mlflow.db``).
         dst: Folder to download into (default: a new temporary folder).
-
-    Returns:
-        Path of the local ``.pt`` file.
+        option: The option or field to name in error messages.
 
     Raises:
-        ConfigError: one line naming ``uri`` when it does not exist or holds no single ``.pt`` file.
+        ConfigError: one line naming ``uri`` when it does not exist.
     """
     text = str(uri)
     scheme = urllib.parse.urlparse(text).scheme
     if scheme not in ("runs", "models"):
         path = Path(urllib.request.url2pathname(urllib.parse.urlparse(text).path)) if scheme == "file" else Path(text)
         if not path.exists():
-            raise ConfigError(f"{text}: no such file; expected a .pt file, runs:/<run_id>/<path> or models:/<name>@<alias>")
-        return _find_pt(path, text)
+            raise ConfigError(f"{option}: {text}: no such file; expected a path, runs:/<run_id>/<path> or models:/<name>@<alias>")
+        return path
     turi = resolve_tracking_uri(tracking_uri)
     db = _sqlite_file(turi)
     if db is not None and not db.is_file():
-        raise ConfigError(f"{text}: no MLflow database at {db} (tracking.uri {turi})")
+        raise ConfigError(f"{option}: {text}: no MLflow database at {db} (tracking.uri {turi})")
     _quiet_mlflow()
     client = MlflowClient(tracking_uri=turi, registry_uri=turi)
-    target = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="autoprune-model-"))
+    target = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="autoprune-artifact-"))
     target.mkdir(parents=True, exist_ok=True)
     try:
         with _no_progress_bars():
             if scheme == "runs":
                 run_id, _, sub = text[len("runs:/"):].lstrip("/").partition("/")
                 if not run_id:
-                    raise ConfigError(f"{text}: expected runs:/<run_id>/<path>")
+                    raise ConfigError(f"{option}: {text}: expected runs:/<run_id>/<path>")
                 client.get_run(run_id)
                 local = client.download_artifacts(run_id, sub, str(target))
             else:
@@ -694,8 +752,17 @@ def download_model_uri(uri: str | Path, *, tracking_uri: str | None = None, dst:
                     source = f"{source.rstrip('/')}/{sub}"
                 local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target), tracking_uri=turi)
     except MlflowException as e:
-        raise ConfigError(f"{text}: not found in {turi} ({_mlflow_message(e)})") from e
-    return _find_pt(Path(local), text)
+        raise ConfigError(f"{option}: {text}: not found in {turi} ({_mlflow_message(e)})") from e
+    return Path(local)
+
+
+def download_model_uri(uri: str | Path, *, tracking_uri: str | None = None, dst: str | Path | None = None) -> Path:
+    """The local ``.pt`` file behind a path, a ``runs:/`` URI or a ``models:/`` URI (see :func:`download_artifact_uri`).
+
+    Raises:
+        ConfigError: one line naming ``uri`` when it does not exist or holds no single ``.pt`` file.
+    """
+    return _find_pt(download_artifact_uri(uri, tracking_uri=tracking_uri, dst=dst, option="model"), str(uri))
 
 
 def _parse_models_uri(client: MlflowClient, uri: str) -> tuple[str, str, str]:
@@ -736,4 +803,4 @@ def _find_pt(path: Path, uri: str) -> Path:
     raise ConfigError(f"{uri}: holds several .pt files ({', '.join(p.name for p in candidates[:5])}); name one in the URI")
 
 
-__all__ = ["CHAMPION", "Tracker", "download_model_uri", "render_report", "resolve_tracking_uri"]
+__all__ = ["CHAMPION", "Tracker", "download_artifact_uri", "download_model_uri", "render_report", "resolve_tracking_uri"]

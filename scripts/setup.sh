@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up: Fashion-MNIST (Debian package), .venv with Python >= 3.11, editable install.
-# Safe to run again: each step is skipped when already done.
+# Idempotent set-up: Fashion-MNIST and the PostgreSQL server (Debian packages), .venv with
+# Python >= 3.11, editable install. Safe to run again: each step is skipped when already done.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -8,6 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV="${VENV:-.venv}"
 FASHION_DIR=/usr/share/datasets/fashion-mnist
 STAMP="$VENV/.autoprune-installed"
+EXTRAS="dev,onnx,postgres"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -25,6 +26,25 @@ have_fashion_mnist() {
     return 1
 }
 
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    else
+        sudo "$@"
+    fi
+}
+
+# apt_install PACKAGE...: install without recommends; on failure update the lists and retry once.
+apt_install() {
+    local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@")
+    log "installing Debian package(s) $*"
+    if ! as_root "${install[@]}"; then
+        log "install failed; updating the package lists and retrying"
+        as_root apt-get update
+        as_root "${install[@]}"
+    fi
+}
+
 install_fashion_mnist() {
     if have_fashion_mnist; then
         return 0
@@ -35,17 +55,54 @@ install_fashion_mnist() {
         log "(not needed for the tests, which use scikit-learn's digits)."
         return 0
     fi
-    local sudo=()
-    if [ "$(id -u)" -ne 0 ]; then
-        sudo=(sudo)
+    apt_install dataset-fashion-mnist
+}
+
+# The tests start their own throwaway PostgreSQL server (tests/services.py): they need the
+# server binaries, found on PATH or in /usr/lib/postgresql/<version>/bin.
+have_postgres() {
+    local d
+    if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
+        return 0
     fi
-    local install=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dataset-fashion-mnist)
-    log "installing Debian package dataset-fashion-mnist"
-    if ! "${install[@]}"; then
-        log "install failed; updating the package lists and retrying"
-        "${sudo[@]}" apt-get update
-        "${install[@]}"
+    for d in /usr/lib/postgresql/*/bin; do
+        if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/postgres" ]; then
+            return 0
+        fi
+    done
+    return 1
+}
+
+# The package's postinst creates a "main" cluster and may start it; the tests do not use it.
+stop_system_postgres() {
+    local ver name status
+    if command -v pg_lsclusters >/dev/null 2>&1; then
+        while read -r ver name _ status _; do
+            case "$status" in
+                online*)
+                    log "stopping the system PostgreSQL cluster $ver/$name (not used by autoprune)"
+                    as_root pg_ctlcluster "$ver" "$name" stop || true
+                    ;;
+            esac
+        done < <(pg_lsclusters --no-header 2>/dev/null || true)
     fi
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        as_root systemctl disable --now --quiet postgresql 2>/dev/null || true
+    fi
+}
+
+install_postgres() {
+    if have_postgres; then
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        log "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found and apt-get is not available."
+        log "Install the PostgreSQL server and put its bin directory on PATH; the tests that need it"
+        log "fail without it (set AUTOPRUNE_SKIP_SERVICES=1 to skip them instead)."
+        return 0
+    fi
+    apt_install postgresql
+    stop_system_postgres
 }
 
 find_python() {
@@ -74,16 +131,18 @@ create_venv() {
     "$py" -m venv "$VENV"
 }
 
+# Re-installed when pyproject.toml is newer than the stamp, or the stamp names other extras.
 install_package() {
-    if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ]; then
+    if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$(cat "$STAMP")" = "$EXTRAS" ]; then
         return 0
     fi
-    log "installing autoprune (editable, with dev extras) into $VENV"
-    "$VENV/bin/python" -m pip install -e '.[dev,onnx]'
-    touch "$STAMP"
+    log "installing autoprune (editable, extras $EXTRAS) into $VENV"
+    "$VENV/bin/python" -m pip install -e ".[$EXTRAS]"
+    printf '%s\n' "$EXTRAS" >"$STAMP"
 }
 
 install_fashion_mnist
+install_postgres
 create_venv
 install_package
 log "ready ($VENV)"

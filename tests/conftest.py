@@ -8,6 +8,8 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+pytest_plugins = ["services"]  # PostgreSQL and MLflow server fixtures (tests/services.py)
+
 from typing import Callable  # noqa: E402
 
 import pytest  # noqa: E402

@@ -1,12 +1,15 @@
 """RL searchers (PPO, AMC-style DDPG): episode accounting, feasibility, saved agents and zero-shot transfer."""
 
+import json
 import zipfile
 
 import pytest
 import torch
 
-from autoprune.errors import ConfigError
+from autoprune.errors import ConfigError, PolicyError
 from autoprune.search import get_searcher
+from autoprune.search.ppo import checkpoint_paths, read_checkpoint
+from envs.pruning import FEATURES
 
 def search(name, evaluator, episodes, **params):
     calls = []
@@ -34,11 +37,13 @@ def test_ppo_is_reproducible_for_a_seed(resnet_evaluator):
     assert policies[0] == policies[1]
 
 
-def test_ppo_saves_an_agent_that_runs_zero_shot_on_another_model(evaluator, mlp_evaluator, tmp_path):
+def test_ppo_saves_an_agent_bundle_that_runs_zero_shot_on_another_model(evaluator, mlp_evaluator, tmp_path):
     trained, _ = search("ppo", evaluator, 6, save_agent=str(tmp_path / "agent"), checkpoint_every=3)
     path = trained.extras["agent_path"]
-    assert path.endswith("agent.zip") and zipfile.is_zipfile(path)
-    assert (tmp_path / "agent_ep3.zip").is_file() and (tmp_path / "agent_ep6.zip").is_file()
+    assert zipfile.is_zipfile(f"{path}/agent.zip")
+    manifest = json.loads((tmp_path / "agent" / "agent.json").read_text())
+    assert manifest["format"] == "autoprune-agent/1" and manifest["observation"]["features"] == list(FEATURES)
+    assert not (tmp_path / "agent" / "checkpoint.zip").exists()  # a finished search leaves no checkpoint to resume
 
     target = mlp_evaluator.with_budget(mlp_evaluator.budget)
     weights = {k: v.clone() for k, v in target.model.state_dict().items()}
@@ -51,8 +56,8 @@ def test_ppo_saves_an_agent_that_runs_zero_shot_on_another_model(evaluator, mlp_
 
 
 def test_ppo_fine_tunes_a_saved_agent(evaluator, mlp_evaluator, tmp_path):
-    search("ppo", mlp_evaluator.with_budget(mlp_evaluator.budget), 4, save_agent=str(tmp_path / "mlp.zip"))
-    result, _ = search("ppo", evaluator, 4, agent=str(tmp_path / "mlp.zip"), learning_rate=1e-4)
+    search("ppo", mlp_evaluator.with_budget(mlp_evaluator.budget), 4, save_agent=str(tmp_path / "mlp"))
+    result, _ = search("ppo", evaluator, 4, agent=str(tmp_path / "mlp"), learning_rate=1e-4)
     assert len(result.history) == 4 and result.best.metrics.feasible
 
 
@@ -73,3 +78,44 @@ def test_bad_hyper_parameters_raise_config_error_naming_them(evaluator, name, pa
     with pytest.raises(ConfigError, match=culprit):
         get_searcher(name, params, progress=False).search(evaluator, 2)
     assert evaluator.history == []
+
+
+def test_interrupted_ppo_search_resumes_from_its_checkpoint_without_rerunning_episodes(evaluator, tmp_path):
+    folder = tmp_path / "agent"
+
+    def stop_after_seven(evaluation):
+        if len(evaluator.history) == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        get_searcher("ppo", {"save_agent": str(folder), "checkpoint_every": 3}, progress=False,
+                     callback=stop_after_seven).search(evaluator, 10, seed=0)
+    state = read_checkpoint(folder)
+    assert state["episodes"] == 6 and all(p.is_file() for p in checkpoint_paths(folder))
+    kept = [e.policy for e in evaluator.history[:6]]
+    evaluator.history.clear()
+
+    result, calls = search("ppo", evaluator, 10, save_agent=str(folder), checkpoint_every=3)
+    assert result.extras["resumed_episodes"] == 6
+    assert len(result.history) == 10 and len(calls) == 4  # only the missing episodes are evaluated
+    assert [e.policy for e in result.history[:6]] == kept
+    assert [e.index for e in result.history] == list(range(10))
+    assert read_checkpoint(folder) is None and (folder / "agent.zip").is_file()
+
+
+@pytest.mark.parametrize("damage", ["truncated_zip", "no_manifest", "other_features", "bad_manifest_json"])
+def test_damaged_agent_bundle_is_refused_with_a_clear_error(evaluator, mlp_evaluator, tmp_path, damage):
+    search("ppo", mlp_evaluator.with_budget(mlp_evaluator.budget), 2, save_agent=str(tmp_path / "a"))
+    zpath, mpath = tmp_path / "a" / "agent.zip", tmp_path / "a" / "agent.json"
+    if damage == "truncated_zip":
+        zpath.write_bytes(zpath.read_bytes()[:300])
+    elif damage == "no_manifest":
+        mpath.unlink()
+    elif damage == "other_features":
+        doc = json.loads(mpath.read_text())
+        doc["observation"]["features"] = doc["observation"]["features"][:-1]
+        mpath.write_text(json.dumps(doc))
+    else:
+        mpath.write_text(mpath.read_text()[:40])
+    with pytest.raises((PolicyError, ConfigError), match=r"--agent: .*(truncated|agent\.json|observes features|not valid JSON)"):
+        search("ppo", evaluator, 1, agent=str(tmp_path / "a"), zero_shot=True)

@@ -253,7 +253,7 @@ def test_onnx_file_is_logged_beside_the_model(cfg, client, pruned_mlp_file, tmp_
 def test_unknown_runs_or_models_uri_is_a_one_line_config_error(store, uri):
     with pytest.raises(ConfigError) as err:
         download_model_uri(uri, tracking_uri=store[0])
-    assert str(err.value).startswith(f"{uri}: not found") and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"model: {uri}: not found") and "\n" not in str(err.value)
 
 
 def test_missing_local_file_and_missing_artifact_path_are_config_errors(cfg, store, tmp_path):

@@ -154,10 +154,10 @@ class Searcher(abc.ABC):
         self._reporter: ProgressReporter | None = None
         self._evaluator: PolicyEvaluator | None = None
 
-    def evaluate(self, policy: Policy) -> Metrics:
+    def evaluate(self, policy: Policy, *, index: int | None = None) -> Metrics:
         """Score one policy with the shared evaluator (one episode) and report progress."""
         assert self._evaluator is not None, "evaluate() called outside search()"
-        metrics = self._evaluator.evaluate(policy)
+        metrics = self._evaluator.evaluate(policy, index=index)
         if self._reporter is not None:
             self._reporter.update(self._evaluator.history[-1])
         return metrics

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import time
 import warnings
 from typing import Any, Callable
 
@@ -27,9 +28,10 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from autoprune.errors import ConfigError
-from autoprune.objective import Evaluation, PolicyEvaluator
+from autoprune.objective import Evaluation, Metrics, PolicyEvaluator
 from autoprune.policy import Policy
 from autoprune.search.base import Searcher
+from autoprune.search.study_lock import StudyLock
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,17 @@ class OptunaSearcher(Searcher):
         constant_liar: TPE avoids proposing what parallel workers are running.
         enqueue: Policies as ``{"ratios": {...}, "drop": [...]}`` evaluated first (warm start);
             ones already in a resumed study are skipped.
-        heartbeat_interval: Seconds between heartbeats of a running trial (RDB only), so
-            trials of a killed worker are marked failed.
+        heartbeat_interval: Seconds between heartbeats of a running trial (RDB storage only;
+            ``None`` turns them off). A trial without a heartbeat for ``grace_period`` seconds
+            (default: twice the interval) belongs to a dead worker: it is marked FAIL and its
+            parameters are queued again (at most ``retry_stale`` times).
+        max_local_trials: This process runs at most this many trials (``autoprune worker --n-trials``);
+            the study's total is still ``n_episodes``.
+        poll_interval: Seconds between looks at the storage while the last trials run elsewhere.
+
+    The budget counts finished trials in the study, whichever process ran them: a resumed
+    or joined search runs only what is missing, and the trials it did not run itself are
+    added to the result's history from their stored metrics (nothing is recomputed).
 
     Raises:
         ConfigError: an unknown sampler, a bad storage or an invalid option.
@@ -68,12 +79,18 @@ class OptunaSearcher(Searcher):
         "multivariate": True,
         "constant_liar": False,
         "enqueue": [],
-        "heartbeat_interval": None,
+        "heartbeat_interval": 5,
+        "grace_period": None,
+        "retry_stale": 2,
+        "max_local_trials": None,
+        "poll_interval": 1.0,
     }
 
     def __init__(self, params: dict[str, Any] | None = None, *, progress: bool = True,
-                 callback: Callable[[Evaluation], None] | None = None) -> None:
+                 callback: Callable[[Evaluation], None] | None = None,
+                 on_ready: Callable[[optuna.Study], None] | None = None) -> None:
         super().__init__(params, progress=progress, callback=callback)
+        self.on_ready = on_ready
         p = self.params
         if p["sampler"] not in SAMPLERS:
             raise ConfigError(f"search.params.sampler: {p['sampler']!r} is not allowed; allowed: {', '.join(SAMPLERS)}")
@@ -83,11 +100,16 @@ class OptunaSearcher(Searcher):
             raise ConfigError(f"search.params.n_startup_trials: {p['n_startup_trials']!r} must be an integer >= 0")
         if not isinstance(p["population_size"], int) or p["population_size"] < 2:
             raise ConfigError(f"search.params.population_size: {p['population_size']!r} must be an integer >= 2")
-        hb = p["heartbeat_interval"]
-        if hb is not None and (not isinstance(hb, int) or hb < 1):
-            raise ConfigError(f"search.params.heartbeat_interval: {hb!r} must be None or an integer >= 1 (seconds)")
-        if hb is not None and p["storage"] is None:
-            raise ConfigError("search.params.heartbeat_interval: needs an RDB `storage` URL such as 'sqlite:///study.db'")
+        for key in ("heartbeat_interval", "grace_period"):
+            v = p[key]
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"search.params.{key}: {v!r} must be None or an integer >= 1 (seconds)")
+        for key in ("retry_stale", "max_local_trials"):
+            v = p[key]
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ConfigError(f"search.params.{key}: {v!r} must be None or an integer >= 0")
+        if isinstance(p["poll_interval"], bool) or not isinstance(p["poll_interval"], (int, float)) or p["poll_interval"] <= 0:
+            raise ConfigError(f"search.params.poll_interval: {p['poll_interval']!r} must be a number > 0 (seconds)")
         if not isinstance(p["enqueue"], (list, tuple)) or not all(isinstance(d, dict) for d in p["enqueue"]):
             raise ConfigError('search.params.enqueue: must be a list of policies like {"ratios": {"unit": 0.3}, "drop": []}')
 
@@ -99,11 +121,17 @@ class OptunaSearcher(Searcher):
         if not isinstance(url, str) or "://" not in url:
             raise ConfigError(f"search.params.storage: {url!r} is not an RDB URL; use e.g. 'sqlite:///study.db' or None")
         try:
+            p = self.params
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=p["retry_stale"]) if p["retry_stale"] else None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, heartbeat_interval=self.params["heartbeat_interval"])
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=p["heartbeat_interval"], grace_period=p["grace_period"],
+                    heartbeat_stale_trial_callback=retry if p["heartbeat_interval"] else None,
+                )
         except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError) as e:
-            raise ConfigError(f"search.params.storage: cannot open {url!r}: {e}") from e
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise ConfigError(f"search.storage: cannot open {url!r} ({first})") from e
 
     def _sampler(self, seed: int, *, has_ints: bool) -> optuna.samplers.BaseSampler:
         p, kind = self.params, self.params["sampler"]
@@ -140,42 +168,64 @@ class OptunaSearcher(Searcher):
     # ------------------------------------------------------------------ search
     def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
         verbosity = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed evaluations are logged by the evaluator
         try:
-            return self._optimize(evaluator, n_episodes, seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                return self._optimize(evaluator, n_episodes, seed)
         finally:
             optuna.logging.set_verbosity(verbosity)
 
-    def _optimize(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
+    def open_study(self, evaluator: PolicyEvaluator, seed: int = 0) -> optuna.Study:
+        """Create the study, or load it from the storage, and check it is this search's.
+
+        Raises:
+            ConfigError: the stored study optimises other directions or another search space.
+        """
         multi = self.params["sampler"] == "nsga2"
         directions = ["maximize", "minimize"] if multi else ["maximize"]
         study_name = self.params["study_name"] or "autoprune"
-        queued = [self._enqueue_params(evaluator, d) for d in self.params["enqueue"]]
-        study = optuna.create_study(storage=self._storage(), study_name=study_name, directions=directions, load_if_exists=True)
+        storage = self._storage()
+        try:
+            study = optuna.create_study(storage=storage, study_name=study_name, directions=directions, load_if_exists=True)
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            raise ConfigError(f"search.storage: cannot use {self.params['storage']!r}: {str(e).splitlines()[0][:200]}") from e
         if [d.name.lower() for d in study.directions] != directions:
             raise ConfigError(f"search.params.study_name: study {study_name!r} in {self.params['storage']} optimises "
                               f"{[d.name.lower() for d in study.directions]}, sampler {self.params['sampler']!r} needs "
                               f"{directions}; use another study_name")
         names = {f"ratio/{u}" for u in evaluator.unit_names} | {f"drop/{b}" for b in evaluator.block_names}
-        previous = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        foreign = next((t for t in previous if set(t.params) != names), None)
+        foreign = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if set(t.params) != names), None)
         if foreign is not None:
             raise ConfigError(f"search.params.study_name: study {study_name!r} in {self.params['storage']} holds trials of "
                               f"another search space (trial {foreign.number}); use another study_name")
         # A resumed study gets a fresh random stream, so it does not repeat the first run's startup trials.
         study.sampler = self._sampler(seed + len(study.get_trials(deepcopy=False)), has_ints=bool(evaluator.block_names))
+        return study
+
+    def _optimize(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
+        multi = self.params["sampler"] == "nsga2"
+        start = len(evaluator.history)
+        queued = [self._enqueue_params(evaluator, d) for d in self.params["enqueue"]]
+        study = self.open_study(evaluator, seed)
         for params in queued:
             study.enqueue_trial(params, skip_if_exists=True)
-        remaining = n_episodes - len(previous)
+        if self.on_ready is not None:
+            self.on_ready(study)
+        previous = _done_trials(study)
         if previous:
-            log.info("resuming study %r with %d complete trials; running %d more", study_name, len(previous), max(0, remaining))
+            log.info("study %r already holds %d finished trials of %d", study.study_name, len(previous), n_episodes)
+        lock = StudyLock(self.params["storage"], study.study_name)
         numbers: list[int] = []
+        max_local = self.params["max_local_trials"]
 
         def objective(trial: Trial) -> float | tuple[float, float]:
+            lock.release()  # the trial is RUNNING in the storage: others may count it now
             numbers.append(trial.number)
             ratios = {u: trial.suggest_float(f"ratio/{u}", 0.0, evaluator.max_ratio) for u in evaluator.unit_names}
             drop = tuple(b for b in evaluator.block_names if trial.suggest_int(f"drop/{b}", 0, 1))
-            m = self.evaluate(Policy(ratios, drop))
+            m = self.evaluate(Policy(ratios, drop), index=trial.number)
+            trial.set_user_attr("metrics", m.as_dict())
             if m.failed:
                 trial.set_user_attr("error", m.error)
                 return (math.nan, math.nan) if multi else math.nan  # Optuna records NaN as a FAIL trial
@@ -187,23 +237,49 @@ class OptunaSearcher(Searcher):
             trial.set_constraint("budget", constraint)
             return (m.accuracy, m.value) if multi else m.reward
 
-        if remaining > 0:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEsSampler")
-                study.optimize(objective, n_trials=remaining, gc_after_trial=False)
-        extras: dict[str, Any] = {"study_name": study_name, "sampler": self.params["sampler"],
-                                  "trial_numbers": numbers, "resumed_trials": len(previous)}
-        if previous:
-            extras["previous_best"] = _best_summary(previous)
+        waited = False
+        try:
+            while max_local is None or len(numbers) < max_local:
+                lock.acquire()
+                optuna.storages.fail_stale_trials(study)
+                done = len(_done_trials(study))
+                running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+                if done >= n_episodes:
+                    break
+                if done + running >= n_episodes:  # the rest is running elsewhere, or stale and not yet failed
+                    lock.release()
+                    if not waited:
+                        log.info("waiting for %d running trial(s) of other workers", running)
+                        waited = True
+                    time.sleep(self.params["poll_interval"])
+                    continue
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEsSampler")
+                    study.optimize(objective, n_trials=1, gc_after_trial=False)
+                lock.release()
+        finally:
+            lock.close()
+        mine = set(numbers)
+        imported = 0
+        for t in sorted(_done_trials(study), key=lambda t: t.number):
+            if t.number not in mine and "metrics" in t.user_attrs:
+                evaluator.record(_trial_policy(t), Metrics.from_dict(t.user_attrs["metrics"]), index=t.number)
+                imported += 1
+        evaluator.history[start:] = sorted(evaluator.history[start:], key=lambda e: e.index)
+        extras: dict[str, Any] = {"study_name": study.study_name, "sampler": self.params["sampler"],
+                                  "trial_numbers": numbers, "resumed_trials": len(previous), "imported_trials": imported}
         if multi:
             extras["pareto_trials"] = sorted(t.number for t in study.best_trials)
         return extras
 
 
-def _best_summary(trials: list[FrozenTrial]) -> dict[str, Any]:
-    """The highest-reward trial (feasible ones first) as a small JSON-ready dict."""
-    best = max(trials, key=lambda t: (bool(t.user_attrs.get("feasible")), t.user_attrs.get("reward", -math.inf)))
-    ratios = {k.removeprefix("ratio/"): float(v) for k, v in best.params.items() if k.startswith("ratio/")}
-    drop = [k.removeprefix("drop/") for k, v in best.params.items() if k.startswith("drop/") and v]
-    attrs = {k: best.user_attrs.get(k) for k in ("reward", "accuracy", "value", "feasible")}
-    return {"trial": best.number, **attrs, "policy": {"ratios": ratios, "drop": drop}}
+def _done_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials that count against the budget: complete ones and evaluations that failed (not killed workers)."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    return [t for t in trials if t.state == TrialState.COMPLETE or "error" in t.user_attrs]
+
+
+def _trial_policy(trial: FrozenTrial) -> Policy:
+    ratios = {k.removeprefix("ratio/"): float(v) for k, v in trial.params.items() if k.startswith("ratio/")}
+    drop = tuple(k.removeprefix("drop/") for k, v in trial.params.items() if k.startswith("drop/") and v)
+    return Policy(ratios, drop)

@@ -12,9 +12,10 @@ The helpers :class:`BudgetedEvaluator`, :class:`StopAfterEpisodes`, :func:`make_
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from stable_baselines3 import PPO
@@ -22,8 +23,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from autoprune.errors import ConfigError
-from autoprune.objective import Metrics, PolicyEvaluator
+from autoprune.errors import ConfigError, PolicyError
+from autoprune.objective import Evaluation, Metrics, PolicyEvaluator
 from autoprune.policy import Policy
 from autoprune.search.base import Searcher
 from envs.pruning import LayerPruningEnv
@@ -79,20 +80,20 @@ class BudgetedEvaluator:
 
 
 class StopAfterEpisodes(BaseCallback):
-    """Stop SB3's ``learn`` once the budget is exhausted; save a checkpoint every ``every`` episodes."""
+    """Stop SB3's ``learn`` once the budget is exhausted; call ``checkpoint`` every ``every`` episodes."""
 
-    def __init__(self, budget: BudgetedEvaluator, *, every: int = 0, path: Path | None = None) -> None:
+    def __init__(self, budget: BudgetedEvaluator, *, every: int = 0, checkpoint: Callable[[BaseAlgorithm, int], None] | None = None) -> None:
         super().__init__()
         self.budget = budget
         self.every = every
-        self.path = path
-        self._saved_at = 0
+        self.checkpoint = checkpoint
+        self._saved_at = budget.finished
 
     def _on_step(self) -> bool:
         done = self.budget.finished
-        if self.every and self.path is not None and done // self.every > self._saved_at // self.every:
+        if self.every and self.checkpoint is not None and done // self.every > self._saved_at // self.every and not self.budget.exhausted:
             self._saved_at = done
-            self.model.save(self.path.with_name(f"{self.path.stem}_ep{done}.zip"))
+            self.checkpoint(self.model, done)
         return not self.budget.exhausted
 
 
@@ -138,6 +139,42 @@ def save_agent(model: BaseAlgorithm, path: str | Path) -> str:
     return str(path)
 
 
+CHECKPOINT_ZIP = "checkpoint.zip"
+CHECKPOINT_STATE = "checkpoint.json"
+
+
+def checkpoint_paths(folder: str | Path) -> tuple[Path, Path]:
+    """The rolling checkpoint of a PPO search saved to ``folder``: the agent and the episodes so far."""
+    return Path(folder) / CHECKPOINT_ZIP, Path(folder) / CHECKPOINT_STATE
+
+
+def write_checkpoint(model: BaseAlgorithm, folder: str | Path, history: list[Evaluation], *, n_episodes: int, seed: int) -> None:
+    """Save the agent and the finished episodes, each file atomically (zip first, then the state)."""
+    zpath, spath = checkpoint_paths(folder)
+    zpath.parent.mkdir(parents=True, exist_ok=True)
+    tmp = zpath.with_name("checkpoint.tmp.zip")
+    model.save(tmp)
+    tmp.replace(zpath)
+    state = {"episodes": len(history), "n_episodes": n_episodes, "seed": seed,
+             "history": [{"index": e.index, "policy": e.policy.to_dict(), "metrics": e.metrics.as_dict()} for e in history]}
+    tmp_state = spath.with_name(spath.name + ".tmp")
+    tmp_state.write_text(json.dumps(state))
+    tmp_state.replace(spath)
+
+
+def read_checkpoint(folder: str | Path) -> dict[str, Any] | None:
+    """The saved state of an interrupted PPO search in ``folder`` (None: there is none, or it is unreadable)."""
+    zpath, spath = checkpoint_paths(folder)
+    if not (zpath.is_file() and spath.is_file()):
+        return None
+    try:
+        state = json.loads(spath.read_text())
+        return state if isinstance(state, dict) and isinstance(state.get("history"), list) else None
+    except (OSError, json.JSONDecodeError) as e:
+        log.warning("ignoring the unreadable PPO checkpoint in %s: %s", folder, e)
+        return None
+
+
 class PPOSearcher(Searcher):
     """Train a PPO agent on the layer-by-layer pruning environment (or run a saved one).
 
@@ -150,9 +187,12 @@ class PPOSearcher(Searcher):
         log_std_init: Initial log standard deviation of the Gaussian policy (-0.5: std 0.6 on [-1, 1]).
         n_envs: Environment copies stepping in lock-step (they share the evaluator).
         shaping: Reward shaping of the environment (``None`` or ``"budget"``).
-        checkpoint_every: Save the agent every this many episodes next to ``save_agent`` (0 = off).
-        save_agent: Path of the SB3 zip written at the end (``None`` = not saved).
-        agent: Path of a saved agent to start from: fine-tuned, or only run with ``zero_shot``.
+        checkpoint_every: Every this many episodes, save the agent and the finished episodes in
+            ``save_agent`` (0 = off). A search started again with the same ``save_agent`` resumes
+            from the last checkpoint: those episodes are kept, not re-run.
+        save_agent: Folder of the agent bundle written at the end (:mod:`autoprune.agent`:
+            ``agent.zip`` + ``agent.json``); ``None`` = not saved.
+        agent: A saved agent bundle (folder) to start from: fine-tuned, or only run with ``zero_shot``.
         zero_shot: Run ``agent`` without training: the first episode takes the mean action, the
             others sample the agent's Gaussian, so ``n_episodes`` gives a best-of-n.
     """
@@ -181,27 +221,60 @@ class PPOSearcher(Searcher):
         p = self.params
         check_params(p, self.name)
         if p["zero_shot"] and not p["agent"]:
-            raise ConfigError("search.params.zero_shot needs search.params.agent (the path of a saved PPO agent)")
-        if p["agent"] and not Path(p["agent"]).is_file():
-            raise ConfigError(f"search.params.agent: {p['agent']!r} is not a file; expected a zip written by save_agent")
+            raise ConfigError("search.params.zero_shot needs search.params.agent (a saved agent folder)")
+        if p["agent"] and not Path(p["agent"]).exists():
+            raise ConfigError(f"search.params.agent: {p['agent']!r} does not exist; expected an agent folder written by save_agent")
         budget = BudgetedEvaluator(self, evaluator, n_episodes)
         if p["zero_shot"]:
             self._run_zero_shot(budget, seed)
             return {"agent": str(p["agent"]), "zero_shot": True}
         venv = make_env(budget, int(p["n_envs"]), p["shaping"])
         episode_len = len(venv.envs[0].unwrapped.decisions)
-        model = self._load(venv, seed) if p["agent"] else self._build(venv, episode_len, seed)
-        ckpt = Path(p["save_agent"]) if p["save_agent"] else None
-        callback = StopAfterEpisodes(budget, every=int(p["checkpoint_every"]), path=ckpt)
+        start = len(evaluator.history)
+        state = read_checkpoint(p["save_agent"]) if p["save_agent"] else None
+        if state is not None and state.get("n_episodes") == n_episodes and state.get("episodes", 0) < n_episodes:
+            model = self._resume(venv, state, budget, seed)
+        else:
+            state = None
+            model = self._load(venv, seed) if p["agent"] else self._build(venv, episode_len, seed)
+        def save_checkpoint(m: BaseAlgorithm, done: int) -> None:
+            write_checkpoint(m, p["save_agent"], evaluator.history[start:], n_episodes=n_episodes, seed=seed)
+
+        every = int(p["checkpoint_every"]) if p["save_agent"] else 0
+        callback = StopAfterEpisodes(budget, every=every, checkpoint=save_checkpoint)
         # An upper bound: the callback stops training after exactly n_episodes evaluations.
-        steps = (n_episodes + model.n_envs) * episode_len + model.n_steps * model.n_envs
-        model.learn(total_timesteps=steps, callback=callback, progress_bar=False)
+        steps = (n_episodes - budget.finished + model.n_envs) * episode_len + model.n_steps * model.n_envs
+        model.learn(total_timesteps=steps, callback=callback, progress_bar=False, reset_num_timesteps=state is None)
         if not budget.exhausted:
             log.warning("ppo stopped after %d of %d episodes", budget.finished, n_episodes)
-        extras: dict[str, Any] = {"n_steps": model.n_steps}
+        extras: dict[str, Any] = {"n_steps": model.n_steps, "resumed_episodes": state["episodes"] if state else 0}
         if p["save_agent"]:
-            extras["agent_path"] = save_agent(model, p["save_agent"])
+            from autoprune.agent import save_bundle
+
+            g = evaluator.graph
+            trained_on = {"units": len(g.units), "blocks": len(evaluator.block_names), "budget": evaluator.budget.metric,
+                          "target": evaluator.target, "max_ratio": evaluator.max_ratio}
+            extras["agent_path"] = str(save_bundle(model, p["save_agent"], trained_on=trained_on, episodes=n_episodes))
+            for path in checkpoint_paths(p["save_agent"]):
+                path.unlink(missing_ok=True)  # finished: the next search with this folder starts afresh
         return extras
+
+    def _resume(self, venv: DummyVecEnv, state: dict[str, Any], budget: BudgetedEvaluator, seed: int) -> PPO:
+        """Continue an interrupted search: its episodes go back into the history, the agent is reloaded."""
+        evaluator = budget._evaluator
+        for rec in state["history"]:
+            evaluator.record(Policy.from_dict(rec["policy"]), Metrics.from_dict(rec["metrics"]), index=len(evaluator.history))
+        if self._reporter is not None:
+            self._reporter.bar.update(len(state["history"]))
+        budget.finished = len(state["history"])
+        zpath, _ = checkpoint_paths(self.params["save_agent"])
+        n_steps = self._n_steps(len(venv.envs[0].unwrapped.decisions))
+        log.info("ppo: resuming from the checkpoint after %d of %d episodes", budget.finished, state["n_episodes"])
+        try:
+            return PPO.load(zpath, env=venv, device="cpu", **self._train_kwargs(n_steps, seed + budget.finished))
+        except (ValueError, KeyError, EOFError, OSError) as e:
+            raise ConfigError(f"search.params.save_agent: the checkpoint {str(zpath)!r} cannot be loaded ({e}); "
+                              "delete it (or run with --restart) to start afresh") from e
 
     def _train_kwargs(self, n_steps: int, seed: int) -> dict[str, Any]:
         keys = ("batch_size", "n_epochs", "learning_rate", "gamma", "gae_lambda", "ent_coef", "clip_range")
@@ -225,20 +298,18 @@ class PPOSearcher(Searcher):
 
     def _load(self, venv: DummyVecEnv, seed: int) -> PPO:
         """Fine-tune: the saved network (its ``net_arch``, ``log_std``) with this searcher's training settings."""
+        from autoprune.agent import load_agent
+
         n_steps = self._n_steps(len(venv.envs[0].unwrapped.decisions))
-        try:
-            return PPO.load(self.params["agent"], env=venv, device="cpu", **self._train_kwargs(n_steps, seed))
-        except (ValueError, KeyError) as e:
-            raise ConfigError(f"search.params.agent: {self.params['agent']!r} does not fit this environment: {e}") from e
+        return load_agent(self.params["agent"], env=venv, **self._train_kwargs(n_steps, seed))
 
     def _run_zero_shot(self, budget: BudgetedEvaluator, seed: int) -> None:
-        try:
-            model = PPO.load(self.params["agent"], device="cpu")
-        except (ValueError, KeyError) as e:
-            raise ConfigError(f"search.params.agent: {self.params['agent']!r} cannot be loaded as a PPO agent: {e}") from e
+        from autoprune.agent import load_agent
+
+        model = load_agent(self.params["agent"])
         env = pruning_env(budget, self.params["shaping"])
         if model.observation_space.shape != env.observation_space.shape:
-            raise ConfigError(
+            raise PolicyError(
                 f"search.params.agent: observations of {self.params['agent']!r} have shape {model.observation_space.shape}, "
                 f"the environment's {env.observation_space.shape}; train the agent with this version of autoprune"
             )

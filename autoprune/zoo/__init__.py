@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from autoprune.errors import ConfigError, ModelError
@@ -31,4 +32,32 @@ def build_model(name: str, *, in_channels: int, num_classes: int, input_size: in
     raise ConfigError(f"model.name: unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)} or 'package.module:factory'")
 
 
-__all__ = ["DATASET_NAMES", "MODEL_NAMES", "DataBundle", "Split", "build_model", "load_data"]
+def check_model_fits(model: nn.Module, name: str, *, in_channels: int, num_classes: int, input_size: int) -> None:
+    """One forward pass on zeros, so a model built for other data fails in one line, not mid-training.
+
+    Call it on a freshly built model before training it (a ``"module:factory"`` plugin may
+    ignore the shape it is given).
+
+    Raises:
+        ModelError: the forward pass fails or the output is not ``(batch, num_classes)``.
+    """
+    shape = (2, in_channels, input_size, input_size)
+    given = f"built with in_channels={in_channels}, num_classes={num_classes}, input_size={input_size}"
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.zeros(shape))
+    except Exception as e:  # the user's forward: any error is a mismatch with the data
+        first = " ".join(str(e).split())[:300]
+        raise ModelError(f"model.name: model {name!r} fails on an input of shape {shape} "
+                         f"({type(e).__name__}: {first}); {given}") from e
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"model.name: model {name!r} outputs {got} for an input of shape {shape}; "
+                         f"expected (2, {num_classes}) logits; {given}")
+
+
+__all__ = ["DATASET_NAMES", "MODEL_NAMES", "DataBundle", "Split", "build_model", "check_model_fits", "load_data"]

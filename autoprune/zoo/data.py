@@ -116,14 +116,23 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def fashion_mnist_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """Find the Fashion-MNIST IDX files: ``data_dir``, then ``$AUTOPRUNE_DATA``, then Debian's package.
+    """Find the Fashion-MNIST IDX files: ``data_dir`` (only there when given), else ``$AUTOPRUNE_DATA``, then Debian's package.
 
     Raises:
         DataError: naming where the four files are expected.
     """
-    candidates: list[Path] = []
     if data_dir is not None:
-        candidates.append(Path(data_dir))
+        # An explicit directory is used as given: falling back to another copy would hide the mistake.
+        d = Path(data_dir)
+        for candidate in (d, d / "fashion-mnist"):
+            if all((candidate / f).is_file() for f in FASHION_FILES.values()):
+                return candidate
+        what = "does not exist" if not d.exists() else "is not a directory" if not d.is_dir() else "lacks some of the files"
+        raise DataError(
+            f"data.data_dir: {str(d)!r} {what}; expected a directory holding {', '.join(FASHION_FILES.values())} "
+            f"(or null to use $AUTOPRUNE_DATA, then {DEBIAN_FASHION_MNIST})"
+        )
+    candidates: list[Path] = []
     if os.environ.get("AUTOPRUNE_DATA"):
         root = Path(os.environ["AUTOPRUNE_DATA"])
         candidates += [root / "fashion-mnist", root]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any, Callable
 
 from autoprune.errors import ConfigError
@@ -42,15 +43,44 @@ def resolve_reference(ref: str, *, field: str) -> Callable[..., Any]:
 
 
 def call_factory(ref: str, *, field: str, **kwargs: Any) -> Any:
-    """Resolve ``ref`` and call it with ``kwargs``, turning its exceptions into a ConfigError."""
+    """Resolve ``ref`` and call it with ``kwargs`` (or with no arguments if it takes none of them).
+
+    Raises:
+        ConfigError: the factory's signature fits neither call, or the factory raised; the
+            message names ``field``, ``ref`` and the factory's own error.
+    """
     factory = resolve_reference(ref, field=field)
+    args = _fitting_kwargs(factory, kwargs)
+    if args is None:
+        expected = ", ".join(f"{k}=" for k in kwargs)
+        raise ConfigError(f"{field}: factory {ref!r} has signature {_signature(factory)}; it must accept {expected} or no arguments")
     try:
-        return factory(**kwargs)
-    except TypeError:
-        # Retry without keyword arguments the factory does not accept.
+        return factory(**args)
+    except Exception as e:  # the user's code: any error is theirs, named in one line
+        raise ConfigError(f"{field}: factory {ref!r} raised {type(e).__name__}: {' '.join(str(e).split())}") from e
+
+
+def _fitting_kwargs(factory: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """``kwargs`` if the factory accepts them, ``{}`` if it takes no arguments, None if neither fits.
+
+    Decided from the signature, so a TypeError raised inside the factory is reported as it is
+    rather than hidden by a retry without arguments.
+    """
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature (some builtins): try the keywords
+        return kwargs
+    for candidate in (kwargs, {}):
         try:
-            return factory()
-        except Exception as e2:
-            raise ConfigError(f"{field}: factory {ref!r} raised {type(e2).__name__}: {e2}") from e2
-    except Exception as e:
-        raise ConfigError(f"{field}: factory {ref!r} raised {type(e).__name__}: {e}") from e
+            sig.bind(**candidate)
+        except TypeError:
+            continue
+        return candidate
+    return None
+
+
+def _signature(factory: Callable[..., Any]) -> str:
+    try:
+        return str(inspect.signature(factory))
+    except (TypeError, ValueError):
+        return "(?)"

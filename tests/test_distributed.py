@@ -1,0 +1,324 @@
+"""Distributed and interrupted searches, for real: worker processes on the throwaway PostgreSQL
+server, ``kill -9`` of a worker and of a whole ``autoprune run``, and one MLflow run on the
+MLflow server collecting every worker's trials.
+
+The objective is the trained digits MLP under a MAC budget (~0.3 s a trial). A spawned worker
+needs 5-20 s to start (import torch, load the baseline, calibrate the latency table), longer
+than the whole search would take; so the in-process worker waits, in its evaluation callback
+(a real hook of ``run_search``), until the other process holds a trial. That makes "both
+processes ran trials" and "the worker was killed in the middle of a trial" deterministic
+instead of a race against the machine's load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+from optuna.trial import FrozenTrial, TrialState
+
+from autoprune.config import parse_config
+from autoprune.experiment import run_search
+from autoprune.train import TrainSettings, train_or_load
+from autoprune.tracking import Tracker
+
+WORKER_START_TIMEOUT = 90.0  # seconds for a spawned worker to start its first trial on a loaded machine
+RUN_TIMEOUT = 240.0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, digits) -> Path:
+    """A trained digits MLP, shared by every process of this module (none of them trains its own)."""
+    path = tmp_path_factory.mktemp("baseline") / "mlp-digits.pt"
+    train_or_load("mlp", digits, TrainSettings(epochs=2, batch_size=64, lr=0.05, augment=False), checkpoint=path, progress=False)
+    return path
+
+
+def config(tmp_path: Path, checkpoint: Path, episodes: int, **search: Any) -> dict[str, Any]:
+    params = {"n_startup_trials": 4, "heartbeat_interval": 1, "grace_period": 3, "poll_interval": 0.2, **search.pop("params", {})}
+    return {
+        "name": "dist",
+        "output_dir": str(tmp_path / "out"),
+        "model": {"name": "mlp", "checkpoint": str(checkpoint)},
+        "data": {"name": "digits"},
+        "budget": {"metric": "macs", "target": 0.6},
+        "latency": {"threads": 1, "rounds": 5},
+        "proxy": {"bn_batches": 2, "val_samples": 200},
+        "search": {"searcher": "optuna", "episodes": episodes, "params": params, **search},
+        "finetune": {"epochs": 0},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "register": False},
+    }
+
+
+def subprocess_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(OMP_NUM_THREADS="1", AUTOPRUNE_PROGRESS="", PYTHONUNBUFFERED="1")
+    return env
+
+
+def read_trials(url: str, study: str) -> list[FrozenTrial]:
+    """The study's trials, read through a storage of our own (closed again: no pooled connections left)."""
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    finally:
+        storage.engine.dispose()
+
+
+def params_key(t: FrozenTrial) -> tuple:
+    return tuple(sorted(t.params.items()))
+
+
+def assert_exact_budget(trials: list[FrozenTrial], episodes: int) -> list[FrozenTrial]:
+    """No trial left RUNNING or WAITING, exactly ``episodes`` COMPLETE, no policy computed twice; returns the COMPLETE ones."""
+    states = {t.number: t.state for t in trials}
+    assert sorted(states) == list(range(len(trials))), "trial numbers must be unique and contiguous"
+    assert all(s in (TrialState.COMPLETE, TrialState.FAIL) for s in states.values()), states
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == episodes, f"{len(complete)} COMPLETE trials, {episodes} requested: {states}"
+    keys = [params_key(t) for t in complete]
+    assert len(set(keys)) == len(keys), "two COMPLETE trials evaluated the same policy"
+    return complete
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}", pytrace=False)
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"({path} missing)"
+
+
+@contextlib.contextmanager
+def reaped(procs: list[subprocess.Popen]) -> Iterator[list[subprocess.Popen]]:
+    """Kill (by pid) whatever the test started and is still running when it ends."""
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------- two workers
+
+
+TWO_WORKER_EPISODES = 14
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory, checkpoint, postgres_server, mlflow_server) -> dict[str, Any]:
+    """``run_search`` with ``search.workers: 2`` on PostgreSQL: this process and one spawned
+    ``autoprune worker``, both logging to one run on the MLflow server."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved = tracking_utils._tracking_uri, registry_utils._registry_uri, {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    tmp = tmp_path_factory.mktemp("two-workers")
+    url = postgres_server.create_database("two_workers")
+    raw = config(tmp, checkpoint, TWO_WORKER_EPISODES, storage=url, study="pair", workers=2)
+    raw["tracking"] = {"uri": mlflow_server, "register": False, "experiment": "distributed"}
+    cfg = parse_config(raw)
+    mine: list[int] = []
+    reader = optuna.storages.RDBStorage(url)
+
+    def worker_has_a_trial() -> bool:
+        trials = optuna.load_study(study_name="pair", storage=reader).get_trials(deepcopy=False)
+        return any(t.number not in mine for t in trials)
+
+    try:
+        with Tracker(cfg) as tracker:
+            def callback(evaluation) -> None:
+                tracker.log_episode(evaluation)
+                mine.append(evaluation.index)
+                if len(mine) == 1:  # hold this process's first trial until the spawned worker runs one too
+                    wait_for(worker_has_a_trial, WORKER_START_TIMEOUT,
+                             f"the spawned worker's first trial; its log:\n{tail(tmp / 'out' / 'workers' / 'worker-1.log')}", 0.2)
+
+            run = run_search(cfg, progress=False, callback=callback, tracking=(tracker.uri, tracker.run_id))
+        return {"run": run, "url": url, "run_id": tracker.run_id, "mlflow": mlflow_server, "out": tmp / "out",
+                "trials": read_trials(url, "pair")}
+    finally:
+        reader.engine.dispose()
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved[0], saved[1]
+        for k, v in saved[2].items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_two_workers_on_postgres_run_exactly_the_requested_trials_between_them(two_workers):
+    trials, result = two_workers["trials"], two_workers["run"].result
+    complete = assert_exact_budget(trials, TWO_WORKER_EPISODES)
+    assert len(trials) == TWO_WORKER_EPISODES, "a trial was lost or run twice"
+    enqueued = [t.number for t in trials if "fixed_params" in t.system_attrs]
+    assert not enqueued
+    mine = result.extras["trial_numbers"]
+    theirs = sorted(set(range(TWO_WORKER_EPISODES)) - set(mine))
+    assert mine and theirs, f"both processes must run trials: this one ran {mine}"
+    assert result.extras["imported_trials"] == len(theirs)
+    log = (two_workers["out"] / "workers" / "worker-1.log").read_text()
+    ran = re.search(r"worker done: ran (\d+) trial\(s\) of study 'pair'", log)
+    assert ran is not None, log
+    assert int(ran.group(1)) == len(theirs), log
+    # Every trial's metrics are in the final history, once, in trial order.
+    assert [e.index for e in result.history] == list(range(TWO_WORKER_EPISODES))
+    stored = {t.number: t.user_attrs["metrics"] for t in complete}
+    for e in result.history:
+        assert e.metrics.reward == pytest.approx(stored[e.index]["reward"])
+        assert e.metrics.accuracy == pytest.approx(stored[e.index]["accuracy"])
+    assert result.best is not None and result.best.index in stored
+
+
+def test_two_workers_log_their_trials_as_steps_of_one_mlflow_run(two_workers):
+    client = MlflowClient(tracking_uri=two_workers["mlflow"])
+    run = client.get_run(two_workers["run_id"])
+    assert run.info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "failed"))
+    assert steps == list(range(TWO_WORKER_EPISODES)), "each trial, of either process, is one step of the run"
+    rewards = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "reward")}
+    by_trial = {t.number: t.user_attrs["reward"] for t in two_workers["trials"]}
+    assert rewards == pytest.approx(by_trial)
+    experiment = client.get_experiment_by_name("distributed")
+    assert len(client.search_runs([experiment.experiment_id])) == 1, "workers must not open runs of their own"
+
+
+# --------------------------------------------------------------------------- kill -9 a worker
+
+
+def test_a_worker_killed_mid_trial_is_replaced_and_the_study_still_reaches_its_count(tmp_path, checkpoint, postgres_url):
+    episodes = 8
+    cfg = parse_config(config(tmp_path, checkpoint, episodes, storage=postgres_url, study="kill"))
+    procs: list[subprocess.Popen] = []
+    killed: dict[str, Any] = {}
+    reader = optuna.storages.RDBStorage(postgres_url)
+    log_path = tmp_path / "victim.log"
+
+    def victims_running_trial(current: int) -> int | None:
+        trials = optuna.load_study(study_name="kill", storage=reader).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return next((t.number for t in trials if t.number != current), None)
+
+    def callback(evaluation) -> None:
+        if procs:
+            return
+        with open(log_path, "w") as out:  # the study is published: a worker can join it
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "autoprune", "worker", "--storage", postgres_url, "--study", "kill", "--threads", "1"],
+                stdout=out, stderr=subprocess.STDOUT, env=subprocess_env(),
+            ))
+        number = wait_for(lambda: victims_running_trial(evaluation.index), WORKER_START_TIMEOUT,
+                          f"the worker's first trial; its log:\n{tail(log_path)}", 0.05)
+        procs[0].send_signal(signal.SIGKILL)  # in the middle of trial `number`
+        procs[0].wait(timeout=30)
+        killed.update(number=number, at=time.monotonic())
+
+    try:
+        with reaped(procs):
+            run = run_search(cfg, progress=False, callback=callback)
+    finally:
+        reader.engine.dispose()
+    assert procs[0].returncode == -signal.SIGKILL
+    trials = read_trials(postgres_url, "kill")
+    complete = assert_exact_budget(trials, episodes)
+    victim = trials[killed["number"]]
+    assert victim.state == TrialState.FAIL and "error" not in victim.user_attrs, "the killed trial is failed as stale, not as a bad policy"
+    assert victim.datetime_complete is not None
+    retries = [t for t in complete if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1, "the killed trial's parameters are queued again, once"
+    assert retries[0].params == victim.params
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == [victim.number]
+    history = run.result.history
+    assert sorted(e.index for e in history) == sorted(t.number for t in complete)
+
+
+# --------------------------------------------------------------------------- kill -9 a whole run, then resume
+
+
+def test_run_killed_with_sigkill_resumes_its_study_and_its_mlflow_run(tmp_path, checkpoint):
+    episodes, kill_after = 12, 4
+    raw = config(tmp_path, checkpoint, episodes, params={"grace_period": 2})
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
+    out, db = tmp_path / "out", f"sqlite:///{tmp_path / 'out' / 'study.db'}"
+    command = [sys.executable, "-m", "autoprune", "run", "exp.yaml"]
+    counts: list[int] = []  # COMPLETE trials in the study, sampled while both runs go on
+
+    def complete_now() -> int | None:
+        if not (out / "study.db").exists():
+            return None
+        try:
+            return sum(t.state == TrialState.COMPLETE for t in read_trials(db, "dist"))
+        except Exception:  # the study is not created yet, or the database is locked right now
+            return None
+
+    def sample() -> int:
+        n = complete_now()
+        if n is not None:
+            counts.append(n)
+        return n or 0
+
+    procs: list[subprocess.Popen] = []
+    with reaped(procs):
+        first_log = open(tmp_path / "first.log", "w")
+        procs.append(subprocess.Popen(command, cwd=tmp_path, stdout=first_log, stderr=subprocess.STDOUT, env=subprocess_env()))
+        first_log.close()
+        wait_for(lambda: procs[0].poll() is not None or sample() >= kill_after, RUN_TIMEOUT, "the first trials", 0.05)
+        assert procs[0].poll() is None, f"the run ended before it was killed:\n{tail(tmp_path / 'first.log')}"
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(timeout=30)
+        at_kill = read_trials(db, "dist")
+        run_file = json.loads((out / "mlflow_run.json").read_text())
+
+        second_log = open(tmp_path / "second.log", "w")
+        procs.append(subprocess.Popen(command, cwd=tmp_path, stdout=second_log, stderr=subprocess.STDOUT, env=subprocess_env()))
+        second_log.close()
+        wait_for(lambda: (sample(), procs[1].poll() is not None)[1], RUN_TIMEOUT, "the resumed run", 0.1)
+    assert procs[1].returncode == 0, tail(tmp_path / "second.log")
+
+    done_at_kill = [t for t in at_kill if t.state == TrialState.COMPLETE]
+    assert kill_after <= len(done_at_kill) < episodes
+    assert counts == sorted(counts), f"the COMPLETE count went down: {counts}"
+    trials = read_trials(db, "dist")
+    complete = assert_exact_budget(trials, episodes)
+    assert {t.number: t.params for t in done_at_kill} == {t.number: t.params for t in complete if t.number < len(at_kill)}, \
+        "trials finished before the kill are kept as they were"
+    rerun = [t for t in complete if t.number >= len(at_kill)]
+    assert len(rerun) == episodes - len(done_at_kill), "the rerun runs only the missing trials"
+    for t in at_kill:
+        if t.state == TrialState.RUNNING:  # the trial killed mid-evaluation: failed as stale and retried
+            assert trials[t.number].state == TrialState.FAIL
+            assert [r.params for r in rerun if r.system_attrs.get("failed_trial") == t.number] == [t.params]
+
+    # The MLflow run of the killed job is the one resumed and finished.
+    assert json.loads((out / "mlflow_run.json").read_text())["run_id"] == run_file["run_id"]
+    client = MlflowClient(tracking_uri=raw["tracking"]["uri"])
+    run = client.get_run(run_file["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags.get("resumed") == "true"
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    assert f"MLflow run {run_file['run_id']}" in (tmp_path / "second.log").read_text()

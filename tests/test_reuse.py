@@ -1,0 +1,162 @@
+"""Reuse: policy files round-trip, refuse other architectures, transfer to siblings, warm-start Optuna, run saved agents."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+import torch
+
+from autoprune.cli import main
+from autoprune.config import parse_config
+from autoprune.experiment import build_evaluator, load_baseline, run_search
+from autoprune.export import load_pruned
+from autoprune.graph import PrunableGraph
+from autoprune.policy import POLICY_FORMAT, load_policy
+from autoprune.surgery import apply_policy
+from autoprune.train import TrainSettings, train_or_load
+from autoprune.zoo import load_data
+
+
+def config(tmp, model, name, **over):
+    cfg = {
+        "name": name,
+        "output_dir": str(tmp / name),
+        "model": {"name": model, "checkpoint": str(tmp / f"{model}.pt")},
+        "data": {"name": "digits"},
+        "budget": {"metric": "macs", "target": 0.5},
+        "latency": {"threads": 1, "rounds": 5},
+        "proxy": {"bn_batches": 2, "val_samples": 200},
+        "search": {"searcher": "optuna", "episodes": 5},
+        "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db"},
+    }
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v}
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Two trained digits baselines (ResNet-20 and ResNet-32) and a ResNet-20 search's policy.json."""
+    tmp = tmp_path_factory.mktemp("reuse")
+    digits = load_data("digits")
+    for name in ("resnet20", "resnet32"):
+        torch.manual_seed(0)
+        train_or_load(name, digits, TrainSettings(epochs=2, batch_size=64, lr=0.05, augment=False), checkpoint=tmp / f"{name}.pt", progress=False)
+    yaml_path = tmp / "r20.yaml"
+    yaml_path.write_text(json.dumps(config(tmp, "resnet20", "r20")))
+    run = run_search(parse_config(config(tmp, "resnet20", "r20")), progress=False)
+    return tmp, run.policy_path
+
+
+def cli(capsys, *args):
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    out = capsys.readouterr()
+    return exit_.value.code, out.out, out.err
+
+
+def test_search_writes_a_versioned_policy_with_the_model_fingerprint(workspace):
+    _, policy_path = workspace
+    doc = json.loads(policy_path.read_text())
+    assert doc["format"] == POLICY_FORMAT
+    fp = doc["fingerprint"]
+    assert len(fp["arch_hash"]) == 16 and fp["dense_macs"] > 0
+    assert [u["name"] for u in fp["units"]] == sorted(doc["ratios"], key=[u["name"] for u in fp["units"]].index)
+    assert {"kind", "depth", "resolution", "coupled", "channels"} <= set(fp["units"][0])
+    assert doc["budget"] == {"metric": "macs", "target": 0.5}
+
+
+def test_apply_on_the_same_architecture_is_exact_and_logged(workspace, capsys):
+    tmp, policy_path = workspace
+    out = tmp / "applied.pt"
+    code, stdout, err = cli(capsys, "apply", "--policy", str(policy_path), "--model", "resnet20", "--data", "digits",
+                            "--checkpoint", str(tmp / "resnet20.pt"), "--out", str(out), "--tracking-uri", f"sqlite:///{tmp}/mlflow.db")
+    assert code in (0, None), err
+    net, meta = load_pruned(out)
+    policy, _ = load_policy(str(policy_path))
+    baseline = load_baseline(parse_config(config(tmp, "resnet20", "r20")), progress=False)
+    expected = apply_policy(baseline.model, policy, example_input=baseline.data.example_input(1))
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in expected.state_dict().items()}
+    x = baseline.data.example_input(4)
+    assert torch.allclose(net.eval()(x), expected.eval()(x), atol=1e-5)
+    assert meta["extra"]["policy"] == policy.to_dict()
+    runs = mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db").search_runs(
+        [mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db").get_experiment_by_name("apply").experiment_id])
+    assert runs and runs[0].info.status == "FINISHED" and "test_accuracy" in runs[0].data.metrics
+
+
+def test_apply_refuses_a_policy_of_another_architecture_naming_the_units(workspace, capsys):
+    tmp, policy_path = workspace
+    code, _, err = cli(capsys, "apply", "--policy", str(policy_path), "--model", "resnet32", "--data", "digits",
+                       "--checkpoint", str(tmp / "resnet32.pt"), "--no-track", "--out", str(tmp / "x.pt"))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "another architecture" in err and "layer3.4.conv1" in err and "autoprune transfer" in err
+    assert not (tmp / "x.pt").exists()
+
+
+def test_old_policy_format_is_refused_with_the_reason(workspace, tmp_path):
+    _, policy_path = workspace
+    doc = json.loads(policy_path.read_text())
+    doc["format"] = "autoprune-policy/1"
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(doc))
+    with pytest.raises(Exception, match=r"format 'autoprune-policy/1'; this version reads 'autoprune-policy/2' \(it has no model fingerprint"):
+        load_policy(str(old))
+
+
+def test_transfer_to_resnet32_gives_a_feasible_policy_and_prints_the_mapping(workspace, capsys):
+    tmp, policy_path = workspace
+    cfg_path = tmp / "r32.yaml"
+    cfg_path.write_text(json.dumps(config(tmp, "resnet32", "r32")))
+    out = tmp / "r32_policy.json"
+    code, stdout, err = cli(capsys, "transfer", str(cfg_path), "--policy", str(policy_path), "--out", str(out))
+    assert code in (0, None), err
+    assert "| layer3.4.conv1 | conv |" in stdout and "scale" in stdout
+    doc = json.loads(out.read_text())
+    assert doc["searcher"] == "transfer" and doc["transferred_from"]["model"] == "resnet20"
+    assert doc["metrics"]["feasible"] and doc["metrics"]["value"] <= 0.5
+    graph = PrunableGraph(load_baseline(parse_config(config(tmp, "resnet32", "r32")), progress=False).model,
+                          load_data("digits").example_input(1))
+    assert set(doc["ratios"]) == set(graph.unit_names)
+    assert [u["name"] for u in doc["fingerprint"]["units"]] == graph.unit_names
+    # The transferred file now applies to ResNet-32 by name.
+    code, _, err = cli(capsys, "apply", "--policy", str(out), "--model", "resnet32", "--data", "digits",
+                       "--checkpoint", str(tmp / "resnet32.pt"), "--no-track", "--out", str(tmp / "r32.pt"))
+    assert code in (0, None), err
+
+
+def test_warm_start_enqueues_the_transferred_policy_as_the_first_trial(workspace):
+    tmp, policy_path = workspace
+    cfg = parse_config(config(tmp, "resnet32", "r32warm", search={"episodes": 3}))
+    run = run_search(cfg, progress=False, warm_start=load_policy(str(policy_path)))
+    first = run.result.history[0]
+    assert first.index == 0 and first.metrics.feasible
+    assert set(first.policy.ratios) == set(run.evaluator.unit_names)
+    src, _ = load_policy(str(policy_path))
+    # Later stages keep the source's ordering of ratios between the first convs of the stages.
+    assert (first.policy.ratios["layer3.0.conv1"] > first.policy.ratios["layer1.0.conv1"]) == (src.ratios["layer3.0.conv1"] > src.ratios["layer1.0.conv1"])
+
+
+def test_search_with_a_saved_agent_runs_it_zero_shot_on_another_model(workspace, capsys):
+    tmp, _ = workspace
+    ppo = config(tmp, "resnet20", "ppo20", search={"searcher": "ppo", "episodes": 3})
+    (tmp / "ppo20.yaml").write_text(json.dumps(ppo))
+    code, _, err = cli(capsys, "search", str(tmp / "ppo20.yaml"))
+    assert code in (0, None), err
+    agent = tmp / "ppo20" / "agent"
+    assert (agent / "agent.zip").is_file() and (agent / "agent.json").is_file()
+    (tmp / "r32z.yaml").write_text(json.dumps(config(tmp, "resnet32", "r32z", search={"episodes": 2})))
+    code, stdout, err = cli(capsys, "search", str(tmp / "r32z.yaml"), "--agent", str(agent), "--zero-shot")
+    assert code in (0, None), err
+    doc = json.loads((tmp / "r32z" / "policy.json").read_text())
+    assert doc["searcher"] == "ppo" and doc["metrics"]["feasible"]
+    assert set(doc["ratios"]) <= {u["name"] for u in doc["fingerprint"]["units"]} and "layer3.4.conv1" in doc["ratios"]
+
+
+def test_zero_shot_without_an_agent_is_a_usage_error(workspace, capsys):
+    tmp, _ = workspace
+    (tmp / "z.yaml").write_text(json.dumps(config(tmp, "resnet20", "z")))
+    code, _, err = cli(capsys, "search", str(tmp / "z.yaml"), "--zero-shot")
+    assert code == 2 and "--zero-shot needs --agent" in err

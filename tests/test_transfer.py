@@ -1,0 +1,211 @@
+"""Policy transfer: mapping a policy across architectures by stage and depth, block drops, and refitting to a budget."""
+
+import json
+
+import pytest
+
+from autoprune.errors import BudgetError, ConfigError, PolicyError
+from autoprune.graph import PrunableGraph
+from autoprune.objective import Budget, PolicyEvaluator
+from autoprune.policy import Policy, check_policy_fits, load_policy, model_fingerprint, policy_document, write_policy_file
+from autoprune.transfer import MappingRow, mapping_table, refit_to_budget, transfer, transfer_policy
+
+from conftest import SEARCH_SETTINGS
+
+TARGET = 0.5
+
+
+@pytest.fixture(scope="module")
+def graphs(make_model, example_input):
+    """Graphs of the zoo models a policy is mapped between (seeded weights; no training needed)."""
+    return {name: PrunableGraph(make_model(name), example_input) for name in ("resnet20", "resnet56", "mobilenetv2")}
+
+
+@pytest.fixture(scope="module")
+def resnet32_evaluator(make_model, digits) -> PolicyEvaluator:
+    """An evaluator over an untrained ResNet-32 under a MAC budget (exact feasibility)."""
+    return PolicyEvaluator(make_model("resnet32"), digits, budget=Budget(metric="macs", target=TARGET), **SEARCH_SETTINGS)
+
+
+def deepening_policy(graph, low=0.1, high=0.6, drop=()):
+    """Ratios growing linearly with depth: low for the first unit, high for the last."""
+    return Policy({u.name: low + (high - low) * u.features.depth for u in graph.units}, tuple(drop))
+
+
+def stage_of(name):
+    """ResNet stage of a unit or block name (conv1 is the stem, stage 1)."""
+    return name.split(".")[0] if name.startswith("layer") else "layer1"
+
+
+def inner_convs(graph):
+    return [u.name for u in graph.units if not u.features.coupled]
+
+
+# ----------------------------------------------------------------- transfer_policy
+def test_same_architecture_transfer_is_the_identity(graphs):
+    g = graphs["resnet20"]
+    policy = deepening_policy(g, drop=("layer1.1", "layer3.2"))
+    mapped, rows = transfer_policy(policy, model_fingerprint(g), g)
+    assert mapped == policy
+    assert {r.how for r in rows} == {"same name"}
+    assert [r.name for r in rows if r.kind != "block"] == g.unit_names
+    assert [r.name for r in rows if r.dropped] == ["layer1.1", "layer3.2"]
+
+
+def test_deeper_resnet_gets_every_unit_with_the_source_depth_profile(graphs):
+    src, dst = graphs["resnet20"], graphs["resnet56"]
+    mapped, rows = transfer_policy(deepening_policy(src), model_fingerprint(src), dst)
+    assert list(mapped.ratios) == dst.unit_names and mapped.drop == ()
+    dst.validate_policy(mapped.ratios, mapped.drop)
+    inner = [mapped.ratios[n] for n in inner_convs(dst)]
+    assert inner == sorted(inner) and inner[-1] - inner[0] > 0.4
+    source = deepening_policy(src).ratios
+    # first and last inner conv of each stage take the first and last of the source stage
+    for stage in ("layer1", "layer2", "layer3"):
+        s = [n for n in inner_convs(src) if stage_of(n) == stage]
+        d = [n for n in inner_convs(dst) if stage_of(n) == stage]
+        assert mapped.ratios[d[0]] == pytest.approx(source[s[0]]) and mapped.ratios[d[-1]] == pytest.approx(source[s[-1]])
+    # residual streams map stage by stage
+    for name in ("conv1", "layer2.0.shortcut.0", "layer3.0.shortcut.0"):
+        assert mapped.ratios[name] == pytest.approx(source[name])
+        assert next(r for r in rows if r.name == name).sources == (name,)
+
+
+def test_policy_pruning_only_the_last_stage_maps_to_the_last_stage_only(graphs):
+    src, dst = graphs["resnet20"], graphs["resnet56"]
+    policy = Policy({n: (0.5 if stage_of(n) == "layer3" else 0.0) for n in src.unit_names})
+    mapped, _ = transfer_policy(policy, model_fingerprint(src), dst)
+    pruned = {n for n, r in mapped.ratios.items() if r > 0}
+    assert pruned == {n for n in dst.unit_names if stage_of(n) == "layer3"}
+    assert all(r == pytest.approx(0.5) for n, r in mapped.ratios.items() if n in pruned)
+
+
+def test_stages_are_matched_by_rank_when_resolutions_differ(graphs):
+    src, dst = graphs["resnet20"], graphs["resnet56"]
+    policy = Policy({n: (0.5 if stage_of(n) == "layer3" else 0.0) for n in src.unit_names}, ("layer3.1",))
+    halved = model_fingerprint(src)  # as if the source had a stride-2 stem: stages 0.5, 0.25, 0.125
+    for entry in halved["units"] + halved["blocks"]:
+        entry["resolution"] /= 2
+    mapped, rows = transfer_policy(policy, halved, dst)
+    by_resolution, rows_by_resolution = transfer_policy(policy, model_fingerprint(src), dst)
+    assert mapped == by_resolution and [r.sources for r in rows] == [r.sources for r in rows_by_resolution]
+    assert set(mapped.drop) == {"layer3.1", "layer3.2", "layer3.3", "layer3.4"}  # the first half, like the source
+    assert "stage 0.25 <- source 0.125" in next(r.how for r in rows if r.name == "layer3.8.conv1")
+
+
+def test_dropping_one_of_three_stage_blocks_drops_a_third_of_the_deeper_stage(graphs):
+    src, dst = graphs["resnet20"], graphs["resnet56"]
+    mapped, rows = transfer_policy(deepening_policy(src, drop=("layer1.1",)), model_fingerprint(src), dst)
+    assert set(mapped.drop) == {"layer1.3", "layer1.4", "layer1.5"}  # the middle third, like the source's middle block
+    dropped_rows = [r for r in rows if r.dropped]
+    assert all(r.sources == ("layer1.1",) and "1/3" in r.how for r in dropped_rows)
+
+
+def test_a_stage_is_never_emptied_unless_the_source_emptied_it(graphs):
+    src, dst = graphs["resnet56"], graphs["resnet20"]
+    most = tuple(f"layer1.{i}" for i in range(8))  # 8 of 9 -> rounds to 3 of 3, kept at 2
+    mapped, _ = transfer_policy(Policy({}, most), model_fingerprint(src), dst)
+    assert len(mapped.drop) == 2 and set(mapped.drop) < {"layer1.0", "layer1.1", "layer1.2"}
+    every = tuple(f"layer2.{i}" for i in range(1, 9))  # every droppable block of the stage
+    mapped, _ = transfer_policy(Policy({}, every), model_fingerprint(src), dst)
+    assert set(mapped.drop) == {"layer2.1", "layer2.2"}
+
+
+def test_drops_are_left_out_when_block_dropping_is_off(graphs):
+    src, dst = graphs["resnet20"], graphs["resnet56"]
+    mapped, rows = transfer_policy(deepening_policy(src, drop=("layer1.1",)), model_fingerprint(src), dst, allow_drop=False)
+    assert mapped.drop == ()
+    blocks = [r for r in rows if r.kind == "block"]
+    assert len(blocks) == len(dst.blocks) and all("dropping is off" in r.how for r in blocks)
+
+
+def test_resnet_policy_maps_onto_depthwise_mobilenet(graphs):
+    src, dst = graphs["resnet20"], graphs["mobilenetv2"]
+    mapped, rows = transfer_policy(deepening_policy(src, drop=("layer1.1",)), model_fingerprint(src), dst, max_ratio=0.5)
+    dst.validate_policy(mapped.ratios, mapped.drop)
+    assert list(mapped.ratios) == dst.unit_names and set(mapped.drop) <= set(dst.block_names)
+    assert all(0.0 <= r <= 0.5 for r in mapped.ratios.values())
+    assert max(mapped.ratios.values()) == 0.5  # the source's deepest ratios (up to 0.54) are clipped
+    depthwise = [r for r in rows if r.kind == "depthwise"]
+    assert depthwise and all("conv for depthwise" in r.how for r in depthwise)
+    # the residual streams (projections) take the source's residual streams of the same stage
+    assert next(r for r in rows if r.name == "blocks.5.project.0").sources == ("layer2.0.shortcut.0",)
+
+
+def test_policy_without_fingerprint_cannot_be_transferred(graphs):
+    g = graphs["resnet20"]
+    with pytest.raises(PolicyError, match="no model fingerprint.*applied by unit names"):
+        transfer_policy(deepening_policy(g), None, graphs["resnet56"])
+    with pytest.raises(PolicyError, match=r"unit #0 lacks \['kind'"):
+        transfer_policy(deepening_policy(g), {"units": [{"name": "conv1"}], "blocks": []}, graphs["resnet56"])
+    with pytest.raises(PolicyError, match="fingerprint does not list"):
+        transfer_policy(Policy({"features.0": 0.3}), model_fingerprint(g), graphs["resnet56"])
+    with pytest.raises(ConfigError, match="max_ratio"):
+        transfer_policy(deepening_policy(g), model_fingerprint(g), graphs["resnet56"], max_ratio=1.0)
+
+
+def test_mapping_table_has_a_line_per_row():
+    rows = [
+        MappingRow("a.conv", "conv", 0.25, 0.5, False, ("x", "y", "z"), 0.3, 0.35, "interp depth 0.20-0.30 (conv, stage 0.5)"),
+        MappingRow("a", "block", 0.2, 0.5, False, ("x",), None, None, "drop: ...", True),
+    ]
+    lines = mapping_table(rows).splitlines()
+    assert len(lines) == 4 and lines[0].startswith("| target | kind")
+    assert "x, y +1" in lines[2] and "0.300 | 0.350" in lines[2]
+    assert "| drop | drop |" in lines[3]
+
+
+# ----------------------------------------------------------------- refit and transfer()
+def test_transferred_policy_is_refitted_to_meet_the_budget_and_keeps_its_shape(graphs, resnet32_evaluator, tmp_path):
+    src, ev = graphs["resnet20"], resnet32_evaluator
+    doc = policy_document(deepening_policy(src, 0.05, 0.3), model="resnet20", data="digits", metric="macs", target=0.8,
+                          backend={}, searcher="random", fingerprint=model_fingerprint(src))
+    policy, payload = load_policy(str(write_policy_file(tmp_path / "policy.json", doc)))
+
+    result = transfer(policy, payload, ev)
+    assert not result.identity and result.scale > 1.0  # the source was found for a looser budget: scaled up
+    assert TARGET - 0.01 <= result.predicted_value <= TARGET
+    assert set(result.policy.ratios) == set(ev.unit_names)
+    metrics = ev.evaluate(result.policy)
+    assert metrics.feasible and metrics.value == pytest.approx(result.predicted_value, abs=1e-6)
+    inner = [result.policy.ratios[n] for n in inner_convs(ev.graph)]
+    assert inner == sorted(inner) and inner[0] < inner[-1]
+    assert all(r.refit == result.policy.ratios[r.name] for r in result.rows if r.kind != "block")
+    assert "| layer3.4.conv1 |" in mapping_table(result.rows)
+
+    written = write_policy_file(tmp_path / "transferred.json", result.document(model="resnet32", data="digits", backend={}))
+    again, payload2 = load_policy(str(written))
+    assert again == result.policy and payload2["transferred_from"]["model"] == "resnet20"
+    check_policy_fits(again, ev.graph)
+    assert json.loads(written.read_text())["fingerprint"]["arch_hash"] == model_fingerprint(ev.graph)["arch_hash"]
+
+
+def test_refit_scales_an_over_pruned_policy_down(resnet32_evaluator):
+    ev = resnet32_evaluator
+    heavy = deepening_policy(ev.graph, 0.5, 0.8)
+    assert ev.predicted_value(heavy.ratios, heavy.drop) < TARGET - 0.1
+    fitted, scale, value = refit_to_budget(heavy, ev)
+    assert 0.0 < scale < 1.0 and TARGET - 0.01 <= value <= TARGET
+    assert all(fitted.ratios[n] == pytest.approx(scale * r) for n, r in heavy.ratios.items())
+
+
+def test_refit_keeps_drops_and_prunes_untouched_units_only_as_a_last_resort(resnet32_evaluator):
+    ev = resnet32_evaluator
+    last_stage = Policy({n: 0.2 for n in ev.unit_names if stage_of(n) == "layer3"}, ("layer2.1",))
+    # the last stage alone at max_ratio cannot halve the MACs
+    fitted, scale, value = refit_to_budget(last_stage, ev)
+    assert value <= TARGET and fitted.drop == ("layer2.1",)
+    assert scale > ev.max_ratio / 0.2 and min(fitted.ratios.values()) > 0.0
+    assert all(fitted.ratios[n] == ev.max_ratio for n in last_stage.ratios)
+    # a looser budget is met by the last stage alone
+    loose = ev.with_budget(Budget(metric="macs", target=0.8))
+    fitted, scale, value = refit_to_budget(last_stage, loose)
+    assert value <= 0.8 and {n for n, r in fitted.ratios.items() if r > 0} == set(last_stage.ratios)
+
+
+def test_refit_raises_when_the_budget_is_unreachable(resnet32_evaluator):
+    ev = resnet32_evaluator.with_budget(Budget(metric="macs", target=0.01))
+    with pytest.raises(BudgetError, match="unreachable.*max_ratio 0.8"):
+        refit_to_budget(Policy.uniform(ev.unit_names, 0.3), ev)
+    with pytest.raises(PolicyError, match="does not have"):
+        refit_to_budget(Policy({"features.0": 0.3}), resnet32_evaluator)
