@@ -74,7 +74,7 @@ def locate_bundle(source: str | Path, *, tracking_uri: str | None = None) -> Pat
     """
     text = str(source)
     if text.startswith(("runs:/", "models:/")):
-        from autoprune.tracking import download_artifact_uri
+        from autoprune.artifacts import download_artifact_uri
 
         path = download_artifact_uri(text, tracking_uri=tracking_uri, option="--agent")
     else:

@@ -72,13 +72,14 @@ def train(
     from autoprune.config import check_data_name, check_model_name
     from autoprune.evaluate import accuracy
     from autoprune.experiment import baseline_checkpoint
+    from autoprune.paths import writable_file
     from autoprune.train import TrainSettings, train_or_load
     from autoprune.zoo import load_data
 
     check_model_name(model)
     check_data_name(data)
     bundle = load_data(data, data_dir=str(data_dir) if data_dir else None, seed=seed)
-    path = checkpoint or baseline_checkpoint(model, bundle.name)
+    path = writable_file(checkpoint or baseline_checkpoint(model, bundle.name), "--checkpoint")
     settings = TrainSettings(epochs=epochs, augment=augment, seed=seed)
     progress = sys.stderr.isatty()
     torch.manual_seed(seed)
@@ -131,6 +132,9 @@ def _experiment_config(config: Path | None, model: str | None, data: str | None,
     from autoprune.errors import ConfigError
 
     if config is not None:
+        if model is not None or data is not None:
+            given = " and ".join(o for o, v in (("--model", model), ("--data", data)) if v is not None)
+            raise ConfigError(f"{given}: give either {str(config)!r} or {given}, not both (override a config with --set model.name=...)")
         return load_config(config, overrides or [])
     if model is None:
         raise ConfigError("give a CONFIG.yaml or --model (e.g. --model resnet20 --data fashion_mnist)")
@@ -141,9 +145,15 @@ def _parse_ratios(text: str) -> list[float]:
     from autoprune.errors import ConfigError
 
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError as e:
         raise ConfigError(f"--ratios: {text!r} is not a comma-separated list of numbers such as 0.1,0.3,0.5") from e
+    if not values:
+        raise ConfigError(f"--ratios: {text!r} holds no ratio; give at least one, e.g. 0.1,0.3,0.5")
+    bad = [v for v in values if not 0.0 <= v < 1.0]
+    if bad:
+        raise ConfigError(f"--ratios: {bad} out of range; allowed: 0 <= ratio < 1")
+    return values
 
 
 @app.command()
@@ -340,11 +350,13 @@ def apply(
     from autoprune.finetune import FinetuneSettings, finetune
     from autoprune.graph import PrunableGraph
     from autoprune.measure import count_macs_params
+    from autoprune.paths import writable_file
     from autoprune.pipeline import apply_best
     from autoprune.policy import check_policy_fits, load_policy
 
     cfg = parse_config({"name": "apply", "model": {"name": model, "checkpoint": str(checkpoint) if checkpoint else None},
                         "data": {"name": data}, "tracking": {"uri": tracking_uri, "register": False}}, source="command line")
+    writable_file(out, "--out")
     pol, payload = load_policy(policy, tracking_uri=tracking_uri)
     baseline = load_baseline(cfg, progress=_progress())
     graph = PrunableGraph(baseline.model, baseline.data.example_input(1))
@@ -354,7 +366,6 @@ def apply(
         finetune(pruned, baseline.data, FinetuneSettings(epochs=finetune_epochs, distill=distill),
                  teacher=baseline.model if distill else None, progress=_progress())
     acc = run_eval(pruned, baseline.data.test)["accuracy"]
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_pruned(out, pruned, model_name=model, in_channels=baseline.data.in_channels, num_classes=baseline.data.num_classes,
                 input_size=baseline.data.input_size, extra={"policy": pol.to_dict(), "test_accuracy": acc})
     dense_macs, dense_params = count_macs_params(baseline.model, baseline.data.example_input(1))
@@ -390,6 +401,7 @@ def transfer(
     Prints the mapping table, measures the result (latency, proxy accuracy) and writes the new policy.
     """
     from autoprune.experiment import build_evaluator, load_baseline
+    from autoprune.paths import writable_file
     from autoprune.policy import load_policy, write_policy_file
     from autoprune.transfer import mapping_table
     from autoprune.transfer import transfer as run_transfer
@@ -400,6 +412,7 @@ def transfer(
     if tracking_uri is not None:
         overrides.append(f"tracking.uri={tracking_uri}")
     cfg = _experiment_config(config, model, data, overrides)
+    writable_file(out, "--out")
     src, payload = load_policy(policy, tracking_uri=tracking_uri)
     baseline = load_baseline(cfg, progress=_progress())
     evaluator = build_evaluator(cfg, baseline)
@@ -407,7 +420,6 @@ def transfer(
     table = mapping_table(res.rows)
     typer.echo(table)
     doc = res.document(model=cfg.model.name, data=cfg.data.name, backend=cfg.latency.backend_info(), metrics=res.metrics)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_policy_file(out, doc)
     m = res.metrics or {}
     how = "same architecture: taken by unit name" if res.identity else f"from {payload.get('model')}"
@@ -443,7 +455,7 @@ def finetune_cmd(
     from autoprune.experiment import load_baseline
     from autoprune.export import load_pruned, save_pruned
     from autoprune.finetune import FinetuneSettings, finetune
-    from autoprune.tracking import download_model_uri
+    from autoprune.artifacts import download_model_uri
     from autoprune.zoo import load_data
 
     net, meta = load_pruned(download_model_uri(model_file, tracking_uri=tracking_uri))
@@ -472,7 +484,7 @@ def evaluate_cmd(
     from autoprune.evaluate import evaluate as run_eval
     from autoprune.export import load_pruned
     from autoprune.measure import count_macs_params, measure_latency
-    from autoprune.tracking import download_model_uri
+    from autoprune.artifacts import download_model_uri
     from autoprune.zoo import load_data
 
     path = download_model_uri(model_file, tracking_uri=tracking_uri)
@@ -496,7 +508,7 @@ def export_cmd(
     import torch
 
     from autoprune.export import export_onnx, load_pruned, quantize_onnx
-    from autoprune.tracking import download_model_uri
+    from autoprune.artifacts import download_model_uri
 
     net, meta = load_pruned(download_model_uri(model_file, tracking_uri=tracking_uri))
     spec = meta["model"]

@@ -132,7 +132,7 @@ def _local_policy_file(source: str, tracking_uri: str | None) -> Path:
     from autoprune.errors import ConfigError
 
     if source.startswith(("runs:/", "models:/")):
-        from autoprune.tracking import download_artifact_uri
+        from autoprune.artifacts import download_artifact_uri
 
         path = download_artifact_uri(source, tracking_uri=tracking_uri, option="--policy")
         if path.is_dir():

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from autoprune.errors import ConfigError, ModelError
 from autoprune.evaluate import accuracy
-from autoprune.zoo import DataBundle, build_model
+from autoprune.zoo import DataBundle, build_model, check_model_fits
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ def train_or_load(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Return the trained baseline, training it only if no checkpoint exists yet."""
     model = build_model(model_name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
+    check_model_fits(model, model_name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
     path = Path(checkpoint) if checkpoint else default_checkpoint_path(model_name, data.name)
     if path.is_file():
         meta = load_model_weights(model, path)

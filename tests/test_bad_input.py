@@ -20,8 +20,6 @@ Sections (each a parametrised table whose ids are the case names; append new cas
 
 Commands run in-process through ``autoprune.cli.main`` (fast), in a fresh working directory,
 with a 1-epoch MLP baseline for digits in ``$AUTOPRUNE_CACHE`` so nothing trains for long.
-A case that fails because of a bug outside this file's reach is ``xfail(strict=True)`` with
-the fix in its reason.
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -172,11 +169,8 @@ def files_under(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
-def closed_port() -> int:
-    """A local TCP port nothing listens on (connection refused at once)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+#: Nothing listens on TCP port 1 (tcpmux): connecting is refused at once, no timeout to wait for.
+CLOSED = "127.0.0.1:1"
 
 
 @pytest.fixture(scope="module")
@@ -222,13 +216,14 @@ def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _restore_logging():
-    """``autoprune`` reconfigures the root logger (rich handler); undo it after each in-process run."""
+def _restore_process_state():
+    """``autoprune`` reconfigures the root logger (rich handler) and torch's threads; undo it after each test."""
     root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    handlers, level, threads = root.handlers[:], root.level, torch.get_num_threads()
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    torch.set_num_threads(threads)  # commands may set latency.threads
 
 
 # ====================================================================== 1. config files
@@ -390,12 +385,8 @@ ARGUMENT_CASES = [
                  id="ratios_not_numbers"),
     pytest.param(("estimate", "--model", "mlp", "--data", "digits", "--ratios", "0.3,1.5"), ("--ratios", "1.5", "0 <= ratio < 1"),
                  id="ratios_out_of_range"),
-    pytest.param(("estimate", "--model", "mlp", "--data", "digits", "--ratios", ","), ("--ratios",), id="ratios_empty",
-                 marks=pytest.mark.xfail(strict=True, reason="cli._parse_ratios accepts an empty list and estimate prints only "
-                                         "the dense row; it should raise ConfigError('--ratios: give at least one ratio ...')")),
-    pytest.param(("estimate", "exp.yaml", "--model", "resnet20"), ("--model", "exp.yaml"), id="config_and_model_together",
-                 marks=pytest.mark.xfail(strict=True, reason="cli._experiment_config silently ignores --model/--data when a "
-                                         "CONFIG.yaml is given; it should raise ConfigError naming both (or apply them as overrides)")),
+    pytest.param(("estimate", "--model", "mlp", "--data", "digits", "--ratios", ","), ("--ratios",), id="ratios_empty"),
+    pytest.param(("estimate", "exp.yaml", "--model", "resnet20"), ("--model", "exp.yaml"), id="config_and_model_together"),
     pytest.param(("estimate",), ("CONFIG.yaml", "--model"), id="estimate_without_config_or_model"),
     pytest.param(("config", "nosuch.yaml"), ("nosuch.yaml", "file not found"), id="config_path_missing"),
     pytest.param(("search", "nosuch.yaml"), ("nosuch.yaml", "file not found"), id="search_config_path_missing"),
@@ -456,10 +447,7 @@ PLUGIN_CASES = [
     pytest.param(("--model", "ap_bad_plugins:with_scale", "--set", "train.epochs=1"), ("layer '2'", "(Scale)", "model.ignore"),
                  id="model_with_unsupported_layer"),
     pytest.param(("--model", "ap_bad_plugins:for_mnist", "--set", "train.epochs=1"), ("model.name", "(2, 1, 8, 8)"),
-                 id="model_built_for_other_input_shape",
-                 marks=pytest.mark.xfail(strict=True, reason="train.train_or_load trains a plugin model without checking it "
-                                         "fits the data: RuntimeError traceback from F.linear; call "
-                                         "autoprune.zoo.check_model_fits(model, model_name, **shape) right after build_model")),
+                 id="model_built_for_other_input_shape"),
     pytest.param(("--model", "mlp", "--set", "model.ignore=[fc]"), ("model.ignore", "['fc']", "net.1"),
                  id="model_ignore_names_a_missing_layer"),
     pytest.param(("--model", "mlp", "--data", "cifar10"), ("data.name", "'cifar10'", "'digits'"), id="data_unknown_name"),
@@ -565,26 +553,19 @@ def test_load_data_api(plugins: str, tmp_path: Path):
 # ====================================================================== 4. storage and tracking URIs
 
 
-def _tracking_cases() -> list:
-    port = closed_port()
-    return [
+TRACKING_CASES = [
         pytest.param("ftp://host/mlruns", ("'ftp://host/mlruns'", "unsupported scheme 'ftp'", "sqlite:///"), (), id="wrong_scheme"),
         pytest.param("mlflow.db", ("'mlflow.db'", "has no scheme", "sqlite:///"), (), id="no_scheme"),
         pytest.param("http://[::1", ("'http://[::1'", "not a valid URI"), (), id="malformed_uri"),
-        pytest.param(f"http://127.0.0.1:{port}", ("cannot reach", f"127.0.0.1:{port}", "Connection refused"), (),
-                     id="http_server_unreachable"),
+        pytest.param(f"http://{CLOSED}", ("cannot reach", CLOSED, "Connection refused"), (), id="http_server_unreachable"),
         pytest.param("sqlite:///missing/dir/mlflow.db", ("'sqlite:///missing/dir/mlflow.db'", "does not exist"), (),
                      id="sqlite_in_a_missing_directory"),
         pytest.param("sqlite:///notes.db", ("notes.db", "not an SQLite database"), (), id="sqlite_file_is_not_a_database"),
         pytest.param("sqlite:///:memory:", ("in-memory",), (), id="sqlite_in_memory"),
-        pytest.param(f"postgresql+psycopg2://u:secret@127.0.0.1:{port}/db", ("cannot connect", f"127.0.0.1:{port}", "refused"),
-                     ("secret",), id="postgresql_unreachable"),
-        pytest.param(f"postgresql://u:secret@127.0.0.1:{port}/db", (f"127.0.0.1:{port}",), ("secret",),
-                     id="postgresql_default_driver"),
-    ]
-
-
-TRACKING_CASES = _tracking_cases()
+        pytest.param(f"postgresql+psycopg2://u:secret@{CLOSED}/db", ("cannot connect", CLOSED, "refused"), ("secret",),
+                     id="postgresql_unreachable"),
+        pytest.param(f"postgresql://u:secret@{CLOSED}/db", (CLOSED,), ("secret",), id="postgresql_default_driver"),
+]
 
 
 @pytest.mark.parametrize("uri, culprits, absent", TRACKING_CASES)
@@ -607,24 +588,16 @@ def test_tracking_uri_api(uri: str, culprits: tuple[str, ...], absent: tuple[str
     assert not any(a in str(info.value) for a in absent)
 
 
-def _storage_cases() -> list:
-    port = closed_port()
-    return [
+STORAGE_CASES = [
         pytest.param("sqlite:///missing/dir/study.db", ("storage", "missing/dir/study.db", "unable to open database file"), (),
                      id="sqlite_in_a_missing_directory"),
-        pytest.param(f"postgresql+psycopg2://u:secret@127.0.0.1:{port}/db", ("storage", f"127.0.0.1:{port}", "refused"), (),
-                     id="postgresql_unreachable"),
-        pytest.param(f"postgresql://u:secret@127.0.0.1:{port}/db", ("storage", f"127.0.0.1:{port}", "psycopg"), ("secret",),
-                     id="postgresql_default_driver_and_password",
-                     marks=pytest.mark.xfail(strict=True, reason=(
-                         "search/optuna_search.py _storage echoes the URL with its password and says only 'Failed to import DB "
-                         "access module': show sqlalchemy.engine.make_url(url).render_as_string(hide_password=True) and, for a "
-                         "plain postgresql:// URL (psycopg 3 in SQLAlchemy 2.1), suggest postgresql+psycopg2:// as "
-                         "tracking._check_database does"))),
-    ]
+        pytest.param(f"postgresql+psycopg2://u:secret@{CLOSED}/db", ("storage", CLOSED, "refused"), (), id="postgresql_unreachable"),
+        pytest.param(f"postgresql://u:secret@{CLOSED}/db", ("storage", CLOSED, "psycopg"), ("secret",),
+                     id="postgresql_default_driver_and_password"),
+]
 
 
-@pytest.mark.parametrize("url, culprits, absent", _storage_cases())
+@pytest.mark.parametrize("url, culprits, absent", STORAGE_CASES)
 def test_search_storage_cli(url: str, culprits: tuple[str, ...], absent: tuple[str, ...], work: Path, capsys):
     res = cli(capsys, "search", "exp.yaml", "--set", "search.searcher=optuna", "--set", f"search.storage={url}")
     assert_user_error(res, *culprits, absent=absent)
@@ -673,16 +646,9 @@ PATH_CASES = [
     pytest.param(("apply", "--policy", "nosuch.json", "--model", "mlp", "--data", "digits"), ("--policy", "'nosuch.json'", "does not exist"),
                  id="apply_policy_file_missing"),
     pytest.param(("apply", "--policy", "policy.json", "--model", "mlp", "--data", "digits", "--out", "exp.yaml/pruned.pt"),
-                 ("--out", "exp.yaml/pruned.pt"), id="apply_out_under_a_regular_file",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "export.save_pruned's path.parent.mkdir raises NotADirectoryError (traceback) after pruning and "
-                     "evaluating; cli.apply should check --out's folder first and save_pruned should turn OSError into "
-                     "ConfigError('--out: cannot write ... (strerror)')"))),
+                 ("--out", "exp.yaml/pruned.pt"), id="apply_out_under_a_regular_file"),
     pytest.param(("train", "--model", "mlp", "--data", "digits", "--epochs", "1", "--checkpoint", "exp.yaml/mlp.pt"),
-                 ("checkpoint", "exp.yaml/mlp.pt"), id="train_checkpoint_under_a_regular_file",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "train.save_checkpoint's mkdir raises FileExistsError (traceback) after training; cli.train should "
-                     "check --checkpoint's folder before training and save_checkpoint should raise ConfigError naming it"))),
+                 ("checkpoint", "exp.yaml/mlp.pt"), id="train_checkpoint_under_a_regular_file"),
 ]
 
 
@@ -791,3 +757,61 @@ def test_real_process_usage_error_exits_2(work: Path):
                           capture_output=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert_usage_error(Result(proc.returncode, proc.stdout, proc.stderr), "--nosuch")
 
+
+
+# ====================================================================== 6b. agent files
+# ``autoprune search CONFIG --agent FOLDER``: the folder a PPO search saves (agent.zip + agent.json).
+
+AGENT_CASES = [
+    pytest.param("missing", ("--agent", "'nosuch'", "does not exist"), id="agent_folder_missing"),
+    pytest.param("empty", ("--agent", "holds no agent.zip"), id="agent_folder_without_zip"),
+    pytest.param("no_manifest", ("--agent", "no agent.json"), id="agent_without_manifest"),
+    pytest.param("truncated_zip", ("--agent", "truncated or not an SB3 agent"), id="agent_zip_truncated"),
+    pytest.param("wrong_format", ("--agent", "'autoprune-agent/0'", "autoprune-agent/1"), id="agent_manifest_wrong_version"),
+    pytest.param("other_features", ("--agent", "observes features"), id="agent_with_other_observations"),
+]
+
+
+def _agent_folder(work: Path, damage: str) -> str:
+    from autoprune.agent import manifest
+
+    if damage == "missing":
+        return "nosuch"
+    folder = work / "agent"
+    folder.mkdir()
+    if damage == "empty":
+        return "agent"
+    (folder / "agent.zip").write_bytes(b"PK\x03\x04 not really a zip")
+    if damage == "no_manifest":
+        return "agent"
+    doc = manifest()
+    if damage == "wrong_format":
+        doc["format"] = "autoprune-agent/0"
+    if damage == "other_features":
+        doc["observation"]["features"] = ["depth", "progress"]
+    (folder / "agent.json").write_text(json.dumps(doc))
+    return "agent"
+
+
+@pytest.mark.parametrize("damage, culprits", AGENT_CASES)
+def test_agent_file_cli(damage: str, culprits: tuple[str, ...], work: Path, capsys):
+    folder = _agent_folder(work, damage)
+    before = files_under(work)
+    res = cli(capsys, "search", "exp.yaml", "--agent", folder, "--zero-shot", "--episodes", "1")
+    assert_user_error(res, *culprits)
+    assert not any(f.endswith(("policy.json", "history.csv")) for f in files_under(work) - before)
+
+
+def test_policy_of_another_architecture_is_refused_naming_missing_and_extra_units(work: Path, capsys):
+    from autoprune.graph import PrunableGraph
+    from autoprune.policy import Policy, model_fingerprint, policy_document
+    from autoprune.zoo import build_model, load_data
+
+    digits = load_data("digits")
+    graph = PrunableGraph(build_model("resnet20", in_channels=1, num_classes=10, input_size=8).eval(), digits.example_input(1))
+    doc = policy_document(Policy.uniform(graph.unit_names, 0.3), model="resnet20", data="digits", metric="macs", target=0.5,
+                          backend={}, searcher="optuna", fingerprint=model_fingerprint(graph))
+    (work / "policy.json").write_text(json.dumps(doc))
+    res = cli(capsys, "apply", "--policy", "policy.json", "--model", "mlp", "--data", "digits", "--out", "pruned.pt")
+    assert_user_error(res, "another architecture", "layer1.0.conv1", "net.1", "autoprune transfer")
+    assert not (work / "pruned.pt").exists()

@@ -67,7 +67,8 @@ def config(tmp_path: Path, checkpoint: Path, episodes: int, **search: Any) -> di
 
 def subprocess_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(OMP_NUM_THREADS="1", AUTOPRUNE_PROGRESS="", PYTHONUNBUFFERED="1")
+    env.update(OMP_NUM_THREADS="1", AUTOPRUNE_PROGRESS="", PYTHONUNBUFFERED="1", MLFLOW_DISABLE_TELEMETRY="true",
+               PYTHONFAULTHANDLER="1")  # SIGABRT dumps every thread's stack into the log
     return env
 
 
@@ -221,8 +222,10 @@ def test_a_worker_killed_mid_trial_is_replaced_and_the_study_still_reaches_its_c
     log_path = tmp_path / "victim.log"
 
     def victims_running_trial(current: int) -> int | None:
+        """A RUNNING trial of the worker whose policy is drawn (all parameters set): it is being evaluated."""
         trials = optuna.load_study(study_name="kill", storage=reader).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        return next((t.number for t in trials if t.number != current), None)
+        names = next(set(t.params) for t in trials if t.number == current)
+        return next((t.number for t in trials if t.number != current and set(t.params) == names), None)
 
     def callback(evaluation) -> None:
         if procs:
@@ -288,7 +291,7 @@ def test_run_killed_with_sigkill_resumes_its_study_and_its_mlflow_run(tmp_path, 
         procs.append(subprocess.Popen(command, cwd=tmp_path, stdout=first_log, stderr=subprocess.STDOUT, env=subprocess_env()))
         first_log.close()
         wait_for(lambda: procs[0].poll() is not None or sample() >= kill_after, RUN_TIMEOUT, "the first trials", 0.05)
-        assert procs[0].poll() is None, f"the run ended before it was killed:\n{tail(tmp_path / 'first.log')}"
+        assert procs[0].poll() is None, f"the run ended ({procs[0].returncode}) before it was killed:\n{tail(tmp_path / 'first.log')}"
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait(timeout=30)
         at_kill = read_trials(db, "dist")
@@ -297,7 +300,12 @@ def test_run_killed_with_sigkill_resumes_its_study_and_its_mlflow_run(tmp_path, 
         second_log = open(tmp_path / "second.log", "w")
         procs.append(subprocess.Popen(command, cwd=tmp_path, stdout=second_log, stderr=subprocess.STDOUT, env=subprocess_env()))
         second_log.close()
-        wait_for(lambda: (sample(), procs[1].poll() is not None)[1], RUN_TIMEOUT, "the resumed run", 0.1)
+        try:
+            wait_for(lambda: (sample(), procs[1].poll() is not None)[1], RUN_TIMEOUT, "the resumed run", 0.1)
+        except BaseException:
+            procs[1].send_signal(signal.SIGABRT)  # where it hangs, into its log
+            procs[1].wait(timeout=30)
+            raise AssertionError(f"the resumed run hangs:\n{tail(tmp_path / 'second.log', 120)}") from None
     assert procs[1].returncode == 0, tail(tmp_path / "second.log")
 
     done_at_kill = [t for t in at_kill if t.state == TrialState.COMPLETE]
@@ -312,7 +320,8 @@ def test_run_killed_with_sigkill_resumes_its_study_and_its_mlflow_run(tmp_path, 
     for t in at_kill:
         if t.state == TrialState.RUNNING:  # the trial killed mid-evaluation: failed as stale and retried
             assert trials[t.number].state == TrialState.FAIL
-            assert [r.params for r in rerun if r.system_attrs.get("failed_trial") == t.number] == [t.params]
+            retried = [r for r in rerun if r.system_attrs.get("failed_trial") == t.number]
+            assert len(retried) == 1 and t.params.items() <= retried[0].params.items()  # killed while drawing: the rest is drawn anew
 
     # The MLflow run of the killed job is the one resumed and finished.
     assert json.loads((out / "mlflow_run.json").read_text())["run_id"] == run_file["run_id"]

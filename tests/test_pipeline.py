@@ -11,7 +11,7 @@ import yaml
 from autoprune.config import parse_config
 from autoprune.export import load_pruned
 from autoprune.pipeline import run_experiment
-from autoprune.tracking import download_model_uri
+from autoprune.artifacts import download_model_uri
 
 
 def tiny_config(tmp_path, **over):

@@ -176,3 +176,9 @@ def test_rdb_study_of_another_sampler_direction_is_a_config_error(mlp_evaluator,
     search(mlp_evaluator, 2, storage=url)
     with pytest.raises(ConfigError, match="use another study_name"):
         search(mlp_evaluator, 3, storage=url, sampler="nsga2")
+
+
+def test_same_seed_and_a_mac_budget_give_the_same_search_beyond_the_startup_trials(mlp_evaluator):
+    runs = [search(mlp_evaluator.with_budget(mlp_evaluator.budget), 8, seed=3, n_startup_trials=3) for _ in range(2)]
+    assert [e.policy for e in runs[0].history] == [e.policy for e in runs[1].history]
+    assert runs[0].best.policy == runs[1].best.policy

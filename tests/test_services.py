@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from autoprune.config import parse_config
 from autoprune.pipeline import registered_name, run_experiment
-from autoprune.tracking import download_model_uri
+from autoprune.artifacts import download_model_uri
 
 EPISODES = 5
 

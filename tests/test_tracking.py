@@ -22,7 +22,8 @@ from autoprune.objective import Evaluation, Metrics
 from autoprune.policy import Policy
 from autoprune.search.base import SearchResult, pareto_front
 from autoprune.surgery import apply_policy
-from autoprune.tracking import Tracker, download_model_uri, resolve_tracking_uri
+from autoprune.artifacts import download_model_uri
+from autoprune.tracking import Tracker, resolve_tracking_uri
 
 DIGITS = {"in_channels": 1, "num_classes": 10, "input_size": 8}
 

@@ -131,7 +131,16 @@ class OptunaSearcher(Searcher):
                 )
         except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError) as e:
             first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise ConfigError(f"search.storage: cannot open {url!r} ({first})") from e
+            try:
+                shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+            except Exception:  # noqa: BLE001 - an unparsable URL is shown as given
+                shown = url
+            if url in first:
+                first = first.replace(url, shown)
+            hint = ""
+            if isinstance(e, ImportError) or "import" in first.lower():
+                hint = "; install the driver: pip install 'autoprune[postgres]' (psycopg), or write postgresql+psycopg2://..."
+            raise ConfigError(f"search.storage: cannot open {shown!r} ({first}){hint}") from e
 
     def _sampler(self, seed: int, *, has_ints: bool) -> optuna.samplers.BaseSampler:
         p, kind = self.params, self.params["sampler"]

@@ -1,0 +1,227 @@
+"""Transfer benchmark: reuse a ResNet-20 search on ResNet-32, ResNet-56 and a MobileNetV2-style net.
+
+Source: on ResNet-20 / Fashion-MNIST at 50% of dense batch-1 latency, an Optuna-TPE search
+(its policy file, with the model fingerprint) and a PPO search (its agent bundle).
+
+For each target model, at the same latency target, side by side:
+
+- ``uniform``: one ratio for every unit, bisected on measured latency (the classical baseline);
+- ``policy transfer``: the TPE policy mapped by depth / type / stage / coupling and re-fitted
+  to the budget by bisection on the lookup table (``autoprune transfer``);
+- ``zero-shot agent``: the PPO agent run on the new model's environment (best of 3 episodes,
+  the first deterministic; ``autoprune search --agent ... --zero-shot``);
+- ``transfer + warm TPE``: the transferred policy enqueued as trial 0 of a TPE search with
+  10% of the fresh search's episodes (``autoprune search --warm-start ...``);
+- ``fresh TPE``: a full search on the target.
+
+Reported per method: proxy accuracy (validation split, after BN re-estimation), the measured
+latency ratio, the wall time of finding the policy, and the test accuracy after the same
+short fine-tune. "share of gain" = (method - uniform) / (fresh - uniform). Baselines are
+trained by ``autoprune train`` with a short schedule (see the results file).
+
+    python experiments/bench/transfer.py [--episodes 100] [--finetune-epochs 0.2] [--targets resnet32,resnet56,mobilenetv2]
+
+Each target's rows are kept in ``experiments/results/transfer.jsonl`` as they finish, so an
+interrupted run can go on with ``--targets`` of the missing ones; ``--fresh`` starts over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, header, table, write  # noqa: E402
+
+from autoprune.config import parse_config  # noqa: E402
+from autoprune.evaluate import evaluate  # noqa: E402
+from autoprune.experiment import build_evaluator, load_baseline  # noqa: E402
+from autoprune.finetune import FinetuneSettings, finetune  # noqa: E402
+from autoprune.policy import model_fingerprint, policy_document  # noqa: E402
+from autoprune.search import get_searcher  # noqa: E402
+from autoprune.surgery import apply_policy  # noqa: E402
+from autoprune.transfer import transfer  # noqa: E402
+
+PARTS = RESULTS / "transfer.jsonl"
+SOURCE_DIR = RESULTS / "transfer_source"
+
+
+def setup(model: str, target: float, threads: int):
+    cfg = parse_config({"name": f"bench-transfer-{model}", "model": {"name": model}, "data": {"name": "fashion_mnist"},
+                        "budget": {"target": target}, "latency": {"threads": threads}})
+    baseline = load_baseline(cfg, progress=False)
+    return baseline, build_evaluator(cfg, baseline)
+
+
+def source(episodes: int, target: float, threads: int) -> tuple[dict, Path, list[dict]]:
+    """Search ResNet-20 with TPE (policy) and PPO (agent); cached in results/transfer_source/."""
+    pol_path, agent_dir, rows_path = SOURCE_DIR / "policy.json", SOURCE_DIR / "agent", SOURCE_DIR / "rows.json"
+    if pol_path.is_file() and (agent_dir / "agent.zip").is_file() and rows_path.is_file():
+        return json.loads(pol_path.read_text()), agent_dir, json.loads(rows_path.read_text())
+    SOURCE_DIR.mkdir(parents=True, exist_ok=True)
+    baseline, ev = setup("resnet20", target, threads)
+    rows = []
+    t0 = time.perf_counter()
+    tpe = get_searcher("optuna", {"sampler": "tpe", "n_startup_trials": 15}, progress=False).search(ev, episodes, seed=0)
+    rows.append({"model": "resnet20", "method": "source TPE", "seconds": time.perf_counter() - t0, **_metrics(tpe.best)})
+    doc = policy_document(tpe.best.policy, model="resnet20", data="fashion_mnist", metric="latency", target=ev.target,
+                          backend={"name": "torch"}, searcher="optuna", metrics=tpe.best.metrics.as_dict(),
+                          fingerprint=model_fingerprint(ev.graph))
+    pol_path.write_text(json.dumps(doc, indent=2))
+    t0 = time.perf_counter()
+    ppo = get_searcher("ppo", {"save_agent": str(agent_dir)}, progress=False).search(ev, episodes, seed=0)
+    rows.append({"model": "resnet20", "method": "source PPO", "seconds": time.perf_counter() - t0, **_metrics(ppo.best)})
+    rows_path.write_text(json.dumps(rows))
+    return doc, agent_dir, rows
+
+
+def _metrics(best) -> dict:
+    m = best.metrics
+    return {"proxy_acc": m.accuracy, "latency_ratio": m.latency_ratio, "feasible": bool(m.feasible), "policy": best.policy.to_dict(),
+            "drops": len(best.policy.drop)}
+
+
+def run_target(model: str, doc: dict, agent_dir: Path, args) -> list[dict]:
+    from autoprune.policy import Policy
+
+    baseline, ev = setup(model, args.target, args.threads)
+    src = Policy.from_dict(doc)
+    rows: list[dict] = []
+
+    def timed(method: str, fn) -> None:
+        t0 = time.perf_counter()
+        best, extra = fn()
+        rows.append({"model": model, "method": method, "seconds": time.perf_counter() - t0, **_metrics(best), **extra})
+        print(f"  {model:12s} {method:22s} proxy {best.metrics.accuracy:.4f} lat {best.metrics.latency_ratio:.3f} "
+              f"{rows[-1]['seconds']:.0f}s", flush=True)
+
+    timed("uniform", lambda: (get_searcher("uniform", {}, progress=False).search(ev, 10).best, {}))
+
+    def do_transfer():
+        res = transfer(src, doc, ev, refit=True, measure=True)
+        best = next(e for e in reversed(ev.history) if e.policy.key() == res.policy.key())
+        return best, {"scale": res.scale, "transferred": res.policy.to_dict()}
+
+    timed("policy transfer", do_transfer)
+    transferred = rows[-1]["transferred"]
+    timed("zero-shot agent", lambda: (get_searcher("ppo", {"agent": str(agent_dir), "zero_shot": True}, progress=False)
+                                      .search(ev, 3).best, {}))
+    warm_n = max(2, args.episodes // 10)
+    transfer_s = rows[1]["seconds"]
+
+    def warm():
+        res = get_searcher("optuna", {"sampler": "tpe", "n_startup_trials": min(5, warm_n), "enqueue": [transferred]},
+                           progress=False).search(ev, warm_n, seed=1)
+        return res.best, {"episodes": warm_n}
+
+    timed("transfer + warm TPE", warm)
+    rows[-1]["seconds"] += transfer_s  # the warm start needs the transfer first
+    timed("fresh TPE", lambda: (get_searcher("optuna", {"sampler": "tpe", "n_startup_trials": 15}, progress=False)
+                                .search(ev, args.episodes, seed=0).best, {"episodes": args.episodes}))
+
+    for r in rows:
+        pol = Policy.from_dict(r["policy"])
+        torch.manual_seed(0)
+        pruned = apply_policy(baseline.model, pol, graph=ev.graph, importance=ev.importance)
+        finetune(pruned, baseline.data, FinetuneSettings(epochs=args.finetune_epochs, seed=0), teacher=None, progress=False)
+        r["test_acc"] = evaluate(pruned, baseline.data.test)["accuracy"]
+        r.pop("transferred", None)
+    return rows
+
+
+def render(rows: list[dict], args, dense: dict[str, dict]) -> str:
+    out = [header("Policy and agent transfer", threads=args.threads)]
+    out.append(
+        f"Source: ResNet-20 / Fashion-MNIST at {args.target:.0%} of dense batch-1 latency; fresh searches get "
+        f"{args.episodes} episodes, the warm-started ones {max(2, args.episodes // 10)}; every policy gets the same "
+        f"{args.finetune_epochs:g}-epoch fine-tune (SGD, cosine) before its test accuracy is measured. Latency: paired, "
+        f"{args.threads} thread(s), batch 1. Proxy = validation accuracy after BN re-estimation. "
+        "share of gain = (method - uniform) / (fresh TPE - uniform); cost = method's wall time / fresh TPE's.\n\n"
+    )
+    out.append("Baselines (trained with `autoprune train --epochs E`):\n\n")
+    out.append(table(["model", "epochs", "val acc", "test acc"], [(m, d.get("epochs", "-"), d.get("val_accuracy", float("nan")),
+                                                               d.get("test_accuracy", float("nan"))) for m, d in dense.items()]))
+    out.append("\n")
+    src = [r for r in rows if r["model"] == "resnet20"]
+    if src:
+        out.append("Source searches on ResNet-20:\n\n")
+        out.append(table(["method", "proxy acc", "latency ratio", "wall s"], [(r["method"], r["proxy_acc"], r["latency_ratio"], r["seconds"]) for r in src]))
+        out.append("\n")
+    verdicts = []
+    for model in dict.fromkeys(r["model"] for r in rows if r["model"] != "resnet20"):
+        rs = {r["method"]: r for r in rows if r["model"] == model}
+        uni, fresh = rs.get("uniform"), rs.get("fresh TPE")
+        body = []
+        for r in rs.values():
+            share_p = share_t = cost = float("nan")
+            if uni and fresh:
+                gp, gt = fresh["proxy_acc"] - uni["proxy_acc"], fresh["test_acc"] - uni["test_acc"]
+                share_p = (r["proxy_acc"] - uni["proxy_acc"]) / gp if abs(gp) > 1e-9 else float("nan")
+                share_t = (r["test_acc"] - uni["test_acc"]) / gt if abs(gt) > 1e-9 else float("nan")
+                cost = r["seconds"] / fresh["seconds"]
+            body.append((r["method"], r["proxy_acc"], r["test_acc"], r["latency_ratio"], "yes" if r["feasible"] else "no",
+                         r["drops"], r["seconds"], share_p, share_t, cost))
+            if r["method"] in ("policy transfer", "zero-shot agent", "transfer + warm TPE") and uni and fresh:
+                met = share_p >= 0.8 and cost <= 0.10
+                verdicts.append(f"- {model}, {r['method']}: {share_p:.0%} of the proxy gain ({share_t:.0%} of the test gain) "
+                                f"at {cost:.1%} of the cost: goal (>= 80% at <= 10%) {'met' if met else 'NOT met'}")
+        out.append(f"## {model}\n\n")
+        out.append(table(["method", "proxy acc", "test acc", "latency ratio", "feasible", "blocks dropped", "wall s",
+                          "share of gain (proxy)", "share of gain (test)", "cost vs fresh"], body))
+        out.append("\n")
+    if verdicts:
+        out.append("## Goal: transfer or zero-shot reaches >= 80% of the fresh search's gain over uniform at <= 10% of its cost\n\n")
+        out.append("\n".join(verdicts) + "\n")
+    return "".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--episodes", type=int, default=100, help="Episodes of the source and of each fresh search.")
+    ap.add_argument("--target", type=float, default=0.5)
+    ap.add_argument("--finetune-epochs", type=float, default=0.2)
+    ap.add_argument("--threads", type=int, default=1, help="Latency-measurement threads (1 is steadier on 2 shared cores).")
+    ap.add_argument("--targets", default="resnet32,resnet56,mobilenetv2")
+    ap.add_argument("--fresh", action="store_true", help="Forget earlier parts and the cached source searches.")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    if args.fresh:
+        PARTS.unlink(missing_ok=True)
+        for f in SOURCE_DIR.rglob("*"):
+            if f.is_file():
+                f.unlink()
+    doc, agent_dir, src_rows = source(args.episodes, args.target, args.threads)
+    done = [json.loads(line) for line in PARTS.read_text().splitlines()] if PARTS.is_file() else []
+    for model in [m for m in args.targets.split(",") if m]:
+        if any(r["model"] == model for r in done):
+            continue
+        print(f"target {model}", flush=True)
+        rows = run_target(model, doc, agent_dir, args)
+        with PARTS.open("a") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+        done += rows
+    dense = {}
+    for model in ["resnet20", *dict.fromkeys(r["model"] for r in done)]:
+        from autoprune.experiment import baseline_checkpoint
+        from autoprune.train import load_model_weights
+        from autoprune.zoo import build_model
+
+        try:
+            meta = load_model_weights(build_model(model, in_channels=1, num_classes=10, input_size=28), baseline_checkpoint(model, "fashion_mnist"))
+            dense[model] = {"epochs": (meta.get("settings") or {}).get("epochs"), **{k: meta.get(k) for k in ("val_accuracy", "test_accuracy")}}
+        except Exception:  # noqa: BLE001 - a missing checkpoint only leaves a blank row
+            dense[model] = {}
+    path = write("transfer.md", render(src_rows + done, args, dense))
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    tempfile.tempdir = tempfile.gettempdir()
+    main()
