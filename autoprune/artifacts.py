@@ -12,7 +12,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from autoprune.errors import ConfigError
-from autoprune.tracking import MODEL_FILE, _mlflow_message, _no_progress_bars, _quiet_mlflow, _sqlite_file, resolve_tracking_uri
+from autoprune.mlflow_store import _mlflow_message, _no_progress_bars, _quiet_mlflow, _sqlite_file, resolve_tracking_uri
+from autoprune.tracking import MODEL_FILE
 
 
 def download_artifact_uri(uri: str | Path, *, tracking_uri: str | None = None, dst: str | Path | None = None,

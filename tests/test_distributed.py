@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.config import parse_config
 from autoprune.experiment import run_search
+from autoprune.search import get_searcher
 from autoprune.train import TrainSettings, train_or_load
 from autoprune.tracking import Tracker
 
@@ -174,6 +175,7 @@ def two_workers(tmp_path_factory, checkpoint, postgres_server, mlflow_server) ->
                 os.environ[k] = v
 
 
+@pytest.mark.timeout(240)
 def test_two_workers_on_postgres_run_exactly_the_requested_trials_between_them(two_workers):
     trials, result = two_workers["trials"], two_workers["run"].result
     complete = assert_exact_budget(trials, TWO_WORKER_EPISODES)
@@ -213,6 +215,7 @@ def test_two_workers_log_their_trials_as_steps_of_one_mlflow_run(two_workers):
 # --------------------------------------------------------------------------- kill -9 a worker
 
 
+@pytest.mark.timeout(180)
 def test_a_worker_killed_mid_trial_is_replaced_and_the_study_still_reaches_its_count(tmp_path, checkpoint, postgres_url):
     episodes = 8
     cfg = parse_config(config(tmp_path, checkpoint, episodes, storage=postgres_url, study="kill"))
@@ -260,9 +263,27 @@ def test_a_worker_killed_mid_trial_is_replaced_and_the_study_still_reaches_its_c
     assert sorted(e.index for e in history) == sorted(t.number for t in complete)
 
 
+@pytest.mark.timeout(60)
+def test_a_trial_left_running_without_a_heartbeat_is_failed_and_retried(tmp_path, mlp_evaluator):
+    # Optuna stores a trial as RUNNING before it samples its parameters and starts its heartbeat:
+    # a worker killed in between leaves exactly this (which fail_stale_trials alone never fails).
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = optuna.storages.RDBStorage(url)
+    zombie = optuna.create_study(study_name="z", storage=storage, direction="maximize").ask()
+    storage.engine.dispose()
+    params = {"storage": url, "study_name": "z", "heartbeat_interval": 1, "grace_period": 1, "poll_interval": 0.2}
+    result = get_searcher("optuna", params, progress=False).search(mlp_evaluator, 3)
+    trials = read_trials(url, "z")
+    assert trials[zombie.number].state == TrialState.FAIL
+    complete = assert_exact_budget(trials, 3)
+    assert [t.system_attrs.get("failed_trial") for t in complete].count(zombie.number) == 1
+    assert len(result.history) == 3
+
+
 # --------------------------------------------------------------------------- kill -9 a whole run, then resume
 
 
+@pytest.mark.timeout(360)
 def test_run_killed_with_sigkill_resumes_its_study_and_its_mlflow_run(tmp_path, checkpoint):
     episodes, kill_after = 12, 4
     raw = config(tmp_path, checkpoint, episodes, params={"grace_period": 2})

@@ -10,7 +10,7 @@ import torch
 
 from autoprune.cli import main
 from autoprune.config import parse_config
-from autoprune.experiment import build_evaluator, load_baseline, run_search
+from autoprune.experiment import load_baseline, run_search
 from autoprune.export import load_pruned
 from autoprune.graph import PrunableGraph
 from autoprune.policy import POLICY_FORMAT, load_policy
