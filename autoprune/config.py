@@ -15,7 +15,6 @@ bad value and what is allowed.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import warnings
@@ -27,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from autoprune.config_errors import describe_validation_error, one_line, show_value
 from autoprune.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -463,13 +463,13 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentCo
     except IsADirectoryError as e:
         raise ConfigError(f"{source}: is a directory, expected a YAML file") from e
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{source}: cannot read ({type(e).__name__}: {_one_line(str(e))})") from e
+        raise ConfigError(f"{source}: cannot read ({type(e).__name__}: {one_line(str(e))})") from e
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader that refuses duplicate keys
     except yaml.MarkedYAMLError as e:
         raise ConfigError(_yaml_error(source, e)) from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: YAML error: {_one_line(str(e))}") from e
+        raise ConfigError(f"{source}: YAML error: {one_line(str(e))}") from e
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -511,7 +511,7 @@ def _yaml_error(source: str, e: yaml.MarkedYAMLError) -> str:
         problem += f" ({e.context} that starts at line {ctx.line + 1}, column {ctx.column + 1})"
     elif e.context:
         problem = f"{e.context}: {problem}" if problem else e.context
-    return f"{where}: YAML syntax error: {_one_line(problem)}"
+    return f"{where}: YAML syntax error: {one_line(problem)}"
 
 
 def parse_config(data: Mapping[str, Any], *, source: str = "config", overrides: Iterable[str] = ()) -> ExperimentConfig:
@@ -533,7 +533,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "config", overrides: 
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_describe(e, source, applied)) from e
+        raise ConfigError(describe_validation_error(e, source, applied, ExperimentConfig)) from e
 
 
 def _deep_copy(value: Any) -> Any:
@@ -553,7 +553,7 @@ def _apply_override(data: dict[str, Any], item: str) -> tuple[str, ...]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {item!r}: the value is not valid YAML ({_one_line(str(e))})") from e
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({one_line(str(e))})") from e
     if isinstance(value, (dict, list)) and not raw.strip().startswith(("{", "[")):
         # One line holds only flow-style collections: 'sqlite:///:memory:' or 'a: b' is a string, not a mapping.
         value = raw.strip()
@@ -564,7 +564,7 @@ def _apply_override(data: dict[str, Any], item: str) -> tuple[str, ...]:
             child = node[k] = {}
         elif not isinstance(child, dict):
             where = ".".join(keys[: i + 1])
-            raise ConfigError(f"override {item!r}: {where} is {_show(child)}, not a section with fields")
+            raise ConfigError(f"override {item!r}: {where} is {show_value(child)}, not a section with fields")
         node = child
     node[keys[-1]] = value
     return keys
@@ -572,101 +572,10 @@ def _apply_override(data: dict[str, Any], item: str) -> tuple[str, ...]:
 
 # -- turning pydantic errors into one line -----------------------------------------------
 
-_TYPE_HINTS = {
-    "int_type": "expected an integer",
-    "int_parsing": "expected an integer",
-    "int_from_float": "expected an integer",
-    "float_type": "expected a number",
-    "float_parsing": "expected a number",
-    "bool_type": "expected true or false",
-    "bool_parsing": "expected true or false",
-    "string_type": "expected a string",
-    "list_type": "expected a list",
-    "dict_type": "expected a mapping",
-    "finite_number": "expected a finite number",
-}
-_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
-
-
-def _describe(e: ValidationError, source: str, applied: list[tuple[tuple[str, ...], str]]) -> str:
-    errors = e.errors(include_url=False)
-    # An unknown field first: a misspelt section ('modle:') also makes the real one 'missing'.
-    errors.sort(key=lambda err: err["type"] != "extra_forbidden")
-    err = errors[0]
-    loc = tuple(err["loc"])
-    path = _loc_str(loc)
-    for keys, item in reversed(applied):
-        if loc[: len(keys)] == keys or keys[: len(loc)] == loc:
-            source = f"override {item!r}"
-            break
-    msg = f"{source}: {path}: {_explain(err, loc)}" if path else f"{source}: {_explain(err, loc)}"
-    if len(errors) > 1:
-        n = len(errors) - 1
-        msg += f" (+{n} more error{'s' if n > 1 else ''})"
-    return _one_line(msg)
-
-
-def _explain(err: Any, loc: tuple[Any, ...]) -> str:
-    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
-    section = _section_at(loc)
-    if kind == "missing":
-        if section is not None:
-            return f"missing required section (fields: {', '.join(section.model_fields)})"
-        return "missing required field"
-    if kind == "extra_forbidden":
-        parent = _section_at(loc[:-1]) or ExperimentConfig
-        allowed = list(parent.model_fields)
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown field{hint}; allowed fields: {', '.join(allowed)}"
-    if kind in ("model_type", "model_attributes_type", "dict_type") and section is not None:
-        return f"{_show(value)} is not allowed; expected a mapping with fields: {', '.join(section.model_fields)}"
-    if kind == "literal_error":
-        return f"{_show(value)} is not allowed; allowed: {ctx.get('expected')}"
-    if kind == "not_allowed":
-        return f"{_show(value)} is not allowed; allowed: {ctx.get('allowed')}"
-    if kind in _BOUNDS:
-        key, op = _BOUNDS[kind]
-        return f"{_show(value)} is not allowed; must be {op} {ctx.get(key)}"
-    if kind in _TYPE_HINTS:
-        return f"{_show(value)} is not allowed; {_TYPE_HINTS[kind]}"
-    text = str(err.get("msg", kind))
-    if kind in ("value_error", "assertion_error", "invalid_combination"):
-        return text.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    return f"{_show(value)} is not allowed; {text[:1].lower()}{text[1:]}"
-
-
-def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The section class at ``loc`` in the schema, or None if ``loc`` is not a section."""
-    cls: type[BaseModel] | None = ExperimentConfig
-    for part in loc:
-        if cls is None or not isinstance(part, str) or part not in cls.model_fields:
-            return None
-        ann = cls.model_fields[part].annotation
-        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    return cls
-
-
-def _loc_str(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _yaml_type(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
-    return f"{type(value).__name__} {_show(value)}"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return f"{type(value).__name__} {show_value(value)}"
 
 
 __all__ = [

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import optuna
 import sqlalchemy.exc
+import sqlalchemy.orm
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, Trial, TrialState
 
@@ -247,10 +248,13 @@ class OptunaSearcher(Searcher):
             return (m.accuracy, m.value) if multi else m.reward
 
         waited = False
+        no_heartbeat: dict[int, float] = {}
         try:
             while max_local is None or len(numbers) < max_local:
                 lock.acquire()
                 optuna.storages.fail_stale_trials(study)
+                if self.params["heartbeat_interval"]:
+                    _start_missing_heartbeats(study, no_heartbeat, self.params["grace_period"] or 2 * self.params["heartbeat_interval"])
                 done = len(_done_trials(study))
                 running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
                 if done >= n_episodes:
@@ -286,6 +290,40 @@ def _done_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Trials that count against the budget: complete ones and evaluations that failed (not killed workers)."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
     return [t for t in trials if t.state == TrialState.COMPLETE or "error" in t.user_attrs]
+
+
+def _start_missing_heartbeats(study: optuna.Study, seen: dict[int, float], grace: float) -> None:
+    """Give a first heartbeat to RUNNING trials that never got one, so a dead worker's trial is noticed.
+
+    Optuna stores a new trial as RUNNING, samples its parameters, and only then starts its
+    heartbeat thread. A worker killed in between leaves a RUNNING trial without a heartbeat,
+    which ``fail_stale_trials`` never fails: it would count as running for ever (and the last
+    worker would wait for it for ever). A trial seen here without a heartbeat for ``grace``
+    seconds gets one: a live worker keeps beating anyway, a dead worker's trial goes stale
+    ``grace`` seconds later and is failed and retried like any other. ``seen`` maps trial ids
+    to when this process first saw them without a heartbeat (monotonic clock: no clock skew
+    between machines).
+    """
+    from optuna.storages._rdb import models
+
+    storage = getattr(study._storage, "_backend", study._storage)  # the RDBStorage under Optuna's cache
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        return
+    trial, beat = models.TrialModel, models.TrialHeartbeatModel
+    with sqlalchemy.orm.Session(storage.engine) as session:
+        ids = {tid for (tid,) in session.query(trial.trial_id).outerjoin(beat, beat.trial_id == trial.trial_id)
+               .filter(trial.study_id == study._study_id, trial.state == TrialState.RUNNING, beat.trial_id.is_(None))}
+    now = time.monotonic()
+    for tid in set(seen) - ids:
+        del seen[tid]
+    for tid in ids:
+        if now - seen.setdefault(tid, now) >= grace:
+            log.info("trial id %d has been RUNNING without a heartbeat for %.0f s: its worker died before it started", tid, grace)
+            try:
+                storage.record_heartbeat(tid)
+            except sqlalchemy.exc.IntegrityError:  # its worker recorded its first heartbeat just now
+                pass
+            del seen[tid]
 
 
 def _trial_policy(trial: FrozenTrial) -> Policy:
