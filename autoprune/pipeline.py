@@ -130,33 +130,39 @@ class RunResult:
 RUN_FILE = "mlflow_run.json"
 
 
-def _unfinished_run(out: Path, cfg: ExperimentConfig) -> str | None:
-    """The MLflow run of an earlier, interrupted ``run`` of this experiment (to resume), if any."""
+def _previous_run(out: Path, cfg: ExperimentConfig) -> tuple[str | None, bool]:
+    """``(run id to resume, whether the last run finished)`` from an earlier ``run`` of this experiment."""
     path = out / RUN_FILE
     if not path.is_file():
-        return None
+        return None, False
     try:
         saved = json.loads(path.read_text())
         client = MlflowClient(tracking_uri=resolve_tracking_uri(cfg.tracking.uri))
         run = client.get_run(saved["run_id"])
     except Exception as e:  # unreadable file, another store, deleted run: start a new run
         log.info("not resuming the MLflow run in %s: %s", path, e)
-        return None
-    if run.info.status == "FINISHED" or saved.get("tracking_uri") != resolve_tracking_uri(cfg.tracking.uri):
-        return None
+        return None, False
+    if run.info.status == "FINISHED":
+        return None, True
+    if saved.get("tracking_uri") != resolve_tracking_uri(cfg.tracking.uri):
+        return None, False
     log.info("resuming MLflow run %s (%s)", run.info.run_id, run.info.status)
-    return run.info.run_id
+    return run.info.run_id, False
 
 
 def run_experiment(cfg: ExperimentConfig, *, progress: bool = True, restart: bool = False) -> RunResult:
     """The whole job, tracked in one MLflow run (ended FAILED/KILLED if anything goes wrong).
 
     Run again after a crash or Ctrl-C, the same config continues: the Optuna study keeps the
-    finished trials and the interrupted MLflow run is resumed. ``restart`` starts afresh.
+    finished trials and the interrupted MLflow run is resumed. Run again after it finished, or
+    with ``restart``, it starts afresh (a new study and a new MLflow run).
     """
     out = output_dir(cfg)
     torch.set_num_threads(cfg.latency.threads)
-    resume = None if restart else _unfinished_run(out, cfg)
+    resume, finished = (None, False) if restart else _previous_run(out, cfg)
+    if finished:
+        log.info("the last run of %r finished; starting a new one", cfg.name)
+        restart = True
     with Tracker(cfg, resume_run_id=resume) as tracker:
         write_policy_file(out / RUN_FILE, {"run_id": tracker.run_id, "tracking_uri": tracker.uri})
         t0 = time.perf_counter()
