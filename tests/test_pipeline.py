@@ -1,5 +1,6 @@
 """The end-to-end job (`autoprune run`) on a tiny real model, tracked in a throwaway MLflow store."""
 
+import json
 import subprocess
 import sys
 
@@ -95,3 +96,13 @@ def test_cli_run_with_an_impossible_budget_exits_2_with_one_line(tmp_path):
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "budget" in lines[0] and "Traceback" not in out.stderr
+
+
+def test_the_registered_model_carries_its_policy_for_apply(finished):
+    from autoprune.policy import load_policy
+
+    tmp, _, res = finished
+    policy, payload = load_policy("models:/tiny-mlp@champion", tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+    assert policy == res.search.result.best.policy
+    assert payload["fingerprint"]["units"] and payload["model"] == "mlp"
+    assert json.loads((tmp / "out" / "mlflow_run.json").read_text())["run_id"] == res.run_id
