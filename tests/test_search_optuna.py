@@ -136,7 +136,8 @@ def test_failed_evaluation_marks_the_trial_failed_and_the_search_goes_on(mlp_eva
     trials = study_trials(url)
     assert [t.state for t in trials] == [TrialState.COMPLETE] + [TrialState.FAIL] + [TrialState.COMPLETE] * 3
     assert trials[1].user_attrs["error"] == "simulated NaN"
-    assert trials[0].user_attrs["constraint"] == pytest.approx(trials[0].user_attrs["value"] - mlp_evaluator.target)
+    constraint = next(v for k, v in trials[0].system_attrs.items() if "constraint" in k)
+    assert constraint == pytest.approx(trials[0].user_attrs["metrics"]["value"] - mlp_evaluator.target)
 
 
 def test_sqlite_study_resumes_and_counts_its_complete_trials(mlp_evaluator, tmp_path):

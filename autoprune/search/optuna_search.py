@@ -235,16 +235,12 @@ class OptunaSearcher(Searcher):
             ratios = {u: trial.suggest_float(f"ratio/{u}", 0.0, evaluator.max_ratio) for u in evaluator.unit_names}
             drop = tuple(b for b in evaluator.block_names if trial.suggest_int(f"drop/{b}", 0, 1))
             m = self.evaluate(Policy(ratios, drop), index=trial.number)
+            # One attribute for all metrics: on an RDB storage every attribute is a transaction.
             trial.set_user_attr("metrics", m.as_dict())
             if m.failed:
                 trial.set_user_attr("error", m.error)
                 return (math.nan, math.nan) if multi else math.nan  # Optuna records NaN as a FAIL trial
-            constraint = m.value - evaluator.target
-            for key, v in (("accuracy", m.accuracy), ("value", m.value), ("latency_ratio", m.latency_ratio),
-                           ("macs_ratio", m.macs_ratio), ("reward", m.reward), ("feasible", bool(m.feasible)),
-                           ("constraint", constraint)):
-                trial.set_user_attr(key, v)
-            trial.set_constraint("budget", constraint)
+            trial.set_constraint("budget", m.value - evaluator.target)
             return (m.accuracy, m.value) if multi else m.reward
 
         waited = False
@@ -253,10 +249,9 @@ class OptunaSearcher(Searcher):
             while max_local is None or len(numbers) < max_local:
                 lock.acquire()
                 optuna.storages.fail_stale_trials(study)
-                if self.params["heartbeat_interval"]:
-                    _start_missing_heartbeats(study, no_heartbeat, self.params["grace_period"] or 2 * self.params["heartbeat_interval"])
-                done = len(_done_trials(study))
-                running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+                trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING))
+                done = sum(_is_done(t) for t in trials)
+                running = sum(t.state == TrialState.RUNNING for t in trials)
                 if done >= n_episodes:
                     break
                 if done + running >= n_episodes:  # the rest is running elsewhere, or stale and not yet failed
@@ -286,10 +281,14 @@ class OptunaSearcher(Searcher):
         return extras
 
 
+def _is_done(trial: FrozenTrial) -> bool:
+    """Counts against the budget: a complete trial, or an evaluation that failed (not a killed worker's trial)."""
+    return trial.state == TrialState.COMPLETE or (trial.state == TrialState.FAIL and "error" in trial.user_attrs)
+
+
 def _done_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials that count against the budget: complete ones and evaluations that failed (not killed workers)."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-    return [t for t in trials if t.state == TrialState.COMPLETE or "error" in t.user_attrs]
+    """The trials that count against the budget."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)) if _is_done(t)]
 
 
 def _start_missing_heartbeats(study: optuna.Study, seen: dict[int, float], grace: float) -> None:
