@@ -170,6 +170,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True, restart: boo
         tracker.log_dense({"val_accuracy": baseline.meta.get("val_accuracy", float("nan")), "test_accuracy": baseline.meta.get("test_accuracy", float("nan"))})
         search = run_search(cfg, progress=progress, callback=tracker.log_episode, baseline=baseline,
                             tracking=(tracker.uri, tracker.run_id), restart=restart)
+        tracker.log_missing_episodes(search.result.history)  # trials finished before a crash, or by workers
         ev = search.evaluator
         info = {"target": ev.target, "metric": ev.budget.metric, "dense_accuracy": ev.dense_accuracy, "unit_order": ev.unit_names,
                 "fingerprint": model_fingerprint(ev.graph)}

@@ -141,6 +141,7 @@ class Tracker:
         self.experiment_id: str | None = None
         self.artifact_uri: str | None = None
         self._buffer: list[Metric] = []
+        self._logged_steps: set[int] = set()
         self._pending_episodes = 0
         self._best = -math.inf
 
@@ -285,9 +286,24 @@ class Tracker:
         ts = int(time.time() * 1000)
         step = int(evaluation.index)
         self._buffer.extend(Metric(k, f, ts, step) for k, v in values.items() if (f := _finite(v)) is not None)
+        self._logged_steps.add(step)
         self._pending_episodes += 1
         if self._pending_episodes >= self.flush_every:
             self.flush()
+
+    def log_missing_episodes(self, history: Sequence[Any]) -> int:
+        """Log the evaluations of ``history`` the run has no step for yet (trials of an earlier, killed
+        process or of workers whose buffer was lost); returns how many were added."""
+        self.flush()
+        try:
+            present = {m.step for m in self.client.get_metric_history(self._require_run(), "failed")}
+        except MlflowException:
+            present = set()
+        missing = [e for e in history if int(e.index) not in present | self._logged_steps]
+        for evaluation in sorted(missing, key=lambda e: e.index):
+            self.log_episode(evaluation)
+        self.flush()
+        return len(missing)
 
     def flush(self) -> None:
         """Send buffered episode metrics; on a failure they stay buffered for the next try."""

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -140,11 +141,12 @@ def two_workers(tmp_path_factory, checkpoint, postgres_server, mlflow_server) ->
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    saved = tracking_utils._tracking_uri, registry_utils._registry_uri, {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env_names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = tracking_utils._tracking_uri, registry_utils._registry_uri, {k: os.environ.get(k) for k in env_names}
     tmp = tmp_path_factory.mktemp("two-workers")
     url = postgres_server.create_database("two_workers")
     raw = config(tmp, checkpoint, TWO_WORKER_EPISODES, storage=url, study="pair", workers=2)
-    raw["tracking"] = {"uri": mlflow_server, "register": False, "experiment": "distributed"}
+    raw["tracking"] = {"uri": mlflow_server, "register": False, "experiment": "test-distributed-pair"}
     cfg = parse_config(raw)
     mine: list[int] = []
     reader = optuna.storages.RDBStorage(url)
@@ -206,9 +208,9 @@ def test_two_workers_log_their_trials_as_steps_of_one_mlflow_run(two_workers):
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "failed"))
     assert steps == list(range(TWO_WORKER_EPISODES)), "each trial, of either process, is one step of the run"
     rewards = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "reward")}
-    by_trial = {t.number: t.user_attrs["reward"] for t in two_workers["trials"]}
+    by_trial = {t.number: t.user_attrs["metrics"]["reward"] for t in two_workers["trials"]}
     assert rewards == pytest.approx(by_trial)
-    experiment = client.get_experiment_by_name("distributed")
+    experiment = client.get_experiment_by_name("test-distributed-pair")
     assert len(client.search_runs([experiment.experiment_id])) == 1, "workers must not open runs of their own"
 
 
@@ -238,11 +240,19 @@ def test_a_worker_killed_mid_trial_is_replaced_and_the_study_still_reaches_its_c
                 [sys.executable, "-m", "autoprune", "worker", "--storage", postgres_url, "--study", "kill", "--threads", "1"],
                 stdout=out, stderr=subprocess.STDOUT, env=subprocess_env(),
             ))
-        number = wait_for(lambda: victims_running_trial(evaluation.index), WORKER_START_TIMEOUT,
-                          f"the worker's first trial; its log:\n{tail(log_path)}", 0.05)
-        procs[0].send_signal(signal.SIGKILL)  # in the middle of trial `number`
-        procs[0].wait(timeout=30)
-        killed.update(number=number, at=time.monotonic())
+        victim, deadline = procs[0], time.monotonic() + WORKER_START_TIMEOUT
+        while True:
+            wait_for(lambda: victims_running_trial(evaluation.index) is not None, deadline - time.monotonic(),
+                     f"the worker's first trial; its log:\n{tail(log_path)}", 0.05)
+            victim.send_signal(signal.SIGSTOP)  # frozen: what we read next is what it leaves behind
+            time.sleep(0.2)  # statements it sent just before settle in the database
+            number = victims_running_trial(evaluation.index)
+            if number is not None:
+                break
+            victim.send_signal(signal.SIGCONT)  # it finished that trial meanwhile: try again
+        victim.send_signal(signal.SIGKILL)  # in the middle of evaluating trial `number`
+        victim.wait(timeout=30)
+        killed.update(number=number, main=evaluation.index)
 
     try:
         with reaped(procs):
@@ -253,7 +263,9 @@ def test_a_worker_killed_mid_trial_is_replaced_and_the_study_still_reaches_its_c
     trials = read_trials(postgres_url, "kill")
     complete = assert_exact_budget(trials, episodes)
     victim = trials[killed["number"]]
-    assert victim.state == TrialState.FAIL and "error" not in victim.user_attrs, "the killed trial is failed as stale, not as a bad policy"
+    states = {t.number: (t.state.name, t.system_attrs.get("failed_trial")) for t in trials}
+    assert victim.state == TrialState.FAIL and "error" not in victim.user_attrs, \
+        f"the killed trial {victim.number} is failed as stale, not as a bad policy: {states}"
     assert victim.datetime_complete is not None
     retries = [t for t in complete if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retries) == 1, "the killed trial's parameters are queued again, once"
@@ -285,7 +297,7 @@ def test_a_trial_left_running_without_a_heartbeat_is_failed_and_retried(tmp_path
 
 @pytest.mark.timeout(360)
 def test_run_killed_with_sigkill_resumes_its_study_and_its_mlflow_run(tmp_path, checkpoint):
-    episodes, kill_after = 12, 4
+    episodes, kill_after = 10, 3
     raw = config(tmp_path, checkpoint, episodes, params={"grace_period": 2})
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
     out, db = tmp_path / "out", f"sqlite:///{tmp_path / 'out' / 'study.db'}"
@@ -293,11 +305,13 @@ def test_run_killed_with_sigkill_resumes_its_study_and_its_mlflow_run(tmp_path, 
     counts: list[int] = []  # COMPLETE trials in the study, sampled while both runs go on
 
     def complete_now() -> int | None:
+        # Plain read-only SQL: an Optuna storage opened on a fresh file races the run's own schema creation.
         if not (out / "study.db").exists():
             return None
         try:
-            return sum(t.state == TrialState.COMPLETE for t in read_trials(db, "dist"))
-        except Exception:  # the study is not created yet, or the database is locked right now
+            with contextlib.closing(sqlite3.connect(f"file:{out / 'study.db'}?mode=ro", uri=True, timeout=5)) as c:
+                return c.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+        except sqlite3.Error:  # no tables yet, or locked right now
             return None
 
     def sample() -> int:
@@ -351,4 +365,6 @@ def test_run_killed_with_sigkill_resumes_its_study_and_its_mlflow_run(tmp_path, 
     assert run.info.status == "FINISHED"
     assert run.data.tags.get("resumed") == "true"
     assert len(client.search_runs([run.info.experiment_id])) == 1
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "failed")]
+    assert len(steps) == len(set(steps)) and set(steps) <= {t.number for t in complete}, "a trial is logged once, under its number"
     assert f"MLflow run {run_file['run_id']}" in (tmp_path / "second.log").read_text()

@@ -126,10 +126,16 @@ class OptunaSearcher(Searcher):
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=p["retry_stale"]) if p["retry_stale"] else None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
-                return optuna.storages.RDBStorage(
-                    url, heartbeat_interval=p["heartbeat_interval"], grace_period=p["grace_period"],
-                    heartbeat_stale_trial_callback=retry if p["heartbeat_interval"] else None,
-                )
+                for attempt in (1, 2):  # two processes creating the schema of a new database at once: one loses
+                    try:
+                        return optuna.storages.RDBStorage(
+                            url, heartbeat_interval=p["heartbeat_interval"], grace_period=p["grace_period"],
+                            heartbeat_stale_trial_callback=retry if p["heartbeat_interval"] else None,
+                        )
+                    except sqlalchemy.exc.IntegrityError:
+                        if attempt == 2:
+                            raise
+                        time.sleep(1.0)
         except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError) as e:
             first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             try:
@@ -249,6 +255,8 @@ class OptunaSearcher(Searcher):
             while max_local is None or len(numbers) < max_local:
                 lock.acquire()
                 optuna.storages.fail_stale_trials(study)
+                if self.params["heartbeat_interval"]:  # trials of workers killed before their first heartbeat
+                    _start_missing_heartbeats(study, no_heartbeat, self.params["grace_period"] or 2 * self.params["heartbeat_interval"])
                 trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING))
                 done = sum(_is_done(t) for t in trials)
                 running = sum(t.state == TrialState.RUNNING for t in trials)
