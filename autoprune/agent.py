@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.errors import ConfigError, PolicyError
+from autoprune.paths import write_json_atomic
 
 AGENT_FORMAT = "autoprune-agent/1"
 AGENT_ZIP = "agent.zip"
@@ -60,17 +61,16 @@ def save_bundle(model: Any, folder: str | Path, *, trained_on: dict[str, Any] | 
     tmp = folder / (AGENT_ZIP + ".tmp.zip")
     model.save(tmp)
     tmp.replace(folder / AGENT_ZIP)
-    doc = folder / (AGENT_MANIFEST + ".tmp")
-    doc.write_text(json.dumps(manifest(trained_on=trained_on, episodes=episodes), indent=2))
-    doc.replace(folder / AGENT_MANIFEST)
+    write_json_atomic(folder / AGENT_MANIFEST, manifest(trained_on=trained_on, episodes=episodes))
     return folder
 
 
 def locate_bundle(source: str | Path, *, tracking_uri: str | None = None) -> Path:
-    """The local bundle folder behind a folder, its ``agent.zip``, or a ``runs:/``/``models:/`` URI.
+    """The local bundle folder behind a folder, its ``agent.zip``, or a ``runs:/``/``models:/`` URI; its manifest is checked.
 
     Raises:
-        ConfigError: nothing there, or no agent.zip / agent.json in it.
+        ConfigError: nothing there, or no agent.zip in it.
+        PolicyError: the manifest is missing or does not fit (:func:`check_manifest`).
     """
     text = str(source)
     if text.startswith(("runs:/", "models:/")):
@@ -88,9 +88,7 @@ def locate_bundle(source: str | Path, *, tracking_uri: str | None = None) -> Pat
         if not found:
             raise ConfigError(f"--agent: {text!r} holds no {AGENT_ZIP}; expected the folder a PPO search saves (search.params.save_agent)")
         path = found[0].parent
-    if not (path / AGENT_MANIFEST).is_file():
-        raise ConfigError(f"--agent: {text!r} has {AGENT_ZIP} but no {AGENT_MANIFEST}, so what it observes is unknown; "
-                          "save agents with this version of autoprune")
+    check_manifest(path, text)
     return path
 
 

@@ -401,8 +401,8 @@ def transfer(
     Prints the mapping table, measures the result (latency, proxy accuracy) and writes the new policy.
     """
     from autoprune.experiment import build_evaluator, load_baseline
-    from autoprune.paths import writable_file
-    from autoprune.policy import load_policy, write_policy_file
+    from autoprune.paths import writable_file, write_json_atomic
+    from autoprune.policy import load_policy
     from autoprune.transfer import mapping_table
     from autoprune.transfer import transfer as run_transfer
 
@@ -420,7 +420,7 @@ def transfer(
     table = mapping_table(res.rows)
     typer.echo(table)
     doc = res.document(model=cfg.model.name, data=cfg.data.name, backend=cfg.latency.backend_info(), metrics=res.metrics)
-    write_policy_file(out, doc)
+    write_json_atomic(out, doc)
     m = res.metrics or {}
     how = "same architecture: taken by unit name" if res.identity else f"from {payload.get('model')}"
     typer.echo(f"{how}; scale {res.scale:.3f}; predicted {res.metric} {res.predicted_value:.3f}, measured "

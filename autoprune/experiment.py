@@ -24,7 +24,8 @@ from autoprune.graph import PrunableGraph
 from autoprune.latency_table import LatencyTable
 from autoprune.measure import PairedTimer, count_macs_params, model_size_bytes
 from autoprune.objective import Budget, LatencySettings, PolicyEvaluator, Reward
-from autoprune.policy import Policy, model_fingerprint, policy_document, write_policy_file
+from autoprune.paths import write_json_atomic
+from autoprune.policy import Policy, model_fingerprint, policy_document
 from autoprune.search import SearchResult, get_searcher
 from autoprune.surgery import apply_policy
 from autoprune.train import TrainSettings, default_checkpoint_path, train_or_load
@@ -133,7 +134,7 @@ def write_policy(path: Path, evaluator: PolicyEvaluator, result: SearchResult, c
             backend=cfg.latency.backend_info(), searcher=result.searcher, episode=best.index, metrics=best.metrics.as_dict(),
             fingerprint=model_fingerprint(evaluator.graph),
         )
-    write_policy_file(path, payload)
+    write_json_atomic(path, payload)
 
 
 @dataclass

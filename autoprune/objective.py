@@ -278,6 +278,22 @@ class PolicyEvaluator:
         """Smallest budget metric reachable: every unit at ``max_ratio`` and every block dropped."""
         return self.predicted_value({n: self.max_ratio for n in self.unit_names}, tuple(self.block_names))
 
+    def drops_to_reach(self, drop: tuple[str, ...] | list[str] = ()) -> tuple[str, ...] | None:
+        """``drop`` plus the fewest blocks that let every unit at ``max_ratio`` meet the predicted target.
+
+        Blocks are added one at a time, each time the one whose drop lowers the predicted value
+        most (ties go to the deeper block). ``None`` when even every block dropped misses it.
+        """
+        at_max = {n: self.max_ratio for n in self.unit_names}
+        drop = tuple(drop)
+        order = {b: i for i, b in enumerate(self.block_names)}
+        while self.predicted_value(at_max, drop) > self.target:
+            left = [b for b in self.block_names if b not in drop]
+            if not left:
+                return None
+            drop = (*drop, min(left, key=lambda b: (round(self.predicted_value(at_max, (*drop, b)), 9), -order[b])))
+        return drop
+
     def check_reachable(self) -> None:
         """Raise :class:`BudgetError` if the target is below what the maximum ratios can reach."""
         reachable = self.min_reachable()

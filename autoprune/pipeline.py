@@ -24,7 +24,8 @@ from autoprune.experiment import Baseline, SearchRun, load_baseline, output_dir,
 from autoprune.export import export_onnx, quantize_onnx, save_pruned
 from autoprune.finetune import FinetuneSettings, finetune
 from autoprune.measure import PairedTimer, count_macs_params, model_size_bytes
-from autoprune.policy import Policy, model_fingerprint, write_policy_file
+from autoprune.paths import write_json_atomic
+from autoprune.policy import Policy, model_fingerprint
 from autoprune.surgery import apply_iteratively, apply_policy
 from autoprune.tracking import Tracker, resolve_tracking_uri
 
@@ -164,7 +165,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True, restart: boo
         log.info("the last run of %r finished; starting a new one", cfg.name)
         restart = True
     with Tracker(cfg, resume_run_id=resume) as tracker:
-        write_policy_file(out / RUN_FILE, {"run_id": tracker.run_id, "tracking_uri": tracker.uri})
+        write_json_atomic(out / RUN_FILE, {"run_id": tracker.run_id, "tracking_uri": tracker.uri})
         t0 = time.perf_counter()
         baseline = load_baseline(cfg, progress=progress)
         tracker.log_dense({"val_accuracy": baseline.meta.get("val_accuracy", float("nan")), "test_accuracy": baseline.meta.get("test_accuracy", float("nan"))})

@@ -118,15 +118,6 @@ def policy_document(
     }
 
 
-def write_policy_file(path: str | Path, document: dict | None) -> Path:
-    """Write a policy document (or any JSON) atomically: a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2))
-    tmp.replace(path)
-    return path
-
-
 # ----------------------------------------------------------------- loading
 def _local_policy_file(source: str, tracking_uri: str | None) -> Path:
     from autoprune.errors import ConfigError
@@ -218,4 +209,4 @@ def check_policy_fits(policy: Policy, graph: "PrunableGraph", *, fingerprint: di
 
 
 __all__ = ["POLICY_FORMAT", "Policy", "architecture_hash", "check_policy_fits", "load_policy", "model_fingerprint",
-           "policy_document", "write_policy_file"]
+           "policy_document"]

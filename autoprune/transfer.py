@@ -436,8 +436,10 @@ def refit_to_budget(
     leaves at 0 stay unpruned; only when even every pruned unit at ``max_ratio`` misses the
     target are the other units pruned too, blending towards ``max_ratio`` everywhere (the
     returned scale is then ``s_max * (1 + t)``, ``s_max`` being the scale at which every
-    pruned unit reaches ``max_ratio`` and ``t`` in [0, 1] the blend). A policy without any
-    pruned unit is scaled as a uniform policy (``s`` is then the uniform ratio).
+    pruned unit reaches ``max_ratio`` and ``t`` in [0, 1] the blend). When even every unit at
+    ``max_ratio`` misses the target, the fewest more blocks are dropped that make it reachable
+    (:meth:`PolicyEvaluator.drops_to_reach`). A policy
+    without any pruned unit is scaled as a uniform policy (``s`` is then the uniform ratio).
 
     Args:
         policy: A policy for ``evaluator``'s model.
@@ -450,7 +452,7 @@ def refit_to_budget(
 
     Raises:
         PolicyError: the policy names units or blocks the model (or the evaluator) does not have.
-        BudgetError: the target is unreachable even with every unit at ``max_ratio``.
+        BudgetError: the target is unreachable even with every unit at ``max_ratio`` and every droppable block dropped.
     """
     graph, max_ratio, target = evaluator.graph, float(evaluator.max_ratio), float(evaluator.target)
     graph.validate_policy(policy.ratios, ())
@@ -483,12 +485,16 @@ def refit_to_budget(
     if v_hi > target:
         hi = 2.0 * s_max
         v_hi = value(hi)
-        if v_hi > target:
-            raise BudgetError(
-                f"budget.target: {target:.3f} of dense {evaluator.budget.metric} is unreachable for this policy: with every "
-                f"unit at max_ratio {max_ratio} and its {len(drop)} dropped block(s) the model reaches {v_hi:.3f} (predicted); "
-                f"raise the target or pruning.max_ratio"
-            )
+        if v_hi > target:  # channels alone cannot reach the target: drop more blocks
+            more = evaluator.drops_to_reach(drop)
+            if more is None:
+                raise BudgetError(
+                    f"budget.target: {target:.3f} of dense {evaluator.budget.metric} is unreachable for this policy: with every "
+                    f"unit at max_ratio {max_ratio} and every droppable block dropped the model misses it (predicted); "
+                    f"raise the target or pruning.max_ratio"
+                )
+            drop = more
+            v_hi = value(hi)
         lo = s_max
     for _ in range(max_iter):
         if target - v_hi <= tol:
@@ -521,6 +527,15 @@ def mapping_table(rows: Sequence[MappingRow]) -> str:
         cells = [r.name, r.kind, f"{r.depth:.2f}", stage, "yes" if r.coupled else "no", src, ratio, refit, r.how]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
+
+
+def _after_refit(row: MappingRow, policy: Policy) -> MappingRow:
+    """``row`` with the refitted ratio, or, for a block the re-fit dropped on top of the mapping, marked so."""
+    if row.kind != "block":
+        return replace(row, refit=float(policy.ratios.get(row.name, 0.0)))
+    if row.name in policy.drop and not row.dropped:
+        return replace(row, dropped=True, how="drop: added by the re-fit (channels alone could not reach the target)")
+    return row
 
 
 # ----------------------------------------------------------------- one call for the CLI
@@ -572,7 +587,7 @@ def transfer(policy: Policy, payload: dict, evaluator: "PolicyEvaluator", *, ref
         scale, predicted = 1.0, float(evaluator.predicted_value(mapped.ratios, mapped.drop))
         if measure:
             metrics = evaluator.evaluate(mapped).as_dict()
-    rows = [replace(r, refit=float(mapped.ratios.get(r.name, 0.0))) if r.kind != "block" else r for r in rows]
+    rows = [_after_refit(r, mapped) for r in rows]
     src = {k: payload.get(k) for k in ("model", "data", "searcher", "budget")}
     src["arch_hash"] = (payload.get("fingerprint") or {}).get("arch_hash")
     return TransferResult(

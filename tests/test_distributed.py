@@ -292,6 +292,28 @@ def test_a_trial_left_running_without_a_heartbeat_is_failed_and_retried(tmp_path
     assert len(result.history) == 3
 
 
+@pytest.mark.timeout(60)
+def test_a_worker_dying_after_recording_a_failed_evaluation_does_not_overspend_the_budget(tmp_path, mlp_evaluator):
+    # The worker recorded the failed evaluation's error, then died before finishing the trial: the
+    # stale trial is failed and retried, and only the retry counts against the budget.
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = optuna.storages.RDBStorage(url, heartbeat_interval=1)
+    study = optuna.create_study(study_name="e", storage=storage, direction="maximize")
+    dying = study.ask({f"ratio/{u}": optuna.distributions.FloatDistribution(0.0, mlp_evaluator.max_ratio)
+                       for u in mlp_evaluator.unit_names})
+    dying.set_user_attr("error", "out of memory")
+    storage.record_heartbeat(dying._trial_id)
+    storage.engine.dispose()
+    time.sleep(2.5)  # its heartbeat goes stale
+    params = {"storage": url, "study_name": "e", "heartbeat_interval": 1, "grace_period": 1, "poll_interval": 0.2}
+    get_searcher("optuna", params, progress=False).search(mlp_evaluator, 3)
+    trials = read_trials(url, "e")
+    assert trials[dying.number].state == TrialState.FAIL
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == dying.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert len(assert_exact_budget(trials, 3)) == 3
+
+
 # --------------------------------------------------------------------------- kill -9 a whole run, then resume
 
 

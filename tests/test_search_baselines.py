@@ -65,6 +65,19 @@ def test_uniform_refines_on_measured_latency_within_max_evals(resnet_evaluator):
     assert all(len(set(e.policy.ratios.values())) == 1 and not e.policy.drop for e in result.history)
 
 
+def test_uniform_drops_the_fewest_blocks_when_channels_alone_miss_the_target(resnet_evaluator):
+    at_max = {u: resnet_evaluator.max_ratio for u in resnet_evaluator.unit_names}
+    channels_only, everything = resnet_evaluator.predicted_value(at_max), resnet_evaluator.min_reachable()
+    ev = resnet_evaluator.with_budget(Budget(metric="macs", target=(channels_only + everything) / 2))
+    result = search("uniform", ev, 8)
+    policy = result.best.policy
+    assert result.best.metrics.feasible and len(set(policy.ratios.values())) == 1
+    assert policy.drop and list(policy.drop) == result.extras["drop"]
+    assert set(policy.drop) < set(ev.block_names)
+    # the fewest: one block fewer misses the target even at max_ratio
+    assert ev.predicted_value(at_max, policy.drop[:-1]) > ev.target
+
+
 def test_sensitivity_measures_every_unit_and_block_then_meets_the_budget(evaluator, tmp_path):
     result = search("sensitivity", evaluator, 34, levels=[0.4, 0.9])
     curves = result.extras["sensitivity"]

@@ -7,7 +7,8 @@ import pytest
 from autoprune.errors import BudgetError, ConfigError, PolicyError
 from autoprune.graph import PrunableGraph
 from autoprune.objective import Budget, PolicyEvaluator
-from autoprune.policy import Policy, check_policy_fits, load_policy, model_fingerprint, policy_document, write_policy_file
+from autoprune.paths import write_json_atomic
+from autoprune.policy import Policy, check_policy_fits, load_policy, model_fingerprint, policy_document
 from autoprune.transfer import MappingRow, mapping_table, refit_to_budget, transfer, transfer_policy
 
 from conftest import SEARCH_SETTINGS
@@ -160,7 +161,7 @@ def test_transferred_policy_is_refitted_to_meet_the_budget_and_keeps_its_shape(g
     src, ev = graphs["resnet20"], resnet32_evaluator
     doc = policy_document(deepening_policy(src, 0.05, 0.3), model="resnet20", data="digits", metric="macs", target=0.8,
                           backend={}, searcher="random", fingerprint=model_fingerprint(src))
-    policy, payload = load_policy(str(write_policy_file(tmp_path / "policy.json", doc)))
+    policy, payload = load_policy(str(write_json_atomic(tmp_path / "policy.json", doc)))
 
     result = transfer(policy, payload, ev)
     assert not result.identity and result.scale > 1.0  # the source was found for a looser budget: scaled up
@@ -173,7 +174,7 @@ def test_transferred_policy_is_refitted_to_meet_the_budget_and_keeps_its_shape(g
     assert all(r.refit == result.policy.ratios[r.name] for r in result.rows if r.kind != "block")
     assert "| layer3.4.conv1 |" in mapping_table(result.rows)
 
-    written = write_policy_file(tmp_path / "transferred.json", result.document(model="resnet32", data="digits", backend={}))
+    written = write_json_atomic(tmp_path / "transferred.json", result.document(model="resnet32", data="digits", backend={}))
     again, payload2 = load_policy(str(written))
     assert again == result.policy and payload2["transferred_from"]["model"] == "resnet20"
     check_policy_fits(again, ev.graph)
@@ -203,8 +204,32 @@ def test_refit_keeps_drops_and_prunes_untouched_units_only_as_a_last_resort(resn
     assert value <= 0.8 and {n for n, r in fitted.ratios.items() if r > 0} == set(last_stage.ratios)
 
 
+def test_refit_drops_more_blocks_when_channels_alone_cannot_reach_the_target(resnet32_evaluator):
+    ev = resnet32_evaluator.with_budget(Budget(metric="macs", target=0.02))
+    every_unit_at_max = {n: ev.max_ratio for n in ev.unit_names}
+    assert ev.predicted_value(every_unit_at_max, ("layer2.1",)) > 0.02  # channels alone miss it
+    fitted, scale, value = refit_to_budget(Policy.uniform(ev.unit_names, 0.3, drop=("layer2.1",)), ev)
+    assert value <= 0.02 and fitted.drop[0] == "layer2.1" and len(fitted.drop) > 1
+    assert set(fitted.drop) <= set(ev.block_names) and len(set(fitted.drop)) == len(fitted.drop)
+    # minimal: without the last added block the target is out of reach even at max_ratio
+    assert ev.predicted_value(every_unit_at_max, fitted.drop[:-1]) > 0.02
+    assert ev.predicted_value(fitted.ratios, fitted.drop) == pytest.approx(value)
+
+
+def test_transfer_marks_blocks_the_refit_added(graphs, resnet32_evaluator):
+    src = graphs["resnet20"]
+    ev = resnet32_evaluator.with_budget(Budget(metric="macs", target=0.02))
+    doc = policy_document(deepening_policy(src, 0.2, 0.5), model="resnet20", data="digits", metric="macs", target=0.5,
+                          backend={}, searcher="optuna", fingerprint=model_fingerprint(src))
+    result = transfer(Policy.from_dict(doc), doc, ev)
+    added = [r for r in result.rows if r.kind == "block" and "added by the re-fit" in r.how]
+    assert added and all(r.dropped for r in added)
+    assert {r.name for r in result.rows if r.kind == "block" and r.dropped} == set(result.policy.drop)
+    assert result.predicted_value <= 0.02
+
+
 def test_refit_raises_when_the_budget_is_unreachable(resnet32_evaluator):
-    ev = resnet32_evaluator.with_budget(Budget(metric="macs", target=0.01))
+    ev = resnet32_evaluator.with_budget(Budget(metric="macs", target=0.003))
     with pytest.raises(BudgetError, match="unreachable.*max_ratio 0.8"):
         refit_to_budget(Policy.uniform(ev.unit_names, 0.3), ev)
     with pytest.raises(PolicyError, match="does not have"):

@@ -89,7 +89,10 @@ class RandomSearcher(Searcher):
 
 
 class UniformSearcher(Searcher):
-    """One ratio for every unit and no block dropped, set to just meet the budget.
+    """One ratio for every unit, set to just meet the budget.
+
+    No block is dropped unless even ``max_ratio`` everywhere misses the target; then the
+    fewest blocks that make it reachable are dropped (:meth:`PolicyEvaluator.drops_to_reach`).
 
     The ratio is found by bisection on the predicted budget metric, then refined by bisection on
     the measured one (each measurement is an episode) until it is within ``tolerance`` below the
@@ -112,14 +115,19 @@ class UniformSearcher(Searcher):
             raise ConfigError(f"search.params.max_evals: {max_evals!r} is not allowed; allowed: an integer >= 1")
         limit = min(n_episodes, max_evals)
 
-        def predicted(r: float) -> float:
-            return evaluator.predicted_value({u: r for u in units})
+        drop: tuple[str, ...] = ()
+        if evaluator.predicted_value({u: top for u in units}) > target:
+            # Channels alone cannot reach the target: drop the fewest blocks that make it reachable.
+            drop = evaluator.drops_to_reach() or ()
+            if not drop:
+                log.warning("uniform: even ratio %.2f everywhere misses the target %.3f and no blocks can be dropped", top, target)
+                self.evaluate(Policy.uniform(units, top))
+                return {"ratio": top, "drop": []}
+            log.info("uniform: ratio %.2f everywhere misses the target %.3f; dropping %d block(s): %s", top, target, len(drop), list(drop))
 
-        if predicted(top) > target:
-            log.warning("uniform: even ratio %.2f everywhere misses the target %.3f (predicted %.3f); "
-                        "blocks must be dropped to reach it", top, target, predicted(top))
-            self.evaluate(Policy.uniform(units, top))
-            return {"ratio": top}
+        def predicted(r: float) -> float:
+            return evaluator.predicted_value({u: r for u in units}, drop)
+
         lo, hi = 0.0, top
         if predicted(0.0) > target:
             for _ in range(20):
@@ -132,7 +140,7 @@ class UniformSearcher(Searcher):
         feasible_at: float | None = None
         infeasible_at: float | None = None
         for _ in range(limit):
-            m = self.evaluate(Policy.uniform(units, ratio))
+            m = self.evaluate(Policy.uniform(units, ratio, drop=drop))
             if not m.failed and m.feasible:
                 feasible_at = ratio
                 if exact or target - m.value <= tol:
@@ -150,7 +158,7 @@ class UniformSearcher(Searcher):
                 feasible_at is not None and infeasible_at is not None and abs(feasible_at - infeasible_at) < 1e-3
             ):
                 break
-        return {"ratio": feasible_at if feasible_at is not None else ratio}
+        return {"ratio": feasible_at if feasible_at is not None else ratio, "drop": list(drop)}
 
 
 class SensitivitySearcher(Searcher):

@@ -257,8 +257,8 @@ class OptunaSearcher(Searcher):
                 optuna.storages.fail_stale_trials(study)
                 if self.params["heartbeat_interval"]:  # trials of workers killed before their first heartbeat
                     _start_missing_heartbeats(study, no_heartbeat, self.params["grace_period"] or 2 * self.params["heartbeat_interval"])
-                trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING))
-                done = sum(_is_done(t) for t in trials)
+                trials = study.get_trials(deepcopy=False)
+                done = len(_counted(trials))
                 running = sum(t.state == TrialState.RUNNING for t in trials)
                 if done >= n_episodes:
                     break
@@ -289,14 +289,21 @@ class OptunaSearcher(Searcher):
         return extras
 
 
-def _is_done(trial: FrozenTrial) -> bool:
-    """Counts against the budget: a complete trial, or an evaluation that failed (not a killed worker's trial)."""
-    return trial.state == TrialState.COMPLETE or (trial.state == TrialState.FAIL and "error" in trial.user_attrs)
+def _counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials that count against the budget: complete ones, and evaluations that failed.
+
+    A trial failed because its worker died (stale heartbeat) does not count: it is retried.
+    Neither does one that was retried although it recorded a failed evaluation (its worker died
+    between recording the error and finishing the trial): its retry counts instead.
+    """
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    return [t for t in trials if t.state == TrialState.COMPLETE
+            or (t.state == TrialState.FAIL and "error" in t.user_attrs and t.number not in retried)]
 
 
 def _done_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The trials that count against the budget."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)) if _is_done(t)]
+    """The trials that count against the budget (see :func:`_counted`)."""
+    return _counted(study.get_trials(deepcopy=False))
 
 
 def _start_missing_heartbeats(study: optuna.Study, seen: dict[int, float], grace: float) -> None:

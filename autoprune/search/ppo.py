@@ -25,6 +25,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from autoprune.errors import ConfigError, PolicyError
 from autoprune.objective import Evaluation, Metrics, PolicyEvaluator
+from autoprune.paths import write_json_atomic
 from autoprune.policy import Policy
 from autoprune.search.base import Searcher
 from envs.pruning import LayerPruningEnv
@@ -157,9 +158,7 @@ def write_checkpoint(model: BaseAlgorithm, folder: str | Path, history: list[Eva
     tmp.replace(zpath)
     state = {"episodes": len(history), "n_episodes": n_episodes, "seed": seed,
              "history": [{"index": e.index, "policy": e.policy.to_dict(), "metrics": e.metrics.as_dict()} for e in history]}
-    tmp_state = spath.with_name(spath.name + ".tmp")
-    tmp_state.write_text(json.dumps(state))
-    tmp_state.replace(spath)
+    write_json_atomic(spath, state, indent=None)
 
 
 def read_checkpoint(folder: str | Path) -> dict[str, Any] | None:
