@@ -391,6 +391,8 @@ def transfer(
     data: Annotated[str | None, typer.Option("--data", "-d", help="Data set.")] = None,
     target: Annotated[float | None, typer.Option(help="Budget of the target model as a fraction of dense (default: the config's).")] = None,
     refit: Annotated[bool, typer.Option(help="Re-fit to the target model's budget: one uniform ratio scale found by bisection.")] = True,
+    candidates: Annotated[int, typer.Option(min=1, help="Drop sets to re-fit and measure (the mapped one, then shallower and "
+                                                        "deeper cuts); the best by reward is kept.")] = 3,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the transferred policy.")] = Path("transferred_policy.json"),
     track: Annotated[bool, typer.Option(help="Log the mapping table, policy and metrics to MLflow (experiment 'transfer').")] = True,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: ./mlflow.db); also for runs:/ and models:/.")] = None,
@@ -403,7 +405,7 @@ def transfer(
     from autoprune.experiment import build_evaluator, load_baseline
     from autoprune.paths import writable_file, write_json_atomic
     from autoprune.policy import load_policy
-    from autoprune.transfer import mapping_table
+    from autoprune.transfer import candidate_table, mapping_table
     from autoprune.transfer import transfer as run_transfer
 
     overrides = list(set_ or [])
@@ -416,9 +418,11 @@ def transfer(
     src, payload = load_policy(policy, tracking_uri=tracking_uri)
     baseline = load_baseline(cfg, progress=_progress())
     evaluator = build_evaluator(cfg, baseline)
-    res = run_transfer(src, payload, evaluator, refit=refit, measure=True)
+    res = run_transfer(src, payload, evaluator, refit=refit, measure=True, candidates=candidates)
     table = mapping_table(res.rows)
     typer.echo(table)
+    if len(res.candidates) > 1:
+        typer.echo("\n" + candidate_table(res) + "\n")
     doc = res.document(model=cfg.model.name, data=cfg.data.name, backend=cfg.latency.backend_info(), metrics=res.metrics)
     write_json_atomic(out, doc)
     m = res.metrics or {}
@@ -435,6 +439,7 @@ def transfer(
             tracker.log_metrics({"scale": res.scale, "predicted_value": res.predicted_value, "target": res.target,
                                  **{k: v for k, v in m.items() if k in ("accuracy", "value", "latency_ratio", "macs_ratio", "feasible")}})
             tracker.client.log_text(tracker.run_id, table, "transfer/mapping.md")
+            tracker.client.log_text(tracker.run_id, candidate_table(res), "transfer/candidates.md")
             tracker.log_artifact(out, "transfer")
         typer.echo(f"MLflow run {tracker.run_id} (experiment 'transfer')")
 

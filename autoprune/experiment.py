@@ -192,7 +192,7 @@ def run_search(
     evaluator = build_evaluator(cfg, baseline)
     params = searcher_params(cfg, out)
     if warm_start is not None:
-        params["enqueue"] = [warm_start_policy(warm_start, evaluator).to_dict(), *params.get("enqueue", [])]
+        params["enqueue"] = [*(p.to_dict() for p in warm_start_policies(warm_start, evaluator)), *params.get("enqueue", [])]
     if restart:
         _forget_previous_search(cfg, params)
     procs: list = []
@@ -217,8 +217,13 @@ def run_search(
     return SearchRun(result, evaluator, policy_path, history_path, baseline)
 
 
-def warm_start_policy(source: tuple[Policy, dict], evaluator: PolicyEvaluator) -> Policy:
-    """The policy to enqueue first: as it is when it fits the model, else transferred and re-fitted."""
+def warm_start_policies(source: tuple[Policy, dict], evaluator: PolicyEvaluator, candidates: int = 3) -> list[Policy]:
+    """The policies to enqueue first: the policy as it is when it fits the model, else its transfer.
+
+    A transferred policy is re-fitted to the budget with ``candidates`` drop sets (the mapped one
+    first, then shallower and deeper cuts, see :func:`autoprune.transfer.drop_candidates`); the
+    search measures them as its first trials, so none is measured here.
+    """
     from autoprune.transfer import transfer
 
     from autoprune.errors import PolicyError
@@ -228,12 +233,13 @@ def warm_start_policy(source: tuple[Policy, dict], evaluator: PolicyEvaluator) -
     try:
         check_policy_fits(policy, evaluator.graph, fingerprint=payload.get("fingerprint"))
         if set(policy.drop) <= set(evaluator.block_names):
-            return Policy({u: min(r, evaluator.max_ratio) for u, r in policy.ratios.items()}, policy.drop)
+            return [Policy({u: min(r, evaluator.max_ratio) for u, r in policy.ratios.items()}, policy.drop)]
     except PolicyError:
         pass
-    moved = transfer(policy, payload, evaluator, refit=True)
-    log.info("warm start: policy of %s transferred (scale %.2f, predicted %.3f)", payload.get("model"), moved.scale, moved.predicted_value)
-    return moved.policy
+    moved = transfer(policy, payload, evaluator, refit=True, candidates=candidates)
+    log.info("warm start: policy of %s transferred, %d drop set(s): %s", payload.get("model"), len(moved.candidates),
+             ", ".join(f"{len(c.policy.drop)} blocks dropped (scale {c.scale:.2f})" for c in moved.candidates))
+    return [c.policy for c in moved.candidates]
 
 
 def _forget_previous_search(cfg: ExperimentConfig, params: dict[str, Any]) -> None:

@@ -14,7 +14,8 @@ target model a ratio:
   same set of stages they are matched by resolution; otherwise by rank (the first
   target stage to the first source stage, the last to the last, the ones between
   proportionally). Linear units have no stage.
-* **Compatible source units.** A target unit takes its ratio from the source units
+* **Compatible source units.** Units inside blocks the source dropped are left out
+  (their ratio says nothing). A target unit takes its ratio from the source units
   of the same role: same kind (conv, depthwise, linear) and same *stream* flag
   (a residual stream is a coupled, non-depthwise unit; a depthwise group is always
   coupled to its expansion conv, which does not make it a stream), in the matched
@@ -100,6 +101,7 @@ class TransferResult:
         fingerprint: The *target* model's fingerprint, for the new policy file.
         source: Where the policy came from: ``model``, ``data``, ``searcher``, ``arch_hash``, ``budget``.
         metrics: With ``measure=True``: the evaluator's metrics of ``policy`` (measured latency, proxy accuracy).
+        candidates: Every re-fitted variant tried (one per drop set, see :func:`drop_candidates`); ``policy`` is one of them.
     """
 
     policy: Policy
@@ -112,6 +114,7 @@ class TransferResult:
     fingerprint: dict[str, Any]
     source: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None
+    candidates: list["Candidate"] = field(default_factory=list)
 
     def document(self, *, model: str, data: str, backend: dict, metrics: dict | None = None) -> dict:
         """The policy file of the transferred policy (``policy_document`` plus a ``transferred_from`` entry)."""
@@ -121,6 +124,16 @@ class TransferResult:
         )
         doc["transferred_from"] = {**self.source, "scale": self.scale, "predicted_value": self.predicted_value}
         return doc
+
+
+@dataclass
+class Candidate:
+    """One re-fitted variant of the mapped policy: a drop set, its channel scale, and (measured) metrics."""
+
+    policy: Policy
+    scale: float
+    predicted_value: float
+    metrics: dict[str, Any] | None = None
 
 
 # ----------------------------------------------------------------- fingerprint parsing
@@ -272,8 +285,10 @@ def transfer_policy(
     src_ratio = {u.name: float(policy.ratios.get(u.name, 0.0)) for u in src_units}
     spatial_levels = lambda units, blocks: [u.level for u in units if u.level is not None] + [b.level for b in blocks]  # noqa: E731
     stage_map = _stage_map(spatial_levels(src_units, src_blocks), spatial_levels(tgt_units, tgt_blocks))
+    # Units inside a dropped source block have no ratio worth copying (the block is gone).
+    live = [u for u in src_units if not any(u.name.startswith(b + ".") for b in policy.drop)] or src_units
     for u in tgt_units:
-        r, sources, how = _map_unit(u, src_units, src_ratio, stage_map, tgt_units)
+        r, sources, how = _map_unit(u, live, src_ratio, stage_map, tgt_units)
         r = min(max(r, 0.0), max_ratio)
         ratios[u.name] = r
         rows.append(MappingRow(u.name, u.kind, u.depth, _stage_of(u.level), u.coupled, sources, r, None, how))
@@ -472,7 +487,7 @@ def refit_to_budget(
         if s <= s_max:
             return {n: min(max_ratio, s * r) for n, r in base.items()}
         t = min(1.0, s / s_max - 1.0)
-        return {n: saturated[n] + t * (max_ratio - saturated[n]) for n in names}
+        return {n: (1.0 - t) * saturated[n] + t * max_ratio for n in names}  # exactly max_ratio at t = 1
 
     def value(s: float) -> float:
         return float(evaluator.predicted_value(ratios_at(s), drop))
@@ -508,6 +523,42 @@ def refit_to_budget(
     return Policy(ratios_at(hi), drop), hi, v_hi
 
 
+def drop_candidates(policy: Policy, evaluator: "PolicyEvaluator", n: int) -> list[tuple[str, ...]]:
+    """Up to ``n`` drop sets around the mapped one, trading depth against width.
+
+    The best split between dropping blocks and pruning channels differs between architectures
+    (and measured batch-1 latency favours dropping blocks on models whose layers are small), so
+    the mapped drop set is one point on a chain: removing mapped drops, the one saving the least
+    predicted budget first, or adding blocks, the one saving the most first. Candidates are
+    spaced a quarter of the droppable blocks apart along it, the first being the mapped set (or
+    the fewest more drops that make the target reachable, :meth:`PolicyEvaluator.drops_to_reach`).
+    """
+    blocks = list(evaluator.block_names)
+    first = evaluator.drops_to_reach(policy.drop) or tuple(policy.drop)
+    if n <= 1 or not blocks:
+        return [first]
+    value = lambda drop: evaluator.predicted_value(policy.ratios, drop)  # noqa: E731
+    up, current = [], tuple(first)
+    while len(current) < len(blocks):
+        current = (*current, min((b for b in blocks if b not in current), key=lambda b: value((*current, b))))
+        up.append(current)
+    down, current = [], tuple(first)
+    reachable = evaluator.drops_to_reach
+    while current:
+        current = tuple(b for b in current if b != min(current, key=lambda b: value(tuple(x for x in current if x != b))))
+        if reachable(current) != current:  # fewer drops than this cannot reach the target
+            break
+        down.append(current)
+    chain = [*reversed(down), tuple(first), *up]
+    centre, step = len(down), max(1, round(len(blocks) / 4))
+    picked: list[int] = []
+    for j in range(len(chain)):
+        for i in ([centre] if j == 0 else [centre - j * step, centre + j * step]):
+            if 0 <= i < len(chain) and i not in picked and len(picked) < n:
+                picked.append(i)
+    return [chain[i] for i in picked]
+
+
 # ----------------------------------------------------------------- presentation
 def _fmt(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
@@ -534,12 +585,27 @@ def _after_refit(row: MappingRow, policy: Policy) -> MappingRow:
     if row.kind != "block":
         return replace(row, refit=float(policy.ratios.get(row.name, 0.0)))
     if row.name in policy.drop and not row.dropped:
-        return replace(row, dropped=True, how="drop: added by the re-fit (channels alone could not reach the target)")
+        return replace(row, dropped=True, how="drop: added by the re-fit (a deeper cut than the mapping)")
+    if row.dropped and row.name not in policy.drop:
+        return replace(row, dropped=False, how="keep: kept by the re-fit (a shallower cut than the mapping)")
     return row
 
 
+def candidate_table(result: "TransferResult") -> str:
+    """A markdown table of the re-fitted drop sets tried, the kept one marked."""
+    lines = ["| blocks dropped | scale | predicted | measured | proxy accuracy | feasible | kept |", "|---|---|---|---|---|---|---|"]
+    for c in result.candidates:
+        m = c.metrics or {}
+        lines.append(f"| {len(c.policy.drop)} | {c.scale:.3f} | {c.predicted_value:.3f} | {_fmt(m.get('value'))} | "
+                     f"{_fmt(m.get('accuracy'), 4)} | {'-' if not m else 'yes' if m.get('feasible') else 'no'} | "
+                     f"{'yes' if c.policy == result.policy else ''} |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------- one call for the CLI
-def transfer(policy: Policy, payload: dict, evaluator: "PolicyEvaluator", *, refit: bool = True, measure: bool = False) -> TransferResult:
+def transfer(
+    policy: Policy, payload: dict, evaluator: "PolicyEvaluator", *, refit: bool = True, measure: bool = False, candidates: int = 1
+) -> TransferResult:
     """Map a loaded policy onto ``evaluator``'s model and (by default) refit it to the evaluator's budget.
 
     Args:
@@ -550,6 +616,8 @@ def transfer(policy: Policy, payload: dict, evaluator: "PolicyEvaluator", *, ref
         measure: Evaluate the result for real (surgery, measured latency, proxy accuracy). With
             ``refit`` and a latency budget, a policy the measurement finds over the target is
             refitted to a target tightened by the prediction's error (at most twice).
+        candidates: With ``refit``, re-fit this many drop sets (:func:`drop_candidates`); with
+            ``measure`` the best measured one (by reward) is kept, else the mapped drop set.
 
     Returns:
         The mapped policy, mapping rows (with refitted ratios), scale, predicted value and the
@@ -558,43 +626,57 @@ def transfer(policy: Policy, payload: dict, evaluator: "PolicyEvaluator", *, ref
     Raises:
         PolicyError: the payload has no (or a malformed) fingerprint.
         BudgetError: with ``refit``, the target is unreachable.
+        ConfigError: ``candidates`` < 1.
     """
+    from autoprune.errors import ConfigError
+
     if not isinstance(payload, dict):
         raise PolicyError("the policy payload must be a JSON object")
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+        raise ConfigError(f"candidates: {candidates!r} is not allowed; allowed: an integer >= 1")
     allow_drop = bool(evaluator.block_names)
     mapped, rows = transfer_policy(policy, payload.get("fingerprint"), evaluator.graph,
                                    max_ratio=evaluator.max_ratio, allow_drop=allow_drop)
     identity = all(r.how == "same name" for r in rows if r.kind != "block")
-    metrics = None
+    tried: list[Candidate] = []
     if refit:
-        unrefitted = mapped
-        mapped, scale, predicted = refit_to_budget(unrefitted, evaluator)
-        goal = evaluator
-        for _ in range(2 if measure else 0):
-            m = evaluator.evaluate(mapped)
-            metrics = m.as_dict()
-            if m.failed or m.feasible or evaluator.budget.metric != "latency":
-                break
-            from autoprune.objective import Budget
-
-            tighter = goal.target * evaluator.target / max(m.value, 1e-9)
-            goal = evaluator.with_budget(Budget(metric="latency", target=tighter))
-            mapped, scale, predicted = refit_to_budget(unrefitted, goal)
-        else:
-            if measure:
-                metrics = evaluator.evaluate(mapped).as_dict()
-    else:
-        scale, predicted = 1.0, float(evaluator.predicted_value(mapped.ratios, mapped.drop))
+        for drop in drop_candidates(mapped, evaluator, candidates if not identity else 1):
+            if any(set(c.policy.drop) == set(drop) for c in tried):
+                continue
+            tried.append(_fit(Policy(mapped.ratios, drop), evaluator, measure))
+        chosen = tried[0]
         if measure:
-            metrics = evaluator.evaluate(mapped).as_dict()
-    rows = [_after_refit(r, mapped) for r in rows]
+            ok = [c for c in tried if c.metrics and not c.metrics.get("failed")]
+            chosen = max(ok, key=lambda c: (bool(c.metrics["feasible"]), c.metrics["reward"]), default=tried[0])
+    else:
+        predicted = float(evaluator.predicted_value(mapped.ratios, mapped.drop))
+        chosen = Candidate(mapped, 1.0, predicted, evaluator.evaluate(mapped).as_dict() if measure else None)
+        tried.append(chosen)
+    rows = [_after_refit(r, chosen.policy) for r in rows]
     src = {k: payload.get(k) for k in ("model", "data", "searcher", "budget")}
     src["arch_hash"] = (payload.get("fingerprint") or {}).get("arch_hash")
     return TransferResult(
-        policy=mapped, rows=rows, scale=float(scale), predicted_value=float(predicted),
+        policy=chosen.policy, rows=rows, scale=float(chosen.scale), predicted_value=float(chosen.predicted_value),
         metric=evaluator.budget.metric, target=float(evaluator.target), identity=identity,
-        fingerprint=model_fingerprint(evaluator.graph), source=src, metrics=metrics,
+        fingerprint=model_fingerprint(evaluator.graph), source=src, metrics=chosen.metrics, candidates=tried,
     )
 
 
-__all__ = ["MappingRow", "TransferResult", "mapping_table", "refit_to_budget", "transfer", "transfer_policy"]
+def _fit(mapped: Policy, evaluator: "PolicyEvaluator", measure: bool) -> Candidate:
+    """Re-fit ``mapped`` to the budget; with ``measure``, evaluate it and re-fit tighter (twice at most) if measured over."""
+    from autoprune.objective import Budget
+
+    policy, scale, predicted = refit_to_budget(mapped, evaluator)
+    if not measure:
+        return Candidate(policy, scale, predicted)
+    goal = evaluator
+    for attempt in range(3):
+        m = evaluator.evaluate(policy)
+        if m.failed or m.feasible or evaluator.budget.metric != "latency" or attempt == 2:
+            break
+        goal = evaluator.with_budget(Budget(metric="latency", target=goal.target * evaluator.target / max(m.value, 1e-9)))
+        policy, scale, predicted = refit_to_budget(mapped, goal)
+    return Candidate(policy, scale, predicted, m.as_dict())
+
+
+__all__ = ["Candidate", "MappingRow", "TransferResult", "candidate_table", "drop_candidates", "mapping_table", "refit_to_budget", "transfer", "transfer_policy"]

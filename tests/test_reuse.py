@@ -114,6 +114,7 @@ def test_transfer_to_resnet32_gives_a_feasible_policy_and_prints_the_mapping(wor
     code, stdout, err = cli(capsys, "transfer", str(cfg_path), "--policy", str(policy_path), "--out", str(out))
     assert code in (0, None), err
     assert "| layer3.4.conv1 | conv |" in stdout and "scale" in stdout
+    assert "| blocks dropped | scale | predicted | measured |" in stdout  # the drop sets tried (--candidates 3)
     doc = json.loads(out.read_text())
     assert doc["searcher"] == "transfer" and doc["transferred_from"]["model"] == "resnet20"
     assert doc["metrics"]["feasible"] and doc["metrics"]["value"] <= 0.5
@@ -127,12 +128,15 @@ def test_transfer_to_resnet32_gives_a_feasible_policy_and_prints_the_mapping(wor
     assert code in (0, None), err
 
 
-def test_warm_start_enqueues_the_transferred_policy_as_the_first_trial(workspace):
+def test_warm_start_enqueues_the_transferred_candidates_as_the_first_trials(workspace):
     tmp, policy_path = workspace
     cfg = parse_config(config(tmp, "resnet32", "r32warm", search={"episodes": 3}))
     run = run_search(cfg, progress=False, warm_start=load_policy(str(policy_path)))
     first = run.result.history[0]
     assert first.index == 0 and first.metrics.feasible
+    # the trials are the re-fitted drop sets (mapped, then shallower / deeper cuts), each distinct
+    drops = [frozenset(e.policy.drop) for e in run.result.history]
+    assert len(run.result.history) == 3 and len(set(drops)) == 3 and {e.index for e in run.result.history} == {0, 1, 2}
     assert set(first.policy.ratios) == set(run.evaluator.unit_names)
     src, _ = load_policy(str(policy_path))
     # Later stages keep the source's ordering of ratios between the first convs of the stages.

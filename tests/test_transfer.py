@@ -9,7 +9,7 @@ from autoprune.graph import PrunableGraph
 from autoprune.objective import Budget, PolicyEvaluator
 from autoprune.paths import write_json_atomic
 from autoprune.policy import Policy, check_policy_fits, load_policy, model_fingerprint, policy_document
-from autoprune.transfer import MappingRow, mapping_table, refit_to_budget, transfer, transfer_policy
+from autoprune.transfer import MappingRow, candidate_table, drop_candidates, mapping_table, refit_to_budget, transfer, transfer_policy
 
 from conftest import SEARCH_SETTINGS
 
@@ -226,6 +226,37 @@ def test_transfer_marks_blocks_the_refit_added(graphs, resnet32_evaluator):
     assert added and all(r.dropped for r in added)
     assert {r.name for r in result.rows if r.kind == "block" and r.dropped} == set(result.policy.drop)
     assert result.predicted_value <= 0.02
+
+
+def test_drop_candidates_trade_depth_for_width_around_the_mapped_drops(graphs, resnet32_evaluator):
+    ev = resnet32_evaluator
+    mapped = Policy({n: 0.3 for n in ev.unit_names}, ("layer1.2", "layer2.3", "layer3.4"))
+    sets = drop_candidates(mapped, ev, 3)
+    assert sets[0] == mapped.drop and len(sets) == 3 and len({frozenset(d) for d in sets}) == 3
+    counts = sorted(len(d) for d in sets)
+    assert counts[0] < 3 < counts[-1]  # a shallower and a deeper cut
+    at_max = {n: ev.max_ratio for n in ev.unit_names}
+    assert all(set(d) <= set(ev.block_names) and ev.predicted_value(at_max, d) <= ev.target for d in sets)
+    # deeper cuts add the block saving the most first: each deeper set extends the mapped one
+    deeper = [d for d in sets if len(d) > 3]
+    assert all(set(mapped.drop) < set(d) for d in deeper)
+    assert drop_candidates(mapped, ev, 1) == [mapped.drop]
+
+
+def test_transfer_keeps_the_best_measured_candidate(graphs, resnet32_evaluator):
+    src = graphs["resnet20"]
+    doc = policy_document(deepening_policy(src, 0.2, 0.5, drop=("layer1.1",)), model="resnet20", data="digits", metric="macs",
+                          target=0.5, backend={}, searcher="optuna", fingerprint=model_fingerprint(src))
+    ev = resnet32_evaluator.with_budget(resnet32_evaluator.budget)
+    result = transfer(Policy.from_dict(doc), doc, ev, measure=True, candidates=3)
+    assert len(result.candidates) >= 2 and len({frozenset(c.policy.drop) for c in result.candidates}) == len(result.candidates)
+    assert all(c.metrics and c.metrics["feasible"] and c.predicted_value <= TARGET for c in result.candidates)
+    best = max(result.candidates, key=lambda c: c.metrics["reward"])
+    assert result.policy == best.policy and result.metrics == best.metrics
+    assert {r.name for r in result.rows if r.kind == "block" and r.dropped} == set(result.policy.drop)
+    assert "| yes |" in candidate_table(result)
+    with pytest.raises(ConfigError, match="candidates: 0"):
+        transfer(Policy.from_dict(doc), doc, ev, candidates=0)
 
 
 def test_refit_raises_when_the_budget_is_unreachable(resnet32_evaluator):

@@ -6,12 +6,14 @@ Source: on ResNet-20 / Fashion-MNIST at 50% of dense batch-1 latency, an Optuna-
 For each target model, at the same latency target, side by side:
 
 - ``uniform``: one ratio for every unit, bisected on measured latency (the classical baseline);
-- ``policy transfer``: the TPE policy mapped by depth / type / stage / coupling and re-fitted
-  to the budget by bisection on the lookup table (``autoprune transfer``);
+- ``policy transfer``: the source policy mapped by depth / type / stage / coupling, re-fitted
+  to the budget by bisection on the lookup table for 3 drop sets (the mapped one, a shallower
+  and a deeper cut), each measured, the best kept (``autoprune transfer --candidates 3``);
 - ``zero-shot agent``: the PPO agent run on the new model's environment (best of 3 episodes,
   the first deterministic; ``autoprune search --agent ... --zero-shot``);
-- ``transfer + warm TPE``: the transferred policy enqueued as trial 0 of a TPE search with
-  10% of the fresh search's episodes (``autoprune search --warm-start ...``);
+- ``transfer + warm TPE``: the transferred candidates enqueued as the first trials of a TPE
+  search (``autoprune search --warm-start ...``); transfer and search together use 10% of the
+  fresh search's evaluations;
 - ``fresh TPE``: a full search on the target.
 
 Reported per method: proxy accuracy (validation split, after BN re-estimation), the measured
@@ -121,20 +123,24 @@ def run_target(model: str, doc: dict, agent_dir: Path, args, seed: int) -> list[
     timed("uniform", lambda: (get_searcher("uniform", {}, progress=False).search(ev, 10).best, {}))
 
     def do_transfer():
-        res = transfer(src, doc, ev, refit=True, measure=True)
+        res = transfer(src, doc, ev, refit=True, measure=True, candidates=args.candidates)
         best = next(e for e in reversed(ev.history) if e.policy.key() == res.policy.key())
-        return best, {"scale": res.scale, "transferred": res.policy.to_dict()}
+        return best, {"scale": res.scale, "candidates": [len(c.policy.drop) for c in res.candidates],
+                      "transferred": [res.policy.to_dict()] + [c.policy.to_dict() for c in res.candidates if c.policy != res.policy]}
 
     moved = timed("policy transfer", do_transfer)
     timed("zero-shot agent", lambda: (get_searcher("ppo", {"agent": str(agent_dir), "zero_shot": True}, progress=False)
                                       .search(ev, 3, seed=seed).best, {}))
-    warm_n = max(2, args.episodes // 10)
     if not moved.get("failed"):
-        # The transferred policy is trial 0; its evaluation is the transfer's own (cached), so the
-        # whole method costs warm_n evaluations, the transfer's included.
+        # The transferred candidates are the first trials and their evaluations are the transfer's own
+        # (cached): the whole method, the transfer's measurements included, costs 10% of the fresh
+        # search's episodes.
+        queued = moved["transferred"]
+        warm_n = max(len(queued) + 1, args.episodes // 10 - moved["evaluations"] + len(queued))
+
         def warm():
             res = get_searcher("optuna", {"sampler": "tpe", "n_startup_trials": args.warm_startup,
-                                          "enqueue": [moved["transferred"]]}, progress=False).search(ev, warm_n, seed=seed + 1)
+                                          "enqueue": queued}, progress=False).search(ev, warm_n, seed=seed + 1)
             return res.best, {"episodes": warm_n}
 
         row = timed("transfer + warm TPE", warm)
@@ -184,8 +190,10 @@ def render(rows: list[dict], args, dense: dict[str, dict]) -> str:
     out = [header("Policy and agent transfer", threads=args.threads)]
     out.append(
         f"Source: ResNet-20 / Fashion-MNIST at {args.target:.0%} of dense batch-1 latency; fresh searches get "
-        f"{args.episodes} episodes, the warm-started ones {max(2, args.episodes // 10)} (the first is the transferred "
-        f"policy, whose evaluation is the transfer's own). Every policy gets the same {args.finetune_epochs:g}-epoch "
+        f"{args.episodes} episodes. Policy transfer re-fits {args.candidates} drop sets (mapped, shallower, deeper cut) and "
+        f"measures each (a re-fit measured over the target is tightened, at most twice). Transfer + warm TPE gets "
+        f"{args.episodes // 10} evaluations in all: the transfer's, then TPE episodes whose first trials are the transferred "
+        f"candidates (cached). Every policy gets the same {args.finetune_epochs:g}-epoch "
         f"fine-tune (SGD, cosine) before its test accuracy is measured. Latency: paired, {args.threads} thread(s), batch 1. "
         "Proxy = validation accuracy after BN re-estimation. Each seed runs every method on a fresh evaluator (new latency "
         "table, empty cache); values are mean ± standard deviation over seeds. share of gain = (method - uniform) / "
@@ -263,8 +271,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="Latency-measurement threads (1 is steadier on 2 shared cores).")
     ap.add_argument("--targets", default="resnet32,resnet56,mobilenetv2")
     ap.add_argument("--seeds", type=int, default=3, help="Seeds per target: every method runs once per seed.")
+    ap.add_argument("--candidates", type=int, default=3, help="Drop sets the policy transfer re-fits and measures.")
     ap.add_argument("--warm-startup", type=int, default=5,
-                    help="n_startup_trials of the warm-started TPE, the transferred policy included (5 beat 1 on ResNet-56).")
+                    help="n_startup_trials of the warm-started TPE, the transferred candidates included.")
     ap.add_argument("--fresh", action="store_true", help="Forget earlier parts and the cached source searches.")
     args = ap.parse_args()
     torch.set_num_threads(2)
