@@ -35,7 +35,9 @@ target model a ratio:
   dropped source blocks.
 
 :func:`refit_to_budget` then scales the ratios uniformly so the predicted budget
-metric just meets the target, and :func:`transfer` does both for the CLI.
+metric just meets the target, :func:`drop_candidates` proposes shallower and deeper cuts
+around the mapped drop set, and :func:`transfer` does it all for the CLI, keeping the best
+measured candidate.
 """
 
 from __future__ import annotations
@@ -453,8 +455,8 @@ def refit_to_budget(
     returned scale is then ``s_max * (1 + t)``, ``s_max`` being the scale at which every
     pruned unit reaches ``max_ratio`` and ``t`` in [0, 1] the blend). When even every unit at
     ``max_ratio`` misses the target, the fewest more blocks are dropped that make it reachable
-    (:meth:`PolicyEvaluator.drops_to_reach`). A policy
-    without any pruned unit is scaled as a uniform policy (``s`` is then the uniform ratio).
+    (:meth:`PolicyEvaluator.drops_to_reach`). A policy without any pruned unit is scaled as a
+    uniform policy (``s`` is then the uniform ratio).
 
     Args:
         policy: A policy for ``evaluator``'s model.
@@ -638,12 +640,8 @@ def transfer(
     mapped, rows = transfer_policy(policy, payload.get("fingerprint"), evaluator.graph,
                                    max_ratio=evaluator.max_ratio, allow_drop=allow_drop)
     identity = all(r.how == "same name" for r in rows if r.kind != "block")
-    tried: list[Candidate] = []
     if refit:
-        for drop in drop_candidates(mapped, evaluator, candidates if not identity else 1):
-            if any(set(c.policy.drop) == set(drop) for c in tried):
-                continue
-            tried.append(_fit(Policy(mapped.ratios, drop), evaluator, measure))
+        tried = _fit_candidates(mapped, evaluator, 1 if identity else candidates, measure)
         chosen = tried[0]
         if measure:
             ok = [c for c in tried if c.metrics and not c.metrics.get("failed")]
@@ -651,7 +649,7 @@ def transfer(
     else:
         predicted = float(evaluator.predicted_value(mapped.ratios, mapped.drop))
         chosen = Candidate(mapped, 1.0, predicted, evaluator.evaluate(mapped).as_dict() if measure else None)
-        tried.append(chosen)
+        tried = [chosen]
     rows = [_after_refit(r, chosen.policy) for r in rows]
     src = {k: payload.get(k) for k in ("model", "data", "searcher", "budget")}
     src["arch_hash"] = (payload.get("fingerprint") or {}).get("arch_hash")
@@ -662,21 +660,66 @@ def transfer(
     )
 
 
-def _fit(mapped: Policy, evaluator: "PolicyEvaluator", measure: bool) -> Candidate:
-    """Re-fit ``mapped`` to the budget; with ``measure``, evaluate it and re-fit tighter (twice at most) if measured over."""
+# A measured latency this far (fraction of dense) below the target wastes budget: re-fit looser.
+_SLACK = 0.03
+# After a measurement over the target, re-fit to this much (fraction of dense) below it: latency noise.
+_MARGIN = 0.01
+
+
+def _fit_candidates(mapped: Policy, evaluator: "PolicyEvaluator", n: int, measure: bool) -> list[Candidate]:
+    """Re-fit ``n`` drop sets of ``mapped`` (:func:`drop_candidates`); with ``measure``, each is measured.
+
+    With a latency budget the lookup table's error is corrected by measurement: the first
+    candidate is re-fitted to a target scaled by measured / predicted (up to twice), and the
+    other drop sets are planned and fitted against that calibrated target (one more correction
+    each at most).
+    """
+    tried: list[Candidate] = []
+    goal = evaluator
+    first, goal = _fit(Policy(mapped.ratios, drop_candidates(mapped, goal, 1)[0]), evaluator, goal, measure, measurements=3)
+    tried.append(first)
+    for drop in drop_candidates(mapped, goal, n):
+        if len(tried) == n:
+            break
+        if any(set(c.policy.drop) == set(drop) for c in tried):
+            continue
+        fitted, goal = _fit(Policy(mapped.ratios, drop), evaluator, goal, measure, measurements=2)
+        tried.append(fitted)
+    return tried
+
+
+def _fit(
+    mapped: Policy, evaluator: "PolicyEvaluator", goal: "PolicyEvaluator", measure: bool, *, measurements: int
+) -> tuple[Candidate, "PolicyEvaluator"]:
+    """Re-fit ``mapped`` to ``goal``'s target; with ``measure``, evaluate it and correct the target by measurement.
+
+    A latency measured over the target, or more than ``_SLACK`` below it, re-fits to the goal's
+    target times target / measured (aiming ``_MARGIN`` below the target after a measurement over
+    it), up to ``measurements`` evaluations in all. Returns the best
+    measured variant (feasible first, then by reward) and the last goal (the calibrated target).
+    """
     from autoprune.objective import Budget
 
-    policy, scale, predicted = refit_to_budget(mapped, evaluator)
+    policy, scale, predicted = refit_to_budget(mapped, goal)
     if not measure:
-        return Candidate(policy, scale, predicted)
-    goal = evaluator
-    for attempt in range(3):
+        return Candidate(policy, scale, predicted), goal
+    best: Candidate | None = None
+    for attempt in range(measurements):
         m = evaluator.evaluate(policy)
-        if m.failed or m.feasible or evaluator.budget.metric != "latency" or attempt == 2:
+        here = Candidate(policy, scale, predicted, m.as_dict())
+        if best is None or (not m.failed and (m.feasible, m.reward) > (bool(best.metrics["feasible"]), best.metrics["reward"])):
+            best = here
+        close = m.feasible and evaluator.target - m.value <= _SLACK
+        if m.failed or close or evaluator.budget.metric != "latency" or attempt == measurements - 1:
             break
-        goal = evaluator.with_budget(Budget(metric="latency", target=goal.target * evaluator.target / max(m.value, 1e-9)))
-        policy, scale, predicted = refit_to_budget(mapped, goal)
-    return Candidate(policy, scale, predicted, m.as_dict())
+        aim = evaluator.target - (_MARGIN if not m.feasible else 0.0)  # over the target: aim a little below it
+        goal = evaluator.with_budget(Budget(metric="latency", target=min(0.99, goal.target * aim / max(m.value, 1e-9))))
+        try:
+            policy, scale, predicted = refit_to_budget(mapped, goal)
+        except BudgetError:
+            break
+    assert best is not None
+    return best, goal
 
 
 __all__ = ["Candidate", "MappingRow", "TransferResult", "candidate_table", "drop_candidates", "mapping_table", "refit_to_budget", "transfer", "transfer_policy"]
