@@ -259,6 +259,23 @@ def test_transfer_keeps_the_best_measured_candidate(graphs, resnet32_evaluator):
         transfer(Policy.from_dict(doc), doc, ev, candidates=0)
 
 
+def test_latency_transfer_measures_every_candidate_and_keeps_the_best(graphs, make_model, digits):
+    # Measured latency: each candidate costs 1-3 evaluations (the lookup table's error is corrected
+    # by measurement); the kept one is the best measured, feasible first.
+    src = graphs["resnet20"]
+    doc = policy_document(deepening_policy(src, 0.2, 0.5, drop=("layer1.1",)), model="resnet20", data="digits",
+                          metric="latency", target=0.6, backend={}, searcher="optuna", fingerprint=model_fingerprint(src))
+    ev = PolicyEvaluator(make_model("resnet32"), digits, budget=Budget(metric="latency", target=0.6), **SEARCH_SETTINGS)
+    result = transfer(Policy.from_dict(doc), doc, ev, measure=True, candidates=2)
+    measured = [e for e in ev.history if not e.cached]
+    assert len(result.candidates) == 2 and 2 <= len(measured) <= 3 + 2
+    assert all(c.metrics is not None for c in result.candidates)
+    key = lambda c: (bool(c.metrics["feasible"]), c.metrics["reward"])  # noqa: E731
+    assert key(next(c for c in result.candidates if c.policy == result.policy)) == max(map(key, result.candidates))
+    # every kept variant is one that was measured
+    assert all(any(e.policy == c.policy for e in measured) for c in result.candidates)
+
+
 def test_refit_raises_when_the_budget_is_unreachable(resnet32_evaluator):
     ev = resnet32_evaluator.with_budget(Budget(metric="macs", target=0.003))
     with pytest.raises(BudgetError, match="unreachable.*max_ratio 0.8"):
