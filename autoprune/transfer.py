@@ -678,10 +678,13 @@ def _fit_candidates(mapped: Policy, evaluator: "PolicyEvaluator", n: int, measur
     goal = evaluator
     first, goal = _fit(Policy(mapped.ratios, drop_candidates(mapped, goal, 1)[0]), evaluator, goal, measure, measurements=3)
     tried.append(first)
-    for drop in drop_candidates(mapped, goal, n):
+    for drop in drop_candidates(mapped, goal, len(evaluator.block_names) + 1):
         if len(tried) == n:
             break
-        if any(set(c.policy.drop) == set(drop) for c in tried):
+        # Cuts of another depth are the point: skip a drop set whose count (once the re-fit has
+        # added what the target needs) was already tried.
+        planned = goal.drops_to_reach(drop) or drop
+        if any(len(c.policy.drop) == len(planned) for c in tried):
             continue
         fitted, goal = _fit(Policy(mapped.ratios, drop), evaluator, goal, measure, measurements=2)
         tried.append(fitted)

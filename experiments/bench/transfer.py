@@ -191,7 +191,7 @@ def render(rows: list[dict], args, dense: dict[str, dict]) -> str:
     out.append(
         f"Source: ResNet-20 / Fashion-MNIST at {args.target:.0%} of dense batch-1 latency; fresh searches get "
         f"{args.episodes} episodes. Policy transfer re-fits {args.candidates} drop sets (mapped, shallower, deeper cut) and "
-        f"measures each (a re-fit measured over the target is tightened, at most twice). Transfer + warm TPE gets "
+        f"measures each (a candidate measured over the target, or 3% of dense under it, is re-fitted to the target scaled by target / measured: 1 to 3 evaluations per candidate). Transfer + warm TPE gets "
         f"{args.episodes // 10} evaluations in all: the transfer's, then TPE episodes whose first trials are the transferred "
         f"candidates (cached). Every policy gets the same {args.finetune_epochs:g}-epoch "
         f"fine-tune (SGD, cosine) before its test accuracy is measured. Latency: paired, {args.threads} thread(s), batch 1. "
