@@ -678,8 +678,9 @@ def _fit_candidates(mapped: Policy, evaluator: "PolicyEvaluator", n: int, measur
     goal = evaluator
     first, goal = _fit(Policy(mapped.ratios, drop_candidates(mapped, goal, 1)[0]), evaluator, goal, measure, measurements=3)
     tried.append(first)
+    fits = 1
     for drop in drop_candidates(mapped, goal, len(evaluator.block_names) + 1):
-        if len(tried) == n:
+        if len(tried) == n or fits > n:  # one spare fit for a correction that lands on a tried depth
             break
         # Cuts of another depth are the point: skip a drop set whose count (once the re-fit has
         # added what the target needs) was already tried.
@@ -687,7 +688,9 @@ def _fit_candidates(mapped: Policy, evaluator: "PolicyEvaluator", n: int, measur
         if any(len(c.policy.drop) == len(planned) for c in tried):
             continue
         fitted, goal = _fit(Policy(mapped.ratios, drop), evaluator, goal, measure, measurements=2)
-        tried.append(fitted)
+        fits += 1
+        if not any(len(c.policy.drop) == len(fitted.policy.drop) for c in tried):  # a correction can land on a tried depth
+            tried.append(fitted)
     return tried
 
 

@@ -135,7 +135,7 @@ def run_target(model: str, doc: dict, agent_dir: Path, args, seed: int) -> list[
         # The transferred candidates are the first trials and their evaluations are the transfer's own
         # (cached): the whole method, the transfer's measurements included, costs 10% of the fresh
         # search's episodes.
-        queued = moved["transferred"]
+        queued = list({Policy.from_dict(d).key(): d for d in moved["transferred"]}.values())  # distinct policies only
         warm_n = max(len(queued) + 1, args.episodes // 10 - moved["evaluations"] + len(queued))
 
         def warm():
