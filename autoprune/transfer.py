@@ -616,8 +616,8 @@ def transfer(
         evaluator: Evaluator over the target model, holding the budget and ``max_ratio``.
         refit: Scale the mapped ratios so the predicted budget metric just meets the target.
         measure: Evaluate the result for real (surgery, measured latency, proxy accuracy). With
-            ``refit`` and a latency budget, a policy the measurement finds over the target is
-            refitted to a target tightened by the prediction's error (at most twice).
+            ``refit`` and a latency budget, a candidate measured over the target (or ``_SLACK``
+            under it) is re-fitted to a target corrected by measured / predicted (see :func:`_fit`).
         candidates: With ``refit``, re-fit this many drop sets (:func:`drop_candidates`); with
             ``measure`` the best measured one (by reward) is kept, else the mapped drop set.
 
@@ -644,8 +644,7 @@ def transfer(
         tried = _fit_candidates(mapped, evaluator, 1 if identity else candidates, measure)
         chosen = tried[0]
         if measure:
-            ok = [c for c in tried if c.metrics and not c.metrics.get("failed")]
-            chosen = max(ok, key=lambda c: (bool(c.metrics["feasible"]), c.metrics["reward"]), default=tried[0])
+            chosen = max(tried, key=_rank)
     else:
         predicted = float(evaluator.predicted_value(mapped.ratios, mapped.drop))
         chosen = Candidate(mapped, 1.0, predicted, evaluator.evaluate(mapped).as_dict() if measure else None)
@@ -664,6 +663,13 @@ def transfer(
 _SLACK = 0.03
 # After a measurement over the target, re-fit to this much (fraction of dense) below it: latency noise.
 _MARGIN = 0.01
+
+
+def _rank(candidate: Candidate) -> tuple[bool, bool, float]:
+    """Order of measured candidates: evaluated without failure, then feasible, then by reward."""
+    m = candidate.metrics or {}
+    ok = bool(m) and not m.get("failed")
+    return ok, ok and bool(m.get("feasible")), float(m["reward"]) if ok else -math.inf
 
 
 def _fit_candidates(mapped: Policy, evaluator: "PolicyEvaluator", n: int, measure: bool) -> list[Candidate]:
@@ -713,7 +719,7 @@ def _fit(
     for attempt in range(measurements):
         m = evaluator.evaluate(policy)
         here = Candidate(policy, scale, predicted, m.as_dict())
-        if best is None or (not m.failed and (m.feasible, m.reward) > (bool(best.metrics["feasible"]), best.metrics["reward"])):
+        if best is None or _rank(here) > _rank(best):
             best = here
         close = m.feasible and evaluator.target - m.value <= _SLACK
         if m.failed or close or evaluator.budget.metric != "latency" or attempt == measurements - 1:

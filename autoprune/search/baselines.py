@@ -115,14 +115,14 @@ class UniformSearcher(Searcher):
             raise ConfigError(f"search.params.max_evals: {max_evals!r} is not allowed; allowed: an integer >= 1")
         limit = min(n_episodes, max_evals)
 
-        drop: tuple[str, ...] = ()
-        if evaluator.predicted_value({u: top for u in units}) > target:
-            # Channels alone cannot reach the target: drop the fewest blocks that make it reachable.
-            drop = evaluator.drops_to_reach() or ()
-            if not drop:
-                log.warning("uniform: even ratio %.2f everywhere misses the target %.3f and no blocks can be dropped", top, target)
-                self.evaluate(Policy.uniform(units, top))
-                return {"ratio": top, "drop": []}
+        # () when channels alone can reach the target, else the fewest blocks that make it reachable
+        reachable = evaluator.drops_to_reach()
+        if reachable is None:
+            log.warning("uniform: even ratio %.2f everywhere misses the target %.3f and no blocks can be dropped", top, target)
+            self.evaluate(Policy.uniform(units, top))
+            return {"ratio": top, "drop": []}
+        drop: tuple[str, ...] = reachable
+        if drop:
             log.info("uniform: ratio %.2f everywhere misses the target %.3f; dropping %d block(s): %s", top, target, len(drop), list(drop))
 
         def predicted(r: float) -> float:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -165,9 +166,7 @@ def run_target(model: str, doc: dict, agent_dir: Path, args, seed: int) -> list[
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     if not values:
         return float("nan"), float("nan")
-    m = sum(values) / len(values)
-    sd = (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else float("nan")
-    return m, sd
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
 
 
 def _pm(values: list[float], digits: int = 3) -> str:
