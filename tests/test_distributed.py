@@ -99,14 +99,22 @@ def assert_exact_budget(trials: list[FrozenTrial], episodes: int) -> list[Frozen
     return complete
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+def wait_for(condition: Callable[[], Any], timeout: float, what: str | Callable[[], str], interval: float = 0.1) -> Any:
+    """Poll ``condition`` until it is truthy; ``what`` (or what it returns, read at the timeout) names it in the failure."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}", pytrace=False)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what() if callable(what) else what}", pytrace=False)
+
+
+def worker_alive(proc: subprocess.Popen, log_path: Path) -> bool:
+    """True while ``proc`` runs; a worker that has exited fails the test at once, with its log."""
+    if proc.poll() is not None:
+        pytest.fail(f"the worker exited with code {proc.returncode} before its first trial; its log:\n{tail(log_path)}", pytrace=False)
+    return True
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -162,7 +170,7 @@ def two_workers(tmp_path_factory, checkpoint, postgres_server, mlflow_server) ->
                 mine.append(evaluation.index)
                 if len(mine) == 1:  # hold this process's first trial until the spawned worker runs one too
                     wait_for(worker_has_a_trial, WORKER_START_TIMEOUT,
-                             f"the spawned worker's first trial; its log:\n{tail(tmp / 'out' / 'workers' / 'worker-1.log')}", 0.2)
+                             lambda: f"the spawned worker's first trial; its log:\n{tail(tmp / 'out' / 'workers' / 'worker-1.log')}", 0.2)
 
             run = run_search(cfg, progress=False, callback=callback, tracking=(tracker.uri, tracker.run_id))
         return {"run": run, "url": url, "run_id": tracker.run_id, "mlflow": mlflow_server, "out": tmp / "out",
@@ -242,8 +250,8 @@ def test_a_worker_killed_mid_trial_is_replaced_and_the_study_still_reaches_its_c
             ))
         victim, deadline = procs[0], time.monotonic() + WORKER_START_TIMEOUT
         while True:
-            wait_for(lambda: victims_running_trial(evaluation.index) is not None, deadline - time.monotonic(),
-                     f"the worker's first trial; its log:\n{tail(log_path)}", 0.05)
+            wait_for(lambda: worker_alive(victim, log_path) and victims_running_trial(evaluation.index) is not None, deadline - time.monotonic(),
+                     lambda: f"the worker's first trial; its log:\n{tail(log_path)}", 0.05)
             victim.send_signal(signal.SIGSTOP)  # frozen: what we read next is what it leaves behind
             time.sleep(0.2)  # statements it sent just before settle in the database
             number = victims_running_trial(evaluation.index)
