@@ -69,11 +69,11 @@ def train(
     """Train a baseline model (or load the cached one) and report its accuracy."""
     import torch
 
-    from autoprune.config import check_data_name, check_model_name
-    from autoprune.evaluate import accuracy
-    from autoprune.experiment import baseline_checkpoint
+    from autoprune.config.schema import check_data_name, check_model_name
+    from autoprune.objective.proxy import accuracy
+    from autoprune.app.experiment import baseline_checkpoint
     from autoprune.paths import writable_file
-    from autoprune.train import TrainSettings, train_or_load
+    from autoprune.training.baseline import TrainSettings, train_or_load
     from autoprune.zoo import load_data
 
     check_model_name(model)
@@ -117,7 +117,8 @@ def config_cmd(
     flat: Annotated[bool, typer.Option("--flat", help="Print dotted key=value lines instead of YAML.")] = False,
 ) -> None:
     """Validate an experiment config and print it with every default filled in."""
-    from autoprune.config import dump_config, load_config
+    from autoprune.config.schema import dump_config
+    from autoprune.config.loading import load_config
 
     cfg = load_config(path, set_ or [])
     if flat:
@@ -128,7 +129,7 @@ def config_cmd(
 
 def _experiment_config(config: Path | None, model: str | None, data: str | None, overrides: list[str] | None):
     """A config from a file, or a minimal one from --model/--data."""
-    from autoprune.config import load_config, parse_config
+    from autoprune.config.loading import load_config, parse_config
     from autoprune.errors import ConfigError
 
     if config is not None:
@@ -166,8 +167,8 @@ def estimate(
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config field.")] = None,
 ) -> None:
     """Measure what uniform pruning really saves: params, MACs, size, latency, proxy accuracy."""
-    from autoprune.experiment import estimate as run_estimate
-    from autoprune.experiment import load_baseline
+    from autoprune.app.experiment import estimate as run_estimate
+    from autoprune.app.experiment import load_baseline
 
     cfg = _experiment_config(config, model, data, set_)
     values = _parse_ratios(ratios)
@@ -214,9 +215,9 @@ def search(
 
     Run again with the same config (and storage), it continues where it stopped.
     """
-    from autoprune.config import load_config
+    from autoprune.config.loading import load_config
     from autoprune.errors import ConfigError
-    from autoprune.experiment import run_search
+    from autoprune.app.experiment import run_search
 
     overrides = list(set_ or [])
     for key, value in (("search.searcher", searcher), ("search.episodes", episodes), ("search.storage", storage),
@@ -226,7 +227,7 @@ def search(
     if zero_shot and not agent:
         raise ConfigError("--zero-shot needs --agent (the saved agent to run)")
     if agent:
-        from autoprune.agent import locate_bundle
+        from autoprune.app.uris import locate_bundle
 
         if searcher not in (None, "ppo"):
             raise ConfigError(f"--agent: runs the PPO searcher; drop --searcher {searcher}")
@@ -236,7 +237,7 @@ def search(
     cfg = load_config(config, overrides)
     warm = None
     if warm_start:
-        from autoprune.policy import load_policy
+        from autoprune.app.uris import load_policy
 
         if cfg.search.searcher != "optuna":
             raise ConfigError(f"--warm-start: enqueues a policy in an Optuna study; search.searcher is {cfg.search.searcher!r}")
@@ -259,7 +260,7 @@ def worker(
     """
     import torch
 
-    from autoprune.experiment import run_worker
+    from autoprune.app.experiment import run_worker
 
     if threads:
         torch.set_num_threads(threads)
@@ -307,8 +308,8 @@ def run(
 
     After a crash or Ctrl-C, the same command continues: finished trials are kept and the MLflow run is resumed.
     """
-    from autoprune.config import load_config
-    from autoprune.pipeline import run_experiment
+    from autoprune.config.loading import load_config
+    from autoprune.app.pipeline import run_experiment
 
     cfg = load_config(config, set_ or [])
     res = run_experiment(cfg, progress=_progress(), restart=restart)
@@ -343,16 +344,17 @@ def apply(
 
     A policy found on another architecture is refused: map it with `autoprune transfer` first.
     """
-    from autoprune.config import parse_config
-    from autoprune.evaluate import evaluate as run_eval
-    from autoprune.experiment import load_baseline
-    from autoprune.export import save_pruned
-    from autoprune.finetune import FinetuneSettings, finetune
-    from autoprune.graph import PrunableGraph
-    from autoprune.measure import count_macs_params
+    from autoprune.config.loading import parse_config
+    from autoprune.objective.proxy import evaluate as run_eval
+    from autoprune.app.experiment import load_baseline
+    from autoprune.formats.pruned import save_pruned
+    from autoprune.training.finetune import FinetuneSettings, finetune
+    from autoprune.graph.prunable import PrunableGraph
+    from autoprune.measure.latency import count_macs_params
     from autoprune.paths import writable_file
-    from autoprune.pipeline import apply_best
-    from autoprune.policy import check_policy_fits, load_policy
+    from autoprune.app.pipeline import apply_best
+    from autoprune.app.uris import load_policy
+    from autoprune.graph.policy import check_policy_fits
 
     cfg = parse_config({"name": "apply", "model": {"name": model, "checkpoint": str(checkpoint) if checkpoint else None},
                         "data": {"name": data}, "tracking": {"uri": tracking_uri, "register": False}}, source="command line")
@@ -373,7 +375,7 @@ def apply(
     typer.echo(f"pruned {model}: params {dense_params:,} -> {params:,}, MACs {dense_macs / 1e6:.2f} M -> {macs / 1e6:.2f} M; "
                f"test accuracy {acc:.4f}; written to {out}")
     if track:
-        from autoprune.tracking import Tracker
+        from autoprune.tracking.tracker import Tracker
 
         with Tracker(cfg, run_name=f"apply-{model}") as tracker:
             tracker.client.set_tag(tracker.run_id, "policy_source", policy)
@@ -402,11 +404,11 @@ def transfer(
 
     Prints the mapping table, measures the result (latency, proxy accuracy) and writes the new policy.
     """
-    from autoprune.experiment import build_evaluator, load_baseline
+    from autoprune.app.experiment import build_evaluator, load_baseline
     from autoprune.paths import writable_file, write_json_atomic
-    from autoprune.policy import load_policy
-    from autoprune.transfer import candidate_table, mapping_table
-    from autoprune.transfer import transfer as run_transfer
+    from autoprune.app.uris import load_policy
+    from autoprune.transfer.refit import candidate_table, mapping_table
+    from autoprune.transfer.refit import transfer as run_transfer
 
     overrides = list(set_ or [])
     if target is not None:
@@ -431,7 +433,7 @@ def transfer(
                f"{m.get('value', float('nan')):.3f} (target {res.target:.3f}, {'met' if m.get('feasible') else 'NOT met'}); "
                f"proxy accuracy {m.get('accuracy', float('nan')):.4f} (dense {evaluator.dense_accuracy:.4f}); written to {out}")
     if track:
-        from autoprune.tracking import Tracker
+        from autoprune.tracking.tracker import Tracker
 
         cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"experiment": "transfer", "register": False})})
         with Tracker(cfg, run_name=f"transfer-{payload.get('model')}-to-{cfg.model.name}") as tracker:
@@ -455,12 +457,12 @@ def finetune_cmd(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for runs:/ and models:/.")] = None,
 ) -> None:
     """Fine-tune a saved pruned model (optionally with knowledge distillation) and save it."""
-    from autoprune.config import parse_config
-    from autoprune.evaluate import evaluate as run_eval
-    from autoprune.experiment import load_baseline
-    from autoprune.export import load_pruned, save_pruned
-    from autoprune.finetune import FinetuneSettings, finetune
-    from autoprune.artifacts import download_model_uri
+    from autoprune.config.loading import parse_config
+    from autoprune.objective.proxy import evaluate as run_eval
+    from autoprune.app.experiment import load_baseline
+    from autoprune.formats.pruned import load_pruned, save_pruned
+    from autoprune.training.finetune import FinetuneSettings, finetune
+    from autoprune.tracking.artifacts import download_model_uri
     from autoprune.zoo import load_data
 
     net, meta = load_pruned(download_model_uri(model_file, tracking_uri=tracking_uri))
@@ -486,10 +488,10 @@ def evaluate_cmd(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for runs:/ and models:/ (default: ./mlflow.db).")] = None,
 ) -> None:
     """Test accuracy and latency of a saved pruned model."""
-    from autoprune.evaluate import evaluate as run_eval
-    from autoprune.export import load_pruned
-    from autoprune.measure import count_macs_params, measure_latency
-    from autoprune.artifacts import download_model_uri
+    from autoprune.objective.proxy import evaluate as run_eval
+    from autoprune.formats.pruned import load_pruned
+    from autoprune.measure.latency import count_macs_params, measure_latency
+    from autoprune.tracking.artifacts import download_model_uri
     from autoprune.zoo import load_data
 
     path = download_model_uri(model_file, tracking_uri=tracking_uri)
@@ -512,8 +514,9 @@ def export_cmd(
     """Export a pruned model to ONNX, checked against torch in ONNX Runtime (needs the 'onnx' extra)."""
     import torch
 
-    from autoprune.export import export_onnx, load_pruned, quantize_onnx
-    from autoprune.artifacts import download_model_uri
+    from autoprune.formats.onnx import export_onnx, quantize_onnx
+    from autoprune.formats.pruned import load_pruned
+    from autoprune.tracking.artifacts import download_model_uri
 
     net, meta = load_pruned(download_model_uri(model_file, tracking_uri=tracking_uri))
     spec = meta["model"]
@@ -532,7 +535,7 @@ def ui(
     """Start the MLflow UI on the experiment store."""
     import subprocess
 
-    from autoprune.tracking import resolve_tracking_uri
+    from autoprune.tracking.tracker import resolve_tracking_uri
 
     store = resolve_tracking_uri(uri)
     typer.echo(f"MLflow UI on http://{host}:{port} (store {store}); Ctrl-C to stop")

@@ -29,3 +29,20 @@ class PolicyError(AutopruneError):
 
 class BudgetError(AutopruneError):
     """A budget cannot be met with the allowed pruning ratios."""
+
+
+def one_line(text: object, limit: int | None = 300) -> str:
+    """``text`` (any object, an exception included) as one line of at most ``limit`` characters.
+
+    Never fails: an empty or whitespace-only message becomes ``""``; callers that show an
+    exception use :func:`describe` to get its type name instead.
+    """
+    flat = " ".join(str(text).split())
+    if limit is not None and len(flat) > limit:
+        flat = flat[: limit - 3] + "..."
+    return flat
+
+
+def describe(e: BaseException, limit: int | None = 300) -> str:
+    """An exception as one line: its message, or its type name when the message is empty."""
+    return one_line(getattr(e, "message", None) or e, limit) or type(e).__name__

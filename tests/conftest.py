@@ -18,7 +18,7 @@ from torch import nn  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-from autoprune.train import TrainSettings, train_model  # noqa: E402
+from autoprune.training.baseline import TrainSettings, train_model  # noqa: E402
 from autoprune.zoo import DataBundle, build_model, load_data  # noqa: E402
 
 
@@ -58,8 +58,8 @@ def trained_resnet20(digits: DataBundle, make_model: Callable[[str], nn.Module])
 
 
 # --------------------------------------------------------------- searcher fixtures
-from autoprune.evaluate import ProxySettings  # noqa: E402
-from autoprune.objective import Budget, LatencySettings, PolicyEvaluator  # noqa: E402
+from autoprune.objective.proxy import ProxySettings  # noqa: E402
+from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator  # noqa: E402
 
 #: A MAC budget makes feasibility exact (measured latency is noisy on shared machines).
 SEARCH_BUDGET = Budget(metric="macs", target=0.6)

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Bottom to top. A module belongs to the first entry that is a prefix of its dotted name.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("autoprune", "autoprune.errors", "autoprune.paths"),
+    ("autoprune", "autoprune.errors", "autoprune.paths", "autoprune.registry"),
     ("autoprune.zoo",),
     ("autoprune.graph",),
     ("autoprune.formats",),

@@ -39,9 +39,9 @@ import torch
 from torch import nn
 
 from autoprune.cli import main
-from autoprune.config import load_config
+from autoprune.config.loading import load_config
 from autoprune.errors import AutopruneError, BudgetError, ConfigError, DataError, ModelError, PolicyError
-from autoprune.graph import PrunableGraph
+from autoprune.graph.prunable import PrunableGraph
 from autoprune.zoo import build_model, check_model_fits, load_data
 
 DIGITS = dict(in_channels=1, num_classes=10, input_size=8)
@@ -176,7 +176,7 @@ CLOSED = "127.0.0.1:1"
 @pytest.fixture(scope="module")
 def baseline_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding ``mlp-digits.pt``: an MLP trained for one epoch on digits (~1 s)."""
-    from autoprune.train import TrainSettings, save_checkpoint, train_model
+    from autoprune.training.baseline import TrainSettings, save_checkpoint, train_model
 
     data = load_data("digits")
     torch.manual_seed(0)
@@ -352,7 +352,7 @@ def test_impossible_budget_leaves_no_result_files_and_the_fixed_rerun_works(work
 
 
 def test_impossible_budget_api_raises_budget_error(work: Path):
-    from autoprune.experiment import run_search
+    from autoprune.app.experiment import run_search
 
     cfg = load_config("exp.yaml", ["budget.target=0.01", "pruning.max_ratio=0.1"])
     with pytest.raises(BudgetError) as info:
@@ -408,19 +408,19 @@ def test_bad_argument(argv: tuple[str, ...], culprits: tuple[str, ...], work: Pa
 
 def test_interrupt_exits_130_and_a_bug_keeps_its_traceback(work: Path, capsys, monkeypatch):
     """The other two exit codes of ``main``: Ctrl-C is 130, a non-AutopruneError propagates (exit 1 with a traceback)."""
-    import autoprune.config
+    import autoprune.config.loading
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(autoprune.config, "load_config", interrupted)
+    monkeypatch.setattr(autoprune.config.loading, "load_config", interrupted)
     res = cli(capsys, "config", "exp.yaml")
     assert res.code == 130 and res.err.strip() == "autoprune: interrupted"
 
     def bug(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(autoprune.config, "load_config", bug)
+    monkeypatch.setattr(autoprune.config.loading, "load_config", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["config", "exp.yaml"])
 
@@ -579,7 +579,7 @@ def test_tracking_uri_cli(uri: str, culprits: tuple[str, ...], absent: tuple[str
 
 @pytest.mark.parametrize("uri, culprits, absent", TRACKING_CASES)
 def test_tracking_uri_api(uri: str, culprits: tuple[str, ...], absent: tuple[str, ...], work: Path):
-    from autoprune.tracking import resolve_tracking_uri
+    from autoprune.tracking.tracker import resolve_tracking_uri
 
     (work / "notes.db").write_text("not a database\n")
     with pytest.raises(ConfigError) as info:
@@ -700,7 +700,7 @@ def test_policy_file_cli(text: str | bytes, culprits: tuple[str, ...], work: Pat
 
 @pytest.mark.parametrize("text, culprits", POLICY_CASES)
 def test_policy_file_api(text: str | bytes, culprits: tuple[str, ...], work: Path):
-    from autoprune.policy import load_policy
+    from autoprune.app.uris import load_policy
 
     path = work / "policy.json"
     path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
@@ -773,7 +773,7 @@ AGENT_CASES = [
 
 
 def _agent_folder(work: Path, damage: str) -> str:
-    from autoprune.agent import manifest
+    from autoprune.search.agent import manifest
 
     if damage == "missing":
         return "nosuch"
@@ -803,8 +803,9 @@ def test_agent_file_cli(damage: str, culprits: tuple[str, ...], work: Path, caps
 
 
 def test_policy_of_another_architecture_is_refused_naming_missing_and_extra_units(work: Path, capsys):
-    from autoprune.graph import PrunableGraph
-    from autoprune.policy import Policy, model_fingerprint, policy_document
+    from autoprune.graph.prunable import PrunableGraph
+    from autoprune.formats.policy_file import policy_document
+    from autoprune.graph.policy import Policy, model_fingerprint
     from autoprune.zoo import build_model, load_data
 
     digits = load_data("digits")

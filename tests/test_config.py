@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autoprune.config import ExperimentConfig, dump_config, load_config, parse_config
+from autoprune.config.schema import ExperimentConfig, dump_config
+from autoprune.config.loading import load_config, parse_config
 from autoprune.errors import AutopruneError, ConfigError
 
 

@@ -30,11 +30,11 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from autoprune.config import parse_config
-from autoprune.experiment import run_search
+from autoprune.config.loading import parse_config
+from autoprune.app.experiment import run_search
 from autoprune.search import get_searcher
-from autoprune.train import TrainSettings, train_or_load
-from autoprune.tracking import Tracker
+from autoprune.training.baseline import TrainSettings, train_or_load
+from autoprune.tracking.tracker import Tracker
 
 WORKER_START_TIMEOUT = 90.0  # seconds for a spawned worker to start its first trial on a loaded machine
 RUN_TIMEOUT = 240.0

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.evaluate import ProxySettings, accuracy, evaluate, proxy_accuracy, recalibrate_bn
-from autoprune.graph import PrunableGraph
-from autoprune.policy import Policy
-from autoprune.surgery import apply_policy
+from autoprune.objective.proxy import ProxySettings, accuracy, evaluate, proxy_accuracy, recalibrate_bn
+from autoprune.graph.prunable import PrunableGraph
+from autoprune.graph.policy import Policy
+from autoprune.graph.surgery import apply_policy
 
 NO_RECALIBRATION = ProxySettings(bn_batches=0)
 

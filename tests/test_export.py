@@ -1,4 +1,4 @@
-"""Specification of autoprune.export: the pickle-free pruned-model file, ONNX export, int8, the ORT backend."""
+"""Specification of autoprune.formats.export: the pickle-free pruned-model file, ONNX export, int8, the ORT backend."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 from autoprune.errors import ConfigError, ModelError
-from autoprune.export import FORMAT, export_onnx, load_pruned, quantize_onnx, save_pruned
-from autoprune.graph import PrunableGraph
-from autoprune.measure import get_backend, measure_latency
-from autoprune.policy import Policy
-from autoprune.surgery import apply_policy, pruning_history
+from autoprune.formats.pruned import FORMAT, load_pruned, save_pruned
+from autoprune.formats.onnx import export_onnx, quantize_onnx
+from autoprune.graph.prunable import PrunableGraph
+from autoprune.measure.latency import get_backend, measure_latency
+from autoprune.graph.policy import Policy
+from autoprune.graph.surgery import apply_policy, pruning_history
 
 DIGITS = {"in_channels": 1, "num_classes": 10, "input_size": 8}
 

@@ -6,9 +6,9 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import ModelError, PolicyError
-from autoprune.graph import PrunableGraph, kept_channels, record_layer_specs, spec_macs
-from autoprune.policy import Policy
-from autoprune.surgery import apply_policy
+from autoprune.graph.prunable import PrunableGraph, kept_channels, record_layer_specs, spec_macs
+from autoprune.graph.policy import Policy
+from autoprune.graph.surgery import apply_policy
 from autoprune.zoo import MODEL_NAMES
 
 RESNET20_UNITS = [

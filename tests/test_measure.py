@@ -1,4 +1,4 @@
-"""Specification of autoprune.measure and autoprune.latency_table.
+"""Specification of autoprune.measure.latency and autoprune.measure.table.
 
 The machine running the tests may be busy, so timing tests use one thread, models
 whose calls take around a millisecond, and bounds that only a real bug would break.
@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from autoprune.errors import ConfigError
-from autoprune.latency_table import LatencyTable
-from autoprune.measure import (
+from autoprune.measure.table import LatencyTable
+from autoprune.measure.latency import (
     LatencyStats,
     PairedTimer,
     count_macs_params,
@@ -125,7 +125,7 @@ def test_invalid_ratio_options_raise_config_error(field: str, kwargs: dict) -> N
 
 def test_unknown_backend_raises_config_error_naming_value() -> None:
     assert get_backend("torch").name == "torch"
-    with pytest.raises(ConfigError, match=r"'tensorrt'.*allowed: onnxruntime, torch"):
+    with pytest.raises(ConfigError, match=r"'tensorrt'.*allowed: torch, onnxruntime, or 'package.module:Class'"):
         get_backend("tensorrt")
     with pytest.raises(ConfigError, match="tensorrt"):
         measure_latency(conv_net(4), torch.randn(1, 3, 8, 8), backend="tensorrt")

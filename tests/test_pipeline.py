@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from autoprune.config import parse_config
-from autoprune.export import load_pruned
-from autoprune.pipeline import run_experiment
-from autoprune.artifacts import download_model_uri
+from autoprune.config.loading import parse_config
+from autoprune.formats.pruned import load_pruned
+from autoprune.app.pipeline import run_experiment
+from autoprune.tracking.artifacts import download_model_uri
 
 
 def tiny_config(tmp_path, **over):
@@ -99,7 +99,7 @@ def test_cli_run_with_an_impossible_budget_exits_2_with_one_line(tmp_path):
 
 
 def test_the_registered_model_carries_its_policy_for_apply(finished):
-    from autoprune.policy import load_policy
+    from autoprune.app.uris import load_policy
 
     tmp, _, res = finished
     policy, payload = load_policy("models:/tiny-mlp@champion", tracking_uri=f"sqlite:///{tmp}/mlflow.db")

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from autoprune.cli import main
-from autoprune.config import parse_config
-from autoprune.experiment import load_baseline, run_search
-from autoprune.export import load_pruned
-from autoprune.graph import PrunableGraph
-from autoprune.policy import POLICY_FORMAT, load_policy
-from autoprune.surgery import apply_policy
-from autoprune.train import TrainSettings, train_or_load
+from autoprune.config.loading import parse_config
+from autoprune.app.experiment import load_baseline, run_search
+from autoprune.formats.pruned import load_pruned
+from autoprune.graph.prunable import PrunableGraph
+from autoprune.app.uris import load_policy
+from autoprune.formats.policy_file import POLICY_FORMAT
+from autoprune.graph.surgery import apply_policy
+from autoprune.training.baseline import TrainSettings, train_or_load
 from autoprune.zoo import load_data
 
 

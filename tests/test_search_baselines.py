@@ -5,8 +5,8 @@ import logging
 import pytest
 
 from autoprune.errors import ConfigError
-from autoprune.objective import Budget
-from autoprune.policy import Policy
+from autoprune.objective.evaluator import Budget
+from autoprune.graph.policy import Policy
 from autoprune.search import get_searcher
 from autoprune.search.baselines import largest_ratio, make_feasible, plot_sensitivity
 

@@ -8,10 +8,10 @@ import torch
 from optuna.trial import TrialState
 
 from autoprune.errors import ConfigError
-from autoprune.evaluate import ProxySettings
-from autoprune.objective import Budget, Evaluation, LatencySettings, PolicyEvaluator
+from autoprune.objective.proxy import ProxySettings
+from autoprune.objective.evaluator import Budget, Evaluation, LatencySettings, PolicyEvaluator
 from autoprune.search import get_searcher
-from autoprune.train import TrainSettings, train_model
+from autoprune.training.baseline import TrainSettings, train_model
 from autoprune.zoo import build_model
 from autoprune.zoo.models import CifarResNet
 

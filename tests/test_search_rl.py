@@ -9,7 +9,7 @@ import torch
 from autoprune.errors import ConfigError, PolicyError
 from autoprune.search import get_searcher
 from autoprune.search.ppo import checkpoint_paths, read_checkpoint
-from envs.pruning import FEATURES
+from autoprune.search.env import FEATURES
 
 def search(name, evaluator, episodes, **params):
     calls = []

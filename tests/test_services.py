@@ -13,9 +13,9 @@ import pytest
 import sqlalchemy as sa
 from mlflow import MlflowClient
 
-from autoprune.config import parse_config
-from autoprune.pipeline import registered_name, run_experiment
-from autoprune.artifacts import download_model_uri
+from autoprune.config.loading import parse_config
+from autoprune.app.pipeline import registered_name, run_experiment
+from autoprune.tracking.artifacts import download_model_uri
 
 EPISODES = 5
 

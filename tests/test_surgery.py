@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from autoprune.errors import PolicyError
-from autoprune.graph import PrunableGraph
-from autoprune.policy import Policy
-from autoprune.surgery import IMPORTANCE_CRITERIA, apply_iteratively, apply_policy, pruning_history, replay_history
+from autoprune.graph.prunable import PrunableGraph
+from autoprune.graph.policy import Policy
+from autoprune.graph.surgery import IMPORTANCE_CRITERIA, apply_iteratively, apply_policy, pruning_history, replay_history
 from autoprune.zoo import MODEL_NAMES
 
 

@@ -1,4 +1,4 @@
-"""Specification of autoprune.tracking: runs, step metrics, artifacts and plots, the registry, URIs.
+"""Specification of autoprune.tracking.tracker: runs, step metrics, artifacts and plots, the registry, URIs.
 
 Every test uses one SQLite tracking database in a temporary folder (creating it runs
 MLflow's migrations, which takes seconds), with a fresh experiment per test.
@@ -14,16 +14,16 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from autoprune.config import parse_config
+from autoprune.config.loading import parse_config
 from autoprune.errors import ConfigError
-from autoprune.export import load_pruned, save_pruned
-from autoprune.graph import PrunableGraph
-from autoprune.objective import Evaluation, Metrics
-from autoprune.policy import Policy
+from autoprune.formats.pruned import load_pruned, save_pruned
+from autoprune.graph.prunable import PrunableGraph
+from autoprune.objective.evaluator import Evaluation, Metrics
+from autoprune.graph.policy import Policy
 from autoprune.search.base import SearchResult, pareto_front
-from autoprune.surgery import apply_policy
-from autoprune.artifacts import download_model_uri
-from autoprune.tracking import Tracker, resolve_tracking_uri
+from autoprune.graph.surgery import apply_policy
+from autoprune.tracking.artifacts import download_model_uri
+from autoprune.tracking.tracker import Tracker, resolve_tracking_uri
 
 DIGITS = {"in_channels": 1, "num_classes": 10, "input_size": 8}
 

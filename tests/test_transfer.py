@@ -5,11 +5,14 @@ import json
 import pytest
 
 from autoprune.errors import BudgetError, ConfigError, PolicyError
-from autoprune.graph import PrunableGraph
-from autoprune.objective import Budget, PolicyEvaluator
+from autoprune.graph.prunable import PrunableGraph
+from autoprune.objective.evaluator import Budget, PolicyEvaluator
 from autoprune.paths import write_json_atomic
-from autoprune.policy import Policy, check_policy_fits, load_policy, model_fingerprint, policy_document
-from autoprune.transfer import MappingRow, candidate_table, drop_candidates, mapping_table, refit_to_budget, transfer, transfer_policy
+from autoprune.app.uris import load_policy
+from autoprune.formats.policy_file import policy_document
+from autoprune.graph.policy import Policy, check_policy_fits, model_fingerprint
+from autoprune.transfer.mapping import MappingRow, transfer_policy
+from autoprune.transfer.refit import candidate_table, drop_candidates, mapping_table, refit_to_budget, transfer
 
 from conftest import SEARCH_SETTINGS
 

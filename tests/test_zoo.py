@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import ConfigError, DataError, ModelError
-from autoprune.train import load_model_weights, save_checkpoint
+from autoprune.training.baseline import load_model_weights, save_checkpoint
 from autoprune.zoo import DATASET_NAMES, MODEL_NAMES, Split, build_model, load_data
 from autoprune.zoo import data as zoo_data
 

@@ -1,7 +1,7 @@
 """The searcher protocol: ``search(evaluator, n_episodes, seed) -> SearchResult``.
 
 Every searcher proposes policies and scores them with the shared
-:class:`~autoprune.objective.PolicyEvaluator`, which owns the budget and the
+:class:`~autoprune.objective.evaluator.PolicyEvaluator`, which owns the budget and the
 reward. One call of ``evaluator.evaluate`` is one *episode* of the budget.
 """
 
@@ -20,8 +20,8 @@ from typing import Any, Callable, ClassVar
 from tqdm.auto import tqdm
 
 from autoprune.errors import ConfigError
-from autoprune.objective import Evaluation, Metrics, PolicyEvaluator
-from autoprune.policy import Policy
+from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
+from autoprune.graph.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def confirm_best(evaluator: PolicyEvaluator, feasible: list[Evaluation], top: in
     luckily low (the winner's curse); a second, longer paired measurement of the few finalists
     removes most of that bias. If none stays within the target, the one closest to it is returned.
     """
-    from autoprune.surgery import apply_policy
+    from autoprune.graph.surgery import apply_policy
 
     ranked = sorted({e.policy.key(): e for e in feasible}.values(), key=lambda e: e.metrics.reward, reverse=True)[:top]
     confirmed = []

@@ -18,8 +18,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from autoprune.errors import ConfigError
-from autoprune.objective import PolicyEvaluator
-from autoprune.policy import Policy
+from autoprune.objective.evaluator import PolicyEvaluator
+from autoprune.graph.policy import Policy
 from autoprune.search.base import Searcher
 
 log = logging.getLogger(__name__)

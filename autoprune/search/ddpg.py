@@ -4,7 +4,7 @@ AMC (He et al. 2018, "AMC: AutoML for Model Compression and Acceleration on Mobi
 Devices", https://arxiv.org/abs/1802.03494) trains DDPG (Lillicrap et al. 2016,
 https://arxiv.org/abs/1509.02971) over one decision per layer: random warm-up episodes
 fill the replay buffer, then the actor explores with Gaussian noise whose scale decays
-after every episode. Here SB3's DDPG runs on :class:`envs.pruning.LayerPruningEnv` with
+after every episode. Here SB3's DDPG runs on :class:`autoprune.search.env.LayerPruningEnv` with
 the feasibility clipping AMC uses, and the environment scores each finished policy with
 the shared evaluator (one episode = one evaluation).
 """
@@ -18,7 +18,7 @@ import numpy as np
 from stable_baselines3 import DDPG
 from stable_baselines3.common.noise import NormalActionNoise
 
-from autoprune.objective import PolicyEvaluator
+from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.search.base import Searcher
 from autoprune.search.ppo import BudgetedEvaluator, StopAfterEpisodes, check_params, make_env, save_agent
 

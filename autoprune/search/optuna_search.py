@@ -29,8 +29,8 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from autoprune.errors import ConfigError
-from autoprune.objective import Evaluation, Metrics, PolicyEvaluator
-from autoprune.policy import Policy
+from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
+from autoprune.graph.policy import Policy
 from autoprune.search.base import Searcher
 from autoprune.search.study_lock import StudyLock
 

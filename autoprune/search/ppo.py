@@ -1,7 +1,7 @@
 """PPO searcher: an agent picks one pruning decision per layer, AMC-style, trained on the evaluator's reward.
 
 PPO (Schulman et al. 2017, https://arxiv.org/abs/1707.06347) from Stable-Baselines3
-runs on :class:`envs.pruning.LayerPruningEnv`. The environment itself scores the
+runs on :class:`autoprune.search.env.LayerPruningEnv`. The environment itself scores the
 finished policy with the shared evaluator, so one episode is one evaluation. The
 features are model-size-invariant, so a saved agent can be run zero-shot on another
 model or fine-tuned on it.
@@ -24,11 +24,11 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from autoprune.errors import ConfigError, PolicyError
-from autoprune.objective import Evaluation, Metrics, PolicyEvaluator
+from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
 from autoprune.paths import write_json_atomic
-from autoprune.policy import Policy
+from autoprune.graph.policy import Policy
 from autoprune.search.base import Searcher
-from envs.pruning import LayerPruningEnv
+from autoprune.search.env import LayerPruningEnv
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class PPOSearcher(Searcher):
         checkpoint_every: Every this many episodes, save the agent and the finished episodes in
             ``save_agent`` (0 = off). A search started again with the same ``save_agent`` resumes
             from the last checkpoint: those episodes are kept, not re-run.
-        save_agent: Folder of the agent bundle written at the end (:mod:`autoprune.agent`:
+        save_agent: Folder of the agent bundle written at the end (:mod:`autoprune.search.agent`:
             ``agent.zip`` + ``agent.json``); ``None`` = not saved.
         agent: A saved agent bundle (folder) to start from: fine-tuned, or only run with ``zero_shot``.
         zero_shot: Run ``agent`` without training: the first episode takes the mean action, the
@@ -248,7 +248,7 @@ class PPOSearcher(Searcher):
             log.warning("ppo stopped after %d of %d episodes", budget.finished, n_episodes)
         extras: dict[str, Any] = {"n_steps": model.n_steps, "resumed_episodes": state["episodes"] if state else 0}
         if p["save_agent"]:
-            from autoprune.agent import save_bundle
+            from autoprune.search.agent import save_bundle
 
             g = evaluator.graph
             trained_on = {"units": len(g.units), "blocks": len(evaluator.block_names), "budget": evaluator.budget.metric,
@@ -297,13 +297,13 @@ class PPOSearcher(Searcher):
 
     def _load(self, venv: DummyVecEnv, seed: int) -> PPO:
         """Fine-tune: the saved network (its ``net_arch``, ``log_std``) with this searcher's training settings."""
-        from autoprune.agent import load_agent
+        from autoprune.search.agent import load_agent
 
         n_steps = self._n_steps(len(venv.envs[0].unwrapped.decisions))
         return load_agent(self.params["agent"], env=venv, **self._train_kwargs(n_steps, seed))
 
     def _run_zero_shot(self, budget: BudgetedEvaluator, seed: int) -> None:
-        from autoprune.agent import load_agent
+        from autoprune.search.agent import load_agent
 
         model = load_agent(self.params["agent"])
         env = pruning_env(budget, self.params["shaping"])

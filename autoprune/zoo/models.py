@@ -2,7 +2,7 @@
 
 All take ``in_channels`` and ``num_classes`` and work for any input size at
 least 8x8 (global average pooling before the classifier). Residual blocks carry a
-``residual`` attribute that tells :mod:`autoprune.graph` whether the block can be
+``residual`` attribute that tells :mod:`autoprune.graph.prunable` whether the block can be
 dropped (replaced by its identity shortcut).
 """
 

@@ -22,13 +22,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, table, write  # noqa: E402
 
-from autoprune.config import parse_config  # noqa: E402
-from autoprune.evaluate import evaluate  # noqa: E402
-from autoprune.experiment import build_evaluator, load_baseline  # noqa: E402
-from autoprune.finetune import FinetuneSettings, finetune  # noqa: E402
-from autoprune.measure import PairedTimer, count_macs_params  # noqa: E402
+from autoprune.config.loading import parse_config  # noqa: E402
+from autoprune.objective.proxy import evaluate  # noqa: E402
+from autoprune.app.experiment import build_evaluator, load_baseline  # noqa: E402
+from autoprune.training.finetune import FinetuneSettings, finetune  # noqa: E402
+from autoprune.measure.latency import PairedTimer, count_macs_params  # noqa: E402
 from autoprune.search import get_searcher  # noqa: E402
-from autoprune.surgery import apply_policy  # noqa: E402
+from autoprune.graph.surgery import apply_policy  # noqa: E402
 
 
 def onnx_rows(model, dense, data, threads: int) -> list[tuple]:
@@ -36,7 +36,7 @@ def onnx_rows(model, dense, data, threads: int) -> list[tuple]:
     try:
         import onnxruntime as ort
 
-        from autoprune.export import export_onnx, quantize_onnx
+        from autoprune.formats.onnx import export_onnx, quantize_onnx
     except ImportError:
         return []
     rows = []

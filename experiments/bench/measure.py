@@ -21,13 +21,13 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, table, write  # noqa: E402
 
-from autoprune.config import parse_config  # noqa: E402
-from autoprune.evaluate import accuracy  # noqa: E402
-from autoprune.experiment import build_evaluator, load_baseline  # noqa: E402
-from autoprune.finetune import FinetuneSettings, finetune  # noqa: E402
-from autoprune.measure import PairedTimer, measure_latency  # noqa: E402
-from autoprune.policy import Policy  # noqa: E402
-from autoprune.surgery import apply_policy  # noqa: E402
+from autoprune.config.loading import parse_config  # noqa: E402
+from autoprune.objective.proxy import accuracy  # noqa: E402
+from autoprune.app.experiment import build_evaluator, load_baseline  # noqa: E402
+from autoprune.training.finetune import FinetuneSettings, finetune  # noqa: E402
+from autoprune.measure.latency import PairedTimer, measure_latency  # noqa: E402
+from autoprune.graph.policy import Policy  # noqa: E402
+from autoprune.graph.surgery import apply_policy  # noqa: E402
 from autoprune.zoo import Split  # noqa: E402
 
 
@@ -93,7 +93,7 @@ def speedup_section(ev, baseline) -> str:
         ("drop 2 blocks per stage", Policy({}, tuple(b for s in stages for b in s[:2])), None),
         ("drop 1/stage + uniform 30%", Policy.uniform(ev.unit_names, 0.3, drop=tuple(s[0] for s in stages if s)), None),
     ]
-    from autoprune.measure import count_macs_params
+    from autoprune.measure.latency import count_macs_params
 
     dense_macs, _ = count_macs_params(model, x1)
     timers = {b: PairedTimer(model, baseline.data.example_input(b), threads=ev.latency.threads) for b in (1, 32)}

@@ -44,10 +44,10 @@ import optuna  # noqa: E402
 import sqlalchemy  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from autoprune.config import load_config  # noqa: E402
-from autoprune.experiment import build_evaluator, load_baseline, run_search  # noqa: E402
-from autoprune.objective import Metrics  # noqa: E402
-from autoprune.policy import Policy  # noqa: E402
+from autoprune.config.loading import load_config  # noqa: E402
+from autoprune.app.experiment import build_evaluator, load_baseline, run_search  # noqa: E402
+from autoprune.objective.evaluator import Metrics  # noqa: E402
+from autoprune.graph.policy import Policy  # noqa: E402
 from autoprune.search import get_searcher  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]

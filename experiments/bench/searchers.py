@@ -30,7 +30,7 @@ ROWS = RESULTS / "searchers.jsonl"
 
 
 def make_config(searcher: str, batch: int, seed: int, episodes: int, target: float, metric: str = "latency"):
-    from autoprune.config import parse_config
+    from autoprune.config.loading import parse_config
 
     search: dict = {"searcher": searcher, "episodes": episodes}
     if searcher == "optuna":
@@ -53,9 +53,9 @@ def remeasure(policy_path: str, batch: int, threads: int = 2) -> dict:
     """In a fresh process: load baseline, apply the policy, measure the paired latency ratio."""
     code = (
         "import json,sys,torch;torch.set_num_threads({t});"
-        "from autoprune.config import parse_config;from autoprune.experiment import load_baseline;"
-        "from autoprune.graph import PrunableGraph;from autoprune.surgery import apply_policy;"
-        "from autoprune.policy import load_policy;from autoprune.measure import PairedTimer;"
+        "from autoprune.config.schema import parse_config;from autoprune.app.experiment import load_baseline;"
+        "from autoprune.graph.prunable import PrunableGraph;from autoprune.graph.surgery import apply_policy;"
+        "from autoprune.graph.policy import load_policy;from autoprune.measure.latency import PairedTimer;"
         "cfg=parse_config({{'model':{{'name':'resnet20'}},'data':{{'name':'fashion_mnist'}}}});b=load_baseline(cfg,progress=False);"
         "p=load_policy({path!r})[0];g=PrunableGraph(b.model,b.data.example_input(1));"
         "m=apply_policy(b.model,p,graph=g).eval();t=PairedTimer(b.model,b.data.example_input({bs}),threads={t});"
@@ -66,7 +66,7 @@ def remeasure(policy_path: str, batch: int, threads: int = 2) -> dict:
 
 
 def run_cell(searcher: str, batch: int, seed: int, episodes: int, target: float, metric: str) -> dict:
-    from autoprune.experiment import load_baseline, run_search
+    from autoprune.app.experiment import load_baseline, run_search
 
     cfg = make_config(searcher, batch, seed, episodes, target, metric)
     baseline = load_baseline(cfg, progress=False)

@@ -42,13 +42,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, header, table, write  # noqa: E402
 
-from autoprune.config import parse_config  # noqa: E402
-from autoprune.evaluate import evaluate  # noqa: E402
-from autoprune.experiment import build_evaluator, load_baseline  # noqa: E402
-from autoprune.finetune import FinetuneSettings, finetune  # noqa: E402
-from autoprune.policy import model_fingerprint, policy_document  # noqa: E402
+from autoprune.config.loading import parse_config  # noqa: E402
+from autoprune.objective.proxy import evaluate  # noqa: E402
+from autoprune.app.experiment import build_evaluator, load_baseline  # noqa: E402
+from autoprune.training.finetune import FinetuneSettings, finetune  # noqa: E402
+from autoprune.graph.policy import model_fingerprint, policy_document  # noqa: E402
 from autoprune.search import get_searcher  # noqa: E402
-from autoprune.surgery import apply_policy  # noqa: E402
+from autoprune.graph.surgery import apply_policy  # noqa: E402
 from autoprune.transfer import transfer  # noqa: E402
 
 PARTS = RESULTS / "transfer.jsonl"
@@ -98,7 +98,7 @@ def _metrics(best) -> dict:
 def run_target(model: str, doc: dict, agent_dir: Path, args, seed: int) -> list[dict]:
     """Every method once on ``model`` with ``seed``, on a fresh evaluator (no cache shared across seeds)."""
     from autoprune.errors import AutopruneError
-    from autoprune.policy import Policy
+    from autoprune.graph.policy import Policy
 
     baseline, ev = setup(model, args.target, args.threads)
     src = Policy.from_dict(doc)
@@ -295,8 +295,8 @@ def main() -> None:
             done += rows
     dense = {}
     for model in ["resnet20", *dict.fromkeys(r["model"] for r in done)]:
-        from autoprune.experiment import baseline_checkpoint
-        from autoprune.train import load_model_weights
+        from autoprune.app.experiment import baseline_checkpoint
+        from autoprune.training.baseline import load_model_weights
         from autoprune.zoo import build_model
 
         try:

@@ -18,16 +18,17 @@ import torch
 from mlflow import MlflowClient
 from torch import nn
 
-from autoprune.config import ExperimentConfig
-from autoprune.evaluate import evaluate
-from autoprune.experiment import Baseline, SearchRun, load_baseline, output_dir, run_search
-from autoprune.export import export_onnx, quantize_onnx, save_pruned
-from autoprune.finetune import FinetuneSettings, finetune
-from autoprune.measure import PairedTimer, count_macs_params, model_size_bytes
+from autoprune.config.schema import ExperimentConfig
+from autoprune.objective.proxy import evaluate
+from autoprune.app.experiment import Baseline, SearchRun, load_baseline, output_dir, run_search
+from autoprune.formats.onnx import export_onnx, quantize_onnx
+from autoprune.formats.pruned import save_pruned
+from autoprune.training.finetune import FinetuneSettings, finetune
+from autoprune.measure.latency import PairedTimer, count_macs_params, model_size_bytes
 from autoprune.paths import write_json_atomic
-from autoprune.policy import Policy, model_fingerprint
-from autoprune.surgery import apply_iteratively, apply_policy
-from autoprune.tracking import Tracker, resolve_tracking_uri
+from autoprune.graph.policy import Policy, model_fingerprint
+from autoprune.graph.surgery import apply_iteratively, apply_policy
+from autoprune.tracking.tracker import Tracker, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Iterable, Mapping, Sequence
 
 from matplotlib.figure import Figure
 
-from autoprune.objective import Evaluation
-from autoprune.policy import Policy
+from autoprune.objective.evaluator import Evaluation
+from autoprune.graph.policy import Policy
 from autoprune.search.base import pareto_front
 
 DPI = 150

@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from autoprune.errors import ConfigError
-from autoprune.mlflow_store import _mlflow_message, _no_progress_bars, _quiet_mlflow, _sqlite_file, resolve_tracking_uri
-from autoprune.tracking import MODEL_FILE
+from autoprune.tracking.store import mlflow_message, no_progress_bars, quiet_mlflow, sqlite_file, resolve_tracking_uri
+from autoprune.formats.pruned import MODEL_FILE
 
 
 def download_artifact_uri(uri: str | Path, *, tracking_uri: str | None = None, dst: str | Path | None = None,
@@ -39,15 +39,15 @@ def download_artifact_uri(uri: str | Path, *, tracking_uri: str | None = None, d
             raise ConfigError(f"{option}: {text}: no such file; expected a path, runs:/<run_id>/<path> or models:/<name>@<alias>")
         return path
     turi = resolve_tracking_uri(tracking_uri)
-    db = _sqlite_file(turi)
+    db = sqlite_file(turi)
     if db is not None and not db.is_file():
         raise ConfigError(f"{option}: {text}: no MLflow database at {db} (tracking.uri {turi})")
-    _quiet_mlflow()
+    quiet_mlflow()
     client = MlflowClient(tracking_uri=turi, registry_uri=turi)
     target = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="autoprune-artifact-"))
     target.mkdir(parents=True, exist_ok=True)
     try:
-        with _no_progress_bars():
+        with no_progress_bars():
             if scheme == "runs":
                 run_id, _, sub = text[len("runs:/"):].lstrip("/").partition("/")
                 if not run_id:
@@ -61,7 +61,7 @@ def download_artifact_uri(uri: str | Path, *, tracking_uri: str | None = None, d
                     source = f"{source.rstrip('/')}/{sub}"
                 local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target), tracking_uri=turi)
     except MlflowException as e:
-        raise ConfigError(f"{option}: {text}: not found in {turi} ({_mlflow_message(e)})") from e
+        raise ConfigError(f"{option}: {text}: not found in {turi} ({mlflow_message(e)})") from e
     return Path(local)
 
 

@@ -18,20 +18,17 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from autoprune.config_errors import describe_validation_error, one_line, show_value
 from autoprune.errors import ConfigError
 
 if TYPE_CHECKING:
-    from autoprune.evaluate import ProxySettings
-    from autoprune.train import TrainSettings
+    from autoprune.objective.proxy import ProxySettings
+    from autoprune.training.baseline import TrainSettings
 
 SearcherName = Literal["ppo", "optuna", "ddpg", "random", "uniform", "sensitivity"]
 SEARCHERS: tuple[str, ...] = get_args(SearcherName)
@@ -158,14 +155,14 @@ class TrainConfig(_Section):
     augment: bool = True
 
     def settings(self, seed: int = 0) -> "TrainSettings":
-        """The :class:`autoprune.train.TrainSettings` this section describes."""
-        from autoprune.train import TrainSettings
+        """The :class:`autoprune.training.baseline.TrainSettings` this section describes."""
+        from autoprune.training.baseline import TrainSettings
 
         return TrainSettings(**self.model_dump(), seed=seed)
 
 
 class ProxyConfig(_Section):
-    """The fast accuracy proxy used during search (see :mod:`autoprune.evaluate`).
+    """The fast accuracy proxy used during search (see :mod:`autoprune.objective.proxy`).
 
     Attributes:
         bn_batches: Training batches to re-estimate BatchNorm statistics after pruning (0: off).
@@ -178,14 +175,14 @@ class ProxyConfig(_Section):
     val_samples: int | None = Field(1000, ge=1)
 
     def settings(self) -> "ProxySettings":
-        """The :class:`autoprune.evaluate.ProxySettings` this section describes."""
-        from autoprune.evaluate import ProxySettings
+        """The :class:`autoprune.objective.proxy.ProxySettings` this section describes."""
+        from autoprune.objective.proxy import ProxySettings
 
         return ProxySettings(**self.model_dump())
 
 
 class LatencyConfig(_Section):
-    """How latency is measured (see :mod:`autoprune.measure`).
+    """How latency is measured (see :mod:`autoprune.measure.latency`).
 
     Attributes:
         backend: ``torch`` (eager) or ``onnxruntime`` (needs the ``onnx`` extra).
@@ -266,7 +263,7 @@ class RewardConfig(_Section):
 
 
 class PruningConfig(_Section):
-    """How a policy is applied (see :mod:`autoprune.surgery`).
+    """How a policy is applied (see :mod:`autoprune.graph.surgery`).
 
     Attributes:
         importance: Channel ranking: ``l1``, ``l2``, ``taylor`` or ``bn_scale``.
@@ -439,145 +436,6 @@ def dump_config(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Read an experiment YAML file, apply ``overrides`` and validate.
-
-    Args:
-        path: The YAML file.
-        overrides: ``"dotted.key=value"`` strings, the value read as YAML
-            (``"search.episodes=20"``, ``"model.ignore=[fc]"``, ``"budget.target=null"``).
-
-    Returns:
-        The validated config.
-
-    Raises:
-        ConfigError: one line naming the file (or the override), the field, the bad value
-            and what is allowed; also for a missing file or a YAML syntax error.
-    """
-    source = str(path)
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise ConfigError(f"{source}: file not found") from e
-    except IsADirectoryError as e:
-        raise ConfigError(f"{source}: is a directory, expected a YAML file") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{source}: cannot read ({type(e).__name__}: {one_line(str(e))})") from e
-    try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader that refuses duplicate keys
-    except yaml.MarkedYAMLError as e:
-        raise ConfigError(_yaml_error(source, e)) from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: YAML error: {one_line(str(e))}") from e
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{source}: the top level must be a mapping of sections (model:, budget:, ...), "
-            f"not {_yaml_type(data)}"
-        )
-    return parse_config(data, source=source, overrides=overrides)
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.safe_load`` that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, yaml.Mark] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base': local keys may override merged ones
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.get(key)
-            except TypeError:  # an unhashable key: let SafeLoader report it
-                continue
-            if first is not None:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first given at line {first.line + 1}); give each key once",
-                    key_node.start_mark,
-                )
-            seen[key] = key_node.start_mark
-        return super().construct_mapping(node, deep=deep)
-
-
-def _yaml_error(source: str, e: yaml.MarkedYAMLError) -> str:
-    """``file:line:column: YAML syntax error: problem (context and where it started)``."""
-    mark, ctx = e.problem_mark or e.context_mark, e.context_mark
-    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-    problem = e.problem or ""
-    if e.context and ctx is not None and mark is not None and (ctx.line, ctx.column) != (mark.line, mark.column):
-        problem += f" ({e.context} that starts at line {ctx.line + 1}, column {ctx.column + 1})"
-    elif e.context:
-        problem = f"{e.context}: {problem}" if problem else e.context
-    return f"{where}: YAML syntax error: {one_line(problem)}"
-
-
-def parse_config(data: Mapping[str, Any], *, source: str = "config", overrides: Iterable[str] = ()) -> ExperimentConfig:
-    """Validate an already-parsed config mapping; see :func:`load_config`.
-
-    Args:
-        data: The mapping (it is not modified).
-        source: What to call it in error messages.
-        overrides: ``"dotted.key=value"`` strings applied first.
-
-    Raises:
-        ConfigError: one line naming ``source`` (or the override), field, value and what is allowed.
-    """
-    data = _deep_copy(data)
-    applied: list[tuple[tuple[str, ...], str]] = []
-    for item in overrides:
-        keys = _apply_override(data, item)
-        applied.append((keys, item))
-    try:
-        return ExperimentConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(describe_validation_error(e, source, applied, ExperimentConfig)) from e
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value
-
-
-def _apply_override(data: dict[str, Any], item: str) -> tuple[str, ...]:
-    key, sep, raw = item.partition("=")
-    key = key.strip()
-    keys = tuple(key.split("."))
-    if not sep or not key or any(not k for k in keys):
-        raise ConfigError(f"override {item!r}: expected 'dotted.key=value', e.g. 'search.episodes=20'")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {item!r}: the value is not valid YAML ({one_line(str(e))})") from e
-    if isinstance(value, (dict, list)) and not raw.strip().startswith(("{", "[")):
-        # One line holds only flow-style collections: 'sqlite:///:memory:' or 'a: b' is a string, not a mapping.
-        value = raw.strip()
-    node: Any = data
-    for i, k in enumerate(keys[:-1]):
-        child = node.get(k)
-        if child is None:
-            child = node[k] = {}
-        elif not isinstance(child, dict):
-            where = ".".join(keys[: i + 1])
-            raise ConfigError(f"override {item!r}: {where} is {show_value(child)}, not a section with fields")
-        node = child
-    node[keys[-1]] = value
-    return keys
-
-
-# -- turning pydantic errors into one line -----------------------------------------------
-
-def _yaml_type(value: Any) -> str:
-    if isinstance(value, list):
-        return "a list"
-    return f"{type(value).__name__} {show_value(value)}"
-
-
 __all__ = [
     "SEARCHERS",
     "SearcherName",
@@ -597,6 +455,4 @@ __all__ = [
     "check_data_name",
     "check_model_name",
     "dump_config",
-    "load_config",
-    "parse_config",
 ]

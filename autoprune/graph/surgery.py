@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from autoprune.errors import PolicyError
-from autoprune.graph import PrunableGraph, kept_channels
-from autoprune.policy import Policy
+from autoprune.graph.prunable import PrunableGraph, kept_channels
+from autoprune.graph.policy import Policy
 
 log = logging.getLogger(__name__)
 

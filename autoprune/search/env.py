@@ -27,8 +27,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from autoprune.objective import PolicyEvaluator
-from autoprune.policy import Policy
+from autoprune.objective.evaluator import PolicyEvaluator
+from autoprune.graph.policy import Policy
 
 FEATURES = (
     "is_unit", "is_block", "kind_conv", "kind_depthwise", "kind_linear", "coupled",
@@ -39,7 +39,7 @@ OBS_DIM = len(FEATURES)
 
 
 class LayerPruningEnv(gym.Env):
-    """Gymnasium environment over a :class:`~autoprune.objective.PolicyEvaluator`.
+    """Gymnasium environment over a :class:`~autoprune.objective.evaluator.PolicyEvaluator`.
 
     Args:
         evaluator: Shared evaluator (owns model, budget and reward).

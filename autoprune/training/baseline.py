@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from autoprune.errors import ConfigError, ModelError
-from autoprune.evaluate import accuracy
+from autoprune.objective.proxy import accuracy
 from autoprune.zoo import DataBundle, build_model, check_model_fits
 
 log = logging.getLogger(__name__)

@@ -17,18 +17,19 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from autoprune.config import ExperimentConfig
+from autoprune.config.schema import ExperimentConfig
 from autoprune.errors import ConfigError
-from autoprune.evaluate import ProxySettings, proxy_accuracy
-from autoprune.graph import PrunableGraph
-from autoprune.latency_table import LatencyTable
-from autoprune.measure import PairedTimer, count_macs_params, model_size_bytes
-from autoprune.objective import Budget, LatencySettings, PolicyEvaluator, Reward
+from autoprune.objective.proxy import ProxySettings, proxy_accuracy
+from autoprune.graph.prunable import PrunableGraph
+from autoprune.measure.table import LatencyTable
+from autoprune.measure.latency import PairedTimer, count_macs_params, model_size_bytes
+from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator, Reward
 from autoprune.paths import write_json_atomic
-from autoprune.policy import Policy, model_fingerprint, policy_document
+from autoprune.formats.policy_file import policy_document
+from autoprune.graph.policy import Policy, model_fingerprint
 from autoprune.search import SearchResult, get_searcher
-from autoprune.surgery import apply_policy
-from autoprune.train import TrainSettings, default_checkpoint_path, train_or_load
+from autoprune.graph.surgery import apply_policy
+from autoprune.training.baseline import TrainSettings, default_checkpoint_path, train_or_load
 from autoprune.zoo import DataBundle, load_data
 
 log = logging.getLogger(__name__)
@@ -169,13 +170,13 @@ def run_search(
     Args:
         tracking: ``(tracking_uri, run_id)`` of the MLflow run that workers log their trials to.
         restart: Delete the stored study (or PPO checkpoint) first.
-        warm_start: A policy and its file's payload (:func:`autoprune.policy.load_policy`) to evaluate
+        warm_start: A policy and its file's payload (:func:`autoprune.app.uris.load_policy`) to evaluate
             first (Optuna); one from another architecture is transferred and re-fitted to the budget.
 
     Raises:
         ConfigError: e.g. ``search.workers`` > 1 with a searcher other than Optuna.
     """
-    from autoprune.distributed import publish_study, spawn_workers, stop_workers, threads_per_worker, wait_workers
+    from autoprune.search.distributed import publish_study, spawn_workers, stop_workers, threads_per_worker, wait_workers
 
     out = output_dir(cfg)
     workers = cfg.search.workers
@@ -221,13 +222,13 @@ def warm_start_policies(source: tuple[Policy, dict], evaluator: PolicyEvaluator,
     """The policies to enqueue first: the policy as it is when it fits the model, else its transfer.
 
     A transferred policy is re-fitted to the budget with ``candidates`` drop sets (the mapped one
-    first, then shallower and deeper cuts, see :func:`autoprune.transfer.drop_candidates`); the
+    first, then shallower and deeper cuts, see :func:`autoprune.transfer.mapping.drop_candidates`); the
     search measures them as its first trials, so none is measured here.
     """
-    from autoprune.transfer import transfer
+    from autoprune.transfer.refit import transfer
 
     from autoprune.errors import PolicyError
-    from autoprune.policy import check_policy_fits
+    from autoprune.graph.policy import check_policy_fits
 
     policy, payload = source
     try:
@@ -267,8 +268,8 @@ def run_worker(storage: str, study_name: str, *, n_trials: int | None = None, pr
     Raises:
         ConfigError: unreachable storage or unknown study.
     """
-    from autoprune.config import parse_config
-    from autoprune.distributed import read_study
+    from autoprune.config.loading import parse_config
+    from autoprune.search.distributed import read_study
 
     info = read_study(storage, study_name)
     cfg = parse_config(info.config, source=f"study {study_name!r}")
@@ -277,7 +278,7 @@ def run_worker(storage: str, study_name: str, *, n_trials: int | None = None, pr
     params = {**searcher_params(cfg, Path(cfg.output_dir)), "storage": storage, "study_name": study_name, "max_local_trials": n_trials}
     tracker = None
     if info.run_id and info.tracking_uri:
-        from autoprune.tracking import Tracker
+        from autoprune.tracking.tracker import Tracker
 
         tracker = Tracker(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": info.tracking_uri})}),
                           resume_run_id=info.run_id, attach=True)

@@ -1,13 +1,19 @@
 """``LayerSpec``: the shape of one leaf layer call, the unit of the latency lookup table.
 
-Specs are recorded on the dense model (see :func:`autoprune.measure.extract_layer_specs`)
-and rewritten for a candidate policy by :class:`autoprune.graph.PrunableGraph`
+Specs are recorded on the dense model (see :func:`autoprune.measure.latency.extract_layer_specs`)
+and rewritten for a candidate policy by :class:`autoprune.graph.prunable.PrunableGraph`
 without touching the model, so latency can be predicted before any surgery.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Union
+
+import torch
+
+ExampleInput = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+"""What a model is called with: one batch-first tensor, or a tuple of them (``model(*inputs)``)."""
 
 
 @dataclass(frozen=True)

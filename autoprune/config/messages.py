@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from autoprune.errors import one_line
 from pydantic import BaseModel, ValidationError
 
 
@@ -40,7 +41,7 @@ def describe_validation_error(e: ValidationError, source: str, applied: list[tup
     if len(errors) > 1:
         n = len(errors) - 1
         msg += f" (+{n} more error{'s' if n > 1 else ''})"
-    return one_line(msg)
+    return one_line(msg, None)
 
 
 def _explain(err: Any, loc: tuple[Any, ...], root: type[BaseModel]) -> str:
@@ -97,5 +98,3 @@ def show_value(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def one_line(text: str) -> str:
-    return " ".join(text.split())

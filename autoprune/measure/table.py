@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from autoprune.errors import ConfigError
-from autoprune.layerspec import LayerSpec
-from autoprune.measure import ExampleInput, LatencyBackend, PairedTimer, extract_layer_specs, fixed_threads
+from autoprune.graph.layers import LayerSpec
+from autoprune.measure.latency import ExampleInput, LatencyBackend, PairedTimer, extract_layer_specs, fixed_threads
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ class LatencyTable:
         """A table calibrated on ``models`` at ``example_input``'s batch size.
 
         The first model is the reference: the others are timed against it by paired
-        measurement (:class:`~autoprune.measure.PairedTimer`), so the fit sees
+        measurement (:class:`~autoprune.measure.latency.PairedTimer`), so the fit sees
         consistent relative latencies even on a busy machine. With one model only the
         scale is fitted; add one or two pruned variants to fit the fixed overhead too.
 

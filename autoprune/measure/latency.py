@@ -6,7 +6,7 @@ calls of the two models are interleaved and only their ratio is reported
 (:class:`PairedTimer`, :func:`measure_latency_ratio`). Everything runs with a fixed
 thread count (:func:`fixed_threads`) on a named backend (:func:`get_backend`).
 The latency lookup table that predicts latency without running a model lives in
-:mod:`autoprune.latency_table`.
+:mod:`autoprune.measure.table`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol, Sequence, Union, runtime_checkable
+from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -27,14 +27,14 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import ConfigError
-from autoprune.layerspec import LayerSpec
+from autoprune.graph.layers import ExampleInput, LayerSpec
+from autoprune.registry import Registry
 
 logger = logging.getLogger(__name__)
 
 Runner = Callable[[], None]
 """A zero-argument callable that runs one inference of a prepared model."""
 
-ExampleInput = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 
 
 @runtime_checkable
@@ -65,27 +65,38 @@ class TorchEagerBackend:
         return run
 
 
-_BACKENDS: dict[str, Callable[[], LatencyBackend]] = {"torch": TorchEagerBackend}
+#: The latency backends: the one list of their names (``latency.backend`` is checked against it).
+BACKENDS: Registry[Callable[[], LatencyBackend]] = Registry(
+    "latency backend",
+    "latency.backend",
+    {"torch": "autoprune.measure.latency:TorchEagerBackend", "onnxruntime": "autoprune.measure.onnxruntime:OnnxRuntimeBackend"},
+    extras={"onnxruntime": "onnx"},
+)
 
 
-def register_backend(name: str, factory: Callable[[], LatencyBackend]) -> None:
-    """Make a backend available to :func:`get_backend` under ``name`` (e.g. ``"onnxruntime"``)."""
-    _BACKENDS[name] = factory
+def register_backend(name: str, factory: Callable[[], LatencyBackend] | str) -> None:
+    """Make a backend available to :func:`get_backend` and to configs under ``name``.
+
+    Args:
+        name: The name a config uses (``latency.backend: NAME``).
+        factory: A zero-argument callable returning a :class:`LatencyBackend`, or its
+            ``"package.module:Class"`` reference.
+
+    Raises:
+        ConfigError: an empty name or one containing ``:``.
+    """
+    BACKENDS.register(name, factory)
 
 
 def get_backend(name: str | LatencyBackend) -> LatencyBackend:
-    """Return the backend called ``name`` (a backend instance is returned unchanged).
+    """Return a new backend by registered name or ``"package.module:Class"`` (an instance is returned unchanged).
 
     Raises:
-        ConfigError: unknown backend name.
+        ConfigError: unknown backend name, or its optional extra is not installed (naming it).
     """
     if not isinstance(name, str):
         return name
-    if name == "onnxruntime" and name not in _BACKENDS:
-        import autoprune.export  # noqa: F401  (registers the "onnxruntime" backend; needs the 'onnx' extra)
-    if name not in _BACKENDS:
-        raise ConfigError(f"backend: unknown latency backend {name!r}; allowed: {', '.join(sorted(set(_BACKENDS) | {'onnxruntime'}))}")
-    return _BACKENDS[name]()
+    return BACKENDS.get(name)()
 
 
 @contextmanager

@@ -25,12 +25,12 @@ from typing import Literal
 from torch import nn
 
 from autoprune.errors import BudgetError, ConfigError
-from autoprune.evaluate import ProxySettings, accuracy, proxy_accuracy
-from autoprune.graph import PrunableGraph, record_layer_specs, spec_macs
-from autoprune.latency_table import LatencyTable
-from autoprune.measure import PairedTimer, count_macs_params
-from autoprune.policy import Policy
-from autoprune.surgery import apply_policy
+from autoprune.objective.proxy import ProxySettings, accuracy, proxy_accuracy
+from autoprune.graph.prunable import PrunableGraph, record_layer_specs, spec_macs
+from autoprune.measure.table import LatencyTable
+from autoprune.measure.latency import PairedTimer, count_macs_params
+from autoprune.graph.policy import Policy
+from autoprune.graph.surgery import apply_policy
 from autoprune.zoo import DataBundle
 
 log = logging.getLogger(__name__)

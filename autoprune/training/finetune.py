@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from autoprune.evaluate import accuracy
+from autoprune.objective.proxy import accuracy
 from autoprune.zoo import DataBundle
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ A :class:`Tracker` is a context manager around one MLflow run::
 Episodes are step metrics of that run (``step`` = episode index), buffered and sent with
 ``log_batch``, so a search of hundreds of episodes costs milliseconds per episode and
 gives one chart per metric. The pruned model is stored as run artifacts in the
-pickle-free format of :mod:`autoprune.export` (``model/model.pt``), and registered as a
-model version whose source is that artifact folder; :func:`autoprune.artifacts.download_model_uri` turns a
+pickle-free format of :mod:`autoprune.formats.pruned` (``model/model.pt``), and registered as a
+model version whose source is that artifact folder; :func:`autoprune.tracking.artifacts.download_model_uri` turns a
 ``runs:/`` or ``models:/`` URI back into the local ``.pt`` file.
 """
 
@@ -38,18 +38,18 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from autoprune.config import ExperimentConfig, dump_config
+from autoprune.config.schema import ExperimentConfig, dump_config
 from autoprune.errors import ConfigError
-from autoprune.mlflow_store import _artifact_root, _mlflow_message, _one_line, _quiet_mlflow, resolve_tracking_uri
-from autoprune.policy import policy_document
+from autoprune.errors import one_line
+from autoprune.tracking.store import artifact_root, mlflow_message, quiet_mlflow, resolve_tracking_uri
+from autoprune.formats.policy_file import policy_document
+from autoprune.formats.pruned import FORMAT as PRUNED_FORMAT, MODEL_DIR, MODEL_FILE
 
 log = logging.getLogger(__name__)
 
 _LIBRARIES = ("torch", "torch-pruning", "optuna", "stable-baselines3", "gymnasium", "mlflow", "autoprune")
 
 CHAMPION = "champion"
-MODEL_DIR = "model"
-MODEL_FILE = "model.pt"
 ACCURACY_TAG = "test_accuracy"
 def _versions() -> dict[str, str]:
     out = {}
@@ -147,7 +147,7 @@ class Tracker:
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> "Tracker":
-        _quiet_mlflow()
+        quiet_mlflow()
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
@@ -187,9 +187,9 @@ class Tracker:
         try:
             self.flush()
             if exc is not None:
-                self.client.set_tag(self.run_id, "error", _one_line(f"{exc_type.__name__}: {exc}", MAX_TAG_VAL_LENGTH))
+                self.client.set_tag(self.run_id, "error", one_line(f"{exc_type.__name__}: {exc}", MAX_TAG_VAL_LENGTH))
         except Exception as e:  # never mask the body's exception, never leave the run RUNNING
-            log.warning("MLflow: could not write the last metrics of run %s: %s", self.run_id, _one_line(e))
+            log.warning("MLflow: could not write the last metrics of run %s: %s", self.run_id, one_line(e))
             status = "FAILED" if status == "FINISHED" else status
         finally:
             self._end(status)
@@ -206,16 +206,16 @@ class Tracker:
         try:
             return self.client.get_run(run_id)
         except MlflowException as e:
-            raise ConfigError(f"resume: no MLflow run {run_id!r} at {self.uri} ({_mlflow_message(e)})") from e
+            raise ConfigError(f"resume: no MLflow run {run_id!r} at {self.uri} ({mlflow_message(e)})") from e
 
     def _experiment_id(self) -> str:
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is None:
             try:
-                return self.client.create_experiment(self.experiment, artifact_location=_artifact_root(self.uri, self.experiment))
+                return self.client.create_experiment(self.experiment, artifact_location=artifact_root(self.uri, self.experiment))
             except MlflowException as e:
                 if e.error_code != "RESOURCE_ALREADY_EXISTS":  # created meanwhile by another worker
-                    raise ConfigError(f"tracking.experiment: cannot create {self.experiment!r} ({_mlflow_message(e)})") from e
+                    raise ConfigError(f"tracking.experiment: cannot create {self.experiment!r} ({mlflow_message(e)})") from e
                 exp = self.client.get_experiment_by_name(self.experiment)
         if exp.lifecycle_stage == "deleted":
             raise ConfigError(
@@ -312,7 +312,7 @@ class Tracker:
         try:
             self.client.log_batch(self.run_id, metrics=self._buffer)
         except MlflowException as e:
-            log.warning("MLflow: could not log %d episode metrics (will retry): %s", len(self._buffer), _mlflow_message(e))
+            log.warning("MLflow: could not log %d episode metrics (will retry): %s", len(self._buffer), mlflow_message(e))
             return
         self._buffer = []
         self._pending_episodes = 0
@@ -354,7 +354,7 @@ class Tracker:
             under ``plots/``; ``plots/sensitivity.png`` when ``result.extras`` has
             ``sensitivity`` curves.
         """
-        from autoprune import plots  # matplotlib: only when results are logged
+        from autoprune.tracking import plots  # matplotlib: only when results are logged
 
         run_id = self._require_run()
         self.flush()
@@ -440,12 +440,12 @@ class Tracker:
         test_accuracy: float | None = None,
         extra_files: Sequence[str | Path] = (),
     ) -> dict[str, Any]:
-        """Log a pruned model (the :func:`autoprune.export.save_pruned` file) and optionally register it.
+        """Log a pruned model (the :func:`autoprune.formats.pruned.save_pruned` file) and optionally register it.
 
         The files go to the run's ``model/`` folder as ``model.pt`` (and ``model.onnx``, plus
         ``extra_files`` under their own names). With ``register_as``, a model version is created
         whose source is that folder (no MLmodel file, nothing pickled: read it back with
-        :func:`download_model_uri` and :func:`autoprune.export.load_pruned`). The new version
+        :func:`download_model_uri` and :func:`autoprune.formats.pruned.load_pruned`). The new version
         gets the alias ``champion`` when the registered model has no champion yet, or when
         ``test_accuracy`` is strictly higher than the champion's ``test_accuracy`` tag.
 
@@ -479,19 +479,19 @@ class Tracker:
         out: dict[str, Any] = {"uri": f"runs:/{run_id}/{MODEL_DIR}", "name": None, "version": None, "champion": None}
         if register_as is None:
             return out
-        tags = {"format": "autoprune-pruned/1", "file": MODEL_FILE}
+        tags = {"format": PRUNED_FORMAT, "file": MODEL_FILE}
         if test_accuracy is not None:
             tags[ACCURACY_TAG] = repr(float(test_accuracy))
         try:
             try:
-                self.client.create_registered_model(register_as, description="Pruned by autoprune; load with autoprune.export.load_pruned.")
+                self.client.create_registered_model(register_as, description="Pruned by autoprune; load with autoprune.formats.pruned.load_pruned.")
             except MlflowException as e:
                 if e.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
             source = f"{self.artifact_uri.rstrip('/')}/{MODEL_DIR}"
             mv = self.client.create_model_version(register_as, source, run_id=run_id, tags=tags)
         except MlflowException as e:
-            raise ConfigError(f"tracking.register: cannot register model {register_as!r} ({_mlflow_message(e)})") from e
+            raise ConfigError(f"tracking.register: cannot register model {register_as!r} ({mlflow_message(e)})") from e
         champion = self._maybe_promote(register_as, mv.version, test_accuracy)
         self.client.set_tag(run_id, "registered_model", f"{register_as}/{mv.version}")
         out.update(name=register_as, version=str(mv.version), champion=champion)

@@ -6,7 +6,7 @@ A bundle is a folder::
       agent.zip    # stable-baselines3's own format (PPO.save / PPO.load)
       agent.json   # autoprune-agent/1: observation features and their normalisation, action, provenance
 
-The observation normalisation is fixed, not learnt: :class:`envs.pruning.LayerPruningEnv`
+The observation normalisation is fixed, not learnt: :class:`autoprune.search.env.LayerPruningEnv`
 scales every feature from model-relative quantities (relative depth, share of MACs and
 parameters, log2 channels / 10, budget fractions...) into ``[-1, 2]``. There are no running
 statistics to carry, and the same numbers mean the same thing on a model of any size, which
@@ -41,7 +41,7 @@ def manifest(*, trained_on: dict[str, Any] | None = None, episodes: int | None =
     import stable_baselines3
 
     from autoprune import __version__
-    from envs.pruning import FEATURES, OBS_DIM
+    from autoprune.search.env import FEATURES, OBS_DIM
 
     return {
         "format": AGENT_FORMAT,
@@ -65,22 +65,19 @@ def save_bundle(model: Any, folder: str | Path, *, trained_on: dict[str, Any] | 
     return folder
 
 
-def locate_bundle(source: str | Path, *, tracking_uri: str | None = None) -> Path:
-    """The local bundle folder behind a folder, its ``agent.zip``, or a ``runs:/``/``models:/`` URI; its manifest is checked.
+def find_bundle(path: str | Path, *, source: str | None = None) -> Path:
+    """The bundle folder at a local folder or its ``agent.zip`` (searched below it too); its manifest is checked.
+
+    ``runs:/`` and ``models:/`` URIs are downloaded first by :func:`autoprune.app.uris.locate_bundle`.
 
     Raises:
         ConfigError: nothing there, or no agent.zip in it.
         PolicyError: the manifest is missing or does not fit (:func:`check_manifest`).
     """
-    text = str(source)
-    if text.startswith(("runs:/", "models:/")):
-        from autoprune.artifacts import download_artifact_uri
-
-        path = download_artifact_uri(text, tracking_uri=tracking_uri, option="--agent")
-    else:
-        path = Path(text)
-        if not path.exists():
-            raise ConfigError(f"--agent: {text!r} does not exist; expected an agent folder (agent.zip + agent.json) or runs:/<run_id>/agent")
+    path = Path(path)
+    text = str(path) if source is None else source
+    if not path.exists():
+        raise ConfigError(f"--agent: {text!r} does not exist; expected an agent folder (agent.zip + agent.json) or runs:/<run_id>/agent")
     if path.is_file():
         path = path.parent
     if not (path / AGENT_ZIP).is_file():
@@ -98,7 +95,7 @@ def check_manifest(folder: Path, source: str) -> dict[str, Any]:
     Raises:
         PolicyError: unreadable or truncated manifest, another format, or other observation features.
     """
-    from envs.pruning import FEATURES
+    from autoprune.search.env import FEATURES
 
     if not (folder / AGENT_MANIFEST).is_file():
         raise PolicyError(f"--agent: {source!r} has no {AGENT_MANIFEST}, so what the agent observes is unknown; "
@@ -135,4 +132,4 @@ def load_agent(folder: str | Path, *, env: Any = None, **kwargs: Any) -> Any:
         raise PolicyError(f"--agent: {str(path)!r} is truncated or not an SB3 agent ({type(e).__name__}: {first})") from e
 
 
-__all__ = ["AGENT_FORMAT", "check_manifest", "load_agent", "locate_bundle", "manifest", "save_bundle"]
+__all__ = ["AGENT_FORMAT", "check_manifest", "find_bundle", "load_agent", "manifest", "save_bundle"]

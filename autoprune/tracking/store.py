@@ -1,6 +1,6 @@
 """Where MLflow data lives: resolve and check tracking URIs, and keep MLflow's own output quiet.
 
-Used by :mod:`autoprune.tracking` (the runs) and :mod:`autoprune.artifacts` (downloads).
+Used by :mod:`autoprune.tracking.tracker` (the runs) and :mod:`autoprune.tracking.artifacts` (downloads).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Iterator
 
 from mlflow.exceptions import MlflowException
 
-from autoprune.errors import ConfigError
+from autoprune.errors import ConfigError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ _OTHER_SCHEMES = ("file", "http", "https", "databricks", "databricks-uc", "uc")
 _ALLOWED_URIS = "sqlite:///path/mlflow.db, file:///dir, http(s)://host:port, postgresql://..., mysql://..., databricks"
 
 
-def _quiet_mlflow() -> None:
+def quiet_mlflow() -> None:
     """MLflow and alembic log every migration and download at INFO; keep their warnings only."""
     for name in ("mlflow", "alembic"):
         logger = logging.getLogger(name)
@@ -35,7 +35,7 @@ def _quiet_mlflow() -> None:
 
 
 @contextlib.contextmanager
-def _no_progress_bars() -> Iterator[None]:
+def no_progress_bars() -> Iterator[None]:
     """Hide MLflow's artifact-download progress bar unless the user asked for it."""
     key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
     if key in os.environ:
@@ -48,13 +48,9 @@ def _no_progress_bars() -> Iterator[None]:
         os.environ.pop(key, None)
 
 
-def _one_line(text: object, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
-
-def _mlflow_message(e: MlflowException) -> str:
-    return _one_line(getattr(e, "message", None) or e)
+def mlflow_message(e: MlflowException) -> str:
+    return one_line(getattr(e, "message", None) or e)
 
 
 # ----------------------------------------------------------------------- URIs
@@ -143,7 +139,7 @@ def _check_database(uri: str, base: str, timeout: int = 3) -> str:
     try:
         shown = sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
     except (sqlalchemy.exc.ArgumentError, ValueError) as e:
-        raise ConfigError(f"tracking.uri: {base} URI is malformed ({_one_line(e, 120)}); expected {base}://user@host:port/database") from e
+        raise ConfigError(f"tracking.uri: {base} URI is malformed ({one_line(e, 120)}); expected {base}://user@host:port/database") from e
     connect_args = {"connect_timeout": timeout} if base in ("postgresql", "mysql") else {}
     try:
         engine = sqlalchemy.create_engine(uri, connect_args=connect_args, poolclass=sqlalchemy.pool.NullPool)
@@ -154,14 +150,14 @@ def _check_database(uri: str, base: str, timeout: int = 3) -> str:
                     "(psycopg2 comes with pip install 'autoprune[postgres]') or pip install 'psycopg[binary]'")
         elif base == "postgresql":
             hint = "install it with pip install 'autoprune[postgres]'"
-        raise ConfigError(f"tracking.uri: {shown!r} needs a database driver that is not installed ({_one_line(e, 120)}); {hint}") from e
+        raise ConfigError(f"tracking.uri: {shown!r} needs a database driver that is not installed ({one_line(e, 120)}); {hint}") from e
     except (sqlalchemy.exc.ArgumentError, ValueError, TypeError) as e:  # unknown driver, bad option
-        raise ConfigError(f"tracking.uri: {shown!r} is not usable ({_one_line(e, 160)})") from e
+        raise ConfigError(f"tracking.uri: {shown!r} is not usable ({one_line(e, 160)})") from e
     try:
         with engine.connect():
             pass
     except sqlalchemy.exc.SQLAlchemyError as e:
-        reason = _one_line(getattr(e, "orig", None) or e, 160)
+        reason = one_line(getattr(e, "orig", None) or e, 160)
         raise ConfigError(f"tracking.uri: cannot connect to {shown} ({reason}); start the database server or fix the URI") from e
     finally:
         engine.dispose()
@@ -178,22 +174,22 @@ def _check_http(uri: str, timeout: float = 3.0) -> str:
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         raise ConfigError(
-            f"tracking.uri: cannot reach {uri} ({_one_line(reason, 120)}); start the server "
+            f"tracking.uri: cannot reach {uri} ({one_line(reason, 120)}); start the server "
             "(e.g. `mlflow server --backend-store-uri sqlite:///mlflow.db`) or set tracking.uri to a sqlite:/// file"
         ) from e
     return uri
 
 
-def _sqlite_file(uri: str) -> Path | None:
+def sqlite_file(uri: str) -> Path | None:
     scheme = urllib.parse.urlparse(uri).scheme.lower()
     if scheme.split("+", 1)[0] != "sqlite":
         return None
     return Path(urllib.parse.unquote(uri[len(f"{scheme}:///"):].split("?", 1)[0]))
 
 
-def _artifact_root(uri: str, experiment: str) -> str | None:
+def artifact_root(uri: str, experiment: str) -> str | None:
     """For a SQLite store: artifacts beside the database (MLflow would use ./mlruns of the current directory)."""
-    db = _sqlite_file(uri)
+    db = sqlite_file(uri)
     if db is None:
         return None
     folder = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment) or "experiment"

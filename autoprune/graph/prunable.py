@@ -24,7 +24,7 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import ModelError, PolicyError
-from autoprune.layerspec import LayerSpec
+from autoprune.graph.layers import LayerSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The application layer: experiment wiring, the ``run`` pipeline, and MLflow URI resolution; the CLI calls only this."""

@@ -1,0 +1,170 @@
+"""ONNX export with a numerical check against PyTorch, and int8 quantisation.
+
+Needs the optional extra: ``pip install 'autoprune[onnx]'`` (onnx and onnxruntime, imported lazily).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.errors import ConfigError, ModelError, one_line
+from autoprune.graph.layers import ExampleInput
+
+log = logging.getLogger(__name__)
+
+ONNX_EXTRA_HINT = "pip install 'autoprune[onnx]'"
+
+
+def require_onnx(what: str) -> tuple[Any, Any]:
+    """Import onnx and onnxruntime, or raise ConfigError naming the extra."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as e:
+        raise ConfigError(f"{what}: needs the optional extra: {ONNX_EXTRA_HINT}") from e
+    return onnx, onnxruntime
+
+
+def as_args(example_input: ExampleInput) -> tuple[torch.Tensor, ...]:
+    return example_input if isinstance(example_input, tuple) else (example_input,)
+
+
+def _input_names(n: int) -> list[str]:
+    return ["input"] if n == 1 else [f"input{i}" for i in range(n)]
+
+
+def export_model(model: nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: int | None) -> None:
+    """TorchScript-based exporter: one self-contained file, a dynamic batch axis, no onnxscript needed."""
+    names = _input_names(len(args))
+    axes = {n: {0: "batch"} for n in names} | {"output": {0: "batch"}}
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's DeprecationWarning and tracer warnings
+            torch.onnx.export(
+                model, args, str(path), dynamo=False, input_names=names, output_names=["output"],
+                dynamic_axes=axes, opset_version=opset,
+            )
+    except Exception as e:
+        raise ModelError(f"export.onnx: cannot export {type(model).__name__} to ONNX ({type(e).__name__}: {one_line(e)})") from e
+    finally:
+        model.train(was_training)
+
+
+def ort_session(onnxruntime: Any, path: str | Path, threads: int) -> Any:
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    return onnxruntime.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def export_onnx(
+    model: nn.Module,
+    example_input: ExampleInput,
+    path: str | Path,
+    *,
+    check: bool = True,
+    opset: int | None = None,
+    atol: float = 1e-4,
+) -> dict:
+    """Export ``model`` to ONNX and check that ONNX Runtime computes the same outputs.
+
+    The batch axis is dynamic. The model's training flag is restored afterwards.
+
+    Args:
+        model: The (pruned) model.
+        example_input: Input tensor (or tuple of tensors) to trace with and to check on.
+        path: Destination ``.onnx`` file (parent folders are created).
+        check: Validate the file with ``onnx.checker`` and compare ONNX Runtime's outputs
+            with PyTorch's.
+        opset: ONNX opset (None: the exporter's default).
+        atol: Largest allowed absolute difference in the check.
+
+    Returns:
+        ``{"path": str, "max_abs_diff": float | None, "opset": int}``.
+
+    Raises:
+        ConfigError: onnx or onnxruntime is not installed.
+        ModelError: the export fails or the outputs differ by more than ``atol``.
+    """
+    onnx, onnxruntime = require_onnx("export.onnx")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    args = as_args(example_input)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        export_model(model, args, tmp, opset)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    proto = onnx.load(str(path))
+    opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), -1)
+    diff = None
+    if check:
+        try:
+            onnx.checker.check_model(proto)
+        except onnx.checker.ValidationError as e:
+            raise ModelError(f"{path}: the exported ONNX model is invalid ({one_line(e)})") from e
+        session = ort_session(onnxruntime, path, max(1, torch.get_num_threads()))
+        feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(session.get_inputs(), args)}
+        got = session.run(None, feeds)[0]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                want = model(*args)
+        finally:
+            model.train(was_training)
+        diff = float(np.max(np.abs(got - want.detach().cpu().numpy()))) if got.size else 0.0
+        if not diff <= atol:
+            raise ModelError(f"{path}: ONNX Runtime output differs from PyTorch by {diff:.3g} (allowed {atol:g})")
+    return {"path": str(path), "max_abs_diff": diff, "opset": int(opset_used)}
+
+
+def quantize_onnx(src: str | Path, dst: str | Path) -> Path:
+    """Write a dynamically int8-quantised copy of the ONNX model ``src`` to ``dst``.
+
+    Raises:
+        ConfigError: the onnx extra is missing, or ``src`` does not exist.
+        ModelError: ONNX Runtime's quantiser fails on the model.
+    """
+    require_onnx("export.quantize")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise ConfigError(f"export.quantize: no ONNX file at {src}")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    hint = logging.getLogger()  # the quantiser advises pre-processing on the root logger each call
+    quiet = _DropMessage("Please consider to run pre-processing")
+    hint.addFilter(quiet)
+    try:
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+    except Exception as e:
+        raise ModelError(f"{src}: int8 quantisation failed ({type(e).__name__}: {one_line(e)})") from e
+    finally:
+        hint.removeFilter(quiet)
+    return dst
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+__all__ = ["ONNX_EXTRA_HINT", "export_onnx", "quantize_onnx", "require_onnx", "as_args", "export_model", "ort_session"]

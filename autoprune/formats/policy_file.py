@@ -1,0 +1,107 @@
+"""The policy file (``autoprune-policy/2``): its one JSON form, written atomically, and its reader.
+
+A policy file carries, besides the ratios and dropped blocks, the *fingerprint* of the model it
+was found on (:func:`autoprune.graph.policy.model_fingerprint`), the budget, the latency backend
+and its settings, and the layers the search ignored. :func:`write_policy_file` is its one writer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from autoprune.errors import ConfigError, PolicyError
+from autoprune.graph.policy import Policy
+from autoprune.paths import write_json_atomic
+
+POLICY_FORMAT = "autoprune-policy/2"
+POLICY_FILE = "policy.json"
+#: Earlier formats and why they are not read any more.
+_OLD_FORMATS = {"autoprune-policy/1": "it has no model fingerprint; re-run the search (or strip 'format' to apply it by unit names)"}
+
+
+def policy_document(
+    policy: Policy,
+    *,
+    model: str,
+    data: str,
+    metric: str,
+    target: float | None,
+    backend: dict,
+    searcher: str,
+    episode: int | None = None,
+    metrics: dict | None = None,
+    fingerprint: dict | None = None,
+) -> dict:
+    """The one JSON form of a found policy: ratios and drops at the top, plus where it came from.
+
+    Written by ``autoprune search`` (``policy.json``), ``autoprune transfer`` and logged to MLflow;
+    read by :func:`read_policy_file` (and by :meth:`Policy.from_dict`, which only looks at ``ratios`` and ``drop``).
+    """
+    return {
+        "format": POLICY_FORMAT,
+        **policy.to_dict(),
+        "model": model,
+        "data": data,
+        "budget": {"metric": metric, "target": target},
+        "backend": backend,
+        "searcher": searcher,
+        "episode": episode,
+        "metrics": metrics,
+        "fingerprint": fingerprint,
+    }
+
+
+# ----------------------------------------------------------------- loading
+def read_policy_file(path: str | Path, *, source: str | None = None) -> tuple[Policy, dict]:
+    """Read a policy file (local; ``runs:/`` and ``models:/`` URIs are resolved by :mod:`autoprune.app.uris`).
+
+    Accepts the file ``autoprune search`` writes (``"format": "autoprune-policy/2"``) or a bare
+    ``{"ratios": ..., "drop": ...}`` without a format (no fingerprint: it can only be applied by
+    unit names). Returns the policy and the whole payload.
+
+    Raises:
+        PolicyError: unreadable, truncated or malformed file, or a wrong format version.
+        ConfigError: a missing file.
+    """
+    path = Path(path)
+    source = str(path) if source is None else source
+    if not path.is_file():
+        raise ConfigError(f"--policy: file {source!r} does not exist")
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PolicyError(f"--policy: {source!r} is not valid JSON ({e})") from e
+    if not isinstance(payload, dict):
+        raise PolicyError(f"--policy: {source!r} must hold a JSON object")
+    fmt = payload.get("format")
+    if fmt is not None and fmt != POLICY_FORMAT:
+        why = _OLD_FORMATS.get(fmt, "written by another version of autoprune?")
+        raise PolicyError(f"--policy: {source!r} has format {fmt!r}; this version reads {POLICY_FORMAT!r} ({why})")
+    body = payload.get("policy", payload)
+    if not isinstance(body, dict) or not isinstance(body.get("ratios", {}), dict) or not isinstance(body.get("drop", []), list):
+        raise PolicyError(f"--policy: {source!r} has no valid 'ratios' mapping / 'drop' list")
+    fp = payload.get("fingerprint")
+    if fp is not None and not (isinstance(fp, dict) and isinstance(fp.get("units"), list) and isinstance(fp.get("blocks", []), list)):
+        raise PolicyError(f"--policy: {source!r} has a malformed 'fingerprint' (expected units and blocks lists)")
+    try:
+        policy = Policy.from_dict(body)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise PolicyError(f"--policy: {source!r} holds a non-numeric ratio ({e})") from e
+    bad = {k: v for k, v in policy.ratios.items() if not 0.0 <= v < 1.0}
+    if bad:
+        raise PolicyError(f"--policy: {source!r} holds ratios outside [0, 1): {bad}")
+    return policy, payload
+
+
+def write_policy_file(path: str | Path, document: dict[str, Any]) -> Path:
+    """Write a :func:`policy_document` atomically (the one writer of ``policy.json``).
+
+    Raises:
+        OSError: the folder cannot be written.
+    """
+    return write_json_atomic(path, document)
+
+
+__all__ = ["POLICY_FILE", "POLICY_FORMAT", "policy_document", "read_policy_file", "write_policy_file"]

@@ -1,0 +1,14 @@
+"""The prunable graph: layer specs, dependency groups and droppable blocks, policies, and surgery.
+
+- :mod:`~autoprune.graph.layers`: ``LayerSpec`` (one leaf-layer call, the latency-table key);
+- :mod:`~autoprune.graph.prunable`: ``PrunableGraph`` (Torch-Pruning dependency groups and droppable blocks);
+- :mod:`~autoprune.graph.policy`: ``Policy`` (a pruning ratio per group) and the model fingerprint;
+- :mod:`~autoprune.graph.surgery`: real structural surgery with Torch-Pruning.
+"""
+
+from autoprune.graph.layers import ExampleInput, LayerSpec
+from autoprune.graph.policy import Policy, model_fingerprint
+from autoprune.graph.prunable import PrunableGraph
+from autoprune.graph.surgery import apply_policy
+
+__all__ = ["ExampleInput", "LayerSpec", "Policy", "PrunableGraph", "apply_policy", "model_fingerprint"]
