@@ -46,7 +46,8 @@ from autoprune.config.loading import parse_config  # noqa: E402
 from autoprune.objective.proxy import evaluate  # noqa: E402
 from autoprune.app.experiment import build_evaluator, load_baseline  # noqa: E402
 from autoprune.training.finetune import FinetuneSettings, finetune  # noqa: E402
-from autoprune.graph.policy import model_fingerprint, policy_document  # noqa: E402
+from autoprune.formats.policy_file import policy_document  # noqa: E402
+from autoprune.graph.policy import model_fingerprint  # noqa: E402
 from autoprune.search import get_searcher  # noqa: E402
 from autoprune.graph.surgery import apply_policy  # noqa: E402
 from autoprune.transfer import transfer  # noqa: E402
