@@ -32,7 +32,7 @@ from autoprune.graph.policy import Policy, model_fingerprint
 from autoprune.search import SearchResult, get_searcher
 from autoprune.graph.surgery import apply_policy
 from autoprune.training.baseline import default_checkpoint_path, train_or_load
-from autoprune.zoo import DataBundle, build_model, load_data
+from autoprune.zoo import DataBundle, build_model, check_model_fits, load_data
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def load_baseline(cfg: ExperimentConfig, *, progress: bool = True) -> Baseline:
 
     Raises:
         ConfigError: a missing ``model.checkpoint``, or a batch size that cannot fit in memory.
+        ModelError: the model does not fit the data (see :func:`autoprune.zoo.check_model_fits`) or its checkpoint.
     """
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data.name, data_dir=cfg.data.data_dir, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
@@ -74,6 +75,7 @@ def load_baseline(cfg: ExperimentConfig, *, progress: bool = True) -> Baseline:
         raise ConfigError(f"model.checkpoint: file {str(ckpt)!r} does not exist")
     with torch.random.fork_rng(devices=[]):  # the probe must not change the baseline's initialisation
         probe = build_model(cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
+    check_model_fits(probe, cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
     check_batches_fit(cfg, probe, data.example_input(1))
     model, meta = train_or_load(cfg.model.name, data, train_settings(cfg), checkpoint=ckpt, progress=progress)
     return Baseline(model.eval(), data, meta, ckpt)
