@@ -273,9 +273,10 @@ def worker(
     import torch
 
     from autoprune.app.experiment import run_worker
+    from autoprune.config.machine import check_threads
 
     if threads:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(check_threads(threads, "--threads"))
     res = run_worker(storage, study, n_trials=n_trials, progress=_progress())
     mine = res.extras.get("trial_numbers", [])
     best = res.best
@@ -503,12 +504,14 @@ def evaluate_cmd(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for runs:/ and models:/ (default: ./mlflow.db).")] = None,
 ) -> None:
     """Test accuracy and latency of a saved pruned model."""
+    from autoprune.config.machine import check_threads
     from autoprune.objective.proxy import evaluate as run_eval
     from autoprune.formats.pruned import load_pruned
     from autoprune.measure.latency import count_macs_params, measure_latency
     from autoprune.tracking.artifacts import download_model_uri
     from autoprune.zoo import load_data
 
+    check_threads(threads, "--threads")
     path = download_model_uri(model_file, tracking_uri=tracking_uri)
     net, meta = load_pruned(path)
     bundle = load_data(data)

@@ -91,3 +91,13 @@ def test_an_oversized_training_batch_is_refused_before_the_baseline_trains(tmp_p
     with pytest.raises(ConfigError, match=r"^train.batch_size: 1000000000000 needs at least"):
         load_baseline(cfg, progress=False)
     assert not (tmp_path / "cache").exists()  # nothing trained, no checkpoint written
+
+
+def test_cli_threads_beyond_the_cpus_exit_2_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "autoprune", "evaluate", str(tmp_path / "missing.pt"), "--threads", "999"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"autoprune: error: --threads: 999 is more than the {CPUS} CPU(s) this process may use; allowed: 1 to {CPUS}"

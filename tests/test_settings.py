@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 from pathlib import Path
 
 import optuna
@@ -20,7 +19,7 @@ import torch
 from autoprune.app.experiment import estimate, output_dir, run_search
 from autoprune.config.loading import parse_config
 from autoprune.config.schema import (
-    BudgetConfig, ExperimentConfig, FinetuneConfig, LatencyConfig, ProxyConfig, RewardConfig, TrainConfig, dump_config,
+    BudgetConfig, FinetuneConfig, LatencyConfig, ProxyConfig, RewardConfig, TrainConfig, dump_config,
 )
 from autoprune.config.settings import library_settings
 from autoprune.errors import ConfigError

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from autoprune.config.machine import check_batches_fit, fit_to_machine, usable_cpus
+from autoprune.config.machine import check_batches_fit, fit_to_machine, threads_per_worker
 from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import evaluator_options, train_settings
 from autoprune.errors import ConfigError
@@ -182,7 +182,7 @@ def run_search(
                           "ppo and ddpg stay in one process (use search.params.n_envs for vectorised environments)")
     cfg = fit_to_machine(cfg)  # before any work: threads and workers against the CPUs
     out = output_dir(cfg)
-    process_threads = max(1, usable_cpus() // workers)  # outside timing (proxy accuracy, BN): each worker's share
+    process_threads = threads_per_worker(workers)  # outside timing (proxy accuracy, BN): each worker's share
     if workers > 1:
         torch.set_num_threads(process_threads)
     baseline = baseline or load_baseline(cfg, progress=progress)

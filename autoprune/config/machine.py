@@ -46,6 +46,24 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def check_threads(threads: int, field: str = "latency.threads", *, cpus: int | None = None) -> int:
+    """Return ``threads`` if this process may use that many CPUs.
+
+    Raises:
+        ConfigError: more threads than CPUs, naming ``field`` (a config field or a CLI option).
+    """
+    cpus = usable_cpus() if cpus is None else cpus
+    if threads > cpus:
+        raise ConfigError(f"{field}: {threads} is more than the {cpus} CPU(s) this process may use; allowed: 1 to {cpus}")
+    return threads
+
+
+def threads_per_worker(workers: int, *, cpus: int | None = None) -> int:
+    """Each of ``workers`` processes' share of the CPUs (at least 1): ``cpus // workers``."""
+    cpus = usable_cpus() if cpus is None else cpus
+    return max(1, cpus // max(1, workers))
+
+
 def available_memory_bytes() -> int | None:
     """Memory that can be allocated without swapping: ``MemAvailable`` of ``/proc/meminfo`` (psutil elsewhere); None if unknown."""
     try:
@@ -78,11 +96,10 @@ def fit_to_machine(cfg: ExperimentConfig, *, cpus: int | None = None) -> Experim
     cpus = usable_cpus() if cpus is None else cpus
     threads, workers = cfg.latency.threads, cfg.search.workers
     explicit = "threads" in cfg.latency.model_fields_set
-    if threads > cpus and explicit:
-        raise ConfigError(f"latency.threads: {threads} is more than the {cpus} CPU(s) this process may use; allowed: 1 to {cpus}")
-    if workers > cpus:
-        raise ConfigError(f"search.workers: {workers} is more than the {cpus} CPU(s) this process may use; allowed: 1 to {cpus}")
-    fitted = min(threads, max(1, cpus // workers))
+    if explicit:
+        check_threads(threads, cpus=cpus)
+    check_threads(workers, "search.workers", cpus=cpus)
+    fitted = min(threads, threads_per_worker(workers, cpus=cpus))
     if fitted == threads:
         return cfg
     why = f"{workers} workers share {cpus} CPU(s)" if workers > 1 else f"this process may use {cpus} CPU(s)"
@@ -175,4 +192,7 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
 
 
-__all__ = ["ActivationBytes", "activation_bytes", "available_memory_bytes", "check_batches_fit", "fit_to_machine", "usable_cpus"]
+__all__ = [
+    "ActivationBytes", "activation_bytes", "available_memory_bytes", "check_batches_fit", "check_threads", "fit_to_machine", "threads_per_worker",
+    "usable_cpus",
+]
