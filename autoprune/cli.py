@@ -29,6 +29,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,  # a bug prints a plain traceback
 )
 
+def _default(module: str, *attrs: str) -> object:
+    """A default read from the library when a command runs (``--help`` stays free of torch imports)."""
+    import importlib
+
+    value: object = importlib.import_module(f"autoprune.{module}")
+    for attr in attrs:
+        value = getattr(value, attr)
+    return value
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"autoprune {__version__}")
@@ -56,9 +66,10 @@ def _root(
 @app.command()
 def train(
     model: Annotated[str, typer.Option("--model", "-m", help="Zoo model or 'package.module:factory'.")],
+    epochs: Annotated[int, typer.Option(min=1, default_factory=lambda: _default("training.baseline", "TrainSettings", "epochs"),
+                                        show_default="same as train.epochs", help="Training epochs.")],
     data: Annotated[str, typer.Option("--data", "-d", help="Data set: fashion_mnist, digits or 'package.module:factory'.")] = "fashion_mnist",
     data_dir: Annotated[Path | None, typer.Option(help="Directory holding the Fashion-MNIST IDX files.")] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 15,
     checkpoint: Annotated[
         Path | None, typer.Option(help="Where to save (or load) the weights (default: .autoprune/checkpoints/MODEL-DATA.pt).")
     ] = None,
@@ -169,13 +180,14 @@ def estimate(
     """Measure what uniform pruning really saves: params, MACs, size, latency, proxy accuracy."""
     from autoprune.app.experiment import estimate as run_estimate
     from autoprune.app.experiment import load_baseline
+    from autoprune.config.settings import proxy_settings
 
     cfg = _experiment_config(config, model, data, set_)
     values = _parse_ratios(ratios)
     baseline = load_baseline(cfg, progress=sys.stderr.isatty())
     bs = batch_size or cfg.latency.batch_size
     rows = run_estimate(
-        baseline, values, batch_size=bs, threads=cfg.latency.threads, proxy=cfg.proxy.settings(),
+        baseline, values, batch_size=bs, threads=cfg.latency.threads, proxy=proxy_settings(cfg),
         importance=cfg.pruning.importance, round_to=cfg.pruning.round_to, ignored=tuple(cfg.model.ignore),
     )
     table = Table(title=f"{cfg.model.name} on {baseline.data.name}: uniform channel pruning (batch {bs}, {cfg.latency.threads} threads)")
@@ -261,9 +273,10 @@ def worker(
     import torch
 
     from autoprune.app.experiment import run_worker
+    from autoprune.config.machine import check_threads
 
     if threads:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(check_threads(threads, "--threads"))
     res = run_worker(storage, study, n_trials=n_trials, progress=_progress())
     mine = res.extras.get("trial_numbers", [])
     best = res.best
@@ -449,9 +462,11 @@ def transfer(
 @app.command("finetune")
 def finetune_cmd(
     model_file: Annotated[str, typer.Argument(metavar="MODEL", help="Pruned model: .pt file, runs:/... or models:/name@alias.")],
+    epochs: Annotated[float, typer.Option(min=0, default_factory=lambda: _default("training.finetune", "FinetuneSettings", "epochs"),
+                                          show_default="same as finetune.epochs", help="Epochs (fractions allowed).")],
+    lr: Annotated[float, typer.Option(min=0, default_factory=lambda: _default("training.finetune", "FinetuneSettings", "lr"),
+                                      show_default="same as finetune.lr", help="Peak learning rate.")],
     data: Annotated[str, typer.Option("--data", "-d", help="Data set.")] = "fashion_mnist",
-    epochs: Annotated[float, typer.Option(min=0, help="Epochs (fractions allowed).")] = 3,
-    lr: Annotated[float, typer.Option(min=0, help="Peak learning rate.")] = 0.01,
     distill: Annotated[bool, typer.Option(help="Distil from the dense baseline of the same model (cached checkpoint).")] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the fine-tuned model.")] = Path("finetuned.pt"),
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for runs:/ and models:/.")] = None,
@@ -482,18 +497,21 @@ def finetune_cmd(
 @app.command("evaluate")
 def evaluate_cmd(
     model_file: Annotated[str, typer.Argument(metavar="MODEL", help="Pruned model: .pt file, runs:/... or models:/name@alias.")],
+    threads: Annotated[int, typer.Option(min=1, default_factory=lambda: _default("measure.latency", "DEFAULT_THREADS"),
+                                         show_default="same as latency.threads", help="Threads while timing.")],
     data: Annotated[str, typer.Option("--data", "-d", help="Data set.")] = "fashion_mnist",
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size timed.")] = 1,
-    threads: Annotated[int, typer.Option(min=1, help="Threads while timing.")] = 2,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for runs:/ and models:/ (default: ./mlflow.db).")] = None,
 ) -> None:
     """Test accuracy and latency of a saved pruned model."""
+    from autoprune.config.machine import check_threads
     from autoprune.objective.proxy import evaluate as run_eval
     from autoprune.formats.pruned import load_pruned
     from autoprune.measure.latency import count_macs_params, measure_latency
     from autoprune.tracking.artifacts import download_model_uri
     from autoprune.zoo import load_data
 
+    check_threads(threads, "--threads")
     path = download_model_uri(model_file, tracking_uri=tracking_uri)
     net, meta = load_pruned(path)
     bundle = load_data(data)

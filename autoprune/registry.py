@@ -76,8 +76,8 @@ class Registry(Generic[T]):
         return tuple(self._entries)
 
     def allowed(self) -> str:
-        """The registered names and the reference form, for error messages."""
-        return ", ".join(self._entries) + ", or 'package.module:Class'"
+        """The registered names and the reference form, quoted as the model names are: ``'a', 'b' or 'package.module:Class'``."""
+        return ", ".join(repr(n) for n in self._entries) + " or 'package.module:Class'"
 
     def check(self, name: str) -> str:
         """Return ``name`` if it is registered or is a reference (not imported here).

@@ -9,6 +9,7 @@ import yaml
 
 from autoprune.config.schema import ExperimentConfig, dump_config
 from autoprune.config.loading import load_config, parse_config
+from autoprune.config.settings import library_settings
 from autoprune.errors import AutopruneError, ConfigError
 
 
@@ -38,7 +39,7 @@ def test_minimal_config_gets_every_default(tmp_path):
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.weight_decay, cfg.train.augment) == (15, 128, 0.2, 5e-4, True)
     assert (cfg.proxy.bn_batches, cfg.proxy.bn_batch_size, cfg.proxy.val_samples) == (8, 64, 1000)
     lat = cfg.latency
-    assert (lat.backend, lat.batch_size, lat.threads, lat.warmup, lat.rounds, lat.rel_ci, lat.predictor) == ("torch", 1, 2, 5, 15, 0.03, "table")
+    assert (lat.backend, lat.batch_size, lat.threads, lat.warmup, lat.rounds, lat.rel_ci) == ("torch", 1, 2, 5, 15, 0.03)
     assert (cfg.budget.metric, cfg.budget.target, cfg.budget.target_ms) == ("latency", 0.5, None)
     assert (cfg.reward.kind, cfg.reward.penalty, cfg.reward.exponent) == ("hard", 2.0, -0.07)
     pr = cfg.pruning
@@ -64,10 +65,10 @@ def test_plugin_reference_is_accepted_as_model_and_data_name(tmp_path):
 
 
 def test_sections_convert_to_library_settings(tmp_path):
-    cfg = load_config(write(tmp_path, MINIMAL + "train: {epochs: 2, augment: false}\nproxy: {val_samples: null}\n"))
-    settings = cfg.train.settings(seed=7)
-    assert (settings.epochs, settings.augment, settings.seed, settings.lr) == (2, False, 7, 0.2)
-    assert cfg.proxy.settings().val_samples is None
+    cfg = load_config(write(tmp_path, "seed: 7\n" + MINIMAL + "train: {epochs: 2, augment: false}\nproxy: {val_samples: null}\n"))
+    settings = library_settings(cfg)
+    assert (settings.train.epochs, settings.train.augment, settings.train.seed, settings.train.lr) == (2, False, 7, 0.2)
+    assert settings.proxy.val_samples is None
 
 
 def test_overrides_are_parsed_as_yaml_and_applied(tmp_path):
@@ -102,12 +103,17 @@ def test_override_through_a_scalar_is_rejected(tmp_path):
     assert message == "override 'seed.value=1': seed: {'value': 1} is not allowed; expected an integer"
 
 
-def test_literal_error_lists_allowed_values(tmp_path):
+def test_unknown_searcher_lists_the_registered_searchers(tmp_path):
     path = write(tmp_path, MINIMAL + "search: {searcher: ppo2}\n")
     assert config_error(path) == (
         f"{path}: search.searcher: 'ppo2' is not allowed; "
-        "allowed: 'ppo', 'optuna', 'ddpg', 'random', 'uniform' or 'sensitivity'"
+        "allowed: 'ppo', 'optuna', 'ddpg', 'random', 'uniform', 'sensitivity' or 'package.module:Class'"
     )
+
+
+def test_literal_error_lists_allowed_values(tmp_path):
+    path = write(tmp_path, MINIMAL + "reward: {kind: smooth}\n")
+    assert config_error(path) == f"{path}: reward.kind: 'smooth' is not allowed; allowed: 'hard' or 'soft'"
 
 
 def test_unknown_field_lists_allowed_fields(tmp_path):

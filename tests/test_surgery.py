@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.errors import PolicyError
+from autoprune.errors import ConfigError, PolicyError
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.policy import Policy
-from autoprune.graph.surgery import IMPORTANCE_CRITERIA, apply_iteratively, apply_policy, pruning_history, replay_history
+from autoprune.graph.importance import IMPORTANCES
+from autoprune.graph.surgery import apply_iteratively, apply_policy, pruning_history, replay_history
 from autoprune.zoo import MODEL_NAMES
 
 
@@ -139,7 +140,7 @@ def mlp_with_dead_channels(make_model, example_input):
     return model, dead
 
 
-@pytest.mark.parametrize("criterion", IMPORTANCE_CRITERIA)
+@pytest.mark.parametrize("criterion", IMPORTANCES.names())
 def test_every_criterion_prunes_dead_channels_first(criterion, make_model, example_input, digits):
     model, dead = mlp_with_dead_channels(make_model, example_input)
     alive = torch.arange(1, 128, 2)
@@ -160,8 +161,8 @@ def test_taylor_without_batches_is_a_policy_error(graphs):
         apply_policy(g.model, Policy({"net.1": 0.5}), graph=g, importance="taylor")
 
 
-def test_unknown_criterion_is_a_policy_error_listing_the_criteria(graphs):
-    with pytest.raises(PolicyError, match=r"unknown criterion 'l3'; allowed: l1, l2, taylor, bn_scale"):
+def test_unknown_criterion_is_a_config_error_listing_the_criteria(graphs):
+    with pytest.raises(ConfigError, match=r"^pruning.importance: unknown importance criterion 'l3'; allowed: 'l1', 'l2', 'taylor', 'bn_scale' or 'package.module:Class'$"):
         apply_policy(graphs["mlp"].model, Policy(), graph=graphs["mlp"], importance="l3")
 
 

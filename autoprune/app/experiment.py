@@ -17,20 +17,22 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from autoprune.config.machine import check_batches_fit, fit_to_machine, threads_per_worker
 from autoprune.config.schema import ExperimentConfig
+from autoprune.config.settings import evaluator_options, train_settings
 from autoprune.errors import ConfigError
 from autoprune.objective.proxy import ProxySettings, proxy_accuracy
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.measure.table import LatencyTable
-from autoprune.measure.latency import PairedTimer, count_macs_params, model_size_bytes
-from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator, Reward
+from autoprune.measure.latency import DEFAULT_THREADS, PairedTimer, count_macs_params, model_size_bytes
+from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.paths import write_json_atomic
 from autoprune.formats.policy_file import policy_document
 from autoprune.graph.policy import Policy, model_fingerprint
 from autoprune.search import SearchResult, get_searcher
 from autoprune.graph.surgery import apply_policy
-from autoprune.training.baseline import TrainSettings, default_checkpoint_path, train_or_load
-from autoprune.zoo import DataBundle, load_data
+from autoprune.training.baseline import default_checkpoint_path, train_or_load
+from autoprune.zoo import DataBundle, build_model, check_model_fits, load_data
 
 log = logging.getLogger(__name__)
 
@@ -57,48 +59,44 @@ class Baseline:
 
 
 def load_baseline(cfg: ExperimentConfig, *, progress: bool = True) -> Baseline:
-    """Load the data and the dense model, training and caching the model if no checkpoint exists."""
+    """Load the data and the dense model, training and caching the model if no checkpoint exists.
+
+    Before anything is trained, the config's batch sizes are checked against the memory
+    available (:func:`autoprune.config.machine.check_batches_fit`).
+
+    Raises:
+        ConfigError: a missing ``model.checkpoint``, or a batch size that cannot fit in memory.
+        ModelError: the model does not fit the data (see :func:`autoprune.zoo.check_model_fits`) or its checkpoint.
+    """
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data.name, data_dir=cfg.data.data_dir, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
     ckpt = Path(cfg.model.checkpoint) if cfg.model.checkpoint else baseline_checkpoint(cfg.model.name, data.name)
     if cfg.model.checkpoint and not ckpt.is_file():
         raise ConfigError(f"model.checkpoint: file {str(ckpt)!r} does not exist")
-    t = cfg.train
-    settings = TrainSettings(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, augment=t.augment, seed=cfg.seed)
-    model, meta = train_or_load(cfg.model.name, data, settings, checkpoint=ckpt, progress=progress)
+    with torch.random.fork_rng(devices=[]):  # the probe must not change the baseline's initialisation
+        probe = build_model(cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
+    check_model_fits(probe, cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
+    check_batches_fit(cfg, probe, data.example_input(1))
+    model, meta = train_or_load(cfg.model.name, data, train_settings(cfg), checkpoint=ckpt, progress=progress)
     return Baseline(model.eval(), data, meta, ckpt)
 
 
 def build_evaluator(cfg: ExperimentConfig, baseline: Baseline) -> PolicyEvaluator:
-    """The shared objective of a search, from the config's budget, reward, proxy, latency and pruning sections."""
-    lat = cfg.latency
-    if lat.backend == "onnxruntime":
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError as e:
-            raise ConfigError("latency.backend: 'onnxruntime' needs the optional extra: pip install 'autoprune[onnx]'") from e
-    b = cfg.budget
-    target = b.target if b.target is not None else (None if b.target_ms is not None else 0.5)
-    budget = Budget(metric=b.metric, target=target, target_ms=b.target_ms)
-    return PolicyEvaluator(
-        baseline.model,
-        baseline.data,
-        budget=budget,
-        reward=Reward(kind=cfg.reward.kind, penalty=cfg.reward.penalty, exponent=cfg.reward.exponent),
-        proxy=ProxySettings(bn_batches=cfg.proxy.bn_batches, bn_batch_size=cfg.proxy.bn_batch_size, val_samples=cfg.proxy.val_samples),
-        latency=LatencySettings(backend=lat.backend, batch_size=lat.batch_size, threads=lat.threads, warmup=lat.warmup, rounds=lat.rounds, rel_ci=lat.rel_ci),
-        importance=cfg.pruning.importance,
-        round_to=cfg.pruning.round_to,
-        max_ratio=cfg.pruning.max_ratio,
-        allow_drop=cfg.pruning.drop_blocks,
-        ignored=tuple(cfg.model.ignore),
-        seed=cfg.seed,
-    )
+    """The shared objective of a search, from the config's budget, reward, proxy, latency and pruning sections.
+
+    Raises:
+        ConfigError: e.g. a latency backend whose optional extra is not installed.
+    """
+    return PolicyEvaluator(baseline.model, baseline.data, **evaluator_options(cfg))
 
 
 def output_dir(cfg: ExperimentConfig) -> Path:
-    """The experiment's output directory (created)."""
-    d = Path(cfg.output_dir.replace("{name}", cfg.name))
+    """The experiment's output directory (created); ``{name}`` was already filled in by the schema.
+
+    Raises:
+        ConfigError: it cannot be created or written.
+    """
+    d = Path(cfg.output_dir)
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -176,19 +174,17 @@ def run_search(
     Raises:
         ConfigError: e.g. ``search.workers`` > 1 with a searcher other than Optuna.
     """
-    from autoprune.search.distributed import publish_study, spawn_workers, stop_workers, threads_per_worker, wait_workers
+    from autoprune.search.distributed import publish_study, spawn_workers, stop_workers, wait_workers
 
-    out = output_dir(cfg)
     workers = cfg.search.workers
+    if workers > 1 and cfg.search.searcher != "optuna":
+        raise ConfigError(f"search.workers: {workers} worker processes need searcher 'optuna' (got {cfg.search.searcher!r}); "
+                          "ppo and ddpg stay in one process (use search.params.n_envs for vectorised environments)")
+    cfg = fit_to_machine(cfg)  # before any work: threads and workers against the CPUs
+    out = output_dir(cfg)
+    process_threads = threads_per_worker(workers)  # outside timing (proxy accuracy, BN): each worker's share
     if workers > 1:
-        if cfg.search.searcher != "optuna":
-            raise ConfigError(f"search.workers: {workers} worker processes need searcher 'optuna' (got {cfg.search.searcher!r}); "
-                              "ppo and ddpg stay in one process (use search.params.n_envs for vectorised environments)")
-        threads = threads_per_worker(workers)
-        if cfg.latency.threads > threads:
-            log.info("latency.threads %d -> %d: %d workers share %d cores", cfg.latency.threads, threads, workers, os.cpu_count())
-            cfg = cfg.model_copy(update={"latency": cfg.latency.model_copy(update={"threads": threads})})
-        torch.set_num_threads(threads)
+        torch.set_num_threads(process_threads)
     baseline = baseline or load_baseline(cfg, progress=progress)
     evaluator = build_evaluator(cfg, baseline)
     params = searcher_params(cfg, out)
@@ -203,7 +199,7 @@ def run_search(
             publish_study(study, cfg.model_dump(mode="json"), cfg.search.episodes, run=tracking)
             if workers > 1:
                 procs.extend(spawn_workers(params["storage"], study.study_name, workers - 1,
-                                           threads=threads_per_worker(workers), log_dir=out / "workers"))
+                                           threads=process_threads, log_dir=out / "workers"))
         extra["on_ready"] = on_ready
     searcher = get_searcher(cfg.search.searcher, params, progress=progress, callback=callback, **extra)
     evaluator.check_reachable()
@@ -313,7 +309,7 @@ def estimate(
     ratios: list[float],
     *,
     batch_size: int = 1,
-    threads: int = 2,
+    threads: int = DEFAULT_THREADS,
     proxy: ProxySettings = ProxySettings(),
     importance: str = "l1",
     round_to: int | None = None,

@@ -18,12 +18,14 @@ import torch
 from mlflow import MlflowClient
 from torch import nn
 
+from autoprune.config.machine import fit_to_machine
 from autoprune.config.schema import ExperimentConfig
+from autoprune.config.settings import finetune_settings, recover_settings
 from autoprune.objective.proxy import evaluate
 from autoprune.app.experiment import Baseline, SearchRun, load_baseline, output_dir, run_search
 from autoprune.formats.onnx import export_onnx, quantize_onnx
 from autoprune.formats.pruned import save_pruned
-from autoprune.training.finetune import FinetuneSettings, finetune
+from autoprune.training.finetune import finetune
 from autoprune.measure.latency import PairedTimer, count_macs_params, model_size_bytes
 from autoprune.paths import write_json_atomic
 from autoprune.graph.policy import Policy, model_fingerprint
@@ -33,23 +35,14 @@ from autoprune.tracking.tracker import Tracker, resolve_tracking_uri
 log = logging.getLogger(__name__)
 
 
-def finetune_settings(cfg: ExperimentConfig) -> FinetuneSettings:
-    """The config's fine-tuning section as library settings."""
-    f = cfg.finetune
-    return FinetuneSettings(
-        epochs=f.epochs, lr=f.lr, batch_size=f.batch_size, optimizer=f.optimizer, schedule=f.schedule,
-        distill=f.distill, temperature=f.temperature, alpha=f.alpha, seed=cfg.seed,
-    )
-
-
 def apply_best(cfg: ExperimentConfig, baseline: Baseline, policy: Policy, graph: Any = None) -> nn.Module:
     """Apply a policy to the dense model, one-shot or in ``pruning.iterative_steps`` stages."""
     p = cfg.pruning
     if p.iterative_steps > 1:
-        recover_settings = FinetuneSettings(epochs=0.2, lr=cfg.finetune.lr, seed=cfg.seed)
+        recover = recover_settings(cfg)
         return apply_iteratively(
             baseline.model, policy, example_input=baseline.data.example_input(1), steps=p.iterative_steps,
-            recover=lambda m: finetune(m, baseline.data, recover_settings, progress=False),
+            recover=lambda m: finetune(m, baseline.data, recover, progress=False),
             importance=p.importance, round_to=p.round_to,
         )
     return apply_policy(
@@ -159,6 +152,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True, restart: boo
     finished trials and the interrupted MLflow run is resumed. Run again after it finished, or
     with ``restart``, it starts afresh (a new study and a new MLflow run).
     """
+    cfg = fit_to_machine(cfg)  # before any work: threads and workers against the CPUs
     out = output_dir(cfg)
     torch.set_num_threads(cfg.latency.threads)
     resume, finished = (None, False) if restart else _previous_run(out, cfg)

@@ -11,6 +11,18 @@ Every section forbids unknown keys, so a typo is an error rather than a silently
 ignored setting. :func:`load_config` turns pydantic's validation errors into one
 :class:`~autoprune.errors.ConfigError` line naming the file, the dotted field, the
 bad value and what is allowed.
+
+**One source for each setting.** A default is written once, in the library's settings
+dataclass (:class:`~autoprune.training.baseline.TrainSettings`,
+:class:`~autoprune.objective.evaluator.LatencySettings`, ...), and the fields here read it
+(``Field(TrainSettings.epochs)``): the library is usable without a config, so its defaults
+must exist there, and a config only documents, validates and overrides them. The schema is
+turned into those settings by one function, :func:`autoprune.config.settings.library_settings`.
+
+**Registries are the only name lists.** Fields that name a plug-in (``latency.backend``,
+``search.searcher``, ``search.sampler``, ``pruning.importance``) are checked against the
+registries (:class:`autoprune.registry.Registry`), so a name registered from Python can be
+chosen here, and so can a ``"package.module:Class"`` reference (imported when validated).
 """
 
 from __future__ import annotations
@@ -18,20 +30,23 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from autoprune.errors import ConfigError
+from autoprune.graph.importance import IMPORTANCES
+from autoprune.measure.latency import BACKENDS
+from autoprune.objective.evaluator import Budget, LatencySettings, Reward
+from autoprune.objective.proxy import ProxySettings
+from autoprune.registry import Registry, is_reference
+from autoprune.search import SEARCHERS
+from autoprune.search.samplers import SAMPLERS
+from autoprune.training.baseline import TrainSettings
+from autoprune.training.finetune import FinetuneSettings
 
-if TYPE_CHECKING:
-    from autoprune.objective.proxy import ProxySettings
-    from autoprune.training.baseline import TrainSettings
-
-SearcherName = Literal["ppo", "optuna", "ddpg", "random", "uniform", "sensitivity"]
-SEARCHERS: tuple[str, ...] = get_args(SearcherName)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _RDB_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*(\+[A-Za-z0-9_]+)?://")  # dialect[+driver]://...
 
@@ -52,6 +67,24 @@ def _combination(message: str) -> PydanticCustomError:
 def _is_reference(name: str) -> bool:
     module, sep, attr = name.partition(":")
     return bool(sep and module and attr)
+
+
+def _registered(registry: Registry[Any], name: str) -> str:
+    """``name`` if ``registry`` knows it; a reference is imported now, so a typo fails before any work.
+
+    Raises:
+        PydanticCustomError: unknown name (listing the registry's names) or a reference that
+            does not import.
+    """
+    if not is_reference(name):
+        if name not in registry.names():
+            raise _not_allowed(registry.allowed())
+        return name
+    try:
+        registry.get(name)
+    except ConfigError as e:
+        raise PydanticCustomError("invalid_reference", str(e).removeprefix(f"{registry.field}: ")) from e
+    return name
 
 
 def check_model_name(name: str) -> str:
@@ -146,19 +179,13 @@ class DataConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """Training of the dense baseline, used only when no checkpoint exists yet."""
+    """Training of the dense baseline, used only when no checkpoint exists yet (defaults: :class:`TrainSettings`)."""
 
-    epochs: int = Field(15, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(0.2, gt=0.0)
-    weight_decay: float = Field(5e-4, ge=0.0)
-    augment: bool = True
-
-    def settings(self, seed: int = 0) -> "TrainSettings":
-        """The :class:`autoprune.training.baseline.TrainSettings` this section describes."""
-        from autoprune.training.baseline import TrainSettings
-
-        return TrainSettings(**self.model_dump(), seed=seed)
+    epochs: int = Field(TrainSettings.epochs, ge=1)
+    batch_size: int = Field(TrainSettings.batch_size, ge=1)
+    lr: float = Field(TrainSettings.lr, gt=0.0)
+    weight_decay: float = Field(TrainSettings.weight_decay, ge=0.0)
+    augment: bool = TrainSettings.augment
 
 
 class ProxyConfig(_Section):
@@ -170,40 +197,52 @@ class ProxyConfig(_Section):
         val_samples: Validation samples scored per candidate (null: the whole split).
     """
 
-    bn_batches: int = Field(8, ge=0)
-    bn_batch_size: int = Field(64, ge=1)
-    val_samples: int | None = Field(1000, ge=1)
-
-    def settings(self) -> "ProxySettings":
-        """The :class:`autoprune.objective.proxy.ProxySettings` this section describes."""
-        from autoprune.objective.proxy import ProxySettings
-
-        return ProxySettings(**self.model_dump())
+    bn_batches: int = Field(ProxySettings.bn_batches, ge=0)
+    bn_batch_size: int = Field(ProxySettings.bn_batch_size, ge=1)
+    val_samples: int | None = Field(ProxySettings.val_samples, ge=1)
 
 
 class LatencyConfig(_Section):
-    """How latency is measured (see :mod:`autoprune.measure.latency`).
+    """How latency is measured (see :mod:`autoprune.measure.latency`; defaults: :class:`LatencySettings`).
+
+    While an episode runs, the environment clips actions with the latency lookup table; the
+    reward is always measured.
 
     Attributes:
-        backend: ``torch`` (eager) or ``onnxruntime`` (needs the ``onnx`` extra).
+        backend: A latency backend in :data:`autoprune.measure.latency.BACKENDS` (``torch``
+            eager, ``onnxruntime`` with the ``onnx`` extra, or one registered from Python) or
+            a ``"package.module:Class"`` reference.
         batch_size: Inference batch size timed.
-        threads: Intra-op threads, fixed while timing.
-        warmup: Untimed runs first.
+        threads: Intra-op threads, fixed while timing; at most the CPUs this process may use
+            (checked before any work starts, see :mod:`autoprune.config.machine`).
+        warmup: Untimed (dense, candidate) pairs before each candidate is timed.
         rounds: Timed rounds (the maximum when ``rel_ci`` is set).
         rel_ci: Stop early once the 95% confidence half-width relative to the median is at
             most this (null: always time ``rounds`` rounds).
-        predictor: What the environment uses to clip actions to the budget while an episode
-            runs: ``table`` (a per-unit latency table, cheap) or ``measured`` (time the
-            partly pruned model, exact but slow). The final reward is always measured.
+        predictor: Removed: only ``table`` (what was always used) is still accepted, from
+            older configs; it is not written back.
     """
 
-    backend: Literal["torch", "onnxruntime"] = "torch"
-    batch_size: int = Field(1, ge=1)
-    threads: int = Field(2, ge=1)
-    warmup: int = Field(5, ge=0)
-    rounds: int = Field(15, ge=1)
-    rel_ci: float | None = Field(0.03, gt=0.0)
-    predictor: Literal["table", "measured"] = "table"
+    backend: str = LatencySettings.backend
+    batch_size: int = Field(LatencySettings.batch_size, ge=1)
+    threads: int = Field(LatencySettings.threads, ge=1)
+    warmup: int = Field(LatencySettings.warmup, ge=0)
+    rounds: int = Field(LatencySettings.rounds, ge=1)
+    rel_ci: float | None = Field(LatencySettings.rel_ci, gt=0.0)
+    predictor: str | None = Field(None, exclude=True)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        return _registered(BACKENDS, v)
+
+    @field_validator("predictor")
+    @classmethod
+    def _removed_predictor(cls, v: str | None) -> None:
+        if v not in (None, "table"):
+            raise _not_allowed("only 'table' (the environment always clips with the latency lookup table and the "
+                               "reward is always measured; 'measured' was never implemented): delete latency.predictor")
+        return None
 
     def backend_info(self) -> dict[str, Any]:
         """Where latency is measured (backend, batch size, threads): recorded with every found policy."""
@@ -215,12 +254,12 @@ class BudgetConfig(_Section):
 
     Attributes:
         metric: ``latency`` (measured on ``latency.backend``) or ``macs``.
-        target: Allowed fraction of the dense model's metric, in (0, 1]. The default 0.5
-            applies when neither ``target`` nor ``target_ms`` is given.
+        target: Allowed fraction of the dense model's metric, in (0, 1]. The default
+            (``Budget.target``, 0.5) applies when neither ``target`` nor ``target_ms`` is given.
         target_ms: Allowed absolute latency in milliseconds (``metric: latency`` only).
     """
 
-    metric: Literal["latency", "macs"] = "latency"
+    metric: Literal["latency", "macs"] = Budget.metric
     target: float | None = Field(None, gt=0.0, le=1.0)
     target_ms: float | None = Field(None, gt=0.0)
 
@@ -237,19 +276,21 @@ class BudgetConfig(_Section):
                 "for metric 'macs' set target (fraction of dense) instead"
             )
         if self.target is None and self.target_ms is None:
-            self.target = 0.5
+            self.target = Budget.target
         return self
 
 
 class RewardConfig(_Section):
     """The episode reward, computed once a whole policy is applied.
 
-    With ``acc`` the proxy accuracy and ``r = metric / budget``:
+    With ``acc`` the proxy accuracy, ``c`` the budget metric as a fraction of dense and ``t``
+    the target (see :class:`autoprune.objective.evaluator.Reward`):
 
-    * ``hard``: ``acc - penalty * max(0, r - 1)``: no effect within budget, a linear
+    * ``hard``: ``acc - penalty * max(0, c/t - 1)``: no effect within budget, a linear
       penalty above it.
-    * ``soft``: ``acc * r ** exponent`` when ``r > 1``, else ``acc`` (MnasNet-style; the
-      exponent is <= 0, so a policy over budget loses reward smoothly).
+    * ``soft``: ``acc * (c/t) ** exponent``, applied to every policy (the MnasNet soft
+      reward, Tan et al. 2019; the exponent is <= 0): a policy under budget earns a little
+      more than ``acc``, one over budget a little less.
 
     Attributes:
         kind: ``hard`` or ``soft``.
@@ -257,55 +298,75 @@ class RewardConfig(_Section):
         exponent: Exponent of the soft penalty (<= 0).
     """
 
-    kind: Literal["hard", "soft"] = "hard"
-    penalty: float = Field(2.0, ge=0.0)
-    exponent: float = Field(-0.07, le=0.0)
+    kind: Literal["hard", "soft"] = Reward.kind
+    penalty: float = Field(Reward.penalty, ge=0.0)
+    exponent: float = Field(Reward.exponent, le=0.0)
 
 
 class PruningConfig(_Section):
     """How a policy is applied (see :mod:`autoprune.graph.surgery`).
 
     Attributes:
-        importance: Channel ranking: ``l1``, ``l2``, ``taylor`` or ``bn_scale``.
+        importance: Channel ranking, a criterion in :data:`autoprune.graph.importance.IMPORTANCES`
+            (``l1``, ``l2``, ``taylor``, ``bn_scale``) or a ``"package.module:Class"``
+            Torch-Pruning importance (``__call__(group)`` -> 1-D tensor of per-channel scores).
         round_to: Keep channel counts at multiples of this (null: no rounding).
         max_ratio: Largest ratio any unit may be pruned by, in (0, 1).
         drop_blocks: Allow removing whole residual blocks.
         iterative_steps: Reach the policy in this many prune-recover stages.
     """
 
-    importance: Literal["l1", "l2", "taylor", "bn_scale"] = "l1"
+    importance: str = "l1"
     round_to: int | None = Field(None, ge=1)
     max_ratio: float = Field(0.8, gt=0.0, lt=1.0)
     drop_blocks: bool = True
     iterative_steps: int = Field(1, ge=1)
+
+    @field_validator("importance")
+    @classmethod
+    def _known_importance(cls, v: str) -> str:
+        return _registered(IMPORTANCES, v)
 
 
 class SearchConfig(_Section):
     """The search for per-unit ratios.
 
     Attributes:
-        searcher: ``ppo`` (agent over the layer-pruning env), ``optuna`` (ratios sampled
-            directly), ``ddpg`` (AMC-style), or the baselines ``random``, ``uniform``,
-            ``sensitivity``.
+        searcher: A searcher in :data:`autoprune.search.SEARCHERS`: ``ppo`` (agent over the
+            layer-pruning env), ``optuna`` (ratios sampled directly), ``ddpg`` (AMC-style), the
+            baselines ``random``, ``uniform``, ``sensitivity``; or a ``"package.module:Class"``
+            :class:`~autoprune.search.Searcher` subclass.
         episodes: Policies evaluated (episodes for agents, trials for Optuna).
-        sampler: Optuna sampler (``searcher: optuna`` only): ``tpe``, ``cmaes``
-            (single-objective), ``nsga2`` (multi-objective: accuracy and latency, Pareto
-            front) or ``gp``.
+        sampler: Optuna sampler (``searcher: optuna`` only), in
+            :data:`autoprune.search.samplers.SAMPLERS`: ``tpe``, ``cmaes`` (single-objective),
+            ``nsga2`` (multi-objective: accuracy and latency, Pareto front), ``gp``; or a
+            ``"package.module:Class"`` Optuna sampler.
         storage: Optuna storage URL (null: an SQLite file in ``output_dir``); use a
             PostgreSQL URL to share a study between machines.
         study: Optuna study name (null: the experiment's name); workers with the same
             storage and study cooperate and resume.
-        workers: Parallel worker processes on this machine.
+        workers: Parallel worker processes on this machine, at most its CPUs; the latency
+            threads are lowered so that ``workers x latency.threads`` fits them.
         params: Searcher hyper-parameters, validated by the searcher itself.
     """
 
-    searcher: SearcherName = "optuna"
+    searcher: str = "optuna"
     episodes: int = Field(150, ge=1)
-    sampler: Literal["tpe", "cmaes", "nsga2", "gp"] = "tpe"
+    sampler: str = "tpe"
     storage: str | None = None
     study: str | None = None
     workers: int = Field(1, ge=1)
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("searcher")
+    @classmethod
+    def _known_searcher(cls, v: str) -> str:
+        return _registered(SEARCHERS, v)
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, v: str) -> str:
+        return _registered(SAMPLERS, v)
 
     @field_validator("storage")
     @classmethod
@@ -318,7 +379,7 @@ class SearchConfig(_Section):
 
 
 class FinetuneConfig(_Section):
-    """Fine-tuning of the pruned model, optionally distilled from the dense one.
+    """Fine-tuning of the pruned model, optionally distilled from the dense one (defaults: :class:`FinetuneSettings`).
 
     Attributes:
         epochs: Epochs (0: no fine-tuning).
@@ -331,14 +392,14 @@ class FinetuneConfig(_Section):
         alpha: Weight of the distillation loss (1 - alpha on the label loss), in [0, 1].
     """
 
-    epochs: int = Field(3, ge=0)
-    lr: float = Field(0.01, gt=0.0)
-    batch_size: int = Field(128, ge=1)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    schedule: Literal["cosine", "constant"] = "cosine"
-    distill: bool = False
-    temperature: float = Field(4.0, gt=0.0)
-    alpha: float = Field(0.7, ge=0.0, le=1.0)
+    epochs: int = Field(FinetuneSettings.epochs, ge=0)
+    lr: float = Field(FinetuneSettings.lr, gt=0.0)
+    batch_size: int = Field(FinetuneSettings.batch_size, ge=1)
+    optimizer: Literal["sgd", "adamw"] = FinetuneSettings.optimizer
+    schedule: Literal["cosine", "constant"] = FinetuneSettings.schedule
+    distill: bool = FinetuneSettings.distill
+    temperature: float = Field(FinetuneSettings.temperature, gt=0.0)
+    alpha: float = Field(FinetuneSettings.alpha, ge=0.0, le=1.0)
 
 
 class ExportConfig(_Section):
@@ -377,7 +438,8 @@ class ExperimentConfig(_Section):
     Attributes:
         name: Experiment name: letters, digits, ``_``, ``.``, ``-``.
         seed: Seed of data splits, training and search.
-        output_dir: Where results go; ``{name}`` is replaced by ``name``.
+        output_dir: Where results go; ``{name}`` is replaced by ``name`` here, once, when the
+            config is validated (``cfg.output_dir`` is the final path).
     """
 
     name: str = "experiment"
@@ -437,8 +499,6 @@ def dump_config(cfg: ExperimentConfig) -> str:
 
 
 __all__ = [
-    "SEARCHERS",
-    "SearcherName",
     "BudgetConfig",
     "DataConfig",
     "ExperimentConfig",

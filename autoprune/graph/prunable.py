@@ -23,7 +23,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from autoprune.errors import ModelError, PolicyError
+from autoprune.errors import ConfigError, ModelError, PolicyError
+from autoprune.graph.importance import make_importance, needs_gradients
 from autoprune.graph.layers import LayerSpec
 
 log = logging.getLogger(__name__)
@@ -470,24 +471,26 @@ class PrunableGraph:
         """Per-channel importance of every unit on the dense model, computed once per criterion.
 
         Args:
-            criterion: ``l1``, ``l2``, ``taylor`` (needs ``batches``) or ``bn_scale``.
-            batches: Callable returning a few ``(x, y)`` training batches, for ``taylor``.
+            criterion: A name in :data:`autoprune.graph.importance.IMPORTANCES` (``l1``, ``l2``,
+                ``taylor``, ``bn_scale``) or a ``"package.module:Class"`` Torch-Pruning importance.
+            batches: Callable returning a few ``(x, y)`` training batches, for criteria that need
+                gradients (``taylor``); called only for those.
+
+        Returns:
+            ``{unit name: scores}``, each a float tensor of shape ``(channels,)`` (higher: keep).
+
+        Raises:
+            ConfigError: unknown criterion, or one that does not give one score per channel.
+            PolicyError: a criterion that needs gradients without ``batches``.
         """
         if criterion in self._importance_cache:
             return self._importance_cache[criterion]
-        if criterion == "l1":
-            scorer = tp.importance.GroupMagnitudeImportance(p=1)
-        elif criterion == "l2":
-            scorer = tp.importance.GroupMagnitudeImportance(p=2)
-        elif criterion == "bn_scale":
-            scorer = tp.importance.BNScaleImportance()
-        elif criterion == "taylor":
+        scorer = make_importance(criterion)
+        grads = needs_gradients(scorer)
+        if grads:
             if batches is None:
-                raise PolicyError("importance 'taylor' needs training batches to compute gradients")
-            scorer = tp.importance.GroupTaylorImportance()
+                raise PolicyError(f"importance {criterion!r} needs training batches to compute gradients")
             self._accumulate_gradients(batches)
-        else:
-            raise PolicyError(f"importance: unknown criterion {criterion!r}; allowed: l1, l2, taylor, bn_scale")
         scores = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -495,8 +498,12 @@ class PrunableGraph:
                 s = scorer(self._groups[u.name])
                 if s is None:  # e.g. BN scale on a group without BatchNorm: fall back to L1
                     s = tp.importance.GroupMagnitudeImportance(p=1)(self._groups[u.name])
-                scores[u.name] = torch.nan_to_num(s.detach().clone(), nan=0.0)
-        if criterion == "taylor":
+                if not isinstance(s, torch.Tensor) or s.shape != (u.features.channels,):
+                    got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+                    raise ConfigError(f"pruning.importance: {criterion!r} gave {got} for unit {u.name!r}; "
+                                      f"expected a 1-D tensor of {u.features.channels} scores")
+                scores[u.name] = torch.nan_to_num(s.detach().float().clone(), nan=0.0)
+        if grads:
             self.model.zero_grad(set_to_none=True)
         self._importance_cache[criterion] = scores
         return scores

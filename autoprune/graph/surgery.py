@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from autoprune.errors import PolicyError
+from autoprune.graph.importance import IMPORTANCES
 from autoprune.graph.prunable import PrunableGraph, kept_channels
 from autoprune.graph.policy import Policy
 
 log = logging.getLogger(__name__)
 
-IMPORTANCE_CRITERIA = ("l1", "l2", "taylor", "bn_scale")
 HISTORY_ATTR = "_autoprune_history"
 
 BatchSource = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
@@ -55,15 +55,16 @@ def apply_policy(
         policy: Ratios per unit name and blocks to drop.
         graph: A :class:`PrunableGraph` built on ``model`` (built here if omitted; pass it in loops).
         example_input: Needed when ``graph`` is omitted.
-        importance: ``l1``, ``l2``, ``taylor`` (needs ``batches``) or ``bn_scale``.
+        importance: A name in :data:`autoprune.graph.importance.IMPORTANCES` (``l1``, ``l2``,
+            ``taylor`` (needs ``batches``), ``bn_scale``) or a ``"package.module:Class"`` criterion.
         round_to: Keep channel counts at multiples of this.
         batches: Training batches for the Taylor criterion.
 
     Raises:
+        ConfigError: an unknown importance criterion (the message lists the allowed ones).
         PolicyError: unknown unit/block names, ratios outside [0, 1), or a ratio removing every channel.
     """
-    if importance not in IMPORTANCE_CRITERIA:
-        raise PolicyError(f"importance: unknown criterion {importance!r}; allowed: {', '.join(IMPORTANCE_CRITERIA)}")
+    IMPORTANCES.check(importance)
     if graph is None:
         if example_input is None:
             raise PolicyError("apply_policy needs either a graph or an example_input")
@@ -153,4 +154,4 @@ def replay_history(model: nn.Module, history: list[dict], example_input: torch.T
     return model
 
 
-__all__ = ["IMPORTANCE_CRITERIA", "apply_iteratively", "apply_policy", "kept_channels", "pruning_history", "replay_history"]
+__all__ = ["apply_iteratively", "apply_policy", "kept_channels", "pruning_history", "replay_history"]

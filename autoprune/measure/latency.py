@@ -32,6 +32,10 @@ from autoprune.registry import Registry
 
 logger = logging.getLogger(__name__)
 
+#: Intra-op threads used for timing unless told otherwise: the one default of every ``threads``
+#: argument here, of :class:`autoprune.objective.LatencySettings` and of ``latency.threads``.
+DEFAULT_THREADS = 2
+
 Runner = Callable[[], None]
 """A zero-argument callable that runs one inference of a prepared model."""
 
@@ -176,7 +180,7 @@ def measure_latency(
     backend: str | LatencyBackend = "torch",
     warmup: int = 10,
     repeats: int = 30,
-    threads: int = 2,
+    threads: int = DEFAULT_THREADS,
 ) -> LatencyStats:
     """Time ``repeats`` single inferences after ``warmup`` untimed ones.
 
@@ -271,7 +275,7 @@ class PairedTimer:
         example_input: ExampleInput,
         *,
         backend: str | LatencyBackend = "torch",
-        threads: int = 2,
+        threads: int = DEFAULT_THREADS,
         history: int = 2000,
     ) -> None:
         _check_int("threads", threads, 1)
@@ -391,7 +395,7 @@ def measure_latency_ratio(
     example_input: ExampleInput,
     *,
     backend: str | LatencyBackend = "torch",
-    threads: int = 2,
+    threads: int = DEFAULT_THREADS,
     warmup: int = 5,
     rounds: int = 15,
     calls_per_round: int = 3,
@@ -519,6 +523,7 @@ __all__ = [
     "TorchEagerBackend",
     "count_macs_params",
     "extract_layer_specs",
+    "DEFAULT_THREADS",
     "fixed_threads",
     "get_backend",
     "measure_latency",

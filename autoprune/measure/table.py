@@ -24,7 +24,7 @@ from torch import nn
 
 from autoprune.errors import ConfigError
 from autoprune.graph.layers import LayerSpec
-from autoprune.measure.latency import ExampleInput, LatencyBackend, PairedTimer, extract_layer_specs, fixed_threads
+from autoprune.measure.latency import DEFAULT_THREADS, ExampleInput, LatencyBackend, PairedTimer, extract_layer_specs, fixed_threads
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class LatencyTable:
     def __init__(
         self,
         *,
-        threads: int = 2,
+        threads: int = DEFAULT_THREADS,
         warmup: int = 2,
         repeats: int = 3,
         passes: int = 3,
@@ -270,7 +270,7 @@ class LatencyTable:
         models: Sequence[nn.Module],
         example_input: ExampleInput,
         *,
-        threads: int = 2,
+        threads: int = DEFAULT_THREADS,
         backend: str | LatencyBackend = "torch",
         warmup: int = 2,
         repeats: int = 3,

@@ -28,7 +28,7 @@ from autoprune.errors import BudgetError, ConfigError
 from autoprune.objective.proxy import ProxySettings, accuracy, proxy_accuracy
 from autoprune.graph.prunable import PrunableGraph, record_layer_specs, spec_macs
 from autoprune.measure.table import LatencyTable
-from autoprune.measure.latency import PairedTimer, count_macs_params
+from autoprune.measure.latency import DEFAULT_THREADS, PairedTimer, count_macs_params
 from autoprune.graph.policy import Policy
 from autoprune.graph.surgery import apply_policy
 from autoprune.zoo import DataBundle
@@ -38,7 +38,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Budget:
-    """What the pruned model must meet: ``metric`` at most ``target`` x dense (or ``target_ms``)."""
+    """What the pruned model must meet: ``metric`` at most ``target`` x dense (or ``target_ms``).
+
+    ``target`` 0.5 is the one default budget (the config's ``budget`` section reads it); it
+    applies when ``target_ms`` is not given.
+    """
 
     metric: Literal["latency", "macs"] = "latency"
     target: float | None = 0.5
@@ -57,7 +61,11 @@ class Budget:
 
 @dataclass(frozen=True)
 class Reward:
-    """How accuracy and the budget metric combine into one scalar (see module docstring)."""
+    """How accuracy and the budget metric combine into one scalar (see module docstring).
+
+    ``soft`` is applied to every policy, within budget or not (MnasNet, Tan et al. 2019):
+    ``acc * (c / t) ** exponent`` with ``exponent <= 0``.
+    """
 
     kind: Literal["hard", "soft"] = "hard"
     penalty: float = 2.0
@@ -73,12 +81,24 @@ class Reward:
 
 @dataclass(frozen=True)
 class LatencySettings:
-    """How latency is measured during search: paired against dense, at ``batch_size``."""
+    """How latency is measured during search: paired against dense, at ``batch_size``.
+
+    These defaults are the only ones: the config's ``latency`` section reads them.
+
+    Attributes:
+        backend: A name in :data:`autoprune.measure.latency.BACKENDS` or ``"package.module:Class"``.
+        batch_size: Inference batch size timed.
+        threads: Intra-op threads while timing (:data:`autoprune.measure.latency.DEFAULT_THREADS`).
+        warmup: Untimed (dense, candidate) pairs before timing each candidate.
+        rounds: Timed rounds (the maximum when ``rel_ci`` is set).
+        min_rounds: Rounds always timed before ``rel_ci`` may stop early.
+        rel_ci: Stop once the 95% confidence half-width relative to the median is at most this.
+    """
 
     backend: str = "torch"
     batch_size: int = 1
-    threads: int = 2
-    warmup: int = 3
+    threads: int = DEFAULT_THREADS
+    warmup: int = 5
     rounds: int = 15
     min_rounds: int = 5
     rel_ci: float | None = 0.03
@@ -344,8 +364,9 @@ class PolicyEvaluator:
 
     def _evaluate_uncached(self, policy: Policy) -> Metrics:
         t0 = time.perf_counter()
-        batches = self._batches_for_taylor if self.importance == "taylor" else None
-        pruned = apply_policy(self.model, policy, graph=self.graph, importance=self.importance, round_to=self.round_to, batches=batches)
+        # The batches are drawn only by a criterion that needs gradients (taylor, or a user's own).
+        pruned = apply_policy(self.model, policy, graph=self.graph, importance=self.importance, round_to=self.round_to,
+                              batches=self._batches_for_taylor)
         t1 = time.perf_counter()
         acc = proxy_accuracy(pruned, self.data, self.proxy, seed=self.seed)
         pruned.eval()

@@ -29,11 +29,6 @@ RUN_ATTR = "autoprune.mlflow_run_id"
 TRACKING_ATTR = "autoprune.tracking_uri"
 
 
-def threads_per_worker(workers: int) -> int:
-    """Intra-op threads for each of ``workers`` processes sharing this machine's cores."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
-
-
 def publish_study(study: optuna.Study, config: dict[str, Any], episodes: int, *, run: tuple[str, str] | None = None) -> None:
     """Store what workers need in the study: the config, the budget, and the MLflow run (uri, run id)."""
     study.set_user_attr(CONFIG_ATTR, config)

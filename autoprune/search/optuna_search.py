@@ -32,19 +32,19 @@ from autoprune.errors import ConfigError
 from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
 from autoprune.graph.policy import Policy
 from autoprune.search.base import Searcher
+from autoprune.search.samplers import SAMPLERS, is_multi_objective, make_sampler
 from autoprune.search.study_lock import StudyLock
 
 log = logging.getLogger(__name__)
-
-SAMPLERS = ("tpe", "cmaes", "nsga2", "gp")
 
 
 class OptunaSearcher(Searcher):
     """Search pruning policies with an Optuna sampler; one trial is one episode.
 
     Hyper-parameters (``params``):
-        sampler: ``"tpe"`` (Bergstra et al. 2011), ``"cmaes"`` (Hansen 2016; needs the
-            ``cmaes`` package), ``"nsga2"`` (Deb et al. 2002, multi-objective) or ``"gp"``.
+        sampler: A name in :data:`autoprune.search.samplers.SAMPLERS`: ``"tpe"`` (Bergstra et al.
+            2011), ``"cmaes"`` (Hansen 2016; needs the ``cmaes`` package), ``"nsga2"`` (Deb et al.
+            2002, multi-objective) or ``"gp"``; or a ``"package.module:Class"`` Optuna sampler.
         storage: ``None`` for an in-memory study, or an RDB URL such as
             ``"sqlite:///runs/study.db"``; a study of the same name there is resumed.
         study_name: Name of the study in the storage (``None``: ``"autoprune"``).
@@ -93,8 +93,7 @@ class OptunaSearcher(Searcher):
         super().__init__(params, progress=progress, callback=callback)
         self.on_ready = on_ready
         p = self.params
-        if p["sampler"] not in SAMPLERS:
-            raise ConfigError(f"search.params.sampler: {p['sampler']!r} is not allowed; allowed: {', '.join(SAMPLERS)}")
+        SAMPLERS.check(p["sampler"])
         if p["sampler"] == "cmaes" and importlib.util.find_spec("cmaes") is None:
             raise ConfigError("search.params.sampler: 'cmaes' needs the `cmaes` package; run `pip install cmaes` or choose tpe, nsga2 or gp")
         if not isinstance(p["n_startup_trials"], int) or p["n_startup_trials"] < 0:
@@ -150,19 +149,7 @@ class OptunaSearcher(Searcher):
             raise ConfigError(f"search.storage: cannot open {shown!r} ({first}){hint}") from e
 
     def _sampler(self, seed: int, *, has_ints: bool) -> optuna.samplers.BaseSampler:
-        p, kind = self.params, self.params["sampler"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            if kind == "tpe":
-                return optuna.samplers.TPESampler(
-                    n_startup_trials=p["n_startup_trials"], multivariate=p["multivariate"],
-                    constant_liar=p["constant_liar"], seed=seed,
-                )
-            if kind == "cmaes":
-                return optuna.samplers.CmaEsSampler(seed=seed, with_margin=has_ints)
-            if kind == "nsga2":
-                return optuna.samplers.NSGAIISampler(population_size=p["population_size"], seed=seed)
-            return optuna.samplers.GPSampler(n_startup_trials=p["n_startup_trials"], seed=seed)
+        return make_sampler(self.params["sampler"], self.params, seed=seed, has_ints=has_ints)
 
     def _enqueue_params(self, evaluator: PolicyEvaluator, d: dict) -> dict[str, float | int]:
         """Optuna parameters of one ``enqueue`` policy, checked against the evaluator."""
@@ -198,7 +185,7 @@ class OptunaSearcher(Searcher):
         Raises:
             ConfigError: the stored study optimises other directions or another search space.
         """
-        multi = self.params["sampler"] == "nsga2"
+        multi = is_multi_objective(self.params["sampler"])
         directions = ["maximize", "minimize"] if multi else ["maximize"]
         study_name = self.params["study_name"] or "autoprune"
         storage = self._storage()
@@ -220,7 +207,7 @@ class OptunaSearcher(Searcher):
         return study
 
     def _optimize(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
-        multi = self.params["sampler"] == "nsga2"
+        multi = is_multi_objective(self.params["sampler"])
         start = len(evaluator.history)
         queued = [self._enqueue_params(evaluator, d) for d in self.params["enqueue"]]
         study = self.open_study(evaluator, seed)

@@ -1,0 +1,198 @@
+"""Settings that size work to the machine, checked against it before any work starts.
+
+A thread count or batch size the machine cannot give does not fail: it makes a search
+crawl (999 threads on 2 cores ran at a load average of 126) or run out of memory after the
+baseline has trained. So, before anything is trained or measured:
+
+* **Threads** (``latency.threads``) above the CPUs this process may use
+  (``os.sched_getaffinity``, else ``os.cpu_count``) are **refused** when the config sets
+  them: latency is the objective, and timing with fewer threads than asked would optimise
+  for another machine. The *default* thread count is lowered to the CPUs instead, with one
+  warning line, so a default config runs on a one-CPU container.
+* **Workers** (``search.workers``) above the CPUs are refused: each needs a core of its own.
+  When ``workers x latency.threads`` exceeds the CPUs, the threads are lowered to
+  ``cpus // workers`` (the documented split of ``--workers``) with one warning line.
+* **Batch sizes** whose activations cannot fit in the available memory (``MemAvailable`` of
+  ``/proc/meminfo``, or psutil when installed elsewhere) are refused. The estimate is a lower
+  bound measured with one sample through the model: training and fine-tuning keep every
+  layer's output for the backward pass; inference (latency, BN re-estimation) needs the
+  largest layer's input and output. A refused batch therefore truly cannot fit.
+
+Every refusal is one :class:`~autoprune.errors.ConfigError` line naming the field, the value,
+what the machine has and what is allowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from autoprune.config.schema import ExperimentConfig
+from autoprune.errors import ConfigError
+from autoprune.graph.layers import ExampleInput
+
+log = logging.getLogger(__name__)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the OS has one, else ``os.cpu_count()``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def check_threads(threads: int, field: str = "latency.threads", *, cpus: int | None = None) -> int:
+    """Return ``threads`` if this process may use that many CPUs.
+
+    Raises:
+        ConfigError: more threads than CPUs, naming ``field`` (a config field or a CLI option).
+    """
+    cpus = usable_cpus() if cpus is None else cpus
+    if threads > cpus:
+        raise ConfigError(f"{field}: {threads} is more than the {cpus} CPU(s) this process may use; allowed: 1 to {cpus}")
+    return threads
+
+
+def threads_per_worker(workers: int, *, cpus: int | None = None) -> int:
+    """Each of ``workers`` processes' share of the CPUs (at least 1): ``cpus // workers``."""
+    cpus = usable_cpus() if cpus is None else cpus
+    return max(1, cpus // max(1, workers))
+
+
+def available_memory_bytes() -> int | None:
+    """Memory that can be allocated without swapping: ``MemAvailable`` of ``/proc/meminfo`` (psutil elsewhere); None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # reported in kiB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil  # optional; not a dependency
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def fit_to_machine(cfg: ExperimentConfig, *, cpus: int | None = None) -> ExperimentConfig:
+    """Check the CPU-sized settings against the machine; lower the thread count where documented.
+
+    Args:
+        cfg: A validated config.
+        cpus: CPUs available (default: :func:`usable_cpus`).
+
+    Returns:
+        ``cfg``, or a copy with ``latency.threads`` lowered (logged as one warning line).
+
+    Raises:
+        ConfigError: ``latency.threads`` set above the CPUs, or ``search.workers`` above them.
+    """
+    cpus = usable_cpus() if cpus is None else cpus
+    threads, workers = cfg.latency.threads, cfg.search.workers
+    explicit = "threads" in cfg.latency.model_fields_set
+    if explicit:
+        check_threads(threads, cpus=cpus)
+    check_threads(workers, "search.workers", cpus=cpus)
+    fitted = min(threads, threads_per_worker(workers, cpus=cpus))
+    if fitted == threads:
+        return cfg
+    why = f"{workers} workers share {cpus} CPU(s)" if workers > 1 else f"this process may use {cpus} CPU(s)"
+    log.warning("latency.threads %d -> %d: %s", threads, fitted, why)
+    latency = cfg.latency.model_copy(update={"threads": fitted})
+    return cfg.model_copy(update={"latency": latency})
+
+
+@dataclass(frozen=True)
+class ActivationBytes:
+    """Activation memory of one sample through a model, in bytes.
+
+    Attributes:
+        total: Sum of every leaf module's output (kept for the backward pass when training).
+        peak_layer: Largest input + output of one leaf module (what inference must hold at once).
+    """
+
+    total: int
+    peak_layer: int
+
+
+def activation_bytes(model: nn.Module, example_input: ExampleInput) -> ActivationBytes:
+    """Measure :class:`ActivationBytes` with one forward pass (no gradients, model in eval mode, restored).
+
+    Args:
+        model: The model; not modified.
+        example_input: One sample, e.g. a tensor of shape ``(1, C, H, W)``.
+    """
+    total, peak = 0, 0
+
+    def nbytes(value: object) -> int:
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, (tuple, list)):
+            return sum(nbytes(v) for v in value)
+        return 0
+
+    def hook(_module: nn.Module, inputs: tuple, output: object) -> None:
+        nonlocal total, peak
+        out = nbytes(output)
+        total += out
+        peak = max(peak, nbytes(inputs) + out)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*(example_input if isinstance(example_input, tuple) else (example_input,)))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    first_input = nbytes(example_input)
+    return ActivationBytes(total=total + first_input, peak_layer=max(peak, first_input))
+
+
+def check_batches_fit(cfg: ExperimentConfig, model: nn.Module, example_input: ExampleInput, *, available: int | None = None) -> None:
+    """Refuse batch sizes whose activations alone exceed the available memory.
+
+    Args:
+        cfg: A validated config.
+        model: The dense model (built, not necessarily trained).
+        example_input: One sample, shape ``(1, ...)``.
+        available: Bytes available (default: :func:`available_memory_bytes`; unknown: no check).
+
+    Raises:
+        ConfigError: naming the first batch size that cannot fit, and the largest that could.
+    """
+    available = available_memory_bytes() if available is None else available
+    if available is None:
+        return
+    act = activation_bytes(model, example_input)
+    checks = (
+        ("train.batch_size", cfg.train.batch_size, act.total, "training"),
+        ("finetune.batch_size", cfg.finetune.batch_size, act.total, "fine-tuning"),
+        ("latency.batch_size", cfg.latency.batch_size, act.peak_layer, "inference"),
+        ("proxy.bn_batch_size", cfg.proxy.bn_batch_size, act.peak_layer, "BN re-estimation"),
+    )
+    for field, batch, per_sample, use in checks:
+        if per_sample > 0 and batch * per_sample > available:
+            raise ConfigError(
+                f"{field}: {batch} needs at least {_gib(batch * per_sample)} for {use} activations "
+                f"({_gib(per_sample)} per sample) but {_gib(available)} of memory is available; "
+                f"allowed: at most {available // per_sample}"
+            )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
+
+
+__all__ = [
+    "ActivationBytes", "activation_bytes", "available_memory_bytes", "check_batches_fit", "check_threads", "fit_to_machine", "threads_per_worker",
+    "usable_cpus",
+]

@@ -1,0 +1,132 @@
+"""The one conversion of a validated config into the library's settings objects.
+
+Every command that works from a config (``estimate``, ``search``, ``run``, ``transfer``,
+``worker``) gets its :class:`~autoprune.training.baseline.TrainSettings`,
+:class:`~autoprune.objective.evaluator.LatencySettings`, ... from here, so a config field means
+the same thing everywhere and a new field needs one line, not one per command.
+
+Where defaults live: in those library dataclasses (see :mod:`autoprune.config.schema`). A
+section's fields are copied onto the dataclass field of the same name; fields the library
+has and the config does not (``LatencySettings.min_rounds``, ``FinetuneSettings.weight_decay``)
+keep their library default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from autoprune.config.schema import ExperimentConfig
+from autoprune.objective.evaluator import Budget, LatencySettings, Reward
+from autoprune.objective.proxy import ProxySettings
+from autoprune.training.baseline import TrainSettings
+from autoprune.training.finetune import FinetuneSettings
+
+S = TypeVar("S")
+
+#: Fine-tuning between the stages of ``pruning.iterative_steps``: a fifth of an epoch.
+RECOVER_EPOCHS = 0.2
+
+
+def _from_section(cls: type[S], section: BaseModel, **extra: Any) -> S:
+    """``cls`` with every field that ``section`` also has copied from it, plus ``extra``."""
+    shared = {f.name: getattr(section, f.name) for f in dataclasses.fields(cls) if f.name in type(section).model_fields}
+    return cls(**shared, **extra)
+
+
+def train_settings(cfg: ExperimentConfig) -> TrainSettings:
+    """Baseline training: the ``train`` section and the experiment's seed."""
+    return _from_section(TrainSettings, cfg.train, seed=cfg.seed)
+
+
+def proxy_settings(cfg: ExperimentConfig) -> ProxySettings:
+    """The accuracy proxy: the ``proxy`` section."""
+    return _from_section(ProxySettings, cfg.proxy)
+
+
+def latency_settings(cfg: ExperimentConfig) -> LatencySettings:
+    """Latency measurement during search: the ``latency`` section."""
+    return _from_section(LatencySettings, cfg.latency)
+
+
+def budget(cfg: ExperimentConfig) -> Budget:
+    """The budget: the ``budget`` section (its default target is already filled in by the schema)."""
+    return _from_section(Budget, cfg.budget)
+
+
+def reward(cfg: ExperimentConfig) -> Reward:
+    """The episode reward: the ``reward`` section."""
+    return _from_section(Reward, cfg.reward)
+
+
+def finetune_settings(cfg: ExperimentConfig) -> FinetuneSettings:
+    """Fine-tuning of the pruned model: the ``finetune`` section and the experiment's seed."""
+    return _from_section(FinetuneSettings, cfg.finetune, seed=cfg.seed)
+
+
+def recover_settings(cfg: ExperimentConfig) -> FinetuneSettings:
+    """The short fine-tuning between iterative pruning stages: :data:`RECOVER_EPOCHS` at ``finetune.lr``."""
+    return FinetuneSettings(epochs=RECOVER_EPOCHS, lr=cfg.finetune.lr, seed=cfg.seed)
+
+
+def evaluator_options(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Keyword arguments of :class:`~autoprune.objective.evaluator.PolicyEvaluator` after the model and data."""
+    p = cfg.pruning
+    return {
+        "budget": budget(cfg),
+        "reward": reward(cfg),
+        "proxy": proxy_settings(cfg),
+        "latency": latency_settings(cfg),
+        "importance": p.importance,
+        "round_to": p.round_to,
+        "max_ratio": p.max_ratio,
+        "allow_drop": p.drop_blocks,
+        "ignored": tuple(cfg.model.ignore),
+        "seed": cfg.seed,
+    }
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All library settings of one experiment."""
+
+    train: TrainSettings
+    proxy: ProxySettings
+    latency: LatencySettings
+    budget: Budget
+    reward: Reward
+    finetune: FinetuneSettings
+    recover: FinetuneSettings
+
+
+def library_settings(cfg: ExperimentConfig) -> Settings:
+    """The library settings an experiment config describes.
+
+    Args:
+        cfg: A validated config (:func:`autoprune.config.load_config`).
+
+    Returns:
+        The settings objects, each field taken from the section of the same name.
+    """
+    return Settings(
+        train=train_settings(cfg), proxy=proxy_settings(cfg), latency=latency_settings(cfg), budget=budget(cfg),
+        reward=reward(cfg), finetune=finetune_settings(cfg), recover=recover_settings(cfg),
+    )
+
+
+__all__ = [
+    "RECOVER_EPOCHS",
+    "Settings",
+    "budget",
+    "evaluator_options",
+    "finetune_settings",
+    "latency_settings",
+    "library_settings",
+    "proxy_settings",
+    "recover_settings",
+    "reward",
+    "train_settings",
+]
