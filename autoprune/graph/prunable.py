@@ -24,11 +24,10 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import ModelError, PolicyError
-from autoprune.graph.layers import LayerSpec
+from autoprune.graph.layers import MAC_LAYER_KINDS, ExampleInput, LayerSpec, count_macs, record_layer_specs, spec_macs
 
 log = logging.getLogger(__name__)
 
-PARAM_LAYER_KINDS = ("conv2d", "conv1d", "linear")
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class UnitFeatures:
         in_channels: Input channels of the root layer.
         kernel: Kernel size of the root layer (1 for linear).
         stride: Stride of the root layer (1 for linear).
-        macs: MACs of every layer whose input or output channels this unit prunes.
+        macs: MACs per sample of every layer whose input or output channels this unit prunes.
         params: Parameters of those layers.
         depth: Relative position of the root layer in execution order, 0..1.
         resolution: Spatial size of the root layer's input relative to the model input, 0..1.
@@ -103,64 +102,11 @@ def kept_channels(n: int, ratio: float, round_to: int | None = None) -> int:
     return keep
 
 
-def _conv_macs(spec: LayerSpec) -> int:
-    if spec.kind in ("conv2d",):
-        n, _, h, w = spec.input_shape
-        kh, kw = spec.kernel_size
-        sh, sw = spec.stride
-        ph, pw = spec.padding
-        ho = (h + 2 * ph - kh) // sh + 1
-        wo = (w + 2 * pw - kw) // sw + 1
-        return n * spec.out_channels * (spec.in_channels // spec.groups) * kh * kw * ho * wo
-    if spec.kind == "linear":
-        return spec.input_shape[0] * spec.in_channels * spec.out_channels
-    return 0
-
-
-def spec_macs(spec: LayerSpec) -> int:
-    """Multiply-accumulates of one layer call (convs and linears; 0 for the rest)."""
-    return _conv_macs(spec)
-
-
-def record_layer_specs(model: nn.Module, example_input: torch.Tensor) -> list[LayerSpec]:
-    """Run ``model`` once with hooks on every leaf module and return their specs in call order."""
-    names = {m: n for n, m in model.named_modules()}
-    specs: list[LayerSpec] = []
-
-    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        if not inputs or not isinstance(inputs[0], torch.Tensor):
-            return
-        x = inputs[0]
-        kind = type(module).__name__.lower()
-        shape = tuple(int(s) for s in x.shape)
-        in_c = shape[1] if len(shape) > 1 else shape[0]
-        out_c = int(output.shape[1]) if isinstance(output, torch.Tensor) and output.dim() > 1 else in_c
-        kwargs: dict = {}
-        if isinstance(module, nn.Conv2d):
-            kwargs = dict(
-                kernel_size=tuple(module.kernel_size), stride=tuple(module.stride), padding=tuple(module.padding),  # type: ignore[arg-type]
-                groups=module.groups, bias=module.bias is not None,
-            )
-        elif isinstance(module, nn.Linear):
-            kwargs = dict(bias=module.bias is not None)
-            in_c, out_c = module.in_features, module.out_features
-        elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-            k, s, p = (module.kernel_size, module.stride, module.padding)
-            as2 = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
-            kwargs = dict(kernel_size=as2(k), stride=as2(s), padding=as2(p))
-        specs.append(LayerSpec(names[module], kind, in_c, out_c, shape, **kwargs))
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if len(list(m.children())) == 0]
-    try:
-        was_training = model.training
-        model.eval()
-        with torch.inference_mode():
-            model(example_input)
-        model.train(was_training)
-    finally:
-        for h in handles:
-            h.remove()
-    return specs
+def _shapes(example_input: ExampleInput) -> object:
+    """The shape of an example input (a tuple of shapes for a tuple of tensors), for messages."""
+    if isinstance(example_input, tuple):
+        return tuple(tuple(t.shape) for t in example_input)
+    return tuple(example_input.shape)
 
 
 def _is_residual_by_trace(module: nn.Module) -> bool:
@@ -201,20 +147,27 @@ def _is_identity_of(node: object, x: torch.fx.Node, gm: torch.fx.GraphModule) ->
 class PrunableGraph:
     """The prunable structure of one model, built once and asked by everything else.
 
+    Dependency groups come from Torch-Pruning's ``DependencyGraph`` (Fang et al. 2023, DepGraph);
+    layer shapes from :func:`autoprune.graph.layers.record_layer_specs`, the same recorder the latency
+    table and the MAC counter use.
+
     Args:
         model: The dense model (not modified; the graph keeps a reference to it).
-        example_input: One batch shaped like the model's input.
+        example_input: One batch shaped like the model's input, batch first: ``(N, C, H, W)`` for
+            images, ``(N, F)`` for features, or a tuple of tensors passed as ``model(*example_input)``.
+            MACs are per sample, so ``N`` does not change them.
         ignored: Module names not to prune (besides the classifier output, always ignored).
         drop_blocks: Whether to look for droppable residual blocks.
 
     Raises:
-        ModelError: if the model cannot be traced or holds a layer Torch-Pruning cannot handle.
+        ModelError: an ``ignored`` name is not a module, the model fails on ``example_input``, has no
+            conv/linear/attention layer, holds a layer Torch-Pruning cannot handle, or cannot be traced.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        example_input: torch.Tensor,
+        example_input: ExampleInput,
         *,
         ignored: Sequence[str] = (),
         drop_blocks: bool = True,
@@ -233,13 +186,13 @@ class PrunableGraph:
         except (RuntimeError, ValueError, TypeError, IndexError) as e:  # the model's forward fails on this input
             first = " ".join(str(e).split())[:300]
             raise ModelError(
-                f"the model fails on an input of shape {tuple(example_input.shape)} ({type(e).__name__}: {first}); "
+                f"the model fails on an input of shape {_shapes(example_input)} ({type(e).__name__}: {first}); "
                 "build it for the data's channels, classes and input size"
             ) from e
         self._exec_order = {s.module_name: i for i, s in enumerate(self.dense_specs)}
-        param_specs = [s for s in self.dense_specs if s.kind in PARAM_LAYER_KINDS]
+        param_specs = [s for s in self.dense_specs if s.kind in MAC_LAYER_KINDS]
         if not param_specs:
-            raise ModelError("the model has no Conv2d or Linear layer to prune")
+            raise ModelError("the model has no Conv, ConvTranspose, Linear or MultiheadAttention layer to prune")
         self.output_layer = param_specs[-1].module_name
         ignored_modules = [self._module_by_name[n] for n in (*ignored, self.output_layer)]
         try:
@@ -274,7 +227,8 @@ class PrunableGraph:
     def _collect_units(self, ignored_modules: list[nn.Module]) -> list[PrunableUnit]:
         layer_by_name = {s.module_name: s for s in self.dense_specs}
         n_layers = max(1, len(self.dense_specs) - 1)
-        input_hw = self.example_input.shape[-1] if self.example_input.dim() == 4 else 1
+        first = self.example_input[0] if isinstance(self.example_input, tuple) else self.example_input
+        input_hw = first.shape[-1] if first.dim() == 4 else 1
         units = []
         self.out_owner: dict[str, str] = {}
         self.in_owner: dict[str, str] = {}
@@ -316,8 +270,8 @@ class PrunableGraph:
                 kind=kind,
                 channels=len(group[0][1]),
                 in_channels=root_spec.in_channels if root_spec else 0,
-                kernel=root_spec.kernel_size[0] if root_spec else 1,
-                stride=root_spec.stride[0] if root_spec else 1,
+                kernel=root_spec.kernel_size[0] if root_spec and root_spec.kernel_size else 1,
+                stride=root_spec.stride[0] if root_spec and root_spec.stride else 1,
                 macs=int(macs),
                 params=int(params),
                 depth=self._exec_order.get(name, 0) / n_layers,
@@ -342,7 +296,7 @@ class PrunableGraph:
         try:
             self.model.eval()
             with torch.inference_mode():
-                self.model(self.example_input)
+                self.model(*(self.example_input if isinstance(self.example_input, tuple) else (self.example_input,)))
         finally:
             for h in handles:
                 h.remove()
@@ -395,14 +349,25 @@ class PrunableGraph:
         """The dense model's module at dotted path ``name``."""
         return self._module_by_name[name]
 
-    def group(self, unit_name: str) -> tp.dependency.Group:
-        """Torch-Pruning's dependency group of a unit (on the dense model)."""
+    def dependency_group(self, unit_name: str) -> tp.dependency.Group:
+        """Torch-Pruning's dependency group behind a unit (on the dense model).
+
+        A *unit* is our handle on one such group (see docs/architecture.md, "Terms").
+
+        Raises:
+            PolicyError: ``unit_name`` is not a unit of this model.
+        """
+        if unit_name not in self._groups:
+            self.unit(unit_name)  # raises the PolicyError listing the units
         return self._groups[unit_name]
 
     @property
     def dense_macs(self) -> int:
-        """MACs of the dense model at the example input's batch size."""
-        return sum(spec_macs(s) for s in self.dense_specs)
+        """MACs **per input sample** of the dense model (:func:`autoprune.graph.layers.spec_macs` convention).
+
+        Equals :func:`autoprune.measure.latency.count_macs_params` of the dense model.
+        """
+        return count_macs(self.dense_specs)
 
     def validate_policy(self, ratios: dict[str, float], drop: Iterable[str] = ()) -> None:
         """Check that every unit and block name exists and every ratio is in [0, 1).
@@ -451,7 +416,7 @@ class PrunableGraph:
             out_c = kept[out_unit] if out_unit in kept else s.out_channels
             if s.kind.startswith("batchnorm") and out_unit in kept:
                 in_c = out_c
-            if s.kind not in PARAM_LAYER_KINDS and not s.kind.startswith("batchnorm") and out_unit is None and in_unit is None:
+            if s.kind not in MAC_LAYER_KINDS and not s.kind.startswith("batchnorm") and out_unit is None and in_unit is None:
                 if current is not None and len(s.input_shape) > 1 and s.in_channels == s.out_channels:
                     in_c = out_c = current
             new = s.with_channels(in_c, out_c) if (in_c, out_c) != (s.in_channels, s.out_channels) else s
@@ -462,8 +427,15 @@ class PrunableGraph:
         return specs
 
     def macs_for(self, ratios: dict[str, float], drop: Iterable[str] = (), *, round_to: int | None = None) -> int:
-        """Predicted MACs (at the example input's batch size) of a policy."""
-        return sum(spec_macs(s) for s in self.specs_for(ratios, drop, round_to=round_to))
+        """Predicted MACs **per input sample** of the model pruned by a policy, without surgery.
+
+        Counted like :func:`autoprune.measure.latency.count_macs_params` counts the really pruned model
+        (every conv, transposed conv, linear and attention layer; see :func:`autoprune.graph.layers.spec_macs`).
+
+        Raises:
+            PolicyError: a ratio is out of range or would remove every channel of a unit.
+        """
+        return count_macs(self.specs_for(ratios, drop, round_to=round_to))
 
     # --------------------------------------------------------------- importance
     def importance(self, criterion: str, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None) -> dict[str, torch.Tensor]:

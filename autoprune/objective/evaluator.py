@@ -26,7 +26,7 @@ from torch import nn
 
 from autoprune.errors import BudgetError, ConfigError
 from autoprune.objective.proxy import ProxySettings, accuracy, proxy_accuracy
-from autoprune.graph.prunable import PrunableGraph, record_layer_specs, spec_macs
+from autoprune.graph.prunable import PrunableGraph
 from autoprune.measure.table import LatencyTable
 from autoprune.measure.latency import PairedTimer, count_macs_params
 from autoprune.graph.policy import Policy
@@ -358,7 +358,7 @@ class PolicyEvaluator:
         macs, params = count_macs_params(pruned, self.data.example_input(1))
         predicted = self.predicted_ratio(policy.ratios, policy.drop)
         macs_ratio = macs / self.dense_macs
-        value = self._layer_macs_ratio(pruned) if self.budget.metric == "macs" else lat.ratio
+        value = macs_ratio if self.budget.metric == "macs" else lat.ratio
         t4 = time.perf_counter()
         return Metrics(
             accuracy=acc,
@@ -375,15 +375,6 @@ class PolicyEvaluator:
             reward=self.reward(acc, value),
             seconds={"prune": t1 - t0, "accuracy": t2 - t1, "latency": t3 - t2, "other": t4 - t3, "total": t4 - t0},
         )
-
-    def _layer_macs_ratio(self, pruned: nn.Module) -> float:
-        """Conv/linear MACs of ``pruned`` over dense, counted as :meth:`predicted_value` counts them.
-
-        The MAC budget is checked with this count, so a policy predicted within budget is within
-        budget (Torch-Pruning's ``macs_ratio`` also counts BN/bias terms and reads ~1% higher).
-        """
-        pruned_macs = sum(spec_macs(s) for s in record_layer_specs(pruned, self.graph.example_input))
-        return pruned_macs / max(1, self.graph.dense_macs)
 
     # ---------------------------------------------------------------- results
     def best(self, *, feasible_only: bool = True) -> Evaluation | None:
