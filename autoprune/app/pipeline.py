@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from torch import nn
 
 from autoprune.config.schema import ExperimentConfig
-from autoprune.objective.proxy import evaluate
+from autoprune.objective.proxy import split_metrics
 from autoprune.app.experiment import Baseline, SearchRun, load_baseline, output_dir, run_search
 from autoprune.formats.onnx import export_onnx, quantize_onnx
 from autoprune.formats.pruned import save_pruned
@@ -83,7 +83,7 @@ def measure_final(model: nn.Module, dense: nn.Module, baseline: Baseline, cfg: E
         macs, params = count_macs_params(m, x1)
         reports.append(
             ModelReport(
-                test_accuracy=evaluate(m, baseline.data.test)["accuracy"],
+                test_accuracy=split_metrics(m, baseline.data.test)["accuracy"],
                 latency_ms=ratio * dense_ms,
                 latency_ci_ms=(ci[0] * dense_ms, ci[1] * dense_ms),
                 macs=int(macs),
