@@ -175,12 +175,25 @@ def plot_search_curve(history: Sequence[Evaluation], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_sensitivity(curves: Mapping[str, Sequence[tuple[float, float]]], path: str | Path) -> Path:
-    """Accuracy against pruning ratio, one line per unit (each pruned alone).
+def plot_sensitivity(
+    curves: Mapping[str, Sequence[tuple[float, float]]],
+    path: str | Path,
+    *,
+    blocks: Mapping[str, float] | None = None,
+) -> Path:
+    """Accuracy against pruning ratio, one line per unit (each pruned alone), as a PNG.
+
+    The curves are what the sensitivity searcher (Li et al. 2017) measures; it returns them in
+    ``SearchResult.extras`` and this layer draws them.
 
     Args:
-        curves: ``{unit: [(ratio, accuracy), ...]}``.
-        path: PNG to write.
+        curves: ``extras["sensitivity"]``: ``{unit: [(ratio, proxy accuracy), ...]}``.
+        path: PNG to write; parent folders are created.
+        blocks: ``extras["block_sensitivity"]``: ``{block: proxy accuracy with the block dropped}``,
+            drawn as dotted horizontal lines.
+
+    Returns:
+        The path written.
     """
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot()
@@ -189,6 +202,10 @@ def plot_sensitivity(curves: Mapping[str, Sequence[tuple[float, float]]], path: 
         pts = sorted((float(r), float(a)) for r, a in pts)
         if pts:  # the colour cycle has 10 colours: change the line style after each 10 units
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1, ls=styles[i // 10 % len(styles)], label=name)
+    for name, acc in (blocks or {}).items():
+        if math.isfinite(float(acc)):
+            ax.axhline(float(acc), linestyle=":", linewidth=0.8, color="grey")
+            ax.annotate(f"drop {name}", (0.0, float(acc)), fontsize=6, color="grey")
     if not curves:
         _empty(ax, "no sensitivity curves")
     ax.set_xlabel("pruning ratio of the unit (others dense)")
