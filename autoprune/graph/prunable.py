@@ -1,9 +1,10 @@
 """``PrunableGraph``: the model seen as an ordered list of prunable units and droppable blocks.
 
-Torch-Pruning's dependency graph is built once. Each dependency group (all
-layers whose channels must be pruned together, e.g. every conv that writes into
-one residual stream) becomes one :class:`PrunableUnit`, named after the module
-path of its root layer. Residual blocks whose input and output shapes match
+Torch-Pruning's dependency graph (DepGraph, Fang et al. 2023) is built once. Each
+dependency group (all layers whose channels must be pruned together, e.g. every conv
+that writes into one residual stream) becomes one :class:`PrunableUnit`, named after
+the module path of its root layer: a *unit* is our handle on one Torch-Pruning group
+(:meth:`PrunableGraph.dependency_group` returns the group itself). Residual blocks whose input and output shapes match
 become :class:`DroppableBlock` s: dropping one replaces it by its shortcut.
 
 The graph also knows, for every layer, which unit owns its input and output
@@ -25,6 +26,8 @@ from torch import nn
 
 from autoprune.errors import ModelError, PolicyError
 from autoprune.graph.layers import MAC_LAYER_KINDS, ExampleInput, LayerSpec, count_macs, record_layer_specs, spec_macs
+
+__all__ = ["DroppableBlock", "PrunableGraph", "PrunableUnit", "UnitFeatures", "kept_channels"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,14 @@ class UnitFeatures:
 
 @dataclass(frozen=True)
 class PrunableUnit:
-    """One dependency group of coupled channels, named after its root layer."""
+    """One searchable decision: the channels of one Torch-Pruning dependency group, named after its root layer.
+
+    Attributes:
+        name: Module path of the group's root layer (``layer1.0.conv1``).
+        features: Its description for agents.
+        out_layers: Layers whose output channels (or features) it prunes.
+        in_layers: Layers whose input channels it prunes.
+    """
 
     name: str
     features: UnitFeatures
@@ -73,7 +83,15 @@ class PrunableUnit:
 
 @dataclass(frozen=True)
 class DroppableBlock:
-    """A residual block ``y = f(x) + x`` that can be replaced by its identity shortcut."""
+    """A residual block ``y = f(x) + x`` that can be replaced by its identity shortcut.
+
+    Attributes:
+        name: Module path of the block.
+        macs: MACs per sample of the layers inside it (saved by dropping it).
+        params: Parameters inside it.
+        depth: Relative position of its first layer in execution order, 0..1.
+        units_inside: Units rooted inside the block.
+    """
 
     name: str
     macs: int
@@ -84,6 +102,14 @@ class DroppableBlock:
 
 def kept_channels(n: int, ratio: float, round_to: int | None = None) -> int:
     """How many of ``n`` channels survive pruning by ``ratio`` (rounded to a multiple of ``round_to``).
+
+    Args:
+        n: Channels of the unit.
+        ratio: Fraction to remove, in [0, 1).
+        round_to: Round the kept count to a multiple of this (only when ``n > round_to``; at least ``round_to``).
+
+    Returns:
+        Kept channels, between 1 and ``n``.
 
     Raises:
         PolicyError: if the ratio is outside [0, 1) or would remove every channel.
@@ -339,14 +365,22 @@ class PrunableGraph:
         return [b.name for b in self.blocks]
 
     def unit(self, name: str) -> PrunableUnit:
-        """The unit called ``name``. Raises PolicyError for an unknown name."""
+        """The unit called ``name``.
+
+        Raises:
+            PolicyError: no unit has that name (the message lists the units).
+        """
         for u in self.units:
             if u.name == name:
                 return u
         raise PolicyError(f"unknown unit {name!r}; units of this model: {', '.join(self.unit_names)}")
 
     def module(self, name: str) -> nn.Module:
-        """The dense model's module at dotted path ``name``."""
+        """The dense model's module at dotted path ``name``.
+
+        Raises:
+            KeyError: ``name`` is not in the model's ``named_modules()``.
+        """
         return self._module_by_name[name]
 
     def dependency_group(self, unit_name: str) -> tp.dependency.Group:
@@ -389,7 +423,18 @@ class PrunableGraph:
                 raise PolicyError(f"ratio of unit {name!r} is {r!r}; allowed: 0 <= ratio < 1")
 
     def kept(self, ratios: dict[str, float], round_to: int | None = None) -> dict[str, int]:
-        """Surviving channel count per unit under ``ratios`` (missing units keep all channels)."""
+        """Surviving channel count per unit under ``ratios`` (missing units keep all channels).
+
+        Args:
+            ratios: Pruning ratio per unit name, each in [0, 1).
+            round_to: Keep counts at multiples of this (see :func:`kept_channels`).
+
+        Returns:
+            ``{unit name: channels kept}`` for every unit.
+
+        Raises:
+            PolicyError: naming the unit whose ratio is out of range or would remove all its channels.
+        """
         out = {}
         for u in self.units:
             r = float(ratios.get(u.name, 0.0))
@@ -402,7 +447,25 @@ class PrunableGraph:
     def specs_for(
         self, ratios: dict[str, float], drop: Iterable[str] = (), *, round_to: int | None = None, batch_size: int | None = None
     ) -> list[LayerSpec]:
-        """Layer specs of the model pruned by ``ratios`` and ``drop``, predicted without surgery."""
+        """Layer specs of the model pruned by ``ratios`` and ``drop``, predicted without surgery.
+
+        Each dense spec gets the kept channel counts of the units owning its input and output
+        channels; layers inside dropped blocks are left out. The result equals
+        :func:`autoprune.graph.layers.record_layer_specs` of the really pruned model (except that a
+        dropped block's ``Identity`` call is not listed).
+
+        Args:
+            ratios: Pruning ratio per unit name (missing units stay dense).
+            drop: Names of droppable blocks replaced by their shortcut.
+            round_to: Keep channel counts at multiples of this.
+            batch_size: Rewrite every spec's batch dimension ``N`` (default: the example input's).
+
+        Returns:
+            The specs in call order, keyed for the latency table like recorded ones.
+
+        Raises:
+            PolicyError: a ratio is out of range or would remove every channel of a unit.
+        """
         kept = self.kept(ratios, round_to)
         dropped = tuple(b + "." for b in drop)
         specs: list[LayerSpec] = []
@@ -414,9 +477,10 @@ class PrunableGraph:
             in_unit = self.in_owner.get(s.module_name)
             in_c = kept[in_unit] if in_unit in kept else s.in_channels
             out_c = kept[out_unit] if out_unit in kept else s.out_channels
-            if s.kind.startswith("batchnorm") and out_unit in kept:
+            norm = "norm" in s.kind  # batchnorm*, layernorm, groupnorm, instancenorm*: in == out
+            if norm and out_unit in kept:
                 in_c = out_c
-            if s.kind not in MAC_LAYER_KINDS and not s.kind.startswith("batchnorm") and out_unit is None and in_unit is None:
+            if s.kind not in MAC_LAYER_KINDS and not norm and out_unit is None and in_unit is None:
                 if current is not None and len(s.input_shape) > 1 and s.in_channels == s.out_channels:
                     in_c = out_c = current
             new = s.with_channels(in_c, out_c) if (in_c, out_c) != (s.in_channels, s.out_channels) else s
@@ -483,7 +547,18 @@ class PrunableGraph:
         self.model.train(was_training)
 
     def pruning_plan(self, unit_name: str, idxs: list[int]) -> list[tuple[str, Callable, int, list[int]]]:
-        """What pruning ``idxs`` of a unit does: ``(module name, handler, pruning dim, plain indices)`` per layer."""
+        """What pruning ``idxs`` of a unit does, from Torch-Pruning's ``get_pruning_group``.
+
+        Args:
+            unit_name: The unit.
+            idxs: Channel indices of the root layer to remove (dense coordinates).
+
+        Returns:
+            ``(module name, Torch-Pruning handler, pruning dim, plain indices)`` per touched layer.
+
+        Raises:
+            KeyError: ``unit_name`` is not a unit.
+        """
         group = self._groups[unit_name]
         root = group[0].dep.target.module
         sub = self.dg.get_pruning_group(root, group[0].dep.handler, idxs)
