@@ -149,7 +149,7 @@ class LatencyTable:
         return best
 
     def spec_ms(self, spec: LayerSpec) -> float:
-        """Raw (uncalibrated) latency of one spec, benchmarked on first use."""
+        """Raw (uncalibrated) latency of one spec in milliseconds, benchmarked on first use."""
         self.prefill([[spec]])
         return self.entries[self.key_of(spec)]
 
@@ -184,7 +184,7 @@ class LatencyTable:
         return len(missing)
 
     def raw_ms(self, specs: Sequence[LayerSpec]) -> float:
-        """Sum of the per-spec latencies, uncalibrated."""
+        """Sum of the per-spec latencies in milliseconds, uncalibrated."""
         self.prefill([specs])
         return float(sum(self.entries[self.key_of(s)] for s in specs))
 
@@ -223,7 +223,7 @@ class LatencyTable:
         return offset, scale
 
     def predict_ms(self, specs: Sequence[LayerSpec]) -> float:
-        """Calibrated latency prediction for a model with these specs."""
+        """Calibrated latency prediction in milliseconds for a model with these specs (at their batch size)."""
         return self.offset_ms + self.scale * self.raw_ms(specs)
 
     def predict_ratio(self, specs: Sequence[LayerSpec], reference_specs: Sequence[LayerSpec]) -> float:
@@ -231,7 +231,11 @@ class LatencyTable:
         return self.predict_ms(specs) / self.predict_ms(reference_specs)
 
     def save(self, path: str | Path) -> None:
-        """Write the table and its calibration as JSON."""
+        """Write the table and its calibration as JSON.
+
+        Raises:
+            OSError: the file cannot be written.
+        """
         data = {
             "format": _FORMAT,
             "threads": self.threads,
