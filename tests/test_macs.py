@@ -181,3 +181,12 @@ def test_predicted_macs_of_a_transposed_conv_model_equal_the_counted_macs_after_
     for policy in (Policy.uniform(graph.unit_names, 0.5), Policy({graph.unit_names[0]: 0.25})):
         pruned = apply_policy(model, policy, graph=graph)
         assert graph.macs_for(policy.ratios, policy.drop) == count_macs_params(pruned, example_input)[0]
+
+
+def test_an_activation_after_a_linear_on_tokens_has_the_features_as_channels() -> None:
+    model = nn.Sequential(nn.Linear(12, 7), nn.GELU(), nn.Dropout(0.1), nn.Conv1d(5, 3, 1), nn.ReLU())
+    linear, gelu, dropout, conv, relu = record_layer_specs(model, torch.randn(2, 5, 12))
+    assert (gelu.channel_axis, gelu.in_channels, dropout.in_channels) == (2, 7, 7)
+    assert (relu.channel_axis, relu.in_channels) == (1, 3)  # after a conv the channels are dim 1
+    narrower = gelu.with_channels(4, 4)
+    assert narrower.input_shape == (2, 5, 4) and narrower.output_shape == (2, 5, 4)

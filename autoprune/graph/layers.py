@@ -181,8 +181,14 @@ def _per_dim(value: object, dims: int) -> tuple[int, ...]:
     return values * dims if len(values) == 1 and dims > 1 else values
 
 
-def _spec_of(name: str, module: nn.Module, args: tuple, kwargs: dict, output: object) -> LayerSpec | None:
-    """The spec of one call, or None when the call has no tensor input."""
+def _spec_of(
+    name: str, module: nn.Module, args: tuple, kwargs: dict, output: object, previous: LayerSpec | None
+) -> LayerSpec | None:
+    """The spec of one call, or None when the call has no tensor input.
+
+    A shape-preserving layer of no known kind (activation, dropout, ...) fed the previous call's
+    output takes that call's channel axis, so after a Linear on tokens ``(N, L, F)`` its channels are ``F``.
+    """
     x = args[0] if args else kwargs.get("input", kwargs.get("query"))
     if not isinstance(x, torch.Tensor):
         return None
@@ -241,7 +247,11 @@ def _spec_of(name: str, module: nn.Module, args: tuple, kwargs: dict, output: ob
     if isinstance(module, nn.Flatten):
         flat = out_shape[1] if len(out_shape) > 1 else math.prod(shape[1:])
         return LayerSpec(name, kind, channels, int(flat), shape, out_shape)
-    return LayerSpec(name, kind, channels, channels, shape, out_shape)
+    axis = 1
+    if previous is not None and previous.output_shape == shape and len(shape) > previous.channel_axis:
+        axis = previous.channel_axis
+        channels = shape[axis]
+    return LayerSpec(name, kind, channels, channels, shape, out_shape, channel_axis=axis)
 
 
 def _recorded_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -286,7 +296,7 @@ def record_layer_specs(model: nn.Module, example_input: ExampleInput) -> list[La
 
     def hook_for(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
-            spec = _spec_of(name, module, args, kwargs, output)
+            spec = _spec_of(name, module, args, kwargs, output, specs[-1] if specs else None)
             if spec is not None:
                 specs.append(spec)
 
