@@ -60,7 +60,12 @@ def apply_best(cfg: ExperimentConfig, baseline: Baseline, policy: Policy, graph:
 
 @dataclass
 class ModelReport:
-    """Final figures of one model on the test split and the target backend."""
+    """Final figures of one model on the test split and the target backend.
+
+    ``latency_ms`` and ``latency_ci_ms`` are milliseconds per call at the latency batch size;
+    ``macs`` are multiply-accumulates per input sample (:func:`autoprune.measure.latency.count_macs_params`);
+    ``size_bytes`` is the serialised ``state_dict``.
+    """
 
     test_accuracy: float
     latency_ms: float
