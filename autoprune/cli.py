@@ -358,7 +358,7 @@ def apply(
     A policy found on another architecture is refused: map it with `autoprune transfer` first.
     """
     from autoprune.config.loading import parse_config
-    from autoprune.objective.proxy import evaluate as run_eval
+    from autoprune.objective.proxy import split_metrics
     from autoprune.app.experiment import load_baseline
     from autoprune.formats.pruned import save_pruned
     from autoprune.training.finetune import FinetuneSettings, finetune
@@ -380,7 +380,7 @@ def apply(
     if finetune_epochs > 0:
         finetune(pruned, baseline.data, FinetuneSettings(epochs=finetune_epochs, distill=distill),
                  teacher=baseline.model if distill else None, progress=_progress())
-    acc = run_eval(pruned, baseline.data.test)["accuracy"]
+    acc = split_metrics(pruned, baseline.data.test)["accuracy"]
     save_pruned(out, pruned, model_name=model, in_channels=baseline.data.in_channels, num_classes=baseline.data.num_classes,
                 input_size=baseline.data.input_size, extra={"policy": pol.to_dict(), "test_accuracy": acc})
     dense_macs, dense_params = count_macs_params(baseline.model, baseline.data.example_input(1))
@@ -473,7 +473,7 @@ def finetune_cmd(
 ) -> None:
     """Fine-tune a saved pruned model (optionally with knowledge distillation) and save it."""
     from autoprune.config.loading import parse_config
-    from autoprune.objective.proxy import evaluate as run_eval
+    from autoprune.objective.proxy import split_metrics
     from autoprune.app.experiment import load_baseline
     from autoprune.formats.pruned import load_pruned, save_pruned
     from autoprune.training.finetune import FinetuneSettings, finetune
@@ -487,7 +487,7 @@ def finetune_cmd(
         teacher = load_baseline(parse_config({"model": {"name": spec["name"]}, "data": {"name": data}}, source="command line"), progress=_progress()).model
     bundle = load_data(data)
     finetune(net, bundle, FinetuneSettings(epochs=epochs, lr=lr, distill=distill), teacher=teacher, progress=_progress())
-    acc = run_eval(net, bundle.test)["accuracy"]
+    acc = split_metrics(net, bundle.test)["accuracy"]
     extra = dict(meta.get("extra") or {})
     extra["test_accuracy"] = acc
     save_pruned(out, net, model_name=spec["name"], in_channels=spec["in_channels"], num_classes=spec["num_classes"], input_size=spec["input_size"], extra=extra)
@@ -505,7 +505,7 @@ def evaluate_cmd(
 ) -> None:
     """Test accuracy and latency of a saved pruned model."""
     from autoprune.config.machine import check_threads
-    from autoprune.objective.proxy import evaluate as run_eval
+    from autoprune.objective.proxy import split_metrics
     from autoprune.formats.pruned import load_pruned
     from autoprune.measure.latency import count_macs_params, measure_latency
     from autoprune.tracking.artifacts import download_model_uri
@@ -515,7 +515,7 @@ def evaluate_cmd(
     path = download_model_uri(model_file, tracking_uri=tracking_uri)
     net, meta = load_pruned(path)
     bundle = load_data(data)
-    res = run_eval(net, bundle.test)
+    res = split_metrics(net, bundle.test)
     lat = measure_latency(net, bundle.example_input(batch_size), threads=threads)
     macs, params = count_macs_params(net, bundle.example_input(1))
     typer.echo(f"{path}: test accuracy {res['accuracy']:.4f}, latency {lat.median_ms:.3f} ms (p10 {lat.p10_ms:.3f}, p90 {lat.p90_ms:.3f}) "

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.objective.proxy import ProxySettings, accuracy, evaluate, proxy_accuracy, recalibrate_bn
+from autoprune.objective.proxy import ProxySettings, accuracy, proxy_accuracy, recalibrate_bn, split_metrics
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.policy import Policy
 from autoprune.graph.surgery import apply_policy
@@ -70,8 +70,8 @@ def test_recalibration_estimates_the_mean_over_the_calibration_batches(digits):
     assert torch.allclose(model[1].running_mean, x.flatten(1).mean(0), atol=1e-5)
 
 
-def test_evaluate_reports_accuracy_and_mean_cross_entropy(trained_resnet20, digits):
-    result = evaluate(trained_resnet20, digits.test, batch_size=100)
+def test_split_metrics_report_accuracy_and_mean_cross_entropy(trained_resnet20, digits):
+    result = split_metrics(trained_resnet20, digits.test, batch_size=100)
     assert set(result) == {"accuracy", "loss"}
     assert 0.8 < result["accuracy"] <= 1.0
     assert result["accuracy"] == accuracy(trained_resnet20, digits.test)
@@ -82,13 +82,13 @@ def test_evaluate_reports_accuracy_and_mean_cross_entropy(trained_resnet20, digi
 
 
 def test_untrained_model_scores_near_chance(make_model, digits):
-    result = evaluate(make_model("vgg_small"), digits.val)
+    result = split_metrics(make_model("vgg_small"), digits.val)
     assert 0.0 <= result["accuracy"] < 0.4
     assert result["loss"] > 1.5
 
 
 def test_evaluation_restores_training_mode(make_model, digits):
     model = make_model("mlp").train()
-    evaluate(model, digits.val)
+    split_metrics(model, digits.val)
     accuracy(model, digits.val)
     assert model.training

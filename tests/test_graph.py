@@ -6,7 +6,8 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import ModelError, PolicyError
-from autoprune.graph.prunable import PrunableGraph, kept_channels, record_layer_specs, spec_macs
+from autoprune.graph.layers import record_layer_specs, spec_macs
+from autoprune.graph.prunable import PrunableGraph, kept_channels
 from autoprune.graph.policy import Policy
 from autoprune.graph.surgery import apply_policy
 from autoprune.zoo import MODEL_NAMES
@@ -32,7 +33,7 @@ def graphs(make_model, example_input):
 
 
 def conv_linear_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """MACs of every Conv2d and Linear call, counted from the real weights and outputs."""
+    """MACs per sample of every Conv2d and Linear call, counted from the real weights and outputs."""
     total = 0
 
     def hook(module, inputs, output):
@@ -47,7 +48,7 @@ def conv_linear_macs(model: nn.Module, x: torch.Tensor) -> int:
         model.eval()(x)
     for h in handles:
         h.remove()
-    return total
+    return total // x.shape[0]
 
 
 # ----------------------------------------------------------------------- units
@@ -86,9 +87,9 @@ def test_resnet20_unit_features_describe_the_root_layer(graphs):
     f = g.unit("layer2.0.conv1").features
     assert (f.kind, f.channels, f.in_channels, f.kernel, f.stride) == ("conv", 32, 16, 3, 2)
     assert f.coupled is False
-    # conv1 (out), bn1, conv2 (in); batch of 2, 8x8 input strided to 4x4
+    # conv1 (out), bn1, conv2 (in); MACs per sample, 8x8 input strided to 4x4
     assert f.n_layers == 3
-    assert f.macs == 2 * 32 * 16 * 9 * 4 * 4 + 2 * 32 * 32 * 9 * 4 * 4
+    assert f.macs == 32 * 16 * 9 * 4 * 4 + 32 * 32 * 9 * 4 * 4
     assert f.params == 32 * 16 * 9 + 2 * 32 + 32 * 32 * 9
     assert f.resolution == 1.0
     assert g.unit("layer2.1.conv1").features.resolution == 0.5
@@ -134,7 +135,7 @@ def test_resnet20_droppable_blocks_are_exactly_the_identity_shortcut_blocks(grap
     assert "layer2.0" not in g.block_names and "layer3.0" not in g.block_names
     block = g.blocks[g.block_names.index("layer2.1")]
     assert block.units_inside == ("layer2.1.conv1",)
-    assert block.macs == 2 * (2 * 32 * 32 * 9 * 4 * 4)
+    assert block.macs == 2 * (32 * 32 * 9 * 4 * 4)  # per sample: two 3x3 convs, 32->32, 4x4
     assert block.params == sum(p.numel() for p in g.module("layer2.1").parameters())
 
 
@@ -326,8 +327,9 @@ def test_predicted_mac_ratio_agrees_with_torch_pruning_counter(graphs, name, exa
     assert 0.2 < predicted < 0.4  # halving both sides of most convs leaves about a quarter
 
 
-def test_specs_for_can_change_the_batch_size(graphs):
+def test_specs_for_can_change_the_batch_size_and_macs_stay_per_sample(graphs):
     g = graphs["vgg_small"]
     specs = g.specs_for({}, batch_size=16)
     assert all(s.input_shape[0] == 16 for s in specs)
-    assert sum(spec_macs(s) for s in specs) == g.dense_macs // 2 * 16
+    assert all(s.output_shape[0] == 16 for s in specs if s.output_shape)
+    assert sum(spec_macs(s) for s in specs) == g.dense_macs  # per sample: N divides out

@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from autoprune.errors import ConfigError
+from autoprune.graph.layers import record_layer_specs
 from autoprune.measure.table import LatencyTable
 from autoprune.measure.latency import (
     LatencyStats,
     PairedTimer,
     count_macs_params,
-    extract_layer_specs,
     fixed_threads,
     get_backend,
     measure_latency,
@@ -150,7 +150,7 @@ def test_model_size_counts_float_weights() -> None:
 def test_resnet20_specs_cover_every_conv_and_the_classifier(resnet20: nn.Module) -> None:
     x = torch.randn(3, 1, 28, 28)
     resnet20.train()
-    specs = extract_layer_specs(resnet20, x)
+    specs = record_layer_specs(resnet20, x)
     assert resnet20.training
     names = dict(resnet20.named_modules())
     assert all(s.module_name in names for s in specs)
@@ -166,13 +166,13 @@ def test_resnet20_specs_cover_every_conv_and_the_classifier(resnet20: nn.Module)
 
 
 def test_specs_of_leaf_modules_record_their_parameters() -> None:
-    specs = extract_layer_specs(conv_net(8), torch.randn(2, 3, 16, 16))
+    specs = record_layer_specs(conv_net(8), torch.randn(2, 3, 16, 16))
     assert [s.kind for s in specs] == ["conv2d", "relu", "conv2d", "relu", "adaptiveavgpool2d", "flatten", "linear"]
     assert specs[2].padding == (1, 1) and specs[2].bias
     assert specs[4].kernel_size == (1, 1)
     assert specs[5].input_shape == (2, 8, 1, 1)
     mlp = build_model("mlp", in_channels=1, num_classes=10, input_size=8)
-    kinds = [s.kind for s in extract_layer_specs(mlp, torch.randn(1, 1, 8, 8))]
+    kinds = [s.kind for s in record_layer_specs(mlp, torch.randn(1, 1, 8, 8))]
     assert kinds[:4] == ["flatten", "linear", "batchnorm1d", "relu"]
 
 
@@ -183,7 +183,7 @@ def _halved(specs: list) -> list:
 def test_latency_table_predicts_dense_and_ranks_narrower_model_lower(resnet20: nn.Module, mnist_batch: torch.Tensor) -> None:
     narrow = CifarResNet(20, 1, 10, width=8)
     table = LatencyTable.calibrated_for([resnet20, narrow], mnist_batch, threads=THREADS, rounds=7)
-    dense_specs = extract_layer_specs(resnet20, mnist_batch)
+    dense_specs = record_layer_specs(resnet20, mnist_batch)
     assert table.predict_ms(dense_specs) > 0  # absolute accuracy is benchmarked, not tested (noisy machines)
     assert table.predict_ratio(dense_specs, dense_specs) == pytest.approx(1.0)
     assert table.predict_ratio(_halved(dense_specs), dense_specs) < 1
@@ -191,7 +191,7 @@ def test_latency_table_predicts_dense_and_ranks_narrower_model_lower(resnet20: n
 
 def test_latency_table_fit_with_one_sample_matches_it_exactly(resnet20: nn.Module, mnist_batch: torch.Tensor) -> None:
     table = LatencyTable(threads=THREADS)
-    specs = extract_layer_specs(resnet20, mnist_batch)
+    specs = record_layer_specs(resnet20, mnist_batch)
     offset, scale = table.fit([(specs, 5.0)])
     assert offset == 0 and scale > 0
     assert table.predict_ms(specs) == pytest.approx(5.0)
@@ -200,7 +200,7 @@ def test_latency_table_fit_with_one_sample_matches_it_exactly(resnet20: nn.Modul
 
 def test_latency_table_affine_fit_recovers_offset_and_scale(resnet20: nn.Module, mnist_batch: torch.Tensor) -> None:
     table = LatencyTable(threads=THREADS)
-    dense = extract_layer_specs(resnet20, mnist_batch)
+    dense = record_layer_specs(resnet20, mnist_batch)
     half = _halved(dense)
     offset, scale = table.fit([(dense, 0.3 + 2 * table.raw_ms(dense)), (half, 0.3 + 2 * table.raw_ms(half))])
     assert offset == pytest.approx(0.3) and scale == pytest.approx(2.0)
@@ -208,7 +208,7 @@ def test_latency_table_affine_fit_recovers_offset_and_scale(resnet20: nn.Module,
 
 def test_latency_table_save_load_round_trip(tmp_path, resnet20: nn.Module, mnist_batch: torch.Tensor) -> None:
     table = LatencyTable(threads=THREADS)
-    specs = extract_layer_specs(resnet20, mnist_batch)
+    specs = record_layer_specs(resnet20, mnist_batch)
     table.fit([(specs, 4.0), (_halved(specs), 1.5)])
     path = tmp_path / "table.json"
     table.save(path)

@@ -8,7 +8,8 @@ from autoprune.errors import ConfigError
 from autoprune.objective.evaluator import Budget
 from autoprune.graph.policy import Policy
 from autoprune.search import get_searcher
-from autoprune.search.baselines import largest_ratio, make_feasible, plot_sensitivity
+from autoprune.search.baselines import largest_ratio, make_feasible
+from autoprune.tracking.plots import plot_sensitivity
 
 def search(name, evaluator, episodes, **params):
     return get_searcher(name, params, progress=False).search(evaluator, episodes, seed=0)

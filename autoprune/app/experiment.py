@@ -290,7 +290,7 @@ def run_worker(storage: str, study_name: str, *, n_trials: int | None = None, pr
 # ----------------------------------------------------------------- estimate
 @dataclass
 class EstimateRow:
-    """One line of ``autoprune estimate``."""
+    """One line of ``autoprune estimate``: MACs per input sample, size in bytes, latency in ms per call."""
 
     ratio: float
     params: int

@@ -21,7 +21,7 @@ from torch import nn
 from autoprune.config.machine import fit_to_machine
 from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import finetune_settings, recover_settings
-from autoprune.objective.proxy import evaluate
+from autoprune.objective.proxy import split_metrics
 from autoprune.app.experiment import Baseline, SearchRun, load_baseline, output_dir, run_search
 from autoprune.formats.onnx import export_onnx, quantize_onnx
 from autoprune.formats.pruned import save_pruned
@@ -53,7 +53,12 @@ def apply_best(cfg: ExperimentConfig, baseline: Baseline, policy: Policy, graph:
 
 @dataclass
 class ModelReport:
-    """Final figures of one model on the test split and the target backend."""
+    """Final figures of one model on the test split and the target backend.
+
+    ``latency_ms`` and ``latency_ci_ms`` are milliseconds per call at the latency batch size;
+    ``macs`` are multiply-accumulates per input sample (:func:`autoprune.measure.latency.count_macs_params`);
+    ``size_bytes`` is the serialised ``state_dict``.
+    """
 
     test_accuracy: float
     latency_ms: float
@@ -76,7 +81,7 @@ def measure_final(model: nn.Module, dense: nn.Module, baseline: Baseline, cfg: E
         macs, params = count_macs_params(m, x1)
         reports.append(
             ModelReport(
-                test_accuracy=evaluate(m, baseline.data.test)["accuracy"],
+                test_accuracy=split_metrics(m, baseline.data.test)["accuracy"],
                 latency_ms=ratio * dense_ms,
                 latency_ci_ms=(ci[0] * dense_ms, ci[1] * dense_ms),
                 macs=int(macs),

@@ -63,7 +63,8 @@ def model_fingerprint(graph: "PrunableGraph") -> dict[str, Any]:
 
     Returns:
         ``{"arch_hash", "dense_macs", "units": [{name, kind, channels, depth, resolution, coupled, ...}],
-        "blocks": [{name, depth, resolution, macs, units_inside}]}``, JSON-ready.
+        "blocks": [{name, depth, resolution, macs, units_inside}]}``, JSON-ready. MACs are per input
+        sample (:func:`autoprune.graph.layers.spec_macs`).
     """
     units = [{"name": u.name, **asdict(u.features)} for u in graph.units]
     by_depth = sorted(graph.units, key=lambda u: u.features.depth)

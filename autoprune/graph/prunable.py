@@ -1,9 +1,10 @@
 """``PrunableGraph``: the model seen as an ordered list of prunable units and droppable blocks.
 
-Torch-Pruning's dependency graph is built once. Each dependency group (all
-layers whose channels must be pruned together, e.g. every conv that writes into
-one residual stream) becomes one :class:`PrunableUnit`, named after the module
-path of its root layer. Residual blocks whose input and output shapes match
+Torch-Pruning's dependency graph (DepGraph, Fang et al. 2023) is built once. Each
+dependency group (all layers whose channels must be pruned together, e.g. every conv
+that writes into one residual stream) becomes one :class:`PrunableUnit`, named after
+the module path of its root layer: a *unit* is our handle on one Torch-Pruning group
+(:meth:`PrunableGraph.dependency_group` returns the group itself). Residual blocks whose input and output shapes match
 become :class:`DroppableBlock` s: dropping one replaces it by its shortcut.
 
 The graph also knows, for every layer, which unit owns its input and output
@@ -25,11 +26,12 @@ from torch import nn
 
 from autoprune.errors import ConfigError, ModelError, PolicyError
 from autoprune.graph.importance import make_importance, needs_gradients
-from autoprune.graph.layers import LayerSpec
+from autoprune.graph.layers import MAC_LAYER_KINDS, ExampleInput, LayerSpec, count_macs, record_layer_specs, spec_macs
+
+__all__ = ["DroppableBlock", "PrunableGraph", "PrunableUnit", "UnitFeatures", "kept_channels"]
 
 log = logging.getLogger(__name__)
 
-PARAM_LAYER_KINDS = ("conv2d", "conv1d", "linear")
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class UnitFeatures:
         in_channels: Input channels of the root layer.
         kernel: Kernel size of the root layer (1 for linear).
         stride: Stride of the root layer (1 for linear).
-        macs: MACs of every layer whose input or output channels this unit prunes.
+        macs: MACs per sample of every layer whose input or output channels this unit prunes.
         params: Parameters of those layers.
         depth: Relative position of the root layer in execution order, 0..1.
         resolution: Spatial size of the root layer's input relative to the model input, 0..1.
@@ -65,7 +67,14 @@ class UnitFeatures:
 
 @dataclass(frozen=True)
 class PrunableUnit:
-    """One dependency group of coupled channels, named after its root layer."""
+    """One searchable decision: the channels of one Torch-Pruning dependency group, named after its root layer.
+
+    Attributes:
+        name: Module path of the group's root layer (``layer1.0.conv1``).
+        features: Its description for agents.
+        out_layers: Layers whose output channels (or features) it prunes.
+        in_layers: Layers whose input channels it prunes.
+    """
 
     name: str
     features: UnitFeatures
@@ -75,7 +84,15 @@ class PrunableUnit:
 
 @dataclass(frozen=True)
 class DroppableBlock:
-    """A residual block ``y = f(x) + x`` that can be replaced by its identity shortcut."""
+    """A residual block ``y = f(x) + x`` that can be replaced by its identity shortcut.
+
+    Attributes:
+        name: Module path of the block.
+        macs: MACs per sample of the layers inside it (saved by dropping it).
+        params: Parameters inside it.
+        depth: Relative position of its first layer in execution order, 0..1.
+        units_inside: Units rooted inside the block.
+    """
 
     name: str
     macs: int
@@ -86,6 +103,14 @@ class DroppableBlock:
 
 def kept_channels(n: int, ratio: float, round_to: int | None = None) -> int:
     """How many of ``n`` channels survive pruning by ``ratio`` (rounded to a multiple of ``round_to``).
+
+    Args:
+        n: Channels of the unit.
+        ratio: Fraction to remove, in [0, 1).
+        round_to: Round the kept count to a multiple of this (only when ``n > round_to``; at least ``round_to``).
+
+    Returns:
+        Kept channels, between 1 and ``n``.
 
     Raises:
         PolicyError: if the ratio is outside [0, 1) or would remove every channel.
@@ -104,64 +129,11 @@ def kept_channels(n: int, ratio: float, round_to: int | None = None) -> int:
     return keep
 
 
-def _conv_macs(spec: LayerSpec) -> int:
-    if spec.kind in ("conv2d",):
-        n, _, h, w = spec.input_shape
-        kh, kw = spec.kernel_size
-        sh, sw = spec.stride
-        ph, pw = spec.padding
-        ho = (h + 2 * ph - kh) // sh + 1
-        wo = (w + 2 * pw - kw) // sw + 1
-        return n * spec.out_channels * (spec.in_channels // spec.groups) * kh * kw * ho * wo
-    if spec.kind == "linear":
-        return spec.input_shape[0] * spec.in_channels * spec.out_channels
-    return 0
-
-
-def spec_macs(spec: LayerSpec) -> int:
-    """Multiply-accumulates of one layer call (convs and linears; 0 for the rest)."""
-    return _conv_macs(spec)
-
-
-def record_layer_specs(model: nn.Module, example_input: torch.Tensor) -> list[LayerSpec]:
-    """Run ``model`` once with hooks on every leaf module and return their specs in call order."""
-    names = {m: n for n, m in model.named_modules()}
-    specs: list[LayerSpec] = []
-
-    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        if not inputs or not isinstance(inputs[0], torch.Tensor):
-            return
-        x = inputs[0]
-        kind = type(module).__name__.lower()
-        shape = tuple(int(s) for s in x.shape)
-        in_c = shape[1] if len(shape) > 1 else shape[0]
-        out_c = int(output.shape[1]) if isinstance(output, torch.Tensor) and output.dim() > 1 else in_c
-        kwargs: dict = {}
-        if isinstance(module, nn.Conv2d):
-            kwargs = dict(
-                kernel_size=tuple(module.kernel_size), stride=tuple(module.stride), padding=tuple(module.padding),  # type: ignore[arg-type]
-                groups=module.groups, bias=module.bias is not None,
-            )
-        elif isinstance(module, nn.Linear):
-            kwargs = dict(bias=module.bias is not None)
-            in_c, out_c = module.in_features, module.out_features
-        elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-            k, s, p = (module.kernel_size, module.stride, module.padding)
-            as2 = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
-            kwargs = dict(kernel_size=as2(k), stride=as2(s), padding=as2(p))
-        specs.append(LayerSpec(names[module], kind, in_c, out_c, shape, **kwargs))
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if len(list(m.children())) == 0]
-    try:
-        was_training = model.training
-        model.eval()
-        with torch.inference_mode():
-            model(example_input)
-        model.train(was_training)
-    finally:
-        for h in handles:
-            h.remove()
-    return specs
+def _shapes(example_input: ExampleInput) -> object:
+    """The shape of an example input (a tuple of shapes for a tuple of tensors), for messages."""
+    if isinstance(example_input, tuple):
+        return tuple(tuple(t.shape) for t in example_input)
+    return tuple(example_input.shape)
 
 
 def _is_residual_by_trace(module: nn.Module) -> bool:
@@ -202,20 +174,27 @@ def _is_identity_of(node: object, x: torch.fx.Node, gm: torch.fx.GraphModule) ->
 class PrunableGraph:
     """The prunable structure of one model, built once and asked by everything else.
 
+    Dependency groups come from Torch-Pruning's ``DependencyGraph`` (Fang et al. 2023, DepGraph);
+    layer shapes from :func:`autoprune.graph.layers.record_layer_specs`, the same recorder the latency
+    table and the MAC counter use.
+
     Args:
         model: The dense model (not modified; the graph keeps a reference to it).
-        example_input: One batch shaped like the model's input.
+        example_input: One batch shaped like the model's input, batch first: ``(N, C, H, W)`` for
+            images, ``(N, F)`` for features, or a tuple of tensors passed as ``model(*example_input)``.
+            MACs are per sample, so ``N`` does not change them.
         ignored: Module names not to prune (besides the classifier output, always ignored).
         drop_blocks: Whether to look for droppable residual blocks.
 
     Raises:
-        ModelError: if the model cannot be traced or holds a layer Torch-Pruning cannot handle.
+        ModelError: an ``ignored`` name is not a module, the model fails on ``example_input``, has no
+            conv/linear/attention layer, holds a layer Torch-Pruning cannot handle, or cannot be traced.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        example_input: torch.Tensor,
+        example_input: ExampleInput,
         *,
         ignored: Sequence[str] = (),
         drop_blocks: bool = True,
@@ -234,13 +213,13 @@ class PrunableGraph:
         except (RuntimeError, ValueError, TypeError, IndexError) as e:  # the model's forward fails on this input
             first = " ".join(str(e).split())[:300]
             raise ModelError(
-                f"the model fails on an input of shape {tuple(example_input.shape)} ({type(e).__name__}: {first}); "
+                f"the model fails on an input of shape {_shapes(example_input)} ({type(e).__name__}: {first}); "
                 "build it for the data's channels, classes and input size"
             ) from e
         self._exec_order = {s.module_name: i for i, s in enumerate(self.dense_specs)}
-        param_specs = [s for s in self.dense_specs if s.kind in PARAM_LAYER_KINDS]
+        param_specs = [s for s in self.dense_specs if s.kind in MAC_LAYER_KINDS]
         if not param_specs:
-            raise ModelError("the model has no Conv2d or Linear layer to prune")
+            raise ModelError("the model has no Conv, ConvTranspose, Linear or MultiheadAttention layer to prune")
         self.output_layer = param_specs[-1].module_name
         ignored_modules = [self._module_by_name[n] for n in (*ignored, self.output_layer)]
         try:
@@ -275,7 +254,8 @@ class PrunableGraph:
     def _collect_units(self, ignored_modules: list[nn.Module]) -> list[PrunableUnit]:
         layer_by_name = {s.module_name: s for s in self.dense_specs}
         n_layers = max(1, len(self.dense_specs) - 1)
-        input_hw = self.example_input.shape[-1] if self.example_input.dim() == 4 else 1
+        first = self.example_input[0] if isinstance(self.example_input, tuple) else self.example_input
+        input_hw = first.shape[-1] if first.dim() == 4 else 1
         units = []
         self.out_owner: dict[str, str] = {}
         self.in_owner: dict[str, str] = {}
@@ -317,8 +297,8 @@ class PrunableGraph:
                 kind=kind,
                 channels=len(group[0][1]),
                 in_channels=root_spec.in_channels if root_spec else 0,
-                kernel=root_spec.kernel_size[0] if root_spec else 1,
-                stride=root_spec.stride[0] if root_spec else 1,
+                kernel=root_spec.kernel_size[0] if root_spec and root_spec.kernel_size else 1,
+                stride=root_spec.stride[0] if root_spec and root_spec.stride else 1,
                 macs=int(macs),
                 params=int(params),
                 depth=self._exec_order.get(name, 0) / n_layers,
@@ -343,7 +323,7 @@ class PrunableGraph:
         try:
             self.model.eval()
             with torch.inference_mode():
-                self.model(self.example_input)
+                self.model(*(self.example_input if isinstance(self.example_input, tuple) else (self.example_input,)))
         finally:
             for h in handles:
                 h.remove()
@@ -386,24 +366,43 @@ class PrunableGraph:
         return [b.name for b in self.blocks]
 
     def unit(self, name: str) -> PrunableUnit:
-        """The unit called ``name``. Raises PolicyError for an unknown name."""
+        """The unit called ``name``.
+
+        Raises:
+            PolicyError: no unit has that name (the message lists the units).
+        """
         for u in self.units:
             if u.name == name:
                 return u
         raise PolicyError(f"unknown unit {name!r}; units of this model: {', '.join(self.unit_names)}")
 
     def module(self, name: str) -> nn.Module:
-        """The dense model's module at dotted path ``name``."""
+        """The dense model's module at dotted path ``name``.
+
+        Raises:
+            KeyError: ``name`` is not in the model's ``named_modules()``.
+        """
         return self._module_by_name[name]
 
-    def group(self, unit_name: str) -> tp.dependency.Group:
-        """Torch-Pruning's dependency group of a unit (on the dense model)."""
+    def dependency_group(self, unit_name: str) -> tp.dependency.Group:
+        """Torch-Pruning's dependency group behind a unit (on the dense model).
+
+        A *unit* is our handle on one such group (see docs/architecture.md, "Terms").
+
+        Raises:
+            PolicyError: ``unit_name`` is not a unit of this model.
+        """
+        if unit_name not in self._groups:
+            self.unit(unit_name)  # raises the PolicyError listing the units
         return self._groups[unit_name]
 
     @property
     def dense_macs(self) -> int:
-        """MACs of the dense model at the example input's batch size."""
-        return sum(spec_macs(s) for s in self.dense_specs)
+        """MACs **per input sample** of the dense model (:func:`autoprune.graph.layers.spec_macs` convention).
+
+        Equals :func:`autoprune.measure.latency.count_macs_params` of the dense model.
+        """
+        return count_macs(self.dense_specs)
 
     def validate_policy(self, ratios: dict[str, float], drop: Iterable[str] = ()) -> None:
         """Check that every unit and block name exists and every ratio is in [0, 1).
@@ -425,7 +424,18 @@ class PrunableGraph:
                 raise PolicyError(f"ratio of unit {name!r} is {r!r}; allowed: 0 <= ratio < 1")
 
     def kept(self, ratios: dict[str, float], round_to: int | None = None) -> dict[str, int]:
-        """Surviving channel count per unit under ``ratios`` (missing units keep all channels)."""
+        """Surviving channel count per unit under ``ratios`` (missing units keep all channels).
+
+        Args:
+            ratios: Pruning ratio per unit name, each in [0, 1).
+            round_to: Keep counts at multiples of this (see :func:`kept_channels`).
+
+        Returns:
+            ``{unit name: channels kept}`` for every unit.
+
+        Raises:
+            PolicyError: naming the unit whose ratio is out of range or would remove all its channels.
+        """
         out = {}
         for u in self.units:
             r = float(ratios.get(u.name, 0.0))
@@ -438,7 +448,25 @@ class PrunableGraph:
     def specs_for(
         self, ratios: dict[str, float], drop: Iterable[str] = (), *, round_to: int | None = None, batch_size: int | None = None
     ) -> list[LayerSpec]:
-        """Layer specs of the model pruned by ``ratios`` and ``drop``, predicted without surgery."""
+        """Layer specs of the model pruned by ``ratios`` and ``drop``, predicted without surgery.
+
+        Each dense spec gets the kept channel counts of the units owning its input and output
+        channels; layers inside dropped blocks are left out. The result equals
+        :func:`autoprune.graph.layers.record_layer_specs` of the really pruned model (except that a
+        dropped block's ``Identity`` call is not listed).
+
+        Args:
+            ratios: Pruning ratio per unit name (missing units stay dense).
+            drop: Names of droppable blocks replaced by their shortcut.
+            round_to: Keep channel counts at multiples of this.
+            batch_size: Rewrite every spec's batch dimension ``N`` (default: the example input's).
+
+        Returns:
+            The specs in call order, keyed for the latency table like recorded ones.
+
+        Raises:
+            PolicyError: a ratio is out of range or would remove every channel of a unit.
+        """
         kept = self.kept(ratios, round_to)
         dropped = tuple(b + "." for b in drop)
         specs: list[LayerSpec] = []
@@ -450,9 +478,10 @@ class PrunableGraph:
             in_unit = self.in_owner.get(s.module_name)
             in_c = kept[in_unit] if in_unit in kept else s.in_channels
             out_c = kept[out_unit] if out_unit in kept else s.out_channels
-            if s.kind.startswith("batchnorm") and out_unit in kept:
+            norm = "norm" in s.kind  # batchnorm*, layernorm, groupnorm, instancenorm*: in == out
+            if norm and out_unit in kept:
                 in_c = out_c
-            if s.kind not in PARAM_LAYER_KINDS and not s.kind.startswith("batchnorm") and out_unit is None and in_unit is None:
+            if s.kind not in MAC_LAYER_KINDS and not norm and out_unit is None and in_unit is None:
                 if current is not None and len(s.input_shape) > 1 and s.in_channels == s.out_channels:
                     in_c = out_c = current
             new = s.with_channels(in_c, out_c) if (in_c, out_c) != (s.in_channels, s.out_channels) else s
@@ -463,8 +492,15 @@ class PrunableGraph:
         return specs
 
     def macs_for(self, ratios: dict[str, float], drop: Iterable[str] = (), *, round_to: int | None = None) -> int:
-        """Predicted MACs (at the example input's batch size) of a policy."""
-        return sum(spec_macs(s) for s in self.specs_for(ratios, drop, round_to=round_to))
+        """Predicted MACs **per input sample** of the model pruned by a policy, without surgery.
+
+        Counted like :func:`autoprune.measure.latency.count_macs_params` counts the really pruned model
+        (every conv, transposed conv, linear and attention layer; see :func:`autoprune.graph.layers.spec_macs`).
+
+        Raises:
+            PolicyError: a ratio is out of range or would remove every channel of a unit.
+        """
+        return count_macs(self.specs_for(ratios, drop, round_to=round_to))
 
     # --------------------------------------------------------------- importance
     def importance(self, criterion: str, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None) -> dict[str, torch.Tensor]:
@@ -518,7 +554,18 @@ class PrunableGraph:
         self.model.train(was_training)
 
     def pruning_plan(self, unit_name: str, idxs: list[int]) -> list[tuple[str, Callable, int, list[int]]]:
-        """What pruning ``idxs`` of a unit does: ``(module name, handler, pruning dim, plain indices)`` per layer."""
+        """What pruning ``idxs`` of a unit does, from Torch-Pruning's ``get_pruning_group``.
+
+        Args:
+            unit_name: The unit.
+            idxs: Channel indices of the root layer to remove (dense coordinates).
+
+        Returns:
+            ``(module name, Torch-Pruning handler, pruning dim, plain indices)`` per touched layer.
+
+        Raises:
+            KeyError: ``unit_name`` is not a unit.
+        """
         group = self._groups[unit_name]
         root = group[0].dep.target.module
         sub = self.dg.get_pruning_group(root, group[0].dep.handler, idxs)

@@ -23,11 +23,10 @@ from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import ConfigError
-from autoprune.graph.layers import ExampleInput, LayerSpec
+from autoprune.graph.layers import ExampleInput, count_macs, record_layer_specs
 from autoprune.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -426,12 +425,30 @@ def measure_latency_ratio(
 
 
 def count_macs_params(model: nn.Module, example_input: ExampleInput) -> tuple[int, int]:
-    """Multiply-accumulates per input sample and parameter count (Torch-Pruning's counter).
+    """Multiply-accumulates **per input sample** and the parameter count of a model.
 
-    The model is deep-copied by the counter, so its state is untouched.
+    MACs are counted from one recorded forward pass (:func:`autoprune.graph.layers.record_layer_specs`)
+    by :func:`autoprune.graph.layers.spec_macs`: Conv1d/2d/3d, ConvTranspose1d/2d/3d, Linear and
+    ``nn.MultiheadAttention`` (projections and both attention matmuls), nothing else. This is the
+    count the MAC budget uses (the graph predicts the same number without surgery), so a reported
+    MAC ratio and the budget value agree exactly. Torch-Pruning's ``tp.utils.count_ops_and_params``
+    is not used: it also counts bias, BatchNorm, activation and softmax operations, and counts a
+    transposed convolution over its *output* positions (stride² times too many MACs for a 2-D one).
+
+    Args:
+        model: The model (run once in eval mode; its training flag is restored).
+        example_input: A batch-first tensor (``(N, C, H, W)``, ``(N, F)``, ...) or a tuple of them;
+            its batch size ``N`` divides out.
+
+    Returns:
+        ``(macs_per_sample, parameters)``; parameters are ``sum(p.numel())`` over ``model.parameters()``.
+
+    Raises:
+        RuntimeError: the model's forward fails on ``example_input`` (e.g. a shape mismatch); other
+            exceptions of the forward pass propagate unchanged.
     """
-    macs, params = tp.utils.count_ops_and_params(model, example_input)
-    return int(macs), int(params)
+    macs = count_macs(record_layer_specs(model, example_input))
+    return int(macs), int(sum(p.numel() for p in model.parameters()))
 
 
 def model_size_bytes(model: nn.Module) -> int:
@@ -439,78 +456,6 @@ def model_size_bytes(model: nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.getbuffer().nbytes
-
-
-def _pair(value: object, default: int = 0) -> tuple[int, int]:
-    if value is None:
-        return (default, default)
-    if isinstance(value, int):
-        return (value, value)
-    values = tuple(value)  # type: ignore[arg-type]
-    return (int(values[0]), int(values[-1])) if len(values) else (default, default)
-
-
-def _spec_for(name: str, module: nn.Module, shape: tuple[int, ...]) -> LayerSpec:
-    kind = type(module).__name__.lower()
-    channels = shape[1] if len(shape) > 1 else 0
-    if isinstance(module, nn.Conv2d):
-        kernel = _pair(module.kernel_size)
-        padding = module.padding
-        if isinstance(padding, str):
-            padding = (0, 0) if padding == "valid" else tuple((k - 1) * d // 2 for k, d in zip(kernel, _pair(module.dilation)))
-        return LayerSpec(
-            name, kind, module.in_channels, module.out_channels, shape, kernel, _pair(module.stride), _pair(padding),
-            module.groups, module.bias is not None,
-        )
-    if isinstance(module, nn.Linear):
-        return LayerSpec(name, kind, module.in_features, module.out_features, shape, bias=module.bias is not None)
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return LayerSpec(name, kind, module.num_features, module.num_features, shape, bias=module.affine)
-    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-        kernel = _pair(module.kernel_size)
-        stride = _pair(module.stride) if module.stride else kernel
-        return LayerSpec(name, kind, channels, channels, shape, kernel, stride, _pair(module.padding))
-    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-        size = module.output_size if isinstance(module.output_size, int) else tuple(module.output_size)
-        out = _pair(size) if isinstance(size, int) else tuple(s if s is not None else d for s, d in zip(size, shape[-2:]))
-        return LayerSpec(name, kind, channels, channels, shape, kernel_size=out)  # type: ignore[arg-type]
-    if isinstance(module, nn.Flatten):
-        return LayerSpec(name, kind, channels, int(np.prod(shape[1:])) if len(shape) > 1 else 0, shape)
-    return LayerSpec(name, kind, channels, channels, shape)
-
-
-def extract_layer_specs(model: nn.Module, example_input: ExampleInput) -> list[LayerSpec]:
-    """Run one forward pass and record a :class:`LayerSpec` for every leaf-module call, in call order.
-
-    ``module_name`` is the module's name in ``named_modules()``; a module called twice
-    yields two specs. Functional ops (``F.relu``, residual additions) are not seen.
-    For adaptive pools, ``kernel_size`` holds the output size. The model runs in eval
-    mode; its training flag is restored afterwards.
-    """
-    specs: list[LayerSpec] = []
-    handles = []
-
-    def hook_for(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, inputs: tuple, output: object) -> None:
-            if inputs and isinstance(inputs[0], torch.Tensor):
-                specs.append(_spec_for(name, module, tuple(inputs[0].shape)))
-
-        return hook
-
-    for name, module in model.named_modules():
-        if next(module.children(), None) is None:
-            handles.append(module.register_forward_hook(hook_for(name)))
-    was_training = model.training
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
-    try:
-        model.eval()
-        with torch.inference_mode():
-            model(*args)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    return specs
 
 
 __all__ = [
@@ -522,7 +467,6 @@ __all__ = [
     "Runner",
     "TorchEagerBackend",
     "count_macs_params",
-    "extract_layer_specs",
     "DEFAULT_THREADS",
     "fixed_threads",
     "get_backend",

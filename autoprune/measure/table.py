@@ -1,5 +1,7 @@
 """A latency lookup table: predicts a model's latency from its layer specs without running it.
 
+Specs come from :func:`autoprune.graph.layers.record_layer_specs`, the recorder the prunable
+graph uses too, so the graph's predicted specs and a recorded model's specs share keys.
 Each distinct :meth:`LayerSpec.key` is micro-benchmarked once, on demand, by building
 a fresh module of that kind and timing it on a random input of the recorded shape
 (fastest of a few calls).
@@ -23,12 +25,12 @@ import torch
 from torch import nn
 
 from autoprune.errors import ConfigError
-from autoprune.graph.layers import LayerSpec
-from autoprune.measure.latency import DEFAULT_THREADS, ExampleInput, LatencyBackend, PairedTimer, extract_layer_specs, fixed_threads
+from autoprune.graph.layers import ExampleInput, LayerSpec, record_layer_specs
+from autoprune.measure.latency import DEFAULT_THREADS, LatencyBackend, PairedTimer, fixed_threads
 
 logger = logging.getLogger(__name__)
 
-_FORMAT = 1
+_FORMAT = 2  # 2: keys of the one recorder (graph.layers.record_layer_specs), with output shapes
 _NO_ARG_MODULES: dict[str, type[nn.Module]] = {
     name.lower(): cls for name, cls in vars(nn).items() if isinstance(cls, type) and issubclass(cls, nn.Module)
 }
@@ -37,24 +39,25 @@ _NO_ARG_MODULES: dict[str, type[nn.Module]] = {
 def _build(spec: LayerSpec) -> nn.Module | None:
     """A fresh module with the spec's parameters, or None if the kind is unknown."""
     kind = spec.kind
-    if kind == "conv2d":
-        return nn.Conv2d(
-            spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding, groups=spec.groups, bias=spec.bias
-        )
+    cls = _NO_ARG_MODULES.get(kind)
+    if kind.startswith(("conv", "convtranspose")) and cls is not None:
+        return cls(
+            spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding,
+            dilation=spec.dilation or 1, groups=spec.groups, bias=spec.bias,
+        )  # fmt: skip
     if kind == "linear":
         return nn.Linear(spec.in_channels, spec.out_channels, bias=spec.bias)
-    if kind in ("batchnorm1d", "batchnorm2d"):
-        cls = nn.BatchNorm1d if kind == "batchnorm1d" else nn.BatchNorm2d
+    if kind.startswith("batchnorm") and cls is not None:
         return cls(spec.in_channels, affine=spec.bias)
-    if kind in ("maxpool2d", "avgpool2d"):
-        cls = nn.MaxPool2d if kind == "maxpool2d" else nn.AvgPool2d
+    if kind == "layernorm":
+        return nn.LayerNorm(spec.in_channels, elementwise_affine=spec.bias)
+    if kind.startswith(("maxpool", "avgpool")) and cls is not None:
         return cls(spec.kernel_size, spec.stride, spec.padding)
-    if kind in ("adaptiveavgpool2d", "adaptivemaxpool2d"):
-        cls = nn.AdaptiveAvgPool2d if kind == "adaptiveavgpool2d" else nn.AdaptiveMaxPool2d
+    if kind.startswith(("adaptiveavgpool", "adaptivemaxpool")) and cls is not None:
         return cls(spec.kernel_size)
-    if kind in _NO_ARG_MODULES:
+    if cls is not None:
         try:
-            return _NO_ARG_MODULES[kind]()
+            return cls()
         except TypeError:
             return None
     return None
@@ -146,7 +149,7 @@ class LatencyTable:
         return best
 
     def spec_ms(self, spec: LayerSpec) -> float:
-        """Raw (uncalibrated) latency of one spec, benchmarked on first use."""
+        """Raw (uncalibrated) latency of one spec in milliseconds, benchmarked on first use."""
         self.prefill([[spec]])
         return self.entries[self.key_of(spec)]
 
@@ -181,7 +184,7 @@ class LatencyTable:
         return len(missing)
 
     def raw_ms(self, specs: Sequence[LayerSpec]) -> float:
-        """Sum of the per-spec latencies, uncalibrated."""
+        """Sum of the per-spec latencies in milliseconds, uncalibrated."""
         self.prefill([specs])
         return float(sum(self.entries[self.key_of(s)] for s in specs))
 
@@ -220,7 +223,7 @@ class LatencyTable:
         return offset, scale
 
     def predict_ms(self, specs: Sequence[LayerSpec]) -> float:
-        """Calibrated latency prediction for a model with these specs."""
+        """Calibrated latency prediction in milliseconds for a model with these specs (at their batch size)."""
         return self.offset_ms + self.scale * self.raw_ms(specs)
 
     def predict_ratio(self, specs: Sequence[LayerSpec], reference_specs: Sequence[LayerSpec]) -> float:
@@ -228,7 +231,11 @@ class LatencyTable:
         return self.predict_ms(specs) / self.predict_ms(reference_specs)
 
     def save(self, path: str | Path) -> None:
-        """Write the table and its calibration as JSON."""
+        """Write the table and its calibration as JSON.
+
+        Raises:
+            OSError: the file cannot be written.
+        """
         data = {
             "format": _FORMAT,
             "threads": self.threads,
@@ -301,7 +308,7 @@ class LatencyTable:
         timer = PairedTimer(models[0], example_input, backend=backend, threads=threads)
         ratios = [1.0] + [timer.ratio(model, rounds=rounds).ratio for model in models[1:]]
         reference_ms = timer.reference_ms()
-        specs = [extract_layer_specs(model, example_input) for model in models]
+        specs = [record_layer_specs(model, example_input) for model in models]
         table.fit([(s, r * reference_ms) for s, r in zip(specs, ratios)])
         return table
 

@@ -4,6 +4,16 @@ The evaluator owns the budget and the reward, so PPO, Optuna and the baselines
 are compared on exactly the same numbers. Evaluations are cached by rounded
 policy.
 
+The budget metric is a fraction of the dense model: the measured latency ratio (paired,
+interleaved calls at the configured batch size), or the MAC ratio. MACs are **per input
+sample** and counted by one counter for every layer kind (Conv1d/2d/3d, ConvTranspose1d/2d/3d,
+Linear, MultiheadAttention: :func:`autoprune.graph.layers.spec_macs`), so the MAC budget value
+of a pruned model is exactly ``count_macs_params(pruned) / count_macs_params(dense)``
+(:func:`autoprune.measure.latency.count_macs_params`), and the graph's prediction without
+surgery gives the same number.
+
+The proxy accuracy follows EagleEye's adaptive BN (Li et al. 2020, :mod:`autoprune.objective.proxy`).
+
 Rewards (``acc`` is the proxy accuracy in [0, 1], ``c`` the budget metric as a
 fraction of dense: measured latency ratio, or MAC ratio; ``t`` the target):
 
@@ -26,7 +36,7 @@ from torch import nn
 
 from autoprune.errors import BudgetError, ConfigError
 from autoprune.objective.proxy import ProxySettings, accuracy, proxy_accuracy
-from autoprune.graph.prunable import PrunableGraph, record_layer_specs, spec_macs
+from autoprune.graph.prunable import PrunableGraph
 from autoprune.measure.table import LatencyTable
 from autoprune.measure.latency import DEFAULT_THREADS, PairedTimer, count_macs_params
 from autoprune.graph.policy import Policy
@@ -40,8 +50,12 @@ log = logging.getLogger(__name__)
 class Budget:
     """What the pruned model must meet: ``metric`` at most ``target`` x dense (or ``target_ms``).
 
-    ``target`` 0.5 is the one default budget (the config's ``budget`` section reads it); it
-    applies when ``target_ms`` is not given.
+    Attributes:
+        metric: ``latency`` (measured latency ratio to dense) or ``macs`` (MACs per sample, ratio to dense).
+        target: The allowed fraction of dense, in (0, 1].
+        target_ms: An absolute latency target in milliseconds (latency only); overrides ``target``.
+
+    ``target`` 0.5 is the one default budget (the config's ``budget`` section reads it).
     """
 
     metric: Literal["latency", "macs"] = "latency"
@@ -49,7 +63,14 @@ class Budget:
     target_ms: float | None = None
 
     def target_ratio(self, dense_ms: float) -> float:
-        """The target as a fraction of the dense model."""
+        """The target as a fraction of the dense model.
+
+        Args:
+            dense_ms: The dense model's latency in milliseconds (used with ``target_ms``).
+
+        Raises:
+            ConfigError: ``target_ms`` with the ``macs`` metric, or ``target`` outside (0, 1].
+        """
         if self.target_ms is not None:
             if self.metric != "latency":
                 raise ConfigError("budget.target_ms: only allowed with budget.metric 'latency'")
@@ -63,8 +84,10 @@ class Budget:
 class Reward:
     """How accuracy and the budget metric combine into one scalar (see module docstring).
 
-    ``soft`` is applied to every policy, within budget or not (MnasNet, Tan et al. 2019):
-    ``acc * (c / t) ** exponent`` with ``exponent <= 0``.
+    Attributes:
+        kind: ``hard`` (penalty over budget only) or ``soft`` (MnasNet, Tan et al. 2019: ``acc * (c/t)**w`` always).
+        penalty: ``hard``: accuracy points lost per unit of relative overshoot.
+        exponent: ``soft``: the MnasNet exponent ``w`` (negative).
     """
 
     kind: Literal["hard", "soft"] = "hard"
@@ -72,6 +95,11 @@ class Reward:
     exponent: float = -0.07
 
     def __call__(self, acc: float, value: float, target: float) -> float:
+        """Reward of proxy accuracy ``acc`` at budget-metric ``value`` for ``target`` (both fractions of dense).
+
+        Raises:
+            ConfigError: ``kind`` is neither ``hard`` nor ``soft``.
+        """
         if self.kind == "hard":
             return acc - self.penalty * max(0.0, value / target - 1.0)
         if self.kind == "soft":
@@ -86,13 +114,13 @@ class LatencySettings:
     These defaults are the only ones: the config's ``latency`` section reads them.
 
     Attributes:
-        backend: A name in :data:`autoprune.measure.latency.BACKENDS` or ``"package.module:Class"``.
-        batch_size: Inference batch size timed.
+        backend: Latency backend name (``autoprune.measure.latency.BACKENDS``).
+        batch_size: ``N`` of the timed input.
         threads: Intra-op threads while timing (:data:`autoprune.measure.latency.DEFAULT_THREADS`).
-        warmup: Untimed (dense, candidate) pairs before timing each candidate.
-        rounds: Timed rounds (the maximum when ``rel_ci`` is set).
-        min_rounds: Rounds always timed before ``rel_ci`` may stop early.
-        rel_ci: Stop once the 95% confidence half-width relative to the median is at most this.
+        warmup: Untimed (reference, candidate) pairs first.
+        rounds: Rounds of a paired measurement (the most, with ``rel_ci``).
+        min_rounds: Rounds before ``rel_ci`` may stop early.
+        rel_ci: Stop once the 95% CI half-width relative to the ratio is at most this.
     """
 
     backend: str = "torch"
@@ -112,10 +140,10 @@ class Metrics:
         accuracy: Proxy accuracy on the validation subset (after adaptive BN).
         latency_ratio: Measured latency / dense latency (paired, interleaved calls).
         latency_ci: 95% confidence interval of ``latency_ratio``.
-        latency_ms: ``latency_ratio`` x the dense model's latency.
+        latency_ms: ``latency_ratio`` x the dense model's latency, in milliseconds per call at the latency batch size.
         predicted_ratio: Latency ratio predicted by the lookup table (no run).
-        macs_ratio, params_ratio: Of the pruned model relative to dense.
-        macs, params: Of the pruned model (MACs per sample).
+        macs_ratio, params_ratio: Of the pruned model relative to dense (``macs_ratio`` is the MAC budget value).
+        macs, params: Of the pruned model (MACs per input sample, :func:`autoprune.graph.layers.spec_macs`).
         value: The budget metric (latency or MAC ratio) the reward used.
         feasible: ``value <= target``.
         reward: See the module docstring.
@@ -200,6 +228,15 @@ class PolicyEvaluator:
         graph: Reuse a graph built on ``model`` (built here otherwise).
         table: A calibrated latency table (calibrated here otherwise).
         seed: Seed of the BN-recalibration batches.
+
+    Attributes:
+        dense_ms: The dense model's latency in milliseconds per call at ``latency.batch_size``.
+        dense_macs, dense_params: MACs per input sample and parameters of the dense model.
+        target: The budget target as a fraction of dense.
+
+    Raises:
+        ConfigError: ``max_ratio`` outside (0, 1), an out-of-range budget target, or bad latency settings.
+        ModelError: the graph cannot be built on ``model`` (see :class:`~autoprune.graph.prunable.PrunableGraph`).
     """
 
     def __init__(
@@ -284,12 +321,23 @@ class PolicyEvaluator:
         return table
 
     def predicted_ratio(self, ratios: dict[str, float], drop: tuple[str, ...] | list[str] = ()) -> float:
-        """Latency ratio to dense predicted by the lookup table, without surgery."""
+        """Latency ratio to dense predicted by the lookup table, without surgery.
+
+        Raises:
+            PolicyError: a ratio is out of range or would remove every channel of a unit.
+        """
         specs = self.graph.specs_for(ratios, drop, round_to=self.round_to, batch_size=self.latency.batch_size)
         return self.table.predict_ratio(specs, self._dense_specs)
 
     def predicted_value(self, ratios: dict[str, float], drop: tuple[str, ...] | list[str] = ()) -> float:
-        """The budget metric predicted without surgery (latency ratio, or exact MAC ratio)."""
+        """The budget metric predicted without surgery: latency ratio from the lookup table, or the MAC ratio.
+
+        The MAC ratio is exact: the graph's predicted specs count the MACs per sample the pruned
+        model will have (equal to :attr:`Metrics.value` after surgery).
+
+        Raises:
+            PolicyError: a ratio is out of range or would remove every channel of a unit.
+        """
         if self.budget.metric == "macs":
             return self.graph.macs_for(ratios, drop, round_to=self.round_to) / max(1, self.graph.dense_macs)
         return self.predicted_ratio(ratios, drop)
@@ -315,7 +363,11 @@ class PolicyEvaluator:
         return drop
 
     def check_reachable(self) -> None:
-        """Raise :class:`BudgetError` if the target is below what the maximum ratios can reach."""
+        """Refuse a target below what the maximum ratios (and every block dropped) can reach.
+
+        Raises:
+            BudgetError: naming the target, the reachable value and what to change.
+        """
         reachable = self.min_reachable()
         if reachable > self.target:
             raise BudgetError(
@@ -330,9 +382,18 @@ class PolicyEvaluator:
         return self.reward_fn(acc, value, self.target)
 
     def evaluate(self, policy: Policy, *, index: int | None = None) -> Metrics:
-        """Prune a copy, recalibrate BN, score on validation, measure latency paired; cached.
+        """Score one policy: prune a copy, adaptive BN, proxy accuracy, paired latency, MACs; cached.
 
-        ``index`` numbers the history entry (default: its position; Optuna uses the trial number).
+        Not :func:`autoprune.objective.proxy.split_metrics` (whole-split metrics of a model).
+        A policy whose surgery or measurement fails with ``RuntimeError`` or ``ValueError``, or
+        gives NaN, is recorded as failed (``Metrics.failed``, reward ``FAILED_REWARD``), not raised.
+
+        Args:
+            policy: Ratios per unit and blocks to drop.
+            index: Number of the history entry (default: its position; Optuna uses the trial number).
+
+        Returns:
+            The policy's :class:`Metrics` (MACs per sample; latency in ms at the latency batch size).
         """
         index = len(self.history) if index is None else index
         key = policy.key()
@@ -379,7 +440,7 @@ class PolicyEvaluator:
         macs, params = count_macs_params(pruned, self.data.example_input(1))
         predicted = self.predicted_ratio(policy.ratios, policy.drop)
         macs_ratio = macs / self.dense_macs
-        value = self._layer_macs_ratio(pruned) if self.budget.metric == "macs" else lat.ratio
+        value = macs_ratio if self.budget.metric == "macs" else lat.ratio
         t4 = time.perf_counter()
         return Metrics(
             accuracy=acc,
@@ -396,15 +457,6 @@ class PolicyEvaluator:
             reward=self.reward(acc, value),
             seconds={"prune": t1 - t0, "accuracy": t2 - t1, "latency": t3 - t2, "other": t4 - t3, "total": t4 - t0},
         )
-
-    def _layer_macs_ratio(self, pruned: nn.Module) -> float:
-        """Conv/linear MACs of ``pruned`` over dense, counted as :meth:`predicted_value` counts them.
-
-        The MAC budget is checked with this count, so a policy predicted within budget is within
-        budget (Torch-Pruning's ``macs_ratio`` also counts BN/bias terms and reads ~1% higher).
-        """
-        pruned_macs = sum(spec_macs(s) for s in record_layer_specs(pruned, self.graph.example_input))
-        return pruned_macs / max(1, self.graph.dense_macs)
 
     # ---------------------------------------------------------------- results
     def best(self, *, feasible_only: bool = True) -> Evaluation | None:

@@ -166,7 +166,8 @@ class Searcher(abc.ABC):
         """Run ``n_episodes`` evaluations and return the best policy, history and Pareto front.
 
         Raises:
-            ConfigError: ``n_episodes`` < 1. BudgetError: the target is unreachable.
+            ConfigError: ``n_episodes`` < 1.
+            BudgetError: the target is unreachable.
         """
         if not isinstance(n_episodes, int) or n_episodes < 1:
             raise ConfigError(f"search.episodes: {n_episodes!r} must be an integer >= 1")

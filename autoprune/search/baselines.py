@@ -12,7 +12,6 @@ Budgets are met with the evaluator's cheap prediction; measured evaluations are 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -269,37 +268,3 @@ def largest_ratio(curve: list[tuple[float, float]], floor: float) -> float:
         if a1 < floor:
             return r0 + (r1 - r0) * (a0 - floor) / (a0 - a1)
     return pts[-1][0]
-
-
-def plot_sensitivity(curves: Curves, path: str | Path, *, blocks: dict[str, float] | None = None) -> Path:
-    """Write the sensitivity plot (accuracy against ratio, one line per unit) as a PNG.
-
-    Args:
-        curves: ``extras["sensitivity"]`` of a sensitivity search.
-        path: Output file; parent folders are created.
-        blocks: Optional ``extras["block_sensitivity"]``, drawn as dotted horizontal lines.
-
-    Returns:
-        The path written.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(7, 4.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for unit, points in curves.items():
-        ax.plot([r for r, _ in points], [a for _, a in points], marker="o", markersize=3, label=unit)
-    for name, acc in (blocks or {}).items():
-        ax.axhline(acc, linestyle=":", linewidth=0.8, color="grey")
-        ax.annotate(f"drop {name}", (0.0, acc), fontsize=6, color="grey")
-    ax.set_xlabel("pruning ratio (unit pruned alone)")
-    ax.set_ylabel("proxy accuracy")
-    ax.set_title("Per-unit pruning sensitivity")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2 if len(curves) > 12 else 1, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path

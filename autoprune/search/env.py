@@ -1,4 +1,8 @@
-"""``LayerPruningEnv``: choose one pruning decision per step, AMC-style, under a latency budget.
+"""``LayerPruningEnv``: choose one pruning decision per step, AMC-style, under a latency or MAC budget.
+
+Follows AMC (He et al. 2018, "AMC: AutoML for Model Compression and Acceleration on Mobile
+Devices"): one layer per step, model-relative observations, and actions clipped so the budget
+stays reachable.
 
 One episode prunes one model. Decisions are taken in execution order: one per
 prunable unit (a ratio) and one per droppable residual block (keep or drop),
@@ -41,10 +45,16 @@ OBS_DIM = len(FEATURES)
 class LayerPruningEnv(gym.Env):
     """Gymnasium environment over a :class:`~autoprune.objective.evaluator.PolicyEvaluator`.
 
+    Observations are ``float32`` vectors of shape ``(OBS_DIM,)`` (the :data:`FEATURES`, in [-1, 2]);
+    actions ``(1,)`` in [-1, 1].
+
     Args:
         evaluator: Shared evaluator (owns model, budget and reward).
         shaping: ``None`` (default, sparse terminal reward) or ``"budget"``.
-        clip: Apply the feasibility clipping (default True).
+        clip: Apply AMC's feasibility clipping (default True).
+
+    Raises:
+        ValueError: ``shaping`` is neither None nor ``"budget"``.
     """
 
     metadata = {"render_modes": []}
@@ -155,11 +165,26 @@ class LayerPruningEnv(gym.Env):
             self.t += 1
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        """Start a new episode (no decision taken); returns the first observation, shape ``(OBS_DIM,)``, and ``{}``."""
         super().reset(seed=seed)
         self._reset_state()
         return self._observation(), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """Take the current decision (gymnasium API).
+
+        Args:
+            action: Shape ``(1,)``, in [-1, 1] (clipped): a ratio in ``[0, max_ratio]`` for a unit,
+                drop when ``> 0`` for a block. The AMC clipping may raise the ratio or force a drop.
+
+        Returns:
+            ``(observation (OBS_DIM,), reward, terminated, truncated (always False), info)``; the
+            reward is the evaluator's reward of the whole policy on the last step, 0 (or the
+            shaping penalty) before; ``info`` holds the raw and the clipped decision.
+
+        Raises:
+            RuntimeError: called after the episode ended without :meth:`reset`.
+        """
         if self.t >= len(self.decisions):
             raise RuntimeError("step() called after the episode ended; call reset()")
         raw = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))

@@ -62,6 +62,7 @@ class BudgetedEvaluator:
         return self.finished >= self.n_episodes
 
     def evaluate(self, policy: Policy) -> Metrics:
+        """The searcher's evaluation of ``policy``, counted; once exhausted, the last metrics again (no new evaluation)."""
         if self.exhausted and self._last is not None:
             return self._last
         with torch.random.fork_rng(devices=[]):
@@ -72,10 +73,20 @@ class BudgetedEvaluator:
     # The latency table times unseen layer shapes on fresh random modules, drawing from torch's
     # global generator; the agent samples its actions from it, so these calls must not touch it.
     def predicted_value(self, ratios: dict[str, float], drop: tuple[str, ...] | list[str] = ()) -> float:
+        """:meth:`PolicyEvaluator.predicted_value` without touching torch's global RNG.
+
+        Raises:
+            PolicyError: a ratio is out of range or would remove every channel of a unit.
+        """
         with torch.random.fork_rng(devices=[]):
             return self._evaluator.predicted_value(ratios, drop)
 
     def predicted_ratio(self, ratios: dict[str, float], drop: tuple[str, ...] | list[str] = ()) -> float:
+        """:meth:`PolicyEvaluator.predicted_ratio` without touching torch's global RNG.
+
+        Raises:
+            PolicyError: a ratio is out of range or would remove every channel of a unit.
+        """
         with torch.random.fork_rng(devices=[]):
             return self._evaluator.predicted_ratio(ratios, drop)
 
@@ -99,7 +110,11 @@ class StopAfterEpisodes(BaseCallback):
 
 
 def pruning_env(budget: BudgetedEvaluator, shaping: str | None) -> LayerPruningEnv:
-    """The pruning environment over the budgeted evaluator."""
+    """The pruning environment over the budgeted evaluator.
+
+    Raises:
+        ConfigError: ``shaping`` is not allowed (``search.params.shaping``).
+    """
     try:
         return LayerPruningEnv(budget, shaping=shaping)  # type: ignore[arg-type]
     except ValueError as e:
@@ -112,7 +127,11 @@ def make_env(budget: BudgetedEvaluator, n_envs: int, shaping: str | None) -> Dum
 
 
 def check_params(params: dict[str, Any], searcher: str) -> None:
-    """Raise ConfigError for hyper-parameters of the wrong type or range."""
+    """Check the PPO/DDPG hyper-parameters of ``search.params`` (Stable-Baselines3 names).
+
+    Raises:
+        ConfigError: a hyper-parameter of the wrong type or range, naming it and what is allowed.
+    """
     positive = {"n_steps", "batch_size", "n_epochs", "n_envs", "buffer_size", "learning_rate"}
     non_negative = {"checkpoint_every", "warmup_episodes", "ent_coef", "sigma"}
     unit = {"gamma", "gae_lambda", "tau", "clip_range", "sigma_decay"}

@@ -41,6 +41,16 @@ def _empty(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
+def _label(ax, xlabel: str, ylabel: str, title: str, **legend: object) -> None:
+    """Axis labels, title and a light grid; a legend (with ``legend`` options) when something is labelled."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**legend)
+
+
 def plot_pareto(
     history: Sequence[Evaluation],
     path: str | Path,
@@ -88,12 +98,8 @@ def plot_pareto(
                    label="uniform ratio", zorder=6)
     if not points:
         _empty(ax, "no successful evaluations")
-    ax.set_xlabel(_METRIC_LABELS.get(metric, metric))
-    ax.set_ylabel("validation accuracy (proxy)")
-    ax.set_title("Accuracy vs. budget metric of every evaluated policy")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", fontsize=8)
+    _label(ax, _METRIC_LABELS.get(metric, metric), "validation accuracy (proxy)", "Accuracy vs. budget metric of every evaluated policy",
+           loc="lower right", fontsize=8)  # fmt: skip
     return _save(fig, path)
 
 
@@ -166,21 +172,29 @@ def plot_search_curve(history: Sequence[Evaluation], path: str | Path) -> Path:
         ax.step(steps, best_so_far, where="post", color="k", lw=1.5, label="best within budget so far")
     if not history:
         _empty(ax, "no evaluations")
-    ax.set_xlabel("episode")
-    ax.set_ylabel("reward")
-    ax.set_title("Search progress")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize=8)
+    _label(ax, "episode", "reward", "Search progress", loc="best", fontsize=8)
     return _save(fig, path)
 
 
-def plot_sensitivity(curves: Mapping[str, Sequence[tuple[float, float]]], path: str | Path) -> Path:
-    """Accuracy against pruning ratio, one line per unit (each pruned alone).
+def plot_sensitivity(
+    curves: Mapping[str, Sequence[tuple[float, float]]],
+    path: str | Path,
+    *,
+    blocks: Mapping[str, float] | None = None,
+) -> Path:
+    """Accuracy against pruning ratio, one line per unit (each pruned alone), as a PNG.
+
+    The curves are what the sensitivity searcher (Li et al. 2017) measures; it returns them in
+    ``SearchResult.extras`` and this layer draws them.
 
     Args:
-        curves: ``{unit: [(ratio, accuracy), ...]}``.
-        path: PNG to write.
+        curves: ``extras["sensitivity"]``: ``{unit: [(ratio, proxy accuracy), ...]}``.
+        path: PNG to write; parent folders are created.
+        blocks: ``extras["block_sensitivity"]``: ``{block: proxy accuracy with the block dropped}``,
+            drawn as dotted horizontal lines.
+
+    Returns:
+        The path written.
     """
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot()
@@ -189,14 +203,14 @@ def plot_sensitivity(curves: Mapping[str, Sequence[tuple[float, float]]], path: 
         pts = sorted((float(r), float(a)) for r, a in pts)
         if pts:  # the colour cycle has 10 colours: change the line style after each 10 units
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1, ls=styles[i // 10 % len(styles)], label=name)
+    for name, acc in (blocks or {}).items():
+        if math.isfinite(float(acc)):
+            ax.axhline(float(acc), linestyle=":", linewidth=0.8, color="grey")
+            ax.annotate(f"drop {name}", (0.0, float(acc)), fontsize=6, color="grey")
     if not curves:
         _empty(ax, "no sensitivity curves")
-    ax.set_xlabel("pruning ratio of the unit (others dense)")
-    ax.set_ylabel("validation accuracy (proxy)")
-    ax.set_title("Sensitivity of each unit to pruning")
-    ax.grid(alpha=0.3)
-    if curves:
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, ncol=1 if len(curves) <= 20 else 2)
+    _label(ax, "pruning ratio of the unit (others dense)", "validation accuracy (proxy)", "Sensitivity of each unit to pruning",
+           loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, ncol=1 if len(curves) <= 20 else 2)  # fmt: skip
     return _save(fig, path)
 
 

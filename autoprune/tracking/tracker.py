@@ -392,7 +392,9 @@ class Tracker:
                 order = info.get("unit_order") or list(best.policy.ratios)
                 files["plots/ratios.png"] = plots.plot_ratios(best.policy, pdir / "ratios.png", unit_order=order)
             if result.extras.get("sensitivity"):
-                files["plots/sensitivity.png"] = plots.plot_sensitivity(result.extras["sensitivity"], pdir / "sensitivity.png")
+                files["plots/sensitivity.png"] = plots.plot_sensitivity(
+                    result.extras["sensitivity"], pdir / "sensitivity.png", blocks=result.extras.get("block_sensitivity")
+                )
             for name, path in files.items():  # only what this call wrote: out_dir may hold other files (e.g. study.db)
                 folder = str(Path(name).parent)
                 self.client.log_artifact(run_id, str(path), None if folder == "." else folder)

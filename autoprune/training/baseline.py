@@ -100,7 +100,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_model_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint's weights into ``model``; returns the checkpoint's meta."""
+    """Load a checkpoint's weights into ``model``; returns the checkpoint's meta.
+
+    Raises:
+        ModelError: the file is not a checkpoint, or its weights do not match ``model``.
+    """
     ckpt = load_checkpoint(path)
     try:
         model.load_state_dict(ckpt["state_dict"])
@@ -123,7 +127,15 @@ def train_or_load(
     checkpoint: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Return the trained baseline, training it only if no checkpoint exists yet."""
+    """Return the trained baseline, training it only if no checkpoint exists yet.
+
+    Returns:
+        ``(model in train mode or as loaded, checkpoint meta)``.
+
+    Raises:
+        ConfigError: training is needed but ``settings.epochs < 1``, or an unknown model name.
+        ModelError: the model does not fit the data, or the checkpoint does not match the model.
+    """
     model = build_model(model_name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
     check_model_fits(model, model_name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
     path = Path(checkpoint) if checkpoint else default_checkpoint_path(model_name, data.name)

@@ -50,7 +50,17 @@ class FinetuneSettings:
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL divergence between softened distributions, scaled by T^2 so gradients keep their size."""
+    """Knowledge-distillation loss (Hinton et al. 2015): KL divergence between temperature-softened
+    distributions, scaled by ``T**2`` so gradients keep their size.
+
+    Args:
+        student_logits: ``(N, num_classes)``.
+        teacher_logits: ``(N, num_classes)``.
+        temperature: ``T > 0``.
+
+    Returns:
+        A scalar tensor (mean over the batch).
+    """
     t = temperature
     return F.kl_div(F.log_softmax(student_logits / t, 1), F.softmax(teacher_logits / t, 1), reduction="batchmean") * t * t
 
@@ -67,8 +77,15 @@ def finetune(
     """Train ``model`` in place; returns per-epoch metrics (train loss, val accuracy).
 
     Args:
+        model: The pruned model, trained in place.
+        data: Trains on ``train``, reports accuracy on ``val``.
+        settings: Epochs, optimiser, learning rate, distillation.
         teacher: The dense model, required when ``settings.distill``.
+        progress: Show a progress bar.
         on_epoch: Called with ``(epoch, metrics)`` after each epoch (e.g. MLflow logging).
+
+    Raises:
+        ValueError: ``settings.distill`` without a ``teacher``.
     """
     if settings.epochs <= 0:
         return []

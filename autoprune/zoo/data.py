@@ -49,7 +49,10 @@ class Split:
     def batches(
         self, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment: bool = False, flip: bool = True
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(x, y)`` batches; ``augment`` adds random crops (pad 2) and, if ``flip``, horizontal flips."""
+        """Yield ``(x, y)`` batches: ``x`` of shape ``(B, C, H, W)``, ``y`` of shape ``(B,)``, ``B <= batch_size``.
+
+        ``augment`` adds random crops (pad 2) and, if ``flip``, horizontal flips.
+        """
         n = len(self)
         if shuffle:
             g = torch.Generator().manual_seed(seed)
@@ -91,7 +94,11 @@ class DataBundle:
     augment_ok: bool = True  # False where crops/flips change the meaning (8x8 digits)
 
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
-        """A batch shaped like the model's input, taken from the training split."""
+        """A batch shaped like the model's input, ``(batch_size, C, H, W)``, taken from the training split.
+
+        This is the ``example_input`` the graph, the MAC counter and the latency timer are given
+        (MACs are per sample, so its batch size does not change them).
+        """
         return self.train.x[:batch_size].clone()
 
 

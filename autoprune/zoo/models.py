@@ -1,7 +1,8 @@
 """Built-in models: CIFAR-style ResNets, a small VGG, a MobileNetV2-style net, an MLP.
 
 All take ``in_channels`` and ``num_classes`` and work for any input size at
-least 8x8 (global average pooling before the classifier). Residual blocks carry a
+least 8x8 (global average pooling before the classifier). Every ``forward`` maps a
+batch-first image batch ``(N, in_channels, H, W)`` to logits ``(N, num_classes)``. Residual blocks carry a
 ``residual`` attribute that tells :mod:`autoprune.graph.prunable` whether the block can be
 dropped (replaced by its identity shortcut).
 """
@@ -39,7 +40,11 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet for small images (He et al. 2016, section 4.2): depth = 6n + 2."""
+    """ResNet for small images (He et al. 2016, section 4.2): depth = 6n + 2.
+
+    Raises:
+        ValueError: ``depth`` is not 6n + 2 with n >= 1.
+    """
 
     def __init__(self, depth: int = 20, in_channels: int = 3, num_classes: int = 10, width: int = 16) -> None:
         super().__init__()
@@ -111,7 +116,7 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2Small(nn.Module):
-    """A MobileNetV2-style net sized for 28x28 / 32x32 inputs."""
+    """A MobileNetV2-style net (Sandler et al. 2018: inverted residuals, depthwise convs) sized for 28x28 / 32x32 inputs."""
 
     # (expand, out_channels, repeats, first stride)
     settings = ((1, 16, 1, 1), (4, 24, 2, 1), (4, 32, 3, 2), (4, 64, 2, 2), (4, 96, 1, 1))
@@ -136,7 +141,7 @@ class MobileNetV2Small(nn.Module):
 
 
 class MLP(nn.Module):
-    """A plain multi-layer perceptron on flattened inputs."""
+    """A plain multi-layer perceptron on flattened inputs: ``(N, C, H, W)`` or ``(N, in_features)`` to ``(N, num_classes)``."""
 
     def __init__(self, in_features: int = 64, num_classes: int = 10, hidden: tuple[int, ...] = (128, 64)) -> None:
         super().__init__()

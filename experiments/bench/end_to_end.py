@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, table, write  # noqa: E402
 
 from autoprune.config.loading import parse_config  # noqa: E402
-from autoprune.objective.proxy import evaluate  # noqa: E402
+from autoprune.objective.proxy import split_metrics  # noqa: E402
 from autoprune.app.experiment import build_evaluator, load_baseline  # noqa: E402
 from autoprune.training.finetune import FinetuneSettings, finetune  # noqa: E402
 from autoprune.measure.latency import PairedTimer, count_macs_params  # noqa: E402
@@ -82,7 +82,7 @@ def main() -> None:
     dense = baseline.model
     data = baseline.data
     x1 = data.example_input(1)
-    dense_test = evaluate(dense, data.test)["accuracy"]
+    dense_test = split_metrics(dense, data.test)["accuracy"]
     dense_macs, _ = count_macs_params(dense, x1)
     timer = PairedTimer(dense, x1, threads=2)
     rows, results = [], {}
@@ -93,7 +93,7 @@ def main() -> None:
             t1 = time.perf_counter()
             finetune(pruned, data, FinetuneSettings(epochs=args.epochs, lr=0.01, distill=distill), teacher=dense if distill else None, progress=False)
             ft_s = time.perf_counter() - t1
-            acc = evaluate(pruned, data.test)["accuracy"]
+            acc = split_metrics(pruned, data.test)["accuracy"]
             lat = timer.ratio(pruned.eval(), rounds=30)
             macs, params = count_macs_params(pruned, x1)
             mac_red = dense_macs / macs

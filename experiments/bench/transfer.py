@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, header, table, write  # noqa: E402
 
 from autoprune.config.loading import parse_config  # noqa: E402
-from autoprune.objective.proxy import evaluate  # noqa: E402
+from autoprune.objective.proxy import split_metrics  # noqa: E402
 from autoprune.app.experiment import build_evaluator, load_baseline  # noqa: E402
 from autoprune.training.finetune import FinetuneSettings, finetune  # noqa: E402
 from autoprune.formats.policy_file import policy_document  # noqa: E402
@@ -160,7 +160,7 @@ def run_target(model: str, doc: dict, agent_dir: Path, args, seed: int) -> list[
         torch.manual_seed(seed)
         pruned = apply_policy(baseline.model, pol, graph=ev.graph, importance=ev.importance)
         finetune(pruned, baseline.data, FinetuneSettings(epochs=args.finetune_epochs, seed=seed), teacher=None, progress=False)
-        r["test_acc"] = evaluate(pruned, baseline.data.test)["accuracy"]
+        r["test_acc"] = split_metrics(pruned, baseline.data.test)["accuracy"]
     return rows
 
 
