@@ -543,9 +543,13 @@ class PrunableGraph:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for u in self.units:
-                s = scorer(self._groups[u.name])
-                if s is None:  # e.g. BN scale on a group without BatchNorm: fall back to L1
-                    s = tp.importance.GroupMagnitudeImportance(p=1)(self._groups[u.name])
+                try:
+                    s = scorer(self._groups[u.name])
+                    if s is None:  # e.g. BN scale on a group without BatchNorm: fall back to L1
+                        s = tp.importance.GroupMagnitudeImportance(p=1)(self._groups[u.name])
+                except (IndexError, RuntimeError):  # a group Torch-Pruning maps wrongly (e.g. through a split)
+                    w = self._module_by_name[u.name].weight.detach()
+                    s = w.transpose(0, 1).flatten(1).abs().sum(1) if getattr(self._module_by_name[u.name], "transposed", False) else w.flatten(1).abs().sum(1)
                 scores[u.name] = torch.nan_to_num(s.detach().clone(), nan=0.0)
         if criterion == "taylor":
             self.model.zero_grad(set_to_none=True)
