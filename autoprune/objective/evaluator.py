@@ -341,6 +341,7 @@ class PolicyEvaluator:
                 f"budget.target: {self.target:.3f} of dense {self.budget.metric} is unreachable; with every unit at "
                 f"max_ratio {self.max_ratio} and all droppable blocks dropped the model reaches {reachable:.3f} "
                 f"(predicted); raise the target or pruning.max_ratio"
+                + (f" (units left dense: {', '.join(list(self.graph.skipped)[:6])}; see the warnings)" if self.graph.skipped else "")
             )
 
     # ------------------------------------------------------------ evaluation
