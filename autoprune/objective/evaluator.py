@@ -368,7 +368,7 @@ class PolicyEvaluator:
             why = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
             log.warning("evaluation failed for policy %s: %s", policy.to_dict(), why)
             metrics = self._failed(why)
-        if math.isnan(metrics.accuracy) or math.isnan(metrics.reward):
+        if not metrics.failed and (math.isnan(metrics.accuracy) or math.isnan(metrics.reward)):
             metrics = self._failed("NaN in accuracy or reward")
         self._cache[key] = metrics
         self.history.append(Evaluation(index, policy, metrics))
