@@ -560,6 +560,27 @@ def ui(
     raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", host, "--port", str(port)]))
 
 
+@app.command("check")
+def check_cmd(
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Zoo model or 'package.module:factory'.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Data set the model is built for.")] = "digits",
+    ignore: Annotated[list[str] | None, typer.Option("--ignore", help="A module not to prune (repeatable).")] = None,
+) -> None:
+    """Check surgery on every unit: pruned output must equal the masked dense model's."""
+    from autoprune.graph.check import check_model
+
+    graph, report = check_model(model, data, ignored=tuple(ignore or ()))
+    table = Table(title=f"{model}: surgery vs masked dense model (float64, tolerance 1e-5)")
+    for col in ("unit", "channels", "allowed step", "result"):
+        table.add_column(col, no_wrap=False)
+    for u in graph.units:
+        table.add_row(u.name, str(u.features.channels), str(u.constraint.step), report.failed.get(u.name, f"exact (max diff {report.max_diff.get(u.name, 0):.1e})"))
+    for name, why in graph.skipped.items():
+        table.add_row(name, "", "", f"not pruned: {why}")
+    Console(width=max(120, Console().width)).print(table)
+    typer.echo(f"{len(report.passed)} unit(s) exact, {len(report.failed)} failing (a search leaves them dense), {len(graph.skipped)} not prunable")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turning user errors into one line and exit code 2."""
     try:

@@ -274,15 +274,14 @@ def test_ratio_outside_zero_one_is_a_policy_error(ratio):
         kept_channels(32, ratio)
 
 
-def test_ratio_removing_every_channel_is_a_policy_error():
-    with pytest.raises(PolicyError, match="would remove all 3 channels"):
-        kept_channels(3, 0.9)
+def test_a_ratio_that_would_remove_every_channel_keeps_one():
+    assert kept_channels(3, 0.9) == 1
+    assert kept_channels(1, 0.5) == 1
 
 
-def test_graph_kept_names_the_unit_whose_ratio_is_too_high(graphs):
+def test_graph_kept_never_empties_a_unit(graphs):
     g = graphs["mlp"]
-    with pytest.raises(PolicyError, match=r"unit 'net.4'.*would remove all 64 channels"):
-        g.kept({"net.4": 0.995})
+    assert g.kept({"net.4": 0.995}) == {"net.1": 128, "net.4": 1}
     assert g.kept({"net.1": 0.25}) == {"net.1": 96, "net.4": 64}
 
 

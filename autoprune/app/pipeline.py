@@ -21,7 +21,7 @@ from torch import nn
 from autoprune.config.machine import fit_to_machine
 from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import finetune_settings, recover_settings
-from autoprune.objective.proxy import split_metrics
+from autoprune.objective.proxy import recalibrate_bn, split_metrics
 from autoprune.app.experiment import Baseline, SearchRun, load_baseline, output_dir, run_search
 from autoprune.formats.onnx import export_onnx, quantize_onnx
 from autoprune.formats.pruned import save_pruned
@@ -36,19 +36,27 @@ log = logging.getLogger(__name__)
 
 
 def apply_best(cfg: ExperimentConfig, baseline: Baseline, policy: Policy, graph: Any = None) -> nn.Module:
-    """Apply a policy to the dense model, one-shot or in ``pruning.iterative_steps`` stages."""
+    """Apply a policy to the dense model, one-shot or in ``pruning.iterative_steps`` stages.
+
+    BatchNorm statistics are then re-estimated exactly as the search's accuracy proxy did
+    (``proxy.bn_batches`` training batches, same seed), so the delivered model before fine-tuning
+    is the model whose proxy accuracy the policy was chosen on.
+    """
     p = cfg.pruning
     if p.iterative_steps > 1:
         recover = recover_settings(cfg)
-        return apply_iteratively(
+        pruned = apply_iteratively(
             baseline.model, policy, example_input=baseline.data.example_input(1), steps=p.iterative_steps,
             recover=lambda m: finetune(m, baseline.data, recover, progress=False),
             importance=p.importance, round_to=p.round_to,
         )
-    return apply_policy(
-        baseline.model, policy, graph=graph, example_input=baseline.data.example_input(1),
-        importance=p.importance, round_to=p.round_to,
-    )
+    else:
+        pruned = apply_policy(
+            baseline.model, policy, graph=graph, example_input=baseline.data.example_input(1),
+            importance=p.importance, round_to=p.round_to,
+        )
+    recalibrate_bn(pruned, baseline.data.train, batches=cfg.proxy.bn_batches, batch_size=cfg.proxy.bn_batch_size, seed=cfg.seed)
+    return pruned.eval()
 
 
 @dataclass

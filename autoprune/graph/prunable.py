@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import operator
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -25,8 +25,10 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import ConfigError, ModelError, PolicyError
+from autoprune.graph.constraints import MULTI_SOURCE_OPS, ChannelConstraint, UnsupportedUnit, constraint_of, kept_channels
 from autoprune.graph.importance import make_importance, needs_gradients
 from autoprune.graph.layers import MAC_LAYER_KINDS, ExampleInput, LayerSpec, count_macs, record_layer_specs, spec_macs
+from autoprune.graph.visibility import invisible_layers, units_feeding
 
 __all__ = ["DroppableBlock", "PrunableGraph", "PrunableUnit", "UnitFeatures", "kept_channels"]
 
@@ -70,16 +72,26 @@ class PrunableUnit:
     """One searchable decision: the channels of one Torch-Pruning dependency group, named after its root layer.
 
     Attributes:
-        name: Module path of the group's root layer (``layer1.0.conv1``).
-        features: Its description for agents.
-        out_layers: Layers whose output channels (or features) it prunes.
-        in_layers: Layers whose input channels it prunes.
+        name: Dotted path of the root layer (whose output channels the unit cuts).
+        features: The agent's description of the unit.
+        out_layers, in_layers: Layers whose output / input channels the unit cuts.
+        constraint: Which channel counts the unit may keep, and how channels are chosen for one.
+        requery: Whether its channels meet another unit's in a concat/split (or in one layer's
+            dimension), so surgery must ask Torch-Pruning for its group on the partly pruned copy
+            instead of replaying the dense model's indices.
     """
 
     name: str
     features: UnitFeatures
     out_layers: tuple[str, ...]
     in_layers: tuple[str, ...]
+    constraint: ChannelConstraint | None = None
+    requery: bool = False
+
+    @property
+    def allowed(self) -> list[int]:
+        """Channel counts this unit may keep, ascending."""
+        return (self.constraint or ChannelConstraint(self.features.channels)).allowed()
 
 
 @dataclass(frozen=True)
@@ -99,34 +111,6 @@ class DroppableBlock:
     params: int
     depth: float
     units_inside: tuple[str, ...]
-
-
-def kept_channels(n: int, ratio: float, round_to: int | None = None) -> int:
-    """How many of ``n`` channels survive pruning by ``ratio`` (rounded to a multiple of ``round_to``).
-
-    Args:
-        n: Channels of the unit.
-        ratio: Fraction to remove, in [0, 1).
-        round_to: Round the kept count to a multiple of this (only when ``n > round_to``; at least ``round_to``).
-
-    Returns:
-        Kept channels, between 1 and ``n``.
-
-    Raises:
-        PolicyError: if the ratio is outside [0, 1) or would remove every channel.
-    """
-    if not (0.0 <= ratio < 1.0):
-        raise PolicyError(f"pruning ratio {ratio!r} is out of range; allowed: 0 <= ratio < 1")
-    if ratio == 0.0:
-        return n
-    keep = int(round(n * (1.0 - ratio)))
-    if round_to and round_to > 1 and n > round_to:
-        keep = int(round(keep / round_to)) * round_to
-        keep = max(round_to, keep)
-    keep = min(n, keep)
-    if keep < 1:
-        raise PolicyError(f"pruning ratio {ratio:.3f} would remove all {n} channels; use a smaller ratio")
-    return keep
 
 
 def _shapes(example_input: ExampleInput) -> object:
@@ -217,11 +201,8 @@ class PrunableGraph:
                 "build it for the data's channels, classes and input size"
             ) from e
         self._exec_order = {s.module_name: i for i, s in enumerate(self.dense_specs)}
-        param_specs = [s for s in self.dense_specs if s.kind in MAC_LAYER_KINDS]
-        if not param_specs:
+        if not any(s.kind in MAC_LAYER_KINDS for s in self.dense_specs):
             raise ModelError("the model has no Conv, ConvTranspose, Linear or MultiheadAttention layer to prune")
-        self.output_layer = param_specs[-1].module_name
-        ignored_modules = [self._module_by_name[n] for n in (*ignored, self.output_layer)]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -230,8 +211,22 @@ class PrunableGraph:
                 )
         except Exception as e:
             raise ModelError(f"Torch-Pruning cannot trace the model ({type(e).__name__}: {e})") from e
+        # Layers that run but that autograd tracing cannot see (e.g. fed a detached tensor).
+        self.invisible = invisible_layers(model, self.dg, [s.module_name for s in self.dense_specs])
+        # The classifier: the last executed conv/linear the graph can see (not a detached probe).
+        param_specs = [s for s in self.dense_specs if s.kind in MAC_LAYER_KINDS and s.module_name not in self.invisible]
+        if not param_specs:
+            raise ModelError("the model has no Conv2d or Linear layer to prune that autograd tracing can see")
+        self.output_layer = param_specs[-1].module_name
+        ignored_modules = [self._module_by_name[n] for n in (*ignored, self.output_layer)]
+        self.skipped: dict[str, str] = {}
+        self.head_dims = {n: m.head_dim for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
         self._groups: dict[str, tp.dependency.Group] = {}
         self.units = self._collect_units(ignored_modules)
+        for layer in self.invisible:
+            kind = type(self._module_by_name[layer]).__name__
+            for unit in units_feeding(self, layer):
+                self.exclude(unit, f"its channels feed {layer!r} ({kind}), which runs outside the dependency graph (e.g. on a detached tensor)")
         self.blocks = self._collect_blocks() if drop_blocks else []
         self._importance_cache: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -264,9 +259,19 @@ class PrunableGraph:
             name = self._name(root)
             if name is None:
                 continue
-            if any(dep.target.type == tp.ops.OPTYPE.PARAMETER for dep, _ in group):
-                # channels also indexing a bare nn.Parameter of an ignored custom layer: cannot be cut
-                log.debug("unit %r touches a parameter outside supported layers; not prunable", name)
+            n = len(group[0][1])
+            params_hit = [self.dg._param_to_name.get(dep.target.module, "?") for dep, _ in group if dep.target.type == tp.ops.OPTYPE.PARAMETER]  # noqa: SLF001
+            if params_hit:
+                # channels also indexing a bare nn.Parameter outside any supported layer: cannot be cut
+                self._skip(name, f"its channels also index parameter(s) {params_hit} outside any supported layer")
+                continue
+            try:
+                constraint = constraint_of(group, self._name, n)
+            except UnsupportedUnit as e:
+                self._skip(name, str(e), warn=True)
+                continue
+            if not constraint.prunable:
+                self._skip(name, f"its {n} channel(s) cannot lose any (allowed counts: {constraint.allowed() or [n]})")
                 continue
             outs, ins, depthwise = [], [], False
             for dep, _ in group:
@@ -283,6 +288,7 @@ class PrunableGraph:
                 if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels:
                     depthwise = True
                     self.in_owner[mname] = name
+            requery = any(dep.target.type in MULTI_SOURCE_OPS for dep, _ in group)
             self._groups[name] = group
             root_spec = layer_by_name.get(name)
             touched = {n for n in outs + ins if n in layer_by_name}
@@ -295,7 +301,7 @@ class PrunableGraph:
                 res = root_spec.input_shape[-1] / input_hw
             features = UnitFeatures(
                 kind=kind,
-                channels=len(group[0][1]),
+                channels=n,
                 in_channels=root_spec.in_channels if root_spec else 0,
                 kernel=root_spec.kernel_size[0] if root_spec and root_spec.kernel_size else 1,
                 stride=root_spec.stride[0] if root_spec and root_spec.stride else 1,
@@ -306,9 +312,39 @@ class PrunableGraph:
                 coupled=len(conv_outs) > 1,
                 n_layers=len(touched),
             )
-            units.append(PrunableUnit(name, features, tuple(outs), tuple(ins)))
+            units.append(PrunableUnit(name, features, tuple(outs), tuple(ins), constraint, requery))
         units.sort(key=lambda u: self._exec_order.get(u.name, 0))
-        return units
+        # A layer dimension cut by two units (e.g. the input of a conv after a concat): the second
+        # unit's dense indices are stale once the first is cut, so both are re-queried.
+        users: dict[tuple[str, bool], set[str]] = {}
+        for u in units:
+            for layer in u.out_layers:
+                users.setdefault((layer, True), set()).add(u.name)
+            for layer in u.in_layers:
+                users.setdefault((layer, False), set()).add(u.name)
+        shared = {n for names in users.values() if len(names) > 1 for n in names}
+        return [replace(u, requery=True) if u.name in shared else u for u in units]
+
+    def _skip(self, name: str, reason: str, *, warn: bool = False) -> None:
+        self.skipped[name] = reason
+        (log.warning if warn else log.info)("unit %r is not pruned: %s", name, reason)
+
+    def exclude(self, name: str, reason: str) -> None:
+        """Stop offering unit ``name`` (its channels stay dense), with one warning line saying why.
+
+        Used by the differential check (:mod:`autoprune.graph.check`) for a unit whose surgery
+        does not reproduce the masked dense model.
+        """
+        if name not in self.unit_names:
+            return
+        self.units = [u for u in self.units if u.name != name]
+        self.out_owner = {k: v for k, v in self.out_owner.items() if v != name}
+        self.in_owner = {k: v for k, v in self.in_owner.items() if v != name}
+        self._groups.pop(name, None)
+        self.blocks = [replace(b, units_inside=tuple(n for n in b.units_inside if n != name)) for b in getattr(self, "blocks", [])]
+        for scores in getattr(self, "_importance_cache", {}).values():
+            scores.pop(name, None)
+        self._skip(name, reason, warn=True)
 
     def _collect_blocks(self) -> list[DroppableBlock]:
         blocks = []
@@ -440,7 +476,7 @@ class PrunableGraph:
         for u in self.units:
             r = float(ratios.get(u.name, 0.0))
             try:
-                out[u.name] = kept_channels(u.features.channels, r, round_to)
+                out[u.name] = kept_channels(u.features.channels, r, round_to, constraint=u.constraint)
             except PolicyError as e:
                 raise PolicyError(f"unit {u.name!r}: {e}") from e
         return out
@@ -531,9 +567,13 @@ class PrunableGraph:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for u in self.units:
-                s = scorer(self._groups[u.name])
-                if s is None:  # e.g. BN scale on a group without BatchNorm: fall back to L1
-                    s = tp.importance.GroupMagnitudeImportance(p=1)(self._groups[u.name])
+                try:
+                    s = scorer(self._groups[u.name])
+                    if s is None:  # e.g. BN scale on a group without BatchNorm: fall back to L1
+                        s = tp.importance.GroupMagnitudeImportance(p=1)(self._groups[u.name])
+                except (IndexError, RuntimeError):  # a group Torch-Pruning maps wrongly (e.g. through a split)
+                    w = self._module_by_name[u.name].weight.detach()
+                    s = w.transpose(0, 1).flatten(1).abs().sum(1) if getattr(self._module_by_name[u.name], "transposed", False) else w.flatten(1).abs().sum(1)
                 if not isinstance(s, torch.Tensor) or s.shape != (u.features.channels,):
                     got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
                     raise ConfigError(f"pruning.importance: {criterion!r} gave {got} for unit {u.name!r}; "

@@ -1,18 +1,28 @@
 """Structural pruning: apply a :class:`Policy` to a copy of a model, really shrinking its tensors.
 
 Importance scores are computed once per criterion on the dense model (see
-:meth:`PrunableGraph.importance`), so applying a policy is a deep copy plus a few
-index selections: fast enough to run inside a search loop. The caller's model is
-never modified.
+:meth:`PrunableGraph.importance`); each unit's constraint turns a ratio into an allowed count and
+chooses the channels (group-consistent for grouped convs and GroupNorm, whole heads for attention).
+The caller's model is never modified.
+
+Surgery is correct by construction: a unit whose channels meet another unit's (a concat, a split,
+one layer dimension cut by both) is cut through a Torch-Pruning dependency group queried on the
+*current*, partly pruned copy (``DependencyGraph.get_pruning_group`` on a graph rebuilt for it), so
+concat offsets and split sizes are those of the model being cut. Every other unit replays the
+dense model's group: its layers and dimensions are cut by no other unit, so the dense indices are
+exactly what a fresh query would return. Those units are cut first, on a copy still equal to the
+dense model along their dimensions.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from typing import Callable, Iterable
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import PolicyError
@@ -57,12 +67,16 @@ def apply_policy(
         example_input: Needed when ``graph`` is omitted.
         importance: A name in :data:`autoprune.graph.importance.IMPORTANCES` (``l1``, ``l2``,
             ``taylor`` (needs ``batches``), ``bn_scale``) or a ``"package.module:Class"`` criterion.
-        round_to: Keep channel counts at multiples of this.
+        round_to: Keep channel counts at multiples of this (when the unit's layout allows it).
         batches: Training batches for the Taylor criterion.
+
+    Returns:
+        The pruned copy; every unit keeps an allowed count (at least one channel, a multiple of its
+        groups/heads), see :class:`~autoprune.graph.constraints.ChannelConstraint`.
 
     Raises:
         ConfigError: an unknown importance criterion (the message lists the allowed ones).
-        PolicyError: unknown unit/block names, ratios outside [0, 1), or a ratio removing every channel.
+        PolicyError: unknown unit/block names or ratios outside [0, 1).
     """
     IMPORTANCES.check(importance)
     if graph is None:
@@ -74,23 +88,78 @@ def apply_policy(
     graph.validate_policy(policy.ratios, policy.drop)
     kept = graph.kept(policy.ratios, round_to)
     scores = graph.importance(importance, batches)
+    cuts = {
+        u.name: u.constraint.choose(scores[u.name], kept[u.name])
+        for u in graph.units if kept[u.name] < u.features.channels
+    }
+    pruned = prune_channels(model, graph, cuts)
+    for block in policy.drop:
+        _set_submodule(pruned, block, nn.Identity())
+    history = getattr(pruned, HISTORY_ATTR)
+    history[-1]["drop"] = list(policy.drop)
+    return pruned
+
+
+def _trace(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    with warnings.catch_warnings(), torch.enable_grad():
+        warnings.simplefilter("ignore")
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+
+
+def _cut_fresh(model: nn.Module, unit: str, idxs: list[int], example_input: torch.Tensor) -> None:
+    """Cut ``idxs`` of the unit rooted at layer ``unit`` through a group queried on ``model`` as it is now."""
+    dg = _trace(model, example_input)
+    root = model.get_submodule(unit)
+    pruner = dg.get_pruner_of_module(root)
+    dg.get_pruning_group(root, pruner.prune_out_channels, idxs).prune(record_history=False)
+
+
+def _fix_heads(model: nn.Module, head_dims: dict[str, int]) -> None:
+    """Whole heads were cut: keep each attention layer's head size and lower its head count.
+
+    Torch-Pruning's ``MultiheadAttentionPruner`` keeps ``num_heads`` and shrinks ``head_dim``,
+    which changes the attention scale; with whole heads cut the head size must stay.
+    """
+    for name, head_dim in head_dims.items():
+        m = model.get_submodule(name)
+        if isinstance(m, nn.MultiheadAttention) and m.embed_dim % head_dim == 0:
+            m.num_heads, m.head_dim = m.embed_dim // head_dim, head_dim
+
+
+def prune_channels(model: nn.Module, graph: PrunableGraph, cuts: dict[str, list[int]]) -> nn.Module:
+    """Return a copy of ``model`` with the given channels of each unit removed (exact surgery).
+
+    Args:
+        model: The dense model ``graph`` was built on; it is not modified.
+        graph: Its :class:`PrunableGraph`.
+        cuts: Per unit name, the indices of its channels to remove (root-layer coordinates,
+            e.g. chosen by the unit's :class:`~autoprune.graph.constraints.ChannelConstraint`).
+
+    Returns:
+        The pruned copy, with its surgery recorded (see :func:`pruning_history`).
+
+    Raises:
+        PolicyError: an unknown unit name.
+    """
+    by_name = {u.name: u for u in graph.units}
+    unknown = sorted(set(cuts) - set(by_name))
+    if unknown:
+        raise PolicyError(f"unknown units {unknown}; units of this model: {', '.join(graph.unit_names)}")
     pruned = copy.deepcopy(model)
     modules = dict(pruned.named_modules())
     history: list[list] = []
-    for unit in graph.units:
-        n = unit.features.channels
-        n_prune = n - kept[unit.name]
-        if n_prune <= 0:
-            continue
-        idxs = torch.argsort(scores[unit.name], stable=True)[:n_prune].tolist()
-        idxs.sort()
-        for mname, handler, dim, ix in graph.pruning_plan(unit.name, idxs):
-            handler.__self__.pruning_dim = dim
-            handler(modules[mname], ix)
+    order = [u for u in graph.units if cuts.get(u.name) and not u.requery] + [u for u in graph.units if cuts.get(u.name) and u.requery]
+    for unit in order:
+        idxs = sorted(int(i) for i in cuts[unit.name])
+        if unit.requery:
+            _cut_fresh(pruned, unit.name, idxs, graph.example_input)
+        else:
+            for mname, handler, dim, ix in graph.pruning_plan(unit.name, idxs):
+                handler.__self__.pruning_dim = dim
+                handler(modules[mname], ix)
         history.append([unit.name, True, idxs])
-    for block in policy.drop:
-        _set_submodule(pruned, block, nn.Identity())
-    setattr(pruned, HISTORY_ATTR, pruning_history(model) + [{"prune": history, "drop": list(policy.drop)}])
+    _fix_heads(pruned, graph.head_dims)
+    setattr(pruned, HISTORY_ATTR, pruning_history(model) + [{"prune": history, "drop": []}])
     return pruned
 
 
@@ -142,16 +211,15 @@ def apply_iteratively(
 
 def replay_history(model: nn.Module, history: list[dict], example_input: torch.Tensor) -> nn.Module:
     """Replay recorded surgery on a fresh dense ``model`` (in place), so saved weights fit it again."""
-    import torch_pruning as tp  # local: only needed when loading
-
     for stage in history:
-        if stage.get("prune"):
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
-            dg.load_pruning_history([[n, bool(o), list(ix)] for n, o, ix in stage["prune"]])
+        head_dims = {n: m.head_dim for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
+        for name, _out, idxs in stage.get("prune", []):
+            _cut_fresh(model, name, list(idxs), example_input)
+        _fix_heads(model, head_dims)
         for block in stage.get("drop", []):
             _set_submodule(model, block, nn.Identity())
     setattr(model, HISTORY_ATTR, list(history))
     return model
 
 
-__all__ = ["apply_iteratively", "apply_policy", "kept_channels", "pruning_history", "replay_history"]
+__all__ = ["apply_iteratively", "apply_policy", "kept_channels", "prune_channels", "pruning_history", "replay_history"]

@@ -34,7 +34,8 @@ from typing import Literal
 
 from torch import nn
 
-from autoprune.errors import BudgetError, ConfigError
+from autoprune.errors import BudgetError, ConfigError, ModelError, PolicyError
+from autoprune.graph.check import default_cache_dir, verify_graph
 from autoprune.objective.proxy import ProxySettings, accuracy, proxy_accuracy
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.measure.table import LatencyTable
@@ -228,6 +229,10 @@ class PolicyEvaluator:
         graph: Reuse a graph built on ``model`` (built here otherwise).
         table: A calibrated latency table (calibrated here otherwise).
         seed: Seed of the BN-recalibration batches.
+        check: Run the differential surgery check (:func:`autoprune.graph.check.verify_graph`)
+            on the graph first; units that fail it are not offered (one warning line each).
+        check_cache: Folder caching check verdicts by model fingerprint ("auto":
+            :func:`~autoprune.graph.check.default_cache_dir`; ``None``: no disk cache).
 
     Attributes:
         dense_ms: The dense model's latency in milliseconds per call at ``latency.batch_size``.
@@ -236,7 +241,8 @@ class PolicyEvaluator:
 
     Raises:
         ConfigError: ``max_ratio`` outside (0, 1), an out-of-range budget target, or bad latency settings.
-        ModelError: the graph cannot be built on ``model`` (see :class:`~autoprune.graph.prunable.PrunableGraph`).
+        ModelError: the model has nothing to prune, its dense output is not finite, or no pruned
+            candidate at all can be built during calibration.
     """
 
     def __init__(
@@ -256,6 +262,8 @@ class PolicyEvaluator:
         graph: PrunableGraph | None = None,
         table: LatencyTable | None = None,
         seed: int = 0,
+        check: bool = True,
+        check_cache: str | None = "auto",
     ) -> None:
         if not 0.0 < max_ratio < 1.0:
             raise ConfigError(f"pruning.max_ratio: {max_ratio!r} is out of range; allowed: 0 < max_ratio < 1")
@@ -271,6 +279,11 @@ class PolicyEvaluator:
         self.seed = seed
         self.example_input = data.example_input(latency.batch_size)
         self.graph = graph or PrunableGraph(model, data.example_input(1), ignored=ignored, drop_blocks=allow_drop)
+        if check:
+            verify_graph(self.graph, cache_dir=default_cache_dir() if check_cache == "auto" else check_cache)
+        if not self.graph.units and not (allow_drop and self.graph.blocks):
+            why = "; ".join(f"{n}: {r}" for n, r in list(self.graph.skipped.items())[:4]) or "no conv/linear channel group outside model.ignore"
+            raise ModelError(f"the model has nothing to prune: no prunable unit ({why}) and no droppable block")
         self.allow_drop = allow_drop and bool(self.graph.blocks)
         self.unit_names = self.graph.unit_names
         self.block_names = self.graph.block_names if self.allow_drop else []
@@ -278,6 +291,11 @@ class PolicyEvaluator:
         self.dense_ms = self.timer.reference_ms(repeats=30)
         self.dense_macs, self.dense_params = count_macs_params(self.model, data.example_input(1))
         self.dense_accuracy = accuracy(self.model, data.val.subset(proxy.val_samples))
+        if not math.isfinite(self.dense_accuracy) or not self._dense_output_finite():
+            raise ModelError(
+                "the dense model's output on the validation data is not finite (NaN or inf; e.g. its training diverged); "
+                "retrain it with a lower train.lr before pruning"
+            )
         self.target = budget.target_ratio(self.dense_ms)
         self._dense_specs = self.graph.specs_for({}, (), batch_size=latency.batch_size)
         self.table = table or self._calibrate_table()
@@ -307,18 +325,36 @@ class PolicyEvaluator:
             ratios = {u: float(rng.uniform(0.0, self.max_ratio)) for u in self.unit_names}
             drop = tuple(b for b in self.block_names if rng.random() < 0.25)
             variants.append(Policy(ratios, drop))
-        samples = []
+        samples, failures = [], []
         for pol in variants:
             specs = self.graph.specs_for(pol.ratios, pol.drop, round_to=self.round_to, batch_size=self.latency.batch_size)
             if not pol.ratios and not pol.drop:
-                ms = self.dense_ms
-            else:
+                samples.append((specs, self.dense_ms))
+                continue
+            try:
                 pruned = apply_policy(self.model, pol, graph=self.graph, importance="l1", round_to=self.round_to)
                 ms = self.timer.ratio(pruned.eval(), rounds=10).ratio * self.dense_ms
+            except (PolicyError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # noqa: BLE001 - one candidate failing must not end the job
+                failures.append(f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
+                log.warning("latency calibration: candidate %s failed (%s); skipped", pol.to_dict(), failures[-1])
+                continue
             samples.append((specs, ms))
+        self.calibration_failures = failures
+        if len(samples) == 1 and len(variants) > 1:
+            raise ModelError(f"no pruned candidate of the model can be built: every calibration variant failed (first: {failures[0]})")
         table.fit(samples)
         log.info("latency table calibrated on %d models in %.1fs", len(samples), time.perf_counter() - t0)
         return table
+
+    def _dense_output_finite(self) -> bool:
+        import torch
+
+        x = self.data.val.x[:64]
+        with torch.inference_mode():
+            y = self.model.eval()(x)
+        return bool(torch.isfinite(y).all()) if isinstance(y, torch.Tensor) else True
 
     def predicted_ratio(self, ratios: dict[str, float], drop: tuple[str, ...] | list[str] = ()) -> float:
         """Latency ratio to dense predicted by the lookup table, without surgery.
@@ -374,6 +410,7 @@ class PolicyEvaluator:
                 f"budget.target: {self.target:.3f} of dense {self.budget.metric} is unreachable; with every unit at "
                 f"max_ratio {self.max_ratio} and all droppable blocks dropped the model reaches {reachable:.3f} "
                 f"(predicted); raise the target or pruning.max_ratio"
+                + (f" (units left dense: {', '.join(list(self.graph.skipped)[:6])}; see the warnings)" if self.graph.skipped else "")
             )
 
     # ------------------------------------------------------------ evaluation
@@ -403,10 +440,13 @@ class PolicyEvaluator:
             return m
         try:
             metrics = self._evaluate_uncached(policy)
-        except (RuntimeError, ValueError) as e:
-            log.warning("evaluation failed for policy %s: %s", policy.to_dict(), e)
-            metrics = self._failed(str(e))
-        if math.isnan(metrics.accuracy) or math.isnan(metrics.reward):
+        except (PolicyError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - a failed candidate is recorded, never ends a search
+            why = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            log.warning("evaluation failed for policy %s: %s", policy.to_dict(), why)
+            metrics = self._failed(why)
+        if not metrics.failed and (math.isnan(metrics.accuracy) or math.isnan(metrics.reward)):
             metrics = self._failed("NaN in accuracy or reward")
         self._cache[key] = metrics
         self.history.append(Evaluation(index, policy, metrics))

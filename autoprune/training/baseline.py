@@ -37,7 +37,11 @@ class TrainSettings:
 
 
 def train_model(model: nn.Module, data: DataBundle, settings: TrainSettings, *, progress: bool = True) -> dict[str, float]:
-    """Train ``model`` in place on ``data.train``; returns final val and test accuracy."""
+    """Train ``model`` in place on ``data.train``; returns final val and test accuracy.
+
+    Raises:
+        ModelError: the training loss becomes NaN or infinite (the run diverged).
+    """
     torch.manual_seed(settings.seed)
     params_bn = [p for n, p in model.named_parameters() if p.ndim <= 1]
     params_w = [p for n, p in model.named_parameters() if p.ndim > 1]
@@ -58,6 +62,12 @@ def train_model(model: nn.Module, data: DataBundle, settings: TrainSettings, *, 
         for x, y in data.train.batches(settings.batch_size, shuffle=True, seed=settings.seed * 1000 + epoch, augment=settings.augment and data.augment_ok):
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
+            if not torch.isfinite(loss):
+                bar.close()
+                raise ModelError(
+                    f"baseline training diverged (loss {loss.item()} at epoch {epoch + 1}); "
+                    f"lower train.lr (now {settings.lr})"
+                )
             loss.backward()
             opt.step()
             sched.step()
@@ -119,6 +129,25 @@ def default_checkpoint_path(model_name: str, data_name: str, cache_dir: str | os
     return Path(cache_dir) / f"{safe}-{data_name}.pt"
 
 
+def _weights_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+
+
+def check_baseline_accuracy(val_accuracy: float, num_classes: int, model_name: str) -> None:
+    """Refuse a baseline whose validation accuracy is not finite or at chance.
+
+    Raises:
+        ModelError: naming the model, the accuracy and the chance level (``1 / num_classes``, with
+            a margin of 5 points).
+    """
+    chance = 1.0 / max(1, num_classes)
+    if not math.isfinite(val_accuracy) or val_accuracy <= chance + 0.05:
+        raise ModelError(
+            f"baseline {model_name!r}: validation accuracy {val_accuracy:.3f} is at chance ({chance:.3f} for "
+            f"{num_classes} classes); there is nothing to preserve by pruning: train it longer or change train.lr"
+        )
+
+
 def train_or_load(
     model_name: str,
     data: DataBundle,
@@ -127,26 +156,44 @@ def train_or_load(
     checkpoint: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Return the trained baseline, training it only if no checkpoint exists yet.
+    """Return the trained baseline, training it only if no usable checkpoint exists yet.
+
+    A *cached* checkpoint (named like :func:`default_checkpoint_path`) trained with other settings,
+    or holding non-finite weights, is trained again; a checkpoint the user names otherwise is
+    loaded as it is. A newly trained baseline that diverged or scores at chance is refused and not
+    cached.
 
     Returns:
         ``(model in train mode or as loaded, checkpoint meta)``.
 
     Raises:
         ConfigError: training is needed but ``settings.epochs < 1``, or an unknown model name.
-        ModelError: the model does not fit the data, or the checkpoint does not match the model.
+        ModelError: the model does not fit the data, the checkpoint does not match the model,
+            training diverged, the baseline scores at chance, or a given checkpoint holds NaN/inf weights.
     """
     model = build_model(model_name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
     check_model_fits(model, model_name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
     path = Path(checkpoint) if checkpoint else default_checkpoint_path(model_name, data.name)
+    cached = path.name == default_checkpoint_path(model_name, data.name).name
     if path.is_file():
         meta = load_model_weights(model, path)
-        log.info("loaded baseline %s from %s", model_name, path)
-        return model, meta
+        stale = cached and meta.get("settings") not in (None, asdict(settings))
+        if not _weights_finite(model):
+            if not cached:
+                raise ModelError(f"checkpoint: {str(path)!r} holds NaN or infinite weights (its training diverged)")
+            stale = True
+        if not stale:
+            log.info("loaded baseline %s from %s", model_name, path)
+            return model, meta
+        log.warning("cached baseline %s was trained with other settings (or diverged); training it again", path)
+        model = build_model(model_name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
     if settings.epochs < 1:
         raise ConfigError(f"train.epochs: {settings.epochs!r} must be >= 1")
     t0 = time.perf_counter()
     metrics = train_model(model, data, settings, progress=progress)
+    if not _weights_finite(model):
+        raise ModelError(f"baseline training diverged (NaN or infinite weights); lower train.lr (now {settings.lr})")
+    check_baseline_accuracy(metrics["val_accuracy"], data.num_classes, model_name)
     meta = {"model": model_name, "data": data.name, **metrics, "train_seconds": time.perf_counter() - t0, "settings": asdict(settings)}
     save_checkpoint(path, model, meta)
     return model, meta

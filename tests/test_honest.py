@@ -1,0 +1,100 @@
+"""Honest baselines and deliveries, and searches that survive failing candidates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoprune.app.experiment import Baseline
+from autoprune.app.pipeline import apply_best
+from autoprune.config.loading import parse_config
+from autoprune.errors import ModelError
+from autoprune.graph.policy import Policy
+from autoprune.graph.prunable import PrunableGraph
+from autoprune.graph.surgery import apply_policy
+from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator
+from autoprune.objective.proxy import ProxySettings, accuracy, proxy_accuracy
+from autoprune.search import get_searcher
+from autoprune.training.baseline import TrainSettings, check_baseline_accuracy, default_checkpoint_path, train_or_load
+
+FAST = dict(proxy=ProxySettings(bn_batches=2, val_samples=100), latency=LatencySettings(rounds=3, min_rounds=3, warmup=1, threads=1, rel_ci=None))
+
+
+class PickyWidth(nn.Module):
+    """A user's model whose forward asserts a channel count its author assumed (multiple of ``multiple``)."""
+
+    def __init__(self, multiple: int) -> None:
+        super().__init__()
+        self.multiple = multiple
+        self.c1 = nn.Conv2d(1, 16, 3, 1, 1)
+        self.c2 = nn.Conv2d(16, 16, 3, 1, 1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = F.relu(self.c1(x))
+        assert h.shape[1] % self.multiple == 0, f"expected a multiple of {self.multiple} channels, got {h.shape[1]}"
+        return self.fc(F.relu(self.c2(h)).mean((2, 3)))
+
+
+def test_failing_candidates_are_recorded_and_the_search_goes_on(digits, tmp_path):
+    torch.manual_seed(0)
+    ev = PolicyEvaluator(PickyWidth(8).eval(), digits, budget=Budget(metric="macs", target=1.0), check=False, **FAST)
+    assert ev.calibration_failures and all("AssertionError" in f for f in ev.calibration_failures)
+    bad = ev.evaluate(Policy({"c1": 0.3}))
+    assert bad.failed and bad.error.startswith("AssertionError: expected a multiple of 8")
+    get_searcher("random", {}, progress=False).search(ev, 6, seed=0)
+    assert len(ev.history) == 7 and any(e.metrics.failed for e in ev.history)
+
+
+def test_the_check_leaves_a_unit_dense_when_the_model_forbids_cutting_it(digits, tmp_path):
+    torch.manual_seed(0)
+    ev = PolicyEvaluator(PickyWidth(8).eval(), digits, budget=Budget(metric="macs", target=1.0), check_cache=str(tmp_path), **FAST)
+    assert "c1" not in ev.unit_names and "AssertionError" in ev.graph.skipped["c1"]
+    assert ev.calibration_failures == []
+
+
+def test_when_no_candidate_can_be_built_the_run_ends_with_one_error(digits):
+    torch.manual_seed(0)
+    with pytest.raises(ModelError, match=r"^no pruned candidate of the model can be built: every calibration variant failed \(first: AssertionError"):
+        PolicyEvaluator(PickyWidth(16).eval(), digits, budget=Budget(metric="macs", target=1.0), check=False, allow_drop=False, **FAST)
+
+
+def test_a_diverged_baseline_is_refused_and_not_cached(digits, tmp_path):
+    path = default_checkpoint_path("mlp", digits.name, tmp_path)
+    with pytest.raises(ModelError, match=r"baseline training diverged .*lower train.lr \(now 1000000.0\)"):
+        train_or_load("mlp", digits, TrainSettings(epochs=1, batch_size=64, lr=1e6, augment=False), checkpoint=path, progress=False)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("acc", [float("nan"), float("inf"), 0.1, 0.14])
+def test_a_baseline_at_chance_is_refused_by_name(acc):
+    with pytest.raises(ModelError, match=r"baseline 'mlp': validation accuracy .* is at chance \(0.100 for 10 classes\)"):
+        check_baseline_accuracy(acc, 10, "mlp")
+    check_baseline_accuracy(0.5, 10, "mlp")
+
+
+def test_a_cached_baseline_is_retrained_when_the_training_settings_change(digits, tmp_path):
+    path = default_checkpoint_path("mlp", digits.name, tmp_path)
+    first = TrainSettings(epochs=1, batch_size=64, lr=0.05, augment=False)
+    _, meta1 = train_or_load("mlp", digits, first, checkpoint=path, progress=False)
+    _, again = train_or_load("mlp", digits, first, checkpoint=path, progress=False)
+    assert again["train_seconds"] == meta1["train_seconds"]  # same settings: loaded
+    second = TrainSettings(epochs=2, batch_size=64, lr=0.05, augment=False)
+    _, meta2 = train_or_load("mlp", digits, second, checkpoint=path, progress=False)
+    assert meta2["settings"]["epochs"] == 2
+    # a checkpoint the user names is loaded as it is
+    named = tmp_path / "mine.pt"
+    path.rename(named)
+    _, meta3 = train_or_load("mlp", digits, first, checkpoint=named, progress=False)
+    assert meta3["settings"]["epochs"] == 2
+
+
+def test_the_delivered_model_reproduces_the_proxy_accuracy_without_fine_tuning(trained_resnet20, digits):
+    cfg = parse_config({"model": {"name": "resnet20"}, "data": {"name": "digits"}, "proxy": {"bn_batches": 2, "val_samples": 200}}, source="test")
+    graph = PrunableGraph(trained_resnet20, digits.example_input(1))
+    policy = Policy.uniform(graph.unit_names, 0.5)
+    proxy = proxy_accuracy(apply_policy(trained_resnet20, policy, graph=graph), digits, cfg.proxy.settings(), seed=cfg.seed)
+    delivered = apply_best(cfg, Baseline(trained_resnet20, digits, {}, None), policy, graph=graph)
+    assert accuracy(delivered, digits.val.subset(200)) == proxy
