@@ -76,12 +76,15 @@ def serve_ui(uri: str | None, *, host: str = "127.0.0.1", port: int = 5000, anno
         raise _Stopped(signum)
 
     previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", host, "--port", str(port)]
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", host, "--port", str(port), "--workers", "1"]
+    # One user: one web worker, and none of MLflow's background job runners (GenAI scorers), which
+    # start a dozen processes and take minutes on a small machine.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     proc = None
     try:
         for s in STOP_SIGNALS:
             signal.signal(s, stop)
-        proc = subprocess.Popen(cmd, start_new_session=True)  # its own group: stopped as a whole
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)  # its own group: stopped as a whole
         return proc.wait()
     except _Stopped as e:
         return 128 + e.signum
