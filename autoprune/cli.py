@@ -16,10 +16,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.table import Table
 
 from autoprune import __version__
-from autoprune.errors import AutopruneError
+from autoprune.errors import AutopruneError, describe
 
 app = typer.Typer(
     name="autoprune",
@@ -63,6 +62,19 @@ def _root(
     setup_logging(verbose)
 
 
+def _progress() -> bool:
+    return sys.stderr.isatty() or bool(os.environ.get("AUTOPRUNE_PROGRESS"))
+
+
+def _show(shown: list) -> None:
+    """Print what :mod:`autoprune.app.tables` returns: tables through rich, lines as they are."""
+    for item in shown:
+        if isinstance(item, str):
+            typer.echo(item)
+        else:
+            Console(width=max(120, Console().width)).print(item)
+
+
 @app.command()
 def train(
     model: Annotated[str, typer.Option("--model", "-m", help="Zoo model or 'package.module:factory'.")],
@@ -78,45 +90,11 @@ def train(
     force: Annotated[bool, typer.Option("--force", help="Retrain even if the checkpoint exists.")] = False,
 ) -> None:
     """Train a baseline model (or load the cached one) and report its accuracy."""
-    import torch
+    from autoprune.app.commands import train_baseline
+    from autoprune.app.tables import train_table
 
-    from autoprune.config.schema import check_data_name, check_model_name
-    from autoprune.objective.proxy import accuracy
-    from autoprune.app.experiment import baseline_checkpoint
-    from autoprune.paths import writable_file
-    from autoprune.training.baseline import TrainSettings, train_or_load
-    from autoprune.zoo import load_data
-
-    check_model_name(model)
-    check_data_name(data)
-    bundle = load_data(data, data_dir=str(data_dir) if data_dir else None, seed=seed)
-    path = writable_file(checkpoint or baseline_checkpoint(model, bundle.name), "--checkpoint")
-    settings = TrainSettings(epochs=epochs, augment=augment, seed=seed)
-    progress = sys.stderr.isatty()
-    torch.manual_seed(seed)
-    if force and path.exists():
-        # Train into a side file and replace only on success, so an interrupted run keeps the old weights.
-        fresh = path.with_name(path.name + ".new")
-        fresh.unlink(missing_ok=True)
-        net, meta = train_or_load(model, bundle, settings, checkpoint=fresh, progress=progress)
-        os.replace(fresh, path)
-        status = "trained"
-    else:
-        status = "loaded" if path.is_file() else "trained"
-        net, meta = train_or_load(model, bundle, settings, checkpoint=path, progress=progress)
-    val_acc = meta.get("val_accuracy")
-    test_acc = meta.get("test_accuracy")
-    if val_acc is None or test_acc is None:
-        val_acc, test_acc = accuracy(net, bundle.val), accuracy(net, bundle.test)
-
-    table = Table(title=f"{model} on {bundle.name}", show_header=False)
-    table.add_column("", style="bold")
-    table.add_column("")
-    table.add_row("val accuracy", f"{val_acc:.4f}")
-    table.add_row("test accuracy", f"{test_acc:.4f}")
-    table.add_row("parameters", f"{sum(p.numel() for p in net.parameters()):,}")
-    table.add_row("checkpoint", f"{path} ({status})")
-    Console().print(table)
+    _show(train_table(train_baseline(model, data, data_dir=data_dir, epochs=epochs, checkpoint=checkpoint, seed=seed,
+                                     augment=augment, force=force, progress=sys.stderr.isatty())))
 
 
 @app.command("config")
@@ -138,36 +116,6 @@ def config_cmd(
         typer.echo(dump_config(cfg), nl=False)
 
 
-def _experiment_config(config: Path | None, model: str | None, data: str | None, overrides: list[str] | None):
-    """A config from a file, or a minimal one from --model/--data."""
-    from autoprune.config.loading import load_config, parse_config
-    from autoprune.errors import ConfigError
-
-    if config is not None:
-        if model is not None or data is not None:
-            given = " and ".join(o for o, v in (("--model", model), ("--data", data)) if v is not None)
-            raise ConfigError(f"{given}: give either {str(config)!r} or {given}, not both (override a config with --set model.name=...)")
-        return load_config(config, overrides or [])
-    if model is None:
-        raise ConfigError("give a CONFIG.yaml or --model (e.g. --model resnet20 --data fashion_mnist)")
-    return parse_config({"model": {"name": model}, "data": {"name": data or "fashion_mnist"}}, source="command line", overrides=overrides or [])
-
-
-def _parse_ratios(text: str) -> list[float]:
-    from autoprune.errors import ConfigError
-
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as e:
-        raise ConfigError(f"--ratios: {text!r} is not a comma-separated list of numbers such as 0.1,0.3,0.5") from e
-    if not values:
-        raise ConfigError(f"--ratios: {text!r} holds no ratio; give at least one, e.g. 0.1,0.3,0.5")
-    bad = [v for v in values if not 0.0 <= v < 1.0]
-    if bad:
-        raise ConfigError(f"--ratios: {bad} out of range; allowed: 0 <= ratio < 1")
-    return values
-
-
 @app.command()
 def estimate(
     config: Annotated[Path | None, typer.Argument(metavar="[CONFIG.yaml]", help="Experiment config (or use --model/--data).")] = None,
@@ -178,31 +126,11 @@ def estimate(
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config field.")] = None,
 ) -> None:
     """Measure what uniform pruning really saves: params, MACs, size, latency, proxy accuracy."""
-    from autoprune.app.experiment import estimate as run_estimate
-    from autoprune.app.experiment import load_baseline
-    from autoprune.config.settings import proxy_settings
+    from autoprune.app.commands import estimate_uniform, experiment_config
+    from autoprune.app.tables import estimate_table
 
-    cfg = _experiment_config(config, model, data, set_)
-    values = _parse_ratios(ratios)
-    baseline = load_baseline(cfg, progress=sys.stderr.isatty())
-    bs = batch_size or cfg.latency.batch_size
-    rows = run_estimate(
-        baseline, values, batch_size=bs, threads=cfg.latency.threads, proxy=proxy_settings(cfg),
-        importance=cfg.pruning.importance, round_to=cfg.pruning.round_to, ignored=tuple(cfg.model.ignore),
-    )
-    table = Table(title=f"{cfg.model.name} on {baseline.data.name}: uniform channel pruning (batch {bs}, {cfg.latency.threads} threads)")
-    for col in ("ratio", "params", "MACs", "size", "lat ms", "speed-up [95% CI]", "predicted", "proxy acc", "secs p/a/l"):
-        table.add_column(col, justify="right", no_wrap=True)
-    for r in rows:
-        table.add_row(
-            "dense" if r.ratio == 0 else f"{r.ratio:.0%}", f"{r.params:,}", f"{r.macs / 1e6:.2f} M", f"{r.size_bytes / 1024:.0f} KiB",
-            f"{r.latency_ms:.3f}", f"{1 / r.latency_ratio:.2f}x [{1 / r.latency_ci[1]:.2f}-{1 / r.latency_ci[0]:.2f}]",
-            f"{1 / r.predicted_ratio:.2f}x", f"{r.proxy_accuracy:.4f}",
-            "/".join(f"{r.seconds[k]:.1f}" for k in ("prune", "accuracy", "latency")),
-        )
-    Console(width=max(120, Console().width)).print(table)
-    typer.echo("speed-up = dense latency / pruned latency, measured paired (interleaved calls); predicted = lookup table; "
-               "proxy acc = validation accuracy after BN re-estimation; secs = prune / accuracy / latency time.")
+    cfg = experiment_config(config, model, data, set_ or [])
+    _show(estimate_table(estimate_uniform(cfg, ratios, batch_size=batch_size, progress=sys.stderr.isatty())))
 
 
 @app.command()
@@ -227,35 +155,14 @@ def search(
 
     Run again with the same config (and storage), it continues where it stopped.
     """
-    from autoprune.config.loading import load_config
-    from autoprune.errors import ConfigError
-    from autoprune.app.experiment import run_search
+    from autoprune.app.commands import search_command
+    from autoprune.app.tables import search_summary
 
-    overrides = list(set_ or [])
-    for key, value in (("search.searcher", searcher), ("search.episodes", episodes), ("search.storage", storage),
-                       ("search.study", study), ("search.workers", workers)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    if zero_shot and not agent:
-        raise ConfigError("--zero-shot needs --agent (the saved agent to run)")
-    if agent:
-        from autoprune.app.uris import locate_bundle
-
-        if searcher not in (None, "ppo"):
-            raise ConfigError(f"--agent: runs the PPO searcher; drop --searcher {searcher}")
-        overrides += ["search.searcher=ppo", f"search.params.agent={locate_bundle(agent, tracking_uri=tracking_uri)}"]
-        if zero_shot:
-            overrides.append("search.params.zero_shot=true")
-    cfg = load_config(config, overrides)
-    warm = None
-    if warm_start:
-        from autoprune.app.uris import load_policy
-
-        if cfg.search.searcher != "optuna":
-            raise ConfigError(f"--warm-start: enqueues a policy in an Optuna study; search.searcher is {cfg.search.searcher!r}")
-        warm = load_policy(warm_start, tracking_uri=tracking_uri)
-    run = run_search(cfg, progress=_progress(), restart=restart, warm_start=warm)
-    _print_search_summary(run)
+    overrides = [*(set_ or []), *(f"{key}={value}" for key, value in (
+        ("search.searcher", searcher), ("search.episodes", episodes), ("search.storage", storage),
+        ("search.study", study), ("search.workers", workers)) if value is not None)]
+    _show(search_summary(search_command(config, overrides, agent=agent, zero_shot=zero_shot, warm_start=warm_start,
+                                        restart=restart, tracking_uri=tracking_uri, progress=_progress())))
 
 
 @app.command()
@@ -270,45 +177,10 @@ def worker(
     The experiment config comes from the study, so any machine that reaches the database
     (and has the baseline checkpoint) can join. Trials are logged to the search's MLflow run.
     """
-    import torch
+    from autoprune.app.commands import worker_command
+    from autoprune.app.tables import worker_line
 
-    from autoprune.app.experiment import run_worker
-    from autoprune.config.machine import check_threads
-
-    if threads:
-        torch.set_num_threads(check_threads(threads, "--threads"))
-    res = run_worker(storage, study, n_trials=n_trials, progress=_progress())
-    mine = res.extras.get("trial_numbers", [])
-    best = res.best
-    typer.echo(f"worker done: ran {len(mine)} trial(s) of study {study!r} ({res.episodes} finished in all); "
-               + (f"best reward so far {best.metrics.reward:.4f} (trial {best.index})" if best else "no successful trial"))
-
-
-def _print_search_summary(run) -> None:  # noqa: ANN001
-    res, ev = run.result, run.evaluator
-    best = res.best
-    table = Table(title=f"{res.searcher}: {res.episodes} episodes in {res.seconds:.0f} s ({60 * res.episodes / max(res.seconds, 1e-9):.1f}/min)")
-    table.add_column("", style="bold")
-    table.add_column("dense", justify="right")
-    table.add_column("best policy", justify="right")
-    if best is None:
-        Console().print("no successful evaluation")
-        return
-    m = best.metrics
-    table.add_row("proxy accuracy (val)", f"{ev.dense_accuracy:.4f}", f"{m.accuracy:.4f}")
-    table.add_row("latency ratio (paired)", "1.000", f"{m.latency_ratio:.3f} [{m.latency_ci[0]:.3f}, {m.latency_ci[1]:.3f}]")
-    table.add_row("latency ms", f"{ev.dense_ms:.3f}", f"{m.latency_ms:.3f}")
-    table.add_row("MAC ratio", "1.000", f"{m.macs_ratio:.3f}")
-    table.add_row("params", f"{ev.dense_params:,}", f"{m.params:,}")
-    table.add_row(f"budget ({ev.budget.metric} <= {ev.target:.3f})", "", "met" if m.feasible else "NOT met")
-    table.add_row("reward", "", f"{m.reward:.4f}")
-    table.add_row("blocks dropped", "", ", ".join(best.policy.drop) or "-")
-    Console().print(table)
-    Console().print(f"policy: {run.policy_path}\nhistory: {run.history_path}")
-
-
-def _progress() -> bool:
-    return sys.stderr.isatty() or bool(os.environ.get("AUTOPRUNE_PROGRESS"))
+    _show(worker_line(worker_command(storage, study, n_trials=n_trials, threads=threads, progress=_progress()), study))
 
 
 @app.command()
@@ -316,29 +188,17 @@ def run(
     config: Annotated[Path, typer.Argument(metavar="CONFIG.yaml", help="Experiment config file.")],
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config field (repeatable).")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="Start afresh instead of continuing an interrupted run of this config.")] = False,
+    workers: Annotated[int | None, typer.Option(min=1, help="Local worker processes of the search (Optuna only); threads are split between them.")] = None,
 ) -> None:
     """The whole job: search, apply the best policy, fine-tune, test, export, log everything to MLflow.
 
     After a crash or Ctrl-C, the same command continues: finished trials are kept and the MLflow run is resumed.
     """
-    from autoprune.config.loading import load_config
-    from autoprune.app.pipeline import run_experiment
+    from autoprune.app.commands import run_command
+    from autoprune.app.tables import run_tables
 
-    cfg = load_config(config, set_ or [])
-    res = run_experiment(cfg, progress=_progress(), restart=restart)
-    _print_search_summary(res.search)
-    d, p = res.dense, res.pruned
-    table = Table(title=f"{cfg.name}: dense vs pruned (test split, batch {cfg.latency.batch_size}, {cfg.latency.threads} threads)")
-    for col in ("", "dense", "pruned", "change"):
-        table.add_column(col, justify="right", no_wrap=True)
-    table.add_row("test accuracy", f"{d.test_accuracy:.4f}", f"{p.test_accuracy:.4f}", f"{100 * (p.test_accuracy - d.test_accuracy):+.2f} pts")
-    table.add_row("latency ms [95% CI]", f"{d.latency_ms:.3f}", f"{p.latency_ms:.3f} [{p.latency_ci_ms[0]:.3f}, {p.latency_ci_ms[1]:.3f}]", f"{d.latency_ms / p.latency_ms:.2f}x faster")
-    table.add_row("MACs", f"{d.macs / 1e6:.2f} M", f"{p.macs / 1e6:.2f} M", f"{d.macs / max(1, p.macs):.2f}x fewer")
-    table.add_row("params", f"{d.params:,}", f"{p.params:,}", f"{d.params / max(1, p.params):.2f}x fewer")
-    table.add_row("size", f"{d.size_bytes / 1024:.0f} KiB", f"{p.size_bytes / 1024:.0f} KiB", f"{d.size_bytes / max(1, p.size_bytes):.2f}x smaller")
-    Console(width=max(110, Console().width)).print(table)
-    typer.echo(f"pruned model: {res.model_path}" + (f"\nonnx: {res.onnx['path']}" if res.onnx else ""))
-    typer.echo(f"MLflow run {res.run_id}: see it with 'autoprune ui'")
+    overrides = [*(set_ or []), *([f"search.workers={workers}"] if workers is not None else [])]
+    _show(run_tables(run_command(config, overrides, restart=restart, progress=_progress())))
 
 
 @app.command()
@@ -355,47 +215,14 @@ def apply(
 ) -> None:
     """Apply a saved policy to the same architecture (unit names must match), optionally fine-tune, save, log.
 
-    A policy found on another architecture is refused: map it with `autoprune transfer` first.
+    The layers the policy's search left unpruned (model.ignore) stay unpruned. A policy found on
+    another architecture is refused: map it with `autoprune transfer` first.
     """
-    from autoprune.config.loading import parse_config
-    from autoprune.objective.proxy import split_metrics
-    from autoprune.app.experiment import load_baseline
-    from autoprune.formats.pruned import save_pruned
-    from autoprune.training.finetune import FinetuneSettings, finetune
-    from autoprune.graph.prunable import PrunableGraph
-    from autoprune.measure.latency import count_macs_params
-    from autoprune.paths import writable_file
-    from autoprune.app.pipeline import apply_best
-    from autoprune.app.uris import load_policy
-    from autoprune.graph.policy import check_policy_fits
+    from autoprune.app.model_files import apply_policy_file
+    from autoprune.app.tables import apply_lines
 
-    cfg = parse_config({"name": "apply", "model": {"name": model, "checkpoint": str(checkpoint) if checkpoint else None},
-                        "data": {"name": data}, "tracking": {"uri": tracking_uri, "register": False}}, source="command line")
-    writable_file(out, "--out")
-    pol, payload = load_policy(policy, tracking_uri=tracking_uri)
-    baseline = load_baseline(cfg, progress=_progress())
-    graph = PrunableGraph(baseline.model, baseline.data.example_input(1))
-    check_policy_fits(pol, graph, fingerprint=payload.get("fingerprint"), source=f"--policy {policy}")
-    pruned = apply_best(cfg, baseline, pol, graph=graph)
-    if finetune_epochs > 0:
-        finetune(pruned, baseline.data, FinetuneSettings(epochs=finetune_epochs, distill=distill),
-                 teacher=baseline.model if distill else None, progress=_progress())
-    acc = split_metrics(pruned, baseline.data.test)["accuracy"]
-    save_pruned(out, pruned, model_name=model, in_channels=baseline.data.in_channels, num_classes=baseline.data.num_classes,
-                input_size=baseline.data.input_size, extra={"policy": pol.to_dict(), "test_accuracy": acc})
-    dense_macs, dense_params = count_macs_params(baseline.model, baseline.data.example_input(1))
-    macs, params = count_macs_params(pruned, baseline.data.example_input(1))
-    typer.echo(f"pruned {model}: params {dense_params:,} -> {params:,}, MACs {dense_macs / 1e6:.2f} M -> {macs / 1e6:.2f} M; "
-               f"test accuracy {acc:.4f}; written to {out}")
-    if track:
-        from autoprune.tracking.tracker import Tracker
-
-        with Tracker(cfg, run_name=f"apply-{model}") as tracker:
-            tracker.client.set_tag(tracker.run_id, "policy_source", policy)
-            tracker.log_metrics({"test_accuracy": acc, "params": params, "macs": macs, "dense_params": dense_params,
-                                 "dense_macs": dense_macs, "finetune_epochs": finetune_epochs})
-            tracker.log_pruned_model(out, test_accuracy=acc)
-        typer.echo(f"MLflow run {tracker.run_id} (experiment 'apply')")
+    _show(apply_lines(apply_policy_file(policy, model, data=data, checkpoint=checkpoint, out=out, finetune_epochs=finetune_epochs,
+                                        distill=distill, track=track, tracking_uri=tracking_uri, progress=_progress())))
 
 
 @app.command()
@@ -417,46 +244,14 @@ def transfer(
 
     Prints the mapping table, measures the result (latency, proxy accuracy) and writes the new policy.
     """
-    from autoprune.app.experiment import build_evaluator, load_baseline
-    from autoprune.paths import writable_file, write_json_atomic
-    from autoprune.app.uris import load_policy
-    from autoprune.transfer.refit import candidate_table, mapping_table
-    from autoprune.transfer.refit import transfer as run_transfer
+    from autoprune.app.commands import experiment_config, transfer_command
+    from autoprune.app.tables import transfer_lines
 
-    overrides = list(set_ or [])
-    if target is not None:
-        overrides.append(f"budget.target={target}")
-    if tracking_uri is not None:
-        overrides.append(f"tracking.uri={tracking_uri}")
-    cfg = _experiment_config(config, model, data, overrides)
-    writable_file(out, "--out")
-    src, payload = load_policy(policy, tracking_uri=tracking_uri)
-    baseline = load_baseline(cfg, progress=_progress())
-    evaluator = build_evaluator(cfg, baseline)
-    res = run_transfer(src, payload, evaluator, refit=refit, measure=True, candidates=candidates)
-    table = mapping_table(res.rows)
-    typer.echo(table)
-    if len(res.candidates) > 1:
-        typer.echo("\n" + candidate_table(res) + "\n")
-    doc = res.document(model=cfg.model.name, data=cfg.data.name, backend=cfg.latency.backend_info(), metrics=res.metrics)
-    write_json_atomic(out, doc)
-    m = res.metrics or {}
-    how = "same architecture: taken by unit name" if res.identity else f"from {payload.get('model')}"
-    typer.echo(f"{how}; scale {res.scale:.3f}; predicted {res.metric} {res.predicted_value:.3f}, measured "
-               f"{m.get('value', float('nan')):.3f} (target {res.target:.3f}, {'met' if m.get('feasible') else 'NOT met'}); "
-               f"proxy accuracy {m.get('accuracy', float('nan')):.4f} (dense {evaluator.dense_accuracy:.4f}); written to {out}")
-    if track:
-        from autoprune.tracking.tracker import Tracker
-
-        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"experiment": "transfer", "register": False})})
-        with Tracker(cfg, run_name=f"transfer-{payload.get('model')}-to-{cfg.model.name}") as tracker:
-            tracker.client.set_tag(tracker.run_id, "policy_source", policy)
-            tracker.log_metrics({"scale": res.scale, "predicted_value": res.predicted_value, "target": res.target,
-                                 **{k: v for k, v in m.items() if k in ("accuracy", "value", "latency_ratio", "macs_ratio", "feasible")}})
-            tracker.client.log_text(tracker.run_id, table, "transfer/mapping.md")
-            tracker.client.log_text(tracker.run_id, candidate_table(res), "transfer/candidates.md")
-            tracker.log_artifact(out, "transfer")
-        typer.echo(f"MLflow run {tracker.run_id} (experiment 'transfer')")
+    overrides = [*(set_ or []), *([f"budget.target={target}"] if target is not None else []),
+                 *([f"tracking.uri={tracking_uri}"] if tracking_uri is not None else [])]
+    cfg = experiment_config(config, model, data, overrides)
+    _show(transfer_lines(transfer_command(cfg, policy, out=out, refit=refit, candidates=candidates, track=track,
+                                          tracking_uri=tracking_uri, progress=_progress())))
 
 
 @app.command("finetune")
@@ -472,26 +267,11 @@ def finetune_cmd(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for runs:/ and models:/.")] = None,
 ) -> None:
     """Fine-tune a saved pruned model (optionally with knowledge distillation) and save it."""
-    from autoprune.config.loading import parse_config
-    from autoprune.objective.proxy import split_metrics
-    from autoprune.app.experiment import load_baseline
-    from autoprune.formats.pruned import load_pruned, save_pruned
-    from autoprune.training.finetune import FinetuneSettings, finetune
-    from autoprune.tracking.artifacts import download_model_uri
-    from autoprune.zoo import load_data
+    from autoprune.app.model_files import finetune_file
+    from autoprune.app.tables import finetune_lines
 
-    net, meta = load_pruned(download_model_uri(model_file, tracking_uri=tracking_uri))
-    spec = meta["model"]
-    teacher = None
-    if distill:
-        teacher = load_baseline(parse_config({"model": {"name": spec["name"]}, "data": {"name": data}}, source="command line"), progress=_progress()).model
-    bundle = load_data(data)
-    finetune(net, bundle, FinetuneSettings(epochs=epochs, lr=lr, distill=distill), teacher=teacher, progress=_progress())
-    acc = split_metrics(net, bundle.test)["accuracy"]
-    extra = dict(meta.get("extra") or {})
-    extra["test_accuracy"] = acc
-    save_pruned(out, net, model_name=spec["name"], in_channels=spec["in_channels"], num_classes=spec["num_classes"], input_size=spec["input_size"], extra=extra)
-    typer.echo(f"fine-tuned for {epochs:g} epochs: test accuracy {acc:.4f}; written to {out}")
+    _show(finetune_lines(finetune_file(model_file, data=data, epochs=epochs, lr=lr, distill=distill, out=out,
+                                       tracking_uri=tracking_uri, progress=_progress())))
 
 
 @app.command("evaluate")
@@ -504,22 +284,10 @@ def evaluate_cmd(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for runs:/ and models:/ (default: ./mlflow.db).")] = None,
 ) -> None:
     """Test accuracy and latency of a saved pruned model."""
-    from autoprune.config.machine import check_threads
-    from autoprune.objective.proxy import split_metrics
-    from autoprune.formats.pruned import load_pruned
-    from autoprune.measure.latency import count_macs_params, measure_latency
-    from autoprune.tracking.artifacts import download_model_uri
-    from autoprune.zoo import load_data
+    from autoprune.app.model_files import evaluate_file
+    from autoprune.app.tables import evaluate_lines
 
-    check_threads(threads, "--threads")
-    path = download_model_uri(model_file, tracking_uri=tracking_uri)
-    net, meta = load_pruned(path)
-    bundle = load_data(data)
-    res = split_metrics(net, bundle.test)
-    lat = measure_latency(net, bundle.example_input(batch_size), threads=threads)
-    macs, params = count_macs_params(net, bundle.example_input(1))
-    typer.echo(f"{path}: test accuracy {res['accuracy']:.4f}, latency {lat.median_ms:.3f} ms (p10 {lat.p10_ms:.3f}, p90 {lat.p90_ms:.3f}) "
-               f"at batch {batch_size}, {macs / 1e6:.2f} M MACs, {params:,} params")
+    _show(evaluate_lines(evaluate_file(model_file, data=data, batch_size=batch_size, threads=threads, tracking_uri=tracking_uri)))
 
 
 @app.command("export")
@@ -530,18 +298,10 @@ def export_cmd(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for runs:/ and models:/.")] = None,
 ) -> None:
     """Export a pruned model to ONNX, checked against torch in ONNX Runtime (needs the 'onnx' extra)."""
-    import torch
+    from autoprune.app.model_files import export_file
+    from autoprune.app.tables import export_lines
 
-    from autoprune.formats.onnx import export_onnx, quantize_onnx
-    from autoprune.formats.pruned import load_pruned
-    from autoprune.tracking.artifacts import download_model_uri
-
-    net, meta = load_pruned(download_model_uri(model_file, tracking_uri=tracking_uri))
-    spec = meta["model"]
-    info = export_onnx(net, torch.zeros(1, spec["in_channels"], spec["input_size"], spec["input_size"]), onnx)
-    typer.echo(f"wrote {info['path']} (max |onnx - torch| = {info['max_abs_diff']:.2e})")
-    if quantize:
-        typer.echo(f"wrote {quantize_onnx(onnx, onnx.with_suffix('.int8.onnx'))}")
+    _show(export_lines(export_file(model_file, onnx=onnx, quantize=quantize, tracking_uri=tracking_uri)))
 
 
 @app.command()
@@ -550,14 +310,13 @@ def ui(
     host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 5000,
 ) -> None:
-    """Start the MLflow UI on the experiment store."""
-    import subprocess
+    """Start the MLflow UI on the experiment store; SIGTERM or Ctrl-C stops it and its server."""
+    from autoprune.tracking.ui import serve_ui
 
-    from autoprune.tracking.tracker import resolve_tracking_uri
-
-    store = resolve_tracking_uri(uri)
-    typer.echo(f"MLflow UI on http://{host}:{port} (store {store}); Ctrl-C to stop")
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", host, "--port", str(port)]))
+    code = serve_ui(uri, host=host, port=port, announce=typer.echo)
+    if code == 130:
+        raise KeyboardInterrupt
+    raise typer.Exit(code)
 
 
 @app.command("check")
@@ -567,18 +326,10 @@ def check_cmd(
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help="A module not to prune (repeatable).")] = None,
 ) -> None:
     """Check surgery on every unit: pruned output must equal the masked dense model's."""
+    from autoprune.app.tables import check_table
     from autoprune.graph.check import check_model
 
-    graph, report = check_model(model, data, ignored=tuple(ignore or ()))
-    table = Table(title=f"{model}: surgery vs masked dense model (float64, tolerance 1e-5)")
-    for col in ("unit", "channels", "allowed step", "result"):
-        table.add_column(col, no_wrap=False)
-    for u in graph.units:
-        table.add_row(u.name, str(u.features.channels), str(u.constraint.step), report.failed.get(u.name, f"exact (max diff {report.max_diff.get(u.name, 0):.1e})"))
-    for name, why in graph.skipped.items():
-        table.add_row(name, "", "", f"not pruned: {why}")
-    Console(width=max(120, Console().width)).print(table)
-    typer.echo(f"{len(report.passed)} unit(s) exact, {len(report.failed)} failing (a search leaves them dense), {len(graph.skipped)} not prunable")
+    _show(check_table(model, *check_model(model, data, ignored=tuple(ignore or ()))))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -586,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="autoprune")
     except AutopruneError as e:
-        _fail(" ".join(str(e).split()) or type(e).__name__, 2)
+        _fail(describe(e, None), 2)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except SystemExit as e:

@@ -816,3 +816,88 @@ def test_policy_of_another_architecture_is_refused_naming_missing_and_extra_unit
     res = cli(capsys, "apply", "--policy", "policy.json", "--model", "mlp", "--data", "digits", "--out", "pruned.pt")
     assert_user_error(res, "another architecture", "layer1.0.conv1", "net.1", "autoprune transfer")
     assert not (work / "pruned.pt").exists()
+
+
+# ====================================================================== 8. damaged files, storage schemes, leftovers
+# Every file-loading error names the file and says what is wrong with it; a failed command leaves no
+# empty output folder behind; no message tells the user to call a Python function.
+
+CHECKPOINT_DAMAGE = [
+    pytest.param("empty", ("'base.pt'", "the file is empty (0 bytes)"), id="empty_checkpoint"),
+    pytest.param("truncated", ("'base.pt'", "the file is truncated"), id="truncated_checkpoint"),
+    pytest.param("text", ("'base.pt'", "not a PyTorch file"), id="text_file_as_checkpoint"),
+]
+
+
+def _damage_checkpoint(work: Path, baseline_cache: Path, damage: str) -> None:
+    data = (baseline_cache / "mlp-digits.pt").read_bytes()
+    content = {"empty": b"", "truncated": data[: len(data) // 2], "text": b"weights: none\n"}[damage]
+    (work / "base.pt").write_bytes(content)
+
+
+def _mlp_policy(work: Path) -> None:
+    units = PrunableGraph(build_model("mlp", **DIGITS).eval(), torch.zeros(2, 1, 8, 8)).unit_names
+    (work / "policy.json").write_text(json.dumps({"ratios": {u: 0.3 for u in units}, "drop": []}))
+
+
+@pytest.mark.parametrize("command", ["search", "apply"])
+@pytest.mark.parametrize("damage, culprits", CHECKPOINT_DAMAGE)
+def test_damaged_checkpoint_is_one_line_naming_the_file_and_the_damage(command: str, damage: str, culprits: tuple[str, ...],
+                                                                       work: Path, baseline_cache: Path, capsys):
+    _damage_checkpoint(work, baseline_cache, damage)
+    _mlp_policy(work)
+    before = files_under(work)
+    argv = {"search": ("search", "exp.yaml", "--set", "model.checkpoint=base.pt", "--set", "output_dir=results/bad"),
+            "apply": ("apply", "--policy", "policy.json", "--model", "mlp", "--data", "digits", "--checkpoint", "base.pt",
+                      "--out", "pruned.pt", "--no-track")}[command]
+    assert_user_error(cli(capsys, *argv), "checkpoint", *culprits, absent=("Invalid argument", "EOFError"))
+    assert files_under(work) == before
+    assert not (work / "results").exists(), "a failed search leaves no (empty) output folder"
+
+
+def test_empty_checkpoint_in_a_real_process_exits_2_with_one_line(work: Path):
+    (work / "base.pt").write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-m", "autoprune", "search", "exp.yaml", "--set", "model.checkpoint=base.pt"],
+                          cwd=work, text=True, capture_output=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert_user_error(Result(proc.returncode, proc.stdout, proc.stderr), "'base.pt'", "empty (0 bytes)")
+
+
+def test_checkpoint_of_another_model_lists_the_first_missing_and_unexpected_keys(work: Path, baseline_cache: Path, capsys):
+    shutil.copy(baseline_cache / "mlp-digits.pt", work / "mlp.pt")
+    res = cli(capsys, "search", "exp.yaml", "--set", "model.name=resnet20", "--set", "model.checkpoint=mlp.pt")
+    line = assert_user_error(res, "'mlp.pt'", "does not match the model 'resnet20'", "missing keys [conv1.weight, bn1.weight",
+                             "unexpected keys [net.1.weight", "in all)")
+    assert "Error(s) in loading state_dict" not in line
+
+
+def test_a_file_that_is_not_a_pruned_model_names_the_commands_that_write_one(work: Path, capsys):
+    torch.save({"state_dict": {}}, work / "plain.pt")
+    line = assert_user_error(cli(capsys, "evaluate", "plain.pt", "--data", "digits"), "plain.pt", "not an autoprune pruned model")
+    assert "autoprune apply" in line and "save_pruned" not in line
+
+
+@pytest.mark.parametrize("argv", [
+    ("search", "exp.yaml", "--set", "search.searcher=optuna", "--storage", "mongodb://user:secret@db.example/autoprune"),
+    ("worker", "--storage", "mongodb://user:secret@db.example/autoprune", "--study", "bad"),
+], ids=["search", "worker"])
+def test_unknown_storage_scheme_lists_the_allowed_schemes(argv: tuple[str, ...], work: Path, capsys):
+    line = assert_user_error(cli(capsys, *argv), "storage", "unsupported scheme 'mongodb'", "sqlite:///", "postgresql://", "mysql://")
+    assert "secret" not in line
+    assert not (work / "runs").exists()
+
+
+@pytest.mark.parametrize("error", [EOFError(), ValueError(""), ValueError("\n  \n"), OSError(22, ""), KeyError(""),
+                                   RuntimeError(None), ConfigError("")], ids=repr)
+def test_error_formatting_never_fails_on_an_empty_or_odd_message(error: BaseException):
+    from autoprune.errors import describe, one_line
+
+    shown = describe(error)
+    assert shown and "\n" not in shown
+    assert "\n" not in one_line(error)
+
+
+def test_a_failing_run_leaves_no_empty_output_folder(work: Path, capsys):
+    res = cli(capsys, "run", "exp.yaml", "--set", "output_dir=results/{name}", "--set", "tracking.uri=sqlite:///mlflow.db",
+              "--set", "budget.target=0.01", "--set", "pruning.max_ratio=0.1")
+    assert_user_error(res, "budget.target", "unreachable")
+    assert not (work / "results").exists()

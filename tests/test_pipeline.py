@@ -106,3 +106,35 @@ def test_the_registered_model_carries_its_policy_for_apply(finished):
     assert policy == res.search.result.best.policy
     assert payload["fingerprint"]["units"] and payload["model"] == "mlp"
     assert json.loads((tmp / "out" / "mlflow_run.json").read_text())["run_id"] == res.run_id
+
+
+def test_run_with_workers_records_the_lowered_thread_count_the_search_used(tmp_path, postgres_url):
+    """``--workers 2`` lowers the threads per process; policy.json and the MLflow params say so (one writer each)."""
+    import os
+
+    from autoprune.config.machine import threads_per_worker
+
+    cores = os.cpu_count() or 1
+    used = threads_per_worker(2)
+    if cores < 2 or used >= cores:
+        pytest.skip("needs a machine where two workers get fewer threads than all cores")
+    raw = tiny_config(tmp_path, latency={"threads": cores, "rounds": 5}, finetune={"epochs": 0},
+                      search={"searcher": "optuna", "episodes": 4, "storage": postgres_url, "study": "tiny-workers",
+                              "params": {"n_startup_trials": 2, "heartbeat_interval": 1, "grace_period": 3}})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "AUTOPRUNE_CACHE": str(tmp_path / "cache"), "AUTOPRUNE_PROGRESS": ""}
+    out = subprocess.run([sys.executable, "-m", "autoprune", "run", str(path), "--workers", "2"], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    written = tmp_path / "out" / "policy.json"
+    doc = json.loads(written.read_text())
+    assert doc["backend"]["threads"] == used
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = json.loads((tmp_path / "out" / "mlflow_run.json").read_text())["run_id"]
+    run = client.get_run(run_id)
+    assert run.data.params["latency.threads"] == str(used)
+    assert run.data.tags["machine.torch_threads"] == str(used)
+    logged = client.download_artifacts(run_id, "policy.json", str(tmp_path / "dl"))
+    assert open(logged, "rb").read() == written.read_bytes(), "the tracker logs the search's policy.json, it does not rewrite it"
+    assert f"{used} threads" in out.stdout

@@ -165,3 +165,30 @@ def test_zero_shot_without_an_agent_is_a_usage_error(workspace, capsys):
     (tmp / "z.yaml").write_text(json.dumps(config(tmp, "resnet20", "z")))
     code, _, err = cli(capsys, "search", str(tmp / "z.yaml"), "--zero-shot")
     assert code == 2 and "--zero-shot needs --agent" in err
+
+
+def test_a_policy_searched_with_ignored_layers_applies_and_transfers_keeping_them_unpruned(workspace, capsys):
+    tmp, _ = workspace
+    raw = config(tmp, "resnet20", "r20ign", search={"episodes": 2})
+    raw["model"]["ignore"] = ["layer1.0.conv1"]
+    run = run_search(parse_config(raw), progress=False)
+    doc = json.loads(run.policy_path.read_text())
+    assert doc["ignore"] == ["layer1.0.conv1"] and "layer1.0.conv1" not in doc["ratios"]
+    out = tmp / "r20ign.pt"
+    code, stdout, err = cli(capsys, "apply", "--policy", str(run.policy_path), "--model", "resnet20", "--data", "digits",
+                            "--checkpoint", str(tmp / "resnet20.pt"), "--no-track", "--out", str(out))
+    assert code in (0, None), err
+    assert "layer1.0.conv1" in stdout
+    net, meta = load_pruned(out)
+    dense = load_baseline(parse_config(config(tmp, "resnet20", "r20")), progress=False).model
+    assert net.get_submodule("layer1.0.conv1").out_channels == dense.get_submodule("layer1.0.conv1").out_channels
+    assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in dense.parameters())
+    assert meta["extra"]["ignore"] == ["layer1.0.conv1"]
+    # transfer honours them too: the ResNet-32 policy leaves the same layer alone and records it
+    (tmp / "r32ign.yaml").write_text(json.dumps(config(tmp, "resnet32", "r32ign")))
+    moved = tmp / "r32ign_policy.json"
+    code, _, err = cli(capsys, "transfer", str(tmp / "r32ign.yaml"), "--policy", str(run.policy_path), "--out", str(moved),
+                       "--candidates", "1", "--no-track")
+    assert code in (0, None), err
+    moved_doc = json.loads(moved.read_text())
+    assert moved_doc["ignore"] == ["layer1.0.conv1"] and "layer1.0.conv1" not in moved_doc["ratios"]

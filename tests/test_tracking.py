@@ -6,7 +6,6 @@ MLflow's migrations, which takes seconds), with a fresh experiment per test.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from mlflow import MlflowClient
 
 from autoprune.config.loading import parse_config
 from autoprune.errors import ConfigError
+from autoprune.formats.policy_file import policy_document, write_policy_file
 from autoprune.formats.pruned import load_pruned, save_pruned
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.objective.evaluator import Evaluation, Metrics
@@ -173,32 +173,50 @@ def test_finetune_epochs_and_final_report_are_logged(cfg, client):
 # ------------------------------------------------------------------ search result
 
 
-def test_search_result_writes_policy_history_and_plots(cfg, client, tmp_path):
+def test_search_result_logs_the_search_files_unchanged_plus_info_and_plots(cfg, client, tmp_path):
+    """One writer per artifact: the tracker logs policy.json and history.csv as the search wrote them."""
     history = fake_history()
     best = max((e for e in history if e.metrics.feasible), key=lambda e: e.metrics.reward)
     curves = {"net.1": [(0.0, 0.93), (0.5, 0.9), (0.8, 0.7)], "net.4": [(0.0, 0.93), (0.5, 0.92), (0.8, 0.85)]}
     result = SearchResult("random", best, history, pareto_front(history), 1.5, {"sensitivity": curves})
     info = {"target": 0.5, "metric": "latency", "dense_accuracy": 0.93, "unit_order": ["net.1", "net.4"], "uniform": (0.5, 0.8)}
+    out = tmp_path / "search"
+    out.mkdir()
+    doc = policy_document(best.policy, model="mlp", data="digits", metric="latency", target=0.5,
+                          backend={"name": "torch", "batch_size": 1, "threads": 1}, searcher="random", episode=best.index)
+    policy_path = write_policy_file(out / "policy.json", doc)
+    result.write_history_csv(out / "history.csv")
+    written = {p.name: p.read_bytes() for p in (policy_path, out / "history.csv")}
     with Tracker(cfg) as tracker:
-        files = tracker.log_search_result(result, info, out_dir=tmp_path / "search")
+        files = tracker.log_search_result(result, info, out_dir=out, written=[policy_path, out / "history.csv"])
     for name in ("plots/pareto.png", "plots/ratios.png", "plots/search_curve.png", "plots/sensitivity.png"):
         assert files[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and files[name].stat().st_size > 5000
     assert {"policy.json", "history.csv", "search_info.json", "plots/pareto.png", "plots/sensitivity.png"} <= artifact_paths(client, tracker.run_id)
-    policy_doc = json.loads(files["policy.json"].read_text())
-    assert Policy.from_dict(policy_doc) == best.policy and policy_doc["episode"] == best.index
-    assert len(files["history.csv"].read_text().splitlines()) == len(history) + 1
+    for name, data in written.items():  # neither rewritten on disk nor in the run
+        assert (out / name).read_bytes() == data
+        assert Path(client.download_artifacts(tracker.run_id, name, str(tmp_path))).read_bytes() == data
+    assert len(written["history.csv"].decode().splitlines()) == len(history) + 1
     metrics = client.get_run(tracker.run_id).data.metrics
     assert metrics["best_accuracy"] == pytest.approx(0.88) and metrics["best_latency_ratio"] == pytest.approx(0.45)
     assert metrics["search_episodes"] == 7 and metrics["search_failed_episodes"] == 1 and metrics["search_feasible_episodes"] == 4
 
 
-def test_search_result_without_a_best_policy_still_logs_its_plots(cfg, client):
+def test_search_result_without_a_best_policy_still_logs_its_plots(cfg, client, tmp_path):
     history = [evaluation(0, 0.0, 0.4, failed=True)]
     result = SearchResult("random", None, history, [], 0.1)
+    result.write_history_csv(tmp_path / "history.csv")
     with Tracker(cfg) as tracker:
-        files = tracker.log_search_result(result, {"target": 0.5})
+        files = tracker.log_search_result(result, {"target": 0.5}, written=[tmp_path / "history.csv"])
     assert "policy.json" not in files
     assert {"history.csv", "plots/pareto.png", "plots/search_curve.png"} <= artifact_paths(client, tracker.run_id)
+
+
+def test_experiments_autoprune_creates_open_on_their_runs_in_the_mlflow_ui(cfg, client):
+    """MLflow 3 opens an experiment tagged as model development on its runs, not on the empty GenAI overview."""
+    with Tracker(cfg) as tracker:
+        pass
+    tags = client.get_experiment(tracker.experiment_id).tags
+    assert tags.get("mlflow.experimentKind") == "custom_model_development"
 
 
 # ------------------------------------------------------------------ registry

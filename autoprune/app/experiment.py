@@ -6,28 +6,29 @@ CLI command is a few lines over these functions.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from autoprune.config.machine import check_batches_fit, fit_to_machine, threads_per_worker
+from autoprune.config.machine import check_batches_fit, fit_to_machine
 from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import evaluator_options, train_settings
-from autoprune.errors import ConfigError
+from autoprune.errors import ConfigError, describe
 from autoprune.objective.proxy import ProxySettings, proxy_accuracy
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.measure.table import LatencyTable
 from autoprune.measure.latency import DEFAULT_THREADS, PairedTimer, count_macs_params, model_size_bytes
 from autoprune.objective.evaluator import PolicyEvaluator
-from autoprune.paths import write_json_atomic
-from autoprune.formats.policy_file import policy_document
+from autoprune.formats.policy_file import POLICY_FILE, policy_document, write_policy_file
 from autoprune.graph.policy import Policy, model_fingerprint
 from autoprune.search import SearchResult, get_searcher
 from autoprune.graph.surgery import apply_policy
@@ -100,10 +101,40 @@ def output_dir(cfg: ExperimentConfig) -> Path:
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"output_dir: cannot create {str(d)!r} ({e.strerror})") from e
+        raise ConfigError(f"output_dir: cannot create {str(d)!r} ({e.strerror or describe(e)})") from e
     if not os.access(d, os.W_OK):
         raise ConfigError(f"output_dir: {str(d)!r} is not writable")
     return d
+
+
+@contextlib.contextmanager
+def experiment_dir(cfg: ExperimentConfig, *, disposable: Sequence[str] = ()) -> Iterator[Path]:
+    """The experiment's output directory (created), removed again if the body fails before writing results.
+
+    A command that fails (a bad checkpoint, an unreachable budget, Ctrl-C) leaves no empty folder
+    behind: the folders this call created are removed when, after the failure, they hold nothing but
+    ``disposable`` files (e.g. the MLflow run pointer of a run that did no work) and empty folders.
+
+    Raises:
+        ConfigError: the directory cannot be created or written.
+    """
+    d = Path(cfg.output_dir.replace("{name}", cfg.name))
+    first_new = next((p for p in reversed([d, *d.parents]) if not p.exists()), None)
+    out = output_dir(cfg)
+    try:
+        yield out
+    except BaseException:
+        if first_new is not None:
+            _remove_if_unused(first_new, set(disposable))
+        raise
+
+
+def _remove_if_unused(folder: Path, disposable: set[str]) -> None:
+    files = [p for p in folder.rglob("*") if not p.is_dir()]
+    if any(p.name not in disposable for p in files):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    log.info("removed %s: the failed command wrote nothing there", folder)
 
 
 def searcher_params(cfg: ExperimentConfig, out: Path) -> dict[str, Any]:
@@ -124,16 +155,40 @@ def searcher_params(cfg: ExperimentConfig, out: Path) -> dict[str, Any]:
 
 
 def write_policy(path: Path, evaluator: PolicyEvaluator, result: SearchResult, cfg: ExperimentConfig) -> None:
-    """Write the best policy with its metrics, provenance and the model's fingerprint as JSON (atomically)."""
+    """Write the best policy with its metrics, provenance, ignored layers and the model's fingerprint (atomically).
+
+    ``cfg`` must be the configuration the search ran with (see :func:`sized_for_workers`): the
+    latency backend's thread count recorded here is the one that timed the policy.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
     best = result.best
     payload = None
     if best is not None:
         payload = policy_document(
             best.policy, model=cfg.model.name, data=cfg.data.name, metric=evaluator.budget.metric, target=evaluator.target,
             backend=cfg.latency.backend_info(), searcher=result.searcher, episode=best.index, metrics=best.metrics.as_dict(),
-            fingerprint=model_fingerprint(evaluator.graph),
+            fingerprint=model_fingerprint(evaluator.graph), ignore=cfg.model.ignore,
         )
-    write_json_atomic(path, payload)
+    write_policy_file(path, payload)
+
+
+def sized_for_workers(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The configuration a search really runs with: with ``search.workers`` > 1, fewer threads per process.
+
+    ``N`` local workers share the machine's cores, so each times latency with
+    :func:`autoprune.config.machine.threads_per_worker` threads (:func:`autoprune.config.machine.fit_to_machine`) when ``latency.threads`` is higher.
+    Everything recorded about the search (``policy.json``, MLflow params) uses the returned config.
+
+    Raises:
+        ConfigError: ``search.workers`` > 1 with a searcher other than Optuna.
+    """
+    workers = cfg.search.workers
+    if workers > 1 and cfg.search.searcher != "optuna":
+        raise ConfigError(f"search.workers: {workers} worker processes need searcher 'optuna' (got {cfg.search.searcher!r}); "
+                          "ppo and ddpg stay in one process (use search.params.n_envs for vectorised environments)")
+    return fit_to_machine(cfg)
 
 
 @dataclass
@@ -146,6 +201,7 @@ class SearchRun:
     history_path: Path
     baseline: Baseline
     extras: dict[str, Any] = field(default_factory=dict)
+    config: ExperimentConfig | None = None  #: the configuration the search ran with (see :func:`sized_for_workers`)
 
 
 def run_search(
@@ -174,17 +230,19 @@ def run_search(
     Raises:
         ConfigError: e.g. ``search.workers`` > 1 with a searcher other than Optuna.
     """
+    cfg = sized_for_workers(cfg)
+    with experiment_dir(cfg) as out:
+        return _search_in(cfg, out, progress=progress, callback=callback, baseline=baseline, tracking=tracking,
+                          restart=restart, warm_start=warm_start)
+
+
+def _search_in(cfg: ExperimentConfig, out: Path, *, progress: bool, callback: Callable | None, baseline: Baseline | None,
+               tracking: tuple[str, str] | None, restart: bool, warm_start: tuple[Policy, dict] | None) -> SearchRun:
     from autoprune.search.distributed import publish_study, spawn_workers, stop_workers, wait_workers
 
     workers = cfg.search.workers
-    if workers > 1 and cfg.search.searcher != "optuna":
-        raise ConfigError(f"search.workers: {workers} worker processes need searcher 'optuna' (got {cfg.search.searcher!r}); "
-                          "ppo and ddpg stay in one process (use search.params.n_envs for vectorised environments)")
-    cfg = fit_to_machine(cfg)  # before any work: threads and workers against the CPUs
-    out = output_dir(cfg)
-    process_threads = threads_per_worker(workers)  # outside timing (proxy accuracy, BN): each worker's share
     if workers > 1:
-        torch.set_num_threads(process_threads)
+        torch.set_num_threads(cfg.latency.threads)
     baseline = baseline or load_baseline(cfg, progress=progress)
     evaluator = build_evaluator(cfg, baseline)
     params = searcher_params(cfg, out)
@@ -199,7 +257,7 @@ def run_search(
             publish_study(study, cfg.model_dump(mode="json"), cfg.search.episodes, run=tracking)
             if workers > 1:
                 procs.extend(spawn_workers(params["storage"], study.study_name, workers - 1,
-                                           threads=process_threads, log_dir=out / "workers"))
+                                           threads=cfg.latency.threads, log_dir=out / "workers"))
         extra["on_ready"] = on_ready
     searcher = get_searcher(cfg.search.searcher, params, progress=progress, callback=callback, **extra)
     evaluator.check_reachable()
@@ -208,10 +266,10 @@ def run_search(
         wait_workers(procs, log_dir=out / "workers")
     finally:
         stop_workers(procs)
-    policy_path, history_path = out / "policy.json", out / "history.csv"
+    policy_path, history_path = out / POLICY_FILE, out / "history.csv"
     write_policy(policy_path, evaluator, result, cfg)
     result.write_history_csv(history_path)
-    return SearchRun(result, evaluator, policy_path, history_path, baseline)
+    return SearchRun(result, evaluator, policy_path, history_path, baseline, config=cfg)
 
 
 def warm_start_policies(source: tuple[Policy, dict], evaluator: PolicyEvaluator, candidates: int = 3) -> list[Policy]:

@@ -18,11 +18,10 @@ import torch
 from mlflow import MlflowClient
 from torch import nn
 
-from autoprune.config.machine import fit_to_machine
 from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import finetune_settings, recover_settings
 from autoprune.objective.proxy import recalibrate_bn, split_metrics
-from autoprune.app.experiment import Baseline, SearchRun, load_baseline, output_dir, run_search
+from autoprune.app.experiment import Baseline, SearchRun, experiment_dir, load_baseline, run_search, sized_for_workers
 from autoprune.formats.onnx import export_onnx, quantize_onnx
 from autoprune.formats.pruned import save_pruned
 from autoprune.training.finetune import finetune
@@ -133,6 +132,7 @@ class RunResult:
     onnx: dict[str, Any] | None
     run_id: str | None
     report: dict[str, Any] = field(default_factory=dict)
+    config: ExperimentConfig | None = None  #: the configuration the run used (threads lowered for workers)
 
 
 RUN_FILE = "mlflow_run.json"
@@ -165,8 +165,12 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True, restart: boo
     finished trials and the interrupted MLflow run is resumed. Run again after it finished, or
     with ``restart``, it starts afresh (a new study and a new MLflow run).
     """
-    cfg = fit_to_machine(cfg)  # before any work: threads and workers against the CPUs
-    out = output_dir(cfg)
+    cfg = sized_for_workers(cfg)  # MLflow params and policy.json record the threads the search really used
+    with experiment_dir(cfg, disposable=(RUN_FILE,)) as out:
+        return _run_in(cfg, out, progress=progress, restart=restart)
+
+
+def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) -> RunResult:
     torch.set_num_threads(cfg.latency.threads)
     resume, finished = (None, False) if restart else _previous_run(out, cfg)
     if finished:
@@ -187,7 +191,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True, restart: boo
         if uniform is not None:
             info["uniform"] = uniform
             tracker.log_metrics({"uniform_accuracy": uniform[1], "uniform_value": uniform[0]})
-        tracker.log_search_result(search.result, info, out_dir=out)
+        tracker.log_search_result(search.result, info, out_dir=out, written=[search.policy_path, search.history_path])
         best = search.result.best
         if best is None:
             raise RuntimeError("the search produced no successful evaluation")
@@ -234,4 +238,4 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True, restart: boo
         )
         if search.result.extras.get("agent_path"):
             tracker.log_artifact(search.result.extras["agent_path"], "agent")
-        return RunResult(dense_r, pruned_r, search, model_path, onnx_info, tracker.run_id, report)
+        return RunResult(dense_r, pruned_r, search, model_path, onnx_info, tracker.run_id, report, config=cfg)

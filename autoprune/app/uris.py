@@ -8,6 +8,7 @@ is an MLflow URI.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from autoprune.errors import ConfigError
@@ -35,13 +36,14 @@ def load_policy(source: str, *, tracking_uri: str | None = None) -> tuple[Policy
     """
     if not is_mlflow_uri(source):
         return read_policy_file(source, source=source)
-    path = download_artifact_uri(source, tracking_uri=tracking_uri, option="--policy")
-    if path.is_dir():
-        found = sorted(path.rglob(POLICY_FILE))
-        if not found:
-            raise ConfigError(f"--policy: {source!r} holds no {POLICY_FILE}")
-        path = found[0]
-    return read_policy_file(path, source=source)
+    with tempfile.TemporaryDirectory(prefix="autoprune-artifact-") as tmp:  # read into memory, then deleted
+        path = download_artifact_uri(source, tracking_uri=tracking_uri, dst=tmp, option="--policy")
+        if path.is_dir():
+            found = sorted(path.rglob(POLICY_FILE))
+            if not found:
+                raise ConfigError(f"--policy: {source!r} holds no {POLICY_FILE}")
+            path = found[0]
+        return read_policy_file(path, source=source)
 
 
 def locate_bundle(source: str | Path, *, tracking_uri: str | None = None) -> Path:

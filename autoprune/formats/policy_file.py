@@ -8,8 +8,9 @@ and its settings, and the layers the search ignored. :func:`write_policy_file` i
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from autoprune.errors import ConfigError, PolicyError
 from autoprune.graph.policy import Policy
@@ -33,11 +34,27 @@ def policy_document(
     episode: int | None = None,
     metrics: dict | None = None,
     fingerprint: dict | None = None,
+    ignore: Sequence[str] = (),
 ) -> dict:
     """The one JSON form of a found policy: ratios and drops at the top, plus where it came from.
 
     Written by ``autoprune search`` (``policy.json``), ``autoprune transfer`` and logged to MLflow;
     read by :func:`read_policy_file` (and by :meth:`Policy.from_dict`, which only looks at ``ratios`` and ``drop``).
+
+    Args:
+        policy: The found policy.
+        model, data: Names of the model and data set it was found on.
+        metric, target: The budget (``latency`` or ``macs``; fraction of dense, None with ``target_ms``).
+        backend: Where latency was measured (``name``, ``batch_size``, ``threads``), as the search used it.
+        searcher: The searcher's name (``transfer`` for a transferred policy).
+        episode: Index of the evaluation that found it.
+        metrics: Its metrics (:meth:`autoprune.objective.evaluator.Metrics.as_dict`).
+        fingerprint: :func:`autoprune.graph.policy.model_fingerprint` of the model it was found on.
+        ignore: Layers the search left unpruned (``model.ignore``); ``apply`` and ``transfer``
+            ignore them again, so the policy's units match.
+
+    Returns:
+        A JSON-ready dict.
     """
     return {
         "format": POLICY_FORMAT,
@@ -50,6 +67,7 @@ def policy_document(
         "episode": episode,
         "metrics": metrics,
         "fingerprint": fingerprint,
+        "ignore": list(ignore),
     }
 
 
@@ -85,6 +103,9 @@ def read_policy_file(path: str | Path, *, source: str | None = None) -> tuple[Po
     fp = payload.get("fingerprint")
     if fp is not None and not (isinstance(fp, dict) and isinstance(fp.get("units"), list) and isinstance(fp.get("blocks", []), list)):
         raise PolicyError(f"--policy: {source!r} has a malformed 'fingerprint' (expected units and blocks lists)")
+    ignore = payload.get("ignore", [])
+    if not isinstance(ignore, list) or not all(isinstance(n, str) for n in ignore):
+        raise PolicyError(f"--policy: {source!r} has a malformed 'ignore' (expected a list of layer names)")
     try:
         policy = Policy.from_dict(body)
     except (TypeError, ValueError, AttributeError) as e:
@@ -95,13 +116,26 @@ def read_policy_file(path: str | Path, *, source: str | None = None) -> tuple[Po
     return policy, payload
 
 
-def write_policy_file(path: str | Path, document: dict[str, Any]) -> Path:
+def write_policy_file(path: str | Path, document: dict[str, Any] | None) -> Path:
     """Write a :func:`policy_document` atomically (the one writer of ``policy.json``).
+
+    Non-finite numbers (a failed measurement's NaN) are written as ``null``, so the file is strict
+    JSON. ``None`` (a search without a successful evaluation) is written as ``null``.
 
     Raises:
         OSError: the folder cannot be written.
     """
-    return write_json_atomic(path, document)
+    return write_json_atomic(path, _json_safe(document))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 __all__ = ["POLICY_FILE", "POLICY_FORMAT", "policy_document", "read_policy_file", "write_policy_file"]

@@ -9,8 +9,6 @@ dense model again and replays the surgery, so no code is ever unpickled.
 from __future__ import annotations
 
 import os
-import pickle
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import AutopruneError, ConfigError, ModelError, one_line
+from autoprune.formats.torch_file import load_torch_file
 from autoprune.graph.surgery import pruning_history, replay_history
 
 #: The format tag of the file, also the ``format`` tag of a registered model version.
@@ -118,22 +117,11 @@ def load_pruned(path: str | Path) -> tuple[nn.Module, dict]:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        what = f" ({found.group(1)})" if found else ""
-        raise ModelError(
-            f"{path}: cannot read as an autoprune pruned model: it holds pickled Python objects{what}, "
-            "which are never loaded; only files written by save_pruned are accepted"
-        ) from e
-    except Exception as e:  # zip/EOF errors of truncated or corrupt files
-        raise ModelError(
-            f"{path}: cannot read as an autoprune pruned model: truncated or corrupt ({type(e).__name__}: {one_line(e, 120)})"
-        ) from e
+    data = load_torch_file(path, context=f"{path}: cannot read as an autoprune pruned model")
     tag = data.get("format") if isinstance(data, dict) else None
     if tag != FORMAT:
-        raise ModelError(f"{path}: not an autoprune pruned model (format tag {tag!r}, expected {FORMAT!r}); save it with save_pruned")
+        raise ModelError(f"{path}: not an autoprune pruned model (format tag {tag!r}, expected {FORMAT!r}); "
+                         "pruned models are written by `autoprune apply` and `autoprune run`")
     missing = [k for k in ("model", "history", "state_dict") if k not in data]
     if missing:
         raise ModelError(f"{path}: incomplete pruned-model file, missing {', '.join(missing)}")

@@ -8,7 +8,6 @@ reward. One call of ``evaluator.evaluate`` is one *episode* of the budget.
 from __future__ import annotations
 
 import abc
-import csv
 import json
 import logging
 import math
@@ -20,6 +19,7 @@ from typing import Any, Callable, ClassVar
 from tqdm.auto import tqdm
 
 from autoprune.errors import ConfigError
+from autoprune.paths import write_csv_atomic
 from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
 from autoprune.graph.policy import Policy
 
@@ -52,19 +52,10 @@ class SearchResult:
         return len(self.history)
 
     def write_history_csv(self, path: str | Path) -> None:
-        """One row per evaluation: index, reward, metrics and the policy as JSON."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """One row per evaluation: index, reward, metrics and the policy as JSON; written atomically."""
         rows = [{"episode": e.index, "cached": e.cached, **e.metrics.as_dict(), "policy": json.dumps(e.policy.to_dict())} for e in self.history]
-        if not rows:
-            path.write_text("")
-            return
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        tmp.replace(path)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_csv_atomic(path, rows)
 
 
 def pareto_front(history: list[Evaluation]) -> list[Evaluation]:

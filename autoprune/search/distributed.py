@@ -19,7 +19,8 @@ from typing import Any
 
 import optuna
 
-from autoprune.errors import ConfigError
+from autoprune.errors import ConfigError, describe
+from autoprune.search.optuna_search import unsupported_scheme
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,9 @@ def read_study(storage: str, study_name: str) -> StudyInfo:
             raise ConfigError(f"--study: no study {study_name!r} in {storage}; studies there: {', '.join(names) or '(none)'}")
         attrs = optuna.load_study(study_name=study_name, storage=storage).user_attrs
     except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError) as e:
-        raise ConfigError(f"--storage: cannot open {storage!r} ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from e
+        if (why := unsupported_scheme(storage)) is not None:
+            raise ConfigError(f"--storage: {why}") from e
+        raise ConfigError(f"--storage: cannot open {storage!r} ({describe(e, 200)})") from e
     if CONFIG_ATTR not in attrs:
         raise ConfigError(f"--study: {study_name!r} in {storage} was not created by `autoprune search` (no stored config)")
     return StudyInfo(attrs[CONFIG_ATTR], int(attrs.get(EPISODES_ATTR, 0)), attrs.get(TRACKING_ATTR), attrs.get(RUN_ATTR))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import re
 import time
 import warnings
 from typing import Any, Callable
@@ -28,7 +29,7 @@ import sqlalchemy.orm
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from autoprune.errors import ConfigError
+from autoprune.errors import ConfigError, describe
 from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
 from autoprune.graph.policy import Policy
 from autoprune.search.base import Searcher
@@ -36,6 +37,19 @@ from autoprune.search.samplers import SAMPLERS, is_multi_objective, make_sampler
 from autoprune.search.study_lock import StudyLock
 
 log = logging.getLogger(__name__)
+
+#: Database URL schemes Optuna's RDB storage reaches through SQLAlchemy (each with optional ``+driver``).
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
+
+
+def unsupported_scheme(url: str) -> str | None:
+    """Why ``url``'s scheme cannot be a study storage (the URL, password hidden, and the allowed schemes), or None."""
+    scheme = url.split("://", 1)[0].lower()
+    if scheme.split("+", 1)[0] in STORAGE_SCHEMES:
+        return None
+    return (f"{re.sub(r'//[^@/]*@', '//***@', url)!r} has unsupported scheme {scheme!r}; allowed: sqlite:///file.db, "
+            + ", ".join(f"{s}://..." for s in STORAGE_SCHEMES[1:]) + " (optionally with +driver)")
+
 
 
 class OptunaSearcher(Searcher):
@@ -136,7 +150,9 @@ class OptunaSearcher(Searcher):
                             raise
                         time.sleep(1.0)
         except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError) as e:
-            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            if (why := unsupported_scheme(url)) is not None:
+                raise ConfigError(f"search.storage: {why}") from e
+            first = describe(e, 200)
             try:
                 shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
             except Exception:  # noqa: BLE001 - an unparsable URL is shown as given
@@ -192,7 +208,7 @@ class OptunaSearcher(Searcher):
         try:
             study = optuna.create_study(storage=storage, study_name=study_name, directions=directions, load_if_exists=True)
         except sqlalchemy.exc.SQLAlchemyError as e:
-            raise ConfigError(f"search.storage: cannot use {self.params['storage']!r}: {str(e).splitlines()[0][:200]}") from e
+            raise ConfigError(f"search.storage: cannot use {self.params['storage']!r}: {describe(e, 200)}") from e
         if [d.name.lower() for d in study.directions] != directions:
             raise ConfigError(f"search.params.study_name: study {study_name!r} in {self.params['storage']} optimises "
                               f"{[d.name.lower() for d in study.directions]}, sampler {self.params['sampler']!r} needs "

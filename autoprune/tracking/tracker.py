@@ -42,7 +42,7 @@ from autoprune.config.schema import ExperimentConfig, dump_config
 from autoprune.errors import ConfigError
 from autoprune.errors import one_line
 from autoprune.tracking.store import artifact_root, mlflow_message, quiet_mlflow, resolve_tracking_uri
-from autoprune.formats.policy_file import policy_document
+from autoprune.paths import write_json_atomic
 from autoprune.formats.pruned import FORMAT as PRUNED_FORMAT, MODEL_DIR, MODEL_FILE
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,11 @@ _LIBRARIES = ("torch", "torch-pruning", "optuna", "stable-baselines3", "gymnasiu
 
 CHAMPION = "champion"
 ACCURACY_TAG = "test_accuracy"
+#: MLflow 3 opens an experiment on the page of its kind: a model-training experiment opens on its runs
+#: (without the tag, the UI shows the GenAI traces overview, empty for autoprune).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
 def _versions() -> dict[str, str]:
     out = {}
     for name in _LIBRARIES:
@@ -212,7 +217,8 @@ class Tracker:
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is None:
             try:
-                return self.client.create_experiment(self.experiment, artifact_location=artifact_root(self.uri, self.experiment))
+                return self.client.create_experiment(self.experiment, artifact_location=artifact_root(self.uri, self.experiment),
+                                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             except MlflowException as e:
                 if e.error_code != "RESOURCE_ALREADY_EXISTS":  # created meanwhile by another worker
                     raise ConfigError(f"tracking.experiment: cannot create {self.experiment!r} ({mlflow_message(e)})") from e
@@ -337,49 +343,54 @@ class Tracker:
         else:
             raise ConfigError(f"log_artifact: {path} does not exist")
 
-    def log_search_result(self, result: Any, info: Mapping[str, Any] | None = None, *, out_dir: str | Path | None = None) -> dict[str, Path]:
-        """Summary metrics plus ``policy.json``, ``history.csv``, ``search_info.json`` and plots of a search.
+    def log_search_result(
+        self,
+        result: Any,
+        info: Mapping[str, Any] | None = None,
+        *,
+        out_dir: str | Path | None = None,
+        written: Sequence[str | Path] = (),
+    ) -> dict[str, Path]:
+        """Log a finished search: summary metrics, the files it wrote, ``search_info.json`` and plots.
+
+        The search's own files (``policy.json``, ``history.csv``, written once by
+        :func:`autoprune.app.experiment.run_search`) are passed as ``written`` and logged as they are,
+        never rewritten here.
 
         Args:
             result: A :class:`autoprune.search.SearchResult`.
             info: What the plots need from the evaluator, all optional: ``target`` (budget as a
                 fraction of dense), ``metric`` (``latency`` or ``macs``), ``dense_accuracy``,
                 ``unit_order`` (unit names in graph order), ``uniform`` ((value, accuracy) of
-                the uniform baseline), ``fingerprint`` (of the searched model, for ``policy.json``).
-                Stored as ``search_info.json`` (without the fingerprint).
-            out_dir: Keep the files there (default: a temporary folder, removed afterwards).
+                the uniform baseline). Stored as ``search_info.json``.
+            out_dir: Keep ``search_info.json`` and the plots there (default: a temporary folder, removed afterwards).
+            written: Files the search wrote, logged at the top of the run's artifacts under their own names.
 
         Returns:
-            The written files by artifact name (only meaningful with ``out_dir``). Plots are
-            under ``plots/``; ``plots/sensitivity.png`` when ``result.extras`` has
-            ``sensitivity`` curves.
+            The logged files by artifact name (the temporary ones are gone without ``out_dir``). Plots
+            are under ``plots/``; ``plots/sensitivity.png`` when ``result.extras`` has ``sensitivity`` curves.
+
+        Raises:
+            ConfigError: a file of ``written`` does not exist.
         """
         from autoprune.tracking import plots  # matplotlib: only when results are logged
 
         run_id = self._require_run()
         self.flush()
-        info = dict(info or {})
-        fingerprint = info.pop("fingerprint", None)
+        info = {k: v for k, v in (info or {}).items() if k != "fingerprint"}
+        files: dict[str, Path] = {}
+        for path in map(Path, written):
+            if not path.is_file():
+                raise ConfigError(f"log_search_result: {path} does not exist")
+            files[path.name] = path
         temp = None if out_dir is not None else tempfile.mkdtemp(prefix="autoprune-search-")
         root = Path(out_dir if out_dir is not None else temp)
         root.mkdir(parents=True, exist_ok=True)
-        files: dict[str, Path] = {}
         try:
             best = result.best
             history = list(result.history)
             target, metric = info.get("target"), info.get("metric", "latency")
-            if best is not None:
-                policy_doc = policy_document(
-                    best.policy, model=self.cfg.model.name, data=self.cfg.data.name, metric=metric, target=target,
-                    backend=self.cfg.latency.backend_info(),
-                    searcher=result.searcher, episode=best.index, metrics=best.metrics.as_dict(), fingerprint=fingerprint,
-                )
-                files["policy.json"] = root / "policy.json"
-                files["policy.json"].write_text(json.dumps(_json_safe(policy_doc), indent=2))
-            files["history.csv"] = root / "history.csv"
-            result.write_history_csv(files["history.csv"])
-            files["search_info.json"] = root / "search_info.json"
-            files["search_info.json"].write_text(json.dumps(_json_safe({"searcher": result.searcher, **info}), indent=2))
+            files["search_info.json"] = write_json_atomic(root / "search_info.json", _json_safe({"searcher": result.searcher, **info}))
             pdir = root / "plots"
             dense_acc = info.get("dense_accuracy")
             files["plots/pareto.png"] = plots.plot_pareto(

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from autoprune.errors import ConfigError, ModelError
+from autoprune.errors import ConfigError, ModelError, describe
+from autoprune.formats.torch_file import load_torch_file
 from autoprune.objective.proxy import accuracy
 from autoprune.zoo import DataBundle, build_model, check_model_fits
 
@@ -92,34 +93,61 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``).
 
+    Args:
+        path: A file written by :func:`save_checkpoint`, or a bare state dict saved with ``torch.save``.
+
+    Returns:
+        ``{"state_dict": {name: tensor}, "meta": {...}}``.
+
     Raises:
-        ConfigError: missing file. ModelError: unreadable or not an autoprune checkpoint.
+        ConfigError: missing file.
+        ModelError: an empty, truncated or foreign file, or one that is not a state dict.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint: file {str(path)!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelError(f"checkpoint: cannot load {str(path)!r} ({type(e).__name__}: {str(e).splitlines()[0]})") from e
-    if isinstance(ckpt, dict) and "state_dict" in ckpt:
+    ckpt = load_torch_file(path, context=f"checkpoint: cannot load {str(path)!r}")
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
         return ckpt
-    if isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         return {"state_dict": ckpt, "meta": {}}
-    raise ModelError(f"checkpoint: {str(path)!r} is not a state dict or autoprune checkpoint")
+    raise ModelError(f"checkpoint: {str(path)!r} is not a state dict or autoprune checkpoint "
+                     f"(it holds a {type(ckpt).__name__}{' without tensors' if isinstance(ckpt, dict) else ''})")
 
 
-def load_model_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
+def _show_keys(keys: list[str], limit: int = 4) -> str:
+    return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_model_weights(model: nn.Module, path: str | os.PathLike, *, model_name: str | None = None) -> dict[str, Any]:
     """Load a checkpoint's weights into ``model``; returns the checkpoint's meta.
 
+    Args:
+        model: The freshly built model.
+        path: The checkpoint (see :func:`load_checkpoint`).
+        model_name: Named in the error message when the weights do not fit.
+
     Raises:
-        ModelError: the file is not a checkpoint, or its weights do not match ``model``.
+        ConfigError: missing file.
+        ModelError: unreadable file, or weights that do not fit ``model``: the message lists the first
+            missing and unexpected keys and differing shapes.
     """
     ckpt = load_checkpoint(path)
+    state, own = ckpt["state_dict"], model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"missing keys [{_show_keys(missing)}]" if missing else "",
+                 f"unexpected keys [{_show_keys(unexpected)}]" if unexpected else "",
+                 f"shapes differ [{_show_keys(shapes, 3)}]" if shapes else ""]
+        name = f" {model_name!r}" if model_name else ""
+        raise ModelError(f"checkpoint: {str(path)!r} does not match the model{name}: " + "; ".join(p for p in parts if p))
     try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
-        raise ModelError(f"checkpoint: {str(path)!r} does not match the model ({str(e).splitlines()[0]})") from e
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as e:
+        raise ModelError(f"checkpoint: {str(path)!r} does not match the model ({describe(e)})") from e
     return dict(ckpt.get("meta", {}))
 
 
@@ -176,7 +204,7 @@ def train_or_load(
     path = Path(checkpoint) if checkpoint else default_checkpoint_path(model_name, data.name)
     cached = path.name == default_checkpoint_path(model_name, data.name).name
     if path.is_file():
-        meta = load_model_weights(model, path)
+        meta = load_model_weights(model, path, model_name=model_name)
         stale = cached and meta.get("settings") not in (None, asdict(settings))
         if not _weights_finite(model):
             if not cached:

@@ -1,0 +1,304 @@
+"""One function per ``autoprune`` command that works on experiments: train, estimate, search, worker, run, transfer.
+
+The CLI parses its options, calls one of these and prints what it returns (see
+:mod:`autoprune.app.tables`). Commands on saved files (apply, fine-tune, evaluate, export) are in
+:mod:`autoprune.app.model_files`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from autoprune.app.experiment import (
+    Baseline,
+    EstimateRow,
+    SearchRun,
+    baseline_checkpoint,
+    build_evaluator,
+    estimate,
+    load_baseline,
+    run_search,
+    run_worker,
+)
+from autoprune.app.pipeline import RunResult, run_experiment
+from autoprune.app.uris import load_policy, locate_bundle
+from autoprune.config.loading import load_config, parse_config
+from autoprune.config.schema import ExperimentConfig, check_data_name, check_model_name
+from autoprune.errors import ConfigError
+from autoprune.paths import writable_file, write_json_atomic
+from autoprune.search import SearchResult
+
+log = logging.getLogger(__name__)
+
+
+def experiment_config(config: str | Path | None, model: str | None, data: str | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """A config from a file, or a minimal one from a model and data set name (``--model``/``--data``).
+
+    Raises:
+        ConfigError: both or neither of a file and a model, or an invalid config.
+    """
+    if config is not None:
+        if model is not None or data is not None:
+            given = " and ".join(o for o, v in (("--model", model), ("--data", data)) if v is not None)
+            raise ConfigError(f"{given}: give either {str(config)!r} or {given}, not both (override a config with --set model.name=...)")
+        return load_config(config, list(overrides))
+    if model is None:
+        raise ConfigError("give a CONFIG.yaml or --model (e.g. --model resnet20 --data fashion_mnist)")
+    return parse_config({"model": {"name": model}, "data": {"name": data or "fashion_mnist"}}, source="command line",
+                        overrides=list(overrides))
+
+
+# ----------------------------------------------------------------- train
+@dataclass
+class TrainReport:
+    """What ``autoprune train`` shows."""
+
+    model: str
+    data: str
+    val_accuracy: float
+    test_accuracy: float
+    params: int
+    checkpoint: Path
+    status: str  #: "trained" or "loaded"
+
+
+def train_baseline(
+    model: str,
+    data: str,
+    *,
+    data_dir: str | Path | None = None,
+    epochs: int = 15,
+    checkpoint: str | Path | None = None,
+    seed: int = 0,
+    augment: bool = True,
+    force: bool = False,
+    progress: bool = True,
+) -> TrainReport:
+    """Train a baseline (or load the cached one) and measure it.
+
+    With ``force``, the model is trained into a side file that replaces the checkpoint only on
+    success, so an interrupted run keeps the old weights.
+
+    Raises:
+        ConfigError: unknown model or data set, or an unwritable checkpoint path.
+        ModelError: an unreadable checkpoint.
+    """
+    from autoprune.objective.proxy import accuracy
+    from autoprune.training.baseline import TrainSettings, train_or_load
+    from autoprune.zoo import load_data
+
+    check_model_name(model)
+    check_data_name(data)
+    bundle = load_data(data, data_dir=str(data_dir) if data_dir else None, seed=seed)
+    path = writable_file(checkpoint or baseline_checkpoint(model, bundle.name), "--checkpoint")
+    settings = TrainSettings(epochs=epochs, augment=augment, seed=seed)
+    torch.manual_seed(seed)
+    if force and path.exists():
+        fresh = path.with_name(path.name + ".new")
+        fresh.unlink(missing_ok=True)
+        net, meta = train_or_load(model, bundle, settings, checkpoint=fresh, progress=progress)
+        os.replace(fresh, path)
+        status = "trained"
+    else:
+        status = "loaded" if path.is_file() else "trained"
+        net, meta = train_or_load(model, bundle, settings, checkpoint=path, progress=progress)
+    val_acc, test_acc = meta.get("val_accuracy"), meta.get("test_accuracy")
+    if val_acc is None or test_acc is None:
+        val_acc, test_acc = accuracy(net, bundle.val), accuracy(net, bundle.test)
+    return TrainReport(model, bundle.name, float(val_acc), float(test_acc), sum(p.numel() for p in net.parameters()), path, status)
+
+
+# ----------------------------------------------------------------- estimate
+def parse_ratios(text: str) -> list[float]:
+    """``"0.1,0.3,0.5"`` as a list of ratios in [0, 1).
+
+    Raises:
+        ConfigError: not numbers, none, or out of range.
+    """
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise ConfigError(f"--ratios: {text!r} is not a comma-separated list of numbers such as 0.1,0.3,0.5") from e
+    if not values:
+        raise ConfigError(f"--ratios: {text!r} holds no ratio; give at least one, e.g. 0.1,0.3,0.5")
+    bad = [v for v in values if not 0.0 <= v < 1.0]
+    if bad:
+        raise ConfigError(f"--ratios: {bad} out of range; allowed: 0 <= ratio < 1")
+    return values
+
+
+@dataclass
+class EstimateReport:
+    """What ``autoprune estimate`` shows."""
+
+    config: ExperimentConfig
+    data: str
+    batch_size: int
+    rows: list[EstimateRow]
+
+
+def estimate_uniform(cfg: ExperimentConfig, ratios: str, *, batch_size: int | None = None, progress: bool = True) -> EstimateReport:
+    """Measure uniform channel pruning at each of ``ratios`` (comma-separated) on the config's model.
+
+    Raises:
+        ConfigError: bad ratios, or a config problem found while loading the baseline.
+    """
+    values = parse_ratios(ratios)
+    baseline = load_baseline(cfg, progress=progress)
+    bs = batch_size or cfg.latency.batch_size
+    rows = estimate(baseline, values, batch_size=bs, threads=cfg.latency.threads, proxy=cfg.proxy.settings(),
+                    importance=cfg.pruning.importance, round_to=cfg.pruning.round_to, ignored=tuple(cfg.model.ignore))
+    return EstimateReport(cfg, baseline.data.name, bs, rows)
+
+
+# ----------------------------------------------------------------- search, worker, run
+def search_command(
+    config: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    agent: str | None = None,
+    zero_shot: bool = False,
+    warm_start: str | None = None,
+    restart: bool = False,
+    tracking_uri: str | None = None,
+    progress: bool = True,
+) -> SearchRun:
+    """``autoprune search``: load the config (with overrides), resolve a saved agent or warm-start policy, search.
+
+    Args:
+        config: The experiment config file.
+        overrides: ``key=value`` overrides (``--set`` and the options that stand for fields).
+        agent: A saved PPO agent (folder, ``runs:/`` or ``models:/``) to start from.
+        zero_shot: Only run the agent (needs ``agent``).
+        warm_start: A policy (file, ``runs:/``, ``models:/``) to evaluate first (Optuna).
+        restart: Forget the stored study or PPO checkpoint.
+        tracking_uri: Where ``runs:/`` and ``models:/`` sources are.
+
+    Raises:
+        ConfigError: inconsistent options, or anything :func:`autoprune.app.experiment.run_search` raises.
+    """
+    overrides = list(overrides)
+    if zero_shot and not agent:
+        raise ConfigError("--zero-shot needs --agent (the saved agent to run)")
+    if agent:
+        chosen = next((o.split("=", 1)[1] for o in overrides if o.startswith("search.searcher=")), None)
+        if chosen not in (None, "ppo"):
+            raise ConfigError(f"--agent: runs the PPO searcher; drop --searcher {chosen}")
+        overrides += ["search.searcher=ppo", f"search.params.agent={locate_bundle(agent, tracking_uri=tracking_uri)}"]
+        if zero_shot:
+            overrides.append("search.params.zero_shot=true")
+    cfg = load_config(config, overrides)
+    warm = None
+    if warm_start:
+        if cfg.search.searcher != "optuna":
+            raise ConfigError(f"--warm-start: enqueues a policy in an Optuna study; search.searcher is {cfg.search.searcher!r}")
+        warm = load_policy(warm_start, tracking_uri=tracking_uri)
+    return run_search(cfg, progress=progress, restart=restart, warm_start=warm)
+
+
+def worker_command(storage: str, study: str, *, n_trials: int | None = None, threads: int | None = None,
+                   progress: bool = True) -> SearchResult:
+    """``autoprune worker``: join a stored study with ``threads`` intra-op threads (default: torch's).
+
+    Raises:
+        ConfigError: unreachable storage or unknown study.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    return run_worker(storage, study, n_trials=n_trials, progress=progress)
+
+
+def run_command(config: str | Path, overrides: Sequence[str] = (), *, restart: bool = False, progress: bool = True) -> RunResult:
+    """``autoprune run``: the whole job on a config file (see :func:`autoprune.app.pipeline.run_experiment`).
+
+    Raises:
+        ConfigError, ModelError, BudgetError: a user's mistake, found before or during the work.
+    """
+    return run_experiment(load_config(config, list(overrides)), progress=progress, restart=restart)
+
+
+# ----------------------------------------------------------------- transfer
+@dataclass
+class TransferReport:
+    """What ``autoprune transfer`` shows."""
+
+    result: Any  #: :class:`autoprune.transfer.mapping.TransferResult`
+    source_model: str | None
+    dense_accuracy: float
+    out: Path
+    mapping: str  #: the mapping table (markdown)
+    candidates: str  #: the candidate table (markdown)
+    run_id: str | None = None
+
+
+def honoured_ignore(cfg: ExperimentConfig, payload: dict, baseline: Baseline) -> ExperimentConfig:
+    """``cfg`` with the layers the policy's search ignored (``payload["ignore"]``) ignored here too.
+
+    Only names that are modules of this model are taken: on another architecture, the mapping
+    decides, and a layer that does not exist here cannot be ignored.
+    """
+    modules = {name for name, _ in baseline.model.named_modules()}
+    extra = [n for n in payload.get("ignore") or [] if n in modules and n not in cfg.model.ignore]
+    if not extra:
+        return cfg
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"ignore": [*cfg.model.ignore, *extra]})})
+
+
+def transfer_command(
+    cfg: ExperimentConfig,
+    policy: str,
+    *,
+    out: str | Path,
+    refit: bool = True,
+    candidates: int = 3,
+    track: bool = True,
+    tracking_uri: str | None = None,
+    progress: bool = True,
+) -> TransferReport:
+    """Map a policy found on one architecture onto the config's model, re-fit its budget, measure and write it.
+
+    The layers the source search ignored are ignored on the target too (when it has them).
+
+    Raises:
+        ConfigError: a missing policy or unwritable ``out``.
+        PolicyError: a malformed policy file.
+        BudgetError: the target is unreachable.
+    """
+    from autoprune.transfer.refit import candidate_table, mapping_table, transfer
+
+    out = writable_file(out, "--out")
+    src, payload = load_policy(policy, tracking_uri=tracking_uri)
+    baseline = load_baseline(cfg, progress=progress)
+    cfg = honoured_ignore(cfg, payload, baseline)
+    evaluator = build_evaluator(cfg, baseline)
+    res = transfer(src, payload, evaluator, refit=refit, measure=True, candidates=candidates)
+    doc = res.document(model=cfg.model.name, data=cfg.data.name, backend=cfg.latency.backend_info(), metrics=res.metrics)
+    doc["ignore"] = list(cfg.model.ignore)
+    write_json_atomic(out, doc)
+    report = TransferReport(res, payload.get("model"), evaluator.dense_accuracy, out, mapping_table(res.rows), candidate_table(res))
+    if track:
+        from autoprune.tracking.tracker import Tracker
+
+        m = res.metrics or {}
+        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"experiment": "transfer", "register": False})})
+        with Tracker(cfg, run_name=f"transfer-{payload.get('model')}-to-{cfg.model.name}") as tracker:
+            tracker.client.set_tag(tracker.run_id, "policy_source", policy)
+            tracker.log_metrics({"scale": res.scale, "predicted_value": res.predicted_value, "target": res.target,
+                                 **{k: v for k, v in m.items() if k in ("accuracy", "value", "latency_ratio", "macs_ratio", "feasible")}})
+            tracker.client.log_text(tracker.run_id, report.mapping, "transfer/mapping.md")
+            tracker.client.log_text(tracker.run_id, report.candidates, "transfer/candidates.md")
+            tracker.log_artifact(out, "transfer")
+        report.run_id = tracker.run_id
+    return report
+
+
+__all__ = [
+    "EstimateReport", "TrainReport", "TransferReport", "estimate_uniform", "experiment_config", "honoured_ignore",
+    "parse_ratios", "run_command", "search_command", "train_baseline", "transfer_command", "worker_command",
+]

@@ -1,0 +1,218 @@
+"""The commands on saved files: apply a policy file, fine-tune, evaluate and export a pruned model.
+
+Each takes a local path or an MLflow ``runs:/`` / ``models:/`` URI; a downloaded artifact lives
+in a temporary folder only while the command reads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from autoprune.app.experiment import load_baseline
+from autoprune.app.pipeline import apply_best
+from autoprune.app.uris import is_mlflow_uri, load_policy
+from autoprune.config.loading import parse_config
+from autoprune.formats.pruned import load_pruned, save_pruned
+from autoprune.graph.policy import check_policy_fits
+from autoprune.graph.prunable import PrunableGraph
+from autoprune.measure.latency import count_macs_params, measure_latency
+from autoprune.objective.proxy import split_metrics
+from autoprune.paths import writable_file
+from autoprune.tracking.artifacts import download_model_uri
+from autoprune.training.finetune import FinetuneSettings, finetune
+from autoprune.zoo import load_data
+
+
+@contextlib.contextmanager
+def opened_model(source: str | Path, *, tracking_uri: str | None = None) -> Iterator[tuple[nn.Module, dict, Path]]:
+    """``(model, meta, local path)`` of a pruned model file or MLflow URI; a download is deleted on exit.
+
+    Raises:
+        ConfigError: a missing file or URI. ModelError: an unreadable pruned-model file.
+    """
+    with contextlib.ExitStack() as stack:
+        dst = stack.enter_context(tempfile.TemporaryDirectory(prefix="autoprune-artifact-")) if is_mlflow_uri(source) else None
+        path = download_model_uri(source, tracking_uri=tracking_uri, dst=dst)
+        net, meta = load_pruned(path)
+        yield net, meta, path
+
+
+# ----------------------------------------------------------------- apply
+@dataclass
+class ApplyReport:
+    """What ``autoprune apply`` shows."""
+
+    model: str
+    out: Path
+    test_accuracy: float
+    params: int
+    macs: int
+    dense_params: int
+    dense_macs: int
+    ignored: list[str]
+    run_id: str | None = None
+
+
+def apply_policy_file(
+    policy: str,
+    model: str,
+    *,
+    data: str = "fashion_mnist",
+    checkpoint: str | Path | None = None,
+    out: str | Path = "pruned.pt",
+    finetune_epochs: float = 0,
+    distill: bool = False,
+    track: bool = True,
+    tracking_uri: str | None = None,
+    progress: bool = True,
+) -> ApplyReport:
+    """Apply a saved policy to the same architecture, optionally fine-tune, save the pruned model, log it.
+
+    The layers the policy's search ignored (the file's ``ignore``) are ignored here too, so its
+    units match; a policy found on another architecture is refused (map it with ``autoprune transfer``).
+
+    Raises:
+        ConfigError: a missing policy or checkpoint, or an unwritable ``out``.
+        PolicyError: a malformed policy, or one of another architecture.
+        ModelError: an unreadable checkpoint.
+    """
+    cfg = parse_config({"name": "apply", "model": {"name": model, "checkpoint": str(checkpoint) if checkpoint else None},
+                        "data": {"name": data}, "tracking": {"uri": tracking_uri, "register": False}}, source="command line")
+    writable_file(out, "--out")
+    pol, payload = load_policy(policy, tracking_uri=tracking_uri)
+    baseline = load_baseline(cfg, progress=progress)
+    modules = {name for name, _ in baseline.model.named_modules()}
+    ignored = [n for n in payload.get("ignore") or [] if n in modules]  # an unknown name: the fingerprint check says why
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"ignore": ignored})})
+    graph = PrunableGraph(baseline.model, baseline.data.example_input(1), ignored=ignored)
+    check_policy_fits(pol, graph, fingerprint=payload.get("fingerprint"), source=f"--policy {policy}")
+    pruned = apply_best(cfg, baseline, pol, graph=graph)
+    if finetune_epochs > 0:
+        finetune(pruned, baseline.data, FinetuneSettings(epochs=finetune_epochs, distill=distill),
+                 teacher=baseline.model if distill else None, progress=progress)
+    acc = split_metrics(pruned, baseline.data.test)["accuracy"]
+    out = save_pruned(out, pruned, model_name=model, in_channels=baseline.data.in_channels, num_classes=baseline.data.num_classes,
+                      input_size=baseline.data.input_size, extra={"policy": pol.to_dict(), "test_accuracy": acc, "ignore": ignored})
+    x1 = baseline.data.example_input(1)
+    dense_macs, dense_params = count_macs_params(baseline.model, x1)
+    macs, params = count_macs_params(pruned, x1)
+    report = ApplyReport(model, out, acc, int(params), int(macs), int(dense_params), int(dense_macs), ignored)
+    if track:
+        from autoprune.tracking.tracker import Tracker
+
+        with Tracker(cfg, run_name=f"apply-{model}") as tracker:
+            tracker.client.set_tag(tracker.run_id, "policy_source", policy)
+            tracker.log_metrics({"test_accuracy": acc, "params": params, "macs": macs, "dense_params": dense_params,
+                                 "dense_macs": dense_macs, "finetune_epochs": finetune_epochs})
+            tracker.log_pruned_model(out, test_accuracy=acc)
+        report.run_id = tracker.run_id
+    return report
+
+
+# ----------------------------------------------------------------- fine-tune, evaluate, export
+@dataclass
+class FinetuneReport:
+    """What ``autoprune finetune`` shows."""
+
+    epochs: float
+    test_accuracy: float
+    out: Path
+
+
+def finetune_file(
+    source: str,
+    *,
+    data: str = "fashion_mnist",
+    epochs: float = 3,
+    lr: float = 0.01,
+    distill: bool = False,
+    out: str | Path = "finetuned.pt",
+    tracking_uri: str | None = None,
+    progress: bool = True,
+) -> FinetuneReport:
+    """Fine-tune a saved pruned model (optionally distilling from its dense baseline) and save it.
+
+    Raises:
+        ConfigError: a missing file or URI. ModelError: an unreadable pruned-model file.
+    """
+    out = writable_file(out, "--out")
+    with opened_model(source, tracking_uri=tracking_uri) as (net, meta, _):
+        spec = meta["model"]
+        teacher = None
+        if distill:
+            base_cfg = parse_config({"model": {"name": spec["name"]}, "data": {"name": data}}, source="command line")
+            teacher = load_baseline(base_cfg, progress=progress).model
+        bundle = load_data(data)
+        finetune(net, bundle, FinetuneSettings(epochs=epochs, lr=lr, distill=distill), teacher=teacher, progress=progress)
+        acc = split_metrics(net, bundle.test)["accuracy"]
+        extra = {**(meta.get("extra") or {}), "test_accuracy": acc}
+        save_pruned(out, net, model_name=spec["name"], in_channels=spec["in_channels"], num_classes=spec["num_classes"],
+                    input_size=spec["input_size"], extra=extra)
+    return FinetuneReport(epochs, acc, out)
+
+
+@dataclass
+class EvaluateReport:
+    """What ``autoprune evaluate`` shows."""
+
+    source: str
+    test_accuracy: float
+    latency: Any  #: :class:`autoprune.measure.latency.LatencyResult`
+    batch_size: int
+    macs: int
+    params: int
+
+
+def evaluate_file(source: str, *, data: str = "fashion_mnist", batch_size: int = 1, threads: int = 2,
+                  tracking_uri: str | None = None) -> EvaluateReport:
+    """Test accuracy, latency (``threads`` intra-op threads, ``batch_size``) and size of a saved pruned model.
+
+    Raises:
+        ConfigError: a missing file or URI. ModelError: an unreadable pruned-model file.
+    """
+    with opened_model(source, tracking_uri=tracking_uri) as (net, _, path):
+        bundle = load_data(data)
+        acc = split_metrics(net, bundle.test)["accuracy"]
+        lat = measure_latency(net, bundle.example_input(batch_size), threads=threads)
+        macs, params = count_macs_params(net, bundle.example_input(1))
+        shown = str(path) if not is_mlflow_uri(source) else source
+    return EvaluateReport(shown, acc, lat, batch_size, int(macs), int(params))
+
+
+@dataclass
+class ExportReport:
+    """What ``autoprune export`` shows."""
+
+    onnx: Path
+    max_abs_diff: float
+    quantized: Path | None
+
+
+def export_file(source: str, *, onnx: str | Path = "model.onnx", quantize: bool = False, tracking_uri: str | None = None) -> ExportReport:
+    """Export a saved pruned model to ONNX (checked against torch in ONNX Runtime), optionally int8 too.
+
+    Raises:
+        ConfigError: a missing file or URI, or the ``onnx`` extra not installed.
+        ModelError: an unreadable pruned-model file.
+    """
+    from autoprune.formats.onnx import export_onnx, quantize_onnx
+
+    onnx = writable_file(onnx, "--onnx")
+    with opened_model(source, tracking_uri=tracking_uri) as (net, meta, _):
+        spec = meta["model"]
+        info = export_onnx(net, torch.zeros(1, spec["in_channels"], spec["input_size"], spec["input_size"]), onnx)
+    quantized = Path(quantize_onnx(onnx, onnx.with_suffix(".int8.onnx"))) if quantize else None
+    return ExportReport(Path(info["path"]), float(info["max_abs_diff"]), quantized)
+
+
+__all__ = [
+    "ApplyReport", "EvaluateReport", "ExportReport", "FinetuneReport", "apply_policy_file", "evaluate_file", "export_file",
+    "finetune_file", "opened_model",
+]

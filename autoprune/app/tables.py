@@ -1,0 +1,178 @@
+"""What each command shows: its result as rich tables and text lines, ready for the CLI to print.
+
+Every function returns a list of renderables (rich tables or strings); nothing here prints.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.table import Table
+
+from autoprune.app.commands import EstimateReport, TrainReport, TransferReport
+from autoprune.app.experiment import SearchRun
+from autoprune.app.model_files import ApplyReport, EvaluateReport, ExportReport, FinetuneReport
+from autoprune.app.pipeline import RunResult
+from autoprune.search import SearchResult
+
+#: Renderables: rich tables (printed at least this wide) and plain lines.
+Shown = list[Any]
+
+
+def train_table(r: TrainReport) -> Shown:
+    """The baseline's accuracy, size and checkpoint."""
+    table = Table(title=f"{r.model} on {r.data}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    table.add_row("val accuracy", f"{r.val_accuracy:.4f}")
+    table.add_row("test accuracy", f"{r.test_accuracy:.4f}")
+    table.add_row("parameters", f"{r.params:,}")
+    table.add_row("checkpoint", f"{r.checkpoint} ({r.status})")
+    return [table]
+
+
+def estimate_table(r: EstimateReport) -> Shown:
+    """One row per uniform ratio: params, MACs, size, measured and predicted speed-up, proxy accuracy."""
+    cfg = r.config
+    table = Table(title=f"{cfg.model.name} on {r.data}: uniform channel pruning (batch {r.batch_size}, {cfg.latency.threads} threads)")
+    for col in ("ratio", "params", "MACs", "size", "lat ms", "speed-up [95% CI]", "predicted", "proxy acc", "secs p/a/l"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for row in r.rows:
+        table.add_row(
+            "dense" if row.ratio == 0 else f"{row.ratio:.0%}", f"{row.params:,}", f"{row.macs / 1e6:.2f} M",
+            f"{row.size_bytes / 1024:.0f} KiB", f"{row.latency_ms:.3f}",
+            f"{1 / row.latency_ratio:.2f}x [{1 / row.latency_ci[1]:.2f}-{1 / row.latency_ci[0]:.2f}]",
+            f"{1 / row.predicted_ratio:.2f}x", f"{row.proxy_accuracy:.4f}",
+            "/".join(f"{row.seconds[k]:.1f}" for k in ("prune", "accuracy", "latency")),
+        )
+    return [table, "speed-up = dense latency / pruned latency, measured paired (interleaved calls); predicted = lookup table; "
+                   "proxy acc = validation accuracy after BN re-estimation; secs = prune / accuracy / latency time."]
+
+
+def search_summary(run: SearchRun) -> Shown:
+    """Dense model against the best policy; the files written.
+
+    Both "latency ms" cells come from this process: the best policy's ms is its measured ratio
+    times this process's dense latency (a resumed search's best may have been timed by another
+    process, against another dense time), so the two cells agree with the ratio beside them.
+    """
+    res, ev = run.result, run.evaluator
+    best = res.best
+    if best is None:
+        return ["no successful evaluation"]
+    table = Table(title=f"{res.searcher}: {res.episodes} episodes in {res.seconds:.0f} s ({60 * res.episodes / max(res.seconds, 1e-9):.1f}/min)")
+    table.add_column("", style="bold")
+    table.add_column("dense", justify="right")
+    table.add_column("best policy", justify="right")
+    m = best.metrics
+    table.add_row("proxy accuracy (val)", f"{ev.dense_accuracy:.4f}", f"{m.accuracy:.4f}")
+    table.add_row("latency ratio (paired)", "1.000", f"{m.latency_ratio:.3f} [{m.latency_ci[0]:.3f}, {m.latency_ci[1]:.3f}]")
+    table.add_row("latency ms", f"{ev.dense_ms:.3f}", f"{best_latency_ms(run):.3f}")
+    table.add_row("MAC ratio", "1.000", f"{m.macs_ratio:.3f}")
+    table.add_row("params", f"{ev.dense_params:,}", f"{m.params:,}")
+    table.add_row(f"budget ({ev.budget.metric} <= {ev.target:.3f})", "", "met" if m.feasible else "NOT met")
+    table.add_row("reward", "", f"{m.reward:.4f}")
+    table.add_row("blocks dropped", "", ", ".join(best.policy.drop) or "-")
+    return [table, f"policy: {run.policy_path}\nhistory: {run.history_path}"]
+
+
+def best_latency_ms(run: SearchRun) -> float:
+    """The best policy's latency in ms against this process's dense latency (NaN without a best or a ratio)."""
+    best = run.result.best
+    ratio = best.metrics.latency_ratio if best is not None else math.nan
+    return float(ratio) * float(run.evaluator.dense_ms) if ratio is not None else math.nan
+
+
+def run_tables(res: RunResult) -> Shown:
+    """The search summary, then dense against pruned on the test split, and where the results went."""
+    cfg = res.config
+    d, p = res.dense, res.pruned
+    threads = f", {cfg.latency.threads} threads" if cfg is not None else ""
+    table = Table(title=f"{cfg.name if cfg else 'run'}: dense vs pruned (test split, batch {cfg.latency.batch_size if cfg else 1}{threads})")
+    for col in ("", "dense", "pruned", "change"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_row("test accuracy", f"{d.test_accuracy:.4f}", f"{p.test_accuracy:.4f}", f"{100 * (p.test_accuracy - d.test_accuracy):+.2f} pts")
+    table.add_row("latency ms [95% CI]", f"{d.latency_ms:.3f}", f"{p.latency_ms:.3f} [{p.latency_ci_ms[0]:.3f}, {p.latency_ci_ms[1]:.3f}]",
+                  f"{d.latency_ms / p.latency_ms:.2f}x faster")
+    table.add_row("MACs", f"{d.macs / 1e6:.2f} M", f"{p.macs / 1e6:.2f} M", f"{d.macs / max(1, p.macs):.2f}x fewer")
+    table.add_row("params", f"{d.params:,}", f"{p.params:,}", f"{d.params / max(1, p.params):.2f}x fewer")
+    table.add_row("size", f"{d.size_bytes / 1024:.0f} KiB", f"{p.size_bytes / 1024:.0f} KiB", f"{d.size_bytes / max(1, p.size_bytes):.2f}x smaller")
+    return [*search_summary(res.search), table,
+            f"pruned model: {res.model_path}" + (f"\nonnx: {res.onnx['path']}" if res.onnx else ""),
+            f"MLflow run {res.run_id}: see it with 'autoprune ui'"]
+
+
+def worker_line(res: SearchResult, study: str) -> Shown:
+    """How many trials this worker ran, and the study's best so far."""
+    mine = res.extras.get("trial_numbers", [])
+    best = res.best
+    return [f"worker done: ran {len(mine)} trial(s) of study {study!r} ({res.episodes} finished in all); "
+            + (f"best reward so far {best.metrics.reward:.4f} (trial {best.index})" if best else "no successful trial")]
+
+
+def apply_lines(r: ApplyReport) -> Shown:
+    """What pruning saved and where the model went."""
+    lines = [f"pruned {r.model}: params {r.dense_params:,} -> {r.params:,}, MACs {r.dense_macs / 1e6:.2f} M -> {r.macs / 1e6:.2f} M; "
+             f"test accuracy {r.test_accuracy:.4f}; written to {r.out}"]
+    if r.ignored:
+        lines.append(f"layers left unpruned, as in the policy's search: {', '.join(r.ignored)}")
+    if r.run_id:
+        lines.append(f"MLflow run {r.run_id} (experiment 'apply')")
+    return lines
+
+
+def transfer_lines(r: TransferReport) -> Shown:
+    """The mapping table, the candidates tried, and the measured result."""
+    res = r.result
+    m = res.metrics or {}
+    shown: Shown = [r.mapping]
+    if len(res.candidates) > 1:
+        shown.append("\n" + r.candidates + "\n")
+    how = "same architecture: taken by unit name" if res.identity else f"from {r.source_model}"
+    shown.append(f"{how}; scale {res.scale:.3f}; predicted {res.metric} {res.predicted_value:.3f}, measured "
+                 f"{m.get('value', float('nan')):.3f} (target {res.target:.3f}, {'met' if m.get('feasible') else 'NOT met'}); "
+                 f"proxy accuracy {m.get('accuracy', float('nan')):.4f} (dense {r.dense_accuracy:.4f}); written to {r.out}")
+    if r.run_id:
+        shown.append(f"MLflow run {r.run_id} (experiment 'transfer')")
+    return shown
+
+
+def finetune_lines(r: FinetuneReport) -> Shown:
+    """The fine-tuned accuracy and file."""
+    return [f"fine-tuned for {r.epochs:g} epochs: test accuracy {r.test_accuracy:.4f}; written to {r.out}"]
+
+
+def evaluate_lines(r: EvaluateReport) -> Shown:
+    """Accuracy, latency and size of a saved model."""
+    lat = r.latency
+    return [f"{r.source}: test accuracy {r.test_accuracy:.4f}, latency {lat.median_ms:.3f} ms (p10 {lat.p10_ms:.3f}, p90 {lat.p90_ms:.3f}) "
+            f"at batch {r.batch_size}, {r.macs / 1e6:.2f} M MACs, {r.params:,} params"]
+
+
+def export_lines(r: ExportReport) -> Shown:
+    """The files written."""
+    lines = [f"wrote {r.onnx} (max |onnx - torch| = {r.max_abs_diff:.2e})"]
+    if r.quantized is not None:
+        lines.append(f"wrote {r.quantized}")
+    return lines
+
+
+def check_table(model: str, graph: Any, report: Any) -> Shown:
+    """The differential surgery check of every unit (``autoprune check``), and a closing count."""
+    table = Table(title=f"{model}: surgery vs masked dense model (float64, tolerance 1e-5)")
+    for col in ("unit", "channels", "allowed step", "result"):
+        table.add_column(col, no_wrap=False)
+    for u in graph.units:
+        table.add_row(u.name, str(u.features.channels), str(u.constraint.step),
+                      report.failed.get(u.name, f"exact (max diff {report.max_diff.get(u.name, 0):.1e})"))
+    for name, why in graph.skipped.items():
+        table.add_row(name, "", "", f"not pruned: {why}")
+    return [table, f"{len(report.passed)} unit(s) exact, {len(report.failed)} failing (a search leaves them dense), "
+                   f"{len(graph.skipped)} not prunable"]
+
+
+__all = [
+    "apply_lines", "best_latency_ms", "estimate_table", "evaluate_lines", "export_lines", "finetune_lines", "run_tables",
+    "search_summary", "train_table", "transfer_lines", "worker_line",
+]
