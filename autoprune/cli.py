@@ -139,18 +139,20 @@ def config_cmd(
 
 
 def _experiment_config(config: Path | None, model: str | None, data: str | None, overrides: list[str] | None):
-    """A config from a file, or a minimal one from --model/--data."""
+    """A config from a file, or a minimal one from --model/--data, checked against the machine."""
     from autoprune.config.loading import load_config, parse_config
+    from autoprune.config.machine import fit_to_machine
     from autoprune.errors import ConfigError
 
     if config is not None:
         if model is not None or data is not None:
             given = " and ".join(o for o, v in (("--model", model), ("--data", data)) if v is not None)
             raise ConfigError(f"{given}: give either {str(config)!r} or {given}, not both (override a config with --set model.name=...)")
-        return load_config(config, overrides or [])
+        return fit_to_machine(load_config(config, overrides or []))
     if model is None:
         raise ConfigError("give a CONFIG.yaml or --model (e.g. --model resnet20 --data fashion_mnist)")
-    return parse_config({"model": {"name": model}, "data": {"name": data or "fashion_mnist"}}, source="command line", overrides=overrides or [])
+    return fit_to_machine(parse_config({"model": {"name": model}, "data": {"name": data or "fashion_mnist"}},
+                                       source="command line", overrides=overrides or []))
 
 
 def _parse_ratios(text: str) -> list[float]:
