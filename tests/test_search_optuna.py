@@ -89,7 +89,7 @@ def test_enqueued_policy_with_unknown_unit_is_a_config_error(mlp_evaluator):
 
 
 def test_unknown_sampler_is_a_config_error_naming_the_allowed_ones():
-    with pytest.raises(ConfigError, match=r"sampler: 'anneal' is not allowed; allowed: tpe, cmaes, nsga2, gp"):
+    with pytest.raises(ConfigError, match=r"^search.sampler: unknown Optuna sampler 'anneal'; allowed: 'tpe', 'cmaes', 'nsga2', 'gp' or 'package.module:Class'$"):
         get_searcher("optuna", {"sampler": "anneal"})
 
 

@@ -210,3 +210,13 @@ def test_searcher_backend_and_importance_named_as_module_class_run_a_search(tmp_
     assert run.result.episodes == 2 and all(e.policy.ratios == {u: 0.6 for u in run.evaluator.unit_names} for e in run.result.history)
     assert plugins_for_tests.CountingEagerBackend.prepared > before  # the dense model and the candidates were timed on it
     assert "plugins_for_tests:LastChannelsFirstImportance" in run.evaluator.graph._importance_cache  # noqa: SLF001
+
+
+def test_pruning_defaults_are_the_library_defaults():
+    from autoprune.config.schema import PruningConfig
+    from autoprune.objective.evaluator import PolicyEvaluator
+
+    params = inspect.signature(PolicyEvaluator).parameters
+    assert PruningConfig().importance == params["importance"].default == inspect.signature(apply_policy).parameters["importance"].default
+    assert PruningConfig().max_ratio == params["max_ratio"].default
+    assert PruningConfig().drop_blocks == params["allow_drop"].default

@@ -28,6 +28,7 @@ from autoprune.app.experiment import (
 )
 from autoprune.app.pipeline import RunResult, run_experiment
 from autoprune.app.uris import load_policy, locate_bundle
+from autoprune.config.machine import fit_to_machine
 from autoprune.config.loading import load_config, parse_config
 from autoprune.config.schema import ExperimentConfig, check_data_name, check_model_name
 from autoprune.errors import ConfigError
@@ -38,20 +39,21 @@ log = logging.getLogger(__name__)
 
 
 def experiment_config(config: str | Path | None, model: str | None, data: str | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """A config from a file, or a minimal one from a model and data set name (``--model``/``--data``).
+    """A config from a file, or a minimal one from a model and data set name (``--model``/``--data``), checked against the machine.
 
     Raises:
-        ConfigError: both or neither of a file and a model, or an invalid config.
+        ConfigError: both or neither of a file and a model, an invalid config, or threads/workers
+            beyond this machine's CPUs (:func:`autoprune.config.machine.fit_to_machine`).
     """
     if config is not None:
         if model is not None or data is not None:
             given = " and ".join(o for o, v in (("--model", model), ("--data", data)) if v is not None)
             raise ConfigError(f"{given}: give either {str(config)!r} or {given}, not both (override a config with --set model.name=...)")
-        return load_config(config, list(overrides))
+        return fit_to_machine(load_config(config, list(overrides)))
     if model is None:
         raise ConfigError("give a CONFIG.yaml or --model (e.g. --model resnet20 --data fashion_mnist)")
-    return parse_config({"model": {"name": model}, "data": {"name": data or "fashion_mnist"}}, source="command line",
-                        overrides=list(overrides))
+    return fit_to_machine(parse_config({"model": {"name": model}, "data": {"name": data or "fashion_mnist"}}, source="command line",
+                                       overrides=list(overrides)))
 
 
 # ----------------------------------------------------------------- train

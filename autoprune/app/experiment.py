@@ -24,6 +24,7 @@ from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import evaluator_options, train_settings
 from autoprune.errors import ConfigError, describe
 from autoprune.objective.proxy import ProxySettings, proxy_accuracy
+from autoprune.graph.importance import DEFAULT_IMPORTANCE
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.measure.table import LatencyTable
 from autoprune.measure.latency import DEFAULT_THREADS, PairedTimer, count_macs_params, model_size_bytes
@@ -369,7 +370,7 @@ def estimate(
     batch_size: int = 1,
     threads: int = DEFAULT_THREADS,
     proxy: ProxySettings = ProxySettings(),
-    importance: str = "l1",
+    importance: str = DEFAULT_IMPORTANCE,
     round_to: int | None = None,
     ignored: tuple[str, ...] = (),
 ) -> list[EstimateRow]:

@@ -37,9 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from autoprune.errors import ConfigError
-from autoprune.graph.importance import IMPORTANCES
+from autoprune.graph.importance import DEFAULT_IMPORTANCE, IMPORTANCES
 from autoprune.measure.latency import BACKENDS
-from autoprune.objective.evaluator import Budget, LatencySettings, Reward
+from autoprune.objective.evaluator import DEFAULT_MAX_RATIO, Budget, LatencySettings, Reward
 from autoprune.objective.proxy import ProxySettings
 from autoprune.registry import Registry, is_reference
 from autoprune.search import SEARCHERS
@@ -316,9 +316,9 @@ class PruningConfig(_Section):
         iterative_steps: Reach the policy in this many prune-recover stages.
     """
 
-    importance: str = "l1"
+    importance: str = DEFAULT_IMPORTANCE
     round_to: int | None = Field(None, ge=1)
-    max_ratio: float = Field(0.8, gt=0.0, lt=1.0)
+    max_ratio: float = Field(DEFAULT_MAX_RATIO, gt=0.0, lt=1.0)
     drop_blocks: bool = True
     iterative_steps: int = Field(1, ge=1)
 

@@ -45,6 +45,9 @@ def taylor() -> tp.importance.Importance:
     return scorer
 
 
+#: The criterion used unless told otherwise (surgery, the evaluator and ``pruning.importance``).
+DEFAULT_IMPORTANCE = "l1"
+
 #: The importance criteria: the one list of their names (``pruning.importance`` is checked against it).
 IMPORTANCES: Registry[ImportanceFactory] = Registry(
     "importance criterion",
@@ -96,4 +99,4 @@ def needs_gradients(scorer: object) -> bool:
     return isinstance(scorer, (tp.importance.GroupTaylorImportance, tp.importance.GroupHessianImportance))
 
 
-__all__ = ["IMPORTANCES", "ImportanceFactory", "make_importance", "needs_gradients", "register_importance"]
+__all__ = ["DEFAULT_IMPORTANCE", "IMPORTANCES", "ImportanceFactory", "make_importance", "needs_gradients", "register_importance"]

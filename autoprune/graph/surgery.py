@@ -26,7 +26,7 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import PolicyError
-from autoprune.graph.importance import IMPORTANCES
+from autoprune.graph.importance import DEFAULT_IMPORTANCE, IMPORTANCES
 from autoprune.graph.prunable import PrunableGraph, kept_channels
 from autoprune.graph.policy import Policy
 
@@ -54,7 +54,7 @@ def apply_policy(
     *,
     graph: PrunableGraph | None = None,
     example_input: torch.Tensor | None = None,
-    importance: str = "l1",
+    importance: str = DEFAULT_IMPORTANCE,
     round_to: int | None = None,
     batches: BatchSource | None = None,
 ) -> nn.Module:
@@ -170,7 +170,7 @@ def apply_iteratively(
     example_input: torch.Tensor,
     steps: int,
     recover: Callable[[nn.Module], None] | None = None,
-    importance: str = "l1",
+    importance: str = DEFAULT_IMPORTANCE,
     round_to: int | None = None,
     batches: BatchSource | None = None,
 ) -> nn.Module:

@@ -37,6 +37,7 @@ from torch import nn
 from autoprune.errors import BudgetError, ConfigError, ModelError, PolicyError
 from autoprune.graph.check import default_cache_dir, verify_graph
 from autoprune.objective.proxy import ProxySettings, accuracy, proxy_accuracy
+from autoprune.graph.importance import DEFAULT_IMPORTANCE
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.measure.table import LatencyTable
 from autoprune.measure.latency import DEFAULT_THREADS, PairedTimer, count_macs_params
@@ -45,6 +46,10 @@ from autoprune.graph.surgery import apply_policy
 from autoprune.zoo import DataBundle
 
 log = logging.getLogger(__name__)
+
+
+#: Largest pruning ratio of any unit unless told otherwise (``pruning.max_ratio``).
+DEFAULT_MAX_RATIO = 0.8
 
 
 @dataclass(frozen=True)
@@ -254,9 +259,9 @@ class PolicyEvaluator:
         reward: Reward = Reward(),
         proxy: ProxySettings = ProxySettings(),
         latency: LatencySettings = LatencySettings(),
-        importance: str = "l1",
+        importance: str = DEFAULT_IMPORTANCE,
         round_to: int | None = None,
-        max_ratio: float = 0.8,
+        max_ratio: float = DEFAULT_MAX_RATIO,
         allow_drop: bool = True,
         ignored: tuple[str, ...] = (),
         graph: PrunableGraph | None = None,
