@@ -478,7 +478,7 @@ class PrunableGraph:
             in_c = kept[in_unit] if in_unit in kept else s.in_channels
             out_c = kept[out_unit] if out_unit in kept else s.out_channels
             norm = "norm" in s.kind  # batchnorm*, layernorm, groupnorm, instancenorm*: in == out
-            if norm and out_unit in kept:
+            if (norm or s.kind == "multiheadattention") and out_unit in kept:  # one width in and out
                 in_c = out_c
             if s.kind not in MAC_LAYER_KINDS and not norm and out_unit is None and in_unit is None:
                 if current is not None and len(s.input_shape) > 1 and s.in_channels == s.out_channels:
