@@ -190,3 +190,40 @@ def test_an_activation_after_a_linear_on_tokens_has_the_features_as_channels() -
     assert (relu.channel_axis, relu.in_channels) == (1, 3)  # after a conv the channels are dim 1
     narrower = gelu.with_channels(4, 4)
     assert narrower.input_shape == (2, 5, 4) and narrower.output_shape == (2, 5, 4)
+
+
+class TokenMixer(nn.Module):
+    """Image rows as 8 tokens: embed, self-attention + LayerNorm on a residual stream, MLP, mean, classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.norm = nn.LayerNorm(16)
+        self.ff, self.act, self.ff2 = nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x[:, 0])  # (N, 8 tokens, 8 features) -> (N, 8, 16)
+        t = self.norm(t + self.attn(t, t, t, need_weights=False)[0])
+        t = t + self.ff2(self.act(self.ff(t)))
+        return self.fc(t.mean(1))
+
+
+def test_predicted_macs_of_an_attention_model_equal_the_counted_macs_after_surgery(example_input) -> None:
+    torch.manual_seed(0)
+    model = TokenMixer().eval()
+    graph = PrunableGraph(model, example_input)
+    stream = graph.out_owner["attn"]  # the residual stream's unit also sets the attention width
+    lq = 8
+    attention = 4 * lq * 16 * 16 + 2 * lq * lq * 16
+    assert graph.dense_macs == count_macs_params(model, example_input)[0] == (
+        lq * 8 * 16 + attention + lq * 16 * 32 + lq * 32 * 16 + 16 * 10
+    )
+    for policy in (Policy({stream: 0.5}), Policy.uniform(graph.unit_names, 0.5)):
+        pruned = apply_policy(model, policy, graph=graph)
+        assert graph.macs_for(policy.ratios) == count_macs_params(pruned, example_input)[0]
+        (predicted,) = [s for s in graph.specs_for(policy.ratios) if s.module_name == "attn"]
+        (real,) = [s for s in record_layer_specs(pruned, example_input) if s.module_name == "attn"]
+        assert (predicted.in_channels, predicted.input_shape, predicted.kv_channels) == (8, (2, lq, 8), (8, 8))
+        assert (real.in_channels, real.input_shape, real.kv_channels) == (8, (2, lq, 8), (8, 8))

@@ -1,8 +1,9 @@
 """The prunable graph: layer specs, dependency groups and droppable blocks, policies, and surgery.
 
-- :mod:`~autoprune.graph.layers`: ``LayerSpec`` (one leaf-layer call, the latency-table key);
+- :mod:`~autoprune.graph.layers`: ``LayerSpec`` and the one recorder of layer specs; MACs per sample;
 - :mod:`~autoprune.graph.prunable`: ``PrunableGraph`` (Torch-Pruning dependency groups and droppable blocks);
-- :mod:`~autoprune.graph.policy`: ``Policy`` (a pruning ratio per group) and the model fingerprint;
+- :mod:`~autoprune.graph.residual`: residual blocks found by tracing (droppable ones);
+- :mod:`~autoprune.graph.policy`: ``Policy`` (a pruning ratio per unit) and the model fingerprint;
 - :mod:`~autoprune.graph.surgery`: real structural surgery with Torch-Pruning.
 """
 

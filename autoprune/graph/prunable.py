@@ -15,7 +15,6 @@ predicted without touching the model.
 from __future__ import annotations
 
 import logging
-import operator
 import warnings
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Sequence
@@ -28,6 +27,7 @@ from autoprune.errors import ConfigError, ModelError, PolicyError
 from autoprune.graph.constraints import MULTI_SOURCE_OPS, ChannelConstraint, UnsupportedUnit, constraint_of, kept_channels
 from autoprune.graph.importance import make_importance, needs_gradients
 from autoprune.graph.layers import MAC_LAYER_KINDS, ExampleInput, LayerSpec, count_macs, record_layer_specs, spec_macs
+from autoprune.graph.residual import is_residual_by_trace
 from autoprune.graph.visibility import invisible_layers, units_feeding
 
 __all__ = ["DroppableBlock", "PrunableGraph", "PrunableUnit", "UnitFeatures", "kept_channels"]
@@ -118,41 +118,6 @@ def _shapes(example_input: ExampleInput) -> object:
     if isinstance(example_input, tuple):
         return tuple(tuple(t.shape) for t in example_input)
     return tuple(example_input.shape)
-
-
-def _is_residual_by_trace(module: nn.Module) -> bool:
-    """True if torch.fx shows the module returns ``input + f(input)`` (optionally through an activation)."""
-    try:
-        gm = torch.fx.symbolic_trace(module)
-    except Exception:
-        return False
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        return False
-    x = placeholders[0]
-    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
-    if not isinstance(out, torch.fx.Node):
-        return False
-    node = out
-    # Skip one trailing activation: relu(x + f(x)).
-    if node.op in ("call_function", "call_method", "call_module") and len(node.args) >= 1 and not _is_add(node):
-        node = node.args[0] if isinstance(node.args[0], torch.fx.Node) else node
-    if not _is_add(node):
-        return False
-    return any(a is x or _is_identity_of(a, x, gm) for a in node.args)
-
-
-def _is_add(node: torch.fx.Node) -> bool:
-    return (node.op == "call_function" and node.target in (operator.add, torch.add)) or (
-        node.op == "call_method" and node.target == "add"
-    )
-
-
-def _is_identity_of(node: object, x: torch.fx.Node, gm: torch.fx.GraphModule) -> bool:
-    if not isinstance(node, torch.fx.Node) or node.op != "call_module":
-        return False
-    sub = gm.get_submodule(str(node.target))
-    return isinstance(sub, nn.Identity) and node.args and node.args[0] is x
 
 
 class PrunableGraph:
@@ -371,7 +336,7 @@ class PrunableGraph:
             flagged = getattr(m, "residual", None)
             if flagged is False:
                 continue
-            if not (flagged is True or _is_residual_by_trace(m)):
+            if not (flagged is True or is_residual_by_trace(m)):
                 continue
             if any(name.startswith(b.name + ".") for b in blocks):
                 continue
@@ -515,7 +480,7 @@ class PrunableGraph:
             in_c = kept[in_unit] if in_unit in kept else s.in_channels
             out_c = kept[out_unit] if out_unit in kept else s.out_channels
             norm = "norm" in s.kind  # batchnorm*, layernorm, groupnorm, instancenorm*: in == out
-            if norm and out_unit in kept:
+            if (norm or s.kind == "multiheadattention") and out_unit in kept:  # one width in and out
                 in_c = out_c
             if s.kind not in MAC_LAYER_KINDS and not norm and out_unit is None and in_unit is None:
                 if current is not None and len(s.input_shape) > 1 and s.in_channels == s.out_channels:

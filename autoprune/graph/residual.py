@@ -1,0 +1,54 @@
+"""Residual blocks found by tracing: a block ``y = f(x) + x`` can be dropped (replaced by its shortcut).
+
+:class:`autoprune.graph.prunable.PrunableGraph` asks this for every module whose input and output
+shapes match and that does not say so itself with a ``residual`` attribute.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx
+from torch import nn
+
+
+def is_residual_by_trace(module: nn.Module) -> bool:
+    """True if torch.fx shows the module returns ``input + f(input)`` (optionally through an activation).
+
+    A module that cannot be traced symbolically, or takes more than one input, is not residual.
+    """
+    try:
+        gm = torch.fx.symbolic_trace(module)
+    except Exception:
+        return False
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        return False
+    x = placeholders[0]
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    if not isinstance(out, torch.fx.Node):
+        return False
+    node = out
+    # Skip one trailing activation: relu(x + f(x)).
+    if node.op in ("call_function", "call_method", "call_module") and len(node.args) >= 1 and not _is_add(node):
+        node = node.args[0] if isinstance(node.args[0], torch.fx.Node) else node
+    if not _is_add(node):
+        return False
+    return any(a is x or _is_identity_of(a, x, gm) for a in node.args)
+
+
+def _is_add(node: torch.fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in (operator.add, torch.add)) or (
+        node.op == "call_method" and node.target == "add"
+    )
+
+
+def _is_identity_of(node: object, x: torch.fx.Node, gm: torch.fx.GraphModule) -> bool:
+    if not isinstance(node, torch.fx.Node) or node.op != "call_module":
+        return False
+    sub = gm.get_submodule(str(node.target))
+    return isinstance(sub, nn.Identity) and node.args and node.args[0] is x
+
+
+__all__ = ["is_residual_by_trace"]
