@@ -93,6 +93,7 @@ def build_evaluator(cfg: ExperimentConfig, baseline: Baseline) -> PolicyEvaluato
         allow_drop=cfg.pruning.drop_blocks,
         ignored=tuple(cfg.model.ignore),
         seed=cfg.seed,
+        baseline_name=cfg.model.name,
     )
 
 

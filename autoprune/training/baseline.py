@@ -126,21 +126,6 @@ def _weights_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
-def check_baseline_accuracy(val_accuracy: float, num_classes: int, model_name: str) -> None:
-    """Refuse a baseline whose validation accuracy is not finite or at chance.
-
-    Raises:
-        ModelError: naming the model, the accuracy and the chance level (``1 / num_classes``, with
-            a margin of 5 points).
-    """
-    chance = 1.0 / max(1, num_classes)
-    if not math.isfinite(val_accuracy) or val_accuracy <= chance + 0.05:
-        raise ModelError(
-            f"baseline {model_name!r}: validation accuracy {val_accuracy:.3f} is at chance ({chance:.3f} for "
-            f"{num_classes} classes); there is nothing to preserve by pruning: train it longer or change train.lr"
-        )
-
-
 def train_or_load(
     model_name: str,
     data: DataBundle,
@@ -153,12 +138,11 @@ def train_or_load(
 
     A *cached* checkpoint (named like :func:`default_checkpoint_path`) trained with other settings,
     or holding non-finite weights, is trained again; a checkpoint the user names otherwise is
-    loaded as it is. A newly trained baseline that diverged or scores at chance is refused and not
-    cached.
+    loaded as it is. A newly trained baseline that diverged is refused and not cached (one at
+    chance is refused before a search, see :func:`autoprune.objective.evaluator.check_baseline_accuracy`).
 
     Raises:
-        ModelError: training diverged, the baseline scores at chance, or a given checkpoint holds
-            NaN/inf weights. ConfigError: ``settings.epochs < 1`` when training is needed.
+        ModelError: training diverged, or a given checkpoint holds NaN/inf weights. ConfigError: ``settings.epochs < 1`` when training is needed.
     """
     model = build_model(model_name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
     check_model_fits(model, model_name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
@@ -182,7 +166,6 @@ def train_or_load(
     metrics = train_model(model, data, settings, progress=progress)
     if not _weights_finite(model):
         raise ModelError(f"baseline training diverged (NaN or infinite weights); lower train.lr (now {settings.lr})")
-    check_baseline_accuracy(metrics["val_accuracy"], data.num_classes, model_name)
     meta = {"model": model_name, "data": data.name, **metrics, "train_seconds": time.perf_counter() - t0, "settings": asdict(settings)}
     save_checkpoint(path, model, meta)
     return model, meta
