@@ -86,17 +86,22 @@ def test_an_evaluator_for_a_named_baseline_refuses_one_at_chance(digits):
 def test_a_cached_baseline_is_retrained_when_the_training_settings_change(digits, tmp_path):
     path = default_checkpoint_path("mlp", digits.name, tmp_path)
     first = TrainSettings(epochs=1, batch_size=64, lr=0.05, augment=False)
-    _, meta1 = train_or_load("mlp", digits, first, checkpoint=path, progress=False)
-    _, again = train_or_load("mlp", digits, first, checkpoint=path, progress=False)
+    _, meta1 = train_or_load("mlp", digits, first, checkpoint=path, progress=False, settings_must_match=True)
+    _, again = train_or_load("mlp", digits, first, checkpoint=path, progress=False, settings_must_match=True)
     assert again["train_seconds"] == meta1["train_seconds"]  # same settings: loaded
     second = TrainSettings(epochs=2, batch_size=64, lr=0.05, augment=False)
-    _, meta2 = train_or_load("mlp", digits, second, checkpoint=path, progress=False)
+    _, meta2 = train_or_load("mlp", digits, second, checkpoint=path, progress=False, settings_must_match=True)
     assert meta2["settings"]["epochs"] == 2
-    # a checkpoint the user names is loaded as it is
-    named = tmp_path / "mine.pt"
-    path.rename(named)
-    _, meta3 = train_or_load("mlp", digits, first, checkpoint=named, progress=False)
+    # settings the user did not choose (e.g. `apply` of a searched policy): the cached baseline is used
+    _, meta3 = train_or_load("mlp", digits, first, checkpoint=path, progress=False)
     assert meta3["settings"]["epochs"] == 2
+
+
+def test_the_config_decides_whether_training_settings_must_match():
+    from autoprune.config.loading import parse_config as parse
+
+    assert "train" in parse({"model": {"name": "mlp"}, "data": {"name": "digits"}, "train": {"lr": 0.05}}, source="t").model_fields_set
+    assert "train" not in parse({"model": {"name": "mlp"}, "data": {"name": "digits"}}, source="t").model_fields_set
 
 
 def test_the_delivered_model_reproduces_the_proxy_accuracy_without_fine_tuning(trained_resnet20, digits):

@@ -65,7 +65,10 @@ def load_baseline(cfg: ExperimentConfig, *, progress: bool = True) -> Baseline:
         raise ConfigError(f"model.checkpoint: file {str(ckpt)!r} does not exist")
     t = cfg.train
     settings = TrainSettings(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, augment=t.augment, seed=cfg.seed)
-    model, meta = train_or_load(cfg.model.name, data, settings, checkpoint=ckpt, progress=progress)
+    model, meta = train_or_load(
+        cfg.model.name, data, settings, checkpoint=ckpt, progress=progress,
+        settings_must_match=not cfg.model.checkpoint and "train" in cfg.model_fields_set,  # train settings the user chose
+    )
     return Baseline(model.eval(), data, meta, ckpt)
 
 

@@ -133,12 +133,14 @@ def train_or_load(
     *,
     checkpoint: str | os.PathLike | None = None,
     progress: bool = True,
+    settings_must_match: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Return the trained baseline, training it only if no usable checkpoint exists yet.
 
-    A *cached* checkpoint (named like :func:`default_checkpoint_path`) trained with other settings,
-    or holding non-finite weights, is trained again; a checkpoint the user names otherwise is
-    loaded as it is. A newly trained baseline that diverged is refused and not cached (one at
+    With ``settings_must_match`` (the caller's training settings were chosen by the user), a
+    checkpoint trained by autoprune with other settings is trained again. A *cached* checkpoint
+    (named like :func:`default_checkpoint_path`) holding non-finite weights is trained again; a
+    checkpoint the user names otherwise is loaded as it is. A newly trained baseline that diverged is refused and not cached (one at
     chance is refused before a search, see :func:`autoprune.objective.evaluator.check_baseline_accuracy`).
 
     Raises:
@@ -150,7 +152,7 @@ def train_or_load(
     cached = path.name == default_checkpoint_path(model_name, data.name).name
     if path.is_file():
         meta = load_model_weights(model, path)
-        stale = cached and meta.get("settings") not in (None, asdict(settings))
+        stale = settings_must_match and meta.get("settings") not in (None, asdict(settings))
         if not _weights_finite(model):
             if not cached:
                 raise ModelError(f"checkpoint: {str(path)!r} holds NaN or infinite weights (its training diverged)")
