@@ -14,10 +14,10 @@ from autoprune.errors import ModelError
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
-from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator
+from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator, check_baseline_accuracy
 from autoprune.objective.proxy import ProxySettings, accuracy, proxy_accuracy
 from autoprune.search import get_searcher
-from autoprune.training.baseline import TrainSettings, check_baseline_accuracy, default_checkpoint_path, train_or_load
+from autoprune.training.baseline import TrainSettings, default_checkpoint_path, train_or_load
 
 FAST = dict(proxy=ProxySettings(bn_batches=2, val_samples=100), latency=LatencySettings(rounds=3, min_rounds=3, warmup=1, threads=1, rel_ci=None))
 
@@ -68,27 +68,40 @@ def test_a_diverged_baseline_is_refused_and_not_cached(digits, tmp_path):
     assert not path.exists()
 
 
-@pytest.mark.parametrize("acc", [float("nan"), float("inf"), 0.1, 0.14])
+@pytest.mark.parametrize("acc", [float("nan"), float("inf"), 0.1, 0.2])
 def test_a_baseline_at_chance_is_refused_by_name(acc):
-    with pytest.raises(ModelError, match=r"baseline 'mlp': validation accuracy .* is at chance \(0.100 for 10 classes\)"):
-        check_baseline_accuracy(acc, 10, "mlp")
-    check_baseline_accuracy(0.5, 10, "mlp")
+    labels = torch.tensor([0, 0, 1, 2, 3, 4, 5, 6, 7, 8])  # the most frequent class is 20%
+    with pytest.raises(ModelError, match=r"baseline 'mlp': validation accuracy .* is at chance \(0.200, always the most frequent class\)"):
+        check_baseline_accuracy(acc, labels, "mlp")
+    check_baseline_accuracy(0.21, labels, "mlp")
+
+
+def test_an_evaluator_for_a_named_baseline_refuses_one_at_chance(digits):
+    untrained = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    nn.init.zeros_(untrained[3].weight), nn.init.zeros_(untrained[3].bias)  # constant output: one class always
+    with pytest.raises(ModelError, match=r"^baseline 'mine': validation accuracy"):
+        PolicyEvaluator(untrained.eval(), digits, budget=Budget(metric="macs", target=0.6), baseline_name="mine", check=False, **FAST)
 
 
 def test_a_cached_baseline_is_retrained_when_the_training_settings_change(digits, tmp_path):
     path = default_checkpoint_path("mlp", digits.name, tmp_path)
     first = TrainSettings(epochs=1, batch_size=64, lr=0.05, augment=False)
-    _, meta1 = train_or_load("mlp", digits, first, checkpoint=path, progress=False)
-    _, again = train_or_load("mlp", digits, first, checkpoint=path, progress=False)
+    _, meta1 = train_or_load("mlp", digits, first, checkpoint=path, progress=False, settings_must_match=True)
+    _, again = train_or_load("mlp", digits, first, checkpoint=path, progress=False, settings_must_match=True)
     assert again["train_seconds"] == meta1["train_seconds"]  # same settings: loaded
     second = TrainSettings(epochs=2, batch_size=64, lr=0.05, augment=False)
-    _, meta2 = train_or_load("mlp", digits, second, checkpoint=path, progress=False)
+    _, meta2 = train_or_load("mlp", digits, second, checkpoint=path, progress=False, settings_must_match=True)
     assert meta2["settings"]["epochs"] == 2
-    # a checkpoint the user names is loaded as it is
-    named = tmp_path / "mine.pt"
-    path.rename(named)
-    _, meta3 = train_or_load("mlp", digits, first, checkpoint=named, progress=False)
+    # settings the user did not choose (e.g. `apply` of a searched policy): the cached baseline is used
+    _, meta3 = train_or_load("mlp", digits, first, checkpoint=path, progress=False)
     assert meta3["settings"]["epochs"] == 2
+
+
+def test_the_config_decides_whether_training_settings_must_match():
+    from autoprune.config.loading import parse_config as parse
+
+    assert "train" in parse({"model": {"name": "mlp"}, "data": {"name": "digits"}, "train": {"lr": 0.05}}, source="t").model_fields_set
+    assert "train" not in parse({"model": {"name": "mlp"}, "data": {"name": "digits"}}, source="t").model_fields_set
 
 
 def test_the_delivered_model_reproduces_the_proxy_accuracy_without_fine_tuning(trained_resnet20, digits):

@@ -339,11 +339,11 @@ def test_pruned_output_equals_masked_dense_or_the_unit_is_refused_by_name(name, 
         want = masked_reference(graph, cuts).double().eval()(x.double())
     assert float((got - want).abs().max()) <= TOLERANCE
 
-    # the saved surgery replays onto a fresh dense model, with the same output
-    fresh = replay_history(build(name), pruning_history(pruned), digits.example_input(1)).double().eval()
-    fresh.load_state_dict(pruned.state_dict())
-    with torch.no_grad():
-        assert torch.allclose(fresh(x.double()), got, atol=1e-9)
+    # a fresh Torch-Pruning query per unit (how saved models are replayed) gives the very same
+    # tensors as the surgery's dense-index replay: the fast path equals a fresh prune
+    fresh = replay_history(build(name), pruning_history(pruned), digits.example_input(1)).double()
+    mine, theirs = pruned.state_dict(), fresh.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
 @pytest.mark.parametrize("name", PATTERNS)

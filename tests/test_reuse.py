@@ -13,6 +13,7 @@ from autoprune.config.loading import parse_config
 from autoprune.app.experiment import load_baseline, run_search
 from autoprune.formats.pruned import load_pruned
 from autoprune.graph.prunable import PrunableGraph
+from autoprune.objective.proxy import recalibrate_bn
 from autoprune.app.uris import load_policy
 from autoprune.formats.policy_file import POLICY_FORMAT
 from autoprune.graph.surgery import apply_policy
@@ -79,6 +80,9 @@ def test_apply_on_the_same_architecture_is_exact_and_logged(workspace, capsys):
     policy, _ = load_policy(str(policy_path))
     baseline = load_baseline(parse_config(config(tmp, "resnet20", "r20")), progress=False)
     expected = apply_policy(baseline.model, policy, example_input=baseline.data.example_input(1))
+    # apply delivers the model with BN re-estimated exactly as the search's proxy did (its config's proxy settings)
+    proxy = parse_config({"model": {"name": "resnet20"}, "data": {"name": "digits"}}).proxy
+    recalibrate_bn(expected, baseline.data.train, batches=proxy.bn_batches, batch_size=proxy.bn_batch_size, seed=0)
     assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in expected.state_dict().items()}
     x = baseline.data.example_input(4)
     assert torch.allclose(net.eval()(x), expected.eval()(x), atol=1e-5)

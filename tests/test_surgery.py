@@ -280,3 +280,62 @@ def test_ratio_outside_zero_one_is_a_policy_error_naming_the_unit(graphs, ratio)
     g = graphs["resnet20"]
     with pytest.raises(PolicyError, match=rf"ratio of unit 'layer1.0.conv1' is {ratio}; allowed: 0 <= ratio < 1"):
         apply_policy(g.model, Policy({"layer1.0.conv1": ratio}), graph=g)
+
+
+# ------------------------------------------------------- patterns of units (see also test_patterns.py)
+
+
+def _pattern(name: str) -> nn.Module:
+    """A model of the pattern catalogue (tests/test_patterns.py)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("_pattern_catalogue", Path(__file__).with_name("test_patterns.py"))
+    catalogue = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(catalogue)
+    return catalogue.build(name)
+
+
+def test_units_meeting_in_a_concat_are_requeried_and_the_others_replayed(example_input):
+    g = PrunableGraph(_pattern("inception_concat"), example_input)
+    assert {u.name for u in g.units if u.requery} == {"b1.0", "b3.0", "b5.0"}
+    assert {u.name for u in g.units if not u.requery} == {"stem.0", "fuse.0"}
+
+
+def test_cutting_every_concat_branch_shrinks_the_fuse_input_by_their_sum(example_input):
+    g = PrunableGraph(_pattern("inception_concat"), example_input)
+    pruned = apply_policy(g.model, Policy({"b1.0": 0.5, "b3.0": 0.25, "b5.0": 0.75}), graph=g)
+    assert pruned.fuse[0].in_channels == 4 + 6 + 2
+    assert pruned.eval()(example_input).shape == (2, 10)
+
+
+def test_a_grouped_conv_keeps_its_groups_and_loses_the_same_channels_in_every_group(example_input):
+    g = PrunableGraph(_pattern("grouped_conv"), example_input)
+    assert g.unit("c1.0").allowed == [4, 8, 12, 16] and g.unit("g.0").allowed == list(range(4, 33, 4))
+    pruned = apply_policy(g.model, Policy({"c1.0": 0.3, "g.0": 0.6}), graph=g)
+    conv = pruned.g[0]
+    assert (conv.groups, conv.in_channels, conv.out_channels) == (4, 12, 12)
+    cut = dict((n, ix) for n, _, ix in pruning_history(pruned)[-1]["prune"])["c1.0"]
+    assert sorted(i % 4 for i in cut) == [cut[0] % 4] * 4  # the same position in each of the 4 groups
+
+
+def test_attention_loses_whole_heads_and_keeps_its_head_size(example_input):
+    g = PrunableGraph(_pattern("multihead_attention"), example_input)
+    assert g.unit("c1.0").allowed == [8, 16, 24, 32]
+    pruned = apply_policy(g.model, Policy({"c1.0": 0.5}), graph=g)
+    attn = pruned.attn
+    assert (attn.embed_dim, attn.num_heads, attn.head_dim) == (16, 2, 8)
+
+
+def test_a_detached_probe_leaves_the_unit_it_reads_dense_with_or_without_model_ignore(example_input):
+    for ignored in ((), ("probe",)):
+        g = PrunableGraph(_pattern("detached_layer"), example_input, ignored=ignored)
+        assert g.output_layer == "fc" and g.invisible == ["probe"]
+        assert g.unit_names == ["c1.0"] and "'probe'" in g.skipped["c2.0"]
+
+
+def test_a_ratio_that_would_empty_a_tiny_unit_keeps_one_channel(example_input):
+    g = PrunableGraph(_pattern("tiny_units"), example_input)
+    assert "att" not in g.unit_names and g.unit("thin.0").allowed == [1, 2]
+    assert g.kept({"thin.0": 0.8})["thin.0"] == 1
+    assert apply_policy(g.model, Policy.uniform(g.unit_names, 0.8), graph=g).thin[0].out_channels == 1

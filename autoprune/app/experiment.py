@@ -79,7 +79,10 @@ def load_baseline(cfg: ExperimentConfig, *, progress: bool = True) -> Baseline:
         probe = build_model(cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
     check_model_fits(probe, cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
     check_batches_fit(cfg, probe, data.example_input(1))
-    model, meta = train_or_load(cfg.model.name, data, train_settings(cfg), checkpoint=ckpt, progress=progress)
+    model, meta = train_or_load(
+        cfg.model.name, data, train_settings(cfg), checkpoint=ckpt, progress=progress,
+        settings_must_match=not cfg.model.checkpoint and "train" in cfg.model_fields_set,  # train settings the user chose
+    )
     return Baseline(model.eval(), data, meta, ckpt)
 
 
@@ -89,7 +92,7 @@ def build_evaluator(cfg: ExperimentConfig, baseline: Baseline) -> PolicyEvaluato
     Raises:
         ConfigError: e.g. a latency backend whose optional extra is not installed.
     """
-    return PolicyEvaluator(baseline.model, baseline.data, **evaluator_options(cfg))
+    return PolicyEvaluator(baseline.model, baseline.data, **evaluator_options(cfg), baseline_name=cfg.model.name)
 
 
 def output_dir(cfg: ExperimentConfig) -> Path:

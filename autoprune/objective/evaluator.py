@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
 from torch import nn
 
 from autoprune.errors import BudgetError, ConfigError, ModelError, PolicyError
@@ -203,6 +204,29 @@ class Metrics:
         )
 
 
+def check_baseline_accuracy(val_accuracy: float, labels: torch.Tensor, model_name: str) -> None:
+    """Refuse a baseline whose validation accuracy is not finite or at chance.
+
+    Chance is the accuracy of always answering the most frequent class of ``labels`` (what a
+    diverged model with constant output scores).
+
+    Args:
+        val_accuracy: Validation accuracy in [0, 1].
+        labels: The validation labels, shape ``(N,)`` int64.
+        model_name: Named in the message.
+
+    Raises:
+        ModelError: naming the model, its accuracy and the chance level.
+    """
+    counts = torch.bincount(labels.flatten().long()) if labels.numel() else torch.ones(1)
+    chance = float(counts.max()) / max(1, int(counts.sum()))
+    if not math.isfinite(val_accuracy) or val_accuracy <= chance:
+        raise ModelError(
+            f"baseline {model_name!r}: validation accuracy {val_accuracy:.3f} is at chance ({chance:.3f}, always the most "
+            f"frequent class); there is nothing to preserve by pruning: train it longer or change train.lr"
+        )
+
+
 FAILED_REWARD = -1.0
 
 
@@ -236,6 +260,8 @@ class PolicyEvaluator:
         seed: Seed of the BN-recalibration batches.
         check: Run the differential surgery check (:func:`autoprune.graph.check.verify_graph`)
             on the graph first; units that fail it are not offered (one warning line each).
+        baseline_name: When given, a dense model scoring at chance on the validation subset is
+            refused, naming it (see :func:`check_baseline_accuracy`).
         check_cache: Folder caching check verdicts by model fingerprint ("auto":
             :func:`~autoprune.graph.check.default_cache_dir`; ``None``: no disk cache).
 
@@ -269,6 +295,7 @@ class PolicyEvaluator:
         seed: int = 0,
         check: bool = True,
         check_cache: str | None = "auto",
+        baseline_name: str | None = None,
     ) -> None:
         if not 0.0 < max_ratio < 1.0:
             raise ConfigError(f"pruning.max_ratio: {max_ratio!r} is out of range; allowed: 0 < max_ratio < 1")
@@ -301,6 +328,8 @@ class PolicyEvaluator:
                 "the dense model's output on the validation data is not finite (NaN or inf; e.g. its training diverged); "
                 "retrain it with a lower train.lr before pruning"
             )
+        if baseline_name is not None:
+            check_baseline_accuracy(self.dense_accuracy, data.val.subset(proxy.val_samples).y, baseline_name)
         self.target = budget.target_ratio(self.dense_ms)
         self._dense_specs = self.graph.specs_for({}, (), batch_size=latency.batch_size)
         self.table = table or self._calibrate_table()
@@ -354,8 +383,6 @@ class PolicyEvaluator:
         return table
 
     def _dense_output_finite(self) -> bool:
-        import torch
-
         x = self.data.val.x[:64]
         with torch.inference_mode():
             y = self.model.eval()(x)

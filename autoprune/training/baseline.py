@@ -161,21 +161,6 @@ def _weights_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
-def check_baseline_accuracy(val_accuracy: float, num_classes: int, model_name: str) -> None:
-    """Refuse a baseline whose validation accuracy is not finite or at chance.
-
-    Raises:
-        ModelError: naming the model, the accuracy and the chance level (``1 / num_classes``, with
-            a margin of 5 points).
-    """
-    chance = 1.0 / max(1, num_classes)
-    if not math.isfinite(val_accuracy) or val_accuracy <= chance + 0.05:
-        raise ModelError(
-            f"baseline {model_name!r}: validation accuracy {val_accuracy:.3f} is at chance ({chance:.3f} for "
-            f"{num_classes} classes); there is nothing to preserve by pruning: train it longer or change train.lr"
-        )
-
-
 def train_or_load(
     model_name: str,
     data: DataBundle,
@@ -183,13 +168,15 @@ def train_or_load(
     *,
     checkpoint: str | os.PathLike | None = None,
     progress: bool = True,
+    settings_must_match: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Return the trained baseline, training it only if no usable checkpoint exists yet.
 
-    A *cached* checkpoint (named like :func:`default_checkpoint_path`) trained with other settings,
-    or holding non-finite weights, is trained again; a checkpoint the user names otherwise is
-    loaded as it is. A newly trained baseline that diverged or scores at chance is refused and not
-    cached.
+    With ``settings_must_match`` (the caller's training settings were chosen by the user), a
+    checkpoint trained by autoprune with other settings is trained again. A *cached* checkpoint
+    (named like :func:`default_checkpoint_path`) holding non-finite weights is trained again; a
+    checkpoint the user names otherwise is loaded as it is. A newly trained baseline that diverged is refused and not cached (one at
+    chance is refused before a search, see :func:`autoprune.objective.evaluator.check_baseline_accuracy`).
 
     Returns:
         ``(model in train mode or as loaded, checkpoint meta)``.
@@ -197,7 +184,7 @@ def train_or_load(
     Raises:
         ConfigError: training is needed but ``settings.epochs < 1``, or an unknown model name.
         ModelError: the model does not fit the data, the checkpoint does not match the model,
-            training diverged, the baseline scores at chance, or a given checkpoint holds NaN/inf weights.
+            training diverged, or a given checkpoint holds NaN/inf weights.
     """
     model = build_model(model_name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
     check_model_fits(model, model_name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
@@ -205,7 +192,7 @@ def train_or_load(
     cached = path.name == default_checkpoint_path(model_name, data.name).name
     if path.is_file():
         meta = load_model_weights(model, path, model_name=model_name)
-        stale = cached and meta.get("settings") not in (None, asdict(settings))
+        stale = settings_must_match and meta.get("settings") not in (None, asdict(settings))
         if not _weights_finite(model):
             if not cached:
                 raise ModelError(f"checkpoint: {str(path)!r} holds NaN or infinite weights (its training diverged)")
@@ -221,7 +208,6 @@ def train_or_load(
     metrics = train_model(model, data, settings, progress=progress)
     if not _weights_finite(model):
         raise ModelError(f"baseline training diverged (NaN or infinite weights); lower train.lr (now {settings.lr})")
-    check_baseline_accuracy(metrics["val_accuracy"], data.num_classes, model_name)
     meta = {"model": model_name, "data": data.name, **metrics, "train_seconds": time.perf_counter() - t0, "settings": asdict(settings)}
     save_checkpoint(path, model, meta)
     return model, meta
