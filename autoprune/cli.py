@@ -126,11 +126,11 @@ def estimate(
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config field.")] = None,
 ) -> None:
     """Measure what uniform pruning really saves: params, MACs, size, latency, proxy accuracy."""
-    from autoprune.app.commands import estimate_uniform, experiment_config
+    from autoprune.app.commands import estimate_uniform
     from autoprune.app.tables import estimate_table
 
-    cfg = experiment_config(config, model, data, set_ or [])
-    _show(estimate_table(estimate_uniform(cfg, ratios, batch_size=batch_size, progress=sys.stderr.isatty())))
+    _show(estimate_table(estimate_uniform(config, ratios, model=model, data=data, overrides=set_ or [], batch_size=batch_size,
+                                          progress=sys.stderr.isatty())))
 
 
 @app.command()
@@ -244,14 +244,13 @@ def transfer(
 
     Prints the mapping table, measures the result (latency, proxy accuracy) and writes the new policy.
     """
-    from autoprune.app.commands import experiment_config, transfer_command
+    from autoprune.app.commands import transfer_command
     from autoprune.app.tables import transfer_lines
 
     overrides = [*(set_ or []), *([f"budget.target={target}"] if target is not None else []),
                  *([f"tracking.uri={tracking_uri}"] if tracking_uri is not None else [])]
-    cfg = experiment_config(config, model, data, overrides)
-    _show(transfer_lines(transfer_command(cfg, policy, out=out, refit=refit, candidates=candidates, track=track,
-                                          tracking_uri=tracking_uri, progress=_progress())))
+    _show(transfer_lines(transfer_command(config, policy, model=model, data=data, overrides=overrides, out=out, refit=refit,
+                                          candidates=candidates, track=track, tracking_uri=tracking_uri, progress=_progress())))
 
 
 @app.command("finetune")

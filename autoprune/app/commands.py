@@ -145,12 +145,28 @@ class EstimateReport:
     rows: list[EstimateRow]
 
 
-def estimate_uniform(cfg: ExperimentConfig, ratios: str, *, batch_size: int | None = None, progress: bool = True) -> EstimateReport:
-    """Measure uniform channel pruning at each of ``ratios`` (comma-separated) on the config's model.
+def estimate_uniform(
+    config: str | Path | None,
+    ratios: str,
+    *,
+    model: str | None = None,
+    data: str | None = None,
+    overrides: Sequence[str] = (),
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> EstimateReport:
+    """Measure uniform channel pruning at each of ``ratios`` (comma-separated) on a config's model.
+
+    Args:
+        config, model, data, overrides: The experiment (see :func:`experiment_config`).
+        ratios: Comma-separated ratios in [0, 1), e.g. ``"0.1,0.3,0.5"``.
+        batch_size: Batch size timed (default: ``latency.batch_size``).
 
     Raises:
         ConfigError: bad ratios, or a config problem found while loading the baseline.
+        ModelError: an unreadable checkpoint.
     """
+    cfg = experiment_config(config, model, data, overrides)
     values = parse_ratios(ratios)
     baseline = load_baseline(cfg, progress=progress)
     bs = batch_size or cfg.latency.batch_size
@@ -253,9 +269,12 @@ def honoured_ignore(cfg: ExperimentConfig, payload: dict, baseline: Baseline) ->
 
 
 def transfer_command(
-    cfg: ExperimentConfig,
+    config: str | Path | None,
     policy: str,
     *,
+    model: str | None = None,
+    data: str | None = None,
+    overrides: Sequence[str] = (),
     out: str | Path,
     refit: bool = True,
     candidates: int = 3,
@@ -267,6 +286,15 @@ def transfer_command(
 
     The layers the source search ignored are ignored on the target too (when it has them).
 
+    Args:
+        config, model, data, overrides: The target experiment (see :func:`experiment_config`).
+        policy: The source policy: a file, ``runs:/`` or ``models:/``.
+        out: Where to write the transferred policy file.
+        refit: Re-fit the mapped ratios to the target's budget.
+        candidates: Drop sets to re-fit and measure (the best by reward is kept).
+        track: Log the mapping, policy and metrics to MLflow (experiment ``transfer``).
+        tracking_uri: Where ``runs:/`` and ``models:/`` sources are.
+
     Raises:
         ConfigError: a missing policy or unwritable ``out``.
         PolicyError: a malformed policy file.
@@ -274,6 +302,7 @@ def transfer_command(
     """
     from autoprune.transfer.refit import candidate_table, mapping_table, transfer
 
+    cfg = experiment_config(config, model, data, overrides)
     out = writable_file(out, "--out")
     src, payload = load_policy(policy, tracking_uri=tracking_uri)
     baseline = load_baseline(cfg, progress=progress)

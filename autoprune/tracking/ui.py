@@ -16,6 +16,11 @@ from typing import Callable
 
 from autoprune.tracking.store import resolve_tracking_uri
 
+#: The page to open: the experiments in MLflow 3's "Model training" view. MLflow 3.17's UI starts in
+#: its GenAI view whatever an experiment's ``mlflow.experimentKind`` tag says (the tag decides only
+#: where the view switcher is off), and the GenAI view shows no runs.
+UI_PAGE = "#/experiments?workflowType=machine_learning"
+
 #: Signals that stop the UI (and its server's process group).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -70,7 +75,7 @@ def serve_ui(uri: str | None, *, host: str = "127.0.0.1", port: int = 5000, anno
     """
     store = resolve_tracking_uri(uri)
     if announce is not None:
-        announce(f"MLflow UI on http://{host}:{port} (store {store}); Ctrl-C to stop")
+        announce(f"MLflow UI on http://{host}:{port}/{UI_PAGE} (store {store}); Ctrl-C to stop")
 
     def stop(signum: int, _frame: object) -> None:
         raise _Stopped(signum)
