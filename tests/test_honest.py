@@ -10,6 +10,7 @@ from torch import nn
 from autoprune.app.experiment import Baseline
 from autoprune.app.pipeline import apply_best
 from autoprune.config.loading import parse_config
+from autoprune.config.settings import proxy_settings
 from autoprune.errors import ModelError
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph
@@ -108,6 +109,6 @@ def test_the_delivered_model_reproduces_the_proxy_accuracy_without_fine_tuning(t
     cfg = parse_config({"model": {"name": "resnet20"}, "data": {"name": "digits"}, "proxy": {"bn_batches": 2, "val_samples": 200}}, source="test")
     graph = PrunableGraph(trained_resnet20, digits.example_input(1))
     policy = Policy.uniform(graph.unit_names, 0.5)
-    proxy = proxy_accuracy(apply_policy(trained_resnet20, policy, graph=graph), digits, cfg.proxy.settings(), seed=cfg.seed)
+    proxy = proxy_accuracy(apply_policy(trained_resnet20, policy, graph=graph), digits, proxy_settings(cfg), seed=cfg.seed)
     delivered = apply_best(cfg, Baseline(trained_resnet20, digits, {}, None), policy, graph=graph)
     assert accuracy(delivered, digits.val.subset(200)) == proxy

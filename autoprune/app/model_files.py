@@ -18,11 +18,12 @@ from torch import nn
 from autoprune.app.experiment import load_baseline
 from autoprune.app.pipeline import apply_best
 from autoprune.app.uris import is_mlflow_uri, load_policy
+from autoprune.config.machine import check_threads
 from autoprune.config.loading import parse_config
 from autoprune.formats.pruned import load_pruned, save_pruned
 from autoprune.graph.policy import check_policy_fits
 from autoprune.graph.prunable import PrunableGraph
-from autoprune.measure.latency import count_macs_params, measure_latency
+from autoprune.measure.latency import DEFAULT_THREADS, count_macs_params, measure_latency
 from autoprune.objective.proxy import split_metrics
 from autoprune.paths import writable_file
 from autoprune.tracking.artifacts import download_model_uri
@@ -170,13 +171,15 @@ class EvaluateReport:
     params: int
 
 
-def evaluate_file(source: str, *, data: str = "fashion_mnist", batch_size: int = 1, threads: int = 2,
+def evaluate_file(source: str, *, data: str = "fashion_mnist", batch_size: int = 1, threads: int = DEFAULT_THREADS,
                   tracking_uri: str | None = None) -> EvaluateReport:
     """Test accuracy, latency (``threads`` intra-op threads, ``batch_size``) and size of a saved pruned model.
 
     Raises:
-        ConfigError: a missing file or URI. ModelError: an unreadable pruned-model file.
+        ConfigError: more threads than this machine's CPUs, or a missing file or URI.
+        ModelError: an unreadable pruned-model file.
     """
+    check_threads(threads, "--threads")  # before any work
     with opened_model(source, tracking_uri=tracking_uri) as (net, _, path):
         bundle = load_data(data)
         acc = split_metrics(net, bundle.test)["accuracy"]
