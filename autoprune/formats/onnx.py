@@ -60,12 +60,49 @@ def export_model(model: nn.Module, args: tuple[torch.Tensor, ...], path: Path, o
         model.train(was_training)
 
 
-def ort_session(onnxruntime: Any, path: str | Path, threads: int) -> Any:
-    opts = onnxruntime.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
+_shared_pool_size: int | None = None  # intra-op threads of this process's global ONNX Runtime pool, once created
+
+
+def shared_pool_threads() -> int | None:
+    """Intra-op threads of this process's shared ONNX Runtime pool, or None if it was not created."""
+    return _shared_pool_size
+
+
+def ensure_shared_pool(onnxruntime: Any, threads: int) -> int:
+    """Create ONNX Runtime's process-wide thread pool with ``threads`` intra-op threads, once.
+
+    ONNX Runtime creates it once per process and cannot resize it; afterwards every session
+    of the process must run on it (``use_per_session_threads = False``), which
+    :func:`ort_session` does. Returns the pool's size (that of the first call).
+
+    Raises:
+        ConfigError: the pool cannot be created (ONNX Runtime created its environment
+            without it before autoprune asked).
+    """
+    global _shared_pool_size
+    if _shared_pool_size is None:
+        try:
+            onnxruntime.capi._pybind_state.set_global_thread_pool_sizes(threads, 1)
+        except Exception as e:
+            raise ConfigError(f"latency.backend_options.thread_pool: cannot create ONNX Runtime's shared pool ({one_line(e)}); use 'per-session'") from e
+        _shared_pool_size = threads
+    return _shared_pool_size
+
+
+def ort_session(onnxruntime: Any, path: str | Path, threads: int, opts: Any = None) -> Any:
+    """An ONNX Runtime CPU session on ``path``: ``opts`` or sequential execution with ``threads`` intra-op threads.
+
+    Once the process's shared pool exists (:func:`ensure_shared_pool`), default options use it.
+    """
+    if opts is None:
+        opts = onnxruntime.SessionOptions()
+        opts.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        if _shared_pool_size is not None:
+            opts.use_per_session_threads = False
+        else:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
     return onnxruntime.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
@@ -167,4 +204,4 @@ class _DropMessage(logging.Filter):
         return not str(record.msg).startswith(self.prefix)
 
 
-__all__ = ["ONNX_EXTRA_HINT", "export_onnx", "quantize_onnx", "require_onnx", "as_args", "export_model", "ort_session"]
+__all__ = ["ensure_shared_pool", "shared_pool_threads", "ONNX_EXTRA_HINT", "export_onnx", "quantize_onnx", "require_onnx", "as_args", "export_model", "ort_session"]

@@ -4,7 +4,8 @@ Absolute latencies on a shared machine drift by 10-20% between back-to-back runs
 the search compares a candidate with the dense reference by *paired* measurement:
 calls of the two models are interleaved and only their ratio is reported
 (:class:`PairedTimer`, :func:`measure_latency_ratio`). Everything runs with a fixed
-thread count (:func:`fixed_threads`) on a named backend (:func:`get_backend`).
+thread count (:func:`fixed_threads`) on a named backend (:func:`get_backend`, defined
+with the backend protocol and registry in :mod:`autoprune.measure.backends`).
 The latency lookup table that predicts latency without running a model lives in
 :mod:`autoprune.measure.table`.
 """
@@ -19,7 +20,7 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,76 +29,17 @@ from torch import nn
 
 from autoprune.errors import ConfigError
 from autoprune.graph.layers import ExampleInput, LayerSpec
-from autoprune.registry import Registry
-
-logger = logging.getLogger(__name__)
-
-Runner = Callable[[], None]
-"""A zero-argument callable that runs one inference of a prepared model."""
-
-
-
-@runtime_checkable
-class LatencyBackend(Protocol):
-    """Runs a model for timing. ``prepare`` does all one-off work (compilation, session)."""
-
-    name: str
-
-    def prepare(self, model: nn.Module, example_input: ExampleInput) -> Runner:
-        """Return a zero-argument callable that runs one inference of ``model`` on ``example_input``."""
-        ...
-
-
-class TorchEagerBackend:
-    """PyTorch eager mode: ``model.eval()`` and ``torch.inference_mode()``."""
-
-    name = "torch"
-
-    def prepare(self, model: nn.Module, example_input: ExampleInput) -> Runner:
-        """Put ``model`` in eval mode and return a runner; the model is not copied."""
-        model.eval()
-        args = example_input if isinstance(example_input, tuple) else (example_input,)
-
-        def run() -> None:
-            with torch.inference_mode():
-                model(*args)
-
-        return run
-
-
-#: The latency backends: the one list of their names (``latency.backend`` is checked against it).
-BACKENDS: Registry[Callable[[], LatencyBackend]] = Registry(
-    "latency backend",
-    "latency.backend",
-    {"torch": "autoprune.measure.latency:TorchEagerBackend", "onnxruntime": "autoprune.measure.onnxruntime:OnnxRuntimeBackend"},
-    extras={"onnxruntime": "onnx"},
+from autoprune.measure.backends import (
+    BACKENDS,
+    LatencyBackend,
+    Runner,
+    TorchEagerBackend,
+    backend_settings,
+    get_backend,
+    register_backend,
 )
 
-
-def register_backend(name: str, factory: Callable[[], LatencyBackend] | str) -> None:
-    """Make a backend available to :func:`get_backend` and to configs under ``name``.
-
-    Args:
-        name: The name a config uses (``latency.backend: NAME``).
-        factory: A zero-argument callable returning a :class:`LatencyBackend`, or its
-            ``"package.module:Class"`` reference.
-
-    Raises:
-        ConfigError: an empty name or one containing ``:``.
-    """
-    BACKENDS.register(name, factory)
-
-
-def get_backend(name: str | LatencyBackend) -> LatencyBackend:
-    """Return a new backend by registered name or ``"package.module:Class"`` (an instance is returned unchanged).
-
-    Raises:
-        ConfigError: unknown backend name, or its optional extra is not installed (naming it).
-    """
-    if not isinstance(name, str):
-        return name
-    return BACKENDS.get(name)()
-
+logger = logging.getLogger(__name__)
 
 @contextmanager
 def fixed_threads(n: int) -> Iterator[None]:
@@ -244,6 +186,9 @@ def _median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float
     return x[k - 1], x[n - k]
 
 
+_STATISTICS: dict[str, Callable[[Sequence[float]], float]] = {"min": min, "median": lambda v: float(np.median(v))}
+
+
 class PairedTimer:
     """Measures latency ratios to one reference model, prepared once.
 
@@ -258,11 +203,12 @@ class PairedTimer:
         reference: Reference module or prepared runner.
         example_input: Input batch (the measured batch size).
         backend: Backend name or instance.
-        threads: Intra-op threads during measurements.
+        threads: Intra-op threads during measurements (also the backend's threads).
         history: Reference call times kept for :meth:`reference_ms`.
+        backend_options: Backend settings by keyword (see :func:`get_backend`).
 
     Raises:
-        ConfigError: bad backend name or thread count.
+        ConfigError: bad backend name, option or thread count, or the backend's extra is missing.
     """
 
     def __init__(
@@ -273,13 +219,18 @@ class PairedTimer:
         backend: str | LatencyBackend = "torch",
         threads: int = 2,
         history: int = 2000,
+        backend_options: dict[str, object] | None = None,
     ) -> None:
         _check_int("threads", threads, 1)
-        self.backend = get_backend(backend)
+        self.backend = get_backend(backend, threads=threads, **(backend_options or {}))
         self.example_input = example_input
         self.threads = threads
         self._reference = _as_runner(reference, example_input, self.backend)
         self._ref_times: deque[float] = deque(maxlen=history)
+
+    def settings(self) -> dict[str, object]:
+        """The backend's settings (:func:`backend_settings`) plus the timer's threads: record them with every result."""
+        return {**backend_settings(self.backend), "threads": self.threads}
 
     def prepare(self, candidate: nn.Module) -> Runner:
         """Prepare a candidate on this timer's backend, to be timed several times."""
@@ -296,6 +247,8 @@ class PairedTimer:
         max_rounds: int | None = None,
         rel_ci: float | None = None,
         time_budget_s: float | None = None,
+        interleave: str = "calls",
+        statistic: str = "min",
     ) -> RatioStats:
         """Latency of ``candidate`` divided by the reference's, by interleaved calls.
 
@@ -312,9 +265,15 @@ class PairedTimer:
             rel_ci: Stop as soon as the CI half-width relative to the ratio is at most this.
             time_budget_s: Stop after ``min_rounds`` once this much wall time has passed
                 (bounds the cost when the machine is overloaded).
+            interleave: ``calls``: each round alternates single reference and candidate
+                calls; ``blocks``: each round runs one untimed call and then
+                ``calls_per_round`` timed calls of one model, then the same for the other
+                (a runtime's caches and idle threads settle on one model before timing it).
+            statistic: Per-round summary of each model's calls: ``min`` (the least disturbed
+                call) or ``median``.
 
         Raises:
-            ConfigError: invalid counts, ``rel_ci`` or ``time_budget_s``.
+            ConfigError: invalid counts, ``rel_ci``, ``time_budget_s``, ``interleave`` or ``statistic``.
         """
         _check_int("warmup", warmup, 0)
         _check_int("rounds", rounds, 1)
@@ -327,6 +286,11 @@ class PairedTimer:
             raise ConfigError(f"rel_ci: expected a positive fraction such as 0.03 or None, got {rel_ci!r}")
         if time_budget_s is not None and not (isinstance(time_budget_s, (int, float)) and time_budget_s > 0):
             raise ConfigError(f"time_budget_s: expected a positive number of seconds or None, got {time_budget_s!r}")
+        if interleave not in ("calls", "blocks"):
+            raise ConfigError(f"interleave: expected 'calls' or 'blocks', got {interleave!r}")
+        if statistic not in _STATISTICS:
+            raise ConfigError(f"statistic: expected one of {', '.join(_STATISTICS)}, got {statistic!r}")
+        summarise = _STATISTICS[statistic]
         cand = _as_runner(candidate, self.example_input, self.backend)
         ref = self._reference
         limit = rounds if rel_ci is None else max_rounds
@@ -341,14 +305,17 @@ class PairedTimer:
                 cand()
             for r in range(limit):
                 ref_t, cand_t = [], []
-                for _ in range(calls_per_round):
-                    if r % 2 == 0:
-                        ref_t.append(_time_ms(ref))
-                        cand_t.append(_time_ms(cand))
-                    else:
-                        cand_t.append(_time_ms(cand))
-                        ref_t.append(_time_ms(ref))
-                ratios.append(min(cand_t) / min(ref_t))
+                first, second = (ref, cand) if r % 2 == 0 else (cand, ref)
+                first_t, second_t = (ref_t, cand_t) if r % 2 == 0 else (cand_t, ref_t)
+                if interleave == "calls":
+                    for _ in range(calls_per_round):
+                        first_t.append(_time_ms(first))
+                        second_t.append(_time_ms(second))
+                else:
+                    for run, times in ((first, first_t), (second, second_t)):
+                        run()
+                        times.extend(_time_ms(run) for _ in range(calls_per_round))
+                ratios.append(summarise(cand_t) / summarise(ref_t))
                 ref_all += ref_t
                 cand_all += cand_t
                 if len(ratios) < min_rounds:
@@ -510,6 +477,7 @@ def extract_layer_specs(model: nn.Module, example_input: ExampleInput) -> list[L
 
 
 __all__ = [
+    "BACKENDS",
     "ExampleInput",
     "LatencyBackend",
     "LatencyStats",
@@ -517,6 +485,7 @@ __all__ = [
     "RatioStats",
     "Runner",
     "TorchEagerBackend",
+    "backend_settings",
     "count_macs_params",
     "extract_layer_specs",
     "fixed_threads",
