@@ -129,6 +129,18 @@ def test_bad_paired_schedule_raises_config_error() -> None:
         timer.ratio(small_net(), statistic="mean")
 
 
+def test_thread_clock_is_allowed_only_when_the_inference_runs_on_the_calling_thread() -> None:
+    one = PairedTimer(small_net(), X, backend="onnxruntime", threads=1)
+    assert one.backend.runs_on_calling_thread
+    stats = one.ratio(small_net(), warmup=1, rounds=3, min_rounds=1, clock="thread")
+    assert stats.rounds == 3 and stats.ratio > 0
+    assert PairedTimer(small_net(), X, threads=1).ratio(small_net(), rounds=2, min_rounds=1, clock="thread").rounds == 2
+    with pytest.raises(ConfigError, match="clock: 'thread' needs the whole inference on the calling thread"):
+        PairedTimer(small_net(), X, threads=2).ratio(small_net(), clock="thread")
+    with pytest.raises(ConfigError, match="clock: expected one of wall, thread, process"):
+        one.ratio(small_net(), clock="cycles")
+
+
 def test_missing_openvino_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` fail as if not installed
     with pytest.raises(ConfigError, match=r"latency.backend 'openvino'.*pip install 'autoprune\[openvino\]'"):
@@ -167,6 +179,11 @@ class TestOpenVino:
         with torch.inference_mode():
             np.testing.assert_allclose(got, model(X).numpy(), atol=1e-4)
         backend.prepare(model, X)()
+
+    def test_openvino_computes_off_the_calling_thread_so_thread_clock_is_refused(self) -> None:
+        timer = PairedTimer(small_net(), X, backend="openvino", threads=1)
+        with pytest.raises(ConfigError, match="'openvino'"):
+            timer.ratio(small_net(), clock="thread")
 
     @pytest.mark.parametrize(("options", "field"), [({"performance_hint": "FAST"}, "performance_hint"), ({"precision": "int4"}, "precision")])
     def test_bad_options_raise_config_error(self, options: dict, field: str) -> None:

@@ -29,7 +29,9 @@ class LatencyBackend(Protocol):
 
     A backend may also define ``settings() -> dict``: the runtime settings (threads,
     spinning, optimisation level, precision, library version) that every result
-    measured on it is recorded with (see :func:`backend_settings`).
+    measured on it is recorded with (see :func:`backend_settings`), and
+    ``runs_on_calling_thread``: True when an inference computes entirely on the calling
+    thread (then CPU-time clocks are valid; see :meth:`PairedTimer.ratio`).
     """
 
     name: str
@@ -54,6 +56,11 @@ class TorchEagerBackend:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise ConfigError(f"latency.threads: expected an integer >= 1, got {threads!r}")
         self.threads = threads or torch.get_num_threads()
+
+    @property
+    def runs_on_calling_thread(self) -> bool:
+        """With one thread, eager PyTorch computes on the caller (what a ``thread`` clock needs)."""
+        return self.threads == 1
 
     def settings(self) -> dict[str, object]:
         """The runtime settings every result measured on this backend is recorded with."""

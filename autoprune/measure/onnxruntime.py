@@ -99,6 +99,11 @@ class OnnxRuntimeBackend:
                 "shared pool exists (every session must use it); use 'shared' or a new process"
             )
 
+    @property
+    def runs_on_calling_thread(self) -> bool:
+        """With one intra-op thread ONNX Runtime computes on the caller (what a ``thread`` clock needs)."""
+        return self.threads == 1
+
     def settings(self) -> dict[str, Any]:
         """The runtime settings every result measured on this backend is recorded with."""
         return {

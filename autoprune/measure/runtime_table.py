@@ -274,6 +274,7 @@ def calibrate_on_backend(
     seed: int = 0,
     rounds: int = 10,
     cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
+    ratio_options: dict[str, Any] | None = None,
 ) -> tuple[FittedLatencyTable, bool]:
     """The latency table of ``model`` on ``timer``'s backend, from the disk cache or calibrated now.
 
@@ -290,21 +291,22 @@ def calibrate_on_backend(
         seed: Seed of the random policies.
         rounds: Paired rounds per calibration model.
         cache_dir: Folder of cached tables (None: always calibrate, never write).
+        ratio_options: More keywords of :meth:`PairedTimer.ratio` (e.g. ``clock="thread"``); part of the cache key.
 
     Returns:
         ``(table, from_cache)``.
 
     Raises:
-        ConfigError: a bad count.
+        ConfigError: a bad count or ratio option.
     """
     policies = calibration_policies(graph.unit_names, graph.block_names, max_ratio=max_ratio, n_random=n_random, seed=seed)
     key = table_key(
         architecture_hash(model), timer.settings(), batch_size,
-        round_to=round_to, max_ratio=max_ratio, n_random=n_random, seed=seed, features=list(FEATURES),
+        round_to=round_to, max_ratio=max_ratio, n_random=n_random, seed=seed, features=list(FEATURES), ratio_options=ratio_options or {},
     )
 
     def measure(policy: Policy) -> Callable[[], float]:
-        return lambda: timer.ratio(apply_policy(model, policy, graph=graph, round_to=round_to).eval(), rounds=rounds).ratio
+        return lambda: timer.ratio(apply_policy(model, policy, graph=graph, round_to=round_to).eval(), rounds=rounds, **(ratio_options or {})).ratio
 
     variants = [
         (graph.specs_for(p.ratios, p.drop, round_to=round_to, batch_size=batch_size), 1.0 if not p.ratios and not p.drop else measure(p))

@@ -45,6 +45,8 @@ METHODS = [
     ("calls 10+10 x 15 rounds, min", {"calls_per_round": 10, "interleave": "calls", "statistic": "min"}),
     ("blocks of 10 x 15 rounds, min", {"calls_per_round": 10, "interleave": "blocks", "statistic": "min"}),
     ("blocks of 10 x 15 rounds, median", {"calls_per_round": 10, "interleave": "blocks", "statistic": "median"}),
+    ("calls 3+3 x 15 rounds, min, thread CPU clock", {"calls_per_round": 3, "interleave": "calls", "statistic": "min", "clock": "thread"}),
+    ("calls 10+10 x 15 rounds, min, thread CPU clock", {"calls_per_round": 10, "interleave": "calls", "statistic": "min", "clock": "thread"}),
 ]
 
 
@@ -75,6 +77,8 @@ def paired_section(repeats: int, batches: list[int]) -> tuple[str, list[tuple]]:
             rows.append((label, batch, f"sequential medians of {n_seq}", statistics.mean(seq), _cv(seq), ref_ms, "-"))
             print(*rows[-1], np.round(seq, 3), file=sys.stderr, flush=True)
             for method, kwargs in METHODS:
+                if kwargs.get("clock") == "thread" and not getattr(timer.backend, "runs_on_calling_thread", False):
+                    continue
                 if batch > 1 and kwargs["calls_per_round"] > 3:
                     kwargs = {**kwargs, "calls_per_round": 5}
                     method = method.replace("10", "5")
@@ -119,23 +123,24 @@ def table_section(batches: list[int], n_test: int, n_random: int) -> str:
         x = torch.randn(batch, 1, 28, 28)
         for label, name, options in TABLE_BACKENDS:
             timer = PairedTimer(dense, x, backend=name, threads=THREADS, backend_options=options)
+            clock = {"clock": "thread"} if getattr(timer.backend, "runs_on_calling_thread", False) else {}
             with tempfile.TemporaryDirectory() as cache:
                 t0 = time.perf_counter()
-                table, cached = calibrate_on_backend(dense, graph, timer, batch_size=batch, n_random=n_random, cache_dir=cache)
+                table, cached = calibrate_on_backend(dense, graph, timer, batch_size=batch, n_random=n_random, cache_dir=cache, ratio_options=clock)
                 first_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                _, cached_again = calibrate_on_backend(dense, graph, timer, batch_size=batch, n_random=n_random, cache_dir=cache)
+                _, cached_again = calibrate_on_backend(dense, graph, timer, batch_size=batch, n_random=n_random, cache_dir=cache, ratio_options=clock)
                 second_s = time.perf_counter() - t0
             assert not cached and cached_again
             dense_specs = graph.specs_for({}, (), batch_size=batch)
             tests = calibration_policies(graph.unit_names, graph.block_names, n_random=n_test, seed=777)[6:]
             errs, errs_drop = [], []
             for pol in tests:
-                measured = timer.ratio(apply_policy(dense, pol, graph=graph).eval(), rounds=10).ratio
+                measured = timer.ratio(apply_policy(dense, pol, graph=graph).eval(), rounds=10, **clock).ratio
                 predicted = table.predict_ratio(graph.specs_for(pol.ratios, pol.drop, batch_size=batch), dense_specs)
                 (errs_drop if pol.drop else errs).append(abs(predicted - measured) / measured)
             every = errs + errs_drop
-            rows.append((label, batch, len(table), first_s, second_s, len(every), float(np.median(every)), float(np.percentile(every, 90)),
+            rows.append((label + (" (thread clock)" if clock else ""), batch, len(table), first_s, second_s, len(every), float(np.median(every)), float(np.percentile(every, 90)),
                          float(np.median(errs_drop)) if errs_drop else float("nan")))
             print(*rows[-1], file=sys.stderr, flush=True)
     return (
