@@ -31,6 +31,9 @@ def small_net() -> nn.Module:
 
 
 X = torch.randn(2, 1, 8, 8)
+#: In this process the tests use per-session pools: ONNX Runtime's shared pool is permanent and would
+#: make every later plain InferenceSession of the test process fail (it is tested in a subprocess).
+PER_SESSION = "per-session"
 
 
 _POOL_LIFECYCLE = """
@@ -48,6 +51,13 @@ spin = get_backend("onnxruntime", threads=1, thread_pool="per-session").session_
 out["spinning_entry"] = spin.get_session_config_entry("session.intra_op.allow_spinning")
 shared = get_backend("onnxruntime", threads=1)
 out["shared"] = [shared.settings()["thread_pool"], shared.session_options().use_per_session_threads]
+from autoprune.formats.onnx import export_model, ort_session
+import torch
+net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU())
+export_model(net, (torch.randn(1, 1, 5, 5),), "m.onnx", None)
+shared.prepare_file("m.onnx", torch.randn(1, 1, 5, 5))()
+ort_session(ort, "m.onnx", 2).run(None, {"input": torch.randn(1, 1, 5, 5).numpy()})  # autoprune's own sessions follow the pool
+out["shared_runs"] = True
 out["other_size"] = get_backend("onnxruntime", threads=3).settings()["threads"]
 try:
     get_backend("onnxruntime", threads=1, thread_pool="per-session")
@@ -58,32 +68,32 @@ print(json.dumps(out))
 """
 
 
-def test_onnxruntime_thread_pools_per_session_then_shared_once_per_process() -> None:
+def test_onnxruntime_thread_pools_per_session_then_shared_once_per_process(tmp_path) -> None:
     """ONNX Runtime's shared pool is process-wide and permanent, so this runs in a fresh interpreter."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    done = subprocess.run([sys.executable, "-c", _POOL_LIFECYCLE], check=False, capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run([sys.executable, "-c", _POOL_LIFECYCLE], check=False, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["per_session"] == ["per-session", 1, "0", True, True]
     assert out["spinning_entry"] == "1"
-    assert out["shared"] == ["shared", False]
+    assert out["shared"] == ["shared", False] and out["shared_runs"]
     assert out["other_size"] == 1  # the pool keeps its first size; the backend records the real one
     assert "'per-session' is impossible in this process" in out["per_session_after_shared"]
 
 
 def test_onnxruntime_settings_record_threads_spinning_optimisation_and_version() -> None:
-    backend = get_backend("onnxruntime", threads=1, graph_optimization="basic")
+    backend = get_backend("onnxruntime", threads=1, graph_optimization="basic", thread_pool=PER_SESSION)
     settings = backend_settings(backend)
     assert settings["backend"] == "onnxruntime"
     assert settings["version"] == ort.__version__
-    assert (settings["threads"], settings["spinning"], settings["graph_optimization"], settings["thread_pool"]) == (1, True, "basic", "shared")
+    assert (settings["threads"], settings["spinning"], settings["graph_optimization"], settings["thread_pool"]) == (1, True, "basic", PER_SESSION)
     assert backend.session_options().graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
 
 
 def test_onnxruntime_runner_computes_the_model_on_a_configured_session(tmp_path) -> None:
     model = small_net()
-    backend = get_backend("onnxruntime", threads=1)
+    backend = get_backend("onnxruntime", threads=1, thread_pool=PER_SESSION)
     run = backend.prepare(model, X)
     run()
     path = tmp_path / "m.onnx"
@@ -94,7 +104,7 @@ def test_onnxruntime_runner_computes_the_model_on_a_configured_session(tmp_path)
 
 
 def test_paired_timer_passes_threads_and_options_to_the_backend_and_reports_them() -> None:
-    timer = PairedTimer(small_net(), X, backend="onnxruntime", threads=1, backend_options={"graph_optimization": "basic"})
+    timer = PairedTimer(small_net(), X, backend="onnxruntime", threads=1, backend_options={"graph_optimization": "basic", "thread_pool": PER_SESSION})
     settings = timer.settings()
     assert settings["backend"] == "onnxruntime" and settings["threads"] == 1 and settings["graph_optimization"] == "basic"
     stats = timer.ratio(small_net(), warmup=1, rounds=3, min_rounds=1, interleave="blocks", statistic="median")
@@ -130,7 +140,7 @@ def test_bad_paired_schedule_raises_config_error() -> None:
 
 
 def test_thread_clock_is_allowed_only_when_the_inference_runs_on_the_calling_thread() -> None:
-    one = PairedTimer(small_net(), X, backend="onnxruntime", threads=1)
+    one = PairedTimer(small_net(), X, backend="onnxruntime", threads=1, backend_options={"thread_pool": PER_SESSION})
     assert one.backend.runs_on_calling_thread
     stats = one.ratio(small_net(), warmup=1, rounds=3, min_rounds=1, clock="thread")
     assert stats.rounds == 3 and stats.ratio > 0
@@ -189,3 +199,43 @@ class TestOpenVino:
     def test_bad_options_raise_config_error(self, options: dict, field: str) -> None:
         with pytest.raises(ConfigError, match=field):
             get_backend("openvino", **options)
+
+
+def digits_batches(n: int = 4, size: int = 16) -> list[np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images.astype(np.float32) / 16.0
+    return [images[i * size : (i + 1) * size, None] for i in range(n)]
+
+
+def test_static_int8_is_qdq_calibrated_and_close_to_fp32_and_can_be_timed_against_it(tmp_path) -> None:
+    import onnx
+
+    from autoprune.formats.onnx import quantize_onnx
+    from autoprune.measure.onnxruntime import compare_onnx_files
+
+    model = small_net()
+    fp32 = tmp_path / "m.onnx"
+    export_model(model, (X,), fp32, None)
+    int8 = quantize_onnx(fp32, tmp_path / "m.int8.onnx", calibration=digits_batches())
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    batch = torch.from_numpy(digits_batches(5)[4])
+    session = get_backend("onnxruntime", threads=1, thread_pool=PER_SESSION).session(int8)
+    got = session.run(None, {"input": batch.numpy()})[0]
+    with torch.inference_mode():
+        want = model(batch).numpy()
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
+    stats = compare_onnx_files(fp32, int8, batch, threads=1, rounds=2, min_rounds=1, backend_options={"thread_pool": PER_SESSION})
+    assert stats.rounds == 2 and stats.ratio > 0
+    assert not list(tmp_path.glob(".*tmp*")) and not list(tmp_path.glob(".*prep*"))
+
+
+def test_static_int8_without_calibration_batches_raises_config_error(tmp_path) -> None:
+    from autoprune.formats.onnx import quantize_onnx
+
+    fp32 = tmp_path / "m.onnx"
+    export_model(small_net(), (X,), fp32, None)
+    with pytest.raises(ConfigError, match="calibration: expected at least one input batch"):
+        quantize_onnx(fp32, tmp_path / "q.onnx", calibration=[])
+    assert not (tmp_path / "q.onnx").exists()

@@ -12,6 +12,11 @@ of this backend therefore runs on ONNX Runtime's *process-wide* thread pool
 ``set_global_thread_pool_sizes``): one pool, spinning as in serving, serves the
 reference and the candidate in turn, so neither one's idle threads steal the other's
 cores.
+
+ONNX Runtime makes that pool permanent for the process: afterwards every session must be
+opened with ``use_per_session_threads = False`` (autoprune's own sessions do, through
+:func:`autoprune.formats.onnx.ort_session`); a plain ``InferenceSession(path)`` opened later
+in the same process fails. Choose ``thread_pool: per-session`` to avoid that.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from torch import nn
 from autoprune.errors import ConfigError
 from autoprune.formats.onnx import as_args, ensure_shared_pool, export_model, ort_session, require_onnx, shared_pool_threads
 from autoprune.graph.layers import ExampleInput
-from autoprune.measure.latency import Runner
+from autoprune.measure.latency import PairedTimer, RatioStats, Runner
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +156,12 @@ class OnnxRuntimeBackend:
         with tempfile.TemporaryDirectory(prefix="autoprune-ort-") as d:
             path = Path(d) / "model.onnx"
             export_model(model, args, path, None)
-            session = self.session(path)
-        feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(session.get_inputs(), args)}
+            return self.prepare_file(path, example_input)
+
+    def prepare_file(self, path: str | Path, example_input: ExampleInput) -> Runner:
+        """A runner of one inference of the ONNX file at ``path`` (e.g. an int8 artifact) on ``example_input``."""
+        session = self.session(path)
+        feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(session.get_inputs(), as_args(example_input))}
         run_session = session.run
 
         def run() -> None:
@@ -161,4 +170,34 @@ class OnnxRuntimeBackend:
         return run
 
 
-__all__ = ["GRAPH_OPTIMIZATION_LEVELS", "OnnxRuntimeBackend", "THREAD_POOLS"]
+def compare_onnx_files(
+    reference: str | Path,
+    candidate: str | Path,
+    example_input: ExampleInput,
+    *,
+    threads: int = 2,
+    rounds: int = 15,
+    backend_options: dict[str, Any] | None = None,
+    **ratio_options: Any,
+) -> RatioStats:
+    """Latency of the ONNX file ``candidate`` relative to ``reference`` on ONNX Runtime, by paired timing.
+
+    Decides, for example, whether an int8 artifact is faster than its fp32 source on this machine.
+
+    Args:
+        reference, candidate: ONNX files taking the same input.
+        example_input: The input batch (its batch size is the one measured).
+        threads: Intra-op threads.
+        rounds: Paired rounds.
+        backend_options: :class:`OnnxRuntimeBackend` options.
+        **ratio_options: More keywords of :meth:`PairedTimer.ratio`.
+
+    Raises:
+        ConfigError: the onnx extra is missing or an option is invalid.
+    """
+    backend = OnnxRuntimeBackend(threads, **(backend_options or {}))
+    timer = PairedTimer(backend.prepare_file(reference, example_input), example_input, backend=backend, threads=threads)
+    return timer.ratio(backend.prepare_file(candidate, example_input), rounds=rounds, **ratio_options)
+
+
+__all__ = ["GRAPH_OPTIMIZATION_LEVELS", "THREAD_POOLS", "OnnxRuntimeBackend", "compare_onnx_files"]
