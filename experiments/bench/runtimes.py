@@ -3,7 +3,8 @@
 ResNet-20 on Fashion-MNIST shapes (1x28x28), the committed checkpoint, dense vs a pruned
 variant (uniform 0.5 channels, blocks 2, 5, 8 dropped). Writes ``experiments/results/runtimes.md``.
 
-    python experiments/bench/runtimes.py [--repeats 8] [--sections paired,table] [--batches 1,32]
+    python experiments/bench/runtimes.py [--repeats 8] [--sections paired,table] [--batches 1,32] [--threads 2]
+        [--backends torch,onnxruntime,openvino] [--calibration 24] [--test-policies 20] [--append]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from autoprune.zoo import build_model  # noqa: E402
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "resnet20-fashion_mnist.pt"
 THREADS = 2  # --threads
+ONLY = ("torch", "onnxruntime", "openvino")  # --backends
 
 #: (label, backend name, backend options)
 BACKENDS = [
@@ -66,6 +68,8 @@ def paired_section(repeats: int, batches: list[int]) -> tuple[str, list[tuple]]:
     for batch in batches:
         x = torch.randn(batch, 1, 28, 28)
         for label, name, options in BACKENDS:
+            if name not in ONLY:
+                continue
             timer = PairedTimer(dense, x, backend=name, threads=THREADS, backend_options=options)
             cand = timer.prepare(pruned)
             settings[label] = timer.settings()
@@ -122,11 +126,13 @@ def table_section(batches: list[int], n_test: int, n_random: int) -> str:
     for batch in batches:
         x = torch.randn(batch, 1, 28, 28)
         for label, name, options in TABLE_BACKENDS:
+            if name not in ONLY:
+                continue
             timer = PairedTimer(dense, x, backend=name, threads=THREADS, backend_options=options)
             clock = {"clock": "thread"} if getattr(timer.backend, "runs_on_calling_thread", False) else {}
             with tempfile.TemporaryDirectory() as cache:
                 t0 = time.perf_counter()
-                table, cached = calibrate_on_backend(dense, graph, timer, batch_size=batch, n_random=n_random, cache_dir=cache, ratio_options=clock)
+                fitted, cached = calibrate_on_backend(dense, graph, timer, batch_size=batch, n_random=n_random, cache_dir=cache, ratio_options=clock)
                 first_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 _, cached_again = calibrate_on_backend(dense, graph, timer, batch_size=batch, n_random=n_random, cache_dir=cache, ratio_options=clock)
@@ -137,10 +143,10 @@ def table_section(batches: list[int], n_test: int, n_random: int) -> str:
             errs, errs_drop = [], []
             for pol in tests:
                 measured = timer.ratio(apply_policy(dense, pol, graph=graph).eval(), rounds=10, **clock).ratio
-                predicted = table.predict_ratio(graph.specs_for(pol.ratios, pol.drop, batch_size=batch), dense_specs)
+                predicted = fitted.predict_ratio(graph.specs_for(pol.ratios, pol.drop, batch_size=batch), dense_specs)
                 (errs_drop if pol.drop else errs).append(abs(predicted - measured) / measured)
             every = errs + errs_drop
-            rows.append((label + (" (thread clock)" if clock else ""), batch, len(table), first_s, second_s, len(every), float(np.median(every)), float(np.percentile(every, 90)),
+            rows.append((label + (" (thread clock)" if clock else ""), batch, len(fitted), first_s, second_s, len(every), float(np.median(every)), float(np.percentile(every, 90)),
                          float(np.median(errs_drop)) if errs_drop else float("nan")))
             print(*rows[-1], file=sys.stderr, flush=True)
     return (
@@ -165,13 +171,16 @@ def main() -> None:
     parser.add_argument("--sections", default="paired,table")
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--test-policies", type=int, default=20)
-    parser.add_argument("--calibration", type=int, default=16, help="random calibration policies (plus 6 uniform ones)")
+    parser.add_argument("--backends", default="torch,onnxruntime,openvino")
+    parser.add_argument("--append", action="store_true", help="append to runtimes.md instead of rewriting it")
+    parser.add_argument("--calibration", type=int, default=24, help="random calibration policies (plus 6 uniform ones)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every backend (1 on an overloaded machine)")
     args = parser.parse_args()
     sections = args.sections.split(",")
     batches = [int(b) for b in args.batches.split(",")]
-    global THREADS
+    global THREADS, ONLY
     THREADS = args.threads
+    ONLY = tuple(args.backends.split(","))
     torch.set_num_threads(THREADS)
     start = time.perf_counter()
     versions = ", ".join(f"{n} {_version(n)}" for n in ("onnxruntime", "onnx", "openvino"))
@@ -186,7 +195,7 @@ def main() -> None:
     if "table" in sections:
         text += table_section(batches, args.test_policies, args.calibration)
     text += f"Total time {time.perf_counter() - start:.0f} s; load average at the end: {' '.join(open('/proc/loadavg').read().split()[:3])}.\n"
-    path = write("runtimes.md", text)
+    path = write("runtimes.md", ("\n---\n\n" if args.append else "") + text, append=args.append)
     print(text)
     print(f"wrote {path}")
 
