@@ -111,6 +111,22 @@ def test_paired_timer_passes_threads_and_options_to_the_backend_and_reports_them
     assert stats.rounds == 3 and stats.ratio > 0
 
 
+def test_serving_runtimes_are_timed_in_blocks_by_default_and_eager_in_single_calls() -> None:
+    ort_timer = PairedTimer(small_net(), X, backend="onnxruntime", threads=1, backend_options={"thread_pool": PER_SESSION})
+    calls = []
+    cand = ort_timer.prepare(small_net())
+
+    def counted() -> None:
+        calls.append(1)
+        cand()
+
+    ort_timer.ratio(counted, warmup=0, rounds=2, min_rounds=1)
+    assert len(calls) == 2 * (1 + 10)  # per round: one untimed call, then a block of 10
+    calls.clear()
+    PairedTimer(small_net(), X, threads=1).ratio(counted, warmup=0, rounds=2, min_rounds=1)
+    assert len(calls) == 2 * 3
+
+
 def test_torch_backend_records_its_threads() -> None:
     assert PairedTimer(small_net(), X, threads=1).settings() == {"backend": "torch", "version": torch.__version__, "threads": 1, "mode": "eager, inference_mode"}
 

@@ -246,12 +246,12 @@ class PairedTimer:
         *,
         warmup: int = 3,
         rounds: int = 15,
-        calls_per_round: int = 3,
+        calls_per_round: int | None = None,
         min_rounds: int = 5,
         max_rounds: int | None = None,
         rel_ci: float | None = None,
         time_budget_s: float | None = None,
-        interleave: str = "calls",
+        interleave: str | None = None,
         statistic: str = "min",
         clock: str = "wall",
     ) -> RatioStats:
@@ -264,13 +264,16 @@ class PairedTimer:
             candidate: Module (prepared here) or prepared runner.
             warmup: Untimed (reference, candidate) pairs first.
             rounds: Rounds to measure when ``rel_ci`` is None.
-            calls_per_round: Calls of each model per round.
+            calls_per_round: Calls of each model per round (None: the backend's
+                ``paired_schedule``, else 3).
             min_rounds: With ``rel_ci`` or ``time_budget_s``, never stop before this many rounds.
             max_rounds: With ``rel_ci``, stop after this many rounds anyway (default ``rounds``).
             rel_ci: Stop as soon as the CI half-width relative to the ratio is at most this.
             time_budget_s: Stop after ``min_rounds`` once this much wall time has passed
                 (bounds the cost when the machine is overloaded).
-            interleave: ``calls``: each round alternates single reference and candidate
+            interleave: None: the backend's ``paired_schedule`` (``blocks`` on the serving
+                runtimes, whose ratio it measured least noisy and closest to sequential
+                timing), else ``calls``. ``calls``: each round alternates single reference and candidate
                 calls; ``blocks``: each round runs one untimed call and then
                 ``calls_per_round`` timed calls of one model, then the same for the other
                 (a runtime's caches and idle threads settle on one model before timing it).
@@ -290,6 +293,9 @@ class PairedTimer:
         """
         _check_int("warmup", warmup, 0)
         _check_int("rounds", rounds, 1)
+        schedule = {"interleave": "calls", "calls_per_round": 3, **getattr(self.backend, "paired_schedule", {})}
+        interleave = schedule["interleave"] if interleave is None else interleave
+        calls_per_round = schedule["calls_per_round"] if calls_per_round is None else calls_per_round
         _check_int("calls_per_round", calls_per_round, 1)
         _check_int("min_rounds", min_rounds, 1)
         if max_rounds is None:
@@ -383,7 +389,7 @@ def measure_latency_ratio(
     threads: int = 2,
     warmup: int = 5,
     rounds: int = 15,
-    calls_per_round: int = 3,
+    calls_per_round: int | None = None,
     min_rounds: int = 5,
     max_rounds: int | None = None,
     rel_ci: float | None = None,

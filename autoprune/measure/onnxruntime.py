@@ -109,6 +109,12 @@ class OnnxRuntimeBackend:
         """With one intra-op thread ONNX Runtime computes on the caller (what a ``thread`` clock needs)."""
         return self.threads == 1
 
+    #: How :meth:`PairedTimer.ratio` times this runtime by default: blocks of 10 calls of one model
+    #: after one untimed call, then the other. Interleaving single calls lets each call start with
+    #: the other model's weights in cache, which biased the ratio up (0.31 vs 0.26 blocked, 0.22
+    #: sequential; experiments/results/runtimes.md) and was noisier.
+    paired_schedule = {"interleave": "blocks", "calls_per_round": 10}
+
     def settings(self) -> dict[str, Any]:
         """The runtime settings every result measured on this backend is recorded with."""
         return {
