@@ -161,6 +161,35 @@ def table_section(batches: list[int], n_test: int, n_random: int) -> str:
     )
 
 
+def prepare_section(batches: list[int], repeats: int) -> str:
+    """Per-candidate preparation cost (export + session/compilation) per backend: what a search pays per episode."""
+    dense, pruned, _ = models()
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, 1, 28, 28)
+        for label, name, options in TABLE_BACKENDS:
+            if name not in ONLY:
+                continue
+            timer = PairedTimer(dense, x, backend=name, threads=THREADS, backend_options=options)
+            seconds = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                timer.prepare(pruned)
+                seconds.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            stats = timer.ratio(timer.prepare(pruned))
+            measure_s = time.perf_counter() - t0
+            rows.append((label, batch, float(np.median(seconds)), stats.elapsed_s, measure_s))
+            print(*rows[-1], file=sys.stderr, flush=True)
+    return (
+        f"## Cost per candidate ({repeats} preparations, median)\n\n"
+        "Preparation = export to ONNX and session creation or compilation (none for eager); then one paired "
+        "measurement at the backend's default schedule.\n\n"
+        + table(["backend", "batch", "prepare s", "paired measurement s", "prepare + measurement s"], rows)
+        + "\n"
+    )
+
+
 def _cv(values: list[float]) -> float:
     return float(np.std(values, ddof=1) / np.mean(values)) if len(values) > 1 else 0.0
 
@@ -192,6 +221,8 @@ def main() -> None:
     if "paired" in sections:
         part, _ = paired_section(args.repeats, batches)
         text += part
+    if "prepare" in sections:
+        text += prepare_section(batches, args.repeats)
     if "table" in sections:
         text += table_section(batches, args.test_policies, args.calibration)
     text += f"Total time {time.perf_counter() - start:.0f} s; load average at the end: {' '.join(open('/proc/loadavg').read().split()[:3])}.\n"
