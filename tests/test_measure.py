@@ -125,7 +125,7 @@ def test_invalid_ratio_options_raise_config_error(field: str, kwargs: dict) -> N
 
 def test_unknown_backend_raises_config_error_naming_value() -> None:
     assert get_backend("torch").name == "torch"
-    with pytest.raises(ConfigError, match=r"'tensorrt'.*allowed: 'torch', 'onnxruntime' or 'package.module:Class'"):
+    with pytest.raises(ConfigError, match=r"'tensorrt'.*allowed: 'torch', 'onnxruntime', 'openvino' or 'package.module:Class'"):
         get_backend("tensorrt")
     with pytest.raises(ConfigError, match="tensorrt"):
         measure_latency(conv_net(4), torch.randn(1, 3, 8, 8), backend="tensorrt")

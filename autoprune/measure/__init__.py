@@ -1,6 +1,7 @@
 """Measurement: latency backends (protocol + registry), paired timing, MACs and size, the latency lookup table.
 
-Backends needing an extra (``onnxruntime``) are imported only when named.
+Backends needing an extra (``onnxruntime``, ``openvino``) are imported only when named. The per-backend
+latency table fitted to measurements on the backend is :mod:`autoprune.measure.runtime_table`.
 """
 
 from autoprune.measure.latency import BACKENDS, PairedTimer, count_macs_params, get_backend, measure_latency, register_backend

@@ -1,47 +1,173 @@
 """The ``onnxruntime`` latency backend: the model exported to ONNX and run by an ONNX Runtime CPU session.
 
 Needs the optional extra: ``pip install 'autoprune[onnx]'``.
+
+The session is configured as it would serve: intra-op threads spin while idle (ONNX
+Runtime's default, its fastest setting for back-to-back requests) and the graph is
+fully optimised (conv+BN+activation fusion). Two sessions with their own spinning pools
+fight for the cores when their calls are interleaved, which is what paired timing does
+(the same pair measured 0.38 and 0.69 in two runs on 2 cores). By default every session
+of this backend therefore runs on ONNX Runtime's *process-wide* thread pool
+(``SessionOptions.use_per_session_threads = False`` after
+``set_global_thread_pool_sizes``): one pool, spinning as in serving, serves the
+reference and the candidate in turn, so neither one's idle threads steal the other's
+cores.
+
+ONNX Runtime makes that pool permanent for the process: afterwards every session must be
+opened with ``use_per_session_threads = False`` (autoprune's own sessions do, through
+:func:`autoprune.formats.onnx.ort_session`); a plain ``InferenceSession(path)`` opened later
+in the same process fails. Choose ``thread_pool: per-session`` to avoid that.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from autoprune.formats.onnx import as_args, export_model, ort_session, require_onnx
+from autoprune.errors import ConfigError
+from autoprune.formats.onnx import as_args, ensure_shared_pool, export_model, ort_session, require_onnx, shared_pool_threads
 from autoprune.graph.layers import ExampleInput
-from autoprune.measure.latency import Runner
+from autoprune.measure.latency import PairedTimer, RatioStats, Runner
+
+log = logging.getLogger(__name__)
+
+GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+THREAD_POOLS = ("shared", "per-session")
 
 
 class OnnxRuntimeBackend:
     """Latency backend: the model exported to ONNX and run by an ONNX Runtime CPU session.
 
     Args:
-        threads: Intra-op threads of the session (None: ``torch.get_num_threads()`` when
-            :meth:`prepare` is called).
+        threads: Intra-op threads (None: ``torch.get_num_threads()`` now).
+        spinning: Idle intra-op threads spin (ONNX Runtime's default and serving setting);
+            False sets ``session.intra_op.allow_spinning = 0`` (per-session pools only:
+            ONNX Runtime's shared pool always spins).
+        graph_optimization: ``disable``, ``basic``, ``extended`` or ``all`` (default: all
+            fusions, as served).
+        thread_pool: ``shared`` (default): every session of this process runs on one
+            global pool, so interleaved sessions do not fight; ``per-session``: each
+            session owns a pool (ONNX Runtime's default). ONNX Runtime sizes the shared
+            pool once per process: a later backend asking another size runs on the existing
+            pool (a warning is logged and :meth:`settings` records the real size), and
+            once it exists no per-session pool can be created in the process.
 
     Raises:
-        ConfigError: onnx or onnxruntime is not installed.
+        ConfigError: onnx or onnxruntime is not installed, an option is invalid, or
+            ``per-session`` is asked in a process whose shared pool exists.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        threads: int | None = None,
+        *,
+        spinning: bool = True,
+        graph_optimization: str = "all",
+        thread_pool: str = "shared",
+    ) -> None:
         _, self._ort = require_onnx("latency.backend 'onnxruntime'")
-        self.threads = threads
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"latency.threads: expected an integer >= 1, got {threads!r}")
+        if not isinstance(spinning, bool):
+            raise ConfigError(f"latency.backend_options.spinning: expected true or false, got {spinning!r}")
+        if graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
+            raise ConfigError(
+                f"latency.backend_options.graph_optimization: unknown level {graph_optimization!r}; "
+                f"allowed: {', '.join(GRAPH_OPTIMIZATION_LEVELS)}"
+            )
+        if thread_pool not in THREAD_POOLS:
+            raise ConfigError(f"latency.backend_options.thread_pool: unknown pool {thread_pool!r}; allowed: {', '.join(THREAD_POOLS)}")
+        if thread_pool == "shared" and not spinning:
+            raise ConfigError(
+                "latency.backend_options.spinning: false needs thread_pool 'per-session' "
+                "(ONNX Runtime's shared pool always spins)"
+            )
+        self.threads = threads or max(1, torch.get_num_threads())
+        self.spinning = spinning
+        self.graph_optimization = graph_optimization
+        self.thread_pool = thread_pool
+        if thread_pool == "shared":
+            size = ensure_shared_pool(self._ort, self.threads)
+            if size != self.threads:
+                log.warning("onnxruntime: this process's shared thread pool has %d threads, not %d; timing on it", size, self.threads)
+                self.threads = size
+        elif shared_pool_threads() is not None:
+            raise ConfigError(
+                "latency.backend_options.thread_pool: 'per-session' is impossible in this process: ONNX Runtime's "
+                "shared pool exists (every session must use it); use 'shared' or a new process"
+            )
+
+    @property
+    def runs_on_calling_thread(self) -> bool:
+        """With one intra-op thread ONNX Runtime computes on the caller (what a ``thread`` clock needs)."""
+        return self.threads == 1
+
+    #: How :meth:`PairedTimer.ratio` times this runtime by default: blocks of 10 calls of one model
+    #: after one untimed call, then the other. Interleaving single calls lets each call start with
+    #: the other model's weights in cache, which biased the ratio up (0.31 vs 0.26 blocked, 0.22
+    #: sequential; experiments/results/runtimes.md) and was noisier.
+    paired_schedule = {"interleave": "blocks", "calls_per_round": 10}
+
+    def settings(self) -> dict[str, Any]:
+        """The runtime settings every result measured on this backend is recorded with."""
+        return {
+            "backend": self.name,
+            "version": self._ort.__version__,
+            "provider": "CPUExecutionProvider",
+            "threads": self.threads,
+            "spinning": self.spinning,
+            "graph_optimization": self.graph_optimization,
+            "thread_pool": self.thread_pool,
+        }
+
+    def session_options(self) -> Any:
+        """The ``onnxruntime.SessionOptions`` of every session this backend opens."""
+        ort = self._ort
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.graph_optimization]
+        if self.thread_pool == "shared":
+            opts.use_per_session_threads = False
+        else:
+            opts.intra_op_num_threads = self.threads
+            opts.inter_op_num_threads = 1
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        return opts
+
+    def session(self, path: str | Path) -> Any:
+        """Open an ``onnxruntime.InferenceSession`` on the ONNX file at ``path`` with :meth:`session_options`."""
+        return ort_session(self._ort, path, self.threads, self.session_options())
 
     def prepare(self, model: nn.Module, example_input: ExampleInput) -> Runner:
-        """Export ``model`` (eval mode), open a session on it and return a runner of one inference."""
+        """Export ``model`` (eval mode), open a session on it and return a runner of one inference.
+
+        Raises:
+            ModelError: the model cannot be exported to ONNX.
+        """
         model.eval()
         args = as_args(example_input)
         with tempfile.TemporaryDirectory(prefix="autoprune-ort-") as d:
             path = Path(d) / "model.onnx"
             export_model(model, args, path, None)
-            session = ort_session(self._ort, path, self.threads or max(1, torch.get_num_threads()))
-        feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(session.get_inputs(), args)}
+            return self.prepare_file(path, example_input)
+
+    def prepare_file(self, path: str | Path, example_input: ExampleInput) -> Runner:
+        """A runner of one inference of the ONNX file at ``path`` (e.g. an int8 artifact) on ``example_input``."""
+        session = self.session(path)
+        feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(session.get_inputs(), as_args(example_input))}
         run_session = session.run
 
         def run() -> None:
@@ -50,4 +176,34 @@ class OnnxRuntimeBackend:
         return run
 
 
-__all__ = ["OnnxRuntimeBackend"]
+def compare_onnx_files(
+    reference: str | Path,
+    candidate: str | Path,
+    example_input: ExampleInput,
+    *,
+    threads: int = 2,
+    rounds: int = 15,
+    backend_options: dict[str, Any] | None = None,
+    **ratio_options: Any,
+) -> RatioStats:
+    """Latency of the ONNX file ``candidate`` relative to ``reference`` on ONNX Runtime, by paired timing.
+
+    Decides, for example, whether an int8 artifact is faster than its fp32 source on this machine.
+
+    Args:
+        reference, candidate: ONNX files taking the same input.
+        example_input: The input batch (its batch size is the one measured).
+        threads: Intra-op threads.
+        rounds: Paired rounds.
+        backend_options: :class:`OnnxRuntimeBackend` options.
+        **ratio_options: More keywords of :meth:`PairedTimer.ratio`.
+
+    Raises:
+        ConfigError: the onnx extra is missing or an option is invalid.
+    """
+    backend = OnnxRuntimeBackend(threads, **(backend_options or {}))
+    timer = PairedTimer(backend.prepare_file(reference, example_input), example_input, backend=backend, threads=threads)
+    return timer.ratio(backend.prepare_file(candidate, example_input), rounds=rounds, **ratio_options)
+
+
+__all__ = ["GRAPH_OPTIMIZATION_LEVELS", "THREAD_POOLS", "OnnxRuntimeBackend", "compare_onnx_files"]

@@ -1,0 +1,155 @@
+"""Latency backends: the protocol, the registry of their names, and PyTorch eager.
+
+A backend turns a model into a zero-argument runner of one inference; all one-off work
+(export, compilation, session) happens in ``prepare``. Serving runtimes live in their own
+modules (:mod:`autoprune.measure.onnxruntime`, :mod:`autoprune.measure.openvino`) and are
+imported only when named, so their extras stay optional.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from autoprune.errors import ConfigError
+from autoprune.graph.layers import ExampleInput
+from autoprune.registry import Registry
+
+#: Intra-op threads used for timing unless told otherwise: the one default of every ``threads``
+#: argument in :mod:`autoprune.measure`, of :class:`autoprune.objective.LatencySettings` and of ``latency.threads``.
+DEFAULT_THREADS = 2
+
+Runner = Callable[[], None]
+"""A zero-argument callable that runs one inference of a prepared model."""
+
+
+
+@runtime_checkable
+class LatencyBackend(Protocol):
+    """Runs a model for timing. ``prepare`` does all one-off work (compilation, session).
+
+    A backend may also define ``settings() -> dict``: the runtime settings (threads,
+    spinning, optimisation level, precision, library version) that every result
+    measured on it is recorded with (see :func:`backend_settings`), and
+    ``runs_on_calling_thread``: True when an inference computes entirely on the calling
+    thread (then CPU-time clocks are valid; see :meth:`PairedTimer.ratio`).
+    """
+
+    name: str
+
+    def prepare(self, model: nn.Module, example_input: ExampleInput) -> Runner:
+        """Return a zero-argument callable that runs one inference of ``model`` on ``example_input``."""
+        ...
+
+
+class TorchEagerBackend:
+    """PyTorch eager mode: ``model.eval()`` and ``torch.inference_mode()``.
+
+    Args:
+        threads: Intra-op threads recorded in :meth:`settings` (the timers set
+            ``torch.set_num_threads`` themselves; None: the current count).
+    """
+
+    name = "torch"
+
+    def __init__(self, threads: int | None = None) -> None:
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+                raise ConfigError(f"latency.threads: expected an integer >= 1, got {threads!r}")
+        self.threads = threads or torch.get_num_threads()
+
+    @property
+    def runs_on_calling_thread(self) -> bool:
+        """With one thread, eager PyTorch computes on the caller (what a ``thread`` clock needs)."""
+        return self.threads == 1
+
+    def settings(self) -> dict[str, object]:
+        """The runtime settings every result measured on this backend is recorded with."""
+        return {"backend": self.name, "version": torch.__version__, "threads": self.threads, "mode": "eager, inference_mode"}
+
+    def prepare(self, model: nn.Module, example_input: ExampleInput) -> Runner:
+        """Put ``model`` in eval mode and return a runner; the model is not copied."""
+        model.eval()
+        args = example_input if isinstance(example_input, tuple) else (example_input,)
+
+        def run() -> None:
+            with torch.inference_mode():
+                model(*args)
+
+        return run
+
+
+#: The latency backends: the one list of their names (``latency.backend`` is checked against it).
+BACKENDS: Registry[Callable[..., LatencyBackend]] = Registry(
+    "latency backend",
+    "latency.backend",
+    {
+        "torch": "autoprune.measure.latency:TorchEagerBackend",
+        "onnxruntime": "autoprune.measure.onnxruntime:OnnxRuntimeBackend",
+        "openvino": "autoprune.measure.openvino:OpenVinoBackend",
+    },
+    extras={"onnxruntime": "onnx", "openvino": "openvino"},
+)
+
+
+def register_backend(name: str, factory: Callable[..., LatencyBackend] | str) -> None:
+    """Make a backend available to :func:`get_backend` and to configs under ``name``.
+
+    Args:
+        name: The name a config uses (``latency.backend: NAME``).
+        factory: A callable returning a :class:`LatencyBackend` (it may accept ``threads=``
+            and backend options as keywords), or its ``"package.module:Class"`` reference.
+
+    Raises:
+        ConfigError: an empty name or one containing ``:``.
+    """
+    BACKENDS.register(name, factory)
+
+
+def get_backend(name: str | LatencyBackend, *, threads: int | None = None, **options: object) -> LatencyBackend:
+    """Return a new backend by registered name or ``"package.module:Class"`` (an instance is returned unchanged).
+
+    Args:
+        name: Registered name, reference, or a backend instance.
+        threads: Intra-op threads, passed as ``threads=`` when the factory accepts it.
+        **options: Backend settings (e.g. ``spinning=True`` for ``onnxruntime``,
+            ``performance_hint="LATENCY"`` for ``openvino``), passed as keywords.
+
+    Raises:
+        ConfigError: unknown backend name, its optional extra is not installed (naming it),
+            or an option the backend does not take or accept.
+    """
+    if not isinstance(name, str):
+        if options:
+            raise ConfigError(f"latency.backend_options: options {sorted(options)} given with a backend instance; configure the instance instead")
+        return name
+    factory = BACKENDS.get(name)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [k for k in options if k not in params and not takes_any]
+    if unknown:
+        allowed = [k for k, p in params.items() if k != "threads" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        raise ConfigError(f"latency.backend_options: {name!r} has no option {unknown[0]!r}; allowed: {', '.join(allowed) or 'none'}")
+    kwargs = dict(options)
+    if threads is not None and ("threads" in params or takes_any):
+        kwargs["threads"] = threads
+    return factory(**kwargs)
+
+
+def backend_settings(backend: LatencyBackend) -> dict[str, object]:
+    """The settings a result measured on ``backend`` is recorded with (at least its name).
+
+    Uses the backend's ``settings()`` when it has one (every built-in does).
+    """
+    settings = getattr(backend, "settings", None)
+    found = dict(settings()) if callable(settings) else {}
+    return {"backend": getattr(backend, "name", type(backend).__name__), **found}
+
+
+__all__ = ["BACKENDS", "LatencyBackend", "Runner", "TorchEagerBackend", "backend_settings", "get_backend", "register_backend"]

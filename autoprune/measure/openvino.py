@@ -1,0 +1,147 @@
+"""The ``openvino`` latency backend: the model exported to ONNX and compiled by OpenVINO Runtime for the CPU.
+
+Needs the optional extra: ``pip install 'autoprune[openvino]'`` (and ``onnx`` for the export).
+
+Follows OpenVINO's Python API: ``Core.read_model`` on the ONNX file, the input reshaped to
+the measured (static) shape, ``Core.compile_model(model, "CPU", {"PERFORMANCE_HINT": ...,
+"INFERENCE_NUM_THREADS": ..., "INFERENCE_PRECISION_HINT": ...})`` and one
+``InferRequest`` per prepared model.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.errors import ConfigError, ModelError, one_line
+from autoprune.formats.onnx import as_args, export_model
+from autoprune.graph.layers import ExampleInput
+from autoprune.measure.latency import Runner
+
+OPENVINO_EXTRA_HINT = "pip install 'autoprune[openvino]'"
+PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
+PRECISIONS = ("f32", "bf16", "f16")
+
+
+def require_openvino(what: str) -> Any:
+    """Import ``openvino``, or raise ConfigError naming the extra.
+
+    Raises:
+        ConfigError: openvino is not installed.
+    """
+    try:
+        import openvino
+    except ImportError as e:
+        raise ConfigError(f"{what}: needs the optional extra: {OPENVINO_EXTRA_HINT}") from e
+    return openvino
+
+
+class OpenVinoBackend:
+    """Latency backend: OpenVINO Runtime on the CPU, compiled for one static input shape.
+
+    Args:
+        threads: ``INFERENCE_NUM_THREADS`` (None: ``torch.get_num_threads()`` now).
+        performance_hint: ``LATENCY`` (default: one stream, for single requests) or ``THROUGHPUT``.
+        precision: ``INFERENCE_PRECISION_HINT``: ``f32`` (default), ``bf16`` or ``f16``
+            (the CPU may reject a precision it lacks; that is a ConfigError at prepare time).
+
+    Raises:
+        ConfigError: openvino (or onnx) is not installed, or an option is invalid.
+    """
+
+    name = "openvino"
+
+    def __init__(self, threads: int | None = None, *, performance_hint: str = "LATENCY", precision: str = "f32") -> None:
+        self._ov = require_openvino("latency.backend 'openvino'")
+        try:
+            import onnx  # noqa: F401  (the backend reads the exported ONNX file)
+        except ImportError as e:
+            raise ConfigError("latency.backend 'openvino': needs the optional extra: pip install 'autoprune[onnx]'") from e
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"latency.threads: expected an integer >= 1, got {threads!r}")
+        hint = str(performance_hint).upper()
+        if hint not in PERFORMANCE_HINTS:
+            raise ConfigError(
+                f"latency.backend_options.performance_hint: unknown hint {performance_hint!r}; allowed: {', '.join(PERFORMANCE_HINTS)}"
+            )
+        if precision not in PRECISIONS:
+            raise ConfigError(f"latency.backend_options.precision: unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
+        self.threads = threads or max(1, torch.get_num_threads())
+        self.performance_hint = hint
+        self.precision = precision
+        self._core = self._ov.Core()
+
+    def config(self) -> dict[str, Any]:
+        """The properties passed to ``Core.compile_model``."""
+        return {
+            "PERFORMANCE_HINT": self.performance_hint,
+            "INFERENCE_NUM_THREADS": self.threads,
+            "INFERENCE_PRECISION_HINT": self.precision,
+        }
+
+    #: How :meth:`PairedTimer.ratio` times this runtime by default: blocks of 10 calls of one model
+    #: after one untimed call, then the other. Interleaving single calls lets each call start with
+    #: the other model's weights in cache, which biased the ratio up (0.31 vs 0.26 blocked, 0.22
+    #: sequential; experiments/results/runtimes.md) and was noisier.
+    paired_schedule = {"interleave": "blocks", "calls_per_round": 10}
+
+    def settings(self) -> dict[str, Any]:
+        """The runtime settings every result measured on this backend is recorded with."""
+        return {
+            "backend": self.name,
+            "version": self._ov.__version__,
+            "device": "CPU",
+            "threads": self.threads,
+            "performance_hint": self.performance_hint,
+            "precision": self.precision,
+        }
+
+    def compile(self, path: str | Path, shapes: list[tuple[int, ...]]) -> Any:
+        """Read the ONNX file at ``path``, fix its inputs to ``shapes`` and compile it for the CPU.
+
+        Raises:
+            ConfigError: OpenVINO rejects a setting (e.g. a precision this CPU lacks).
+            ModelError: OpenVINO cannot read or compile the model.
+        """
+        ov = self._ov
+        try:
+            model = self._core.read_model(str(path))
+            model.reshape({inp: ov.PartialShape(list(shape)) for inp, shape in zip(model.inputs, shapes)})
+        except Exception as e:
+            raise ModelError(f"latency.backend 'openvino': cannot read the exported model ({type(e).__name__}: {one_line(e)})") from e
+        try:
+            return self._core.compile_model(model, "CPU", self.config())
+        except Exception as e:
+            message = one_line(e)
+            if "property" in message.lower() or "Wrong value" in message:
+                raise ConfigError(f"latency.backend_options: OpenVINO rejects {self.config()} ({message})") from e
+            raise ModelError(f"latency.backend 'openvino': cannot compile the model ({type(e).__name__}: {message})") from e
+
+    def prepare(self, model: nn.Module, example_input: ExampleInput) -> Runner:
+        """Export ``model`` (eval mode) to ONNX, compile it for the example's shapes, return a runner of one inference.
+
+        Raises:
+            ModelError: the model cannot be exported or compiled.
+        """
+        model.eval()
+        args = as_args(example_input)
+        with tempfile.TemporaryDirectory(prefix="autoprune-ov-") as d:
+            path = Path(d) / "model.onnx"
+            export_model(model, args, path, None)
+            compiled = self.compile(path, [tuple(a.shape) for a in args])
+        request = compiled.create_infer_request()
+        for i, a in enumerate(args):
+            request.get_input_tensor(i).data[:] = a.detach().cpu().numpy()
+        infer = request.infer
+
+        def run() -> None:
+            infer()
+
+        return run
+
+
+__all__ = ["OPENVINO_EXTRA_HINT", "OpenVinoBackend", "PERFORMANCE_HINTS", "PRECISIONS", "require_openvino"]
