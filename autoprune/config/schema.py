@@ -1,4 +1,4 @@
-"""The experiment config: a pydantic schema, YAML loading with overrides, one-line error messages.
+"""The experiment config schema (pydantic): every section, its defaults (read from the library settings) and its checks.
 
 An experiment is one YAML file; only ``model.name`` is required::
 

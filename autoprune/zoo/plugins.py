@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any, Callable
 
 from autoprune.errors import ConfigError
-
-
-def is_reference(name: str) -> bool:
-    """True when ``name`` looks like a ``module:factory`` reference rather than a zoo name."""
-    return ":" in name
+from autoprune.registry import import_reference, is_reference  # noqa: F401  (is_reference: part of this module's API)
 
 
 def resolve_reference(ref: str, *, field: str) -> Callable[..., Any]:
-    """Import ``module`` and return its attribute ``factory``.
+    """Import ``module`` and return its callable attribute ``factory`` (:func:`autoprune.registry.import_reference`).
 
     Args:
         ref: ``"package.module:factory"``.
@@ -25,18 +20,7 @@ def resolve_reference(ref: str, *, field: str) -> Callable[..., Any]:
         ConfigError: if the reference is malformed, the module cannot be imported,
             or the attribute is missing or not callable.
     """
-    module_name, sep, attr = ref.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"{field}: {ref!r} is not a valid reference; expected 'package.module:factory'")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:  # ImportError, or the user's module raising at import time
-        raise ConfigError(f"{field}: cannot import module {module_name!r} from {ref!r} ({type(e).__name__}: {e})") from e
-    target: Any = module
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            raise ConfigError(f"{field}: module {module_name!r} has no attribute {attr!r} (from {ref!r})")
-        target = getattr(target, part)
+    target = import_reference(ref, field=field)
     if not callable(target):
         raise ConfigError(f"{field}: {ref!r} is not callable")
     return target
