@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV="${VENV:-.venv}"
 FASHION_DIR=/usr/share/datasets/fashion-mnist
 STAMP="$VENV/.autoprune-installed"
-EXTRAS="dev,onnx,postgres"
+EXTRAS="dev,onnx,openvino,postgres"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
