@@ -59,6 +59,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self.field = field
         self._entries: dict[str, str | T] = dict(entries or {})
+        self._builtin = frozenset(self._entries)
         self._extras = dict(extras or {})
 
     def register(self, name: str, target: str | T) -> None:
@@ -70,6 +71,17 @@ class Registry(Generic[T]):
         if not name or ":" in name:
             raise ConfigError(f"{self.field}: cannot register {self.kind} {name!r}; names are non-empty and have no ':'")
         self._entries[name] = target
+
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (registered from Python); built-in names cannot be removed.
+
+        Raises:
+            ConfigError: ``name`` is a built-in entry, or is not registered.
+        """
+        if name in self._builtin or name not in self._entries:
+            raise ConfigError(f"{self.field}: cannot unregister {self.kind} {name!r}; registered from Python: "
+                              f"{', '.join(repr(n) for n in self._entries if n not in self._builtin) or 'none'}")
+        del self._entries[name]
 
     def names(self) -> tuple[str, ...]:
         """The registered names, in registration order."""

@@ -154,12 +154,19 @@ def test_unknown_name_gives_one_line_listing_the_registry(field, registry):
 def test_a_backend_registered_from_python_can_be_chosen_in_a_config():
     assert config_error(MINIMAL, ["latency.backend=counting"]).endswith("or 'package.module:Class'")
     register_backend("counting", "plugins_for_tests:CountingEagerBackend")
-    assert parse_config(MINIMAL, overrides=["latency.backend=counting"]).latency.backend == "counting"
+    try:
+        assert parse_config(MINIMAL, overrides=["latency.backend=counting"]).latency.backend == "counting"
+    finally:
+        BACKENDS.unregister("counting")
+    assert config_error(MINIMAL, ["latency.backend=counting"]).endswith("or 'package.module:Class'")
 
 
 def test_an_importance_registered_from_python_can_be_chosen_in_a_config():
     register_importance("last-first", plugins_for_tests.LastChannelsFirstImportance)
-    assert parse_config(MINIMAL, overrides=["pruning.importance=last-first"]).pruning.importance == "last-first"
+    try:
+        assert parse_config(MINIMAL, overrides=["pruning.importance=last-first"]).pruning.importance == "last-first"
+    finally:
+        IMPORTANCES.unregister("last-first")
 
 
 @pytest.mark.parametrize("field", ["latency.backend", "search.searcher", "pruning.importance", "search.sampler"])
@@ -180,8 +187,16 @@ def test_a_user_importance_class_decides_which_channels_surgery_keeps(make_model
 def test_an_importance_giving_the_wrong_shape_is_a_config_error(make_model, example_input):
     register_importance("scalar", lambda: (lambda group: torch.tensor(1.0)))
     model = make_model("mlp")
-    with pytest.raises(ConfigError, match=r"^pruning.importance: 'scalar' gave \(\) for unit 'net.1'; expected a 1-D tensor of \d+ scores$"):
-        apply_policy(model, Policy({"net.1": 0.5}), graph=PrunableGraph(model, example_input), importance="scalar")
+    try:
+        with pytest.raises(ConfigError, match=r"^pruning.importance: 'scalar' gave \(\) for unit 'net.1'; expected a 1-D tensor of \d+ scores$"):
+            apply_policy(model, Policy({"net.1": 0.5}), graph=PrunableGraph(model, example_input), importance="scalar")
+    finally:
+        IMPORTANCES.unregister("scalar")
+
+
+def test_a_built_in_name_cannot_be_unregistered():
+    with pytest.raises(ConfigError, match=r"cannot unregister importance criterion 'l1'"):
+        IMPORTANCES.unregister("l1")
 
 
 def test_a_sampler_reference_builds_that_optuna_sampler():
