@@ -49,7 +49,7 @@ out["per_session"] = [per.settings()["thread_pool"], opts.intra_op_num_threads, 
                       opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, opts.use_per_session_threads]
 spin = get_backend("onnxruntime", threads=1, thread_pool="per-session").session_options()
 out["spinning_entry"] = spin.get_session_config_entry("session.intra_op.allow_spinning")
-shared = get_backend("onnxruntime", threads=1)
+shared = get_backend("onnxruntime", threads=1, thread_pool="shared")
 out["shared"] = [shared.settings()["thread_pool"], shared.session_options().use_per_session_threads]
 from autoprune.formats.onnx import export_model, ort_session
 import torch
@@ -58,7 +58,7 @@ export_model(net, (torch.randn(1, 1, 5, 5),), "m.onnx", None)
 shared.prepare_file("m.onnx", torch.randn(1, 1, 5, 5))()
 ort_session(ort, "m.onnx", 2).run(None, {"input": torch.randn(1, 1, 5, 5).numpy()})  # autoprune's own sessions follow the pool
 out["shared_runs"] = True
-out["other_size"] = get_backend("onnxruntime", threads=3).settings()["threads"]
+out["other_size"] = get_backend("onnxruntime", threads=3, thread_pool="shared").settings()["threads"]
 try:
     get_backend("onnxruntime", threads=1, thread_pool="per-session")
     out["per_session_after_shared"] = "created"
@@ -80,6 +80,11 @@ def test_onnxruntime_thread_pools_per_session_then_shared_once_per_process(tmp_p
     assert out["shared"] == ["shared", False] and out["shared_runs"]
     assert out["other_size"] == 1  # the pool keeps its first size; the backend records the real one
     assert "'per-session' is impossible in this process" in out["per_session_after_shared"]
+
+
+def test_onnxruntime_defaults_to_per_session_pools_so_other_sessions_still_open() -> None:
+    """ONNX Runtime's shared pool would break any later plain session (its static quantiser's too)."""
+    assert get_backend("onnxruntime", threads=1).settings()["thread_pool"] == PER_SESSION
 
 
 def test_onnxruntime_settings_record_threads_spinning_optimisation_and_version() -> None:
@@ -137,7 +142,7 @@ def test_torch_backend_records_its_threads() -> None:
         ("onnxruntime", {"graph_optimization": "max"}, "graph_optimization"),
         ("onnxruntime", {"thread_pool": "global"}, "thread_pool"),
         ("onnxruntime", {"spinning": "yes"}, "spinning"),
-        ("onnxruntime", {"spinning": False}, "spinning"),
+        ("onnxruntime", {"spinning": False, "thread_pool": "shared"}, "spinning"),
         ("onnxruntime", {"precision": "f16"}, "no option 'precision'; allowed: spinning, graph_optimization, thread_pool"),
         ("torch", {"spinning": True}, "no option 'spinning'"),
     ],

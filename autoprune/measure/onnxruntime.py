@@ -6,17 +6,19 @@ The session is configured as it would serve: intra-op threads spin while idle (O
 Runtime's default, its fastest setting for back-to-back requests) and the graph is
 fully optimised (conv+BN+activation fusion). Two sessions with their own spinning pools
 fight for the cores when their calls are interleaved, which is what paired timing does
-(the same pair measured 0.38 and 0.69 in two runs on 2 cores). By default every session
-of this backend therefore runs on ONNX Runtime's *process-wide* thread pool
-(``SessionOptions.use_per_session_threads = False`` after
-``set_global_thread_pool_sizes``): one pool, spinning as in serving, serves the
-reference and the candidate in turn, so neither one's idle threads steal the other's
-cores.
+(the same pair measured 0.38 and 0.69 in two runs on 2 cores). Paired timing therefore
+runs each session in blocks of calls (:class:`autoprune.measure.latency.PairedTimer`), so a
+block's spinning threads have the cores to themselves after the first call.
 
-ONNX Runtime makes that pool permanent for the process: afterwards every session must be
-opened with ``use_per_session_threads = False`` (autoprune's own sessions do, through
-:func:`autoprune.formats.onnx.ort_session`); a plain ``InferenceSession(path)`` opened later
-in the same process fails. Choose ``thread_pool: per-session`` to avoid that.
+``thread_pool: shared`` runs every session on ONNX Runtime's *process-wide* thread pool
+(``SessionOptions.use_per_session_threads = False`` after ``set_global_thread_pool_sizes``):
+one pool serves the reference and the candidate in turn. ONNX Runtime makes that pool
+permanent for the process: afterwards every session must be opened with
+``use_per_session_threads = False`` (autoprune's own sessions do, through
+:func:`autoprune.formats.onnx.ort_session`), and a plain ``InferenceSession(path)`` opened
+later in the same process fails, ONNX Runtime's own static quantiser included. So the
+default is ``per-session`` (ONNX Runtime's own default); ``shared`` is for a process that
+only times.
 """
 
 from __future__ import annotations
@@ -50,9 +52,10 @@ class OnnxRuntimeBackend:
             ONNX Runtime's shared pool always spins).
         graph_optimization: ``disable``, ``basic``, ``extended`` or ``all`` (default: all
             fusions, as served).
-        thread_pool: ``shared`` (default): every session of this process runs on one
-            global pool, so interleaved sessions do not fight; ``per-session``: each
-            session owns a pool (ONNX Runtime's default). ONNX Runtime sizes the shared
+        thread_pool: ``per-session`` (default, ONNX Runtime's own): each session owns a pool;
+            ``shared``: every session of this process runs on one global pool, so interleaved
+            sessions do not fight, but no other session can be opened in the process
+            (see the module docstring). ONNX Runtime sizes the shared
             pool once per process: a later backend asking another size runs on the existing
             pool (a warning is logged and :meth:`settings` records the real size), and
             once it exists no per-session pool can be created in the process.
@@ -70,7 +73,7 @@ class OnnxRuntimeBackend:
         *,
         spinning: bool = True,
         graph_optimization: str = "all",
-        thread_pool: str = "shared",
+        thread_pool: str = "per-session",
     ) -> None:
         _, self._ort = require_onnx("latency.backend 'onnxruntime'")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):

@@ -34,10 +34,10 @@ ONLY = ("torch", "onnxruntime", "openvino")  # --backends
 #: (label, backend name, backend options)
 BACKENDS = [
     ("PyTorch eager", "torch", {}),
-    ("ONNX Runtime, spinning, per-session pools (ORT's default)", "onnxruntime", {"thread_pool": "per-session"}),
+    ("ONNX Runtime, spinning, per-session pools (ORT's and autoprune's default)", "onnxruntime", {"thread_pool": "per-session"}),
     ("ONNX Runtime, no spinning, per-session pools", "onnxruntime", {"thread_pool": "per-session", "spinning": False}),
     # after the per-session rows: once ONNX Runtime's shared pool exists, every session of the process uses it
-    ("ONNX Runtime, spinning, shared pool (autoprune's default)", "onnxruntime", {"thread_pool": "shared"}),
+    ("ONNX Runtime, spinning, shared pool", "onnxruntime", {"thread_pool": "shared"}),
     ("OpenVINO, CPU, LATENCY hint", "openvino", {}),
 ]
 
