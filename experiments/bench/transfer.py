@@ -127,7 +127,10 @@ def run_target(model: str, doc: dict, agent_dir: Path, args, seed: int) -> list[
     def do_transfer():
         res = transfer(src, doc, ev, refit=True, measure=True, candidates=args.candidates)
         best = next(e for e in reversed(ev.history) if e.policy.key() == res.policy.key())
-        return best, {"scale": res.scale, "candidates": [len(c.policy.drop) for c in res.candidates],
+        detail = [{"drops": len(c.policy.drop), "scale": c.scale, "value": (c.metrics or {}).get("value"),
+                   "proxy_acc": (c.metrics or {}).get("accuracy"), "feasible": (c.metrics or {}).get("feasible"),
+                   "kept": c.policy == res.policy} for c in res.candidates]
+        return best, {"scale": res.scale, "candidates": [len(c.policy.drop) for c in res.candidates], "candidate_detail": detail,
                       "transferred": [res.policy.to_dict()] + [c.policy.to_dict() for c in res.candidates if c.policy != res.policy]}
 
     moved = timed("policy transfer", do_transfer)
@@ -191,7 +194,7 @@ def render(rows: list[dict], args, dense: dict[str, dict]) -> str:
     out.append(
         f"Source: ResNet-20 / Fashion-MNIST at {args.target:.0%} of dense batch-1 latency; fresh searches get "
         f"{args.episodes} episodes. Policy transfer re-fits {args.candidates} drop sets (mapped, shallower, deeper cut) and "
-        f"measures each (a candidate measured over the target, or 3% of dense under it, is re-fitted to the target scaled by target / measured: 1 to 3 evaluations per candidate). Transfer + warm TPE gets "
+        f"measures each (a candidate measured over the target, or 3% of dense under it, is re-fitted at its drop set to the target scaled by target / measured, tighter or looser channels first, blocks added or put back only when channels cannot get there: 1 to 3 evaluations per candidate). Transfer + warm TPE gets "
         f"{args.episodes // 10} evaluations in all: the transfer's, then TPE episodes whose first trials are the transferred "
         f"candidates (cached). Every policy gets the same {args.finetune_epochs:g}-epoch "
         f"fine-tune (SGD, cosine) before its test accuracy is measured. Latency: paired, {args.threads} thread(s), batch 1. "
@@ -253,6 +256,14 @@ def render(rows: list[dict], args, dense: dict[str, dict]) -> str:
         for m in METHODS:
             for r in failed[m]:
                 out.append(f"- {m} failed (seed {r.get('seed', 0)}): {r['error']}\n")
+        moved = [r for r in ok_rows["policy transfer"] if r.get("candidate_detail")]
+        if moved:
+            out.append("\nPolicy transfer candidates (blocks dropped: proxy acc at measured latency ratio; * kept, ! over the target):\n\n")
+            out.append(table(["seed", "candidates"], [
+                (r.get("seed", 0), "; ".join(f"{c['drops']}: {c['proxy_acc']:.3f} at {c['value']:.3f}"
+                                             f"{'!' if not c['feasible'] else ''}{'*' if c['kept'] else ''}"
+                                             for c in r["candidate_detail"] if c.get("value") is not None))
+                for r in moved]))
         if per_seed and len(seeds) > 1:
             out.append("\nShare of the same seed's fresh-search gain, per seed:\n\n")
             out.append(table(["method", "seed", "share (proxy)", "share (test)"], per_seed))
