@@ -2,7 +2,10 @@
 
 :func:`refit_to_budget` scales the ratios uniformly so the predicted budget metric just meets
 the target; :func:`drop_candidates` proposes shallower and deeper cuts around the mapped drop
-set; :func:`transfer` does it all for the CLI, measuring each candidate and keeping the best.
+set; :func:`fit_measured` re-fits one drop set until its measurement uses the budget (tighter
+channels when over it, looser when far under, a shallower drop set when the drops alone are far
+under, :func:`shallower_drop`); :func:`transfer` does it all for the CLI, measuring each
+candidate and keeping the best (:func:`candidate_rank`: feasible first, then by reward).
 """
 
 from __future__ import annotations
@@ -308,6 +311,14 @@ def candidate_rank(candidate: Candidate) -> tuple[bool, bool, float, float]:
     return True, bool(m.get("feasible")), float(m["reward"]), float(m.get("value") or 0.0)
 
 
+def _variant_rank(candidate: Candidate, target: float) -> tuple:
+    """Sort key of the re-fits of one drop set: like :func:`candidate_rank`, but a feasible variant
+    within ``SLACK`` of the target beats one further under it (looser channels at the same drop
+    set; a higher proxy accuracy of the tighter one is noise, not a reason to leave budget unused)."""
+    ok, feasible, reward, value = candidate_rank(candidate)
+    return ok, feasible, feasible and target - value <= SLACK, reward, value
+
+
 def _fit_candidates(mapped: Policy, evaluator: "PolicyEvaluator", n: int, measure: bool) -> list[Candidate]:
     """Re-fit ``n`` drop sets of ``mapped`` (:func:`drop_candidates`); with ``measure``, each is measured.
 
@@ -366,7 +377,8 @@ def fit_measured(
         measurements: Evaluations at most.
 
     Returns:
-        The best measured variant (:func:`candidate_rank`) and the last goal (the calibrated target).
+        The best measured variant (feasible first, then one using the budget, then by reward) and
+        the last goal (the calibrated target).
 
     Raises:
         BudgetError: the first re-fit cannot reach the goal's target even with every block dropped.
@@ -387,11 +399,12 @@ def fit_measured(
     for attempt in range(measurements):
         m = evaluator.evaluate(current)
         here = Candidate(current, scale, predicted, m.as_dict())
-        if best is None or candidate_rank(here) > candidate_rank(best):
+        if best is None or _variant_rank(here, target) > _variant_rank(best, target):
             best = here
         close = m.feasible and target - m.value <= SLACK
-        if m.failed or close or attempt == measurements - 1:
-            break
+        exact = abs(m.value - predicted) < 1e-6 and abs(goal.target - target) < 1e-9
+        if m.failed or close or exact or attempt == measurements - 1:
+            break  # exact: prediction and goal are right, the channel steps cannot get closer here
         aim = target - (MARGIN if not m.feasible else 0.0)  # over the target: aim a little below it
         goal = evaluator.with_budget(Budget(metric=evaluator.budget.metric, target=min(0.99, goal.target * aim / max(m.value, 1e-9))))
         try:

@@ -106,8 +106,10 @@ def run_target(model: str, doc: dict, agent_dir: Path, args, seed: int) -> list[
     rows: list[dict] = []
 
     def timed(method: str, fn) -> dict:
-        t0, n0 = time.perf_counter(), len(ev.history)
         row = {"model": model, "seed": seed, "method": method}
+        if method not in args.method_list:
+            return row
+        t0, n0 = time.perf_counter(), len(ev.history)
         try:
             best, extra = fn()
         except AutopruneError as e:  # a method that cannot produce a policy is a result, not a crash
@@ -136,7 +138,7 @@ def run_target(model: str, doc: dict, agent_dir: Path, args, seed: int) -> list[
     moved = timed("policy transfer", do_transfer)
     timed("zero-shot agent", lambda: (get_searcher("ppo", {"agent": str(agent_dir), "zero_shot": True}, progress=False)
                                       .search(ev, 3, seed=seed).best, {}))
-    if not moved.get("failed"):
+    if "transfer + warm TPE" in args.method_list and not moved.get("failed"):
         # The transferred candidates are the first trials and their evaluations are the transfer's own
         # (cached): the whole method, the transfer's measurements included, costs 10% of the fresh
         # search's episodes.
@@ -155,8 +157,13 @@ def run_target(model: str, doc: dict, agent_dir: Path, args, seed: int) -> list[
     timed("fresh TPE", lambda: (get_searcher("optuna", {"sampler": "tpe", "n_startup_trials": 15}, progress=False)
                                 .search(ev, args.episodes, seed=seed).best, {"episodes": args.episodes}))
 
+    for method in (m for m in METHODS if m not in args.method_list):  # not rerun: the earlier run's row
+        rows += [{**r, "reused_from": args.reuse.name} for r in args.reused
+                 if r["model"] == model and r.get("seed", 0) == seed and r["method"] == method]
     for r in rows:
         r.pop("transferred", None)
+        if r.get("reused_from"):
+            continue
         if r.get("failed"):
             continue
         pol = Policy.from_dict(r["policy"])
@@ -250,6 +257,10 @@ def render(rows: list[dict], args, dense: dict[str, dict]) -> str:
                     per_seed.append((m, seed, _share(by[m]["proxy_acc"], by["uniform"]["proxy_acc"], by["fresh TPE"]["proxy_acc"]),
                                      _share(by[m]["test_acc"], by["uniform"]["test_acc"], by["fresh TPE"]["test_acc"])))
         out.append(f"## {model} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''})\n\n")
+        reused = sorted({(r["method"], r["reused_from"]) for r in mine if r.get("reused_from")}, key=lambda x: METHODS.index(x[0]))
+        if reused:
+            out.append(f"Not rerun, rows copied from `{reused[0][1]}` (an earlier run, same target and seeds): "
+                       f"{', '.join(m for m, _ in reused)}.\n\n")
         out.append(table(["method", "proxy acc", "test acc", "latency ratio", "feasible", "blocks dropped", "evaluations", "wall s",
                           "share of gain (proxy)", "share of gain (test)", "cost (evaluations)", "cost (wall)"], body))
         out.append("\n")
@@ -286,7 +297,22 @@ def main() -> None:
     ap.add_argument("--warm-startup", type=int, default=5,
                     help="n_startup_trials of the warm-started TPE, the transferred candidates included.")
     ap.add_argument("--fresh", action="store_true", help="Forget earlier parts and the cached source searches.")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="Methods to run (comma-separated, of: %(default)s); the others' rows of the same target and seed "
+                         "are copied from --reuse (marked reused_from), e.g. to rerun only what a change to transfer affects.")
+    ap.add_argument("--reuse", type=Path, default=RESULTS / "transfer_previous.jsonl",
+                    help="Rows of an earlier run, for the methods not in --methods.")
     args = ap.parse_args()
+    args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(args.method_list) - set(METHODS))
+    if unknown:
+        ap.error(f"--methods: {unknown} are not methods; allowed: {list(METHODS)}")
+    if "transfer + warm TPE" in args.method_list and "policy transfer" not in args.method_list:
+        ap.error("--methods: 'transfer + warm TPE' needs 'policy transfer'")
+    missing = [m for m in METHODS if m not in args.method_list]
+    if missing and not args.reuse.is_file():
+        ap.error(f"--reuse: {args.reuse} does not exist; it must hold the rows of {missing}")
+    args.reused = [json.loads(line) for line in args.reuse.read_text().splitlines()] if missing else []
     torch.set_num_threads(2)
     if args.fresh:
         PARTS.unlink(missing_ok=True)
