@@ -57,8 +57,20 @@ MIN_GAIN = 0.005
 SOURCE_DIR = RESULTS / "transfer_source"
 
 
+# The committed baselines. Named explicitly: without model.checkpoint, load_baseline trains a model it does not find.
+CHECKPOINTS = RESULTS.parent / "checkpoints"
+
+
+def checkpoint(model: str) -> Path:
+    path = CHECKPOINTS / f"{model}-fashion_mnist.pt"
+    if not path.is_file():
+        raise SystemExit(f"no committed baseline {path}; train it with 'autoprune train --model {model} --data fashion_mnist'")
+    return path
+
+
 def setup(model: str, target: float, threads: int):
-    cfg = parse_config({"name": f"bench-transfer-{model}", "model": {"name": model}, "data": {"name": "fashion_mnist"},
+    cfg = parse_config({"name": f"bench-transfer-{model}", "model": {"name": model, "checkpoint": str(checkpoint(model))},
+                        "data": {"name": "fashion_mnist"},
                         "budget": {"target": target}, "latency": {"threads": threads}})
     baseline = load_baseline(cfg, progress=False)
     return baseline, build_evaluator(cfg, baseline)
@@ -333,12 +345,11 @@ def main() -> None:
             done += rows
     dense = {}
     for model in ["resnet20", *dict.fromkeys(r["model"] for r in done)]:
-        from autoprune.app.experiment import baseline_checkpoint
         from autoprune.training.baseline import load_model_weights
         from autoprune.zoo import build_model
 
         try:
-            meta = load_model_weights(build_model(model, in_channels=1, num_classes=10, input_size=28), baseline_checkpoint(model, "fashion_mnist"))
+            meta = load_model_weights(build_model(model, in_channels=1, num_classes=10, input_size=28), checkpoint(model))
             dense[model] = {"epochs": (meta.get("settings") or {}).get("epochs"), **{k: meta.get(k) for k in ("val_accuracy", "test_accuracy")}}
         except Exception:  # noqa: BLE001 - a missing checkpoint only leaves a blank row
             dense[model] = {}
