@@ -14,7 +14,7 @@ from autoprune.graph.policy import Policy, check_policy_fits, model_fingerprint
 from autoprune.transfer.mapping import MappingRow, transfer_policy
 from autoprune.transfer.mapping import Candidate
 from autoprune.transfer.refit import (
-    SLACK, candidate_rank, candidate_table, drop_candidates, fit_measured, mapping_table, refit_to_budget, shallower_drop, transfer,
+    MARGIN, SLACK, _next_goal, candidate_rank, candidate_table, drop_candidates, fit_measured, mapping_table, refit_to_budget, shallower_drop, transfer,
 )
 
 from conftest import SEARCH_SETTINGS
@@ -364,3 +364,12 @@ def test_candidate_rank_prefers_feasible_then_reward():
     assert max([cand(0.5, 0.40, True), cand(0.5, 0.49, True)], key=candidate_rank).metrics["value"] == 0.49  # tie: uses the budget
     failed = Candidate(Policy({}), 1.0, 0.5, {"failed": True, "reward": 9.0})
     assert max([failed, good_but_over], key=candidate_rank) is good_but_over
+
+
+def test_measured_correction_interpolates_once_measurements_bracket_the_target():
+    # The table predicts heavy pruning too slow: goal 0.5 measured 0.29, goal 0.86 measured 0.56 (over).
+    seen = [(0.5, 0.29)]
+    assert _next_goal(seen, TARGET, True) == pytest.approx(0.5 * TARGET / 0.29)  # scaled while one-sided
+    seen.append((0.86, 0.56))
+    g = _next_goal(seen, TARGET, False)
+    assert 0.5 < g < 0.86 and g == pytest.approx(0.5 + (TARGET - MARGIN - 0.29) * 0.36 / 0.27)  # not back to 0.5 * 0.49 / 0.56

@@ -319,6 +319,28 @@ def _variant_rank(candidate: Candidate, target: float) -> tuple:
     return ok, feasible, feasible and target - value <= SLACK, reward, value
 
 
+def _next_goal(seen: list[tuple[float, float]], target: float, feasible: bool) -> float:
+    """The goal target for the next re-fit, from the (goal target, measured value) pairs so far.
+
+    Once one measurement is under the target and one over it, the goal is interpolated between
+    the closest two (regula falsi, kept off the ends): the lookup table's error is not a constant
+    factor, so scaling alone can jump from far under to over and back. Before that, the last
+    goal is scaled by target / measured (aiming ``MARGIN`` below the target after a measurement
+    over it).
+    """
+    under = [p for p in seen if p[1] <= target]
+    over = [p for p in seen if p[1] > target]
+    if under and over:
+        gu, mu = max(under, key=lambda p: p[1])
+        go, mo = min(over, key=lambda p: p[1])
+        if gu < go and mo > mu:
+            g = gu + (target - MARGIN - mu) * (go - gu) / (mo - mu)
+            return min(go, max(gu, g))
+    g, m = seen[-1]
+    aim = target - (0.0 if feasible else MARGIN)
+    return min(0.99, g * aim / max(m, 1e-9))
+
+
 def _fit_candidates(mapped: Policy, evaluator: "PolicyEvaluator", n: int, measure: bool) -> list[Candidate]:
     """Re-fit ``n`` drop sets of ``mapped`` (:func:`drop_candidates`); with ``measure``, each is measured.
 
@@ -363,7 +385,8 @@ def fit_measured(
     made no deeper than the target can use (:func:`shallower_drop`). Each measurement that is
     over ``evaluator``'s target, or more than ``SLACK`` under it, calibrates the goal: its
     target is multiplied by target / measured (aiming ``MARGIN`` below the target after a
-    measurement over it), and the policy is re-fitted at the *same* drop set: tighter channels
+    measurement over it), or, once measurements lie on both sides of the target, interpolated
+    between them, and the policy is re-fitted at the *same* drop set: tighter channels
     when over (blocks are added only when channels alone cannot reach the calibrated target),
     looser channels when under (blocks put back only when the drops alone are far under it).
     The cut of every re-fit starts from the last one.
@@ -396,6 +419,7 @@ def fit_measured(
         return Candidate(current, scale, predicted), goal
     best: Candidate | None = None
     target = float(evaluator.target)
+    seen: list[tuple[float, float]] = []  # (goal target, measured value) of each measurement
     for attempt in range(measurements):
         m = evaluator.evaluate(current)
         here = Candidate(current, scale, predicted, m.as_dict())
@@ -405,8 +429,8 @@ def fit_measured(
         exact = abs(m.value - predicted) < 1e-6 and abs(goal.target - target) < 1e-9
         if m.failed or close or exact or attempt == measurements - 1:
             break  # exact: prediction and goal are right, the channel steps cannot get closer here
-        aim = target - (MARGIN if not m.feasible else 0.0)  # over the target: aim a little below it
-        goal = evaluator.with_budget(Budget(metric=evaluator.budget.metric, target=min(0.99, goal.target * aim / max(m.value, 1e-9))))
+        seen.append((float(goal.target), float(m.value)))
+        goal = evaluator.with_budget(Budget(metric=evaluator.budget.metric, target=_next_goal(seen, target, m.feasible)))
         try:
             current, scale, predicted = refit(current.drop, goal)
         except BudgetError:
