@@ -12,7 +12,10 @@ from autoprune.app.uris import load_policy
 from autoprune.formats.policy_file import policy_document
 from autoprune.graph.policy import Policy, check_policy_fits, model_fingerprint
 from autoprune.transfer.mapping import MappingRow, transfer_policy
-from autoprune.transfer.refit import candidate_table, drop_candidates, mapping_table, refit_to_budget, transfer
+from autoprune.transfer.mapping import Candidate
+from autoprune.transfer.refit import (
+    MARGIN, SLACK, _next_goal, candidate_rank, candidate_table, drop_candidates, fit_measured, mapping_table, refit_to_budget, shallower_drop, transfer,
+)
 
 from conftest import SEARCH_SETTINGS
 
@@ -271,7 +274,7 @@ def test_latency_transfer_measures_every_candidate_and_keeps_the_best(graphs, ma
     ev = PolicyEvaluator(make_model("resnet32"), digits, budget=Budget(metric="latency", target=0.6), **SEARCH_SETTINGS)
     result = transfer(Policy.from_dict(doc), doc, ev, measure=True, candidates=2)
     measured = [e for e in ev.history if not e.cached]
-    assert len(result.candidates) == 2 and 2 <= len(measured) <= 3 + 2
+    assert len(result.candidates) == 2 and 2 <= len(measured) <= 3 * 3  # at most 3 per fit, one spare fit
     assert all(c.metrics is not None for c in result.candidates)
     key = lambda c: (bool(c.metrics["feasible"]), c.metrics["reward"])  # noqa: E731
     assert key(next(c for c in result.candidates if c.policy == result.policy)) == max(map(key, result.candidates))
@@ -285,3 +288,88 @@ def test_refit_raises_when_the_budget_is_unreachable(resnet32_evaluator):
         refit_to_budget(Policy.uniform(ev.unit_names, 0.3), ev)
     with pytest.raises(PolicyError, match="does not have"):
         refit_to_budget(Policy({"features.0": 0.3}), resnet32_evaluator)
+
+
+# ----------------------------------------------------------------- measured re-fit: using the budget
+def test_over_budget_candidate_is_refitted_at_its_drop_set_with_tighter_channels(resnet32_evaluator):
+    # The lookup table is off by a factor: the goal it was fitted to (0.7) lands over the real target (0.5).
+    ev = resnet32_evaluator.with_budget(resnet32_evaluator.budget)
+    mapped = deepening_policy(ev.graph, 0.1, 0.4, drop=("layer2.3", "layer3.4"))
+    fitted, goal = fit_measured(mapped, ev, goal=ev.with_budget(Budget(metric="macs", target=0.7)))
+    first, last = ev.history[0].metrics, ev.history[-1].metrics
+    assert not first.feasible and first.value > 0.65  # the first fit was measured over the target ...
+    m = fitted.metrics
+    assert m["feasible"] and TARGET - SLACK <= m["value"] <= TARGET  # ... and re-fitted to it, not discarded
+    assert fitted.policy.drop == mapped.drop  # same drop set: tighter channels, no block added
+    assert fitted.scale > refit_to_budget(mapped, ev.with_budget(Budget(metric="macs", target=0.7)))[1]
+    assert last.feasible and len(ev.history) == 2 and goal.target < 0.7
+
+
+def test_far_under_budget_candidate_is_refitted_looser(resnet32_evaluator):
+    ev = resnet32_evaluator.with_budget(resnet32_evaluator.budget)
+    mapped = deepening_policy(ev.graph, 0.1, 0.4, drop=("layer2.3",))
+    tight_goal = ev.with_budget(Budget(metric="macs", target=0.3))
+    fitted, _ = fit_measured(mapped, ev, goal=tight_goal)
+    assert ev.history[0].metrics.value < TARGET - 0.15  # measured far under: budget left unused
+    assert fitted.metrics["feasible"] and TARGET - SLACK <= fitted.metrics["value"] <= TARGET
+    assert fitted.policy.drop == mapped.drop and fitted.scale < refit_to_budget(mapped, tight_goal)[1]
+
+
+def test_drop_set_far_under_the_target_alone_is_made_shallower(resnet32_evaluator):
+    ev = resnet32_evaluator
+    unpruned = {n: 0.0 for n in ev.unit_names}
+    deep = tuple(ev.block_names)
+    assert ev.predicted_value(unpruned, deep) < TARGET - SLACK  # the drops alone waste the budget
+    shallow = shallower_drop(deep, ev)
+    assert set(shallow) < set(deep) and ev.predicted_value(unpruned, shallow) >= TARGET - SLACK
+    # the fewest put back: with the last one put back dropped again, the drops alone are far under
+    assert any(ev.predicted_value(unpruned, (*shallow, b)) < TARGET - SLACK for b in set(deep) - set(shallow))
+    mapped = Policy({n: 0.3 for n in ev.unit_names}, deep)
+    assert drop_candidates(mapped, ev, 1) == [shallow]
+    fresh = ev.with_budget(ev.budget)
+    fitted, _ = fit_measured(mapped, fresh)
+    assert set(fitted.policy.drop) == set(shallow) and fitted.metrics["feasible"]
+    # channels prune what the shallower drops leave over the target (rounded to whole channel groups)
+    assert fitted.scale > 0.0 and fitted.metrics["value"] > TARGET - 2 * SLACK
+    assert len(fresh.history) == 1  # a MAC prediction is exact: nothing to correct by measurement
+    # no proposed deeper cut leaves the budget unused by its drops alone
+    for d in drop_candidates(mapped, ev, 4):
+        assert ev.predicted_value(unpruned, d) >= TARGET - SLACK
+
+
+def test_transfer_candidates_all_use_the_budget(graphs, resnet32_evaluator):
+    src = graphs["resnet20"]
+    every = tuple(src.block_names)  # mapped: every droppable block of ResNet-32 dropped, far under a 0.5 MAC target
+    doc = policy_document(deepening_policy(src, 0.2, 0.5, drop=every), model="resnet20", data="digits", metric="macs",
+                          target=0.5, backend={}, searcher="optuna", fingerprint=model_fingerprint(src))
+    ev = resnet32_evaluator.with_budget(resnet32_evaluator.budget)
+    result = transfer(Policy.from_dict(doc), doc, ev, measure=True, candidates=3)
+    assert len(result.candidates) >= 2
+    # every candidate is feasible and uses the budget (up to whole channel groups), none left far under it
+    assert all(c.metrics["feasible"] and c.metrics["value"] >= TARGET - 2 * SLACK for c in result.candidates)
+    assert result.policy == max(result.candidates, key=candidate_rank).policy
+    assert len(result.policy.drop) < len(ev.block_names)
+
+
+def test_candidate_rank_prefers_feasible_then_reward():
+    def cand(acc, value, feasible, target=TARGET):
+        reward = acc - 2.0 * max(0.0, value / target - 1.0)
+        return Candidate(Policy({}), 1.0, value, {"accuracy": acc, "value": value, "feasible": feasible, "reward": reward})
+
+    near_chance = cand(0.112, 0.226, True)
+    good_but_over = cand(0.749, 0.565, False)
+    refitted = cand(0.60, 0.49, True)
+    assert max([good_but_over, near_chance], key=candidate_rank) is near_chance  # infeasible never wins ...
+    assert max([good_but_over, near_chance, refitted], key=candidate_rank) is refitted  # ... until re-fitted to the budget
+    assert max([cand(0.5, 0.40, True), cand(0.5, 0.49, True)], key=candidate_rank).metrics["value"] == 0.49  # tie: uses the budget
+    failed = Candidate(Policy({}), 1.0, 0.5, {"failed": True, "reward": 9.0})
+    assert max([failed, good_but_over], key=candidate_rank) is good_but_over
+
+
+def test_measured_correction_interpolates_once_measurements_bracket_the_target():
+    # The table predicts heavy pruning too slow: goal 0.5 measured 0.29, goal 0.86 measured 0.56 (over).
+    seen = [(0.5, 0.29)]
+    assert _next_goal(seen, TARGET, True) == pytest.approx(0.5 * TARGET / 0.29)  # scaled while one-sided
+    seen.append((0.86, 0.56))
+    g = _next_goal(seen, TARGET, False)
+    assert 0.5 < g < 0.86 and g == pytest.approx(0.5 + (TARGET - MARGIN - 0.29) * 0.36 / 0.27)  # not back to 0.5 * 0.49 / 0.56

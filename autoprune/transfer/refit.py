@@ -2,7 +2,10 @@
 
 :func:`refit_to_budget` scales the ratios uniformly so the predicted budget metric just meets
 the target; :func:`drop_candidates` proposes shallower and deeper cuts around the mapped drop
-set; :func:`transfer` does it all for the CLI, measuring each candidate and keeping the best.
+set; :func:`fit_measured` re-fits one drop set until its measurement uses the budget (tighter
+channels when over it, looser when far under, a shallower drop set when the drops alone are far
+under, :func:`shallower_drop`); :func:`transfer` does it all for the CLI, measuring each
+candidate and keeping the best (:func:`candidate_rank`: feasible first, then by reward).
 """
 
 from __future__ import annotations
@@ -105,6 +108,41 @@ def refit_to_budget(
     return Policy(ratios_at(hi), drop), hi, v_hi
 
 
+# A measured (or predicted) value this far (fraction of dense) below the target wastes budget.
+SLACK = 0.03
+# After a measurement over the target, re-fit to this much (fraction of dense) below it: latency noise.
+MARGIN = 0.01
+
+
+def shallower_drop(drop: Sequence[str], evaluator: "PolicyEvaluator", *, slack: float = SLACK) -> tuple[str, ...]:
+    """``drop`` minus the fewest blocks that bring the drops alone to within ``slack`` of the target.
+
+    A drop set whose blocks alone (no channel pruned) already predict more than ``slack`` under
+    the target leaves budget unused: channels cannot be relaxed below a ratio of 0. Blocks are
+    put back one at a time, each time the one saving the least predicted budget, until the
+    unpruned model with the remaining drops predicts at least ``target - slack``, and never so
+    far that the target becomes unreachable (:meth:`PolicyEvaluator.drops_to_reach`).
+
+    Args:
+        drop: Dropped block names.
+        evaluator: Supplies the target and the predictor (latency ratio or MAC ratio to dense).
+        slack: How far (fraction of dense) under the target the drops alone may be.
+
+    Returns:
+        The shallower drop set, in ``drop``'s order (``drop`` itself when it leaves channels work to do).
+    """
+    unpruned = {u: 0.0 for u in evaluator.unit_names}
+    value = lambda d: evaluator.predicted_value(unpruned, d)  # noqa: E731
+    current = tuple(drop)
+    while current and value(current) < evaluator.target - slack:
+        back = min(current, key=lambda b: value(tuple(x for x in current if x != b)))
+        fewer = tuple(x for x in current if x != back)
+        if evaluator.drops_to_reach(fewer) != fewer:
+            break
+        current = fewer
+    return current
+
+
 def drop_candidates(policy: Policy, evaluator: "PolicyEvaluator", n: int) -> list[tuple[str, ...]]:
     """Up to ``n`` drop sets around the mapped one, trading depth against width.
 
@@ -113,16 +151,30 @@ def drop_candidates(policy: Policy, evaluator: "PolicyEvaluator", n: int) -> lis
     the mapped drop set is one point on a chain: removing mapped drops, the one saving the least
     predicted budget first, or adding blocks, the one saving the most first. Candidates are
     spaced a quarter of the droppable blocks apart along it, the first being the mapped set (or
-    the fewest more drops that make the target reachable, :meth:`PolicyEvaluator.drops_to_reach`).
+    the fewest more drops that make the target reachable, :meth:`PolicyEvaluator.drops_to_reach`;
+    or, when the mapped drops alone are already more than ``SLACK`` under the target, the
+    shallower set of :func:`shallower_drop`). Deeper cuts whose drops alone are more than
+    ``SLACK`` under the target are not proposed: they could not use the budget.
+
+    Args:
+        policy: The mapped policy (its ratios weigh the chain; its drop set is the centre).
+        evaluator: Supplies the droppable blocks, the target and the predictor.
+        n: Drop sets wanted.
+
+    Returns:
+        Up to ``n`` distinct drop sets, the centre first.
     """
     blocks = list(evaluator.block_names)
-    first = evaluator.drops_to_reach(policy.drop) or tuple(policy.drop)
+    first = shallower_drop(evaluator.drops_to_reach(policy.drop) or tuple(policy.drop), evaluator)
     if n <= 1 or not blocks:
         return [first]
     value = lambda drop: evaluator.predicted_value(policy.ratios, drop)  # noqa: E731
+    unpruned = {u: 0.0 for u in evaluator.unit_names}
     up, current = [], tuple(first)
     while len(current) < len(blocks):
         current = (*current, min((b for b in blocks if b not in current), key=lambda b: value((*current, b))))
+        if evaluator.predicted_value(unpruned, current) < evaluator.target - SLACK:
+            break  # the drops alone are far under the target: a deeper cut only wastes budget
         up.append(current)
     down, current = [], tuple(first)
     reachable = evaluator.drops_to_reach
@@ -196,8 +248,8 @@ def transfer(
         evaluator: Evaluator over the target model, holding the budget and ``max_ratio``.
         refit: Scale the mapped ratios so the predicted budget metric just meets the target.
         measure: Evaluate the result for real (surgery, measured latency, proxy accuracy). With
-            ``refit`` and a latency budget, a candidate measured over the target (or ``_SLACK``
-            under it) is re-fitted to a target corrected by measured / predicted (see :func:`_fit`).
+            ``refit``, a candidate measured over the target (or ``SLACK`` under it) is re-fitted
+            at its drop set to a target corrected by measured / predicted (see :func:`fit_measured`).
         candidates: With ``refit``, re-fit this many drop sets (:func:`drop_candidates`); with
             ``measure`` the best measured one (by reward) is kept, else the mapped drop set.
 
@@ -224,7 +276,7 @@ def transfer(
         tried = _fit_candidates(mapped, evaluator, 1 if identity else candidates, measure)
         chosen = tried[0]
         if measure:
-            chosen = max(tried, key=_rank)
+            chosen = max(tried, key=candidate_rank)
     else:
         predicted = float(evaluator.predicted_value(mapped.ratios, mapped.drop))
         chosen = Candidate(mapped, 1.0, predicted, evaluator.evaluate(mapped).as_dict() if measure else None)
@@ -239,79 +291,155 @@ def transfer(
     )
 
 
-# A measured latency this far (fraction of dense) below the target wastes budget: re-fit looser.
-_SLACK = 0.03
-# After a measurement over the target, re-fit to this much (fraction of dense) below it: latency noise.
-_MARGIN = 0.01
+def candidate_rank(candidate: Candidate) -> tuple[bool, bool, float, float]:
+    """Sort key of measured candidates (higher is better).
 
+    Evaluated without failure first, then feasible, then by reward (so a near-chance accuracy
+    far under the budget beats a good candidate over it until that one is re-fitted to the
+    budget, see :func:`fit_measured`), then by the budget used (measured value).
 
-def _rank(candidate: Candidate) -> tuple[bool, bool, float]:
-    """Order of measured candidates: evaluated without failure, then feasible, then by reward."""
+    Args:
+        candidate: A candidate with (or without) measured metrics.
+
+    Returns:
+        ``(evaluated, feasible, reward, value)``; unmeasured or failed candidates get ``-inf``.
+    """
     m = candidate.metrics or {}
     ok = bool(m) and not m.get("failed")
-    return ok, ok and bool(m.get("feasible")), float(m["reward"]) if ok else -math.inf
+    if not ok:
+        return False, False, -math.inf, -math.inf
+    return True, bool(m.get("feasible")), float(m["reward"]), float(m.get("value") or 0.0)
+
+
+def _variant_rank(candidate: Candidate, target: float) -> tuple:
+    """Sort key of the re-fits of one drop set: like :func:`candidate_rank`, but a feasible variant
+    within ``SLACK`` of the target beats one further under it (looser channels at the same drop
+    set; a higher proxy accuracy of the tighter one is noise, not a reason to leave budget unused)."""
+    ok, feasible, reward, value = candidate_rank(candidate)
+    return ok, feasible, feasible and target - value <= SLACK, reward, value
+
+
+def _next_goal(seen: list[tuple[float, float]], target: float, feasible: bool) -> float:
+    """The goal target for the next re-fit, from the (goal target, measured value) pairs so far.
+
+    Once one measurement is under the target and one over it, the goal is interpolated between
+    the closest two (regula falsi, kept off the ends): the lookup table's error is not a constant
+    factor, so scaling alone can jump from far under to over and back. Before that, the last
+    goal is scaled by target / measured (aiming ``MARGIN`` below the target after a measurement
+    over it).
+    """
+    under = [p for p in seen if p[1] <= target]
+    over = [p for p in seen if p[1] > target]
+    if under and over:
+        gu, mu = max(under, key=lambda p: p[1])
+        go, mo = min(over, key=lambda p: p[1])
+        if gu < go and mo > mu:
+            g = gu + (target - MARGIN - mu) * (go - gu) / (mo - mu)
+            return min(go, max(gu, g))
+    g, m = seen[-1]
+    aim = target - (0.0 if feasible else MARGIN)
+    return min(0.99, g * aim / max(m, 1e-9))
 
 
 def _fit_candidates(mapped: Policy, evaluator: "PolicyEvaluator", n: int, measure: bool) -> list[Candidate]:
     """Re-fit ``n`` drop sets of ``mapped`` (:func:`drop_candidates`); with ``measure``, each is measured.
 
-    With a latency budget the lookup table's error is corrected by measurement: the first
-    candidate is re-fitted to a target scaled by measured / predicted (up to twice), and the
-    other drop sets are planned and fitted against that calibrated target (one more correction
-    each at most).
+    The lookup table's error is corrected by measurement (:func:`fit_measured`): the first
+    candidate's corrections calibrate the target the other drop sets are planned and fitted
+    against. A correction that lands on a depth already tried replaces that candidate when it
+    ranks higher (it is not thrown away).
     """
     tried: list[Candidate] = []
-    goal = evaluator
-    first, goal = _fit(Policy(mapped.ratios, drop_candidates(mapped, goal, 1)[0]), evaluator, goal, measure, measurements=3)
-    tried.append(first)
+
+    def keep(fitted: Candidate) -> None:
+        same = next((i for i, c in enumerate(tried) if len(c.policy.drop) == len(fitted.policy.drop)), None)
+        if same is None:
+            tried.append(fitted)
+        elif measure and candidate_rank(fitted) > candidate_rank(tried[same]):
+            tried[same] = fitted
+
+    first, goal = fit_measured(Policy(mapped.ratios, drop_candidates(mapped, evaluator, 1)[0]), evaluator, measure=measure)
+    keep(first)
     fits = 1
     for drop in drop_candidates(mapped, goal, len(evaluator.block_names) + 1):
         if len(tried) == n or fits > n:  # one spare fit for a correction that lands on a tried depth
             break
         # Cuts of another depth are the point: skip a drop set whose count (once the re-fit has
-        # added what the target needs) was already tried.
-        planned = goal.drops_to_reach(drop) or drop
+        # added what the target needs, or put back what wastes it) was already tried.
+        planned = shallower_drop(goal.drops_to_reach(drop) or drop, goal)
         if any(len(c.policy.drop) == len(planned) for c in tried):
             continue
-        fitted, goal = _fit(Policy(mapped.ratios, drop), evaluator, goal, measure, measurements=2)
+        fitted, goal = fit_measured(Policy(mapped.ratios, drop), evaluator, goal=goal, measure=measure)
         fits += 1
-        if not any(len(c.policy.drop) == len(fitted.policy.drop) for c in tried):  # a correction can land on a tried depth
-            tried.append(fitted)
+        keep(fitted)
     return tried
 
 
-def _fit(
-    mapped: Policy, evaluator: "PolicyEvaluator", goal: "PolicyEvaluator", measure: bool, *, measurements: int
+def fit_measured(
+    policy: Policy, evaluator: "PolicyEvaluator", *, goal: "PolicyEvaluator | None" = None, measure: bool = True,
+    measurements: int = 3,
 ) -> tuple[Candidate, "PolicyEvaluator"]:
-    """Re-fit ``mapped`` to ``goal``'s target; with ``measure``, evaluate it and correct the target by measurement.
+    """Re-fit ``policy`` to the budget, measure it, and re-fit again until the measurement uses the budget.
 
-    A latency measured over the target, or more than ``_SLACK`` below it, re-fits to the goal's
-    target times target / measured (aiming ``_MARGIN`` below the target after a measurement over
-    it), up to ``measurements`` evaluations in all. Returns the best
-    measured variant (feasible first, then by reward) and the last goal (the calibrated target).
+    The policy is re-fitted (:func:`refit_to_budget`) to ``goal``'s target, its drop set first
+    made no deeper than the target can use (:func:`shallower_drop`). Each measurement that is
+    over ``evaluator``'s target, or more than ``SLACK`` under it, calibrates the goal: its
+    target is multiplied by target / measured (aiming ``MARGIN`` below the target after a
+    measurement over it), or, once measurements lie on both sides of the target, interpolated
+    between them, and the policy is re-fitted at the *same* drop set: tighter channels
+    when over (blocks are added only when channels alone cannot reach the calibrated target),
+    looser channels when under (blocks put back only when the drops alone are far under it).
+    The cut of every re-fit starts from the last one.
+
+    Args:
+        policy: Ratios and drop set to fit (typically the mapped policy with one candidate drop set).
+        evaluator: Measures (``evaluate``) and judges feasibility against its own target.
+        goal: Evaluator whose target the lookup table is fitted to (a calibrated variant of
+            ``evaluator``, :meth:`PolicyEvaluator.with_budget`); default ``evaluator``.
+        measure: Evaluate for real; without it the first re-fit is returned unmeasured.
+        measurements: Evaluations at most.
+
+    Returns:
+        The best measured variant (feasible first, then one using the budget, then by reward) and
+        the last goal (the calibrated target).
+
+    Raises:
+        BudgetError: the first re-fit cannot reach the goal's target even with every block dropped.
     """
     from autoprune.objective.evaluator import Budget
 
-    policy, scale, predicted = refit_to_budget(mapped, goal)
+    goal = evaluator if goal is None else goal
+    ratios = policy.ratios
+
+    def refit(drop: Sequence[str], at: "PolicyEvaluator") -> tuple[Policy, float, float]:
+        return refit_to_budget(Policy(ratios, shallower_drop(drop, at)), at)
+
+    current, scale, predicted = refit(policy.drop, goal)
     if not measure:
-        return Candidate(policy, scale, predicted), goal
+        return Candidate(current, scale, predicted), goal
     best: Candidate | None = None
+    target = float(evaluator.target)
+    seen: list[tuple[float, float]] = []  # (goal target, measured value) of each measurement
     for attempt in range(measurements):
-        m = evaluator.evaluate(policy)
-        here = Candidate(policy, scale, predicted, m.as_dict())
-        if best is None or _rank(here) > _rank(best):
+        m = evaluator.evaluate(current)
+        here = Candidate(current, scale, predicted, m.as_dict())
+        if best is None or _variant_rank(here, target) > _variant_rank(best, target):
             best = here
-        close = m.feasible and evaluator.target - m.value <= _SLACK
-        if m.failed or close or evaluator.budget.metric != "latency" or attempt == measurements - 1:
-            break
-        aim = evaluator.target - (_MARGIN if not m.feasible else 0.0)  # over the target: aim a little below it
-        goal = evaluator.with_budget(Budget(metric="latency", target=min(0.99, goal.target * aim / max(m.value, 1e-9))))
+        close = m.feasible and target - m.value <= SLACK
+        exact = abs(m.value - predicted) < 1e-6 and abs(goal.target - target) < 1e-9
+        if m.failed or close or exact or attempt == measurements - 1:
+            break  # exact: prediction and goal are right, the channel steps cannot get closer here
+        seen.append((float(goal.target), float(m.value)))
+        goal = evaluator.with_budget(Budget(metric=evaluator.budget.metric, target=_next_goal(seen, target, m.feasible)))
         try:
-            policy, scale, predicted = refit_to_budget(mapped, goal)
+            current, scale, predicted = refit(current.drop, goal)
         except BudgetError:
             break
     assert best is not None
     return best, goal
 
 
-__all__ = ["candidate_table", "drop_candidates", "mapping_table", "refit_to_budget", "transfer"]
+__all__ = [
+    "MARGIN", "SLACK", "candidate_rank", "candidate_table", "drop_candidates", "fit_measured", "mapping_table",
+    "refit_to_budget", "shallower_drop", "transfer",
+]

@@ -57,8 +57,20 @@ MIN_GAIN = 0.005
 SOURCE_DIR = RESULTS / "transfer_source"
 
 
+# The committed baselines. Named explicitly: without model.checkpoint, load_baseline trains a model it does not find.
+CHECKPOINTS = RESULTS.parent / "checkpoints"
+
+
+def checkpoint(model: str) -> Path:
+    path = CHECKPOINTS / f"{model}-fashion_mnist.pt"
+    if not path.is_file():
+        raise SystemExit(f"no committed baseline {path}; train it with 'autoprune train --model {model} --data fashion_mnist'")
+    return path
+
+
 def setup(model: str, target: float, threads: int):
-    cfg = parse_config({"name": f"bench-transfer-{model}", "model": {"name": model}, "data": {"name": "fashion_mnist"},
+    cfg = parse_config({"name": f"bench-transfer-{model}", "model": {"name": model, "checkpoint": str(checkpoint(model))},
+                        "data": {"name": "fashion_mnist"},
                         "budget": {"target": target}, "latency": {"threads": threads}})
     baseline = load_baseline(cfg, progress=False)
     return baseline, build_evaluator(cfg, baseline)
@@ -106,8 +118,10 @@ def run_target(model: str, doc: dict, agent_dir: Path, args, seed: int) -> list[
     rows: list[dict] = []
 
     def timed(method: str, fn) -> dict:
-        t0, n0 = time.perf_counter(), len(ev.history)
         row = {"model": model, "seed": seed, "method": method}
+        if method not in args.method_list:
+            return row
+        t0, n0 = time.perf_counter(), len(ev.history)
         try:
             best, extra = fn()
         except AutopruneError as e:  # a method that cannot produce a policy is a result, not a crash
@@ -127,13 +141,16 @@ def run_target(model: str, doc: dict, agent_dir: Path, args, seed: int) -> list[
     def do_transfer():
         res = transfer(src, doc, ev, refit=True, measure=True, candidates=args.candidates)
         best = next(e for e in reversed(ev.history) if e.policy.key() == res.policy.key())
-        return best, {"scale": res.scale, "candidates": [len(c.policy.drop) for c in res.candidates],
+        detail = [{"drops": len(c.policy.drop), "scale": c.scale, "value": (c.metrics or {}).get("value"),
+                   "proxy_acc": (c.metrics or {}).get("accuracy"), "feasible": (c.metrics or {}).get("feasible"),
+                   "kept": c.policy == res.policy} for c in res.candidates]
+        return best, {"scale": res.scale, "candidates": [len(c.policy.drop) for c in res.candidates], "candidate_detail": detail,
                       "transferred": [res.policy.to_dict()] + [c.policy.to_dict() for c in res.candidates if c.policy != res.policy]}
 
     moved = timed("policy transfer", do_transfer)
     timed("zero-shot agent", lambda: (get_searcher("ppo", {"agent": str(agent_dir), "zero_shot": True}, progress=False)
                                       .search(ev, 3, seed=seed).best, {}))
-    if not moved.get("failed"):
+    if "transfer + warm TPE" in args.method_list and not moved.get("failed"):
         # The transferred candidates are the first trials and their evaluations are the transfer's own
         # (cached): the whole method, the transfer's measurements included, costs 10% of the fresh
         # search's episodes.
@@ -152,8 +169,13 @@ def run_target(model: str, doc: dict, agent_dir: Path, args, seed: int) -> list[
     timed("fresh TPE", lambda: (get_searcher("optuna", {"sampler": "tpe", "n_startup_trials": 15}, progress=False)
                                 .search(ev, args.episodes, seed=seed).best, {"episodes": args.episodes}))
 
+    for method in (m for m in METHODS if m not in args.method_list):  # not rerun: the earlier run's row
+        rows += [{**r, "reused_from": args.reuse.name} for r in args.reused
+                 if r["model"] == model and r.get("seed", 0) == seed and r["method"] == method]
     for r in rows:
         r.pop("transferred", None)
+        if r.get("reused_from"):
+            continue
         if r.get("failed"):
             continue
         pol = Policy.from_dict(r["policy"])
@@ -191,7 +213,7 @@ def render(rows: list[dict], args, dense: dict[str, dict]) -> str:
     out.append(
         f"Source: ResNet-20 / Fashion-MNIST at {args.target:.0%} of dense batch-1 latency; fresh searches get "
         f"{args.episodes} episodes. Policy transfer re-fits {args.candidates} drop sets (mapped, shallower, deeper cut) and "
-        f"measures each (a candidate measured over the target, or 3% of dense under it, is re-fitted to the target scaled by target / measured: 1 to 3 evaluations per candidate). Transfer + warm TPE gets "
+        f"measures each (a candidate measured over the target, or 3% of dense under it, is re-fitted at its drop set to the target scaled by target / measured, tighter or looser channels first, blocks added or put back only when channels cannot get there: 1 to 3 evaluations per candidate). Transfer + warm TPE gets "
         f"{args.episodes // 10} evaluations in all: the transfer's, then TPE episodes whose first trials are the transferred "
         f"candidates (cached). Every policy gets the same {args.finetune_epochs:g}-epoch "
         f"fine-tune (SGD, cosine) before its test accuracy is measured. Latency: paired, {args.threads} thread(s), batch 1. "
@@ -247,12 +269,24 @@ def render(rows: list[dict], args, dense: dict[str, dict]) -> str:
                     per_seed.append((m, seed, _share(by[m]["proxy_acc"], by["uniform"]["proxy_acc"], by["fresh TPE"]["proxy_acc"]),
                                      _share(by[m]["test_acc"], by["uniform"]["test_acc"], by["fresh TPE"]["test_acc"])))
         out.append(f"## {model} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''})\n\n")
+        reused = sorted({(r["method"], r["reused_from"]) for r in mine if r.get("reused_from")}, key=lambda x: METHODS.index(x[0]))
+        if reused:
+            out.append(f"Not rerun, rows copied from `{reused[0][1]}` (an earlier run, same target and seeds): "
+                       f"{', '.join(m for m, _ in reused)}.\n\n")
         out.append(table(["method", "proxy acc", "test acc", "latency ratio", "feasible", "blocks dropped", "evaluations", "wall s",
                           "share of gain (proxy)", "share of gain (test)", "cost (evaluations)", "cost (wall)"], body))
         out.append("\n")
         for m in METHODS:
             for r in failed[m]:
                 out.append(f"- {m} failed (seed {r.get('seed', 0)}): {r['error']}\n")
+        moved = [r for r in ok_rows["policy transfer"] if r.get("candidate_detail")]
+        if moved:
+            out.append("\nPolicy transfer candidates (blocks dropped: proxy acc at measured latency ratio; * kept, ! over the target):\n\n")
+            out.append(table(["seed", "candidates"], [
+                (r.get("seed", 0), "; ".join(f"{c['drops']}: {c['proxy_acc']:.3f} at {c['value']:.3f}"
+                                             f"{'!' if not c['feasible'] else ''}{'*' if c['kept'] else ''}"
+                                             for c in r["candidate_detail"] if c.get("value") is not None))
+                for r in moved]))
         if per_seed and len(seeds) > 1:
             out.append("\nShare of the same seed's fresh-search gain, per seed:\n\n")
             out.append(table(["method", "seed", "share (proxy)", "share (test)"], per_seed))
@@ -275,7 +309,22 @@ def main() -> None:
     ap.add_argument("--warm-startup", type=int, default=5,
                     help="n_startup_trials of the warm-started TPE, the transferred candidates included.")
     ap.add_argument("--fresh", action="store_true", help="Forget earlier parts and the cached source searches.")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="Methods to run (comma-separated, of: %(default)s); the others' rows of the same target and seed "
+                         "are copied from --reuse (marked reused_from), e.g. to rerun only what a change to transfer affects.")
+    ap.add_argument("--reuse", type=Path, default=RESULTS / "transfer_previous.jsonl",
+                    help="Rows of an earlier run, for the methods not in --methods.")
     args = ap.parse_args()
+    args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(args.method_list) - set(METHODS))
+    if unknown:
+        ap.error(f"--methods: {unknown} are not methods; allowed: {list(METHODS)}")
+    if "transfer + warm TPE" in args.method_list and "policy transfer" not in args.method_list:
+        ap.error("--methods: 'transfer + warm TPE' needs 'policy transfer'")
+    missing = [m for m in METHODS if m not in args.method_list]
+    if missing and not args.reuse.is_file():
+        ap.error(f"--reuse: {args.reuse} does not exist; it must hold the rows of {missing}")
+    args.reused = [json.loads(line) for line in args.reuse.read_text().splitlines()] if missing else []
     torch.set_num_threads(2)
     if args.fresh:
         PARTS.unlink(missing_ok=True)
@@ -296,12 +345,11 @@ def main() -> None:
             done += rows
     dense = {}
     for model in ["resnet20", *dict.fromkeys(r["model"] for r in done)]:
-        from autoprune.app.experiment import baseline_checkpoint
         from autoprune.training.baseline import load_model_weights
         from autoprune.zoo import build_model
 
         try:
-            meta = load_model_weights(build_model(model, in_channels=1, num_classes=10, input_size=28), baseline_checkpoint(model, "fashion_mnist"))
+            meta = load_model_weights(build_model(model, in_channels=1, num_classes=10, input_size=28), checkpoint(model))
             dense[model] = {"epochs": (meta.get("settings") or {}).get("epochs"), **{k: meta.get(k) for k in ("val_accuracy", "test_accuracy")}}
         except Exception:  # noqa: BLE001 - a missing checkpoint only leaves a blank row
             dense[model] = {}
