@@ -172,7 +172,7 @@ def write_policy(path: Path, evaluator: PolicyEvaluator, result: SearchResult, c
     if best is not None:
         payload = policy_document(
             best.policy, model=cfg.model.name, data=cfg.data.name, metric=evaluator.budget.metric, target=evaluator.target,
-            backend=cfg.latency.backend_info(), searcher=result.searcher, episode=best.index, metrics=best.metrics.as_dict(),
+            backend={**cfg.latency.backend_info(), "settings": getattr(evaluator, "backend_settings", {})}, searcher=result.searcher, episode=best.index, metrics=best.metrics.as_dict(),
             fingerprint=model_fingerprint(evaluator.graph), ignore=cfg.model.ignore,
         )
     write_policy_file(path, payload)
