@@ -96,3 +96,59 @@ def test_bad_backend_option_value_fails_before_any_search(mlp, digits, tmp_path)
     pytest.importorskip("onnxruntime")
     with pytest.raises(ConfigError, match="graph_optimization"):
         _evaluator(mlp, digits, "onnxruntime", tmp_path, graph_optimization="max", **PER_SESSION)
+
+
+def test_run_on_onnxruntime_reports_both_runtimes_the_total_speedup_and_the_int8_decision(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("onnxruntime")
+    import mlflow
+    from rich.console import Console
+
+    from autoprune.app.pipeline import run_experiment
+    from autoprune.app.tables import run_tables
+    from autoprune.config.loading import parse_config
+
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
+    cfg = parse_config({
+        "name": "serving", "output_dir": str(tmp_path / "out"), "seed": 0,
+        "model": {"name": "mlp", "checkpoint": None}, "data": {"name": "digits"},
+        "train": {"epochs": 3, "batch_size": 64, "lr": 0.05, "augment": False},
+        "budget": {"metric": "macs", "target": 0.6},
+        "latency": {"threads": 1, "rounds": 3, "backend": "onnxruntime", "backend_options": PER_SESSION},
+        "proxy": {"bn_batches": 2, "val_samples": 200},
+        "search": {"searcher": "optuna", "episodes": 3},
+        "finetune": {"epochs": 1, "lr": 0.01},
+        "export": {"quantize": True, "int8_tolerance": 1.0},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "register": False},
+    })
+    res = run_experiment(cfg, progress=False)
+    r = res.report
+    assert r["backend"] == "onnxruntime" and res.pruned.backend == "onnxruntime"
+    assert r["backend_settings"]["thread_pool"] == "per-session"
+    for key in ("dense_latency_ms", "pruned_latency_ms", "dense_eager_latency_ms", "pruned_eager_latency_ms", "deployed_latency_ms"):
+        assert r[key] > 0, key
+    assert r["speedup"] == pytest.approx(r["dense_latency_ms"] / r["pruned_latency_ms"])
+    assert r["eager_speedup"] == pytest.approx(r["dense_eager_latency_ms"] / r["pruned_eager_latency_ms"])
+    assert r["total_speedup"] == pytest.approx(r["dense_eager_latency_ms"] / r["deployed_latency_ms"])
+    # int8 is deployed exactly when it measured faster and within the tolerance, and the report says which
+    should_keep = r["int8_speed_ratio"] < 1.0 and r["int8_accuracy_drop_points"] <= 1.0
+    assert r["int8_kept"] is should_keep
+    assert r["int8_decision"].startswith("int8 deployed" if should_keep else "fp32 kept")
+    assert ("int8" in r["deployed_artifact"]) is should_keep
+    assert (tmp_path / "out" / "serving" / "model.int8.onnx").is_file() or any((tmp_path / "out").rglob("model.int8.onnx"))
+
+    policy = json.loads(next((tmp_path / "out").rglob("policy.json")).read_text())
+    assert policy["backend"]["name"] == "onnxruntime" and policy["backend"]["settings"]["thread_pool"] == "per-session"
+    assert policy["backend"]["options"] == PER_SESSION
+    assert policy["metrics"]["backend"].startswith("onnxruntime(")
+
+    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(res.run_id)
+    assert run.data.tags["backend.thread_pool"] == "per-session" and run.data.tags["backend.backend"] == "onnxruntime"
+    assert run.data.params["latency.backend_options.thread_pool"] == "per-session"
+    assert {"final_total_speedup", "final_eager_speedup", "final_pruned_eager_latency_ms"} <= set(run.data.metrics)
+
+    console = Console(width=200, record=True)
+    for item in run_tables(res):
+        console.print(item)
+    text = console.export_text()
+    assert "latency ms on onnxruntime" in text and "latency ms on torch eager" in text
+    assert "total: dense eager PyTorch" in text and r["int8_decision"][:20] in text
