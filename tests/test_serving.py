@@ -44,9 +44,9 @@ def test_an_option_the_backend_does_not_take_is_one_line_naming_it_and_the_allow
         load_config(DEMO, ["latency.backend=torch", "latency.backend_options={spinning: true}"])
 
 
-def test_default_backend_options_are_empty_serving_defaults() -> None:
+def test_default_backend_options_are_none_the_backends_serving_defaults() -> None:
     cfg = load_config(DEMO, ["latency.backend=torch"])
-    assert cfg.latency.backend_options == {} and dict(LatencySettings().backend_options) == {}
+    assert cfg.latency.backend_options is None and LatencySettings().backend_options is None
 
 
 @pytest.fixture(scope="module")

@@ -97,7 +97,7 @@ def measure_final(model: nn.Module, dense: nn.Module, baseline: Baseline, cfg: E
     lc = cfg.latency
     x = baseline.data.example_input(lc.batch_size)
     x1 = baseline.data.example_input(1)
-    dense_ms, lat = _paired_ms(model, dense, x, lc.backend, lc.threads, dict(lc.backend_options))
+    dense_ms, lat = _paired_ms(model, dense, x, lc.backend, lc.threads, dict(lc.backend_options or {}))
     if lc.backend == "torch":
         eager_dense_ms, eager = dense_ms, lat
     else:
@@ -129,7 +129,7 @@ def _ort_compare_options(cfg: ExperimentConfig) -> dict[str, Any]:
     from autoprune.formats.onnx import shared_pool_threads
 
     if cfg.latency.backend == "onnxruntime":
-        return dict(cfg.latency.backend_options)
+        return dict(cfg.latency.backend_options or {})
     return {} if shared_pool_threads() is not None else {"thread_pool": "per-session", "spinning": False}
 
 

@@ -234,7 +234,7 @@ class LatencyConfig(_Section):
     warmup: int = Field(LatencySettings.warmup, ge=0)
     rounds: int = Field(LatencySettings.rounds, ge=1)
     rel_ci: float | None = Field(LatencySettings.rel_ci, gt=0.0)
-    backend_options: dict[str, Any] = Field(default_factory=lambda: dict(LatencySettings().backend_options))
+    backend_options: dict[str, Any] | None = LatencySettings.backend_options
     predictor: str | None = Field(None, exclude=True)
 
     @field_validator("backend")
@@ -253,7 +253,7 @@ class LatencyConfig(_Section):
     @model_validator(mode="after")
     def _known_backend_options(self) -> "LatencyConfig":
         allowed = backend_option_names(self.backend)
-        unknown = [k for k in self.backend_options if allowed is not None and k not in allowed]
+        unknown = [k for k in self.backend_options or {} if allowed is not None and k not in allowed]
         if unknown:
             raise _combination(
                 f"backend_options: backend {self.backend!r} has no option {unknown[0]!r}; allowed: {', '.join(allowed) or 'none'}"
@@ -262,7 +262,7 @@ class LatencyConfig(_Section):
 
     def backend_info(self) -> dict[str, Any]:
         """Where latency is measured (backend, its options, batch size, threads): recorded with every found policy."""
-        return {"name": self.backend, "batch_size": self.batch_size, "threads": self.threads, "options": dict(self.backend_options)}
+        return {"name": self.backend, "batch_size": self.batch_size, "threads": self.threads, "options": dict(self.backend_options or {})}
 
 
 class BudgetConfig(_Section):

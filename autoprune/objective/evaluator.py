@@ -132,7 +132,7 @@ class LatencySettings:
         min_rounds: Rounds before ``rel_ci`` may stop early.
         rel_ci: Stop once the 95% CI half-width relative to the ratio is at most this.
         backend_options: The backend's own settings (:func:`autoprune.measure.latency.get_backend`
-            keywords, e.g. ``{"spinning": True}`` for ``onnxruntime``); empty: its serving defaults.
+            keywords, e.g. ``{"spinning": True}`` for ``onnxruntime``); None or empty: its serving defaults.
     """
 
     backend: str = "torch"
@@ -142,7 +142,7 @@ class LatencySettings:
     rounds: int = 15
     min_rounds: int = 5
     rel_ci: float | None = 0.03
-    backend_options: Mapping[str, object] = field(default_factory=dict)
+    backend_options: Mapping[str, object] | None = None
 
 
 @dataclass
@@ -341,7 +341,7 @@ class PolicyEvaluator:
         self.unit_names = self.graph.unit_names
         self.block_names = self.graph.block_names if self.allow_drop else []
         self.timer = PairedTimer(self.model, self.example_input, backend=latency.backend, threads=latency.threads,
-                                 backend_options=dict(latency.backend_options))
+                                 backend_options=dict(latency.backend_options or {}))
         self.backend_settings = self.timer.settings()
         self.backend_label = settings_label(self.backend_settings)
         self.dense_ms = self.timer.reference_ms(repeats=30)
