@@ -39,7 +39,7 @@ from autoprune.zoo import DataBundle, build_model, check_model_fits, load_data
 log = logging.getLogger(__name__)
 
 #: Baselines committed with the repository (trained by ``autoprune train``), looked up first.
-COMMITTED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "experiments" / "checkpoints"
+COMMITTED_CHECKPOINTS = Path(__file__).resolve().parents[2] / "experiments" / "checkpoints"  # autoprune/app/ -> repo root
 
 
 def baseline_checkpoint(model_name: str, data_name: str) -> Path:
