@@ -67,8 +67,8 @@ def search_summary(run: SearchRun) -> Shown:
     table.add_column("best policy", justify="right")
     m = best.metrics
     table.add_row("proxy accuracy (val)", f"{ev.dense_accuracy:.4f}", f"{m.accuracy:.4f}")
-    table.add_row("latency ratio (paired)", "1.000", f"{m.latency_ratio:.3f} [{m.latency_ci[0]:.3f}, {m.latency_ci[1]:.3f}]")
-    table.add_row("latency ms", f"{ev.dense_ms:.3f}", f"{best_latency_ms(run):.3f}")
+    table.add_row(f"latency ratio (paired, {ev.latency.backend})", "1.000", f"{m.latency_ratio:.3f} [{m.latency_ci[0]:.3f}, {m.latency_ci[1]:.3f}]")
+    table.add_row(f"latency ms ({ev.latency.backend})", f"{ev.dense_ms:.3f}", f"{best_latency_ms(run):.3f}")
     table.add_row("MAC ratio", "1.000", f"{m.macs_ratio:.3f}")
     table.add_row("params", f"{ev.dense_params:,}", f"{m.params:,}")
     table.add_row(f"budget ({ev.budget.metric} <= {ev.target:.3f})", "", "met" if m.feasible else "NOT met")
