@@ -152,3 +152,32 @@ def test_run_on_onnxruntime_reports_both_runtimes_the_total_speedup_and_the_int8
     text = console.export_text()
     assert "latency ms on onnxruntime" in text and "latency ms on torch eager" in text
     assert "total: dense eager PyTorch" in text and r["int8_decision"][:20] in text
+
+
+_INT8_AFTER_SHARED_POOL = """
+import numpy as np, torch
+from autoprune.formats.onnx import export_model, quantize_onnx, onnx_predictions, shared_pool_threads
+from autoprune.measure.latency import get_backend
+get_backend("onnxruntime", threads=1)  # the process-wide pool, as a search on onnxruntime makes it
+assert shared_pool_threads() == 1
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 3)).eval()
+export_model(net, (torch.randn(1, 1, 8, 8),), "m.onnx", None)
+batches = [np.random.default_rng(i).standard_normal((4, 1, 8, 8)).astype(np.float32) for i in range(3)]
+quantize_onnx("m.onnx", "m.int8.onnx", calibration=batches)
+print(onnx_predictions("m.int8.onnx", batches[0]).shape)
+"""
+
+
+def test_static_int8_works_after_the_shared_onnxruntime_pool_exists(tmp_path) -> None:
+    """A search on onnxruntime makes ONNX Runtime's permanent shared pool; the quantiser's own sessions must still open."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    done = subprocess.run([sys.executable, "-c", _INT8_AFTER_SHARED_POOL], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("(4, 3)")
+    assert (tmp_path / "m.int8.onnx").is_file()

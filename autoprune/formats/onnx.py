@@ -194,16 +194,29 @@ def quantize_onnx(src: str | Path, dst: str | Path, *, calibration: Iterable[np.
         ConfigError: the onnx extra is missing, ``src`` does not exist, or ``calibration`` is empty.
         ModelError: ONNX Runtime's quantiser fails on the model.
     """
-    onnx, _ = require_onnx("export.quantize")
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
+    require_onnx("export.quantize")
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise ConfigError(f"export.quantize: no ONNX file at {src}")
     batches = None if calibration is None else [np.ascontiguousarray(b, dtype=np.float32) for b in calibration]
     if batches is not None and not batches:
         raise ConfigError("export.quantize: calibration: expected at least one input batch, got none")
+    if shared_pool_threads() is None:
+        return _quantize(src, dst, batches, per_channel)
+    # ONNX Runtime's quantiser opens plain sessions, which fail once this process's shared
+    # thread pool exists (an ``onnxruntime`` latency backend made it): quantise in a fresh process.
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_quantize, src, dst, batches, per_channel).result()
+
+
+def _quantize(src: Path, dst: Path, batches: list[np.ndarray] | None, per_channel: bool) -> Path:
+    onnx, _ = require_onnx("export.quantize")
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     dst.parent.mkdir(parents=True, exist_ok=True)
     hint = logging.getLogger()  # the quantiser advises pre-processing on the root logger each call
     quiet = _DropMessage("Please consider to run pre-processing")
