@@ -39,7 +39,7 @@ from autoprune.zoo import DataBundle, build_model, check_model_fits, load_data
 log = logging.getLogger(__name__)
 
 #: Baselines committed with the repository (trained by ``autoprune train``), looked up first.
-COMMITTED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "experiments" / "checkpoints"
+COMMITTED_CHECKPOINTS = Path(__file__).resolve().parents[2] / "experiments" / "checkpoints"  # autoprune/app/ -> repo root
 
 
 def baseline_checkpoint(model_name: str, data_name: str) -> Path:
@@ -172,7 +172,7 @@ def write_policy(path: Path, evaluator: PolicyEvaluator, result: SearchResult, c
     if best is not None:
         payload = policy_document(
             best.policy, model=cfg.model.name, data=cfg.data.name, metric=evaluator.budget.metric, target=evaluator.target,
-            backend=cfg.latency.backend_info(), searcher=result.searcher, episode=best.index, metrics=best.metrics.as_dict(),
+            backend={**cfg.latency.backend_info(), "settings": getattr(evaluator, "backend_settings", {})}, searcher=result.searcher, episode=best.index, metrics=best.metrics.as_dict(),
             fingerprint=model_fingerprint(evaluator.graph), ignore=cfg.model.ignore,
         )
     write_policy_file(path, payload)

@@ -22,7 +22,7 @@ from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import finetune_settings, recover_settings
 from autoprune.objective.proxy import recalibrate_bn, split_metrics
 from autoprune.app.experiment import Baseline, SearchRun, experiment_dir, load_baseline, run_search, sized_for_workers
-from autoprune.formats.onnx import export_onnx, quantize_onnx
+from autoprune.formats.onnx import export_onnx, onnx_predictions, quantize_onnx
 from autoprune.formats.pruned import save_pruned
 from autoprune.training.finetune import finetune
 from autoprune.measure.latency import PairedTimer, count_macs_params, model_size_bytes
@@ -60,11 +60,13 @@ def apply_best(cfg: ExperimentConfig, baseline: Baseline, policy: Policy, graph:
 
 @dataclass
 class ModelReport:
-    """Final figures of one model on the test split and the target backend.
+    """Final figures of one model on the test split, on the serving backend and on eager PyTorch.
 
-    ``latency_ms`` and ``latency_ci_ms`` are milliseconds per call at the latency batch size;
-    ``macs`` are multiply-accumulates per input sample (:func:`autoprune.measure.latency.count_macs_params`);
-    ``size_bytes`` is the serialised ``state_dict``.
+    ``latency_ms`` and ``latency_ci_ms`` are milliseconds per call at the latency batch size on
+    ``latency.backend`` (the serving runtime); ``eager_latency_ms`` the same on eager PyTorch
+    (equal to ``latency_ms`` when the backend is ``torch``); ``macs`` are multiply-accumulates
+    per input sample (:func:`autoprune.measure.latency.count_macs_params`); ``size_bytes`` is the
+    serialised ``state_dict``.
     """
 
     test_accuracy: float
@@ -73,18 +75,35 @@ class ModelReport:
     macs: int
     params: int
     size_bytes: int
+    eager_latency_ms: float = float("nan")
+    backend: str = "torch"
+
+
+def _paired_ms(model: nn.Module, dense: nn.Module, x: Any, backend: str, threads: int, options: dict) -> tuple[float, Any]:
+    """(dense ms, ratio stats of ``model`` to ``dense``) on one backend: 5 warm-up rounds, then 30."""
+    timer = PairedTimer(dense, x, backend=backend, threads=threads, backend_options=options)
+    cand = timer.prepare(model.eval())  # exported / compiled once for both measurements
+    timer.ratio(cand, rounds=5)  # warm both models up after fine-tuning (fresh kernels, caches)
+    lat = timer.ratio(cand, rounds=30)
+    return lat.ref_median_ms, lat
 
 
 def measure_final(model: nn.Module, dense: nn.Module, baseline: Baseline, cfg: ExperimentConfig) -> tuple[ModelReport, ModelReport]:
-    """Test accuracy and paired latency (30 rounds) of ``model`` and the dense model."""
-    x = baseline.data.example_input(cfg.latency.batch_size)
+    """Test accuracy and paired latency (30 rounds) of ``model`` and the dense model.
+
+    Latency is measured on the serving backend (``latency.backend`` with its options) and, when
+    that is not ``torch``, again on eager PyTorch, each pair on one runtime.
+    """
+    lc = cfg.latency
+    x = baseline.data.example_input(lc.batch_size)
     x1 = baseline.data.example_input(1)
-    timer = PairedTimer(dense, x, backend=cfg.latency.backend, threads=cfg.latency.threads)
-    timer.ratio(model.eval(), rounds=5)  # warm both models up after fine-tuning (fresh kernels, caches)
-    lat = timer.ratio(model, rounds=30)
-    dense_ms = lat.ref_median_ms
+    dense_ms, lat = _paired_ms(model, dense, x, lc.backend, lc.threads, dict(lc.backend_options or {}))
+    if lc.backend == "torch":
+        eager_dense_ms, eager = dense_ms, lat
+    else:
+        eager_dense_ms, eager = _paired_ms(model, dense, x, "torch", lc.threads, {})
     reports = []
-    for m, ratio, ci in ((dense, 1.0, (1.0, 1.0)), (model, lat.ratio, (lat.ci_low, lat.ci_high))):
+    for m, ratio, ci, eager_ratio in ((dense, 1.0, (1.0, 1.0), 1.0), (model, lat.ratio, (lat.ci_low, lat.ci_high), eager.ratio)):
         macs, params = count_macs_params(m, x1)
         reports.append(
             ModelReport(
@@ -94,9 +113,107 @@ def measure_final(model: nn.Module, dense: nn.Module, baseline: Baseline, cfg: E
                 macs=int(macs),
                 params=int(params),
                 size_bytes=model_size_bytes(m),
+                eager_latency_ms=eager_ratio * eager_dense_ms,
+                backend=lc.backend,
             )
         )
     return reports[0], reports[1]
+
+
+def _ort_compare_options(cfg: ExperimentConfig) -> dict[str, Any]:
+    """ONNX Runtime options to time int8 against fp32: the search's own on ``onnxruntime``.
+
+    On another backend: the process's shared pool when it exists, else per-session pools with
+    spinning off (two spinning per-session pools fight for the cores).
+    """
+    from autoprune.formats.onnx import shared_pool_threads
+
+    if cfg.latency.backend == "onnxruntime":
+        return dict(cfg.latency.backend_options or {})
+    return {} if shared_pool_threads() is not None else {"thread_pool": "per-session", "spinning": False}
+
+
+def decide_int8(cfg: ExperimentConfig, baseline: Baseline, fp32_path: Path, fp32_accuracy: float, out: Path) -> dict[str, Any]:
+    """Static QDQ int8 of the fp32 artifact, kept only when it is faster *and* accurate enough.
+
+    Calibrated on 8 training batches of 32 (ONNX Runtime ``quantize_static``, MinMax); timed
+    against fp32 by paired measurement on ONNX Runtime (:func:`autoprune.measure.onnxruntime.compare_onnx_files`,
+    30 rounds at the latency batch size); its test accuracy is computed by ONNX Runtime.
+
+    Args:
+        cfg: The experiment (``export.int8_tolerance``, ``latency``).
+        baseline: The data (training batches to calibrate, test split to check).
+        fp32_path: The pruned fp32 ONNX file.
+        fp32_accuracy: The pruned model's test accuracy in [0, 1].
+        out: Where ``model.int8.onnx`` is written.
+
+    Returns:
+        ``{"path", "kept", "speed_ratio" (int8 / fp32 latency), "ms" (int8 ms on ONNX Runtime),
+        "fp32_ort_ms", "test_accuracy", "accuracy_drop_points", "reason"}``.
+
+    Raises:
+        ConfigError: the onnx extra is missing.
+        ModelError: ONNX Runtime's quantiser fails on the model.
+    """
+    from autoprune.measure.onnxruntime import compare_onnx_files
+
+    batches = [xb.numpy() for xb, _ in list(baseline.data.train.batches(32, shuffle=True, seed=cfg.seed))[:8]]
+    int8_path = quantize_onnx(fp32_path, out / "model.int8.onnx", calibration=batches)
+    stats = compare_onnx_files(fp32_path, int8_path, baseline.data.example_input(cfg.latency.batch_size), threads=cfg.latency.threads,
+                               rounds=30, backend_options=_ort_compare_options(cfg))
+    test = baseline.data.test
+    logits = onnx_predictions(int8_path, test.x, threads=cfg.latency.threads)
+    acc = float((torch.from_numpy(logits).argmax(1) == test.y).float().mean()) if len(test.y) else float("nan")
+    drop = 100 * (fp32_accuracy - acc)
+    tol = cfg.export.int8_tolerance
+    faster = stats.ratio < 1.0
+    accurate = drop <= tol
+    if faster and accurate:
+        reason = f"int8 deployed: {1 / stats.ratio:.2f}x faster than fp32 on onnxruntime, {drop:+.2f} pts test accuracy (tolerance {tol:g})"
+    else:
+        why = []
+        if not faster:
+            why.append(f"int8 is not faster than fp32 on onnxruntime ({stats.ratio:.2f}x its latency)")
+        if not accurate:
+            why.append(f"int8 loses {drop:.2f} pts of test accuracy (export.int8_tolerance {tol:g})")
+        reason = "fp32 kept: " + "; ".join(why)
+    return {"path": str(int8_path), "kept": faster and accurate, "speed_ratio": stats.ratio, "ms": stats.cand_median_ms,
+            "fp32_ort_ms": stats.ref_median_ms, "test_accuracy": acc, "accuracy_drop_points": drop, "reason": reason}
+
+
+def serving_report(cfg: ExperimentConfig, dense: ModelReport, pruned: ModelReport, int8: dict[str, Any] | None,
+                   settings: dict[str, Any]) -> dict[str, Any]:
+    """The latency part of the final report: each runtime's own speed-up, then dense eager -> deployed artifact.
+
+    Args:
+        cfg: The experiment.
+        dense, pruned: From :func:`measure_final`.
+        int8: From :func:`decide_int8` (None: not quantised).
+        settings: The serving backend's settings (recorded beside the figures).
+
+    Returns:
+        Report entries (latencies in ms per call at the latency batch size).
+    """
+    backend = cfg.latency.backend
+    rep: dict[str, Any] = {
+        "backend": backend,
+        "dense_latency_ms": dense.latency_ms,
+        "pruned_latency_ms": pruned.latency_ms,
+        "speedup": dense.latency_ms / pruned.latency_ms,
+        "dense_eager_latency_ms": dense.eager_latency_ms,
+        "pruned_eager_latency_ms": pruned.eager_latency_ms,
+        "eager_speedup": dense.eager_latency_ms / pruned.eager_latency_ms,
+    }
+    deployed_ms, artifact = pruned.latency_ms, ("model.pt (torch eager)" if backend == "torch" else f"model.onnx (fp32, {backend})")
+    if int8 is not None:
+        rep.update({"int8_kept": int8["kept"], "int8_speed_ratio": int8["speed_ratio"], "int8_test_accuracy": int8["test_accuracy"],
+                    "int8_accuracy_drop_points": int8["accuracy_drop_points"], "int8_decision": int8["reason"]})
+        if int8["kept"]:
+            artifact = "model.int8.onnx (int8, onnxruntime)"
+            deployed_ms = pruned.latency_ms * int8["speed_ratio"] if backend == "onnxruntime" else int8["ms"]
+    rep.update({"deployed_artifact": artifact, "deployed_latency_ms": deployed_ms,
+                "total_speedup": dense.eager_latency_ms / deployed_ms, "backend_settings": settings})
+    return rep
 
 
 def uniform_point(evaluator: Any, max_evals: int = 6) -> tuple[float, float] | None:
@@ -192,6 +309,7 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
             info["uniform"] = uniform
             tracker.log_metrics({"uniform_accuracy": uniform[1], "uniform_value": uniform[0]})
         tracker.log_search_result(search.result, info, out_dir=out, written=[search.policy_path, search.history_path])
+        tracker.log_backend(getattr(ev, "backend_settings", {"backend": cfg.latency.backend}))
         best = search.result.best
         if best is None:
             raise RuntimeError("the search produced no successful evaluation")
@@ -204,18 +322,18 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
             num_classes=baseline.data.num_classes, input_size=baseline.data.input_size,
             extra={"policy": best.policy.to_dict(), "test_accuracy": pruned_r.test_accuracy},
         )
-        onnx_info = None
-        if cfg.export.onnx or cfg.export.quantize:
+        onnx_info, int8 = None, None
+        if cfg.export.onnx or cfg.export.quantize or cfg.latency.backend != "torch":  # a serving runtime's artifact is ONNX
             onnx_info = export_onnx(pruned, baseline.data.example_input(1), out / "model.onnx")
             if cfg.export.quantize:
-                onnx_info["quantized"] = str(quantize_onnx(out / "model.onnx", out / "model.int8.onnx"))
+                int8 = decide_int8(cfg, baseline, out / "model.onnx", pruned_r.test_accuracy, out)
+                onnx_info["quantized"] = int8["path"]
+                log.info("%s", int8["reason"])
         report = {
             "dense_test_accuracy": dense_r.test_accuracy,
             "pruned_test_accuracy": pruned_r.test_accuracy,
             "accuracy_drop_points": 100 * (dense_r.test_accuracy - pruned_r.test_accuracy),
-            "dense_latency_ms": dense_r.latency_ms,
-            "pruned_latency_ms": pruned_r.latency_ms,
-            "speedup": dense_r.latency_ms / pruned_r.latency_ms,
+            **serving_report(cfg, dense_r, pruned_r, int8, getattr(ev, "backend_settings", {"backend": cfg.latency.backend})),
             "mac_reduction": dense_r.macs / max(1, pruned_r.macs),
             "dense_macs": dense_r.macs,
             "pruned_macs": pruned_r.macs,

@@ -67,8 +67,8 @@ def search_summary(run: SearchRun) -> Shown:
     table.add_column("best policy", justify="right")
     m = best.metrics
     table.add_row("proxy accuracy (val)", f"{ev.dense_accuracy:.4f}", f"{m.accuracy:.4f}")
-    table.add_row("latency ratio (paired)", "1.000", f"{m.latency_ratio:.3f} [{m.latency_ci[0]:.3f}, {m.latency_ci[1]:.3f}]")
-    table.add_row("latency ms", f"{ev.dense_ms:.3f}", f"{best_latency_ms(run):.3f}")
+    table.add_row(f"latency ratio (paired, {ev.latency.backend})", "1.000", f"{m.latency_ratio:.3f} [{m.latency_ci[0]:.3f}, {m.latency_ci[1]:.3f}]")
+    table.add_row(f"latency ms ({ev.latency.backend})", f"{ev.dense_ms:.3f}", f"{best_latency_ms(run):.3f}")
     table.add_row("MAC ratio", "1.000", f"{m.macs_ratio:.3f}")
     table.add_row("params", f"{ev.dense_params:,}", f"{m.params:,}")
     table.add_row(f"budget ({ev.budget.metric} <= {ev.target:.3f})", "", "met" if m.feasible else "NOT met")
@@ -93,14 +93,29 @@ def run_tables(res: RunResult) -> Shown:
     for col in ("", "dense", "pruned", "change"):
         table.add_column(col, justify="right", no_wrap=True)
     table.add_row("test accuracy", f"{d.test_accuracy:.4f}", f"{p.test_accuracy:.4f}", f"{100 * (p.test_accuracy - d.test_accuracy):+.2f} pts")
-    table.add_row("latency ms [95% CI]", f"{d.latency_ms:.3f}", f"{p.latency_ms:.3f} [{p.latency_ci_ms[0]:.3f}, {p.latency_ci_ms[1]:.3f}]",
+    backend = p.backend
+    table.add_row(f"latency ms on {backend} [95% CI]", f"{d.latency_ms:.3f}", f"{p.latency_ms:.3f} [{p.latency_ci_ms[0]:.3f}, {p.latency_ci_ms[1]:.3f}]",
                   f"{d.latency_ms / p.latency_ms:.2f}x faster")
+    if backend != "torch":
+        table.add_row("latency ms on torch eager", f"{d.eager_latency_ms:.3f}", f"{p.eager_latency_ms:.3f}",
+                      f"{d.eager_latency_ms / p.eager_latency_ms:.2f}x faster")
     table.add_row("MACs", f"{d.macs / 1e6:.2f} M", f"{p.macs / 1e6:.2f} M", f"{d.macs / max(1, p.macs):.2f}x fewer")
     table.add_row("params", f"{d.params:,}", f"{p.params:,}", f"{d.params / max(1, p.params):.2f}x fewer")
     table.add_row("size", f"{d.size_bytes / 1024:.0f} KiB", f"{p.size_bytes / 1024:.0f} KiB", f"{d.size_bytes / max(1, p.size_bytes):.2f}x smaller")
-    return [*search_summary(res.search), table,
+    return [*search_summary(res.search), table, *deployment_lines(res.report),
             f"pruned model: {res.model_path}" + (f"\nonnx: {res.onnx['path']}" if res.onnx else ""),
             f"MLflow run {res.run_id}: see it with 'autoprune ui'"]
+
+
+def deployment_lines(report: dict[str, Any]) -> Shown:
+    """The int8 decision and the total speed-up, dense eager PyTorch -> deployed artifact, as lines."""
+    lines: Shown = []
+    if "int8_decision" in report:
+        lines.append(report["int8_decision"])
+    if "total_speedup" in report:
+        lines.append(f"total: dense eager PyTorch {report['dense_eager_latency_ms']:.3f} ms -> deployed {report['deployed_artifact']} "
+                     f"{report['deployed_latency_ms']:.3f} ms: {report['total_speedup']:.2f}x faster")
+    return lines
 
 
 def worker_line(res: SearchResult, study: str) -> Shown:
@@ -173,6 +188,6 @@ def check_table(model: str, graph: Any, report: Any) -> Shown:
 
 
 __all = [
-    "apply_lines", "best_latency_ms", "estimate_table", "evaluate_lines", "export_lines", "finetune_lines", "run_tables",
+    "apply_lines", "best_latency_ms", "deployment_lines", "estimate_table", "evaluate_lines", "export_lines", "finetune_lines", "run_tables",
     "search_summary", "train_table", "transfer_lines", "worker_line",
 ]

@@ -38,7 +38,7 @@ from pydantic_core import PydanticCustomError
 
 from autoprune.errors import ConfigError
 from autoprune.graph.importance import DEFAULT_IMPORTANCE, IMPORTANCES
-from autoprune.measure.latency import BACKENDS
+from autoprune.measure.latency import BACKENDS, backend_option_names
 from autoprune.objective.evaluator import DEFAULT_MAX_RATIO, Budget, LatencySettings, Reward
 from autoprune.objective.proxy import ProxySettings
 from autoprune.registry import Registry, is_reference
@@ -219,6 +219,11 @@ class LatencyConfig(_Section):
         rounds: Timed rounds (the maximum when ``rel_ci`` is set).
         rel_ci: Stop early once the 95% confidence half-width relative to the median is at
             most this (null: always time ``rounds`` rounds).
+        backend_options: The backend's own settings by name, passed to it as keywords and
+            recorded with every result (``onnxruntime``: ``spinning``, ``graph_optimization``,
+            ``thread_pool``; ``openvino``: e.g. ``performance_hint``, ``precision``; ``torch``:
+            none). Names are checked against what the chosen backend accepts, values when the
+            backend is built (before any search starts). Empty: the backend's serving defaults.
         predictor: Removed: only ``table`` (what was always used) is still accepted, from
             older configs; it is not written back.
     """
@@ -229,6 +234,7 @@ class LatencyConfig(_Section):
     warmup: int = Field(LatencySettings.warmup, ge=0)
     rounds: int = Field(LatencySettings.rounds, ge=1)
     rel_ci: float | None = Field(LatencySettings.rel_ci, gt=0.0)
+    backend_options: dict[str, Any] | None = LatencySettings.backend_options
     predictor: str | None = Field(None, exclude=True)
 
     @field_validator("backend")
@@ -244,9 +250,19 @@ class LatencyConfig(_Section):
                                "reward is always measured; 'measured' was never implemented): delete latency.predictor")
         return None
 
+    @model_validator(mode="after")
+    def _known_backend_options(self) -> "LatencyConfig":
+        allowed = backend_option_names(self.backend)
+        unknown = [k for k in self.backend_options or {} if allowed is not None and k not in allowed]
+        if unknown:
+            raise _combination(
+                f"backend_options: backend {self.backend!r} has no option {unknown[0]!r}; allowed: {', '.join(allowed) or 'none'}"
+            )
+        return self
+
     def backend_info(self) -> dict[str, Any]:
-        """Where latency is measured (backend, batch size, threads): recorded with every found policy."""
-        return {"name": self.backend, "batch_size": self.batch_size, "threads": self.threads}
+        """Where latency is measured (backend, its options, batch size, threads): recorded with every found policy."""
+        return {"name": self.backend, "batch_size": self.batch_size, "threads": self.threads, "options": dict(self.backend_options or {})}
 
 
 class BudgetConfig(_Section):
@@ -407,11 +423,15 @@ class ExportConfig(_Section):
 
     Attributes:
         onnx: Also export and check an ONNX model (needs the ``onnx`` extra).
-        quantize: Also write a dynamically quantised ONNX model (implies ``onnx``).
+        quantize: Also write a static int8 ONNX model (QDQ, calibrated on training batches;
+            implies ``onnx``). ``run`` deploys it only when it measures faster than fp32 on ONNX
+            Runtime and its test accuracy is within ``int8_tolerance`` points of fp32.
+        int8_tolerance: Largest test-accuracy loss of int8 against fp32, in percentage points.
     """
 
     onnx: bool = False
     quantize: bool = False
+    int8_tolerance: float = Field(1.0, ge=0.0)
 
 
 with warnings.catch_warnings():

@@ -194,16 +194,29 @@ def quantize_onnx(src: str | Path, dst: str | Path, *, calibration: Iterable[np.
         ConfigError: the onnx extra is missing, ``src`` does not exist, or ``calibration`` is empty.
         ModelError: ONNX Runtime's quantiser fails on the model.
     """
-    onnx, _ = require_onnx("export.quantize")
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
+    require_onnx("export.quantize")
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise ConfigError(f"export.quantize: no ONNX file at {src}")
     batches = None if calibration is None else [np.ascontiguousarray(b, dtype=np.float32) for b in calibration]
     if batches is not None and not batches:
         raise ConfigError("export.quantize: calibration: expected at least one input batch, got none")
+    if shared_pool_threads() is None:
+        return _quantize(src, dst, batches, per_channel)
+    # ONNX Runtime's quantiser opens plain sessions, which fail once this process's shared
+    # thread pool exists (an ``onnxruntime`` latency backend made it): quantise in a fresh process.
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_quantize, src, dst, batches, per_channel).result()
+
+
+def _quantize(src: Path, dst: Path, batches: list[np.ndarray] | None, per_channel: bool) -> Path:
+    onnx, _ = require_onnx("export.quantize")
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     dst.parent.mkdir(parents=True, exist_ok=True)
     hint = logging.getLogger()  # the quantiser advises pre-processing on the root logger each call
     quiet = _DropMessage("Please consider to run pre-processing")
@@ -239,6 +252,31 @@ def quantize_onnx(src: str | Path, dst: str | Path, *, calibration: Iterable[np.
     return dst
 
 
+def onnx_predictions(path: str | Path, x: np.ndarray | torch.Tensor, *, batch_size: int = 256, threads: int | None = None) -> np.ndarray:
+    """Outputs of the ONNX file at ``path`` on ``x``, computed by ONNX Runtime in batches.
+
+    Args:
+        path: An ONNX file with one input (e.g. an fp32 or int8 artifact).
+        x: Inputs, shape ``(N, ...)`` float32.
+        batch_size: Rows per session call.
+        threads: Intra-op threads (None: ``torch.get_num_threads()``).
+
+    Returns:
+        The first output, shape ``(N, ...)`` (e.g. logits ``(N, classes)``).
+
+    Raises:
+        ConfigError: the onnx extra is missing or ``path`` does not exist.
+    """
+    _, onnxruntime = require_onnx("export.quantize")
+    if not Path(path).is_file():
+        raise ConfigError(f"export.quantize: no ONNX file at {path}")
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    session = ort_session(onnxruntime, path, threads or max(1, torch.get_num_threads()))
+    name = session.get_inputs()[0].name
+    outs = [session.run(None, {name: np.ascontiguousarray(arr[i : i + batch_size], dtype=np.float32)})[0] for i in range(0, len(arr), batch_size)]
+    return np.concatenate(outs) if outs else np.zeros((0,))
+
+
 class _DropMessage(logging.Filter):
     def __init__(self, prefix: str) -> None:
         super().__init__()
@@ -248,4 +286,4 @@ class _DropMessage(logging.Filter):
         return not str(record.msg).startswith(self.prefix)
 
 
-__all__ = ["ensure_shared_pool", "shared_pool_threads", "ONNX_EXTRA_HINT", "export_onnx", "quantize_onnx", "require_onnx", "as_args", "export_model", "ort_session"]
+__all__ = ["ensure_shared_pool", "shared_pool_threads", "ONNX_EXTRA_HINT", "export_onnx", "onnx_predictions", "quantize_onnx", "require_onnx", "as_args", "export_model", "ort_session"]

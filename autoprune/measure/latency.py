@@ -13,6 +13,7 @@ The latency lookup table that predicts latency without running a model lives in
 from __future__ import annotations
 
 import gc
+import inspect
 import io
 import logging
 import math
@@ -40,6 +41,29 @@ from autoprune.measure.backends import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def backend_option_names(name: str) -> tuple[str, ...] | None:
+    """The options (``latency.backend_options`` keys) the backend registered as ``name`` accepts.
+
+    Read from the signature of its factory, as :func:`get_backend` passes them (``threads`` is
+    a field of its own and not listed).
+
+    Returns:
+        The option names, or None when the factory takes any keyword (``**options``).
+
+    Raises:
+        ConfigError: unknown backend, or its optional extra is not installed (naming it).
+    """
+    factory = BACKENDS.get(name)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return ()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return tuple(k for k, p in params.items() if k != "threads" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
 
 @contextmanager
 def fixed_threads(n: int) -> Iterator[None]:
@@ -451,6 +475,7 @@ def model_size_bytes(model: nn.Module) -> int:
 
 
 __all__ = [
+    "backend_option_names",
     "BACKENDS",
     "CLOCKS",
     "ExampleInput",

@@ -30,7 +30,8 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Mapping
 
 import torch
 from torch import nn
@@ -41,6 +42,8 @@ from autoprune.objective.proxy import ProxySettings, accuracy, proxy_accuracy
 from autoprune.graph.importance import DEFAULT_IMPORTANCE
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.measure.table import LatencyTable
+from autoprune.measure.runtime_table import FittedLatencyTable
+from autoprune.objective.latency_model import backend_table, eager_table
 from autoprune.measure.latency import DEFAULT_THREADS, PairedTimer, count_macs_params
 from autoprune.graph.policy import Policy
 from autoprune.graph.surgery import apply_policy
@@ -128,6 +131,8 @@ class LatencySettings:
         rounds: Rounds of a paired measurement (the most, with ``rel_ci``).
         min_rounds: Rounds before ``rel_ci`` may stop early.
         rel_ci: Stop once the 95% CI half-width relative to the ratio is at most this.
+        backend_options: The backend's own settings (:func:`autoprune.measure.latency.get_backend`
+            keywords, e.g. ``{"spinning": True}`` for ``onnxruntime``); None or empty: its serving defaults.
     """
 
     backend: str = "torch"
@@ -137,6 +142,7 @@ class LatencySettings:
     rounds: int = 15
     min_rounds: int = 5
     rel_ci: float | None = 0.03
+    backend_options: Mapping[str, object] | None = None
 
 
 @dataclass
@@ -156,6 +162,7 @@ class Metrics:
         reward: See the module docstring.
         seconds: Time spent per step (prune, accuracy, latency, total).
         failed: The evaluation raised or produced NaN; ``error`` says why.
+        backend: The latency backend and its settings that timed it (:func:`settings_label`).
     """
 
     accuracy: float
@@ -173,12 +180,13 @@ class Metrics:
     seconds: dict[str, float] = field(default_factory=dict)
     failed: bool = False
     error: str | None = None
+    backend: str = ""
 
     def as_dict(self) -> dict[str, float | bool | str | None]:
         """Flat dict for CSV/MLflow."""
         d = {k: getattr(self, k) for k in (
             "accuracy", "latency_ratio", "latency_ms", "predicted_ratio", "macs", "params",
-            "macs_ratio", "params_ratio", "value", "feasible", "reward", "failed", "error",
+            "macs_ratio", "params_ratio", "value", "feasible", "reward", "failed", "error", "backend",
         )}
         d["latency_ci_low"], d["latency_ci_high"] = self.latency_ci
         d.update({f"seconds_{k}": v for k, v in self.seconds.items()})
@@ -200,8 +208,14 @@ class Metrics:
             macs_ratio=num("macs_ratio"), params_ratio=num("params_ratio"), value=num("value"),
             feasible=bool(d.get("feasible")), reward=num("reward"),
             seconds={k.removeprefix("seconds_"): float(v) for k, v in d.items() if k.startswith("seconds_") and v is not None},
-            failed=bool(d.get("failed")), error=d.get("error"),
+            failed=bool(d.get("failed")), error=d.get("error"), backend=str(d.get("backend") or ""),
         )
+
+
+def settings_label(settings: Mapping[str, object]) -> str:
+    """One line naming a backend and its settings, e.g. ``onnxruntime(threads=2, spinning=True, ...)``."""
+    rest = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "backend")
+    return f"{settings.get('backend', '?')}({rest})"
 
 
 def check_baseline_accuracy(val_accuracy: float, labels: torch.Tensor, model_name: str) -> None:
@@ -264,9 +278,15 @@ class PolicyEvaluator:
             refused, naming it (see :func:`check_baseline_accuracy`).
         check_cache: Folder caching check verdicts by model fingerprint ("auto":
             :func:`~autoprune.graph.check.default_cache_dir`; ``None``: no disk cache).
+        table_cache: Folder caching the per-backend latency tables of serving runtimes ("auto":
+            ``latency-tables`` beside the check cache; ``None``: calibrate every time, write nothing).
 
     Attributes:
         dense_ms: The dense model's latency in milliseconds per call at ``latency.batch_size``.
+        backend_settings: The latency backend's settings (:meth:`PairedTimer.settings`: name,
+            version, threads, spinning, ...), recorded with every result (``Metrics.backend``).
+        table_info: How the lookup table was made (``kind``: eager micro-benchmarks or fitted on
+            the backend; ``from_cache``).
         dense_macs, dense_params: MACs per input sample and parameters of the dense model.
         target: The budget target as a fraction of dense.
 
@@ -296,6 +316,7 @@ class PolicyEvaluator:
         check: bool = True,
         check_cache: str | None = "auto",
         baseline_name: str | None = None,
+        table_cache: str | Path | None = "auto",
     ) -> None:
         if not 0.0 < max_ratio < 1.0:
             raise ConfigError(f"pruning.max_ratio: {max_ratio!r} is out of range; allowed: 0 < max_ratio < 1")
@@ -319,7 +340,10 @@ class PolicyEvaluator:
         self.allow_drop = allow_drop and bool(self.graph.blocks)
         self.unit_names = self.graph.unit_names
         self.block_names = self.graph.block_names if self.allow_drop else []
-        self.timer = PairedTimer(self.model, self.example_input, backend=latency.backend, threads=latency.threads)
+        self.timer = PairedTimer(self.model, self.example_input, backend=latency.backend, threads=latency.threads,
+                                 backend_options=dict(latency.backend_options or {}))
+        self.backend_settings = self.timer.settings()
+        self.backend_label = settings_label(self.backend_settings)
         self.dense_ms = self.timer.reference_ms(repeats=30)
         self.dense_macs, self.dense_params = count_macs_params(self.model, data.example_input(1))
         self.dense_accuracy = accuracy(self.model, data.val.subset(proxy.val_samples))
@@ -332,7 +356,8 @@ class PolicyEvaluator:
             check_baseline_accuracy(self.dense_accuracy, data.val.subset(proxy.val_samples).y, baseline_name)
         self.target = budget.target_ratio(self.dense_ms)
         self._dense_specs = self.graph.specs_for({}, (), batch_size=latency.batch_size)
-        self.table = table or self._calibrate_table()
+        self.table_info: dict = {"kind": "given"}
+        self.table = table or self._calibrate_table(table_cache)
         self._cache: dict[tuple, Metrics] = {}
         self.history: list[Evaluation] = []
         self._batches_for_taylor = lambda: list(data.train.batches(64, shuffle=True, seed=seed))[:4]
@@ -342,44 +367,23 @@ class PolicyEvaluator:
         return self
 
     # ------------------------------------------------------------ prediction
-    def _calibrate_table(self, n_random: int = 8) -> LatencyTable:
-        """Fit the lookup table on dense, uniform and random pruned variants, measured paired.
-
-        Random variants (odd channel counts, random block drops) look like what searchers
-        propose, so the affine fit is not biased towards round uniform models.
-        """
-        import numpy as np
-
-        t0 = time.perf_counter()
-        table = LatencyTable(threads=self.latency.threads)
-        rng = np.random.default_rng(12345)
-        variants = [Policy(), Policy.uniform(self.unit_names, min(0.5, self.max_ratio))]
-        variants.append(Policy.uniform(self.unit_names, min(0.25, self.max_ratio), drop=self.block_names[::2]))
-        for _ in range(n_random):
-            ratios = {u: float(rng.uniform(0.0, self.max_ratio)) for u in self.unit_names}
-            drop = tuple(b for b in self.block_names if rng.random() < 0.25)
-            variants.append(Policy(ratios, drop))
-        samples, failures = [], []
-        for pol in variants:
-            specs = self.graph.specs_for(pol.ratios, pol.drop, round_to=self.round_to, batch_size=self.latency.batch_size)
-            if not pol.ratios and not pol.drop:
-                samples.append((specs, self.dense_ms))
-                continue
-            try:
-                pruned = apply_policy(self.model, pol, graph=self.graph, importance="l1", round_to=self.round_to)
-                ms = self.timer.ratio(pruned.eval(), rounds=10).ratio * self.dense_ms
-            except (PolicyError, KeyboardInterrupt):
-                raise
-            except Exception as e:  # noqa: BLE001 - one candidate failing must not end the job
-                failures.append(f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
-                log.warning("latency calibration: candidate %s failed (%s); skipped", pol.to_dict(), failures[-1])
-                continue
-            samples.append((specs, ms))
-        self.calibration_failures = failures
-        if len(samples) == 1 and len(variants) > 1:
-            raise ModelError(f"no pruned candidate of the model can be built: every calibration variant failed (first: {failures[0]})")
-        table.fit(samples)
-        log.info("latency table calibrated on %d models in %.1fs", len(samples), time.perf_counter() - t0)
+    def _calibrate_table(self, cache: str | Path | None) -> LatencyTable | FittedLatencyTable:
+        """The lookup table: eager micro-benchmarks on ``torch``, else fitted on the serving backend itself."""
+        if self.latency.backend == "torch":
+            table, self.calibration_failures = eager_table(
+                self.model, self.graph, self.timer, dense_ms=self.dense_ms, threads=self.latency.threads,
+                batch_size=self.latency.batch_size, max_ratio=self.max_ratio, round_to=self.round_to,
+                unit_names=self.unit_names, block_names=self.block_names,
+            )
+            self.table_info = {"kind": "eager micro-benchmarks"}
+            return table
+        self.calibration_failures = []
+        if cache == "auto":
+            cache = default_cache_dir().parent / "latency-tables"
+        table, self.table_info = backend_table(
+            self.model, self.graph, self.timer, batch_size=self.latency.batch_size, max_ratio=self.max_ratio,
+            round_to=self.round_to, cache_dir=cache,
+        )
         return table
 
     def _dense_output_finite(self) -> bool:
@@ -493,7 +497,7 @@ class PolicyEvaluator:
 
     def _failed(self, why: str) -> Metrics:
         nan = float("nan")
-        return Metrics(nan, nan, (nan, nan), nan, nan, 0, 0, nan, nan, nan, False, FAILED_REWARD, {}, True, why)
+        return Metrics(nan, nan, (nan, nan), nan, nan, 0, 0, nan, nan, nan, False, FAILED_REWARD, {}, True, why, self.backend_label)
 
     def _evaluate_uncached(self, policy: Policy) -> Metrics:
         t0 = time.perf_counter()
@@ -528,6 +532,7 @@ class PolicyEvaluator:
             feasible=value <= self.target,
             reward=self.reward(acc, value),
             seconds={"prune": t1 - t0, "accuracy": t2 - t1, "latency": t3 - t2, "other": t4 - t3, "total": t4 - t0},
+            backend=self.backend_label,
         )
 
     # ---------------------------------------------------------------- results

@@ -267,6 +267,17 @@ class Tracker:
         if batch:
             self.client.log_batch(run_id, metrics=batch)
 
+    def log_backend(self, settings: Mapping[str, Any]) -> None:
+        """Tag the run with the latency backend's settings (``backend.threads``, ``backend.spinning``, ...).
+
+        Args:
+            settings: :meth:`autoprune.measure.latency.PairedTimer.settings` of the search's timer.
+        """
+        run_id = self._require_run()
+        tags = [RunTag(f"backend.{k}", str(v)[:MAX_TAG_VAL_LENGTH]) for k, v in settings.items()]
+        if tags:
+            self.client.log_batch(run_id, tags=tags)
+
     def log_dense(self, metrics: Mapping[str, Any]) -> None:
         """Metrics of the unpruned model, as ``dense_<name>``."""
         self.log_metrics(metrics, prefix="dense_")

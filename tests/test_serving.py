@@ -1,0 +1,183 @@
+"""Search, measure and report on the serving runtime: the wiring of the latency backends.
+
+Behaviour only, never timings: the config's backend options reach the backend, the evaluator
+predicts with the table fitted on that backend (cached on disk), and every result names the
+backend settings that timed it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from autoprune.config import load_config
+from autoprune.config.settings import latency_settings
+from autoprune.errors import ConfigError
+from autoprune.graph.policy import Policy
+from autoprune.measure.runtime_table import FittedLatencyTable
+from autoprune.measure.table import LatencyTable
+from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator
+from autoprune.objective.proxy import ProxySettings
+from autoprune.training.baseline import TrainSettings, train_model
+
+DEMO = "experiments/configs/demo.yaml"
+#: The shared ONNX Runtime pool is permanent for a process; tests use per-session pools.
+PER_SESSION = {"thread_pool": "per-session"}
+
+
+def test_backend_options_reach_latency_settings_from_the_config() -> None:
+    cfg = load_config(DEMO, ["latency.backend=onnxruntime", "latency.backend_options={spinning: true, graph_optimization: basic}"])
+    settings = latency_settings(cfg)
+    assert settings.backend == "onnxruntime"
+    assert dict(settings.backend_options) == {"spinning": True, "graph_optimization": "basic"}
+    assert cfg.flat()["latency.backend_options.graph_optimization"] == "basic"  # MLflow params
+
+
+def test_an_option_the_backend_does_not_take_is_one_line_naming_it_and_the_allowed_ones() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(DEMO, ["latency.backend=onnxruntime", "latency.backend_options={spin: true}"])
+    msg = str(e.value)
+    assert "\n" not in msg and "'spin'" in msg and "spinning" in msg and "graph_optimization" in msg
+    with pytest.raises(ConfigError, match="backend 'torch' has no option 'spinning'; allowed: none"):
+        load_config(DEMO, ["latency.backend=torch", "latency.backend_options={spinning: true}"])
+
+
+def test_default_backend_options_are_none_the_backends_serving_defaults() -> None:
+    cfg = load_config(DEMO, ["latency.backend=torch"])
+    assert cfg.latency.backend_options is None and LatencySettings().backend_options is None
+
+
+@pytest.fixture(scope="module")
+def mlp(digits, make_model) -> torch.nn.Module:
+    model = make_model("mlp")
+    train_model(model, digits, TrainSettings(epochs=2, batch_size=64, lr=0.05, augment=False), progress=False)
+    return model.eval()
+
+
+def _evaluator(model, digits, backend: str, cache, **options) -> PolicyEvaluator:
+    latency = LatencySettings(backend=backend, rounds=3, min_rounds=2, threads=1, backend_options=options)
+    return PolicyEvaluator(model, digits, budget=Budget(metric="macs", target=0.6), proxy=ProxySettings(bn_batches=2, val_samples=200),
+                           latency=latency, check=False, table_cache=cache)
+
+
+def test_a_serving_backend_search_predicts_with_its_own_fitted_table_cached_on_disk(mlp, digits, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    first = _evaluator(mlp, digits, "onnxruntime", tmp_path, **PER_SESSION)
+    assert isinstance(first.table, FittedLatencyTable)
+    assert first.table_info["kind"] == "fitted" and first.table_info["from_cache"] is False
+    assert first.backend_settings["backend"] == "onnxruntime" and first.backend_settings["thread_pool"] == "per-session"
+    assert first.table.key["backend"]["backend"] == "onnxruntime"
+    assert list(tmp_path.glob("onnxruntime-*.json"))
+    half = {u: 0.5 for u in first.unit_names}
+    assert 0 < first.predicted_ratio(half) < 1.0
+
+    second = _evaluator(mlp, digits, "onnxruntime", tmp_path, **PER_SESSION)
+    assert second.table_info["from_cache"] is True
+    assert second.predicted_ratio(half) == pytest.approx(first.predicted_ratio(half))
+
+    m = first.evaluate(Policy.uniform(first.unit_names, 0.5))
+    assert not m.failed
+    assert m.backend.startswith("onnxruntime(") and "thread_pool=per-session" in m.backend and "threads=1" in m.backend
+    assert m.as_dict()["backend"] == m.backend
+    assert first.history[-1].metrics.backend == m.backend
+
+
+def test_eager_search_keeps_the_micro_benchmark_table_and_records_torch(mlp, digits, tmp_path) -> None:
+    ev = _evaluator(mlp, digits, "torch", tmp_path)
+    assert isinstance(ev.table, LatencyTable) and ev.table_info["kind"] == "eager micro-benchmarks"
+    assert not list(tmp_path.iterdir())  # nothing cached for eager
+    m = ev.evaluate(Policy.uniform(ev.unit_names, 0.3))
+    assert m.backend.startswith("torch(") and "threads=1" in m.backend
+
+
+def test_bad_backend_option_value_fails_before_any_search(mlp, digits, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(ConfigError, match="graph_optimization"):
+        _evaluator(mlp, digits, "onnxruntime", tmp_path, graph_optimization="max", **PER_SESSION)
+
+
+def test_run_on_onnxruntime_reports_both_runtimes_the_total_speedup_and_the_int8_decision(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("onnxruntime")
+    import mlflow
+    from rich.console import Console
+
+    from autoprune.app.pipeline import run_experiment
+    from autoprune.app.tables import run_tables
+    from autoprune.config.loading import parse_config
+
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
+    cfg = parse_config({
+        "name": "serving", "output_dir": str(tmp_path / "out"), "seed": 0,
+        "model": {"name": "mlp", "checkpoint": None}, "data": {"name": "digits"},
+        "train": {"epochs": 3, "batch_size": 64, "lr": 0.05, "augment": False},
+        "budget": {"metric": "macs", "target": 0.6},
+        "latency": {"threads": 1, "rounds": 3, "backend": "onnxruntime", "backend_options": PER_SESSION},
+        "proxy": {"bn_batches": 2, "val_samples": 200},
+        "search": {"searcher": "optuna", "episodes": 3},
+        "finetune": {"epochs": 1, "lr": 0.01},
+        "export": {"quantize": True, "int8_tolerance": 1.0},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "register": False},
+    })
+    res = run_experiment(cfg, progress=False)
+    r = res.report
+    assert r["backend"] == "onnxruntime" and res.pruned.backend == "onnxruntime"
+    assert r["backend_settings"]["thread_pool"] == "per-session"
+    for key in ("dense_latency_ms", "pruned_latency_ms", "dense_eager_latency_ms", "pruned_eager_latency_ms", "deployed_latency_ms"):
+        assert r[key] > 0, key
+    assert r["speedup"] == pytest.approx(r["dense_latency_ms"] / r["pruned_latency_ms"])
+    assert r["eager_speedup"] == pytest.approx(r["dense_eager_latency_ms"] / r["pruned_eager_latency_ms"])
+    assert r["total_speedup"] == pytest.approx(r["dense_eager_latency_ms"] / r["deployed_latency_ms"])
+    # int8 is deployed exactly when it measured faster and within the tolerance, and the report says which
+    should_keep = r["int8_speed_ratio"] < 1.0 and r["int8_accuracy_drop_points"] <= 1.0
+    assert r["int8_kept"] is should_keep
+    assert r["int8_decision"].startswith("int8 deployed" if should_keep else "fp32 kept")
+    assert ("int8" in r["deployed_artifact"]) is should_keep
+    assert (tmp_path / "out" / "serving" / "model.int8.onnx").is_file() or any((tmp_path / "out").rglob("model.int8.onnx"))
+
+    policy = json.loads(next((tmp_path / "out").rglob("policy.json")).read_text())
+    assert policy["backend"]["name"] == "onnxruntime" and policy["backend"]["settings"]["thread_pool"] == "per-session"
+    assert policy["backend"]["options"] == PER_SESSION
+    assert policy["metrics"]["backend"].startswith("onnxruntime(")
+
+    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(res.run_id)
+    assert run.data.tags["backend.thread_pool"] == "per-session" and run.data.tags["backend.backend"] == "onnxruntime"
+    assert run.data.params["latency.backend_options.thread_pool"] == "per-session"
+    assert {"final_total_speedup", "final_eager_speedup", "final_pruned_eager_latency_ms"} <= set(run.data.metrics)
+
+    console = Console(width=200, record=True)
+    for item in run_tables(res):
+        console.print(item)
+    text = console.export_text()
+    assert "latency ms on onnxruntime" in text and "latency ms on torch eager" in text
+    assert "total: dense eager PyTorch" in text and r["int8_decision"][:20] in text
+
+
+_INT8_AFTER_SHARED_POOL = """
+import numpy as np, torch
+from autoprune.formats.onnx import export_model, quantize_onnx, onnx_predictions, shared_pool_threads
+from autoprune.measure.latency import get_backend
+get_backend("onnxruntime", threads=1)  # the process-wide pool, as a search on onnxruntime makes it
+assert shared_pool_threads() == 1
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 3)).eval()
+export_model(net, (torch.randn(1, 1, 8, 8),), "m.onnx", None)
+batches = [np.random.default_rng(i).standard_normal((4, 1, 8, 8)).astype(np.float32) for i in range(3)]
+quantize_onnx("m.onnx", "m.int8.onnx", calibration=batches)
+print(onnx_predictions("m.int8.onnx", batches[0]).shape)
+"""
+
+
+def test_static_int8_works_after_the_shared_onnxruntime_pool_exists(tmp_path) -> None:
+    """A search on onnxruntime makes ONNX Runtime's permanent shared pool; the quantiser's own sessions must still open."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    done = subprocess.run([sys.executable, "-c", _INT8_AFTER_SHARED_POOL], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("(4, 3)")
+    assert (tmp_path / "m.int8.onnx").is_file()
