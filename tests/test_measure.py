@@ -78,7 +78,7 @@ def test_fixed_threads_restores_previous_count() -> None:
 
 def test_ratio_of_model_to_itself_is_near_one(resnet20: nn.Module, mnist_batch: torch.Tensor) -> None:
     stats = measure_latency_ratio(resnet20, resnet20, mnist_batch, threads=THREADS, warmup=3, rounds=11)
-    assert 0.8 <= stats.ratio <= 1.25
+    assert 0.67 <= stats.ratio <= 1.5  # no gross bias (timing one model twice would give 2 or 0.5); loose: shared machines
     assert stats.ci_low <= stats.ratio <= stats.ci_high
     assert stats.ci_low <= 1.1 and stats.ci_high >= 0.9
     assert stats.rounds == 11

@@ -158,7 +158,7 @@ _INT8_AFTER_SHARED_POOL = """
 import numpy as np, torch
 from autoprune.formats.onnx import export_model, quantize_onnx, onnx_predictions, shared_pool_threads
 from autoprune.measure.latency import get_backend
-get_backend("onnxruntime", threads=1)  # the process-wide pool, as a search on onnxruntime makes it
+get_backend("onnxruntime", threads=1, thread_pool="shared")  # the process-wide pool, as a search with thread_pool shared makes it
 assert shared_pool_threads() == 1
 torch.manual_seed(0)
 net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 3)).eval()
@@ -170,7 +170,7 @@ print(onnx_predictions("m.int8.onnx", batches[0]).shape)
 
 
 def test_static_int8_works_after_the_shared_onnxruntime_pool_exists(tmp_path) -> None:
-    """A search on onnxruntime makes ONNX Runtime's permanent shared pool; the quantiser's own sessions must still open."""
+    """A search with thread_pool shared makes ONNX Runtime's permanent shared pool; the quantiser's own sessions must still open."""
     import os
     import subprocess
     import sys
