@@ -27,12 +27,9 @@ def header(title: str, threads: int | None = None) -> str:
     import torch
 
     cmd = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from autoprune.measure.runtime_table import machine_id
+
+    cpu = machine_id()["cpu"]
     libs = ", ".join(f"{n} {_version(n)}" for n in LIBS)
     return (
         f"# {title}\n\n"
