@@ -12,6 +12,8 @@ from autoprune.config.loading import load_config, parse_config
 from autoprune.config.settings import library_settings
 from autoprune.errors import AutopruneError, ConfigError
 
+DEMO = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "demo.yaml"
+
 
 def write(tmp_path: Path, text: str, name: str = "experiment.yaml") -> Path:
     path = tmp_path / name
@@ -43,7 +45,7 @@ def test_minimal_config_gets_every_default(tmp_path):
     assert (cfg.budget.metric, cfg.budget.target, cfg.budget.target_ms) == ("latency", 0.5, None)
     assert (cfg.reward.kind, cfg.reward.penalty, cfg.reward.exponent) == ("hard", 2.0, -0.07)
     pr = cfg.pruning
-    assert (pr.importance, pr.round_to, pr.max_ratio, pr.drop_blocks, pr.iterative_steps) == ("l1", None, 0.8, True, 1)
+    assert (pr.importance, pr.round_to, pr.max_ratio, pr.drop_blocks, pr.iterative_steps) == ("l1", "auto", 0.8, True, 1)
     s = cfg.search
     assert (s.searcher, s.episodes, s.sampler, s.storage, s.study, s.workers, s.params) == ("optuna", 150, "tpe", None, None, 1, {})
     ft = cfg.finetune
@@ -250,3 +252,18 @@ def test_parse_config_does_not_modify_its_input():
     cfg = parse_config(data, overrides=["model.ignore=[fc]"])
     assert cfg.model.ignore == ["fc"] and data == {"model": {"name": "mlp"}}
     assert isinstance(cfg, ExperimentConfig)
+
+
+def test_round_to_auto_resolves_to_the_serving_runtimes_simd_block_and_to_none_on_eager():
+    from autoprune.config.settings import evaluator_options
+    from autoprune.measure.backends import simd_channel_block
+
+    def resolved(*overrides: str) -> int | None:
+        return evaluator_options(load_config(DEMO, list(overrides)))["round_to"]
+
+    assert simd_channel_block() in (8, 16)
+    assert resolved("latency.backend=onnxruntime") == simd_channel_block()
+    assert resolved("latency.backend=openvino") == simd_channel_block()
+    assert resolved("latency.backend=torch") is None
+    assert resolved("latency.backend=onnxruntime", "pruning.round_to=4") == 4
+    assert resolved("latency.backend=onnxruntime", "pruning.round_to=null") is None

@@ -31,7 +31,7 @@ from autoprune.app.uris import load_policy, locate_bundle
 from autoprune.config.machine import fit_to_machine
 from autoprune.config.loading import load_config, parse_config
 from autoprune.config.schema import ExperimentConfig, check_data_name, check_model_name
-from autoprune.config.settings import proxy_settings
+from autoprune.config.settings import proxy_settings, round_to as settings_round_to
 from autoprune.errors import ConfigError
 from autoprune.paths import writable_file, write_json_atomic
 from autoprune.search import SearchResult
@@ -172,7 +172,7 @@ def estimate_uniform(
     baseline = load_baseline(cfg, progress=progress)
     bs = batch_size or cfg.latency.batch_size
     rows = estimate(baseline, values, batch_size=bs, threads=cfg.latency.threads, proxy=proxy_settings(cfg),
-                    importance=cfg.pruning.importance, round_to=cfg.pruning.round_to, ignored=tuple(cfg.model.ignore))
+                    importance=cfg.pruning.importance, round_to=settings_round_to(cfg), ignored=tuple(cfg.model.ignore))
     return EstimateReport(cfg, baseline.data.name, bs, rows)
 
 

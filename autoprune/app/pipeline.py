@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from torch import nn
 
 from autoprune.config.schema import ExperimentConfig
-from autoprune.config.settings import finetune_settings, recover_settings
+from autoprune.config.settings import finetune_settings, recover_settings, round_to as settings_round_to
 from autoprune.objective.proxy import recalibrate_bn, split_metrics
 from autoprune.app.experiment import Baseline, SearchRun, experiment_dir, load_baseline, run_search, sized_for_workers
 from autoprune.formats.onnx import export_onnx, onnx_predictions, quantize_onnx
@@ -47,12 +47,12 @@ def apply_best(cfg: ExperimentConfig, baseline: Baseline, policy: Policy, graph:
         pruned = apply_iteratively(
             baseline.model, policy, example_input=baseline.data.example_input(1), steps=p.iterative_steps,
             recover=lambda m: finetune(m, baseline.data, recover, progress=False),
-            importance=p.importance, round_to=p.round_to,
+            importance=p.importance, round_to=settings_round_to(cfg),
         )
     else:
         pruned = apply_policy(
             baseline.model, policy, graph=graph, example_input=baseline.data.example_input(1),
-            importance=p.importance, round_to=p.round_to,
+            importance=p.importance, round_to=settings_round_to(cfg),
         )
     recalibrate_bn(pruned, baseline.data.train, batches=cfg.proxy.bn_batches, batch_size=cfg.proxy.bn_batch_size, seed=cfg.seed)
     return pruned.eval()

@@ -326,14 +326,25 @@ class PruningConfig(_Section):
         importance: Channel ranking, a criterion in :data:`autoprune.graph.importance.IMPORTANCES`
             (``l1``, ``l2``, ``taylor``, ``bn_scale``) or a ``"package.module:Class"``
             Torch-Pruning importance (``__call__(group)`` -> 1-D tensor of per-channel scores).
-        round_to: Keep channel counts at multiples of this (null: no rounding).
+        round_to: Keep channel counts at multiples of this (null: no rounding). ``auto``
+            (default): the multiple the latency backend runs fastest with
+            (:func:`autoprune.measure.backends.channel_multiple`): the CPU's SIMD block (8 with
+            AVX2, 16 with AVX-512) on ``onnxruntime`` and ``openvino``, whose blocked layouts pad
+            other counts; no rounding on eager ``torch``.
         max_ratio: Largest ratio any unit may be pruned by, in (0, 1).
         drop_blocks: Allow removing whole residual blocks.
         iterative_steps: Reach the policy in this many prune-recover stages.
     """
 
     importance: str = DEFAULT_IMPORTANCE
-    round_to: int | None = Field(None, ge=1)
+    round_to: int | Literal["auto"] | None = "auto"
+
+    @field_validator("round_to", mode="before")
+    @classmethod
+    def _round_to_allowed(cls, v: Any) -> Any:
+        if v is None or v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError(f"{v!r} is not allowed; allowed: an integer >= 1, 'auto' or null")
     max_ratio: float = Field(DEFAULT_MAX_RATIO, gt=0.0, lt=1.0)
     drop_blocks: bool = True
     iterative_steps: int = Field(1, ge=1)

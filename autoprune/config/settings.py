@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from autoprune.config.schema import ExperimentConfig
+from autoprune.measure.backends import channel_multiple
 from autoprune.objective.evaluator import Budget, LatencySettings, Reward
 from autoprune.objective.proxy import ProxySettings
 from autoprune.training.baseline import TrainSettings
@@ -72,6 +73,16 @@ def recover_settings(cfg: ExperimentConfig) -> FinetuneSettings:
     return FinetuneSettings(epochs=RECOVER_EPOCHS, lr=cfg.finetune.lr, seed=cfg.seed)
 
 
+def round_to(cfg: ExperimentConfig) -> int | None:
+    """The channel multiple of surgery: ``pruning.round_to``, with ``auto`` resolved for ``latency.backend``.
+
+    Raises:
+        ConfigError: an unknown backend (``auto`` asks it for its multiple).
+    """
+    value = cfg.pruning.round_to
+    return channel_multiple(cfg.latency.backend) if value == "auto" else value
+
+
 def evaluator_options(cfg: ExperimentConfig) -> dict[str, Any]:
     """Keyword arguments of :class:`~autoprune.objective.evaluator.PolicyEvaluator` after the model and data."""
     p = cfg.pruning
@@ -81,7 +92,7 @@ def evaluator_options(cfg: ExperimentConfig) -> dict[str, Any]:
         "proxy": proxy_settings(cfg),
         "latency": latency_settings(cfg),
         "importance": p.importance,
-        "round_to": p.round_to,
+        "round_to": round_to(cfg),
         "max_ratio": p.max_ratio,
         "allow_drop": p.drop_blocks,
         "ignored": tuple(cfg.model.ignore),

@@ -142,6 +142,36 @@ def get_backend(name: str | LatencyBackend, *, threads: int | None = None, **opt
     return factory(**kwargs)
 
 
+def simd_channel_block() -> int:
+    """Channels per SIMD block in the blocked layouts of CPU runtimes on this machine: 16 with AVX-512, else 8.
+
+    ONNX Runtime's MLAS (NCHWc) and OpenVINO's oneDNN (nChw8c / nChw16c) reorder convolution
+    tensors into blocks of this many channels; a channel count that is not a multiple of it
+    is padded and reordered at run time, which can make a *pruned* layer slower than the dense
+    one (see ``experiments/results/runtimes.md``).
+    """
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return 16 if " avx512f" in flags else 8
+
+
+def channel_multiple(name: str | LatencyBackend) -> int | None:
+    """The channel multiple a backend runs fastest with (``pruning.round_to: auto``), or None for no rounding.
+
+    A backend (class or instance) states it by a ``channel_multiple()`` method; eager PyTorch
+    does not (its batch-1 latency is per-module overhead, not layout).
+
+    Raises:
+        ConfigError: an unknown backend name.
+    """
+    found = BACKENDS.get(name) if isinstance(name, str) else name
+    method = getattr(found, "channel_multiple", None)
+    return int(method()) if callable(method) else None
+
+
 def backend_settings(backend: LatencyBackend) -> dict[str, object]:
     """The settings a result measured on ``backend`` is recorded with (at least its name).
 
@@ -152,4 +182,4 @@ def backend_settings(backend: LatencyBackend) -> dict[str, object]:
     return {"backend": getattr(backend, "name", type(backend).__name__), **found}
 
 
-__all__ = ["BACKENDS", "LatencyBackend", "Runner", "TorchEagerBackend", "backend_settings", "get_backend", "register_backend"]
+__all__ = ["BACKENDS", "LatencyBackend", "Runner", "TorchEagerBackend", "backend_settings", "channel_multiple", "get_backend", "register_backend", "simd_channel_block"]

@@ -67,6 +67,13 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
+    @staticmethod
+    def channel_multiple() -> int:
+        """Channel counts run fastest in multiples of the CPU's SIMD block (:func:`~autoprune.measure.backends.simd_channel_block`)."""
+        from autoprune.measure.backends import simd_channel_block
+
+        return simd_channel_block()
+
     def __init__(
         self,
         threads: int | None = None,

@@ -55,6 +55,13 @@ class OpenVinoBackend:
 
     name = "openvino"
 
+    @staticmethod
+    def channel_multiple() -> int:
+        """Channel counts run fastest in multiples of the CPU's SIMD block (:func:`~autoprune.measure.backends.simd_channel_block`)."""
+        from autoprune.measure.backends import simd_channel_block
+
+        return simd_channel_block()
+
     def __init__(self, threads: int | None = None, *, performance_hint: str = "LATENCY", precision: str = "f32") -> None:
         self._ov = require_openvino("latency.backend 'openvino'")
         try:
