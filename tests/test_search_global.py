@@ -44,7 +44,8 @@ def test_global_refines_on_measured_latency_within_max_evals(resnet_evaluator):
     # blocks only when this machine's table says every unit at max_ratio misses 0.7
     drop = ev.drops_to_reach()
     assert all(e.policy.drop == drop for e in result.history) and result.extras["drop"] == list(drop)
-    assert all(len(set(e.policy.ratios.values())) > 1 for e in result.history)
+    # the first evaluation is the global ratio bisected on the table's prediction: ranked across units
+    assert len(set(result.history[0].policy.ratios.values())) > 1
 
 
 def torch_pruning_global_counts(model, example, ratio, ignored, p):
