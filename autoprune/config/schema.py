@@ -361,7 +361,7 @@ class SearchConfig(_Section):
     Attributes:
         searcher: A searcher in :data:`autoprune.search.SEARCHERS`: ``ppo`` (agent over the
             layer-pruning env), ``optuna`` (ratios sampled directly), ``ddpg`` (AMC-style), the
-            baselines ``random``, ``uniform``, ``sensitivity``; or a ``"package.module:Class"``
+            baselines ``random``, ``uniform``, ``global``, ``sensitivity``; or a ``"package.module:Class"``
             :class:`~autoprune.search.Searcher` subclass.
         episodes: Policies evaluated (episodes for agents, trials for Optuna).
         sampler: Optuna sampler (``searcher: optuna`` only), in

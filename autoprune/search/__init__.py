@@ -18,6 +18,7 @@ SEARCHERS: Registry[Callable[..., Searcher]] = Registry(
         "ddpg": "autoprune.search.ddpg:DDPGSearcher",
         "random": "autoprune.search.baselines:RandomSearcher",
         "uniform": "autoprune.search.baselines:UniformSearcher",
+        "global": "autoprune.search.global_pruning:GlobalSearcher",
         "sensitivity": "autoprune.search.baselines:SensitivitySearcher",
     },
 )

@@ -7,12 +7,14 @@
   Filters for Efficient ConvNets", https://arxiv.org/abs/1608.08710).
 
 Budgets are met with the evaluator's cheap prediction; measured evaluations are the episodes.
+:func:`bisect_knob` sets the one knob of a family of policies (uniform's ratio, the ``global``
+searcher's global ratio) to just meet the budget, predicted then measured.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -87,8 +89,104 @@ class RandomSearcher(Searcher):
             self.evaluate(policy)
 
 
+def refine_params(params: dict[str, Any]) -> tuple[float, int]:
+    """The ``tolerance`` and ``max_evals`` hyper-parameters of a one-knob searcher, checked.
+
+    Raises:
+        ConfigError: ``tolerance`` is not a number >= 0 or ``max_evals`` not an integer >= 1.
+    """
+    tol, max_evals = params["tolerance"], params["max_evals"]
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0:
+        raise ConfigError(f"search.params.tolerance: {tol!r} is not allowed; allowed: a number >= 0")
+    if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 1:
+        raise ConfigError(f"search.params.max_evals: {max_evals!r} is not allowed; allowed: an integer >= 1")
+    return float(tol), max_evals
+
+
+def bisect_knob(
+    searcher: Searcher,
+    evaluator: PolicyEvaluator,
+    family: Callable[[float, tuple[str, ...]], Policy],
+    top: float,
+    n_episodes: int,
+) -> tuple[float, tuple[str, ...]]:
+    """Set the one knob of a family of policies so that it just meets the budget: predicted, then measured.
+
+    ``family(x, drop)`` is the policy at knob ``x`` in ``[0, top]`` (more pruning as ``x`` grows;
+    ``family(top, drop)`` is every unit at ``max_ratio``). No block is dropped unless even ``top``
+    misses the predicted target; then the fewest blocks that make it reachable are
+    (:meth:`PolicyEvaluator.drops_to_reach`). The knob is bisected on the predicted budget metric,
+    then refined on the measured one (each measurement an episode of ``searcher``) until it is
+    within ``tolerance`` below the target, in at most ``max_evals`` (and ``n_episodes``)
+    evaluations. With a MAC budget the prediction is exact and one evaluation suffices.
+
+    Args:
+        searcher: Evaluates the policies (its ``tolerance`` and ``max_evals`` params are used).
+        evaluator: The shared evaluator.
+        family: Policy at a knob value and a set of dropped blocks.
+        top: Largest knob value.
+        n_episodes: Episodes available.
+
+    Returns:
+        ``(knob, drop)``: the largest-scoring feasible knob found (else the last one tried) and
+        the dropped blocks (``()`` when channels alone reach the target).
+
+    Raises:
+        ConfigError: bad ``tolerance`` or ``max_evals``.
+    """
+    tol, max_evals = refine_params(searcher.params)
+    target, limit = evaluator.target, min(n_episodes, max_evals)
+
+    # () when channels alone can reach the target, else the fewest blocks that make it reachable
+    reachable = evaluator.drops_to_reach()
+    if reachable is None:
+        log.warning("%s: even every unit at %.2f misses the target %.3f and no blocks can be dropped", searcher.name, evaluator.max_ratio, target)
+        searcher.evaluate(family(top, ()))
+        return top, ()
+    drop: tuple[str, ...] = reachable
+    if drop:
+        log.info("%s: every unit at %.2f misses the target %.3f; dropping %d block(s): %s",
+                 searcher.name, evaluator.max_ratio, target, len(drop), list(drop))
+
+    def predicted(x: float) -> float:
+        p = family(x, drop)
+        return evaluator.predicted_value(p.ratios, p.drop)
+
+    lo, hi = 0.0, top
+    if predicted(0.0) > target:
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if predicted(mid) <= target else (mid, hi)
+    else:
+        hi = 0.0
+    exact = evaluator.budget.metric == "macs"
+    knob, step = hi, 0.05
+    feasible_at: float | None = None
+    infeasible_at: float | None = None
+    for _ in range(limit):
+        m = searcher.evaluate(family(knob, drop))
+        if not m.failed and m.feasible:
+            feasible_at = knob
+            if exact or target - m.value <= tol:
+                break
+        else:
+            infeasible_at = knob
+        if infeasible_at is None:
+            knob = max(0.0, knob - step)
+        elif feasible_at is None:
+            knob = min(top, knob + step)
+        else:
+            knob = (infeasible_at + feasible_at) / 2
+        step *= 2
+        if knob in (feasible_at, infeasible_at) or (
+            feasible_at is not None and infeasible_at is not None and abs(feasible_at - infeasible_at) < 1e-3
+        ):
+            break
+    return (feasible_at if feasible_at is not None else knob), drop
+
+
 class UniformSearcher(Searcher):
-    """One ratio for every unit, set to just meet the budget.
+    """One ratio for every unit, set to just meet the budget (:func:`bisect_knob`).
 
     No block is dropped unless even ``max_ratio`` everywhere misses the target; then the
     fewest blocks that make it reachable are dropped (:meth:`PolicyEvaluator.drops_to_reach`).
@@ -106,58 +204,9 @@ class UniformSearcher(Searcher):
     defaults = {"tolerance": 0.01, "max_evals": 8}
 
     def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
-        units, target, top = evaluator.unit_names, evaluator.target, evaluator.max_ratio
-        tol, max_evals = self.params["tolerance"], self.params["max_evals"]
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0:
-            raise ConfigError(f"search.params.tolerance: {tol!r} is not allowed; allowed: a number >= 0")
-        if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 1:
-            raise ConfigError(f"search.params.max_evals: {max_evals!r} is not allowed; allowed: an integer >= 1")
-        limit = min(n_episodes, max_evals)
-
-        # () when channels alone can reach the target, else the fewest blocks that make it reachable
-        reachable = evaluator.drops_to_reach()
-        if reachable is None:
-            log.warning("uniform: even ratio %.2f everywhere misses the target %.3f and no blocks can be dropped", top, target)
-            self.evaluate(Policy.uniform(units, top))
-            return {"ratio": top, "drop": []}
-        drop: tuple[str, ...] = reachable
-        if drop:
-            log.info("uniform: ratio %.2f everywhere misses the target %.3f; dropping %d block(s): %s", top, target, len(drop), list(drop))
-
-        def predicted(r: float) -> float:
-            return evaluator.predicted_value({u: r for u in units}, drop)
-
-        lo, hi = 0.0, top
-        if predicted(0.0) > target:
-            for _ in range(20):
-                mid = (lo + hi) / 2
-                lo, hi = (lo, mid) if predicted(mid) <= target else (mid, hi)
-        else:
-            hi = 0.0
-        exact = evaluator.budget.metric == "macs"
-        ratio, step = hi, 0.05
-        feasible_at: float | None = None
-        infeasible_at: float | None = None
-        for _ in range(limit):
-            m = self.evaluate(Policy.uniform(units, ratio, drop=drop))
-            if not m.failed and m.feasible:
-                feasible_at = ratio
-                if exact or target - m.value <= tol:
-                    break
-            else:
-                infeasible_at = ratio
-            if infeasible_at is None:
-                ratio = max(0.0, ratio - step)
-            elif feasible_at is None:
-                ratio = min(top, ratio + step)
-            else:
-                ratio = (infeasible_at + feasible_at) / 2
-            step *= 2
-            if ratio in (feasible_at, infeasible_at) or (
-                feasible_at is not None and infeasible_at is not None and abs(feasible_at - infeasible_at) < 1e-3
-            ):
-                break
-        return {"ratio": feasible_at if feasible_at is not None else ratio, "drop": list(drop)}
+        units = evaluator.unit_names
+        ratio, drop = bisect_knob(self, evaluator, lambda r, d: Policy.uniform(units, r, drop=d), evaluator.max_ratio, n_episodes)
+        return {"ratio": ratio, "drop": list(drop)}
 
 
 class SensitivitySearcher(Searcher):
