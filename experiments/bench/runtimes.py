@@ -5,6 +5,7 @@ variant (uniform 0.5 channels, blocks 2, 5, 8 dropped). Writes ``experiments/res
 
     python experiments/bench/runtimes.py [--repeats 8] [--sections paired,table] [--batches 1,32] [--threads 2]
         [--backends torch,onnxruntime,openvino] [--calibration 24] [--test-policies 20] [--append]
+    python experiments/bench/runtimes.py --sections rows [--settings resnet20:1:onnxruntime,...] [--episodes 40] [--epochs 1]
 """
 
 from __future__ import annotations
@@ -116,9 +117,14 @@ TABLE_BACKENDS = [
 
 
 def table_section(batches: list[int], n_test: int, n_random: int) -> str:
-    """Fitted per-backend tables: calibration cost, cache reuse, prediction error on random policies."""
+    """Fitted per-backend tables: calibration cost, cache reuse, prediction error on random policies.
+
+    On the serving runtimes, once with free channel counts and once rounded to the backend's
+    channel multiple (``pruning.round_to: auto``, what a search there uses).
+    """
     import tempfile
 
+    from autoprune.measure.backends import channel_multiple
     from autoprune.measure.runtime_table import calibrate_on_backend, calibration_policies
 
     dense, _, graph = models()
@@ -130,33 +136,41 @@ def table_section(batches: list[int], n_test: int, n_random: int) -> str:
                 continue
             timer = PairedTimer(dense, x, backend=name, threads=THREADS, backend_options=options)
             clock = {"clock": "thread"} if getattr(timer.backend, "runs_on_calling_thread", False) else {}
-            with tempfile.TemporaryDirectory() as cache:
-                t0 = time.perf_counter()
-                fitted, cached = calibrate_on_backend(dense, graph, timer, batch_size=batch, n_random=n_random, cache_dir=cache, ratio_options=clock)
-                first_s = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                _, cached_again = calibrate_on_backend(dense, graph, timer, batch_size=batch, n_random=n_random, cache_dir=cache, ratio_options=clock)
-                second_s = time.perf_counter() - t0
-            assert not cached and cached_again
-            dense_specs = graph.specs_for({}, (), batch_size=batch)
-            tests = calibration_policies(graph.unit_names, graph.block_names, n_random=n_test, seed=777)[6:]
-            errs, errs_drop = [], []
-            for pol in tests:
-                measured = timer.ratio(apply_policy(dense, pol, graph=graph).eval(), rounds=10, **clock).ratio
-                predicted = fitted.predict_ratio(graph.specs_for(pol.ratios, pol.drop, batch_size=batch), dense_specs)
-                (errs_drop if pol.drop else errs).append(abs(predicted - measured) / measured)
-            every = errs + errs_drop
-            rows.append((label + (" (thread clock)" if clock else ""), batch, len(fitted), first_s, second_s, len(every), float(np.median(every)), float(np.percentile(every, 90)),
-                         float(np.median(errs_drop)) if errs_drop else float("nan")))
-            print(*rows[-1], file=sys.stderr, flush=True)
+            for round_to in dict.fromkeys([None, channel_multiple(name)]):
+                with tempfile.TemporaryDirectory() as cache:
+                    t0 = time.perf_counter()
+                    fitted, cached = calibrate_on_backend(dense, graph, timer, batch_size=batch, n_random=n_random, cache_dir=cache,
+                                                          ratio_options=clock, round_to=round_to)
+                    first_s = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    _, cached_again = calibrate_on_backend(dense, graph, timer, batch_size=batch, n_random=n_random, cache_dir=cache,
+                                                           ratio_options=clock, round_to=round_to)
+                    second_s = time.perf_counter() - t0
+                assert not cached and cached_again
+                dense_specs = graph.specs_for({}, (), batch_size=batch)
+                tests = calibration_policies(graph.unit_names, graph.block_names, n_random=n_test, seed=777)[6:]
+                errs, errs_drop, measured_all = [], [], []
+                for pol in tests:
+                    measured = timer.ratio(apply_policy(dense, pol, graph=graph, round_to=round_to).eval(), rounds=10, **clock).ratio
+                    predicted = fitted.predict_ratio(graph.specs_for(pol.ratios, pol.drop, round_to=round_to, batch_size=batch), dense_specs)
+                    (errs_drop if pol.drop else errs).append(abs(predicted - measured) / measured)
+                    measured_all.append(measured)
+                every = errs + errs_drop
+                rows.append((label + (" (thread clock)" if clock else ""), batch, round_to or "-", len(fitted), first_s, second_s, len(every),
+                             f"{min(measured_all):.2f}-{max(measured_all):.2f}", float(np.median(every)), float(np.percentile(every, 90)),
+                             float(np.median(errs_drop)) if errs_drop else float("nan")))
+                print(*rows[-1], file=sys.stderr, flush=True)
     return (
         f"## Latency lookup table fitted per backend ({n_random}+6 calibration variants, {n_test} random test policies)\n\n"
         "Calibration: dense, uniform 0.25/0.5/0.75, two uniform with block drops and random policies (ratios up to 0.8, "
         "each block dropped with p=0.25), pruned by the real surgery and timed paired against dense on the backend; "
         "non-negative least squares on layer-shape features (`autoprune.measure.runtime_table`). Test policies are other "
-        "random policies; error = |predicted - measured| / measured latency ratio (measured: paired, 10 rounds).\n\n"
-        + table(["backend", "batch", "calibration models", "calibration s", "second search (cache) s", "test policies", "median error", "p90 error", "median error, with drops"],
-                [(r[0], r[1], r[2], r[3], r[4], r[5], f"{100 * r[6]:.1f}%", f"{100 * r[7]:.1f}%", f"{100 * r[8]:.1f}%") for r in rows])
+        "random policies; error = |predicted - measured| / measured latency ratio (measured: paired, 10 rounds). "
+        "`round_to`: channel counts rounded to this multiple by the surgery (`-`: free counts; the serving runtimes' "
+        "row with a number is what `pruning.round_to: auto` searches with).\n\n"
+        + table(["backend", "batch", "round_to", "calibration models", "calibration s", "second search (cache) s", "test policies",
+                 "measured ratios", "median error", "p90 error", "median error, with drops"],
+                [(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], f"{100 * r[8]:.1f}%", f"{100 * r[9]:.1f}%", f"{100 * r[10]:.1f}%") for r in rows])
         + "\n"
     )
 
@@ -204,6 +218,11 @@ def main() -> None:
     parser.add_argument("--append", action="store_true", help="append to runtimes.md instead of rewriting it")
     parser.add_argument("--calibration", type=int, default=24, help="random calibration policies (plus 6 uniform ones)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every backend (1 on an overloaded machine)")
+    parser.add_argument("--settings", default="resnet20:1:onnxruntime,mobilenetv2:1:onnxruntime,resnet20:32:onnxruntime,resnet20:1:openvino",
+                        help="rows section: MODEL:BATCH:BACKEND settings to run ('' rebuilds the section from the saved JSONs)")
+    parser.add_argument("--episodes", type=int, default=40, help="rows section: Optuna episodes per search")
+    parser.add_argument("--epochs", type=float, default=1, help="rows section: fine-tune epochs (distillation on)")
+    parser.add_argument("--target", type=float, default=0.5, help="rows section: latency target, fraction of dense")
     args = parser.parse_args()
     sections = args.sections.split(",")
     batches = [int(b) for b in args.batches.split(",")]
@@ -225,6 +244,13 @@ def main() -> None:
         text += prepare_section(batches, args.repeats)
     if "table" in sections:
         text += table_section(batches, args.test_policies, args.calibration)
+    if "rows" in sections:
+        from _deploy_rows import run_setting, section
+
+        for setting in filter(None, args.settings.split(",")):
+            model, batch, backend = setting.split(":")
+            run_setting(model, int(batch), backend, episodes=args.episodes, epochs=args.epochs, target=args.target, threads=THREADS)
+        text += section()
     text += f"Total time {time.perf_counter() - start:.0f} s; load average at the end: {' '.join(open('/proc/loadavg').read().split()[:3])}.\n"
     path = write("runtimes.md", ("\n---\n\n" if args.append else "") + text, append=args.append)
     print(text)

@@ -1,0 +1,235 @@
+"""Deployment rows of ``runtimes.py``: which policy is best *on the serving runtime*, after fine-tuning.
+
+One setting = (model, batch, serving backend). Four policies at ``--target`` of the dense
+latency, each from its own search on the validation proxy:
+
+- ``searched on <backend>``: Optuna-TPE with the reward measured on the serving backend;
+- ``searched on eager PyTorch``: the same search on eager latency (the old default), re-measured on the backend;
+- ``uniform``: one ratio everywhere, bisected on measured latency on the backend;
+- ``global``: Torch-Pruning global magnitude pruning, its global ratio bisected the same way.
+
+Each is applied, BN-recalibrated and fine-tuned with the same budget (distillation on), then
+scored on the test split; exported to ONNX (fp32) and static QDQ int8. Latency is re-measured
+in a **fresh process**: paired against the dense model on the serving backend (fp32), int8
+against dense fp32 on ONNX Runtime, and the deployed artifact against the dense model in eager
+PyTorch (the user's starting point). One JSON per setting under ``experiments/results/runtimes_rows/``,
+so settings can be run one at a time and the section is rebuilt from all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+ROWS_DIR = RESULTS / "runtimes_rows"
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+LABELS = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "torch": "eager PyTorch"}
+
+
+def _overrides(model: str, batch: int, backend: str, episodes: int, epochs: float, target: float) -> list[str]:
+    return [
+        f"model.name={model}", f"latency.batch_size={batch}", f"latency.backend={backend}", f"budget.target={target}",
+        f"search.episodes={episodes}", f"finetune.epochs={max(1, round(epochs))}", "finetune.distill=true", "export.quantize=true",
+        "proxy.bn_batches=2", "proxy.bn_batch_size=256",
+    ]
+
+
+def run_setting(model: str, batch: int, backend: str, *, episodes: int, epochs: float, target: float, threads: int = 2) -> dict[str, Any]:
+    """Search, fine-tune, export and re-measure the four policies of one setting; returns (and writes) its JSON."""
+    from autoprune.app.experiment import build_evaluator, load_baseline
+    from autoprune.app.pipeline import apply_best, decide_int8
+    from autoprune.config.loading import load_config
+    from autoprune.config.settings import finetune_settings, round_to
+    from autoprune.formats.onnx import export_onnx
+    from autoprune.objective.proxy import split_metrics
+    from autoprune.search import get_searcher
+    from autoprune.training.finetune import finetune
+
+    torch.set_num_threads(threads)
+    base_over = _overrides(model, batch, backend, episodes, epochs, target) + [f"latency.threads={threads}"]
+    cfg = load_config(DEMO, base_over)
+    baseline = load_baseline(cfg, progress=False)
+    dense = baseline.model.eval()
+    tmp = Path(tempfile.mkdtemp(prefix="ap-rows-"))
+    torch.save(dense, tmp / "dense.pt")
+    export_onnx(dense, baseline.data.example_input(batch), tmp / "dense.onnx")
+    dense_test = split_metrics(dense, baseline.data.test)["accuracy"]
+    label = LABELS[backend]
+    specs = [
+        (f"searched on {label}", "optuna", backend),
+        ("searched on eager PyTorch", "optuna", "torch"),
+        ("uniform", "uniform", backend),
+        ("global (Torch-Pruning)", "global", backend),
+    ]
+    if backend == "torch":
+        specs.pop(1)
+    rows = []
+    for name, searcher, search_backend in specs:
+        row_cfg = load_config(DEMO, base_over + [f"latency.backend={search_backend}", f"search.searcher={searcher}"])
+        ev = build_evaluator(row_cfg, baseline)
+        params = {"sampler": "tpe", "n_startup_trials": 15} if searcher == "optuna" else {}
+        t0 = time.perf_counter()
+        res = get_searcher(searcher, params, progress=False).search(ev, episodes if searcher == "optuna" else min(episodes, 8), seed=0)
+        search_s = time.perf_counter() - t0
+        best = res.best
+        pruned = apply_best(row_cfg, baseline, best.policy, graph=ev.graph)
+        t0 = time.perf_counter()
+        finetune(pruned, baseline.data, dataclasses.replace(finetune_settings(row_cfg), epochs=epochs), teacher=dense, progress=False)
+        ft_s = time.perf_counter() - t0
+        pruned.eval()
+        acc = split_metrics(pruned, baseline.data.test)["accuracy"]
+        slug = "eager" if search_backend == "torch" and backend != "torch" else name.split()[0]
+        (tmp / slug).mkdir(exist_ok=True)
+        torch.save(pruned, tmp / f"{slug}.pt")
+        export_onnx(pruned, baseline.data.example_input(batch), tmp / f"{slug}.onnx")
+        int8 = decide_int8(cfg, baseline, tmp / f"{slug}.onnx", acc, tmp / slug)
+        rows.append({
+            "policy": name, "slug": slug, "searcher": searcher, "search_backend": search_backend, "round_to": round_to(row_cfg),
+            "episodes": len(res.history), "search_s": search_s, "episodes_per_min": 60 * len(res.history) / search_s,
+            "search_measured_ratio": best.metrics.value, "proxy_accuracy": best.metrics.accuracy, "blocks_dropped": len(best.policy.drop),
+            "finetune_s": ft_s, "test_accuracy": acc, "int8_test_accuracy": int8["test_accuracy"], "int8_kept": int8["kept"],
+            "int8_decision": int8["reason"], "model": str(tmp / f"{slug}.pt"), "onnx": str(tmp / f"{slug}.onnx"), "int8_onnx": int8["path"],
+        })
+        print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("model", "onnx", "int8_onnx")}), file=sys.stderr, flush=True)
+    fresh = remeasure_in_fresh_process(tmp, rows, backend=backend, batch=batch, threads=threads, options=dict(cfg.latency.backend_options or {}))
+    for row, m in zip(rows, fresh["rows"]):
+        row.update(m)
+    result = {
+        "model": model, "batch": batch, "backend": backend, "target": target, "episodes": episodes, "finetune_epochs": epochs,
+        "threads": threads, "dense_test_accuracy": dense_test, "dense_backend_ms": fresh["dense_backend_ms"],
+        "dense_eager_ms": fresh["dense_eager_ms"], "backend_settings": fresh["backend_settings"], "rows": rows,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python " + " ".join(sys.argv),
+    }
+    ROWS_DIR.mkdir(parents=True, exist_ok=True)
+    (ROWS_DIR / f"{model}-b{batch}-{backend}.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def remeasure_in_fresh_process(tmp: Path, rows: list[dict], *, backend: str, batch: int, threads: int, options: dict) -> dict[str, Any]:
+    """Run :func:`_remeasure` in a new Python process (no warm caches, no sessions of the search)."""
+    spec = {"tmp": str(tmp), "backend": backend, "batch": batch, "threads": threads, "options": options,
+            "rows": [{k: r[k] for k in ("model", "onnx", "int8_onnx")} for r in rows]}
+    (tmp / "spec.json").write_text(json.dumps(spec))
+    out = subprocess.run([sys.executable, __file__, "remeasure", str(tmp / "spec.json")], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _remeasure(spec_path: str) -> None:
+    from autoprune.measure.backends import backend_settings
+    from autoprune.measure.latency import PairedTimer, measure_latency
+    from autoprune.measure.onnxruntime import compare_onnx_files
+
+    spec = json.loads(Path(spec_path).read_text())
+    tmp, threads, batch, backend = Path(spec["tmp"]), spec["threads"], spec["batch"], spec["backend"]
+    torch.set_num_threads(threads)
+    dense = torch.load(tmp / "dense.pt", weights_only=False).eval()
+    shape = next(dense.parameters()).shape  # (C_out, C_in, k, k) of the stem
+    x = torch.randn(batch, shape[1], 28, 28)
+    # eager first: no runtime session (and its spinning pool) exists yet in this process
+    dense_eager_ms = measure_latency(dense, x, warmup=10, repeats=100 if batch == 1 else 20, threads=threads).median_ms
+    timer = PairedTimer(dense, x, backend=backend, threads=threads, backend_options=spec["options"])
+    out_rows = []
+    for r in spec["rows"]:
+        cand = timer.prepare(torch.load(r["model"], weights_only=False).eval())
+        timer.ratio(cand, rounds=5)
+        fp32 = timer.ratio(cand, rounds=40)
+        int8 = compare_onnx_files(tmp / "dense.onnx", r["int8_onnx"], x, threads=threads, rounds=40,
+                                  backend_options=spec["options"] if backend == "onnxruntime" else {})
+        out_rows.append({"fresh_ratio": fp32.ratio, "fresh_ci": [fp32.ci_low, fp32.ci_high], "fresh_int8_ratio_on_ort": int8.ratio})
+    dense_backend_ms = timer.reference_ms()
+    # the int8 ratio is to dense fp32 on ONNX Runtime; its ms needs that runtime's dense latency
+    ort_dense_ms = dense_backend_ms
+    if backend != "onnxruntime":
+        ort_dense_ms = measure_latency(PairedTimer(dense, x, backend="onnxruntime", threads=threads).prepare(dense), x, warmup=10,
+                                       repeats=100 if batch == 1 else 20, threads=threads).median_ms
+    for r in out_rows:
+        r["fresh_ms"] = r["fresh_ratio"] * dense_backend_ms
+        r["fresh_int8_ms_on_ort"] = r["fresh_int8_ratio_on_ort"] * ort_dense_ms
+    print(json.dumps({"rows": out_rows, "dense_backend_ms": dense_backend_ms, "dense_eager_ms": dense_eager_ms,
+                      "dense_ort_ms": ort_dense_ms, "backend_settings": backend_settings(timer.backend)}))
+
+
+def section() -> str:
+    """The markdown section built from every setting's JSON under ``runtimes_rows/``."""
+    from _common import table
+
+    files = sorted(ROWS_DIR.glob("*.json"))
+    if not files:
+        return ""
+    text = ("## Which policy is fastest where it is served (searched on the runtime vs eager vs uniform vs global)\n\n"
+            "Each policy from its own search on the validation proxy at the setting's target; then the same "
+            "BN re-estimation and fine-tuning (distillation from the dense model, T=4, alpha 0.7, SGD cosine), test split "
+            "accuracy, ONNX export and static QDQ int8 (kept only if faster and within 1.0 point). **fresh ratio**: "
+            "latency / dense on the serving backend, re-measured in a new process (40 paired rounds). **deployed**: the "
+            "faster of fp32 on the backend and int8 on ONNX Runtime if kept; its speed-up is against the dense model in "
+            "eager PyTorch at the same batch.\n\n")
+    goals = []
+    for f in files:
+        s = json.loads(f.read_text())
+        label = LABELS[s["backend"]]
+        text += (f"### {s['model']}, batch {s['batch']}, served on {label}: target {s['target']} of dense\n\n"
+                 f"- command: `{s['command']}`; date {s['date']}; {s['threads']} threads; search {s['episodes']} episodes (Optuna-TPE; "
+                 f"uniform/global at most 8 measured evaluations); fine-tune {s['finetune_epochs']} epoch(s) with distillation\n"
+                 f"- dense: test accuracy {s['dense_test_accuracy']:.4f}; {s['dense_backend_ms']:.3f} ms on {label}, "
+                 f"{s['dense_eager_ms']:.3f} ms in eager PyTorch ({s['dense_eager_ms'] / s['dense_backend_ms']:.1f}x); backend `{s['backend_settings']}`\n\n")
+        rows = []
+        for r in s["rows"]:
+            deployed_ms = min(r["fresh_ms"], r["fresh_int8_ms_on_ort"]) if r["int8_kept"] else r["fresh_ms"]
+            deployed_acc = r["int8_test_accuracy"] if r["int8_kept"] and r["fresh_int8_ms_on_ort"] < r["fresh_ms"] else r["test_accuracy"]
+            r["deployed_ms"], r["deployed_acc"] = deployed_ms, deployed_acc
+            rows.append((r["policy"], r["round_to"] or "-", r["episodes"], f"{r['episodes_per_min']:.1f}", r["search_measured_ratio"],
+                         r["fresh_ratio"], f"[{r['fresh_ci'][0]:.3f}, {r['fresh_ci'][1]:.3f}]", r["blocks_dropped"], r["proxy_accuracy"],
+                         r["test_accuracy"], f"{100 * (r['test_accuracy'] - s['dense_test_accuracy']):+.2f}",
+                         r["fresh_int8_ratio_on_ort"], r["int8_test_accuracy"], "yes" if r["int8_kept"] else "no",
+                         f"{deployed_ms:.3f}", f"{s['dense_eager_ms'] / deployed_ms:.1f}x"))
+        text += table(["policy", "round_to", "episodes", "episodes/min", "ratio in search", "fresh ratio", "95% CI", "blocks dropped",
+                       "proxy acc", "test acc", "vs dense (pts)", "int8 / dense fp32 (ORT)", "int8 test acc", "int8 kept",
+                       "deployed ms", "deployed vs dense eager"], rows) + "\n"
+        goals.append(_goals(s))
+    text += "### Goals (issue 13)\n\n" + "".join(goals)
+    return text
+
+
+def _goals(s: dict) -> str:
+    rows = {r["slug"]: r for r in s["rows"]}
+    searched = rows["searched"]
+    dense = s["dense_test_accuracy"]
+    name = f"{s['model']} b{s['batch']} on {LABELS[s['backend']]}"
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    out = []
+    gap = 100 * (dense - searched["test_accuracy"])
+    out.append(f"- {name}: searched policy within 1.0 point of dense: {-gap:+.2f} pts: {mark(gap <= 1.0)}")
+    for other in ("uniform", "global"):
+        if other in rows:
+            d = 100 * (searched["test_accuracy"] - rows[other]["test_accuracy"])
+            out.append(f"- {name}: searched >= {other} + 1.0 point: {d:+.2f} pts: {mark(d >= 1.0)}")
+    ratio = searched["fresh_ratio"] / s["target"]
+    out.append(f"- {name}: fresh-process latency <= 1.05 x target: {searched['fresh_ratio']:.3f} = {ratio:.2f} x target: {mark(ratio <= 1.05)}")
+    if s["backend"] == "onnxruntime" and s["batch"] == 1:
+        out.append(f"- {name}: search >= 30 episodes/min: {searched['episodes_per_min']:.1f}: {mark(searched['episodes_per_min'] >= 30)}")
+        speed = s["dense_eager_ms"] / searched.get("deployed_ms", searched["fresh_ms"])
+        loss = 100 * (dense - searched.get("deployed_acc", searched["test_accuracy"]))
+        out.append(f"- {name}: deployed artifact >= 15x faster than dense eager at <= 1 point loss: {speed:.1f}x, {-loss:+.2f} pts: "
+                   f"{mark(speed >= 15 and loss <= 1.0)}")
+    if "eager" in rows:
+        out.append(f"- {name}: the eager-searched policy re-measured here: {rows['eager']['fresh_ratio']:.3f} of dense (target {s['target']})")
+    return "".join(line + "\n" for line in out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "remeasure":
+        _remeasure(sys.argv[2])
