@@ -181,3 +181,28 @@ def test_static_int8_works_after_the_shared_onnxruntime_pool_exists(tmp_path) ->
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("(4, 3)")
     assert (tmp_path / "m.int8.onnx").is_file()
+
+
+class _NoisyHead(torch.nn.Module):
+    """Exports fine, but ONNX Runtime computes something else than torch (fresh noise per call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) + torch.rand_like(self.fc(x))
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_model_the_runtime_computes_differently_fails_before_any_timing_with_one_line(backend: str) -> None:
+    from autoprune.errors import ModelError
+    from autoprune.measure.latency import PairedTimer
+
+    pytest.importorskip(backend)
+    with pytest.raises(ModelError) as e:
+        PairedTimer(_NoisyHead(), torch.randn(2, 8), backend=backend, threads=1)
+    message = str(e.value)
+    assert "\n" not in message and f"latency.backend {backend!r}" in message and "differs from torch" in message
+    # a model the runtime does compute like torch is accepted
+    PairedTimer(torch.nn.Linear(8, 4), torch.randn(2, 8), backend=backend, threads=1)

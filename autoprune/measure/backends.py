@@ -9,12 +9,15 @@ imported only when named, so their extras stay optional.
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Protocol, runtime_checkable
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
+import numpy as np
 import torch
 from torch import nn
 
-from autoprune.errors import ConfigError
+from autoprune.errors import ConfigError, ModelError
 from autoprune.graph.layers import ExampleInput
 from autoprune.registry import Registry
 
@@ -142,6 +145,65 @@ def get_backend(name: str | LatencyBackend, *, threads: int | None = None, **opt
     return factory(**kwargs)
 
 
+#: Largest allowed difference between a runtime's output and torch's, relative to the output's scale.
+OUTPUT_TOLERANCE = 1e-3
+
+
+def prepare_exported(
+    backend: str,
+    model: nn.Module,
+    example_input: ExampleInput,
+    open_file: Callable[[Path, tuple[torch.Tensor, ...]], Callable[[], Sequence[Any]]],
+) -> Runner:
+    """Export ``model`` to a temporary ONNX file, open it on a runtime, check it against torch, return a runner.
+
+    The one path of every serving backend's ``prepare`` (ONNX Runtime, OpenVINO): export with
+    :func:`autoprune.formats.onnx.export_model`, then ``open_file(path, args)`` returns a callable
+    that runs one inference and returns the outputs (the first is compared). The check runs the
+    example once on both: a model the runtime computes differently (an unsupported or
+    mis-exported operator) fails here, before any search starts, not as silently wrong latency.
+
+    Args:
+        backend: The backend's name, for messages.
+        model: The model (put in eval mode).
+        example_input: Its input (a tensor ``(N, ...)`` or a tuple of them).
+        open_file: Opens the exported file; may read it only while this function runs.
+
+    Returns:
+        A zero-argument runner of one inference.
+
+    Raises:
+        ModelError: the export fails, or the runtime's output differs from torch's by more than
+            :data:`OUTPUT_TOLERANCE` of the output's largest magnitude (naming both).
+    """
+    from autoprune.formats.onnx import as_args, export_model
+
+    model.eval()
+    args = as_args(example_input)
+    with tempfile.TemporaryDirectory(prefix=f"autoprune-{backend}-") as d:
+        path = Path(d) / "model.onnx"
+        export_model(model, args, path, None)
+        infer = open_file(path, args)
+    with torch.inference_mode():
+        expected = model(*args)
+    expected = (expected[0] if isinstance(expected, (tuple, list)) else expected).detach().cpu().numpy()
+    got = np.asarray(infer()[0], dtype=np.float64)
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    diff = float(np.abs(got - expected).max(initial=0.0)) if got.shape == expected.shape else float("inf")
+    if not diff <= OUTPUT_TOLERANCE * scale:
+        shapes = "" if got.shape == expected.shape else f"; shapes {tuple(got.shape)} vs torch {tuple(expected.shape)}"
+        raise ModelError(
+            f"latency.backend {backend!r}: {type(model).__name__}'s output on {backend} differs from torch's by {diff:.3g} "
+            f"(allowed {OUTPUT_TOLERANCE * scale:.3g}{shapes}); the runtime computes an operator differently: "
+            "choose another latency.backend (e.g. torch) or simplify the model"
+        )
+
+    def run() -> None:
+        infer()
+
+    return run
+
+
 def simd_channel_block() -> int:
     """Channels per SIMD block in the blocked layouts of CPU runtimes on this machine: 16 with AVX-512, else 8.
 
@@ -182,4 +244,4 @@ def backend_settings(backend: LatencyBackend) -> dict[str, object]:
     return {"backend": getattr(backend, "name", type(backend).__name__), **found}
 
 
-__all__ = ["BACKENDS", "LatencyBackend", "Runner", "TorchEagerBackend", "backend_settings", "channel_multiple", "get_backend", "register_backend", "simd_channel_block"]
+__all__ = ["BACKENDS", "LatencyBackend", "Runner", "TorchEagerBackend", "backend_settings", "OUTPUT_TOLERANCE", "channel_multiple", "get_backend", "prepare_exported", "register_backend", "simd_channel_block"]

@@ -24,7 +24,6 @@ only times.
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import ConfigError
-from autoprune.formats.onnx import as_args, ensure_shared_pool, export_model, ort_session, require_onnx, shared_pool_threads
+from autoprune.formats.onnx import as_args, ensure_shared_pool, ort_session, require_onnx, shared_pool_threads
 from autoprune.graph.layers import ExampleInput
 from autoprune.measure.latency import PairedTimer, RatioStats, Runner
 
@@ -162,17 +161,20 @@ class OnnxRuntimeBackend:
         return ort_session(self._ort, path, self.threads, self.session_options())
 
     def prepare(self, model: nn.Module, example_input: ExampleInput) -> Runner:
-        """Export ``model`` (eval mode), open a session on it and return a runner of one inference.
+        """Export ``model`` (eval mode), open a session on it, check it against torch, return a runner of one inference.
 
         Raises:
-            ModelError: the model cannot be exported to ONNX.
+            ModelError: the model cannot be exported to ONNX, or ONNX Runtime's output differs from
+                torch's (:func:`~autoprune.measure.backends.prepare_exported`).
         """
-        model.eval()
-        args = as_args(example_input)
-        with tempfile.TemporaryDirectory(prefix="autoprune-ort-") as d:
-            path = Path(d) / "model.onnx"
-            export_model(model, args, path, None)
-            return self.prepare_file(path, example_input)
+        from autoprune.measure.backends import prepare_exported
+
+        def open_file(path: Path, args: tuple[torch.Tensor, ...]) -> Any:
+            session = self.session(path)
+            feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(session.get_inputs(), args)}
+            return lambda: session.run(None, feeds)
+
+        return prepare_exported(self.name, model, example_input, open_file)
 
     def prepare_file(self, path: str | Path, example_input: ExampleInput) -> Runner:
         """A runner of one inference of the ONNX file at ``path`` (e.g. an int8 artifact) on ``example_input``."""

@@ -10,7 +10,6 @@ the measured (static) shape, ``Core.compile_model(model, "CPU", {"PERFORMANCE_HI
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ import torch
 from torch import nn
 
 from autoprune.errors import ConfigError, ModelError, one_line
-from autoprune.formats.onnx import as_args, export_model
 from autoprune.graph.layers import ExampleInput
 from autoprune.measure.latency import Runner
 
@@ -129,26 +127,26 @@ class OpenVinoBackend:
             raise ModelError(f"latency.backend 'openvino': cannot compile the model ({type(e).__name__}: {message})") from e
 
     def prepare(self, model: nn.Module, example_input: ExampleInput) -> Runner:
-        """Export ``model`` (eval mode) to ONNX, compile it for the example's shapes, return a runner of one inference.
+        """Export ``model`` (eval mode) to ONNX, compile it for the example's shapes, check it against torch, return a runner.
 
         Raises:
-            ModelError: the model cannot be exported or compiled.
+            ModelError: the model cannot be exported or compiled, or OpenVINO's output differs from
+                torch's (:func:`~autoprune.measure.backends.prepare_exported`).
         """
-        model.eval()
-        args = as_args(example_input)
-        with tempfile.TemporaryDirectory(prefix="autoprune-ov-") as d:
-            path = Path(d) / "model.onnx"
-            export_model(model, args, path, None)
-            compiled = self.compile(path, [tuple(a.shape) for a in args])
-        request = compiled.create_infer_request()
-        for i, a in enumerate(args):
-            request.get_input_tensor(i).data[:] = a.detach().cpu().numpy()
-        infer = request.infer
+        from autoprune.measure.backends import prepare_exported
 
-        def run() -> None:
-            infer()
+        def open_file(path: Path, args: tuple[torch.Tensor, ...]) -> Any:
+            request = self.compile(path, [tuple(a.shape) for a in args]).create_infer_request()
+            for i, a in enumerate(args):
+                request.get_input_tensor(i).data[:] = a.detach().cpu().numpy()
 
-        return run
+            def infer() -> list[Any]:
+                request.infer()
+                return [request.get_output_tensor(0).data]
+
+            return infer
+
+        return prepare_exported(self.name, model, example_input, open_file)
 
 
 __all__ = ["OPENVINO_EXTRA_HINT", "OpenVinoBackend", "PERFORMANCE_HINTS", "PRECISIONS", "require_openvino"]
