@@ -196,7 +196,7 @@ class PrunableGraph:
         if not param_specs:
             raise ModelError("the model has no Conv2d or Linear layer to prune that autograd tracing can see")
         self.output_layer = param_specs[-1].module_name
-        ignored_modules = [self._module_by_name[n] for n in (*ignored, self.output_layer)]
+        ignored_modules = [m for n in (*ignored, self.output_layer) for m in self._module_by_name[n].modules()]  # a container: all inside
         self.skipped: dict[str, str] = {}
         self.head_dims = {n: m.head_dim for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
         self.head_dims.update({n: h.head_dim for n, h in self.head_layouts.items()})

@@ -148,7 +148,8 @@ def unit_scores(graph: Any, criterion: str, batches: BatchSource | None = None, 
     scorer = make_importance(criterion)
     grads, acts = needs_gradients(scorer), needs_activations(scorer)
     if (grads or acts) and batches is None:
-        raise PolicyError(f"importance {criterion!r} needs calibration batches ({'gradients' if grads else 'activations'})")
+        why = "training batches to compute gradients" if grads else "calibration batches to record activations"
+        raise PolicyError(f"importance {criterion!r} needs {why}")
     if grads:
         accumulate_gradients(graph.model, batches, loss)
     if acts:
