@@ -239,9 +239,15 @@ def _spec_of(
     core = attention_width(module)
     if core is not None and x.dim() == 3:  # (N, L, hidden) -> the heads' (N, L, heads * head_dim)
         width, heads = core
-        n, length = int(x.shape[0]), int(x.shape[1])
+        n, length, key_length = int(x.shape[0]), int(x.shape[1]), int(x.shape[1])
+        if getattr(module, "batch_first", None) is not None:  # SplitHeadAttention: (query, key, value) like nn.MultiheadAttention
+            key = args[1] if len(args) > 1 else kwargs.get("key", x)
+            if not module.batch_first:
+                n, length = length, n
+            key_length = int(key.shape[1 if module.batch_first else 0])
         return LayerSpec(
-            name, ATTENTION_CORE, width, width, (n, length, width), (n, length, width), groups=heads, channel_axis=2, key_length=length
+            name, ATTENTION_CORE, width, width, (n, length, width), (n, length, width), groups=heads, channel_axis=2,
+            key_length=key_length,
         )
     kind = type(module).__name__.lower()
     shape = tuple(int(s) for s in x.shape)

@@ -319,18 +319,19 @@ class PrunableGraph:
         return [replace(u, requery=True) if u.name in shared else u for u in units]
 
     def _head_role(self, group: tp.dependency.Group) -> tuple[str | None, bool]:
-        """``(attention, stream)``: the Hugging Face attention whose heads the group's channels are
-        (query/key/value outputs), and whether they are the hidden stream feeding one (their inputs)."""
-        attention, stream = None, False
+        """``(attention, stream)``: the attention whose heads the group's channels are (query/key/value
+        outputs), and whether they are an encoder's hidden stream (query inputs, and token embeddings)."""
+        attention, feeds, embedded = None, False, False
         for dep, _ in group:
             mname = self._name(dep.target.module)
+            embedded |= isinstance(dep.target.module, nn.Embedding)
             for h in self.head_layouts.values():
                 if mname in h.projections:
                     if self.dg.is_out_channel_pruning_fn(dep.handler):
                         attention = h.name
                     else:
-                        stream = True
-        return attention, stream
+                        feeds = True
+        return attention, feeds and embedded
 
     def _skip(self, name: str, reason: str, *, warn: bool = False) -> None:
         self.skipped[name] = reason

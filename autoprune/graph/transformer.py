@@ -23,12 +23,15 @@ A head layout is recognised by duck typing, so any BERT-family encoder (BERT, Ro
 ELECTRA, ...) works without importing ``transformers``: a module with ``num_attention_heads`` and
 ``attention_head_size`` attributes and ``nn.Linear`` children ``query``, ``key``, ``value``.
 A module that has a head count but not that layout (e.g. a fused QKV projection) is refused.
-``torch.nn.MultiheadAttention`` keeps its own rule (see :mod:`autoprune.graph.constraints`).
+``torch.nn.MultiheadAttention`` ties its heads to its embedding width (its heads are cut with the
+width around it, see :mod:`autoprune.graph.constraints`); :func:`split_attention_heads` replaces it
+by the equivalent :class:`SplitHeadAttention`, whose heads are a unit of their own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -123,6 +126,125 @@ def attention_width(m: nn.Module) -> tuple[int, int] | None:
     return width, width // int(m.attention_head_size)
 
 
+class SplitHeadAttention(nn.Module):
+    """``nn.MultiheadAttention`` with separate ``query``/``key``/``value`` projections, so whole heads can be cut.
+
+    PyTorch's module requires ``embed_dim == num_heads * head_dim``: its heads can only shrink with
+    the embedding width around it. This module computes the same function (same call signature and
+    outputs: ``(output, weights or None)``) with an inner width ``num_attention_heads *
+    attention_head_size`` of its own, in the Hugging Face layout :func:`head_layouts` recognises, so
+    each attention becomes a unit of whole heads independent of the width it reads and writes.
+    Built by :func:`split_attention_heads`.
+
+    Attributes:
+        num_attention_heads, attention_head_size, all_head_size: Heads, head dim, their product.
+        query, key, value: ``nn.Linear`` from the query/key/value inputs to ``all_head_size``.
+        out_proj: ``nn.Linear`` from ``all_head_size`` to the embedding width.
+        batch_first: As in ``nn.MultiheadAttention``.
+    """
+
+    _qkv_same_embed_dim = False  # tells nn.TransformerEncoder(Layer) to skip its fused fast path
+    in_proj_weight = None
+    in_proj_bias = None
+
+    def __init__(self, mha: nn.MultiheadAttention) -> None:
+        super().__init__()
+        e, h = mha.embed_dim, mha.num_heads
+        self.num_attention_heads, self.attention_head_size, self.all_head_size = h, e // h, e
+        self.batch_first, self.dropout = bool(mha.batch_first), float(mha.dropout)
+        bias = mha.in_proj_bias is not None
+        if mha._qkv_same_embed_dim:  # noqa: SLF001
+            weights = mha.in_proj_weight.detach().chunk(3)
+        else:
+            weights = (mha.q_proj_weight.detach(), mha.k_proj_weight.detach(), mha.v_proj_weight.detach())
+        biases = mha.in_proj_bias.detach().chunk(3) if bias else (None, None, None)
+        for name, w, b in zip(("query", "key", "value"), weights, biases):
+            lin = nn.Linear(w.shape[1], e, bias=bias, device=w.device, dtype=w.dtype)
+            with torch.no_grad():
+                lin.weight.copy_(w)
+                if b is not None:
+                    lin.bias.copy_(b)
+            setattr(self, name, lin)
+        self.out_proj = nn.Linear(e, e, bias=mha.out_proj.bias is not None, device=mha.out_proj.weight.device, dtype=mha.out_proj.weight.dtype)
+        self.out_proj.load_state_dict(mha.out_proj.state_dict())
+
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True, attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Like ``nn.MultiheadAttention.forward``; inputs ``(N, L, E)`` (``batch_first``), ``(L, N, E)`` or unbatched ``(L, E)``.
+
+        Raises:
+            ValueError: a 3-D ``attn_mask`` whose first dimension is not ``N * num_attention_heads``.
+        """
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            key_padding_mask = key_padding_mask.unsqueeze(0) if key_padding_mask is not None else None
+        elif not self.batch_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        n, lq, ls, d = query.shape[0], query.shape[1], key.shape[1], self.attention_head_size
+        q = self.query(query).view(n, lq, -1, d).transpose(1, 2)
+        k = self.key(key).view(n, ls, -1, d).transpose(1, 2)
+        v = self.value(value).view(n, ls, -1, d).transpose(1, 2)
+        scores = q @ k.transpose(-2, -1) * d**-0.5  # (N, H, Lq, Ls)
+        if attn_mask is None and is_causal:
+            attn_mask = torch.ones(lq, ls, dtype=torch.bool, device=q.device).triu(1)
+        for mask in (attn_mask, key_padding_mask.view(n, 1, 1, ls) if key_padding_mask is not None else None):
+            if mask is None:
+                continue
+            if mask.dim() == 3:
+                if mask.shape[0] != n * q.shape[1]:
+                    raise ValueError(f"attn_mask of shape {tuple(mask.shape)}: expected ({n * q.shape[1]}, {lq}, {ls}) for {q.shape[1]} heads")
+                mask = mask.view(n, q.shape[1], lq, ls)
+            scores = scores.masked_fill(mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        probs = scores.softmax(-1)
+        if self.training and self.dropout > 0:
+            probs = nn.functional.dropout(probs, self.dropout)
+        out = self.out_proj((probs @ v).transpose(1, 2).reshape(n, lq, -1))
+        weights = (probs.mean(1) if average_attn_weights else probs) if need_weights else None
+        if unbatched:
+            return out.squeeze(0), (weights.squeeze(0) if weights is not None else None)
+        return (out if self.batch_first else out.transpose(0, 1)), weights
+
+
+def split_attention_heads(model: nn.Module, names: Iterable[str] | None = None) -> list[str]:
+    """Replace ``nn.MultiheadAttention`` modules by equivalent :class:`SplitHeadAttention` s, in place.
+
+    Afterwards each attention is a unit of whole heads (``kind == "heads"``) whose head count can
+    change while the width around it stays, exactly as for a Hugging Face encoder. Attention with
+    ``bias_k``/``bias_v`` or ``add_zero_attn`` is left as it is (its heads stay tied to its width).
+
+    Args:
+        model: The model (modified in place; it computes the same function, up to float rounding).
+        names: Module names to convert (default: every ``nn.MultiheadAttention``).
+
+    Returns:
+        The names converted.
+
+    Raises:
+        KeyError: a name in ``names`` that is not an ``nn.MultiheadAttention`` of the model.
+    """
+    found = {n: m for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
+    wanted = list(found) if names is None else list(names)
+    missing = [n for n in wanted if n not in found]
+    if missing:
+        raise KeyError(f"not nn.MultiheadAttention modules of the model: {missing}; those are: {sorted(found)}")
+    done = []
+    for name in wanted:
+        m = found[name]
+        if m.bias_k is not None or m.add_zero_attn:
+            continue
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, SplitHeadAttention(m).train(m.training))
+        done.append(name)
+    for m in model.modules():
+        if isinstance(m, nn.TransformerEncoder) and done:
+            m.use_nested_tensor = False  # its nested-tensor fast path reads the fused in_proj weights
+    return done
+
+
 class SkipLayer(nn.Module):
     """A dropped encoder layer: returns its hidden states (the first argument) unchanged.
 
@@ -154,6 +276,6 @@ def shortcut_for(module: nn.Module) -> nn.Module:
 
 
 __all__ = [
-    "HeadLayout", "SkipLayer", "attention_width", "fix_head_counts", "head_layouts", "is_transformer_layer",
-    "shortcut_for", "unknown_head_layouts",
+    "HeadLayout", "SkipLayer", "SplitHeadAttention", "attention_width", "fix_head_counts", "head_layouts", "is_transformer_layer",
+    "shortcut_for", "split_attention_heads", "unknown_head_layouts",
 ]  # fmt: skip
