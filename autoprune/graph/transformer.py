@@ -245,6 +245,23 @@ def split_attention_heads(model: nn.Module, names: Iterable[str] | None = None) 
     return done
 
 
+class AttentionCore(nn.Module):
+    """The dot-product core of self-attention alone, for timing a ``dotproductattention`` layer spec.
+
+    Input ``(N, L, heads * head_dim)`` is used as queries, keys and values of ``heads`` heads;
+    output ``softmax(Q·Kᵀ / sqrt(head_dim))·V`` of the same shape (``F.scaled_dot_product_attention``).
+    """
+
+    def __init__(self, heads: int) -> None:
+        super().__init__()
+        self.heads = int(heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        n, length, width = x.shape
+        h = x.view(n, length, self.heads, width // self.heads).transpose(1, 2)
+        return nn.functional.scaled_dot_product_attention(h, h, h).transpose(1, 2).reshape(n, length, width)
+
+
 class SkipLayer(nn.Module):
     """A dropped encoder layer: returns its hidden states (the first argument) unchanged.
 
@@ -276,6 +293,6 @@ def shortcut_for(module: nn.Module) -> nn.Module:
 
 
 __all__ = [
-    "HeadLayout", "SkipLayer", "SplitHeadAttention", "attention_width", "fix_head_counts", "head_layouts", "is_transformer_layer",
+    "AttentionCore", "HeadLayout", "SkipLayer", "SplitHeadAttention", "attention_width", "fix_head_counts", "head_layouts", "is_transformer_layer",
     "shortcut_for", "split_attention_heads", "unknown_head_layouts",
 ]  # fmt: skip
