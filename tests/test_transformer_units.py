@@ -289,3 +289,62 @@ def test_a_fused_qkv_attention_is_refused_by_name_unless_ignored():
 def test_the_graph_package_does_not_import_transformers():
     code = "import sys, autoprune.graph, autoprune.graph.check; assert 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------ latency and checks
+def test_latency_features_see_the_attention_core_growing_with_sequence_length_squared(bert_graph):
+    from autoprune.measure.runtime_table import FEATURES, spec_features
+    from autoprune.measure.table import _build
+
+    short = [s for s in bert_graph.dense_specs if s.kind == "dotproductattention"]
+    assert [s.module_name for s in short] == HEAD_UNITS and all(s.groups == HEADS for s in short)
+    long_specs = record_layer_specs(bert_graph.model, tuple(t.repeat(1, 2) for t in text_batch(2)))  # L = 2 * SEQ
+    col = FEATURES.index("attention_macs")
+    f_short, f_long = spec_features(bert_graph.dense_specs)[col], spec_features(long_specs)[col]
+    assert f_short == 2 * LAYERS * 2 * SEQ * SEQ * HIDDEN and f_long == 4 * f_short
+    core = _build(short[0])
+    x = torch.randn(short[0].input_shape)
+    assert core(x).shape == x.shape
+    halved = bert_graph.specs_for({HEAD_UNITS[0]: 0.5})
+    (pruned_core,) = [s for s in halved if s.module_name == HEAD_UNITS[0] and s.kind == "dotproductattention"]
+    assert (pruned_core.in_channels, pruned_core.groups, pruned_core.input_shape) == (16, 2, (2, SEQ, 16))
+
+
+def test_the_check_verdict_of_an_encoder_is_cached(bert_graph, tmp_path):
+    from autoprune.graph.check import verify_graph
+
+    g = PrunableGraph(tiny_bert(), text_batch(2))
+    first = verify_graph(g, cache_dir=tmp_path)
+    again = verify_graph(g, cache_dir=tmp_path)
+    assert not first.cached and again.cached and again.passed == first.passed == g.unit_names
+
+
+def test_activation_pruning_of_an_encoder_keeps_the_embedding_shape(bert_graph):
+    g = bert_graph
+    calib = [(text_batch(4, seed=s), None) for s in (7, 8)]
+    policy = Policy({n: 0.5 for n in g.unit_names}, ("encoder.layer.0",))
+    pruned = apply_policy(g.model, policy, graph=g, importance="activation", batches=lambda: iter(calib))
+    assert pruned(*text_batch()).last_hidden_state.shape == (4, SEQ, HIDDEN)
+    assert pruned.encoder.layer[1].attention.self.num_attention_heads == 2
+    assert pruned.encoder.layer[1].intermediate.dense.out_features == 32
+
+
+def test_a_policy_transfers_from_a_two_layer_to_a_four_layer_encoder_by_kind_and_depth(bert_graph):
+    from autoprune.transfer.mapping import transfer_policy
+
+    torch.manual_seed(0)
+    deeper = transformers.BertModel(transformers.BertConfig(
+        num_hidden_layers=4, num_attention_heads=HEADS, hidden_size=HIDDEN, intermediate_size=FFN, vocab_size=100,
+        max_position_embeddings=64,
+    )).eval()
+    target = PrunableGraph(deeper, text_batch(2))
+    source = Policy({HEAD_UNITS[0]: 0.25, HEAD_UNITS[1]: 0.75, FFN_UNITS[0]: 0.5, FFN_UNITS[1]: 0.5})
+    mapped, rows = transfer_policy(source, model_fingerprint(bert_graph), target)
+    heads = [mapped.ratios[f"encoder.layer.{i}.attention.self"] for i in range(4)]
+    assert heads[0] == pytest.approx(0.25) and heads[-1] == pytest.approx(0.75) and heads == sorted(heads)
+    assert all(mapped.ratios[f"encoder.layer.{i}.intermediate.dense"] == pytest.approx(0.5) for i in range(4))
+    assert {r.kind for r in rows} >= {"heads", "ffn"}
+    dropping, _ = transfer_policy(Policy({HEAD_UNITS[0]: 0.5}, ("encoder.layer.1",)), model_fingerprint(bert_graph), target)
+    assert dropping.drop and set(dropping.drop) <= set(target.block_names)
+    pruned = apply_policy(deeper, Policy(mapped.ratios, dropping.drop), graph=target)
+    assert pruned(*text_batch()).last_hidden_state.shape == (4, SEQ, HIDDEN)
