@@ -348,3 +348,19 @@ def test_a_policy_transfers_from_a_two_layer_to_a_four_layer_encoder_by_kind_and
     assert dropping.drop and set(dropping.drop) <= set(target.block_names)
     pruned = apply_policy(deeper, Policy(mapped.ratios, dropping.drop), graph=target)
     assert pruned(*text_batch()).last_hidden_state.shape == (4, SEQ, HIDDEN)
+
+
+def test_removing_every_head_of_a_layer_is_refused_naming_the_layer_to_drop(bert_graph):
+    with pytest.raises(PolicyError, match=r"^ratio of unit 'encoder.layer.1.attention.self' is 1.0 \(it would remove every head; "
+                                          r"drop the layer 'encoder.layer.1' instead\); allowed: 0 <= ratio < 1$"):
+        apply_policy(bert_graph.model, Policy({HEAD_UNITS[1]: 1.0}), graph=bert_graph)
+
+
+def test_iterative_pruning_of_an_encoder_reaches_the_target_heads_and_width(bert_graph):
+    from autoprune.graph.surgery import apply_iteratively
+
+    policy = Policy({HEAD_UNITS[0]: 0.75, FFN_UNITS[1]: 0.5}, ("encoder.layer.1",))
+    pruned = apply_iteratively(bert_graph.model, policy, example_input=bert_graph.example_input, steps=2)
+    assert pruned.encoder.layer[0].attention.self.num_attention_heads == 1
+    assert isinstance(pruned.encoder.layer[1], SkipLayer)
+    assert pruned(*text_batch()).last_hidden_state.shape == (4, SEQ, HIDDEN)

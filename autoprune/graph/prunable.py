@@ -465,7 +465,9 @@ class PrunableGraph:
             raise PolicyError(f"policy drops blocks the model does not have: {bad_drop}; droppable blocks: {self.block_names}")
         for name, r in ratios.items():
             if not isinstance(r, (int, float)) or not (0.0 <= float(r) < 1.0):
-                raise PolicyError(f"ratio of unit {name!r} is {r!r}; allowed: 0 <= ratio < 1")
+                block = next((b.name for b in self.blocks if name in b.units_inside), None)
+                every = f" (it would remove every head; drop the layer {block!r} instead)" if self.unit(name).features.heads and block else ""
+                raise PolicyError(f"ratio of unit {name!r} is {r!r}{every}; allowed: 0 <= ratio < 1")
 
     def kept(self, ratios: dict[str, float], round_to: int | None = None) -> dict[str, int]:
         """Surviving channel count per unit under ``ratios`` (missing units keep all channels).
