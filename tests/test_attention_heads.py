@@ -129,3 +129,15 @@ def test_splitting_names_only_multihead_attention():
     model = copy.deepcopy(token_model())
     model.encoder.layers[0].self_attn = nn.MultiheadAttention(E, HEADS, add_bias_kv=True, batch_first=True)
     assert split_attention_heads(model) == ["encoder.layers.1.self_attn"]  # bias_k/bias_v: left tied
+
+
+def test_a_model_with_pruned_split_heads_exports_to_onnx(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from autoprune.formats.onnx import export_onnx
+
+    model = token_model()
+    split_attention_heads(model)
+    g = PrunableGraph(model, x_tokens(2))
+    pruned = apply_policy(model, Policy({"encoder.layers.0.self_attn": 0.5, "encoder.layers.1.self_attn": 0.75}), graph=g).eval()
+    report = export_onnx(pruned, x_tokens(), tmp_path / "tokens.onnx")
+    assert report["max_abs_diff"] is not None and report["max_abs_diff"] < 1e-4

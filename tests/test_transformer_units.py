@@ -364,3 +364,14 @@ def test_iterative_pruning_of_an_encoder_reaches_the_target_heads_and_width(bert
     assert pruned.encoder.layer[0].attention.self.num_attention_heads == 1
     assert isinstance(pruned.encoder.layer[1], SkipLayer)
     assert pruned(*text_batch()).last_hidden_state.shape == (4, SEQ, HIDDEN)
+
+
+def test_a_pruned_encoder_with_a_dropped_layer_exports_to_onnx(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from autoprune.formats.onnx import export_onnx
+
+    model = SentenceEncoder(tiny_bert(pooler=False))
+    g = PrunableGraph(model, text_batch(2))
+    pruned = apply_policy(model, Policy({u: 0.5 for u in g.unit_names}, ("encoder.encoder.layer.0",)), graph=g).eval()
+    report = export_onnx(pruned, text_batch(4), tmp_path / "encoder.onnx")
+    assert report["max_abs_diff"] is not None and report["max_abs_diff"] < 1e-4
