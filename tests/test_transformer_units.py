@@ -17,14 +17,14 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-from autoprune.errors import ModelError, PolicyError  # noqa: E402
-from autoprune.formats.policy_file import policy_document, read_policy_file, write_policy_file  # noqa: E402
-from autoprune.graph import Policy, PrunableGraph, apply_policy, model_fingerprint  # noqa: E402
-from autoprune.graph.check import check_units  # noqa: E402
-from autoprune.graph.layers import count_macs, record_layer_specs  # noqa: E402
-from autoprune.graph.policy import check_policy_fits  # noqa: E402
-from autoprune.graph.surgery import pruning_history, replay_history  # noqa: E402
-from autoprune.graph.transformer import SkipLayer  # noqa: E402
+from autoprune.errors import ModelError, PolicyError
+from autoprune.formats.policy_file import policy_document, read_policy_file, write_policy_file
+from autoprune.graph import Policy, PrunableGraph, apply_policy, model_fingerprint
+from autoprune.graph.check import check_units
+from autoprune.graph.layers import count_macs, record_layer_specs
+from autoprune.graph.policy import check_policy_fits
+from autoprune.graph.surgery import pruning_history, replay_history
+from autoprune.graph.transformer import SkipLayer
 
 LAYERS, HEADS, HIDDEN, FFN, SEQ = 2, 4, 32, 64, 16
 HEAD_UNITS = [f"encoder.layer.{i}.attention.self" for i in range(LAYERS)]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 import torch_pruning as tp
 
 from autoprune.errors import ConfigError, describe
@@ -73,10 +74,8 @@ class ActivationImportance(tp.importance.Importance):
     def __init__(self) -> None:
         self.activations: dict = {}
 
-    def __call__(self, group: tp.dependency.Group) -> "torch.Tensor | None":
+    def __call__(self, group: tp.dependency.Group) -> torch.Tensor | None:
         """Scores of shape ``(channels,)`` in the group's root coordinates, or ``None`` with no recorded activation."""
-        import torch
-
         scores = None
         for item in group:
             dep = item.dep

@@ -5,7 +5,9 @@ dependency group (all layers whose channels must be pruned together, e.g. every 
 that writes into one residual stream) becomes one :class:`PrunableUnit`, named after
 the module path of its root layer: a *unit* is our handle on one Torch-Pruning group
 (:meth:`PrunableGraph.dependency_group` returns the group itself). Residual blocks whose input and output shapes match
-become :class:`DroppableBlock` s: dropping one replaces it by its shortcut.
+become :class:`DroppableBlock` s: dropping one replaces it by its shortcut. Transformer encoders add
+attention-head units (named after their attention module), FFN units and droppable encoder layers
+(:mod:`autoprune.graph.transformer`).
 
 The graph also knows, for every layer, which unit owns its input and output
 channels, so the layer shapes (and hence the latency) of any policy can be
@@ -23,12 +25,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from autoprune.errors import ConfigError, ModelError, PolicyError
+from autoprune.errors import ModelError, PolicyError
 from autoprune.graph.constraints import MULTI_SOURCE_OPS, ChannelConstraint, UnsupportedUnit, constraint_of, kept_channels
 from autoprune.graph.layers import MAC_LAYER_KINDS, ExampleInput, LayerSpec, as_args, input_shapes, count_macs, record_layer_specs, spec_macs
 from autoprune.graph.residual import is_residual_by_trace
 from autoprune.graph.scoring import BatchSource, LossFn, unit_scores
-from autoprune.graph.transformer import head_layouts, is_transformer_layer, unknown_head_layouts
+from autoprune.graph.transformer import head_layouts, head_role, is_transformer_layer, unknown_head_layouts
 from autoprune.graph.visibility import invisible_layers, units_feeding
 
 __all__ = ["DroppableBlock", "PrunableGraph", "PrunableUnit", "UnitFeatures", "kept_channels"]
@@ -136,14 +138,15 @@ class PrunableGraph:
     Args:
         model: The dense model (not modified; the graph keeps a reference to it).
         example_input: One batch shaped like the model's input, batch first: ``(N, C, H, W)`` for
-            images, ``(N, F)`` for features, or a tuple of tensors passed as ``model(*example_input)``.
-            MACs are per sample, so ``N`` does not change them.
+            images, ``(N, F)`` for features, or a tuple of tensors passed as ``model(*example_input)``
+            (an encoder: ``(input_ids, attention_mask)``, int64 ``(N, L)``). MACs are per sample.
         ignored: Module names not to prune (besides the classifier output, always ignored).
         drop_blocks: Whether to look for droppable residual blocks.
 
     Raises:
         ModelError: an ``ignored`` name is not a module, the model fails on ``example_input``, has no
-            conv/linear/attention layer, holds a layer Torch-Pruning cannot handle, or cannot be traced.
+            conv/linear/attention layer, holds a layer Torch-Pruning cannot handle, holds attention heads
+            in a layout it cannot split (e.g. a fused QKV projection), or cannot be traced.
     """
 
     def __init__(
@@ -246,7 +249,7 @@ class PrunableGraph:
                 # channels also indexing a bare nn.Parameter outside any supported layer: cannot be cut
                 self._skip(name, f"its channels also index parameter(s) {params_hit} outside any supported layer")
                 continue
-            attention, stream = self._head_role(group)
+            attention, stream = head_role([(self._name(d.target.module), d.target.module, self.dg.is_out_channel_pruning_fn(d.handler)) for d, _ in group], self.head_layouts)
             if stream:
                 self._skip(name, "the encoder's hidden width (residual stream, embeddings) is the width of its output and is kept")
                 continue
@@ -317,21 +320,6 @@ class PrunableGraph:
                 users.setdefault((layer, False), set()).add(u.name)
         shared = {n for names in users.values() if len(names) > 1 for n in names}
         return [replace(u, requery=True) if u.name in shared else u for u in units]
-
-    def _head_role(self, group: tp.dependency.Group) -> tuple[str | None, bool]:
-        """``(attention, stream)``: the attention whose heads the group's channels are (query/key/value
-        outputs), and whether they are an encoder's hidden stream (query inputs, and token embeddings)."""
-        attention, feeds, embedded = None, False, False
-        for dep, _ in group:
-            mname = self._name(dep.target.module)
-            embedded |= isinstance(dep.target.module, nn.Embedding)
-            for h in self.head_layouts.values():
-                if mname in h.projections:
-                    if self.dg.is_out_channel_pruning_fn(dep.handler):
-                        attention = h.name
-                    else:
-                        feeds = True
-        return attention, feeds and embedded
 
     def _skip(self, name: str, reason: str, *, warn: bool = False) -> None:
         self.skipped[name] = reason

@@ -101,6 +101,30 @@ def unknown_head_layouts(model: nn.Module) -> list[str]:
     return found
 
 
+def head_role(items: Iterable[tuple[str | None, nn.Module, bool]], layouts: dict[str, HeadLayout]) -> tuple[str | None, bool]:
+    """What a dependency group's channels are to the attention modules.
+
+    Args:
+        items: Per layer of the group: ``(layer name, module, whether its output channels are cut)``.
+        layouts: :func:`head_layouts` of the model.
+
+    Returns:
+        ``(attention, stream)``: the attention module whose heads the channels are (they cut its
+        query/key/value outputs), and whether they are an encoder's hidden stream (they cut the
+        query/key/value inputs and a token embedding), which is the width of its output and kept.
+    """
+    projection = {p: h.name for h in layouts.values() for p in h.projections}
+    attention, feeds, embedded = None, False, False
+    for name, module, is_out in items:
+        embedded |= isinstance(module, nn.Embedding)
+        if name in projection:
+            if is_out:
+                attention = projection[name]
+            else:
+                feeds = True
+    return attention, feeds and embedded
+
+
 def fix_head_counts(model: nn.Module, head_dims: dict[str, int]) -> None:
     """After whole heads were cut, set each attention module's head count from its projections' width.
 
@@ -293,6 +317,6 @@ def shortcut_for(module: nn.Module) -> nn.Module:
 
 
 __all__ = [
-    "AttentionCore", "HeadLayout", "SkipLayer", "SplitHeadAttention", "attention_width", "fix_head_counts", "head_layouts", "is_transformer_layer",
+    "AttentionCore", "HeadLayout", "SkipLayer", "SplitHeadAttention", "attention_width", "fix_head_counts", "head_layouts", "head_role", "is_transformer_layer",
     "shortcut_for", "split_attention_heads", "unknown_head_layouts",
 ]  # fmt: skip
