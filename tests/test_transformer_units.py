@@ -83,6 +83,8 @@ def test_units_are_heads_and_ffn_per_layer_and_layers_are_droppable(bert_graph):
     kinds = {u.name: (u.features.kind, u.features.channels, u.features.heads) for u in g.units}
     assert kinds == {**{n: ("heads", HIDDEN, HEADS) for n in HEAD_UNITS}, **{n: ("ffn", FFN, 0) for n in FFN_UNITS}}
     assert g.unit(HEAD_UNITS[0]).allowed == [8, 16, 24, 32]  # whole heads of 8
+    assert g.unit(HEAD_UNITS[0]).constraint.because == (f"{HEAD_UNITS[0]} (num_attention_heads={HEADS})",)
+    assert g.unit(HEAD_UNITS[0]).root in {f"{HEAD_UNITS[0]}.{p}" for p in ("query", "key", "value")}  # Torch-Pruning's root
     assert g.block_names == ["encoder.layer.0", "encoder.layer.1"]
     depths = [u.features.depth for u in g.units]
     assert depths == sorted(depths) and 0 < depths[0] < depths[-1] < 1

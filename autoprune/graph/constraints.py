@@ -199,7 +199,8 @@ def constraint_of(group: tp.dependency.Group, name_of, n: int, head_layers: dict
             continue
         if not _identity_cover(idxs, root, size):
             raise UnsupportedUnit(f"its channels reach only part of {because_text}; the layout across units cannot be kept")
-        because.append(because_text)
+        if because_text not in because:  # query, key and value of one attention name it once
+            because.append(because_text)
         if is_whole:
             whole = math.lcm(whole, segments) if whole else segments
         else:
