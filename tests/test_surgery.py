@@ -162,7 +162,7 @@ def test_taylor_without_batches_is_a_policy_error(graphs):
 
 
 def test_unknown_criterion_is_a_config_error_listing_the_criteria(graphs):
-    with pytest.raises(ConfigError, match=r"^pruning.importance: unknown importance criterion 'l3'; allowed: 'l1', 'l2', 'taylor', 'bn_scale' or 'package.module:Class'$"):
+    with pytest.raises(ConfigError, match=r"^pruning.importance: unknown importance criterion 'l3'; allowed: 'l1', 'l2', 'taylor', 'bn_scale', 'activation' or 'package.module:Class'$"):
         apply_policy(graphs["mlp"].model, Policy(), graph=graphs["mlp"], importance="l3")
 
 

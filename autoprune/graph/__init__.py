@@ -4,12 +4,14 @@
 - :mod:`~autoprune.graph.prunable`: ``PrunableGraph`` (Torch-Pruning dependency groups and droppable blocks);
 - :mod:`~autoprune.graph.residual`: residual blocks found by tracing (droppable ones);
 - :mod:`~autoprune.graph.policy`: ``Policy`` (a pruning ratio per unit) and the model fingerprint;
-- :mod:`~autoprune.graph.surgery`: real structural surgery with Torch-Pruning.
+- :mod:`~autoprune.graph.surgery`: real structural surgery with Torch-Pruning;
+- :mod:`~autoprune.graph.transformer`: attention heads, FFN width and encoder layers of transformer encoders.
 """
 
 from autoprune.graph.layers import ExampleInput, LayerSpec
 from autoprune.graph.policy import Policy, model_fingerprint
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
+from autoprune.graph.transformer import split_attention_heads
 
-__all__ = ["ExampleInput", "LayerSpec", "Policy", "PrunableGraph", "apply_policy", "model_fingerprint"]
+__all__ = ["ExampleInput", "LayerSpec", "Policy", "PrunableGraph", "apply_policy", "model_fingerprint", "split_attention_heads"]

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from autoprune.graph.layers import ExampleInput, as_args, input_shapes, with_batch_size
 from autoprune.graph.policy import architecture_hash
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import prune_channels
@@ -175,15 +176,15 @@ def masked_reference(graph: PrunableGraph, cuts: dict[str, list[int]]) -> nn.Mod
     return ref
 
 
-def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+def _outputs(model: nn.Module, x: ExampleInput) -> list[torch.Tensor]:
     model.eval()
     with torch.no_grad():
-        y = model(x)
+        y = model(*as_args(x))
     items = y if isinstance(y, (tuple, list)) else (y.values() if isinstance(y, dict) else [y])
     return [t for t in items if isinstance(t, torch.Tensor)]
 
 
-def _difference(graph: PrunableGraph, cuts: dict[str, list[int]], x: torch.Tensor) -> float:
+def _difference(graph: PrunableGraph, cuts: dict[str, list[int]], x: ExampleInput) -> float:
     """Largest absolute output difference between surgery and the masked dense model (float64)."""
     pruned = prune_channels(graph.model, graph, cuts).double()
     ref = masked_reference(graph, cuts).double()
@@ -224,9 +225,8 @@ def check_units(graph: PrunableGraph, *, ratios: tuple[float, ...] = (0.5,), see
         A :class:`CheckReport`.
     """
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((batch, *graph.example_input.shape[1:]), generator=gen, dtype=torch.float64)
-    if not graph.example_input.is_floating_point():
-        x = graph.example_input.repeat(batch, *([1] * (graph.example_input.dim() - 1)))
+    x = with_batch_size(graph.example_input, batch, generator=gen)
+    x = tuple(t.double() if t.is_floating_point() else t for t in x) if isinstance(x, tuple) else (x.double() if x.is_floating_point() else x)
     report = CheckReport()
     for u in graph.units:
         keeps = sorted(({u.constraint.kept(r) for r in ratios} | {u.allowed[0]}) - {u.features.channels})
@@ -256,7 +256,7 @@ def check_units(graph: PrunableGraph, *, ratios: tuple[float, ...] = (0.5,), see
     return report
 
 
-def _passes(graph: PrunableGraph, cuts: dict[str, list[int]], x: torch.Tensor) -> bool:
+def _passes(graph: PrunableGraph, cuts: dict[str, list[int]], x: ExampleInput) -> bool:
     try:
         return _difference(graph, cuts, x) <= TOLERANCE
     except Exception:  # noqa: BLE001
@@ -271,7 +271,8 @@ def default_cache_dir() -> Path:
 def _cache_key(graph: PrunableGraph, ratios: tuple[float, ...], seed: int) -> str:
     units = [(u.name, u.features.channels, u.constraint.segments, u.constraint.whole) for u in graph.units]
     text = json.dumps([CHECK_VERSION, tp.__version__ if hasattr(tp, "__version__") else "", architecture_hash(graph.model),
-                       list(graph.example_input.shape[1:]), units, list(ratios), seed])
+                       [list(s[1:]) for s in input_shapes(graph.example_input)] if isinstance(graph.example_input, tuple)
+                       else list(graph.example_input.shape[1:]), units, list(ratios), seed])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 

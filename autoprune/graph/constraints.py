@@ -145,13 +145,16 @@ def _identity_cover(idxs: Iterable[int], root_idxs: Iterable[int], size: int) ->
     return len(plain) == size and plain == root == list(range(size))
 
 
-def constraint_of(group: tp.dependency.Group, name_of, n: int) -> ChannelConstraint:  # noqa: ANN001
+def constraint_of(group: tp.dependency.Group, name_of, n: int, head_layers: dict[str, tuple[str, int]] | None = None) -> ChannelConstraint:  # noqa: ANN001
     """The layout rule a Torch-Pruning dependency group (with all its channels) imposes.
 
     Args:
         group: The unit's dense group (``DependencyGraph.get_pruning_group`` over every channel).
         name_of: Callable giving a module's dotted name (or ``None``).
         n: Channels of the unit.
+        head_layers: ``{projection layer name: (attention module name, heads)}`` for the query, key
+            and value linears of recognised Hugging Face self-attention modules
+            (:func:`autoprune.graph.transformer.head_layouts`): their output channels are cut in whole heads.
 
     Returns:
         The combined rule (aligned segments: their least common multiple).
@@ -180,6 +183,10 @@ def constraint_of(group: tp.dependency.Group, name_of, n: int) -> ChannelConstra
         elif isinstance(m, nn.MultiheadAttention):
             size, segments, is_whole = m.embed_dim, m.num_heads, True
             because_text = f"{label} (num_heads={m.num_heads})"
+        elif head_layers and label in head_layers and group._DG.is_out_channel_pruning_fn(dep.handler):  # noqa: SLF001
+            attention, heads = head_layers[label]
+            size, segments, is_whole = m.out_features, heads, True
+            because_text = f"{attention} (num_attention_heads={heads})"
         elif dep.target.type == tp.ops.OPTYPE.SPLIT:
             offsets = list(getattr(m, "offsets", None) or [])
             sizes = [b - a for a, b in zip(offsets, offsets[1:])]
@@ -192,7 +199,8 @@ def constraint_of(group: tp.dependency.Group, name_of, n: int) -> ChannelConstra
             continue
         if not _identity_cover(idxs, root, size):
             raise UnsupportedUnit(f"its channels reach only part of {because_text}; the layout across units cannot be kept")
-        because.append(because_text)
+        if because_text not in because:  # query, key and value of one attention name it once
+            because.append(because_text)
         if is_whole:
             whole = math.lcm(whole, segments) if whole else segments
         else:

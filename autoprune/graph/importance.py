@@ -8,13 +8,22 @@ name the user's own class as ``"package.module:Class"`` (``pruning.importance``)
 instantiated without arguments.
 
 A criterion that needs gradients (Taylor, Molchanov et al. 2019) says so with a true
-``needs_gradients`` attribute; the graph then back-propagates a few training batches first.
+``needs_gradients`` attribute; the graph then back-propagates a few calibration batches first,
+through a loss the caller may choose (:func:`autoprune.graph.scoring.accumulate_gradients`).
+A criterion that needs activations (``activation``) says so with a true ``needs_activations``
+attribute; the graph then records mean absolute activations over calibration inputs and sets
+them as the scorer's ``activations`` before calling it (:mod:`autoprune.graph.scoring`).
+
+Every criterion works on every unit kind: conv and linear channels, attention heads (their
+group couples the query/key/value rows and the output projection's columns, so magnitude and
+Taylor scores cover the whole head) and FFN neurons.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+import torch
 import torch_pruning as tp
 
 from autoprune.errors import ConfigError, describe
@@ -45,6 +54,47 @@ def taylor() -> tp.importance.Importance:
     return scorer
 
 
+class ActivationImportance(tp.importance.Importance):
+    """Mean absolute activation of each channel over calibration inputs (higher: keep).
+
+    The activation-based criterion Minitron uses to rank attention heads, FFN neurons and channels
+    (Muralidharan et al. 2024, "Compact Language Models via Pruning and Knowledge Distillation");
+    for conv channels it is the mean-activation criterion named next to L1 and Taylor in surveys of
+    structured pruning (cf. APoZ, Hu et al. 2016, which counts zeros of the same activations).
+
+    The graph fills :attr:`activations` (``{module: mean |activation| per channel}``, from
+    :func:`autoprune.graph.scoring.mean_abs_activations`) before calling the scorer on a group; a
+    channel's score is the sum over the group's output layers that have a recorded activation.
+    For attention heads the recorded activation is the heads' context output (keyed by the
+    ``value`` projection), so a head's score is its mean absolute output per channel.
+    """
+
+    needs_activations = True
+
+    def __init__(self) -> None:
+        self.activations: dict = {}
+
+    def __call__(self, group: tp.dependency.Group) -> torch.Tensor | None:
+        """Scores of shape ``(channels,)`` in the group's root coordinates, or ``None`` with no recorded activation."""
+        scores = None
+        for item in group:
+            dep = item.dep
+            act = self.activations.get(dep.target.module)
+            if act is None or not group._DG.is_out_channel_pruning_fn(dep.handler):  # noqa: SLF001
+                continue
+            plain = tp._helpers.to_plain_idxs(item.idxs)  # noqa: SLF001
+            root = item.root_idxs if item.root_idxs is not None else plain
+            if scores is None:
+                scores = torch.zeros(len(group[0].idxs), dtype=torch.float64)
+            scores.index_add_(0, torch.as_tensor(root, dtype=torch.long), act[torch.as_tensor(plain, dtype=torch.long)].double())
+        return scores
+
+
+def activation() -> tp.importance.Importance:
+    """Mean absolute activation over calibration inputs (Minitron, Muralidharan et al. 2024); needs calibration batches."""
+    return ActivationImportance()
+
+
 #: The criterion used unless told otherwise (surgery, the evaluator and ``pruning.importance``).
 DEFAULT_IMPORTANCE = "l1"
 
@@ -57,6 +107,7 @@ IMPORTANCES: Registry[ImportanceFactory] = Registry(
         "l2": "autoprune.graph.importance:l2_magnitude",
         "taylor": "autoprune.graph.importance:taylor",
         "bn_scale": "autoprune.graph.importance:bn_scale",
+        "activation": "autoprune.graph.importance:activation",
     },
 )
 
@@ -99,4 +150,9 @@ def needs_gradients(scorer: object) -> bool:
     return isinstance(scorer, (tp.importance.GroupTaylorImportance, tp.importance.GroupHessianImportance))
 
 
-__all__ = ["DEFAULT_IMPORTANCE", "IMPORTANCES", "ImportanceFactory", "make_importance", "needs_gradients", "register_importance"]
+def needs_activations(scorer: object) -> bool:
+    """True when ``scorer`` reads recorded activations (a true ``needs_activations`` attribute)."""
+    return bool(getattr(scorer, "needs_activations", False))
+
+
+__all__ = ["ActivationImportance", "DEFAULT_IMPORTANCE", "IMPORTANCES", "ImportanceFactory", "make_importance", "needs_activations", "needs_gradients", "register_importance"]

@@ -23,9 +23,42 @@ from typing import Callable, Union
 import torch
 from torch import nn
 
+from autoprune.graph.transformer import attention_width
+
 ExampleInput = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 """What a model is called with: one batch-first tensor (``(N, C, H, W)``, ``(N, C, L)``, ``(N, F)``,
-``(N, L, F)``), or a tuple of them (``model(*inputs)``), all with the same batch size ``N``."""
+``(N, L, F)``), or a tuple of them (``model(*inputs)``), all with the same batch size ``N``.
+A transformer encoder takes ``(input_ids, attention_mask)``, both int64 of shape ``(N, L)``
+(sequence length ``L``); see :func:`as_args` and :func:`with_batch_size`."""
+
+
+
+def as_args(example_input: ExampleInput) -> tuple[torch.Tensor, ...]:
+    """The positional arguments a model is called with: ``model(*as_args(x))``."""
+    return example_input if isinstance(example_input, tuple) else (example_input,)
+
+
+def input_shapes(example_input: ExampleInput) -> object:
+    """The shape of an example input (a tuple of shapes for a tuple of tensors), for messages."""
+    if isinstance(example_input, tuple):
+        return tuple(tuple(t.shape) for t in example_input)
+    return tuple(example_input.shape)
+
+
+def with_batch_size(example_input: ExampleInput, batch_size: int, *, generator: torch.Generator | None = None) -> ExampleInput:
+    """An input like ``example_input`` with ``batch_size`` rows, same dtypes.
+
+    Floating tensors are drawn from a standard normal (``generator`` for repeatability); integer
+    tensors (token ids, attention masks) repeat the example's first row, so ids stay valid.
+    A tuple keeps its layout: e.g. ``(input_ids, attention_mask)``, both ``(N, L)`` int64.
+    """
+    def one(t: torch.Tensor) -> torch.Tensor:
+        if t.is_floating_point():
+            return torch.randn((batch_size, *t.shape[1:]), generator=generator, dtype=t.dtype)
+        return t[:1].repeat(batch_size, *([1] * (t.dim() - 1)))
+
+    return tuple(one(t) for t in example_input) if isinstance(example_input, tuple) else one(example_input)
+
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -34,6 +67,10 @@ _ADAPTIVE_POOL = (
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
 )  # fmt: skip
+
+#: The scaled dot-product core of a Hugging Face self-attention module (``Q·Kᵀ`` and ``attn·V`` of every head),
+#: recorded as one call beside its query/key/value/output linears; its channels are ``heads * head_dim``.
+ATTENTION_CORE = "dotproductattention"
 
 #: Layer kinds that hold weights over channels: the layers a unit is rooted at and that do MACs.
 MAC_LAYER_KINDS = frozenset(
@@ -107,6 +144,9 @@ class LayerSpec:
         if self.kind == "multiheadattention":
             out_channels = in_channels
             kv = (in_channels, in_channels)
+        if self.kind == ATTENTION_CORE:  # whole heads: head_dim kept, the number of heads follows the width
+            out_channels = in_channels
+            groups = max(1, in_channels // max(1, self.in_channels // max(1, self.groups)))
         return replace(
             self,
             in_channels=in_channels,
@@ -141,6 +181,8 @@ def spec_macs(spec: LayerSpec) -> int:
     * MultiheadAttention (embed dim ``E``, query length ``Lq``, key length ``Lk``, ``kdim``, ``vdim``):
       projections ``Lq*E*E + Lk*kdim*E + Lk*vdim*E + Lq*E*E`` plus per head ``Lq*Lk*d`` for ``Q·Kᵀ``
       and ``Lq*Lk*d`` for ``attn·V`` (``d = E / heads``), i.e. ``2*Lq*Lk*E`` over all heads;
+    * the dot-product core of a Hugging Face self-attention (``dotproductattention``, width
+      ``W = heads * head_dim``, sequence length ``L``): ``2*L*L*W`` (its projections are Linear specs);
     * every other kind: 0.
 
     Args:
@@ -162,6 +204,8 @@ def spec_macs(spec: LayerSpec) -> int:
         e, lq, lk = spec.in_channels, spec.input_shape[1], spec.key_length
         kdim, vdim = spec.kv_channels or (e, e)
         return 2 * lq * e * e + lk * (kdim + vdim) * e + 2 * lq * lk * e
+    if kind == ATTENTION_CORE:
+        return 2 * spec.input_shape[1] * spec.key_length * spec.in_channels
     return 0
 
 
@@ -189,9 +233,22 @@ def _spec_of(
     A shape-preserving layer of no known kind (activation, dropout, ...) fed the previous call's
     output takes that call's channel axis, so after a Linear on tokens ``(N, L, F)`` its channels are ``F``.
     """
-    x = args[0] if args else kwargs.get("input", kwargs.get("query"))
+    x = args[0] if args else kwargs.get("input", kwargs.get("query", kwargs.get("hidden_states")))
     if not isinstance(x, torch.Tensor):
         return None
+    core = attention_width(module)
+    if core is not None and x.dim() == 3:  # (N, L, hidden) -> the heads' (N, L, heads * head_dim)
+        width, heads = core
+        n, length, key_length = int(x.shape[0]), int(x.shape[1]), int(x.shape[1])
+        if getattr(module, "batch_first", None) is not None:  # SplitHeadAttention: (query, key, value) like nn.MultiheadAttention
+            key = args[1] if len(args) > 1 else kwargs.get("key", x)
+            if not module.batch_first:
+                n, length = length, n
+            key_length = int(key.shape[1 if module.batch_first else 0])
+        return LayerSpec(
+            name, ATTENTION_CORE, width, width, (n, length, width), (n, length, width), groups=heads, channel_axis=2,
+            key_length=key_length,
+        )
     kind = type(module).__name__.lower()
     shape = tuple(int(s) for s in x.shape)
     out = output[0] if isinstance(output, tuple) and output else output
@@ -264,6 +321,8 @@ def _recorded_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
         if isinstance(module, nn.MultiheadAttention):
             inside_attention.append(name)
             chosen.append((name, module))
+        elif attention_width(module) is not None:  # its linears are called as modules: record them too
+            chosen.append((name, module))
         elif next(module.children(), None) is None:
             chosen.append((name, module))
     return chosen
@@ -303,7 +362,7 @@ def record_layer_specs(model: nn.Module, example_input: ExampleInput) -> list[La
         return hook
 
     handles = [m.register_forward_hook(hook_for(n), with_kwargs=True) for n, m in _recorded_modules(model)]
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    args = as_args(example_input)
     was_training = model.training
     try:
         model.eval()
@@ -316,4 +375,7 @@ def record_layer_specs(model: nn.Module, example_input: ExampleInput) -> list[La
     return specs
 
 
-__all__ = ["MAC_LAYER_KINDS", "ExampleInput", "LayerSpec", "count_macs", "record_layer_specs", "spec_macs"]
+__all__ = [
+    "ATTENTION_CORE", "MAC_LAYER_KINDS", "ExampleInput", "LayerSpec", "as_args", "count_macs", "input_shapes", "record_layer_specs", "spec_macs",
+    "with_batch_size",
+]

@@ -5,7 +5,9 @@ dependency group (all layers whose channels must be pruned together, e.g. every 
 that writes into one residual stream) becomes one :class:`PrunableUnit`, named after
 the module path of its root layer: a *unit* is our handle on one Torch-Pruning group
 (:meth:`PrunableGraph.dependency_group` returns the group itself). Residual blocks whose input and output shapes match
-become :class:`DroppableBlock` s: dropping one replaces it by its shortcut.
+become :class:`DroppableBlock` s: dropping one replaces it by its shortcut. Transformer encoders add
+attention-head units (named after their attention module), FFN units and droppable encoder layers
+(:mod:`autoprune.graph.transformer`).
 
 The graph also knows, for every layer, which unit owns its input and output
 channels, so the layer shapes (and hence the latency) of any policy can be
@@ -23,11 +25,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from autoprune.errors import ConfigError, ModelError, PolicyError
+from autoprune.errors import ModelError, PolicyError
 from autoprune.graph.constraints import MULTI_SOURCE_OPS, ChannelConstraint, UnsupportedUnit, constraint_of, kept_channels
-from autoprune.graph.importance import make_importance, needs_gradients
-from autoprune.graph.layers import MAC_LAYER_KINDS, ExampleInput, LayerSpec, count_macs, record_layer_specs, spec_macs
+from autoprune.graph.layers import MAC_LAYER_KINDS, ExampleInput, LayerSpec, as_args, input_shapes, count_macs, record_layer_specs, spec_macs
 from autoprune.graph.residual import is_residual_by_trace
+from autoprune.graph.scoring import BatchSource, LossFn, unit_scores
+from autoprune.graph.transformer import head_layouts, head_role, is_transformer_layer, unknown_head_layouts
 from autoprune.graph.visibility import invisible_layers, units_feeding
 
 __all__ = ["DroppableBlock", "PrunableGraph", "PrunableUnit", "UnitFeatures", "kept_channels"]
@@ -41,7 +44,9 @@ class UnitFeatures:
     """Model-size-invariant description of a unit, used as an agent's observation.
 
     Attributes:
-        kind: ``conv``, ``depthwise`` (group holds a depthwise conv) or ``linear``.
+        kind: ``conv``, ``depthwise`` (group holds a depthwise conv), ``linear``, ``heads`` (attention
+            heads: channels cut in whole heads) or ``ffn`` (the intermediate width of one encoder layer's
+            feed-forward block).
         channels: Number of prunable channels in the group.
         in_channels: Input channels of the root layer.
         kernel: Kernel size of the root layer (1 for linear).
@@ -52,6 +57,7 @@ class UnitFeatures:
         resolution: Spatial size of the root layer's input relative to the model input, 0..1.
         coupled: Whether several layers write into these channels (e.g. a residual stream).
         n_layers: Layers whose channels this unit prunes (input or output side).
+        heads: Attention heads the unit's channels form (0 when it holds no attention).
     """
 
     kind: str
@@ -65,6 +71,7 @@ class UnitFeatures:
     resolution: float
     coupled: bool
     n_layers: int
+    heads: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,13 +79,15 @@ class PrunableUnit:
     """One searchable decision: the channels of one Torch-Pruning dependency group, named after its root layer.
 
     Attributes:
-        name: Dotted path of the root layer (whose output channels the unit cuts).
+        name: Dotted path of the root layer (whose output channels the unit cuts); for the heads of a
+            Hugging Face self-attention, the attention module's path (``encoder.layer.0.attention.self``).
         features: The agent's description of the unit.
         out_layers, in_layers: Layers whose output / input channels the unit cuts.
         constraint: Which channel counts the unit may keep, and how channels are chosen for one.
         requery: Whether its channels meet another unit's in a concat/split (or in one layer's
             dimension), so surgery must ask Torch-Pruning for its group on the partly pruned copy
             instead of replaying the dense model's indices.
+        root_layer: The layer Torch-Pruning's group is rooted at, when it is not ``name`` (heads).
     """
 
     name: str
@@ -87,6 +96,12 @@ class PrunableUnit:
     in_layers: tuple[str, ...]
     constraint: ChannelConstraint | None = None
     requery: bool = False
+    root_layer: str = ""
+
+    @property
+    def root(self) -> str:
+        """The layer whose output channels index the unit's channels (Torch-Pruning's root)."""
+        return self.root_layer or self.name
 
     @property
     def allowed(self) -> list[int]:
@@ -113,13 +128,6 @@ class DroppableBlock:
     units_inside: tuple[str, ...]
 
 
-def _shapes(example_input: ExampleInput) -> object:
-    """The shape of an example input (a tuple of shapes for a tuple of tensors), for messages."""
-    if isinstance(example_input, tuple):
-        return tuple(tuple(t.shape) for t in example_input)
-    return tuple(example_input.shape)
-
-
 class PrunableGraph:
     """The prunable structure of one model, built once and asked by everything else.
 
@@ -130,14 +138,15 @@ class PrunableGraph:
     Args:
         model: The dense model (not modified; the graph keeps a reference to it).
         example_input: One batch shaped like the model's input, batch first: ``(N, C, H, W)`` for
-            images, ``(N, F)`` for features, or a tuple of tensors passed as ``model(*example_input)``.
-            MACs are per sample, so ``N`` does not change them.
+            images, ``(N, F)`` for features, or a tuple of tensors passed as ``model(*example_input)``
+            (an encoder: ``(input_ids, attention_mask)``, int64 ``(N, L)``). MACs are per sample.
         ignored: Module names not to prune (besides the classifier output, always ignored).
         drop_blocks: Whether to look for droppable residual blocks.
 
     Raises:
         ModelError: an ``ignored`` name is not a module, the model fails on ``example_input``, has no
-            conv/linear/attention layer, holds a layer Torch-Pruning cannot handle, or cannot be traced.
+            conv/linear/attention layer, holds a layer Torch-Pruning cannot handle, holds attention heads
+            in a layout it cannot split (e.g. a fused QKV projection), or cannot be traced.
     """
 
     def __init__(
@@ -157,12 +166,19 @@ class PrunableGraph:
             shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
             raise ModelError(f"model.ignore: {unknown} are not modules of the model; its layers are: {shown}")
         self._check_supported_layers(set(ignored))
+        unknown_heads = [h for h in unknown_head_layouts(model) if not any(h == i or h.startswith(i + " ") for i in ignored)]
+        if unknown_heads:
+            raise ModelError(
+                f"attention {unknown_heads[0]}: autoprune cannot split its heads (expected nn.MultiheadAttention or "
+                "query/key/value Linear children with num_attention_heads and attention_head_size); add it to model.ignore"
+            )
+        self.head_layouts = head_layouts(model)
         try:
             self.dense_specs = record_layer_specs(model, example_input)
         except (RuntimeError, ValueError, TypeError, IndexError) as e:  # the model's forward fails on this input
             first = " ".join(str(e).split())[:300]
             raise ModelError(
-                f"the model fails on an input of shape {_shapes(example_input)} ({type(e).__name__}: {first}); "
+                f"the model fails on an input of shape {input_shapes(example_input)} ({type(e).__name__}: {first}); "
                 "build it for the data's channels, classes and input size"
             ) from e
         self._exec_order = {s.module_name: i for i, s in enumerate(self.dense_specs)}
@@ -183,9 +199,10 @@ class PrunableGraph:
         if not param_specs:
             raise ModelError("the model has no Conv2d or Linear layer to prune that autograd tracing can see")
         self.output_layer = param_specs[-1].module_name
-        ignored_modules = [self._module_by_name[n] for n in (*ignored, self.output_layer)]
+        ignored_modules = [m for n in (*ignored, self.output_layer) for m in self._module_by_name[n].modules()]  # a container: all inside
         self.skipped: dict[str, str] = {}
         self.head_dims = {n: m.head_dim for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
+        self.head_dims.update({n: h.head_dim for n, h in self.head_layouts.items()})
         self._groups: dict[str, tp.dependency.Group] = {}
         self.units = self._collect_units(ignored_modules)
         for layer in self.invisible:
@@ -219,6 +236,8 @@ class PrunableGraph:
         units = []
         self.out_owner: dict[str, str] = {}
         self.in_owner: dict[str, str] = {}
+        projections = {p: (h.name, h.heads) for h in self.head_layouts.values() for p in h.projections}
+        encoder_layers = [n + "." for n, m in self.model.named_modules() if n and is_transformer_layer(m)]
         for group in self.dg.get_all_groups(ignored_layers=ignored_modules, root_module_types=(nn.Conv2d, nn.Conv1d, nn.Linear)):
             root = group[0].dep.target.module
             name = self._name(root)
@@ -230,14 +249,21 @@ class PrunableGraph:
                 # channels also indexing a bare nn.Parameter outside any supported layer: cannot be cut
                 self._skip(name, f"its channels also index parameter(s) {params_hit} outside any supported layer")
                 continue
+            attention, stream = head_role([(self._name(d.target.module), d.target.module, self.dg.is_out_channel_pruning_fn(d.handler)) for d, _ in group], self.head_layouts)
+            if stream:
+                self._skip(name, "the encoder's hidden width (residual stream, embeddings) is the width of its output and is kept")
+                continue
+            root_layer, name = (name, attention) if attention else ("", name)
             try:
-                constraint = constraint_of(group, self._name, n)
+                constraint = constraint_of(group, self._name, n, projections)
             except UnsupportedUnit as e:
                 self._skip(name, str(e), warn=True)
                 continue
             if not constraint.prunable:
                 self._skip(name, f"its {n} channel(s) cannot lose any (allowed counts: {constraint.allowed() or [n]})")
                 continue
+            if attention:  # the attention's own spec (its Q·Kᵀ and attn·V matmuls) has the heads' width
+                self.out_owner[attention] = self.in_owner[attention] = name
             outs, ins, depthwise = [], [], False
             for dep, _ in group:
                 mname = self._name(dep.target.module)
@@ -255,11 +281,15 @@ class PrunableGraph:
                     self.in_owner[mname] = name
             requery = any(dep.target.type in MULTI_SOURCE_OPS for dep, _ in group)
             self._groups[name] = group
-            root_spec = layer_by_name.get(name)
+            root_spec = layer_by_name.get(root_layer or name)
             touched = {n for n in outs + ins if n in layer_by_name}
             macs = sum(spec_macs(layer_by_name[n]) for n in touched)
             params = sum(p.numel() for n in touched for p in self._module_by_name[n].parameters(recurse=False))
             kind = "depthwise" if depthwise else ("linear" if isinstance(root, nn.Linear) else "conv")
+            if constraint.whole:
+                kind = "heads"
+            elif kind == "linear" and any(all(t.startswith(p) for t in touched) for p in encoder_layers):
+                kind = "ffn"
             conv_outs = [n for n in outs if isinstance(self._module_by_name[n], (nn.Conv2d, nn.Conv1d, nn.Linear))]
             res = 1.0
             if root_spec is not None and len(root_spec.input_shape) == 4:
@@ -272,13 +302,14 @@ class PrunableGraph:
                 stride=root_spec.stride[0] if root_spec and root_spec.stride else 1,
                 macs=int(macs),
                 params=int(params),
-                depth=self._exec_order.get(name, 0) / n_layers,
+                depth=self._exec_order.get(root_layer or name, 0) / n_layers,
                 resolution=float(res),
                 coupled=len(conv_outs) > 1,
                 n_layers=len(touched),
+                heads=constraint.segments if constraint.whole else 0,
             )
-            units.append(PrunableUnit(name, features, tuple(outs), tuple(ins), constraint, requery))
-        units.sort(key=lambda u: self._exec_order.get(u.name, 0))
+            units.append(PrunableUnit(name, features, tuple(outs), tuple(ins), constraint, requery, root_layer))
+        units.sort(key=lambda u: self._exec_order.get(u.root, 0))
         # A layer dimension cut by two units (e.g. the input of a conv after a concat): the second
         # unit's dense indices are stale once the first is cut, so both are re-queried.
         users: dict[tuple[str, bool], set[str]] = {}
@@ -324,7 +355,7 @@ class PrunableGraph:
         try:
             self.model.eval()
             with torch.inference_mode():
-                self.model(*(self.example_input if isinstance(self.example_input, tuple) else (self.example_input,)))
+                self.model(*as_args(self.example_input))
         finally:
             for h in handles:
                 h.remove()
@@ -336,7 +367,7 @@ class PrunableGraph:
             flagged = getattr(m, "residual", None)
             if flagged is False:
                 continue
-            if not (flagged is True or is_residual_by_trace(m)):
+            if not (flagged is True or is_transformer_layer(m) or is_residual_by_trace(m)):
                 continue
             if any(name.startswith(b.name + ".") for b in blocks):
                 continue
@@ -422,7 +453,9 @@ class PrunableGraph:
             raise PolicyError(f"policy drops blocks the model does not have: {bad_drop}; droppable blocks: {self.block_names}")
         for name, r in ratios.items():
             if not isinstance(r, (int, float)) or not (0.0 <= float(r) < 1.0):
-                raise PolicyError(f"ratio of unit {name!r} is {r!r}; allowed: 0 <= ratio < 1")
+                block = next((b.name for b in self.blocks if name in b.units_inside), None)
+                every = f" (it would remove every head; drop the layer {block!r} instead)" if self.unit(name).features.heads and block else ""
+                raise PolicyError(f"ratio of unit {name!r} is {r!r}{every}; allowed: 0 <= ratio < 1")
 
     def kept(self, ratios: dict[str, float], round_to: int | None = None) -> dict[str, int]:
         """Surviving channel count per unit under ``ratios`` (missing units keep all channels).
@@ -504,59 +537,30 @@ class PrunableGraph:
         return count_macs(self.specs_for(ratios, drop, round_to=round_to))
 
     # --------------------------------------------------------------- importance
-    def importance(self, criterion: str, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None) -> dict[str, torch.Tensor]:
-        """Per-channel importance of every unit on the dense model, computed once per criterion.
+    def importance(self, criterion: str, batches: BatchSource | None = None, loss: LossFn | None = None) -> dict[str, torch.Tensor]:
+        """Per-channel importance of every unit on the dense model, computed once per criterion (and loss).
 
         Args:
             criterion: A name in :data:`autoprune.graph.importance.IMPORTANCES` (``l1``, ``l2``,
-                ``taylor``, ``bn_scale``) or a ``"package.module:Class"`` Torch-Pruning importance.
-            batches: Callable returning a few ``(x, y)`` training batches, for criteria that need
-                gradients (``taylor``); called only for those.
+                ``taylor``, ``bn_scale``, ``activation``) or a ``"package.module:Class"`` Torch-Pruning importance.
+            batches: Callable returning a few ``(inputs, target)`` calibration batches (``inputs`` a
+                tensor or a tuple passed as ``model(*inputs)``), for criteria that need gradients
+                (``taylor``) or activations (``activation``); called only for those.
+            loss: ``loss(model output, target)`` -> scalar for gradient criteria; default
+                cross-entropy to labels (e.g. pass the MSE to dense embeddings for an encoder).
 
         Returns:
             ``{unit name: scores}``, each a float tensor of shape ``(channels,)`` (higher: keep).
+            A head unit's channels are its heads' ``heads * head_dim`` query/key/value rows.
 
         Raises:
             ConfigError: unknown criterion, or one that does not give one score per channel.
-            PolicyError: a criterion that needs gradients without ``batches``.
+            PolicyError: a criterion that needs gradients or activations without ``batches``.
         """
-        if criterion in self._importance_cache:
-            return self._importance_cache[criterion]
-        scorer = make_importance(criterion)
-        grads = needs_gradients(scorer)
-        if grads:
-            if batches is None:
-                raise PolicyError(f"importance {criterion!r} needs training batches to compute gradients")
-            self._accumulate_gradients(batches)
-        scores = {}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for u in self.units:
-                try:
-                    s = scorer(self._groups[u.name])
-                    if s is None:  # e.g. BN scale on a group without BatchNorm: fall back to L1
-                        s = tp.importance.GroupMagnitudeImportance(p=1)(self._groups[u.name])
-                except (IndexError, RuntimeError):  # a group Torch-Pruning maps wrongly (e.g. through a split)
-                    w = self._module_by_name[u.name].weight.detach()
-                    s = w.transpose(0, 1).flatten(1).abs().sum(1) if getattr(self._module_by_name[u.name], "transposed", False) else w.flatten(1).abs().sum(1)
-                if not isinstance(s, torch.Tensor) or s.shape != (u.features.channels,):
-                    got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
-                    raise ConfigError(f"pruning.importance: {criterion!r} gave {got} for unit {u.name!r}; "
-                                      f"expected a 1-D tensor of {u.features.channels} scores")
-                scores[u.name] = torch.nan_to_num(s.detach().float().clone(), nan=0.0)
-        if grads:
-            self.model.zero_grad(set_to_none=True)
-        self._importance_cache[criterion] = scores
-        return scores
-
-    def _accumulate_gradients(self, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> None:
-        was_training = self.model.training
-        self.model.eval()
-        self.model.zero_grad(set_to_none=True)
-        for x, y in batches():
-            loss = nn.functional.cross_entropy(self.model(x), y)
-            loss.backward()
-        self.model.train(was_training)
+        key = criterion if loss is None else (criterion, loss)
+        if key not in self._importance_cache:
+            self._importance_cache[key] = unit_scores(self, criterion, batches, loss)
+        return self._importance_cache[key]
 
     def pruning_plan(self, unit_name: str, idxs: list[int]) -> list[tuple[str, Callable, int, list[int]]]:
         """What pruning ``idxs`` of a unit does, from Torch-Pruning's ``get_pruning_group``.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 import torch_pruning as tp
@@ -27,14 +27,15 @@ from torch import nn
 
 from autoprune.errors import PolicyError
 from autoprune.graph.importance import DEFAULT_IMPORTANCE, IMPORTANCES
-from autoprune.graph.prunable import PrunableGraph, kept_channels
+from autoprune.graph.layers import ExampleInput
 from autoprune.graph.policy import Policy
+from autoprune.graph.prunable import PrunableGraph, kept_channels
+from autoprune.graph.scoring import BatchSource, LossFn
+from autoprune.graph.transformer import fix_head_counts, head_layouts, shortcut_for
 
 log = logging.getLogger(__name__)
 
 HISTORY_ATTR = "_autoprune_history"
-
-BatchSource = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -53,12 +54,17 @@ def apply_policy(
     policy: Policy,
     *,
     graph: PrunableGraph | None = None,
-    example_input: torch.Tensor | None = None,
+    example_input: ExampleInput | None = None,
     importance: str = DEFAULT_IMPORTANCE,
     round_to: int | None = None,
     batches: BatchSource | None = None,
+    loss: LossFn | None = None,
 ) -> nn.Module:
     """Return a pruned copy of ``model``: channel ratios per unit, then the listed blocks dropped.
+
+    A unit of attention heads keeps whole heads (the ratio rounds to heads, at least one is kept) and
+    its attention module's head count is updated; a dropped encoder layer becomes a
+    :class:`~autoprune.graph.transformer.SkipLayer`, any other dropped block an ``nn.Identity``.
 
     Args:
         model: The dense model; it is not modified.
@@ -66,9 +72,10 @@ def apply_policy(
         graph: A :class:`PrunableGraph` built on ``model`` (built here if omitted; pass it in loops).
         example_input: Needed when ``graph`` is omitted.
         importance: A name in :data:`autoprune.graph.importance.IMPORTANCES` (``l1``, ``l2``,
-            ``taylor`` (needs ``batches``), ``bn_scale``) or a ``"package.module:Class"`` criterion.
+            ``taylor`` and ``activation`` (need ``batches``), ``bn_scale``) or a ``"package.module:Class"`` criterion.
         round_to: Keep channel counts at multiples of this (when the unit's layout allows it).
-        batches: Training batches for the Taylor criterion.
+        batches: Calibration batches ``(inputs, target)`` for the Taylor and activation criteria.
+        loss: ``loss(output, target)`` for the Taylor criterion (default cross-entropy).
 
     Returns:
         The pruned copy; every unit keeps an allowed count (at least one channel, a multiple of its
@@ -87,26 +94,26 @@ def apply_policy(
         raise PolicyError("the graph was built on a different model object than the one passed to apply_policy")
     graph.validate_policy(policy.ratios, policy.drop)
     kept = graph.kept(policy.ratios, round_to)
-    scores = graph.importance(importance, batches)
+    scores = graph.importance(importance, batches, loss)
     cuts = {
         u.name: u.constraint.choose(scores[u.name], kept[u.name])
         for u in graph.units if kept[u.name] < u.features.channels
     }
     pruned = prune_channels(model, graph, cuts)
     for block in policy.drop:
-        _set_submodule(pruned, block, nn.Identity())
+        _set_submodule(pruned, block, shortcut_for(pruned.get_submodule(block)))
     history = getattr(pruned, HISTORY_ATTR)
     history[-1]["drop"] = list(policy.drop)
     return pruned
 
 
-def _trace(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+def _trace(model: nn.Module, example_input: ExampleInput) -> tp.DependencyGraph:
     with warnings.catch_warnings(), torch.enable_grad():
         warnings.simplefilter("ignore")
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
 
 
-def _cut_fresh(model: nn.Module, unit: str, idxs: list[int], example_input: torch.Tensor) -> None:
+def _cut_fresh(model: nn.Module, unit: str, idxs: list[int], example_input: ExampleInput) -> None:
     """Cut ``idxs`` of the unit rooted at layer ``unit`` through a group queried on ``model`` as it is now."""
     dg = _trace(model, example_input)
     root = model.get_submodule(unit)
@@ -118,12 +125,17 @@ def _fix_heads(model: nn.Module, head_dims: dict[str, int]) -> None:
     """Whole heads were cut: keep each attention layer's head size and lower its head count.
 
     Torch-Pruning's ``MultiheadAttentionPruner`` keeps ``num_heads`` and shrinks ``head_dim``,
-    which changes the attention scale; with whole heads cut the head size must stay.
+    which changes the attention scale; with whole heads cut the head size must stay. Hugging Face
+    attention modules get ``num_attention_heads`` and ``all_head_size`` from their query width.
     """
     for name, head_dim in head_dims.items():
-        m = model.get_submodule(name)
+        try:
+            m = model.get_submodule(name)
+        except AttributeError:  # inside a dropped layer
+            continue
         if isinstance(m, nn.MultiheadAttention) and m.embed_dim % head_dim == 0:
             m.num_heads, m.head_dim = m.embed_dim // head_dim, head_dim
+    fix_head_counts(model, head_dims)
 
 
 def prune_channels(model: nn.Module, graph: PrunableGraph, cuts: dict[str, list[int]]) -> nn.Module:
@@ -152,12 +164,12 @@ def prune_channels(model: nn.Module, graph: PrunableGraph, cuts: dict[str, list[
     for unit in order:
         idxs = sorted(int(i) for i in cuts[unit.name])
         if unit.requery:
-            _cut_fresh(pruned, unit.name, idxs, graph.example_input)
+            _cut_fresh(pruned, unit.root, idxs, graph.example_input)
         else:
             for mname, handler, dim, ix in graph.pruning_plan(unit.name, idxs):
                 handler.__self__.pruning_dim = dim
                 handler(modules[mname], ix)
-        history.append([unit.name, True, idxs])
+        history.append([unit.root, True, idxs])  # the root layer: what replay_history cuts again
     _fix_heads(pruned, graph.head_dims)
     setattr(pruned, HISTORY_ATTR, pruning_history(model) + [{"prune": history, "drop": []}])
     return pruned
@@ -167,12 +179,13 @@ def apply_iteratively(
     model: nn.Module,
     policy: Policy,
     *,
-    example_input: torch.Tensor,
+    example_input: ExampleInput,
     steps: int,
     recover: Callable[[nn.Module], None] | None = None,
     importance: str = DEFAULT_IMPORTANCE,
     round_to: int | None = None,
     batches: BatchSource | None = None,
+    loss: LossFn | None = None,
 ) -> nn.Module:
     """Prune in ``steps`` stages, calling ``recover(model)`` (e.g. a short fine-tune) after each.
 
@@ -201,7 +214,7 @@ def apply_iteratively(
         # ratios computed from integer counts: round_to applies only at the final stage
         current = apply_policy(
             current, Policy(ratios, tuple(drop)), graph=graph, importance=importance,
-            round_to=round_to if step == steps else None, batches=batches,
+            round_to=round_to if step == steps else None, batches=batches, loss=loss,
         )
         if recover is not None and step < steps:
             recover(current)
@@ -209,15 +222,16 @@ def apply_iteratively(
     return current
 
 
-def replay_history(model: nn.Module, history: list[dict], example_input: torch.Tensor) -> nn.Module:
+def replay_history(model: nn.Module, history: list[dict], example_input: ExampleInput) -> nn.Module:
     """Replay recorded surgery on a fresh dense ``model`` (in place), so saved weights fit it again."""
     for stage in history:
         head_dims = {n: m.head_dim for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
+        head_dims.update({n: h.head_dim for n, h in head_layouts(model).items()})
         for name, _out, idxs in stage.get("prune", []):
             _cut_fresh(model, name, list(idxs), example_input)
         _fix_heads(model, head_dims)
         for block in stage.get("drop", []):
-            _set_submodule(model, block, nn.Identity())
+            _set_submodule(model, block, shortcut_for(model.get_submodule(block)))
     setattr(model, HISTORY_ATTR, list(history))
     return model
 

@@ -52,7 +52,7 @@ def input_shape(model: nn.Module, layer: str, example_input: torch.Tensor) -> tu
         model.eval()
         with torch.inference_mode():
             try:
-                model(example_input)
+                model(*(example_input if isinstance(example_input, tuple) else (example_input,)))
             except Exception:  # noqa: BLE001 - the layer itself may fail on the changed input
                 pass
     finally:

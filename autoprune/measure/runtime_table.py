@@ -43,7 +43,7 @@ from scipy.optimize import nnls
 from torch import nn
 
 from autoprune.errors import ConfigError
-from autoprune.graph.layers import LayerSpec
+from autoprune.graph.layers import ATTENTION_CORE, LayerSpec, spec_macs
 from autoprune.graph.policy import Policy, architecture_hash
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
@@ -56,6 +56,7 @@ _FORMAT = 1
 FEATURES = (
     "constant", "conv_calls", "other_calls", "conv_macs", "conv_macs_simd8", "conv_in_elems", "conv_out_elems", "other_elems",
     "linear_macs", "conv_in_unaligned_calls", "conv_in_unaligned_elems", "conv_out_unaligned_calls", "conv_out_unaligned_elems",
+    "attention_macs",
 )
 DEFAULT_CACHE_DIR = Path(".autoprune") / "latency-tables"
 
@@ -93,6 +94,9 @@ def spec_features(specs: Sequence[LayerSpec]) -> np.ndarray:
         elif s.kind == "linear":
             f[2] += 1
             f[8] += batch * s.in_channels * s.out_channels
+        elif s.kind == ATTENTION_CORE:  # Q·Kᵀ and attn·V of every head: grows with the sequence length squared
+            f[2] += 1
+            f[13] += batch * spec_macs(s)
         else:
             f[2] += 1
             f[7] += float(np.prod(s.input_shape[1:])) * batch if len(s.input_shape) > 1 else batch

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from autoprune.errors import ConfigError
-from autoprune.graph.layers import ExampleInput, LayerSpec, record_layer_specs
+from autoprune.graph.layers import ATTENTION_CORE, ExampleInput, LayerSpec, record_layer_specs
+from autoprune.graph.transformer import AttentionCore
 from autoprune.measure.latency import DEFAULT_THREADS, LatencyBackend, PairedTimer, fixed_threads
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ def _build(spec: LayerSpec) -> nn.Module | None:
         )  # fmt: skip
     if kind == "linear":
         return nn.Linear(spec.in_channels, spec.out_channels, bias=spec.bias)
+    if kind == ATTENTION_CORE:  # a Hugging Face self-attention's Q·Kᵀ and attn·V
+        return AttentionCore(spec.groups)
     if kind.startswith("batchnorm") and cls is not None:
         return cls(spec.in_channels, affine=spec.bias)
     if kind == "layernorm":

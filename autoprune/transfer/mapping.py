@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 _UNIT_KEYS = ("name", "kind", "depth", "resolution", "coupled")
 _BLOCK_KEYS = ("name", "depth", "resolution")
-_KINDS = ("conv", "depthwise", "linear")
+_KINDS = ("conv", "depthwise", "linear", "heads", "ffn")  # heads, ffn: attention heads and FFN width of encoders
 _SPATIAL = ("conv", "depthwise")
 
 
@@ -189,7 +189,7 @@ def _parse_fingerprint(fp: Any) -> tuple[list[_Unit], list[_Block]]:
         except (TypeError, ValueError) as e:
             raise PolicyError(f"the policy's fingerprint is malformed: unit {u['name']!r} has a non-numeric feature ({e})") from e
         coupled = bool(u["coupled"])
-        units.append(_Unit(str(u["name"]), kind, depth, None if kind == "linear" else _level(res, stride),
+        units.append(_Unit(str(u["name"]), kind, depth, None if kind not in _SPATIAL else _level(res, stride),
                            coupled and kind != "depthwise", coupled))
     blocks = []
     for i, b in enumerate(fp.get("blocks", [])):
