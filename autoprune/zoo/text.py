@@ -24,7 +24,9 @@ from autoprune.errors import ConfigError, DataError
 DEBIAN_FORTUNES = Path("/usr/share/games/fortunes")
 TEXT_DATASET_NAMES = ("fortunes",)
 DEFAULT_MAX_LENGTH = 128
-_OVERSTRIKE = re.compile(".\x08")  # "x\bx" (bold) and "_\bx" (underline) in old fortune files
+# Overstriking in old fortune files: "___\bWORD" and "_\bx" (underline), "x\bx" (bold).
+_OVERSTRIKE = re.compile("_+\x08+|.\x08")
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # bells, stray backspaces, C1 codes; not tab or newline
 
 
 @dataclass(frozen=True)
@@ -185,13 +187,13 @@ def _fortune_files(d: Path) -> list[Path]:
 
 
 def parse_fortunes(text: str) -> list[str]:
-    """The quotations of one fortune file: ``%``-separated, whitespace collapsed, overstriking removed.
+    """The quotations of one fortune file: ``%``-separated, whitespace collapsed, overstriking and control characters removed.
 
     Entries that are mostly not letters (ASCII art) and empty entries are left out.
     """
     quotes = []
     for entry in re.split(r"^%\s*$", text, flags=re.MULTILINE):
-        clean = " ".join(_OVERSTRIKE.sub("", entry).split())
+        clean = " ".join(_CONTROL.sub("", _OVERSTRIKE.sub("", entry)).split())
         visible = clean.replace(" ", "")
         if visible and sum(c.isalpha() for c in visible) >= 0.6 * len(visible):
             quotes.append(clean)
