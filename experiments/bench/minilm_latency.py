@@ -10,7 +10,9 @@ to the sequence length, as a server batching requests to a fixed length runs the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "minilm_latency.md")
     args = parser.parse_args()
 
+    load = os.getloadavg()[0]
     enc = load_encoder("minilm", attn_implementation=args.attn)
     corpus = load_text_data("fortunes").tokenize(enc.tokenizer, max_length=args.seq, max_positions=enc.max_positions)
     rows = []
@@ -45,6 +48,8 @@ def main() -> None:
     cols = ("batch", "seq", "ORT median ms", "ORT p10-p90", "torch eager median ms", "eager p10-p90", "eager / ORT", "ORT sentences/s")
     text = (
         header(f"Dense MiniLM-L6 latency (attention kernel {args.attn!r} before export)", args.threads)
+        + f"- transformers {metadata.version('transformers')}, onnxruntime {metadata.version('onnxruntime')}; "
+        + f"load average when started: {load:.1f} (other jobs on the machine)\n\n"
         + f"ONNX Runtime {args.threads} threads (CPU provider, graph optimisation 'all', per-session pool); "
         + "torch eager under inference_mode. Medians of single calls on a shared 2-core machine: expect 10-30% drift.\n\n"
         + table(cols, rows)
