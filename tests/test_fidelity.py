@@ -31,6 +31,7 @@ def setting():
 def test_the_dense_model_has_fidelity_one(setting):
     enc, val, dense = setting
     fid = model_fidelity(enc.model, dense, val.batches(32))  # other batching, same sentences
+    assert model_fidelity(enc.model, sentence_embeddings(enc.model, val.batches(64, by_length=True)), val.batches(16, by_length=True)).cosine > 0.99999
     assert fid.n == 200 and fid.k == 10
     assert fid.cosine == pytest.approx(1.0, abs=1e-5)
     assert fid.neighbour_agreement == pytest.approx(1.0)

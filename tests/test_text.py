@@ -81,6 +81,10 @@ def test_tokenised_splits_are_int64_and_batches_cut_shared_padding():
         assert mask[:, -1].any()  # the last column is a token in some row: no all-padding column left
         lengths.append(ids.shape[1])
     assert min(lengths) < tok.val.input_ids.shape[1]
+    by_length = list(tok.val.batches(16, by_length=True))
+    assert sum(ids.numel() for ids, _ in by_length) < 0.7 * sum(ids.numel() for ids, _ in tok.val.batches(16))
+    assert sum(len(ids) for ids, _ in by_length) == len(tok.val)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(by_length, tok.val.batches(16, by_length=True)))
     ids, mask = tok.example_input(3)
     assert ids.shape == mask.shape == (3, 64) and ids.dtype == mask.dtype == torch.int64
 

@@ -91,14 +91,29 @@ class TokenSplit:
             return self
         return _trimmed(self.input_ids[:n], self.attention_mask[:n], self.texts[:n])
 
-    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, batch_size: int, *, shuffle: bool = False, seed: int = 0, by_length: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(input_ids, attention_mask)`` batches, each ``(B, L_b)`` with ``B <= batch_size``.
 
         ``L_b`` is the longest sentence of the batch: columns that are padding in every row are cut,
         which changes nothing for a masked encoder and saves the time of computing them.
+
+        Args:
+            batch_size: Rows per batch at most.
+            shuffle: Random order (seeded by ``seed``).
+            seed: Seed of the shuffle.
+            by_length: Sentences in order of length (a stable sort, so the same order every call):
+                batches of similar lengths carry little padding, about 3x less compute on fortunes
+                at ``max_length`` 128. Embeddings then come in that order, the same for every model.
         """
         n = len(self)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
+        if by_length:
+            order = torch.sort(self.attention_mask.sum(1), stable=True).indices
+        elif shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        else:
+            order = torch.arange(n)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             length = max(1, int(self.attention_mask[idx].sum(1).max()))
