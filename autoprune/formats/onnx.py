@@ -37,14 +37,38 @@ def as_args(example_input: ExampleInput) -> tuple[torch.Tensor, ...]:
     return example_input if isinstance(example_input, tuple) else (example_input,)
 
 
-def _input_names(n: int) -> list[str]:
+def input_names(model: nn.Module, n: int) -> list[str]:
+    """The ONNX input names of ``model`` called with ``n`` tensors.
+
+    The model's own ``input_names`` attribute when it names ``n`` inputs (e.g. a sentence
+    encoder's ``("input_ids", "attention_mask")``), else ``input`` for one and ``input0``,
+    ``input1``, ... for several.
+    """
+    names = getattr(model, "input_names", None)
+    if isinstance(names, (tuple, list)) and len(names) == n and all(isinstance(x, str) for x in names):
+        return list(names)
     return ["input"] if n == 1 else [f"input{i}" for i in range(n)]
 
 
+def dynamic_axes(names: list[str], args: tuple[torch.Tensor, ...]) -> dict[str, dict[int, str]]:
+    """Axes left dynamic in the exported graph: the batch axis of every input and of the output,
+    and the sequence axis (1) of every 2-D integer input ``(N, L)`` (token ids, attention masks)."""
+    axes: dict[str, dict[int, str]] = {}
+    for name, a in zip(names, args):
+        axes[name] = {0: "batch"}
+        if a.dim() == 2 and not a.is_floating_point() and not a.is_complex() and a.dtype != torch.bool:
+            axes[name][1] = "sequence"
+    return axes | {"output": {0: "batch"}}
+
+
 def export_model(model: nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: int | None) -> None:
-    """TorchScript-based exporter: one self-contained file, a dynamic batch axis, no onnxscript needed."""
-    names = _input_names(len(args))
-    axes = {n: {0: "batch"} for n in names} | {"output": {0: "batch"}}
+    """TorchScript-based exporter: one self-contained file, no onnxscript needed.
+
+    Inputs are named by :func:`input_names`; the batch axis is dynamic, and so is the sequence
+    axis of token inputs (:func:`dynamic_axes`), so one file serves every batch size and length.
+    """
+    names = input_names(model, len(args))
+    axes = dynamic_axes(names, args)
     was_training = model.training
     model.eval()
     try:
@@ -117,11 +141,13 @@ def export_onnx(
 ) -> dict:
     """Export ``model`` to ONNX and check that ONNX Runtime computes the same outputs.
 
-    The batch axis is dynamic. The model's training flag is restored afterwards.
+    The batch axis is dynamic, and so is the sequence axis of integer ``(N, L)`` inputs (token
+    ids and attention masks of a sentence encoder). The model's training flag is restored afterwards.
 
     Args:
         model: The (pruned) model.
-        example_input: Input tensor (or tuple of tensors) to trace with and to check on.
+        example_input: Input tensor (or tuple of tensors, e.g. ``(input_ids, attention_mask)``
+            int64 ``(N, L)`` each) to trace with and to check on.
         path: Destination ``.onnx`` file (parent folders are created).
         check: Validate the file with ``onnx.checker`` and compare ONNX Runtime's outputs
             with PyTorch's.
@@ -286,4 +312,4 @@ class _DropMessage(logging.Filter):
         return not str(record.msg).startswith(self.prefix)
 
 
-__all__ = ["ensure_shared_pool", "shared_pool_threads", "ONNX_EXTRA_HINT", "export_onnx", "onnx_predictions", "quantize_onnx", "require_onnx", "as_args", "export_model", "ort_session"]
+__all__ = ["ensure_shared_pool", "shared_pool_threads", "ONNX_EXTRA_HINT", "export_onnx", "onnx_predictions", "quantize_onnx", "require_onnx", "as_args", "export_model", "ort_session", "input_names", "dynamic_axes"]

@@ -7,8 +7,10 @@ from torch import nn
 
 from autoprune.errors import ConfigError, ModelError
 from autoprune.zoo.data import DATASET_NAMES, DataBundle, Split, load_data
+from autoprune.zoo.hf import ENCODER_NAMES, Encoder, SentenceEncoder, is_encoder_name, load_encoder
 from autoprune.zoo.models import MODEL_FACTORIES
 from autoprune.zoo.plugins import call_factory, is_reference
+from autoprune.zoo.text import TEXT_DATASET_NAMES, TextCorpus, TokenizedCorpus, TokenSplit, load_text_data
 
 MODEL_NAMES = tuple(MODEL_FACTORIES)
 
@@ -60,4 +62,8 @@ def check_model_fits(model: nn.Module, name: str, *, in_channels: int, num_class
                          f"expected (2, {num_classes}) logits; {given}")
 
 
-__all__ = ["DATASET_NAMES", "MODEL_NAMES", "DataBundle", "Split", "build_model", "check_model_fits", "load_data"]
+__all__ = [
+    "DATASET_NAMES", "ENCODER_NAMES", "MODEL_NAMES", "TEXT_DATASET_NAMES", "DataBundle", "Encoder", "SentenceEncoder", "Split",
+    "TextCorpus", "TokenSplit", "TokenizedCorpus", "build_model", "check_model_fits", "is_encoder_name", "load_data",
+    "load_encoder", "load_text_data",
+]  # fmt: skip

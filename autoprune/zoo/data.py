@@ -1,5 +1,7 @@
 """Data sets held in memory as tensors: Fashion-MNIST (IDX files), scikit-learn digits, user plugins.
 
+Text data sets for encoders (``fortunes``, :data:`TEXT_DATASET_NAMES`) live in :mod:`autoprune.zoo.text`.
+
 Every data set is split three ways. ``train`` and ``val`` are carved from the
 original training set with a fixed seed; the search only ever sees ``val``.
 ``test`` is the original test split, used only for final evaluation.
@@ -19,6 +21,7 @@ import torch
 
 from autoprune.errors import ConfigError, DataError
 from autoprune.zoo.plugins import call_factory, is_reference
+from autoprune.zoo.text import TEXT_DATASET_NAMES
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = {
@@ -212,6 +215,11 @@ def load_data(name: str, *, data_dir: str | None = None, val_fraction: float | N
         return load_fashion_mnist(data_dir=data_dir, **kwargs)
     if name == "digits":
         return load_digits(**kwargs)
+    if name in TEXT_DATASET_NAMES:
+        raise ConfigError(
+            f"data.name: {name!r} is a text data set, for a sentence encoder; load it with "
+            f"autoprune.zoo.load_text_data; allowed image data sets: {', '.join(DATASET_NAMES)}"
+        )
     if is_reference(name):
         bundle = call_factory(name, field="data.name", seed=seed)
         if not isinstance(bundle, DataBundle):
