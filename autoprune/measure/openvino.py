@@ -148,5 +148,24 @@ class OpenVinoBackend:
 
         return prepare_exported(self.name, model, example_input, open_file)
 
+    def prepare_file(self, path: str | Path, example_input: ExampleInput) -> Runner:
+        """A runner of one inference of the ONNX file at ``path`` (e.g. a QDQ int8 artifact) on ``example_input``.
+
+        Raises:
+            ModelError: OpenVINO cannot read or compile the file.
+        """
+        from autoprune.formats.onnx import as_args
+
+        args = as_args(example_input)
+        request = self.compile(path, [tuple(a.shape) for a in args]).create_infer_request()
+        for i, a in enumerate(args):
+            request.get_input_tensor(i).data[:] = a.detach().cpu().numpy()
+        infer = request.infer
+
+        def run() -> None:
+            infer()
+
+        return run
+
 
 __all__ = ["OPENVINO_EXTRA_HINT", "OpenVinoBackend", "PERFORMANCE_HINTS", "PRECISIONS", "require_openvino"]
