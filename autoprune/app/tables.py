@@ -33,21 +33,31 @@ def train_table(r: TrainReport) -> Shown:
 
 
 def estimate_table(r: EstimateReport) -> Shown:
-    """One row per uniform ratio: params, MACs, size, measured and predicted speed-up, proxy accuracy."""
+    """One row per variant (dense, uniform channel ratios, unstructured masks): size, speed-up on the backend (and eager), proxy accuracy."""
     cfg = r.config
-    table = Table(title=f"{cfg.model.name} on {r.data}: uniform channel pruning (batch {r.batch_size}, {cfg.latency.threads} threads)")
-    for col in ("ratio", "params", "MACs", "size", "lat ms", "speed-up [95% CI]", "predicted", "proxy acc", "secs p/a/l"):
+    backend = cfg.latency.backend
+    on_torch = all(row.backend.startswith("torch(") for row in r.rows)
+    table = Table(title=f"{cfg.model.name} on {r.data}: uniform channels vs unstructured masks, timed on {backend} "
+                        f"(batch {r.batch_size}, {cfg.latency.threads} threads)")
+    cols = ["pruning", "nonzero params", "MACs", "size", f"ms {backend}", "speed-up [95% CI]", "predicted" if on_torch else "eager", "proxy acc"]
+    for col in cols:
         table.add_column(col, justify="right", no_wrap=True)
     for row in r.rows:
         table.add_row(
-            "dense" if row.ratio == 0 else f"{row.ratio:.0%}", f"{row.params:,}", f"{row.macs / 1e6:.2f} M",
-            f"{row.size_bytes / 1024:.0f} KiB", f"{row.latency_ms:.3f}",
+            row.label, f"{row.nonzero_params:,}", f"{row.macs / 1e6:.2f} M", f"{row.size_bytes / 1024:.0f} KiB", f"{row.latency_ms:.3f}",
             f"{1 / row.latency_ratio:.2f}x [{1 / row.latency_ci[1]:.2f}-{1 / row.latency_ci[0]:.2f}]",
-            f"{1 / row.predicted_ratio:.2f}x", f"{row.proxy_accuracy:.4f}",
-            "/".join(f"{row.seconds[k]:.1f}" for k in ("prune", "accuracy", "latency")),
+            f"{1 / row.predicted_ratio:.2f}x" if on_torch else f"{1 / row.eager_ratio:.2f}x", f"{row.proxy_accuracy:.4f}",
         )
-    return [table, "speed-up = dense latency / pruned latency, measured paired (interleaved calls); predicted = lookup table; "
-                   "proxy acc = validation accuracy after BN re-estimation; secs = prune / accuracy / latency time."]
+    secs = {k: sum(row.seconds[k] for row in r.rows) for k in ("prune", "accuracy", "latency")}
+    notes = [f"backend: {r.rows[0].backend}" if r.rows else f"backend: {backend}",
+             f"speed-up = dense latency / variant latency on {backend}, measured paired (dense and variant calls interleaved)"
+             + ("; predicted = eager lookup table" if on_torch else "; eager = the same speed-up on eager PyTorch") + ".",
+             "uniform channels: every unit loses that share of its channels (Torch-Pruning surgery: tensors shrink). "
+             "unstructured masks: the smallest-magnitude conv/linear weights set to zero (torch.nn.utils.prune, global L1), "
+             "as many as the largest channel row removes; every shape, so size and MACs, stays dense.",
+             "proxy acc = validation accuracy after BN re-estimation; "
+             + "; ".join(f"{k} {v:.1f} s" for k, v in secs.items()) + "."]
+    return [table, "\n".join(notes)]
 
 
 def search_summary(run: SearchRun) -> Shown:
