@@ -110,6 +110,7 @@ def run_setting(model: str, batch: int, backend: str, *, episodes: int, epochs: 
         "dense_eager_ms": fresh["dense_eager_ms"], "backend_settings": fresh["backend_settings"], "rows": rows,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python " + " ".join(sys.argv),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip(),
     }
     ROWS_DIR.mkdir(parents=True, exist_ok=True)
     (ROWS_DIR / f"{model}-b{batch}-{backend}.json").write_text(json.dumps(result, indent=1))
@@ -179,7 +180,7 @@ def section() -> str:
         s = json.loads(f.read_text())
         label = LABELS[s["backend"]]
         text += (f"### {s['model']}, batch {s['batch']}, served on {label}: target {s['target']} of dense\n\n"
-                 f"- command: `{s['command']}`; date {s['date']}; {s['threads']} threads; search {s['episodes']} episodes (Optuna-TPE; "
+                 f"- command: `{s['command']}` (commit {s.get('commit', 'before seeding')}); date {s['date']}; {s['threads']} threads; search {s['episodes']} episodes (Optuna-TPE; "
                  f"uniform/global at most 8 measured evaluations); fine-tune {s['finetune_epochs']} epoch(s) with distillation\n"
                  f"- dense: test accuracy {s['dense_test_accuracy']:.4f}; {s['dense_backend_ms']:.3f} ms on {label}, "
                  f"{s['dense_eager_ms']:.3f} ms in eager PyTorch ({s['dense_eager_ms'] / s['dense_backend_ms']:.1f}x); backend `{s['backend_settings']}`\n\n")
