@@ -190,7 +190,7 @@ def test_a_new_study_is_seeded_with_the_uniform_and_global_baselines_at_the_pred
     from autoprune.search.global_pruning import global_family
 
     ev = resnet_evaluator.with_budget(Budget(metric="macs", target=0.5))
-    result = get_searcher("optuna", {"n_startup_trials": 2}, progress=False).search(ev, 4, seed=0)
+    result = get_searcher("optuna", {"n_startup_trials": 2, "seed_baselines": True}, progress=False).search(ev, 4, seed=0)
     uniform = predicted_baseline(ev, uniform_family(ev), ev.max_ratio)
     global_ = predicted_baseline(ev, global_family(ev), 1.0)
     first, second = (e.policy for e in result.history[:2])

@@ -68,7 +68,7 @@ class OptunaSearcher(Searcher):
         constant_liar: TPE avoids proposing what parallel workers are running.
         enqueue: Policies as ``{"ratios": {...}, "drop": [...]}`` evaluated first (warm start);
             ones already in a resumed study are skipped.
-        seed_baselines: A new study first evaluates the classical baselines at the target, as
+        seed_baselines: (off by default; the demo turns it on) A new study first evaluates the classical baselines at the target, as
             predicted by the latency table (no extra measurement): ``uniform`` and, with a magnitude
             ``pruning.importance``, Torch-Pruning ``global`` (:func:`autoprune.search.baselines.predicted_baseline`).
             The sampler then improves on the best of them rather than on random startup trials, so
@@ -99,7 +99,7 @@ class OptunaSearcher(Searcher):
         "multivariate": True,
         "constant_liar": False,
         "enqueue": [],
-        "seed_baselines": True,
+        "seed_baselines": False,
         "heartbeat_interval": 5,
         "grace_period": None,
         "retry_stale": 2,
@@ -235,10 +235,12 @@ class OptunaSearcher(Searcher):
         start = len(evaluator.history)
         queued = [self._enqueue_params(evaluator, d) for d in self.params["enqueue"]]
         study = self.open_study(evaluator, seed)
-        if self.params["seed_baselines"] and not study.get_trials(deepcopy=False):
-            queued += [self._enqueue_params(evaluator, {"ratios": p.ratios, "drop": list(p.drop)}) for p in baseline_seeds(evaluator)]
         for params in queued:
             study.enqueue_trial(params, skip_if_exists=True)
+        if self.params["seed_baselines"] and not study.get_trials(deepcopy=False):
+            for name, p in baseline_seeds(evaluator).items():
+                params = self._enqueue_params(evaluator, {"ratios": p.ratios, "drop": list(p.drop)})
+                study.enqueue_trial(params, user_attrs={SEED_ATTR: name}, skip_if_exists=True)
         if self.on_ready is not None:
             self.on_ready(study)
         previous = _done_trials(study)
@@ -302,15 +304,19 @@ class OptunaSearcher(Searcher):
         return extras
 
 
-def baseline_seeds(evaluator: PolicyEvaluator) -> list[Policy]:
+#: User attribute of a trial enqueued as a baseline seed (its value: ``uniform`` or ``global``).
+SEED_ATTR = "autoprune.baseline_seed"
+
+
+def baseline_seeds(evaluator: PolicyEvaluator) -> dict[str, Policy]:
     """``uniform`` and (with a magnitude criterion) ``global`` policies predicted to just meet the budget; none if unreachable."""
     from autoprune.search.baselines import predicted_baseline, uniform_family
     from autoprune.search.global_pruning import MAGNITUDE_CRITERIA, global_family
 
-    seeds = [predicted_baseline(evaluator, uniform_family(evaluator), evaluator.max_ratio)]
+    seeds = {"uniform": predicted_baseline(evaluator, uniform_family(evaluator), evaluator.max_ratio)}
     if evaluator.importance in MAGNITUDE_CRITERIA:
-        seeds.append(predicted_baseline(evaluator, global_family(evaluator), 1.0))
-    return [p for p in seeds if p is not None]
+        seeds["global"] = predicted_baseline(evaluator, global_family(evaluator), 1.0)
+    return {name: p for name, p in seeds.items() if p is not None}
 
 
 def _counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
