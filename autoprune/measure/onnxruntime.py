@@ -169,21 +169,19 @@ class OnnxRuntimeBackend:
         """
         from autoprune.measure.backends import prepare_exported
 
-        def open_file(path: Path, args: tuple[torch.Tensor, ...]) -> Any:
-            session = self.session(path)
-            feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(session.get_inputs(), args)}
-            return lambda: session.run(None, feeds)
-
-        return prepare_exported(self.name, model, example_input, open_file)
+        return prepare_exported(self.name, model, example_input, self.prepare_file)
 
     def prepare_file(self, path: str | Path, example_input: ExampleInput) -> Runner:
-        """A runner of one inference of the ONNX file at ``path`` (e.g. an int8 artifact) on ``example_input``."""
+        """A runner of one inference of the ONNX file at ``path`` (e.g. an int8 artifact) on ``example_input``.
+
+        The runner returns the session's outputs (the timers ignore them; :meth:`prepare` checks them).
+        """
         session = self.session(path)
         feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(session.get_inputs(), as_args(example_input))}
         run_session = session.run
 
-        def run() -> None:
-            run_session(None, feeds)
+        def run() -> list[Any]:
+            return run_session(None, feeds)
 
         return run
 

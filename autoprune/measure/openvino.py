@@ -135,21 +135,12 @@ class OpenVinoBackend:
         """
         from autoprune.measure.backends import prepare_exported
 
-        def open_file(path: Path, args: tuple[torch.Tensor, ...]) -> Any:
-            request = self.compile(path, [tuple(a.shape) for a in args]).create_infer_request()
-            for i, a in enumerate(args):
-                request.get_input_tensor(i).data[:] = a.detach().cpu().numpy()
-
-            def infer() -> list[Any]:
-                request.infer()
-                return [request.get_output_tensor(0).data]
-
-            return infer
-
-        return prepare_exported(self.name, model, example_input, open_file)
+        return prepare_exported(self.name, model, example_input, self.prepare_file)
 
     def prepare_file(self, path: str | Path, example_input: ExampleInput) -> Runner:
         """A runner of one inference of the ONNX file at ``path`` (e.g. a QDQ int8 artifact) on ``example_input``.
+
+        The runner returns OpenVINO's outputs (the timers ignore them; :meth:`prepare` checks them).
 
         Raises:
             ModelError: OpenVINO cannot read or compile the file.
@@ -160,12 +151,7 @@ class OpenVinoBackend:
         request = self.compile(path, [tuple(a.shape) for a in args]).create_infer_request()
         for i, a in enumerate(args):
             request.get_input_tensor(i).data[:] = a.detach().cpu().numpy()
-        infer = request.infer
-
-        def run() -> None:
-            infer()
-
-        return run
+        return request.infer
 
 
 __all__ = ["OPENVINO_EXTRA_HINT", "OpenVinoBackend", "PERFORMANCE_HINTS", "PRECISIONS", "require_openvino"]
