@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -109,6 +108,7 @@ def run_setting(model: str, batch: int, backend: str, *, episodes: int, epochs: 
         "threads": threads, "dense_test_accuracy": dense_test, "dense_backend_ms": fresh["dense_backend_ms"],
         "dense_eager_ms": fresh["dense_eager_ms"], "backend_settings": fresh["backend_settings"], "rows": rows,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average": open("/proc/loadavg").read().split()[:3],
         "command": "python " + " ".join(sys.argv),
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip(),
     }
@@ -182,7 +182,9 @@ def section() -> str:
         s = json.loads(f.read_text())
         label = LABELS[s["backend"]]
         text += (f"### {s['model']}, batch {s['batch']}, served on {label}: target {s['target']} of dense\n\n"
-                 f"- command: `{s['command']}` (commit {s.get('commit', 'before seeding')}); date {s['date']}; {s['threads']} threads; search {s['episodes']} episodes (Optuna-TPE; "
+                 f"- command: `{s['command']}` (commit {s.get('commit', 'before seeding')}); date {s['date']}"
+                 + (f" (load average at the end {' '.join(s['load_average'])})" if "load_average" in s else "")
+                 + f"; {s['threads']} threads; search {s['episodes']} episodes (Optuna-TPE; "
                  f"uniform/global at most 8 measured evaluations); fine-tune {s['finetune_epochs']} epoch(s) with distillation\n"
                  f"- dense: test accuracy {s['dense_test_accuracy']:.4f}; {s['dense_backend_ms']:.3f} ms on {label}, "
                  f"{s['dense_eager_ms']:.3f} ms in eager PyTorch ({s['dense_eager_ms'] / s['dense_backend_ms']:.1f}x); backend `{s['backend_settings']}`\n\n")
@@ -205,6 +207,26 @@ def section() -> str:
         goals.append(_goals(s))
     text += "### Goals (issue 13)\n\n" + "".join(goals)
     return text
+
+
+#: Where the rows section starts in ``runtimes.md``; :func:`write_section` replaces everything after it.
+MARKER = "\n---\n\n<!-- deployment rows: rebuilt from experiments/results/runtimes_rows/*.json -->\n"
+CAVEAT = ("**Read with care.** These rows ran on a 2-core machine shared with other jobs (load average 5-8 for the settings "
+          "that do not record it; later ones state it in their header line). The fresh-process ratios carry their 95% CIs; the "
+          "eager-PyTorch milliseconds (hence 'deployed vs dense eager') suffer most from contention (dense eager ResNet-20 is "
+          "about 1.06 ms on a quiet core). The OpenVINO setting ran before Optuna's baseline seeding existed; its fresh-process "
+          "figures were re-taken with `python experiments/bench/_deploy_rows.py refresh experiments/results/runtimes_rows/resnet20-b1-openvino.json`. "
+          "An earlier ResNet-20/ONNX Runtime run without seeding, on a less loaded machine, is kept in `runtimes_rows/pre-seeding/` "
+          "(searched 0.9065 test at 0.455 fresh ratio; eager-searched 0.8688 at 0.481; uniform 0.8542 at 0.332; global 0.9186 at 0.521).\n\n")
+
+
+def write_section(path: Path = RESULTS / "runtimes.md") -> Path:
+    """Replace the rows section of ``runtimes.md`` (everything after :data:`MARKER`) with :func:`section`; the one writer of it."""
+    text = path.read_text() if path.exists() else ""
+    if MARKER in text:
+        text = text[: text.index(MARKER)]
+    path.write_text(text.rstrip("\n") + "\n" + MARKER + "\n# Serving runtimes: deployment rows\n\n" + CAVEAT + section())
+    return path
 
 
 def _goals(s: dict) -> str:
@@ -257,3 +279,6 @@ if __name__ == "__main__":
         _remeasure(sys.argv[2])
     elif len(sys.argv) == 3 and sys.argv[1] == "refresh":
         refresh(sys.argv[2])
+        print(f"wrote {write_section()}")
+    elif len(sys.argv) == 2 and sys.argv[1] == "section":
+        print(f"wrote {write_section()}")

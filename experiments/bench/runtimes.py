@@ -6,6 +6,10 @@ variant (uniform 0.5 channels, blocks 2, 5, 8 dropped). Writes ``experiments/res
     python experiments/bench/runtimes.py [--repeats 8] [--sections paired,table] [--batches 1,32] [--threads 2]
         [--backends torch,onnxruntime,openvino] [--calibration 24] [--test-policies 20] [--append]
     python experiments/bench/runtimes.py --sections rows [--settings resnet20:1:onnxruntime,...] [--episodes 40] [--epochs 1]
+    python experiments/bench/_deploy_rows.py section   # rebuild the rows section from runtimes_rows/*.json
+
+The paired, prepare and table sections are written (or appended, ``--append``) above a marker;
+the rows section after the marker is always rebuilt from every setting's JSON.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import _version, header, table, write  # noqa: E402
+from _common import RESULTS, _version, header, table  # noqa: E402
 
 from autoprune.graph import Policy, PrunableGraph, apply_policy  # noqa: E402
 from autoprune.measure.latency import PairedTimer, measure_latency  # noqa: E402
@@ -244,15 +248,22 @@ def main() -> None:
         text += prepare_section(batches, args.repeats)
     if "table" in sections:
         text += table_section(batches, args.test_policies, args.calibration)
-    if "rows" in sections:
-        from _deploy_rows import run_setting, section
+    if "rows" in sections:  # one JSON per setting; the section at the end of runtimes.md is rebuilt from all of them
+        from _deploy_rows import run_setting, write_section
 
         for setting in filter(None, args.settings.split(",")):
             model, batch, backend = setting.split(":")
             run_setting(model, int(batch), backend, episodes=args.episodes, epochs=args.epochs, target=args.target, threads=THREADS)
-        text += section()
+        print(f"wrote {write_section()}")
+        if sections == ["rows"]:
+            return
     text += f"Total time {time.perf_counter() - start:.0f} s; load average at the end: {' '.join(open('/proc/loadavg').read().split()[:3])}.\n"
-    path = write("runtimes.md", ("\n---\n\n" if args.append else "") + text, append=args.append)
+    from _deploy_rows import MARKER, write_section
+
+    path = RESULTS / "runtimes.md"
+    old = path.read_text().split(MARKER, 1)[0] if args.append and path.exists() else ""
+    path.write_text((old.rstrip("\n") + "\n\n---\n\n" if old.strip() else "") + text)
+    write_section(path)  # the rows section stays last, rebuilt from its JSON files
     print(text)
     print(f"wrote {path}")
 
