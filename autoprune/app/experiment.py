@@ -55,7 +55,7 @@ class Baseline:
     """A trained dense model with its data."""
 
     model: nn.Module
-    data: DataBundle
+    data: DataBundle  #: a :class:`~autoprune.zoo.text.TokenizedCorpus` for a sentence encoder
     meta: dict[str, Any]
     checkpoint: Path
 
@@ -71,6 +71,8 @@ def load_baseline(cfg: ExperimentConfig, *, progress: bool = True) -> Baseline:
         ModelError: the model does not fit the data (see :func:`autoprune.zoo.check_model_fits`) or its checkpoint.
     """
     torch.manual_seed(cfg.seed)
+    if cfg.proxy.metric == "fidelity":
+        return load_encoder_baseline(cfg)
     data = load_data(cfg.data.name, data_dir=cfg.data.data_dir, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
     ckpt = Path(cfg.model.checkpoint) if cfg.model.checkpoint else baseline_checkpoint(cfg.model.name, data.name)
     if cfg.model.checkpoint and not ckpt.is_file():
@@ -84,6 +86,39 @@ def load_baseline(cfg: ExperimentConfig, *, progress: bool = True) -> Baseline:
         settings_must_match=not cfg.model.checkpoint and "train" in cfg.model_fields_set,  # train settings the user chose
     )
     return Baseline(model.eval(), data, meta, ckpt)
+
+
+def load_encoder_baseline(cfg: ExperimentConfig) -> Baseline:
+    """A pretrained sentence encoder as it is (no training) with its tokenised text.
+
+    The model is :func:`autoprune.zoo.hf.load_encoder` of ``model.name``; the data are the three
+    splits of ``data.name`` (:func:`autoprune.zoo.text.load_text_data`) tokenised by the model's
+    own tokenizer at ``data.max_length`` tokens, so the example input is
+    ``(input_ids, attention_mask)``, each ``(batch, max_length)`` int64.
+
+    Raises:
+        ConfigError: the nlp extra is missing, an unknown encoder folder, or ``data.max_length``
+            above the model's maximum positions.
+        DataError: the text files are missing (naming the Debian package) or too few.
+        ModelError: the folder's weights cannot be loaded as an encoder.
+    """
+    from autoprune.zoo.hf import load_encoder
+    from autoprune.zoo.text import load_text_data
+
+    encoder = load_encoder(cfg.model.name)
+    d = cfg.data
+    corpus = load_text_data(d.name, data_dir=d.data_dir, val_fraction=d.val_fraction, limit=d.limit)
+    data = corpus.tokenize(encoder.tokenizer, max_length=d.max_length, max_positions=encoder.max_positions)
+    meta = {"encoder": encoder.name, "folder": str(encoder.folder) if encoder.folder else None,
+            "sentences": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}}
+    return Baseline(encoder.model.eval(), data, meta, encoder.folder or Path(cfg.model.name))
+
+
+def is_encoder(baseline: Baseline) -> bool:
+    """True when the baseline is a sentence encoder on tokenised text (proxy: fidelity)."""
+    from autoprune.zoo.text import TokenizedCorpus
+
+    return isinstance(baseline.data, TokenizedCorpus)
 
 
 def build_evaluator(cfg: ExperimentConfig, baseline: Baseline) -> PolicyEvaluator:

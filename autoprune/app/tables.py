@@ -66,7 +66,7 @@ def search_summary(run: SearchRun) -> Shown:
     table.add_column("dense", justify="right")
     table.add_column("best policy", justify="right")
     m = best.metrics
-    table.add_row("proxy accuracy (val)", f"{ev.dense_accuracy:.4f}", f"{m.accuracy:.4f}")
+    table.add_row(f"proxy {getattr(getattr(ev, 'scorer', None), 'metric', 'accuracy')} (val)", f"{ev.dense_accuracy:.4f}", f"{m.accuracy:.4f}")
     table.add_row(f"latency ratio (paired, {ev.latency.backend})", "1.000", f"{m.latency_ratio:.3f} [{m.latency_ci[0]:.3f}, {m.latency_ci[1]:.3f}]")
     table.add_row(f"latency ms ({ev.latency.backend})", f"{ev.dense_ms:.3f}", f"{best_latency_ms(run):.3f}")
     table.add_row("MAC ratio", "1.000", f"{m.macs_ratio:.3f}")
@@ -92,7 +92,14 @@ def run_tables(res: RunResult) -> Shown:
     table = Table(title=f"{cfg.name if cfg else 'run'}: dense vs pruned (test split, batch {cfg.latency.batch_size if cfg else 1}{threads})")
     for col in ("", "dense", "pruned", "change"):
         table.add_column(col, justify="right", no_wrap=True)
-    table.add_row("test accuracy", f"{d.test_accuracy:.4f}", f"{p.test_accuracy:.4f}", f"{100 * (p.test_accuracy - d.test_accuracy):+.2f} pts")
+    if res.report.get("proxy_metric") == "fidelity":
+        r = res.report
+        table.add_row("test fidelity (cosine+10-NN)/2", f"{d.test_accuracy:.4f}", f"{r['pruned_test_fidelity_before_finetune']:.4f} -> "
+                      f"{p.test_accuracy:.4f}", "before -> after distillation")
+        table.add_row("test cosine / 10-NN agreement", "1.0000 / 1.0000", f"{r['pruned_test_cosine_after_finetune']:.4f} / "
+                      f"{r['pruned_test_neighbour_agreement_after_finetune']:.4f}", "after distillation")
+    else:
+        table.add_row("test accuracy", f"{d.test_accuracy:.4f}", f"{p.test_accuracy:.4f}", f"{100 * (p.test_accuracy - d.test_accuracy):+.2f} pts")
     backend = p.backend
     table.add_row(f"latency ms on {backend} [95% CI]", f"{d.latency_ms:.3f}", f"{p.latency_ms:.3f} [{p.latency_ci_ms[0]:.3f}, {p.latency_ci_ms[1]:.3f}]",
                   f"{d.latency_ms / p.latency_ms:.2f}x faster")
@@ -103,7 +110,8 @@ def run_tables(res: RunResult) -> Shown:
     table.add_row("params", f"{d.params:,}", f"{p.params:,}", f"{d.params / max(1, p.params):.2f}x fewer")
     table.add_row("size", f"{d.size_bytes / 1024:.0f} KiB", f"{p.size_bytes / 1024:.0f} KiB", f"{d.size_bytes / max(1, p.size_bytes):.2f}x smaller")
     return [*search_summary(res.search), table, *deployment_lines(res.report),
-            f"pruned model: {res.model_path}" + (f"\nonnx: {res.onnx['path']}" if res.onnx else ""),
+            f"pruned model: {res.model_path}" + (f"\nonnx: {res.onnx['path']}" if res.onnx else "")
+            + (f"\ntokenizer: {res.onnx['tokenizer']}" if res.onnx and "tokenizer" in res.onnx else ""),
             f"MLflow run {res.run_id}: see it with 'autoprune ui'"]
 
 
