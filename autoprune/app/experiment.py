@@ -7,7 +7,6 @@ CLI command is a few lines over these functions.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import shutil
@@ -23,7 +22,8 @@ from autoprune.config.machine import check_batches_fit, fit_to_machine
 from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import evaluator_options, train_settings
 from autoprune.errors import ConfigError, describe
-from autoprune.objective.proxy import ProxySettings, proxy_accuracy
+from autoprune.objective.proxies import make_proxy
+from autoprune.objective.proxy import ProxySettings
 from autoprune.graph.importance import DEFAULT_IMPORTANCE
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.measure.table import LatencyTable
@@ -428,13 +428,14 @@ def estimate(
     dense_specs = graph.specs_for({}, (), batch_size=batch_size)
     table = LatencyTable(threads=threads)
     table.fit([(dense_specs, dense_ms)])
+    scorer = make_proxy(model, data, proxy)  # accuracy after adaptive BN, or an encoder's fidelity
     rows = []
     for r in [0.0, *ratios]:
         t0 = time.perf_counter()
         pol = Policy.uniform(graph.unit_names, r)
         pruned = apply_policy(model, pol, graph=graph, importance=importance, round_to=round_to) if r > 0 else model
         t1 = time.perf_counter()
-        acc = proxy_accuracy(pruned, data, proxy) if r > 0 else proxy_accuracy(copy.deepcopy(model), data, ProxySettings(bn_batches=0, val_samples=proxy.val_samples))
+        acc = scorer.score(pruned) if r > 0 else scorer.dense_score()
         t2 = time.perf_counter()
         lat = timer.ratio(pruned.eval(), rounds=20)
         t3 = time.perf_counter()
