@@ -252,6 +252,21 @@ def test_static_int8_is_qdq_calibrated_and_close_to_fp32_and_can_be_timed_agains
     assert not list(tmp_path.glob(".*tmp*")) and not list(tmp_path.glob(".*prep*"))
 
 
+def test_a_qdq_int8_file_runs_and_is_timed_on_openvino_too(tmp_path) -> None:
+    pytest.importorskip("openvino")
+    from autoprune.formats.onnx import quantize_onnx
+    from autoprune.measure.onnxruntime import compare_onnx_files
+
+    fp32 = tmp_path / "m.onnx"
+    export_model(small_net(), (X,), fp32, None)
+    int8 = quantize_onnx(fp32, tmp_path / "m.int8.onnx", calibration=digits_batches())
+    batch = torch.from_numpy(digits_batches(5)[4])
+    stats = compare_onnx_files(fp32, int8, batch, threads=1, rounds=2, min_rounds=1, backend="openvino")
+    assert stats.rounds == 2 and stats.ratio > 0 and stats.ref_median_ms > 0
+    with pytest.raises(ConfigError, match="cannot time ONNX files; allowed: onnxruntime, openvino"):
+        compare_onnx_files(fp32, int8, batch, threads=1, backend="torch")
+
+
 def test_static_int8_without_calibration_batches_raises_config_error(tmp_path) -> None:
     from autoprune.formats.onnx import quantize_onnx
 

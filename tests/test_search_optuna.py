@@ -183,3 +183,22 @@ def test_same_seed_and_a_mac_budget_give_the_same_search_beyond_the_startup_tria
     runs = [search(mlp_evaluator.with_budget(mlp_evaluator.budget), 8, seed=3, n_startup_trials=3) for _ in range(2)]
     assert [e.policy for e in runs[0].history] == [e.policy for e in runs[1].history]
     assert runs[0].best.policy == runs[1].best.policy
+
+
+def test_a_new_study_is_seeded_with_the_uniform_and_global_baselines_at_the_predicted_target(resnet_evaluator):
+    from autoprune.search.baselines import predicted_baseline, uniform_family
+    from autoprune.search.global_pruning import global_family
+
+    ev = resnet_evaluator.with_budget(Budget(metric="macs", target=0.5))
+    result = get_searcher("optuna", {"n_startup_trials": 2, "seed_baselines": True}, progress=False).search(ev, 4, seed=0)
+    uniform = predicted_baseline(ev, uniform_family(ev), ev.max_ratio)
+    global_ = predicted_baseline(ev, global_family(ev), 1.0)
+    first, second = (e.policy for e in result.history[:2])
+    assert len(set(first.ratios.values())) == 1 and first.drop == uniform.drop
+    assert first.ratios == pytest.approx(uniform.ratios) and second.ratios == pytest.approx(global_.ratios)
+    assert len(set(second.ratios.values())) > 1  # global ranks channels across units
+    # MACs are predicted exactly, so both seeds just meet the budget and the best is at least as good
+    assert all(e.metrics.feasible and e.metrics.value <= 0.5 + 1e-9 for e in result.history[:2])
+    assert result.best.metrics.reward >= max(e.metrics.reward for e in result.history[:2])
+    off = get_searcher("optuna", {"n_startup_trials": 2, "seed_baselines": False}, progress=False).search(ev.with_budget(ev.budget), 2, seed=0)
+    assert off.history[0].policy.ratios != pytest.approx(first.ratios)

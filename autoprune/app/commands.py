@@ -156,23 +156,30 @@ def estimate_uniform(
     batch_size: int | None = None,
     progress: bool = True,
 ) -> EstimateReport:
-    """Measure uniform channel pruning at each of ``ratios`` (comma-separated) on a config's model.
+    """Measure uniform channel pruning at each of ``ratios`` (comma-separated) on a config's model and runtime.
+
+    Latency is timed on ``latency.backend`` with ``latency.backend_options`` (and on eager
+    PyTorch beside it when the backend is another runtime); a last row of unstructured magnitude
+    masks shows that zeros alone speed nothing up (see :func:`autoprune.app.experiment.estimate`).
 
     Args:
-        config, model, data, overrides: The experiment (see :func:`experiment_config`).
+        config, model, data, overrides: The experiment (see :func:`experiment_config`);
+            ``--backend`` arrives as the override ``latency.backend=NAME``.
         ratios: Comma-separated ratios in [0, 1), e.g. ``"0.1,0.3,0.5"``.
         batch_size: Batch size timed (default: ``latency.batch_size``).
 
     Raises:
-        ConfigError: bad ratios, or a config problem found while loading the baseline.
-        ModelError: an unreadable checkpoint.
+        ConfigError: bad ratios, an unknown backend (or its extra missing), or a config problem
+            found while loading the baseline.
+        ModelError: an unreadable checkpoint, or a model the backend cannot run.
     """
     cfg = experiment_config(config, model, data, overrides)
     values = parse_ratios(ratios)
     baseline = load_baseline(cfg, progress=progress)
     bs = batch_size or cfg.latency.batch_size
     rows = estimate(baseline, values, batch_size=bs, threads=cfg.latency.threads, proxy=proxy_settings(cfg),
-                    importance=cfg.pruning.importance, round_to=settings_round_to(cfg), ignored=tuple(cfg.model.ignore))
+                    importance=cfg.pruning.importance, round_to=settings_round_to(cfg), ignored=tuple(cfg.model.ignore),
+                    backend=cfg.latency.backend, backend_options=dict(cfg.latency.backend_options or {}))
     return EstimateReport(cfg, baseline.data.name, bs, rows)
 
 

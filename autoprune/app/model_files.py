@@ -10,20 +10,22 @@ import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from autoprune.app.experiment import load_baseline
-from autoprune.app.pipeline import apply_best
+from autoprune.app.pipeline import ModelReport, apply_best, measure_final, serving_report
 from autoprune.app.uris import is_mlflow_uri, load_policy
 from autoprune.config.machine import check_threads
 from autoprune.config.loading import parse_config
+from autoprune.config.schema import ExperimentConfig
 from autoprune.formats.pruned import load_pruned, save_pruned
 from autoprune.graph.policy import check_policy_fits
 from autoprune.graph.prunable import PrunableGraph
-from autoprune.measure.latency import DEFAULT_THREADS, count_macs_params, measure_latency
+from autoprune.measure.backends import backend_settings, get_backend
+from autoprune.measure.latency import DEFAULT_THREADS, count_macs_params
 from autoprune.objective.proxy import split_metrics
 from autoprune.paths import writable_file
 from autoprune.tracking.artifacts import download_model_uri
@@ -161,32 +163,62 @@ def finetune_file(
 
 @dataclass
 class EvaluateReport:
-    """What ``autoprune evaluate`` shows."""
+    """What ``autoprune evaluate`` shows: the saved model against its dense baseline.
+
+    ``dense`` and ``pruned`` hold test accuracy and paired latency on the serving backend
+    (``config.latency.backend``) and on eager PyTorch (:func:`autoprune.app.pipeline.measure_final`);
+    ``report`` each runtime's speed-up and the total one, dense eager PyTorch -> the pruned model
+    on the serving backend (:func:`autoprune.app.pipeline.serving_report`).
+    """
 
     source: str
     test_accuracy: float
-    latency: Any  #: :class:`autoprune.measure.latency.LatencyResult`
     batch_size: int
     macs: int
     params: int
+    dense: ModelReport
+    pruned: ModelReport
+    report: dict[str, Any]
+    config: ExperimentConfig
 
 
 def evaluate_file(source: str, *, data: str = "fashion_mnist", batch_size: int = 1, threads: int = DEFAULT_THREADS,
-                  tracking_uri: str | None = None) -> EvaluateReport:
-    """Test accuracy, latency (``threads`` intra-op threads, ``batch_size``) and size of a saved pruned model.
+                  backend: str | None = None, checkpoint: str | Path | None = None, overrides: Sequence[str] = (),
+                  tracking_uri: str | None = None, progress: bool = True) -> EvaluateReport:
+    """Test accuracy and latency of a saved pruned model against its dense baseline, on the serving backend and eager PyTorch.
+
+    Both models are timed paired (dense and pruned interleaved, 5 warm-up and 30 measured rounds)
+    on ``latency.backend`` and, when that is not ``torch``, again on eager PyTorch, exactly as
+    ``autoprune run`` measures its final models.
+
+    Args:
+        source: A pruned-model file, ``runs:/`` or ``models:/`` URI.
+        data: The data set (its test split is evaluated).
+        batch_size: Batch size timed (``latency.batch_size``).
+        threads: Intra-op threads while timing (``latency.threads``).
+        backend: The serving backend (``latency.backend``; None: the config default).
+        checkpoint: The dense baseline's weights (default: the cached baseline of the model, trained if missing).
+        overrides: ``key=value`` config overrides, e.g. ``latency.backend_options.spinning=false``.
+        tracking_uri: Where ``runs:/`` and ``models:/`` sources are.
 
     Raises:
-        ConfigError: more threads than this machine's CPUs, or a missing file or URI.
-        ModelError: an unreadable pruned-model file.
+        ConfigError: more threads than this machine's CPUs, a missing file or URI, an unknown
+            backend (naming ``latency.backend`` and the allowed ones) or its extra missing.
+        ModelError: an unreadable pruned-model file or checkpoint, or a model the backend cannot run.
     """
     check_threads(threads, "--threads")  # before any work
-    with opened_model(source, tracking_uri=tracking_uri) as (net, _, path):
-        bundle = load_data(data)
-        acc = split_metrics(net, bundle.test)["accuracy"]
-        lat = measure_latency(net, bundle.example_input(batch_size), threads=threads)
-        macs, params = count_macs_params(net, bundle.example_input(1))
+    latency = {"batch_size": batch_size, "threads": threads}
+    sets = [*overrides, *([f"latency.backend={backend}"] if backend is not None else [])]
+    with opened_model(source, tracking_uri=tracking_uri) as (net, meta, path):
+        cfg = parse_config({"name": "evaluate", "model": {"name": meta["model"]["name"], "checkpoint": str(checkpoint) if checkpoint else None},
+                            "data": {"name": data}, "latency": latency}, source="command line", overrides=sets)
+        settings = backend_settings(get_backend(cfg.latency.backend, threads=threads, **(cfg.latency.backend_options or {})))  # before any work
+        baseline = load_baseline(cfg, progress=progress)
+        dense, pruned = measure_final(net.eval(), baseline.model, baseline, cfg)
         shown = str(path) if not is_mlflow_uri(source) else source
-    return EvaluateReport(shown, acc, lat, batch_size, int(macs), int(params))
+    report = serving_report(cfg, dense, pruned, None, settings)
+    report["deployed_artifact"] = f"{shown} on {cfg.latency.backend}"
+    return EvaluateReport(shown, pruned.test_accuracy, batch_size, pruned.macs, pruned.params, dense, pruned, report, cfg)
 
 
 @dataclass

@@ -145,8 +145,9 @@ def decide_int8(cfg: ExperimentConfig, baseline: Baseline, fp32_path: Path, fp32
     """Static QDQ int8 of the fp32 artifact, kept only when it is faster *and* accurate enough.
 
     Calibrated on 8 training batches of 32 (ONNX Runtime ``quantize_static``, MinMax); timed
-    against fp32 by paired measurement on ONNX Runtime (:func:`autoprune.measure.onnxruntime.compare_onnx_files`,
-    30 rounds at the latency batch size); its test accuracy is computed by ONNX Runtime.
+    against fp32 by paired measurement (:func:`autoprune.measure.onnxruntime.compare_onnx_files`,
+    30 rounds at the latency batch size) on the serving runtime when it opens ONNX files
+    (``onnxruntime``, ``openvino``), else on ONNX Runtime; its test accuracy is computed by ONNX Runtime.
 
     Args:
         cfg: The experiment (``export.int8_tolerance``, ``latency``).
@@ -156,8 +157,8 @@ def decide_int8(cfg: ExperimentConfig, baseline: Baseline, fp32_path: Path, fp32
         out: Where ``model.int8.onnx`` is written.
 
     Returns:
-        ``{"path", "kept", "speed_ratio" (int8 / fp32 latency), "ms" (int8 ms on ONNX Runtime),
-        "fp32_ort_ms", "test_accuracy", "accuracy_drop_points", "reason"}``.
+        ``{"path", "kept", "runtime" (where it was timed), "speed_ratio" (int8 / fp32 latency), "ms" (int8 ms
+        there), "fp32_ms", "test_accuracy", "accuracy_drop_points", "reason"}``.
 
     Raises:
         ConfigError: the onnx extra is missing.
@@ -167,8 +168,10 @@ def decide_int8(cfg: ExperimentConfig, baseline: Baseline, fp32_path: Path, fp32
 
     batches = [xb.numpy() for xb, _ in list(baseline.data.train.batches(32, shuffle=True, seed=cfg.seed))[:8]]
     int8_path = quantize_onnx(fp32_path, out / "model.int8.onnx", calibration=batches)
+    runtime = cfg.latency.backend if cfg.latency.backend in ("onnxruntime", "openvino") else "onnxruntime"
+    options = dict(cfg.latency.backend_options or {}) if runtime == "openvino" else _ort_compare_options(cfg)
     stats = compare_onnx_files(fp32_path, int8_path, baseline.data.example_input(cfg.latency.batch_size), threads=cfg.latency.threads,
-                               rounds=30, backend_options=_ort_compare_options(cfg))
+                               rounds=30, backend=runtime, backend_options=options)
     test = baseline.data.test
     logits = onnx_predictions(int8_path, test.x, threads=cfg.latency.threads)
     acc = float((torch.from_numpy(logits).argmax(1) == test.y).float().mean()) if len(test.y) else float("nan")
@@ -177,16 +180,16 @@ def decide_int8(cfg: ExperimentConfig, baseline: Baseline, fp32_path: Path, fp32
     faster = stats.ratio < 1.0
     accurate = drop <= tol
     if faster and accurate:
-        reason = f"int8 deployed: {1 / stats.ratio:.2f}x faster than fp32 on onnxruntime, {drop:+.2f} pts test accuracy (tolerance {tol:g})"
+        reason = f"int8 deployed: {1 / stats.ratio:.2f}x faster than fp32 on {runtime}, {drop:+.2f} pts test accuracy (tolerance {tol:g})"
     else:
         why = []
         if not faster:
-            why.append(f"int8 is not faster than fp32 on onnxruntime ({stats.ratio:.2f}x its latency)")
+            why.append(f"int8 is not faster than fp32 on {runtime} ({stats.ratio:.2f}x its latency)")
         if not accurate:
             why.append(f"int8 loses {drop:.2f} pts of test accuracy (export.int8_tolerance {tol:g})")
         reason = "fp32 kept: " + "; ".join(why)
-    return {"path": str(int8_path), "kept": faster and accurate, "speed_ratio": stats.ratio, "ms": stats.cand_median_ms,
-            "fp32_ort_ms": stats.ref_median_ms, "test_accuracy": acc, "accuracy_drop_points": drop, "reason": reason}
+    return {"path": str(int8_path), "kept": faster and accurate, "runtime": runtime, "speed_ratio": stats.ratio, "ms": stats.cand_median_ms,
+            "fp32_ms": stats.ref_median_ms, "test_accuracy": acc, "accuracy_drop_points": drop, "reason": reason}
 
 
 def serving_report(cfg: ExperimentConfig, dense: ModelReport, pruned: ModelReport, int8: dict[str, Any] | None,
@@ -217,8 +220,8 @@ def serving_report(cfg: ExperimentConfig, dense: ModelReport, pruned: ModelRepor
         rep.update({"int8_kept": int8["kept"], "int8_speed_ratio": int8["speed_ratio"], "int8_test_accuracy": int8["test_accuracy"],
                     "int8_accuracy_drop_points": int8["accuracy_drop_points"], "int8_decision": int8["reason"]})
         if int8["kept"]:
-            artifact = "model.int8.onnx (int8, onnxruntime)"
-            deployed_ms = pruned.latency_ms * int8["speed_ratio"] if backend == "onnxruntime" else int8["ms"]
+            artifact = f"model.int8.onnx (int8, {int8['runtime']})"
+            deployed_ms = pruned.latency_ms * int8["speed_ratio"] if backend == int8["runtime"] else int8["ms"]
     rep.update({"deployed_artifact": artifact, "deployed_latency_ms": deployed_ms,
                 "total_speedup": dense.eager_latency_ms / deployed_ms, "backend_settings": settings})
     return rep

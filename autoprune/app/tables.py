@@ -14,6 +14,7 @@ from autoprune.app.commands import EstimateReport, TrainReport, TransferReport
 from autoprune.app.experiment import SearchRun
 from autoprune.app.model_files import ApplyReport, EvaluateReport, ExportReport, FinetuneReport
 from autoprune.app.pipeline import RunResult
+from autoprune.objective.evaluator import settings_label
 from autoprune.search import SearchResult
 
 #: Renderables: rich tables (printed at least this wide) and plain lines.
@@ -33,21 +34,31 @@ def train_table(r: TrainReport) -> Shown:
 
 
 def estimate_table(r: EstimateReport) -> Shown:
-    """One row per uniform ratio: params, MACs, size, measured and predicted speed-up, proxy accuracy."""
+    """One row per variant (dense, uniform channel ratios, unstructured masks): size, speed-up on the backend (and eager), proxy accuracy."""
     cfg = r.config
-    table = Table(title=f"{cfg.model.name} on {r.data}: uniform channel pruning (batch {r.batch_size}, {cfg.latency.threads} threads)")
-    for col in ("ratio", "params", "MACs", "size", "lat ms", "speed-up [95% CI]", "predicted", "proxy acc", "secs p/a/l"):
+    backend = cfg.latency.backend
+    on_torch = all(row.backend.startswith("torch(") for row in r.rows)
+    table = Table(title=f"{cfg.model.name} on {r.data}: uniform channels vs unstructured masks, timed on {backend} "
+                        f"(batch {r.batch_size}, {cfg.latency.threads} threads)")
+    cols = ["pruning", "nonzero params", "MACs", "size", f"ms {backend}", "speed-up [95% CI]", "predicted" if on_torch else "eager", "proxy acc"]
+    for col in cols:
         table.add_column(col, justify="right", no_wrap=True)
     for row in r.rows:
         table.add_row(
-            "dense" if row.ratio == 0 else f"{row.ratio:.0%}", f"{row.params:,}", f"{row.macs / 1e6:.2f} M",
-            f"{row.size_bytes / 1024:.0f} KiB", f"{row.latency_ms:.3f}",
+            row.label, f"{row.nonzero_params:,}", f"{row.macs / 1e6:.2f} M", f"{row.size_bytes / 1024:.0f} KiB", f"{row.latency_ms:.3f}",
             f"{1 / row.latency_ratio:.2f}x [{1 / row.latency_ci[1]:.2f}-{1 / row.latency_ci[0]:.2f}]",
-            f"{1 / row.predicted_ratio:.2f}x", f"{row.proxy_accuracy:.4f}",
-            "/".join(f"{row.seconds[k]:.1f}" for k in ("prune", "accuracy", "latency")),
+            f"{1 / row.predicted_ratio:.2f}x" if on_torch else f"{1 / row.eager_ratio:.2f}x", f"{row.proxy_accuracy:.4f}",
         )
-    return [table, "speed-up = dense latency / pruned latency, measured paired (interleaved calls); predicted = lookup table; "
-                   "proxy acc = validation accuracy after BN re-estimation; secs = prune / accuracy / latency time."]
+    secs = {k: sum(row.seconds[k] for row in r.rows) for k in ("prune", "accuracy", "latency")}
+    notes = [f"backend: {r.rows[0].backend}" if r.rows else f"backend: {backend}",
+             f"speed-up = dense latency / variant latency on {backend}, measured paired (dense and variant calls interleaved)"
+             + ("; predicted = eager lookup table" if on_torch else "; eager = the same speed-up on eager PyTorch") + ".",
+             "uniform channels: every unit loses that share of its channels (Torch-Pruning surgery: tensors shrink). "
+             "unstructured masks: the smallest-magnitude conv/linear weights set to zero (torch.nn.utils.prune, global L1), "
+             "as many as the largest channel row removes; every shape, so size and MACs, stays dense.",
+             "proxy acc = validation accuracy after BN re-estimation; "
+             + "; ".join(f"{k} {v:.1f} s" for k, v in secs.items()) + "."]
+    return [table, "\n".join(notes)]
 
 
 def search_summary(run: SearchRun) -> Shown:
@@ -87,13 +98,22 @@ def best_latency_ms(run: SearchRun) -> float:
 def run_tables(res: RunResult) -> Shown:
     """The search summary, then dense against pruned on the test split, and where the results went."""
     cfg = res.config
-    d, p = res.dense, res.pruned
     threads = f", {cfg.latency.threads} threads" if cfg is not None else ""
-    table = Table(title=f"{cfg.name if cfg else 'run'}: dense vs pruned (test split, batch {cfg.latency.batch_size if cfg else 1}{threads})")
+    title = f"{cfg.name if cfg else 'run'}: dense vs pruned (test split, batch {cfg.latency.batch_size if cfg else 1}{threads})"
+    return [*search_summary(res.search), dense_vs_pruned(title, res.dense, res.pruned, res.report), *deployment_lines(res.report),
+            f"pruned model: {res.model_path}" + (f"\nonnx: {res.onnx['path']}" if res.onnx else "")
+            + (f"\ntokenizer: {res.onnx['tokenizer']}" if res.onnx and "tokenizer" in res.onnx else ""),
+            f"MLflow run {res.run_id}: see it with 'autoprune ui'"]
+
+
+def dense_vs_pruned(title: str, d: Any, p: Any, report: dict[str, Any] | None = None) -> Table:
+    """Dense against pruned (:class:`~autoprune.app.pipeline.ModelReport`): test accuracy (or an encoder's fidelity, from
+    ``report``), latency on the serving backend and eager PyTorch, size."""
+    r = report or {}
+    table = Table(title=title)
     for col in ("", "dense", "pruned", "change"):
         table.add_column(col, justify="right", no_wrap=True)
-    if res.report.get("proxy_metric") == "fidelity":
-        r = res.report
+    if r.get("proxy_metric") == "fidelity":
         table.add_row("test fidelity (cosine+10-NN)/2", f"{d.test_accuracy:.4f}", f"{r['pruned_test_fidelity_before_finetune']:.4f} -> "
                       f"{p.test_accuracy:.4f}", "before -> after distillation")
         table.add_row("test cosine / 10-NN agreement", "1.0000 / 1.0000", f"{r['pruned_test_cosine_after_finetune']:.4f} / "
@@ -109,10 +129,7 @@ def run_tables(res: RunResult) -> Shown:
     table.add_row("MACs", f"{d.macs / 1e6:.2f} M", f"{p.macs / 1e6:.2f} M", f"{d.macs / max(1, p.macs):.2f}x fewer")
     table.add_row("params", f"{d.params:,}", f"{p.params:,}", f"{d.params / max(1, p.params):.2f}x fewer")
     table.add_row("size", f"{d.size_bytes / 1024:.0f} KiB", f"{p.size_bytes / 1024:.0f} KiB", f"{d.size_bytes / max(1, p.size_bytes):.2f}x smaller")
-    return [*search_summary(res.search), table, *deployment_lines(res.report),
-            f"pruned model: {res.model_path}" + (f"\nonnx: {res.onnx['path']}" if res.onnx else "")
-            + (f"\ntokenizer: {res.onnx['tokenizer']}" if res.onnx and "tokenizer" in res.onnx else ""),
-            f"MLflow run {res.run_id}: see it with 'autoprune ui'"]
+    return table
 
 
 def deployment_lines(report: dict[str, Any]) -> Shown:
@@ -167,10 +184,14 @@ def finetune_lines(r: FinetuneReport) -> Shown:
 
 
 def evaluate_lines(r: EvaluateReport) -> Shown:
-    """Accuracy, latency and size of a saved model."""
-    lat = r.latency
-    return [f"{r.source}: test accuracy {r.test_accuracy:.4f}, latency {lat.median_ms:.3f} ms (p10 {lat.p10_ms:.3f}, p90 {lat.p90_ms:.3f}) "
-            f"at batch {r.batch_size}, {r.macs / 1e6:.2f} M MACs, {r.params:,} params"]
+    """Accuracy of a saved model, then dense against it on the serving backend and eager PyTorch, then the total speed-up."""
+    cfg = r.config
+    d, p = r.dense, r.pruned
+    title = f"{cfg.model.name}: dense baseline vs {r.source} (test split, batch {r.batch_size}, {cfg.latency.threads} threads)"
+    return [f"{r.source}: test accuracy {r.test_accuracy:.4f} ({100 * (p.test_accuracy - d.test_accuracy):+.2f} pts vs dense), "
+            f"{r.macs / 1e6:.2f} M MACs, {r.params:,} params",
+            dense_vs_pruned(title, d, p), *deployment_lines(r.report),
+            f"backend: {settings_label(r.report.get('backend_settings') or {'backend': cfg.latency.backend})}"]
 
 
 def export_lines(r: ExportReport) -> Shown:
@@ -196,6 +217,6 @@ def check_table(model: str, graph: Any, report: Any) -> Shown:
 
 
 __all = [
-    "apply_lines", "best_latency_ms", "deployment_lines", "estimate_table", "evaluate_lines", "export_lines", "finetune_lines", "run_tables",
+    "apply_lines", "best_latency_ms", "dense_vs_pruned", "deployment_lines", "estimate_table", "evaluate_lines", "export_lines", "finetune_lines", "run_tables",
     "search_summary", "train_table", "transfer_lines", "worker_line",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -153,13 +153,14 @@ def prepare_exported(
     backend: str,
     model: nn.Module,
     example_input: ExampleInput,
-    open_file: Callable[[Path, tuple[torch.Tensor, ...]], Callable[[], Sequence[Any]]],
+    open_file: Callable[[Path, tuple[torch.Tensor, ...]], Callable[[], Any]],
 ) -> Runner:
     """Export ``model`` to a temporary ONNX file, open it on a runtime, check it against torch, return a runner.
 
     The one path of every serving backend's ``prepare`` (ONNX Runtime, OpenVINO): export with
-    :func:`autoprune.formats.onnx.export_model`, then ``open_file(path, args)`` returns a callable
-    that runs one inference and returns the outputs (the first is compared). The check runs the
+    :func:`autoprune.formats.onnx.export_model`, then ``open_file(path, args)`` (the backend's
+    ``prepare_file``) returns a runner of one inference that returns the outputs: a sequence, or
+    a mapping such as OpenVINO's results (the first output is compared). The check runs the
     example once on both: a model the runtime computes differently (an unsupported or
     mis-exported operator) fails here, before any search starts, not as silently wrong latency.
 
@@ -187,7 +188,8 @@ def prepare_exported(
     with torch.inference_mode():
         expected = model(*args)
     expected = (expected[0] if isinstance(expected, (tuple, list)) else expected).detach().cpu().numpy()
-    got = np.asarray(infer()[0], dtype=np.float64)
+    outputs = infer()
+    got = np.asarray(next(iter(outputs.values())) if isinstance(outputs, Mapping) else outputs[0], dtype=np.float64)
     scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
     diff = float(np.abs(got - expected).max(initial=0.0)) if got.shape == expected.shape else float("inf")
     if not diff <= OUTPUT_TOLERANCE * scale:
@@ -198,10 +200,7 @@ def prepare_exported(
             "choose another latency.backend (e.g. torch) or simplify the model"
         )
 
-    def run() -> None:
-        infer()
-
-    return run
+    return infer
 
 
 def simd_channel_block() -> int:

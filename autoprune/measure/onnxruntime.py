@@ -169,21 +169,19 @@ class OnnxRuntimeBackend:
         """
         from autoprune.measure.backends import prepare_exported
 
-        def open_file(path: Path, args: tuple[torch.Tensor, ...]) -> Any:
-            session = self.session(path)
-            feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(session.get_inputs(), args)}
-            return lambda: session.run(None, feeds)
-
-        return prepare_exported(self.name, model, example_input, open_file)
+        return prepare_exported(self.name, model, example_input, self.prepare_file)
 
     def prepare_file(self, path: str | Path, example_input: ExampleInput) -> Runner:
-        """A runner of one inference of the ONNX file at ``path`` (e.g. an int8 artifact) on ``example_input``."""
+        """A runner of one inference of the ONNX file at ``path`` (e.g. an int8 artifact) on ``example_input``.
+
+        The runner returns the session's outputs (the timers ignore them; :meth:`prepare` checks them).
+        """
         session = self.session(path)
         feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(session.get_inputs(), as_args(example_input))}
         run_session = session.run
 
-        def run() -> None:
-            run_session(None, feeds)
+        def run() -> list[Any]:
+            return run_session(None, feeds)
 
         return run
 
@@ -195,27 +193,36 @@ def compare_onnx_files(
     *,
     threads: int = 2,
     rounds: int = 15,
+    backend: str = "onnxruntime",
     backend_options: dict[str, Any] | None = None,
     **ratio_options: Any,
 ) -> RatioStats:
-    """Latency of the ONNX file ``candidate`` relative to ``reference`` on ONNX Runtime, by paired timing.
+    """Latency of the ONNX file ``candidate`` relative to ``reference`` on a runtime, by paired timing.
 
-    Decides, for example, whether an int8 artifact is faster than its fp32 source on this machine.
+    Decides, for example, whether an int8 artifact is faster than its fp32 source on this
+    machine. OpenVINO runs a QDQ int8 file as int8 (its low-precision transformations read the
+    Q/DQ pairs), so the same file is timed on the runtime that will serve it.
 
     Args:
         reference, candidate: ONNX files taking the same input.
         example_input: The input batch (its batch size is the one measured).
         threads: Intra-op threads.
         rounds: Paired rounds.
-        backend_options: :class:`OnnxRuntimeBackend` options.
+        backend: A backend that opens ONNX files (``prepare_file``): ``onnxruntime`` or ``openvino``.
+        backend_options: That backend's options.
         **ratio_options: More keywords of :meth:`PairedTimer.ratio`.
 
     Raises:
-        ConfigError: the onnx extra is missing or an option is invalid.
+        ConfigError: the backend's extra is missing, it cannot open files, or an option is invalid.
+        ModelError: the runtime cannot read or compile a file.
     """
-    backend = OnnxRuntimeBackend(threads, **(backend_options or {}))
-    timer = PairedTimer(backend.prepare_file(reference, example_input), example_input, backend=backend, threads=threads)
-    return timer.ratio(backend.prepare_file(candidate, example_input), rounds=rounds, **ratio_options)
+    from autoprune.measure.backends import get_backend
+
+    runtime = get_backend(backend, threads=threads, **(backend_options or {}))
+    if not callable(getattr(runtime, "prepare_file", None)):
+        raise ConfigError(f"latency.backend: {backend!r} cannot time ONNX files; allowed: onnxruntime, openvino")
+    timer = PairedTimer(runtime.prepare_file(reference, example_input), example_input, backend=runtime, threads=threads)
+    return timer.ratio(runtime.prepare_file(candidate, example_input), rounds=rounds, **ratio_options)
 
 
 __all__ = ["GRAPH_OPTIMIZATION_LEVELS", "THREAD_POOLS", "OnnxRuntimeBackend", "compare_onnx_files"]

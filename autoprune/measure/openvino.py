@@ -135,18 +135,23 @@ class OpenVinoBackend:
         """
         from autoprune.measure.backends import prepare_exported
 
-        def open_file(path: Path, args: tuple[torch.Tensor, ...]) -> Any:
-            request = self.compile(path, [tuple(a.shape) for a in args]).create_infer_request()
-            for i, a in enumerate(args):
-                request.get_input_tensor(i).data[:] = a.detach().cpu().numpy()
+        return prepare_exported(self.name, model, example_input, self.prepare_file)
 
-            def infer() -> list[Any]:
-                request.infer()
-                return [request.get_output_tensor(0).data]
+    def prepare_file(self, path: str | Path, example_input: ExampleInput) -> Runner:
+        """A runner of one inference of the ONNX file at ``path`` (e.g. a QDQ int8 artifact) on ``example_input``.
 
-            return infer
+        The runner returns OpenVINO's outputs (the timers ignore them; :meth:`prepare` checks them).
 
-        return prepare_exported(self.name, model, example_input, open_file)
+        Raises:
+            ModelError: OpenVINO cannot read or compile the file.
+        """
+        from autoprune.formats.onnx import as_args
+
+        args = as_args(example_input)
+        request = self.compile(path, [tuple(a.shape) for a in args]).create_infer_request()
+        for i, a in enumerate(args):
+            request.get_input_tensor(i).data[:] = a.detach().cpu().numpy()
+        return request.infer
 
 
 __all__ = ["OPENVINO_EXTRA_HINT", "OpenVinoBackend", "PERFORMANCE_HINTS", "PRECISIONS", "require_openvino"]

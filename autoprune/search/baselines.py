@@ -103,6 +103,47 @@ def refine_params(params: dict[str, Any]) -> tuple[float, int]:
     return float(tol), max_evals
 
 
+def predicted_knob(evaluator: PolicyEvaluator, family: Callable[[float, tuple[str, ...]], Policy], top: float,
+                   drop: tuple[str, ...]) -> float:
+    """The smallest knob of ``family`` (at ``drop``) whose *predicted* budget metric meets the target (bisection, 20 steps).
+
+    0.0 when the unpruned member already meets it; ``top`` when none does.
+    """
+    def predicted(x: float) -> float:
+        p = family(x, drop)
+        return evaluator.predicted_value(p.ratios, p.drop)
+
+    lo, hi = 0.0, top
+    if predicted(0.0) <= evaluator.target:
+        return 0.0
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if predicted(mid) <= evaluator.target else (mid, hi)
+    return hi
+
+
+def predicted_baseline(evaluator: PolicyEvaluator, family: Callable[[float, tuple[str, ...]], Policy], top: float) -> Policy | None:
+    """The member of a one-knob family predicted to just meet the budget, with the fewest drops needed; no evaluation.
+
+    None when the target is unreachable. Seeds searches with the classical baselines (see
+    :class:`autoprune.search.optuna_search.OptunaSearcher`'s ``seed_baselines``).
+    """
+    drop = evaluator.drops_to_reach()
+    if drop is None:
+        return None
+    return family(predicted_knob(evaluator, family, top, drop), drop)
+
+
+def uniform_family(evaluator: PolicyEvaluator) -> Callable[[float, tuple[str, ...]], Policy]:
+    """``uniform``'s policies: one ratio for every unit left outside the dropped blocks."""
+    units = evaluator.unit_names
+
+    def family(r: float, drop: tuple[str, ...]) -> Policy:
+        return Policy.uniform(units, r, drop=drop)
+
+    return family
+
+
 def bisect_knob(
     searcher: Searcher,
     evaluator: PolicyEvaluator,
@@ -148,17 +189,7 @@ def bisect_knob(
         log.info("%s: every unit at %.2f misses the target %.3f; dropping %d block(s): %s",
                  searcher.name, evaluator.max_ratio, target, len(drop), list(drop))
 
-    def predicted(x: float) -> float:
-        p = family(x, drop)
-        return evaluator.predicted_value(p.ratios, p.drop)
-
-    lo, hi = 0.0, top
-    if predicted(0.0) > target:
-        for _ in range(20):
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if predicted(mid) <= target else (mid, hi)
-    else:
-        hi = 0.0
+    hi = predicted_knob(evaluator, family, top, drop)
     exact = evaluator.budget.metric == "macs"
     knob, step = hi, 0.05
     feasible_at: float | None = None
@@ -204,8 +235,7 @@ class UniformSearcher(Searcher):
     defaults = {"tolerance": 0.01, "max_evals": 8}
 
     def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
-        units = evaluator.unit_names
-        ratio, drop = bisect_knob(self, evaluator, lambda r, d: Policy.uniform(units, r, drop=d), evaluator.max_ratio, n_episodes)
+        ratio, drop = bisect_knob(self, evaluator, uniform_family(evaluator), evaluator.max_ratio, n_episodes)
         return {"ratio": ratio, "drop": list(drop)}
 
 

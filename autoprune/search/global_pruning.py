@@ -12,7 +12,7 @@ the per-unit ratios differ.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -55,6 +55,28 @@ def global_ratios(scores: dict[str, torch.Tensor], g: float, max_ratio: float) -
     return {u: min(max_ratio, int((s <= threshold).sum()) / s.numel()) for u, s in scores.items()}
 
 
+def global_family(evaluator: PolicyEvaluator) -> Callable[[float, tuple[str, ...]], Policy]:
+    """``global``'s policies: :func:`global_ratios` at a global ratio ``g`` over the units outside the dropped blocks.
+
+    Raises:
+        ConfigError: ``pruning.importance`` is not a magnitude criterion (``l1``, ``l2``).
+    """
+    if evaluator.importance not in MAGNITUDE_CRITERIA:
+        raise ConfigError(
+            f"pruning.importance: {evaluator.importance!r} is not allowed with search.searcher 'global' "
+            f"(Torch-Pruning's global magnitude pruning); allowed: {', '.join(MAGNITUDE_CRITERIA)}"
+        )
+    scores = evaluator.graph.importance(evaluator.importance)
+    top = evaluator.max_ratio
+
+    def family(g: float, drop: tuple[str, ...]) -> Policy:
+        inside = tuple(b + "." for b in drop)  # units inside dropped blocks have nothing left to prune
+        alive = {u: scores[u] for u in evaluator.unit_names if not (inside and u.startswith(inside))}
+        return Policy(global_ratios(alive, g, top), drop)
+
+    return family
+
+
 class GlobalSearcher(Searcher):
     """Torch-Pruning's global magnitude pruning, its global ratio bisected to just meet the budget.
 
@@ -91,19 +113,7 @@ class GlobalSearcher(Searcher):
     defaults = {"tolerance": 0.01, "max_evals": 8}
 
     def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
-        if evaluator.importance not in MAGNITUDE_CRITERIA:
-            raise ConfigError(
-                f"pruning.importance: {evaluator.importance!r} is not allowed with search.searcher 'global' "
-                f"(Torch-Pruning's global magnitude pruning); allowed: {', '.join(MAGNITUDE_CRITERIA)}"
-            )
-        scores = evaluator.graph.importance(evaluator.importance)
-        top = evaluator.max_ratio
-
-        def family(g: float, drop: tuple[str, ...]) -> Policy:
-            inside = tuple(b + "." for b in drop)  # units inside dropped blocks have nothing left to prune
-            alive = {u: scores[u] for u in evaluator.unit_names if not (inside and u.startswith(inside))}
-            return Policy(global_ratios(alive, g, top), drop)
-
+        family = global_family(evaluator)
         g, drop = bisect_knob(self, evaluator, family, 1.0, n_episodes)
         ratios = family(g, drop).ratios
         log.info("global: ratio %.3f of all channels; per unit %.2f..%.2f", g, min(ratios.values(), default=0.0), max(ratios.values(), default=0.0))

@@ -68,6 +68,11 @@ class OptunaSearcher(Searcher):
         constant_liar: TPE avoids proposing what parallel workers are running.
         enqueue: Policies as ``{"ratios": {...}, "drop": [...]}`` evaluated first (warm start);
             ones already in a resumed study are skipped.
+        seed_baselines: (off by default; the demo turns it on) A new study first evaluates the classical baselines at the target, as
+            predicted by the latency table (no extra measurement): ``uniform`` and, with a magnitude
+            ``pruning.importance``, Torch-Pruning ``global`` (:func:`autoprune.search.baselines.predicted_baseline`).
+            The sampler then improves on the best of them rather than on random startup trials, so
+            the search never ends below the baselines on the proxy (at two episodes of the budget).
         heartbeat_interval: Seconds between heartbeats of a running trial (RDB storage only;
             ``None`` turns them off). A trial without a heartbeat for ``grace_period`` seconds
             (default: twice the interval) belongs to a dead worker: it is marked FAIL and its
@@ -94,6 +99,7 @@ class OptunaSearcher(Searcher):
         "multivariate": True,
         "constant_liar": False,
         "enqueue": [],
+        "seed_baselines": False,
         "heartbeat_interval": 5,
         "grace_period": None,
         "retry_stale": 2,
@@ -126,6 +132,8 @@ class OptunaSearcher(Searcher):
             raise ConfigError(f"search.params.poll_interval: {p['poll_interval']!r} must be a number > 0 (seconds)")
         if not isinstance(p["enqueue"], (list, tuple)) or not all(isinstance(d, dict) for d in p["enqueue"]):
             raise ConfigError('search.params.enqueue: must be a list of policies like {"ratios": {"unit": 0.3}, "drop": []}')
+        if not isinstance(p["seed_baselines"], bool):
+            raise ConfigError(f"search.params.seed_baselines: {p['seed_baselines']!r} is not allowed; allowed: true or false")
 
     # ------------------------------------------------------------------ setup
     def _storage(self) -> optuna.storages.BaseStorage | None:
@@ -229,6 +237,10 @@ class OptunaSearcher(Searcher):
         study = self.open_study(evaluator, seed)
         for params in queued:
             study.enqueue_trial(params, skip_if_exists=True)
+        if self.params["seed_baselines"] and not study.get_trials(deepcopy=False):
+            for name, p in baseline_seeds(evaluator).items():
+                params = self._enqueue_params(evaluator, {"ratios": p.ratios, "drop": list(p.drop)})
+                study.enqueue_trial(params, user_attrs={SEED_ATTR: name}, skip_if_exists=True)
         if self.on_ready is not None:
             self.on_ready(study)
         previous = _done_trials(study)
@@ -290,6 +302,21 @@ class OptunaSearcher(Searcher):
         if multi:
             extras["pareto_trials"] = sorted(t.number for t in study.best_trials)
         return extras
+
+
+#: User attribute of a trial enqueued as a baseline seed (its value: ``uniform`` or ``global``).
+SEED_ATTR = "autoprune.baseline_seed"
+
+
+def baseline_seeds(evaluator: PolicyEvaluator) -> dict[str, Policy]:
+    """``uniform`` and (with a magnitude criterion) ``global`` policies predicted to just meet the budget; none if unreachable."""
+    from autoprune.search.baselines import predicted_baseline, uniform_family
+    from autoprune.search.global_pruning import MAGNITUDE_CRITERIA, global_family
+
+    seeds = {"uniform": predicted_baseline(evaluator, uniform_family(evaluator), evaluator.max_ratio)}
+    if evaluator.importance in MAGNITUDE_CRITERIA:
+        seeds["global"] = predicted_baseline(evaluator, global_family(evaluator), 1.0)
+    return {name: p for name, p in seeds.items() if p is not None}
 
 
 def _counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -110,6 +109,7 @@ def run_setting(model: str, batch: int, backend: str, *, episodes: int, epochs: 
         "dense_eager_ms": fresh["dense_eager_ms"], "backend_settings": fresh["backend_settings"], "rows": rows,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python " + " ".join(sys.argv),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip(),
     }
     ROWS_DIR.mkdir(parents=True, exist_ok=True)
     (ROWS_DIR / f"{model}-b{batch}-{backend}.json").write_text(json.dumps(result, indent=1))
@@ -139,25 +139,26 @@ def _remeasure(spec_path: str) -> None:
     # eager first: no runtime session (and its spinning pool) exists yet in this process
     dense_eager_ms = measure_latency(dense, x, warmup=10, repeats=100 if batch == 1 else 20, threads=threads).median_ms
     timer = PairedTimer(dense, x, backend=backend, threads=threads, backend_options=spec["options"])
+    # int8 runs where it would be deployed: the serving runtime when it opens ONNX files, else ONNX Runtime
+    int8_runtime = backend if backend in ("onnxruntime", "openvino") else "onnxruntime"
     out_rows = []
     for r in spec["rows"]:
         cand = timer.prepare(torch.load(r["model"], weights_only=False).eval())
         timer.ratio(cand, rounds=5)
         fp32 = timer.ratio(cand, rounds=40)
-        int8 = compare_onnx_files(tmp / "dense.onnx", r["int8_onnx"], x, threads=threads, rounds=40,
-                                  backend_options=spec["options"] if backend == "onnxruntime" else {})
-        out_rows.append({"fresh_ratio": fp32.ratio, "fresh_ci": [fp32.ci_low, fp32.ci_high], "fresh_int8_ratio_on_ort": int8.ratio})
+        int8 = compare_onnx_files(tmp / "dense.onnx", r["int8_onnx"], x, threads=threads, rounds=40, backend=int8_runtime,
+                                  backend_options=spec["options"] if int8_runtime == backend else {})
+        out_rows.append({"fresh_ratio": fp32.ratio, "fresh_ci": [fp32.ci_low, fp32.ci_high], "fresh_int8_ratio": int8.ratio, "int8_runtime": int8_runtime})
     dense_backend_ms = timer.reference_ms()
-    # the int8 ratio is to dense fp32 on ONNX Runtime; its ms needs that runtime's dense latency
-    ort_dense_ms = dense_backend_ms
-    if backend != "onnxruntime":
-        ort_dense_ms = measure_latency(PairedTimer(dense, x, backend="onnxruntime", threads=threads).prepare(dense), x, warmup=10,
-                                       repeats=100 if batch == 1 else 20, threads=threads).median_ms
+    int8_dense_ms = dense_backend_ms
+    if int8_runtime != backend:
+        int8_dense_ms = measure_latency(PairedTimer(dense, x, backend=int8_runtime, threads=threads).prepare(dense), x, warmup=10,
+                                        repeats=100 if batch == 1 else 20, threads=threads).median_ms
     for r in out_rows:
         r["fresh_ms"] = r["fresh_ratio"] * dense_backend_ms
-        r["fresh_int8_ms_on_ort"] = r["fresh_int8_ratio_on_ort"] * ort_dense_ms
+        r["fresh_int8_ms"] = r["fresh_int8_ratio"] * int8_dense_ms
     print(json.dumps({"rows": out_rows, "dense_backend_ms": dense_backend_ms, "dense_eager_ms": dense_eager_ms,
-                      "dense_ort_ms": ort_dense_ms, "backend_settings": backend_settings(timer.backend)}))
+                      "int8_dense_ms": int8_dense_ms, "backend_settings": backend_settings(timer.backend)}))
 
 
 def section() -> str:
@@ -171,30 +172,34 @@ def section() -> str:
             "Each policy from its own search on the validation proxy at the setting's target; then the same "
             "BN re-estimation and fine-tuning (distillation from the dense model, T=4, alpha 0.7, SGD cosine), test split "
             "accuracy, ONNX export and static QDQ int8 (kept only if faster and within 1.0 point). **fresh ratio**: "
-            "latency / dense on the serving backend, re-measured in a new process (40 paired rounds). **deployed**: the "
-            "faster of fp32 on the backend and int8 on ONNX Runtime if kept; its speed-up is against the dense model in "
-            "eager PyTorch at the same batch.\n\n")
+            "latency / dense on the serving backend, re-measured in a new process (40 paired rounds); int8 is timed against "
+            "dense fp32 on the runtime that would serve it (the backend itself for ONNX Runtime and OpenVINO). **deployed**: the "
+            "faster of fp32 and int8 if int8 was kept; its speed-up is against the dense model in eager PyTorch at the same batch, "
+            "measured first in the fresh process.\n\n")
     goals = []
     for f in files:
         s = json.loads(f.read_text())
         label = LABELS[s["backend"]]
         text += (f"### {s['model']}, batch {s['batch']}, served on {label}: target {s['target']} of dense\n\n"
-                 f"- command: `{s['command']}`; date {s['date']}; {s['threads']} threads; search {s['episodes']} episodes (Optuna-TPE; "
+                 f"- command: `{s['command']}` (commit {s.get('commit', 'before seeding')}); date {s['date']}; {s['threads']} threads; search {s['episodes']} episodes (Optuna-TPE; "
                  f"uniform/global at most 8 measured evaluations); fine-tune {s['finetune_epochs']} epoch(s) with distillation\n"
                  f"- dense: test accuracy {s['dense_test_accuracy']:.4f}; {s['dense_backend_ms']:.3f} ms on {label}, "
                  f"{s['dense_eager_ms']:.3f} ms in eager PyTorch ({s['dense_eager_ms'] / s['dense_backend_ms']:.1f}x); backend `{s['backend_settings']}`\n\n")
         rows = []
         for r in s["rows"]:
-            deployed_ms = min(r["fresh_ms"], r["fresh_int8_ms_on_ort"]) if r["int8_kept"] else r["fresh_ms"]
-            deployed_acc = r["int8_test_accuracy"] if r["int8_kept"] and r["fresh_int8_ms_on_ort"] < r["fresh_ms"] else r["test_accuracy"]
+            r.setdefault("fresh_int8_ratio", r.get("fresh_int8_ratio_on_ort"))
+            r.setdefault("fresh_int8_ms", r.get("fresh_int8_ms_on_ort"))
+            r.setdefault("int8_runtime", "onnxruntime")
+            deployed_ms = min(r["fresh_ms"], r["fresh_int8_ms"]) if r["int8_kept"] else r["fresh_ms"]
+            deployed_acc = r["int8_test_accuracy"] if r["int8_kept"] and r["fresh_int8_ms"] < r["fresh_ms"] else r["test_accuracy"]
             r["deployed_ms"], r["deployed_acc"] = deployed_ms, deployed_acc
             rows.append((r["policy"], r["round_to"] or "-", r["episodes"], f"{r['episodes_per_min']:.1f}", r["search_measured_ratio"],
                          r["fresh_ratio"], f"[{r['fresh_ci'][0]:.3f}, {r['fresh_ci'][1]:.3f}]", r["blocks_dropped"], r["proxy_accuracy"],
                          r["test_accuracy"], f"{100 * (r['test_accuracy'] - s['dense_test_accuracy']):+.2f}",
-                         r["fresh_int8_ratio_on_ort"], r["int8_test_accuracy"], "yes" if r["int8_kept"] else "no",
+                         f"{r['fresh_int8_ratio']:.3f} ({LABELS[r['int8_runtime']]})", r["int8_test_accuracy"], "yes" if r["int8_kept"] else "no",
                          f"{deployed_ms:.3f}", f"{s['dense_eager_ms'] / deployed_ms:.1f}x"))
         text += table(["policy", "round_to", "episodes", "episodes/min", "ratio in search", "fresh ratio", "95% CI", "blocks dropped",
-                       "proxy acc", "test acc", "vs dense (pts)", "int8 / dense fp32 (ORT)", "int8 test acc", "int8 kept",
+                       "proxy acc", "test acc", "vs dense (pts)", "int8 / dense fp32 (same runtime)", "int8 test acc", "int8 kept",
                        "deployed ms", "deployed vs dense eager"], rows) + "\n"
         goals.append(_goals(s))
     text += "### Goals (issue 13)\n\n" + "".join(goals)
@@ -230,6 +235,24 @@ def _goals(s: dict) -> str:
     return "".join(line + "\n" for line in out)
 
 
+def refresh(json_path: str) -> None:
+    """Re-run only the fresh-process measurement of a saved setting (its models are still in the temporary folder)."""
+    path = Path(json_path)
+    s = json.loads(path.read_text())
+    tmp = Path(s["rows"][0]["model"]).parent
+    fresh = remeasure_in_fresh_process(tmp, s["rows"], backend=s["backend"], batch=s["batch"], threads=s["threads"],
+                                       options={})
+    for row, m in zip(s["rows"], fresh["rows"]):
+        row.pop("fresh_int8_ratio_on_ort", None)
+        row.pop("fresh_int8_ms_on_ort", None)
+        row.update(m)
+    s.update({"dense_backend_ms": fresh["dense_backend_ms"], "dense_eager_ms": fresh["dense_eager_ms"], "backend_settings": fresh["backend_settings"],
+              "remeasured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+    path.write_text(json.dumps(s, indent=1))
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "remeasure":
         _remeasure(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "refresh":
+        refresh(sys.argv[2])

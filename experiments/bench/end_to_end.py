@@ -32,34 +32,33 @@ from autoprune.graph.surgery import apply_policy  # noqa: E402
 
 
 def onnx_rows(model, dense, data, threads: int) -> list[tuple]:
-    """fp32 vs int8 ONNX Runtime: latency ratio to dense ORT fp32 and test accuracy."""
-    try:
-        import onnxruntime as ort
+    """fp32 and static int8 on ONNX Runtime: latency ratio to dense fp32 (paired, one runtime) and test accuracy.
 
-        from autoprune.formats.onnx import export_onnx, quantize_onnx
+    Same method as the pipeline (``autoprune.app.pipeline.decide_int8``): ONNX Runtime's serving
+    settings (per-session pools, spinning), files timed in interleaved blocks by
+    ``compare_onnx_files``, int8 calibrated statically (QDQ) on 8 training batches.
+    """
+    try:
+        from autoprune.formats.onnx import export_onnx, onnx_predictions, quantize_onnx
+        from autoprune.measure.onnxruntime import compare_onnx_files
     except ImportError:
         return []
-    rows = []
     tmp = Path(tempfile.mkdtemp())
     x1 = data.example_input(1)
-    sessions = {}
-    for name, m in (("dense", dense), ("pruned", model)):
-        export_onnx(m, x1, tmp / f"{name}.onnx")
-        sessions[name] = tmp / f"{name}.onnx"
-    sessions["pruned int8"] = quantize_onnx(tmp / "pruned.onnx", tmp / "pruned.int8.onnx")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = {k: ort.InferenceSession(str(v), opts, providers=["CPUExecutionProvider"]) for k, v in sessions.items()}
-    feed = lambda s, x: s.run(None, {s.get_inputs()[0].name: x.numpy()})[0]  # noqa: E731
-    ref = lambda: feed(sess["dense"], x1)  # noqa: E731
-    for name in ("dense", "pruned", "pruned int8"):
-        s = sess[name]
-        correct = 0
-        for x, y in data.test.batches(500):
-            correct += int((feed(s, x).argmax(1) == y.numpy()).sum())
-        timer = PairedTimer(ref, x1, threads=threads)
-        lat = timer.ratio(lambda s=s: feed(s, x1), rounds=20)
-        rows.append((f"ONNX Runtime {name}", correct / len(data.test), lat.ratio, Path(sessions[name]).stat().st_size / 1024))
+    export_onnx(dense, x1, tmp / "dense.onnx")
+    export_onnx(model, x1, tmp / "pruned.onnx")
+    calibration = [xb.numpy() for xb, _ in list(data.train.batches(32, shuffle=True, seed=0))[:8]]
+    files = {
+        "dense": tmp / "dense.onnx",
+        "pruned": tmp / "pruned.onnx",
+        "pruned int8 (static QDQ)": quantize_onnx(tmp / "pruned.onnx", tmp / "pruned.int8.onnx", calibration=calibration),
+    }
+    rows = []
+    for name, path in files.items():
+        logits = onnx_predictions(path, data.test.x, threads=threads)
+        acc = float((torch.from_numpy(logits).argmax(1) == data.test.y).float().mean())
+        lat = compare_onnx_files(files["dense"], path, x1, threads=threads, rounds=30)
+        rows.append((f"ONNX Runtime {name}", acc, lat.ratio, f"[{lat.ci_low:.3f}, {lat.ci_high:.3f}]", Path(path).stat().st_size / 1024))
     return rows
 
 
@@ -89,7 +88,7 @@ def main() -> None:
     last_pruned = None
     for name, best in policies.items():
         for distill in (False, True):
-            pruned = apply_policy(dense, best.policy, graph=ev.graph)
+            pruned = apply_policy(dense, best.policy, graph=ev.graph, round_to=ev.round_to)
             t1 = time.perf_counter()
             finetune(pruned, data, FinetuneSettings(epochs=args.epochs, lr=0.01, distill=distill), teacher=dense if distill else None, progress=False)
             ft_s = time.perf_counter() - t1
@@ -119,7 +118,7 @@ def main() -> None:
         orows = onnx_rows(last_pruned, dense, data, 2)
         if orows:
             out += "\n## Prune -> fine-tune -> quantize -> export (searched policy with distillation)\n\n"
-            out += table(["model", "test acc", "latency ratio to dense ORT fp32", "file KiB"], orows)
+            out += table(["model", "test acc", "latency ratio to dense ORT fp32 (paired)", "95% CI", "file KiB"], orows)
     best_s = max(results[("searched (optuna-tpe)", d)][0] for d in (False, True))
     best_u = max(results[("uniform", d)][0] for d in (False, True))
     eff = [(1 / r[1]) / r[2] for r in results.values()]

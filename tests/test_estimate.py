@@ -1,0 +1,126 @@
+"""``autoprune estimate`` and ``autoprune evaluate`` on a serving runtime: real surgery, real ONNX Runtime, digits."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from autoprune.app.commands import estimate_uniform
+from autoprune.app.experiment import magnitude_masked
+from autoprune.app.tables import estimate_table
+from autoprune.cli import main
+from autoprune.formats.pruned import save_pruned
+from autoprune.graph.policy import Policy
+from autoprune.graph.prunable import PrunableGraph
+from autoprune.graph.surgery import apply_policy
+from autoprune.training.baseline import default_checkpoint_path, save_checkpoint
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, trained_resnet20) -> Path:
+    """A checkpoint cache holding the trained digits ResNet-20 as the cached baseline (nothing is retrained)."""
+    d = tmp_path_factory.mktemp("cache")
+    save_checkpoint(default_checkpoint_path("resnet20", "digits", d), trained_resnet20, {})
+    return d
+
+
+def rendered(shown) -> str:
+    console = Console(record=True, width=200)
+    for item in shown:
+        console.print(item)
+    return console.export_text()
+
+
+def test_magnitude_masks_zero_the_smallest_weights_and_keep_every_shape(trained_resnet20):
+    dense_shapes = {k: v.shape for k, v in trained_resnet20.state_dict().items()}
+    masked = magnitude_masked(trained_resnet20, 5000)
+    convs = [m.weight for m in masked.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert sum(int((w == 0).sum()) for w in convs) == 5000
+    assert {k: v.shape for k, v in masked.state_dict().items()} == dense_shapes  # prune.remove: no weight_orig / weight_mask left
+    kept = torch.cat([w.detach().abs().flatten() for w in convs])
+    assert kept[kept > 0].min() >= torch.cat([m.weight.detach().abs().flatten() for m in trained_resnet20.modules()
+                                              if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]).kthvalue(5000).values
+    assert all(int((m.weight == 0).sum()) == 0 for m in trained_resnet20.modules() if isinstance(m, torch.nn.Conv2d))  # dense untouched
+
+
+def test_estimate_on_onnxruntime_shows_masks_are_not_faster_and_channels_are(cache, monkeypatch):
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(cache))
+    report = estimate_uniform(None, "0.5", model="resnet20", data="digits", batch_size=32, progress=False,
+                              overrides=["latency.backend=onnxruntime", "latency.threads=1"])
+    dense, channels, masks = report.rows
+    assert [r.kind for r in report.rows] == ["dense", "channels", "masks"]
+    assert channels.label == "uniform channels 50%" and masks.label.startswith("unstructured masks ")
+    assert all(r.backend.startswith("onnxruntime(") and "spinning=" in r.backend for r in report.rows)
+    # the same count of non-zero weights, but nothing shrinks
+    assert masks.nonzero_params == pytest.approx(channels.nonzero_params, rel=0.05)
+    assert (masks.params, masks.macs, masks.size_bytes) == (dense.params, dense.macs, dense.size_bytes)
+    assert channels.macs < 0.35 * dense.macs
+    # generous margins: the machine is shared
+    assert masks.latency_ratio > 0.8
+    assert channels.latency_ratio < masks.latency_ratio
+    assert all(0 < r.eager_ratio < 2 and r.eager_latency_ms > 0 for r in report.rows)
+    assert 0.0 <= masks.proxy_accuracy <= 1.0
+    text = rendered(estimate_table(report))
+    assert "uniform channels 50%" in text and "unstructured masks" in text
+    assert "ms onnxruntime" in text and "eager" in text and "backend: onnxruntime(" in text
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return info.value.code, out, err
+
+
+def test_estimate_with_an_unknown_backend_is_a_one_line_error_naming_the_field(capsys):
+    code, _, err = cli(capsys, "estimate", "--model", "mlp", "--data", "digits", "--backend", "nosuch")
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("autoprune: error: ")
+    assert "latency.backend" in err and "'nosuch'" in err and "'torch', 'onnxruntime', 'openvino'" in err
+
+
+@pytest.fixture(scope="module")
+def pruned_file(tmp_path_factory, trained_resnet20, digits) -> Path:
+    """The trained ResNet-20 with every unit at half its channels, saved as a pruned-model file."""
+    graph = PrunableGraph(trained_resnet20, digits.example_input(1))
+    pruned = apply_policy(trained_resnet20, Policy.uniform(graph.unit_names, 0.5), graph=graph)
+    return save_pruned(tmp_path_factory.mktemp("pruned") / "p.pt", pruned, model_name="resnet20", in_channels=digits.in_channels,
+                       num_classes=digits.num_classes, input_size=digits.input_size)
+
+
+def test_evaluate_with_an_unknown_backend_is_a_one_line_error_naming_the_field(capsys, pruned_file):
+    code, _, err = cli(capsys, "evaluate", str(pruned_file), "--data", "digits", "--threads", "1", "--backend", "nosuch")
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "latency.backend" in err and "'nosuch'" in err and "'onnxruntime'" in err
+
+
+def test_evaluate_shows_serving_and_eager_latency_and_the_total_speedup(cache, pruned_file, tmp_path):
+    import os
+
+    env = {**os.environ, "AUTOPRUNE_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "autoprune", "evaluate", str(pruned_file), "--data", "digits", "--threads", "1",
+                          "--batch-size", "32", "--backend", "onnxruntime"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert text.startswith(f"{pruned_file}: test accuracy ")
+    serving = re.search(r"latency ms on onnxruntime \[95% CI\]\s*│\s*([\d.]+)\s*│\s*([\d.]+) \[.*?│\s*([\d.]+)x faster", text)
+    eager = re.search(r"latency ms on torch eager\s*│\s*([\d.]+)\s*│\s*([\d.]+)\s*│\s*([\d.]+)x faster", text)
+    total = re.search(r"^total: dense eager PyTorch ([\d.]+) ms -> deployed .*p\.pt on onnxruntime ([\d.]+) ms: ([\d.]+)x faster$", text, re.M)
+    assert serving and eager and total, text
+    d_ort, p_ort, ort_speedup = map(float, serving.groups())
+    d_eager, _, _ = map(float, eager.groups())
+    t_dense, t_pruned, t_speedup = map(float, total.groups())
+    # the total line goes from the dense eager model to the pruned model on the serving runtime
+    assert (t_dense, t_pruned) == (d_eager, p_ort)
+    assert t_speedup == pytest.approx(d_eager / p_ort, rel=0.01)
+    assert ort_speedup == pytest.approx(d_ort / p_ort, rel=0.01) and ort_speedup > 1.2  # half the channels on every unit
+    assert "backend: onnxruntime(" in text
