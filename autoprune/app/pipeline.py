@@ -33,28 +33,50 @@ from autoprune.graph.policy import Policy, model_fingerprint
 from autoprune.graph.surgery import apply_iteratively, apply_policy
 from autoprune.tracking.tracker import Tracker, resolve_tracking_uri
 
+#: Importance criteria that rank channels from calibration data (gradients or activations).
+DATA_CRITERIA = ("taylor", "activation")
+
 log = logging.getLogger(__name__)
 
 
-def apply_best(cfg: ExperimentConfig, baseline: Baseline, policy: Policy, graph: Any = None) -> nn.Module:
+def apply_best(cfg: ExperimentConfig, baseline: Baseline, policy: Policy, graph: Any = None, *, evaluator: Any = None) -> nn.Module:
     """Apply a policy to the dense model, one-shot or in ``pruning.iterative_steps`` stages.
 
     BatchNorm statistics are then re-estimated exactly as the search's accuracy proxy did
     (``proxy.bn_batches`` training batches, same seed), so the delivered model before fine-tuning
     is the model whose proxy accuracy the policy was chosen on.
+
+    Args:
+        cfg: The experiment (``pruning``: importance, round_to, iterative steps).
+        baseline: The dense model and its data.
+        policy: What to prune.
+        graph: A :class:`~autoprune.graph.prunable.PrunableGraph` on ``baseline.model`` (built if None).
+        evaluator: The search's :class:`~autoprune.objective.evaluator.PolicyEvaluator`: its graph,
+            calibration batches and loss are reused, so a data-driven criterion (``taylor``,
+            ``activation``) ranks channels exactly as it did in the search. Without it such a
+            criterion draws its calibration batches from the config's proxy here.
     """
     p = cfg.pruning
+    batches = loss = None
+    if evaluator is not None:
+        graph, batches, loss = evaluator.graph, evaluator.calibration_batches, evaluator.scorer.loss
+    elif p.importance in DATA_CRITERIA:
+        from autoprune.config.settings import proxy_settings
+        from autoprune.objective.proxies import make_proxy
+
+        scorer = make_proxy(baseline.model, baseline.data, proxy_settings(cfg), seed=cfg.seed)
+        batches, loss = scorer.calibration_batches, scorer.loss
     if p.iterative_steps > 1:
         recover = recover_settings(cfg)
         pruned = apply_iteratively(
             baseline.model, policy, example_input=baseline.data.example_input(1), steps=p.iterative_steps,
             recover=lambda m: finetune(m, baseline.data, recover, progress=False),
-            importance=p.importance, round_to=settings_round_to(cfg),
+            importance=p.importance, round_to=settings_round_to(cfg), batches=batches, loss=loss,
         )
     else:
         pruned = apply_policy(
             baseline.model, policy, graph=graph, example_input=baseline.data.example_input(1),
-            importance=p.importance, round_to=settings_round_to(cfg),
+            importance=p.importance, round_to=settings_round_to(cfg), batches=batches, loss=loss,
         )
     recalibrate_bn(pruned, baseline.data.train, batches=cfg.proxy.bn_batches, batch_size=cfg.proxy.bn_batch_size, seed=cfg.seed)
     return pruned.eval()
@@ -324,7 +346,7 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
         best = search.result.best
         if best is None:
             raise RuntimeError("the search produced no successful evaluation")
-        pruned = apply_best(cfg, baseline, best.policy, graph=ev.graph)
+        pruned = apply_best(cfg, baseline, best.policy, evaluator=ev)
         encoder, fidelity_report = is_encoder(baseline), {}
         if encoder:  # no labels: distil to the dense embeddings, score by test fidelity
             from autoprune.app.encoder_run import recover_encoder, test_fidelity

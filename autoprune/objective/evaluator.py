@@ -370,7 +370,8 @@ class PolicyEvaluator:
         self.table = table or self._calibrate_table(table_cache)
         self._cache: dict[tuple, Metrics] = {}
         self.history: list[Evaluation] = []
-        self._batches_for_taylor = self.scorer.calibration_batches
+        #: Calibration batches of data-driven importance criteria (drawn only when one needs them).
+        self.calibration_batches = self.scorer.calibration_batches
 
     def __deepcopy__(self, memo: dict) -> "PolicyEvaluator":
         """The evaluator is a shared service (model, graph, timer, cache): copies of an env share it."""
@@ -507,7 +508,7 @@ class PolicyEvaluator:
         t0 = time.perf_counter()
         # The batches are drawn only by a criterion that needs gradients (taylor, or a user's own).
         pruned = apply_policy(self.model, policy, graph=self.graph, importance=self.importance, round_to=self.round_to,
-                              batches=self._batches_for_taylor, loss=self.scorer.loss)
+                              batches=self.calibration_batches, loss=self.scorer.loss)
         t1 = time.perf_counter()
         acc = self.scorer.score(pruned)
         details = dict(self.scorer.details)
