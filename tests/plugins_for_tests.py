@@ -43,3 +43,29 @@ class LastChannelsFirstImportance(tp.importance.Importance):
     def __call__(self, group):  # noqa: ANN001, ANN204
         dep, idxs = group[0]
         return -torch.arange(len(idxs), dtype=torch.float32)
+
+
+class FusedQKVAttention(torch.nn.Module):
+    """Self-attention with one fused ``qkv`` projection of a private layout: its heads cannot be split."""
+
+    def __init__(self, dim: int = 16, num_heads: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.dim = num_heads, dim
+        self.qkv, self.proj = torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, length, _ = x.shape
+        q, k, v = self.qkv(x).view(n, length, 3, self.num_heads, self.dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(n, length, self.dim))
+
+
+class FusedAttentionDigitsNet(torch.nn.Module):
+    """An 8x8 digit read as 8 tokens of 8 pixels, one fused-QKV attention layer, a classifier."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, input_size: int = 8) -> None:
+        super().__init__()
+        self.embed, self.attn, self.fc = torch.nn.Linear(input_size, 16), FusedQKVAttention(), torch.nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.attn(self.embed(x.flatten(1, 2))).mean(1))

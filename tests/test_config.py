@@ -160,7 +160,7 @@ def test_unknown_model_and_data_list_the_zoo(tmp_path):
     assert "model.name: 'nosuch' is not allowed; allowed: 'resnet20'," in message
     assert "or 'package.module:factory'" in message
     message = config_error(write(tmp_path, MINIMAL + "data: {name: cifar}\n"))
-    assert "data.name: 'cifar' is not allowed; allowed: 'fashion_mnist', 'digits' or 'package.module:factory'" in message
+    assert "data.name: 'cifar' is not allowed; allowed: 'fashion_mnist', 'digits', 'fortunes' or 'package.module:factory'" in message
 
 
 def test_unsafe_experiment_name_is_rejected(tmp_path):

@@ -140,3 +140,24 @@ def test_best_latency_policy_is_confirmed_by_a_second_measurement(resnet_evaluat
     assert 1 <= len(confirmed) <= 3
     assert result.best.index in [c["episode"] for c in confirmed]
     assert all(c["confirmed_ratio"] > 0 for c in confirmed)
+
+
+def test_layer_drop_prunes_no_channel_and_drops_the_least_harmful_blocks_until_feasible(resnet_evaluator):
+    ev = resnet_evaluator.with_budget(Budget(metric="macs", target=0.8))
+    result = search("layer_drop", ev, 30)
+    best = result.best
+    assert best.metrics.feasible and set(best.policy.ratios.values()) == {0.0}
+    order = result.extras["order"]
+    assert tuple(order) == best.policy.drop and len(order) >= 1
+    # the fewest blocks: without the last one chosen, the target is missed
+    assert not ev.evaluate(Policy(dict(best.policy.ratios), tuple(order[:-1]))).feasible
+    # each step kept the block whose drop (next to the earlier ones) scored the best proxy
+    for k, step in enumerate(result.extras["steps"]):
+        tried = [e for e in result.history if len(e.policy.drop) == k + 1 and e.policy.drop[:k] == tuple(order[:k])]
+        assert len(tried) == len(ev.block_names) - k
+        assert step["proxy"] == max(e.metrics.accuracy for e in tried)
+
+
+def test_layer_drop_on_a_model_without_blocks_is_a_config_error(mlp_evaluator):
+    with pytest.raises(ConfigError, match="'layer_drop' needs droppable blocks"):
+        search("layer_drop", mlp_evaluator.with_budget(Budget(metric="macs", target=0.8)), 3)

@@ -96,7 +96,7 @@ def test_every_section_field_reaches_the_library_settings():
     cfg = parse_config({
         **MINIMAL, "seed": 3,
         "train": {"epochs": 2, "batch_size": 32, "lr": 0.1, "weight_decay": 0.0, "augment": False},
-        "proxy": {"bn_batches": 3, "bn_batch_size": 16, "val_samples": None},
+        "proxy": {"bn_batches": 3, "bn_batch_size": 16, "val_samples": None, "neighbours": 5},
         "latency": {"batch_size": 4, "threads": 1, "warmup": 1, "rounds": 7, "rel_ci": None},
         "budget": {"metric": "macs", "target": 0.3},
         "reward": {"kind": "soft", "penalty": 1.0, "exponent": -0.1},
@@ -105,7 +105,7 @@ def test_every_section_field_reaches_the_library_settings():
     })
     s = library_settings(cfg)
     assert s.train == TrainSettings(epochs=2, batch_size=32, lr=0.1, weight_decay=0.0, augment=False, seed=3)
-    assert s.proxy == ProxySettings(bn_batches=3, bn_batch_size=16, val_samples=None)
+    assert s.proxy == ProxySettings(bn_batches=3, bn_batch_size=16, val_samples=None, metric="accuracy", neighbours=5)
     assert s.latency == LatencySettings(batch_size=4, threads=1, warmup=1, rounds=7, rel_ci=None)
     assert s.budget == Budget(metric="macs", target=0.3)
     assert s.reward == Reward(kind="soft", penalty=1.0, exponent=-0.1)

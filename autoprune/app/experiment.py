@@ -24,7 +24,8 @@ from autoprune.config.machine import check_batches_fit, fit_to_machine
 from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import evaluator_options, train_settings
 from autoprune.errors import ConfigError, describe
-from autoprune.objective.proxy import ProxySettings, proxy_accuracy
+from autoprune.objective.proxies import make_proxy
+from autoprune.objective.proxy import ProxySettings
 from autoprune.graph.importance import DEFAULT_IMPORTANCE
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.measure.table import LatencyTable
@@ -56,7 +57,7 @@ class Baseline:
     """A trained dense model with its data."""
 
     model: nn.Module
-    data: DataBundle
+    data: DataBundle  #: a :class:`~autoprune.zoo.text.TokenizedCorpus` for a sentence encoder
     meta: dict[str, Any]
     checkpoint: Path
 
@@ -72,6 +73,8 @@ def load_baseline(cfg: ExperimentConfig, *, progress: bool = True) -> Baseline:
         ModelError: the model does not fit the data (see :func:`autoprune.zoo.check_model_fits`) or its checkpoint.
     """
     torch.manual_seed(cfg.seed)
+    if cfg.proxy.metric == "fidelity":
+        return load_encoder_baseline(cfg)
     data = load_data(cfg.data.name, data_dir=cfg.data.data_dir, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
     ckpt = Path(cfg.model.checkpoint) if cfg.model.checkpoint else baseline_checkpoint(cfg.model.name, data.name)
     if cfg.model.checkpoint and not ckpt.is_file():
@@ -85,6 +88,39 @@ def load_baseline(cfg: ExperimentConfig, *, progress: bool = True) -> Baseline:
         settings_must_match=not cfg.model.checkpoint and "train" in cfg.model_fields_set,  # train settings the user chose
     )
     return Baseline(model.eval(), data, meta, ckpt)
+
+
+def load_encoder_baseline(cfg: ExperimentConfig) -> Baseline:
+    """A pretrained sentence encoder as it is (no training) with its tokenised text.
+
+    The model is :func:`autoprune.zoo.hf.load_encoder` of ``model.name``; the data are the three
+    splits of ``data.name`` (:func:`autoprune.zoo.text.load_text_data`) tokenised by the model's
+    own tokenizer at ``data.max_length`` tokens, so the example input is
+    ``(input_ids, attention_mask)``, each ``(batch, max_length)`` int64.
+
+    Raises:
+        ConfigError: the nlp extra is missing, an unknown encoder folder, or ``data.max_length``
+            above the model's maximum positions.
+        DataError: the text files are missing (naming the Debian package) or too few.
+        ModelError: the folder's weights cannot be loaded as an encoder.
+    """
+    from autoprune.zoo.hf import load_encoder
+    from autoprune.zoo.text import load_text_data
+
+    encoder = load_encoder(cfg.model.name)
+    d = cfg.data
+    corpus = load_text_data(d.name, data_dir=d.data_dir, val_fraction=d.val_fraction, limit=d.limit)
+    data = corpus.tokenize(encoder.tokenizer, max_length=d.max_length, max_positions=encoder.max_positions)
+    meta = {"encoder": encoder.name, "folder": str(encoder.folder) if encoder.folder else None,
+            "sentences": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}}
+    return Baseline(encoder.model.eval(), data, meta, encoder.folder or Path(cfg.model.name))
+
+
+def is_encoder(baseline: Baseline) -> bool:
+    """True when the baseline is a sentence encoder on tokenised text (proxy: fidelity)."""
+    from autoprune.zoo.text import TokenizedCorpus
+
+    return isinstance(baseline.data, TokenizedCorpus)
 
 
 def build_evaluator(cfg: ExperimentConfig, baseline: Baseline) -> PolicyEvaluator:
@@ -497,6 +533,7 @@ def estimate(
     def paired(t: PairedTimer, m: nn.Module) -> Any:
         return t.ratio(t.prepare(m.eval()), warmup=5, rounds=rounds)
 
+    scorer = make_proxy(model, data, proxy)  # accuracy after adaptive BN, or an encoder's fidelity
     dense_weights = _weights(model, ignored)
     variants: list[tuple[str, float]] = [("dense", 0.0), *(("channels", r) for r in ratios if r > 0)]
     if masks and any(r > 0 for r in ratios):
@@ -515,7 +552,7 @@ def estimate(
         else:
             pruned = copy.deepcopy(model)
         t1 = time.perf_counter()
-        acc = proxy_accuracy(pruned, data, proxy if kind != "dense" else ProxySettings(bn_batches=0, val_samples=proxy.val_samples))
+        acc = scorer.score(pruned) if kind != "dense" else scorer.dense_score()
         t2 = time.perf_counter()
         lat = paired(timer, pruned)
         eag = lat if on_torch else paired(eager, pruned)

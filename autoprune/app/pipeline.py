@@ -1,7 +1,9 @@
 """The end-to-end job behind ``autoprune run``: search -> apply -> fine-tune -> evaluate -> export -> MLflow.
 
 Search sees only the validation split; the final accuracy is measured on the test
-split, which nothing before this point has looked at.
+split, which nothing before this point has looked at. A sentence encoder (proxy ``fidelity``)
+is distilled instead of fine-tuned on labels, its test figure is fidelity to the dense
+embeddings, and its tokenizer is exported beside ``model.onnx`` (:mod:`autoprune.app.encoder_run`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from mlflow import MlflowClient
@@ -21,7 +23,7 @@ from torch import nn
 from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import finetune_settings, recover_settings, round_to as settings_round_to
 from autoprune.objective.proxy import recalibrate_bn, split_metrics
-from autoprune.app.experiment import Baseline, SearchRun, experiment_dir, load_baseline, run_search, sized_for_workers
+from autoprune.app.experiment import Baseline, SearchRun, experiment_dir, is_encoder, load_baseline, run_search, sized_for_workers
 from autoprune.formats.onnx import export_onnx, onnx_predictions, quantize_onnx
 from autoprune.formats.pruned import save_pruned
 from autoprune.training.finetune import finetune
@@ -31,28 +33,50 @@ from autoprune.graph.policy import Policy, model_fingerprint
 from autoprune.graph.surgery import apply_iteratively, apply_policy
 from autoprune.tracking.tracker import Tracker, resolve_tracking_uri
 
+#: Importance criteria that rank channels from calibration data (gradients or activations).
+DATA_CRITERIA = ("taylor", "activation")
+
 log = logging.getLogger(__name__)
 
 
-def apply_best(cfg: ExperimentConfig, baseline: Baseline, policy: Policy, graph: Any = None) -> nn.Module:
+def apply_best(cfg: ExperimentConfig, baseline: Baseline, policy: Policy, graph: Any = None, *, evaluator: Any = None) -> nn.Module:
     """Apply a policy to the dense model, one-shot or in ``pruning.iterative_steps`` stages.
 
     BatchNorm statistics are then re-estimated exactly as the search's accuracy proxy did
     (``proxy.bn_batches`` training batches, same seed), so the delivered model before fine-tuning
     is the model whose proxy accuracy the policy was chosen on.
+
+    Args:
+        cfg: The experiment (``pruning``: importance, round_to, iterative steps).
+        baseline: The dense model and its data.
+        policy: What to prune.
+        graph: A :class:`~autoprune.graph.prunable.PrunableGraph` on ``baseline.model`` (built if None).
+        evaluator: The search's :class:`~autoprune.objective.evaluator.PolicyEvaluator`: its graph,
+            calibration batches and loss are reused, so a data-driven criterion (``taylor``,
+            ``activation``) ranks channels exactly as it did in the search. Without it such a
+            criterion draws its calibration batches from the config's proxy here.
     """
     p = cfg.pruning
+    batches = loss = None
+    if evaluator is not None:
+        graph, batches, loss = evaluator.graph, evaluator.calibration_batches, evaluator.scorer.loss
+    elif p.importance in DATA_CRITERIA:
+        from autoprune.config.settings import proxy_settings
+        from autoprune.objective.proxies import make_proxy
+
+        scorer = make_proxy(baseline.model, baseline.data, proxy_settings(cfg), seed=cfg.seed)
+        batches, loss = scorer.calibration_batches, scorer.loss
     if p.iterative_steps > 1:
         recover = recover_settings(cfg)
         pruned = apply_iteratively(
             baseline.model, policy, example_input=baseline.data.example_input(1), steps=p.iterative_steps,
             recover=lambda m: finetune(m, baseline.data, recover, progress=False),
-            importance=p.importance, round_to=settings_round_to(cfg),
+            importance=p.importance, round_to=settings_round_to(cfg), batches=batches, loss=loss,
         )
     else:
         pruned = apply_policy(
             baseline.model, policy, graph=graph, example_input=baseline.data.example_input(1),
-            importance=p.importance, round_to=settings_round_to(cfg),
+            importance=p.importance, round_to=settings_round_to(cfg), batches=batches, loss=loss,
         )
     recalibrate_bn(pruned, baseline.data.train, batches=cfg.proxy.bn_batches, batch_size=cfg.proxy.bn_batch_size, seed=cfg.seed)
     return pruned.eval()
@@ -88,12 +112,18 @@ def _paired_ms(model: nn.Module, dense: nn.Module, x: Any, backend: str, threads
     return lat.ref_median_ms, lat
 
 
-def measure_final(model: nn.Module, dense: nn.Module, baseline: Baseline, cfg: ExperimentConfig) -> tuple[ModelReport, ModelReport]:
+def measure_final(model: nn.Module, dense: nn.Module, baseline: Baseline, cfg: ExperimentConfig,
+                  score: Callable[[nn.Module], float] | None = None) -> tuple[ModelReport, ModelReport]:
     """Test accuracy and paired latency (30 rounds) of ``model`` and the dense model.
 
     Latency is measured on the serving backend (``latency.backend`` with its options) and, when
     that is not ``torch``, again on eager PyTorch, each pair on one runtime.
+
+    Args:
+        score: The test figure of a model (None: top-1 accuracy on the test split; an encoder's
+            is its test fidelity, :func:`autoprune.app.encoder_run.test_fidelity`).
     """
+    score = score or (lambda m: split_metrics(m, baseline.data.test)["accuracy"])
     lc = cfg.latency
     x = baseline.data.example_input(lc.batch_size)
     x1 = baseline.data.example_input(1)
@@ -107,7 +137,7 @@ def measure_final(model: nn.Module, dense: nn.Module, baseline: Baseline, cfg: E
         macs, params = count_macs_params(m, x1)
         reports.append(
             ModelReport(
-                test_accuracy=split_metrics(m, baseline.data.test)["accuracy"],
+                test_accuracy=score(m),
                 latency_ms=ratio * dense_ms,
                 latency_ci_ms=(ci[0] * dense_ms, ci[1] * dense_ms),
                 macs=int(macs),
@@ -316,26 +346,39 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
         best = search.result.best
         if best is None:
             raise RuntimeError("the search produced no successful evaluation")
-        pruned = apply_best(cfg, baseline, best.policy, graph=ev.graph)
-        teacher = baseline.model if cfg.finetune.distill else None
-        finetune(pruned, baseline.data, finetune_settings(cfg), teacher=teacher, progress=progress, on_epoch=tracker.log_finetune_epoch)
-        dense_r, pruned_r = measure_final(pruned, baseline.model, baseline, cfg)
+        pruned = apply_best(cfg, baseline, best.policy, evaluator=ev)
+        encoder, fidelity_report = is_encoder(baseline), {}
+        if encoder:  # no labels: distil to the dense embeddings, score by test fidelity
+            from autoprune.app.encoder_run import recover_encoder, test_fidelity
+
+            test = test_fidelity(baseline, cfg)
+            fidelity_report = recover_encoder(cfg, baseline, pruned, test, progress=progress, on_epoch=tracker.log_finetune_epoch)
+        else:
+            teacher = baseline.model if cfg.finetune.distill else None
+            finetune(pruned, baseline.data, finetune_settings(cfg), teacher=teacher, progress=progress, on_epoch=tracker.log_finetune_epoch)
+        dense_r, pruned_r = measure_final(pruned, baseline.model, baseline, cfg, score=test.score if encoder else None)
         model_path = save_pruned(
-            out / "model.pt", pruned, model_name=cfg.model.name, in_channels=baseline.data.in_channels,
-            num_classes=baseline.data.num_classes, input_size=baseline.data.input_size,
+            out / "model.pt", pruned, model_name=cfg.model.name, in_channels=getattr(baseline.data, "in_channels", 0),
+            num_classes=getattr(baseline.data, "num_classes", 0), input_size=getattr(baseline.data, "input_size", 0),
             extra={"policy": best.policy.to_dict(), "test_accuracy": pruned_r.test_accuracy},
         )
         onnx_info, int8 = None, None
-        if cfg.export.onnx or cfg.export.quantize or cfg.latency.backend != "torch":  # a serving runtime's artifact is ONNX
+        if encoder:  # the serving artifact: model.onnx with named inputs, the tokenizer beside it
+            from autoprune.app.encoder_run import export_encoder
+
+            onnx_info = export_encoder(pruned, baseline, out)
+        elif cfg.export.onnx or cfg.export.quantize or cfg.latency.backend != "torch":  # a serving runtime's artifact is ONNX
             onnx_info = export_onnx(pruned, baseline.data.example_input(1), out / "model.onnx")
             if cfg.export.quantize:
                 int8 = decide_int8(cfg, baseline, out / "model.onnx", pruned_r.test_accuracy, out)
                 onnx_info["quantized"] = int8["path"]
                 log.info("%s", int8["reason"])
+        score_name = "fidelity" if encoder else "accuracy"
         report = {
-            "dense_test_accuracy": dense_r.test_accuracy,
-            "pruned_test_accuracy": pruned_r.test_accuracy,
-            "accuracy_drop_points": 100 * (dense_r.test_accuracy - pruned_r.test_accuracy),
+            f"dense_test_{score_name}": dense_r.test_accuracy,
+            f"pruned_test_{score_name}": pruned_r.test_accuracy,
+            **({} if encoder else {"accuracy_drop_points": 100 * (dense_r.test_accuracy - pruned_r.test_accuracy)}),
+            **fidelity_report,
             **serving_report(cfg, dense_r, pruned_r, int8, getattr(ev, "backend_settings", {"backend": cfg.latency.backend})),
             "mac_reduction": dense_r.macs / max(1, pruned_r.macs),
             "dense_macs": dense_r.macs,
@@ -355,7 +398,8 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
             model_path, onnx_info["path"] if onnx_info else None,
             register_as=registered_name(cfg) if cfg.tracking.register else None,
             test_accuracy=pruned_r.test_accuracy,
-            extra_files=[search.policy_path, *([onnx_info["quantized"]] if onnx_info and "quantized" in onnx_info else [])],
+            extra_files=[search.policy_path, *([onnx_info["quantized"]] if onnx_info and "quantized" in onnx_info else []),
+                         *(onnx_info.get("tokenizer_files", []) if onnx_info else [])],
         )
         if search.result.extras.get("agent_path"):
             tracker.log_artifact(search.result.extras["agent_path"], "agent")

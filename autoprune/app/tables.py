@@ -77,7 +77,7 @@ def search_summary(run: SearchRun) -> Shown:
     table.add_column("dense", justify="right")
     table.add_column("best policy", justify="right")
     m = best.metrics
-    table.add_row("proxy accuracy (val)", f"{ev.dense_accuracy:.4f}", f"{m.accuracy:.4f}")
+    table.add_row(f"proxy {getattr(getattr(ev, 'scorer', None), 'metric', 'accuracy')} (val)", f"{ev.dense_accuracy:.4f}", f"{m.accuracy:.4f}")
     table.add_row(f"latency ratio (paired, {ev.latency.backend})", "1.000", f"{m.latency_ratio:.3f} [{m.latency_ci[0]:.3f}, {m.latency_ci[1]:.3f}]")
     table.add_row(f"latency ms ({ev.latency.backend})", f"{ev.dense_ms:.3f}", f"{best_latency_ms(run):.3f}")
     table.add_row("MAC ratio", "1.000", f"{m.macs_ratio:.3f}")
@@ -100,17 +100,26 @@ def run_tables(res: RunResult) -> Shown:
     cfg = res.config
     threads = f", {cfg.latency.threads} threads" if cfg is not None else ""
     title = f"{cfg.name if cfg else 'run'}: dense vs pruned (test split, batch {cfg.latency.batch_size if cfg else 1}{threads})"
-    return [*search_summary(res.search), dense_vs_pruned(title, res.dense, res.pruned), *deployment_lines(res.report),
-            f"pruned model: {res.model_path}" + (f"\nonnx: {res.onnx['path']}" if res.onnx else ""),
+    return [*search_summary(res.search), dense_vs_pruned(title, res.dense, res.pruned, res.report), *deployment_lines(res.report),
+            f"pruned model: {res.model_path}" + (f"\nonnx: {res.onnx['path']}" if res.onnx else "")
+            + (f"\ntokenizer: {res.onnx['tokenizer']}" if res.onnx and "tokenizer" in res.onnx else ""),
             f"MLflow run {res.run_id}: see it with 'autoprune ui'"]
 
 
-def dense_vs_pruned(title: str, d: Any, p: Any) -> Table:
-    """Dense against pruned (:class:`~autoprune.app.pipeline.ModelReport`): test accuracy, latency on the serving backend and eager PyTorch, size."""
+def dense_vs_pruned(title: str, d: Any, p: Any, report: dict[str, Any] | None = None) -> Table:
+    """Dense against pruned (:class:`~autoprune.app.pipeline.ModelReport`): test accuracy (or an encoder's fidelity, from
+    ``report``), latency on the serving backend and eager PyTorch, size."""
+    r = report or {}
     table = Table(title=title)
     for col in ("", "dense", "pruned", "change"):
         table.add_column(col, justify="right", no_wrap=True)
-    table.add_row("test accuracy", f"{d.test_accuracy:.4f}", f"{p.test_accuracy:.4f}", f"{100 * (p.test_accuracy - d.test_accuracy):+.2f} pts")
+    if r.get("proxy_metric") == "fidelity":
+        table.add_row("test fidelity (cosine+10-NN)/2", f"{d.test_accuracy:.4f}", f"{r['pruned_test_fidelity_before_finetune']:.4f} -> "
+                      f"{p.test_accuracy:.4f}", "before -> after distillation")
+        table.add_row("test cosine / 10-NN agreement", "1.0000 / 1.0000", f"{r['pruned_test_cosine_after_finetune']:.4f} / "
+                      f"{r['pruned_test_neighbour_agreement_after_finetune']:.4f}", "after distillation")
+    else:
+        table.add_row("test accuracy", f"{d.test_accuracy:.4f}", f"{p.test_accuracy:.4f}", f"{100 * (p.test_accuracy - d.test_accuracy):+.2f} pts")
     backend = p.backend
     table.add_row(f"latency ms on {backend} [95% CI]", f"{d.latency_ms:.3f}", f"{p.latency_ms:.3f} [{p.latency_ci_ms[0]:.3f}, {p.latency_ci_ms[1]:.3f}]",
                   f"{d.latency_ms / p.latency_ms:.2f}x faster")

@@ -114,18 +114,20 @@ def check_data_name(name: str) -> str:
 def _allowed_model_names(name: str) -> str | None:
     """None if ``name`` is valid, else the text listing what is allowed."""
     from autoprune.zoo import MODEL_NAMES  # imports torch: only when a config is validated
+    from autoprune.zoo.hf import ENCODER_NAMES, is_encoder_name
 
-    if name in MODEL_NAMES or _is_reference(name):
+    if name in MODEL_NAMES or _is_reference(name) or is_encoder_name(name):
         return None
-    return ", ".join(repr(n) for n in MODEL_NAMES) + " or 'package.module:factory'"
+    return ", ".join(repr(n) for n in (*MODEL_NAMES, *ENCODER_NAMES)) + ", 'hf:/path/to/encoder-folder' or 'package.module:factory'"
 
 
 def _allowed_data_names(name: str) -> str | None:
     from autoprune.zoo import DATASET_NAMES
+    from autoprune.zoo.text import TEXT_DATASET_NAMES
 
-    if name in DATASET_NAMES or _is_reference(name):
+    if name in DATASET_NAMES or name in TEXT_DATASET_NAMES or _is_reference(name):
         return None
-    return ", ".join(repr(n) for n in DATASET_NAMES) + " or 'package.module:factory'"
+    return ", ".join(repr(n) for n in (*DATASET_NAMES, *TEXT_DATASET_NAMES)) + " or 'package.module:factory'"
 
 
 class ModelConfig(_Section):
@@ -134,9 +136,11 @@ class ModelConfig(_Section):
     Attributes:
         name: A zoo model (``resnet20``, ``resnet32``, ``resnet56``, ``vgg_small``,
             ``mobilenetv2``, ``mlp``) or a ``"package.module:factory"`` reference, called with
-            ``in_channels=``, ``num_classes=`` and ``input_size=``.
+            ``in_channels=``, ``num_classes=`` and ``input_size=``; or a pretrained sentence
+            encoder (needs a text data set): ``minilm`` or ``hf:/path/to/folder`` (any local
+            BERT-family encoder, :mod:`autoprune.zoo.hf`).
         checkpoint: Weights to start from. None: the cached baseline, trained once with the
-            ``train`` section when missing.
+            ``train`` section when missing (an encoder is used as it is: no checkpoint, no training).
         ignore: Module names (as in ``model.named_modules()``) that are never pruned.
     """
 
@@ -158,16 +162,24 @@ class DataConfig(_Section):
 
     Attributes:
         name: ``fashion_mnist``, ``digits`` or a ``"package.module:factory"`` reference
-            returning an :class:`autoprune.zoo.DataBundle`.
+            returning an :class:`autoprune.zoo.DataBundle`; or the text data set ``fortunes``
+            (Debian's quotations, :mod:`autoprune.zoo.text`) for a sentence encoder.
         data_dir: Where Fashion-MNIST's IDX files are (None: ``$AUTOPRUNE_DATA``, then
-            ``/usr/share/datasets/fashion-mnist``).
+            ``/usr/share/datasets/fashion-mnist``); for ``fortunes``, a folder of ``%``-separated
+            files (None: ``/usr/share/games/fortunes``).
         val_fraction: Share of the training set held out for validation; the search only
             ever scores on it, the test split is kept for the final result.
+        max_length: Text only: tokens per sentence at most (special tokens included), also the
+            sequence length at which latency is measured; at most the encoder's positions.
+        limit: Text only: keep the first ``limit`` sentences of each split (null: all), e.g. a
+            small real subset for a quick run.
     """
 
     name: str = "fashion_mnist"
     data_dir: str | None = None
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    max_length: int = Field(128, ge=2)
+    limit: int | None = Field(None, ge=3)
 
     @field_validator("name")
     @classmethod
@@ -194,12 +206,19 @@ class ProxyConfig(_Section):
     Attributes:
         bn_batches: Training batches to re-estimate BatchNorm statistics after pruning (0: off).
         bn_batch_size: Size of those batches.
-        val_samples: Validation samples scored per candidate (null: the whole split).
+        val_samples: Validation samples (sentences, for fidelity) scored per candidate (null: the whole split).
+        metric: ``accuracy`` (classifiers: top-1 after adaptive BN) or ``fidelity`` (sentence
+            encoders, label-free: the mean of the cosine similarity to the dense embeddings and
+            the 10-nearest-neighbour agreement, :mod:`autoprune.objective.proxies`). Null: the
+            one the model calls for.
+        neighbours: ``fidelity``: neighbours compared per sentence.
     """
 
     bn_batches: int = Field(ProxySettings.bn_batches, ge=0)
     bn_batch_size: int = Field(ProxySettings.bn_batch_size, ge=1)
     val_samples: int | None = Field(ProxySettings.val_samples, ge=1)
+    metric: Literal["accuracy", "fidelity"] | None = None
+    neighbours: int = Field(ProxySettings.neighbours, ge=1)
 
 
 class LatencyConfig(_Section):
@@ -501,7 +520,35 @@ class ExperimentConfig(_Section):
         self.output_dir = self.output_dir.replace("{name}", self.name)
         if self.tracking.experiment is None:
             self.tracking.experiment = self.name
+        self._model_fits_data()
         return self
+
+    def _model_fits_data(self) -> None:
+        """An encoder goes with text and the fidelity proxy, a classifier with labelled data and accuracy."""
+        from autoprune.zoo.hf import is_encoder_name
+        from autoprune.zoo.text import TEXT_DATASET_NAMES
+
+        m, d = self.model.name, self.data.name
+        encoder, text = is_encoder_name(m), d in TEXT_DATASET_NAMES
+        if encoder and not text and not _is_reference(d):
+            raise _combination(f"data.name: {d!r} is not text; the sentence encoder {m!r} needs a text data set: 'fortunes'")
+        if text and not encoder:
+            raise _combination(f"model.name: {m!r} is not a sentence encoder; data {d!r} is text and needs one: 'minilm' or 'hf:/path/to/folder'")
+        if self.proxy.metric is None:
+            self.proxy.metric = "fidelity" if encoder else "accuracy"
+        elif self.proxy.metric == "fidelity" and not encoder:
+            raise _combination(f"proxy.metric: 'fidelity' needs a sentence encoder and text, not model {m!r}; use 'accuracy'")
+        elif self.proxy.metric == "accuracy" and encoder:
+            raise _combination(f"proxy.metric: 'accuracy' needs class labels; the encoder {m!r} on text has none: use 'fidelity'")
+        if not encoder:
+            if self.data.limit is not None:
+                raise _combination(f"data.limit: {self.data.limit!r} is for text data only; set it to null for {d!r}")
+            return
+        for field, bad, fix in (("model.checkpoint", self.model.checkpoint is not None, "null (the pretrained encoder is the baseline)"),
+                                ("export.quantize", self.export.quantize, "false (int8 of an encoder is not supported yet)"),
+                                ("pruning.iterative_steps", self.pruning.iterative_steps > 1, "1 (an encoder is pruned in one shot)")):
+            if bad:
+                raise _combination(f"{field}: not allowed with the encoder {m!r}; set it to {fix}")
 
     def flat(self) -> dict[str, str]:
         """All settings as ``{"search.episodes": "150", ...}``, e.g. for MLflow params.
@@ -546,4 +593,5 @@ __all__ = [
     "check_data_name",
     "check_model_name",
     "dump_config",
+
 ]

@@ -112,7 +112,10 @@ def read_policy_file(path: str | Path, *, source: str | None = None) -> tuple[Po
         raise PolicyError(f"--policy: {source!r} holds a non-numeric ratio ({e})") from e
     bad = {k: v for k, v in policy.ratios.items() if not 0.0 <= v < 1.0}
     if bad:
-        raise PolicyError(f"--policy: {source!r} holds ratios outside [0, 1): {bad}")
+        full = [k for k, v in bad.items() if v == 1.0]
+        hint = (f"; a ratio of 1.0 would remove every channel or head of {full[0]!r}: list its block or layer under 'drop' instead"
+                if full else "")
+        raise PolicyError(f"--policy: {source!r} holds ratios outside [0, 1): {bad}{hint}")
     return policy, payload
 
 

@@ -12,7 +12,10 @@ of a pruned model is exactly ``count_macs_params(pruned) / count_macs_params(den
 (:func:`autoprune.measure.latency.count_macs_params`), and the graph's prediction without
 surgery gives the same number.
 
-The proxy accuracy follows EagleEye's adaptive BN (Li et al. 2020, :mod:`autoprune.objective.proxy`).
+The proxy accuracy follows EagleEye's adaptive BN (Li et al. 2020, :mod:`autoprune.objective.proxy`)
+for a classifier; for a sentence encoder on text it is the label-free fidelity to the dense
+embeddings (:class:`autoprune.objective.proxies.FidelityProxy`), chosen by the data
+(:func:`autoprune.objective.proxies.make_proxy`).
 
 Rewards (``acc`` is the proxy accuracy in [0, 1], ``c`` the budget metric as a
 fraction of dense: measured latency ratio, or MAC ratio; ``t`` the target):
@@ -38,7 +41,8 @@ from torch import nn
 
 from autoprune.errors import BudgetError, ConfigError, ModelError, PolicyError
 from autoprune.graph.check import default_cache_dir, verify_graph
-from autoprune.objective.proxy import ProxySettings, accuracy, proxy_accuracy
+from autoprune.objective.proxies import AccuracyProxy, make_proxy
+from autoprune.objective.proxy import ProxySettings
 from autoprune.graph.importance import DEFAULT_IMPORTANCE
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.measure.table import LatencyTable
@@ -163,6 +167,7 @@ class Metrics:
         seconds: Time spent per step (prune, accuracy, latency, total).
         failed: The evaluation raised or produced NaN; ``error`` says why.
         backend: The latency backend and its settings that timed it (:func:`settings_label`).
+        details: Parts of the proxy (fidelity: ``cosine`` and ``neighbour_agreement``; empty for accuracy).
     """
 
     accuracy: float
@@ -181,6 +186,7 @@ class Metrics:
     failed: bool = False
     error: str | None = None
     backend: str = ""
+    details: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, float | bool | str | None]:
         """Flat dict for CSV/MLflow."""
@@ -190,6 +196,7 @@ class Metrics:
         )}
         d["latency_ci_low"], d["latency_ci_high"] = self.latency_ci
         d.update({f"seconds_{k}": v for k, v in self.seconds.items()})
+        d.update({f"proxy_{k}": v for k, v in self.details.items()})
         return d
 
     @classmethod
@@ -209,6 +216,7 @@ class Metrics:
             feasible=bool(d.get("feasible")), reward=num("reward"),
             seconds={k.removeprefix("seconds_"): float(v) for k, v in d.items() if k.startswith("seconds_") and v is not None},
             failed=bool(d.get("failed")), error=d.get("error"), backend=str(d.get("backend") or ""),
+            details={k.removeprefix("proxy_"): float(v) for k, v in d.items() if k.startswith("proxy_") and v is not None},
         )
 
 
@@ -259,7 +267,8 @@ class PolicyEvaluator:
 
     Args:
         model: Trained dense model (never modified).
-        data: Data bundle; the proxy uses ``train`` (BN statistics) and ``val`` only.
+        data: Data bundle; the proxy uses ``train`` (BN statistics) and ``val`` only. A
+            :class:`~autoprune.zoo.text.TokenizedCorpus` for a sentence encoder (proxy: fidelity).
         budget: Target latency or MACs.
         reward: Reward definition.
         proxy: Accuracy-proxy sizes.
@@ -346,13 +355,14 @@ class PolicyEvaluator:
         self.backend_label = settings_label(self.backend_settings)
         self.dense_ms = self.timer.reference_ms(repeats=30)
         self.dense_macs, self.dense_params = count_macs_params(self.model, data.example_input(1))
-        self.dense_accuracy = accuracy(self.model, data.val.subset(proxy.val_samples))
-        if not math.isfinite(self.dense_accuracy) or not self._dense_output_finite():
+        self.scorer = make_proxy(self.model, data, proxy, seed=seed)
+        self.dense_accuracy = self.scorer.dense_score()
+        if not math.isfinite(self.dense_accuracy) or not self.scorer.dense_output_finite():
             raise ModelError(
                 "the dense model's output on the validation data is not finite (NaN or inf; e.g. its training diverged); "
                 "retrain it with a lower train.lr before pruning"
             )
-        if baseline_name is not None:
+        if baseline_name is not None and isinstance(self.scorer, AccuracyProxy):
             check_baseline_accuracy(self.dense_accuracy, data.val.subset(proxy.val_samples).y, baseline_name)
         self.target = budget.target_ratio(self.dense_ms)
         self._dense_specs = self.graph.specs_for({}, (), batch_size=latency.batch_size)
@@ -360,7 +370,8 @@ class PolicyEvaluator:
         self.table = table or self._calibrate_table(table_cache)
         self._cache: dict[tuple, Metrics] = {}
         self.history: list[Evaluation] = []
-        self._batches_for_taylor = lambda: list(data.train.batches(64, shuffle=True, seed=seed))[:4]
+        #: Calibration batches of data-driven importance criteria (drawn only when one needs them).
+        self.calibration_batches = self.scorer.calibration_batches
 
     def __deepcopy__(self, memo: dict) -> "PolicyEvaluator":
         """The evaluator is a shared service (model, graph, timer, cache): copies of an env share it."""
@@ -385,12 +396,6 @@ class PolicyEvaluator:
             round_to=self.round_to, cache_dir=cache,
         )
         return table
-
-    def _dense_output_finite(self) -> bool:
-        x = self.data.val.x[:64]
-        with torch.inference_mode():
-            y = self.model.eval()(x)
-        return bool(torch.isfinite(y).all()) if isinstance(y, torch.Tensor) else True
 
     def predicted_ratio(self, ratios: dict[str, float], drop: tuple[str, ...] | list[str] = ()) -> float:
         """Latency ratio to dense predicted by the lookup table, without surgery.
@@ -503,9 +508,10 @@ class PolicyEvaluator:
         t0 = time.perf_counter()
         # The batches are drawn only by a criterion that needs gradients (taylor, or a user's own).
         pruned = apply_policy(self.model, policy, graph=self.graph, importance=self.importance, round_to=self.round_to,
-                              batches=self._batches_for_taylor)
+                              batches=self.calibration_batches, loss=self.scorer.loss)
         t1 = time.perf_counter()
-        acc = proxy_accuracy(pruned, self.data, self.proxy, seed=self.seed)
+        acc = self.scorer.score(pruned)
+        details = dict(self.scorer.details)
         pruned.eval()
         t2 = time.perf_counter()
         lat = self.timer.ratio(
@@ -533,6 +539,7 @@ class PolicyEvaluator:
             reward=self.reward(acc, value),
             seconds={"prune": t1 - t0, "accuracy": t2 - t1, "latency": t3 - t2, "other": t4 - t3, "total": t4 - t0},
             backend=self.backend_label,
+            details=details,
         )
 
     # ---------------------------------------------------------------- results

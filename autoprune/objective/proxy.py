@@ -28,12 +28,19 @@ class ProxySettings:
         bn_batch_size: Size of those batches.
         val_samples: Validation samples scored (None: the whole validation split).
         eval_batch_size: Batch size for scoring.
+        metric: ``accuracy`` (top-1 of a classifier, after adaptive BN), ``fidelity`` (a
+            sentence encoder's embeddings against the dense model's, label-free:
+            :class:`autoprune.objective.proxies.FidelityProxy`), or None: the one the data calls
+            for (fidelity for tokenised text).
+        neighbours: ``fidelity``: nearest neighbours compared per sentence (``k``).
     """
 
     bn_batches: int = 8
     bn_batch_size: int = 64
     val_samples: int | None = 1000
     eval_batch_size: int = 500
+    metric: str | None = None
+    neighbours: int = 10
 
 
 def recalibrate_bn(model: nn.Module, split: Split, *, batches: int, batch_size: int, seed: int = 0) -> None:

@@ -20,6 +20,7 @@ SEARCHERS: Registry[Callable[..., Searcher]] = Registry(
         "uniform": "autoprune.search.baselines:UniformSearcher",
         "global": "autoprune.search.global_pruning:GlobalSearcher",
         "sensitivity": "autoprune.search.baselines:SensitivitySearcher",
+        "layer_drop": "autoprune.search.baselines:LayerDropSearcher",
     },
 )
 

@@ -2,6 +2,9 @@
 
 * ``random``: ratios drawn uniformly, blocks dropped at random, pushed into the budget.
 * ``uniform``: one ratio for every unit, no block dropped (the usual "prune x% everywhere").
+* ``layer_drop``: whole blocks (residual blocks, transformer layers) dropped greedily, least
+  harmful first, and nothing else pruned (the depth-only baseline of layer-dropping studies,
+  e.g. Sajjad et al. 2023, "On the Effect of Dropping Layers of Pre-trained Transformer Models").
 * ``sensitivity``: prune each unit alone at a few ratios, then give every unit the largest
   ratio whose accuracy drop stays under one global threshold (Li et al. 2017, "Pruning
   Filters for Efficient ConvNets", https://arxiv.org/abs/1608.08710).
@@ -347,3 +350,50 @@ def largest_ratio(curve: list[tuple[float, float]], floor: float) -> float:
         if a1 < floor:
             return r0 + (r1 - r0) * (a0 - floor) / (a0 - a1)
     return pts[-1][0]
+
+
+class LayerDropSearcher(Searcher):
+    """Depth only: drop whole blocks, one at a time, each time the one whose drop keeps the proxy highest.
+
+    Every unit keeps ratio 0. Each step measures every remaining block dropped next to the
+    blocks chosen so far (one episode each) and keeps the one with the best proxy; steps stop
+    once the kept policy's *measured* budget value meets the target, or no episodes or blocks
+    are left (then the best policy may be infeasible). With ``B`` blocks and ``k`` dropped this
+    costs about ``k * B - k * (k - 1) / 2`` episodes.
+
+    ``extras["order"]`` lists the dropped blocks in the order chosen; ``extras["steps"]`` the
+    proxy and measured value after each step.
+
+    Raises:
+        ConfigError: the model has no droppable block.
+    """
+
+    name = "layer_drop"
+    defaults: dict[str, Any] = {}
+
+    def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
+        blocks = list(evaluator.block_names)
+        if not blocks:
+            raise ConfigError("search.searcher: 'layer_drop' needs droppable blocks, and this model has none; "
+                              "allowed: a model with residual blocks or transformer layers (pruning.drop_blocks: true)")
+        zero = {n: 0.0 for n in evaluator.unit_names}
+        drop: tuple[str, ...] = ()
+        steps: list[dict[str, Any]] = []
+        used = 0
+        while len(drop) < len(blocks) and used < n_episodes:
+            tried = []
+            for b in blocks:
+                if b in drop or used >= n_episodes:
+                    continue
+                m = self.evaluate(Policy(dict(zero), (*drop, b)))
+                used += 1
+                tried.append((m.accuracy, b, m))
+            if not tried:
+                break
+            acc, best_block, m = max(tried, key=lambda t: (t[0], -blocks.index(t[1])))
+            drop = (*drop, best_block)
+            steps.append({"drop": list(drop), "proxy": acc, "value": m.value})
+            if m.feasible:  # measured: the fewest blocks that meet the target on the backend
+                break
+        return {"order": list(drop), "steps": steps}
+

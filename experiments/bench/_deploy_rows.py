@@ -81,7 +81,7 @@ def run_setting(model: str, batch: int, backend: str, *, episodes: int, epochs: 
         res = get_searcher(searcher, params, progress=False).search(ev, episodes if searcher == "optuna" else min(episodes, 8), seed=0)
         search_s = time.perf_counter() - t0
         best = res.best
-        pruned = apply_best(row_cfg, baseline, best.policy, graph=ev.graph)
+        pruned = apply_best(row_cfg, baseline, best.policy, evaluator=ev)
         t0 = time.perf_counter()
         finetune(pruned, baseline.data, dataclasses.replace(finetune_settings(row_cfg), epochs=epochs), teacher=dense, progress=False)
         ft_s = time.perf_counter() - t0
