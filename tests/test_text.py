@@ -98,3 +98,25 @@ def test_sequence_length_above_the_models_positions_is_refused():
     enc = tiny_encoder(corpus.train, max_positions=64)
     with pytest.raises(ConfigError, match=r"data.max_length: 128 is above the model's maximum positions \(64\)"):
         corpus.tokenize(enc.tokenizer, max_length=128, max_positions=enc.max_positions)
+
+
+def test_length_grouped_shuffled_batches_cover_every_sentence_once_with_little_padding():
+    from autoprune.zoo.text import TokenSplit
+
+    rng = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 40, (200,), generator=rng)
+    mask = (torch.arange(40)[None, :] < lengths[:, None]).long()
+    ids = torch.arange(200)[:, None] * mask  # each row's id in its tokens: which sentence a batch row is
+    split = TokenSplit(ids, mask, tuple(str(i) for i in range(200)))
+    seen, padding, firsts = [], 0, []
+    for b_ids, b_mask in split.batches(16, shuffle=True, by_length=True, seed=1):
+        seen += b_ids[:, 0].tolist()
+        padding += int((b_mask == 0).sum())
+        firsts.append(int(b_mask.sum(1).max()))
+    assert sorted(seen) == list(range(200))
+    plain = sum(int((m == 0).sum()) for _, m in split.batches(16, shuffle=True, seed=1))
+    assert padding < plain / 3  # grouped by length
+    assert firsts != sorted(firsts)  # but the batches come in random order
+    again = [b[:, 0].tolist() for b, _ in split.batches(16, shuffle=True, by_length=True, seed=1)]
+    other = [b[:, 0].tolist() for b, _ in split.batches(16, shuffle=True, by_length=True, seed=2)]
+    assert [x for b in again for x in b] == seen and again != other

@@ -37,7 +37,8 @@ def distill_encoder(
     Args:
         model: The pruned sentence encoder, ``(input_ids, attention_mask)`` -> ``(N, hidden)``.
         teacher: The dense encoder (never modified).
-        corpus: Trains on ``corpus.train`` (shuffled batches of ``settings.batch_size`` sentences).
+        corpus: Trains on ``corpus.train``: batches of ``settings.batch_size`` sentences of similar length, in
+            random order (length-grouped, :meth:`~autoprune.zoo.text.TokenSplit.batches`), so little compute goes to padding.
         settings: ``epochs`` (fractions allowed), ``lr``, ``batch_size``, ``optimizer``
             (``adamw`` suits transformers; ``sgd`` is Nesterov momentum 0.9), ``schedule``,
             ``weight_decay``, ``seed``. The label and temperature settings do not apply.
@@ -66,7 +67,7 @@ def distill_encoder(
     while step < total:
         model.train()
         running, n = 0.0, 0
-        for ids, mask in corpus.train.batches(settings.batch_size, shuffle=True, seed=settings.seed * 1000 + epoch):
+        for ids, mask in corpus.train.batches(settings.batch_size, shuffle=True, by_length=True, seed=settings.seed * 1000 + epoch):
             with torch.no_grad():
                 target = teacher(ids, mask)
             loss = embedding_loss(model(ids, mask), target)

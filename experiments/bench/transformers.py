@@ -20,7 +20,7 @@ batch 1 and batch ``--big-batch``, sequence ``--seq``. Writes
 ``experiments/results/transformers.md`` and one JSON per target under ``transformers_rows/``.
 
     python experiments/bench/transformers.py [--targets 0.7,0.5] [--rows uniform,global,layer_drop,optuna,ppo]
-        [--episodes 24] [--epochs 0.5] [--val-samples 300] [--seq 128] [--big-batch 32] [--threads 2]
+        [--episodes 16] [--epochs 0.25] [--val-samples 300] [--seq 128] [--big-batch 32] [--threads 2]
     python experiments/bench/transformers.py --report   # rebuild the markdown from the JSON files
     python experiments/bench/transformers.py --model hf:/tiny/folder --limit 60 --episodes 3 --epochs 0.1 --seq 32 --out /tmp/smoke
 """
@@ -149,7 +149,7 @@ def run_target(target: float, args: argparse.Namespace) -> dict[str, Any]:
 def remeasure_in_fresh_process(tmp: Path, rows: list[dict], args: argparse.Namespace) -> dict[str, Any]:
     """Run :func:`_remeasure` in a new Python process (no session or cache of the search)."""
     spec = {"tmp": str(tmp), "threads": args.threads, "batches": [1, args.big_batch], "onnx": [r["onnx"] for r in rows],
-            "rounds": {"1": 30, str(args.big_batch): 6}}
+            "rounds": {"1": 30, str(args.big_batch): 5}}
     (tmp / "spec.json").write_text(json.dumps(spec))
     out = subprocess.run([sys.executable, __file__, "--remeasure", str(tmp / "spec.json")], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -170,7 +170,9 @@ def _remeasure(spec_path: str) -> None:
         x = torch.load(tmp / f"input-b{b}.pt")
         timer = PairedTimer(runtime.prepare_file(tmp / "dense.onnx", x), x, backend=runtime, threads=threads)
         for i, path in enumerate(spec["onnx"]):
-            stats = timer.ratio(runtime.prepare_file(path, x), warmup=2, rounds=spec["rounds"][str(b)])
+            big = b > 1  # seconds per call: one call per side per round
+            stats = timer.ratio(runtime.prepare_file(path, x), warmup=1 if big else 2, rounds=spec["rounds"][str(b)],
+                                min_rounds=min(5, spec["rounds"][str(b)]), calls_per_round=1 if big else None)
             out_rows[i][f"fresh_ratio_b{b}"] = stats.ratio
             out_rows[i][f"fresh_ci_b{b}"] = [stats.ci_low, stats.ci_high]
         dense_ms[str(b)] = timer.reference_ms()
@@ -194,7 +196,7 @@ def report(rows_dir: Path = ROWS_DIR) -> str:
         f"for the search's proxy, {first['test_sentences']} test quotations for every figure here). Latency: ONNX Runtime (CPU provider, "
         f"serving defaults, {first['threads']} threads), every row padded to {first['seq']} tokens. **Searches** time candidates at batch 1; "
         f"**fresh ratio** re-times each row's ONNX file against the dense ONNX file in a new process, paired, at batch 1 (30 rounds) "
-        f"and batch {first['big_batch']} (6 rounds). **Fidelity** = (mean cosine of pruned vs dense sentence embeddings + "
+        f"and batch {first['big_batch']} (5 rounds of one call each). **Fidelity** = (mean cosine of pruned vs dense sentence embeddings + "
         "overlap of each sentence's 10 nearest neighbours) / 2, on the test split, before and after the same distillation "
         f"(1 - cosine to the dense embeddings, AdamW, {first['distill_epochs']} epoch of training quotations).\n\n"
     )
@@ -251,8 +253,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="0.7,0.5", help="latency targets, fractions of dense ONNX Runtime latency")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"policies to compare; any of {', '.join(ROWS)}")
-    parser.add_argument("--episodes", type=int, default=24, help="episodes of the optuna and ppo searches (and the most for the baselines)")
-    parser.add_argument("--epochs", type=float, default=0.5, help="distillation epochs of every row (fractions allowed)")
+    parser.add_argument("--episodes", type=int, default=16, help="episodes of the optuna and ppo searches (and the most for the baselines)")
+    parser.add_argument("--epochs", type=float, default=0.25, help="distillation epochs of every row (fractions allowed)")
     parser.add_argument("--val-samples", type=int, default=300, help="validation quotations the search's fidelity proxy embeds")
     parser.add_argument("--seq", type=int, default=128, help="sequence length (tokens) latency is timed at")
     parser.add_argument("--big-batch", type=int, default=32, help="the second batch size of the fresh re-timing")
