@@ -202,3 +202,12 @@ def test_a_new_study_is_seeded_with_the_uniform_and_global_baselines_at_the_pred
     assert result.best.metrics.reward >= max(e.metrics.reward for e in result.history[:2])
     off = get_searcher("optuna", {"n_startup_trials": 2, "seed_baselines": False}, progress=False).search(ev.with_budget(ev.budget), 2, seed=0)
     assert off.history[0].policy.ratios != pytest.approx(first.ratios)
+
+
+def test_a_warm_started_new_study_is_seeded_too_after_the_warm_start(resnet_evaluator):
+    ev = resnet_evaluator.with_budget(Budget(metric="macs", target=0.5))
+    warm = {"ratios": {u: 0.4 for u in ev.unit_names}, "drop": [ev.block_names[0]]}
+    result = get_searcher("optuna", {"n_startup_trials": 2, "seed_baselines": True, "enqueue": [warm]}, progress=False).search(ev, 4, seed=0)
+    sources = [e.policy for e in result.history[:3]]
+    assert sources[0].drop == (ev.block_names[0],) and all(v == pytest.approx(0.4) for v in sources[0].ratios.values())
+    assert len(set(sources[1].ratios.values())) == 1 and len(set(sources[2].ratios.values())) > 1  # uniform, then global

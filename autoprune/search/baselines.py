@@ -1,4 +1,4 @@
-"""Classical baselines every learned searcher must beat: random, uniform and sensitivity-based ratios.
+"""Classical baselines every learned searcher must beat: random, uniform, layer dropping and sensitivity-based ratios.
 
 * ``random``: ratios drawn uniformly, blocks dropped at random, pushed into the budget.
 * ``uniform``: one ratio for every unit, no block dropped (the usual "prune x% everywhere").

@@ -235,9 +235,10 @@ class OptunaSearcher(Searcher):
         start = len(evaluator.history)
         queued = [self._enqueue_params(evaluator, d) for d in self.params["enqueue"]]
         study = self.open_study(evaluator, seed)
+        new_study = not study.get_trials(deepcopy=False)  # before the warm start queues trials of its own
         for params in queued:
             study.enqueue_trial(params, skip_if_exists=True)
-        if self.params["seed_baselines"] and not study.get_trials(deepcopy=False):
+        if self.params["seed_baselines"] and new_study:
             for name, p in baseline_seeds(evaluator).items():
                 params = self._enqueue_params(evaluator, {"ratios": p.ratios, "drop": list(p.drop)})
                 study.enqueue_trial(params, user_attrs={SEED_ATTR: name}, skip_if_exists=True)
