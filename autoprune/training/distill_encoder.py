@@ -10,15 +10,13 @@ teacher runs under ``torch.no_grad`` on the same batch. After each epoch the stu
 
 from __future__ import annotations
 
-import math
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from autoprune.objective.proxies import FidelityProxy, embedding_loss
-from autoprune.training.finetune import FinetuneSettings
+from autoprune.training.finetune import FinetuneSettings, train_loop
 from autoprune.zoo.text import TokenizedCorpus
 
 
@@ -52,48 +50,24 @@ def distill_encoder(
     """
     if settings.epochs <= 0 or len(corpus.train) == 0:
         return []
-    torch.manual_seed(settings.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if settings.optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=settings.lr, momentum=0.9, nesterov=True, weight_decay=settings.weight_decay)
-    total = max(1, int(round(settings.epochs * math.ceil(len(corpus.train) / settings.batch_size))))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total) if settings.schedule == "cosine" else None
     teacher.eval()
-    history: list[dict[str, float]] = []
-    bar = tqdm(total=total, desc="distill", unit="batch", disable=not progress, dynamic_ncols=True)
-    step, epoch = 0, 0
-    while step < total:
-        model.train()
-        running, n = 0.0, 0
-        for ids, mask in corpus.train.batches(settings.batch_size, shuffle=True, by_length=True, seed=settings.seed * 1000 + epoch):
-            with torch.no_grad():
-                target = teacher(ids, mask)
-            loss = embedding_loss(model(ids, mask), target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            running += loss.item() * len(ids)
-            n += len(ids)
-            step += 1
-            bar.update(1)
-            if step >= total:
-                break
-        epoch += 1
-        metrics = {"train_loss": running / max(1, n)}
-        if val is not None:
-            fid = val.fidelity(model)
-            metrics.update(val_cosine=fid.cosine, val_neighbour_agreement=fid.neighbour_agreement)
-            bar.set_postfix(epoch=epoch, val_cos=f"{fid.cosine:.4f}")
-        history.append(metrics)
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-    bar.close()
-    model.eval()
-    return history
+
+    def batches(epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        return corpus.train.batches(settings.batch_size, shuffle=True, by_length=True, seed=settings.seed * 1000 + epoch)
+
+    def loss_of(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        ids, mask = batch
+        with torch.no_grad():
+            target = teacher(ids, mask)
+        return embedding_loss(model(ids, mask), target), len(ids)
+
+    def validate() -> tuple[dict[str, float], dict[str, str]]:
+        if val is None:
+            return {}, {}
+        fid = val.fidelity(model)
+        return {"val_cosine": fid.cosine, "val_neighbour_agreement": fid.neighbour_agreement}, {"val_cos": f"{fid.cosine:.4f}"}
+
+    return train_loop(model, settings, len(corpus.train), batches, loss_of, validate, desc="distill", progress=progress, on_epoch=on_epoch)
 
 
 __all__ = ["distill_encoder"]

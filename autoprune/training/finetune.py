@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -91,44 +91,96 @@ def finetune(
         return []
     if settings.distill and teacher is None:
         raise ValueError("distillation needs the dense model as teacher")
-    torch.manual_seed(settings.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if settings.optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=settings.lr, momentum=0.9, nesterov=True, weight_decay=settings.weight_decay)
-    steps_per_epoch = math.ceil(len(data.train) / settings.batch_size)
-    total = max(1, int(round(settings.epochs * steps_per_epoch)))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total) if settings.schedule == "cosine" else None
     if teacher is not None:
         teacher.eval()
+
+    def batches(epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        return data.train.batches(settings.batch_size, shuffle=True, seed=settings.seed * 1000 + epoch, augment=settings.augment and data.augment_ok)
+
+    def loss_of(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        x, y = batch
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        if settings.distill and teacher is not None:
+            with torch.no_grad():
+                t_out = teacher(x)
+            loss = (1 - settings.alpha) * loss + settings.alpha * distillation_loss(out, t_out, settings.temperature)
+        return loss, len(y)
+
+    def validate() -> tuple[dict[str, float], dict[str, str]]:
+        acc = accuracy(model, data.val)
+        return {"val_accuracy": acc}, {"val_acc": f"{acc:.4f}"}
+
+    return train_loop(model, settings, len(data.train), batches, loss_of, validate, desc="finetune", progress=progress, on_epoch=on_epoch)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], settings: FinetuneSettings) -> torch.optim.Optimizer:
+    """``settings.optimizer``: AdamW, or SGD with Nesterov momentum 0.9, at ``settings.lr`` with ``settings.weight_decay``."""
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    return torch.optim.SGD(params, lr=settings.lr, momentum=0.9, nesterov=True, weight_decay=settings.weight_decay)
+
+
+def train_loop(
+    model: nn.Module,
+    settings: FinetuneSettings,
+    n_train: int,
+    batches: Callable[[int], Iterable[Any]],
+    loss_of: Callable[[Any], tuple[torch.Tensor, int]],
+    validate: Callable[[], tuple[dict[str, float], dict[str, str]]],
+    *,
+    desc: str,
+    progress: bool = True,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """The training loop shared by :func:`finetune` and the encoder's distillation.
+
+    ``round(settings.epochs * ceil(n_train / batch_size))`` optimiser steps (fractional epochs stop
+    mid-epoch), :func:`make_optimizer`, cosine decay to 0 over those steps (or a constant rate),
+    a progress bar, and after every (possibly partial) epoch ``validate()``.
+
+    Args:
+        model: Trained in place, then left in eval mode.
+        settings: Epochs, batch size, optimiser, schedule, seed.
+        n_train: Training samples (sets the steps per epoch).
+        batches: ``batches(epoch)`` yields that epoch's batches.
+        loss_of: ``loss_of(batch)`` returns the batch's loss (a scalar tensor) and its size.
+        validate: Returns the epoch's metrics and the progress bar's short form of them.
+        desc: The progress bar's label.
+        progress: Show the progress bar.
+        on_epoch: Called with ``(epoch, metrics)`` after each epoch (e.g. MLflow logging).
+
+    Returns:
+        Per-epoch metrics: ``train_loss`` (mean over the epoch's samples) and ``validate``'s.
+    """
+    torch.manual_seed(settings.seed)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], settings)
+    total = max(1, int(round(settings.epochs * math.ceil(n_train / settings.batch_size))))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total) if settings.schedule == "cosine" else None
     history: list[dict[str, float]] = []
-    bar = tqdm(total=total, desc="finetune", unit="batch", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True)
     step, epoch = 0, 0
     while step < total:
         model.train()
         running, n = 0.0, 0
-        for x, y in data.train.batches(settings.batch_size, shuffle=True, seed=settings.seed * 1000 + epoch, augment=settings.augment and data.augment_ok):
-            out = model(x)
-            loss = F.cross_entropy(out, y)
-            if settings.distill and teacher is not None:
-                with torch.no_grad():
-                    t_out = teacher(x)
-                loss = (1 - settings.alpha) * loss + settings.alpha * distillation_loss(out, t_out, settings.temperature)
+        for batch in batches(epoch):
+            loss, size = loss_of(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if sched is not None:
                 sched.step()
-            running += loss.item() * len(y)
-            n += len(y)
+            running += loss.item() * size
+            n += size
             step += 1
             bar.update(1)
             if step >= total:
                 break
         epoch += 1
-        metrics = {"train_loss": running / max(1, n), "val_accuracy": accuracy(model, data.val)}
-        bar.set_postfix(epoch=epoch, val_acc=f"{metrics['val_accuracy']:.4f}")
+        extra, shown = validate()
+        metrics = {"train_loss": running / max(1, n), **extra}
+        if shown:
+            bar.set_postfix(epoch=epoch, **shown)
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
