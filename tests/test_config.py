@@ -109,7 +109,7 @@ def test_unknown_searcher_lists_the_registered_searchers(tmp_path):
     path = write(tmp_path, MINIMAL + "search: {searcher: ppo2}\n")
     assert config_error(path) == (
         f"{path}: search.searcher: 'ppo2' is not allowed; "
-        "allowed: 'ppo', 'optuna', 'ddpg', 'random', 'uniform', 'global', 'sensitivity' or 'package.module:Class'"
+        "allowed: 'ppo', 'optuna', 'ddpg', 'random', 'uniform', 'global', 'layer_drop', 'sensitivity' or 'package.module:Class'"
     )
 
 

@@ -19,8 +19,8 @@ SEARCHERS: Registry[Callable[..., Searcher]] = Registry(
         "random": "autoprune.search.baselines:RandomSearcher",
         "uniform": "autoprune.search.baselines:UniformSearcher",
         "global": "autoprune.search.global_pruning:GlobalSearcher",
-        "sensitivity": "autoprune.search.baselines:SensitivitySearcher",
         "layer_drop": "autoprune.search.baselines:LayerDropSearcher",
+        "sensitivity": "autoprune.search.baselines:SensitivitySearcher",
     },
 )
 
