@@ -112,3 +112,17 @@ def test_the_delivered_model_reproduces_the_proxy_accuracy_without_fine_tuning(t
     proxy = proxy_accuracy(apply_policy(trained_resnet20, policy, graph=graph), digits, proxy_settings(cfg), seed=cfg.seed)
     delivered = apply_best(cfg, Baseline(trained_resnet20, digits, {}, None), policy, graph=graph)
     assert accuracy(delivered, digits.val.subset(200)) == proxy
+
+
+def test_a_data_driven_criterion_ranks_channels_the_same_with_or_without_the_searchs_evaluator(trained_resnet20, digits):
+    from autoprune.config.settings import evaluator_options
+
+    cfg = parse_config({"model": {"name": "resnet20"}, "data": {"name": "digits"}, "pruning": {"importance": "taylor"},
+                        "budget": {"metric": "macs", "target": 0.6}, "proxy": {"bn_batches": 2, "val_samples": 200}}, source="test")
+    baseline = Baseline(trained_resnet20, digits, {}, None)
+    ev = PolicyEvaluator(trained_resnet20, digits, **evaluator_options(cfg))
+    policy = Policy.uniform(ev.unit_names, 0.5)
+    with_ev = apply_best(cfg, baseline, policy, evaluator=ev)
+    alone = apply_best(cfg, baseline, policy)  # calibration batches drawn from the config's proxy, same seed
+    for a, b in zip(with_ev.state_dict().values(), alone.state_dict().values()):
+        assert torch.equal(a, b)

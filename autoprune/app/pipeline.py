@@ -30,11 +30,9 @@ from autoprune.training.finetune import finetune
 from autoprune.measure.latency import PairedTimer, count_macs_params, model_size_bytes
 from autoprune.paths import write_json_atomic
 from autoprune.graph.policy import Policy, model_fingerprint
+from autoprune.graph.importance import make_importance, needs_data
 from autoprune.graph.surgery import apply_iteratively, apply_policy
 from autoprune.tracking.tracker import Tracker, resolve_tracking_uri
-
-#: Importance criteria that rank channels from calibration data (gradients or activations).
-DATA_CRITERIA = ("taylor", "activation")
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +58,7 @@ def apply_best(cfg: ExperimentConfig, baseline: Baseline, policy: Policy, graph:
     batches = loss = None
     if evaluator is not None:
         graph, batches, loss = evaluator.graph, evaluator.calibration_batches, evaluator.scorer.loss
-    elif p.importance in DATA_CRITERIA:
+    elif needs_data(make_importance(p.importance)):
         from autoprune.config.settings import proxy_settings
         from autoprune.objective.proxies import make_proxy
 

@@ -155,4 +155,9 @@ def needs_activations(scorer: object) -> bool:
     return bool(getattr(scorer, "needs_activations", False))
 
 
-__all__ = ["ActivationImportance", "DEFAULT_IMPORTANCE", "IMPORTANCES", "ImportanceFactory", "make_importance", "needs_activations", "needs_gradients", "register_importance"]
+def needs_data(scorer: object) -> bool:
+    """True when ``scorer`` ranks channels from calibration batches (gradients or activations)."""
+    return needs_gradients(scorer) or needs_activations(scorer)
+
+
+__all__ = ["ActivationImportance", "DEFAULT_IMPORTANCE", "IMPORTANCES", "ImportanceFactory", "make_importance", "needs_activations", "needs_data", "needs_gradients", "register_importance"]

@@ -22,7 +22,7 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import ConfigError, PolicyError
-from autoprune.graph.importance import make_importance, needs_activations, needs_gradients
+from autoprune.graph.importance import make_importance, needs_activations, needs_data, needs_gradients
 from autoprune.graph.layers import as_args
 
 #: ``batches()`` yields ``(inputs, target)``: ``inputs`` a tensor or a tuple of tensors passed as ``model(*inputs)``.
@@ -147,7 +147,7 @@ def unit_scores(graph: Any, criterion: str, batches: BatchSource | None = None, 
     """
     scorer = make_importance(criterion)
     grads, acts = needs_gradients(scorer), needs_activations(scorer)
-    if (grads or acts) and batches is None:
+    if needs_data(scorer) and batches is None:
         why = "training batches to compute gradients" if grads else "calibration batches to record activations"
         raise PolicyError(f"importance {criterion!r} needs {why}")
     if grads:
