@@ -6,6 +6,7 @@ import datetime as _dt
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -20,6 +21,11 @@ def _version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "-"
+
+
+def git_commit() -> str:
+    """The short hash of the checkout the benchmark runs from ("" outside a git checkout)."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
 
 
 def header(title: str, threads: int | None = None) -> str:

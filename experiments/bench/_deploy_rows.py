@@ -45,6 +45,8 @@ def _overrides(model: str, batch: int, backend: str, episodes: int, epochs: floa
 
 def run_setting(model: str, batch: int, backend: str, *, episodes: int, epochs: float, target: float, threads: int = 2) -> dict[str, Any]:
     """Search, fine-tune, export and re-measure the four policies of one setting; returns (and writes) its JSON."""
+    from _common import git_commit
+
     from autoprune.app.experiment import build_evaluator, load_baseline
     from autoprune.app.pipeline import apply_best, decide_int8
     from autoprune.config.loading import load_config
@@ -110,7 +112,7 @@ def run_setting(model: str, batch: int, backend: str, *, episodes: int, epochs: 
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average": open("/proc/loadavg").read().split()[:3],
         "command": "python " + " ".join(sys.argv),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip(),
+        "commit": git_commit(),
     }
     ROWS_DIR.mkdir(parents=True, exist_ok=True)
     (ROWS_DIR / f"{model}-b{batch}-{backend}.json").write_text(json.dumps(result, indent=1))

@@ -41,7 +41,7 @@ import torch
 
 _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE))
-from _common import RESULTS, _version, header, table  # noqa: E402
+from _common import RESULTS, _version, git_commit, header, table  # noqa: E402
 
 # This file is named like the ``transformers`` package (the issue names it so): take its folder off
 # the path, or ``import transformers`` anywhere below would import this script instead.
@@ -130,7 +130,7 @@ def run_target(target: float, args: argparse.Namespace) -> dict[str, Any]:
         "train_sentences": len(baseline.data.train.texts), "dense_params": int(dense_params), "dense_embed_test_s": dense_embed_s,
         "dense_ms": fresh["dense_ms"], "backend_settings": fresh["backend_settings"], "rows": rows,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": "python " + " ".join(sys.argv),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip(),
+        "commit": git_commit(),
     }
     rows_dir = Path(args.out) / "transformers_rows" if args.out else ROWS_DIR
     rows_dir.mkdir(parents=True, exist_ok=True)
