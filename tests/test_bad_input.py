@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from autoprune.cli import main
+from cli_run import Result, assert_user_error, cli
 from autoprune.config.loading import load_config
 from autoprune.errors import AutopruneError, BudgetError, ConfigError, DataError, ModelError, PolicyError
 from autoprune.graph.prunable import PrunableGraph
@@ -113,38 +114,6 @@ def data_boom(seed=0):
 
 
 # ------------------------------------------------------------------ helpers and fixtures
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> Result:
-    """Run ``autoprune ARGV`` in-process; its exit code and what it printed."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return Result(0 if code is None else code if isinstance(code, int) else 1, out, err)
-
-
-def assert_user_error(res: Result, *culprits: str, absent: tuple[str, ...] = ()) -> str:
-    """Exit code 2, exactly one stderr line ``autoprune: error: ...`` naming every culprit, no traceback."""
-    assert res.code == 2, f"exit code {res.code}\nstdout: {res.out}\nstderr: {res.err}"
-    assert "Traceback" not in res.err + res.out, res.err
-    lines = res.err.splitlines()
-    assert len(lines) == 1 and lines[0].strip(), f"expected one line on stderr, got:\n{res.err}"
-    line = lines[0]
-    assert line.startswith("autoprune: error: "), line
-    for c in culprits:
-        assert c in line, f"{c!r} not in: {line}"
-    for a in absent:
-        assert a not in line, f"{a!r} should not be in: {line}"
-    return line
 
 
 def assert_usage_error(res: Result, *culprits: str) -> None:

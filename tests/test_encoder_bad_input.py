@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autoprune.cli import main
+from cli_run import assert_user_error, cli
 
 pytest.importorskip("transformers", reason="needs the nlp extra: pip install 'autoprune[nlp]'")
 
@@ -22,19 +22,6 @@ from autoprune.zoo.hf import tiny_encoder  # noqa: E402
 from autoprune.zoo.text import DEBIAN_FORTUNES, load_fortunes  # noqa: E402
 
 needs_fortunes = pytest.mark.skipif(not (DEBIAN_FORTUNES / "fortunes").is_file(), reason="Debian package 'fortunes' not installed")
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    err = capsys.readouterr().err
-    return int(info.value.code or 0), err
-
-
-def one_line_exit_2(code: int, err: str) -> None:
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
 
 def listing(folder: Path) -> list[str]:
@@ -64,16 +51,16 @@ def config(tmp_path: Path, model: str, **data) -> str:
 
 def test_an_attention_whose_heads_cannot_be_split_is_named(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, err = cli(capsys, "check", "plugins_for_tests:FusedAttentionDigitsNet", "--data", "digits")
-    one_line_exit_2(code, err)
+    res = cli(capsys, "check", "plugins_for_tests:FusedAttentionDigitsNet", "--data", "digits")
+    err = assert_user_error(res)
     assert "attention attn (FusedQKVAttention, heads=4): autoprune cannot split its heads" in err
     assert listing(tmp_path) == []
 
 
 @needs_fortunes
 def test_a_missing_text_folder_names_the_field_and_the_debian_package(tmp_path, encoder_dir, capsys):
-    code, err = cli(capsys, "search", config(tmp_path, f"hf:{encoder_dir}", data_dir=str(tmp_path / "no-text")))
-    one_line_exit_2(code, err)
+    res = cli(capsys, "search", config(tmp_path, f"hf:{encoder_dir}", data_dir=str(tmp_path / "no-text")))
+    err = assert_user_error(res)
     assert "fortunes" in err and str(tmp_path / "no-text") in err
     assert listing(tmp_path) == ["exp.yaml"]
 
@@ -84,8 +71,8 @@ def test_an_encoder_folder_without_a_tokenizer_names_what_is_missing(tmp_path, e
     for f in encoder_dir.iterdir():
         if "token" not in f.name and f.name != "vocab.txt":
             (folder / f.name).write_bytes(f.read_bytes())
-    code, err = cli(capsys, "search", config(tmp_path, f"hf:{folder}"))
-    one_line_exit_2(code, err)
+    res = cli(capsys, "search", config(tmp_path, f"hf:{folder}"))
+    err = assert_user_error(res)
     assert "model.name" in err and "no tokenizer in" in err and "tokenizer.json" in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
 
@@ -101,8 +88,8 @@ def test_a_policy_removing_every_head_of_a_layer_names_the_layer_to_drop(tmp_pat
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps({"ratios": {heads[0]: 1.0}, "drop": []}))
     out = tmp_path / "pruned.pt"
-    code, err = cli(capsys, "apply", "--policy", str(policy), "--model", f"hf:{encoder_dir}", "--data", "fortunes", "--out", str(out),
+    res = cli(capsys, "apply", "--policy", str(policy), "--model", f"hf:{encoder_dir}", "--data", "fortunes", "--out", str(out),
                     "--no-track")
-    one_line_exit_2(code, err)
+    err = assert_user_error(res)
     assert f"a ratio of 1.0 would remove every channel or head of '{heads[0]}'" in err and "under 'drop' instead" in err
     assert not out.exists()

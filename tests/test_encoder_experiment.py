@@ -11,14 +11,13 @@ and ``run`` still exports ``model.onnx`` and checks it in ONNX Runtime.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from autoprune.cli import main
+from cli_run import assert_user_error, cli
 from autoprune.zoo.text import DEBIAN_FORTUNES, load_fortunes, tokenize_texts
 
 pytest.importorskip("transformers", reason="needs the nlp extra: pip install 'autoprune[nlp]'")
@@ -65,21 +64,6 @@ def write(tmp_path: Path, cfg: dict) -> str:
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
-
-
-@dataclass
-class Result:
-    code: int
-    err: str
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> Result:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    _, err = capsys.readouterr()
-    code = info.value.code
-    return Result(0 if code is None else int(code), err)
 
 
 # ------------------------------------------------------------------ search
@@ -175,7 +159,7 @@ def test_run_exports_an_onnx_encoder_with_its_tokenizer_that_serves_sentences_al
 # ------------------------------------------------------------------ bad input
 def test_an_encoder_with_an_image_data_set_is_one_line_exit_2(tmp_path, encoder_dir, capsys):
     res = cli(capsys, "search", write(tmp_path, encoder_config(tmp_path, encoder_dir, data={"name": "fashion_mnist", "limit": None})))
-    assert res.code == 2 and len(res.err.splitlines()) == 1
+    assert_user_error(res)
     assert "data.name: 'fashion_mnist' is not text" in res.err and "'fortunes'" in res.err
 
 
@@ -183,21 +167,21 @@ def test_fidelity_proxy_on_a_cnn_is_one_line_exit_2(tmp_path, capsys):
     cfg = {"name": "cnn", "output_dir": str(tmp_path / "out"), "model": {"name": "mlp"}, "data": {"name": "digits"},
            "proxy": {"metric": "fidelity"}}
     res = cli(capsys, "search", write(tmp_path, cfg))
-    assert res.code == 2 and len(res.err.splitlines()) == 1
+    assert_user_error(res)
     assert "proxy.metric: 'fidelity' needs a sentence encoder" in res.err and "'mlp'" in res.err
 
 
 def test_text_data_with_a_cnn_is_one_line_exit_2(tmp_path, capsys):
     cfg = {"name": "cnn", "output_dir": str(tmp_path / "out"), "model": {"name": "resnet20"}, "data": {"name": "fortunes"}}
     res = cli(capsys, "run", write(tmp_path, cfg))
-    assert res.code == 2 and len(res.err.splitlines()) == 1
+    assert_user_error(res)
     assert "model.name: 'resnet20' is not a sentence encoder" in res.err
 
 
 def test_max_length_over_the_models_positions_is_one_line_exit_2_and_writes_nothing(tmp_path, encoder_dir, capsys):
     cfg = encoder_config(tmp_path, encoder_dir, data={"max_length": MAX_POSITIONS + 1})
     res = cli(capsys, "search", write(tmp_path, cfg))
-    assert res.code == 2 and len(res.err.splitlines()) == 1, res.err
+    assert_user_error(res)
     assert f"data.max_length: {MAX_POSITIONS + 1} is above the model's maximum positions ({MAX_POSITIONS})" in res.err
     assert not (tmp_path / "out").exists()
 
@@ -207,4 +191,4 @@ def test_encoder_settings_that_only_fit_a_classifier_are_refused_by_name(tmp_pat
                           ({"model": {"checkpoint": "x.pt"}}, "model.checkpoint"),
                           ({"proxy": {"metric": "accuracy"}}, "proxy.metric: 'accuracy' needs class labels")):
         res = cli(capsys, "search", write(tmp_path, encoder_config(tmp_path, encoder_dir, **over)))
-        assert res.code == 2 and len(res.err.splitlines()) == 1 and culprit in res.err, res.err
+        assert_user_error(res, culprit)

@@ -14,7 +14,7 @@ from rich.console import Console
 from autoprune.app.commands import estimate_uniform
 from autoprune.app.experiment import magnitude_masked
 from autoprune.app.tables import estimate_table
-from autoprune.cli import main
+from cli_run import cli
 from autoprune.formats.pruned import save_pruned
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph
@@ -71,14 +71,6 @@ def test_estimate_on_onnxruntime_shows_masks_are_not_faster_and_channels_are(cac
     text = rendered(estimate_table(report))
     assert "uniform channels 50%" in text and "unstructured masks" in text
     assert "ms onnxruntime" in text and "eager" in text and "backend: onnxruntime(" in text
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
 
 
 def test_estimate_with_an_unknown_backend_is_a_one_line_error_naming_the_field(capsys):

@@ -8,7 +8,7 @@ import mlflow
 import pytest
 import torch
 
-from autoprune.cli import main
+from cli_run import cli
 from autoprune.config.loading import parse_config
 from autoprune.app.experiment import load_baseline, run_search
 from autoprune.formats.pruned import load_pruned
@@ -50,13 +50,6 @@ def workspace(tmp_path_factory):
     yaml_path.write_text(json.dumps(config(tmp, "resnet20", "r20")))
     run = run_search(parse_config(config(tmp, "resnet20", "r20")), progress=False)
     return tmp, run.policy_path
-
-
-def cli(capsys, *args):
-    with pytest.raises(SystemExit) as exit_:
-        main(list(args))
-    out = capsys.readouterr()
-    return exit_.value.code, out.out, out.err
 
 
 def test_search_writes_a_versioned_policy_with_the_model_fingerprint(workspace):
