@@ -106,8 +106,8 @@ def config_cmd(
     flat: Annotated[bool, typer.Option("--flat", help="Print dotted key=value lines instead of YAML.")] = False,
 ) -> None:
     """Validate an experiment config and print it with every default filled in."""
-    from autoprune.config.schema import dump_config
     from autoprune.config.loading import load_config
+    from autoprune.config.schema import dump_config
 
     cfg = load_config(path, set_ or [])
     if flat:

@@ -10,7 +10,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 pytest_plugins = ["services"]  # PostgreSQL and MLflow server fixtures (tests/services.py)
 
-from typing import Callable  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -58,8 +58,8 @@ def trained_resnet20(digits: DataBundle, make_model: Callable[[str], nn.Module])
 
 
 # --------------------------------------------------------------- searcher fixtures
-from autoprune.objective.proxy import ProxySettings  # noqa: E402
 from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator  # noqa: E402
+from autoprune.objective.proxy import ProxySettings  # noqa: E402
 
 #: A MAC budget makes feasibility exact (measured latency is noisy on shared machines).
 SEARCH_BUDGET = Budget(metric="macs", target=0.6)

@@ -20,7 +20,7 @@ class CountingEagerBackend(TorchEagerBackend):
     name = "counting-eager"
     prepared = 0
 
-    def prepare(self, model, example_input):  # noqa: ANN001, ANN201
+    def prepare(self, model, example_input):
         type(self).prepared += 1
         return super().prepare(model, example_input)
 
@@ -31,7 +31,7 @@ class HalfEverywhereSearcher(Searcher):
     name = "half-everywhere"
     defaults = {"ratio": 0.5}
 
-    def _run(self, evaluator, n_episodes, seed):  # noqa: ANN001, ANN202
+    def _run(self, evaluator, n_episodes, seed):
         for _ in range(n_episodes):
             self.evaluate(Policy.uniform(evaluator.unit_names, self.params["ratio"]))
         return {"ratio": self.params["ratio"]}
@@ -40,7 +40,7 @@ class HalfEverywhereSearcher(Searcher):
 class LastChannelsFirstImportance(tp.importance.Importance):
     """Scores channel ``i`` of a group by ``-i``: surgery removes the last channels, keeps the first."""
 
-    def __call__(self, group):  # noqa: ANN001, ANN204
+    def __call__(self, group):
         dep, idxs = group[0]
         return -torch.arange(len(idxs), dtype=torch.float32)
 

@@ -33,9 +33,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -313,7 +314,7 @@ def make_postgres_db(postgres_server: PostgresServer, request: pytest.FixtureReq
     for url in made:
         try:
             postgres_server.drop_database(url)
-        except Exception:  # the server goes away at the end of the session anyway
+        except Exception:  # noqa: BLE001 - the server goes away at the end of the session anyway
             pass
 
 

@@ -36,10 +36,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import Result, assert_user_error, cli
 from torch import nn
 
 from autoprune.cli import main
-from cli_run import Result, assert_user_error, cli
 from autoprune.config.loading import load_config
 from autoprune.errors import AutopruneError, BudgetError, ConfigError, DataError, ModelError, PolicyError
 from autoprune.graph.prunable import PrunableGraph
@@ -772,9 +772,9 @@ def test_agent_file_cli(damage: str, culprits: tuple[str, ...], work: Path, caps
 
 
 def test_policy_of_another_architecture_is_refused_naming_missing_and_extra_units(work: Path, capsys):
-    from autoprune.graph.prunable import PrunableGraph
     from autoprune.formats.policy_file import policy_document
     from autoprune.graph.policy import Policy, model_fingerprint
+    from autoprune.graph.prunable import PrunableGraph
     from autoprune.zoo import build_model, load_data
 
     digits = load_data("digits")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autoprune.config.schema import ExperimentConfig, dump_config
 from autoprune.config.loading import load_config, parse_config
+from autoprune.config.schema import ExperimentConfig, dump_config
 from autoprune.config.settings import library_settings
 from autoprune.errors import AutopruneError, ConfigError
 

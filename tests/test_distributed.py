@@ -21,8 +21,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import optuna
 import pytest
@@ -30,12 +31,12 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from autoprune.config.loading import parse_config
 from autoprune.app.experiment import run_search
+from autoprune.config.loading import parse_config
 from autoprune.search import get_searcher
 from autoprune.search.optuna_search import SEED_ATTR
-from autoprune.training.baseline import TrainSettings, train_or_load
 from autoprune.tracking.tracker import Tracker
+from autoprune.training.baseline import TrainSettings, train_or_load
 
 WORKER_START_TIMEOUT = 90.0  # seconds for a spawned worker to start its first trial on a loaded machine
 RUN_TIMEOUT = 240.0
@@ -369,7 +370,7 @@ def test_run_killed_with_sigkill_resumes_its_study_and_its_mlflow_run(tmp_path, 
         second_log.close()
         try:
             wait_for(lambda: (sample(), procs[1].poll() is not None)[1], RUN_TIMEOUT, "the resumed run", 0.1)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - a timeout or Ctrl-C: dump the hung stack, then fail
             procs[1].send_signal(signal.SIGABRT)  # where it hangs, into its log
             procs[1].wait(timeout=30)
             raise AssertionError(f"the resumed run hangs:\n{tail(tmp_path / 'second.log', 120)}") from None

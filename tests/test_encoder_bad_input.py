@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from cli_run import assert_user_error, cli
 
 pytest.importorskip("transformers", reason="needs the nlp extra: pip install 'autoprune[nlp]'")
 
-from autoprune.zoo.hf import tiny_encoder  # noqa: E402
-from autoprune.zoo.text import DEBIAN_FORTUNES, load_fortunes  # noqa: E402
+from autoprune.zoo.hf import tiny_encoder
+from autoprune.zoo.text import DEBIAN_FORTUNES, load_fortunes
 
 needs_fortunes = pytest.mark.skipif(not (DEBIAN_FORTUNES / "fortunes").is_file(), reason="Debian package 'fortunes' not installed")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from cli_run import assert_user_error, cli
+
 from autoprune.zoo.text import DEBIAN_FORTUNES, load_fortunes, tokenize_texts
 
 pytest.importorskip("transformers", reason="needs the nlp extra: pip install 'autoprune[nlp]'")
@@ -116,8 +116,8 @@ def test_heads_and_ffn_units_get_their_own_kind_in_the_env_observation(searched)
 # ------------------------------------------------------------------ run
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, encoder_dir):
-    from autoprune.config.loading import parse_config
     from autoprune.app.pipeline import run_experiment
+    from autoprune.config.loading import parse_config
 
     tmp = tmp_path_factory.mktemp("run")
     cfg = parse_config(encoder_config(tmp, encoder_dir, search={"episodes": 4}))

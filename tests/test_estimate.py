@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import cli
 from rich.console import Console
 
 from autoprune.app.commands import estimate_uniform
 from autoprune.app.experiment import magnitude_masked
 from autoprune.app.tables import estimate_table
-from cli_run import cli
 from autoprune.formats.pruned import save_pruned
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph

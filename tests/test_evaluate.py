@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.objective.proxy import ProxySettings, accuracy, proxy_accuracy, recalibrate_bn, split_metrics
-from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.policy import Policy
+from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
+from autoprune.objective.proxy import ProxySettings, accuracy, proxy_accuracy, recalibrate_bn, split_metrics
 
 NO_RECALIBRATION = ProxySettings(bn_batches=0)
 

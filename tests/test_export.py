@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from autoprune.errors import ConfigError, ModelError
-from autoprune.formats.pruned import FORMAT, load_pruned, save_pruned
 from autoprune.formats.onnx import export_onnx, quantize_onnx
-from autoprune.graph.prunable import PrunableGraph
-from autoprune.measure.latency import get_backend, measure_latency
+from autoprune.formats.pruned import FORMAT, load_pruned, save_pruned
 from autoprune.graph.policy import Policy
+from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy, pruning_history
+from autoprune.measure.latency import get_backend, measure_latency
 
 DIGITS = {"in_channels": 1, "num_classes": 10, "input_size": 8}
 

@@ -7,8 +7,8 @@ from torch import nn
 
 from autoprune.errors import ModelError, PolicyError
 from autoprune.graph.layers import record_layer_specs, spec_macs
-from autoprune.graph.prunable import PrunableGraph, kept_channels
 from autoprune.graph.policy import Policy
+from autoprune.graph.prunable import PrunableGraph, kept_channels
 from autoprune.graph.surgery import apply_policy
 from autoprune.zoo import MODEL_NAMES
 

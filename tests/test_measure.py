@@ -14,7 +14,6 @@ from torch import nn
 
 from autoprune.errors import ConfigError
 from autoprune.graph.layers import record_layer_specs
-from autoprune.measure.table import LatencyTable
 from autoprune.measure.latency import (
     LatencyStats,
     PairedTimer,
@@ -25,6 +24,7 @@ from autoprune.measure.latency import (
     measure_latency_ratio,
     model_size_bytes,
 )
+from autoprune.measure.table import LatencyTable
 from autoprune.zoo import build_model
 from autoprune.zoo.models import CifarResNet
 

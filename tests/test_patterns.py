@@ -311,7 +311,7 @@ def build(name: str) -> nn.Module:
     return PATTERNS[name][0]().eval()
 
 
-def refusals(graph: PrunableGraph, report) -> dict[str, str]:  # noqa: ANN001
+def refusals(graph: PrunableGraph, report) -> dict[str, str]:
     return {**graph.skipped, **report.failed}
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
+from autoprune.app.pipeline import run_experiment
 from autoprune.config.loading import parse_config
 from autoprune.formats.pruned import load_pruned
-from autoprune.app.pipeline import run_experiment
 from autoprune.tracking.artifacts import download_model_uri
 
 

@@ -7,16 +7,16 @@ import json
 import mlflow
 import pytest
 import torch
-
 from cli_run import cli
-from autoprune.config.loading import parse_config
+
 from autoprune.app.experiment import load_baseline, run_search
+from autoprune.app.uris import load_policy
+from autoprune.config.loading import parse_config
+from autoprune.formats.policy_file import POLICY_FORMAT
 from autoprune.formats.pruned import load_pruned
 from autoprune.graph.prunable import PrunableGraph
-from autoprune.objective.proxy import recalibrate_bn
-from autoprune.app.uris import load_policy
-from autoprune.formats.policy_file import POLICY_FORMAT
 from autoprune.graph.surgery import apply_policy
+from autoprune.objective.proxy import recalibrate_bn
 from autoprune.training.baseline import TrainSettings, train_or_load
 from autoprune.zoo import load_data
 

@@ -5,11 +5,12 @@ import logging
 import pytest
 
 from autoprune.errors import ConfigError
-from autoprune.objective.evaluator import Budget
 from autoprune.graph.policy import Policy
+from autoprune.objective.evaluator import Budget
 from autoprune.search import get_searcher
 from autoprune.search.baselines import largest_ratio, make_feasible
 from autoprune.tracking.plots import plot_sensitivity
+
 
 def search(name, evaluator, episodes, **params):
     return get_searcher(name, params, progress=False).search(evaluator, episodes, seed=0)

@@ -8,8 +8,8 @@ import torch
 from optuna.trial import TrialState
 
 from autoprune.errors import ConfigError
-from autoprune.objective.proxy import ProxySettings
 from autoprune.objective.evaluator import Budget, Evaluation, LatencySettings, PolicyEvaluator
+from autoprune.objective.proxy import ProxySettings
 from autoprune.search import get_searcher
 from autoprune.training.baseline import TrainSettings, train_model
 from autoprune.zoo import build_model

@@ -8,8 +8,9 @@ import torch
 
 from autoprune.errors import ConfigError, PolicyError
 from autoprune.search import get_searcher
-from autoprune.search.ppo import checkpoint_paths, read_checkpoint
 from autoprune.search.env import FEATURES
+from autoprune.search.ppo import checkpoint_paths, read_checkpoint
+
 
 def search(name, evaluator, episodes, **params):
     calls = []

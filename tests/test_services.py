@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import optuna
 import pytest
 import sqlalchemy as sa
 from mlflow import MlflowClient
 
-from autoprune.config.loading import parse_config
 from autoprune.app.pipeline import registered_name, run_experiment
+from autoprune.config.loading import parse_config
 from autoprune.tracking.artifacts import download_model_uri
 
 EPISODES = 5

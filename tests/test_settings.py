@@ -13,13 +13,20 @@ import inspect
 from pathlib import Path
 
 import optuna
+import plugins_for_tests
 import pytest
 import torch
 
 from autoprune.app.experiment import estimate, output_dir, run_search
 from autoprune.config.loading import parse_config
 from autoprune.config.schema import (
-    BudgetConfig, FinetuneConfig, LatencyConfig, ProxyConfig, RewardConfig, TrainConfig, dump_config,
+    BudgetConfig,
+    FinetuneConfig,
+    LatencyConfig,
+    ProxyConfig,
+    RewardConfig,
+    TrainConfig,
+    dump_config,
 )
 from autoprune.config.settings import library_settings
 from autoprune.errors import ConfigError
@@ -35,8 +42,6 @@ from autoprune.search import SEARCHERS, get_searcher
 from autoprune.search.samplers import SAMPLERS, make_sampler
 from autoprune.training.baseline import TrainSettings
 from autoprune.training.finetune import FinetuneSettings
-
-import plugins_for_tests
 
 MINIMAL = {"model": {"name": "mlp"}}
 
@@ -224,7 +229,7 @@ def test_searcher_backend_and_importance_named_as_module_class_run_a_search(tmp_
     assert run.result.searcher == "half-everywhere" and run.result.extras["ratio"] == 0.6
     assert run.result.episodes == 2 and all(e.policy.ratios == {u: 0.6 for u in run.evaluator.unit_names} for e in run.result.history)
     assert plugins_for_tests.CountingEagerBackend.prepared > before  # the dense model and the candidates were timed on it
-    assert "plugins_for_tests:LastChannelsFirstImportance" in run.evaluator.graph._importance_cache  # noqa: SLF001
+    assert "plugins_for_tests:LastChannelsFirstImportance" in run.evaluator.graph._importance_cache
 
 
 def test_pruning_defaults_are_the_library_defaults():

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from autoprune.errors import ConfigError, PolicyError
-from autoprune.graph.prunable import PrunableGraph
-from autoprune.graph.policy import Policy
 from autoprune.graph.importance import IMPORTANCES
+from autoprune.graph.policy import Policy
+from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_iteratively, apply_policy, pruning_history, replay_history
 from autoprune.zoo import MODEL_NAMES
 

@@ -17,11 +17,11 @@ from autoprune.config.loading import parse_config
 from autoprune.errors import ConfigError
 from autoprune.formats.policy_file import policy_document, write_policy_file
 from autoprune.formats.pruned import load_pruned, save_pruned
-from autoprune.graph.prunable import PrunableGraph
-from autoprune.objective.evaluator import Evaluation, Metrics
 from autoprune.graph.policy import Policy
-from autoprune.search.base import SearchResult, pareto_front
+from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
+from autoprune.objective.evaluator import Evaluation, Metrics
+from autoprune.search.base import SearchResult, pareto_front
 from autoprune.tracking.artifacts import download_model_uri
 from autoprune.tracking.tracker import Tracker, resolve_tracking_uri
 

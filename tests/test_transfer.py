@@ -3,21 +3,29 @@
 import json
 
 import pytest
+from conftest import SEARCH_SETTINGS
 
+from autoprune.app.uris import load_policy
 from autoprune.errors import BudgetError, ConfigError, PolicyError
+from autoprune.formats.policy_file import policy_document
+from autoprune.graph.policy import Policy, check_policy_fits, model_fingerprint
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.objective.evaluator import Budget, PolicyEvaluator
 from autoprune.paths import write_json_atomic
-from autoprune.app.uris import load_policy
-from autoprune.formats.policy_file import policy_document
-from autoprune.graph.policy import Policy, check_policy_fits, model_fingerprint
-from autoprune.transfer.mapping import MappingRow, transfer_policy
-from autoprune.transfer.mapping import Candidate
+from autoprune.transfer.mapping import Candidate, MappingRow, transfer_policy
 from autoprune.transfer.refit import (
-    MARGIN, SLACK, _next_goal, candidate_rank, candidate_table, drop_candidates, fit_measured, mapping_table, refit_to_budget, shallower_drop, transfer,
+    MARGIN,
+    SLACK,
+    _next_goal,
+    candidate_rank,
+    candidate_table,
+    drop_candidates,
+    fit_measured,
+    mapping_table,
+    refit_to_budget,
+    shallower_drop,
+    transfer,
 )
-
-from conftest import SEARCH_SETTINGS
 
 TARGET = 0.5
 

@@ -15,8 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-transformers = pytest.importorskip("transformers")
-
 from autoprune.errors import ModelError, PolicyError
 from autoprune.formats.policy_file import policy_document, read_policy_file, write_policy_file
 from autoprune.graph import Policy, PrunableGraph, apply_policy, model_fingerprint
@@ -25,6 +23,8 @@ from autoprune.graph.layers import count_macs, record_layer_specs
 from autoprune.graph.policy import check_policy_fits
 from autoprune.graph.surgery import pruning_history, replay_history
 from autoprune.graph.transformer import SkipLayer
+
+transformers = pytest.importorskip("transformers")
 
 LAYERS, HEADS, HIDDEN, FFN, SEQ = 2, 4, 32, 64, 16
 HEAD_UNITS = [f"encoder.layer.{i}.attention.self" for i in range(LAYERS)]

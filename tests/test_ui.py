@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from services import free_port
 
 START_TIMEOUT = 300.0  # seconds for the MLflow server to listen on a loaded machine

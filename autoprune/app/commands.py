@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -28,10 +29,11 @@ from autoprune.app.experiment import (
 )
 from autoprune.app.pipeline import RunResult, run_experiment
 from autoprune.app.uris import load_policy, locate_bundle
-from autoprune.config.machine import fit_to_machine
 from autoprune.config.loading import load_config, parse_config
+from autoprune.config.machine import fit_to_machine
 from autoprune.config.schema import ExperimentConfig, check_data_name, check_model_name
-from autoprune.config.settings import proxy_settings, round_to as settings_round_to
+from autoprune.config.settings import proxy_settings
+from autoprune.config.settings import round_to as settings_round_to
 from autoprune.errors import ConfigError
 from autoprune.paths import writable_file, write_json_atomic
 from autoprune.search import SearchResult

@@ -13,9 +13,10 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,17 +25,17 @@ from autoprune.config.machine import check_batches_fit, fit_to_machine
 from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import evaluator_options, train_settings
 from autoprune.errors import ConfigError, describe
+from autoprune.formats.policy_file import POLICY_FILE, policy_document, write_policy_file
+from autoprune.graph.importance import DEFAULT_IMPORTANCE
+from autoprune.graph.policy import Policy, model_fingerprint
+from autoprune.graph.prunable import PrunableGraph
+from autoprune.graph.surgery import apply_policy
+from autoprune.measure.latency import DEFAULT_THREADS, PairedTimer, count_macs_params, model_size_bytes
+from autoprune.measure.table import LatencyTable
+from autoprune.objective.evaluator import PolicyEvaluator, settings_label
 from autoprune.objective.proxies import make_proxy
 from autoprune.objective.proxy import ProxySettings
-from autoprune.graph.importance import DEFAULT_IMPORTANCE
-from autoprune.graph.prunable import PrunableGraph
-from autoprune.measure.table import LatencyTable
-from autoprune.measure.latency import DEFAULT_THREADS, PairedTimer, count_macs_params, model_size_bytes
-from autoprune.objective.evaluator import PolicyEvaluator, settings_label
-from autoprune.formats.policy_file import POLICY_FILE, policy_document, write_policy_file
-from autoprune.graph.policy import Policy, model_fingerprint
 from autoprune.search import SearchResult, get_searcher
-from autoprune.graph.surgery import apply_policy
 from autoprune.training.baseline import default_checkpoint_path, train_or_load
 from autoprune.zoo import DataBundle, build_model, check_model_fits, load_data
 
@@ -320,10 +321,9 @@ def warm_start_policies(source: tuple[Policy, dict], evaluator: PolicyEvaluator,
     first, then shallower and deeper cuts, see :func:`autoprune.transfer.mapping.drop_candidates`); the
     search measures them as its first trials, so none is measured here.
     """
-    from autoprune.transfer.refit import transfer
-
     from autoprune.errors import PolicyError
     from autoprune.graph.policy import check_policy_fits
+    from autoprune.transfer.refit import transfer
 
     policy, payload = source
     try:

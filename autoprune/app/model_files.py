@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,8 +19,8 @@ from torch import nn
 from autoprune.app.experiment import load_baseline
 from autoprune.app.pipeline import ModelReport, apply_best, measure_final, serving_report
 from autoprune.app.uris import is_mlflow_uri, load_policy
-from autoprune.config.machine import check_threads
 from autoprune.config.loading import parse_config
+from autoprune.config.machine import check_threads
 from autoprune.config.schema import ExperimentConfig
 from autoprune.formats.pruned import load_pruned, save_pruned
 from autoprune.graph.policy import check_policy_fits

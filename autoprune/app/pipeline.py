@@ -12,27 +12,29 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from mlflow import MlflowClient
 from torch import nn
 
-from autoprune.config.schema import ExperimentConfig
-from autoprune.config.settings import finetune_settings, recover_settings, round_to as settings_round_to
-from autoprune.objective.proxy import recalibrate_bn, split_metrics
 from autoprune.app.experiment import Baseline, SearchRun, experiment_dir, is_encoder, load_baseline, run_search, sized_for_workers
+from autoprune.config.schema import ExperimentConfig
+from autoprune.config.settings import finetune_settings, recover_settings
+from autoprune.config.settings import round_to as settings_round_to
 from autoprune.formats.onnx import export_onnx, onnx_predictions, quantize_onnx
 from autoprune.formats.pruned import save_pruned
-from autoprune.training.finetune import finetune
-from autoprune.measure.latency import PairedTimer, count_macs_params, model_size_bytes
-from autoprune.paths import write_json_atomic
-from autoprune.graph.policy import Policy, model_fingerprint
 from autoprune.graph.importance import make_importance, needs_data
+from autoprune.graph.policy import Policy, model_fingerprint
 from autoprune.graph.surgery import apply_iteratively, apply_policy
+from autoprune.measure.latency import PairedTimer, count_macs_params, model_size_bytes
+from autoprune.objective.proxy import recalibrate_bn, split_metrics
+from autoprune.paths import write_json_atomic
 from autoprune.tracking.tracker import Tracker, resolve_tracking_uri
+from autoprune.training.finetune import finetune
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +258,7 @@ def uniform_point(evaluator: Any, max_evals: int = 6) -> tuple[float, float] | N
 
     try:
         res = get_searcher("uniform", {"max_evals": max_evals}, progress=False).search(evaluator, max_evals)
-    except Exception as e:  # the baseline is a courtesy: never fail a finished search for it
+    except Exception as e:  # noqa: BLE001 - the baseline is a courtesy: never fail a finished search for it
         log.warning("uniform baseline skipped: %s", e)
         return None
     if res.best is None:
@@ -295,7 +297,7 @@ def _previous_run(out: Path, cfg: ExperimentConfig) -> tuple[str | None, bool]:
         saved = json.loads(path.read_text())
         client = MlflowClient(tracking_uri=resolve_tracking_uri(cfg.tracking.uri))
         run = client.get_run(saved["run_id"])
-    except Exception as e:  # unreadable file, another store, deleted run: start a new run
+    except Exception as e:  # noqa: BLE001 - unreadable file, another store, deleted run: start a new run
         log.info("not resuming the MLflow run in %s: %s", path, e)
         return None, False
     if run.info.status == "FINISHED":

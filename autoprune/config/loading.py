@@ -45,7 +45,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentCo
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{source}: cannot read ({type(e).__name__}: {one_line(str(e))})") from e
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader that refuses duplicate keys
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as e:
         raise ConfigError(_yaml_error(source, e)) from e
     except yaml.YAMLError as e:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from autoprune.errors import one_line
 from pydantic import BaseModel, ValidationError
 
+from autoprune.errors import one_line
 
 _TYPE_HINTS = {
     "int_type": "expected an integer",

@@ -270,7 +270,7 @@ class LatencyConfig(_Section):
         return None
 
     @model_validator(mode="after")
-    def _known_backend_options(self) -> "LatencyConfig":
+    def _known_backend_options(self) -> LatencyConfig:
         allowed = backend_option_names(self.backend)
         unknown = [k for k in self.backend_options or {} if allowed is not None and k not in allowed]
         if unknown:
@@ -299,7 +299,7 @@ class BudgetConfig(_Section):
     target_ms: float | None = Field(None, gt=0.0)
 
     @model_validator(mode="after")
-    def _one_target(self) -> "BudgetConfig":
+    def _one_target(self) -> BudgetConfig:
         if self.target is not None and self.target_ms is not None:
             raise _combination(
                 f"target={self.target!r} and target_ms={self.target_ms!r} are both set; set exactly one "
@@ -516,7 +516,7 @@ class ExperimentConfig(_Section):
         return v
 
     @model_validator(mode="after")
-    def _resolve(self) -> "ExperimentConfig":
+    def _resolve(self) -> ExperimentConfig:
         self.output_dir = self.output_dir.replace("{name}", self.name)
         if self.tracking.experiment is None:
             self.tracking.experiment = self.name

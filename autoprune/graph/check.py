@@ -130,7 +130,7 @@ def _mask_layer(m: nn.Module, name: str, idxs: list[int], out: bool, norm_cuts: 
             raise _Unmaskable(f"LayerNorm {name!r} normalises over {len(m.normalized_shape)} dimensions")
         norm_cuts.setdefault(name, set()).update(idxs)
     elif isinstance(m, nn.MultiheadAttention):
-        if not m._qkv_same_embed_dim or m.in_proj_weight is None:  # noqa: SLF001
+        if not m._qkv_same_embed_dim or m.in_proj_weight is None:
             raise _Unmaskable(f"attention {name!r} has separate q/k/v projections")
         e = m.embed_dim
         rows = [i + k * e for k in range(3) for i in idxs]

@@ -17,8 +17,8 @@ survives, so no ratio proposed by a searcher can empty a unit.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 import torch_pruning as tp
@@ -145,7 +145,7 @@ def _identity_cover(idxs: Iterable[int], root_idxs: Iterable[int], size: int) ->
     return len(plain) == size and plain == root == list(range(size))
 
 
-def constraint_of(group: tp.dependency.Group, name_of, n: int, head_layers: dict[str, tuple[str, int]] | None = None) -> ChannelConstraint:  # noqa: ANN001
+def constraint_of(group: tp.dependency.Group, name_of, n: int, head_layers: dict[str, tuple[str, int]] | None = None) -> ChannelConstraint:
     """The layout rule a Torch-Pruning dependency group (with all its channels) imposes.
 
     Args:
@@ -176,14 +176,14 @@ def constraint_of(group: tp.dependency.Group, name_of, n: int, head_layers: dict
                 raise UnsupportedUnit(f"depthwise conv {label!r} has a channel multiplier ({m.in_channels} -> {m.out_channels})")
             if m.groups == m.in_channels == m.out_channels:
                 continue  # depthwise: every channel is its own group, Torch-Pruning cuts in and out together
-            size = m.out_channels if group._DG.is_out_channel_pruning_fn(dep.handler) else m.in_channels  # noqa: SLF001
+            size = m.out_channels if group._DG.is_out_channel_pruning_fn(dep.handler) else m.in_channels
             segments, because_text = m.groups, f"{label} (groups={m.groups})"
         elif isinstance(m, nn.GroupNorm):
             size, segments, because_text = m.num_channels, m.num_groups, f"{label} (GroupNorm num_groups={m.num_groups})"
         elif isinstance(m, nn.MultiheadAttention):
             size, segments, is_whole = m.embed_dim, m.num_heads, True
             because_text = f"{label} (num_heads={m.num_heads})"
-        elif head_layers and label in head_layers and group._DG.is_out_channel_pruning_fn(dep.handler):  # noqa: SLF001
+        elif head_layers and label in head_layers and group._DG.is_out_channel_pruning_fn(dep.handler):
             attention, heads = head_layers[label]
             size, segments, is_whole = m.out_features, heads, True
             because_text = f"{attention} (num_attention_heads={heads})"

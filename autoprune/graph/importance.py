@@ -21,7 +21,7 @@ Taylor scores cover the whole head) and FFN neurons.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch_pruning as tp
@@ -80,9 +80,9 @@ class ActivationImportance(tp.importance.Importance):
         for item in group:
             dep = item.dep
             act = self.activations.get(dep.target.module)
-            if act is None or not group._DG.is_out_channel_pruning_fn(dep.handler):  # noqa: SLF001
+            if act is None or not group._DG.is_out_channel_pruning_fn(dep.handler):
                 continue
-            plain = tp._helpers.to_plain_idxs(item.idxs)  # noqa: SLF001
+            plain = tp._helpers.to_plain_idxs(item.idxs)
             root = item.root_idxs if item.root_idxs is not None else plain
             if scores is None:
                 scores = torch.zeros(len(group[0].idxs), dtype=torch.float64)

@@ -17,15 +17,15 @@ pooling count 0. See :func:`spec_macs` for the formulas.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable, Union
 
 import torch
 from torch import nn
 
 from autoprune.graph.transformer import attention_width
 
-ExampleInput = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+ExampleInput = torch.Tensor | tuple[torch.Tensor, ...]
 """What a model is called with: one batch-first tensor (``(N, C, H, W)``, ``(N, C, L)``, ``(N, F)``,
 ``(N, L, F)``), or a tuple of them (``model(*inputs)``), all with the same batch size ``N``.
 A transformer encoder takes ``(input_ids, attention_mask)``, both int64 of shape ``(N, L)``
@@ -131,7 +131,7 @@ class LayerSpec:
         """``N``, the first dimension of ``input_shape`` (1 for a scalar-shaped call)."""
         return int(self.input_shape[0]) if self.input_shape else 1
 
-    def with_channels(self, in_channels: int, out_channels: int) -> "LayerSpec":
+    def with_channels(self, in_channels: int, out_channels: int) -> LayerSpec:
         """A copy with new channel counts, and shapes to match.
 
         Depthwise convs keep ``groups == in_channels``; attention keeps its number of heads
@@ -157,7 +157,7 @@ class LayerSpec:
             output_shape=_set_axis(self.output_shape, self.channel_axis, out_channels),
         )
 
-    def with_batch(self, batch_size: int) -> "LayerSpec":
+    def with_batch(self, batch_size: int) -> LayerSpec:
         """A copy with a different batch size ``N``."""
         out = (batch_size, *self.output_shape[1:]) if self.output_shape else ()
         return replace(self, input_shape=(batch_size, *self.input_shape[1:]), output_shape=out)
@@ -209,7 +209,7 @@ def spec_macs(spec: LayerSpec) -> int:
     return 0
 
 
-def count_macs(specs: "list[LayerSpec] | tuple[LayerSpec, ...]") -> int:
+def count_macs(specs: list[LayerSpec] | tuple[LayerSpec, ...]) -> int:
     """MACs per input sample of a whole model: :func:`spec_macs` summed over its layer calls."""
     return sum(spec_macs(s) for s in specs)
 

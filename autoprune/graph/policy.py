@@ -8,8 +8,9 @@ features :mod:`autoprune.transfer` needs to map a policy onto another architectu
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -27,7 +28,7 @@ class Policy:
     drop: tuple[str, ...] = ()
 
     @classmethod
-    def uniform(cls, unit_names: Iterable[str], ratio: float, drop: Iterable[str] = ()) -> "Policy":
+    def uniform(cls, unit_names: Iterable[str], ratio: float, drop: Iterable[str] = ()) -> Policy:
         """The same ratio for every unit."""
         return cls({n: float(ratio) for n in unit_names}, tuple(drop))
 
@@ -43,7 +44,7 @@ class Policy:
         return {"ratios": {k: float(v) for k, v in self.ratios.items()}, "drop": list(self.drop)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Policy":
+    def from_dict(cls, d: dict) -> Policy:
         """Inverse of :meth:`to_dict`."""
         return cls({str(k): float(v) for k, v in d.get("ratios", {}).items()}, tuple(d.get("drop", ())))
 
@@ -58,7 +59,7 @@ def architecture_hash(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def model_fingerprint(graph: "PrunableGraph") -> dict[str, Any]:
+def model_fingerprint(graph: PrunableGraph) -> dict[str, Any]:
     """What a policy needs to know about the model it was found on.
 
     Returns:
@@ -80,7 +81,7 @@ def model_fingerprint(graph: "PrunableGraph") -> dict[str, Any]:
     return {"arch_hash": architecture_hash(graph.model), "dense_macs": int(graph.dense_macs), "units": units, "blocks": blocks}
 
 
-def check_policy_fits(policy: Policy, graph: "PrunableGraph", *, fingerprint: dict | None = None, source: str = "policy") -> None:
+def check_policy_fits(policy: Policy, graph: PrunableGraph, *, fingerprint: dict | None = None, source: str = "policy") -> None:
     """Refuse a policy found on another architecture (map it with ``autoprune transfer`` instead).
 
     With the source model's ``fingerprint``, its unit and block names must be this model's; without

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Sequence
 
 import torch
 import torch_pruning as tp
@@ -27,7 +27,7 @@ from torch import nn
 
 from autoprune.errors import ModelError, PolicyError
 from autoprune.graph.constraints import MULTI_SOURCE_OPS, ChannelConstraint, UnsupportedUnit, constraint_of, kept_channels
-from autoprune.graph.layers import MAC_LAYER_KINDS, ExampleInput, LayerSpec, as_args, input_shapes, count_macs, record_layer_specs, spec_macs
+from autoprune.graph.layers import MAC_LAYER_KINDS, ExampleInput, LayerSpec, as_args, count_macs, input_shapes, record_layer_specs, spec_macs
 from autoprune.graph.residual import is_residual_by_trace
 from autoprune.graph.scoring import BatchSource, LossFn, unit_scores
 from autoprune.graph.transformer import head_layouts, head_role, is_transformer_layer, unknown_head_layouts
@@ -226,7 +226,7 @@ class PrunableGraph:
                 )
 
     def _name(self, module: object) -> str | None:
-        return self.dg._module2name.get(module)  # noqa: SLF001 - Torch-Pruning exposes no public accessor
+        return self.dg._module2name.get(module)
 
     def _collect_units(self, ignored_modules: list[nn.Module]) -> list[PrunableUnit]:
         layer_by_name = {s.module_name: s for s in self.dense_specs}
@@ -244,7 +244,7 @@ class PrunableGraph:
             if name is None:
                 continue
             n = len(group[0][1])
-            params_hit = [self.dg._param_to_name.get(dep.target.module, "?") for dep, _ in group if dep.target.type == tp.ops.OPTYPE.PARAMETER]  # noqa: SLF001
+            params_hit = [self.dg._param_to_name.get(dep.target.module, "?") for dep, _ in group if dep.target.type == tp.ops.OPTYPE.PARAMETER]
             if params_hit:
                 # channels also indexing a bare nn.Parameter outside any supported layer: cannot be cut
                 self._skip(name, f"its channels also index parameter(s) {params_hit} outside any supported layer")
@@ -348,7 +348,7 @@ class PrunableGraph:
         handles = []
         for name, m in self.model.named_modules():
             if name and len(list(m.children())):
-                def hook(mod, inp, out, name=name):  # noqa: ANN001
+                def hook(mod, inp, out, name=name):
                     if inp and isinstance(inp[0], torch.Tensor) and isinstance(out, torch.Tensor):
                         shapes[name] = (tuple(inp[0].shape), tuple(out.shape))
                 handles.append(m.register_forward_hook(hook))
@@ -583,6 +583,6 @@ class PrunableGraph:
             mname = self._name(dep.target.module)
             if mname is None or mname not in self._module_by_name:
                 continue
-            plain = tp._helpers.to_plain_idxs(ix)  # noqa: SLF001
+            plain = tp._helpers.to_plain_idxs(ix)
             plan.append((mname, dep.handler, dep.target.pruning_dim, [int(i) for i in plain]))
         return plan

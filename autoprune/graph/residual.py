@@ -20,7 +20,7 @@ def is_residual_by_trace(module: nn.Module) -> bool:
     """
     try:
         gm = torch.fx.symbolic_trace(module)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any tracing failure means "not found by tracing"
         return False
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:

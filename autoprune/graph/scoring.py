@@ -15,7 +15,8 @@ dependency group; this module prepares what some criteria read first:
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch_pruning as tp

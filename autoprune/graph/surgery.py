@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch_pruning as tp

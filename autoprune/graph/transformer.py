@@ -30,8 +30,8 @@ by the equivalent :class:`SplitHeadAttention`, whose heads are a unit of their o
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 from torch import nn
@@ -177,7 +177,7 @@ class SplitHeadAttention(nn.Module):
         self.num_attention_heads, self.attention_head_size, self.all_head_size = h, e // h, e
         self.batch_first, self.dropout = bool(mha.batch_first), float(mha.dropout)
         bias = mha.in_proj_bias is not None
-        if mha._qkv_same_embed_dim:  # noqa: SLF001
+        if mha._qkv_same_embed_dim:
             weights = mha.in_proj_weight.detach().chunk(3)
         else:
             weights = (mha.q_proj_weight.detach(), mha.k_proj_weight.detach(), mha.v_proj_weight.detach())
@@ -280,7 +280,7 @@ class AttentionCore(nn.Module):
         super().__init__()
         self.heads = int(heads)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, length, width = x.shape
         h = x.view(n, length, self.heads, width // self.heads).transpose(1, 2)
         return nn.functional.scaled_dot_product_attention(h, h, h).transpose(1, 2).reshape(n, length, width)
@@ -292,7 +292,7 @@ class SkipLayer(nn.Module):
     Accepts and ignores the masks and keyword arguments an encoder passes to its layers.
     """
 
-    def forward(self, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:  # noqa: D102
+    def forward(self, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         return hidden_states
 
 

@@ -10,7 +10,8 @@ allowed step on a copy to see whether that layer's input changes.
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch_pruning as tp

@@ -19,9 +19,9 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -130,7 +130,7 @@ class LatencyStats:
     n: int
 
     @classmethod
-    def from_samples(cls, samples_ms: Sequence[float]) -> "LatencyStats":
+    def from_samples(cls, samples_ms: Sequence[float]) -> LatencyStats:
         """Summarise raw per-call times (milliseconds)."""
         a = np.asarray(samples_ms, dtype=float)
         mean = float(a.mean())

@@ -34,12 +34,12 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.optimize import nnls
-
 from torch import nn
 
 from autoprune.errors import ConfigError
@@ -191,7 +191,7 @@ class FittedLatencyTable:
         return write_json_atomic(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> "FittedLatencyTable":
+    def load(cls, path: str | Path) -> FittedLatencyTable:
         """Read a table written by :meth:`save`.
 
         Raises:

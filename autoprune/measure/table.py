@@ -17,8 +17,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -261,7 +261,7 @@ class LatencyTable:
         Path(path).write_text(json.dumps(data, indent=1, sort_keys=True))
 
     @classmethod
-    def load(cls, path: str | Path) -> "LatencyTable":
+    def load(cls, path: str | Path) -> LatencyTable:
         """Read a table written by :meth:`save`.
 
         Raises:
@@ -295,7 +295,7 @@ class LatencyTable:
         repeats: int = 3,
         passes: int = 3,
         rounds: int = 15,
-    ) -> "LatencyTable":
+    ) -> LatencyTable:
         """A table calibrated on ``models`` at ``example_input``'s batch size.
 
         The first model is the reference: the others are timed against it by paired

@@ -32,25 +32,26 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal
 
 import torch
 from torch import nn
 
 from autoprune.errors import BudgetError, ConfigError, ModelError, PolicyError
 from autoprune.graph.check import default_cache_dir, verify_graph
+from autoprune.graph.importance import DEFAULT_IMPORTANCE
+from autoprune.graph.policy import Policy
+from autoprune.graph.prunable import PrunableGraph
+from autoprune.graph.surgery import apply_policy
+from autoprune.measure.latency import DEFAULT_THREADS, PairedTimer, count_macs_params
+from autoprune.measure.runtime_table import FittedLatencyTable
+from autoprune.measure.table import LatencyTable
+from autoprune.objective.latency_model import backend_table, eager_table
 from autoprune.objective.proxies import AccuracyProxy, make_proxy
 from autoprune.objective.proxy import ProxySettings
-from autoprune.graph.importance import DEFAULT_IMPORTANCE
-from autoprune.graph.prunable import PrunableGraph
-from autoprune.measure.table import LatencyTable
-from autoprune.measure.runtime_table import FittedLatencyTable
-from autoprune.objective.latency_model import backend_table, eager_table
-from autoprune.measure.latency import DEFAULT_THREADS, PairedTimer, count_macs_params
-from autoprune.graph.policy import Policy
-from autoprune.graph.surgery import apply_policy
 from autoprune.zoo import DataBundle
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ class Metrics:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Metrics":
+    def from_dict(cls, d: dict) -> Metrics:
         """Inverse of :meth:`as_dict` (e.g. metrics stored with an Optuna trial by another worker)."""
         nan = float("nan")
 
@@ -373,7 +374,7 @@ class PolicyEvaluator:
         #: Calibration batches of data-driven importance criteria (drawn only when one needs them).
         self.calibration_batches = self.scorer.calibration_batches
 
-    def __deepcopy__(self, memo: dict) -> "PolicyEvaluator":
+    def __deepcopy__(self, memo: dict) -> PolicyEvaluator:
         """The evaluator is a shared service (model, graph, timer, cache): copies of an env share it."""
         return self
 
@@ -550,7 +551,7 @@ class PolicyEvaluator:
             pool = [e for e in pool if e.metrics.feasible]
         return max(pool, key=lambda e: e.metrics.reward, default=None)
 
-    def with_budget(self, budget: Budget) -> "PolicyEvaluator":
+    def with_budget(self, budget: Budget) -> PolicyEvaluator:
         """A shallow variant with another budget sharing the graph, table, timer and cache-free history."""
         clone = object.__new__(PolicyEvaluator)
         clone.__dict__.update(self.__dict__)

@@ -14,8 +14,8 @@ Two figures, both on held-out text (the ``val`` split during search, ``test`` fo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 from torch import nn

@@ -19,7 +19,8 @@ are recorded with every evaluation (``Metrics.details``).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn

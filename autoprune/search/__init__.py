@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from autoprune.registry import Registry
-from autoprune.search.base import SearchResult, Searcher, pareto_front
+from autoprune.search.base import Searcher, SearchResult, pareto_front
 
 #: The searchers: the one list of their names (``search.searcher`` is checked against it). Each
 #: entry is a :class:`Searcher` class, called as ``cls(params, progress=..., callback=...)``.

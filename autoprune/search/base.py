@@ -12,16 +12,17 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
 from autoprune.errors import ConfigError
-from autoprune.paths import write_csv_atomic
-from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
 from autoprune.graph.policy import Policy
+from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
+from autoprune.paths import write_csv_atomic
 
 log = logging.getLogger(__name__)
 

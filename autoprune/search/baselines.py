@@ -17,13 +17,14 @@ searcher's global ratio) to just meet the budget, predicted then measured.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from autoprune.errors import ConfigError
-from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.graph.policy import Policy
+from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.search.base import Searcher
 
 log = logging.getLogger(__name__)

@@ -79,7 +79,7 @@ def spawn_workers(storage: str, study_name: str, count: int, *, threads: int, lo
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "AUTOPRUNE_PROGRESS": ""}
     procs = []
     for i in range(count):
-        out = open(log_dir / f"worker-{i + 1}.log", "w")  # noqa: SIM115 - owned by the child
+        out = open(log_dir / f"worker-{i + 1}.log", "w")
         cmd = [sys.executable, "-m", "autoprune", "worker", "--storage", storage, "--study", study_name, "--threads", str(threads)]
         procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env))
         out.close()

@@ -34,8 +34,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.graph.policy import Policy
+from autoprune.objective.evaluator import PolicyEvaluator
 
 FEATURES = (
     "is_unit", "is_block", "kind_conv", "kind_depthwise", "kind_linear", "kind_heads", "kind_ffn", "coupled",

@@ -12,7 +12,8 @@ the per-unit ratios differ.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

@@ -21,7 +21,8 @@ import math
 import re
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 import sqlalchemy.exc
@@ -30,8 +31,8 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from autoprune.errors import ConfigError, describe
-from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
 from autoprune.graph.policy import Policy
+from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
 from autoprune.search.base import Searcher
 from autoprune.search.samplers import SAMPLERS, is_multi_objective, make_sampler
 from autoprune.search.study_lock import StudyLock

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from stable_baselines3 import PPO
@@ -24,9 +25,9 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from autoprune.errors import ConfigError, PolicyError
+from autoprune.graph.policy import Policy
 from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
 from autoprune.paths import write_json_atomic
-from autoprune.graph.policy import Policy
 from autoprune.search.base import Searcher
 from autoprune.search.env import LayerPruningEnv
 
@@ -53,7 +54,7 @@ class BudgetedEvaluator:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._evaluator, name)
 
-    def __deepcopy__(self, memo: dict) -> "BudgetedEvaluator":
+    def __deepcopy__(self, memo: dict) -> BudgetedEvaluator:
         return self
 
     @property

@@ -76,7 +76,7 @@ class StudyLock:
             return
         if self.kind == "flock":
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self._path, "a+")  # noqa: SIM115 - closed in release()
+            self._file = open(self._path, "a+")
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
         elif self.kind == "advisory":
             import sqlalchemy
@@ -103,7 +103,7 @@ class StudyLock:
                 self._conn.close()  # closing the session frees the lock in any case
                 self._conn = None
 
-    def __enter__(self) -> "StudyLock":
+    def __enter__(self) -> StudyLock:
         self.acquire()
         return self
 

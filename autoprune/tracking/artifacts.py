@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from autoprune.errors import ConfigError
-from autoprune.tracking.store import mlflow_message, no_progress_bars, quiet_mlflow, sqlite_file, resolve_tracking_uri
 from autoprune.formats.pruned import MODEL_FILE
+from autoprune.tracking.store import mlflow_message, no_progress_bars, quiet_mlflow, resolve_tracking_uri, sqlite_file
 
 
 def download_artifact_uri(uri: str | Path, *, tracking_uri: str | None = None, dst: str | Path | None = None,

@@ -8,13 +8,13 @@ figure state is involved and plotting is safe in worker threads.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from matplotlib.figure import Figure
 
-from autoprune.objective.evaluator import Evaluation
 from autoprune.graph.policy import Policy
+from autoprune.objective.evaluator import Evaluation
 from autoprune.search.base import pareto_front
 
 DPI = 150

@@ -12,8 +12,8 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from mlflow.exceptions import MlflowException
 

@@ -27,9 +27,10 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import mlflow
 import torch
@@ -39,11 +40,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from autoprune.config.schema import ExperimentConfig, dump_config
-from autoprune.errors import ConfigError
-from autoprune.errors import one_line
-from autoprune.tracking.store import artifact_root, mlflow_message, quiet_mlflow, resolve_tracking_uri
+from autoprune.errors import ConfigError, one_line
+from autoprune.formats.pruned import FORMAT as PRUNED_FORMAT
+from autoprune.formats.pruned import MODEL_DIR, MODEL_FILE
 from autoprune.paths import write_json_atomic
-from autoprune.formats.pruned import FORMAT as PRUNED_FORMAT, MODEL_DIR, MODEL_FILE
+from autoprune.tracking.store import artifact_root, mlflow_message, quiet_mlflow, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class Tracker:
         self._best = -math.inf
 
     # ------------------------------------------------------------ lifecycle
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         quiet_mlflow()
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
@@ -193,7 +194,7 @@ class Tracker:
             self.flush()
             if exc is not None:
                 self.client.set_tag(self.run_id, "error", one_line(f"{exc_type.__name__}: {exc}", MAX_TAG_VAL_LENGTH))
-        except Exception as e:  # never mask the body's exception, never leave the run RUNNING
+        except Exception as e:  # noqa: BLE001 - never mask the body's exception, never leave the run RUNNING
             log.warning("MLflow: could not write the last metrics of run %s: %s", self.run_id, one_line(e))
             status = "FAILED" if status == "FINISHED" else status
         finally:

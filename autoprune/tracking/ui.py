@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from autoprune.tracking.store import resolve_tracking_uri
 

@@ -10,7 +10,7 @@ teacher runs under ``torch.no_grad`` on the same batch. After each epoch the stu
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn

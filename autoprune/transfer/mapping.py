@@ -43,8 +43,9 @@ measured candidate.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from autoprune.errors import PolicyError
 from autoprune.formats.policy_file import policy_document
@@ -116,7 +117,7 @@ class TransferResult:
     fingerprint: dict[str, Any]
     source: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None
-    candidates: list["Candidate"] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
 
     def document(self, *, model: str, data: str, backend: dict, metrics: dict | None = None) -> dict:
         """The policy file of the transferred policy (``policy_document`` plus a ``transferred_from`` entry)."""
@@ -243,7 +244,7 @@ def _interpolate(x: float, points: list[tuple[float, float, str]]) -> tuple[floa
 def transfer_policy(
     policy: Policy,
     source_fingerprint: dict,
-    target: "PrunableGraph",
+    target: PrunableGraph,
     *,
     max_ratio: float = 0.8,
     allow_drop: bool = True,

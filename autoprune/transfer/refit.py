@@ -11,8 +11,9 @@ candidate and keeping the best (:func:`candidate_rank`: feasible first, then by 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from autoprune.errors import BudgetError, PolicyError
 from autoprune.graph.policy import Policy, model_fingerprint
@@ -25,7 +26,7 @@ from autoprune.transfer.mapping import Candidate, MappingRow, TransferResult, tr
 
 # ----------------------------------------------------------------- refit
 def refit_to_budget(
-    policy: Policy, evaluator: "PolicyEvaluator", *, tol: float = 0.01, max_iter: int = 30
+    policy: Policy, evaluator: PolicyEvaluator, *, tol: float = 0.01, max_iter: int = 30
 ) -> tuple[Policy, float, float]:
     """Scale the ratios uniformly so the predicted budget metric just meets the evaluator's target.
 
@@ -114,7 +115,7 @@ SLACK = 0.03
 MARGIN = 0.01
 
 
-def shallower_drop(drop: Sequence[str], evaluator: "PolicyEvaluator", *, slack: float = SLACK) -> tuple[str, ...]:
+def shallower_drop(drop: Sequence[str], evaluator: PolicyEvaluator, *, slack: float = SLACK) -> tuple[str, ...]:
     """``drop`` minus the fewest blocks that bring the drops alone to within ``slack`` of the target.
 
     A drop set whose blocks alone (no channel pruned) already predict more than ``slack`` under
@@ -143,7 +144,7 @@ def shallower_drop(drop: Sequence[str], evaluator: "PolicyEvaluator", *, slack: 
     return current
 
 
-def drop_candidates(policy: Policy, evaluator: "PolicyEvaluator", n: int) -> list[tuple[str, ...]]:
+def drop_candidates(policy: Policy, evaluator: PolicyEvaluator, n: int) -> list[tuple[str, ...]]:
     """Up to ``n`` drop sets around the mapped one, trading depth against width.
 
     The best split between dropping blocks and pruning channels differs between architectures
@@ -225,7 +226,7 @@ def _after_refit(row: MappingRow, policy: Policy) -> MappingRow:
     return row
 
 
-def candidate_table(result: "TransferResult") -> str:
+def candidate_table(result: TransferResult) -> str:
     """A markdown table of the re-fitted drop sets tried, the kept one marked."""
     lines = ["| blocks dropped | scale | predicted | measured | proxy accuracy | feasible | kept |", "|---|---|---|---|---|---|---|"]
     for c in result.candidates:
@@ -238,7 +239,7 @@ def candidate_table(result: "TransferResult") -> str:
 
 # ----------------------------------------------------------------- one call for the CLI
 def transfer(
-    policy: Policy, payload: dict, evaluator: "PolicyEvaluator", *, refit: bool = True, measure: bool = False, candidates: int = 1
+    policy: Policy, payload: dict, evaluator: PolicyEvaluator, *, refit: bool = True, measure: bool = False, candidates: int = 1
 ) -> TransferResult:
     """Map a loaded policy onto ``evaluator``'s model and (by default) refit it to the evaluator's budget.
 
@@ -341,7 +342,7 @@ def _next_goal(seen: list[tuple[float, float]], target: float, feasible: bool) -
     return min(0.99, g * aim / max(m, 1e-9))
 
 
-def _fit_candidates(mapped: Policy, evaluator: "PolicyEvaluator", n: int, measure: bool) -> list[Candidate]:
+def _fit_candidates(mapped: Policy, evaluator: PolicyEvaluator, n: int, measure: bool) -> list[Candidate]:
     """Re-fit ``n`` drop sets of ``mapped`` (:func:`drop_candidates`); with ``measure``, each is measured.
 
     The lookup table's error is corrected by measurement (:func:`fit_measured`): the first
@@ -376,9 +377,9 @@ def _fit_candidates(mapped: Policy, evaluator: "PolicyEvaluator", n: int, measur
 
 
 def fit_measured(
-    policy: Policy, evaluator: "PolicyEvaluator", *, goal: "PolicyEvaluator | None" = None, measure: bool = True,
+    policy: Policy, evaluator: PolicyEvaluator, *, goal: PolicyEvaluator | None = None, measure: bool = True,
     measurements: int = 3,
-) -> tuple[Candidate, "PolicyEvaluator"]:
+) -> tuple[Candidate, PolicyEvaluator]:
     """Re-fit ``policy`` to the budget, measure it, and re-fit again until the measurement uses the budget.
 
     The policy is re-fitted (:func:`refit_to_budget`) to ``goal``'s target, its drop set first
@@ -411,7 +412,7 @@ def fit_measured(
     goal = evaluator if goal is None else goal
     ratios = policy.ratios
 
-    def refit(drop: Sequence[str], at: "PolicyEvaluator") -> tuple[Policy, float, float]:
+    def refit(drop: Sequence[str], at: PolicyEvaluator) -> tuple[Policy, float, float]:
         return refit_to_budget(Policy(ratios, shallower_drop(drop, at)), at)
 
     current, scale, predicted = refit(policy.drop, goal)

@@ -20,9 +20,10 @@ the attention mask, then L2 normalisation, the recipe of the all-MiniLM-L6-v2 mo
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from autoprune.errors import ConfigError
 from autoprune.registry import import_reference, is_reference  # noqa: F401  (is_reference: part of this module's API)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -38,7 +39,7 @@ class TextCorpus:
     val: tuple[str, ...]
     test: tuple[str, ...]
 
-    def tokenize(self, tokenizer: Any, *, max_length: int = DEFAULT_MAX_LENGTH, max_positions: int | None = None) -> "TokenizedCorpus":
+    def tokenize(self, tokenizer: Any, *, max_length: int = DEFAULT_MAX_LENGTH, max_positions: int | None = None) -> TokenizedCorpus:
         """Tokenise every split with a Hugging Face tokenizer, truncating at ``max_length`` tokens.
 
         Args:
@@ -85,7 +86,7 @@ class TokenSplit:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
-    def subset(self, n: int | None) -> "TokenSplit":
+    def subset(self, n: int | None) -> TokenSplit:
         """The first ``n`` sentences (all when ``n`` is None or larger than the split)."""
         if n is None or n >= len(self):
             return self
@@ -166,7 +167,7 @@ class TokenizedCorpus:
         return tokenize_texts(self.tokenizer, texts, max_length=seq_len, pad_to_max=True)
 
 
-def tokenize_texts(tokenizer: Any, texts: "tuple[str, ...] | list[str]", *, max_length: int, pad_to_max: bool = False) -> Any:
+def tokenize_texts(tokenizer: Any, texts: tuple[str, ...] | list[str], *, max_length: int, pad_to_max: bool = False) -> Any:
     """Tokenise ``texts`` with a Hugging Face tokenizer, truncating at ``max_length`` tokens.
 
     Args:

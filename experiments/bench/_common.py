@@ -8,9 +8,9 @@ import platform
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Sequence
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 LIBS = ("torch", "torch-pruning", "gymnasium", "stable-baselines3", "optuna", "mlflow", "numpy")
@@ -40,7 +40,7 @@ def header(title: str, threads: int | None = None) -> str:
     return (
         f"# {title}\n\n"
         f"- command: `python {cmd}`\n"
-        f"- date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}\n"
+        f"- date: {_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"
         f"- machine: {os.cpu_count()} cores ({cpu}); torch intra-op threads {threads or torch.get_num_threads()}\n"
         f"- python {platform.python_version()}; {libs}\n\n"
     )

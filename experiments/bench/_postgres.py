@@ -20,9 +20,9 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 USER = "autoprune"
 HOST = "127.0.0.1"

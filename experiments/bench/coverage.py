@@ -27,16 +27,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, table, write  # noqa: E402
+from _common import header, table, write
 
-from autoprune.graph.check import check_units  # noqa: E402
-from autoprune.graph.prunable import PrunableGraph  # noqa: E402
-from autoprune.graph.surgery import apply_policy  # noqa: E402
-from autoprune.measure.latency import PairedTimer, count_macs_params  # noqa: E402
-from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator  # noqa: E402
-from autoprune.objective.proxy import ProxySettings  # noqa: E402
-from autoprune.search import get_searcher  # noqa: E402
-from autoprune.zoo import load_data  # noqa: E402
+from autoprune.graph.check import check_units
+from autoprune.graph.prunable import PrunableGraph
+from autoprune.graph.surgery import apply_policy
+from autoprune.measure.latency import PairedTimer, count_macs_params
+from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator
+from autoprune.objective.proxy import ProxySettings
+from autoprune.search import get_searcher
+from autoprune.zoo import load_data
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,7 +89,7 @@ def main() -> None:
             name, f"{len(report.passed)}/{n_all}", f"{built}/{len(ev.history)}", f"{target:.2f}", f"{macs_ratio:.2f}", f"{speed:.2f}x",
         ))
         notes += [f"- `{name}` / `{unit}`: {why}" for unit, why in refused.items()]
-        print(name, rows[-1], flush=True)  # noqa: T201 - benchmark progress
+        print(name, rows[-1], flush=True)
     text = header("Model coverage: pattern catalogue", threads=1)
     text += (
         f"Patterns of `tests/test_patterns.py` on digits (random weights). exact = units whose surgery equals the masked "
@@ -100,7 +100,7 @@ def main() -> None:
     )
     text += table(["pattern", "exact units", "search built", "MAC target", "MAC ratio", "speed-up"], rows)
     text += "\nUnits left dense, with the reason autoprune gives:\n\n" + "\n".join(notes) + "\n"
-    print(write("coverage.md", text))  # noqa: T201
+    print(write("coverage.md", text))
 
 
 if __name__ == "__main__":

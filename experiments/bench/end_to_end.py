@@ -20,15 +20,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, table, write  # noqa: E402
+from _common import header, table, write
 
-from autoprune.config.loading import parse_config  # noqa: E402
-from autoprune.objective.proxy import split_metrics  # noqa: E402
-from autoprune.app.experiment import build_evaluator, load_baseline  # noqa: E402
-from autoprune.training.finetune import FinetuneSettings, finetune  # noqa: E402
-from autoprune.measure.latency import PairedTimer, count_macs_params  # noqa: E402
-from autoprune.search import get_searcher  # noqa: E402
-from autoprune.graph.surgery import apply_policy  # noqa: E402
+from autoprune.app.experiment import build_evaluator, load_baseline
+from autoprune.config.loading import parse_config
+from autoprune.graph.surgery import apply_policy
+from autoprune.measure.latency import PairedTimer, count_macs_params
+from autoprune.objective.proxy import split_metrics
+from autoprune.search import get_searcher
+from autoprune.training.finetune import FinetuneSettings, finetune
 
 
 def onnx_rows(model, dense, data, threads: int) -> list[tuple]:

@@ -19,16 +19,16 @@ import torch
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, table, write  # noqa: E402
+from _common import header, table, write
 
-from autoprune.config.loading import parse_config  # noqa: E402
-from autoprune.objective.proxy import accuracy  # noqa: E402
-from autoprune.app.experiment import build_evaluator, load_baseline  # noqa: E402
-from autoprune.training.finetune import FinetuneSettings, finetune  # noqa: E402
-from autoprune.measure.latency import PairedTimer, measure_latency  # noqa: E402
-from autoprune.graph.policy import Policy  # noqa: E402
-from autoprune.graph.surgery import apply_policy  # noqa: E402
-from autoprune.zoo import Split  # noqa: E402
+from autoprune.app.experiment import build_evaluator, load_baseline
+from autoprune.config.loading import parse_config
+from autoprune.graph.policy import Policy
+from autoprune.graph.surgery import apply_policy
+from autoprune.measure.latency import PairedTimer, measure_latency
+from autoprune.objective.proxy import accuracy
+from autoprune.training.finetune import FinetuneSettings, finetune
+from autoprune.zoo import Split
 
 
 def random_policy(ev, rng: np.random.Generator, drop_prob: float = 0.25) -> Policy:

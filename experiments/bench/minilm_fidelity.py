@@ -19,10 +19,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, header, table  # noqa: E402
+from _common import RESULTS, header, table
 
-from autoprune.objective import model_fidelity, sentence_embeddings  # noqa: E402
-from autoprune.zoo import load_encoder, load_text_data  # noqa: E402
+from autoprune.objective import model_fidelity, sentence_embeddings
+from autoprune.zoo import load_encoder, load_text_data
 
 DROPS = ((), (5,), (0,), (2, 3), (1, 3, 5))
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, header, table  # noqa: E402
+from _common import RESULTS, header, table
 
-from autoprune.measure.latency import measure_latency  # noqa: E402
-from autoprune.zoo import load_encoder, load_text_data  # noqa: E402
+from autoprune.measure.latency import measure_latency
+from autoprune.zoo import load_encoder, load_text_data
 
 
 def main() -> None:

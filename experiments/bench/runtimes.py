@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, _version, header, table  # noqa: E402
+from _common import RESULTS, _version, header, table
 
-from autoprune.graph import Policy, PrunableGraph, apply_policy  # noqa: E402
-from autoprune.measure.latency import PairedTimer, measure_latency  # noqa: E402
-from autoprune.training.baseline import load_model_weights  # noqa: E402
-from autoprune.zoo import build_model  # noqa: E402
+from autoprune.graph import Policy, PrunableGraph, apply_policy
+from autoprune.measure.latency import PairedTimer, measure_latency
+from autoprune.training.baseline import load_model_weights
+from autoprune.zoo import build_model
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "resnet20-fashion_mnist.pt"
 THREADS = 2  # --threads

@@ -37,18 +37,17 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, table, write  # noqa: E402
-from _postgres import Postgres, throwaway_postgres  # noqa: E402
+import optuna
+import sqlalchemy
+from _common import header, table, write
+from _postgres import Postgres, throwaway_postgres
+from optuna.trial import TrialState
 
-import optuna  # noqa: E402
-import sqlalchemy  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
-
-from autoprune.config.loading import load_config  # noqa: E402
-from autoprune.app.experiment import build_evaluator, load_baseline, run_search  # noqa: E402
-from autoprune.objective.evaluator import Metrics  # noqa: E402
-from autoprune.graph.policy import Policy  # noqa: E402
-from autoprune.search import get_searcher  # noqa: E402
+from autoprune.app.experiment import build_evaluator, load_baseline, run_search
+from autoprune.config.loading import load_config
+from autoprune.graph.policy import Policy
+from autoprune.objective.evaluator import Metrics
+from autoprune.search import get_searcher
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "experiments" / "configs" / "resnet20_fmnist_tpe.yaml"
@@ -89,7 +88,7 @@ def pg_trials(url: str, study: str) -> list[tuple[int, str, dt.datetime | None, 
 def pg_counts(url: str, study: str) -> dict[str, int]:
     try:
         rows = pg_trials(url, study)
-    except Exception:  # tables not created yet
+    except Exception:  # noqa: BLE001 - tables not created yet
         return {}
     out: dict[str, int] = {}
     for _, state, _, _ in rows:
@@ -211,7 +210,7 @@ def run_mode(pg: Postgres, tmp: Path, mode: str, rnd: int, window: float, start_
             time.sleep(0.5)
             try:
                 rows = pg_trials(url, study)
-            except Exception:
+            except Exception:  # noqa: BLE001 - tables not created yet
                 continue
             now = dt.datetime.now()
             if workers == 1:
@@ -338,7 +337,7 @@ def storage_section(pg: Postgres, tmp: Path, args: argparse.Namespace) -> tuple[
                 evaluator = cheap() if kind.startswith("trivial") else ev.with_budget(ev.budget)
                 stamps: list[tuple[float, int]] = []
                 searcher = get_searcher("optuna", {"sampler": "tpe", "n_startup_trials": 20, "storage": url, "study_name": "s"},
-                                        progress=False, callback=lambda e: stamps.append((time.perf_counter(), commits[0])))
+                                        progress=False, callback=lambda e, stamps=stamps: stamps.append((time.perf_counter(), commits[0])))
                 searcher.confirm_top = 0
                 print(f"[storage] {kind}, {name}, rep {rep + 1}: {n} trials ...", flush=True)
                 result = searcher.search(evaluator, n, seed=0)

@@ -40,17 +40,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, header, table, write  # noqa: E402
+from _common import RESULTS, header, table, write
 
-from autoprune.config.loading import parse_config  # noqa: E402
-from autoprune.objective.proxy import split_metrics  # noqa: E402
-from autoprune.app.experiment import build_evaluator, load_baseline  # noqa: E402
-from autoprune.training.finetune import FinetuneSettings, finetune  # noqa: E402
-from autoprune.formats.policy_file import policy_document  # noqa: E402
-from autoprune.graph.policy import model_fingerprint  # noqa: E402
-from autoprune.search import get_searcher  # noqa: E402
-from autoprune.graph.surgery import apply_policy  # noqa: E402
-from autoprune.transfer import transfer  # noqa: E402
+from autoprune.app.experiment import build_evaluator, load_baseline
+from autoprune.config.loading import parse_config
+from autoprune.formats.policy_file import policy_document
+from autoprune.graph.policy import model_fingerprint
+from autoprune.graph.surgery import apply_policy
+from autoprune.objective.proxy import split_metrics
+from autoprune.search import get_searcher
+from autoprune.training.finetune import FinetuneSettings, finetune
+from autoprune.transfer import transfer
 
 PARTS = RESULTS / "transfer.jsonl"
 MIN_GAIN = 0.005
@@ -259,8 +259,10 @@ def render(rows: list[dict], args, dense: dict[str, dict]) -> str:
                 if not rs:
                     verdicts.append(f"- {model}, {m}: failed in every seed ({failed[m][0]['error']})")
                     continue
-                ok = lambda share: ("undefined: fresh search <= uniform + 0.5 pt" if share != share  # noqa: E731
-                                    else "met" if share >= 0.8 and cost <= 0.10 + 1e-9 else "NOT met")
+                def ok(share: float, cost: float = cost) -> str:
+                    if share != share:
+                        return "undefined: fresh search <= uniform + 0.5 pt"
+                    return "met" if share >= 0.8 and cost <= 0.10 + 1e-9 else "NOT met"
                 verdicts.append(f"- {model}, {m}: {share_p:.0%} of the proxy gain ({ok(share_p)}), {share_t:.0%} of the "
                                 f"test gain ({ok(share_t)}), at {cost:.1%} of the fresh search's evaluations ({cost_s:.1%} of its wall time)")
             for seed in seeds:
