@@ -6,7 +6,9 @@ PYTHON := $(VENV)/bin/python
 setup:
 	VENV=$(VENV) scripts/setup.sh
 
+# Lint (ruff, configured in pyproject.toml), then the test suite.
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PYTHON) -m pytest -q
 
 # The main job: what uniform pruning saves, then a small real search -> fine-tune -> export,
