@@ -158,3 +158,74 @@ def test_no_module_is_over_600_lines() -> None:
 
 def test_the_cycle_detector_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# ------------------------------------------------------------------ plug-ins are asked, not named
+#: Packages that must ask a plug-in what it can do rather than compare its registered name.
+NAME_BLIND = ("autoprune/app", "autoprune/objective")
+
+
+def registered_names() -> frozenset[str]:
+    """Every name registered in the plug-in registries: backends, searchers, samplers, importance criteria."""
+    from autoprune.graph.importance import IMPORTANCES
+    from autoprune.measure.backends import BACKENDS
+    from autoprune.search import SEARCHERS
+    from autoprune.search.samplers import SAMPLERS
+
+    return frozenset(n for registry in (BACKENDS, SEARCHERS, SAMPLERS, IMPORTANCES) for n in registry.names())
+
+
+def _literals(node: ast.AST) -> list[str]:
+    """The string literals ``node`` is, or holds as a tuple, list or set of literals."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    return []
+
+
+def _pattern_literals(pattern: ast.pattern) -> list[str]:
+    if isinstance(pattern, ast.MatchValue):
+        return _literals(pattern.value)
+    if isinstance(pattern, ast.MatchOr):
+        return [lit for p in pattern.patterns for lit in _pattern_literals(p)]
+    if isinstance(pattern, ast.MatchAs) and pattern.pattern is not None:
+        return _pattern_literals(pattern.pattern)
+    return []
+
+
+def name_comparisons(source: str, names: frozenset[str]) -> list[tuple[int, str]]:
+    """``(line, literal)`` of every comparison (``==``, ``!=``, ``in``, ``not in``, ``match`` case) with a registered name."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Eq, ast.NotEq, ast.In, ast.NotIn)) for op in node.ops):
+            found += [(node.lineno, lit) for side in (node.left, *node.comparators) for lit in _literals(side) if lit in names]
+        elif isinstance(node, ast.match_case):
+            found += [(node.pattern.lineno, lit) for lit in _pattern_literals(node.pattern) if lit in names]
+    return sorted(found)
+
+
+def test_app_and_objective_never_compare_a_registered_name_to_a_literal() -> None:
+    names = registered_names()
+    found = [f"{path.relative_to(ROOT)}:{line}: {lit!r}"
+             for package in NAME_BLIND for path in sorted((ROOT / package).rglob("*.py"))
+             for line, lit in name_comparisons(path.read_text(), names)]
+    assert not found, ("registered plug-in names compared to literals (ask the plug-in's class what it can do instead):\n"
+                       + "\n".join(found))
+
+
+def test_the_name_check_finds_comparisons_in_every_form() -> None:
+    source = """
+if backend == "torch" or "optuna" != s or s in ("ppo", "x") or s not in ["x"] or s in {"tpe"}:
+    pass
+if s == "something-else" or s.startswith("torch") or s < "ppo":
+    pass
+match s:
+    case "l1" | "x":
+        pass
+    case "other":
+        pass
+"""
+    names = frozenset({"torch", "optuna", "ppo", "tpe", "l1"})
+    assert name_comparisons(source, names) == [(2, "optuna"), (2, "ppo"), (2, "torch"), (2, "tpe"), (7, "l1")]
+
