@@ -31,7 +31,8 @@ from autoprune.app.pipeline import RunResult, run_experiment
 from autoprune.app.uris import load_policy, locate_bundle
 from autoprune.config.loading import load_config, parse_config
 from autoprune.config.machine import fit_to_machine
-from autoprune.config.schema import ExperimentConfig, check_data_name, check_model_name
+from autoprune.config.names import DATA, MODEL
+from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import proxy_settings
 from autoprune.config.settings import round_to as settings_round_to
 from autoprune.errors import ConfigError
@@ -98,8 +99,8 @@ def train_baseline(
     from autoprune.training.baseline import TrainSettings, train_or_load
     from autoprune.zoo import load_data
 
-    check_model_name(model)
-    check_data_name(data)
+    MODEL.check(model)
+    DATA.check(data)
     bundle = load_data(data, data_dir=str(data_dir) if data_dir else None, seed=seed)
     path = writable_file(checkpoint or baseline_checkpoint(model, bundle.name), "--checkpoint")
     settings = TrainSettings(epochs=epochs, augment=augment, seed=seed)
