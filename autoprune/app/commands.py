@@ -203,14 +203,16 @@ def search_command(
     Args:
         config: The experiment config file.
         overrides: ``key=value`` overrides (``--set`` and the options that stand for fields).
-        agent: A saved PPO agent (folder, ``runs:/`` or ``models:/``) to start from.
+        agent: A saved agent (folder, ``runs:/`` or ``models:/``) to start from, run by :func:`agent_searcher`.
         zero_shot: Only run the agent (needs ``agent``).
-        warm_start: A policy (file, ``runs:/``, ``models:/``) to evaluate first (Optuna).
+        warm_start: A policy (file, ``runs:/``, ``models:/``) to evaluate first (a searcher that
+            ``supports_warm_start``, e.g. Optuna).
         restart: Forget the stored study or PPO checkpoint.
         tracking_uri: Where ``runs:/`` and ``models:/`` sources are.
 
     Raises:
-        ConfigError: inconsistent options, or anything :func:`autoprune.app.experiment.run_search` raises.
+        ConfigError: inconsistent options (``--agent`` with a searcher that loads no agent, ``--warm-start``
+            with one that takes no policies), or anything :func:`autoprune.app.experiment.run_search` raises.
     """
     overrides = list(overrides)
     if zero_shot and not agent:
