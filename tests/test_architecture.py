@@ -1,8 +1,11 @@
-"""The package's structure: layers along the data path, imports only downward, no cycles.
+"""The package's structure: floors along the data path, imports only downward, no cycles.
 
 Every import is parsed, including those inside functions and under ``TYPE_CHECKING``: a
-function-level import that dodges a cycle is still a cycle. The layers, bottom to top, are
-documented in ``docs/architecture.md``; a module may import its own layer or any layer below.
+function-level import that dodges a cycle is still a cycle. The floors, bottom to top, are
+documented in ``docs/architecture.md``. A floor holds one package or several *sibling* packages
+that do not import each other (training, search and transfer all stand on the objective, and
+none needs another). A module may import its own package and any package on a lower floor;
+never a sibling, never a package above.
 """
 
 from __future__ import annotations
@@ -14,23 +17,30 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Bottom to top. A module belongs to the first entry that is a prefix of its dotted name.
-LAYERS: tuple[tuple[str, ...], ...] = (
-    ("autoprune", "autoprune.errors", "autoprune.paths", "autoprune.registry"),
+#: The package root: it only re-exports the errors and the version. It is matched exactly (a new
+#: top-level module must be placed on a floor explicitly).
+ROOT_PACKAGE = "autoprune"
+
+# Bottom to top; each floor is a tuple of sibling packages (or top-level modules). A module
+# belongs to the longest entry that is its name or a package holding it.
+FLOORS: tuple[tuple[str, ...], ...] = (
+    ("autoprune.errors",),
+    (ROOT_PACKAGE, "autoprune.paths", "autoprune.registry"),
     ("autoprune.zoo",),
     ("autoprune.graph",),
     ("autoprune.formats",),
     ("autoprune.measure",),
     ("autoprune.objective",),
-    ("autoprune.training",),
-    ("autoprune.search",),
-    ("autoprune.transfer",),
+    ("autoprune.training", "autoprune.search", "autoprune.transfer"),
     ("autoprune.config",),
     ("autoprune.tracking",),
-    ("autoprune.app",),
-    ("envs",),
-    ("autoprune.cli", "autoprune.__main__"),
+    ("autoprune.app", "envs"),
+    ("autoprune.cli",),
+    ("autoprune.__main__",),
 )
+
+#: The largest module, in lines: one responsibility per module.
+MAX_LINES = 450
 
 
 def _module_name(path: Path) -> str:
@@ -76,14 +86,30 @@ def _imports(module: str, path: Path, known: set[str]) -> set[str]:
     return found
 
 
-def _layer(module: str) -> int | None:
-    best: tuple[int, int] | None = None
-    for index, prefixes in enumerate(LAYERS):
-        for prefix in prefixes:
-            if module == prefix or module.startswith(prefix + "."):
-                if best is None or len(prefix) > best[1]:
-                    best = (index, len(prefix))
-    return None if best is None else best[0]
+def _place(module: str, floors: tuple[tuple[str, ...], ...] = FLOORS) -> tuple[int, str] | None:
+    """``(floor, entry)`` of a module: the longest entry that is its name or a package holding it."""
+    best: tuple[int, str] | None = None
+    for index, entries in enumerate(floors):
+        for entry in entries:
+            holds = module == entry or (entry != ROOT_PACKAGE and module.startswith(entry + "."))
+            if holds and (best is None or len(entry) > len(best[1])):
+                best = (index, entry)
+    return best
+
+
+def layering_violations(graph: dict[str, set[str]], floors: tuple[tuple[str, ...], ...] = FLOORS) -> list[str]:
+    """Each import that goes up a floor or across to a sibling package, as ``"a (floor) -> b (floor)"``."""
+    out = []
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            a, b = _place(module, floors), _place(target, floors)
+            if a is None or b is None:
+                continue
+            if b[0] > a[0]:
+                out.append(f"{module} ({a[1]}, floor {a[0]}) -> {target} ({b[1]}, floor {b[0]}): upward")
+            elif b[0] == a[0] and b[1] != a[1]:
+                out.append(f"{module} ({a[1]}) -> {target} ({b[1]}): siblings on floor {a[0]} must not import each other")
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -93,20 +119,28 @@ def graph() -> dict[str, set[str]]:
     return {name: _imports(name, path, known) for name, path in modules.items()}
 
 
-def test_every_module_belongs_to_a_declared_layer(graph: dict[str, set[str]]) -> None:
-    unplaced = sorted(m for m in graph if _layer(m) is None)
-    assert not unplaced, f"modules outside every layer of docs/architecture.md: {unplaced}"
+def test_every_module_belongs_to_a_declared_floor(graph: dict[str, set[str]]) -> None:
+    unplaced = sorted(m for m in graph if _place(m) is None)
+    assert not unplaced, f"modules outside every floor of docs/architecture.md: {unplaced}"
 
 
-def test_imports_only_go_downward(graph: dict[str, set[str]]) -> None:
-    upward = []
-    for module, targets in sorted(graph.items()):
-        for target in sorted(targets):
-            a, b = _layer(module), _layer(target)
-            # The package root only re-exports errors; it may be imported from anywhere.
-            if a is not None and b is not None and b > a:
-                upward.append(f"{module} (layer {LAYERS[a][0]}) -> {target} (layer {LAYERS[b][0]})")
-    assert not upward, "imports that go up a layer:\n" + "\n".join(upward)
+def test_imports_only_go_downward_and_never_between_siblings(graph: dict[str, set[str]]) -> None:
+    violations = layering_violations(graph)
+    assert not violations, "imports that break the floors:\n" + "\n".join(violations)
+
+
+def test_every_floor_entry_holds_modules(graph: dict[str, set[str]]) -> None:
+    placed = {_place(m)[1] for m in graph if _place(m) is not None}
+    assert not [e for floor in FLOORS for e in floor if e not in placed]
+
+
+def test_the_layering_check_finds_upward_and_sibling_imports() -> None:
+    floors = (("p.low",), ("p.left", "p.right"), ("p.top",))
+    graph = {"p.left.a": {"p.low.x", "p.left.b", "p.right.c"}, "p.low.x": {"p.top"}, "p.top": {"p.left.a", "p.right.c"}}
+    assert layering_violations(graph, floors) == [
+        "p.left.a (p.left) -> p.right.c (p.right): siblings on floor 1 must not import each other",
+        "p.low.x (p.low, floor 0) -> p.top (p.top, floor 2): upward",
+    ]
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -151,10 +185,81 @@ def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
     assert not cycles, "import cycles (function-level imports count):\n" + "\n".join(" <-> ".join(c) for c in cycles)
 
 
-def test_no_module_is_over_600_lines() -> None:
-    long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > 600}
-    assert not long, f"modules over 600 lines (split them by responsibility): {long}"
+def test_no_module_is_over_the_line_cap() -> None:
+    long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines (split them by responsibility): {long}"
 
 
 def test_the_cycle_detector_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# ------------------------------------------------------------------ plug-ins are asked, not named
+#: Packages that must ask a plug-in what it can do rather than compare its registered name.
+NAME_BLIND = ("autoprune/app", "autoprune/objective")
+
+
+def registered_names() -> frozenset[str]:
+    """Every name registered in the plug-in registries: backends, searchers, samplers, importance criteria."""
+    from autoprune.graph.importance import IMPORTANCES
+    from autoprune.measure.backends import BACKENDS
+    from autoprune.search import SEARCHERS
+    from autoprune.search.samplers import SAMPLERS
+
+    return frozenset(n for registry in (BACKENDS, SEARCHERS, SAMPLERS, IMPORTANCES) for n in registry.names())
+
+
+def _literals(node: ast.AST) -> list[str]:
+    """The string literals ``node`` is, or holds as a tuple, list or set of literals."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    return []
+
+
+def _pattern_literals(pattern: ast.pattern) -> list[str]:
+    if isinstance(pattern, ast.MatchValue):
+        return _literals(pattern.value)
+    if isinstance(pattern, ast.MatchOr):
+        return [lit for p in pattern.patterns for lit in _pattern_literals(p)]
+    if isinstance(pattern, ast.MatchAs) and pattern.pattern is not None:
+        return _pattern_literals(pattern.pattern)
+    return []
+
+
+def name_comparisons(source: str, names: frozenset[str]) -> list[tuple[int, str]]:
+    """``(line, literal)`` of every comparison (``==``, ``!=``, ``in``, ``not in``, ``match`` case) with a registered name."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Eq, ast.NotEq, ast.In, ast.NotIn)) for op in node.ops):
+            found += [(node.lineno, lit) for side in (node.left, *node.comparators) for lit in _literals(side) if lit in names]
+        elif isinstance(node, ast.match_case):
+            found += [(node.pattern.lineno, lit) for lit in _pattern_literals(node.pattern) if lit in names]
+    return sorted(found)
+
+
+def test_app_and_objective_never_compare_a_registered_name_to_a_literal() -> None:
+    names = registered_names()
+    found = [f"{path.relative_to(ROOT)}:{line}: {lit!r}"
+             for package in NAME_BLIND for path in sorted((ROOT / package).rglob("*.py"))
+             for line, lit in name_comparisons(path.read_text(), names)]
+    assert not found, ("registered plug-in names compared to literals (ask the plug-in's class what it can do instead):\n"
+                       + "\n".join(found))
+
+
+def test_the_name_check_finds_comparisons_in_every_form() -> None:
+    source = """
+if backend == "torch" or "optuna" != s or s in ("ppo", "x") or s not in ["x"] or s in {"tpe"}:
+    pass
+if s == "something-else" or s.startswith("torch") or s < "ppo":
+    pass
+match s:
+    case "l1" | "x":
+        pass
+    case "other":
+        pass
+"""
+    names = frozenset({"torch", "optuna", "ppo", "tpe", "l1"})
+    assert name_comparisons(source, names) == [(2, "optuna"), (2, "ppo"), (2, "torch"), (2, "tpe"), (7, "l1")]
+

@@ -19,14 +19,14 @@ import torch
 
 from autoprune.app.experiment import estimate, output_dir, run_search
 from autoprune.config.loading import parse_config
-from autoprune.config.schema import (
+from autoprune.config.schema import dump_config
+from autoprune.config.sections import (
     BudgetConfig,
     FinetuneConfig,
     LatencyConfig,
     ProxyConfig,
     RewardConfig,
     TrainConfig,
-    dump_config,
 )
 from autoprune.config.settings import library_settings
 from autoprune.errors import ConfigError
@@ -233,7 +233,7 @@ def test_searcher_backend_and_importance_named_as_module_class_run_a_search(tmp_
 
 
 def test_pruning_defaults_are_the_library_defaults():
-    from autoprune.config.schema import PruningConfig
+    from autoprune.config.sections import PruningConfig
     from autoprune.objective.evaluator import PolicyEvaluator
 
     params = inspect.signature(PolicyEvaluator).parameters

@@ -31,12 +31,13 @@ from autoprune.app.pipeline import RunResult, run_experiment
 from autoprune.app.uris import load_policy, locate_bundle
 from autoprune.config.loading import load_config, parse_config
 from autoprune.config.machine import fit_to_machine
-from autoprune.config.schema import ExperimentConfig, check_data_name, check_model_name
+from autoprune.config.names import DATA, MODEL
+from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import proxy_settings
 from autoprune.config.settings import round_to as settings_round_to
 from autoprune.errors import ConfigError
 from autoprune.paths import writable_file, write_json_atomic
-from autoprune.search import SearchResult
+from autoprune.search import AGENT_SEARCHER, SearchResult, searcher_class, searchers_that
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,8 @@ def train_baseline(
     from autoprune.training.baseline import TrainSettings, train_or_load
     from autoprune.zoo import load_data
 
-    check_model_name(model)
-    check_data_name(data)
+    MODEL.check(model)
+    DATA.check(data)
     bundle = load_data(data, data_dir=str(data_dir) if data_dir else None, seed=seed)
     path = writable_file(checkpoint or baseline_checkpoint(model, bundle.name), "--checkpoint")
     settings = TrainSettings(epochs=epochs, augment=augment, seed=seed)
@@ -202,32 +203,50 @@ def search_command(
     Args:
         config: The experiment config file.
         overrides: ``key=value`` overrides (``--set`` and the options that stand for fields).
-        agent: A saved PPO agent (folder, ``runs:/`` or ``models:/``) to start from.
+        agent: A saved agent (folder, ``runs:/`` or ``models:/``) to start from, run by :func:`agent_searcher`.
         zero_shot: Only run the agent (needs ``agent``).
-        warm_start: A policy (file, ``runs:/``, ``models:/``) to evaluate first (Optuna).
+        warm_start: A policy (file, ``runs:/``, ``models:/``) to evaluate first (a searcher that
+            ``supports_warm_start``, e.g. Optuna).
         restart: Forget the stored study or PPO checkpoint.
         tracking_uri: Where ``runs:/`` and ``models:/`` sources are.
 
     Raises:
-        ConfigError: inconsistent options, or anything :func:`autoprune.app.experiment.run_search` raises.
+        ConfigError: inconsistent options (``--agent`` with a searcher that loads no agent, ``--warm-start``
+            with one that takes no policies), or anything :func:`autoprune.app.experiment.run_search` raises.
     """
     overrides = list(overrides)
     if zero_shot and not agent:
         raise ConfigError("--zero-shot needs --agent (the saved agent to run)")
     if agent:
-        chosen = next((o.split("=", 1)[1] for o in overrides if o.startswith("search.searcher=")), None)
-        if chosen not in (None, "ppo"):
-            raise ConfigError(f"--agent: runs the PPO searcher; drop --searcher {chosen}")
-        overrides += ["search.searcher=ppo", f"search.params.agent={locate_bundle(agent, tracking_uri=tracking_uri)}"]
+        overrides += [f"search.searcher={agent_searcher(config, overrides)}",
+                      f"search.params.agent={locate_bundle(agent, tracking_uri=tracking_uri)}"]
         if zero_shot:
             overrides.append("search.params.zero_shot=true")
     cfg = load_config(config, overrides)
     warm = None
     if warm_start:
-        if cfg.search.searcher != "optuna":
-            raise ConfigError(f"--warm-start: enqueues a policy in an Optuna study; search.searcher is {cfg.search.searcher!r}")
+        if not searcher_class(cfg.search.searcher).supports_warm_start:
+            allowed = ", ".join(repr(n) for n in searchers_that(lambda s: s.supports_warm_start))
+            raise ConfigError(f"--warm-start: enqueues a policy in a searcher that takes policies to evaluate first ({allowed}); "
+                              f"search.searcher is {cfg.search.searcher!r}")
         warm = load_policy(warm_start, tracking_uri=tracking_uri)
     return run_search(cfg, progress=progress, restart=restart, warm_start=warm)
+
+
+def agent_searcher(config: str | Path, overrides: Sequence[str]) -> str:
+    """The searcher ``--agent`` runs: the one chosen with ``--searcher``, else the config's if it loads
+    agents, else :data:`autoprune.search.AGENT_SEARCHER`.
+
+    Raises:
+        ConfigError: ``--searcher`` names a searcher that does not load a saved agent, or the config is invalid.
+    """
+    name = load_config(config, list(overrides)).search.searcher
+    if searcher_class(name).loads_agent:
+        return name
+    if any(o.startswith("search.searcher=") for o in overrides):
+        allowed = ", ".join(repr(n) for n in searchers_that(lambda s: s.loads_agent))
+        raise ConfigError(f"--agent: searcher {name!r} does not load a saved agent; drop --searcher {name} or choose one that does ({allowed})")
+    return AGENT_SEARCHER
 
 
 def worker_command(storage: str, study: str, *, n_trials: int | None = None, threads: int | None = None,
@@ -340,6 +359,6 @@ def transfer_command(
 
 
 __all__ = [
-    "EstimateReport", "TrainReport", "TransferReport", "estimate_uniform", "experiment_config", "honoured_ignore",
+    "EstimateReport", "TrainReport", "TransferReport", "agent_searcher", "estimate_uniform", "experiment_config", "honoured_ignore",
     "parse_ratios", "run_command", "search_command", "train_baseline", "transfer_command", "worker_command",
 ]

@@ -35,7 +35,7 @@ from autoprune.measure.table import LatencyTable
 from autoprune.objective.evaluator import PolicyEvaluator, settings_label
 from autoprune.objective.proxies import make_proxy
 from autoprune.objective.proxy import ProxySettings
-from autoprune.search import SearchResult, get_searcher
+from autoprune.search import ExperimentContext, Searcher, SearchResult, searcher_class, searchers_that
 from autoprune.training.baseline import default_checkpoint_path, train_or_load
 from autoprune.zoo import DataBundle, build_model, check_model_fits, load_data
 
@@ -179,21 +179,23 @@ def _remove_if_unused(folder: Path, disposable: set[str]) -> None:
     log.info("removed %s: the failed command wrote nothing there", folder)
 
 
-def searcher_params(cfg: ExperimentConfig, out: Path) -> dict[str, Any]:
-    """Searcher hyper-parameters: ``search.params`` plus defaults that depend on the experiment.
+def experiment_context(cfg: ExperimentConfig, out: Path, *, storage: str | None = None, study: str | None = None) -> ExperimentContext:
+    """What the searcher may know of the experiment: its folder, name and ``search`` section (``storage``/``study`` override it)."""
+    s = cfg.search
+    return ExperimentContext(output_dir=out, name=cfg.name, params=dict(s.params), sampler=s.sampler,
+                             storage=storage or s.storage, study=study or s.study)
 
-    Optuna: the sampler, and a storage (``<output_dir>/study.db``) and study name, so a search can
-    resume. PPO: the agent bundle goes to ``<output_dir>/agent``, checkpointed every 20 episodes.
+
+def searcher_params(cfg: ExperimentConfig, out: Path) -> dict[str, Any]:
+    """Searcher hyper-parameters: ``search.params`` over the defaults the searcher derives from the experiment.
+
+    See :meth:`autoprune.search.Searcher.experiment_params` (e.g. Optuna's study in
+    ``<output_dir>/study.db``, PPO's agent in ``<output_dir>/agent``).
+
+    Raises:
+        ConfigError: the searcher cannot be imported.
     """
-    params = dict(cfg.search.params)
-    if cfg.search.searcher == "optuna":
-        params.setdefault("sampler", cfg.search.sampler)
-        params.setdefault("storage", cfg.search.storage or f"sqlite:///{(out / 'study.db').resolve()}")
-        params.setdefault("study_name", cfg.search.study or cfg.name)
-    if cfg.search.searcher == "ppo":
-        params.setdefault("save_agent", str(out / "agent"))
-        params.setdefault("checkpoint_every", 20 if params.get("save_agent") else 0)
-    return params
+    return {**searcher_class(cfg.search.searcher).experiment_params(experiment_context(cfg, out)), **cfg.search.params}
 
 
 def write_policy(path: Path, evaluator: PolicyEvaluator, result: SearchResult, cfg: ExperimentConfig) -> None:
@@ -224,12 +226,13 @@ def sized_for_workers(cfg: ExperimentConfig) -> ExperimentConfig:
     Everything recorded about the search (``policy.json``, MLflow params) uses the returned config.
 
     Raises:
-        ConfigError: ``search.workers`` > 1 with a searcher other than Optuna.
+        ConfigError: ``search.workers`` > 1 with a searcher that does not support workers.
     """
     workers = cfg.search.workers
-    if workers > 1 and cfg.search.searcher != "optuna":
-        raise ConfigError(f"search.workers: {workers} worker processes need searcher 'optuna' (got {cfg.search.searcher!r}); "
-                          "ppo and ddpg stay in one process (use search.params.n_envs for vectorised environments)")
+    if workers > 1 and not searcher_class(cfg.search.searcher).supports_workers:
+        allowed = ", ".join(repr(n) for n in searchers_that(lambda s: s.supports_workers))
+        raise ConfigError(f"search.workers: {workers} worker processes need a searcher that supports workers ({allowed}); "
+                          f"{cfg.search.searcher!r} runs in one process (set search.workers to 1)")
     return fit_to_machine(cfg)
 
 
@@ -244,6 +247,7 @@ class SearchRun:
     baseline: Baseline
     extras: dict[str, Any] = field(default_factory=dict)
     config: ExperimentConfig | None = None  #: the configuration the search ran with (see :func:`sized_for_workers`)
+    searcher: Searcher | None = None  #: the searcher that ran (ask it what it can do)
 
 
 def run_search(
@@ -270,7 +274,7 @@ def run_search(
             first (Optuna); one from another architecture is transferred and re-fitted to the budget.
 
     Raises:
-        ConfigError: e.g. ``search.workers`` > 1 with a searcher other than Optuna.
+        ConfigError: e.g. ``search.workers`` > 1 with a searcher that does not support workers.
     """
     cfg = sized_for_workers(cfg)
     with experiment_dir(cfg) as out:
@@ -287,21 +291,22 @@ def _search_in(cfg: ExperimentConfig, out: Path, *, progress: bool, callback: Ca
         torch.set_num_threads(cfg.latency.threads)
     baseline = baseline or load_baseline(cfg, progress=progress)
     evaluator = build_evaluator(cfg, baseline)
+    searcher_cls = searcher_class(cfg.search.searcher)
     params = searcher_params(cfg, out)
     if warm_start is not None:
         params["enqueue"] = [*(p.to_dict() for p in warm_start_policies(warm_start, evaluator)), *params.get("enqueue", [])]
     if restart:
-        _forget_previous_search(cfg, params)
+        searcher_cls.forget(params)
     procs: list = []
     extra: dict[str, Any] = {}
-    if cfg.search.searcher == "optuna":
+    if searcher_cls.supports_workers:
         def on_ready(study: Any) -> None:
             publish_study(study, cfg.model_dump(mode="json"), cfg.search.episodes, run=tracking)
             if workers > 1:
                 procs.extend(spawn_workers(params["storage"], study.study_name, workers - 1,
                                            threads=cfg.latency.threads, log_dir=out / "workers"))
         extra["on_ready"] = on_ready
-    searcher = get_searcher(cfg.search.searcher, params, progress=progress, callback=callback, **extra)
+    searcher = searcher_cls(params, progress=progress, callback=callback, **extra)
     evaluator.check_reachable()
     try:
         result = searcher.search(evaluator, cfg.search.episodes, seed=cfg.seed)
@@ -311,7 +316,7 @@ def _search_in(cfg: ExperimentConfig, out: Path, *, progress: bool, callback: Ca
     policy_path, history_path = out / POLICY_FILE, out / "history.csv"
     write_policy(policy_path, evaluator, result, cfg)
     result.write_history_csv(history_path)
-    return SearchRun(result, evaluator, policy_path, history_path, baseline, config=cfg)
+    return SearchRun(result, evaluator, policy_path, history_path, baseline, config=cfg, searcher=searcher)
 
 
 def warm_start_policies(source: tuple[Policy, dict], evaluator: PolicyEvaluator, candidates: int = 3) -> list[Policy]:
@@ -338,23 +343,6 @@ def warm_start_policies(source: tuple[Policy, dict], evaluator: PolicyEvaluator,
     return [c.policy for c in moved.candidates]
 
 
-def _forget_previous_search(cfg: ExperimentConfig, params: dict[str, Any]) -> None:
-    """Delete the stored Optuna study, or the PPO checkpoint, so the search starts from scratch."""
-    if cfg.search.searcher == "optuna" and params.get("storage"):
-        import optuna
-
-        try:
-            optuna.delete_study(study_name=params["study_name"], storage=params["storage"])
-            log.info("deleted study %r from %s", params["study_name"], params["storage"])
-        except KeyError:
-            pass
-    if params.get("save_agent"):
-        from autoprune.search.ppo import checkpoint_paths
-
-        for path in checkpoint_paths(params["save_agent"]):
-            path.unlink(missing_ok=True)
-
-
 def run_worker(storage: str, study_name: str, *, n_trials: int | None = None, progress: bool = True) -> SearchResult:
     """Join a study created by ``autoprune search``: run trials until it has its episodes (or ``n_trials``).
 
@@ -368,16 +356,21 @@ def run_worker(storage: str, study_name: str, *, n_trials: int | None = None, pr
 
     info = read_study(storage, study_name)
     cfg = parse_config(info.config, source=f"study {study_name!r}")
+    searcher_cls = searcher_class(cfg.search.searcher)
+    if not searcher_cls.supports_workers:
+        raise ConfigError(f"--study: {study_name!r} was stored by searcher {cfg.search.searcher!r}, which does not support workers")
     baseline = load_baseline(cfg, progress=False)
     evaluator = build_evaluator(cfg, baseline)
-    params = {**searcher_params(cfg, Path(cfg.output_dir)), "storage": storage, "study_name": study_name, "max_local_trials": n_trials}
+    out = Path(cfg.output_dir)
+    params = {**searcher_params(cfg, out),
+              **searcher_cls.worker_params(experiment_context(cfg, out, storage=storage, study=study_name), n_trials=n_trials)}
     tracker = None
     if info.run_id and info.tracking_uri:
         from autoprune.tracking.tracker import Tracker
 
         tracker = Tracker(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": info.tracking_uri})}),
                           resume_run_id=info.run_id, attach=True)
-    searcher = get_searcher("optuna", params, progress=progress, callback=tracker.log_episode if tracker else None)
+    searcher = searcher_cls(params, progress=progress, callback=tracker.log_episode if tracker else None)
     searcher.confirm_top = 0  # the coordinating `autoprune search` confirms the winners
     seed = cfg.seed + 1 + os.getpid() % 100_003  # workers starting together must not draw the same startup trials
     if tracker is None:

@@ -337,7 +337,7 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
         ev = search.evaluator
         info = {"target": ev.target, "metric": ev.budget.metric, "dense_accuracy": ev.dense_accuracy, "unit_order": ev.unit_names,
                 "fingerprint": model_fingerprint(ev.graph)}
-        uniform = uniform_point(ev) if cfg.search.searcher != "uniform" else None
+        uniform = uniform_point(ev) if search.searcher.compared_with_uniform else None
         if uniform is not None:
             info["uniform"] = uniform
             tracker.log_metrics({"uniform_accuracy": uniform[1], "uniform_value": uniform[0]})

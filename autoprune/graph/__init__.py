@@ -1,7 +1,9 @@
 """The prunable graph: layer specs, dependency groups and droppable blocks, policies, and surgery.
 
 - :mod:`~autoprune.graph.layers`: ``LayerSpec`` and the one recorder of layer specs; MACs per sample;
-- :mod:`~autoprune.graph.prunable`: ``PrunableGraph`` (Torch-Pruning dependency groups and droppable blocks);
+- :mod:`~autoprune.graph.units`: ``UnitKind`` (the one type of unit and block kinds), its classifier, the unit and block records;
+- :mod:`~autoprune.graph.discovery`: finding the units (Torch-Pruning dependency groups) and droppable blocks of a model;
+- :mod:`~autoprune.graph.prunable`: ``PrunableGraph`` (the model as units and droppable blocks, and the questions asked of it);
 - :mod:`~autoprune.graph.residual`: residual blocks found by tracing (droppable ones);
 - :mod:`~autoprune.graph.policy`: ``Policy`` (a pruning ratio per unit) and the model fingerprint;
 - :mod:`~autoprune.graph.surgery`: real structural surgery with Torch-Pruning;

@@ -2,16 +2,18 @@
 
 Torch-Pruning's dependency graph (DepGraph, Fang et al. 2023) is built once. Each
 dependency group (all layers whose channels must be pruned together, e.g. every conv
-that writes into one residual stream) becomes one :class:`PrunableUnit`, named after
-the module path of its root layer: a *unit* is our handle on one Torch-Pruning group
-(:meth:`PrunableGraph.dependency_group` returns the group itself). Residual blocks whose input and output shapes match
-become :class:`DroppableBlock` s: dropping one replaces it by its shortcut. Transformer encoders add
-attention-head units (named after their attention module), FFN units and droppable encoder layers
-(:mod:`autoprune.graph.transformer`).
+that writes into one residual stream) becomes one :class:`~autoprune.graph.units.PrunableUnit`,
+named after the module path of its root layer: a *unit* is our handle on one Torch-Pruning group
+(:meth:`PrunableGraph.dependency_group` returns the group itself). Residual blocks whose input and
+output shapes match become :class:`~autoprune.graph.units.DroppableBlock` s: dropping one replaces it
+by its shortcut. Transformer encoders add attention-head units (named after their attention module),
+FFN units and droppable encoder layers (:mod:`autoprune.graph.transformer`). Finding them is
+:mod:`autoprune.graph.discovery`'s job; their kinds are :class:`~autoprune.graph.units.UnitKind`.
 
 The graph also knows, for every layer, which unit owns its input and output
 channels, so the layer shapes (and hence the latency) of any policy can be
-predicted without touching the model.
+predicted without touching the model; and it answers the questions asked of the
+model's structure afterwards (policy checks, kept channels, importance, pruning plans).
 """
 
 from __future__ import annotations
@@ -19,113 +21,24 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import ModelError, PolicyError
-from autoprune.graph.constraints import MULTI_SOURCE_OPS, ChannelConstraint, UnsupportedUnit, constraint_of, kept_channels
-from autoprune.graph.layers import MAC_LAYER_KINDS, ExampleInput, LayerSpec, as_args, count_macs, input_shapes, record_layer_specs, spec_macs
-from autoprune.graph.residual import is_residual_by_trace
+from autoprune.graph.constraints import kept_channels
+from autoprune.graph.discovery import check_supported_layers, find_blocks, find_units
+from autoprune.graph.layers import MAC_LAYER_KINDS, ExampleInput, LayerSpec, count_macs, input_shapes, record_layer_specs
 from autoprune.graph.scoring import BatchSource, LossFn, unit_scores
-from autoprune.graph.transformer import head_layouts, head_role, is_transformer_layer, unknown_head_layouts
+from autoprune.graph.transformer import head_layouts, unknown_head_layouts
+from autoprune.graph.units import DroppableBlock, PrunableUnit
 from autoprune.graph.visibility import invisible_layers, units_feeding
 
-__all__ = ["DroppableBlock", "PrunableGraph", "PrunableUnit", "UnitFeatures", "kept_channels"]
+__all__ = ["PrunableGraph", "kept_channels"]
 
 log = logging.getLogger(__name__)
-
-
-
-@dataclass(frozen=True)
-class UnitFeatures:
-    """Model-size-invariant description of a unit, used as an agent's observation.
-
-    Attributes:
-        kind: ``conv``, ``depthwise`` (group holds a depthwise conv), ``linear``, ``heads`` (attention
-            heads: channels cut in whole heads) or ``ffn`` (the intermediate width of one encoder layer's
-            feed-forward block).
-        channels: Number of prunable channels in the group.
-        in_channels: Input channels of the root layer.
-        kernel: Kernel size of the root layer (1 for linear).
-        stride: Stride of the root layer (1 for linear).
-        macs: MACs per sample of every layer whose input or output channels this unit prunes.
-        params: Parameters of those layers.
-        depth: Relative position of the root layer in execution order, 0..1.
-        resolution: Spatial size of the root layer's input relative to the model input, 0..1.
-        coupled: Whether several layers write into these channels (e.g. a residual stream).
-        n_layers: Layers whose channels this unit prunes (input or output side).
-        heads: Attention heads the unit's channels form (0 when it holds no attention).
-    """
-
-    kind: str
-    channels: int
-    in_channels: int
-    kernel: int
-    stride: int
-    macs: int
-    params: int
-    depth: float
-    resolution: float
-    coupled: bool
-    n_layers: int
-    heads: int = 0
-
-
-@dataclass(frozen=True)
-class PrunableUnit:
-    """One searchable decision: the channels of one Torch-Pruning dependency group, named after its root layer.
-
-    Attributes:
-        name: Dotted path of the root layer (whose output channels the unit cuts); for the heads of a
-            Hugging Face self-attention, the attention module's path (``encoder.layer.0.attention.self``).
-        features: The agent's description of the unit.
-        out_layers, in_layers: Layers whose output / input channels the unit cuts.
-        constraint: Which channel counts the unit may keep, and how channels are chosen for one.
-        requery: Whether its channels meet another unit's in a concat/split (or in one layer's
-            dimension), so surgery must ask Torch-Pruning for its group on the partly pruned copy
-            instead of replaying the dense model's indices.
-        root_layer: The layer Torch-Pruning's group is rooted at, when it is not ``name`` (heads).
-    """
-
-    name: str
-    features: UnitFeatures
-    out_layers: tuple[str, ...]
-    in_layers: tuple[str, ...]
-    constraint: ChannelConstraint | None = None
-    requery: bool = False
-    root_layer: str = ""
-
-    @property
-    def root(self) -> str:
-        """The layer whose output channels index the unit's channels (Torch-Pruning's root)."""
-        return self.root_layer or self.name
-
-    @property
-    def allowed(self) -> list[int]:
-        """Channel counts this unit may keep, ascending."""
-        return (self.constraint or ChannelConstraint(self.features.channels)).allowed()
-
-
-@dataclass(frozen=True)
-class DroppableBlock:
-    """A residual block ``y = f(x) + x`` that can be replaced by its identity shortcut.
-
-    Attributes:
-        name: Module path of the block.
-        macs: MACs per sample of the layers inside it (saved by dropping it).
-        params: Parameters inside it.
-        depth: Relative position of its first layer in execution order, 0..1.
-        units_inside: Units rooted inside the block.
-    """
-
-    name: str
-    macs: int
-    params: int
-    depth: float
-    units_inside: tuple[str, ...]
 
 
 class PrunableGraph:
@@ -165,7 +78,7 @@ class PrunableGraph:
             names = [n for n, m in model.named_modules() if n and not list(m.children())]
             shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
             raise ModelError(f"model.ignore: {unknown} are not modules of the model; its layers are: {shown}")
-        self._check_supported_layers(set(ignored))
+        check_supported_layers(model, set(ignored))
         unknown_heads = [h for h in unknown_head_layouts(model) if not any(h == i or h.startswith(i + " ") for i in ignored)]
         if unknown_heads:
             raise ModelError(
@@ -181,7 +94,6 @@ class PrunableGraph:
                 f"the model fails on an input of shape {input_shapes(example_input)} ({type(e).__name__}: {first}); "
                 "build it for the data's channels, classes and input size"
             ) from e
-        self._exec_order = {s.module_name: i for i, s in enumerate(self.dense_specs)}
         if not any(s.kind in MAC_LAYER_KINDS for s in self.dense_specs):
             raise ModelError("the model has no Conv, ConvTranspose, Linear or MultiheadAttention layer to prune")
         try:
@@ -203,124 +115,20 @@ class PrunableGraph:
         self.skipped: dict[str, str] = {}
         self.head_dims = {n: m.head_dim for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
         self.head_dims.update({n: h.head_dim for n, h in self.head_layouts.items()})
-        self._groups: dict[str, tp.dependency.Group] = {}
-        self.units = self._collect_units(ignored_modules)
+        found = find_units(model, self.dg, self.dense_specs, example_input, self.head_layouts, ignored_modules)
+        self.units: list[PrunableUnit] = found.units
+        self._groups: dict[str, tp.dependency.Group] = found.groups
+        self.out_owner, self.in_owner = found.out_owner, found.in_owner  # layer name -> unit owning its output / input channels
+        for name, reason, warn in found.skipped:
+            self._skip(name, reason, warn=warn)
         for layer in self.invisible:
             kind = type(self._module_by_name[layer]).__name__
             for unit in units_feeding(self, layer):
                 self.exclude(unit, f"its channels feed {layer!r} ({kind}), which runs outside the dependency graph (e.g. on a detached tensor)")
-        self.blocks = self._collect_blocks() if drop_blocks else []
+        self.blocks: list[DroppableBlock] = find_blocks(model, example_input, self.dense_specs, self.units) if drop_blocks else []
         self._importance_cache: dict[str, dict[str, torch.Tensor]] = {}
 
     # ----------------------------------------------------------------- discovery
-    def _check_supported_layers(self, ignored: set[str]) -> None:
-        for name, m in self.model.named_modules():
-            if len(list(m.children())) or not list(m.parameters(recurse=False)):
-                continue
-            if name in ignored:
-                continue
-            if tp.ops.module2type(m) == tp.ops.OPTYPE.ELEMENTWISE or isinstance(m, (nn.LSTM, nn.GRU, nn.RNN)):
-                raise ModelError(
-                    f"layer {name!r} ({type(m).__name__}) is not supported by the pruning graph; "
-                    f"add it to model.ignore or replace it with a supported layer (Conv, Linear, BatchNorm, LayerNorm, ...)"
-                )
-
-    def _name(self, module: object) -> str | None:
-        return self.dg._module2name.get(module)
-
-    def _collect_units(self, ignored_modules: list[nn.Module]) -> list[PrunableUnit]:
-        layer_by_name = {s.module_name: s for s in self.dense_specs}
-        n_layers = max(1, len(self.dense_specs) - 1)
-        first = self.example_input[0] if isinstance(self.example_input, tuple) else self.example_input
-        input_hw = first.shape[-1] if first.dim() == 4 else 1
-        units = []
-        self.out_owner: dict[str, str] = {}
-        self.in_owner: dict[str, str] = {}
-        projections = {p: (h.name, h.heads) for h in self.head_layouts.values() for p in h.projections}
-        encoder_layers = [n + "." for n, m in self.model.named_modules() if n and is_transformer_layer(m)]
-        for group in self.dg.get_all_groups(ignored_layers=ignored_modules, root_module_types=(nn.Conv2d, nn.Conv1d, nn.Linear)):
-            root = group[0].dep.target.module
-            name = self._name(root)
-            if name is None:
-                continue
-            n = len(group[0][1])
-            params_hit = [self.dg._param_to_name.get(dep.target.module, "?") for dep, _ in group if dep.target.type == tp.ops.OPTYPE.PARAMETER]
-            if params_hit:
-                # channels also indexing a bare nn.Parameter outside any supported layer: cannot be cut
-                self._skip(name, f"its channels also index parameter(s) {params_hit} outside any supported layer")
-                continue
-            attention, stream = head_role([(self._name(d.target.module), d.target.module, self.dg.is_out_channel_pruning_fn(d.handler)) for d, _ in group], self.head_layouts)
-            if stream:
-                self._skip(name, "the encoder's hidden width (residual stream, embeddings) is the width of its output and is kept")
-                continue
-            root_layer, name = (name, attention) if attention else ("", name)
-            try:
-                constraint = constraint_of(group, self._name, n, projections)
-            except UnsupportedUnit as e:
-                self._skip(name, str(e), warn=True)
-                continue
-            if not constraint.prunable:
-                self._skip(name, f"its {n} channel(s) cannot lose any (allowed counts: {constraint.allowed() or [n]})")
-                continue
-            if attention:  # the attention's own spec (its Q·Kᵀ and attn·V matmuls) has the heads' width
-                self.out_owner[attention] = self.in_owner[attention] = name
-            outs, ins, depthwise = [], [], False
-            for dep, _ in group:
-                mname = self._name(dep.target.module)
-                if mname is None or mname not in self._module_by_name:
-                    continue
-                if self.dg.is_out_channel_pruning_fn(dep.handler):
-                    outs.append(mname)
-                    self.out_owner[mname] = name
-                else:
-                    ins.append(mname)
-                    self.in_owner[mname] = name
-                m = dep.target.module
-                if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels:
-                    depthwise = True
-                    self.in_owner[mname] = name
-            requery = any(dep.target.type in MULTI_SOURCE_OPS for dep, _ in group)
-            self._groups[name] = group
-            root_spec = layer_by_name.get(root_layer or name)
-            touched = {n for n in outs + ins if n in layer_by_name}
-            macs = sum(spec_macs(layer_by_name[n]) for n in touched)
-            params = sum(p.numel() for n in touched for p in self._module_by_name[n].parameters(recurse=False))
-            kind = "depthwise" if depthwise else ("linear" if isinstance(root, nn.Linear) else "conv")
-            if constraint.whole:
-                kind = "heads"
-            elif kind == "linear" and any(all(t.startswith(p) for t in touched) for p in encoder_layers):
-                kind = "ffn"
-            conv_outs = [n for n in outs if isinstance(self._module_by_name[n], (nn.Conv2d, nn.Conv1d, nn.Linear))]
-            res = 1.0
-            if root_spec is not None and len(root_spec.input_shape) == 4:
-                res = root_spec.input_shape[-1] / input_hw
-            features = UnitFeatures(
-                kind=kind,
-                channels=n,
-                in_channels=root_spec.in_channels if root_spec else 0,
-                kernel=root_spec.kernel_size[0] if root_spec and root_spec.kernel_size else 1,
-                stride=root_spec.stride[0] if root_spec and root_spec.stride else 1,
-                macs=int(macs),
-                params=int(params),
-                depth=self._exec_order.get(root_layer or name, 0) / n_layers,
-                resolution=float(res),
-                coupled=len(conv_outs) > 1,
-                n_layers=len(touched),
-                heads=constraint.segments if constraint.whole else 0,
-            )
-            units.append(PrunableUnit(name, features, tuple(outs), tuple(ins), constraint, requery, root_layer))
-        units.sort(key=lambda u: self._exec_order.get(u.root, 0))
-        # A layer dimension cut by two units (e.g. the input of a conv after a concat): the second
-        # unit's dense indices are stale once the first is cut, so both are re-queried.
-        users: dict[tuple[str, bool], set[str]] = {}
-        for u in units:
-            for layer in u.out_layers:
-                users.setdefault((layer, True), set()).add(u.name)
-            for layer in u.in_layers:
-                users.setdefault((layer, False), set()).add(u.name)
-        shared = {n for names in users.values() if len(names) > 1 for n in names}
-        return [replace(u, requery=True) if u.name in shared else u for u in units]
-
     def _skip(self, name: str, reason: str, *, warn: bool = False) -> None:
         self.skipped[name] = reason
         (log.warning if warn else log.info)("unit %r is not pruned: %s", name, reason)
@@ -341,50 +149,6 @@ class PrunableGraph:
         for scores in getattr(self, "_importance_cache", {}).values():
             scores.pop(name, None)
         self._skip(name, reason, warn=True)
-
-    def _collect_blocks(self) -> list[DroppableBlock]:
-        blocks = []
-        shapes: dict[str, tuple[tuple, tuple]] = {}
-        handles = []
-        for name, m in self.model.named_modules():
-            if name and len(list(m.children())):
-                def hook(mod, inp, out, name=name):
-                    if inp and isinstance(inp[0], torch.Tensor) and isinstance(out, torch.Tensor):
-                        shapes[name] = (tuple(inp[0].shape), tuple(out.shape))
-                handles.append(m.register_forward_hook(hook))
-        try:
-            self.model.eval()
-            with torch.inference_mode():
-                self.model(*as_args(self.example_input))
-        finally:
-            for h in handles:
-                h.remove()
-        n_layers = max(1, len(self.dense_specs) - 1)
-        for name, (ishape, oshape) in shapes.items():
-            m = self._module_by_name[name]
-            if ishape != oshape:
-                continue
-            flagged = getattr(m, "residual", None)
-            if flagged is False:
-                continue
-            if not (flagged is True or is_transformer_layer(m) or is_residual_by_trace(m)):
-                continue
-            if any(name.startswith(b.name + ".") for b in blocks):
-                continue
-            inside = [s for s in self.dense_specs if s.module_name.startswith(name + ".")]
-            if not inside:
-                continue
-            blocks.append(
-                DroppableBlock(
-                    name=name,
-                    macs=sum(spec_macs(s) for s in inside),
-                    params=sum(p.numel() for p in m.parameters()),
-                    depth=self._exec_order[inside[0].module_name] / n_layers,
-                    units_inside=tuple(u.name for u in self.units if u.name.startswith(name + ".")),
-                )
-            )
-        blocks.sort(key=lambda b: b.depth)
-        return blocks
 
     # ------------------------------------------------------------------ queries
     @property
@@ -580,7 +344,7 @@ class PrunableGraph:
         sub = self.dg.get_pruning_group(root, group[0].dep.handler, idxs)
         plan = []
         for dep, ix in sub:
-            mname = self._name(dep.target.module)
+            mname = self.dg._module2name.get(dep.target.module)
             if mname is None or mname not in self._module_by_name:
                 continue
             plain = tp._helpers.to_plain_idxs(ix)

@@ -25,6 +25,7 @@ from torch import nn
 from autoprune.errors import ConfigError, PolicyError
 from autoprune.graph.importance import make_importance, needs_activations, needs_data, needs_gradients
 from autoprune.graph.layers import as_args
+from autoprune.graph.units import UnitKind
 
 #: ``batches()`` yields ``(inputs, target)``: ``inputs`` a tensor or a tuple of tensors passed as ``model(*inputs)``.
 BatchSource = Callable[[], Iterable[tuple[Any, Any]]]
@@ -69,7 +70,7 @@ def activation_points(graph: Any) -> dict[str, list[tuple[nn.Module, nn.Module, 
     """
     points: dict[str, list[tuple[nn.Module, nn.Module, int]]] = {}
     for u in graph.units:
-        if u.features.kind == "heads" and u.name in graph.head_layouts:
+        if u.features.kind == UnitKind.HEADS and u.name in graph.head_layouts:
             layout = graph.head_layouts[u.name]
             points[u.name] = [(graph.module(u.name), graph.module(layout.projections[2]), -1)]
             continue

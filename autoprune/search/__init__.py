@@ -1,12 +1,17 @@
-"""Searchers: one protocol (:class:`Searcher`), one module each, looked up by name in :data:`SEARCHERS`."""
+"""Searchers: one protocol (:class:`Searcher`), one module each, looked up by name in :data:`SEARCHERS`.
+
+What a searcher can do (workers, warm start, saved agents, its experiment parameters) is asked
+of its class (:func:`searcher_class`), never read from its name.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+from autoprune.errors import ConfigError
 from autoprune.registry import Registry
-from autoprune.search.base import Searcher, SearchResult, pareto_front
+from autoprune.search.base import ExperimentContext, Searcher, SearchResult, pareto_front
 
 #: The searchers: the one list of their names (``search.searcher`` is checked against it). Each
 #: entry is a :class:`Searcher` class, called as ``cls(params, progress=..., callback=...)``.
@@ -24,6 +29,10 @@ SEARCHERS: Registry[Callable[..., Searcher]] = Registry(
         "sensitivity": "autoprune.search.baselines:SensitivitySearcher",
     },
 )
+
+
+#: The searcher ``--agent`` runs when the config's searcher does not load agents.
+AGENT_SEARCHER = "ppo"
 
 
 def register_searcher(name: str, cls: Callable[..., Searcher] | str) -> None:
@@ -52,7 +61,38 @@ def get_searcher(name: str, params: dict[str, Any] | None = None, **kwargs: Any)
         ConfigError: unknown name (listing the allowed ones), an import failure, or an unknown
             hyper-parameter.
     """
-    return SEARCHERS.get(name)(params, **kwargs)
+    return searcher_class(name)(params, **kwargs)
 
 
-__all__ = ["SEARCHERS", "SearchResult", "Searcher", "get_searcher", "pareto_front", "register_searcher"]
+def searcher_class(name: str) -> type[Searcher]:
+    """The :class:`Searcher` subclass behind a registered name or ``"package.module:Class"``, to ask what it can do.
+
+    Raises:
+        ConfigError: unknown name, an import failure, or an entry that is not a Searcher subclass.
+    """
+    cls = SEARCHERS.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Searcher)):
+        raise ConfigError(f"{SEARCHERS.field}: {name!r} is {cls!r}, not a subclass of autoprune.search.Searcher")
+    return cls
+
+
+def searchers_that(can: Callable[[type[Searcher]], bool]) -> list[str]:
+    """The registered names whose searcher can do something, e.g. ``searchers_that(lambda s: s.supports_workers)``.
+
+    For messages that say what is allowed; imports every registered searcher (those that do not
+    import are left out).
+    """
+    names = []
+    for name in SEARCHERS.names():
+        try:
+            if can(searcher_class(name)):
+                names.append(name)
+        except ConfigError:
+            continue
+    return names
+
+
+__all__ = [
+    "AGENT_SEARCHER", "SEARCHERS", "ExperimentContext", "SearchResult", "Searcher", "get_searcher", "pareto_front",
+    "register_searcher", "searcher_class", "searchers_that",
+]

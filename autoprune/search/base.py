@@ -3,6 +3,13 @@
 Every searcher proposes policies and scores them with the shared
 :class:`~autoprune.objective.evaluator.PolicyEvaluator`, which owns the budget and the
 reward. One call of ``evaluator.evaluate`` is one *episode* of the budget.
+
+A searcher also says what it can do, through class attributes and class methods with
+defaults on :class:`Searcher` (the way stable-baselines3 algorithms declare their supported
+spaces): whether worker processes can share its search, whether it takes policies to
+evaluate first, whether it loads a saved agent, which hyper-parameters follow from the
+experiment, and what ``--restart`` must delete. The application asks these; it never
+compares a searcher's registered name.
 """
 
 from __future__ import annotations
@@ -25,6 +32,30 @@ from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
 from autoprune.paths import write_csv_atomic
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExperimentContext:
+    """What a searcher may know of the experiment it runs in, to default its own hyper-parameters.
+
+    Defined here rather than in :mod:`autoprune.config` (which sits above ``search``): the
+    application fills it from the validated config.
+
+    Attributes:
+        output_dir: The experiment's output folder (a searcher's own files go there).
+        name: The experiment's name.
+        params: ``search.params`` as the user wrote them.
+        sampler: ``search.sampler``.
+        storage: ``search.storage`` (None: the searcher's own default).
+        study: ``search.study`` (None: the experiment's name).
+    """
+
+    output_dir: Path
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    sampler: str | None = None
+    storage: str | None = None
+    study: str | None = None
 
 
 @dataclass
@@ -130,9 +161,51 @@ class Searcher(abc.ABC):
     """
 
     name: ClassVar[str]
+    #: Every accepted hyper-parameter with its default: the one list of them.
     defaults: ClassVar[dict[str, Any]] = {}
     #: Feasible candidates re-measured before the best is returned (0: trust the search's measurement).
     confirm_top: ClassVar[int] = 3
+    #: Worker processes can share one search (``search.workers`` > 1, ``autoprune worker``): the
+    #: searcher keeps its state in ``params["storage"]`` under ``params["study_name"]``, accepts an
+    #: ``on_ready(handle)`` keyword called once that shared state exists (the handle
+    #: :func:`autoprune.search.distributed.publish_study` takes), and :meth:`worker_params` says how
+    #: a worker joins it.
+    supports_workers: ClassVar[bool] = False
+    #: Takes policies to evaluate first (``--warm-start``), as the hyper-parameter ``enqueue``: a list
+    #: of ``{"ratios": {...}, "drop": [...]}``.
+    supports_warm_start: ClassVar[bool] = False
+    #: Starts from a saved agent (``--agent``), given as the hyper-parameter ``agent`` (a folder),
+    #: and runs it without training with ``zero_shot``.
+    loads_agent: ClassVar[bool] = False
+    #: ``autoprune run`` shows the uniform baseline beside this searcher's result (False for the
+    #: uniform searcher: it is that baseline).
+    compared_with_uniform: ClassVar[bool] = True
+
+    @classmethod
+    def experiment_params(cls, context: ExperimentContext) -> dict[str, Any]:
+        """Hyper-parameter defaults that follow from the experiment; ``search.params`` override them.
+
+        The default is none. E.g. Optuna keeps its study in ``<output_dir>/study.db``, PPO saves its
+        agent to ``<output_dir>/agent``.
+        """
+        return {}
+
+    @classmethod
+    def worker_params(cls, context: ExperimentContext, *, n_trials: int | None) -> dict[str, Any]:
+        """Hyper-parameters that make a process one worker of the shared search in ``context.storage``
+        under ``context.study`` (running at most ``n_trials`` episodes); they override ``search.params``.
+
+        Only asked of a searcher that :attr:`supports_workers`; the default is none.
+        """
+        return {}
+
+    @classmethod
+    def forget(cls, params: dict[str, Any]) -> None:
+        """Delete what an earlier search with these hyper-parameters stored, so the next one starts afresh (``--restart``).
+
+        The default stores nothing between runs, so there is nothing to delete.
+        """
+        return None
 
     def __init__(self, params: dict[str, Any] | None = None, *, progress: bool = True, callback: Callable[[Evaluation], None] | None = None) -> None:
         params = dict(params or {})

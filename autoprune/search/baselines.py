@@ -237,6 +237,7 @@ class UniformSearcher(Searcher):
 
     name = "uniform"
     defaults = {"tolerance": 0.01, "max_evals": 8}
+    compared_with_uniform = False  # it is the uniform baseline
 
     def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
         ratio, drop = bisect_knob(self, evaluator, uniform_family(evaluator), evaluator.max_ratio, n_episodes)

@@ -8,10 +8,11 @@ One episode prunes one model. Decisions are taken in execution order: one per
 prunable unit (a ratio) and one per droppable residual block (keep or drop),
 interleaved by depth, so the agent can trade a block for channel ratios
 elsewhere. Observations are normalised, model-size-invariant features, so an
-agent trained on one model can act on another. A unit's kind is one-hot: ``kind_conv``,
+agent trained on one model can act on another. A unit's kind is one-hot over the channel kinds
+of :class:`~autoprune.graph.units.UnitKind` (:data:`KIND_FEATURES`): ``kind_conv``,
 ``kind_depthwise``, ``kind_linear``, and for transformer encoders ``kind_heads`` (the attention
-heads of a layer) and ``kind_ffn`` (a layer's feed-forward width); a droppable encoder layer is a
-block (``is_block``).
+heads of a layer) and ``kind_ffn`` (a layer's feed-forward width); every droppable block, a
+residual block or an encoder layer, is ``is_block``.
 
 Action: ``Box(-1, 1, (1,))``. For a unit it is rescaled to a ratio in
 ``[0, max_ratio]``; for a block, ``a > 0`` means drop. Before it is applied the
@@ -35,10 +36,13 @@ import numpy as np
 from gymnasium import spaces
 
 from autoprune.graph.policy import Policy
+from autoprune.graph.units import CHANNEL_KINDS
 from autoprune.objective.evaluator import PolicyEvaluator
 
+#: One-hot kind features of a unit: one per channel kind of :class:`~autoprune.graph.units.UnitKind`, in its order.
+KIND_FEATURES = tuple(f"kind_{kind}" for kind in CHANNEL_KINDS)
 FEATURES = (
-    "is_unit", "is_block", "kind_conv", "kind_depthwise", "kind_linear", "kind_heads", "kind_ffn", "coupled",
+    "is_unit", "is_block", *KIND_FEATURES, "coupled",
     "depth", "resolution", "log_channels", "kernel", "stride", "macs_share", "params_share",
     "progress", "budget_used", "budget_target", "budget_rest_min", "prev_action",
 )
@@ -93,12 +97,11 @@ class LayerPruningEnv(gym.Env):
         if kind == "unit":
             u = g.unit(name).features
             f.update(
-                is_unit=1.0, kind_conv=float(u.kind == "conv"), kind_depthwise=float(u.kind == "depthwise"),
-                kind_linear=float(u.kind == "linear"), kind_heads=float(u.kind == "heads"), kind_ffn=float(u.kind == "ffn"),
-                coupled=float(u.coupled), resolution=u.resolution,
+                is_unit=1.0, coupled=float(u.coupled), resolution=u.resolution,
                 log_channels=math.log2(max(1, u.channels)) / 10.0, kernel=u.kernel / 7.0, stride=u.stride / 2.0,
                 macs_share=u.macs / dense_macs, params_share=u.params / total_params,
             )
+            f[f"kind_{u.kind}"] = 1.0
         else:
             b = next(b for b in g.blocks if b.name == name)
             f.update(is_block=1.0, macs_share=b.macs / dense_macs, params_share=b.params / total_params)

@@ -22,6 +22,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -33,11 +34,14 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from autoprune.errors import ConfigError, describe
 from autoprune.graph.policy import Policy
 from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
-from autoprune.search.base import Searcher
+from autoprune.search.base import ExperimentContext, Searcher
 from autoprune.search.samplers import SAMPLERS, is_multi_objective, make_sampler
 from autoprune.search.study_lock import StudyLock
 
 log = logging.getLogger(__name__)
+
+#: The study name when ``study_name`` is None.
+DEFAULT_STUDY = "autoprune"
 
 #: Database URL schemes Optuna's RDB storage reaches through SQLAlchemy (each with optional ``+driver``).
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
@@ -107,6 +111,36 @@ class OptunaSearcher(Searcher):
         "max_local_trials": None,
         "poll_interval": 1.0,
     }
+    supports_workers = True
+    supports_warm_start = True
+
+    @classmethod
+    def experiment_params(cls, context: ExperimentContext) -> dict[str, Any]:
+        """The sampler (``search.sampler``), and a storage (``search.storage``, default
+        ``sqlite:///<output_dir>/study.db``) and study name (``search.study``, default the experiment's
+        name), so the same config run again resumes the search."""
+        return {
+            "sampler": context.sampler if context.sampler is not None else cls.defaults["sampler"],
+            "storage": context.storage or f"sqlite:///{(Path(context.output_dir) / 'study.db').resolve()}",
+            "study_name": context.study or context.name,
+        }
+
+    @classmethod
+    def worker_params(cls, context: ExperimentContext, *, n_trials: int | None) -> dict[str, Any]:
+        """The study to join (``context.storage``, ``context.study``) and this process's trial cap."""
+        return {"storage": context.storage, "study_name": context.study, "max_local_trials": n_trials}
+
+    @classmethod
+    def forget(cls, params: dict[str, Any]) -> None:
+        """Delete the stored study (``storage``, ``study_name``), if there is one."""
+        if not params.get("storage"):
+            return
+        name = params.get("study_name") or DEFAULT_STUDY
+        try:
+            optuna.delete_study(study_name=name, storage=params["storage"])
+            log.info("deleted study %r from %s", name, params["storage"])
+        except KeyError:
+            pass
 
     def __init__(self, params: dict[str, Any] | None = None, *, progress: bool = True,
                  callback: Callable[[Evaluation], None] | None = None,
@@ -212,7 +246,7 @@ class OptunaSearcher(Searcher):
         """
         multi = is_multi_objective(self.params["sampler"])
         directions = ["maximize", "minimize"] if multi else ["maximize"]
-        study_name = self.params["study_name"] or "autoprune"
+        study_name = self.params["study_name"] or DEFAULT_STUDY
         storage = self._storage()
         try:
             study = optuna.create_study(storage=storage, study_name=study_name, directions=directions, load_if_exists=True)

@@ -28,7 +28,7 @@ from autoprune.errors import ConfigError, PolicyError
 from autoprune.graph.policy import Policy
 from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
 from autoprune.paths import write_json_atomic
-from autoprune.search.base import Searcher
+from autoprune.search.base import ExperimentContext, Searcher
 from autoprune.search.env import LayerPruningEnv
 
 log = logging.getLogger(__name__)
@@ -235,6 +235,21 @@ class PPOSearcher(Searcher):
         "agent": None,
         "zero_shot": False,
     }
+    loads_agent = True
+
+    @classmethod
+    def experiment_params(cls, context: ExperimentContext) -> dict[str, Any]:
+        """The agent bundle goes to ``<output_dir>/agent``, checkpointed every 20 episodes (none when
+        ``search.params.save_agent`` is null), so an interrupted search resumes."""
+        save = context.params.get("save_agent", str(Path(context.output_dir) / "agent"))
+        return {"save_agent": save, "checkpoint_every": 20 if save else 0}
+
+    @classmethod
+    def forget(cls, params: dict[str, Any]) -> None:
+        """Delete the rolling checkpoint in ``save_agent`` (the saved agent bundle stays)."""
+        if params.get("save_agent"):
+            for path in checkpoint_paths(params["save_agent"]):
+                path.unlink(missing_ok=True)
 
     def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
         p = self.params

@@ -1,4 +1,4 @@
-"""Tracking in MLflow: the store (URI checks), the ``Tracker`` (one run per experiment), artifact downloads, plots."""
+"""Tracking in MLflow: the store (URI checks), the ``Tracker`` (one run per experiment), the model registry, artifact downloads, plots."""
 
 from autoprune.tracking.store import resolve_tracking_uri
 from autoprune.tracking.tracker import Tracker

@@ -1,4 +1,4 @@
-"""Everything MLflow: one parent run per experiment, per-episode step metrics, artifacts, the model registry.
+"""One MLflow run per experiment: config params and tags, per-episode step metrics, artifacts, the pruned model.
 
 A :class:`Tracker` is a context manager around one MLflow run::
 
@@ -12,7 +12,8 @@ Episodes are step metrics of that run (``step`` = episode index), buffered and s
 ``log_batch``, so a search of hundreds of episodes costs milliseconds per episode and
 gives one chart per metric. The pruned model is stored as run artifacts in the
 pickle-free format of :mod:`autoprune.formats.pruned` (``model/model.pt``), and registered as a
-model version whose source is that artifact folder; :func:`autoprune.tracking.artifacts.download_model_uri` turns a
+model version whose source is that artifact folder (:mod:`autoprune.tracking.model_registry`, which
+keeps the ``champion`` alias on the best); :func:`autoprune.tracking.artifacts.download_model_uri` turns a
 ``runs:/`` or ``models:/`` URI back into the local ``.pt`` file.
 """
 
@@ -43,15 +44,14 @@ from autoprune.config.schema import ExperimentConfig, dump_config
 from autoprune.errors import ConfigError, one_line
 from autoprune.formats.pruned import FORMAT as PRUNED_FORMAT
 from autoprune.formats.pruned import MODEL_DIR, MODEL_FILE
-from autoprune.paths import write_json_atomic
+from autoprune.tracking.model_registry import register_version
+from autoprune.tracking.report import finite, flat_scalars, render_report, search_summary, write_search_files
 from autoprune.tracking.store import artifact_root, mlflow_message, quiet_mlflow, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
 _LIBRARIES = ("torch", "torch-pruning", "optuna", "stable-baselines3", "gymnasium", "mlflow", "autoprune")
 
-CHAMPION = "champion"
-ACCURACY_TAG = "test_accuracy"
 #: MLflow 3 opens an experiment on the page of its kind: a model-training experiment opens on its runs
 #: (without the tag, the UI shows the GenAI traces overview, empty for autoprune).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -64,37 +64,6 @@ def _versions() -> dict[str, str]:
             out[f"version.{name}"] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[f"version.{name}"] = "not installed"
-    return out
-
-
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)) and math.isfinite(float(value)):
-        return float(value)
-    return None
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
-def _flat_scalars(data: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flat_scalars(v, f"{key}_"))
-        elif (f := _finite(v)) is not None:
-            out[key] = f
     return out
 
 
@@ -264,7 +233,7 @@ class Tracker:
         """Log the finite numeric entries of ``metrics`` (nested mappings flattened with ``_``) now."""
         run_id = self._require_run()
         ts = int(time.time() * 1000)
-        batch = [Metric(f"{prefix}{k}", v, ts, step) for k, v in _flat_scalars(metrics).items()]
+        batch = [Metric(f"{prefix}{k}", v, ts, step) for k, v in flat_scalars(metrics).items()]
         if batch:
             self.client.log_batch(run_id, metrics=batch)
 
@@ -303,7 +272,7 @@ class Tracker:
             values["best_reward"] = self._best
         ts = int(time.time() * 1000)
         step = int(evaluation.index)
-        self._buffer.extend(Metric(k, f, ts, step) for k, v in values.items() if (f := _finite(v)) is not None)
+        self._buffer.extend(Metric(k, f, ts, step) for k, v in values.items() if (f := finite(v)) is not None)
         self._logged_steps.add(step)
         self._pending_episodes += 1
         if self._pending_episodes >= self.flush_every:
@@ -385,8 +354,6 @@ class Tracker:
         Raises:
             ConfigError: a file of ``written`` does not exist.
         """
-        from autoprune.tracking import plots  # matplotlib: only when results are logged
-
         run_id = self._require_run()
         self.flush()
         info = {k: v for k, v in (info or {}).items() if k != "fingerprint"}
@@ -400,54 +367,17 @@ class Tracker:
         root.mkdir(parents=True, exist_ok=True)
         try:
             best = result.best
-            history = list(result.history)
-            target, metric = info.get("target"), info.get("metric", "latency")
-            files["search_info.json"] = write_json_atomic(root / "search_info.json", _json_safe({"searcher": result.searcher, **info}))
-            pdir = root / "plots"
-            dense_acc = info.get("dense_accuracy")
-            files["plots/pareto.png"] = plots.plot_pareto(
-                history, pdir / "pareto.png", target=target, metric=metric,
-                dense=(1.0, float(dense_acc)) if dense_acc is not None else None,
-                uniform=tuple(info["uniform"]) if info.get("uniform") is not None else None,
-            )
-            files["plots/search_curve.png"] = plots.plot_search_curve(history, pdir / "search_curve.png")
-            if best is not None:
-                order = info.get("unit_order") or list(best.policy.ratios)
-                files["plots/ratios.png"] = plots.plot_ratios(best.policy, pdir / "ratios.png", unit_order=order)
-            if result.extras.get("sensitivity"):
-                files["plots/sensitivity.png"] = plots.plot_sensitivity(
-                    result.extras["sensitivity"], pdir / "sensitivity.png", blocks=result.extras.get("block_sensitivity")
-                )
+            files.update(write_search_files(result, info, root))
             for name, path in files.items():  # only what this call wrote: out_dir may hold other files (e.g. study.db)
                 folder = str(Path(name).parent)
                 self.client.log_artifact(run_id, str(path), None if folder == "." else folder)
-            self.log_metrics(self._search_summary(result))
+            self.log_metrics(search_summary(result))
             if best is not None:
                 self.client.set_tag(run_id, "best_policy", json.dumps(best.policy.to_dict())[:MAX_TAG_VAL_LENGTH])
         finally:
             if temp is not None:
                 shutil.rmtree(temp, ignore_errors=True)
         return files
-
-    @staticmethod
-    def _search_summary(result: Any) -> dict[str, float]:
-        history = list(result.history)
-        summary: dict[str, Any] = {
-            "search_seconds": result.seconds,
-            "search_episodes": len(history),
-            "search_feasible_episodes": sum(1 for e in history if not e.metrics.failed and e.metrics.feasible),
-            "search_failed_episodes": sum(1 for e in history if e.metrics.failed),
-            "search_pareto_size": len(result.pareto),
-        }
-        if result.best is not None:
-            m = result.best.metrics
-            summary.update({
-                "best_episode": result.best.index, "best_reward": m.reward, "best_accuracy": m.accuracy,
-                "best_value": m.value, "best_latency_ratio": m.latency_ratio, "best_latency_ms": m.latency_ms,
-                "best_predicted_ratio": m.predicted_ratio, "best_macs_ratio": m.macs_ratio,
-                "best_params_ratio": m.params_ratio, "best_feasible": m.feasible,
-            })
-        return summary
 
     def log_final(self, report: Mapping[str, Any], *, title: str | None = None) -> None:
         """Final results: numeric entries as ``final_<name>`` metrics, everything as ``report.md``."""
@@ -504,60 +434,12 @@ class Tracker:
         out: dict[str, Any] = {"uri": f"runs:/{run_id}/{MODEL_DIR}", "name": None, "version": None, "champion": None}
         if register_as is None:
             return out
-        tags = {"format": PRUNED_FORMAT, "file": MODEL_FILE}
-        if test_accuracy is not None:
-            tags[ACCURACY_TAG] = repr(float(test_accuracy))
-        try:
-            try:
-                self.client.create_registered_model(register_as, description="Pruned by autoprune; load with autoprune.formats.pruned.load_pruned.")
-            except MlflowException as e:
-                if e.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-            source = f"{self.artifact_uri.rstrip('/')}/{MODEL_DIR}"
-            mv = self.client.create_model_version(register_as, source, run_id=run_id, tags=tags)
-        except MlflowException as e:
-            raise ConfigError(f"tracking.register: cannot register model {register_as!r} ({mlflow_message(e)})") from e
-        champion = self._maybe_promote(register_as, mv.version, test_accuracy)
-        self.client.set_tag(run_id, "registered_model", f"{register_as}/{mv.version}")
-        out.update(name=register_as, version=str(mv.version), champion=champion)
+        source = f"{self.artifact_uri.rstrip('/')}/{MODEL_DIR}"
+        registered = register_version(self.client, register_as, source, run_id=run_id,
+                                      tags={"format": PRUNED_FORMAT, "file": MODEL_FILE}, test_accuracy=test_accuracy)
+        self.client.set_tag(run_id, "registered_model", f"{register_as}/{registered.version}")
+        out.update(name=register_as, version=registered.version, champion=registered.champion)
         return out
 
-    def _maybe_promote(self, name: str, version: str, accuracy: float | None) -> bool:
-        try:
-            current = self.client.get_model_version_by_alias(name, CHAMPION)
-        except MlflowException as e:
-            if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-                raise
-            current = None
-        if current is not None:
-            best = _finite(_float_or_none(current.tags.get(ACCURACY_TAG)))
-            if accuracy is None or (best is not None and not float(accuracy) > best):
-                return False
-        self.client.set_registered_model_alias(name, CHAMPION, str(version))
-        return True
 
-
-def _float_or_none(text: str | None) -> float | None:
-    try:
-        return float(text) if text is not None else None
-    except ValueError:
-        return None
-
-
-def render_report(report: Mapping[str, Any], title: str = "autoprune report") -> str:
-    """Markdown: a table of the scalar entries, then one JSON block per structured entry."""
-    lines = [f"# {title}", ""]
-    scalars = {k: v for k, v in report.items() if isinstance(v, (str, int, float, bool)) or v is None}
-    if scalars:
-        lines += ["| item | value |", "| --- | --- |"]
-        for k, v in scalars.items():
-            shown = f"{v:.4g}" if isinstance(v, float) else str(v)
-            lines.append(f"| {k} | {shown.replace('|', '/')} |")
-        lines.append("")
-    for k, v in report.items():
-        if k not in scalars:
-            lines += [f"## {k}", "", "```json", json.dumps(_json_safe(v), indent=2), "```", ""]
-    return "\n".join(lines)
-
-
-__all__ = ["CHAMPION", "Tracker", "render_report", "resolve_tracking_uri"]
+__all__ = ["Tracker", "resolve_tracking_uri"]

@@ -16,7 +16,8 @@ target model a ratio:
   proportionally). Linear units have no stage.
 * **Compatible source units.** Units inside blocks the source dropped are left out
   (their ratio says nothing). A target unit takes its ratio from the source units
-  of the same role: same kind (conv, depthwise, linear) and same *stream* flag
+  of the same role: same kind (:class:`~autoprune.graph.units.UnitKind`: conv, depthwise, linear,
+  heads, ffn) and same *stream* flag
   (a residual stream is a coupled, non-depthwise unit; a depthwise group is always
   coupled to its expansion conv, which does not make it a stream), in the matched
   stage. When there is none, the pool is widened step by step: conv and depthwise
@@ -50,14 +51,13 @@ from typing import TYPE_CHECKING, Any
 from autoprune.errors import PolicyError
 from autoprune.formats.policy_file import policy_document
 from autoprune.graph.policy import Policy, model_fingerprint
+from autoprune.graph.units import CHANNEL_KINDS, SPATIAL_KINDS, UnitKind
 
 if TYPE_CHECKING:
     from autoprune.graph.prunable import PrunableGraph
 
 _UNIT_KEYS = ("name", "kind", "depth", "resolution", "coupled")
 _BLOCK_KEYS = ("name", "depth", "resolution")
-_KINDS = ("conv", "depthwise", "linear", "heads", "ffn")  # heads, ffn: attention heads and FFN width of encoders
-_SPATIAL = ("conv", "depthwise")
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class MappingRow:
 
     Attributes:
         name: Target unit or block name.
-        kind: ``conv``, ``depthwise``, ``linear``, or ``block`` for a droppable block.
+        kind: The unit's :class:`~autoprune.graph.units.UnitKind`, or ``block`` for a droppable block.
         depth: Relative depth in the target model, 0..1.
         stage: Output resolution relative to the model input (``1.0``, ``0.5``, ...); ``None`` for linear units.
         coupled: The target unit's ``coupled`` feature (several layers write into its channels).
@@ -78,7 +78,7 @@ class MappingRow:
     """
 
     name: str
-    kind: str
+    kind: UnitKind
     depth: float
     stage: float | None
     coupled: bool
@@ -143,7 +143,7 @@ class Candidate:
 @dataclass(frozen=True)
 class _Unit:
     name: str
-    kind: str
+    kind: UnitKind
     depth: float
     level: int | None  # stage as -log2(output resolution); None for linear units
     stream: bool
@@ -182,16 +182,17 @@ def _parse_fingerprint(fp: Any) -> tuple[list[_Unit], list[_Block]]:
         missing = [k for k in _UNIT_KEYS if not isinstance(u, dict) or k not in u]
         if missing:
             raise PolicyError(f"the policy's fingerprint is malformed: unit #{i} lacks {missing}")
-        kind = str(u["kind"])
-        if kind not in _KINDS:
-            raise PolicyError(f"the policy's fingerprint is malformed: unit {u['name']!r} has kind {kind!r}; allowed: {list(_KINDS)}")
+        if str(u["kind"]) not in CHANNEL_KINDS:
+            raise PolicyError(f"the policy's fingerprint is malformed: unit {u['name']!r} has kind {str(u['kind'])!r}; "
+                              f"allowed: {[k.value for k in CHANNEL_KINDS]}")
+        kind = UnitKind(str(u["kind"]))
         try:
             depth, res, stride = float(u["depth"]), float(u["resolution"]), int(u.get("stride", 1))
         except (TypeError, ValueError) as e:
             raise PolicyError(f"the policy's fingerprint is malformed: unit {u['name']!r} has a non-numeric feature ({e})") from e
         coupled = bool(u["coupled"])
-        units.append(_Unit(str(u["name"]), kind, depth, None if kind not in _SPATIAL else _level(res, stride),
-                           coupled and kind != "depthwise", coupled))
+        units.append(_Unit(str(u["name"]), kind, depth, _level(res, stride) if kind.spatial else None,
+                           coupled and kind != UnitKind.DEPTHWISE, coupled))
     blocks = []
     for i, b in enumerate(fp.get("blocks", [])):
         missing = [k for k in _BLOCK_KEYS if not isinstance(b, dict) or k not in b]
@@ -309,7 +310,7 @@ def _identity(policy: Policy, units: list[_Unit], blocks: list[_Block], drop_ok:
     dropped = set(policy.drop) if drop_ok else set()
     for b in blocks:
         how = "same name" if drop_ok else "keep: block dropping is off"
-        rows.append(MappingRow(b.name, "block", b.depth, _stage_of(b.level), False,
+        rows.append(MappingRow(b.name, UnitKind.BLOCK, b.depth, _stage_of(b.level), False,
                                (b.name,) if b.name in dropped else (), None, None, how, b.name in dropped))
     if policy.drop and not drop_ok:
         if not blocks:
@@ -319,7 +320,7 @@ def _identity(policy: Policy, units: list[_Unit], blocks: list[_Block], drop_ok:
 
 
 def _no_blocks_row(n_dropped: int) -> MappingRow:
-    return MappingRow("(blocks)", "block", 1.0, None, False, (), None, None,
+    return MappingRow("(blocks)", UnitKind.BLOCK, 1.0, None, False, (), None, None,
                       f"source drops {n_dropped} block(s); the target has no droppable blocks: none dropped", False)
 
 
@@ -333,7 +334,7 @@ def _describe(
     elif stream:
         parts.append("stream")
     if level is None and src_level is None:
-        parts.append("all stages" if own_kind != "linear" or kinds != ("linear",) else "head")
+        parts.append("all stages" if own_kind != UnitKind.LINEAR or kinds != (UnitKind.LINEAR,) else "head")
     else:
         stage = f"stage {_stage_of(level):g}"
         if src_level != level:
@@ -350,10 +351,10 @@ def _map_unit(
     tgt_units: list[_Unit],
 ) -> tuple[float, tuple[str, ...], str]:
     """Ratio, sources and explanation for one target unit (see the module docstring)."""
-    other_spatial = tuple(k for k in _SPATIAL if k != u.kind)
+    other_spatial = tuple(k for k in SPATIAL_KINDS if k != u.kind)
     staged: list[tuple[tuple[str, ...], bool]] = []
     if u.level is not None and u.level in stage_map:
-        staged = [((u.kind,), u.stream), ((u.kind, *other_spatial), u.stream), (_SPATIAL, not u.stream)]
+        staged = [((u.kind,), u.stream), ((u.kind, *other_spatial), u.stream), (SPATIAL_KINDS, not u.stream)]
     for kinds, stream in staged:
         src_level = stage_map[u.level]
         pool = [s for s in src_units if s.kind in kinds and s.stream == stream and s.level == src_level]
@@ -365,8 +366,8 @@ def _map_unit(
             points = [(_position(s.depth, ext), src_ratio[s.name], s.name) for s in pool]
             return _finish(u, pool, points, x, _describe(kinds, u.kind, stream, u.stream, u.level, src_level))
     tiers: list[tuple[tuple[str, ...], bool | None]] = [((u.kind,), u.stream)]
-    if u.kind in _SPATIAL:
-        tiers.append((_SPATIAL, u.stream))
+    if u.kind in SPATIAL_KINDS:
+        tiers.append((SPATIAL_KINDS, u.stream))
     tiers += [((), u.stream), ((), None)]
     for kinds, stream in tiers:
         pool = [s for s in src_units if (not kinds or s.kind in kinds) and (stream is None or s.stream == stream)]
@@ -434,7 +435,7 @@ def _map_blocks(
             else:
                 decisions[b.name] = (False, (), f"keep: source dropped {frac} of {stage_txt}; {k}/{len(blocks)} here")
     rows = [
-        MappingRow(b.name, "block", b.depth, _stage_of(b.level), False, decisions[b.name][1], None, None,
+        MappingRow(b.name, UnitKind.BLOCK, b.depth, _stage_of(b.level), False, decisions[b.name][1], None, None,
                    decisions[b.name][2], decisions[b.name][0])
         for b in tgt_blocks
     ]

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from autoprune.errors import BudgetError, PolicyError
 from autoprune.graph.policy import Policy, model_fingerprint
+from autoprune.graph.units import UnitKind
 
 if TYPE_CHECKING:
     from autoprune.objective.evaluator import PolicyEvaluator
@@ -205,7 +206,7 @@ def mapping_table(rows: Sequence[MappingRow]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
         src = ", ".join(r.sources[:2]) + (f" +{len(r.sources) - 2}" if len(r.sources) > 2 else "") if r.sources else "-"
-        if r.kind == "block":
+        if r.kind == UnitKind.BLOCK:
             ratio = refit = "drop" if r.dropped else "keep"
         else:
             ratio, refit = _fmt(r.ratio), _fmt(r.refit)
@@ -217,7 +218,7 @@ def mapping_table(rows: Sequence[MappingRow]) -> str:
 
 def _after_refit(row: MappingRow, policy: Policy) -> MappingRow:
     """``row`` with the refitted ratio, or, for a block the re-fit dropped on top of the mapping, marked so."""
-    if row.kind != "block":
+    if row.kind != UnitKind.BLOCK:
         return replace(row, refit=float(policy.ratios.get(row.name, 0.0)))
     if row.name in policy.drop and not row.dropped:
         return replace(row, dropped=True, how="drop: added by the re-fit (a deeper cut than the mapping)")
@@ -272,7 +273,7 @@ def transfer(
     allow_drop = bool(evaluator.block_names)
     mapped, rows = transfer_policy(policy, payload.get("fingerprint"), evaluator.graph,
                                    max_ratio=evaluator.max_ratio, allow_drop=allow_drop)
-    identity = all(r.how == "same name" for r in rows if r.kind != "block")
+    identity = all(r.how == "same name" for r in rows if r.kind != UnitKind.BLOCK)
     if refit:
         tried = _fit_candidates(mapped, evaluator, 1 if identity else candidates, measure)
         chosen = tried[0]
