@@ -10,7 +10,7 @@ import torch
 import torch_pruning as tp
 
 from autoprune.graph.policy import Policy
-from autoprune.measure.latency import TorchEagerBackend
+from autoprune.measure.backends import TorchEagerBackend
 from autoprune.search.base import Searcher
 
 

@@ -13,7 +13,7 @@ from cli_run import cli
 from rich.console import Console
 
 from autoprune.app.commands import estimate_uniform
-from autoprune.app.experiment import magnitude_masked
+from autoprune.app.estimate import magnitude_masked
 from autoprune.app.tables import estimate_table
 from autoprune.formats.pruned import save_pruned
 from autoprune.graph.policy import Policy

@@ -24,6 +24,7 @@ from autoprune.measure.latency import (
     measure_latency_ratio,
     model_size_bytes,
 )
+from autoprune.measure.schedule import PairedSchedule
 from autoprune.measure.table import LatencyTable
 from autoprune.zoo import build_model
 from autoprune.zoo.models import CifarResNet
@@ -77,7 +78,7 @@ def test_fixed_threads_restores_previous_count() -> None:
 
 
 def test_ratio_of_model_to_itself_is_near_one(resnet20: nn.Module, mnist_batch: torch.Tensor) -> None:
-    stats = measure_latency_ratio(resnet20, resnet20, mnist_batch, threads=THREADS, warmup=3, rounds=11)
+    stats = measure_latency_ratio(resnet20, resnet20, mnist_batch, threads=THREADS, schedule=PairedSchedule(warmup=3, rounds=11))
     assert 0.67 <= stats.ratio <= 1.5  # no gross bias (timing one model twice would give 2 or 0.5); loose: shared machines
     assert stats.ci_low <= stats.ratio <= stats.ci_high
     assert stats.ci_low <= 1.1 and stats.ci_high >= 0.9
@@ -88,7 +89,7 @@ def test_ratio_of_model_to_itself_is_near_one(resnet20: nn.Module, mnist_batch: 
 def test_clearly_heavier_model_has_ratio_above_one() -> None:
     x = torch.randn(16, 3, 16, 16)
     timer = PairedTimer(conv_net(8), x, threads=THREADS)
-    stats = timer.ratio(conv_net(64), warmup=2, rounds=7, calls_per_round=2)
+    stats = timer.ratio(conv_net(64), PairedSchedule(warmup=2, rounds=7, calls_per_round=2))
     assert stats.ratio > 2
     assert stats.ci_low > 1
 
@@ -96,31 +97,47 @@ def test_clearly_heavier_model_has_ratio_above_one() -> None:
 def test_prepared_candidate_is_timed_without_re_preparing(resnet20: nn.Module, mnist_batch: torch.Tensor) -> None:
     timer = PairedTimer(resnet20, mnist_batch, threads=THREADS)
     candidate = timer.prepare(CifarResNet(20, 1, 10, width=8))
-    first = timer.ratio(candidate, warmup=1, rounds=5)
-    second = timer.ratio(candidate, warmup=1, rounds=5)
+    first = timer.ratio(candidate, PairedSchedule(warmup=1, rounds=5))
+    second = timer.ratio(candidate, PairedSchedule(warmup=1, rounds=5))
     assert 0 < first.ratio < 1.2 and 0 < second.ratio < 1.2
     assert timer.reference_ms() > 0
 
 
 def test_early_stopping_stops_between_min_and_max_rounds(resnet20: nn.Module, mnist_batch: torch.Tensor) -> None:
     timer = PairedTimer(resnet20, mnist_batch, threads=THREADS)
-    loose = timer.ratio(resnet20, warmup=1, min_rounds=4, max_rounds=12, rel_ci=10.0)
+    loose = timer.ratio(resnet20, PairedSchedule(warmup=1, min_rounds=4, max_rounds=12, rel_ci=10.0))
     assert loose.rounds == 4
-    strict = timer.ratio(resnet20, warmup=1, min_rounds=4, max_rounds=7, rel_ci=1e-12)
+    strict = timer.ratio(resnet20, PairedSchedule(warmup=1, min_rounds=4, max_rounds=7, rel_ci=1e-12))
     assert strict.rounds == 7
 
 
 def test_time_budget_stops_after_min_rounds(resnet20: nn.Module, mnist_batch: torch.Tensor) -> None:
     timer = PairedTimer(resnet20, mnist_batch, threads=THREADS)
-    stats = timer.ratio(resnet20, warmup=0, rounds=50, min_rounds=3, time_budget_s=1e-9)
+    stats = timer.ratio(resnet20, PairedSchedule(warmup=0, rounds=50, min_rounds=3, time_budget_s=1e-9))
     assert stats.rounds == 3
 
 
-@pytest.mark.parametrize(("field", "kwargs"), [("rounds", {"rounds": 0}), ("rel_ci", {"rel_ci": -0.1}), ("max_rounds", {"min_rounds": 5, "max_rounds": 3})])
-def test_invalid_ratio_options_raise_config_error(field: str, kwargs: dict) -> None:
-    timer = PairedTimer(conv_net(4), torch.randn(1, 3, 8, 8), threads=THREADS)
-    with pytest.raises(ConfigError, match=field):
-        timer.ratio(conv_net(4), **kwargs)
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"rounds": 0}, "rounds: expected an integer >= 1, got 0"),
+    ({"warmup": -1}, "warmup: expected an integer >= 0, got -1"),
+    ({"calls_per_round": 0}, "calls_per_round: expected an integer >= 1, got 0"),
+    ({"min_rounds": 5, "max_rounds": 3}, "max_rounds: expected an integer >= 5, got 3"),
+    ({"rel_ci": -0.1}, "rel_ci: expected a positive fraction such as 0.03 or None, got -0.1"),
+    ({"time_budget_s": 0}, "time_budget_s: expected a positive number of seconds or None, got 0"),
+])
+def test_an_invalid_schedule_is_refused_when_made_naming_the_field(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        PairedSchedule(**kwargs)
+    assert str(e.value) == message
+
+
+def test_a_schedule_leaves_how_calls_interleave_to_the_backend_unless_it_says() -> None:
+    blocks = PairedSchedule(interleave="blocks", calls_per_round=10)
+    assert PairedSchedule(rounds=7).on(blocks) == PairedSchedule(rounds=7, interleave="blocks", calls_per_round=10)
+    assert PairedSchedule(interleave="calls", calls_per_round=2).on(blocks) == PairedSchedule(interleave="calls", calls_per_round=2)
+    assert PairedSchedule(rounds=9).limit == 9
+    assert PairedSchedule(rounds=9, min_rounds=12, rel_ci=0.1).limit == 12
+    assert PairedSchedule(rounds=9, max_rounds=20, rel_ci=0.1).limit == 20
 
 
 def test_unknown_backend_raises_config_error_naming_value() -> None:

@@ -17,8 +17,10 @@ from autoprune.config.settings import latency_settings
 from autoprune.errors import ConfigError
 from autoprune.graph.policy import Policy
 from autoprune.measure.runtime_table import FittedLatencyTable
+from autoprune.measure.settings import LatencySettings
 from autoprune.measure.table import LatencyTable
-from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator
+from autoprune.objective.budget import Budget
+from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.objective.proxy import ProxySettings
 from autoprune.training.baseline import TrainSettings, train_model
 
@@ -65,16 +67,17 @@ def _evaluator(model, digits, backend: str, cache, **options) -> PolicyEvaluator
 def test_a_serving_backend_search_predicts_with_its_own_fitted_table_cached_on_disk(mlp, digits, tmp_path) -> None:
     pytest.importorskip("onnxruntime")
     first = _evaluator(mlp, digits, "onnxruntime", tmp_path, **PER_SESSION)
-    assert isinstance(first.table, FittedLatencyTable)
-    assert first.table_info["kind"] == "fitted" and first.table_info["from_cache"] is False
-    assert first.backend_settings["backend"] == "onnxruntime" and first.backend_settings["thread_pool"] == "per-session"
-    assert first.table.key["backend"]["backend"] == "onnxruntime"
+    latency = first.latency_model
+    assert isinstance(latency.table, FittedLatencyTable)
+    assert latency.table_info["kind"] == "fitted" and latency.table_info["from_cache"] is False
+    assert latency.backend_settings["backend"] == "onnxruntime" and latency.backend_settings["thread_pool"] == "per-session"
+    assert latency.table.key["backend"]["backend"] == "onnxruntime"
     assert list(tmp_path.glob("onnxruntime-*.json"))
     half = {u: 0.5 for u in first.unit_names}
     assert 0 < first.predicted_ratio(half) < 1.0
 
     second = _evaluator(mlp, digits, "onnxruntime", tmp_path, **PER_SESSION)
-    assert second.table_info["from_cache"] is True
+    assert second.latency_model.table_info["from_cache"] is True
     assert second.predicted_ratio(half) == pytest.approx(first.predicted_ratio(half))
 
     m = first.evaluate(Policy.uniform(first.unit_names, 0.5))
@@ -86,7 +89,7 @@ def test_a_serving_backend_search_predicts_with_its_own_fitted_table_cached_on_d
 
 def test_eager_search_keeps_the_micro_benchmark_table_and_records_torch(mlp, digits, tmp_path) -> None:
     ev = _evaluator(mlp, digits, "torch", tmp_path)
-    assert isinstance(ev.table, LatencyTable) and ev.table_info["kind"] == "eager micro-benchmarks"
+    assert isinstance(ev.latency_model.table, LatencyTable) and ev.latency_model.table_info["kind"] == "eager micro-benchmarks"
     assert not list(tmp_path.iterdir())  # nothing cached for eager
     m = ev.evaluate(Policy.uniform(ev.unit_names, 0.3))
     assert m.backend.startswith("torch(") and "threads=1" in m.backend
@@ -157,7 +160,7 @@ def test_run_on_onnxruntime_reports_both_runtimes_the_total_speedup_and_the_int8
 _INT8_AFTER_SHARED_POOL = """
 import numpy as np, torch
 from autoprune.formats.onnx import export_model, quantize_onnx, onnx_predictions, shared_pool_threads
-from autoprune.measure.latency import get_backend
+from autoprune.measure.backends import get_backend
 get_backend("onnxruntime", threads=1, thread_pool="shared")  # the process-wide pool, as a search with thread_pool shared makes it
 assert shared_pool_threads() == 1
 torch.manual_seed(0)
