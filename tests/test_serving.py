@@ -104,10 +104,9 @@ def test_bad_backend_option_value_fails_before_any_search(mlp, digits, tmp_path)
 def test_run_on_onnxruntime_reports_both_runtimes_the_total_speedup_and_the_int8_decision(tmp_path, monkeypatch) -> None:
     pytest.importorskip("onnxruntime")
     import mlflow
-    from rich.console import Console
 
     from autoprune.app.pipeline import run_experiment
-    from autoprune.app.tables import run_tables
+    from autoprune.app.tables import deployment_lines, final_rows, run_tables
     from autoprune.config.loading import parse_config
 
     monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
@@ -149,12 +148,12 @@ def test_run_on_onnxruntime_reports_both_runtimes_the_total_speedup_and_the_int8
     assert run.data.params["latency.backend_options.thread_pool"] == "per-session"
     assert {"final_total_speedup", "final_eager_speedup", "final_pruned_eager_latency_ms"} <= set(run.data.metrics)
 
-    console = Console(width=200, record=True)
-    for item in run_tables(res):
-        console.print(item)
-    text = console.export_text()
-    assert "latency ms on onnxruntime" in text and "latency ms on torch eager" in text
-    assert "total: dense eager PyTorch" in text and r["int8_decision"][:20] in text
+    rows = {row.label: row for row in final_rows(res.dense, res.pruned, r)}
+    assert (rows["latency ms on onnxruntime [95% CI]"].other, rows["latency ms on torch eager"].other) == (
+        res.pruned.latency_ms, res.pruned.eager_latency_ms)
+    lines = deployment_lines(r)
+    assert lines[0] == r["int8_decision"] and lines[1].startswith("total: dense eager PyTorch")
+    assert lines[0] in run_tables(res) and res.pruned.backend_settings == r["backend_settings"]
 
 
 _INT8_AFTER_SHARED_POOL = """
