@@ -14,12 +14,12 @@ from torch import nn
 
 from autoprune.errors import ConfigError
 from autoprune.graph.layers import record_layer_specs
+from autoprune.measure.backends import LatencyBackend, backend_class, get_backend
 from autoprune.measure.latency import (
     LatencyStats,
     PairedTimer,
     count_macs_params,
     fixed_threads,
-    get_backend,
     measure_latency,
     measure_latency_ratio,
     model_size_bytes,
@@ -146,6 +146,34 @@ def test_unknown_backend_raises_config_error_naming_value() -> None:
         get_backend("tensorrt")
     with pytest.raises(ConfigError, match="tensorrt"):
         measure_latency(conv_net(4), torch.randn(1, 3, 8, 8), backend="tensorrt")
+
+
+def test_a_backend_says_what_it_can_do_by_attributes_with_defaults_on_the_base_class() -> None:
+    class Minimal(LatencyBackend):
+        def prepare(self, model, example_input):
+            return lambda: model(example_input)
+
+    plain = Minimal()
+    assert (Minimal.name, Minimal.eager, Minimal.artifact, Minimal.runs_int8, Minimal.channel_multiple()) == ("Minimal", False, None, False, None)
+    assert Minimal.paired_schedule == PairedSchedule(interleave="calls", calls_per_round=3)
+    assert plain.settings() == {"backend": "Minimal"} and not plain.runs_on_calling_thread
+    with pytest.raises(ConfigError, match=r"^latency.backend: 'Minimal' cannot time ONNX files; allowed: onnxruntime, openvino$"):
+        plain.prepare_file("m.onnx", torch.randn(1, 3))
+    torch_cls, ort_cls, ov_cls = (backend_class(n) for n in ("torch", "onnxruntime", "openvino"))
+    assert [c.eager for c in (torch_cls, ort_cls, ov_cls)] == [True, False, False]
+    assert [c.artifact for c in (torch_cls, ort_cls, ov_cls)] == [None, "onnx", "onnx"]
+    assert [c.runs_int8 for c in (torch_cls, ort_cls, ov_cls)] == [False, True, True]
+    assert ort_cls.paired_schedule == ov_cls.paired_schedule == PairedSchedule(interleave="blocks", calls_per_round=10)
+    assert torch_cls.channel_multiple() is None and ort_cls.channel_multiple() in (8, 16)
+
+
+def test_a_module_class_that_is_not_a_latency_backend_is_refused_in_one_line() -> None:
+    message = ("latency.backend: 'plugins_for_tests:HalfEverywhereSearcher' is <class 'plugins_for_tests.HalfEverywhereSearcher'>, "
+               "not a subclass of autoprune.measure.backends.LatencyBackend")
+    for ask in (get_backend, backend_class):
+        with pytest.raises(ConfigError) as e:
+            ask("plugins_for_tests:HalfEverywhereSearcher")
+        assert str(e.value) == message
 
 
 def test_halving_conv_out_channels_reduces_macs_and_params_are_numel_sum() -> None:
