@@ -7,6 +7,8 @@ whose calls take around a millisecond, and bounds that only a real bug would bre
 from __future__ import annotations
 
 import json
+import weakref
+from typing import ClassVar
 
 import pytest
 import torch
@@ -14,7 +16,8 @@ from torch import nn
 
 from autoprune.errors import ConfigError
 from autoprune.graph.layers import record_layer_specs
-from autoprune.measure.backends import LatencyBackend, backend_class, get_backend
+from autoprune.measure import compare
+from autoprune.measure.backends import BACKENDS, LatencyBackend, TorchEagerBackend, backend_class, get_backend, register_backend
 from autoprune.measure.latency import (
     LatencyStats,
     PairedTimer,
@@ -25,6 +28,7 @@ from autoprune.measure.latency import (
     model_size_bytes,
 )
 from autoprune.measure.schedule import PairedSchedule
+from autoprune.measure.settings import LatencySettings
 from autoprune.measure.table import LatencyTable
 from autoprune.zoo import build_model
 from autoprune.zoo.models import CifarResNet
@@ -273,3 +277,52 @@ def test_latency_table_rejects_bad_input(tmp_path) -> None:
         LatencyTable().fit([])
     with pytest.raises(ConfigError, match="repeats"):
         LatencyTable(repeats=0)
+
+
+class _ServingLike(LatencyBackend):
+    """A non-eager backend (runs torch underneath) that keeps weak references to the runners it made."""
+
+    name = "serving-like"
+    made: ClassVar[list] = []
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads or 1
+
+    def prepare(self, model, example_input):
+        model.eval()
+
+        def run() -> None:
+            with torch.inference_mode():
+                model(example_input)
+
+        type(self).made.append(weakref.ref(run))
+        return run
+
+
+def test_compare_to_dense_times_eager_only_after_the_serving_runners_are_gone(monkeypatch) -> None:
+    _ServingLike.made.clear()
+    seen_alive = []
+
+    class Watching(TorchEagerBackend):
+        def prepare(self, model, example_input):
+            seen_alive.append(sum(r() is not None for r in _ServingLike.made))
+            return super().prepare(model, example_input)
+
+    monkeypatch.setattr(compare, "TorchEagerBackend", Watching)
+    register_backend("serving-like", _ServingLike)
+    try:
+        x = torch.randn(2, 3, 8, 8)
+        found = compare.compare_to_dense([conv_net(4), conv_net(8)], conv_net(8), x, LatencySettings(backend="serving-like", threads=1), rounds=2)
+    finally:
+        BACKENDS.unregister("serving-like")
+    assert len(_ServingLike.made) == 3 and seen_alive == [0, 0, 0]  # dense + 2 candidates served; none alive while eager prepares
+    assert found[0].serving is not found[0].eager
+    assert found[0].serving_dense_ms == found[1].serving_dense_ms  # one dense figure per runtime, so ms compare as ratios do
+    assert found[0].serving_ms == found[0].serving.ratio * found[0].serving_dense_ms
+    assert found[0].settings == {"backend": "serving-like", "threads": 1}
+
+
+def test_on_an_eager_backend_the_serving_figures_are_the_eager_ones() -> None:
+    (found,) = compare.compare_to_dense([conv_net(4)], conv_net(8), torch.randn(2, 3, 8, 8), LatencySettings(threads=1), rounds=2)
+    assert found.eager is found.serving and found.eager_dense_ms == found.serving_dense_ms == found.serving.ref_median_ms
+    assert found.serving.rounds == 2 and found.settings["backend"] == "torch"

@@ -14,6 +14,7 @@ the runtime :func:`int8_timing_backend` says will serve the int8 file.
 from __future__ import annotations
 
 import gc
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +41,11 @@ class RuntimeComparison:
 
     Attributes:
         serving: Paired ratio stats on the serving backend (candidate / dense).
-        serving_dense_ms: The dense model's median call there, in ms per call at the timed batch.
+        serving_dense_ms: The dense model's latency there, in ms per call at the timed batch: the
+            median dense call of the pairs (with several models, the median over the models of
+            that figure: one dense figure for all, so their ms compare as their ratios do).
         eager: The same on eager PyTorch (the same object as ``serving`` when the backend is eager).
-        eager_dense_ms: The dense model's median eager call, in ms.
+        eager_dense_ms: The dense model's eager latency in ms, found the same way.
         settings: The serving backend's settings (:meth:`PairedTimer.settings`).
     """
 
@@ -103,7 +106,8 @@ def compare_to_dense(
         rounds: Measured paired rounds per model and runtime.
 
     Returns:
-        One comparison per model, in order; latencies in ms per call at the example's batch size.
+        One comparison per model, in order (sharing one dense figure per runtime); latencies in ms
+        per call at the example's batch size.
 
     Raises:
         ConfigError: an unknown backend or option, or its extra missing.
@@ -112,12 +116,19 @@ def compare_to_dense(
     timer = PairedTimer(dense, example_input, backend=settings.backend, threads=settings.threads, backend_options=settings.options())
     backend_settings, eager_backend = timer.settings(), timer.backend.eager
     serving = _time_all(timer, models, rounds)
+    serving_ms = _dense_ms(serving)
     if eager_backend:
-        return [RuntimeComparison(s, s.ref_median_ms, s, s.ref_median_ms, backend_settings) for s in serving]
+        return [RuntimeComparison(s, serving_ms, s, serving_ms, backend_settings) for s in serving]
     del timer  # no serving session may be alive while eager PyTorch is timed
     gc.collect()
     eager = _time_all(PairedTimer(dense, example_input, backend=TorchEagerBackend(settings.threads), threads=settings.threads), models, rounds)
-    return [RuntimeComparison(s, s.ref_median_ms, e, e.ref_median_ms, backend_settings) for s, e in zip(serving, eager)]
+    eager_ms = _dense_ms(eager)
+    return [RuntimeComparison(s, serving_ms, e, eager_ms, backend_settings) for s, e in zip(serving, eager)]
+
+
+def _dense_ms(stats: Sequence[RatioStats]) -> float:
+    """One dense figure for every model timed on a runtime: the median of their pairs' median dense calls."""
+    return float(statistics.median(s.ref_median_ms for s in stats)) if stats else float("nan")
 
 
 def int8_timing_backend(settings: LatencySettings) -> tuple[str, dict[str, object]]:
