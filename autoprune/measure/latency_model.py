@@ -191,6 +191,7 @@ class LatencyModel:
             threads, ...), recorded with every result.
         graph, round_to: The dense model's graph and the channel multiple of surgery (predictions
             use the same shapes the surgery will produce).
+        dense_specs: The dense model's layer specs at ``settings.batch_size`` (the denominator of predictions).
     """
 
     settings: LatencySettings
