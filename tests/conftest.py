@@ -58,7 +58,9 @@ def trained_resnet20(digits: DataBundle, make_model: Callable[[str], nn.Module])
 
 
 # --------------------------------------------------------------- searcher fixtures
-from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator  # noqa: E402
+from autoprune.measure.settings import LatencySettings  # noqa: E402
+from autoprune.objective.budget import Budget  # noqa: E402
+from autoprune.objective.evaluator import PolicyEvaluator  # noqa: E402
 from autoprune.objective.proxy import ProxySettings  # noqa: E402
 
 #: A MAC budget makes feasibility exact (measured latency is noisy on shared machines).

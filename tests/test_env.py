@@ -7,7 +7,9 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs  # noqa: F401  (registers the environment)
-from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator
+from autoprune.measure.settings import LatencySettings
+from autoprune.objective.budget import Budget
+from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.objective.proxy import ProxySettings
 
 TARGET = 0.6

@@ -15,7 +15,9 @@ from autoprune.errors import ModelError
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
-from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator, check_baseline_accuracy
+from autoprune.measure.settings import LatencySettings
+from autoprune.objective.budget import Budget
+from autoprune.objective.evaluator import PolicyEvaluator, check_baseline_accuracy
 from autoprune.objective.proxy import ProxySettings, accuracy, proxy_accuracy
 from autoprune.search import get_searcher
 from autoprune.training.baseline import TrainSettings, default_checkpoint_path, train_or_load
@@ -42,7 +44,7 @@ class PickyWidth(nn.Module):
 def test_failing_candidates_are_recorded_and_the_search_goes_on(digits, tmp_path):
     torch.manual_seed(0)
     ev = PolicyEvaluator(PickyWidth(8).eval(), digits, budget=Budget(metric="macs", target=1.0), check=False, **FAST)
-    assert ev.calibration_failures and all("AssertionError" in f for f in ev.calibration_failures)
+    assert ev.latency_model.calibration_failures and all("AssertionError" in f for f in ev.latency_model.calibration_failures)
     bad = ev.evaluate(Policy({"c1": 0.3}))
     assert bad.failed and bad.error.startswith("AssertionError: expected a multiple of 8")
     get_searcher("random", {}, progress=False).search(ev, 6, seed=0)
@@ -53,7 +55,7 @@ def test_the_check_leaves_a_unit_dense_when_the_model_forbids_cutting_it(digits,
     torch.manual_seed(0)
     ev = PolicyEvaluator(PickyWidth(8).eval(), digits, budget=Budget(metric="macs", target=1.0), check_cache=str(tmp_path), **FAST)
     assert "c1" not in ev.unit_names and "AssertionError" in ev.graph.skipped["c1"]
-    assert ev.calibration_failures == []
+    assert ev.latency_model.calibration_failures == []
 
 
 def test_when_no_candidate_can_be_built_the_run_ends_with_one_error(digits):

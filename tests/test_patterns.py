@@ -23,7 +23,9 @@ from autoprune.graph.check import TOLERANCE, check_units, masked_reference
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy, pruning_history, replay_history
-from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator
+from autoprune.measure.settings import LatencySettings
+from autoprune.objective.budget import Budget
+from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.objective.proxy import ProxySettings
 from autoprune.search import get_searcher
 
@@ -362,7 +364,7 @@ def test_a_short_search_under_a_mac_budget_builds_every_candidate(name, digits, 
         model, digits, budget=Budget(metric="macs", target=1.0), proxy=ProxySettings(bn_batches=2, val_samples=100),
         latency=LatencySettings(rounds=3, min_rounds=3, warmup=1, threads=1, rel_ci=None), check_cache=str(tmp_path),
     )
-    assert evaluator.calibration_failures == []
+    assert evaluator.latency_model.calibration_failures == []
     target = min(1.0, max(0.5, evaluator.min_reachable() + 0.1))
     ev = evaluator.with_budget(Budget(metric="macs", target=target))
     result = get_searcher("random", {}, progress=False).search(ev, 4, seed=0)

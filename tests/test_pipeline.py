@@ -1,7 +1,6 @@
 """The end-to-end job (`autoprune run`) on a tiny real model, tracked in a throwaway MLflow store."""
 
 import json
-import re
 import subprocess
 import sys
 
@@ -142,25 +141,22 @@ def test_run_with_workers_records_the_lowered_thread_count_the_search_used(tmp_p
 
 
 def test_search_summary_latency_ms_come_from_one_process_and_match_the_ratio(finished):
-    """A resumed search's best may have been timed by another process: both ms cells use this process's dense time."""
+    """A resumed search's best may have been timed by another process: both ms values use this process's dense time."""
     import dataclasses
 
-    from rich.console import Console
-
-    from autoprune.app.tables import search_summary
+    from autoprune.app.tables import search_rows
 
     _, _, res = finished
     run, ev = res.search, res.search.evaluator
     best = run.result.best
     other_process = dataclasses.replace(best.metrics, latency_ms=best.metrics.latency_ratio * ev.dense_ms * 3.0)
     resumed = dataclasses.replace(run, result=dataclasses.replace(run.result, best=dataclasses.replace(best, metrics=other_process)))
-    console = Console(record=True, width=200)
-    for item in search_summary(resumed):
-        console.print(item)
-    row = next(line for line in console.export_text().splitlines() if "latency ms" in line)
-    dense_ms, best_ms = (float(v) for v in re.findall(r"\d+\.\d+", row))
-    assert dense_ms == pytest.approx(ev.dense_ms, abs=1e-3)
-    assert best_ms / dense_ms == pytest.approx(best.metrics.latency_ratio, rel=0.01, abs=2e-3)
+    rows = {row.label: row for row in search_rows(resumed)}
+    ms = rows["latency ms (torch)"]
+    assert (ms.dense, ms.other) == (ev.dense_ms, best.metrics.latency_ratio * ev.dense_ms)
+    ratio = rows["latency ratio (paired, torch)"]
+    assert (ratio.dense, ratio.other, ratio.ci) == (1.0, best.metrics.latency_ratio, tuple(best.metrics.latency_ci))
+    assert ms.cells() == ("latency ms (torch)", f"{ev.dense_ms:.3f}", f"{best.metrics.latency_ratio * ev.dense_ms:.3f}", "")
 
 
 def test_evaluate_and_apply_from_the_registry_leave_no_temporary_download(finished, tmp_path):

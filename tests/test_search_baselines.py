@@ -6,7 +6,7 @@ import pytest
 
 from autoprune.errors import ConfigError
 from autoprune.graph.policy import Policy
-from autoprune.objective.evaluator import Budget
+from autoprune.objective.budget import Budget
 from autoprune.search import get_searcher
 from autoprune.search.baselines import largest_ratio, make_feasible
 from autoprune.tracking.plots import plot_sensitivity

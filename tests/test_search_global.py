@@ -12,7 +12,7 @@ from autoprune.cli import main
 from autoprune.config import load_config
 from autoprune.errors import ConfigError
 from autoprune.graph.prunable import PrunableGraph
-from autoprune.objective.evaluator import Budget
+from autoprune.objective.budget import Budget
 from autoprune.search import get_searcher
 from autoprune.search.global_pruning import global_ratios
 

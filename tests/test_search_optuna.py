@@ -8,7 +8,9 @@ import torch
 from optuna.trial import TrialState
 
 from autoprune.errors import ConfigError
-from autoprune.objective.evaluator import Budget, Evaluation, LatencySettings, PolicyEvaluator
+from autoprune.measure.settings import LatencySettings
+from autoprune.objective.budget import Budget
+from autoprune.objective.evaluator import Evaluation, PolicyEvaluator
 from autoprune.objective.proxy import ProxySettings
 from autoprune.search import get_searcher
 from autoprune.training.baseline import TrainSettings, train_model

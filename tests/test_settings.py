@@ -17,7 +17,8 @@ import plugins_for_tests
 import pytest
 import torch
 
-from autoprune.app.experiment import estimate, output_dir, run_search
+from autoprune.app.estimate import estimate
+from autoprune.app.experiment import output_dir, run_search
 from autoprune.config.loading import parse_config
 from autoprune.config.schema import dump_config
 from autoprune.config.sections import (
@@ -34,9 +35,11 @@ from autoprune.graph.importance import IMPORTANCES, register_importance
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
-from autoprune.measure.latency import BACKENDS, DEFAULT_THREADS, PairedTimer, measure_latency, register_backend
+from autoprune.measure.backends import BACKENDS, DEFAULT_THREADS, register_backend
+from autoprune.measure.latency import PairedTimer, measure_latency
+from autoprune.measure.settings import LatencySettings
 from autoprune.measure.table import LatencyTable
-from autoprune.objective.evaluator import Budget, LatencySettings, Reward
+from autoprune.objective.budget import Budget, Reward
 from autoprune.objective.proxy import ProxySettings
 from autoprune.search import SEARCHERS, get_searcher
 from autoprune.search.samplers import SAMPLERS, make_sampler
@@ -85,8 +88,9 @@ def test_training_epochs_default_to_the_15_the_readme_promises():
 
 def test_thread_count_has_one_default_everywhere():
     assert LatencySettings().threads == LatencyConfig().threads == DEFAULT_THREADS
-    for fn in (measure_latency, PairedTimer.__init__, LatencyTable.__init__, estimate):
+    for fn in (measure_latency, PairedTimer.__init__, LatencyTable.__init__):
         assert inspect.signature(fn).parameters["threads"].default == DEFAULT_THREADS, fn.__qualname__
+    assert inspect.signature(estimate).parameters["latency"].default == LatencySettings()
 
 
 def test_budget_target_has_one_default():

@@ -10,7 +10,8 @@ from autoprune.errors import BudgetError, ConfigError, PolicyError
 from autoprune.formats.policy_file import policy_document
 from autoprune.graph.policy import Policy, check_policy_fits, model_fingerprint
 from autoprune.graph.prunable import PrunableGraph
-from autoprune.objective.evaluator import Budget, PolicyEvaluator
+from autoprune.objective.budget import Budget
+from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.paths import write_json_atomic
 from autoprune.transfer.mapping import Candidate, MappingRow, transfer_policy
 from autoprune.transfer.refit import (

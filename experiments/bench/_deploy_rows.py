@@ -129,9 +129,9 @@ def remeasure_in_fresh_process(tmp: Path, rows: list[dict], *, backend: str, bat
 
 
 def _remeasure(spec_path: str) -> None:
-    from autoprune.measure.backends import backend_settings
+    from autoprune.measure.compare import compare_onnx_files
     from autoprune.measure.latency import PairedTimer, measure_latency
-    from autoprune.measure.onnxruntime import compare_onnx_files
+    from autoprune.measure.schedule import PairedSchedule
 
     spec = json.loads(Path(spec_path).read_text())
     tmp, threads, batch, backend = Path(spec["tmp"]), spec["threads"], spec["batch"], spec["backend"]
@@ -147,9 +147,9 @@ def _remeasure(spec_path: str) -> None:
     out_rows = []
     for r in spec["rows"]:
         cand = timer.prepare(torch.load(r["model"], weights_only=False).eval())
-        timer.ratio(cand, rounds=5)
-        fp32 = timer.ratio(cand, rounds=40)
-        int8 = compare_onnx_files(tmp / "dense.onnx", r["int8_onnx"], x, threads=threads, rounds=40, backend=int8_runtime,
+        timer.ratio(cand, PairedSchedule(rounds=5))
+        fp32 = timer.ratio(cand, PairedSchedule(rounds=40))
+        int8 = compare_onnx_files(tmp / "dense.onnx", r["int8_onnx"], x, threads=threads, schedule=PairedSchedule(rounds=40), backend=int8_runtime,
                                   backend_options=spec["options"] if int8_runtime == backend else {})
         out_rows.append({"fresh_ratio": fp32.ratio, "fresh_ci": [fp32.ci_low, fp32.ci_high], "fresh_int8_ratio": int8.ratio, "int8_runtime": int8_runtime})
     dense_backend_ms = timer.reference_ms()
@@ -161,7 +161,7 @@ def _remeasure(spec_path: str) -> None:
         r["fresh_ms"] = r["fresh_ratio"] * dense_backend_ms
         r["fresh_int8_ms"] = r["fresh_int8_ratio"] * int8_dense_ms
     print(json.dumps({"rows": out_rows, "dense_backend_ms": dense_backend_ms, "dense_eager_ms": dense_eager_ms,
-                      "int8_dense_ms": int8_dense_ms, "backend_settings": backend_settings(timer.backend)}))
+                      "int8_dense_ms": int8_dense_ms, "backend_settings": timer.backend.settings()}))
 
 
 def section() -> str:

@@ -33,7 +33,10 @@ from autoprune.graph.check import check_units
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
 from autoprune.measure.latency import PairedTimer, count_macs_params
-from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator
+from autoprune.measure.schedule import PairedSchedule
+from autoprune.measure.settings import LatencySettings
+from autoprune.objective.budget import Budget
+from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.objective.proxy import ProxySettings
 from autoprune.search import get_searcher
 from autoprune.zoo import load_data
@@ -84,7 +87,7 @@ def main() -> None:
         x1 = data.example_input(1)
         macs_ratio = count_macs_params(pruned, x1)[0] / count_macs_params(model, x1)[0]
         timer = PairedTimer(model, data.example_input(args.batch), backend=backend, threads=1)
-        speed = 1.0 / timer.ratio(pruned, rounds=args.rounds).ratio
+        speed = 1.0 / timer.ratio(pruned, PairedSchedule(rounds=args.rounds)).ratio
         rows.append((
             name, f"{len(report.passed)}/{n_all}", f"{built}/{len(ev.history)}", f"{target:.2f}", f"{macs_ratio:.2f}", f"{speed:.2f}x",
         ))

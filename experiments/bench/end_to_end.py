@@ -26,6 +26,7 @@ from autoprune.app.experiment import build_evaluator, load_baseline
 from autoprune.config.loading import parse_config
 from autoprune.graph.surgery import apply_policy
 from autoprune.measure.latency import PairedTimer, count_macs_params
+from autoprune.measure.schedule import PairedSchedule
 from autoprune.objective.proxy import split_metrics
 from autoprune.search import get_searcher
 from autoprune.training.finetune import FinetuneSettings, finetune
@@ -40,7 +41,7 @@ def onnx_rows(model, dense, data, threads: int) -> list[tuple]:
     """
     try:
         from autoprune.formats.onnx import export_onnx, onnx_predictions, quantize_onnx
-        from autoprune.measure.onnxruntime import compare_onnx_files
+        from autoprune.measure.compare import compare_onnx_files
     except ImportError:
         return []
     tmp = Path(tempfile.mkdtemp())
@@ -57,7 +58,7 @@ def onnx_rows(model, dense, data, threads: int) -> list[tuple]:
     for name, path in files.items():
         logits = onnx_predictions(path, data.test.x, threads=threads)
         acc = float((torch.from_numpy(logits).argmax(1) == data.test.y).float().mean())
-        lat = compare_onnx_files(files["dense"], path, x1, threads=threads, rounds=30)
+        lat = compare_onnx_files(files["dense"], path, x1, threads=threads, schedule=PairedSchedule(rounds=30))
         rows.append((f"ONNX Runtime {name}", acc, lat.ratio, f"[{lat.ci_low:.3f}, {lat.ci_high:.3f}]", Path(path).stat().st_size / 1024))
     return rows
 
@@ -93,7 +94,7 @@ def main() -> None:
             finetune(pruned, data, FinetuneSettings(epochs=args.epochs, lr=0.01, distill=distill), teacher=dense if distill else None, progress=False)
             ft_s = time.perf_counter() - t1
             acc = split_metrics(pruned, data.test)["accuracy"]
-            lat = timer.ratio(pruned.eval(), rounds=30)
+            lat = timer.ratio(pruned.eval(), PairedSchedule(rounds=30))
             macs, params = count_macs_params(pruned, x1)
             mac_red = dense_macs / macs
             results[(name, distill)] = (acc, lat.ratio, mac_red)

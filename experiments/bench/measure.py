@@ -26,6 +26,7 @@ from autoprune.config.loading import parse_config
 from autoprune.graph.policy import Policy
 from autoprune.graph.surgery import apply_policy
 from autoprune.measure.latency import PairedTimer, measure_latency
+from autoprune.measure.schedule import PairedSchedule
 from autoprune.objective.proxy import accuracy
 from autoprune.training.finetune import FinetuneSettings, finetune
 from autoprune.zoo import Split
@@ -48,7 +49,7 @@ def noise_section(ev, policies: list[Policy], repeats: int) -> tuple[str, dict]:
             ref = measure_latency(model, x, warmup=5, repeats=30, threads=ev.latency.threads).median_ms
             cand = measure_latency(pruned, x, warmup=5, repeats=30, threads=ev.latency.threads).median_ms
             up.append(cand / ref)
-            pa.append(ev.timer.ratio(pruned, rounds=15).ratio)
+            pa.append(ev.latency_model.measure(pruned, PairedSchedule(rounds=15)).ratio)
         unpaired_cv.append(float(np.std(up, ddof=1) / np.mean(up)))
         paired_cv.append(float(np.std(pa, ddof=1) / np.mean(pa)))
     rows = [
@@ -74,7 +75,7 @@ def table_section(ev, evaluations) -> tuple[str, dict]:
     text = (
         "## Lookup-table prediction error (vs paired measurement)\n\n"
         + table(["policies", "n", "median rel. error", "p90 rel. error"], [row("all", errors), row("channels only", without), row("with block drops", with_drop)])
-        + f"\nTable: {len(ev.table)} micro-benchmarked layer shapes, calibration scale {ev.table.scale:.3f}, offset {ev.table.offset_ms:.3f} ms.\n\n"
+        + f"\nTable: {len(ev.latency_model.table)} micro-benchmarked layer shapes, calibration scale {ev.latency_model.table.scale:.3f}, offset {ev.latency_model.table.offset_ms:.3f} ms.\n\n"
     )
     return text, {"median_err": float(np.median(errors)), "p90_err": float(np.percentile(errors, 90))}
 
@@ -101,7 +102,7 @@ def speedup_section(ev, baseline) -> str:
     for name, pol, round_to in configs:
         pruned = apply_policy(model, pol, graph=ev.graph, round_to=round_to).eval()
         macs, _ = count_macs_params(pruned, x1)
-        lat = {b: t.ratio(pruned, rounds=15 if b == 1 else 7, calls_per_round=3 if b == 1 else 2) for b, t in timers.items()}
+        lat = {b: t.ratio(pruned, PairedSchedule(rounds=15 if b == 1 else 7, calls_per_round=3 if b == 1 else 2)) for b, t in timers.items()}
         mr = macs / dense_macs
         rows.append((name, mr, lat[1].ratio, (1 / lat[1].ratio) / (1 / mr), lat[32].ratio, (1 / lat[32].ratio) / (1 / mr)))
     return (

@@ -29,6 +29,7 @@ from _common import RESULTS, _version, header, table
 
 from autoprune.graph import Policy, PrunableGraph, apply_policy
 from autoprune.measure.latency import PairedTimer, measure_latency
+from autoprune.measure.schedule import PairedSchedule
 from autoprune.training.baseline import load_model_weights
 from autoprune.zoo import build_model
 
@@ -86,14 +87,14 @@ def paired_section(repeats: int, batches: list[int]) -> tuple[str, list[tuple]]:
             rows.append((label, batch, f"sequential medians of {n_seq}", statistics.mean(seq), _cv(seq), ref_ms, "-"))
             print(*rows[-1], np.round(seq, 3), file=sys.stderr, flush=True)
             for method, kwargs in METHODS:
-                if kwargs.get("clock") == "thread" and not getattr(timer.backend, "runs_on_calling_thread", False):
+                if kwargs.get("clock") == "thread" and not timer.backend.runs_on_calling_thread:
                     continue
                 if batch > 1 and kwargs["calls_per_round"] > 3:
                     kwargs = {**kwargs, "calls_per_round": 5}
                     method = method.replace("10", "5")
                 values, seconds = [], []
                 for _ in range(repeats):
-                    stats = timer.ratio(cand, rounds=15, **kwargs)
+                    stats = timer.ratio(cand, PairedSchedule(rounds=15, **kwargs))
                     values.append(stats.ratio)
                     seconds.append(stats.elapsed_s)
                 rows.append((label, batch, method, statistics.mean(values), _cv(values), stats.ref_median_ms, statistics.mean(seconds)))
@@ -128,7 +129,7 @@ def table_section(batches: list[int], n_test: int, n_random: int) -> str:
     """
     import tempfile
 
-    from autoprune.measure.backends import channel_multiple
+    from autoprune.measure.backends import backend_class
     from autoprune.measure.runtime_table import calibrate_on_backend, calibration_policies
 
     dense, _, graph = models()
@@ -139,23 +140,23 @@ def table_section(batches: list[int], n_test: int, n_random: int) -> str:
             if name not in ONLY:
                 continue
             timer = PairedTimer(dense, x, backend=name, threads=THREADS, backend_options=options)
-            clock = {"clock": "thread"} if getattr(timer.backend, "runs_on_calling_thread", False) else {}
-            for round_to in dict.fromkeys([None, channel_multiple(name)]):
+            clock = {"clock": "thread"} if timer.backend.runs_on_calling_thread else {}
+            for round_to in dict.fromkeys([None, backend_class(name).channel_multiple()]):
                 with tempfile.TemporaryDirectory() as cache:
                     t0 = time.perf_counter()
                     fitted, cached = calibrate_on_backend(dense, graph, timer, batch_size=batch, n_random=n_random, cache_dir=cache,
-                                                          ratio_options=clock, round_to=round_to)
+                                                          schedule=PairedSchedule(rounds=10, **clock), round_to=round_to)
                     first_s = time.perf_counter() - t0
                     t0 = time.perf_counter()
                     _, cached_again = calibrate_on_backend(dense, graph, timer, batch_size=batch, n_random=n_random, cache_dir=cache,
-                                                           ratio_options=clock, round_to=round_to)
+                                                           schedule=PairedSchedule(rounds=10, **clock), round_to=round_to)
                     second_s = time.perf_counter() - t0
                 assert not cached and cached_again
                 dense_specs = graph.specs_for({}, (), batch_size=batch)
                 tests = calibration_policies(graph.unit_names, graph.block_names, n_random=n_test, seed=777)[6:]
                 errs, errs_drop, measured_all = [], [], []
                 for pol in tests:
-                    measured = timer.ratio(apply_policy(dense, pol, graph=graph, round_to=round_to).eval(), rounds=10, **clock).ratio
+                    measured = timer.ratio(apply_policy(dense, pol, graph=graph, round_to=round_to).eval(), PairedSchedule(rounds=10, **clock)).ratio
                     predicted = fitted.predict_ratio(graph.specs_for(pol.ratios, pol.drop, round_to=round_to, batch_size=batch), dense_specs)
                     (errs_drop if pol.drop else errs).append(abs(predicted - measured) / measured)
                     measured_all.append(measured)

@@ -55,11 +55,11 @@ def remeasure(policy_path: str, batch: int, threads: int = 2) -> dict:
         f"import json,sys,torch;torch.set_num_threads({threads});"
         "from autoprune.config.schema import parse_config;from autoprune.app.experiment import load_baseline;"
         "from autoprune.graph.prunable import PrunableGraph;from autoprune.graph.surgery import apply_policy;"
-        "from autoprune.graph.policy import load_policy;from autoprune.measure.latency import PairedTimer;"
+        "from autoprune.graph.policy import load_policy;from autoprune.measure.latency import PairedTimer;from autoprune.measure.schedule import PairedSchedule as S;"
         "cfg=parse_config({'model':{'name':'resnet20'},'data':{'name':'fashion_mnist'}});b=load_baseline(cfg,progress=False);"
         f"p=load_policy({policy_path!r})[0];g=PrunableGraph(b.model,b.data.example_input(1));"
         f"m=apply_policy(b.model,p,graph=g).eval();t=PairedTimer(b.model,b.data.example_input({batch}),threads={threads});"
-        "t.ratio(m,rounds=5);r=t.ratio(m,rounds=30);print(json.dumps({'ratio':r.ratio,'lo':r.ci_low,'hi':r.ci_high}))"
+        "t.ratio(m,S(rounds=5));r=t.ratio(m,S(rounds=30));print(json.dumps({'ratio':r.ratio,'lo':r.ci_low,'hi':r.ci_high}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

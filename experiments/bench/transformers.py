@@ -150,8 +150,9 @@ def remeasure_in_fresh_process(tmp: Path, rows: list[dict], args: argparse.Names
 
 def _remeasure(spec_path: str) -> None:
     """Paired ONNX Runtime timing (serving settings) of every row's file against the dense file, per batch."""
-    from autoprune.measure.backends import backend_settings, get_backend
+    from autoprune.measure.backends import get_backend
     from autoprune.measure.latency import PairedTimer
+    from autoprune.measure.schedule import PairedSchedule
 
     spec = json.loads(Path(spec_path).read_text())
     tmp, threads = Path(spec["tmp"]), spec["threads"]
@@ -164,12 +165,12 @@ def _remeasure(spec_path: str) -> None:
         timer = PairedTimer(runtime.prepare_file(tmp / "dense.onnx", x), x, backend=runtime, threads=threads)
         for i, path in enumerate(spec["onnx"]):
             big = b > 1  # seconds per call: one call per side per round
-            stats = timer.ratio(runtime.prepare_file(path, x), warmup=1 if big else 2, rounds=spec["rounds"][str(b)],
-                                min_rounds=min(5, spec["rounds"][str(b)]), calls_per_round=1 if big else None)
+            stats = timer.ratio(runtime.prepare_file(path, x), PairedSchedule(warmup=1 if big else 2, rounds=spec["rounds"][str(b)],
+                                min_rounds=min(5, spec["rounds"][str(b)]), calls_per_round=1 if big else None))
             out_rows[i][f"fresh_ratio_b{b}"] = stats.ratio
             out_rows[i][f"fresh_ci_b{b}"] = [stats.ci_low, stats.ci_high]
         dense_ms[str(b)] = timer.reference_ms()
-    print(json.dumps({"rows": out_rows, "dense_ms": dense_ms, "backend_settings": backend_settings(runtime)}))
+    print(json.dumps({"rows": out_rows, "dense_ms": dense_ms, "backend_settings": runtime.settings()}))
 
 
 def report(rows_dir: Path = ROWS_DIR) -> str:
