@@ -27,7 +27,7 @@ from typing import Any
 
 import optuna
 import pytest
-import yaml
+from helpers import FAST_TRAIN, tiny_experiment, write_experiment
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
@@ -36,7 +36,7 @@ from autoprune.config.loading import parse_config
 from autoprune.search import get_searcher
 from autoprune.search.optuna_search import SEED_ATTR
 from autoprune.tracking.tracker import Tracker
-from autoprune.training.baseline import TrainSettings, train_or_load
+from autoprune.training.baseline import train_or_load
 
 WORKER_START_TIMEOUT = 90.0  # seconds for a spawned worker to start its first trial on a loaded machine
 RUN_TIMEOUT = 240.0
@@ -49,24 +49,15 @@ RUN_TIMEOUT = 240.0
 def checkpoint(tmp_path_factory: pytest.TempPathFactory, digits) -> Path:
     """A trained digits MLP, shared by every process of this module (none of them trains its own)."""
     path = tmp_path_factory.mktemp("baseline") / "mlp-digits.pt"
-    train_or_load("mlp", digits, TrainSettings(epochs=2, batch_size=64, lr=0.05, augment=False), checkpoint=path, progress=False)
+    train_or_load("mlp", digits, FAST_TRAIN, checkpoint=path, progress=False)
     return path
 
 
 def config(tmp_path: Path, checkpoint: Path, episodes: int, **search: Any) -> dict[str, Any]:
+    """The tiny experiment on the shared baseline, searched by Optuna with quick heartbeats and polls."""
     params = {"n_startup_trials": 4, "heartbeat_interval": 1, "grace_period": 3, "poll_interval": 0.2, **search.pop("params", {})}
-    return {
-        "name": "dist",
-        "output_dir": str(tmp_path / "out"),
-        "model": {"name": "mlp", "checkpoint": str(checkpoint)},
-        "data": {"name": "digits"},
-        "budget": {"metric": "macs", "target": 0.6},
-        "latency": {"threads": 1, "rounds": 5},
-        "proxy": {"bn_batches": 2, "val_samples": 200},
-        "search": {"searcher": "optuna", "episodes": episodes, "params": params, **search},
-        "finetune": {"epochs": 0},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "register": False},
-    }
+    return tiny_experiment(tmp_path, name="dist", model={"checkpoint": str(checkpoint)}, finetune={"epochs": 0},
+                           search={"episodes": episodes, "params": params, **search}, tracking={"register": False})
 
 
 def subprocess_env() -> dict[str, str]:
@@ -332,7 +323,7 @@ def test_a_worker_dying_after_recording_a_failed_evaluation_does_not_overspend_t
 def test_run_killed_with_sigkill_resumes_its_study_and_its_mlflow_run(tmp_path, checkpoint):
     episodes, kill_after = 10, 3
     raw = config(tmp_path, checkpoint, episodes, params={"grace_period": 2})
-    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
+    write_experiment(tmp_path / "exp.yaml", raw)
     out, db = tmp_path / "out", f"sqlite:///{tmp_path / 'out' / 'study.db'}"
     command = [sys.executable, "-m", "autoprune", "run", "exp.yaml"]
     counts: list[int] = []  # COMPLETE trials in the study, sampled while both runs go on

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_run import cli
+from helpers import cli
 from rich.console import Console
 
 from autoprune.app.commands import estimate_uniform

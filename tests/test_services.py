@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy as sa
+from helpers import tiny_experiment
 from mlflow import MlflowClient
 
 from autoprune.app.pipeline import registered_name, run_experiment
@@ -69,19 +70,7 @@ def test_a_search_is_tracked_on_the_mlflow_server_in_postgres(
     mlflow_server: str, mlflow_backend_url: str, tmp_path, monkeypatch: pytest.MonkeyPatch, restore_mlflow_uris: None
 ) -> None:
     monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
-    cfg = parse_config({
-        "name": "services",
-        "output_dir": str(tmp_path / "out"),
-        "model": {"name": "mlp", "checkpoint": None},
-        "data": {"name": "digits"},
-        "train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "augment": False},
-        "budget": {"metric": "macs", "target": 0.6},
-        "latency": {"threads": 1, "rounds": 5},
-        "proxy": {"bn_batches": 2, "val_samples": 200},
-        "search": {"searcher": "optuna", "episodes": EPISODES},
-        "finetune": {"epochs": 1, "lr": 0.01},
-        "tracking": {"uri": mlflow_server},
-    })
+    cfg = parse_config(tiny_experiment(tmp_path, name="services", search={"episodes": EPISODES}, tracking={"uri": mlflow_server}))
     res = run_experiment(cfg, progress=False)
 
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)

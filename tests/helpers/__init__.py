@@ -1,0 +1,29 @@
+"""Shared test helpers, imported as ``from helpers import ...`` (``tests/`` is on ``sys.path``).
+
+* :mod:`helpers.experiments`: the tiny experiment config and a writer for it;
+* :mod:`helpers.settings`: proxy, latency and training settings sized for tests;
+* :mod:`helpers.search`: run one searcher quietly;
+* :mod:`helpers.cli`: run ``autoprune`` in-process and check the one-line user error.
+
+Fixtures stay in ``tests/conftest.py``; these are plain functions and constants.
+"""
+
+from helpers.cli import Result, assert_user_error, cli
+from helpers.experiments import merge, tiny_experiment, write_experiment
+from helpers.search import search
+from helpers.settings import FAST_LATENCY, FAST_PROXY, FAST_TRAIN, fast_settings, fast_train
+
+__all__ = [
+    "FAST_LATENCY",
+    "FAST_PROXY",
+    "FAST_TRAIN",
+    "Result",
+    "assert_user_error",
+    "cli",
+    "fast_settings",
+    "fast_train",
+    "merge",
+    "search",
+    "tiny_experiment",
+    "write_experiment",
+]
