@@ -7,6 +7,7 @@ Tests run with one intra-op thread: with only two cores and other jobs running, 
 OpenMP threads spin against each other and make tiny convolutions ~100x slower.
 """
 
+import logging
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -29,6 +30,31 @@ from helpers import FAST_TRAIN, fast_settings, fast_train  # noqa: E402
 from autoprune.graph.prunable import PrunableGraph  # noqa: E402
 from autoprune.training.baseline import train_model  # noqa: E402
 from autoprune.zoo import MODEL_NAMES, DataBundle, build_model, load_data  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """``$AUTOPRUNE_CACHE`` is a fresh folder for the session (real processes the tests start inherit it).
+
+    Without it, baselines and graph-check verdicts went to ``.autoprune/`` of the working
+    directory and were read back by later runs: a test could pass on a verdict an earlier
+    version of the code had cached, and behave differently on a clean clone. Tests that need a
+    cache of their own still set the variable themselves.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUTOPRUNE_CACHE", str(tmp_path_factory.mktemp("autoprune-cache")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state():
+    """``autoprune`` commands run in-process reconfigure the root logger (rich handler) and torch's threads; undo it after each test."""
+    root = logging.getLogger()
+    handlers, level, threads = root.handlers[:], root.level, torch.get_num_threads()
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    torch.set_num_threads(threads)  # commands may set latency.threads
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,6 @@ with a 1-epoch MLP baseline for digits in ``$AUTOPRUNE_CACHE`` so nothing trains
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import sqlite3
@@ -171,17 +170,6 @@ def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     for name in ("ap_bad_plugins", "ap_bad_import"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     return "ap_bad_plugins"
-
-
-@pytest.fixture(autouse=True)
-def _restore_process_state():
-    """``autoprune`` reconfigures the root logger (rich handler) and torch's threads; undo it after each test."""
-    root = logging.getLogger()
-    handlers, level, threads = root.handlers[:], root.level, torch.get_num_threads()
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    torch.set_num_threads(threads)  # commands may set latency.threads
 
 
 # ====================================================================== 1. config files

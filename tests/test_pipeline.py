@@ -19,11 +19,10 @@ from autoprune.tracking.artifacts import download_model_uri
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
-    import os
-
-    os.environ["AUTOPRUNE_CACHE"] = str(tmp / "cache")
     cfg = parse_config(tiny_experiment(tmp))
-    return tmp, cfg, run_experiment(cfg, progress=False)
+    with pytest.MonkeyPatch.context() as mp:  # the baseline cache of this run only, not of the tests after it
+        mp.setenv("AUTOPRUNE_CACHE", str(tmp / "cache"))
+        return tmp, cfg, run_experiment(cfg, progress=False)
 
 
 def test_run_prunes_fine_tunes_and_reports_on_the_test_split(finished):
