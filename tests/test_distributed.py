@@ -27,13 +27,12 @@ from typing import Any
 
 import optuna
 import pytest
-from helpers import FAST_TRAIN, tiny_experiment, write_experiment
+from helpers import FAST_TRAIN, search, tiny_experiment, write_experiment
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.app.experiment import run_search
 from autoprune.config.loading import parse_config
-from autoprune.search import get_searcher
 from autoprune.search.optuna_search import SEED_ATTR
 from autoprune.tracking.tracker import Tracker
 from autoprune.training.baseline import train_or_load
@@ -278,7 +277,7 @@ def test_a_worker_killed_mid_trial_is_replaced_and_the_study_still_reaches_its_c
 
 
 @pytest.mark.timeout(60)
-def test_a_trial_left_running_without_a_heartbeat_is_failed_and_retried(tmp_path, mlp_evaluator):
+def test_a_trial_left_running_without_a_heartbeat_is_failed_and_retried(tmp_path, fresh_mlp_evaluator):
     # Optuna stores a trial as RUNNING before it samples its parameters and starts its heartbeat:
     # a worker killed in between leaves exactly this (which fail_stale_trials alone never fails).
     url = f"sqlite:///{tmp_path / 'study.db'}"
@@ -286,7 +285,7 @@ def test_a_trial_left_running_without_a_heartbeat_is_failed_and_retried(tmp_path
     zombie = optuna.create_study(study_name="z", storage=storage, direction="maximize").ask()
     storage.engine.dispose()
     params = {"storage": url, "study_name": "z", "heartbeat_interval": 1, "grace_period": 1, "poll_interval": 0.2}
-    result = get_searcher("optuna", params, progress=False).search(mlp_evaluator, 3)
+    result = search("optuna", fresh_mlp_evaluator, 3, **params)
     trials = read_trials(url, "z")
     assert trials[zombie.number].state == TrialState.FAIL
     complete = assert_exact_budget(trials, 3)
@@ -295,20 +294,20 @@ def test_a_trial_left_running_without_a_heartbeat_is_failed_and_retried(tmp_path
 
 
 @pytest.mark.timeout(60)
-def test_a_worker_dying_after_recording_a_failed_evaluation_does_not_overspend_the_budget(tmp_path, mlp_evaluator):
+def test_a_worker_dying_after_recording_a_failed_evaluation_does_not_overspend_the_budget(tmp_path, fresh_mlp_evaluator):
     # The worker recorded the failed evaluation's error, then died before finishing the trial: the
     # stale trial is failed and retried, and only the retry counts against the budget.
     url = f"sqlite:///{tmp_path / 'study.db'}"
     storage = optuna.storages.RDBStorage(url, heartbeat_interval=1)
     study = optuna.create_study(study_name="e", storage=storage, direction="maximize")
-    dying = study.ask({f"ratio/{u}": optuna.distributions.FloatDistribution(0.0, mlp_evaluator.max_ratio)
-                       for u in mlp_evaluator.unit_names})
+    dying = study.ask({f"ratio/{u}": optuna.distributions.FloatDistribution(0.0, fresh_mlp_evaluator.max_ratio)
+                       for u in fresh_mlp_evaluator.unit_names})
     dying.set_user_attr("error", "out of memory")
     storage.record_heartbeat(dying._trial_id)
     storage.engine.dispose()
     time.sleep(2.5)  # its heartbeat goes stale
     params = {"storage": url, "study_name": "e", "heartbeat_interval": 1, "grace_period": 1, "poll_interval": 0.2}
-    get_searcher("optuna", params, progress=False).search(mlp_evaluator, 3)
+    search("optuna", fresh_mlp_evaluator, 3, **params)
     trials = read_trials(url, "e")
     assert trials[dying.number].state == TrialState.FAIL
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == dying.number]
