@@ -5,9 +5,10 @@ MLflow server collecting every worker's trials.
 The objective is the trained digits MLP under a MAC budget (~0.3 s a trial). A spawned worker
 needs 5-20 s to start (import torch, load the baseline, calibrate the latency table), longer
 than the whole search would take; so the in-process worker waits, in its evaluation callback
-(a real hook of ``run_search``), until the other process holds a trial. That makes "both
-processes ran trials" and "the worker was killed in the middle of a trial" deterministic
-instead of a race against the machine's load.
+(a real hook of ``run_search``), until the other process holds a trial, and the worker that is
+killed holds the evaluation of its first trial until it is. That makes "both processes ran
+trials" and "the worker was killed in the middle of a trial" deterministic instead of a race
+against the machine's load.
 """
 
 from __future__ import annotations
@@ -218,48 +219,59 @@ def test_two_workers_log_their_trials_as_steps_of_one_mlflow_run(two_workers):
 # --------------------------------------------------------------------------- kill -9 a worker
 
 
+#: ``autoprune worker ARGV`` whose evaluation of a trial writes the trial's number to $VICTIM_MARK and then
+#: never returns: the test kills the process in the middle of that trial, a moment it knows instead of guesses.
+_VICTIM = """
+import os, sys, threading
+from pathlib import Path
+from autoprune.cli import main
+from autoprune.objective.evaluator import PolicyEvaluator
+
+evaluate = PolicyEvaluator.evaluate
+
+def held(self, policy, *, index=None):
+    if index is None:
+        return evaluate(self, policy, index=index)
+    mark = Path(os.environ["VICTIM_MARK"])
+    mark.with_suffix(".tmp").write_text(str(index))
+    mark.with_suffix(".tmp").replace(mark)
+    threading.Event().wait()
+
+PolicyEvaluator.evaluate = held
+main(["worker", *sys.argv[1:]])
+"""
+
+
 @pytest.mark.timeout(180)
 def test_a_worker_killed_mid_trial_is_replaced_and_the_study_still_reaches_its_count(tmp_path, checkpoint, postgres_url):
     episodes = 8
     cfg = parse_config(config(tmp_path, checkpoint, episodes, storage=postgres_url, study="kill"))
     procs: list[subprocess.Popen] = []
     killed: dict[str, Any] = {}
-    reader = optuna.storages.RDBStorage(postgres_url)
-    log_path = tmp_path / "victim.log"
+    log_path, mark = tmp_path / "victim.log", tmp_path / "victim-evaluates"
 
-    def victims_running_trial(current: int) -> int | None:
-        """A RUNNING trial of the worker whose policy is drawn (all parameters set): it is being evaluated."""
-        trials = optuna.load_study(study_name="kill", storage=reader).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        names = next(set(t.params) for t in trials if t.number == current)
-        return next((t.number for t in trials if t.number != current and set(t.params) == names), None)
+    def hung_victim() -> str:
+        """At a timeout: the victim's log, with every thread's stack (faulthandler dumps them on SIGABRT)."""
+        procs[0].send_signal(signal.SIGABRT)
+        procs[0].wait(timeout=30)
+        return f"the worker's first trial; its log:\n{tail(log_path, 120)}"
 
     def callback(evaluation) -> None:
         if procs:
             return
         with open(log_path, "w") as out:  # the study is published: a worker can join it
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "autoprune", "worker", "--storage", postgres_url, "--study", "kill", "--threads", "1"],
-                stdout=out, stderr=subprocess.STDOUT, env=subprocess_env(),
+                [sys.executable, "-c", _VICTIM, "--storage", postgres_url, "--study", "kill", "--threads", "1"],
+                stdout=out, stderr=subprocess.STDOUT, env={**subprocess_env(), "VICTIM_MARK": str(mark)},
             ))
-        victim, deadline = procs[0], time.monotonic() + WORKER_START_TIMEOUT
-        while True:
-            wait_for(lambda: worker_alive(victim, log_path) and victims_running_trial(evaluation.index) is not None, deadline - time.monotonic(),
-                     lambda: f"the worker's first trial; its log:\n{tail(log_path)}", 0.05)
-            victim.send_signal(signal.SIGSTOP)  # frozen: what we read next is what it leaves behind
-            time.sleep(0.2)  # statements it sent just before settle in the database
-            number = victims_running_trial(evaluation.index)
-            if number is not None:
-                break
-            victim.send_signal(signal.SIGCONT)  # it finished that trial meanwhile: try again
-        victim.send_signal(signal.SIGKILL)  # in the middle of evaluating trial `number`
+        victim = procs[0]
+        wait_for(lambda: worker_alive(victim, log_path) and mark.is_file(), WORKER_START_TIMEOUT, hung_victim, 0.05)
+        victim.send_signal(signal.SIGKILL)  # in the middle of evaluating its trial: its policy is drawn, its metrics never come
         victim.wait(timeout=30)
-        killed.update(number=number, main=evaluation.index)
+        killed.update(number=int(mark.read_text()), main=evaluation.index)
 
-    try:
-        with reaped(procs):
-            run = run_search(cfg, progress=False, callback=callback)
-    finally:
-        reader.engine.dispose()
+    with reaped(procs):
+        run = run_search(cfg, progress=False, callback=callback)
     assert procs[0].returncode == -signal.SIGKILL
     trials = read_trials(postgres_url, "kill")
     complete = assert_exact_budget(trials, episodes)
