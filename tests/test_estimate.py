@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_run import cli
+from helpers import cli
 
 from autoprune.app.commands import estimate_uniform
 from autoprune.app.estimate import magnitude_masked

@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+from helpers import fast_settings, tiny_experiment
 
 from autoprune.config import load_config
 from autoprune.config.settings import latency_settings
@@ -21,8 +22,6 @@ from autoprune.measure.settings import LatencySettings
 from autoprune.measure.table import LatencyTable
 from autoprune.objective.budget import Budget
 from autoprune.objective.evaluator import PolicyEvaluator
-from autoprune.objective.proxy import ProxySettings
-from autoprune.training.baseline import TrainSettings, train_model
 
 DEMO = "experiments/configs/demo.yaml"
 #: The shared ONNX Runtime pool is permanent for a process; tests use per-session pools.
@@ -51,32 +50,23 @@ def test_default_backend_options_are_none_the_backends_serving_defaults() -> Non
     assert cfg.latency.backend_options is None and LatencySettings().backend_options is None
 
 
-@pytest.fixture(scope="module")
-def mlp(digits, make_model) -> torch.nn.Module:
-    model = make_model("mlp")
-    train_model(model, digits, TrainSettings(epochs=2, batch_size=64, lr=0.05, augment=False), progress=False)
-    return model.eval()
-
-
 def _evaluator(model, digits, backend: str, cache, **options) -> PolicyEvaluator:
-    latency = LatencySettings(backend=backend, rounds=3, min_rounds=2, threads=1, backend_options=options)
-    return PolicyEvaluator(model, digits, budget=Budget(metric="macs", target=0.6), proxy=ProxySettings(bn_batches=2, val_samples=200),
-                           latency=latency, check=False, table_cache=cache)
+    return PolicyEvaluator(model, digits, budget=Budget(metric="macs", target=0.6), check=False, table_cache=cache,
+                           **fast_settings(backend=backend, backend_options=options))
 
 
-def test_a_serving_backend_search_predicts_with_its_own_fitted_table_cached_on_disk(mlp, digits, tmp_path) -> None:
+def test_a_serving_backend_search_predicts_with_its_own_fitted_table_cached_on_disk(trained_mlp, digits, tmp_path) -> None:
     pytest.importorskip("onnxruntime")
-    first = _evaluator(mlp, digits, "onnxruntime", tmp_path, **PER_SESSION)
-    latency = first.latency_model
-    assert isinstance(latency.table, FittedLatencyTable)
-    assert latency.table_info["kind"] == "fitted" and latency.table_info["from_cache"] is False
-    assert latency.backend_settings["backend"] == "onnxruntime" and latency.backend_settings["thread_pool"] == "per-session"
-    assert latency.table.key["backend"]["backend"] == "onnxruntime"
+    first = _evaluator(trained_mlp, digits, "onnxruntime", tmp_path, **PER_SESSION)
+    assert isinstance(first.latency_model.table, FittedLatencyTable)
+    assert first.latency_model.table_info["kind"] == "fitted" and first.latency_model.table_info["from_cache"] is False
+    assert first.latency_model.backend_settings["backend"] == "onnxruntime" and first.latency_model.backend_settings["thread_pool"] == "per-session"
+    assert first.latency_model.table.key["backend"]["backend"] == "onnxruntime"
     assert list(tmp_path.glob("onnxruntime-*.json"))
     half = {u: 0.5 for u in first.unit_names}
     assert 0 < first.predicted_ratio(half) < 1.0
 
-    second = _evaluator(mlp, digits, "onnxruntime", tmp_path, **PER_SESSION)
+    second = _evaluator(trained_mlp, digits, "onnxruntime", tmp_path, **PER_SESSION)
     assert second.latency_model.table_info["from_cache"] is True
     assert second.predicted_ratio(half) == pytest.approx(first.predicted_ratio(half))
 
@@ -87,18 +77,18 @@ def test_a_serving_backend_search_predicts_with_its_own_fitted_table_cached_on_d
     assert first.history[-1].metrics.backend == m.backend
 
 
-def test_eager_search_keeps_the_micro_benchmark_table_and_records_torch(mlp, digits, tmp_path) -> None:
-    ev = _evaluator(mlp, digits, "torch", tmp_path)
+def test_eager_search_keeps_the_micro_benchmark_table_and_records_torch(trained_mlp, digits, tmp_path) -> None:
+    ev = _evaluator(trained_mlp, digits, "torch", tmp_path)
     assert isinstance(ev.latency_model.table, LatencyTable) and ev.latency_model.table_info["kind"] == "eager micro-benchmarks"
     assert not list(tmp_path.iterdir())  # nothing cached for eager
     m = ev.evaluate(Policy.uniform(ev.unit_names, 0.3))
     assert m.backend.startswith("torch(") and "threads=1" in m.backend
 
 
-def test_bad_backend_option_value_fails_before_any_search(mlp, digits, tmp_path) -> None:
+def test_bad_backend_option_value_fails_before_any_search(trained_mlp, digits, tmp_path) -> None:
     pytest.importorskip("onnxruntime")
     with pytest.raises(ConfigError, match="graph_optimization"):
-        _evaluator(mlp, digits, "onnxruntime", tmp_path, graph_optimization="max", **PER_SESSION)
+        _evaluator(trained_mlp, digits, "onnxruntime", tmp_path, graph_optimization="max", **PER_SESSION)
 
 
 def test_run_on_onnxruntime_reports_both_runtimes_the_total_speedup_and_the_int8_decision(tmp_path, monkeypatch) -> None:
@@ -110,18 +100,10 @@ def test_run_on_onnxruntime_reports_both_runtimes_the_total_speedup_and_the_int8
     from autoprune.config.loading import parse_config
 
     monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
-    cfg = parse_config({
-        "name": "serving", "output_dir": str(tmp_path / "out"), "seed": 0,
-        "model": {"name": "mlp", "checkpoint": None}, "data": {"name": "digits"},
-        "train": {"epochs": 3, "batch_size": 64, "lr": 0.05, "augment": False},
-        "budget": {"metric": "macs", "target": 0.6},
-        "latency": {"threads": 1, "rounds": 3, "backend": "onnxruntime", "backend_options": PER_SESSION},
-        "proxy": {"bn_batches": 2, "val_samples": 200},
-        "search": {"searcher": "optuna", "episodes": 3},
-        "finetune": {"epochs": 1, "lr": 0.01},
-        "export": {"quantize": True, "int8_tolerance": 1.0},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "register": False},
-    })
+    cfg = parse_config(tiny_experiment(
+        tmp_path, name="serving", latency={"backend": "onnxruntime", "backend_options": PER_SESSION}, search={"episodes": 3},
+        export={"quantize": True, "int8_tolerance": 1.0}, tracking={"register": False},
+    ))
     res = run_experiment(cfg, progress=False)
     r = res.report
     assert r["backend"] == "onnxruntime" and res.pruned.backend == "onnxruntime"

@@ -16,6 +16,7 @@ import optuna
 import plugins_for_tests
 import pytest
 import torch
+from helpers import tiny_experiment
 
 from autoprune.app.estimate import estimate
 from autoprune.app.experiment import output_dir, run_search
@@ -218,16 +219,12 @@ def test_a_sampler_reference_builds_that_optuna_sampler():
 
 def test_searcher_backend_and_importance_named_as_module_class_run_a_search(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
-    cfg = parse_config({
-        "name": "plugins", "output_dir": str(tmp_path / "out"),
-        "model": {"name": "mlp"}, "data": {"name": "digits"},
-        "train": {"epochs": 1, "batch_size": 64, "lr": 0.05, "augment": False},
-        "budget": {"metric": "macs", "target": 0.6},
-        "latency": {"threads": 1, "rounds": 3, "backend": "plugins_for_tests:CountingEagerBackend"},
-        "proxy": {"bn_batches": 1, "val_samples": 100},
-        "pruning": {"importance": "plugins_for_tests:LastChannelsFirstImportance"},
-        "search": {"searcher": "plugins_for_tests:HalfEverywhereSearcher", "episodes": 2, "params": {"ratio": 0.6}},
-    })
+    cfg = parse_config(tiny_experiment(
+        tmp_path, name="plugins", train={"epochs": 1},
+        latency={"backend": "plugins_for_tests:CountingEagerBackend"},
+        pruning={"importance": "plugins_for_tests:LastChannelsFirstImportance"},
+        search={"searcher": "plugins_for_tests:HalfEverywhereSearcher", "episodes": 2, "params": {"ratio": 0.6}},
+    ))
     before = plugins_for_tests.CountingEagerBackend.prepared
     run = run_search(cfg, progress=False)
     assert run.result.searcher == "half-everywhere" and run.result.extras["ratio"] == 0.6
