@@ -28,18 +28,28 @@ def git_commit() -> str:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
 
 
+def command() -> str:
+    """The command line that started this process: ``python -m experiments.bench.NAME ARGS...``.
+
+    The module name comes from ``__main__``'s spec (set by ``python -m``); a process started
+    otherwise (a file path, ``python -c``) is shown by the path of ``sys.argv[0]``.
+    """
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = ["-m", spec.name] if spec is not None and spec.name else [os.path.relpath(sys.argv[0])]
+    return "python " + " ".join(shlex.quote(a) for a in [*program, *sys.argv[1:]])
+
+
 def header(title: str, threads: int | None = None) -> str:
     """Markdown header: command, date, library versions, machine (cores, threads)."""
     import torch
 
-    cmd = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     from autoprune.measure.runtime_table import machine_id
 
     cpu = machine_id()["cpu"]
     libs = ", ".join(f"{n} {_version(n)}" for n in LIBS)
     return (
         f"# {title}\n\n"
-        f"- command: `python {cmd}`\n"
+        f"- command: `{command()}`\n"
         f"- date: {_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"
         f"- machine: {os.cpu_count()} cores ({cpu}); torch intra-op threads {threads or torch.get_num_threads()}\n"
         f"- python {platform.python_version()}; {libs}\n\n"

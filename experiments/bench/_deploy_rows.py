@@ -45,8 +45,6 @@ def _overrides(model: str, batch: int, backend: str, episodes: int, epochs: floa
 
 def run_setting(model: str, batch: int, backend: str, *, episodes: int, epochs: float, target: float, threads: int = 2) -> dict[str, Any]:
     """Search, fine-tune, export and re-measure the four policies of one setting; returns (and writes) its JSON."""
-    from _common import git_commit
-
     from autoprune.app.experiment import build_evaluator, load_baseline
     from autoprune.app.pipeline import apply_best, decide_int8
     from autoprune.config.loading import load_config
@@ -55,6 +53,8 @@ def run_setting(model: str, batch: int, backend: str, *, episodes: int, epochs: 
     from autoprune.objective.proxy import split_metrics
     from autoprune.search import get_searcher
     from autoprune.training.finetune import finetune
+
+    from ._common import command, git_commit
 
     torch.set_num_threads(threads)
     base_over = _overrides(model, batch, backend, episodes, epochs, target) + [f"latency.threads={threads}"]
@@ -111,7 +111,7 @@ def run_setting(model: str, batch: int, backend: str, *, episodes: int, epochs: 
         "dense_eager_ms": fresh["dense_eager_ms"], "backend_settings": fresh["backend_settings"], "rows": rows,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average": open("/proc/loadavg").read().split()[:3],
-        "command": "python " + " ".join(sys.argv),
+        "command": command(),
         "commit": git_commit(),
     }
     ROWS_DIR.mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ def _remeasure(spec_path: str) -> None:
 
 def section() -> str:
     """The markdown section built from every setting's JSON under ``runtimes_rows/``."""
-    from _common import table
+    from ._common import table
 
     files = sorted(ROWS_DIR.glob("*.json"))
     if not files:

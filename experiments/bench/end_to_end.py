@@ -6,21 +6,17 @@ baseline. Both are fine-tuned for the same epochs, with and without distillation
 evaluated on the test split (never seen by the search) and timed paired against dense.
 Writes ``experiments/results/end_to_end.md``.
 
-    python experiments/bench/end_to_end.py [--episodes 100] [--epochs 3] [--no-onnx]
+    python -m experiments.bench.end_to_end [--episodes 100] [--epochs 3] [--no-onnx]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, table, write
 
 from autoprune.app.experiment import build_evaluator, load_baseline
 from autoprune.config.loading import parse_config
@@ -29,6 +25,8 @@ from autoprune.measure.latency import PairedTimer, count_macs_params
 from autoprune.objective.proxy import split_metrics
 from autoprune.search import get_searcher
 from autoprune.training.finetune import FinetuneSettings, finetune
+
+from ._common import header, table, write
 
 
 def onnx_rows(model, dense, data, threads: int) -> list[tuple]:
@@ -63,7 +61,7 @@ def onnx_rows(model, dense, data, threads: int) -> list[tuple]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--episodes", type=int, default=100)
     ap.add_argument("--epochs", type=float, default=3)
     ap.add_argument("--target", type=float, default=0.5)

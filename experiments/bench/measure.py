@@ -2,7 +2,7 @@
 
 ResNet-20 on Fashion-MNIST (the committed baseline). Writes ``experiments/results/measure.md``.
 
-    python experiments/bench/measure.py [--policies 50] [--spearman 10] [--ft-samples 54000]
+    python -m experiments.bench.measure [--policies 50] [--spearman 10] [--ft-samples 54000]
 """
 
 from __future__ import annotations
@@ -10,16 +10,11 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, table, write
 
 from autoprune.app.experiment import build_evaluator, load_baseline
 from autoprune.config.loading import parse_config
@@ -29,6 +24,8 @@ from autoprune.measure.latency import PairedTimer, measure_latency
 from autoprune.objective.proxy import accuracy
 from autoprune.training.finetune import FinetuneSettings, finetune
 from autoprune.zoo import Split
+
+from ._common import header, table, write
 
 
 def random_policy(ev, rng: np.random.Generator, drop_prob: float = 0.25) -> Policy:
@@ -148,7 +145,7 @@ def spearman_section(ev, baseline, evaluations, n: int, ft_samples: int) -> tupl
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policies", type=int, default=50)
     ap.add_argument("--noise-policies", type=int, default=6)
     ap.add_argument("--noise-repeats", type=int, default=8)

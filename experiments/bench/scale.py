@@ -12,8 +12,8 @@ Writes ``experiments/results/scale.md`` (and prints the summary). One run measur
 3. Faults: ``kill -9`` of one of two workers in the middle of a trial, and of a single-process
    search that is then run again.
 
-    python experiments/bench/scale.py            # ~13 min on 2 cores
-    python experiments/bench/scale.py --quick    # smoke run, ~2-3 min
+    python -m experiments.bench.scale            # ~13 min on 2 cores
+    python -m experiments.bench.scale --quick    # smoke run, ~2-3 min
 """
 
 from __future__ import annotations
@@ -34,13 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import optuna
 import sqlalchemy
-from _common import header, table, write
-from _postgres import Postgres, throwaway_postgres
+import torch
 from optuna.trial import TrialState
 
 from autoprune.app.experiment import build_evaluator, load_baseline, run_search
@@ -48,6 +44,9 @@ from autoprune.config.loading import load_config
 from autoprune.graph.policy import Policy
 from autoprune.objective.evaluator import Metrics
 from autoprune.search import get_searcher
+
+from ._common import header, table, write
+from ._postgres import Postgres, throwaway_postgres
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "experiments" / "configs" / "resnet20_fmnist_tpe.yaml"
@@ -574,7 +573,7 @@ def fault_section(pg: Postgres, tmp: Path, args: argparse.Namespace) -> tuple[st
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: short windows, few trials")
     ap.add_argument("--window", type=float, default=None, help="steady-state seconds per throughput run (default 60, quick 10)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds over the three modes (default 2, quick 1)")

@@ -6,7 +6,7 @@ Each (searcher, batch size, seed) cell is one part: its row is appended to
 benchmark loses nothing and a rerun skips finished cells. ``searchers.md`` and
 ``searchers_curves.png`` are rebuilt from all rows after every part.
 
-    python experiments/bench/searchers.py [--episodes 150] [--seeds 3] [--batch-sizes 1,32]
+    python -m experiments.bench.searchers [--episodes 150] [--seeds 3] [--batch-sizes 1,32]
         [--searchers uniform,random,optuna,ppo,ddpg,sensitivity] [--mac-row] [--target 0.5]
 
 The returned policy's latency is re-measured in a fresh process, paired against dense.
@@ -19,12 +19,10 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, header, table, write
+from ._common import RESULTS, header, table, write
 
 ROWS = RESULTS / "searchers.jsonl"
 
@@ -221,7 +219,7 @@ def plot_curves(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--episodes", type=int, default=150)
     ap.add_argument("--seeds", type=int, default=3, help="seeds at batch 1 (batch 32 always uses 1)")
     ap.add_argument("--batch-sizes", default="1,32")

@@ -21,7 +21,7 @@ latency ratio, the wall time of finding the policy, and the test accuracy after 
 short fine-tune. "share of gain" = (method - uniform) / (fresh - uniform). Baselines are
 trained by ``autoprune train`` with a short schedule (see the results file).
 
-    python experiments/bench/transfer.py [--episodes 100] [--seeds 3] [--finetune-epochs 0.2] [--targets resnet32,resnet56,mobilenetv2]
+    python -m experiments.bench.transfer [--episodes 100] [--seeds 3] [--finetune-epochs 0.2] [--targets resnet32,resnet56,mobilenetv2]
 
 Each (target, seed)'s rows are kept in ``experiments/results/transfer.jsonl`` as they finish, so an
 interrupted run goes on where it stopped when rerun; ``--fresh`` starts over (source searches too).
@@ -32,15 +32,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, header, table, write
 
 from autoprune.app.experiment import build_evaluator, load_baseline
 from autoprune.config.loading import parse_config
@@ -51,6 +47,8 @@ from autoprune.objective.proxy import split_metrics
 from autoprune.search import get_searcher
 from autoprune.training.finetune import FinetuneSettings, finetune
 from autoprune.transfer import transfer
+
+from ._common import RESULTS, header, table, write
 
 PARTS = RESULTS / "transfer.jsonl"
 MIN_GAIN = 0.005
@@ -300,7 +298,7 @@ def render(rows: list[dict], args, dense: dict[str, dict]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--episodes", type=int, default=100, help="Episodes of the source and of each fresh search.")
     ap.add_argument("--target", type=float, default=0.5)
     ap.add_argument("--finetune-epochs", type=float, default=0.2)

@@ -19,10 +19,10 @@ ONNX file is re-timed against the dense ONNX file in a **fresh process** on ONNX
 batch 1 and batch ``--big-batch``, sequence ``--seq``. Writes
 ``experiments/results/transformers.md`` and one JSON per target under ``transformers_rows/``.
 
-    python experiments/bench/transformers.py [--targets 0.7,0.5] [--rows uniform,global,layer_drop,optuna,ppo]
+    python -m experiments.bench.transformers [--targets 0.7,0.5] [--rows uniform,global,layer_drop,optuna,ppo]
         [--episodes 16] [--epochs 0.25] [--val-samples 300] [--seq 128] [--big-batch 32] [--search-batch 1] [--threads 2]
-    python experiments/bench/transformers.py --report   # rebuild the markdown from the JSON files
-    python experiments/bench/transformers.py --model hf:/tiny/folder --limit 60 --episodes 3 --epochs 0.1 --seq 32 --out /tmp/smoke
+    python -m experiments.bench.transformers --report   # rebuild the markdown from the JSON files
+    python -m experiments.bench.transformers --model hf:/tiny/folder --limit 60 --episodes 3 --epochs 0.1 --seq 32 --out /tmp/smoke
 """
 
 from __future__ import annotations
@@ -39,13 +39,7 @@ from typing import Any
 
 import torch
 
-_HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(_HERE))
-from _common import RESULTS, _version, git_commit, header, table  # noqa: E402
-
-# This file is named like the ``transformers`` package (the issue names it so): take its folder off
-# the path, or ``import transformers`` anywhere below would import this script instead.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+from ._common import RESULTS, _version, command, git_commit, header, table
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "minilm.yaml"
 ROWS_DIR = RESULTS / "transformers_rows"
@@ -129,7 +123,7 @@ def run_target(target: float, args: argparse.Namespace) -> dict[str, Any]:
         "distill_epochs": args.epochs, "val_samples": args.val_samples, "test_sentences": len(baseline.data.test.texts),
         "train_sentences": len(baseline.data.train.texts), "dense_params": int(dense_params), "dense_embed_test_s": dense_embed_s,
         "dense_ms": fresh["dense_ms"], "backend_settings": fresh["backend_settings"], "rows": rows,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": "python " + " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": command(),
         "commit": git_commit(),
     }
     rows_dir = Path(args.out) / "transformers_rows" if args.out else ROWS_DIR
@@ -244,7 +238,7 @@ def _goals(s: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="0.7,0.5", help="latency targets, fractions of dense ONNX Runtime latency")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"policies to compare; any of {', '.join(ROWS)}")
     parser.add_argument("--episodes", type=int, default=16, help="episodes of the optuna and ppo searches (and the most for the baselines)")
