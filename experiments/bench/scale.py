@@ -44,9 +44,9 @@ from autoprune.config.loading import load_config
 from autoprune.graph.policy import Policy
 from autoprune.objective.evaluator import Metrics
 from autoprune.search import get_searcher
+from tests.helpers.postgres import DURABLE_SETTINGS, PostgresServer, throwaway_postgres
 
 from ._common import header, table, write
-from ._postgres import Postgres, throwaway_postgres
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "experiments" / "configs" / "resnet20_fmnist_tpe.yaml"
@@ -183,7 +183,7 @@ MODES = {  # name: (workers, threads per worker)
 }
 
 
-def run_mode(pg: Postgres, tmp: Path, mode: str, rnd: int, window: float, start_timeout: float) -> ModeRun:
+def run_mode(pg: PostgresServer, tmp: Path, mode: str, rnd: int, window: float, start_timeout: float) -> ModeRun:
     """``autoprune search`` in its own process group; killed ``window`` seconds after all its workers run trials."""
     workers, threads = MODES[mode]
     res = ModeRun(mode, rnd)
@@ -233,7 +233,7 @@ def run_mode(pg: Postgres, tmp: Path, mode: str, rnd: int, window: float, start_
     return res
 
 
-def throughput_section(pg: Postgres, tmp: Path, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+def throughput_section(pg: PostgresServer, tmp: Path, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     runs: list[ModeRun] = []
     names = list(MODES)
     for rnd in range(args.rounds):
@@ -304,7 +304,7 @@ def throughput_section(pg: Postgres, tmp: Path, args: argparse.Namespace) -> tup
 # --------------------------------------------------------------------------- 2. storage overhead
 
 
-def storage_section(pg: Postgres, tmp: Path, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+def storage_section(pg: PostgresServer, tmp: Path, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     torch.set_num_threads(1)
     cfg = load_config(CONFIG, ["latency.threads=1"])
     baseline = load_baseline(cfg, progress=False)
@@ -412,7 +412,7 @@ class Sampler(threading.Thread):
         return self.samples
 
 
-def kill_worker_fault(pg: Postgres, tmp: Path, episodes: int, grace: int) -> tuple[list, dict[str, Any]]:
+def kill_worker_fault(pg: PostgresServer, tmp: Path, episodes: int, grace: int) -> tuple[list, dict[str, Any]]:
     """This process is one worker; a spawned ``autoprune worker`` is SIGKILLed in the middle of a trial."""
     url = pg.create_database("fault_worker")
     study = "fault-worker"
@@ -530,7 +530,7 @@ def resume_fault(tmp: Path, episodes: int) -> tuple[list, dict[str, Any]]:
     return samples, res
 
 
-def fault_section(pg: Postgres, tmp: Path, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+def fault_section(pg: PostgresServer, tmp: Path, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     print("[faults] kill -9 one of two workers ...", flush=True)
     _, a = kill_worker_fault(pg, tmp, args.fault_episodes, grace=3)
     print("[faults] kill -9 a single-process search, then resume ...", flush=True)
@@ -589,7 +589,7 @@ def main() -> None:
 
     started = time.monotonic()
     load_start = os.getloadavg()
-    with throwaway_postgres() as pg, tempfile.TemporaryDirectory(prefix="autoprune-scale-") as tmpdir:
+    with throwaway_postgres(DURABLE_SETTINGS) as pg, tempfile.TemporaryDirectory(prefix="autoprune-scale-") as tmpdir:
         tmp = Path(tmpdir)
         t_text, t = throughput_section(pg, tmp, args)
         s_text, s = storage_section(pg, tmp, args)
