@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 LIBS = ("torch", "torch-pruning", "gymnasium", "stable-baselines3", "optuna", "mlflow", "numpy")
@@ -54,6 +55,14 @@ def header(title: str, threads: int | None = None) -> str:
         f"- machine: {os.cpu_count()} cores ({cpu}); torch intra-op threads {threads or torch.get_num_threads()}\n"
         f"- python {platform.python_version()}; {libs}\n\n"
     )
+
+
+def zoo_model(cfg: Any, baseline: Any) -> Any:
+    """How a fresh process rebuilds the experiment's model (:class:`autoprune.measure.fresh.ZooModel`)."""
+    from autoprune.measure.fresh import ZooModel
+
+    data = baseline.data
+    return ZooModel(cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

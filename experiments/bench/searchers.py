@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 
 import numpy as np
 
-from ._common import RESULTS, header, table, write
+from ._common import RESULTS, header, table, write, zoo_model
 
 ROWS = RESULTS / "searchers.jsonl"
 
@@ -47,20 +45,21 @@ def make_config(searcher: str, batch: int, seed: int, episodes: int, target: flo
     )
 
 
-def remeasure(policy_path: str, batch: int, threads: int = 2) -> dict:
-    """In a fresh process: load baseline, apply the policy, measure the paired latency ratio."""
-    code = (
-        f"import json,sys,torch;torch.set_num_threads({threads});"
-        "from autoprune.config.schema import parse_config;from autoprune.app.experiment import load_baseline;"
-        "from autoprune.graph.prunable import PrunableGraph;from autoprune.graph.surgery import apply_policy;"
-        "from autoprune.graph.policy import load_policy;from autoprune.measure.latency import PairedTimer;"
-        "cfg=parse_config({'model':{'name':'resnet20'},'data':{'name':'fashion_mnist'}});b=load_baseline(cfg,progress=False);"
-        f"p=load_policy({policy_path!r})[0];g=PrunableGraph(b.model,b.data.example_input(1));"
-        f"m=apply_policy(b.model,p,graph=g).eval();t=PairedTimer(b.model,b.data.example_input({batch}),threads={threads});"
-        "t.ratio(m,rounds=5);r=t.ratio(m,rounds=30);print(json.dumps({'ratio':r.ratio,'lo':r.ci_low,'hi':r.ci_high}))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def remeasure(cfg, baseline, run, batch: int) -> dict:
+    """The best policy as the pipeline delivers it (``apply_best``), timed paired against dense in a fresh process.
+
+    5 warm-up and 30 measured rounds on the search's latency backend, at ``batch``
+    (:func:`autoprune.measure.fresh.remeasure_in_fresh_process`).
+    """
+    from autoprune.app.pipeline import apply_best
+    from autoprune.measure.fresh import remeasure_in_fresh_process
+
+    lc = cfg.latency
+    pruned = apply_best(cfg, baseline, run.result.best.policy, evaluator=run.evaluator)
+    fresh = remeasure_in_fresh_process(baseline.model, [pruned], baseline.data.example_input(batch), backend=lc.backend, threads=lc.threads,
+                                       backend_options=lc.backend_options, rounds=30, zoo=zoo_model(cfg, baseline))
+    r = fresh.ratios[0]
+    return {"ratio": r.ratio, "lo": r.ci_low, "hi": r.ci_high}
 
 
 def run_cell(searcher: str, batch: int, seed: int, episodes: int, target: float, metric: str) -> dict:
@@ -74,7 +73,7 @@ def run_cell(searcher: str, batch: int, seed: int, episodes: int, target: float,
     res, ev = run.result, run.evaluator
     best = res.best
     eval_s = sum(e.metrics.seconds.get("total", 0.0) for e in res.history if not e.cached)
-    fresh = remeasure(str(run.policy_path), batch)
+    fresh = remeasure(cfg, baseline, run, batch)
     return {
         "searcher": searcher,
         "metric": metric,
