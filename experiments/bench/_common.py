@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmarks: machine/library header and markdown tables."""
+"""Shared helpers of the benchmarks: machine/library header, markdown tables and the goals report."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,32 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One goal of a benchmark and what the run measured.
+
+    Attributes:
+        goal: What is asked, with its threshold (``searched >= uniform + 1.0 point``).
+        value: The measured value, formatted (``+1.35 pts``).
+        met: Whether it is met; None for a figure reported beside the goals without a verdict.
+    """
+
+    goal: str
+    value: str
+    met: bool | None
+
+    def line(self) -> str:
+        """``- goal: value: met`` (``**not met**``; no verdict when ``met`` is None)."""
+        verdict = "" if self.met is None else (": met" if self.met else ": **not met**")
+        return f"- {self.goal}: {self.value}{verdict}"
+
+
+def goals_report(goals: Iterable[Goal], heading: str | None = "## Goals") -> str:
+    """The goals as markdown, one line each (:meth:`Goal.line`), under ``heading`` (None: the lines only)."""
+    lines = "".join(g.line() + "\n" for g in goals)
+    return f"{heading}\n\n{lines}" if heading else lines
 
 
 def write(name: str, text: str, *, append: bool = False) -> Path:

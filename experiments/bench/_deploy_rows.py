@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from ._common import command, git_commit, table, zoo_model
+from ._common import Goal, command, git_commit, goals_report, table, zoo_model
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 ROWS_DIR = RESULTS / "runtimes_rows"
@@ -191,8 +191,8 @@ def section() -> str:
         text += table(["policy", "round_to", "episodes", "episodes/min", "ratio in search", "fresh ratio", "95% CI", "blocks dropped",
                        "proxy acc", "test acc", "vs dense (pts)", "int8 / dense fp32 (same runtime)", "int8 test acc", "int8 kept",
                        "deployed ms", "deployed vs dense eager"], rows) + "\n"
-        goals.append(_goals(s))
-    text += "### Goals (issue 13)\n\n" + "".join(goals)
+        goals += _goals(s)
+    text += goals_report(goals, "### Goals (issue 13)")
     return text
 
 
@@ -216,33 +216,28 @@ def write_section(path: Path = RESULTS / "runtimes.md") -> Path:
     return path
 
 
-def _goals(s: dict) -> str:
+def _goals(s: dict) -> list[Goal]:
     rows = {r["slug"]: r for r in s["rows"]}
     searched = rows["searched"]
     dense = s["dense_test_accuracy"]
     name = f"{s['model']} b{s['batch']} on {LABELS[s['backend']]}"
-
-    def mark(ok: bool) -> str:
-        return "met" if ok else "**not met**"
-
-    out = []
     gap = 100 * (dense - searched["test_accuracy"])
-    out.append(f"- {name}: searched policy within 1.0 point of dense: {-gap:+.2f} pts: {mark(gap <= 1.0)}")
+    out = [Goal(f"{name}: searched policy within 1.0 point of dense", f"{-gap:+.2f} pts", gap <= 1.0)]
     for other in ("uniform", "global"):
         if other in rows:
             d = 100 * (searched["test_accuracy"] - rows[other]["test_accuracy"])
-            out.append(f"- {name}: searched >= {other} + 1.0 point: {d:+.2f} pts: {mark(d >= 1.0)}")
+            out.append(Goal(f"{name}: searched >= {other} + 1.0 point", f"{d:+.2f} pts", d >= 1.0))
     ratio = searched["fresh_ratio"] / s["target"]
-    out.append(f"- {name}: fresh-process latency <= 1.05 x target: {searched['fresh_ratio']:.3f} = {ratio:.2f} x target: {mark(ratio <= 1.05)}")
+    out.append(Goal(f"{name}: fresh-process latency <= 1.05 x target", f"{searched['fresh_ratio']:.3f} = {ratio:.2f} x target", ratio <= 1.05))
     if s["backend"] == "onnxruntime" and s["batch"] == 1:
-        out.append(f"- {name}: search >= 30 episodes/min: {searched['episodes_per_min']:.1f}: {mark(searched['episodes_per_min'] >= 30)}")
+        out.append(Goal(f"{name}: search >= 30 episodes/min", f"{searched['episodes_per_min']:.1f}", searched["episodes_per_min"] >= 30))
         speed = s["dense_eager_ms"] / searched.get("deployed_ms", searched["fresh_ms"])
         loss = 100 * (dense - searched.get("deployed_acc", searched["test_accuracy"]))
-        out.append(f"- {name}: deployed artifact >= 15x faster than dense eager at <= 1 point loss: {speed:.1f}x, {-loss:+.2f} pts: "
-                   f"{mark(speed >= 15 and loss <= 1.0)}")
+        out.append(Goal(f"{name}: deployed artifact >= 15x faster than dense eager at <= 1 point loss", f"{speed:.1f}x, {-loss:+.2f} pts",
+                        speed >= 15 and loss <= 1.0))
     if "eager" in rows:
-        out.append(f"- {name}: the eager-searched policy re-measured here: {rows['eager']['fresh_ratio']:.3f} of dense (target {s['target']})")
-    return "".join(line + "\n" for line in out)
+        out.append(Goal(f"{name}: the eager-searched policy re-measured here", f"{rows['eager']['fresh_ratio']:.3f} of dense (target {s['target']})", None))
+    return out
 
 
 def refresh(json_path: str) -> None:

@@ -26,7 +26,7 @@ from autoprune.objective.proxy import split_metrics
 from autoprune.search import get_searcher
 from autoprune.training.finetune import FinetuneSettings, finetune
 
-from ._common import header, table, write
+from ._common import Goal, goals_report, header, table, write
 
 
 def onnx_rows(model, dense, data, threads: int) -> list[tuple]:
@@ -120,10 +120,11 @@ def main() -> None:
     best_s = max(results[("searched (optuna-tpe)", d)][0] for d in (False, True))
     best_u = max(results[("uniform", d)][0] for d in (False, True))
     eff = [(1 / r[1]) / r[2] for r in results.values()]
-    out += "\n## Goals\n\n"
-    out += f"- searched >= uniform + 1.0 point (best of with/without distillation): {100 * (best_s - best_u):+.2f} points: {'met' if best_s - best_u >= 0.01 else '**not met**'}\n"
-    out += f"- searched within 1.0 point of dense: {100 * (best_s - dense_test):+.2f} points: {'met' if dense_test - best_s <= 0.01 else '**not met**'}\n"
-    out += f"- realised speed-up >= 0.8 x MAC reduction: min ratio {min(eff):.2f}: {'met' if min(eff) >= 0.8 else '**not met**'}\n"
+    out += "\n" + goals_report([
+        Goal("searched >= uniform + 1.0 point (best of with/without distillation)", f"{100 * (best_s - best_u):+.2f} points", best_s - best_u >= 0.01),
+        Goal("searched within 1.0 point of dense", f"{100 * (best_s - dense_test):+.2f} points", dense_test - best_s <= 0.01),
+        Goal("realised speed-up >= 0.8 x MAC reduction", f"min ratio {min(eff):.2f}", min(eff) >= 0.8),
+    ])
     write("end_to_end.md", out)
     print(out)
 

@@ -25,7 +25,7 @@ from autoprune.objective.proxy import accuracy
 from autoprune.training.finetune import FinetuneSettings, finetune
 from autoprune.zoo import Split
 
-from ._common import header, table, write
+from ._common import Goal, goals_report, header, table, write
 
 
 def random_policy(ev, rng: np.random.Generator, drop_prob: float = 0.25) -> Policy:
@@ -184,13 +184,13 @@ def main() -> None:
         out += text
         summary.update(s)
     goals = [
-        ("one evaluation <= 2 s", f"{summary['total']:.2f} s", summary["total"] <= 2.0),
-        ("paired latency-ratio CV <= 3%", f"{100 * summary['paired_cv']:.1f}% (unpaired {100 * summary['unpaired_cv']:.1f}%)", summary["paired_cv"] <= 0.03),
-        ("lookup-table median error <= 5%", f"{100 * summary['median_err']:.1f}% (p90 {100 * summary['p90_err']:.1f}%)", summary["median_err"] <= 0.05),
+        Goal("one evaluation <= 2 s", f"{summary['total']:.2f} s", summary["total"] <= 2.0),
+        Goal("paired latency-ratio CV <= 3%", f"{100 * summary['paired_cv']:.1f}% (unpaired {100 * summary['unpaired_cv']:.1f}%)", summary["paired_cv"] <= 0.03),
+        Goal("lookup-table median error <= 5%", f"{100 * summary['median_err']:.1f}% (p90 {100 * summary['p90_err']:.1f}%)", summary["median_err"] <= 0.05),
     ]
     if "spearman" in summary:
-        goals.append(("proxy vs fine-tuned Spearman >= 0.7", f"{summary['spearman']:.3f}", summary["spearman"] >= 0.7))
-    out += "## Goals\n\n" + table(["goal", "measured", "met"], [(g, v, "yes" if ok else "**no**") for g, v, ok in goals])
+        goals.append(Goal("proxy vs fine-tuned Spearman >= 0.7", f"{summary['spearman']:.3f}", summary["spearman"] >= 0.7))
+    out += goals_report(goals)
     path = write(args.out, out)
     print(out)
     print(f"written to {path}")

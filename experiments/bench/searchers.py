@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from ._common import RESULTS, header, table, write, zoo_model
+from ._common import RESULTS, Goal, goals_report, header, table, write, zoo_model
 
 ROWS = RESULTS / "searchers.jsonl"
 
@@ -154,34 +154,36 @@ def goals(rows: list[dict]) -> str:
         v = [r["best_accuracy"] for r in rows if r["searcher"] == s and r["batch"] == batch and r["metric"] == metric]
         return float(np.mean(v)) if v else float("nan")
 
-    lines = ["## Goals (batch 1 unless noted)\n"]
+    out = []
     u = mean_acc("uniform")
     for s in ("ppo", "optuna"):
         a = mean_acc(s)
         if not np.isnan(a) and not np.isnan(u):
-            lines.append(f"- {s} vs uniform: {100 * (a - u):+.1f} points (goal >= +10): {'met' if a - u >= 0.10 else '**not met**'}")
+            out.append(Goal(f"{s} vs uniform >= +10 points", f"{100 * (a - u):+.1f} points", a - u >= 0.10))
         for other in ("ddpg", "random"):
             o = mean_acc(other)
             if not np.isnan(a) and not np.isnan(o):
-                lines.append(f"- {s} vs {other}: {100 * (a - o):+.1f} points (goal >= 0): {'met' if a >= o else '**not met**'}")
+                out.append(Goal(f"{s} vs {other} >= 0 points", f"{100 * (a - o):+.1f} points", a >= o))
     rates = [r["episodes_per_min"] for r in rows if r["batch"] == 1 and r["searcher"] not in ("uniform",)]
     if rates:
-        lines.append(f"- episodes/min (batch 1, mean over searchers): {np.mean(rates):.1f} (goal >= 30): {'met' if np.mean(rates) >= 30 else '**not met**'}")
+        out.append(Goal("episodes/min (batch 1, mean over searchers) >= 30", f"{np.mean(rates):.1f}", np.mean(rates) >= 30))
     fresh = [r["fresh_latency_ratio"] / r["target"] for r in rows if r["metric"] == "latency"]
     if fresh:
-        lines.append(f"- fresh re-measured latency / target: max {max(fresh):.3f} (goal <= 1.05): {'met' if max(fresh) <= 1.05 else '**not met**'}")
+        out.append(Goal("fresh re-measured latency / target <= 1.05", f"max {max(fresh):.3f}", max(fresh) <= 1.05))
     ppo_over = [1 - r["eval_s"] / r["search_s"] for r in rows if r["searcher"] == "ppo"]
     if ppo_over:
-        lines.append(f"- env+agent overhead over the evaluator (PPO): {100 * np.mean(ppo_over):.1f}% (goal for the env alone < 5%; this includes PPO's own training)")
+        out.append(Goal("env+agent overhead over the evaluator (PPO; the goal < 5% is for the env alone, this includes PPO's own training)",
+                        f"{100 * np.mean(ppo_over):.1f}%", None))
     mac = [r for r in rows if r["metric"] == "macs"]
     if mac:
         lat_rows = [r for r in rows if r["metric"] == "latency" and r["searcher"] == mac[0]["searcher"] and r["batch"] == mac[0]["batch"]]
         if lat_rows:
-            lines.append(
-                f"- latency-targeted vs MAC-targeted ({mac[0]['searcher']}): proxy acc {np.mean([r['best_accuracy'] for r in lat_rows]):.4f} at fresh latency "
-                f"{np.mean([r['fresh_latency_ratio'] for r in lat_rows]):.3f} vs {np.mean([r['best_accuracy'] for r in mac]):.4f} at {np.mean([r['fresh_latency_ratio'] for r in mac]):.3f}"
-            )
-    return "\n".join(lines) + "\n"
+            out.append(Goal(
+                f"latency-targeted vs MAC-targeted ({mac[0]['searcher']})",
+                f"proxy acc {np.mean([r['best_accuracy'] for r in lat_rows]):.4f} at fresh latency "
+                f"{np.mean([r['fresh_latency_ratio'] for r in lat_rows]):.3f} vs {np.mean([r['best_accuracy'] for r in mac]):.4f} at "
+                f"{np.mean([r['fresh_latency_ratio'] for r in mac]):.3f}", None))
+    return goals_report(out, "## Goals (batch 1 unless noted)")
 
 
 def plot_curves(rows: list[dict]) -> None:

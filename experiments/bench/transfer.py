@@ -48,7 +48,7 @@ from autoprune.search import get_searcher
 from autoprune.training.finetune import FinetuneSettings, finetune
 from autoprune.transfer import transfer
 
-from ._common import RESULTS, header, table, write
+from ._common import RESULTS, Goal, goals_report, header, table, write
 
 PARTS = RESULTS / "transfer.jsonl"
 MIN_GAIN = 0.005
@@ -255,14 +255,14 @@ def render(rows: list[dict], args, dense: dict[str, dict]) -> str:
                          share_p, share_t, cost, cost_s))
             if m in CHEAP and uni and fresh:
                 if not rs:
-                    verdicts.append(f"- {model}, {m}: failed in every seed ({failed[m][0]['error']})")
+                    verdicts.append(Goal(f"{model}, {m}", f"failed in every seed ({failed[m][0]['error']})", False))
                     continue
-                def ok(share: float, cost: float = cost) -> str:
-                    if share != share:
-                        return "undefined: fresh search <= uniform + 0.5 pt"
-                    return "met" if share >= 0.8 and cost <= 0.10 + 1e-9 else "NOT met"
-                verdicts.append(f"- {model}, {m}: {share_p:.0%} of the proxy gain ({ok(share_p)}), {share_t:.0%} of the "
-                                f"test gain ({ok(share_t)}), at {cost:.1%} of the fresh search's evaluations ({cost_s:.1%} of its wall time)")
+                for split, share in (("proxy", share_p), ("test", share_t)):
+                    defined = share == share
+                    value = (f"{share:.0%}" if defined else "undefined (fresh search <= uniform + 0.5 pt)") + \
+                        f" at {cost:.1%} of the fresh search's evaluations ({cost_s:.1%} of its wall time)"
+                    verdicts.append(Goal(f"{model}, {m}: share of the {split} gain >= 80% at <= 10% of the evaluations", value,
+                                         share >= 0.8 and cost <= 0.10 + 1e-9 if defined else None))
             for seed in seeds:
                 by = {r["method"]: r for r in mine if r.get("seed", 0) == seed and not r.get("failed")}
                 if m in CHEAP and m in by and "uniform" in by and "fresh TPE" in by:
@@ -292,8 +292,7 @@ def render(rows: list[dict], args, dense: dict[str, dict]) -> str:
             out.append(table(["method", "seed", "share (proxy)", "share (test)"], per_seed))
             out.append("\n")
     if verdicts:
-        out.append("## Goal: transfer or zero-shot reaches >= 80% of the fresh search's gain over uniform at <= 10% of its cost\n\n")
-        out.append("\n".join(verdicts) + "\n")
+        out.append(goals_report(verdicts, "## Goal: transfer or zero-shot reaches >= 80% of the fresh search's gain over uniform at <= 10% of its cost"))
     return "".join(out)
 
 

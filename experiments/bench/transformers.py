@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from ._common import RESULTS, _version, command, git_commit, header, table
+from ._common import RESULTS, Goal, _version, command, git_commit, goals_report, header, table
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "minilm.yaml"
 ROWS_DIR = RESULTS / "transformers_rows"
@@ -197,34 +197,29 @@ def report(rows_dir: Path = ROWS_DIR) -> str:
         text += table(["policy", "episodes", "search min", "ratio in search", "feasible", "layers dropped (0-based)", "mean heads ratio",
                        "mean FFN ratio", "params", "test fidelity before (cos / 10-NN)", "after distillation", "distill min",
                        "fresh ratio b1 [95% CI]", f"fresh ratio b{B}"], rows) + "\n"
-        goals.append(_goals(s))
-    text += "## Goals (issue 15)\n\n" + "".join(goals)
+        goals += _goals(s)
+    text += goals_report(goals, "## Goals (issue 15)")
     return text
 
 
-def _goals(s: dict) -> str:
+def _goals(s: dict) -> list[Goal]:
     rows = {r["row"]: r for r in s["rows"]}
     t = s["target"]
     goal = GOALS.get(t)
     sb = s.get("search_batch", 1)
     tag = f"target {t}" + (f" searched at batch {sb}" if sb != 1 else "")
     out = []
-
-    def mark(ok: bool) -> str:
-        return "met" if ok else "**not met**"
-
-    searched = [rows[k] for k in ("optuna", "ppo") if k in rows]
-    for r in searched:
+    for r in (rows[k] for k in ("optuna", "ppo") if k in rows):
         fid = r["after"]["fidelity"]
         if goal is not None:
-            out.append(f"- {tag}: {r['label']} fidelity after distillation {fid:.4f} >= {goal}: {mark(fid >= goal)}")
+            out.append(Goal(f"{tag}: {r['label']} fidelity after distillation >= {goal}", f"{fid:.4f}", fid >= goal))
         fresh = r[f"fresh_ratio_b{sb}"]
-        out.append(f"- {tag}: {r['label']} fresh latency ratio (b{sb}) {fresh:.3f} <= 1.05 x target: {mark(fresh <= 1.05 * t)}")
+        out.append(Goal(f"{tag}: {r['label']} fresh latency ratio (b{sb}) <= 1.05 x target", f"{fresh:.3f}", fresh <= 1.05 * t))
         for other in ("uniform", "layer_drop"):
             if other in rows:
                 d = fid - rows[other]["after"]["fidelity"]
-                out.append(f"- {tag}: {r['label']} beats {LABELS[other]} after distillation: {d:+.4f}: {mark(d > 0)}")
-    return "".join(line + "\n" for line in out)
+                out.append(Goal(f"{tag}: {r['label']} beats {LABELS[other]} after distillation", f"{d:+.4f}", d > 0))
+    return out
 
 
 def main() -> None:
