@@ -17,6 +17,7 @@ import torch
 from scipy.stats import spearmanr
 
 from autoprune.app.experiment import build_evaluator, load_baseline
+from autoprune.app.pipeline import apply_best
 from autoprune.config.loading import parse_config
 from autoprune.graph.policy import Policy
 from autoprune.graph.surgery import apply_policy
@@ -121,7 +122,7 @@ def cost_section(evaluations) -> tuple[str, dict]:
     return text, means
 
 
-def spearman_section(ev, baseline, evaluations, n: int, ft_samples: int) -> tuple[str, dict]:
+def spearman_section(cfg, ev, baseline, evaluations, n: int, ft_samples: int) -> tuple[str, dict]:
     data = baseline.data
     sub = copy.copy(data)
     sub.train = Split(data.train.x[:ft_samples], data.train.y[:ft_samples])
@@ -130,7 +131,7 @@ def spearman_section(ev, baseline, evaluations, n: int, ft_samples: int) -> tupl
     proxies, tuned = [], []
     for i in picks:
         pol, m = evaluations[i]
-        pruned = apply_policy(ev.model, pol, graph=ev.graph)
+        pruned = apply_best(cfg, baseline, pol, evaluator=ev)  # as `autoprune run` delivers it: BN re-estimated
         finetune(pruned, sub, FinetuneSettings(epochs=1, lr=0.01, augment=False), progress=False)
         proxies.append(m.accuracy)
         tuned.append(accuracy(pruned, data.val))
@@ -180,7 +181,7 @@ def main() -> None:
     summary.update(s)
     out += speedup_section(ev, baseline)
     if args.spearman > 1:
-        text, s = spearman_section(ev, baseline, evaluations, args.spearman, args.ft_samples)
+        text, s = spearman_section(cfg, ev, baseline, evaluations, args.spearman, args.ft_samples)
         out += text
         summary.update(s)
     goals = [

@@ -18,7 +18,7 @@ For each target model, at the same latency target, side by side:
 
 Reported per method: proxy accuracy (validation split, after BN re-estimation), the measured
 latency ratio, the wall time of finding the policy, and the test accuracy after the same
-short fine-tune. "share of gain" = (method - uniform) / (fresh - uniform). Baselines are
+short fine-tune (applied as ``autoprune run`` applies it: ``apply_best``, BN re-estimated). "share of gain" = (method - uniform) / (fresh - uniform). Baselines are
 trained by ``autoprune train`` with a short schedule (see the results file).
 
     python -m experiments.bench.transfer [--episodes 100] [--seeds 3] [--finetune-epochs 0.2] [--targets resnet32,resnet56,mobilenetv2]
@@ -39,10 +39,10 @@ from pathlib import Path
 import torch
 
 from autoprune.app.experiment import build_evaluator, load_baseline
+from autoprune.app.pipeline import apply_best
 from autoprune.config.loading import parse_config
 from autoprune.formats.policy_file import policy_document
 from autoprune.graph.policy import model_fingerprint
-from autoprune.graph.surgery import apply_policy
 from autoprune.objective.proxy import split_metrics
 from autoprune.search import get_searcher
 from autoprune.training.finetune import FinetuneSettings, finetune
@@ -71,7 +71,7 @@ def setup(model: str, target: float, threads: int):
                         "data": {"name": "fashion_mnist"},
                         "budget": {"target": target}, "latency": {"threads": threads}})
     baseline = load_baseline(cfg, progress=False)
-    return baseline, build_evaluator(cfg, baseline)
+    return cfg, baseline, build_evaluator(cfg, baseline)
 
 
 def source(episodes: int, target: float, threads: int) -> tuple[dict, Path, list[dict]]:
@@ -80,7 +80,7 @@ def source(episodes: int, target: float, threads: int) -> tuple[dict, Path, list
     if pol_path.is_file() and (agent_dir / "agent.zip").is_file() and rows_path.is_file():
         return json.loads(pol_path.read_text()), agent_dir, json.loads(rows_path.read_text())
     SOURCE_DIR.mkdir(parents=True, exist_ok=True)
-    baseline, ev = setup("resnet20", target, threads)
+    _, baseline, ev = setup("resnet20", target, threads)
     rows = []
     t0 = time.perf_counter()
     tpe = get_searcher("optuna", {"sampler": "tpe", "n_startup_trials": 15}, progress=False).search(ev, episodes, seed=0)
@@ -111,7 +111,7 @@ def run_target(model: str, doc: dict, agent_dir: Path, args, seed: int) -> list[
     from autoprune.errors import AutopruneError
     from autoprune.graph.policy import Policy
 
-    baseline, ev = setup(model, args.target, args.threads)
+    cfg, baseline, ev = setup(model, args.target, args.threads)
     src = Policy.from_dict(doc)
     rows: list[dict] = []
 
@@ -178,7 +178,7 @@ def run_target(model: str, doc: dict, agent_dir: Path, args, seed: int) -> list[
             continue
         pol = Policy.from_dict(r["policy"])
         torch.manual_seed(seed)
-        pruned = apply_policy(baseline.model, pol, graph=ev.graph, importance=ev.importance)
+        pruned = apply_best(cfg, baseline, pol, evaluator=ev)  # as `autoprune run` delivers it: BN re-estimated
         finetune(pruned, baseline.data, FinetuneSettings(epochs=args.finetune_epochs, seed=seed), teacher=None, progress=False)
         r["test_acc"] = split_metrics(pruned, baseline.data.test)["accuracy"]
     return rows
