@@ -37,7 +37,8 @@ def command() -> str:
     otherwise (a file path, ``python -c``) is shown by the path of ``sys.argv[0]``.
     """
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    program = ["-m", spec.name] if spec is not None and spec.name else [os.path.relpath(sys.argv[0])]
+    module = spec.name.removesuffix(".__main__") if spec is not None and spec.name else None  # a package's __main__ runs as the package
+    program = ["-m", module] if module else [os.path.relpath(sys.argv[0])]
     return "python " + " ".join(shlex.quote(a) for a in [*program, *sys.argv[1:]])
 
 
