@@ -12,7 +12,7 @@ Per pattern (digits-sized model, random weights: exactness and speed do not depe
 
 Writes ``experiments/results/coverage.md``.
 
-    python experiments/bench/coverage.py [--episodes 8] [--batch 32]
+    python -m experiments.bench.coverage [--episodes 8] [--batch 32]
 """
 
 from __future__ import annotations
@@ -20,14 +20,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, table, write
 
 from autoprune.graph.check import check_units
 from autoprune.graph.prunable import PrunableGraph
@@ -41,6 +37,8 @@ from autoprune.objective.proxy import ProxySettings
 from autoprune.search import get_searcher
 from autoprune.zoo import load_data
 
+from ._common import header, table, write
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -52,7 +50,7 @@ def catalogue():
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--episodes", type=int, default=8)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=20)

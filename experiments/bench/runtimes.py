@@ -3,10 +3,10 @@
 ResNet-20 on Fashion-MNIST shapes (1x28x28), the committed checkpoint, dense vs a pruned
 variant (uniform 0.5 channels, blocks 2, 5, 8 dropped). Writes ``experiments/results/runtimes.md``.
 
-    python experiments/bench/runtimes.py [--repeats 8] [--sections paired,table] [--batches 1,32] [--threads 2]
+    python -m experiments.bench.runtimes [--repeats 8] [--sections paired,table] [--batches 1,32] [--threads 2]
         [--backends torch,onnxruntime,openvino] [--calibration 24] [--test-policies 20] [--append]
-    python experiments/bench/runtimes.py --sections rows [--settings resnet20:1:onnxruntime,...] [--episodes 40] [--epochs 1]
-    python experiments/bench/_deploy_rows.py section   # rebuild the rows section from runtimes_rows/*.json
+    python -m experiments.bench.runtimes --sections rows [--settings resnet20:1:onnxruntime,...] [--episodes 40] [--epochs 1]
+    python -m experiments.bench._deploy_rows section   # rebuild the rows section from runtimes_rows/*.json
 
 The paired, prepare and table sections are written (or appended, ``--append``) above a marker;
 the rows section after the marker is always rebuilt from every setting's JSON.
@@ -24,14 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, _version, header, table
-
 from autoprune.graph import Policy, PrunableGraph, apply_policy
 from autoprune.measure.latency import PairedTimer, measure_latency
 from autoprune.measure.schedule import PairedSchedule
 from autoprune.training.baseline import load_model_weights
 from autoprune.zoo import build_model
+
+from ._common import RESULTS, _version, header, table
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "resnet20-fashion_mnist.pt"
 THREADS = 2  # --threads
@@ -214,7 +213,7 @@ def _cv(values: list[float]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--sections", default="paired,table")
     parser.add_argument("--batches", default="1,32")
@@ -250,7 +249,7 @@ def main() -> None:
     if "table" in sections:
         text += table_section(batches, args.test_policies, args.calibration)
     if "rows" in sections:  # one JSON per setting; the section at the end of runtimes.md is rebuilt from all of them
-        from _deploy_rows import run_setting, write_section
+        from ._deploy_rows import run_setting, write_section
 
         for setting in filter(None, args.settings.split(",")):
             model, batch, backend = setting.split(":")
@@ -259,7 +258,7 @@ def main() -> None:
         if sections == ["rows"]:
             return
     text += f"Total time {time.perf_counter() - start:.0f} s; load average at the end: {' '.join(open('/proc/loadavg').read().split()[:3])}.\n"
-    from _deploy_rows import MARKER, write_section
+    from ._deploy_rows import MARKER, write_section
 
     path = RESULTS / "runtimes.md"
     old = path.read_text().split(MARKER, 1)[0] if args.append and path.exists() else ""
