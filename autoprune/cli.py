@@ -323,7 +323,7 @@ def ui(
     """Start the MLflow UI on the experiment store; SIGTERM or Ctrl-C stops it and its server."""
     from autoprune.tracking.ui import serve_ui
 
-    code = serve_ui(uri, host=host, port=port, announce=typer.echo)
+    code = serve_ui(uri, host=host, port=port, announce=typer.echo, access_log=logging.getLogger("autoprune").isEnabledFor(logging.INFO))
     if code == 130:
         raise KeyboardInterrupt
     raise typer.Exit(code)

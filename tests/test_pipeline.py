@@ -37,8 +37,8 @@ def test_run_leaves_a_finished_mlflow_run_with_artifacts_and_a_champion(finished
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
     run = client.get_run(res.run_id)
     assert run.info.status == "FINISHED"
-    assert "final_pruned_test_accuracy" in run.data.metrics and "dense_test_accuracy" in run.data.metrics
-    assert len(client.get_metric_history(res.run_id, "reward")) == 6
+    assert "final/pruned_test_accuracy" in run.data.metrics and "final/dense_test_accuracy" in run.data.metrics
+    assert len(client.get_metric_history(res.run_id, "episode/reward")) == 6
     names = {a.path for a in client.list_artifacts(res.run_id)}
     assert {"policy.json", "history.csv", "report.md", "model", "plots"} <= names
     plots = {a.path for a in client.list_artifacts(res.run_id, "plots")}

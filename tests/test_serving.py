@@ -128,7 +128,7 @@ def test_run_on_onnxruntime_reports_both_runtimes_the_total_speedup_and_the_int8
     run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(res.run_id)
     assert run.data.tags["backend.thread_pool"] == "per-session" and run.data.tags["backend.backend"] == "onnxruntime"
     assert run.data.params["latency.backend_options.thread_pool"] == "per-session"
-    assert {"final_total_speedup", "final_eager_speedup", "final_pruned_eager_latency_ms"} <= set(run.data.metrics)
+    assert {"final/total_speedup", "final/eager_speedup", "final/pruned_eager_latency_ms"} <= set(run.data.metrics)
 
     rows = {row.label: row for row in final_rows(res.dense, res.pruned, r)}
     assert (rows["latency ms on onnxruntime [95% CI]"].other, rows["latency ms on torch eager"].other) == (
