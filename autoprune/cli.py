@@ -210,7 +210,7 @@ def run(
 def apply(
     policy: Annotated[str, typer.Option("--policy", "-p", help="policy.json, runs:/<run_id>/policy.json or models:/<name>@<alias>.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Zoo model or 'package.module:factory'.")],
-    data: Annotated[str, typer.Option("--data", "-d", help="Data set.")] = "fashion_mnist",
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Data set (default: the one the policy was found on).")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Dense weights (default: the cached baseline).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the pruned model (.pt, pickle-free).")] = Path("pruned.pt"),
     finetune_epochs: Annotated[float, typer.Option(min=0, help="Fine-tuning epochs after pruning.")] = 0,

@@ -22,6 +22,7 @@ from autoprune.app.uris import is_mlflow_uri, load_policy
 from autoprune.config.loading import parse_config
 from autoprune.config.machine import check_threads
 from autoprune.config.schema import ExperimentConfig
+from autoprune.errors import ConfigError
 from autoprune.formats.pruned import load_pruned, save_pruned
 from autoprune.graph.policy import check_policy_fits
 from autoprune.graph.prunable import PrunableGraph
@@ -68,7 +69,7 @@ def apply_policy_file(
     policy: str,
     model: str,
     *,
-    data: str = "fashion_mnist",
+    data: str | None = None,
     checkpoint: str | Path | None = None,
     out: str | Path = "pruned.pt",
     finetune_epochs: float = 0,
@@ -79,18 +80,31 @@ def apply_policy_file(
 ) -> ApplyReport:
     """Apply a saved policy to the same architecture, optionally fine-tune, save the pruned model, log it.
 
-    The layers the policy's search ignored (the file's ``ignore``) are ignored here too, so its
-    units match; a policy found on another architecture is refused (map it with ``autoprune transfer``).
+    The policy carries its context and is applied in it: the layers its search ignored (the
+    file's ``ignore``), its data set, and its pruning (importance, the channel multiple it was
+    rounded to, iterative steps: the file's ``pruning``), so it gives the channel counts the search
+    measured. A policy found on another architecture is refused (map it with ``autoprune transfer``).
+
+    Args:
+        data: The data set (None: the one the policy was found on, else ``fashion_mnist``).
 
     Raises:
-        ConfigError: a missing policy or checkpoint, or an unwritable ``out``.
+        ConfigError: a missing policy or checkpoint, an unwritable ``out``, or ``data`` other than
+            the data set the policy records.
         PolicyError: a malformed policy, or one of another architecture.
         ModelError: an unreadable checkpoint.
     """
-    cfg = parse_config({"name": "apply", "model": {"name": model, "checkpoint": str(checkpoint) if checkpoint else None},
-                        "data": {"name": data}, "tracking": {"uri": tracking_uri, "register": False}}, source="command line")
     writable_file(out, "--out")
     pol, payload = load_policy(policy, tracking_uri=tracking_uri)
+    recorded = payload.get("data")
+    if data is not None and recorded is not None and data != recorded:
+        raise ConfigError(f"--data: {data!r}, but the policy {policy} was found on {recorded!r}; omit --data to use it, "
+                          "or map the policy with 'autoprune transfer'")
+    data = data or recorded or "fashion_mnist"
+    pruning = {k: v for k, v in (payload.get("pruning") or {}).items() if k in ("importance", "round_to", "iterative_steps")}
+    cfg = parse_config({"name": "apply", "model": {"name": model, "checkpoint": str(checkpoint) if checkpoint else None},
+                        "data": {"name": data}, "pruning": pruning, "tracking": {"uri": tracking_uri, "register": False}},
+                       source=f"--policy {policy}")
     baseline = load_baseline(cfg, progress=progress)
     modules = {name for name, _ in baseline.model.named_modules()}
     ignored = [n for n in payload.get("ignore") or [] if n in modules]  # an unknown name: the fingerprint check says why
