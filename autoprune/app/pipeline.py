@@ -23,7 +23,7 @@ from torch import nn
 
 from autoprune.app.experiment import Baseline, SearchRun, experiment_dir, is_encoder, load_baseline, run_search, sized_for_workers
 from autoprune.config.schema import ExperimentConfig
-from autoprune.config.settings import finetune_settings, latency_settings, recover_settings
+from autoprune.config.settings import finetune_settings, latency_settings, pruning_record, recover_settings
 from autoprune.config.settings import round_to as settings_round_to
 from autoprune.formats.onnx import export_onnx, onnx_predictions, quantize_onnx
 from autoprune.formats.pruned import save_pruned
@@ -344,7 +344,8 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
         model_path = save_pruned(
             out / "model.pt", pruned, model_name=cfg.model.name, in_channels=getattr(baseline.data, "in_channels", 0),
             num_classes=getattr(baseline.data, "num_classes", 0), input_size=getattr(baseline.data, "input_size", 0),
-            extra={"policy": best.policy.to_dict(), "test_accuracy": pruned_r.test_accuracy},
+            extra={"policy": best.policy.to_dict(), "test_accuracy": pruned_r.test_accuracy,
+                   "context": {"data": cfg.data.name, "backend": cfg.latency.backend_info(), "pruning": pruning_record(cfg)}},
         )
         onnx_info, int8 = None, None
         if encoder:  # the serving artifact: model.onnx with named inputs, the tokenizer beside it
