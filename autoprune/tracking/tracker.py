@@ -387,8 +387,7 @@ class Tracker:
     def log_final(self, report: Mapping[str, Any], *, title: str | None = None) -> None:
         """Final results: numeric entries as ``final/<name>`` metrics, everything as ``report.md``.
 
-        The report is also the run's description (the ``mlflow.note.content`` tag), so the run page
-        opens on the result.
+        The report is also the run's description (``mlflow.note.content``): the run page opens on it.
         """
         run_id = self._require_run()
         self.log_metrics(report, prefix=FINAL)
@@ -430,14 +429,10 @@ class Tracker:
             ConfigError: a file is missing, or the registry rejects the name.
         """
         run_id = self._require_run()
-        files = {MODEL_FILE: Path(path_pt)}
-        if onnx_path is not None:
-            files["model.onnx"] = Path(onnx_path)
-        for f in extra_files:
-            files[Path(f).name] = Path(f)
-        for f in files.values():
-            if not f.is_file():
-                raise ConfigError(f"log_pruned_model: {f} does not exist")
+        files = {MODEL_FILE: Path(path_pt), **({"model.onnx": Path(onnx_path)} if onnx_path is not None else {})}
+        files.update({Path(f).name: Path(f) for f in extra_files})
+        if missing := [f for f in files.values() if not f.is_file()]:
+            raise ConfigError(f"log_pruned_model: {missing[0]} does not exist")
         with tempfile.TemporaryDirectory(prefix="autoprune-model-") as d:
             for name, src in files.items():
                 shutil.copyfile(src, Path(d) / name)
