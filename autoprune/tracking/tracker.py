@@ -259,10 +259,9 @@ class Tracker:
     def log_episode(self, evaluation: Any) -> None:
         """Buffer the step metrics of one evaluation (step = its index); usable as a searcher callback.
 
-        Logged under ``episode/`` (one section of the MLflow run page, one curve each): reward,
-        accuracy, value, latency_ratio, predicted_ratio, macs_ratio, feasible (0/1), failed (0/1)
-        and best_reward (best feasible reward so far, once there is one). Non-finite values
-        (failed evaluations) are left out.
+        Logged under ``episode/`` (a section of the run page): reward, accuracy, value, latency_ratio,
+        predicted_ratio, macs_ratio, feasible (0/1), failed (0/1) and best_reward (best feasible
+        reward so far, once there is one). Non-finite values (failed evaluations) are left out.
         """
         self._require_run()
         m = evaluation.metrics
