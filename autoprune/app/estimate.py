@@ -69,7 +69,7 @@ class EstimateRow:
     nonzero_params: int = 0
     eager_latency_ms: float = float("nan")
     eager_ratio: float = float("nan")
-    backend: str = "torch"
+    backend: str = LatencySettings.backend
 
 
 def _maskable(model: nn.Module, ignored: tuple[str, ...]) -> list[tuple[nn.Module, str]]:

@@ -34,6 +34,7 @@ from autoprune.measure.backends import backend_class
 from autoprune.measure.compare import RuntimeComparison, compare_onnx_files, compare_to_dense, int8_timing_backend
 from autoprune.measure.latency import count_macs_params, model_size_bytes
 from autoprune.measure.schedule import PairedSchedule
+from autoprune.measure.settings import LatencySettings
 from autoprune.objective.proxy import recalibrate_bn, split_metrics
 from autoprune.paths import write_json_atomic
 from autoprune.tracking.tracker import Tracker, resolve_tracking_uri
@@ -103,7 +104,7 @@ class ModelReport:
     params: int
     size_bytes: int
     eager_latency_ms: float = float("nan")
-    backend: str = "torch"
+    backend: str = LatencySettings.backend
     backend_settings: dict[str, Any] = field(default_factory=dict)
 
 
