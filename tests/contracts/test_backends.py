@@ -4,7 +4,8 @@
 * ``settings()`` is a JSON-serialisable mapping that names the backend, and ``threads`` is what it was built with;
 * what it declares holds: ``eager`` backends time PyTorch itself (the runner calls the module's
   forward) and the others time their own copy (the runner never does); ``artifact == "onnx"``
-  means ``prepare_file`` opens an exported ONNX file, and ``runs_int8`` that a QDQ int8 file runs;
+  means ``prepare_file`` opens an exported ONNX file, and ``runs_int8`` (tested on the backends
+  that declare it) that a QDQ int8 file runs;
   a backend without an artifact refuses ``prepare_file`` with a one-line ConfigError;
   ``channel_multiple()`` is None or a positive int; ``paired_schedule`` is a PairedSchedule;
   a ``thread`` clock is accepted exactly when ``runs_on_calling_thread``;
@@ -24,7 +25,7 @@ from torch import nn
 
 from autoprune.errors import ConfigError
 from autoprune.formats.onnx import export_model, quantize_onnx
-from autoprune.measure.backends import BACKENDS, LatencyBackend, get_backend
+from autoprune.measure.backends import BACKENDS, LatencyBackend, backend_class, get_backend
 from autoprune.measure.latency import PairedTimer
 from autoprune.measure.schedule import PairedSchedule
 
@@ -100,9 +101,8 @@ def test_a_backend_that_serves_onnx_opens_an_exported_file_and_the_others_refuse
             backend.prepare_file(path, example_input)
 
 
+@pytest.mark.parametrize("backend", [n for n in NAMES if backend_class(n).runs_int8], indirect=True)
 def test_a_backend_that_runs_int8_runs_a_qdq_int8_file(backend, model, example_input, digits, tmp_path):
-    if not backend.runs_int8:
-        pytest.skip(f"{backend.name} declares runs_int8 = False")
     assert backend.artifact == "onnx", "int8 is timed as a QDQ ONNX file, so a backend that runs it opens ONNX files"
     fp32, int8 = tmp_path / "model.onnx", tmp_path / "model.int8.onnx"
     export_model(model.eval(), (example_input,), fp32, None)
