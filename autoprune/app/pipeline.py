@@ -230,10 +230,10 @@ def uniform_point(evaluator: Any, max_evals: int = 6) -> tuple[float, float] | N
 
     Costs a few evaluations; shown on the Pareto plot so the search's gain is visible at a glance.
     """
-    from autoprune.search import get_searcher
+    from autoprune.search import BASELINE_SEARCHER, get_searcher
 
     try:
-        res = get_searcher("uniform", {"max_evals": max_evals}, progress=False).search(evaluator, max_evals)
+        res = get_searcher(BASELINE_SEARCHER, {"max_evals": max_evals}, progress=False).search(evaluator, max_evals)
     except Exception as e:  # noqa: BLE001 - the baseline is a courtesy: never fail a finished search for it
         log.warning("uniform baseline skipped: %s", e)
         return None
