@@ -18,6 +18,7 @@ No assertion here depends on how fast anything runs.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import pytest
 import torch
@@ -41,7 +42,7 @@ def backend(request) -> LatencyBackend:
     try:
         return get_backend(request.param, threads=1)
     except ConfigError as e:
-        if "optional extra" in str(e) or "not installed" in str(e):
+        if "needs the optional extra" in str(e):
             pytest.skip(str(e))
         raise
 
@@ -88,12 +89,12 @@ def test_an_eager_backend_times_pytorch_itself_and_a_serving_one_its_own_copy(ba
 
 def test_a_backend_that_serves_onnx_opens_an_exported_file_and_the_others_refuse_one(backend, model, example_input, tmp_path):
     path = tmp_path / "model.onnx"
-    export_model(model.eval(), (example_input,), path, None)
     if backend.artifact == "onnx":
+        export_model(model.eval(), (example_input,), path, None)
         outputs = backend.prepare_file(path, example_input)()
         with torch.inference_mode():
             expected = model(example_input)
-        got = next(iter(outputs.values())) if isinstance(outputs, dict) else outputs[0]
+        got = next(iter(outputs.values())) if isinstance(outputs, Mapping) else outputs[0]  # OpenVINO: its results mapping
         assert tuple(got.shape) == tuple(expected.shape)
     else:
         assert backend.artifact is None

@@ -72,6 +72,7 @@ def test_one_finite_score_per_channel_of_every_unit(criterion, case):
     assert set(scores) == set(case.graph.unit_names)
     for u in case.graph.units:
         s = scores[u.name]
+        assert len(case.graph.dependency_group(u.name)[0].idxs) == u.features.channels  # the group's root channels
         assert s.dtype == torch.float32 and s.shape == (u.features.channels,), (u.name, s.shape)
         assert torch.isfinite(s).all(), (u.name, s)
 
