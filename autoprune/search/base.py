@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from autoprune.errors import ConfigError
 from autoprune.graph.policy import Policy
+from autoprune.graph.surgery import apply_policy
 from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
 from autoprune.paths import write_csv_atomic
 
@@ -111,13 +112,12 @@ def confirm_best(evaluator: PolicyEvaluator, feasible: list[Evaluation], top: in
     luckily low (the winner's curse); a second, longer paired measurement of the few finalists
     removes most of that bias. If none stays within the target, the one closest to it is returned.
     """
-    from autoprune.graph.surgery import apply_policy
-
     ranked = sorted({e.policy.key(): e for e in feasible}.values(), key=lambda e: e.metrics.reward, reverse=True)[:top]
     confirmed = []
     for e in ranked:
-        pruned = apply_policy(
-            evaluator.model, e.policy, graph=evaluator.graph, importance=evaluator.importance, round_to=evaluator.round_to
+        pruned = apply_policy(  # the channels the search's evaluation kept (same criterion, batches and loss)
+            evaluator.model, e.policy, graph=evaluator.graph, importance=evaluator.importance, round_to=evaluator.round_to,
+            batches=evaluator.calibration_batches, loss=evaluator.scorer.loss,
         ).eval()
         ratio = evaluator.latency_model.confirm(pruned).ratio
         confirmed.append({"episode": e.index, "searched_ratio": e.metrics.latency_ratio, "confirmed_ratio": ratio, "reward": e.metrics.reward})
