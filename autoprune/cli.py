@@ -210,7 +210,7 @@ def run(
 def apply(
     policy: Annotated[str, typer.Option("--policy", "-p", help="policy.json, runs:/<run_id>/policy.json or models:/<name>@<alias>.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Zoo model or 'package.module:factory'.")],
-    data: Annotated[str, typer.Option("--data", "-d", help="Data set.")] = "fashion_mnist",
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Data set (default: the one the policy was found on).")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Dense weights (default: the cached baseline).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the pruned model (.pt, pickle-free).")] = Path("pruned.pt"),
     finetune_epochs: Annotated[float, typer.Option(min=0, help="Fine-tuning epochs after pruning.")] = 0,
@@ -265,7 +265,7 @@ def finetune_cmd(
                                           show_default="same as finetune.epochs", help="Epochs (fractions allowed).")],
     lr: Annotated[float, typer.Option(min=0, default_factory=lambda: _default("training.finetune", "FinetuneSettings", "lr"),
                                       show_default="same as finetune.lr", help="Peak learning rate.")],
-    data: Annotated[str, typer.Option("--data", "-d", help="Data set.")] = "fashion_mnist",
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Data set (default: the one recorded in the model file).")] = None,
     distill: Annotated[bool, typer.Option(help="Distil from the dense baseline of the same model (cached checkpoint).")] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the fine-tuned model.")] = Path("finetuned.pt"),
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for runs:/ and models:/.")] = None,
@@ -283,10 +283,10 @@ def evaluate_cmd(
     model_file: Annotated[str, typer.Argument(metavar="MODEL", help="Pruned model: .pt file, runs:/... or models:/name@alias.")],
     threads: Annotated[int, typer.Option(min=1, default_factory=lambda: _default("measure.latency", "DEFAULT_THREADS"),
                                          show_default="same as latency.threads", help="Threads while timing.")],
-    data: Annotated[str, typer.Option("--data", "-d", help="Data set.")] = "fashion_mnist",
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Data set (default: the one recorded in the model file).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size timed.")] = 1,
     backend: Annotated[str | None, typer.Option(help="Serving runtime, stands for latency.backend: torch, onnxruntime, openvino "
-                                                     "or 'package.module:Class' (default: latency.backend's default).")] = None,
+                                                     "or 'package.module:Class' (default: the one the model was searched for).")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Dense weights to compare with (default: the cached baseline).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE",
                                                    help="Override a config field, e.g. latency.backend_options.spinning=false.")] = None,
@@ -323,7 +323,7 @@ def ui(
     """Start the MLflow UI on the experiment store; SIGTERM or Ctrl-C stops it and its server."""
     from autoprune.tracking.ui import serve_ui
 
-    code = serve_ui(uri, host=host, port=port, announce=typer.echo)
+    code = serve_ui(uri, host=host, port=port, announce=typer.echo, access_log=logging.getLogger("autoprune").isEnabledFor(logging.INFO))
     if code == 130:
         raise KeyboardInterrupt
     raise typer.Exit(code)

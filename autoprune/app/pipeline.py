@@ -23,7 +23,7 @@ from torch import nn
 
 from autoprune.app.experiment import Baseline, SearchRun, experiment_dir, is_encoder, load_baseline, run_search, sized_for_workers
 from autoprune.config.schema import ExperimentConfig
-from autoprune.config.settings import finetune_settings, latency_settings, recover_settings
+from autoprune.config.settings import finetune_settings, latency_settings, pruning_record, recover_settings
 from autoprune.config.settings import round_to as settings_round_to
 from autoprune.formats.onnx import export_onnx, onnx_predictions, quantize_onnx
 from autoprune.formats.pruned import save_pruned
@@ -138,7 +138,9 @@ def _report(m: nn.Module, score: Callable[[nn.Module], float], x1: Any, cfg: Exp
                        backend_settings=dict(timed.settings))
 
 
-def decide_int8(cfg: ExperimentConfig, baseline: Baseline, fp32_path: Path, fp32_accuracy: float, out: Path) -> dict[str, Any]:
+def decide_int8(
+    cfg: ExperimentConfig, baseline: Baseline, fp32_path: Path, fp32_accuracy: float, out: Path, *, keep_rejected: bool = False
+) -> dict[str, Any]:
     """Static QDQ int8 of the fp32 artifact, kept only when it is faster *and* accurate enough.
 
     Calibrated on 8 training batches of 32 (ONNX Runtime ``quantize_static``, MinMax); timed
@@ -152,10 +154,11 @@ def decide_int8(cfg: ExperimentConfig, baseline: Baseline, fp32_path: Path, fp32
         baseline: The data (training batches to calibrate, test split to check).
         fp32_path: The pruned fp32 ONNX file.
         fp32_accuracy: The pruned model's test accuracy in [0, 1].
-        out: Where ``model.int8.onnx`` is written.
+        out: Where ``model.int8.onnx`` is written, only when it is kept (a rejected candidate is deleted).
+        keep_rejected: Keep a rejected file too, as ``model.int8.onnx`` (benchmarks that time it anyway).
 
     Returns:
-        ``{"path", "kept", "runtime" (where it was timed), "speed_ratio" (int8 / fp32 latency), "ms" (int8 ms
+        ``{"path" (None when rejected), "kept", "runtime" (where it was timed), "speed_ratio" (int8 / fp32 latency), "ms" (int8 ms
         there), "fp32_ms", "test_accuracy", "accuracy_drop_points", "reason"}``.
 
     Raises:
@@ -163,7 +166,9 @@ def decide_int8(cfg: ExperimentConfig, baseline: Baseline, fp32_path: Path, fp32
         ModelError: ONNX Runtime's quantiser fails on the model.
     """
     batches = [xb.numpy() for xb, _ in list(baseline.data.train.batches(32, shuffle=True, seed=cfg.seed))[:8]]
-    int8_path = quantize_onnx(fp32_path, out / "model.int8.onnx", calibration=batches)
+    deployable = out / "model.int8.onnx"
+    deployable.unlink(missing_ok=True)  # a rejected candidate of an earlier run must not linger either
+    int8_path = Path(quantize_onnx(fp32_path, out / ".model.int8.candidate.onnx", calibration=batches))
     runtime, options = int8_timing_backend(latency_settings(cfg))
     stats = compare_onnx_files(fp32_path, int8_path, baseline.data.example_input(cfg.latency.batch_size), threads=cfg.latency.threads,
                                schedule=PairedSchedule(rounds=30), backend=runtime, backend_options=options)
@@ -183,7 +188,11 @@ def decide_int8(cfg: ExperimentConfig, baseline: Baseline, fp32_path: Path, fp32
         if not accurate:
             why.append(f"int8 loses {drop:.2f} pts of test accuracy (export.int8_tolerance {tol:g})")
         reason = "fp32 kept: " + "; ".join(why)
-    return {"path": str(int8_path), "kept": faster and accurate, "runtime": runtime, "speed_ratio": stats.ratio, "ms": stats.cand_median_ms,
+    if faster and accurate or keep_rejected:
+        int8_path = int8_path.replace(deployable)
+    else:  # only the deployable artifact stays beside model.onnx; the figures stay in the report
+        int8_path.unlink(missing_ok=True)
+    return {"path": str(int8_path) if faster and accurate or keep_rejected else None, "kept": faster and accurate, "runtime": runtime, "speed_ratio": stats.ratio, "ms": stats.cand_median_ms,
             "fp32_ms": stats.ref_median_ms, "test_accuracy": acc, "accuracy_drop_points": drop, "reason": reason}
 
 
@@ -336,7 +345,8 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
         model_path = save_pruned(
             out / "model.pt", pruned, model_name=cfg.model.name, in_channels=getattr(baseline.data, "in_channels", 0),
             num_classes=getattr(baseline.data, "num_classes", 0), input_size=getattr(baseline.data, "input_size", 0),
-            extra={"policy": best.policy.to_dict(), "test_accuracy": pruned_r.test_accuracy},
+            extra={"policy": best.policy.to_dict(), "test_accuracy": pruned_r.test_accuracy,
+                   "context": {"data": cfg.data.name, "backend": cfg.latency.backend_info(), "pruning": pruning_record(cfg)}},
         )
         onnx_info, int8 = None, None
         if encoder:  # the serving artifact: model.onnx with named inputs, the tokenizer beside it
@@ -347,7 +357,8 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
             onnx_info = export_onnx(pruned, baseline.data.example_input(1), out / "model.onnx")
             if cfg.export.quantize:
                 int8 = decide_int8(cfg, baseline, out / "model.onnx", pruned_r.test_accuracy, out)
-                onnx_info["quantized"] = int8["path"]
+                if int8["kept"]:
+                    onnx_info["quantized"] = int8["path"]
                 log.info("%s", int8["reason"])
         score_name = "fidelity" if encoder else "accuracy"
         report = {
