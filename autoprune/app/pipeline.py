@@ -34,6 +34,7 @@ from autoprune.measure.backends import backend_class
 from autoprune.measure.compare import RuntimeComparison, compare_onnx_files, compare_to_dense, int8_timing_backend
 from autoprune.measure.latency import count_macs_params, model_size_bytes
 from autoprune.measure.schedule import PairedSchedule
+from autoprune.measure.settings import LatencySettings
 from autoprune.objective.proxy import recalibrate_bn, split_metrics
 from autoprune.paths import write_json_atomic
 from autoprune.tracking.tracker import Tracker, resolve_tracking_uri
@@ -103,7 +104,7 @@ class ModelReport:
     params: int
     size_bytes: int
     eager_latency_ms: float = float("nan")
-    backend: str = "torch"
+    backend: str = LatencySettings.backend
     backend_settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -238,10 +239,10 @@ def uniform_point(evaluator: Any, max_evals: int = 6) -> tuple[float, float] | N
 
     Costs a few evaluations; shown on the Pareto plot so the search's gain is visible at a glance.
     """
-    from autoprune.search import get_searcher
+    from autoprune.search import BASELINE_SEARCHER, get_searcher
 
     try:
-        res = get_searcher("uniform", {"max_evals": max_evals}, progress=False).search(evaluator, max_evals)
+        res = get_searcher(BASELINE_SEARCHER, {"max_evals": max_evals}, progress=False).search(evaluator, max_evals)
     except Exception as e:  # noqa: BLE001 - the baseline is a courtesy: never fail a finished search for it
         log.warning("uniform baseline skipped: %s", e)
         return None
