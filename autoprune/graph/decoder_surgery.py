@@ -26,9 +26,7 @@ from torch import nn
 from autoprune.graph.check import TOLERANCE, CheckReport
 from autoprune.graph.decoder import DecoderGraph, DecoderPlan, DecoderScores, LayerScores, decoder_layers, layer_shape
 from autoprune.graph.policy import Policy
-
-#: The key of ``config`` (and of ``config.json``) holding the per-layer sizes of a pruned decoder.
-CONFIG_KEY = "autoprune"
+from autoprune.zoo.pruned_decoder import CONFIG_KEY
 
 
 def _slice_linear(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
@@ -184,4 +182,4 @@ def check_decoder(model: nn.Module, *, ratios: tuple[float, ...] = (0.5,), seed:
     return report
 
 
-__all__ = ["CONFIG_KEY", "check_decoder", "decoder_sizes", "masked_decoder", "prune_decoder"]
+__all__ = ["check_decoder", "decoder_sizes", "masked_decoder", "prune_decoder"]

