@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from autoprune.errors import ConfigError
-from autoprune.graph.decoder import DecoderGraph, magnitude_scores
+from autoprune.graph.decoder import DecoderGraph
+from autoprune.graph.decoder_importance import magnitude_scores
 from autoprune.graph.decoder_surgery import prune_decoder
 from autoprune.graph.policy import Policy
 from autoprune.objective.lm_fidelity import KLProxy, NextTokenKL, perplexity

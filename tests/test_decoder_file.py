@@ -7,7 +7,8 @@ import torch
 
 from autoprune.errors import ConfigError, ModelError
 from autoprune.formats.decoder_file import save_decoder
-from autoprune.graph.decoder import DecoderGraph, magnitude_scores
+from autoprune.graph.decoder import DecoderGraph
+from autoprune.graph.decoder_importance import magnitude_scores
 from autoprune.graph.decoder_surgery import decoder_sizes, prune_decoder
 from autoprune.graph.policy import Policy
 from autoprune.zoo.decoder import load_decoder, tiny_decoder

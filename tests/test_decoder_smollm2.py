@@ -11,7 +11,8 @@ import sys
 import pytest
 import torch
 
-from autoprune.graph.decoder import DecoderGraph, DecoderLayerShape, magnitude_scores
+from autoprune.graph.decoder import DecoderGraph, DecoderLayerShape
+from autoprune.graph.decoder_importance import magnitude_scores
 from autoprune.graph.decoder_surgery import decoder_sizes, prune_decoder
 from autoprune.graph.policy import Policy
 from autoprune.objective.lm_fidelity import perplexity

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from autoprune.errors import ModelError, PolicyError
-from autoprune.graph.decoder import DecoderGraph, magnitude_scores
+from autoprune.graph.decoder import DecoderGraph
+from autoprune.graph.decoder_importance import magnitude_scores
 from autoprune.graph.decoder_surgery import check_decoder, decoder_sizes, masked_decoder, prune_decoder
 from autoprune.graph.policy import Policy
 from autoprune.graph.units import UnitKind

@@ -208,7 +208,7 @@ class DecoderGraph:
 
         Args:
             policy: Ratios per unit name, layers to drop.
-            scores: Importance of the dense model's parts (e.g. :func:`magnitude_scores`); None keeps
+            scores: Importance of the dense model's parts (:mod:`autoprune.graph.decoder_importance`); None keeps
                 the lowest indices.
 
         Raises:
@@ -253,26 +253,7 @@ class DecoderScores:
     layers: list[LayerScores]
 
 
-def magnitude_scores(model: nn.Module) -> DecoderScores:
-    """Weight-magnitude importance: a query head scores the L2 norm of its ``q_proj`` rows and ``o_proj`` columns;
-    an MLP channel the norm of its ``gate_proj`` and ``up_proj`` rows times that of its ``down_proj`` column.
-
-    Returns:
-        float64 scores per layer of ``model``.
-    """
-    out = []
-    for layer in decoder_layers(model):
-        a, m, d = layer.self_attn, layer.mlp, int(layer.self_attn.head_dim)
-        with torch.no_grad():
-            q = a.q_proj.weight.double().view(-1, d, a.q_proj.in_features).pow(2).sum((1, 2))
-            o = a.o_proj.weight.double().view(a.o_proj.out_features, -1, d).pow(2).sum((0, 2))
-            gate_up = (m.gate_proj.weight.double().pow(2).sum(1) + m.up_proj.weight.double().pow(2).sum(1)).sqrt()
-            down = m.down_proj.weight.double().pow(2).sum(0).sqrt()
-        out.append(LayerScores((q + o).sqrt(), gate_up * down))
-    return DecoderScores(out)
-
-
 __all__ = [
     "DecoderGraph", "DecoderLayerShape", "DecoderPlan", "DecoderScores", "DecoderUnit", "LayerCut", "LayerScores", "decoder_layers",
-    "layer_shape", "magnitude_scores",
+    "layer_shape",
 ]  # fmt: skip
