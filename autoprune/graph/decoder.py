@@ -26,6 +26,7 @@ stream, which is not pruned), the rotary embedding (``head_dim`` is kept), Qwen3
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -75,6 +76,10 @@ class DecoderUnit:
     layer: int
     role: str
     size: int
+
+    def kept(self, ratio: float) -> int:
+        """What a ratio keeps: ``floor(size * (1 - ratio) + 0.5)`` (half rounds up, so 0.5 of 3 keeps 2 and of 5 keeps 3)."""
+        return math.floor(self.size * (1.0 - ratio) + 0.5 + 1e-9)
 
 
 @dataclass(frozen=True)
@@ -173,7 +178,7 @@ class DecoderGraph:
     def kept(self, policy: Policy) -> list[DecoderLayerShape | None]:
         """Per dense layer, its shape under ``policy`` (None for a dropped layer), predicted without surgery.
 
-        A ratio ``r`` of a unit of size ``n`` keeps ``round(n * (1 - r))``.
+        A ratio of a unit keeps :meth:`DecoderUnit.kept`.
 
         Raises:
             PolicyError: an unknown unit or block, a ratio outside ``[0, 1]``, a policy that removes
@@ -189,7 +194,7 @@ class DecoderGraph:
             u = self.unit(name)
             if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= float(r) <= 1.0:
                 raise PolicyError(f"ratio of unit {name!r} is {r!r}; allowed: 0 <= ratio < 1")
-            keep = int(round(u.size * (1.0 - float(r))))
+            keep = u.kept(float(r))
             if keep < 1:
                 what = "every KV group" if u.role == "kv_groups" else "every query head of each KV group" if u.role == "query_heads" else "every MLP channel"
                 raise PolicyError(f"ratio {r!r} of unit {name!r} removes {what} of layer {u.layer} (of {u.size}); keep at least one, or drop the layer 'model.layers.{u.layer}'")

@@ -160,7 +160,7 @@ def check_decoder(model: nn.Module, *, ratios: tuple[float, ...] = (0.5,), seed:
     trials: list[tuple[str, list[Policy]]] = []
     for u in graph.units:
         rs = sorted({*ratios, 1.0 - 1.0 / u.size})
-        trials.append((u.name, [Policy({u.name: r}) for r in rs if int(round(u.size * (1 - r))) >= 1]))
+        trials.append((u.name, [Policy({u.name: r}) for r in rs if u.kept(r) >= 1]))
     if len(graph.block_names) > 1:
         trials += [(b, [Policy({}, (b,))]) for b in graph.block_names]
     for name, policies in trials:
@@ -175,7 +175,7 @@ def check_decoder(model: nn.Module, *, ratios: tuple[float, ...] = (0.5,), seed:
         report.max_diff[name] = worst
     passed = [u.name for u in graph.units if u.name not in report.failed]
     drop = tuple(graph.block_names[1:2]) if len(graph.block_names) > 2 else ()
-    together = Policy({n: ratios[0] for n in passed if int(round(graph.unit(n).size * (1 - ratios[0]))) >= 1}, drop)
+    together = Policy({n: ratios[0] for n in passed if graph.unit(n).kept(ratios[0]) >= 1}, drop)
     if passed and not _difference(dense, graph.plan(together, _random_scores(graph, gen)), ids) <= TOLERANCE:
         report.failed["(all together)"] = "cut together, the pruned logits differ from the masked dense model"
     report.passed = [n for n, _ in trials if n not in report.failed]
