@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from autoprune import __version__
-from autoprune.errors import AutopruneError, describe
+from autoprune.errors import AutopruneError, ConfigError, describe
 
 app = typer.Typer(
     name="autoprune",
@@ -125,13 +125,23 @@ def estimate(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size timed (default: latency.batch_size).")] = None,
     backend: Annotated[str | None, typer.Option(help="Override latency.backend: torch, onnxruntime, openvino or 'package.module:Class'.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config field.")] = None,
+    mode: Annotated[str | None, typer.Option(help="Decoder LLMs: latency mode, prefill or decode (default decode).")] = None,
 ) -> None:
     """Measure what uniform pruning really saves on the serving runtime: params, MACs, size, latency, proxy accuracy.
 
     A last row of unstructured magnitude masks, as many zeros as the largest ratio removes, shows that masks alone are not faster.
+    A decoder LLM (--model smollm2 or hf:/path to a Llama/Qwen2/Mistral folder) gets rows per unit kind, KL and perplexity on fortunes.
     """
-    from autoprune.app.commands import estimate_uniform
-    from autoprune.app.tables import estimate_table
+    from autoprune.app.commands import estimate_uniform, parse_ratios
+    from autoprune.app.decoder_estimate import estimate_decoder_command
+    from autoprune.app.tables import decoder_estimate_table, estimate_table
+    from autoprune.zoo.decoder import is_decoder_name
+
+    if config is None and model is not None and is_decoder_name(model):
+        _show(decoder_estimate_table(estimate_decoder_command(model, parse_ratios(ratios), mode=mode)))
+        return
+    if mode is not None:
+        raise ConfigError(f"--mode: {mode!r} applies to decoder LLMs only (smollm2 or hf:/path to a decoder), not to {model or config}")
 
     overrides = [*(set_ or []), *([f"latency.backend={backend}"] if backend is not None else [])]
     _show(estimate_table(estimate_uniform(config, ratios, model=model, data=data, overrides=overrides, batch_size=batch_size,
