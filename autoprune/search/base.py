@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from autoprune.errors import ConfigError
 from autoprune.graph.policy import Policy
-from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
+from autoprune.objective.evaluator import PolicyEvaluator
+from autoprune.objective.metrics import Evaluation, Metrics
 from autoprune.paths import write_csv_atomic
 
 log = logging.getLogger(__name__)
