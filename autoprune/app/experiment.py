@@ -25,6 +25,7 @@ from autoprune.config.settings import evaluator_options, train_settings
 from autoprune.errors import ConfigError, describe
 from autoprune.formats.policy_file import POLICY_FILE, policy_document, write_policy_file
 from autoprune.graph.policy import Policy, model_fingerprint
+from autoprune.measure.fresh import ZooModel
 from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.search import ExperimentContext, Searcher, SearchResult, searcher_class, searchers_that
 from autoprune.training.baseline import default_checkpoint_path, train_or_load
@@ -121,7 +122,9 @@ def build_evaluator(cfg: ExperimentConfig, baseline: Baseline) -> PolicyEvaluato
     Raises:
         ConfigError: e.g. a latency backend whose optional extra is not installed.
     """
-    return PolicyEvaluator(baseline.model, baseline.data, **evaluator_options(cfg), baseline_name=cfg.model.name)
+    data = baseline.data
+    zoo = None if is_encoder(baseline) else ZooModel(cfg.model.name, data.in_channels, data.num_classes, data.input_size)
+    return PolicyEvaluator(baseline.model, data, **evaluator_options(cfg), baseline_name=cfg.model.name, zoo=zoo)
 
 
 def output_dir(cfg: ExperimentConfig) -> Path:

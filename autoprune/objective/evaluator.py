@@ -39,6 +39,7 @@ from autoprune.graph.importance import DEFAULT_IMPORTANCE
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
+from autoprune.measure.fresh import ZooModel
 from autoprune.measure.latency import count_macs_params
 from autoprune.measure.latency_model import LatencyModel
 from autoprune.measure.settings import LatencySettings
@@ -110,6 +111,9 @@ class PolicyEvaluator:
             :func:`~autoprune.graph.check.default_cache_dir`; ``None``: no disk cache).
         table_cache: Folder caching the per-backend latency tables of serving runtimes ("auto":
             ``latency-tables`` beside the check cache; ``None``: calibrate every time, write nothing).
+        zoo: How a fresh process rebuilds the model (zoo name or ``package.module:factory`` and its
+            arguments), so a search's finalists are re-measured there
+            (:mod:`autoprune.search.finalists`); None: only ONNX-serving backends re-measure in a fresh process.
 
     Attributes:
         latency_model: What the search knows about latency (:class:`~autoprune.measure.latency_model.LatencyModel`:
@@ -146,6 +150,7 @@ class PolicyEvaluator:
         check_cache: str | None = "auto",
         baseline_name: str | None = None,
         table_cache: str | Path | None = "auto",
+        zoo: ZooModel | None = None,
     ) -> None:
         if not 0.0 < max_ratio < 1.0:
             raise ConfigError(f"pruning.max_ratio: {max_ratio!r} is out of range; allowed: 0 < max_ratio < 1")
@@ -159,6 +164,7 @@ class PolicyEvaluator:
         self.round_to = round_to
         self.max_ratio = max_ratio
         self.seed = seed
+        self.zoo = zoo
         self.example_input = data.example_input(latency.batch_size)
         self.graph = graph or PrunableGraph(model, data.example_input(1), ignored=ignored, drop_blocks=allow_drop)
         if check:
@@ -343,15 +349,16 @@ class PolicyEvaluator:
             measured_ratio=lat.measured,
         )
 
-    def remeasured(self, metrics: Metrics, estimate: LatencyEstimate) -> Metrics:
+    def remeasured(self, metrics: Metrics, estimate: LatencyEstimate, *, dense_ms: float | None = None) -> Metrics:
         """``metrics`` with another latency estimate of the same policy, judged against this evaluator's budget and reward.
 
-        Used when a finalist is re-measured (e.g. in a fresh process): its value (for a latency
-        budget), feasibility (the interval's upper end) and reward follow the new figure.
+        Used when a finalist is re-measured (e.g. in a fresh process): its ms (against ``dense_ms``,
+        default :attr:`dense_ms`), value (for a latency budget), feasibility (the interval's upper
+        end) and reward follow the new figure.
         """
         value = estimate.mean if self.budget.metric == "latency" else metrics.value
-        return metrics.with_latency(estimate, value=value, feasible=self.budget.met(value, estimate.high, self.target),
-                                    reward=self.reward(metrics.accuracy, value))
+        return metrics.with_latency(estimate, latency_ms=estimate.mean * (dense_ms or self.dense_ms), value=value,
+                                    feasible=self.budget.met(value, estimate.high, self.target), reward=self.reward(metrics.accuracy, value))
 
     # ---------------------------------------------------------------- results
     def best(self, *, feasible_only: bool = True) -> Evaluation | None:

@@ -63,12 +63,11 @@ class Metrics:
         return LatencyEstimate(self.latency_ratio, *self.latency_ci, self.latency_rounds, self.measured_ratio, self.predicted_ratio,
                                self.latency_source)
 
-    def with_latency(self, estimate: LatencyEstimate, *, value: float, feasible: bool, reward: float) -> Metrics:
-        """A copy carrying another latency estimate (e.g. a fresh-process re-measure), with the budget value, verdict and reward it gives."""
-        return dataclasses.replace(self, latency_ratio=estimate.mean, latency_ci=(estimate.low, estimate.high),
-                                   latency_ms=self.latency_ms * estimate.mean / self.latency_ratio, value=value, feasible=feasible,
-                                   reward=reward, latency_rounds=estimate.n, measured_ratio=estimate.measured,
-                                   latency_source=estimate.source)
+    def with_latency(self, estimate: LatencyEstimate, *, latency_ms: float, value: float, feasible: bool, reward: float) -> Metrics:
+        """A copy carrying another latency estimate (e.g. a fresh-process re-measure), with the ms, budget value, verdict and reward it gives."""
+        return dataclasses.replace(self, latency_ratio=estimate.mean, latency_ci=(estimate.low, estimate.high), latency_ms=latency_ms,
+                                   value=value, feasible=feasible, reward=reward, latency_rounds=estimate.n,
+                                   measured_ratio=estimate.measured, latency_source=estimate.source)
 
     def as_dict(self) -> dict[str, float | bool | str | None]:
         """Flat dict for CSV/MLflow."""
