@@ -250,10 +250,27 @@ class PolicyEvaluator:
     def check_reachable(self) -> None:
         """Refuse a target below what the maximum ratios (and every block dropped) can reach.
 
+        First by the lookup table's prediction; then, for a latency budget, by measuring that
+        fastest policy: when even the upper end of its interval is above the target, no candidate
+        can be met under the conservative estimate (:meth:`Budget.met`), and the one line names
+        the best reachable ratio with its interval.
+
         Raises:
-            BudgetError: naming the target, the reachable value and what to change.
+            BudgetError: naming the target, the reachable value (and interval) and what to change.
         """
         reachable = self.min_reachable()
+        if reachable <= self.target and self.budget.metric == "latency":
+            fastest = Policy({n: self.max_ratio for n in self.unit_names}, tuple(self.block_names))
+            pruned = apply_policy(self.model, fastest, graph=self.graph, importance=self.importance, round_to=self.round_to,
+                                  batches=self.calibration_batches, loss=self.scorer.loss).eval()
+            est = self.latency_model.estimate(pruned, self.predicted_ratio(fastest.ratios, fastest.drop))
+            if not est.within(self.target):
+                raise BudgetError(
+                    f"budget.target: {self.target:.3f} of dense latency is unreachable under the conservative estimate (the upper end "
+                    f"of the interval): the best reachable ratio, every unit at max_ratio {self.max_ratio} and all droppable blocks "
+                    f"dropped, is {est.show()}; raise the target above {est.high:.3f} or pruning.max_ratio"
+                )
+            return
         if reachable > self.target:
             raise BudgetError(
                 f"budget.target: {self.target:.3f} of dense {self.budget.metric} is unreachable; with every unit at "
