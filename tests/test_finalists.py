@@ -10,12 +10,14 @@ ratio is near it, so the lowest noisy figures are lucky ones.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from plugins_for_tests import GridSearcher, simulated_cost_ms
 
+from autoprune.errors import BudgetError
 from autoprune.graph.surgery import apply_policy
 from autoprune.measure.fresh import ZooModel
 from autoprune.measure.settings import LatencySettings
@@ -42,8 +44,8 @@ def true_ratio(ev: PolicyEvaluator, policy) -> float:
     return simulated_cost_ms(pruned) / simulated_cost_ms(ev.model)
 
 
-def noisy_evaluator(model, digits, **latency) -> PolicyEvaluator:
-    return PolicyEvaluator(model, digits, budget=Budget(metric="latency", target=TARGET), reward=RISING, proxy=FAST_PROXY, latency=replace(NOISY, **latency),
+def noisy_evaluator(model, digits, target: float = TARGET, **latency) -> PolicyEvaluator:
+    return PolicyEvaluator(model, digits, budget=Budget(metric="latency", target=target), reward=RISING, proxy=FAST_PROXY, latency=replace(NOISY, **latency),
                            zoo=ZooModel("mlp", digits.in_channels, digits.num_classes, digits.input_size), table_cache=None)
 
 
@@ -69,3 +71,14 @@ def test_a_backend_too_noisy_for_the_interval_asked_never_meets_the_budget_and_n
     line = result.extras["latency_warning"]
     assert "\n" not in line and "too noisy" in line and "latency.rel_ci 0.01" in line and "raise latency.rounds" in line
     assert all(f["too_noisy"] and not f["met"] for f in result.extras["finalists"])
+
+
+def test_a_target_unreachable_under_the_conservative_estimate_is_one_line_naming_the_best_reachable_interval(trained_mlp, digits):
+    ev = noisy_evaluator(trained_mlp, digits, target=0.19, backend_options={"noise": 0.3, "seed": 0})
+    assert ev.min_reachable() <= 0.19  # the table's prediction alone would have let the search start
+    with pytest.raises(BudgetError) as raised:
+        GridSearcher(progress=False).search(ev, 3)
+    line = str(raised.value)
+    assert "\n" not in line and "budget.target: 0.190" in line and "conservative estimate" in line and "pruning.max_ratio" in line
+    assert re.search(r"best reachable ratio, .* is \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\], \d+ rounds", line)
+    assert ev.history == []  # refused before any episode
