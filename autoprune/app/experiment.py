@@ -116,15 +116,22 @@ def is_encoder(baseline: Baseline) -> bool:
     return isinstance(baseline.data, TokenizedCorpus)
 
 
+def zoo_model(cfg: ExperimentConfig, baseline: Baseline) -> ZooModel | None:
+    """How a fresh process rebuilds the experiment's model (None for a sentence encoder: no zoo factory rebuilds it)."""
+    if is_encoder(baseline):
+        return None
+    data = baseline.data
+    return ZooModel(cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
+
+
 def build_evaluator(cfg: ExperimentConfig, baseline: Baseline) -> PolicyEvaluator:
     """The shared objective of a search, from the config's budget, reward, proxy, latency and pruning sections.
 
     Raises:
         ConfigError: e.g. a latency backend whose optional extra is not installed.
     """
-    data = baseline.data
-    zoo = None if is_encoder(baseline) else ZooModel(cfg.model.name, data.in_channels, data.num_classes, data.input_size)
-    return PolicyEvaluator(baseline.model, data, **evaluator_options(cfg), baseline_name=cfg.model.name, zoo=zoo)
+    return PolicyEvaluator(baseline.model, baseline.data, **evaluator_options(cfg), baseline_name=cfg.model.name,
+                           zoo=zoo_model(cfg, baseline))
 
 
 def output_dir(cfg: ExperimentConfig) -> Path:
