@@ -9,10 +9,8 @@ ratio is near it, so the lowest noisy figures are lucky ones.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from plugins_for_tests import GridSearcher, simulated_cost_ms
@@ -32,13 +30,6 @@ NOISY = LatencySettings(backend="plugins_for_tests:NoisyCostBackend", backend_op
                         rounds=3, min_rounds=3, rel_ci=None)
 
 
-@pytest.fixture
-def child_finds_the_plugins(monkeypatch):
-    """The fresh process imports ``plugins_for_tests`` by its reference, as the parent does."""
-    tests = str(Path(__file__).resolve().parent)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
-
-
 def true_ratio(ev: PolicyEvaluator, policy) -> float:
     pruned = apply_policy(ev.model, policy, graph=ev.graph, importance=ev.importance, round_to=ev.round_to)
     return simulated_cost_ms(pruned) / simulated_cost_ms(ev.model)
@@ -49,7 +40,7 @@ def noisy_evaluator(model, digits, target: float = TARGET, **latency) -> PolicyE
                            zoo=ZooModel("mlp", digits.in_channels, digits.num_classes, digits.input_size), table_cache=None)
 
 
-def test_returned_policy_meets_the_target_in_truth_where_the_lowest_noisy_figure_would_not(trained_mlp, digits, child_finds_the_plugins):
+def test_returned_policy_meets_the_target_in_truth_where_the_lowest_noisy_figure_would_not(trained_mlp, digits):
     ev = noisy_evaluator(trained_mlp, digits)
     result = GridSearcher({"low": 0.25, "high": 0.5}, progress=False).search(ev, 40)
 
@@ -64,7 +55,7 @@ def test_returned_policy_meets_the_target_in_truth_where_the_lowest_noisy_figure
     assert chosen["search"]["source"] == "search" and chosen["remeasured"]["n"] >= 30  # both figures recorded
 
 
-def test_a_backend_too_noisy_for_the_interval_asked_never_meets_the_budget_and_names_the_setting(trained_mlp, digits, child_finds_the_plugins):
+def test_a_backend_too_noisy_for_the_interval_asked_never_meets_the_budget_and_names_the_setting(trained_mlp, digits):
     ev = noisy_evaluator(trained_mlp, digits, rel_ci=0.01)
     result = GridSearcher({"low": 0.35, "high": 0.5}, progress=False).search(ev, 6)
     assert not result.best.metrics.feasible

@@ -11,9 +11,10 @@ model's milliseconds and the backend's settings. Optional int8 ONNX files are ti
 child against the dense model's fp32 ONNX file, on the runtime that would serve them.
 
 The child imports the same ``autoprune`` as the caller (its folder is put first on
-``PYTHONPATH``), so a backend or model given as ``package.module:Name`` must be importable there
-too; a backend registered at run time with :func:`~autoprune.measure.backends.register_backend`
-is not known to the child: give it as its ``package.module:Class`` reference.
+``PYTHONPATH``, then the caller's ``sys.path``), so a backend or model given as
+``package.module:Name`` that the caller imports imports there too; a backend registered at run
+time with :func:`~autoprune.measure.backends.register_backend` is not known to the child: give it
+as its ``package.module:Class`` reference.
 """
 
 from __future__ import annotations
@@ -322,7 +323,9 @@ def _export_dense(dense: ModelLike, folder: Path, args: tuple[torch.Tensor, ...]
 def _run_child(spec_path: Path, out: Path, threads: int, timeout_s: float | None) -> FreshMeasurement:
     root = str(Path(__file__).resolve().parents[2])  # the folder holding this autoprune package
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    # the caller's own import path too, so a plug-in it imports as ``package.module:Name`` imports in the child
+    extra = [p for p in sys.path if p and Path(p).is_dir() and p != root]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([root, *filter(None, [os.environ.get("PYTHONPATH")]), *extra]))
     cmd = [sys.executable, "-m", "autoprune.measure.fresh", str(spec_path)]
     try:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)

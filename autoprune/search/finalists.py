@@ -9,8 +9,9 @@ in a new interpreter (:func:`autoprune.measure.fresh.remeasure_in_fresh_process`
 one whose fresh interval is within the target. Both figures of every finalist are recorded.
 
 When the child cannot rebuild the models (no zoo name for modules and a backend that does not
-open ONNX files, or a backend registered at run time) the finalists are re-measured in this
-process instead, with the same rounds, and recorded with source ``search``.
+open ONNX files) or fails (e.g. a backend registered at run time, unknown to it), the finalists
+are re-measured in this process instead, with the same rounds, recorded with source ``search``
+(one warning line says why).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from torch import nn
 
-from autoprune.errors import ConfigError
+from autoprune.errors import AutopruneError, one_line
 from autoprune.graph.surgery import apply_policy
 from autoprune.measure.backends import backend_class
 from autoprune.measure.fresh import remeasure_in_fresh_process
@@ -88,8 +89,8 @@ def remeasure(evaluator: PolicyEvaluator, models: list[nn.Module], rounds: int) 
                 fresh = remeasure_in_fresh_process(dense, cands, evaluator.example_input, backend=s.backend, threads=s.threads,
                                                    backend_options=s.options(), rounds=rounds, warmup_rounds=s.warmup, zoo=evaluator.zoo)
             return [LatencyEstimate(r.ratio, r.ci_low, r.ci_high, r.rounds, r.ratio, source="fresh") for r in fresh.ratios], fresh.dense_ms
-        except ConfigError as e:  # e.g. a backend registered at run time, unknown to the child
-            log.warning("finalists re-measured in this process, not a fresh one: %s", e)
+        except (AutopruneError, RuntimeError) as e:  # e.g. a backend registered at run time, unknown to the child
+            log.warning("finalists re-measured in this process, not a fresh one: %s", one_line(e, None))
     lm = evaluator.latency_model
     found = [LatencyEstimate.of_measurement(lm.measure(m, PairedSchedule(warmup=s.warmup, rounds=rounds))) for m in models]
     return found, lm.dense_ms
