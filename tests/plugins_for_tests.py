@@ -6,11 +6,12 @@ tests can check, so a test can tell that the config's reference was the one used
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch_pruning as tp
 
 from autoprune.graph.policy import Policy
-from autoprune.measure.backends import TorchEagerBackend
+from autoprune.measure.backends import LatencyBackend, TorchEagerBackend
 from autoprune.measure.onnxruntime import OnnxRuntimeBackend
 from autoprune.search.base import Searcher
 
@@ -37,6 +38,46 @@ class CountingOnnxRuntimeBackend(OnnxRuntimeBackend):
         return super().prepare_file(path, example_input)
 
 
+def simulated_cost_ms(model: torch.nn.Module) -> float:
+    """The true latency :class:`NoisyCostBackend` simulates: 1 ms per 10,000 conv/linear weights, plus 0.1 ms."""
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    return 0.1 + weights / 10_000
+
+
+class NoisyCostBackend(LatencyBackend):
+    """A simulated runtime: a call takes :func:`simulated_cost_ms` on the backend's own clock, times seeded log-normal noise.
+
+    Nothing is computed and no real time is read, so a ratio it yields is an exact function of the
+    model's true cost and of ``seed``: the same on any machine, under any load.
+
+    Args:
+        threads: Recorded only.
+        noise: The log-sd of each call's cost.
+        seed: Seeds the noise (one generator per backend, drawn in call order).
+    """
+
+    name = "noisy-cost"
+
+    def __init__(self, threads: int | None = None, noise: float = 0.1, seed: int = 0) -> None:
+        self.threads, self.noise, self.seed = threads or 1, float(noise), int(seed)
+        self.rng = np.random.default_rng(self.seed)
+        self.now_ns = 0
+
+    def settings(self):
+        return {"backend": self.name, "noise": self.noise, "seed": self.seed}
+
+    def clock(self):
+        return lambda: self.now_ns
+
+    def prepare(self, model, example_input):
+        ms = simulated_cost_ms(model)
+
+        def run() -> None:
+            self.now_ns += round(ms * float(np.exp(self.noise * self.rng.standard_normal())) * 1e6)
+
+        return run
+
+
 class HalfEverywhereSearcher(Searcher):
     """Evaluates one policy per episode: every unit at ratio ``ratio``."""
 
@@ -47,6 +88,18 @@ class HalfEverywhereSearcher(Searcher):
         for _ in range(n_episodes):
             self.evaluate(Policy.uniform(evaluator.unit_names, self.params["ratio"]))
         return {"ratio": self.params["ratio"]}
+
+
+class GridSearcher(Searcher):
+    """Evaluates every unit at one ratio, for ``n_episodes`` ratios evenly from ``low`` to ``high``."""
+
+    name = "grid"
+    defaults = {"low": 0.0, "high": 0.5}
+
+    def _run(self, evaluator, n_episodes, seed):
+        for r in np.linspace(self.params["low"], self.params["high"], n_episodes):
+            self.evaluate(Policy.uniform(evaluator.unit_names, float(r)))
+        return {}
 
 
 class LastChannelsFirstImportance(tp.importance.Importance):

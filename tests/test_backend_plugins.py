@@ -47,12 +47,11 @@ def test_a_module_class_backend_runs_estimate_search_run_and_evaluate(kind, tmp_
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "register": False},
     }))
 
-    start = cls.prepared
     estimated = estimate_uniform(str(config), "0.5", progress=False)
     assert [r.kind for r in estimated.rows] == ["dense", "channels", "masks"]
     assert all(r.backend.startswith(f"{cls.name}(") for r in estimated.rows)
     assert [math.isnan(r.predicted_ratio) for r in estimated.rows] == [not cls.eager] * 3  # the eager table only where it applies
-    assert cls.prepared >= start + 4  # the dense reference and the three variants were prepared on it
+    # the rows are timed in fresh processes (the final table's protocol): each child builds the plug-in from its reference
 
     before_run = cls.prepared
     res = run_command(str(config), progress=False)

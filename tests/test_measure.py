@@ -358,3 +358,33 @@ def test_on_an_eager_backend_the_serving_figures_are_the_eager_ones() -> None:
     (found,) = compare.compare_to_dense([conv_net(4)], conv_net(8), torch.randn(2, 3, 8, 8), LatencySettings(threads=1), rounds=2)
     assert found.eager is found.serving and found.eager_dense_ms == found.serving_dense_ms == found.serving.ref_median_ms
     assert found.serving.rounds == 2 and found.settings["backend"] == "torch"
+
+
+def test_a_closed_timer_releases_its_reference_and_refuses_to_time():
+    reference = nn.Linear(4, 4).eval()
+    timer = PairedTimer(reference, torch.randn(1, 4), threads=1)
+    timer.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        timer.ratio(nn.Linear(4, 2).eval(), PairedSchedule(rounds=1, warmup=0))
+
+
+def test_a_simulated_backend_clock_makes_ratios_exact():
+    class Simulated(TorchEagerBackend):
+        def __init__(self, threads=None):
+            super().__init__(threads)
+            self.now = 0
+
+        def clock(self):
+            return lambda: self.now
+
+        def prepare(self, model, example_input):
+            cost = sum(p.numel() for p in model.parameters())
+
+            def run():
+                self.now += cost
+
+            return run
+
+    stats = PairedTimer(nn.Linear(10, 10), torch.randn(1, 10), backend=Simulated(1), threads=1).ratio(
+        nn.Linear(10, 5), PairedSchedule(rounds=3, warmup=0))
+    assert (stats.ratio, stats.ci_low, stats.ci_high) == (55 / 110, 55 / 110, 55 / 110)

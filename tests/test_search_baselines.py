@@ -11,8 +11,8 @@ from autoprune.graph.policy import Policy
 from autoprune.objective.budget import Budget
 from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.search import get_searcher
-from autoprune.search.base import confirm_best
 from autoprune.search.baselines import largest_ratio, make_feasible
+from autoprune.search.finalists import choose_finalist
 from autoprune.tracking.plots import plot_sensitivity
 
 
@@ -134,13 +134,18 @@ def test_bad_baseline_hyper_parameters_raise_config_error(evaluator, name, param
         search(name, evaluator, 3, **params)
 
 
-def test_best_latency_policy_is_confirmed_by_a_second_measurement(resnet_evaluator):
-    ev = resnet_evaluator.with_budget(Budget(metric="latency", target=0.8))
+def test_best_latency_policy_is_chosen_on_a_second_measurement_with_both_figures_recorded(resnet_evaluator):
+    ev = resnet_evaluator.with_budget(Budget(metric="latency", target=0.95))
     result = search("random", ev, 4)
-    confirmed = result.extras["confirmed_latency"]
-    assert 1 <= len(confirmed) <= 3
-    assert result.best.index in [c["episode"] for c in confirmed]
-    assert all(c["confirmed_ratio"] > 0 for c in confirmed)
+    finalists = result.extras.get("finalists")
+    if finalists is None:  # nothing was feasible under the conservative estimate: nothing to re-measure
+        assert not any(e.metrics.feasible for e in result.history)
+        return
+    assert 1 <= len(finalists) <= 9
+    assert result.best.index in [f["episode"] for f in finalists]
+    chosen = next(f for f in finalists if f["episode"] == result.best.index)
+    assert result.best.metrics.latency_ratio == chosen["remeasured"]["mean"]
+    assert all(f["search"]["n"] >= 1 and f["remeasured"]["n"] >= 30 for f in finalists)
 
 
 def test_confirmation_prunes_with_the_evaluators_criterion_batches_and_loss(trained_mlp, digits):
@@ -148,9 +153,9 @@ def test_confirmation_prunes_with_the_evaluators_criterion_batches_and_loss(trai
     ev.scorer.loss = lambda out, y: torch.nn.functional.cross_entropy(out, y)  # a loss of its own, as an encoder's proxy has
     ev.evaluate(Policy.uniform(ev.unit_names, 0.5))
     (evaluated,) = ev.history
-    best, confirmed = confirm_best(ev, [evaluated], top=1)  # the channels taylor kept, ranked with the same batches and loss
-    assert best is evaluated and [c["episode"] for c in confirmed] == [evaluated.index]
-    assert confirmed[0]["confirmed_ratio"] > 0
+    found = choose_finalist(ev, [evaluated], top=1)  # the channels taylor kept, ranked with the same batches and loss
+    assert found.best.index == evaluated.index and [r["episode"] for r in found.records] == [evaluated.index]
+    assert found.records[0]["remeasured"]["mean"] > 0
 
 
 def test_layer_drop_prunes_no_channel_and_drops_the_least_harmful_blocks_until_feasible(resnet_evaluator):

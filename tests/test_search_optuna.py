@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 
 from autoprune.errors import ConfigError
 from autoprune.objective.budget import Budget
-from autoprune.objective.evaluator import Evaluation, PolicyEvaluator
+from autoprune.objective.evaluator import PolicyEvaluator
+from autoprune.objective.metrics import Evaluation
 from autoprune.search import get_searcher
 from autoprune.zoo.models import CifarResNet
 

@@ -19,7 +19,7 @@ from autoprune.formats.pruned import load_pruned, save_pruned
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
-from autoprune.objective.evaluator import Evaluation, Metrics
+from autoprune.objective.metrics import Evaluation, Metrics
 from autoprune.search.base import SearchResult, pareto_front
 from autoprune.tracking.artifacts import download_model_uri
 from autoprune.tracking.tracker import Tracker, resolve_tracking_uri

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from autoprune.app.estimate import EstimateRow, estimate
-from autoprune.app.experiment import Baseline, SearchRun, baseline_checkpoint, build_evaluator, load_baseline, run_search, run_worker
+from autoprune.app.experiment import Baseline, SearchRun, baseline_checkpoint, build_evaluator, load_baseline, run_search, run_worker, zoo_model
 from autoprune.app.pipeline import RunResult, run_experiment
 from autoprune.app.uris import load_policy, locate_bundle
 from autoprune.config.loading import load_config, parse_config
@@ -173,7 +173,7 @@ def estimate_uniform(
     baseline = load_baseline(cfg, progress=progress)
     latency = dataclasses.replace(latency_settings(cfg), batch_size=batch_size or cfg.latency.batch_size)
     rows = estimate(baseline, values, latency=latency, proxy=proxy_settings(cfg), importance=cfg.pruning.importance,
-                    round_to=settings_round_to(cfg), ignored=tuple(cfg.model.ignore))
+                    round_to=settings_round_to(cfg), ignored=tuple(cfg.model.ignore), zoo=zoo_model(cfg, baseline))
     return EstimateReport(cfg, baseline.data.name, latency.batch_size, rows)
 
 

@@ -24,6 +24,7 @@ from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
 from autoprune.measure.backends import backend_class, settings_label
 from autoprune.measure.compare import compare_to_dense
+from autoprune.measure.fresh import ZooModel, compare_in_fresh_process
 from autoprune.measure.latency import count_macs_params, model_size_bytes
 from autoprune.measure.settings import LatencySettings
 from autoprune.measure.table import LatencyTable
@@ -123,6 +124,7 @@ def estimate(
     ignored: tuple[str, ...] = (),
     masks: bool = True,
     rounds: int = 20,
+    zoo: ZooModel | None = None,
 ) -> list[EstimateRow]:
     """Measure what uniform channel pruning at each ratio really saves on a runtime, and what masks do not.
 
@@ -145,6 +147,9 @@ def estimate(
         importance, round_to, ignored: Channel selection as in the search (``pruning`` and ``model.ignore``).
         masks: Add the row of unstructured magnitude masks.
         rounds: Paired rounds per row and runtime.
+        zoo: How a fresh process rebuilds the model: then every row is timed in fresh processes
+            (:func:`~autoprune.measure.fresh.compare_in_fresh_process`), the protocol of ``autoprune run``'s
+            final table and of a search's finalists, so the three report one kind of figure; None: in this process.
 
     Returns:
         The rows, dense first and masks last.
@@ -182,7 +187,10 @@ def estimate(
         acc = scorer.score(pruned) if kind != "dense" else scorer.dense_score()
         built.append((kind, r, pol, pruned, acc, {"prune": t1 - t0, "accuracy": time.perf_counter() - t1}))
     t2 = time.perf_counter()
-    timed = compare_to_dense([b[3] for b in built], model, data.example_input(latency.batch_size), latency, rounds=rounds)
+    x = data.example_input(latency.batch_size)
+    models = [b[3] for b in built]
+    timed = (compare_in_fresh_process(models, model, x, latency, zoo=zoo, rounds=rounds) if zoo is not None
+             else compare_to_dense(models, model, x, latency, rounds=rounds))
     latency_s = (time.perf_counter() - t2) / len(built)
     predict = None
     if backend_class(latency.backend).eager:  # a per-layer sum: the micro-benchmark table applies

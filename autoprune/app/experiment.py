@@ -25,6 +25,7 @@ from autoprune.config.settings import evaluator_options, pruning_record, train_s
 from autoprune.errors import ConfigError, describe
 from autoprune.formats.policy_file import POLICY_FILE, policy_document, write_policy_file
 from autoprune.graph.policy import Policy, model_fingerprint
+from autoprune.measure.fresh import ZooModel
 from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.search import ExperimentContext, Searcher, SearchResult, searcher_class, searchers_that
 from autoprune.training.baseline import default_checkpoint_path, train_or_load
@@ -115,13 +116,22 @@ def is_encoder(baseline: Baseline) -> bool:
     return isinstance(baseline.data, TokenizedCorpus)
 
 
+def zoo_model(cfg: ExperimentConfig, baseline: Baseline) -> ZooModel | None:
+    """How a fresh process rebuilds the experiment's model (None for a sentence encoder: no zoo factory rebuilds it)."""
+    if is_encoder(baseline):
+        return None
+    data = baseline.data
+    return ZooModel(cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
+
+
 def build_evaluator(cfg: ExperimentConfig, baseline: Baseline) -> PolicyEvaluator:
     """The shared objective of a search, from the config's budget, reward, proxy, latency and pruning sections.
 
     Raises:
         ConfigError: e.g. a latency backend whose optional extra is not installed.
     """
-    return PolicyEvaluator(baseline.model, baseline.data, **evaluator_options(cfg), baseline_name=cfg.model.name)
+    return PolicyEvaluator(baseline.model, baseline.data, **evaluator_options(cfg), baseline_name=cfg.model.name,
+                           zoo=zoo_model(cfg, baseline))
 
 
 def output_dir(cfg: ExperimentConfig) -> Path:

@@ -32,9 +32,11 @@ from autoprune.graph.policy import Policy, model_fingerprint
 from autoprune.graph.surgery import apply_iteratively, apply_policy
 from autoprune.measure.backends import backend_class
 from autoprune.measure.compare import RuntimeComparison, compare_onnx_files, compare_to_dense, int8_timing_backend
+from autoprune.measure.fresh import ZooModel, compare_in_fresh_process
 from autoprune.measure.latency import count_macs_params, model_size_bytes
 from autoprune.measure.schedule import PairedSchedule
 from autoprune.measure.settings import LatencySettings
+from autoprune.measure.uncertainty import LatencyEstimate
 from autoprune.objective.proxy import recalibrate_bn, split_metrics
 from autoprune.paths import write_json_atomic
 from autoprune.tracking.tracker import Tracker, resolve_tracking_uri
@@ -94,7 +96,9 @@ class ModelReport:
     ``latency.backend`` (the serving runtime); ``eager_latency_ms`` the same on eager PyTorch
     (equal to ``latency_ms`` when the backend is eager); ``macs`` are multiply-accumulates
     per input sample (:func:`autoprune.measure.latency.count_macs_params`); ``size_bytes`` is the
-    serialised ``state_dict``; ``backend_settings`` are the serving backend's settings that timed it.
+    serialised ``state_dict``; ``backend_settings`` are the serving backend's settings that timed it;
+    ``latency`` is the latency ratio to dense on the serving backend as one estimate (mean, 95%
+    interval, rounds; source ``fresh`` when timed in a fresh process, else ``final``).
     """
 
     test_accuracy: float
@@ -106,36 +110,47 @@ class ModelReport:
     eager_latency_ms: float = float("nan")
     backend: str = LatencySettings.backend
     backend_settings: dict[str, Any] = field(default_factory=dict)
+    latency: LatencyEstimate | None = None
 
 
 def measure_final(model: nn.Module, dense: nn.Module, baseline: Baseline, cfg: ExperimentConfig,
-                  score: Callable[[nn.Module], float] | None = None) -> tuple[ModelReport, ModelReport]:
+                  score: Callable[[nn.Module], float] | None = None, *, zoo: ZooModel | None = None) -> tuple[ModelReport, ModelReport]:
     """Test accuracy and paired latency (30 rounds) of ``model`` and the dense model.
 
-    Latency is measured by :func:`autoprune.measure.compare.compare_to_dense`: on the serving
-    backend (``latency.backend`` with its options) and then on eager PyTorch, each pair on one
-    runtime.
+    Latency is measured on the serving backend (``latency.backend`` with its options) and then on
+    eager PyTorch, each pair on one runtime: with ``zoo`` in fresh processes
+    (:func:`autoprune.measure.fresh.compare_in_fresh_process`, the protocol of the search's
+    finalists, so the final table and the search summary report one kind of figure, and no
+    session of the search is alive while eager PyTorch is timed); without it (a model no child can
+    rebuild) in this process by :func:`autoprune.measure.compare.compare_to_dense`.
 
     Args:
         score: The test figure of a model (None: top-1 accuracy on the test split; an encoder's
             is its test fidelity, :func:`autoprune.app.encoder_run.test_fidelity`).
+        zoo: How a fresh process rebuilds the models (None: time them here).
     """
     score = score or (lambda m: split_metrics(m, baseline.data.test)["accuracy"])
     latency = latency_settings(cfg)
-    (timed,) = compare_to_dense([model], dense, baseline.data.example_input(latency.batch_size), latency, rounds=30)
+    x = baseline.data.example_input(latency.batch_size)
+    if zoo is not None:
+        (timed,) = compare_in_fresh_process([model], dense, x, latency, zoo=zoo, rounds=30)
+    else:
+        (timed,) = compare_to_dense([model], dense, x, latency, rounds=30)
     x1 = baseline.data.example_input(1)
-    return _report(dense, score, x1, cfg, timed, dense=True), _report(model, score, x1, cfg, timed, dense=False)
+    source = "fresh" if zoo is not None else "final"
+    return _report(dense, score, x1, cfg, timed, dense=True), _report(model, score, x1, cfg, timed, dense=False, source=source)
 
 
 def _report(m: nn.Module, score: Callable[[nn.Module], float], x1: Any, cfg: ExperimentConfig, timed: RuntimeComparison,
-            *, dense: bool) -> ModelReport:
+            *, dense: bool, source: str = "final") -> ModelReport:
     """One model's figures: the dense model's latency is the dense ms of the pairs, its ratio 1."""
     macs, params = count_macs_params(m, x1)
     serving_ms, ci_ms, eager_ms = ((timed.serving_dense_ms, (timed.serving_dense_ms,) * 2, timed.eager_dense_ms) if dense
                                    else (timed.serving_ms, timed.serving_ci_ms, timed.eager_ms))
+    estimate = None if dense else LatencyEstimate.of_measurement(timed.serving, source=source)
     return ModelReport(test_accuracy=score(m), latency_ms=serving_ms, latency_ci_ms=ci_ms, macs=int(macs), params=int(params),
                        size_bytes=model_size_bytes(m), eager_latency_ms=eager_ms, backend=cfg.latency.backend,
-                       backend_settings=dict(timed.settings))
+                       backend_settings=dict(timed.settings), latency=estimate)
 
 
 def decide_int8(
@@ -341,7 +356,8 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
         else:
             teacher = baseline.model if cfg.finetune.distill else None
             finetune(pruned, baseline.data, finetune_settings(cfg), teacher=teacher, progress=progress, on_epoch=tracker.log_finetune_epoch)
-        dense_r, pruned_r = measure_final(pruned, baseline.model, baseline, cfg, score=test.score if encoder else None)
+        ev.latency_model.close()  # no session of the search may be alive while the final figures are timed
+        dense_r, pruned_r = measure_final(pruned, baseline.model, baseline, cfg, score=test.score if encoder else None, zoo=ev.zoo)
         model_path = save_pruned(
             out / "model.pt", pruned, model_name=cfg.model.name, in_channels=getattr(baseline.data, "in_channels", 0),
             num_classes=getattr(baseline.data, "num_classes", 0), input_size=getattr(baseline.data, "input_size", 0),
@@ -377,6 +393,9 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
             "search_episodes": search.result.episodes,
             "search_seconds": search.result.seconds,
             "search_best_proxy_accuracy": best.metrics.accuracy,
+            **{f"search_latency_{k}": v for k, v in best.metrics.latency.as_dict().items() if k in ("mean", "low", "high", "n")},
+            **{f"final_latency_{k}": v for k, v in pruned_r.latency.as_dict().items() if k in ("mean", "low", "high", "n")},
+            "search_latency_source": best.metrics.latency_source,
             "blocks_dropped": len(best.policy.drop),
             "total_seconds": time.perf_counter() - t0,
         }

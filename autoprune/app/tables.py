@@ -149,37 +149,61 @@ def search_summary(run: SearchRun) -> Shown:
         return ["no successful evaluation"]
     title = f"{res.searcher}: {res.episodes} episodes in {res.seconds:.0f} s ({60 * res.episodes / max(res.seconds, 1e-9):.1f}/min)"
     table = rows_table(title, ("", "dense", "best policy"), search_rows(run), label_style="bold", label_justify="left", no_wrap=False)
-    return [table, f"policy: {run.policy_path}\nhistory: {run.history_path}"]
+    return [table, *budget_lines(run), f"policy: {run.policy_path}\nhistory: {run.history_path}"]
+
+
+def budget_lines(run: SearchRun) -> list[str]:
+    """One line when the budget is not met: the backend was too noisy (naming the setting), or the best reachable interval."""
+    res, ev = run.result, run.evaluator
+    if res.best is None or res.best.metrics.feasible:
+        return []
+    if "latency_warning" in res.extras:
+        return [res.extras["latency_warning"]]
+    if ev.budget.metric != "latency":
+        return []
+    ok = [e for e in res.history if not e.metrics.failed]
+    fastest = min(ok, key=lambda e: e.metrics.latency_ci[1], default=res.best).metrics.latency
+    return [f"budget.target: {ev.target:.3f} of dense latency is not reached under the conservative estimate (the interval's upper "
+            f"end); the best reachable ratio is {fastest.show()}; raise budget.target or pruning.max_ratio"]
 
 
 def search_rows(run: SearchRun) -> list[Row]:
     """The rows of the search summary: proxy, latency ratio and ms, MACs, params, budget, reward, blocks dropped.
 
-    Both "latency ms" values come from this process: the best policy's ms is its measured ratio
-    times this process's dense latency (a resumed search's best may have been timed by another
-    process, against another dense time), so the two agree with the ratio beside them.
+    The latency ratio is the best policy's estimate (:attr:`Metrics.latency`): re-measured in a
+    fresh process when the search chose its finalist there (both figures are in the result's
+    ``extras["finalists"]``). Both "latency ms" values use one dense figure, that of the process
+    that measured the ratio (:func:`best_latency_ms`), so they agree with the ratio beside them.
     """
     ev, best = run.evaluator, run.result.best
     if best is None:
         return []
     m, backend = best.metrics, ev.latency.backend
+    est = m.latency
+    where = "fresh process" if est.source == "fresh" else "search"
     return [
         Row(f"proxy {getattr(getattr(ev, 'scorer', None), 'metric', 'accuracy')} (val)", ev.dense_accuracy, m.accuracy, fmt="{:.4f}"),
-        Row(f"latency ratio (paired, {backend})", 1.0, m.latency_ratio, ci=tuple(m.latency_ci)),
-        Row(f"latency ms ({backend})", ev.dense_ms, best_latency_ms(run)),
+        Row(f"latency ratio (paired, {backend}, {where}, {est.n} rounds)", 1.0, est.mean, ci=(est.low, est.high)),
+        Row(f"latency ms ({backend})", dense_ms_of(run), best_latency_ms(run)),
         Row("MAC ratio", 1.0, m.macs_ratio),
         Row("params", ev.dense_params, m.params, fmt="{:,}"),
-        Row(f"budget ({ev.budget.metric} <= {ev.target:.3f})", None, "met" if m.feasible else "NOT met"),
+        Row(f"budget ({ev.budget.metric} <= {ev.target:.3f}{', upper end of the interval' if ev.budget.metric == 'latency' else ''})",
+            None, "met" if m.feasible else "NOT met"),
         Row("reward", None, m.reward, fmt="{:.4f}"),
         Row("blocks dropped", None, ", ".join(best.policy.drop) or "-"),
     ]
 
 
+def dense_ms_of(run: SearchRun) -> float:
+    """The dense ms of the process that measured the best policy's ratio: the finalists' fresh process, or this one."""
+    return float(run.result.extras.get("finalist_dense_ms", run.evaluator.dense_ms))
+
+
 def best_latency_ms(run: SearchRun) -> float:
-    """The best policy's latency in ms against this process's dense latency (NaN without a best or a ratio)."""
+    """The best policy's latency in ms against :func:`dense_ms_of` (NaN without a best or a ratio)."""
     best = run.result.best
     ratio = best.metrics.latency_ratio if best is not None else math.nan
-    return float(ratio) * float(run.evaluator.dense_ms) if ratio is not None else math.nan
+    return float(ratio) * dense_ms_of(run) if ratio is not None else math.nan
 
 
 def run_tables(res: RunResult) -> Shown:
@@ -213,6 +237,10 @@ def final_rows(d: Any, p: Any, report: dict[str, Any] | None = None) -> list[Row
         rows = [Row("test accuracy", d.test_accuracy, p.test_accuracy, 100 * (p.test_accuracy - d.test_accuracy), fmt="{:.4f}",
                     change_fmt="{:+.2f} pts")]
     faster = "{:.2f}x faster"
+    if getattr(p, "latency", None) is not None:
+        est = p.latency
+        rows.append(Row(f"latency ratio on {p.backend} ({'fresh process' if est.source == 'fresh' else 'paired'}, {est.n} rounds)",
+                        1.0, est.mean, ci=(est.low, est.high)))
     rows.append(Row(f"latency ms on {p.backend} [95% CI]", d.latency_ms, p.latency_ms, d.latency_ms / p.latency_ms,
                     ci=tuple(p.latency_ci_ms), change_fmt=faster))
     if not backend_class(p.backend).eager:
@@ -311,7 +339,7 @@ def check_table(model: str, graph: Any, report: Any) -> Shown:
 
 
 __all__ = [
-    "Row", "apply_lines", "best_latency_ms", "check_table", "dense_vs_pruned", "deployment_lines", "estimate_table", "evaluate_lines",
+    "Row", "apply_lines", "best_latency_ms", "budget_lines", "check_table", "dense_ms_of", "dense_vs_pruned", "deployment_lines", "estimate_table", "evaluate_lines",
     "export_lines", "final_rows", "finetune_lines", "rows_table", "run_tables", "search_rows", "search_summary", "train_table",
     "transfer_lines", "worker_line",
 ]  # fmt: skip

@@ -50,7 +50,7 @@ def policy_document(
         backend: Where latency was measured (``name``, ``batch_size``, ``threads``), as the search used it.
         searcher: The searcher's name (``transfer`` for a transferred policy).
         episode: Index of the evaluation that found it.
-        metrics: Its metrics (:meth:`autoprune.objective.evaluator.Metrics.as_dict`).
+        metrics: Its metrics (:meth:`autoprune.objective.metrics.Metrics.as_dict`).
         fingerprint: :func:`autoprune.graph.policy.model_fingerprint` of the model it was found on.
         ignore: Layers the search left unpruned (``model.ignore``); ``apply`` and ``transfer``
             ignore them again, so the policy's units match.

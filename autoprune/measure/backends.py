@@ -107,6 +107,14 @@ class LatencyBackend(abc.ABC):
         """True when an inference computes entirely on the calling thread, so a ``thread`` clock is valid (default False)."""
         return False
 
+    def clock(self) -> Callable[[], int] | None:
+        """The nanosecond clock a paired measurement reads on this backend; None (the default): the schedule's ``clock``.
+
+        Only a simulated backend, whose runners advance a clock of their own instead of computing,
+        returns one: its ratios are then exact functions of what it simulates, whatever the load.
+        """
+        return None
+
     @classmethod
     def channel_multiple(cls) -> int | None:
         """The channel multiple it runs fastest with (``pruning.round_to: auto``); None: no rounding (the default)."""

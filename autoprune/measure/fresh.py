@@ -11,9 +11,10 @@ model's milliseconds and the backend's settings. Optional int8 ONNX files are ti
 child against the dense model's fp32 ONNX file, on the runtime that would serve them.
 
 The child imports the same ``autoprune`` as the caller (its folder is put first on
-``PYTHONPATH``), so a backend or model given as ``package.module:Name`` must be importable there
-too; a backend registered at run time with :func:`~autoprune.measure.backends.register_backend`
-is not known to the child: give it as its ``package.module:Class`` reference.
+``PYTHONPATH``, then the caller's ``sys.path``), so a backend or model given as
+``package.module:Name`` that the caller imports imports there too; a backend registered at run
+time with :func:`~autoprune.measure.backends.register_backend` is not known to the child: give it
+as its ``package.module:Class`` reference.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ from torch import nn
 from autoprune import errors
 from autoprune.errors import AutopruneError, ConfigError, ModelError, one_line
 from autoprune.graph.layers import ExampleInput
-from autoprune.measure.backends import BACKENDS, DEFAULT_THREADS
-from autoprune.measure.compare import INT8_FALLBACK
+from autoprune.measure.backends import BACKENDS, DEFAULT_THREADS, backend_class
+from autoprune.measure.compare import INT8_FALLBACK, RuntimeComparison
+from autoprune.measure.latency import RatioStats
+from autoprune.measure.settings import LatencySettings
 from autoprune.paths import write_json_atomic
 
 #: The runtime int8 ONNX files are timed on when the serving backend cannot open ONNX files itself.
@@ -258,6 +261,50 @@ def remeasure_in_fresh_process(
         return _run_child(folder / "spec.json", Path(spec["out"]), threads, timeout_s)
 
 
+def _stats(r: FreshRatio, reference_ms: float) -> RatioStats:
+    """A child's figure as :class:`RatioStats` (the child does not report the CV or the time spent: NaN)."""
+    nan = float("nan")
+    return RatioStats(r.ratio, r.ci_low, r.ci_high, cv=nan, rounds=r.rounds, ref_median_ms=reference_ms, cand_median_ms=r.ms, elapsed_s=nan)
+
+
+def compare_in_fresh_process(
+    models: Sequence[nn.Module], dense: nn.Module, example_input: ExampleInput, settings: LatencySettings, *, zoo: ZooModel,
+    rounds: int = 30, timeout_s: float | None = None,
+) -> list[RuntimeComparison]:
+    """:func:`~autoprune.measure.compare.compare_to_dense` in fresh processes: the serving backend in one, eager PyTorch in another.
+
+    No session of the caller (e.g. a search's) and none of the serving runtime is alive while
+    eager PyTorch is timed, and the serving figures come from the same protocol as a search's
+    finalists (:mod:`autoprune.search.finalists`): :func:`remeasure_in_fresh_process` with
+    ``settings.warmup`` warm-up rounds and ``rounds`` rounds.
+
+    Args:
+        models: The candidates; dense: the reference; both rebuilt in the child by ``zoo``.
+        example_input: The timed batch.
+        settings: The serving backend, its options and threads.
+        zoo: How the child rebuilds the modules.
+        rounds: Measured paired rounds per model and runtime.
+        timeout_s: Give up on a child after this many seconds (None: wait).
+
+    Returns:
+        One comparison per model, in order (one dense figure per runtime).
+
+    Raises:
+        As :func:`remeasure_in_fresh_process`.
+    """
+    def timed(backend: str, options: Mapping[str, Any]) -> FreshMeasurement:
+        return remeasure_in_fresh_process(dense, list(models), example_input, backend=backend, threads=settings.threads,
+                                          backend_options=options, rounds=rounds, warmup_rounds=settings.warmup, zoo=zoo, timeout_s=timeout_s)
+
+    serving = timed(settings.backend, settings.options())
+    s_stats = [_stats(r, serving.dense_ms) for r in serving.ratios]
+    if backend_class(settings.backend).eager:
+        return [RuntimeComparison(s, serving.dense_ms, s, serving.dense_ms, serving.settings) for s in s_stats]
+    eager = timed("torch", {})
+    return [RuntimeComparison(s, serving.dense_ms, _stats(e, eager.dense_ms), eager.dense_ms, serving.settings)
+            for s, e in zip(s_stats, eager.ratios)]
+
+
 def _export_dense(dense: ModelLike, folder: Path, args: tuple[torch.Tensor, ...], zoo: ZooModel | None) -> dict[str, str]:
     """The dense model's fp32 ONNX file, the reference of the int8 files."""
     from autoprune.formats.onnx import export_onnx
@@ -276,7 +323,9 @@ def _export_dense(dense: ModelLike, folder: Path, args: tuple[torch.Tensor, ...]
 def _run_child(spec_path: Path, out: Path, threads: int, timeout_s: float | None) -> FreshMeasurement:
     root = str(Path(__file__).resolve().parents[2])  # the folder holding this autoprune package
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    # the caller's own import path too, so a plug-in it imports as ``package.module:Name`` imports in the child
+    extra = [p for p in sys.path if p and Path(p).is_dir() and p != root]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([root, *filter(None, [os.environ.get("PYTHONPATH")]), *extra]))
     cmd = [sys.executable, "-m", "autoprune.measure.fresh", str(spec_path)]
     try:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
@@ -356,4 +405,4 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["FreshGroup", "FreshMeasurement", "FreshRatio", "ModelLike", "ZooModel", "remeasure_in_fresh_process"]
+__all__ = ["FreshGroup", "FreshMeasurement", "FreshRatio", "ModelLike", "ZooModel", "compare_in_fresh_process", "remeasure_in_fresh_process"]

@@ -228,6 +228,8 @@ class PairedTimer:
         Raises:
             ConfigError: a ``thread`` clock on a backend that computes off the calling thread.
         """
+        if self._reference is None:
+            raise RuntimeError("PairedTimer.ratio: the timer was closed (its reference runner is released)")
         plan = (schedule or PairedSchedule()).on(self.backend.paired_schedule)
         self._check_clock(plan.clock)
         cand = _as_runner(candidate, self.example_input, self.backend)
@@ -253,7 +255,7 @@ class PairedTimer:
     def _rounds(self, cand: Runner, plan: PairedSchedule, start: float) -> _Rounds:
         """Time rounds until the schedule says stop."""
         done = _Rounds([], [], [])
-        summarise, tick = STATISTICS[plan.statistic], CLOCKS[plan.clock]
+        summarise, tick = STATISTICS[plan.statistic], self.backend.clock() or CLOCKS[plan.clock]
         for r in range(plan.limit):
             ref_t, cand_t = _one_round(self._reference, cand, reference_first=r % 2 == 0, plan=plan, tick=tick)
             done.ratios.append(summarise(cand_t) / summarise(ref_t))
@@ -262,6 +264,14 @@ class PairedTimer:
             if _should_stop(done.ratios, plan, start):
                 break
         return done
+
+    def close(self) -> None:
+        """Release the reference runner (a runtime session and its thread pool); :meth:`ratio` raises afterwards.
+
+        Garbage-collect afterwards (``gc.collect()``) before timing another runtime, so no spinning
+        pool of this one competes for the cores.
+        """
+        self._reference = None
 
     def reference_ms(self, *, repeats: int = 30) -> float:
         """Median reference call time seen so far (``repeats`` calls are timed if none yet)."""

@@ -4,9 +4,11 @@ One :class:`LatencyModel` holds everything the search knows about latency: the b
 paired timer with the dense model as reference, the dense latency in ms, the lookup table (and
 how it was made) and the settings. The evaluator builds it with one call
 (:meth:`LatencyModel.build`) and then only asks it to predict a policy's ratio without surgery
-(:meth:`~LatencyModel.predict_ratio`), to measure a pruned candidate
-(:meth:`~LatencyModel.measure`) and to confirm a finalist by a longer measurement
-(:meth:`~LatencyModel.confirm`); how latency is obtained stays here.
+(:meth:`~LatencyModel.predict_ratio`) and to estimate a pruned candidate's ratio with its
+uncertainty (:meth:`~LatencyModel.estimate`: the prediction updated by a paired measurement,
+:func:`autoprune.measure.uncertainty.combine`); how latency is obtained stays here. Before
+another runtime is timed in the same process, :meth:`~LatencyModel.close` releases the
+backend's session.
 
 The lookup table depends on what the backend is. On eager PyTorch (``LatencyBackend.eager``) it
 is the per-layer micro-benchmark table (:class:`autoprune.measure.table.LatencyTable`) fitted to
@@ -18,6 +20,7 @@ cached on disk per architecture, backend settings, batch and machine).
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -40,6 +43,7 @@ from autoprune.measure.runtime_table import DEFAULT_CACHE_DIR, FittedLatencyTabl
 from autoprune.measure.schedule import PairedSchedule
 from autoprune.measure.settings import LatencySettings
 from autoprune.measure.table import LatencyTable
+from autoprune.measure.uncertainty import LatencyEstimate, ResidualPrior, combine
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +172,6 @@ def _calibrated_table(
     return fitted, info, []
 
 
-#: Rounds of the longer paired measurement that confirms a search's finalist (:meth:`LatencyModel.confirm`).
-CONFIRM_ROUNDS = 30
-
-
 @dataclass
 class LatencyModel:
     """What a search knows about latency on one backend, for one dense model at one batch size.
@@ -192,6 +192,7 @@ class LatencyModel:
         graph, round_to: The dense model's graph and the channel multiple of surgery (predictions
             use the same shapes the surgery will produce).
         dense_specs: The dense model's layer specs at ``settings.batch_size`` (the denominator of predictions).
+        prior: The table's error learned from every candidate :meth:`estimate` measured (the prior's spread).
     """
 
     settings: LatencySettings
@@ -204,6 +205,7 @@ class LatencyModel:
     calibration_failures: list[str] = field(default_factory=list)
     backend_settings: dict[str, object] = field(default_factory=dict)
     dense_specs: list[LayerSpec] = field(default_factory=list)
+    prior: ResidualPrior = field(default_factory=ResidualPrior)
 
     @classmethod
     def build(
@@ -277,9 +279,32 @@ class LatencyModel:
         """
         return self.timer.ratio(candidate, self.settings.schedule() if schedule is None else schedule)
 
-    def confirm(self, candidate: nn.Module | Runner) -> RatioStats:
-        """A longer paired measurement (:data:`CONFIRM_ROUNDS` rounds) of a finalist, against the winner's curse."""
-        return self.timer.ratio(candidate, PairedSchedule(rounds=CONFIRM_ROUNDS))
+    def estimate(self, candidate: nn.Module | Runner, predicted: float, schedule: PairedSchedule | None = None) -> LatencyEstimate:
+        """A candidate's latency ratio with its ~95% interval: the table's ``predicted`` ratio updated by a paired measurement.
+
+        The measurement follows ``schedule`` (None: the settings' search schedule, which stops once
+        the interval's half-width is ``rel_ci`` of the ratio). The candidate's residual against the
+        table is then learned (:attr:`prior`), so later predictions count as a prior as wide as the
+        table's error (:func:`autoprune.measure.uncertainty.combine`).
+
+        Args:
+            candidate: The pruned model (eval mode) or a runner prepared on :attr:`backend`.
+            predicted: :meth:`predict_ratio` of its policy (NaN: the measurement alone).
+            schedule: The paired schedule.
+        """
+        stats = self.measure(candidate, schedule)
+        found = combine(predicted, stats, self.prior)
+        self.prior.add(predicted, stats.ratio)
+        return found
+
+    def close(self) -> None:
+        """Release the backend's session and thread pools (the timer can time nothing afterwards), and collect them.
+
+        Call it before timing eager PyTorch (or another runtime) in this process: a live spinning
+        session of this backend would compete for the cores and inflate those figures.
+        """
+        self.timer.close()
+        gc.collect()
 
 
-__all__ = ["BACKEND_CALIBRATION_RANDOM", "CONFIRM_ROUNDS", "LatencyModel", "backend_table", "eager_table"]
+__all__ = ["BACKEND_CALIBRATION_RANDOM", "LatencyModel", "backend_table", "eager_table"]

@@ -1,8 +1,9 @@
 """The objective: the accuracy proxy (adaptive BatchNorm), embedding fidelity for encoders, the budget and reward, and ``PolicyEvaluator`` (policy -> metrics -> reward)."""
 
 from autoprune.objective.budget import Budget, Reward
-from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
+from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.objective.fidelity import Fidelity, embedding_fidelity, model_fidelity, sentence_embeddings
+from autoprune.objective.metrics import Evaluation, Metrics
 from autoprune.objective.proxy import ProxySettings, proxy_accuracy
 
 __all__ = [

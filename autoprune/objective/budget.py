@@ -1,5 +1,8 @@
 """What a pruned model must meet and how a candidate is scored: :class:`Budget` and :class:`Reward`.
 
+A latency budget is checked against the upper end of the latency estimate's interval
+(:meth:`Budget.met`): a candidate whose interval crosses the target is never met.
+
 Rewards (``acc`` is the proxy accuracy in [0, 1], ``c`` the budget metric as a fraction of
 dense: measured latency ratio, or MAC ratio; ``t`` the target):
 
@@ -50,6 +53,22 @@ class Budget:
         if self.target is None or not 0 < self.target <= 1:
             raise ConfigError(f"budget.target: {self.target!r} is out of range; allowed: 0 < target <= 1")
         return float(self.target)
+
+    def met(self, value: float, high: float, target: float) -> bool:
+        """Whether a candidate meets the budget: conservatively for a measured latency, exactly for MACs.
+
+        A latency ratio is an estimate with an interval (:class:`~autoprune.measure.uncertainty.LatencyEstimate`);
+        a candidate whose interval crosses the target is never met, so only ``high <= target`` is.
+        A MAC ratio is counted, not measured: ``value <= target``.
+
+        Args:
+            value: The budget metric's estimate (fraction of dense).
+            high: The upper end of its ~95% interval (ignored for MACs).
+            target: :meth:`target_ratio`.
+        """
+        if self.metric == "macs":
+            return value <= target
+        return high <= target
 
 
 @dataclass(frozen=True)

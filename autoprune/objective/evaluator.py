@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,11 +39,14 @@ from autoprune.graph.importance import DEFAULT_IMPORTANCE
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
+from autoprune.measure.fresh import ZooModel
 from autoprune.measure.latency import count_macs_params
 from autoprune.measure.latency_model import LatencyModel
 from autoprune.measure.settings import LatencySettings
 from autoprune.measure.table import LatencyTable
+from autoprune.measure.uncertainty import LatencyEstimate
 from autoprune.objective.budget import Budget, Reward
+from autoprune.objective.metrics import Evaluation, Metrics
 from autoprune.objective.proxies import AccuracyProxy, make_proxy
 from autoprune.objective.proxy import ProxySettings
 from autoprune.zoo import DataBundle
@@ -54,77 +56,6 @@ log = logging.getLogger(__name__)
 
 #: Largest pruning ratio of any unit unless told otherwise (``pruning.max_ratio``).
 DEFAULT_MAX_RATIO = 0.8
-
-
-@dataclass
-class Metrics:
-    """Everything measured about one policy.
-
-    Attributes:
-        accuracy: Proxy accuracy on the validation subset (after adaptive BN).
-        latency_ratio: Measured latency / dense latency (paired, interleaved calls).
-        latency_ci: 95% confidence interval of ``latency_ratio``.
-        latency_ms: ``latency_ratio`` x the dense model's latency, in milliseconds per call at the latency batch size.
-        predicted_ratio: Latency ratio predicted by the lookup table (no run).
-        macs_ratio, params_ratio: Of the pruned model relative to dense (``macs_ratio`` is the MAC budget value).
-        macs, params: Of the pruned model (MACs per input sample, :func:`autoprune.graph.layers.spec_macs`).
-        value: The budget metric (latency or MAC ratio) the reward used.
-        feasible: ``value <= target``.
-        reward: See the module docstring.
-        seconds: Time spent per step (prune, accuracy, latency, total).
-        failed: The evaluation raised or produced NaN; ``error`` says why.
-        backend: The latency backend and its settings that timed it (:func:`~autoprune.measure.backends.settings_label`).
-        details: Parts of the proxy (fidelity: ``cosine`` and ``neighbour_agreement``; empty for accuracy).
-    """
-
-    accuracy: float
-    latency_ratio: float
-    latency_ci: tuple[float, float]
-    latency_ms: float
-    predicted_ratio: float
-    macs: int
-    params: int
-    macs_ratio: float
-    params_ratio: float
-    value: float
-    feasible: bool
-    reward: float
-    seconds: dict[str, float] = field(default_factory=dict)
-    failed: bool = False
-    error: str | None = None
-    backend: str = ""
-    details: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, float | bool | str | None]:
-        """Flat dict for CSV/MLflow."""
-        d = {k: getattr(self, k) for k in (
-            "accuracy", "latency_ratio", "latency_ms", "predicted_ratio", "macs", "params",
-            "macs_ratio", "params_ratio", "value", "feasible", "reward", "failed", "error", "backend",
-        )}
-        d["latency_ci_low"], d["latency_ci_high"] = self.latency_ci
-        d.update({f"seconds_{k}": v for k, v in self.seconds.items()})
-        d.update({f"proxy_{k}": v for k, v in self.details.items()})
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Metrics:
-        """Inverse of :meth:`as_dict` (e.g. metrics stored with an Optuna trial by another worker)."""
-        nan = float("nan")
-
-        def num(key: str) -> float:
-            v = d.get(key)
-            return nan if v is None else float(v)
-
-        return cls(
-            accuracy=num("accuracy"), latency_ratio=num("latency_ratio"),
-            latency_ci=(num("latency_ci_low"), num("latency_ci_high")), latency_ms=num("latency_ms"),
-            predicted_ratio=num("predicted_ratio"), macs=int(d.get("macs") or 0), params=int(d.get("params") or 0),
-            macs_ratio=num("macs_ratio"), params_ratio=num("params_ratio"), value=num("value"),
-            feasible=bool(d.get("feasible")), reward=num("reward"),
-            seconds={k.removeprefix("seconds_"): float(v) for k, v in d.items() if k.startswith("seconds_") and v is not None},
-            failed=bool(d.get("failed")), error=d.get("error"), backend=str(d.get("backend") or ""),
-            details={k.removeprefix("proxy_"): float(v) for k, v in d.items() if k.startswith("proxy_") and v is not None},
-        )
 
 
 def check_baseline_accuracy(val_accuracy: float, labels: torch.Tensor, model_name: str) -> None:
@@ -151,16 +82,6 @@ def check_baseline_accuracy(val_accuracy: float, labels: torch.Tensor, model_nam
 
 
 FAILED_REWARD = -1.0
-
-
-@dataclass
-class Evaluation:
-    """One entry of the evaluator's history."""
-
-    index: int
-    policy: Policy
-    metrics: Metrics
-    cached: bool = False
 
 
 class PolicyEvaluator:
@@ -190,6 +111,9 @@ class PolicyEvaluator:
             :func:`~autoprune.graph.check.default_cache_dir`; ``None``: no disk cache).
         table_cache: Folder caching the per-backend latency tables of serving runtimes ("auto":
             ``latency-tables`` beside the check cache; ``None``: calibrate every time, write nothing).
+        zoo: How a fresh process rebuilds the model (zoo name or ``package.module:factory`` and its
+            arguments), so a search's finalists are re-measured there
+            (:mod:`autoprune.search.finalists`); None: only ONNX-serving backends re-measure in a fresh process.
 
     Attributes:
         latency_model: What the search knows about latency (:class:`~autoprune.measure.latency_model.LatencyModel`:
@@ -226,6 +150,7 @@ class PolicyEvaluator:
         check_cache: str | None = "auto",
         baseline_name: str | None = None,
         table_cache: str | Path | None = "auto",
+        zoo: ZooModel | None = None,
     ) -> None:
         if not 0.0 < max_ratio < 1.0:
             raise ConfigError(f"pruning.max_ratio: {max_ratio!r} is out of range; allowed: 0 < max_ratio < 1")
@@ -239,6 +164,7 @@ class PolicyEvaluator:
         self.round_to = round_to
         self.max_ratio = max_ratio
         self.seed = seed
+        self.zoo = zoo
         self.example_input = data.example_input(latency.batch_size)
         self.graph = graph or PrunableGraph(model, data.example_input(1), ignored=ignored, drop_blocks=allow_drop)
         if check:
@@ -324,10 +250,27 @@ class PolicyEvaluator:
     def check_reachable(self) -> None:
         """Refuse a target below what the maximum ratios (and every block dropped) can reach.
 
+        First by the lookup table's prediction; then, for a latency budget, by measuring that
+        fastest policy: when even the upper end of its interval is above the target, no candidate
+        can be met under the conservative estimate (:meth:`Budget.met`), and the one line names
+        the best reachable ratio with its interval.
+
         Raises:
-            BudgetError: naming the target, the reachable value and what to change.
+            BudgetError: naming the target, the reachable value (and interval) and what to change.
         """
         reachable = self.min_reachable()
+        if reachable <= self.target and self.budget.metric == "latency":
+            fastest = Policy({n: self.max_ratio for n in self.unit_names}, tuple(self.block_names))
+            pruned = apply_policy(self.model, fastest, graph=self.graph, importance=self.importance, round_to=self.round_to,
+                                  batches=self.calibration_batches, loss=self.scorer.loss).eval()
+            est = self.latency_model.estimate(pruned, self.predicted_ratio(fastest.ratios, fastest.drop))
+            if not est.within(self.target):
+                raise BudgetError(
+                    f"budget.target: {self.target:.3f} of dense latency is unreachable under the conservative estimate (the upper end "
+                    f"of the interval): the best reachable ratio, every unit at max_ratio {self.max_ratio} and all droppable blocks "
+                    f"dropped, is {est.show()}; raise the target above {est.high:.3f} or pruning.max_ratio"
+                )
+            return
         if reachable > self.target:
             raise BudgetError(
                 f"budget.target: {self.target:.3f} of dense {self.budget.metric} is unreachable; with every unit at "
@@ -396,30 +339,43 @@ class PolicyEvaluator:
         details = dict(self.scorer.details)
         pruned.eval()
         t2 = time.perf_counter()
-        lat = self.latency_model.measure(pruned)
+        predicted = self.predicted_ratio(policy.ratios, policy.drop)
+        lat = self.latency_model.estimate(pruned, predicted)
         t3 = time.perf_counter()
         macs, params = count_macs_params(pruned, self.data.example_input(1))
-        predicted = self.predicted_ratio(policy.ratios, policy.drop)
         macs_ratio = macs / self.dense_macs
-        value = macs_ratio if self.budget.metric == "macs" else lat.ratio
+        value = macs_ratio if self.budget.metric == "macs" else lat.mean
         t4 = time.perf_counter()
         return Metrics(
             accuracy=acc,
-            latency_ratio=lat.ratio,
-            latency_ci=(lat.ci_low, lat.ci_high),
-            latency_ms=lat.ratio * self.dense_ms,
+            latency_ratio=lat.mean,
+            latency_ci=(lat.low, lat.high),
+            latency_ms=lat.mean * self.dense_ms,
             predicted_ratio=predicted,
             macs=int(macs),
             params=int(params),
             macs_ratio=macs_ratio,
             params_ratio=params / self.dense_params,
             value=value,
-            feasible=value <= self.target,
+            feasible=self.budget.met(value, lat.high, self.target),
             reward=self.reward(acc, value),
             seconds={"prune": t1 - t0, "accuracy": t2 - t1, "latency": t3 - t2, "other": t4 - t3, "total": t4 - t0},
             backend=self.latency_model.label,
             details=details,
+            latency_rounds=lat.n,
+            measured_ratio=lat.measured,
         )
+
+    def remeasured(self, metrics: Metrics, estimate: LatencyEstimate, *, dense_ms: float | None = None) -> Metrics:
+        """``metrics`` with another latency estimate of the same policy, judged against this evaluator's budget and reward.
+
+        Used when a finalist is re-measured (e.g. in a fresh process): its ms (against ``dense_ms``,
+        default :attr:`dense_ms`), value (for a latency budget), feasibility (the interval's upper
+        end) and reward follow the new figure.
+        """
+        value = estimate.mean if self.budget.metric == "latency" else metrics.value
+        return metrics.with_latency(estimate, latency_ms=estimate.mean * (dense_ms or self.dense_ms), value=value,
+                                    feasible=self.budget.met(value, estimate.high, self.target), reward=self.reward(metrics.accuracy, value))
 
     # ---------------------------------------------------------------- results
     def best(self, *, feasible_only: bool = True) -> Evaluation | None:

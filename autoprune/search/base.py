@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 
 from autoprune.errors import ConfigError
 from autoprune.graph.policy import Policy
-from autoprune.graph.surgery import apply_policy
-from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
+from autoprune.objective.evaluator import PolicyEvaluator
+from autoprune.objective.metrics import Evaluation, Metrics
 from autoprune.paths import write_csv_atomic
+from autoprune.search.finalists import choose_finalist
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,9 @@ class SearchResult:
 
     Attributes:
         searcher: Name of the searcher.
-        best: Best feasible evaluation (highest reward), or the best infeasible one if none is feasible.
+        best: Best feasible evaluation (highest reward), or the best infeasible one if none is feasible. Under
+            a latency budget it is the finalist chosen on re-measured figures (its metrics carry them;
+            ``extras["finalists"]`` records both figures of every finalist).
         history: Every evaluation in order (cached repeats included, marked ``cached``).
         pareto: Non-dominated evaluations on (accuracy up, budget metric down).
         seconds: Wall time of the search.
@@ -105,28 +108,6 @@ def pareto_front(history: list[Evaluation]) -> list[Evaluation]:
     return sorted(front, key=lambda e: e.metrics.value)
 
 
-def confirm_best(evaluator: PolicyEvaluator, feasible: list[Evaluation], top: int) -> tuple[Evaluation, list[dict]]:
-    """Re-measure the latency of the ``top`` best feasible candidates and return the best that stays feasible.
-
-    Picking the maximum among noisy measurements favours candidates whose latency was measured
-    luckily low (the winner's curse); a second, longer paired measurement of the few finalists
-    removes most of that bias. If none stays within the target, the one closest to it is returned.
-    """
-    ranked = sorted({e.policy.key(): e for e in feasible}.values(), key=lambda e: e.metrics.reward, reverse=True)[:top]
-    confirmed = []
-    for e in ranked:
-        pruned = apply_policy(  # the channels the search's evaluation kept (same criterion, batches and loss)
-            evaluator.model, e.policy, graph=evaluator.graph, importance=evaluator.importance, round_to=evaluator.round_to,
-            batches=evaluator.calibration_batches, loss=evaluator.scorer.loss,
-        ).eval()
-        ratio = evaluator.latency_model.confirm(pruned).ratio
-        confirmed.append({"episode": e.index, "searched_ratio": e.metrics.latency_ratio, "confirmed_ratio": ratio, "reward": e.metrics.reward})
-        if ratio <= evaluator.target:
-            return e, confirmed
-    closest = min(zip(ranked, confirmed), key=lambda t: t[1]["confirmed_ratio"])[0]
-    return closest, confirmed
-
-
 class ProgressReporter:
     """A tqdm bar over episodes showing the best reward so far; also forwards to an optional callback."""
 
@@ -163,7 +144,8 @@ class Searcher(abc.ABC):
     name: ClassVar[str]
     #: Every accepted hyper-parameter with its default: the one list of them.
     defaults: ClassVar[dict[str, Any]] = {}
-    #: Feasible candidates re-measured before the best is returned (0: trust the search's measurement).
+    #: Feasible candidates re-measured per batch in a fresh process before the best is returned
+    #: (:func:`autoprune.search.finalists.choose_finalist`; 0: trust the search's measurement).
     confirm_top: ClassVar[int] = 3
     #: Worker processes can share one search (``search.workers`` > 1, ``autoprune worker``): the
     #: searcher keeps its state in ``params["storage"]`` under ``params["study_name"]``, accepts an
@@ -261,8 +243,11 @@ class Searcher(abc.ABC):
         feasible = [e for e in ok if e.metrics.feasible]
         best = max(feasible or ok, key=lambda e: e.metrics.reward, default=None)
         if feasible and evaluator.budget.metric == "latency" and self.confirm_top > 0:
-            best, confirmed = confirm_best(evaluator, feasible, self.confirm_top)
-            extras["confirmed_latency"] = confirmed
+            final = choose_finalist(evaluator, feasible, self.confirm_top)
+            best = final.best
+            extras.update({"finalists": final.records, "finalist_dense_ms": final.dense_ms})
+            if final.warning:
+                extras["latency_warning"] = final.warning
         return SearchResult(self.name, best, list(history), pareto_front(history), seconds, extras)
 
     @abc.abstractmethod

@@ -32,7 +32,8 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from autoprune.errors import ConfigError, describe
 from autoprune.graph.policy import Policy
-from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
+from autoprune.objective.evaluator import PolicyEvaluator
+from autoprune.objective.metrics import Evaluation, Metrics
 from autoprune.search.base import ExperimentContext, Searcher
 from autoprune.search.samplers import SAMPLERS, is_multi_objective, make_sampler, missing_package
 from autoprune.search.study_lock import StudyLock

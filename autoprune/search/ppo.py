@@ -26,7 +26,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from autoprune.errors import ConfigError, PolicyError
 from autoprune.graph.policy import Policy
-from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
+from autoprune.objective.evaluator import PolicyEvaluator
+from autoprune.objective.metrics import Evaluation, Metrics
 from autoprune.paths import write_json_atomic
 from autoprune.search.base import ExperimentContext, Searcher
 from autoprune.search.env import LayerPruningEnv

@@ -14,7 +14,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from autoprune.graph.policy import Policy
-from autoprune.objective.evaluator import Evaluation
+from autoprune.objective.metrics import Evaluation
 from autoprune.search.base import pareto_front
 
 DPI = 150

@@ -60,11 +60,10 @@ def header(title: str, threads: int | None = None) -> str:
 
 
 def zoo_model(cfg: Any, baseline: Any) -> Any:
-    """How a fresh process rebuilds the experiment's model (:class:`autoprune.measure.fresh.ZooModel`)."""
-    from autoprune.measure.fresh import ZooModel
+    """How a fresh process rebuilds the experiment's model (:func:`autoprune.app.experiment.zoo_model`)."""
+    from autoprune.app.experiment import zoo_model as of_experiment
 
-    data = baseline.data
-    return ZooModel(cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
+    return of_experiment(cfg, baseline)
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

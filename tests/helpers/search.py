@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from autoprune.objective.evaluator import Evaluation, PolicyEvaluator
+from autoprune.objective.evaluator import PolicyEvaluator
+from autoprune.objective.metrics import Evaluation
 from autoprune.search import get_searcher
 from autoprune.search.base import SearchResult
 

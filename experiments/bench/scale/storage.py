@@ -14,7 +14,7 @@ import torch
 from autoprune.app.experiment import build_evaluator, load_baseline
 from autoprune.config.loading import load_config
 from autoprune.graph.policy import Policy
-from autoprune.objective.evaluator import Metrics
+from autoprune.objective.metrics import Metrics
 from autoprune.search import get_searcher
 from tests.helpers.postgres import PostgresServer
 
