@@ -105,11 +105,17 @@ def config_cmd(
     ] = None,
     flat: Annotated[bool, typer.Option("--flat", help="Print dotted key=value lines instead of YAML.")] = False,
 ) -> None:
-    """Validate an experiment config and print it with every default filled in."""
+    """Validate an experiment config, run every check that needs no trained model, and print the values a run uses.
+
+    Every default is filled in, and what the run derives is written out: ``export.onnx`` is true
+    when the serving backend runs the ONNX file, ``pruning.round_to: auto`` is the backend's
+    multiple, ``latency.threads`` is what this machine allows, ``tracking.uri`` is the store used.
+    """
+    from autoprune.app.preflight import effective_config, preflight
     from autoprune.config.loading import load_config
     from autoprune.config.schema import dump_config
 
-    cfg = load_config(path, set_ or [])
+    cfg = effective_config(preflight(load_config(path, set_ or [])))
     if flat:
         typer.echo("\n".join(f"{k}={v}" for k, v in cfg.flat().items()))
     else:
@@ -152,7 +158,8 @@ def estimate(
 def search(
     config: Annotated[Path, typer.Argument(metavar="CONFIG.yaml", help="Experiment config file.")],
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config field (repeatable).")] = None,
-    searcher: Annotated[str | None, typer.Option(help="Override search.searcher.")] = None,
+    searcher: Annotated[str | None, typer.Option(help="Override search.searcher; the config's search.params that only its own "
+                                                      "searcher takes are dropped (listed at -v).")] = None,
     episodes: Annotated[int | None, typer.Option(min=1, help="Override search.episodes.")] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL shared by workers, e.g. postgresql://user@host/db "
                                                      "(default: an SQLite file in the output directory).")] = None,
@@ -174,9 +181,9 @@ def search(
     from autoprune.app.tables import search_summary
 
     overrides = [*(set_ or []), *(f"{key}={value}" for key, value in (
-        ("search.searcher", searcher), ("search.episodes", episodes), ("search.storage", storage),
+        ("search.episodes", episodes), ("search.storage", storage),
         ("search.study", study), ("search.workers", workers)) if value is not None)]
-    _show(search_summary(search_command(config, overrides, agent=agent, zero_shot=zero_shot, warm_start=warm_start,
+    _show(search_summary(search_command(config, overrides, searcher=searcher, agent=agent, zero_shot=zero_shot, warm_start=warm_start,
                                         restart=restart, tracking_uri=tracking_uri, progress=_progress())))
 
 

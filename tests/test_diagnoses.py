@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_run import assert_user_error, cli
+from helpers import assert_user_error, cli
 
 from autoprune.errors import DataError
 from autoprune.training.baseline import save_checkpoint

@@ -20,9 +20,9 @@ import torch
 from autoprune.app.estimate import EstimateRow, estimate
 from autoprune.app.experiment import Baseline, SearchRun, baseline_checkpoint, build_evaluator, load_baseline, run_search, run_worker
 from autoprune.app.pipeline import RunResult, run_experiment
+from autoprune.app.preflight import preflight
 from autoprune.app.uris import load_policy, locate_bundle
 from autoprune.config.loading import load_config, parse_config
-from autoprune.config.machine import fit_to_machine
 from autoprune.config.names import DATA, MODEL
 from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import latency_settings, proxy_settings
@@ -35,21 +35,21 @@ log = logging.getLogger(__name__)
 
 
 def experiment_config(config: str | Path | None, model: str | None, data: str | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """A config from a file, or a minimal one from a model and data set name (``--model``/``--data``), checked against the machine.
+    """A config from a file, or a minimal one from a model and data set name (``--model``/``--data``), checked before any work.
 
     Raises:
-        ConfigError: both or neither of a file and a model, an invalid config, or threads/workers
-            beyond this machine's CPUs (:func:`autoprune.config.machine.fit_to_machine`).
+        ConfigError: both or neither of a file and a model, an invalid config, or anything
+            :func:`autoprune.app.preflight.preflight` refuses (threads, memory, URL schemes, searcher params).
     """
     if config is not None:
         if model is not None or data is not None:
             given = " and ".join(o for o, v in (("--model", model), ("--data", data)) if v is not None)
             raise ConfigError(f"{given}: give either {str(config)!r} or {given}, not both (override a config with --set model.name=...)")
-        return fit_to_machine(load_config(config, list(overrides)))
+        return preflight(load_config(config, list(overrides)))
     if model is None:
         raise ConfigError("give a CONFIG.yaml or --model (e.g. --model resnet20 --data fashion_mnist)")
-    return fit_to_machine(parse_config({"model": {"name": model}, "data": {"name": data or "fashion_mnist"}}, source="command line",
-                                       overrides=list(overrides)))
+    return preflight(parse_config({"model": {"name": model}, "data": {"name": data or "fashion_mnist"}}, source="command line",
+                                  overrides=list(overrides)))
 
 
 # ----------------------------------------------------------------- train
@@ -182,6 +182,7 @@ def search_command(
     config: str | Path,
     overrides: Sequence[str] = (),
     *,
+    searcher: str | None = None,
     agent: str | None = None,
     zero_shot: bool = False,
     warm_start: str | None = None,
@@ -189,11 +190,13 @@ def search_command(
     tracking_uri: str | None = None,
     progress: bool = True,
 ) -> SearchRun:
-    """``autoprune search``: load the config (with overrides), resolve a saved agent or warm-start policy, search.
+    """``autoprune search``: load the config (with overrides), check it (:func:`~autoprune.app.preflight.preflight`), resolve a saved agent or warm-start policy, search.
 
     Args:
         config: The experiment config file.
         overrides: ``key=value`` overrides (``--set`` and the options that stand for fields).
+        searcher: ``--searcher``: search with this one; the config's params that only its own
+            searcher takes are dropped (:func:`autoprune.config.loading.switch_searcher`).
         agent: A saved agent (folder, ``runs:/`` or ``models:/``) to start from, run by :func:`agent_searcher`.
         zero_shot: Only run the agent (needs ``agent``).
         warm_start: A policy (file, ``runs:/``, ``models:/``) to evaluate first (a searcher that
@@ -209,11 +212,11 @@ def search_command(
     if zero_shot and not agent:
         raise ConfigError("--zero-shot needs --agent (the saved agent to run)")
     if agent:
-        overrides += [f"search.searcher={agent_searcher(config, overrides)}",
-                      f"search.params.agent={locate_bundle(agent, tracking_uri=tracking_uri)}"]
+        searcher = agent_searcher(config, overrides, searcher=searcher)
+        overrides += [f"search.params.agent={locate_bundle(agent, tracking_uri=tracking_uri)}"]
         if zero_shot:
             overrides.append("search.params.zero_shot=true")
-    cfg = load_config(config, overrides)
+    cfg = preflight(load_config(config, overrides, searcher=searcher))
     warm = None
     if warm_start:
         if not searcher_class(cfg.search.searcher).supports_warm_start:
@@ -224,17 +227,17 @@ def search_command(
     return run_search(cfg, progress=progress, restart=restart, warm_start=warm)
 
 
-def agent_searcher(config: str | Path, overrides: Sequence[str]) -> str:
-    """The searcher ``--agent`` runs: the one chosen with ``--searcher``, else the config's if it loads
+def agent_searcher(config: str | Path, overrides: Sequence[str], *, searcher: str | None = None) -> str:
+    """The searcher ``--agent`` runs: ``searcher`` (``--searcher``), else the config's if it loads
     agents, else :data:`autoprune.search.AGENT_SEARCHER`.
 
     Raises:
         ConfigError: ``--searcher`` names a searcher that does not load a saved agent, or the config is invalid.
     """
-    name = load_config(config, list(overrides)).search.searcher
+    name = searcher or load_config(config, list(overrides)).search.searcher
     if searcher_class(name).loads_agent:
         return name
-    if any(o.startswith("search.searcher=") for o in overrides):
+    if searcher is not None or any(o.startswith("search.searcher=") for o in overrides):
         allowed = ", ".join(repr(n) for n in searchers_that(lambda s: s.loads_agent))
         raise ConfigError(f"--agent: searcher {name!r} does not load a saved agent; drop --searcher {name} or choose one that does ({allowed})")
     return AGENT_SEARCHER
@@ -253,12 +256,12 @@ def worker_command(storage: str, study: str, *, n_trials: int | None = None, thr
 
 
 def run_command(config: str | Path, overrides: Sequence[str] = (), *, restart: bool = False, progress: bool = True) -> RunResult:
-    """``autoprune run``: the whole job on a config file (see :func:`autoprune.app.pipeline.run_experiment`).
+    """``autoprune run``: the whole job on a config file (see :func:`autoprune.app.pipeline.run_experiment`), checked first (:func:`~autoprune.app.preflight.preflight`).
 
     Raises:
         ConfigError, ModelError, BudgetError: a user's mistake, found before or during the work.
     """
-    return run_experiment(load_config(config, list(overrides)), progress=progress, restart=restart)
+    return run_experiment(preflight(load_config(config, list(overrides))), progress=progress, restart=restart)
 
 
 # ----------------------------------------------------------------- transfer
