@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.app.folder_lock import folder_lock
 from autoprune.config.machine import check_batches_fit, fit_to_machine
 from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import evaluator_options, pruning_record, train_settings
@@ -142,20 +143,22 @@ def output_dir(cfg: ExperimentConfig) -> Path:
 
 @contextlib.contextmanager
 def experiment_dir(cfg: ExperimentConfig, *, disposable: Sequence[str] = ()) -> Iterator[Path]:
-    """The experiment's output directory (created), removed again if the body fails before writing results.
+    """The experiment's output directory (created and locked), removed again if the body fails before writing results.
 
-    A command that fails (a bad checkpoint, an unreachable budget, Ctrl-C) leaves no empty folder
+    The body holds the folder's lock (:func:`autoprune.app.folder_lock.folder_lock`): another
+    command on the same folder is refused until it ends. A command that fails (a bad checkpoint, an unreachable budget, Ctrl-C) leaves no empty folder
     behind: the folders this call created are removed when, after the failure, they hold nothing but
     ``disposable`` files (e.g. the MLflow run pointer of a run that did no work) and empty folders.
 
     Raises:
-        ConfigError: the directory cannot be created or written.
+        ConfigError: the directory cannot be created or written, or another process holds its lock.
     """
     d = Path(cfg.output_dir.replace("{name}", cfg.name))
     first_new = next((p for p in reversed([d, *d.parents]) if not p.exists()), None)
     out = output_dir(cfg)
     try:
-        yield out
+        with folder_lock(out):
+            yield out
     except BaseException:
         if first_new is not None:
             _remove_if_unused(first_new, set(disposable))
