@@ -2,14 +2,19 @@
 
 A user's mistake (:class:`~autoprune.errors.AutopruneError`) is printed as one line,
 ``autoprune: error: <message>``, with exit code 2; usage errors also exit with 2;
-Ctrl-C exits with 130. Any other exception is a bug and keeps its traceback.
+Ctrl-C exits with 130. SIGTERM (what ``kill``, ``timeout``, docker and Slurm send) is handled
+exactly like Ctrl-C: the MLflow run ends ``KILLED``, a running Optuna trial is marked failed, the
+same command resumes; it prints one line and exits with 143 (128 + 15, the code a shell and a
+job scheduler read as "ended by SIGTERM"). Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -359,18 +364,44 @@ def check_cmd(
     _show(check_table(model, *check_model(model, data, ignored=tuple(ignore or ()))))
 
 
+_stopped_by: list[int] = []  # the stop signal received, if any
+
+
+def _stop(signum: int, _frame: object) -> None:
+    """SIGTERM as Ctrl-C: raise KeyboardInterrupt where the command is, once (a second SIGTERM must not break the cleanup)."""
+    _stopped_by.append(signum)
+    signal.signal(signum, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> None:
+    if _stopped_by:
+        name = signal.Signals(_stopped_by[0]).name
+        _fail(f"stopped by {name}; run the same command again to continue where it stopped", 128 + _stopped_by[0])
+    _fail("interrupted", 130)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run the app, turning user errors into one line and exit code 2."""
+    """Console-script entry point: run the app, turning user errors into one line and exit code 2.
+
+    SIGTERM is turned into the KeyboardInterrupt of Ctrl-C for the command's duration (exit 143).
+    """
+    _stopped_by.clear()
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may handle signals
+    previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None
     try:
         app(args=argv, prog_name="autoprune")
     except AutopruneError as e:
         _fail(describe(e, None), 2)
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        _interrupted()
     except SystemExit as e:
         if e.code == 130:  # typer's exit code for Ctrl-C inside a command
-            _fail("interrupted", 130)
+            _interrupted()
         raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _fail(message: str, code: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -114,3 +115,29 @@ def test_the_lock_is_reentrant_in_one_process_and_refuses_another(tmp_path):
     assert not path.exists()
     with folder_lock(tmp_path):  # free again
         pass
+
+
+# ------------------------------------------------------------------ item 2: SIGTERM like Ctrl-C
+def test_sigterm_during_a_search_ends_the_run_killed_fails_the_trial_and_the_rerun_resumes(tmp_path):
+    config, gate = _config(tmp_path), tmp_path / "gate"
+    proc = _start(tmp_path, config, gate)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1] == "autoprune: stopped by SIGTERM; run the same command again to continue where it stopped", err
+    assert "Traceback" not in err
+
+    run_id = json.loads((tmp_path / "out" / "mlflow_run.json").read_text())["run_id"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert client.get_run(run_id).info.status == "KILLED"
+    states = [t.state for t in _study(tmp_path).trials]
+    assert optuna.trial.TrialState.RUNNING not in states and states[-1] == optuna.trial.TrialState.FAIL
+    assert not (tmp_path / "out" / LOCK_FILE).exists()
+
+    (gate / "open").touch()
+    again = _run(tmp_path, config)
+    assert again.code == 0, again.err
+    assert client.get_run(run_id).info.status == "FINISHED"  # the same MLflow run, resumed
+    complete = [t for t in _study(tmp_path).trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4  # the episodes of the config, the trials finished before SIGTERM included
