@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_user_error, cli
+from helpers import assert_user_error, cli, tiny_experiment, write_experiment
 
 from autoprune.errors import DataError
+from autoprune.formats.onnx import export_onnx
+from autoprune.formats.pruned import save_pruned
 from autoprune.training.baseline import save_checkpoint
 from autoprune.zoo import DataBundle, Split, build_model, load_data
 
@@ -134,3 +136,21 @@ def test_a_resnet_depth_that_is_not_6n_plus_2_is_refused_in_one_line(tmp_path, c
     (tmp_path / "c.yaml").write_text("model: {name: resnet44}\n")
     res = cli(capsys, "config", str(tmp_path / "c.yaml"))
     assert res.code == 0 and "name: resnet44" in res.out
+
+
+def test_an_unreachable_target_in_ms_is_reported_as_the_field_and_value_the_user_set(tmp_path, capsys):
+    """Before: ``budget.target: 0.000`` for ``budget.target_ms: 0.0001``."""
+    path = write_experiment(tmp_path / "exp.yaml", tiny_experiment(tmp_path, budget={"metric": "latency", "target": None, "target_ms": 0.0001}))
+    line = assert_user_error(cli(capsys, "search", str(path)), "budget.target_ms: 0.0001 ms", "of dense's", "raise budget.target_ms",
+                             absent=("budget.target:",))
+    assert " ms, predicted)" in line
+
+
+def test_evaluate_given_the_onnx_export_asks_for_the_pruned_model_beside_it(tmp_path, capsys):
+    model = build_model("mlp", in_channels=1, num_classes=10, input_size=8)
+    save_pruned(tmp_path / "model.pt", model, model_name="mlp", in_channels=1, num_classes=10, input_size=8)
+    export_onnx(model, torch.zeros(1, 1, 8, 8), tmp_path / "model.onnx")
+    for name in ("model.onnx", "model.int8.onnx"):
+        (tmp_path / name).touch(exist_ok=True)
+        res = cli(capsys, "evaluate", str(tmp_path / name), "--data", "digits")
+        assert_user_error(res, name, "ONNX export", f"'{tmp_path / 'model.pt'}'")
