@@ -49,11 +49,46 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler writing to the ``sys.stderr`` of the moment (a test's capture, then the real one)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
+STAGE_PREFIX = "autoprune: stage: "
+
+
 def setup_logging(verbosity: int) -> None:
-    """Log to stderr through rich: WARNING by default, INFO with ``-v``, DEBUG with ``-vv``."""
+    """Log to stderr through rich: WARNING by default, INFO with ``-v``, DEBUG with ``-vv``.
+
+    When stdout is not a terminal, the stage lines of :mod:`autoprune.app.stages` go to stderr
+    as plain ``autoprune: stage: ...`` lines at any verbosity (a long ``run`` otherwise prints
+    nothing for minutes into a log file).
+    """
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]", handlers=[handler], force=True)
+    _reset_stages()
+    if not sys.stdout.isatty():
+        stages = logging.getLogger("autoprune.stages")
+        plain = _StderrHandler()
+        plain.setFormatter(logging.Formatter(STAGE_PREFIX + "%(message)s"))
+        stages.addHandler(plain)
+        stages.setLevel(logging.INFO)
+        stages.propagate = False
+
+
+def _reset_stages() -> None:
+    stages = logging.getLogger("autoprune.stages")
+    stages.handlers.clear()
+    stages.setLevel(logging.NOTSET)
+    stages.propagate = True
 
 
 @app.callback()
@@ -400,6 +435,7 @@ def main(argv: list[str] | None = None) -> None:
             _interrupted()
         raise
     finally:
+        _reset_stages()
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
 

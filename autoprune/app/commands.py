@@ -21,6 +21,7 @@ from autoprune.app.estimate import EstimateRow, estimate
 from autoprune.app.experiment import Baseline, SearchRun, baseline_checkpoint, build_evaluator, load_baseline, run_search, run_worker
 from autoprune.app.pipeline import RunResult, run_experiment
 from autoprune.app.preflight import preflight
+from autoprune.app.stages import stage
 from autoprune.app.uris import load_policy, locate_bundle
 from autoprune.config.loading import load_config, parse_config
 from autoprune.config.names import DATA, MODEL
@@ -96,6 +97,7 @@ def train_baseline(
     bundle = load_data(data, data_dir=str(data_dir) if data_dir else None, seed=seed)
     path = writable_file(checkpoint or baseline_checkpoint(model, bundle.name), "--checkpoint")
     settings = TrainSettings(epochs=epochs, augment=augment, seed=seed)
+    stage("baseline", f"{model} on {bundle.name}, " + (f"weights from {path}" if path.is_file() and not force else f"training {epochs} epoch(s) into {path}"))
     torch.manual_seed(seed)
     if force and path.exists():
         fresh = path.with_name(path.name + ".new")

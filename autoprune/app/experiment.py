@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from autoprune.app.folder_lock import folder_lock
+from autoprune.app.stages import stage
 from autoprune.config.machine import check_batches_fit, fit_to_machine
 from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import evaluator_options, pruning_record, train_settings
@@ -72,6 +73,8 @@ def load_baseline(cfg: ExperimentConfig, *, progress: bool = True) -> Baseline:
     ckpt = Path(cfg.model.checkpoint) if cfg.model.checkpoint else baseline_checkpoint(cfg.model.name, data.name)
     if cfg.model.checkpoint and not ckpt.is_file():
         raise ConfigError(f"model.checkpoint: file {str(ckpt)!r} does not exist")
+    stage("baseline", f"{cfg.model.name} on {data.name}, " + (f"weights from {ckpt}" if ckpt.is_file() else
+                                                              f"training {cfg.train.epochs} epoch(s) into {ckpt}"))
     with torch.random.fork_rng(devices=[]):  # the probe must not change the baseline's initialisation
         probe = build_model(cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
     check_model_fits(probe, cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
@@ -122,6 +125,7 @@ def build_evaluator(cfg: ExperimentConfig, baseline: Baseline) -> PolicyEvaluato
     Raises:
         ConfigError: e.g. a latency backend whose optional extra is not installed.
     """
+    stage("objective", f"pruning graph, dense {cfg.proxy.metric} and the latency model on {cfg.latency.backend}")
     return PolicyEvaluator(baseline.model, baseline.data, **evaluator_options(cfg), baseline_name=cfg.model.name)
 
 
@@ -302,6 +306,7 @@ def _search_in(cfg: ExperimentConfig, out: Path, *, progress: bool, callback: Ca
         extra["on_ready"] = on_ready
     searcher = searcher_cls(params, progress=progress, callback=callback, **extra)
     evaluator.check_reachable()
+    stage("search", f"{cfg.search.searcher}, {cfg.search.episodes} episodes" + (f", {workers} workers" if workers > 1 else ""))
     try:
         result = searcher.search(evaluator, cfg.search.episodes, seed=cfg.seed)
         wait_workers(procs, log_dir=out / "workers")
