@@ -289,7 +289,8 @@ def apply(
 
 @app.command()
 def transfer(
-    config: Annotated[Path | None, typer.Argument(metavar="[CONFIG.yaml]", help="Target experiment config (or use --model/--data).")] = None,
+    config: Annotated[Path | None, typer.Argument(metavar="[CONFIG.yaml]", help="Target experiment config; --model/--data "
+                                                                                "stand for its model.name/data.name, or replace it.")] = None,
     policy: Annotated[str, typer.Option("--policy", "-p", help="Source policy: policy.json, runs:/... or models:/...")] = ...,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Target zoo model or 'package.module:factory'.")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="Data set.")] = None,
@@ -304,7 +305,7 @@ def transfer(
 ) -> None:
     """Map a policy found on one architecture onto another (by depth, type, stage, coupling) and re-fit its budget.
 
-    Prints the mapping table, measures the result (latency, proxy accuracy) and writes the new policy.
+    Latency is measured on the backend the policy was searched on, unless the config sets latency.backend. Prints the mapping table, measures the result (latency, proxy accuracy) and writes the new policy.
     """
     from autoprune.app.commands import transfer_command
     from autoprune.app.tables import transfer_lines

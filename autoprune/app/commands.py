@@ -29,6 +29,7 @@ from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import latency_settings, proxy_settings
 from autoprune.config.settings import round_to as settings_round_to
 from autoprune.errors import ConfigError
+from autoprune.measure.backends import backend_class
 from autoprune.paths import writable_file, write_json_atomic
 from autoprune.search import AGENT_SEARCHER, SearchResult, searcher_class, searchers_that
 
@@ -38,15 +39,18 @@ log = logging.getLogger(__name__)
 def experiment_config(config: str | Path | None, model: str | None, data: str | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """A config from a file, or a minimal one from a model and data set name (``--model``/``--data``), checked before any work.
 
+    With a file, ``--model`` and ``--data`` stand for ``model.name`` and ``data.name`` (the
+    file's ``model.checkpoint``, the weights of its own model, is then not used); ``--set``
+    overrides come after them.
+
     Raises:
-        ConfigError: both or neither of a file and a model, an invalid config, or anything
+        ConfigError: neither a file nor a model, an invalid config, or anything
             :func:`autoprune.app.preflight.preflight` refuses (threads, memory, URL schemes, searcher params).
     """
     if config is not None:
-        if model is not None or data is not None:
-            given = " and ".join(o for o, v in (("--model", model), ("--data", data)) if v is not None)
-            raise ConfigError(f"{given}: give either {str(config)!r} or {given}, not both (override a config with --set model.name=...)")
-        return preflight(load_config(config, list(overrides)))
+        named = [*([f"model.name={model}", "model.checkpoint=null"] if model is not None else []),
+                 *([f"data.name={data}"] if data is not None else [])]
+        return preflight(load_config(config, [*named, *overrides]))
     if model is None:
         raise ConfigError("give a CONFIG.yaml or --model (e.g. --model resnet20 --data fashion_mnist)")
     return preflight(parse_config({"model": {"name": model}, "data": {"name": data or "fashion_mnist"}}, source="command line",
@@ -280,6 +284,27 @@ class TransferReport:
     run_id: str | None = None
 
 
+def source_backend(cfg: ExperimentConfig, payload: dict) -> ExperimentConfig:
+    """``cfg`` timed where the source policy was searched: its recorded backend, options and batch size, unless ``latency.backend`` is set.
+
+    A policy searched on ONNX Runtime is then re-fitted and measured on ONNX Runtime (and with
+    ``pruning.round_to: auto``, rounded to that runtime's channel multiple), not on eager PyTorch.
+
+    Raises:
+        ConfigError: the recorded backend is unknown here (e.g. a plug-in that does not import).
+    """
+    recorded = payload.get("backend")
+    if "backend" in cfg.latency.model_fields_set or not isinstance(recorded, dict) or not isinstance(recorded.get("name"), str):
+        return cfg
+    name = recorded["name"]
+    backend_class(name)
+    update: dict[str, Any] = {"backend": name, "backend_options": dict(recorded.get("options") or {})}
+    if isinstance(recorded.get("batch_size"), int) and "batch_size" not in cfg.latency.model_fields_set:
+        update["batch_size"] = recorded["batch_size"]
+    log.info("transfer: latency on %s, where the source policy was searched (set latency.backend to choose another)", name)
+    return cfg.model_copy(update={"latency": cfg.latency.model_copy(update=update)})
+
+
 def honoured_ignore(cfg: ExperimentConfig, payload: dict, baseline: Baseline) -> ExperimentConfig:
     """``cfg`` with the layers the policy's search ignored (``payload["ignore"]``) ignored here too.
 
@@ -309,7 +334,9 @@ def transfer_command(
 ) -> TransferReport:
     """Map a policy found on one architecture onto the config's model, re-fit its budget, measure and write it.
 
-    The layers the source search ignored are ignored on the target too (when it has them).
+    Latency is measured on the backend the source policy records unless the config sets
+    ``latency.backend`` (:func:`source_backend`). The layers the source search ignored are
+    ignored on the target too (when it has them).
 
     Args:
         config, model, data, overrides: The target experiment (see :func:`experiment_config`).
@@ -330,6 +357,7 @@ def transfer_command(
     cfg = experiment_config(config, model, data, overrides)
     out = writable_file(out, "--out")
     src, payload = load_policy(policy, tracking_uri=tracking_uri)
+    cfg = source_backend(cfg, payload)
     baseline = load_baseline(cfg, progress=progress)
     cfg = honoured_ignore(cfg, payload, baseline)
     evaluator = build_evaluator(cfg, baseline)
@@ -356,5 +384,5 @@ def transfer_command(
 
 __all__ = [
     "EstimateReport", "TrainReport", "TransferReport", "agent_searcher", "estimate_uniform", "experiment_config", "honoured_ignore",
-    "parse_ratios", "run_command", "search_command", "train_baseline", "transfer_command", "worker_command",
+    "parse_ratios", "run_command", "search_command", "source_backend", "train_baseline", "transfer_command", "worker_command",
 ]
