@@ -2,14 +2,19 @@
 
 A user's mistake (:class:`~autoprune.errors.AutopruneError`) is printed as one line,
 ``autoprune: error: <message>``, with exit code 2; usage errors also exit with 2;
-Ctrl-C exits with 130. Any other exception is a bug and keeps its traceback.
+Ctrl-C exits with 130. SIGTERM (what ``kill``, ``timeout``, docker and Slurm send) is handled
+exactly like Ctrl-C: the MLflow run ends ``KILLED``, a running Optuna trial is marked failed, the
+same command resumes; it prints one line and exits with 143 (128 + 15, the code a shell and a
+job scheduler read as "ended by SIGTERM"). Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -44,11 +49,46 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler writing to the ``sys.stderr`` of the moment (a test's capture, then the real one)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
+STAGE_PREFIX = "autoprune: stage: "
+
+
 def setup_logging(verbosity: int) -> None:
-    """Log to stderr through rich: WARNING by default, INFO with ``-v``, DEBUG with ``-vv``."""
+    """Log to stderr through rich: WARNING by default, INFO with ``-v``, DEBUG with ``-vv``.
+
+    When stdout is not a terminal, the stage lines of :mod:`autoprune.app.stages` go to stderr
+    as plain ``autoprune: stage: ...`` lines at any verbosity (a long ``run`` otherwise prints
+    nothing for minutes into a log file).
+    """
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]", handlers=[handler], force=True)
+    _reset_stages()
+    if not sys.stdout.isatty():
+        stages = logging.getLogger("autoprune.stages")
+        plain = _StderrHandler()
+        plain.setFormatter(logging.Formatter(STAGE_PREFIX + "%(message)s"))
+        stages.addHandler(plain)
+        stages.setLevel(logging.INFO)
+        stages.propagate = False
+
+
+def _reset_stages() -> None:
+    stages = logging.getLogger("autoprune.stages")
+    stages.handlers.clear()
+    stages.setLevel(logging.NOTSET)
+    stages.propagate = True
 
 
 @app.callback()
@@ -105,11 +145,17 @@ def config_cmd(
     ] = None,
     flat: Annotated[bool, typer.Option("--flat", help="Print dotted key=value lines instead of YAML.")] = False,
 ) -> None:
-    """Validate an experiment config and print it with every default filled in."""
+    """Validate an experiment config, run every check that needs no trained model, and print the values a run uses.
+
+    Every default is filled in, and what the run derives is written out: ``export.onnx`` is true
+    when the serving backend runs the ONNX file, ``pruning.round_to: auto`` is the backend's
+    multiple, ``latency.threads`` is what this machine allows, ``tracking.uri`` is the store used.
+    """
+    from autoprune.app.preflight import effective_config, preflight
     from autoprune.config.loading import load_config
     from autoprune.config.schema import dump_config
 
-    cfg = load_config(path, set_ or [])
+    cfg = effective_config(preflight(load_config(path, set_ or [])))
     if flat:
         typer.echo("\n".join(f"{k}={v}" for k, v in cfg.flat().items()))
     else:
@@ -152,7 +198,8 @@ def estimate(
 def search(
     config: Annotated[Path, typer.Argument(metavar="CONFIG.yaml", help="Experiment config file.")],
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config field (repeatable).")] = None,
-    searcher: Annotated[str | None, typer.Option(help="Override search.searcher.")] = None,
+    searcher: Annotated[str | None, typer.Option(help="Override search.searcher; the config's search.params that only its own "
+                                                      "searcher takes are dropped (listed at -v).")] = None,
     episodes: Annotated[int | None, typer.Option(min=1, help="Override search.episodes.")] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL shared by workers, e.g. postgresql://user@host/db "
                                                      "(default: an SQLite file in the output directory).")] = None,
@@ -174,9 +221,9 @@ def search(
     from autoprune.app.tables import search_summary
 
     overrides = [*(set_ or []), *(f"{key}={value}" for key, value in (
-        ("search.searcher", searcher), ("search.episodes", episodes), ("search.storage", storage),
+        ("search.episodes", episodes), ("search.storage", storage),
         ("search.study", study), ("search.workers", workers)) if value is not None)]
-    _show(search_summary(search_command(config, overrides, agent=agent, zero_shot=zero_shot, warm_start=warm_start,
+    _show(search_summary(search_command(config, overrides, searcher=searcher, agent=agent, zero_shot=zero_shot, warm_start=warm_start,
                                         restart=restart, tracking_uri=tracking_uri, progress=_progress())))
 
 
@@ -242,7 +289,8 @@ def apply(
 
 @app.command()
 def transfer(
-    config: Annotated[Path | None, typer.Argument(metavar="[CONFIG.yaml]", help="Target experiment config (or use --model/--data).")] = None,
+    config: Annotated[Path | None, typer.Argument(metavar="[CONFIG.yaml]", help="Target experiment config; --model/--data "
+                                                                                "stand for its model.name/data.name, or replace it.")] = None,
     policy: Annotated[str, typer.Option("--policy", "-p", help="Source policy: policy.json, runs:/... or models:/...")] = ...,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Target zoo model or 'package.module:factory'.")] = None,
     data: Annotated[str | None, typer.Option("--data", "-d", help="Data set.")] = None,
@@ -257,7 +305,7 @@ def transfer(
 ) -> None:
     """Map a policy found on one architecture onto another (by depth, type, stage, coupling) and re-fit its budget.
 
-    Prints the mapping table, measures the result (latency, proxy accuracy) and writes the new policy.
+    Latency is measured on the backend the policy was searched on, unless the config sets latency.backend. Prints the mapping table, measures the result (latency, proxy accuracy) and writes the new policy.
     """
     from autoprune.app.commands import transfer_command
     from autoprune.app.tables import transfer_lines
@@ -352,18 +400,45 @@ def check_cmd(
     _show(check_table(model, *check_model(model, data, ignored=tuple(ignore or ()))))
 
 
+_stopped_by: list[int] = []  # the stop signal received, if any
+
+
+def _stop(signum: int, _frame: object) -> None:
+    """SIGTERM as Ctrl-C: raise KeyboardInterrupt where the command is, once (a second SIGTERM must not break the cleanup)."""
+    _stopped_by.append(signum)
+    signal.signal(signum, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> None:
+    if _stopped_by:
+        name = signal.Signals(_stopped_by[0]).name
+        _fail(f"stopped by {name}; run the same command again to continue where it stopped", 128 + _stopped_by[0])
+    _fail("interrupted", 130)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run the app, turning user errors into one line and exit code 2."""
+    """Console-script entry point: run the app, turning user errors into one line and exit code 2.
+
+    SIGTERM is turned into the KeyboardInterrupt of Ctrl-C for the command's duration (exit 143).
+    """
+    _stopped_by.clear()
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may handle signals
+    previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None
     try:
         app(args=argv, prog_name="autoprune")
     except AutopruneError as e:
         _fail(describe(e, None), 2)
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        _interrupted()
     except SystemExit as e:
         if e.code == 130:  # typer's exit code for Ctrl-C inside a command
-            _fail("interrupted", 130)
+            _interrupted()
         raise
+    finally:
+        _reset_stages()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _fail(message: str, code: int) -> None:

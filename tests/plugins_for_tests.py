@@ -6,6 +6,11 @@ tests can check, so a test can tell that the config's reference was the one used
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch_pruning as tp
@@ -13,6 +18,7 @@ import torch_pruning as tp
 from autoprune.graph.policy import Policy
 from autoprune.measure.backends import LatencyBackend, TorchEagerBackend
 from autoprune.measure.onnxruntime import OnnxRuntimeBackend
+from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.search.base import Searcher
 
 
@@ -108,6 +114,36 @@ class LastChannelsFirstImportance(tp.importance.Importance):
     def __call__(self, group):
         dep, idxs = group[0]
         return -torch.arange(len(idxs), dtype=torch.float32)
+
+
+class GatedImportance(tp.importance.MagnitudeImportance):
+    """L1 magnitude; while ``$AUTOPRUNE_TEST_GATE`` names a folder that holds no ``open`` file, the
+    evaluation of a policy waits in its channel ranking, after writing its PID to ``<folder>/waiting``.
+
+    So a test can act on a real ``autoprune run`` while a search trial is running (a second run on
+    its folder, SIGTERM), then let it go on by creating ``open``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(p=1)
+
+    def __call__(self, group, **kwargs):
+        gate = os.environ.get("AUTOPRUNE_TEST_GATE")
+        if gate and _in_policy_evaluation():
+            folder = Path(gate)
+            (folder / "waiting").write_text(str(os.getpid()))
+            while not (folder / "open").exists():
+                time.sleep(0.02)
+        return super().__call__(group, **kwargs)
+
+
+def _in_policy_evaluation() -> bool:
+    frame = sys._getframe()
+    while frame is not None:
+        if frame.f_code is PolicyEvaluator.evaluate.__code__:
+            return True
+        frame = frame.f_back
+    return False
 
 
 class FusedQKVAttention(torch.nn.Module):

@@ -20,14 +20,16 @@ import torch
 from autoprune.app.estimate import EstimateRow, estimate
 from autoprune.app.experiment import Baseline, SearchRun, baseline_checkpoint, build_evaluator, load_baseline, run_search, run_worker, zoo_model
 from autoprune.app.pipeline import RunResult, run_experiment
+from autoprune.app.preflight import preflight
+from autoprune.app.stages import stage
 from autoprune.app.uris import load_policy, locate_bundle
 from autoprune.config.loading import load_config, parse_config
-from autoprune.config.machine import fit_to_machine
 from autoprune.config.names import DATA, MODEL
 from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import latency_settings, proxy_settings
 from autoprune.config.settings import round_to as settings_round_to
 from autoprune.errors import ConfigError
+from autoprune.measure.backends import backend_class
 from autoprune.paths import writable_file, write_json_atomic
 from autoprune.search import AGENT_SEARCHER, SearchResult, searcher_class, searchers_that
 
@@ -35,21 +37,24 @@ log = logging.getLogger(__name__)
 
 
 def experiment_config(config: str | Path | None, model: str | None, data: str | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """A config from a file, or a minimal one from a model and data set name (``--model``/``--data``), checked against the machine.
+    """A config from a file, or a minimal one from a model and data set name (``--model``/``--data``), checked before any work.
+
+    With a file, ``--model`` and ``--data`` stand for ``model.name`` and ``data.name`` (the
+    file's ``model.checkpoint``, the weights of its own model, is then not used); ``--set``
+    overrides come after them.
 
     Raises:
-        ConfigError: both or neither of a file and a model, an invalid config, or threads/workers
-            beyond this machine's CPUs (:func:`autoprune.config.machine.fit_to_machine`).
+        ConfigError: neither a file nor a model, an invalid config, or anything
+            :func:`autoprune.app.preflight.preflight` refuses (threads, memory, URL schemes, searcher params).
     """
     if config is not None:
-        if model is not None or data is not None:
-            given = " and ".join(o for o, v in (("--model", model), ("--data", data)) if v is not None)
-            raise ConfigError(f"{given}: give either {str(config)!r} or {given}, not both (override a config with --set model.name=...)")
-        return fit_to_machine(load_config(config, list(overrides)))
+        named = [*([f"model.name={model}", "model.checkpoint=null"] if model is not None else []),
+                 *([f"data.name={data}"] if data is not None else [])]
+        return preflight(load_config(config, [*named, *overrides]))
     if model is None:
         raise ConfigError("give a CONFIG.yaml or --model (e.g. --model resnet20 --data fashion_mnist)")
-    return fit_to_machine(parse_config({"model": {"name": model}, "data": {"name": data or "fashion_mnist"}}, source="command line",
-                                       overrides=list(overrides)))
+    return preflight(parse_config({"model": {"name": model}, "data": {"name": data or "fashion_mnist"}}, source="command line",
+                                  overrides=list(overrides)))
 
 
 # ----------------------------------------------------------------- train
@@ -96,6 +101,7 @@ def train_baseline(
     bundle = load_data(data, data_dir=str(data_dir) if data_dir else None, seed=seed)
     path = writable_file(checkpoint or baseline_checkpoint(model, bundle.name), "--checkpoint")
     settings = TrainSettings(epochs=epochs, augment=augment, seed=seed)
+    stage("baseline", f"{model} on {bundle.name}, " + (f"weights from {path}" if path.is_file() and not force else f"training {epochs} epoch(s) into {path}"))
     torch.manual_seed(seed)
     if force and path.exists():
         fresh = path.with_name(path.name + ".new")
@@ -182,6 +188,7 @@ def search_command(
     config: str | Path,
     overrides: Sequence[str] = (),
     *,
+    searcher: str | None = None,
     agent: str | None = None,
     zero_shot: bool = False,
     warm_start: str | None = None,
@@ -189,11 +196,13 @@ def search_command(
     tracking_uri: str | None = None,
     progress: bool = True,
 ) -> SearchRun:
-    """``autoprune search``: load the config (with overrides), resolve a saved agent or warm-start policy, search.
+    """``autoprune search``: load the config (with overrides), check it (:func:`~autoprune.app.preflight.preflight`), resolve a saved agent or warm-start policy, search.
 
     Args:
         config: The experiment config file.
         overrides: ``key=value`` overrides (``--set`` and the options that stand for fields).
+        searcher: ``--searcher``: search with this one; the config's params that only its own
+            searcher takes are dropped (:func:`autoprune.config.loading.switch_searcher`).
         agent: A saved agent (folder, ``runs:/`` or ``models:/``) to start from, run by :func:`agent_searcher`.
         zero_shot: Only run the agent (needs ``agent``).
         warm_start: A policy (file, ``runs:/``, ``models:/``) to evaluate first (a searcher that
@@ -209,11 +218,11 @@ def search_command(
     if zero_shot and not agent:
         raise ConfigError("--zero-shot needs --agent (the saved agent to run)")
     if agent:
-        overrides += [f"search.searcher={agent_searcher(config, overrides)}",
-                      f"search.params.agent={locate_bundle(agent, tracking_uri=tracking_uri)}"]
+        searcher = agent_searcher(config, overrides, searcher=searcher)
+        overrides += [f"search.params.agent={locate_bundle(agent, tracking_uri=tracking_uri)}"]
         if zero_shot:
             overrides.append("search.params.zero_shot=true")
-    cfg = load_config(config, overrides)
+    cfg = preflight(load_config(config, overrides, searcher=searcher))
     warm = None
     if warm_start:
         if not searcher_class(cfg.search.searcher).supports_warm_start:
@@ -224,17 +233,17 @@ def search_command(
     return run_search(cfg, progress=progress, restart=restart, warm_start=warm)
 
 
-def agent_searcher(config: str | Path, overrides: Sequence[str]) -> str:
-    """The searcher ``--agent`` runs: the one chosen with ``--searcher``, else the config's if it loads
+def agent_searcher(config: str | Path, overrides: Sequence[str], *, searcher: str | None = None) -> str:
+    """The searcher ``--agent`` runs: ``searcher`` (``--searcher``), else the config's if it loads
     agents, else :data:`autoprune.search.AGENT_SEARCHER`.
 
     Raises:
         ConfigError: ``--searcher`` names a searcher that does not load a saved agent, or the config is invalid.
     """
-    name = load_config(config, list(overrides)).search.searcher
+    name = searcher or load_config(config, list(overrides)).search.searcher
     if searcher_class(name).loads_agent:
         return name
-    if any(o.startswith("search.searcher=") for o in overrides):
+    if searcher is not None or any(o.startswith("search.searcher=") for o in overrides):
         allowed = ", ".join(repr(n) for n in searchers_that(lambda s: s.loads_agent))
         raise ConfigError(f"--agent: searcher {name!r} does not load a saved agent; drop --searcher {name} or choose one that does ({allowed})")
     return AGENT_SEARCHER
@@ -253,12 +262,12 @@ def worker_command(storage: str, study: str, *, n_trials: int | None = None, thr
 
 
 def run_command(config: str | Path, overrides: Sequence[str] = (), *, restart: bool = False, progress: bool = True) -> RunResult:
-    """``autoprune run``: the whole job on a config file (see :func:`autoprune.app.pipeline.run_experiment`).
+    """``autoprune run``: the whole job on a config file (see :func:`autoprune.app.pipeline.run_experiment`), checked first (:func:`~autoprune.app.preflight.preflight`).
 
     Raises:
         ConfigError, ModelError, BudgetError: a user's mistake, found before or during the work.
     """
-    return run_experiment(load_config(config, list(overrides)), progress=progress, restart=restart)
+    return run_experiment(preflight(load_config(config, list(overrides))), progress=progress, restart=restart)
 
 
 # ----------------------------------------------------------------- transfer
@@ -273,6 +282,27 @@ class TransferReport:
     mapping: str  #: the mapping table (markdown)
     candidates: str  #: the candidate table (markdown)
     run_id: str | None = None
+
+
+def source_backend(cfg: ExperimentConfig, payload: dict) -> ExperimentConfig:
+    """``cfg`` timed where the source policy was searched: its recorded backend, options and batch size, unless ``latency.backend`` is set.
+
+    A policy searched on ONNX Runtime is then re-fitted and measured on ONNX Runtime (and with
+    ``pruning.round_to: auto``, rounded to that runtime's channel multiple), not on eager PyTorch.
+
+    Raises:
+        ConfigError: the recorded backend is unknown here (e.g. a plug-in that does not import).
+    """
+    recorded = payload.get("backend")
+    if "backend" in cfg.latency.model_fields_set or not isinstance(recorded, dict) or not isinstance(recorded.get("name"), str):
+        return cfg
+    name = recorded["name"]
+    backend_class(name)
+    update: dict[str, Any] = {"backend": name, "backend_options": dict(recorded.get("options") or {})}
+    if isinstance(recorded.get("batch_size"), int) and "batch_size" not in cfg.latency.model_fields_set:
+        update["batch_size"] = recorded["batch_size"]
+    log.info("transfer: latency on %s, where the source policy was searched (set latency.backend to choose another)", name)
+    return cfg.model_copy(update={"latency": cfg.latency.model_copy(update=update)})
 
 
 def honoured_ignore(cfg: ExperimentConfig, payload: dict, baseline: Baseline) -> ExperimentConfig:
@@ -304,7 +334,9 @@ def transfer_command(
 ) -> TransferReport:
     """Map a policy found on one architecture onto the config's model, re-fit its budget, measure and write it.
 
-    The layers the source search ignored are ignored on the target too (when it has them).
+    Latency is measured on the backend the source policy records unless the config sets
+    ``latency.backend`` (:func:`source_backend`). The layers the source search ignored are
+    ignored on the target too (when it has them).
 
     Args:
         config, model, data, overrides: The target experiment (see :func:`experiment_config`).
@@ -325,6 +357,7 @@ def transfer_command(
     cfg = experiment_config(config, model, data, overrides)
     out = writable_file(out, "--out")
     src, payload = load_policy(policy, tracking_uri=tracking_uri)
+    cfg = source_backend(cfg, payload)
     baseline = load_baseline(cfg, progress=progress)
     cfg = honoured_ignore(cfg, payload, baseline)
     evaluator = build_evaluator(cfg, baseline)
@@ -351,5 +384,5 @@ def transfer_command(
 
 __all__ = [
     "EstimateReport", "TrainReport", "TransferReport", "agent_searcher", "estimate_uniform", "experiment_config", "honoured_ignore",
-    "parse_ratios", "run_command", "search_command", "train_baseline", "transfer_command", "worker_command",
+    "parse_ratios", "run_command", "search_command", "source_backend", "train_baseline", "transfer_command", "worker_command",
 ]

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.app.folder_lock import folder_lock
+from autoprune.app.stages import stage
 from autoprune.config.machine import check_batches_fit, fit_to_machine
 from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import evaluator_options, pruning_record, train_settings
@@ -72,6 +74,8 @@ def load_baseline(cfg: ExperimentConfig, *, progress: bool = True) -> Baseline:
     ckpt = Path(cfg.model.checkpoint) if cfg.model.checkpoint else baseline_checkpoint(cfg.model.name, data.name)
     if cfg.model.checkpoint and not ckpt.is_file():
         raise ConfigError(f"model.checkpoint: file {str(ckpt)!r} does not exist")
+    stage("baseline", f"{cfg.model.name} on {data.name}, " + (f"weights from {ckpt}" if ckpt.is_file() else
+                                                              f"training {cfg.train.epochs} epoch(s) into {ckpt}"))
     with torch.random.fork_rng(devices=[]):  # the probe must not change the baseline's initialisation
         probe = build_model(cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
     check_model_fits(probe, cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
@@ -130,6 +134,7 @@ def build_evaluator(cfg: ExperimentConfig, baseline: Baseline) -> PolicyEvaluato
     Raises:
         ConfigError: e.g. a latency backend whose optional extra is not installed.
     """
+    stage("objective", f"pruning graph, dense {cfg.proxy.metric} and the latency model on {cfg.latency.backend}")
     return PolicyEvaluator(baseline.model, baseline.data, **evaluator_options(cfg), baseline_name=cfg.model.name,
                            zoo=zoo_model(cfg, baseline))
 
@@ -152,20 +157,22 @@ def output_dir(cfg: ExperimentConfig) -> Path:
 
 @contextlib.contextmanager
 def experiment_dir(cfg: ExperimentConfig, *, disposable: Sequence[str] = ()) -> Iterator[Path]:
-    """The experiment's output directory (created), removed again if the body fails before writing results.
+    """The experiment's output directory (created and locked), removed again if the body fails before writing results.
 
-    A command that fails (a bad checkpoint, an unreachable budget, Ctrl-C) leaves no empty folder
+    The body holds the folder's lock (:func:`autoprune.app.folder_lock.folder_lock`): another
+    command on the same folder is refused until it ends. A command that fails (a bad checkpoint, an unreachable budget, Ctrl-C) leaves no empty folder
     behind: the folders this call created are removed when, after the failure, they hold nothing but
     ``disposable`` files (e.g. the MLflow run pointer of a run that did no work) and empty folders.
 
     Raises:
-        ConfigError: the directory cannot be created or written.
+        ConfigError: the directory cannot be created or written, or another process holds its lock.
     """
     d = Path(cfg.output_dir.replace("{name}", cfg.name))
     first_new = next((p for p in reversed([d, *d.parents]) if not p.exists()), None)
     out = output_dir(cfg)
     try:
-        yield out
+        with folder_lock(out):
+            yield out
     except BaseException:
         if first_new is not None:
             _remove_if_unused(first_new, set(disposable))
@@ -309,6 +316,7 @@ def _search_in(cfg: ExperimentConfig, out: Path, *, progress: bool, callback: Ca
         extra["on_ready"] = on_ready
     searcher = searcher_cls(params, progress=progress, callback=callback, **extra)
     evaluator.check_reachable()
+    stage("search", f"{cfg.search.searcher}, {cfg.search.episodes} episodes" + (f", {workers} workers" if workers > 1 else ""))
     try:
         result = searcher.search(evaluator, cfg.search.episodes, seed=cfg.seed)
         wait_workers(procs, log_dir=out / "workers")

@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from torch import nn
 
 from autoprune.app.experiment import Baseline, SearchRun, experiment_dir, is_encoder, load_baseline, run_search, sized_for_workers
+from autoprune.app.stages import stage
 from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import finetune_settings, latency_settings, pruning_record, recover_settings
 from autoprune.config.settings import round_to as settings_round_to
@@ -346,7 +347,9 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
         best = search.result.best
         if best is None:
             raise RuntimeError("the search produced no successful evaluation")
+        stage("apply", f"the best policy (episode {best.index})")
         pruned = apply_best(cfg, baseline, best.policy, evaluator=ev)
+        stage("fine-tune", f"{cfg.finetune.epochs:g} epoch(s)" + (", distilled from the dense model" if cfg.finetune.distill else ""))
         encoder, fidelity_report = is_encoder(baseline), {}
         if encoder:  # no labels: distil to the dense embeddings, score by test fidelity
             from autoprune.app.encoder_run import recover_encoder, test_fidelity
@@ -357,7 +360,9 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
             teacher = baseline.model if cfg.finetune.distill else None
             finetune(pruned, baseline.data, finetune_settings(cfg), teacher=teacher, progress=progress, on_epoch=tracker.log_finetune_epoch)
         ev.latency_model.close()  # no session of the search may be alive while the final figures are timed
+        stage("measure", f"test split; latency on {cfg.latency.backend}" + ("" if backend_class(cfg.latency.backend).eager else " and eager PyTorch"))
         dense_r, pruned_r = measure_final(pruned, baseline.model, baseline, cfg, score=test.score if encoder else None, zoo=ev.zoo)
+        stage("export", f"the pruned model into {out}")
         model_path = save_pruned(
             out / "model.pt", pruned, model_name=cfg.model.name, in_channels=getattr(baseline.data, "in_channels", 0),
             num_classes=getattr(baseline.data, "num_classes", 0), input_size=getattr(baseline.data, "input_size", 0),
@@ -399,6 +404,7 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
             "blocks_dropped": len(best.policy.drop),
             "total_seconds": time.perf_counter() - t0,
         }
+        stage("MLflow", f"report and model of run {tracker.run_id}")
         tracker.log_final(report, title=f"autoprune: {cfg.name}")
         tracker.log_pruned_model(
             model_path, onnx_info["path"] if onnx_info else None,

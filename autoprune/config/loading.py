@@ -7,6 +7,7 @@ the bad value and what is allowed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,16 +17,23 @@ from pydantic import ValidationError
 
 from autoprune.config.messages import describe_validation_error, show_value
 from autoprune.config.schema import ExperimentConfig
+from autoprune.config.sections import SearchConfig
 from autoprune.errors import ConfigError, one_line
+from autoprune.search import searcher_class
+
+log = logging.getLogger(__name__)
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
+def load_config(path: str | Path, overrides: Iterable[str] = (), *, searcher: str | None = None) -> ExperimentConfig:
     """Read an experiment YAML file, apply ``overrides`` and validate.
 
     Args:
         path: The YAML file.
         overrides: ``"dotted.key=value"`` strings, the value read as YAML
             (``"search.episodes=20"``, ``"model.ignore=[fc]"``, ``"budget.target=null"``).
+        searcher: Search with this searcher instead of the file's (``--searcher``): the file's
+            ``search.params`` that only its own searcher takes are dropped (logged at INFO), so a
+            config written for one searcher runs with another (see :func:`switch_searcher`).
 
     Returns:
         The validated config.
@@ -57,7 +65,40 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentCo
             f"{source}: the top level must be a mapping of sections (model:, budget:, ...), "
             f"not {_yaml_type(data)}"
         )
+    if searcher is not None:
+        data = switch_searcher(data, searcher)
     return parse_config(data, source=source, overrides=overrides)
+
+
+def switch_searcher(data: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A config mapping searched with ``name``: ``search.searcher`` set, the params only the replaced searcher takes dropped.
+
+    A hyper-parameter the new searcher takes is kept, and so is one that no searcher named here
+    takes (a typo is still refused when the config is validated).
+
+    Raises:
+        ConfigError: ``name`` (or the file's searcher) is unknown, or does not import.
+    """
+    data = _deep_copy(data)
+    search = data.get("search")
+    if search is None:
+        search = data["search"] = {}
+    elif not isinstance(search, dict):
+        return data  # not a section: validation says so
+    old = search.get("searcher") or SearchConfig.model_fields["searcher"].default
+    new_cls = searcher_class(name)
+    params = search.get("params")
+    if old != name and isinstance(params, dict) and params:
+        try:
+            old_defaults = searcher_class(old).defaults if isinstance(old, str) else {}
+        except ConfigError:  # the file's own searcher is unknown: it is replaced, its params are kept and checked
+            old_defaults = {}
+        dropped = [k for k in params if k in old_defaults and k not in new_cls.defaults]
+        if dropped:
+            log.info("--searcher %s: search.params %s dropped (hyper-parameters of %r, not of %r)", name, ", ".join(dropped), old, name)
+            search["params"] = {k: v for k, v in params.items() if k not in dropped}
+    search["searcher"] = name
+    return data
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -158,4 +199,4 @@ def _yaml_type(value: Any) -> str:
     return f"{type(value).__name__} {show_value(value)}"
 
 
-__all__ = ["load_config", "parse_config"]
+__all__ = ["load_config", "parse_config", "switch_searcher"]

@@ -69,7 +69,7 @@ def _explain(err: Any, loc: tuple[Any, ...], root: type[BaseModel]) -> str:
     if kind in _TYPE_HINTS:
         return f"{show_value(value)} is not allowed; {_TYPE_HINTS[kind]}"
     text = str(err.get("msg", kind))
-    if kind in ("value_error", "assertion_error", "invalid_combination", "invalid_reference"):
+    if kind in ("value_error", "assertion_error", "invalid_combination", "invalid_reference", "invalid_name"):
         return text.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     return f"{show_value(value)} is not allowed; {text[:1].lower()}{text[1:]}"
 

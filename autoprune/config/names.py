@@ -50,12 +50,15 @@ class NameRule:
         allowed: The text listing what is accepted, for messages.
         resolve: Imports a ``module:attr`` reference now (raising ConfigError naming the field);
             None: a reference is accepted as ``known`` says, and imported when used.
+        problem: Why a name of a known form is still refused (e.g. ``resnet45``: no ResNet has that
+            depth), or None; said instead of the list of what is allowed.
     """
 
     field: str
     known: Callable[[str], bool]
     allowed: Callable[[], str]
     resolve: Callable[[str], Any] | None = None
+    problem: Callable[[str], str | None] | None = None
 
     def check(self, name: str) -> str:
         """Return ``name`` if this rule accepts it.
@@ -67,6 +70,8 @@ class NameRule:
         if self.resolve is not None and is_reference(name):
             self.resolve(name)
         elif not self.known(name):
+            if (why := self.problem and self.problem(name)) is not None:
+                raise ConfigError(f"{self.field}: {why}")
             raise ConfigError(f"{self.field}: {name!r} is not allowed; allowed: {self.allowed()}")
         return name
 
@@ -74,7 +79,7 @@ class NameRule:
         """:meth:`check` as a pydantic validator (its errors become pydantic errors of the field).
 
         Raises:
-            PydanticCustomError: ``not_allowed`` (listing what is) or ``invalid_reference``.
+            PydanticCustomError: ``not_allowed`` (listing what is), ``invalid_name`` (saying why) or ``invalid_reference``.
         """
         if self.resolve is not None and is_reference(name):
             try:
@@ -82,6 +87,8 @@ class NameRule:
             except ConfigError as e:
                 raise PydanticCustomError("invalid_reference", str(e).removeprefix(f"{self.field}: ")) from e
         elif not self.known(name):
+            if (why := self.problem and self.problem(name)) is not None:
+                raise PydanticCustomError("invalid_name", why)
             raise not_allowed(self.allowed())
         return name
 
@@ -92,17 +99,24 @@ def registry_rule(registry: Registry[Any]) -> NameRule:
 
 
 def _known_model(name: str) -> bool:
-    from autoprune.zoo import MODEL_NAMES  # imports torch: only when a config is validated
+    from autoprune.zoo import is_zoo_model  # imports torch: only when a config is validated
     from autoprune.zoo.hf import is_encoder_name
 
-    return name in MODEL_NAMES or is_factory_reference(name) or is_encoder_name(name)
+    return is_zoo_model(name) or is_factory_reference(name) or is_encoder_name(name)
+
+
+def _model_problem(name: str) -> str | None:
+    from autoprune.zoo.models import resnet_depth_problem
+
+    return resnet_depth_problem(name)
 
 
 def _allowed_models() -> str:
     from autoprune.zoo import MODEL_NAMES
     from autoprune.zoo.hf import ENCODER_NAMES
 
-    return ", ".join(repr(n) for n in (*MODEL_NAMES, *ENCODER_NAMES)) + ", 'hf:/path/to/encoder-folder' or 'package.module:factory'"
+    return (", ".join(repr(n) for n in (*MODEL_NAMES, *ENCODER_NAMES))
+            + ", any 'resnet<6n+2>' (e.g. 'resnet44'), 'hf:/path/to/encoder-folder' or 'package.module:factory'")
 
 
 def _known_data(name: str) -> bool:
@@ -119,8 +133,8 @@ def _allowed_data() -> str:
     return ", ".join(repr(n) for n in (*DATASET_NAMES, *TEXT_DATASET_NAMES)) + " or 'package.module:factory'"
 
 
-#: ``model.name``: a zoo model, a sentence encoder, or a ``"package.module:factory"`` reference.
-MODEL = NameRule("model.name", _known_model, _allowed_models)
+#: ``model.name``: a zoo model (any CIFAR ResNet ``resnet<6n+2>`` too), a sentence encoder, or a ``"package.module:factory"`` reference.
+MODEL = NameRule("model.name", _known_model, _allowed_models, problem=_model_problem)
 #: ``data.name``: a zoo data set, a text data set, or a ``"package.module:factory"`` reference.
 DATA = NameRule("data.name", _known_data, _allowed_data)
 BACKEND = registry_rule(BACKENDS)

@@ -110,11 +110,16 @@ def load_pruned(path: str | Path) -> tuple[nn.Module, dict]:
         ``history`` and ``extra`` entries.
 
     Raises:
-        ModelError: missing, truncated or foreign file, or weights that do not fit the model.
+        ModelError: missing, truncated or foreign file (an ``.onnx`` export names the ``.pt`` beside
+            it), or weights that do not fit the model.
         ConfigError: the model name in the file cannot be built here (e.g. a plugin that is not
             importable).
     """
     path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        beside = path.with_name(path.name.split(".", 1)[0] + ".pt")
+        where = f"the pruned model beside it, {str(beside)!r}" if beside.is_file() else "the pruned model (.pt) it was exported from"
+        raise ModelError(f"{path}: an ONNX export, which autoprune cannot rebuild as a PyTorch model; give {where}")
     if not path.is_file():
         raise ModelError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     data = load_torch_file(path, context=f"{path}: cannot read as an autoprune pruned model")

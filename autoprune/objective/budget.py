@@ -70,6 +70,23 @@ class Budget:
             return value <= target
         return high <= target
 
+    @property
+    def field(self) -> str:
+        """The config field the target was set with: ``budget.target_ms`` or ``budget.target``."""
+        return "budget.target_ms" if self.target_ms is not None else "budget.target"
+
+    def describe(self, ratio: float, dense_ms: float) -> str:
+        """The target as the user set it, for messages: ``budget.target: 0.500 of dense latency``, or
+        ``budget.target_ms: 0.0001 ms (0.0000812 of dense's 1.23 ms)``.
+
+        Args:
+            ratio: The target as a fraction of dense (:meth:`target_ratio`).
+            dense_ms: The dense model's latency in milliseconds.
+        """
+        if self.target_ms is not None:
+            return f"budget.target_ms: {self.target_ms:g} ms ({ratio:.3g} of dense's {dense_ms:.3g} ms)"
+        return f"budget.target: {ratio:.3f} of dense {self.metric}"
+
 
 @dataclass(frozen=True)
 class Reward:

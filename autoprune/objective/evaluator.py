@@ -273,9 +273,10 @@ class PolicyEvaluator:
             return
         if reachable > self.target:
             raise BudgetError(
-                f"budget.target: {self.target:.3f} of dense {self.budget.metric} is unreachable; with every unit at "
-                f"max_ratio {self.max_ratio} and all droppable blocks dropped the model reaches {reachable:.3f} "
-                f"(predicted); raise the target or pruning.max_ratio"
+                f"{self.budget.describe(self.target, self.dense_ms)} is unreachable; with every unit at "
+                f"max_ratio {self.max_ratio} and all droppable blocks dropped the model reaches {reachable:.3f} of dense"
+                + (f" ({reachable * self.dense_ms:.3g} ms, predicted)" if self.budget.target_ms is not None else " (predicted)")
+                + f"; raise {self.budget.field} or pruning.max_ratio"
                 + (f" (units left dense: {', '.join(list(self.graph.skipped)[:6])}; see the warnings)" if self.graph.skipped else "")
             )
 

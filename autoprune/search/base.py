@@ -195,13 +195,24 @@ class Searcher(abc.ABC):
         """
         return None
 
-    def __init__(self, params: dict[str, Any] | None = None, *, progress: bool = True, callback: Callable[[Evaluation], None] | None = None) -> None:
-        params = dict(params or {})
-        unknown = sorted(set(params) - set(self.defaults))
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Return ``params`` over :attr:`defaults` if this searcher takes them, before any work (``autoprune config`` asks too).
+
+        The default checks the names against :attr:`defaults`; a searcher whose values can be
+        checked without an evaluator extends it (calling ``super()``).
+
+        Raises:
+            ConfigError: an unknown hyper-parameter (listing the allowed ones) or a value out of range.
+        """
+        unknown = sorted(set(params) - set(cls.defaults))
         if unknown:
-            allowed = ", ".join(sorted(self.defaults)) or "(none)"
-            raise ConfigError(f"search.params: unknown hyper-parameter(s) {unknown} for searcher {self.name!r}; allowed: {allowed}")
-        self.params = {**self.defaults, **params}
+            allowed = ", ".join(sorted(cls.defaults)) or "(none)"
+            raise ConfigError(f"search.params: unknown hyper-parameter(s) {unknown} for searcher {cls.name!r}; allowed: {allowed}")
+        return {**cls.defaults, **params}
+
+    def __init__(self, params: dict[str, Any] | None = None, *, progress: bool = True, callback: Callable[[Evaluation], None] | None = None) -> None:
+        self.params = type(self).check_params(dict(params or {}))
         self.progress = progress
         self.callback = callback
         self._reporter: ProgressReporter | None = None

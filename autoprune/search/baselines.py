@@ -78,10 +78,21 @@ class RandomSearcher(Searcher):
     name = "random"
     defaults = {"drop_prob": 0.3, "repair": True}
 
-    def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> None:
-        drop_prob = self.params["drop_prob"]
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The names, then ``drop_prob`` in [0, 1].
+
+        Raises:
+            ConfigError: naming the hyper-parameter, its value and what is allowed.
+        """
+        p = super().check_params(params)
+        drop_prob = p["drop_prob"]
         if isinstance(drop_prob, bool) or not isinstance(drop_prob, (int, float)) or not 0 <= drop_prob <= 1:
             raise ConfigError(f"search.params.drop_prob: {drop_prob!r} is out of range; allowed: 0 <= drop_prob <= 1")
+        return p
+
+    def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> None:
+        drop_prob = self.params["drop_prob"]
         rng = np.random.default_rng(seed)
         for _ in range(n_episodes):
             ratios = {u: float(rng.uniform(0.0, evaluator.max_ratio)) for u in evaluator.unit_names}
@@ -239,6 +250,17 @@ class UniformSearcher(Searcher):
     defaults = {"tolerance": 0.01, "max_evals": 8}
     compared_with_uniform = False  # it is the uniform baseline
 
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The names, then ``tolerance`` and ``max_evals`` (:func:`refine_params`).
+
+        Raises:
+            ConfigError: naming the hyper-parameter, its value and what is allowed.
+        """
+        p = super().check_params(params)
+        refine_params(p)
+        return p
+
     def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
         ratio, drop = bisect_knob(self, evaluator, uniform_family(evaluator), evaluator.max_ratio, n_episodes)
         return {"ratio": ratio, "drop": list(drop)}
@@ -265,12 +287,23 @@ class SensitivitySearcher(Searcher):
     name = "sensitivity"
     defaults = {"levels": [0.2, 0.4, 0.6, 0.8], "neighbours": 2}
 
-    def _levels(self, evaluator: PolicyEvaluator, n_episodes: int) -> list[float]:
-        raw, neighbours = self.params["levels"], self.params["neighbours"]
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The names, then ``levels`` (ratios in (0, 1)) and ``neighbours`` (an integer >= 0).
+
+        Raises:
+            ConfigError: naming the hyper-parameter, its value and what is allowed.
+        """
+        p = super().check_params(params)
+        raw, neighbours = p["levels"], p["neighbours"]
         if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 0:
             raise ConfigError(f"search.params.neighbours: {neighbours!r} is not allowed; allowed: an integer >= 0")
         if not isinstance(raw, (list, tuple)) or not raw or not all(isinstance(x, (int, float)) and 0 < x < 1 for x in raw):
             raise ConfigError(f"search.params.levels: {raw!r} is not allowed; expected a list of ratios in (0, 1), e.g. [0.2, 0.4]")
+        return p
+
+    def _levels(self, evaluator: PolicyEvaluator, n_episodes: int) -> list[float]:
+        raw = self.params["levels"]
         levels = sorted({min(float(x), evaluator.max_ratio) for x in raw})
         units, blocks = len(evaluator.unit_names), len(evaluator.block_names)
         fit = (n_episodes - blocks - 1) // max(1, units)

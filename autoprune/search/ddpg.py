@@ -20,7 +20,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 
 from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.search.base import Searcher
-from autoprune.search.ppo import BudgetedEvaluator, StopAfterEpisodes, check_params, make_env, save_agent
+from autoprune.search.ppo import BudgetedEvaluator, StopAfterEpisodes, check_sb3_params, make_env, save_agent
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,19 @@ class DDPGSearcher(Searcher):
         "save_agent": None,
     }
 
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The names, then the Stable-Baselines3 values (:func:`autoprune.search.ppo.check_sb3_params`).
+
+        Raises:
+            ConfigError: naming the hyper-parameter, its value and what is allowed.
+        """
+        p = super().check_params(params)
+        check_sb3_params(p, cls.name)
+        return p
+
     def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
         p = self.params
-        check_params(p, self.name)
         budget = BudgetedEvaluator(self, evaluator, n_episodes)
         venv = make_env(budget, 1, p["shaping"])
         episode_len = len(venv.envs[0].unwrapped.decisions)

@@ -21,7 +21,7 @@ from autoprune.errors import ConfigError
 from autoprune.graph.policy import Policy
 from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.search.base import Searcher
-from autoprune.search.baselines import bisect_knob
+from autoprune.search.baselines import bisect_knob, refine_params
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,17 @@ class GlobalSearcher(Searcher):
 
     name = "global"
     defaults = {"tolerance": 0.01, "max_evals": 8}
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The names, then ``tolerance`` and ``max_evals`` (:func:`autoprune.search.baselines.refine_params`).
+
+        Raises:
+            ConfigError: naming the hyper-parameter, its value and what is allowed.
+        """
+        p = super().check_params(params)
+        refine_params(p)
+        return p
 
     def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
         family = global_family(evaluator)

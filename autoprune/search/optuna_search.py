@@ -142,12 +142,14 @@ class OptunaSearcher(Searcher):
         except KeyError:
             pass
 
-    def __init__(self, params: dict[str, Any] | None = None, *, progress: bool = True,
-                 callback: Callable[[Evaluation], None] | None = None,
-                 on_ready: Callable[[optuna.Study], None] | None = None) -> None:
-        super().__init__(params, progress=progress, callback=callback)
-        self.on_ready = on_ready
-        p = self.params
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The names (see :meth:`Searcher.check_params`), then every value that needs no evaluator: sampler, counts, intervals, ``enqueue``, storage scheme.
+
+        Raises:
+            ConfigError: naming the hyper-parameter, its value and what is allowed.
+        """
+        p = super().check_params(params)
         SAMPLERS.check(p["sampler"])
         missing = missing_package(p["sampler"])
         if missing is not None:
@@ -172,14 +174,24 @@ class OptunaSearcher(Searcher):
             raise ConfigError('search.params.enqueue: must be a list of policies like {"ratios": {"unit": 0.3}, "drop": []}')
         if not isinstance(p["seed_baselines"], bool):
             raise ConfigError(f"search.params.seed_baselines: {p['seed_baselines']!r} is not allowed; allowed: true or false")
+        url = p["storage"]
+        if url is not None and (not isinstance(url, str) or "://" not in url):
+            raise ConfigError(f"search.params.storage: {url!r} is not an RDB URL; use e.g. 'sqlite:///study.db' or None")
+        if url is not None and (why := unsupported_scheme(url)) is not None:
+            raise ConfigError(f"search.storage: {why}")
+        return p
+
+    def __init__(self, params: dict[str, Any] | None = None, *, progress: bool = True,
+                 callback: Callable[[Evaluation], None] | None = None,
+                 on_ready: Callable[[optuna.Study], None] | None = None) -> None:
+        super().__init__(params, progress=progress, callback=callback)
+        self.on_ready = on_ready
 
     # ------------------------------------------------------------------ setup
     def _storage(self) -> optuna.storages.BaseStorage | None:
         url = self.params["storage"]
         if url is None:
             return None
-        if not isinstance(url, str) or "://" not in url:
-            raise ConfigError(f"search.params.storage: {url!r} is not an RDB URL; use e.g. 'sqlite:///study.db' or None")
         try:
             p = self.params
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=p["retry_stale"]) if p["retry_stale"] else None

@@ -7,7 +7,7 @@ features are model-size-invariant, so a saved agent can be run zero-shot on anot
 model or fine-tuned on it.
 
 The helpers :class:`BudgetedEvaluator`, :class:`StopAfterEpisodes`, :func:`make_env` and
-:func:`check_params` are shared with the DDPG searcher.
+:func:`check_sb3_params` are shared with the DDPG searcher.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def make_env(budget: BudgetedEvaluator, n_envs: int, shaping: str | None) -> Dum
     return DummyVecEnv([lambda: pruning_env(budget, shaping) for _ in range(n_envs)])
 
 
-def check_params(params: dict[str, Any], searcher: str) -> None:
+def check_sb3_params(params: dict[str, Any], searcher: str) -> None:
     """Check the PPO/DDPG hyper-parameters of ``search.params`` (Stable-Baselines3 names).
 
     Raises:
@@ -239,6 +239,19 @@ class PPOSearcher(Searcher):
     loads_agent = True
 
     @classmethod
+    def check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The names, then the Stable-Baselines3 values (:func:`check_sb3_params`) and ``zero_shot`` without ``agent``.
+
+        Raises:
+            ConfigError: naming the hyper-parameter, its value and what is allowed.
+        """
+        p = super().check_params(params)
+        check_sb3_params(p, cls.name)
+        if p["zero_shot"] and not p["agent"]:
+            raise ConfigError("search.params.zero_shot needs search.params.agent (a saved agent folder)")
+        return p
+
+    @classmethod
     def experiment_params(cls, context: ExperimentContext) -> dict[str, Any]:
         """The agent bundle goes to ``<output_dir>/agent``, checkpointed every 20 episodes (none when
         ``search.params.save_agent`` is null), so an interrupted search resumes."""
@@ -254,7 +267,6 @@ class PPOSearcher(Searcher):
 
     def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
         p = self.params
-        check_params(p, self.name)
         if p["zero_shot"] and not p["agent"]:
             raise ConfigError("search.params.zero_shot needs search.params.agent (a saved agent folder)")
         if p["agent"] and not Path(p["agent"]).exists():

@@ -56,13 +56,15 @@ def mlflow_message(e: MlflowException) -> str:
 # ----------------------------------------------------------------------- URIs
 
 
-def resolve_tracking_uri(uri: str | None) -> str:
+def resolve_tracking_uri(uri: str | None, *, reach: bool = True) -> str:
     """Validate a tracking URI and return it in absolute form.
 
     Args:
         uri: ``sqlite:///path.db``, ``file:///dir``, ``http(s)://host:port``,
             ``postgresql://...``, ``mysql://...``, ``databricks``; None means
             ``sqlite:///<current directory>/mlflow.db``.
+        reach: Also contact an HTTP server or database (up to 3 seconds each). False checks only
+            what needs no network: the scheme and, for local stores, the path (before any work starts).
 
     Returns:
         The URI; SQLite paths are made absolute.
@@ -91,6 +93,8 @@ def resolve_tracking_uri(uri: str | None) -> str:
         return _check_sqlite(uri, scheme)
     if scheme == "file":
         return _check_file(uri)
+    if not reach:
+        return uri
     if scheme in ("http", "https"):
         return _check_http(uri)
     if base in _DB_SCHEMES:

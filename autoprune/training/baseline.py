@@ -14,10 +14,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from autoprune.errors import ConfigError, ModelError, describe
+from autoprune.errors import ConfigError, DataError, ModelError, describe
 from autoprune.formats.torch_file import load_torch_file
 from autoprune.objective.proxy import accuracy
-from autoprune.zoo import DataBundle, build_model, check_model_fits
+from autoprune.zoo import DATA_SHAPES, DataBundle, build_model, check_initial_weights, check_model_fits
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,32 @@ def default_checkpoint_path(model_name: str, data_name: str, cache_dir: str | os
     return Path(cache_dir) / f"{safe}-{data_name}.pt"
 
 
+def input_shape(data: DataBundle) -> list[int]:
+    """One input sample's shape, ``[C, H, W]``: what a checkpoint records it was trained on."""
+    return [data.in_channels, data.input_size, data.input_size]
+
+
+def trained_input_shape(meta: dict[str, Any]) -> list[int] | None:
+    """The ``[C, H, W]`` a checkpoint was trained on: recorded, or the fixed shape of the built-in data set it names."""
+    if meta.get("input_shape"):
+        return [int(d) for d in meta["input_shape"]]
+    known = DATA_SHAPES.get(str(meta.get("data")))
+    return [known[0], known[2], known[2]] if known else None
+
+
+def check_input_shape(meta: dict[str, Any], data: DataBundle, path: Path) -> None:
+    """Refuse a checkpoint trained on inputs of another shape than ``data``'s (a model with global pooling would run, at chance).
+
+    Raises:
+        DataError: naming the checkpoint, both shapes and the data set.
+    """
+    trained, given = trained_input_shape(meta), input_shape(data)
+    if trained is not None and trained != given:
+        raise DataError(f"checkpoint: {str(path)!r} was trained on {'x'.join(map(str, trained))} inputs, but data {data.name!r} "
+                        f"holds {'x'.join(map(str, given))} images; use data of that shape, or train a baseline for this data "
+                        "(model.checkpoint: a new file)")
+
+
 def _weights_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
@@ -183,8 +209,9 @@ def train_or_load(
 
     Raises:
         ConfigError: training is needed but ``settings.epochs < 1``, or an unknown model name.
-        ModelError: the model does not fit the data, the checkpoint does not match the model,
-            training diverged, or a given checkpoint holds NaN/inf weights.
+        DataError: the checkpoint was trained on inputs of another shape than ``data``'s.
+        ModelError: the model does not fit the data, the checkpoint does not match the model, the
+            model holds NaN/inf weights as built, training diverged, or a given checkpoint holds NaN/inf weights.
     """
     model = build_model(model_name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
     check_model_fits(model, model_name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
@@ -192,22 +219,27 @@ def train_or_load(
     cached = path.name == default_checkpoint_path(model_name, data.name).name
     if path.is_file():
         meta = load_model_weights(model, path, model_name=model_name)
+        check_input_shape(meta, data, path)
         stale = settings_must_match and meta.get("settings") not in (None, asdict(settings))
         if not _weights_finite(model):
             if not cached:
                 raise ModelError(f"checkpoint: {str(path)!r} holds NaN or infinite weights (its training diverged)")
             stale = True
         if not stale:
-            log.info("loaded baseline %s from %s", model_name, path)
+            log.info("baseline: loaded %s from %s", model_name, path, extra={"stage": True})
             return model, meta
         log.warning("cached baseline %s was trained with other settings (or diverged); training it again", path)
         model = build_model(model_name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
     if settings.epochs < 1:
         raise ConfigError(f"train.epochs: {settings.epochs!r} must be >= 1")
+    check_initial_weights(model, model_name)
+    log.info("baseline: training %s on %s for %d epoch(s) (then cached in %s)", model_name, data.name, settings.epochs, path,
+             extra={"stage": True})
     t0 = time.perf_counter()
     metrics = train_model(model, data, settings, progress=progress)
     if not _weights_finite(model):
         raise ModelError(f"baseline training diverged (NaN or infinite weights); lower train.lr (now {settings.lr})")
-    meta = {"model": model_name, "data": data.name, **metrics, "train_seconds": time.perf_counter() - t0, "settings": asdict(settings)}
+    meta = {"model": model_name, "data": data.name, "input_shape": input_shape(data), **metrics,
+            "train_seconds": time.perf_counter() - t0, "settings": asdict(settings)}
     save_checkpoint(path, model, meta)
     return model, meta

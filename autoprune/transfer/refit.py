@@ -91,9 +91,9 @@ def refit_to_budget(
             more = evaluator.drops_to_reach(drop)
             if more is None:
                 raise BudgetError(
-                    f"budget.target: {target:.3f} of dense {evaluator.budget.metric} is unreachable for this policy: with every "
+                    f"{evaluator.budget.describe(target, evaluator.dense_ms)} is unreachable for this policy: with every "
                     f"unit at max_ratio {max_ratio} and every droppable block dropped the model misses it (predicted); "
-                    f"raise the target or pruning.max_ratio"
+                    f"raise {evaluator.budget.field} or pruning.max_ratio"
                 )
             drop = more
             v_hi = value(hi)

@@ -6,13 +6,19 @@ import torch
 from torch import nn
 
 from autoprune.errors import ConfigError, ModelError
-from autoprune.zoo.data import DATASET_NAMES, DataBundle, Split, load_data
+from autoprune.zoo.data import DATA_SHAPES, DATASET_NAMES, DataBundle, Split, load_data
 from autoprune.zoo.hf import ENCODER_NAMES, Encoder, SentenceEncoder, is_encoder_name, load_encoder
-from autoprune.zoo.models import MODEL_FACTORIES
+from autoprune.zoo.models import MODEL_FACTORIES, resnet_depth_problem, zoo_factory
 from autoprune.zoo.plugins import call_factory, is_reference
 from autoprune.zoo.text import TEXT_DATASET_NAMES, TextCorpus, TokenizedCorpus, TokenSplit, load_text_data
 
+#: The built-in models listed by name; any ``resnet<6n+2>`` (``resnet44``, ``resnet110``) is built too.
 MODEL_NAMES = tuple(MODEL_FACTORIES)
+
+
+def is_zoo_model(name: str) -> bool:
+    """True for a built-in model: one of :data:`MODEL_NAMES` or a CIFAR ResNet ``resnet<6n+2>``."""
+    return zoo_factory(name) is not None
 
 
 def build_model(name: str, *, in_channels: int, num_classes: int, input_size: int) -> nn.Module:
@@ -22,16 +28,19 @@ def build_model(name: str, *, in_channels: int, num_classes: int, input_size: in
     (or with no arguments if it takes none) and must return an ``nn.Module``.
 
     Raises:
-        ConfigError: unknown name or bad reference.
+        ConfigError: unknown name (a ResNet depth that is not 6n+2 says so) or bad reference.
     """
-    if name in MODEL_FACTORIES:
-        return MODEL_FACTORIES[name](in_channels, num_classes, input_size)
+    factory = zoo_factory(name)
+    if factory is not None:
+        return factory(in_channels, num_classes, input_size)
+    if (why := resnet_depth_problem(name)) is not None:
+        raise ConfigError(f"model.name: {why}")
     if is_reference(name):
         model = call_factory(name, field="model.name", in_channels=in_channels, num_classes=num_classes, input_size=input_size)
         if not isinstance(model, nn.Module):
             raise ModelError(f"model.name: factory {name!r} returned {type(model).__name__}, expected torch.nn.Module")
         return model
-    raise ConfigError(f"model.name: unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)} or 'package.module:factory'")
+    raise ConfigError(f"model.name: unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)}, resnet<6n+2> or 'package.module:factory'")
 
 
 def check_model_fits(model: nn.Module, name: str, *, in_channels: int, num_classes: int, input_size: int) -> None:
@@ -62,8 +71,22 @@ def check_model_fits(model: nn.Module, name: str, *, in_channels: int, num_class
                          f"expected (2, {num_classes}) logits; {given}")
 
 
+
+def check_initial_weights(model: nn.Module, name: str) -> None:
+    """Refuse a freshly built model whose weights are already NaN or infinite, before training blames the learning rate.
+
+    Raises:
+        ModelError: naming the model and its first non-finite tensors.
+    """
+    broken = [k for k, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:
+        shown = ", ".join(broken[:3]) + (f" ... ({len(broken)} in all)" if len(broken) > 3 else "")
+        raise ModelError(f"model.name: model {name!r} holds NaN or infinite weights as built, before any training ({shown}); "
+                         "fix its initialisation")
+
+
 __all__ = [
-    "DATASET_NAMES", "ENCODER_NAMES", "MODEL_NAMES", "TEXT_DATASET_NAMES", "DataBundle", "Encoder", "SentenceEncoder", "Split",
-    "TextCorpus", "TokenSplit", "TokenizedCorpus", "build_model", "check_model_fits", "is_encoder_name", "load_data",
+    "DATASET_NAMES", "DATA_SHAPES", "ENCODER_NAMES", "MODEL_NAMES", "TEXT_DATASET_NAMES", "DataBundle", "Encoder", "SentenceEncoder", "Split",
+    "TextCorpus", "TokenSplit", "TokenizedCorpus", "build_model", "check_initial_weights", "check_model_fits", "is_encoder_name", "is_zoo_model", "load_data",
     "load_encoder", "load_text_data",
 ]  # fmt: skip

@@ -32,6 +32,10 @@ FASHION_FILES = {
 }
 DATASET_NAMES = ("fashion_mnist", "digits")
 
+#: ``(in_channels, num_classes, input_size)`` of each built-in data set, known without loading it
+#: (the memory check before any work builds the model at this shape).
+DATA_SHAPES: dict[str, tuple[int, int, int]] = {"fashion_mnist": (1, 10, 28), "digits": (1, 10, 8)}
+
 
 @dataclass
 class Split:
@@ -100,9 +104,32 @@ class DataBundle:
         """A batch shaped like the model's input, ``(batch_size, C, H, W)``, taken from the training split.
 
         This is the ``example_input`` the graph, the MAC counter and the latency timer are given
-        (MACs are per sample, so its batch size does not change them).
+        (MACs are per sample, so its batch size does not change them). A batch larger than the
+        training split repeats its images, so latency is timed at the batch size asked for.
         """
-        return self.train.x[:batch_size].clone()
+        x = self.train.x
+        if batch_size <= len(x) or len(x) == 0:
+            return x[:batch_size].clone()
+        return x.repeat(-(-batch_size // len(x)), *([1] * (x.dim() - 1)))[:batch_size].contiguous()
+
+    def check(self, source: str = "data.name") -> DataBundle:
+        """Return this bundle if every split's images fit its declared shape and match its labels in number.
+
+        Raises:
+            DataError: naming ``source``, the split, what it holds and what was declared.
+        """
+        declared = (self.in_channels, self.input_size, self.input_size)
+        for split_name in ("train", "val", "test"):
+            split = getattr(self, split_name)
+            n_x, n_y = int(split.x.shape[0]) if split.x.dim() else 0, int(split.y.shape[0]) if split.y.dim() else 0
+            if n_x != n_y:
+                raise DataError(f"{source}: the {split_name} split of {self.name!r} holds {n_x} images but {n_y} labels; "
+                                "each image needs one label")
+            if n_x and tuple(split.x.shape[1:]) != declared:
+                shape = "x".join(str(d) for d in split.x.shape[1:])
+                raise DataError(f"{source}: the {split_name} split of {self.name!r} holds images of {shape}, but the data set "
+                                f"declares {'x'.join(map(str, declared))} (in_channels x input_size x input_size)")
+        return self
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -166,10 +193,34 @@ def _split_train_val(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed
     return Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx])
 
 
+def _check_fashion_arrays(d: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Fashion-MNIST's images are 28x28, one label each: anything else is another data set, named by its file.
+
+    Raises:
+        DataError: naming the file, what it holds and what Fashion-MNIST holds.
+    """
+    _, _, size = DATA_SHAPES["fashion_mnist"]
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        image_file, label_file = d / FASHION_FILES[f"{split}_images"], d / FASHION_FILES[f"{split}_labels"]
+        if images.ndim != 3 or images.shape[1:] != (size, size):
+            shape = "x".join(map(str, images.shape[1:])) if images.ndim == 3 else f"an array of {images.ndim} dimension(s)"
+            raise DataError(f"data.data_dir: {str(image_file)!r} holds images of {shape}; Fashion-MNIST's are {size}x{size}, "
+                            "the input the fashion_mnist models and checkpoints are built for")
+        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+            raise DataError(f"data.data_dir: {str(label_file)!r} holds {labels.shape[0] if labels.ndim else 0} labels for the "
+                            f"{images.shape[0]} images of {str(image_file)!r}; each image needs one label")
+
+
 def load_fashion_mnist(*, data_dir: str | None = None, val_fraction: float = 0.1, seed: int = 0) -> DataBundle:
-    """Fashion-MNIST, 1x28x28, normalised; ``val`` is a seeded ``val_fraction`` of the training set."""
+    """Fashion-MNIST, 1x28x28, normalised; ``val`` is a seeded ``val_fraction`` of the training set.
+
+    Raises:
+        DataError: files missing or unreadable, images that are not 28x28, or label and image counts that differ.
+    """
     d = fashion_mnist_dir(data_dir)
     arrays = {k: _read_idx(d / f) for k, f in FASHION_FILES.items()}
+    _check_fashion_arrays(d, arrays)
     mean, std = 0.2860, 0.3530
 
     def images(a: np.ndarray) -> torch.Tensor:
@@ -178,7 +229,8 @@ def load_fashion_mnist(*, data_dir: str | None = None, val_fraction: float = 0.1
     train_x, train_y = images(arrays["train_images"]), torch.from_numpy(arrays["train_labels"].astype(np.int64))
     test = Split(images(arrays["test_images"]), torch.from_numpy(arrays["test_labels"].astype(np.int64)))
     train, val = _split_train_val(train_x, train_y, val_fraction, seed)
-    return DataBundle("fashion_mnist", train, val, test, in_channels=1, num_classes=10, input_size=28)
+    c, k, size = DATA_SHAPES["fashion_mnist"]
+    return DataBundle("fashion_mnist", train, val, test, in_channels=c, num_classes=k, input_size=size)
 
 
 def load_digits(*, val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0) -> DataBundle:
@@ -194,7 +246,8 @@ def load_digits(*, val_fraction: float = 0.15, test_fraction: float = 0.2, seed:
     test = Split(x[order[:n_test]], y[order[:n_test]])
     rest = order[n_test:]
     train, val = _split_train_val(x[rest], y[rest], val_fraction, seed)
-    return DataBundle("digits", train, val, test, in_channels=1, num_classes=10, input_size=8, augment_ok=False)
+    c, k, size = DATA_SHAPES["digits"]
+    return DataBundle("digits", train, val, test, in_channels=c, num_classes=k, input_size=size, augment_ok=False)
 
 
 def load_data(name: str, *, data_dir: str | None = None, val_fraction: float | None = None, seed: int = 0) -> DataBundle:
@@ -204,7 +257,7 @@ def load_data(name: str, *, data_dir: str | None = None, val_fraction: float | N
 
     Raises:
         ConfigError: unknown name or bad reference.
-        DataError: files missing or unreadable.
+        DataError: files missing or unreadable, or images that do not fit their declared shape or labels.
     """
     if val_fraction is not None and not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction: {val_fraction!r} is out of range; allowed: 0 < val_fraction < 1")
@@ -224,5 +277,5 @@ def load_data(name: str, *, data_dir: str | None = None, val_fraction: float | N
         bundle = call_factory(name, field="data.name", seed=seed)
         if not isinstance(bundle, DataBundle):
             raise ConfigError(f"data.name: factory {name!r} returned {type(bundle).__name__}, expected autoprune.zoo.DataBundle")
-        return bundle
+        return bundle.check(f"data.name: factory {name!r}")
     raise ConfigError(f"data.name: unknown data set {name!r}; allowed: {', '.join(DATASET_NAMES)} or 'package.module:factory'")

@@ -9,6 +9,7 @@ dropped (replaced by its identity shortcut).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import torch
@@ -161,6 +162,26 @@ def _mlp(in_channels: int, num_classes: int, input_size: int) -> nn.Module:
     return MLP(in_features=in_channels * input_size * input_size, num_classes=num_classes)
 
 
+#: ``resnet<depth>``: a :class:`CifarResNet` of that depth, for any depth 6n + 2 (``resnet44``, ``resnet110``, ...).
+_RESNET_NAME = re.compile(r"^resnet(\d+)$")
+
+
+def resnet_depth(name: str) -> int | None:
+    """The depth ``name`` asks of a CIFAR ResNet (``resnet44`` -> 44), or None for a name of another form."""
+    match = _RESNET_NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+def resnet_depth_problem(name: str) -> str | None:
+    """Why ``resnet<depth>`` names no CIFAR ResNet (its depth is not 6n + 2 with n >= 1), or None."""
+    depth = resnet_depth(name)
+    if depth is None or ((depth - 2) % 6 == 0 and depth >= 8):
+        return None
+    below, above = max(8, depth - (depth - 2) % 6), depth + (6 - (depth - 2) % 6)
+    near = f"resnet{above}" if depth < 8 else f"resnet{below} or resnet{above}"
+    return f"{name!r} is no CIFAR ResNet: the depth is 6n+2 (8, 14, 20, 26, 32, 44, 56, ..., 110, ...), not {depth}; e.g. {near}"
+
+
 MODEL_FACTORIES: dict[str, Callable[[int, int, int], nn.Module]] = {
     "resnet20": lambda c, k, s: CifarResNet(20, c, k),
     "resnet32": lambda c, k, s: CifarResNet(32, c, k),
@@ -169,3 +190,14 @@ MODEL_FACTORIES: dict[str, Callable[[int, int, int], nn.Module]] = {
     "mobilenetv2": lambda c, k, s: MobileNetV2Small(c, k),
     "mlp": _mlp,
 }
+
+
+def zoo_factory(name: str) -> Callable[[int, int, int], nn.Module] | None:
+    """The built-in factory ``(in_channels, num_classes, input_size) -> model`` of ``name``: one of
+    :data:`MODEL_FACTORIES` or ``resnet<6n+2>``; None when ``name`` is neither."""
+    if name in MODEL_FACTORIES:
+        return MODEL_FACTORIES[name]
+    depth = resnet_depth(name)
+    if depth is None or resnet_depth_problem(name) is not None:
+        return None
+    return lambda c, k, s: CifarResNet(depth, c, k)

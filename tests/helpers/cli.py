@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import pytest
 
-from autoprune.cli import main
+from autoprune.cli import STAGE_PREFIX, main
 
 
 class Result(NamedTuple):
@@ -34,10 +34,14 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> Result:
 
 
 def assert_user_error(res: Result, *culprits: str, absent: tuple[str, ...] = ()) -> str:
-    """Exit code 2, exactly one stderr line ``autoprune: error: ...`` naming every culprit, no traceback; returns the line."""
+    """Exit code 2, exactly one stderr line ``autoprune: error: ...`` naming every culprit, no traceback; returns the line.
+
+    The stage lines of the steps that ran before the mistake was found (``autoprune: stage: ...``,
+    printed when stdout is not a terminal, as under a test's capture) are not counted.
+    """
     assert res.code == 2, f"exit code {res.code}\nstdout: {res.out}\nstderr: {res.err}"
     assert "Traceback" not in res.err + res.out, res.err
-    lines = res.err.splitlines()
+    lines = [line for line in res.err.splitlines() if not line.startswith(STAGE_PREFIX)]
     assert len(lines) == 1 and lines[0].strip(), f"expected one line on stderr, got:\n{res.err}"
     line = lines[0]
     assert line.startswith("autoprune: error: "), line
