@@ -266,9 +266,9 @@ class PolicyEvaluator:
             est = self.latency_model.estimate(pruned, self.predicted_ratio(fastest.ratios, fastest.drop))
             if not est.within(self.target):
                 raise BudgetError(
-                    f"budget.target: {self.target:.3f} of dense latency is unreachable under the conservative estimate (the upper end "
+                    f"{self.budget.describe(self.target, self.dense_ms)} is unreachable under the conservative estimate (the upper end "
                     f"of the interval): the best reachable ratio, every unit at max_ratio {self.max_ratio} and all droppable blocks "
-                    f"dropped, is {est.show()}; raise the target above {est.high:.3f} or pruning.max_ratio"
+                    f"dropped, is {est.show()}; raise {self.budget.field} above {est.high:.3f} of dense or pruning.max_ratio"
                 )
             return
         if reachable > self.target:
