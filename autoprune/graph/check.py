@@ -15,7 +15,6 @@ one warning line naming it and why, and caches the verdict by model fingerprint.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -154,12 +153,12 @@ def masked_reference(graph: PrunableGraph, cuts: dict[str, list[int]]) -> nn.Mod
         cuts: Per unit, the channel indices to switch off (root-layer coordinates).
 
     Returns:
-        A modified deep copy of ``graph.model``.
+        A modified deep copy of ``graph.network`` (laid out like it: attention heads split).
 
     Raises:
         _Unmaskable: a layer in a cut's group has parameters the reference cannot mask.
     """
-    ref = copy.deepcopy(graph.model)
+    ref = graph.dense_copy(graph.model)
     modules = dict(ref.named_modules())
     norm_cuts: dict[str, set[int]] = {}
     with torch.no_grad():
@@ -268,7 +267,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("AUTOPRUNE_CACHE", ".autoprune/checkpoints")) / "checks"
 
 
-def _cache_key(graph: PrunableGraph, ratios: tuple[float, ...], seed: int) -> str:
+def cache_key(graph: PrunableGraph, ratios: tuple[float, ...], seed: int) -> str:
+    """The fingerprint a verdict is cached under: architecture, units and constraints, input shape, ratios, seed."""
     units = [(u.name, u.features.channels, u.constraint.segments, u.constraint.whole) for u in graph.units]
     text = json.dumps([CHECK_VERSION, tp.__version__ if hasattr(tp, "__version__") else "", architecture_hash(graph.model),
                        [list(s[1:]) for s in input_shapes(graph.example_input)] if isinstance(graph.example_input, tuple)
@@ -291,7 +291,7 @@ def verify_graph(
     Returns:
         The report (``cached`` says whether it was read from the cache).
     """
-    path = Path(cache_dir) / f"{_cache_key(graph, ratios, seed)}.json" if cache_dir is not None else None
+    path = Path(cache_dir) / f"{cache_key(graph, ratios, seed)}.json" if cache_dir is not None else None
     report = None
     if path is not None and path.is_file():
         try:
@@ -344,4 +344,4 @@ def check_model(
     return graph, check_units(graph, seed=seed)
 
 
-__all__ = ["CheckReport", "check_model", "TOLERANCE", "check_units", "default_cache_dir", "masked_reference", "verify_graph"]
+__all__ = ["CheckReport", "TOLERANCE", "cache_key", "check_model", "check_units", "default_cache_dir", "masked_reference", "verify_graph"]
