@@ -239,8 +239,10 @@ class _Passthrough(nn.Module):
 
 
 def _inner_kind(module: nn.Module) -> str:
+    """``torchscript:<class>`` or ``compiled:<class>``: a kind no builder rebuilds (the latency table times it in place)."""
     inner = getattr(module, "_orig_mod", module)
-    return str(getattr(inner, "original_name", type(inner).__name__)).lower()
+    how = "compiled" if inner is not module else "torchscript"
+    return f"{how}:{str(getattr(inner, 'original_name', type(inner).__name__)).lower()}"
 
 
 def _recorded_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -279,9 +281,9 @@ def record_layer_specs(model: nn.Module, example_input: ExampleInput) -> list[La
     recorded as specs of kind ``matmul``, ``einsum`` or ``scaled_dot_product_attention`` named
     after the innermost module that makes them (:mod:`autoprune.graph.functional`), except inside
     ``nn.MultiheadAttention`` and recognised self-attention modules, whose own spec counts them. A
-    scripted or compiled submodule is recorded as one call of kind its class name (its inside
-    cannot be hooked). The model runs once in eval mode under ``torch.inference_mode``; its
-    training flag is restored.
+    scripted or compiled submodule is recorded as one call of kind ``torchscript:<class>`` or
+    ``compiled:<class>`` (its inside cannot be hooked, its MACs are not counted). The model runs
+    once in eval mode under ``torch.inference_mode``; its training flag is restored.
 
     Args:
         model: Any ``nn.Module``.
