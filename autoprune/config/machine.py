@@ -33,6 +33,7 @@ from torch import nn
 
 from autoprune.config.schema import ExperimentConfig
 from autoprune.errors import ConfigError
+from autoprune.graph.hooks import hookable_leaves
 from autoprune.graph.layers import ExampleInput
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def activation_bytes(model: nn.Module, example_input: ExampleInput) -> Activatio
         total += out
         peak = max(peak, nbytes(inputs) + out)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in hookable_leaves(model)]  # not inside scripted/compiled modules
     was_training = model.training
     try:
         model.eval()
