@@ -95,11 +95,13 @@ def find_units(
     blocked = blocked or {}
     # a stream rooted inside a split nn.MultiheadAttention (its out_proj) keeps the name it had before the split
     split_attentions = [n + "." for n, m in modules.items() if isinstance(m, SplitHeadAttention)]
+    seen_out: set = set()
     for group in dg.get_all_groups(ignored_layers=ignored_modules, root_module_types=ROOT_TYPES):
         if any(str(name_of(group[0].dep.target.module)).startswith(a) for a in split_attentions):
             group = _rooted_first(dg, group, exec_order, set(ignored_modules))
         root = group[0].dep.target.module
         name = name_of(root)
+        seen_out.update(d.target.module for d, _ in group if dg.is_out_channel_pruning_fn(d.handler))
         if name is None:
             continue
         n = len(group[0][1])
@@ -177,6 +179,7 @@ def find_units(
             heads=constraint.segments if constraint.whole else 0,
         )
         found.units.append(PrunableUnit(name, features, tuple(outs), tuple(ins), constraint, requery, root_layer))
+    found.skipped += _frozen_by_kept_layers(dg, seen_out, set(ignored_modules))
     found.units.sort(key=lambda u: exec_order.get(u.root, 0))
     # A layer dimension cut by two units (e.g. the input of a conv after a concat): the second
     # unit's dense indices are stale once the first is cut, so both are re-queried.
@@ -189,6 +192,22 @@ def find_units(
     shared = {n for names in users.values() if len(names) > 1 for n in names}
     found.units = [replace(u, requery=True) if u.name in shared else u for u in found.units]
     return found
+
+
+def _frozen_by_kept_layers(dg: tp.DependencyGraph, seen_out: set, ignored: set) -> list[tuple[str, str, bool]]:
+    """``(layer, why, False)`` for each root layer whose group Torch-Pruning dropped because it also holds a kept layer's outputs."""
+    skipped = []
+    for m in list(dg.module2node):
+        name = dg._module2name.get(m)
+        if name is None or not isinstance(m, ROOT_TYPES) or m in ignored or m in seen_out:
+            continue
+        pruner = dg.get_pruner_of_module(m)
+        group = dg.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+        outs = [d.target.module for d, _ in group if dg.is_out_channel_pruning_fn(d.handler)]
+        seen_out.update(outs)
+        kept = sorted({dg._module2name.get(o, "?") for o in outs if o in ignored})
+        skipped.append((name, f"its channels are also the output channels of {kept} (model.ignore or the model's output layer), which are kept", False))
+    return skipped
 
 
 def _rooted_first(dg: tp.DependencyGraph, group: tp.dependency.Group, exec_order: dict[str, int], ignored: set) -> tp.dependency.Group:
