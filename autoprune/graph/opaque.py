@@ -355,7 +355,7 @@ def trace(model: nn.Module, example_input: ExampleInput, opaque: Mapping[str, st
                 retry = True
             else:
                 node = next(n for n in dg.module2node.values() if n.grad_fn is fn)
-                blocked[node.module] = f"{describe_op(fn)} in the model's own forward changes the channel count"
+                blocked[node.module] = f"{describe_op(fn)} in the model's own forward, which changes the channel count"
         if not retry:
             return TraceResult(dg, opaque, blocked)
     raise ModelError(f"Torch-Pruning cannot trace the model even with {sorted(opaque)} hidden")
