@@ -1,4 +1,4 @@
-"""Tiny plug-ins named as ``"plugins_for_tests:Class"`` in configs by ``tests/test_settings.py``.
+"""Tiny plug-ins named as ``"plugins_for_tests:Class"`` in configs by the tests.
 
 Each is real (a working backend, searcher and importance criterion) and leaves a trace the
 tests can check, so a test can tell that the config's reference was the one used.
@@ -10,7 +10,8 @@ import torch
 import torch_pruning as tp
 
 from autoprune.graph.policy import Policy
-from autoprune.measure.latency import TorchEagerBackend
+from autoprune.measure.backends import TorchEagerBackend
+from autoprune.measure.onnxruntime import OnnxRuntimeBackend
 from autoprune.search.base import Searcher
 
 
@@ -23,6 +24,17 @@ class CountingEagerBackend(TorchEagerBackend):
     def prepare(self, model, example_input):
         type(self).prepared += 1
         return super().prepare(model, example_input)
+
+
+class CountingOnnxRuntimeBackend(OnnxRuntimeBackend):
+    """ONNX Runtime under another name, counting the ONNX files it opened (class-wide): a serving, non-eager plug-in."""
+
+    name = "counting-onnxruntime"
+    prepared = 0
+
+    def prepare_file(self, path, example_input):
+        type(self).prepared += 1
+        return super().prepare_file(path, example_input)
 
 
 class HalfEverywhereSearcher(Searcher):

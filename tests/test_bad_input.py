@@ -25,7 +25,6 @@ with a 1-epoch MLP baseline for digits in ``$AUTOPRUNE_CACHE`` so nothing trains
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import sqlite3
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_run import Result, assert_user_error, cli
+from helpers import Result, assert_user_error, cli, fast_train, tiny_experiment, write_experiment
 from torch import nn
 
 from autoprune.cli import main
@@ -47,19 +46,8 @@ from autoprune.zoo import build_model, check_model_fits, load_data
 
 DIGITS = dict(in_channels=1, num_classes=10, input_size=8)
 
-#: A small, fast experiment: MLP on digits, MAC budget (exact), 2 random episodes.
-EXPERIMENT = """\
-name: bad
-model: {name: mlp}
-data: {name: digits}
-budget: {metric: macs, target: 0.8}
-latency: {threads: 1, warmup: 1, rounds: 3, rel_ci: null}
-proxy: {bn_batches: 1, val_samples: 100}
-search: {searcher: random, episodes: 2}
-train: {epochs: 1, batch_size: 64, augment: false}
-finetune: {epochs: 0}
-tracking: {register: false}
-"""
+#: The tiny experiment (MLP on digits, MAC budget: exact) with 2 random episodes, writing under the working directory.
+EXPERIMENT = tiny_experiment(name="bad", budget={"target": 0.8}, search={"searcher": "random", "episodes": 2}, train={"epochs": 1})
 
 PLUGINS = '''\
 import torch
@@ -145,12 +133,12 @@ CLOSED = "127.0.0.1:1"
 @pytest.fixture(scope="module")
 def baseline_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding ``mlp-digits.pt``: an MLP trained for one epoch on digits (~1 s)."""
-    from autoprune.training.baseline import TrainSettings, save_checkpoint, train_model
+    from autoprune.training.baseline import save_checkpoint, train_model
 
     data = load_data("digits")
     torch.manual_seed(0)
     model = build_model("mlp", **DIGITS)
-    metrics = train_model(model, data, TrainSettings(epochs=1, batch_size=64, lr=0.05, augment=False), progress=False)
+    metrics = train_model(model, data, fast_train(epochs=1), progress=False)
     cache = tmp_path_factory.mktemp("baseline-cache")
     save_checkpoint(cache / "mlp-digits.pt", model, {"model": "mlp", "data": "digits", **metrics})
     return cache
@@ -163,7 +151,7 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, baseline_cache: Path) 
     shutil.copytree(baseline_cache, cache)
     wd = tmp_path / "work"
     wd.mkdir()
-    (wd / "exp.yaml").write_text(EXPERIMENT)
+    write_experiment(wd / "exp.yaml", EXPERIMENT)
     monkeypatch.chdir(wd)
     monkeypatch.setenv("AUTOPRUNE_CACHE", str(cache))
     monkeypatch.delenv("AUTOPRUNE_PROGRESS", raising=False)
@@ -182,17 +170,6 @@ def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     for name in ("ap_bad_plugins", "ap_bad_import"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     return "ap_bad_plugins"
-
-
-@pytest.fixture(autouse=True)
-def _restore_process_state():
-    """``autoprune`` reconfigures the root logger (rich handler) and torch's threads; undo it after each test."""
-    root = logging.getLogger()
-    handlers, level, threads = root.handlers[:], root.level, torch.get_num_threads()
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    torch.set_num_threads(threads)  # commands may set latency.threads
 
 
 # ====================================================================== 1. config files
@@ -731,7 +708,7 @@ def test_real_processes_print_one_line_and_exit_2(work: Path):
 def test_real_process_usage_error_exits_2(work: Path):
     proc = subprocess.run([sys.executable, "-m", "autoprune", "search", "--nosuch", "exp.yaml"], cwd=work, text=True,
                           capture_output=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert_usage_error(Result(proc.returncode, proc.stdout, proc.stderr), "--nosuch")
+    assert_usage_error(Result.of(proc), "--nosuch")
 
 
 
@@ -835,7 +812,7 @@ def test_empty_checkpoint_in_a_real_process_exits_2_with_one_line(work: Path):
     (work / "base.pt").write_bytes(b"")
     proc = subprocess.run([sys.executable, "-m", "autoprune", "search", "exp.yaml", "--set", "model.checkpoint=base.pt"],
                           cwd=work, text=True, capture_output=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert_user_error(Result(proc.returncode, proc.stdout, proc.stderr), "'base.pt'", "empty (0 bytes)")
+    assert_user_error(Result.of(proc), "'base.pt'", "empty (0 bytes)")
 
 
 def test_checkpoint_of_another_model_lists_the_first_missing_and_unexpected_keys(work: Path, baseline_cache: Path, capsys):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import torch
+from helpers import Result, assert_user_error
 
 from autoprune import __version__
 from autoprune.zoo import build_model
@@ -18,15 +19,6 @@ def autoprune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def assert_one_line_user_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("autoprune: error: ")
-    assert "Traceback" not in result.stderr
-    return lines[0]
-
-
 def test_version_prints_the_package_version(tmp_path):
     result = autoprune("--version", cwd=tmp_path)
     assert result.returncode == 0
@@ -35,13 +27,13 @@ def test_version_prints_the_package_version(tmp_path):
 
 def test_config_with_bad_value_is_one_line_error_with_exit_code_2(tmp_path):
     (tmp_path / "bad.yaml").write_text("model: {name: resnet20}\nsearch: {searcher: ppo2}\n")
-    line = assert_one_line_user_error(autoprune("config", "bad.yaml", cwd=tmp_path))
+    line = assert_user_error(Result.of(autoprune("config", "bad.yaml", cwd=tmp_path)))
     assert line.startswith("autoprune: error: bad.yaml: search.searcher: 'ppo2' is not allowed; allowed: 'ppo'")
 
 
 def test_config_with_yaml_syntax_error_is_one_line_error(tmp_path):
     (tmp_path / "broken.yaml").write_text("model: {name: resnet20\n")
-    line = assert_one_line_user_error(autoprune("config", "broken.yaml", cwd=tmp_path))
+    line = assert_user_error(Result.of(autoprune("config", "broken.yaml", cwd=tmp_path)))
     assert "broken.yaml:2:" in line and "YAML syntax error" in line
 
 
@@ -63,7 +55,7 @@ def test_config_flat_prints_dotted_keys(tmp_path):
 
 def test_config_with_bad_override_is_one_line_error(tmp_path):
     (tmp_path / "good.yaml").write_text("model: {name: resnet20}\n")
-    line = assert_one_line_user_error(autoprune("config", "good.yaml", "--set", "train.epochs=0", cwd=tmp_path))
+    line = assert_user_error(Result.of(autoprune("config", "good.yaml", "--set", "train.epochs=0", cwd=tmp_path)))
     assert line == "autoprune: error: override 'train.epochs=0': train.epochs: 0 is not allowed; must be >= 1"
 
 
@@ -75,7 +67,7 @@ def test_unknown_command_is_a_usage_error(tmp_path):
 
 
 def test_train_with_unknown_model_names_it_in_one_line(tmp_path):
-    line = assert_one_line_user_error(autoprune("train", "--model", "nosuch", "--data", "digits", cwd=tmp_path))
+    line = assert_user_error(Result.of(autoprune("train", "--model", "nosuch", "--data", "digits", cwd=tmp_path)))
     assert "'nosuch'" in line and "'resnet20'" in line
 
 

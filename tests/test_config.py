@@ -256,7 +256,7 @@ def test_parse_config_does_not_modify_its_input():
 
 def test_round_to_auto_resolves_to_the_serving_runtimes_simd_block_and_to_none_on_eager():
     from autoprune.config.settings import evaluator_options
-    from autoprune.measure.backends import simd_channel_block
+    from autoprune.measure.onnx_file import simd_channel_block
 
     def resolved(*overrides: str) -> int | None:
         return evaluator_options(load_config(DEMO, list(overrides)))["round_to"]

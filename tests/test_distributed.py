@@ -5,9 +5,10 @@ MLflow server collecting every worker's trials.
 The objective is the trained digits MLP under a MAC budget (~0.3 s a trial). A spawned worker
 needs 5-20 s to start (import torch, load the baseline, calibrate the latency table), longer
 than the whole search would take; so the in-process worker waits, in its evaluation callback
-(a real hook of ``run_search``), until the other process holds a trial. That makes "both
-processes ran trials" and "the worker was killed in the middle of a trial" deterministic
-instead of a race against the machine's load.
+(a real hook of ``run_search``), until the other process holds a trial, and the worker that is
+killed holds the evaluation of its first trial until it is. That makes "both processes ran
+trials" and "the worker was killed in the middle of a trial" deterministic instead of a race
+against the machine's load.
 """
 
 from __future__ import annotations
@@ -27,16 +28,15 @@ from typing import Any
 
 import optuna
 import pytest
-import yaml
+from helpers import FAST_TRAIN, search, tiny_experiment, write_experiment
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.app.experiment import run_search
 from autoprune.config.loading import parse_config
-from autoprune.search import get_searcher
 from autoprune.search.optuna_search import SEED_ATTR
 from autoprune.tracking.tracker import Tracker
-from autoprune.training.baseline import TrainSettings, train_or_load
+from autoprune.training.baseline import train_or_load
 
 WORKER_START_TIMEOUT = 90.0  # seconds for a spawned worker to start its first trial on a loaded machine
 RUN_TIMEOUT = 240.0
@@ -49,24 +49,15 @@ RUN_TIMEOUT = 240.0
 def checkpoint(tmp_path_factory: pytest.TempPathFactory, digits) -> Path:
     """A trained digits MLP, shared by every process of this module (none of them trains its own)."""
     path = tmp_path_factory.mktemp("baseline") / "mlp-digits.pt"
-    train_or_load("mlp", digits, TrainSettings(epochs=2, batch_size=64, lr=0.05, augment=False), checkpoint=path, progress=False)
+    train_or_load("mlp", digits, FAST_TRAIN, checkpoint=path, progress=False)
     return path
 
 
 def config(tmp_path: Path, checkpoint: Path, episodes: int, **search: Any) -> dict[str, Any]:
+    """The tiny experiment on the shared baseline, searched by Optuna with quick heartbeats and polls."""
     params = {"n_startup_trials": 4, "heartbeat_interval": 1, "grace_period": 3, "poll_interval": 0.2, **search.pop("params", {})}
-    return {
-        "name": "dist",
-        "output_dir": str(tmp_path / "out"),
-        "model": {"name": "mlp", "checkpoint": str(checkpoint)},
-        "data": {"name": "digits"},
-        "budget": {"metric": "macs", "target": 0.6},
-        "latency": {"threads": 1, "rounds": 5},
-        "proxy": {"bn_batches": 2, "val_samples": 200},
-        "search": {"searcher": "optuna", "episodes": episodes, "params": params, **search},
-        "finetune": {"epochs": 0},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "register": False},
-    }
+    return tiny_experiment(tmp_path, name="dist", model={"checkpoint": str(checkpoint)}, finetune={"epochs": 0},
+                           search={"episodes": episodes, "params": params, **search}, tracking={"register": False})
 
 
 def subprocess_env() -> dict[str, str]:
@@ -228,48 +219,59 @@ def test_two_workers_log_their_trials_as_steps_of_one_mlflow_run(two_workers):
 # --------------------------------------------------------------------------- kill -9 a worker
 
 
+#: ``autoprune worker ARGV`` whose evaluation of a trial writes the trial's number to $VICTIM_MARK and then
+#: never returns: the test kills the process in the middle of that trial, a moment it knows instead of guesses.
+_VICTIM = """
+import os, sys, threading
+from pathlib import Path
+from autoprune.cli import main
+from autoprune.objective.evaluator import PolicyEvaluator
+
+evaluate = PolicyEvaluator.evaluate
+
+def held(self, policy, *, index=None):
+    if index is None:
+        return evaluate(self, policy, index=index)
+    mark = Path(os.environ["VICTIM_MARK"])
+    mark.with_suffix(".tmp").write_text(str(index))
+    mark.with_suffix(".tmp").replace(mark)
+    threading.Event().wait()
+
+PolicyEvaluator.evaluate = held
+main(["worker", *sys.argv[1:]])
+"""
+
+
 @pytest.mark.timeout(180)
 def test_a_worker_killed_mid_trial_is_replaced_and_the_study_still_reaches_its_count(tmp_path, checkpoint, postgres_url):
     episodes = 8
     cfg = parse_config(config(tmp_path, checkpoint, episodes, storage=postgres_url, study="kill"))
     procs: list[subprocess.Popen] = []
     killed: dict[str, Any] = {}
-    reader = optuna.storages.RDBStorage(postgres_url)
-    log_path = tmp_path / "victim.log"
+    log_path, mark = tmp_path / "victim.log", tmp_path / "victim-evaluates"
 
-    def victims_running_trial(current: int) -> int | None:
-        """A RUNNING trial of the worker whose policy is drawn (all parameters set): it is being evaluated."""
-        trials = optuna.load_study(study_name="kill", storage=reader).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        names = next(set(t.params) for t in trials if t.number == current)
-        return next((t.number for t in trials if t.number != current and set(t.params) == names), None)
+    def hung_victim() -> str:
+        """At a timeout: the victim's log, with every thread's stack (faulthandler dumps them on SIGABRT)."""
+        procs[0].send_signal(signal.SIGABRT)
+        procs[0].wait(timeout=30)
+        return f"the worker's first trial; its log:\n{tail(log_path, 120)}"
 
     def callback(evaluation) -> None:
         if procs:
             return
         with open(log_path, "w") as out:  # the study is published: a worker can join it
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "autoprune", "worker", "--storage", postgres_url, "--study", "kill", "--threads", "1"],
-                stdout=out, stderr=subprocess.STDOUT, env=subprocess_env(),
+                [sys.executable, "-c", _VICTIM, "--storage", postgres_url, "--study", "kill", "--threads", "1"],
+                stdout=out, stderr=subprocess.STDOUT, env={**subprocess_env(), "VICTIM_MARK": str(mark)},
             ))
-        victim, deadline = procs[0], time.monotonic() + WORKER_START_TIMEOUT
-        while True:
-            wait_for(lambda: worker_alive(victim, log_path) and victims_running_trial(evaluation.index) is not None, deadline - time.monotonic(),
-                     lambda: f"the worker's first trial; its log:\n{tail(log_path)}", 0.05)
-            victim.send_signal(signal.SIGSTOP)  # frozen: what we read next is what it leaves behind
-            time.sleep(0.2)  # statements it sent just before settle in the database
-            number = victims_running_trial(evaluation.index)
-            if number is not None:
-                break
-            victim.send_signal(signal.SIGCONT)  # it finished that trial meanwhile: try again
-        victim.send_signal(signal.SIGKILL)  # in the middle of evaluating trial `number`
+        victim = procs[0]
+        wait_for(lambda: worker_alive(victim, log_path) and mark.is_file(), WORKER_START_TIMEOUT, hung_victim, 0.05)
+        victim.send_signal(signal.SIGKILL)  # in the middle of evaluating its trial: its policy is drawn, its metrics never come
         victim.wait(timeout=30)
-        killed.update(number=number, main=evaluation.index)
+        killed.update(number=int(mark.read_text()), main=evaluation.index)
 
-    try:
-        with reaped(procs):
-            run = run_search(cfg, progress=False, callback=callback)
-    finally:
-        reader.engine.dispose()
+    with reaped(procs):
+        run = run_search(cfg, progress=False, callback=callback)
     assert procs[0].returncode == -signal.SIGKILL
     trials = read_trials(postgres_url, "kill")
     complete = assert_exact_budget(trials, episodes)
@@ -287,7 +289,7 @@ def test_a_worker_killed_mid_trial_is_replaced_and_the_study_still_reaches_its_c
 
 
 @pytest.mark.timeout(60)
-def test_a_trial_left_running_without_a_heartbeat_is_failed_and_retried(tmp_path, mlp_evaluator):
+def test_a_trial_left_running_without_a_heartbeat_is_failed_and_retried(tmp_path, fresh_mlp_evaluator):
     # Optuna stores a trial as RUNNING before it samples its parameters and starts its heartbeat:
     # a worker killed in between leaves exactly this (which fail_stale_trials alone never fails).
     url = f"sqlite:///{tmp_path / 'study.db'}"
@@ -295,7 +297,7 @@ def test_a_trial_left_running_without_a_heartbeat_is_failed_and_retried(tmp_path
     zombie = optuna.create_study(study_name="z", storage=storage, direction="maximize").ask()
     storage.engine.dispose()
     params = {"storage": url, "study_name": "z", "heartbeat_interval": 1, "grace_period": 1, "poll_interval": 0.2}
-    result = get_searcher("optuna", params, progress=False).search(mlp_evaluator, 3)
+    result = search("optuna", fresh_mlp_evaluator, 3, **params)
     trials = read_trials(url, "z")
     assert trials[zombie.number].state == TrialState.FAIL
     complete = assert_exact_budget(trials, 3)
@@ -304,20 +306,20 @@ def test_a_trial_left_running_without_a_heartbeat_is_failed_and_retried(tmp_path
 
 
 @pytest.mark.timeout(60)
-def test_a_worker_dying_after_recording_a_failed_evaluation_does_not_overspend_the_budget(tmp_path, mlp_evaluator):
+def test_a_worker_dying_after_recording_a_failed_evaluation_does_not_overspend_the_budget(tmp_path, fresh_mlp_evaluator):
     # The worker recorded the failed evaluation's error, then died before finishing the trial: the
     # stale trial is failed and retried, and only the retry counts against the budget.
     url = f"sqlite:///{tmp_path / 'study.db'}"
     storage = optuna.storages.RDBStorage(url, heartbeat_interval=1)
     study = optuna.create_study(study_name="e", storage=storage, direction="maximize")
-    dying = study.ask({f"ratio/{u}": optuna.distributions.FloatDistribution(0.0, mlp_evaluator.max_ratio)
-                       for u in mlp_evaluator.unit_names})
+    dying = study.ask({f"ratio/{u}": optuna.distributions.FloatDistribution(0.0, fresh_mlp_evaluator.max_ratio)
+                       for u in fresh_mlp_evaluator.unit_names})
     dying.set_user_attr("error", "out of memory")
     storage.record_heartbeat(dying._trial_id)
     storage.engine.dispose()
     time.sleep(2.5)  # its heartbeat goes stale
     params = {"storage": url, "study_name": "e", "heartbeat_interval": 1, "grace_period": 1, "poll_interval": 0.2}
-    get_searcher("optuna", params, progress=False).search(mlp_evaluator, 3)
+    search("optuna", fresh_mlp_evaluator, 3, **params)
     trials = read_trials(url, "e")
     assert trials[dying.number].state == TrialState.FAIL
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == dying.number]
@@ -332,7 +334,7 @@ def test_a_worker_dying_after_recording_a_failed_evaluation_does_not_overspend_t
 def test_run_killed_with_sigkill_resumes_its_study_and_its_mlflow_run(tmp_path, checkpoint):
     episodes, kill_after = 10, 3
     raw = config(tmp_path, checkpoint, episodes, params={"grace_period": 2})
-    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
+    write_experiment(tmp_path / "exp.yaml", raw)
     out, db = tmp_path / "out", f"sqlite:///{tmp_path / 'out' / 'study.db'}"
     command = [sys.executable, "-m", "autoprune", "run", "exp.yaml"]
     counts: list[int] = []  # COMPLETE trials in the study, sampled while both runs go on

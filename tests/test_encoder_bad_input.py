@@ -12,8 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
-from cli_run import assert_user_error, cli
+from helpers import assert_user_error, cli, write_experiment
 
 pytest.importorskip("transformers", reason="needs the nlp extra: pip install 'autoprune[nlp]'")
 
@@ -43,9 +42,7 @@ def config(tmp_path: Path, model: str, **data) -> str:
            "data": {"name": "fortunes", "max_length": 32, "limit": 100, **data}, "budget": {"metric": "macs", "target": 0.7},
            "proxy": {"metric": "fidelity", "val_samples": 50}, "search": {"searcher": "optuna", "episodes": 2},
            "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}}
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
+    return str(write_experiment(tmp_path / "exp.yaml", cfg))
 
 
 def test_an_attention_whose_heads_cannot_be_split_is_named(tmp_path, capsys, monkeypatch):

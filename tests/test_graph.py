@@ -24,16 +24,6 @@ RESNET20_STREAMS = {"conv1": 16, "layer2.0.shortcut.0": 32, "layer3.0.shortcut.0
 RESNET20_IDENTITY_BLOCKS = ["layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2"]
 
 
-@pytest.fixture(scope="module")
-def graphs(make_model, example_input):
-    """One dense model and its graph per zoo name (read-only: tests prune copies)."""
-    out = {}
-    for name in MODEL_NAMES:
-        model = make_model(name)
-        out[name] = PrunableGraph(model, example_input)
-    return out
-
-
 def conv_linear_macs(model: nn.Module, x: torch.Tensor) -> int:
     """MACs per sample of every Conv2d and Linear call, counted from the real weights and outputs."""
     total = 0

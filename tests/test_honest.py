@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import fast_settings, fast_train, search
 from torch import nn
 
 from autoprune.app.experiment import Baseline
@@ -15,12 +16,10 @@ from autoprune.errors import ModelError
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
-from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator, check_baseline_accuracy
-from autoprune.objective.proxy import ProxySettings, accuracy, proxy_accuracy
-from autoprune.search import get_searcher
-from autoprune.training.baseline import TrainSettings, default_checkpoint_path, train_or_load
-
-FAST = dict(proxy=ProxySettings(bn_batches=2, val_samples=100), latency=LatencySettings(rounds=3, min_rounds=3, warmup=1, threads=1, rel_ci=None))
+from autoprune.objective.budget import Budget
+from autoprune.objective.evaluator import PolicyEvaluator, check_baseline_accuracy
+from autoprune.objective.proxy import accuracy, proxy_accuracy
+from autoprune.training.baseline import default_checkpoint_path, train_or_load
 
 
 class PickyWidth(nn.Module):
@@ -41,31 +40,31 @@ class PickyWidth(nn.Module):
 
 def test_failing_candidates_are_recorded_and_the_search_goes_on(digits, tmp_path):
     torch.manual_seed(0)
-    ev = PolicyEvaluator(PickyWidth(8).eval(), digits, budget=Budget(metric="macs", target=1.0), check=False, **FAST)
-    assert ev.calibration_failures and all("AssertionError" in f for f in ev.calibration_failures)
+    ev = PolicyEvaluator(PickyWidth(8).eval(), digits, budget=Budget(metric="macs", target=1.0), check=False, **fast_settings())
+    assert ev.latency_model.calibration_failures and all("AssertionError" in f for f in ev.latency_model.calibration_failures)
     bad = ev.evaluate(Policy({"c1": 0.3}))
     assert bad.failed and bad.error.startswith("AssertionError: expected a multiple of 8")
-    get_searcher("random", {}, progress=False).search(ev, 6, seed=0)
+    search("random", ev, 6)
     assert len(ev.history) == 7 and any(e.metrics.failed for e in ev.history)
 
 
 def test_the_check_leaves_a_unit_dense_when_the_model_forbids_cutting_it(digits, tmp_path):
     torch.manual_seed(0)
-    ev = PolicyEvaluator(PickyWidth(8).eval(), digits, budget=Budget(metric="macs", target=1.0), check_cache=str(tmp_path), **FAST)
+    ev = PolicyEvaluator(PickyWidth(8).eval(), digits, budget=Budget(metric="macs", target=1.0), check_cache=str(tmp_path), **fast_settings())
     assert "c1" not in ev.unit_names and "AssertionError" in ev.graph.skipped["c1"]
-    assert ev.calibration_failures == []
+    assert ev.latency_model.calibration_failures == []
 
 
 def test_when_no_candidate_can_be_built_the_run_ends_with_one_error(digits):
     torch.manual_seed(0)
     with pytest.raises(ModelError, match=r"^no pruned candidate of the model can be built: every calibration variant failed \(first: AssertionError"):
-        PolicyEvaluator(PickyWidth(16).eval(), digits, budget=Budget(metric="macs", target=1.0), check=False, allow_drop=False, **FAST)
+        PolicyEvaluator(PickyWidth(16).eval(), digits, budget=Budget(metric="macs", target=1.0), check=False, allow_drop=False, **fast_settings())
 
 
 def test_a_diverged_baseline_is_refused_and_not_cached(digits, tmp_path):
     path = default_checkpoint_path("mlp", digits.name, tmp_path)
     with pytest.raises(ModelError, match=r"baseline training diverged .*lower train.lr \(now 1000000.0\)"):
-        train_or_load("mlp", digits, TrainSettings(epochs=1, batch_size=64, lr=1e6, augment=False), checkpoint=path, progress=False)
+        train_or_load("mlp", digits, fast_train(epochs=1, lr=1e6), checkpoint=path, progress=False)
     assert not path.exists()
 
 
@@ -81,16 +80,16 @@ def test_an_evaluator_for_a_named_baseline_refuses_one_at_chance(digits):
     untrained = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
     nn.init.zeros_(untrained[3].weight), nn.init.zeros_(untrained[3].bias)  # constant output: one class always
     with pytest.raises(ModelError, match=r"^baseline 'mine': validation accuracy"):
-        PolicyEvaluator(untrained.eval(), digits, budget=Budget(metric="macs", target=0.6), baseline_name="mine", check=False, **FAST)
+        PolicyEvaluator(untrained.eval(), digits, budget=Budget(metric="macs", target=0.6), baseline_name="mine", check=False, **fast_settings())
 
 
 def test_a_cached_baseline_is_retrained_when_the_training_settings_change(digits, tmp_path):
     path = default_checkpoint_path("mlp", digits.name, tmp_path)
-    first = TrainSettings(epochs=1, batch_size=64, lr=0.05, augment=False)
+    first = fast_train(epochs=1)
     _, meta1 = train_or_load("mlp", digits, first, checkpoint=path, progress=False, settings_must_match=True)
     _, again = train_or_load("mlp", digits, first, checkpoint=path, progress=False, settings_must_match=True)
     assert again["train_seconds"] == meta1["train_seconds"]  # same settings: loaded
-    second = TrainSettings(epochs=2, batch_size=64, lr=0.05, augment=False)
+    second = fast_train(epochs=2)
     _, meta2 = train_or_load("mlp", digits, second, checkpoint=path, progress=False, settings_must_match=True)
     assert meta2["settings"]["epochs"] == 2
     # settings the user did not choose (e.g. `apply` of a searched policy): the cached baseline is used

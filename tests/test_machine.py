@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
+from helpers import assert_user_error, cli
 
 from autoprune.app.experiment import load_baseline, run_search
-from autoprune.cli import main
 from autoprune.config.loading import parse_config
 from autoprune.config.machine import activation_bytes, available_memory_bytes, check_batches_fit, fit_to_machine, usable_cpus
 from autoprune.errors import ConfigError
@@ -94,22 +94,11 @@ def test_an_oversized_training_batch_is_refused_before_the_baseline_trains(tmp_p
     assert not (tmp_path / "cache").exists()  # nothing trained, no checkpoint written
 
 
-
-def cli_error(capsys, *argv: str) -> str:
-    """Run ``autoprune ARGV`` in-process; assert exit 2 and return its one stderr line."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and len(err.splitlines()) == 1, err
-    return err.strip()
-
-
 def test_cli_threads_beyond_the_cpus_exit_2_with_one_line(tmp_path, capsys):
-    message = cli_error(capsys, "evaluate", str(tmp_path / "missing.pt"), "--threads", "999")
+    message = assert_user_error(cli(capsys, "evaluate", str(tmp_path / "missing.pt"), "--threads", "999"))
     assert message == f"autoprune: error: --threads: 999 is more than the {CPUS} CPU(s) this process may use; allowed: 1 to {CPUS}"
 
 
 def test_cli_estimate_refuses_config_threads_beyond_the_cpus(capsys):
-    message = cli_error(capsys, "estimate", "--model", "mlp", "--data", "digits", "--set", "latency.threads=999")
+    message = assert_user_error(cli(capsys, "estimate", "--model", "mlp", "--data", "digits", "--set", "latency.threads=999"))
     assert message == f"autoprune: error: latency.threads: 999 is more than the {CPUS} CPU(s) this process may use; allowed: 1 to {CPUS}"

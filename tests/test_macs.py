@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import fast_settings
 from torch import nn
 
 from autoprune.graph.layers import record_layer_specs
@@ -17,8 +18,8 @@ from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
 from autoprune.measure.latency import count_macs_params
 from autoprune.measure.table import LatencyTable
-from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator
-from autoprune.objective.proxy import ProxySettings
+from autoprune.objective.budget import Budget
+from autoprune.objective.evaluator import PolicyEvaluator
 
 
 class SelfAttention(nn.Module):
@@ -130,10 +131,7 @@ class Conv1dNet(nn.Module):
 @pytest.fixture(scope="module")
 def conv1d_evaluator(digits) -> PolicyEvaluator:
     torch.manual_seed(0)
-    return PolicyEvaluator(
-        Conv1dNet().eval(), digits, budget=Budget(metric="macs", target=0.6),
-        proxy=ProxySettings(bn_batches=2, val_samples=100), latency=LatencySettings(rounds=3, min_rounds=3, threads=1),
-    )  # fmt: skip
+    return PolicyEvaluator(Conv1dNet().eval(), digits, budget=Budget(metric="macs", target=0.6), **fast_settings())
 
 
 def test_conv1d_model_budget_value_is_the_counted_mac_ratio_of_the_pruned_model(conv1d_evaluator, digits) -> None:

@@ -16,6 +16,7 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import fast_settings, search
 from torch import nn
 
 from autoprune.errors import ModelError
@@ -23,9 +24,8 @@ from autoprune.graph.check import TOLERANCE, check_units, masked_reference
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy, pruning_history, replay_history
-from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator
-from autoprune.objective.proxy import ProxySettings
-from autoprune.search import get_searcher
+from autoprune.objective.budget import Budget
+from autoprune.objective.evaluator import PolicyEvaluator
 
 IN, CLASSES, SIZE = 1, 10, 8
 
@@ -359,14 +359,11 @@ def test_every_kept_count_is_allowed_and_no_unit_is_emptied(name, digits):
 @pytest.mark.parametrize("name", PATTERNS)
 def test_a_short_search_under_a_mac_budget_builds_every_candidate(name, digits, tmp_path):
     model = build(name)
-    evaluator = PolicyEvaluator(
-        model, digits, budget=Budget(metric="macs", target=1.0), proxy=ProxySettings(bn_batches=2, val_samples=100),
-        latency=LatencySettings(rounds=3, min_rounds=3, warmup=1, threads=1, rel_ci=None), check_cache=str(tmp_path),
-    )
-    assert evaluator.calibration_failures == []
+    evaluator = PolicyEvaluator(model, digits, budget=Budget(metric="macs", target=1.0), check_cache=str(tmp_path), **fast_settings())
+    assert evaluator.latency_model.calibration_failures == []
     target = min(1.0, max(0.5, evaluator.min_reachable() + 0.1))
     ev = evaluator.with_budget(Budget(metric="macs", target=target))
-    result = get_searcher("random", {}, progress=False).search(ev, 4, seed=0)
+    result = search("random", ev, 4)
     assert len(ev.history) == 4
     assert [e.metrics.error for e in ev.history if e.metrics.failed] == []
     assert result.best is not None

@@ -1,14 +1,13 @@
 """The end-to-end job (`autoprune run`) on a tiny real model, tracked in a throwaway MLflow store."""
 
 import json
-import re
 import subprocess
 import sys
 
 import mlflow
 import pytest
 import torch
-import yaml
+from helpers import tiny_experiment, write_experiment
 
 from autoprune.app.pipeline import run_experiment
 from autoprune.config.loading import parse_config
@@ -16,33 +15,13 @@ from autoprune.formats.pruned import load_pruned
 from autoprune.tracking.artifacts import download_model_uri
 
 
-def tiny_config(tmp_path, **over):
-    cfg = {
-        "name": "tiny",
-        "output_dir": str(tmp_path / "out"),
-        "model": {"name": "mlp", "checkpoint": None},
-        "data": {"name": "digits"},
-        "train": {"epochs": 3, "batch_size": 64, "lr": 0.05, "augment": False},
-        "budget": {"metric": "macs", "target": 0.6},
-        "latency": {"threads": 1, "rounds": 5},
-        "proxy": {"bn_batches": 2, "val_samples": 200},
-        "search": {"searcher": "optuna", "episodes": 6},
-        "finetune": {"epochs": 1, "lr": 0.01},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
-    }
-    for k, v in over.items():
-        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
-    return cfg
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
-    import os
-
-    os.environ["AUTOPRUNE_CACHE"] = str(tmp / "cache")
-    cfg = parse_config(tiny_config(tmp))
-    return tmp, cfg, run_experiment(cfg, progress=False)
+    cfg = parse_config(tiny_experiment(tmp))
+    with pytest.MonkeyPatch.context() as mp:  # the baseline cache of this run only, not of the tests after it
+        mp.setenv("AUTOPRUNE_CACHE", str(tmp / "cache"))
+        return tmp, cfg, run_experiment(cfg, progress=False)
 
 
 def test_run_prunes_fine_tunes_and_reports_on_the_test_split(finished):
@@ -78,7 +57,7 @@ def test_pruned_model_file_reloads_without_pickle_and_matches(finished):
 
 
 def test_a_crashing_run_ends_failed_not_running(tmp_path):
-    cfg = parse_config(tiny_config(tmp_path, model={"name": "mlp", "checkpoint": None}, budget={"metric": "macs", "target": 0.01}))
+    cfg = parse_config(tiny_experiment(tmp_path, budget={"target": 0.01}))
     from autoprune.errors import BudgetError
 
     with pytest.raises(BudgetError, match="unreachable"):
@@ -90,8 +69,7 @@ def test_a_crashing_run_ends_failed_not_running(tmp_path):
 
 
 def test_cli_run_with_an_impossible_budget_exits_2_with_one_line(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(tiny_config(tmp_path, budget={"metric": "macs", "target": 0.01})))
+    path = write_experiment(tmp_path / "c.yaml", tiny_experiment(tmp_path, budget={"target": 0.01}))
     out = subprocess.run([sys.executable, "-m", "autoprune", "run", str(path)], capture_output=True, text=True, cwd=tmp_path,
                          env={**__import__("os").environ, "AUTOPRUNE_CACHE": str(tmp_path / "cache")})
     assert out.returncode == 2
@@ -119,11 +97,10 @@ def test_run_with_workers_records_the_lowered_thread_count_the_search_used(tmp_p
     used = threads_per_worker(2)
     if cores < 2 or used >= cores:
         pytest.skip("needs a machine where two workers get fewer threads than all cores")
-    raw = tiny_config(tmp_path, latency={"threads": cores, "rounds": 5}, finetune={"epochs": 0},
-                      search={"searcher": "optuna", "episodes": 4, "storage": postgres_url, "study": "tiny-workers",
-                              "params": {"n_startup_trials": 2, "heartbeat_interval": 1, "grace_period": 3}})
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    raw = tiny_experiment(tmp_path, latency={"threads": cores}, finetune={"epochs": 0},
+                          search={"episodes": 4, "storage": postgres_url, "study": "tiny-workers",
+                                  "params": {"n_startup_trials": 2, "heartbeat_interval": 1, "grace_period": 3}})
+    path = write_experiment(tmp_path / "c.yaml", raw)
     env = {**os.environ, "AUTOPRUNE_CACHE": str(tmp_path / "cache"), "AUTOPRUNE_PROGRESS": ""}
     out = subprocess.run([sys.executable, "-m", "autoprune", "run", str(path), "--workers", "2"], capture_output=True, text=True,
                          cwd=tmp_path, env=env, timeout=600)
@@ -142,25 +119,22 @@ def test_run_with_workers_records_the_lowered_thread_count_the_search_used(tmp_p
 
 
 def test_search_summary_latency_ms_come_from_one_process_and_match_the_ratio(finished):
-    """A resumed search's best may have been timed by another process: both ms cells use this process's dense time."""
+    """A resumed search's best may have been timed by another process: both ms values use this process's dense time."""
     import dataclasses
 
-    from rich.console import Console
-
-    from autoprune.app.tables import search_summary
+    from autoprune.app.tables import search_rows
 
     _, _, res = finished
     run, ev = res.search, res.search.evaluator
     best = run.result.best
     other_process = dataclasses.replace(best.metrics, latency_ms=best.metrics.latency_ratio * ev.dense_ms * 3.0)
     resumed = dataclasses.replace(run, result=dataclasses.replace(run.result, best=dataclasses.replace(best, metrics=other_process)))
-    console = Console(record=True, width=200)
-    for item in search_summary(resumed):
-        console.print(item)
-    row = next(line for line in console.export_text().splitlines() if "latency ms" in line)
-    dense_ms, best_ms = (float(v) for v in re.findall(r"\d+\.\d+", row))
-    assert dense_ms == pytest.approx(ev.dense_ms, abs=1e-3)
-    assert best_ms / dense_ms == pytest.approx(best.metrics.latency_ratio, rel=0.01, abs=2e-3)
+    rows = {row.label: row for row in search_rows(resumed)}
+    ms = rows["latency ms (torch)"]
+    assert (ms.dense, ms.other) == (ev.dense_ms, best.metrics.latency_ratio * ev.dense_ms)
+    ratio = rows["latency ratio (paired, torch)"]
+    assert (ratio.dense, ratio.other, ratio.ci) == (1.0, best.metrics.latency_ratio, tuple(best.metrics.latency_ci))
+    assert ms.cells() == ("latency ms (torch)", f"{ev.dense_ms:.3f}", f"{best.metrics.latency_ratio * ev.dense_ms:.3f}", "")
 
 
 def test_evaluate_and_apply_from_the_registry_leave_no_temporary_download(finished, tmp_path):

@@ -13,7 +13,7 @@ import json
 
 import mlflow
 import torch
-from cli_run import cli
+from helpers import cli, tiny_experiment, write_experiment
 
 from autoprune.app.experiment import load_baseline
 from autoprune.config.loading import parse_config
@@ -26,19 +26,10 @@ IMPORTANCE = "plugins_for_tests:LastChannelsFirstImportance"
 def test_a_module_class_searcher_and_importance_run_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    raw = {
-        "name": "plugged", "output_dir": str(tmp_path / "out"),
-        "model": {"name": "mlp"}, "data": {"name": "digits"},
-        "train": {"epochs": 1, "batch_size": 64, "lr": 0.05, "augment": False},
-        "budget": {"metric": "macs", "target": 0.6},
-        "latency": {"threads": 1, "rounds": 3},
-        "proxy": {"bn_batches": 1, "val_samples": 100},
-        "pruning": {"importance": IMPORTANCE},
-        "search": {"searcher": SEARCHER, "episodes": 2, "params": {"ratio": 0.5}},
-        "finetune": {"epochs": 0},
-        "tracking": {"uri": uri},
-    }
-    (tmp_path / "exp.yaml").write_text(json.dumps(raw))
+    raw = tiny_experiment(tmp_path, name="plugged", train={"epochs": 1}, pruning={"importance": IMPORTANCE},
+                          search={"searcher": SEARCHER, "episodes": 2, "params": {"ratio": 0.5}},
+                          finetune={"epochs": 0})  # no fine-tuning: the pruned weights are the dense ones the criterion kept
+    write_experiment(tmp_path / "exp.yaml", raw)
 
     res = cli(capsys, "run", str(tmp_path / "exp.yaml"))
 

@@ -7,7 +7,7 @@ import json
 import mlflow
 import pytest
 import torch
-from cli_run import cli
+from helpers import FAST_TRAIN, cli, merge, tiny_experiment, write_experiment
 
 from autoprune.app.experiment import load_baseline, run_search
 from autoprune.app.uris import load_policy
@@ -17,25 +17,15 @@ from autoprune.formats.pruned import load_pruned
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
 from autoprune.objective.proxy import recalibrate_bn
-from autoprune.training.baseline import TrainSettings, train_or_load
+from autoprune.training.baseline import train_or_load
 from autoprune.zoo import load_data
 
 
 def config(tmp, model, name, **over):
-    cfg = {
-        "name": name,
-        "output_dir": str(tmp / name),
-        "model": {"name": model, "checkpoint": str(tmp / f"{model}.pt")},
-        "data": {"name": "digits"},
-        "budget": {"metric": "macs", "target": 0.5},
-        "latency": {"threads": 1, "rounds": 5},
-        "proxy": {"bn_batches": 2, "val_samples": 200},
-        "search": {"searcher": "optuna", "episodes": 5},
-        "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db"},
-    }
-    for k, v in over.items():
-        cfg[k] = {**cfg.get(k, {}), **v}
-    return cfg
+    """The tiny experiment on ``model``'s trained baseline in ``tmp``, writing to ``tmp/name``, under a 0.5 MAC budget."""
+    cfg = tiny_experiment(tmp, name=name, output_dir=str(tmp / name), model={"name": model, "checkpoint": str(tmp / f"{model}.pt")},
+                          budget={"target": 0.5}, search={"episodes": 5})
+    return merge(cfg, **over)
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +35,9 @@ def workspace(tmp_path_factory):
     digits = load_data("digits")
     for name in ("resnet20", "resnet32"):
         torch.manual_seed(0)
-        train_or_load(name, digits, TrainSettings(epochs=2, batch_size=64, lr=0.05, augment=False), checkpoint=tmp / f"{name}.pt", progress=False)
+        train_or_load(name, digits, FAST_TRAIN, checkpoint=tmp / f"{name}.pt", progress=False)
     yaml_path = tmp / "r20.yaml"
-    yaml_path.write_text(json.dumps(config(tmp, "resnet20", "r20")))
+    write_experiment(yaml_path, config(tmp, "resnet20", "r20"))
     run = run_search(parse_config(config(tmp, "resnet20", "r20")), progress=False)
     return tmp, run.policy_path
 
@@ -107,7 +97,7 @@ def test_old_policy_format_is_refused_with_the_reason(workspace, tmp_path):
 def test_transfer_to_resnet32_gives_a_feasible_policy_and_prints_the_mapping(workspace, capsys):
     tmp, policy_path = workspace
     cfg_path = tmp / "r32.yaml"
-    cfg_path.write_text(json.dumps(config(tmp, "resnet32", "r32")))
+    write_experiment(cfg_path, config(tmp, "resnet32", "r32"))
     out = tmp / "r32_policy.json"
     code, stdout, err = cli(capsys, "transfer", str(cfg_path), "--policy", str(policy_path), "--out", str(out))
     assert code in (0, None), err
@@ -144,12 +134,12 @@ def test_warm_start_enqueues_the_transferred_candidates_as_the_first_trials(work
 def test_search_with_a_saved_agent_runs_it_zero_shot_on_another_model(workspace, capsys):
     tmp, _ = workspace
     ppo = config(tmp, "resnet20", "ppo20", search={"searcher": "ppo", "episodes": 3})
-    (tmp / "ppo20.yaml").write_text(json.dumps(ppo))
+    write_experiment(tmp / "ppo20.yaml", ppo)
     code, _, err = cli(capsys, "search", str(tmp / "ppo20.yaml"))
     assert code in (0, None), err
     agent = tmp / "ppo20" / "agent"
     assert (agent / "agent.zip").is_file() and (agent / "agent.json").is_file()
-    (tmp / "r32z.yaml").write_text(json.dumps(config(tmp, "resnet32", "r32z", search={"episodes": 2})))
+    write_experiment(tmp / "r32z.yaml", config(tmp, "resnet32", "r32z", search={"episodes": 2}))
     code, stdout, err = cli(capsys, "search", str(tmp / "r32z.yaml"), "--agent", str(agent), "--zero-shot")
     assert code in (0, None), err
     doc = json.loads((tmp / "r32z" / "policy.json").read_text())
@@ -159,7 +149,7 @@ def test_search_with_a_saved_agent_runs_it_zero_shot_on_another_model(workspace,
 
 def test_zero_shot_without_an_agent_is_a_usage_error(workspace, capsys):
     tmp, _ = workspace
-    (tmp / "z.yaml").write_text(json.dumps(config(tmp, "resnet20", "z")))
+    write_experiment(tmp / "z.yaml", config(tmp, "resnet20", "z"))
     code, _, err = cli(capsys, "search", str(tmp / "z.yaml"), "--zero-shot")
     assert code == 2 and "--zero-shot needs --agent" in err
 
@@ -182,7 +172,7 @@ def test_a_policy_searched_with_ignored_layers_applies_and_transfers_keeping_the
     assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in dense.parameters())
     assert meta["extra"]["ignore"] == ["layer1.0.conv1"]
     # transfer honours them too: the ResNet-32 policy leaves the same layer alone and records it
-    (tmp / "r32ign.yaml").write_text(json.dumps(config(tmp, "resnet32", "r32ign")))
+    write_experiment(tmp / "r32ign.yaml", config(tmp, "resnet32", "r32ign"))
     moved = tmp / "r32ign_policy.json"
     code, _, err = cli(capsys, "transfer", str(tmp / "r32ign.yaml"), "--policy", str(run.policy_path), "--out", str(moved),
                        "--candidates", "1", "--no-track")

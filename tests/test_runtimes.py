@@ -20,7 +20,9 @@ from torch import nn
 
 from autoprune.errors import ConfigError
 from autoprune.formats.onnx import export_model
-from autoprune.measure.latency import PairedTimer, backend_settings, get_backend
+from autoprune.measure.backends import get_backend
+from autoprune.measure.latency import PairedTimer
+from autoprune.measure.schedule import PairedSchedule
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -41,7 +43,7 @@ import json
 import onnxruntime as ort
 from autoprune.errors import ConfigError
 from autoprune.formats.onnx import export_model
-from autoprune.measure.latency import get_backend
+from autoprune.measure.backends import get_backend
 out = {}
 per = get_backend("onnxruntime", threads=1, graph_optimization="extended", thread_pool="per-session", spinning=False)
 opts = per.session_options()
@@ -89,7 +91,7 @@ def test_onnxruntime_defaults_to_per_session_pools_so_other_sessions_still_open(
 
 def test_onnxruntime_settings_record_threads_spinning_optimisation_and_version() -> None:
     backend = get_backend("onnxruntime", threads=1, graph_optimization="basic", thread_pool=PER_SESSION)
-    settings = backend_settings(backend)
+    settings = backend.settings()
     assert settings["backend"] == "onnxruntime"
     assert settings["version"] == ort.__version__
     assert (settings["threads"], settings["spinning"], settings["graph_optimization"], settings["thread_pool"]) == (1, True, "basic", PER_SESSION)
@@ -112,7 +114,7 @@ def test_paired_timer_passes_threads_and_options_to_the_backend_and_reports_them
     timer = PairedTimer(small_net(), X, backend="onnxruntime", threads=1, backend_options={"graph_optimization": "basic", "thread_pool": PER_SESSION})
     settings = timer.settings()
     assert settings["backend"] == "onnxruntime" and settings["threads"] == 1 and settings["graph_optimization"] == "basic"
-    stats = timer.ratio(small_net(), warmup=1, rounds=3, min_rounds=1, interleave="blocks", statistic="median")
+    stats = timer.ratio(small_net(), PairedSchedule(warmup=1, rounds=3, min_rounds=1, interleave="blocks", statistic="median"))
     assert stats.rounds == 3 and stats.ratio > 0
 
 
@@ -125,10 +127,10 @@ def test_serving_runtimes_are_timed_in_blocks_by_default_and_eager_in_single_cal
         calls.append(1)
         cand()
 
-    ort_timer.ratio(counted, warmup=0, rounds=2, min_rounds=1)
+    ort_timer.ratio(counted, PairedSchedule(warmup=0, rounds=2, min_rounds=1))
     assert len(calls) == 2 * (1 + 10)  # per round: one untimed call, then a block of 10
     calls.clear()
-    PairedTimer(small_net(), X, threads=1).ratio(counted, warmup=0, rounds=2, min_rounds=1)
+    PairedTimer(small_net(), X, threads=1).ratio(counted, PairedSchedule(warmup=0, rounds=2, min_rounds=1))
     assert len(calls) == 2 * 3
 
 
@@ -153,23 +155,22 @@ def test_bad_backend_options_raise_config_error_naming_the_option(name: str, opt
 
 
 def test_bad_paired_schedule_raises_config_error() -> None:
-    timer = PairedTimer(small_net(), X, threads=1)
-    with pytest.raises(ConfigError, match="interleave"):
-        timer.ratio(small_net(), interleave="random")
-    with pytest.raises(ConfigError, match="statistic"):
-        timer.ratio(small_net(), statistic="mean")
+    with pytest.raises(ConfigError, match="^interleave: expected 'calls' or 'blocks', got 'random'$"):
+        PairedSchedule(interleave="random")
+    with pytest.raises(ConfigError, match="^statistic: expected one of min, median, got 'mean'$"):
+        PairedSchedule(statistic="mean")
 
 
 def test_thread_clock_is_allowed_only_when_the_inference_runs_on_the_calling_thread() -> None:
     one = PairedTimer(small_net(), X, backend="onnxruntime", threads=1, backend_options={"thread_pool": PER_SESSION})
     assert one.backend.runs_on_calling_thread
-    stats = one.ratio(small_net(), warmup=1, rounds=3, min_rounds=1, clock="thread")
+    stats = one.ratio(small_net(), PairedSchedule(warmup=1, rounds=3, min_rounds=1, clock="thread"))
     assert stats.rounds == 3 and stats.ratio > 0
-    assert PairedTimer(small_net(), X, threads=1).ratio(small_net(), rounds=2, min_rounds=1, clock="thread").rounds == 2
+    assert PairedTimer(small_net(), X, threads=1).ratio(small_net(), PairedSchedule(rounds=2, min_rounds=1, clock="thread")).rounds == 2
     with pytest.raises(ConfigError, match="clock: 'thread' needs the whole inference on the calling thread"):
-        PairedTimer(small_net(), X, threads=2).ratio(small_net(), clock="thread")
+        PairedTimer(small_net(), X, threads=2).ratio(small_net(), PairedSchedule(clock="thread"))
     with pytest.raises(ConfigError, match="clock: expected one of wall, thread, process"):
-        one.ratio(small_net(), clock="cycles")
+        PairedSchedule(clock="cycles")
 
 
 def test_missing_openvino_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,7 +193,7 @@ class TestOpenVino:
     def test_settings_record_hint_threads_precision_and_version(self) -> None:
         import openvino
 
-        settings = backend_settings(get_backend("openvino", threads=1, performance_hint="throughput"))
+        settings = get_backend("openvino", threads=1, performance_hint="throughput").settings()
         assert settings == {
             "backend": "openvino", "version": openvino.__version__, "device": "CPU", "threads": 1,
             "performance_hint": "THROUGHPUT", "precision": "f32",
@@ -214,7 +215,7 @@ class TestOpenVino:
     def test_openvino_computes_off_the_calling_thread_so_thread_clock_is_refused(self) -> None:
         timer = PairedTimer(small_net(), X, backend="openvino", threads=1)
         with pytest.raises(ConfigError, match="'openvino'"):
-            timer.ratio(small_net(), clock="thread")
+            timer.ratio(small_net(), PairedSchedule(clock="thread"))
 
     @pytest.mark.parametrize(("options", "field"), [({"performance_hint": "FAST"}, "performance_hint"), ({"precision": "int4"}, "precision")])
     def test_bad_options_raise_config_error(self, options: dict, field: str) -> None:
@@ -233,7 +234,7 @@ def test_static_int8_is_qdq_calibrated_and_close_to_fp32_and_can_be_timed_agains
     import onnx
 
     from autoprune.formats.onnx import quantize_onnx
-    from autoprune.measure.onnxruntime import compare_onnx_files
+    from autoprune.measure.compare import compare_onnx_files
 
     model = small_net()
     fp32 = tmp_path / "m.onnx"
@@ -247,7 +248,7 @@ def test_static_int8_is_qdq_calibrated_and_close_to_fp32_and_can_be_timed_agains
     with torch.inference_mode():
         want = model(batch).numpy()
     assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
-    stats = compare_onnx_files(fp32, int8, batch, threads=1, rounds=2, min_rounds=1, backend_options={"thread_pool": PER_SESSION})
+    stats = compare_onnx_files(fp32, int8, batch, threads=1, schedule=PairedSchedule(rounds=2, min_rounds=1), backend_options={"thread_pool": PER_SESSION})
     assert stats.rounds == 2 and stats.ratio > 0
     assert not list(tmp_path.glob(".*tmp*")) and not list(tmp_path.glob(".*prep*"))
 
@@ -255,13 +256,13 @@ def test_static_int8_is_qdq_calibrated_and_close_to_fp32_and_can_be_timed_agains
 def test_a_qdq_int8_file_runs_and_is_timed_on_openvino_too(tmp_path) -> None:
     pytest.importorskip("openvino")
     from autoprune.formats.onnx import quantize_onnx
-    from autoprune.measure.onnxruntime import compare_onnx_files
+    from autoprune.measure.compare import compare_onnx_files
 
     fp32 = tmp_path / "m.onnx"
     export_model(small_net(), (X,), fp32, None)
     int8 = quantize_onnx(fp32, tmp_path / "m.int8.onnx", calibration=digits_batches())
     batch = torch.from_numpy(digits_batches(5)[4])
-    stats = compare_onnx_files(fp32, int8, batch, threads=1, rounds=2, min_rounds=1, backend="openvino")
+    stats = compare_onnx_files(fp32, int8, batch, threads=1, schedule=PairedSchedule(rounds=2, min_rounds=1), backend="openvino")
     assert stats.rounds == 2 and stats.ratio > 0 and stats.ref_median_ms > 0
     with pytest.raises(ConfigError, match="cannot time ONNX files; allowed: onnxruntime, openvino"):
         compare_onnx_files(fp32, int8, batch, threads=1, backend="torch")

@@ -3,17 +3,14 @@
 import logging
 
 import pytest
+from helpers import search
 
 from autoprune.errors import ConfigError
 from autoprune.graph.policy import Policy
-from autoprune.objective.evaluator import Budget
+from autoprune.objective.budget import Budget
 from autoprune.search import get_searcher
 from autoprune.search.baselines import largest_ratio, make_feasible
 from autoprune.tracking.plots import plot_sensitivity
-
-
-def search(name, evaluator, episodes, **params):
-    return get_searcher(name, params, progress=False).search(evaluator, episodes, seed=0)
 
 
 def predicted(evaluator, policy):
@@ -100,8 +97,8 @@ def test_sensitivity_measures_every_unit_and_block_then_meets_the_budget(evaluat
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_sensitivity_with_few_episodes_uses_fewer_levels_and_warns(mlp_evaluator, caplog):
-    ev = mlp_evaluator.with_budget(mlp_evaluator.budget)
+def test_sensitivity_with_few_episodes_uses_fewer_levels_and_warns(fresh_mlp_evaluator, caplog):
+    ev = fresh_mlp_evaluator
     with caplog.at_level(logging.WARNING, logger="autoprune.search.baselines"):
         result = search("sensitivity", ev, 5)
     assert "allow only 2 of the 4 levels" in caplog.text
@@ -109,9 +106,9 @@ def test_sensitivity_with_few_episodes_uses_fewer_levels_and_warns(mlp_evaluator
     assert len(result.history) <= 5 and result.best.metrics.feasible
 
 
-def test_sensitivity_with_too_few_episodes_for_one_level_raises(mlp_evaluator):
+def test_sensitivity_with_too_few_episodes_for_one_level_raises(fresh_mlp_evaluator):
     with pytest.raises(ConfigError, match="at least 3"):
-        search("sensitivity", mlp_evaluator.with_budget(mlp_evaluator.budget), 2)
+        search("sensitivity", fresh_mlp_evaluator, 2)
 
 
 def test_largest_ratio_interpolates_the_monotone_accuracy_curve():

@@ -7,22 +7,18 @@ import warnings
 import pytest
 import torch
 import torch_pruning as tp
+from helpers import search, tiny_experiment, write_experiment
 
 from autoprune.cli import main
 from autoprune.config import load_config
 from autoprune.errors import ConfigError
 from autoprune.graph.prunable import PrunableGraph
-from autoprune.objective.evaluator import Budget
-from autoprune.search import get_searcher
+from autoprune.objective.budget import Budget
 from autoprune.search.global_pruning import global_ratios
 
 
-def search(evaluator, episodes, **params):
-    return get_searcher("global", params, progress=False).search(evaluator, episodes, seed=0)
-
-
 def test_global_ranks_across_units_and_just_meets_a_mac_budget(evaluator):
-    result = search(evaluator, 8)
+    result = search("global", evaluator, 8)
     policy = result.best.policy
     assert result.best.metrics.feasible and policy.drop == ()
     assert set(policy.ratios) == set(evaluator.unit_names)
@@ -39,7 +35,7 @@ def test_global_ranks_across_units_and_just_meets_a_mac_budget(evaluator):
 
 def test_global_refines_on_measured_latency_within_max_evals(resnet_evaluator):
     ev = resnet_evaluator.with_budget(Budget(metric="latency", target=0.7))
-    result = search(ev, 20, max_evals=3, tolerance=0.05)
+    result = search("global", ev, 20, max_evals=3, tolerance=0.05)
     assert 1 <= len(result.history) <= 3
     # blocks only when this machine's table says every unit at max_ratio misses 0.7
     drop = ev.drops_to_reach()
@@ -90,27 +86,13 @@ def test_global_refuses_a_criterion_that_is_not_magnitude(resnet_evaluator):
     ev = resnet_evaluator.with_budget(resnet_evaluator.budget)
     ev.importance = "taylor"
     with pytest.raises(ConfigError, match="pruning.importance: 'taylor'.*allowed: l1, l2"):
-        search(ev, 2)
+        search("global", ev, 2)
 
 
 @pytest.mark.parametrize("params,culprit", [({"tolerance": -1}, "tolerance"), ({"max_evals": 0}, "max_evals")])
 def test_global_bad_hyper_parameters_raise_config_error(evaluator, params, culprit):
     with pytest.raises(ConfigError, match=culprit):
-        search(evaluator, 3, **params)
-
-
-EXPERIMENT = """\
-name: glob
-model: {name: mlp}
-data: {name: digits}
-budget: {metric: macs, target: 0.6}
-latency: {threads: 1, warmup: 1, rounds: 3, rel_ci: null}
-proxy: {bn_batches: 1, val_samples: 100}
-search: {searcher: global, episodes: 3}
-train: {epochs: 1, batch_size: 64, augment: false}
-finetune: {epochs: 0}
-tracking: {register: false}
-"""
+        search("global", evaluator, 3, **params)
 
 
 @pytest.fixture
@@ -119,7 +101,7 @@ def work(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("AUTOPRUNE_DATA", raising=False)
-    (tmp_path / "exp.yaml").write_text(EXPERIMENT)
+    write_experiment(tmp_path / "exp.yaml", tiny_experiment(name="glob", search={"searcher": "global", "episodes": 3}, train={"epochs": 1}))
     return tmp_path
 
 

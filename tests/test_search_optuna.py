@@ -5,38 +5,23 @@ import importlib.util
 import optuna
 import pytest
 import torch
+from helpers import fast_settings, search
 from optuna.trial import TrialState
 
 from autoprune.errors import ConfigError
-from autoprune.objective.evaluator import Budget, Evaluation, LatencySettings, PolicyEvaluator
-from autoprune.objective.proxy import ProxySettings
+from autoprune.objective.budget import Budget
+from autoprune.objective.evaluator import Evaluation, PolicyEvaluator
 from autoprune.search import get_searcher
-from autoprune.training.baseline import TrainSettings, train_model
-from autoprune.zoo import build_model
 from autoprune.zoo.models import CifarResNet
 
 HAS_CMAES = importlib.util.find_spec("cmaes") is not None
-FAST = dict(proxy=ProxySettings(bn_batches=2, val_samples=200), latency=LatencySettings(threads=1, warmup=1, rounds=3, min_rounds=2))
 
 
 @pytest.fixture(scope="module")
-def mlp_evaluator(digits) -> PolicyEvaluator:
-    """A trained MLP (two units, no blocks) under a MAC budget, so feasibility is exact."""
-    torch.manual_seed(0)
-    model = build_model("mlp", in_channels=1, num_classes=10, input_size=8)
-    train_model(model, digits, TrainSettings(epochs=2, batch_size=64, lr=0.05), progress=False)
-    return PolicyEvaluator(model.eval(), digits, budget=Budget(metric="macs", target=0.6), **FAST)
-
-
-@pytest.fixture(scope="module")
-def resnet_evaluator(digits) -> PolicyEvaluator:
+def resnet14_evaluator(digits) -> PolicyEvaluator:
     """An untrained ResNet-14 of width 4: nine units and four droppable blocks, cheap to evaluate."""
     torch.manual_seed(0)
-    return PolicyEvaluator(CifarResNet(14, 1, 10, width=4).eval(), digits, budget=Budget(metric="macs", target=0.6), **FAST)
-
-
-def search(evaluator, n, seed=0, **params):
-    return get_searcher("optuna", params, progress=False).search(evaluator, n, seed=seed)
+    return PolicyEvaluator(CifarResNet(14, 1, 10, width=4).eval(), digits, budget=Budget(metric="macs", target=0.6), **fast_settings())
 
 
 def study_trials(url, name="autoprune"):
@@ -52,40 +37,40 @@ SAMPLER_PARAMS = [
 
 
 @pytest.mark.parametrize("params", SAMPLER_PARAMS)
-def test_each_sampler_finds_a_feasible_policy_under_a_mac_budget(mlp_evaluator, params):
-    result = search(mlp_evaluator, 7, **params)
+def test_each_sampler_finds_a_feasible_policy_under_a_mac_budget(fresh_mlp_evaluator, params):
+    result = search("optuna", fresh_mlp_evaluator, 7, **params)
     assert result.searcher == "optuna" and len(result.history) == 7
     assert result.extras["trial_numbers"] == list(range(7)) and result.extras["resumed_trials"] == 0
     assert result.best is not None and result.best.metrics.feasible
-    assert result.best.metrics.value <= mlp_evaluator.target
+    assert result.best.metrics.value <= fresh_mlp_evaluator.target
     for e in result.history:
-        assert set(e.policy.ratios) == set(mlp_evaluator.unit_names)
-        assert all(0.0 <= r <= mlp_evaluator.max_ratio for r in e.policy.ratios.values())
+        assert set(e.policy.ratios) == set(fresh_mlp_evaluator.unit_names)
+        assert all(0.0 <= r <= fresh_mlp_evaluator.max_ratio for r in e.policy.ratios.values())
     if params["sampler"] == "nsga2":
         front = result.extras["pareto_trials"]
         assert front and set(front) <= set(range(7))
         assert all(result.history[i].metrics.feasible for i in front)
 
 
-def test_block_drops_are_searched_as_binary_parameters(resnet_evaluator):
-    result = search(resnet_evaluator, 5, seed=1)
+def test_block_drops_are_searched_as_binary_parameters(resnet14_evaluator):
+    result = search("optuna", resnet14_evaluator, 5, seed=1)
     drops = [set(e.policy.drop) for e in result.history]
-    assert all(d <= set(resnet_evaluator.block_names) for d in drops)
+    assert all(d <= set(resnet14_evaluator.block_names) for d in drops)
     assert any(drops) and not all(d == drops[0] for d in drops)
 
 
-def test_enqueued_policy_is_evaluated_first(resnet_evaluator):
-    units = resnet_evaluator.unit_names
+def test_enqueued_policy_is_evaluated_first(resnet14_evaluator):
+    units = resnet14_evaluator.unit_names
     warm = {"ratios": {units[0]: 0.5, units[3]: 0.25}, "drop": ["layer1.1"]}
-    result = search(resnet_evaluator, 2, enqueue=[warm])
+    result = search("optuna", resnet14_evaluator, 2, enqueue=[warm])
     first = result.history[0].policy
     assert first.ratios == {u: {units[0]: 0.5, units[3]: 0.25}.get(u, 0.0) for u in units}
     assert first.drop == ("layer1.1",)
 
 
-def test_enqueued_policy_with_unknown_unit_is_a_config_error(mlp_evaluator):
+def test_enqueued_policy_with_unknown_unit_is_a_config_error(fresh_mlp_evaluator):
     with pytest.raises(ConfigError, match="enqueue.*'nope'"):
-        search(mlp_evaluator, 2, enqueue=[{"ratios": {"nope": 0.5}}])
+        search("optuna", fresh_mlp_evaluator, 2, enqueue=[{"ratios": {"nope": 0.5}}])
 
 
 def test_unknown_sampler_is_a_config_error_naming_the_allowed_ones():
@@ -109,41 +94,41 @@ def test_cmaes_without_its_package_is_a_config_error_saying_what_to_install():
         get_searcher("optuna", {"sampler": "cmaes"})
 
 
-def test_same_seed_gives_the_same_startup_policies(mlp_evaluator):
-    runs = [search(mlp_evaluator, 4, seed=s) for s in (7, 7, 8)]
+def test_same_seed_gives_the_same_startup_policies(fresh_mlp_evaluator):
+    runs = [search("optuna", fresh_mlp_evaluator, 4, seed=s) for s in (7, 7, 8)]
     policies = [[e.policy.ratios for e in r.history] for r in runs]
     assert policies[0] == policies[1]
     assert policies[0] != policies[2]
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2"])
-def test_failed_evaluation_marks_the_trial_failed_and_the_search_goes_on(mlp_evaluator, tmp_path, monkeypatch, sampler):
-    real, calls = mlp_evaluator.evaluate, []
+def test_failed_evaluation_marks_the_trial_failed_and_the_search_goes_on(fresh_mlp_evaluator, tmp_path, monkeypatch, sampler):
+    real, calls = fresh_mlp_evaluator.evaluate, []
 
     def flaky(policy, index=None):
         calls.append(policy)
         if len(calls) != 2:
             return real(policy, index=index)
-        m = mlp_evaluator._failed("simulated NaN")
-        mlp_evaluator.history.append(Evaluation(index, policy, m))
+        m = fresh_mlp_evaluator._failed("simulated NaN")
+        fresh_mlp_evaluator.history.append(Evaluation(index, policy, m))
         return m
 
-    monkeypatch.setattr(mlp_evaluator, "evaluate", flaky)
+    monkeypatch.setattr(fresh_mlp_evaluator, "evaluate", flaky)
     url = f"sqlite:///{tmp_path}/study.db"
-    result = search(mlp_evaluator, 5, storage=url, sampler=sampler, n_startup_trials=2, population_size=2)
+    result = search("optuna", fresh_mlp_evaluator, 5, storage=url, sampler=sampler, n_startup_trials=2, population_size=2)
     assert len(result.history) == 5 and result.history[1].metrics.failed
     assert not result.best.metrics.failed
     trials = study_trials(url)
     assert [t.state for t in trials] == [TrialState.COMPLETE] + [TrialState.FAIL] + [TrialState.COMPLETE] * 3
     assert trials[1].user_attrs["error"] == "simulated NaN"
     constraint = next(v for k, v in trials[0].system_attrs.items() if "constraint" in k)
-    assert constraint == pytest.approx(trials[0].user_attrs["metrics"]["value"] - mlp_evaluator.target)
+    assert constraint == pytest.approx(trials[0].user_attrs["metrics"]["value"] - fresh_mlp_evaluator.target)
 
 
-def test_sqlite_study_resumes_and_counts_its_complete_trials(mlp_evaluator, tmp_path):
+def test_sqlite_study_resumes_and_counts_its_complete_trials(fresh_mlp_evaluator, tmp_path):
     url = f"sqlite:///{tmp_path}/study.db"
-    first = search(mlp_evaluator, 4, storage=url, study_name="s")
-    second = search(mlp_evaluator, 7, storage=url, study_name="s")
+    first = search("optuna", fresh_mlp_evaluator, 4, storage=url, study_name="s")
+    second = search("optuna", fresh_mlp_evaluator, 7, storage=url, study_name="s")
     assert second.extras["resumed_trials"] == 4 and second.extras["trial_numbers"] == [4, 5, 6]
     assert second.extras["imported_trials"] == 4
     # The first run's trials come back from their stored metrics, in trial order, not recomputed.
@@ -156,7 +141,7 @@ def test_sqlite_study_resumes_and_counts_its_complete_trials(mlp_evaluator, tmp_
     assert not any(e.policy.key() in old for e in second.history[4:])
 
 
-def test_trial_killed_mid_evaluation_is_not_counted_when_resuming(mlp_evaluator, tmp_path):
+def test_trial_killed_mid_evaluation_is_not_counted_when_resuming(fresh_mlp_evaluator, tmp_path):
     url, seen = f"sqlite:///{tmp_path}/study.db", []
 
     def interrupt_on_fifth(evaluation):
@@ -165,32 +150,32 @@ def test_trial_killed_mid_evaluation_is_not_counted_when_resuming(mlp_evaluator,
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        get_searcher("optuna", {"storage": url}, progress=False, callback=interrupt_on_fifth).search(mlp_evaluator, 7)
-    resumed = search(mlp_evaluator, 7, storage=url)
+        search("optuna", fresh_mlp_evaluator, 7, callback=interrupt_on_fifth, storage=url)
+    resumed = search("optuna", fresh_mlp_evaluator, 7, storage=url)
     assert resumed.extras["resumed_trials"] == 4 and resumed.extras["trial_numbers"] == [5, 6, 7]
     states = [t.state for t in study_trials(url)]
     assert states == [TrialState.COMPLETE] * 4 + [TrialState.FAIL] + [TrialState.COMPLETE] * 3
 
 
-def test_rdb_study_of_another_sampler_direction_is_a_config_error(mlp_evaluator, tmp_path):
+def test_rdb_study_of_another_sampler_direction_is_a_config_error(fresh_mlp_evaluator, tmp_path):
     url = f"sqlite:///{tmp_path}/study.db"
-    search(mlp_evaluator, 2, storage=url)
+    search("optuna", fresh_mlp_evaluator, 2, storage=url)
     with pytest.raises(ConfigError, match="use another study_name"):
-        search(mlp_evaluator, 3, storage=url, sampler="nsga2")
+        search("optuna", fresh_mlp_evaluator, 3, storage=url, sampler="nsga2")
 
 
-def test_same_seed_and_a_mac_budget_give_the_same_search_beyond_the_startup_trials(mlp_evaluator):
-    runs = [search(mlp_evaluator.with_budget(mlp_evaluator.budget), 8, seed=3, n_startup_trials=3) for _ in range(2)]
+def test_same_seed_and_a_mac_budget_give_the_same_search_beyond_the_startup_trials(fresh_mlp_evaluator):
+    runs = [search("optuna", fresh_mlp_evaluator.with_budget(fresh_mlp_evaluator.budget), 8, seed=3, n_startup_trials=3) for _ in range(2)]
     assert [e.policy for e in runs[0].history] == [e.policy for e in runs[1].history]
     assert runs[0].best.policy == runs[1].best.policy
 
 
-def test_a_new_study_is_seeded_with_the_uniform_and_global_baselines_at_the_predicted_target(resnet_evaluator):
+def test_a_new_study_is_seeded_with_the_uniform_and_global_baselines_at_the_predicted_target(resnet14_evaluator):
     from autoprune.search.baselines import predicted_baseline, uniform_family
     from autoprune.search.global_pruning import global_family
 
-    ev = resnet_evaluator.with_budget(Budget(metric="macs", target=0.5))
-    result = get_searcher("optuna", {"n_startup_trials": 2, "seed_baselines": True}, progress=False).search(ev, 4, seed=0)
+    ev = resnet14_evaluator.with_budget(Budget(metric="macs", target=0.5))
+    result = search("optuna", ev, 4, n_startup_trials=2, seed_baselines=True)
     uniform = predicted_baseline(ev, uniform_family(ev), ev.max_ratio)
     global_ = predicted_baseline(ev, global_family(ev), 1.0)
     first, second = (e.policy for e in result.history[:2])
@@ -200,14 +185,14 @@ def test_a_new_study_is_seeded_with_the_uniform_and_global_baselines_at_the_pred
     # MACs are predicted exactly, so both seeds just meet the budget and the best is at least as good
     assert all(e.metrics.feasible and e.metrics.value <= 0.5 + 1e-9 for e in result.history[:2])
     assert result.best.metrics.reward >= max(e.metrics.reward for e in result.history[:2])
-    off = get_searcher("optuna", {"n_startup_trials": 2, "seed_baselines": False}, progress=False).search(ev.with_budget(ev.budget), 2, seed=0)
+    off = search("optuna", ev.with_budget(ev.budget), 2, n_startup_trials=2, seed_baselines=False)
     assert off.history[0].policy.ratios != pytest.approx(first.ratios)
 
 
-def test_a_warm_started_new_study_is_seeded_too_after_the_warm_start(resnet_evaluator):
-    ev = resnet_evaluator.with_budget(Budget(metric="macs", target=0.5))
+def test_a_warm_started_new_study_is_seeded_too_after_the_warm_start(resnet14_evaluator):
+    ev = resnet14_evaluator.with_budget(Budget(metric="macs", target=0.5))
     warm = {"ratios": {u: 0.4 for u in ev.unit_names}, "drop": [ev.block_names[0]]}
-    result = get_searcher("optuna", {"n_startup_trials": 2, "seed_baselines": True, "enqueue": [warm]}, progress=False).search(ev, 4, seed=0)
+    result = search("optuna", ev, 4, n_startup_trials=2, seed_baselines=True, enqueue=[warm])
     sources = [e.policy for e in result.history[:3]]
     assert sources[0].drop == (ev.block_names[0],) and all(v == pytest.approx(0.4) for v in sources[0].ratios.values())
     assert len(set(sources[1].ratios.values())) == 1 and len(set(sources[2].ratios.values())) > 1  # uniform, then global

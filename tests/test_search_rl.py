@@ -5,22 +5,17 @@ import zipfile
 
 import pytest
 import torch
+from helpers import search
 
 from autoprune.errors import ConfigError, PolicyError
-from autoprune.search import get_searcher
 from autoprune.search.env import FEATURES
 from autoprune.search.ppo import checkpoint_paths, read_checkpoint
 
 
-def search(name, evaluator, episodes, **params):
-    calls = []
-    result = get_searcher(name, params, progress=False, callback=calls.append).search(evaluator, episodes, seed=0)
-    return result, calls
-
-
 @pytest.mark.parametrize("name,params", [("ppo", {}), ("ddpg", {"warmup_episodes": 2})])
 def test_rl_searcher_makes_exactly_the_episodes_asked_and_finds_a_feasible_policy(evaluator, name, params):
-    result, calls = search(name, evaluator, 6, **params)
+    calls = []
+    result = search(name, evaluator, 6, callback=calls.append, **params)
     assert len(result.history) == len(evaluator.history) == 6
     assert len(calls) == 6  # progress is reported once per episode, not twice
     assert result.best.metrics.feasible and not result.best.metrics.failed
@@ -29,26 +24,28 @@ def test_rl_searcher_makes_exactly_the_episodes_asked_and_finds_a_feasible_polic
 
 
 def test_ppo_with_parallel_envs_stops_at_the_episode_budget(evaluator):
-    result, calls = search("ppo", evaluator, 5, n_envs=2)
+    calls = []
+    result = search("ppo", evaluator, 5, callback=calls.append, n_envs=2)
     assert len(result.history) == len(calls) == 5
 
 
 def test_ppo_is_reproducible_for_a_seed(resnet_evaluator):
-    policies = [[e.policy for e in search("ppo", resnet_evaluator.with_budget(resnet_evaluator.budget), 3)[0].history] for _ in range(2)]
+    policies = [[e.policy for e in search("ppo", resnet_evaluator.with_budget(resnet_evaluator.budget), 3).history] for _ in range(2)]
     assert policies[0] == policies[1]
 
 
-def test_ppo_saves_an_agent_bundle_that_runs_zero_shot_on_another_model(evaluator, mlp_evaluator, tmp_path):
-    trained, _ = search("ppo", evaluator, 6, save_agent=str(tmp_path / "agent"), checkpoint_every=3)
+def test_ppo_saves_an_agent_bundle_that_runs_zero_shot_on_another_model(evaluator, fresh_mlp_evaluator, tmp_path):
+    trained = search("ppo", evaluator, 6, save_agent=str(tmp_path / "agent"), checkpoint_every=3)
     path = trained.extras["agent_path"]
     assert zipfile.is_zipfile(f"{path}/agent.zip")
     manifest = json.loads((tmp_path / "agent" / "agent.json").read_text())
     assert manifest["format"] == "autoprune-agent/1" and manifest["observation"]["features"] == list(FEATURES)
     assert not (tmp_path / "agent" / "checkpoint.zip").exists()  # a finished search leaves no checkpoint to resume
 
-    target = mlp_evaluator.with_budget(mlp_evaluator.budget)
+    target = fresh_mlp_evaluator
     weights = {k: v.clone() for k, v in target.model.state_dict().items()}
-    result, calls = search("ppo", target, 3, agent=path, zero_shot=True)
+    calls = []
+    result = search("ppo", target, 3, callback=calls.append, agent=path, zero_shot=True)
     assert len(result.history) == len(calls) == 3
     assert result.extras == {"agent": path, "zero_shot": True}
     assert result.best.metrics.feasible
@@ -56,9 +53,9 @@ def test_ppo_saves_an_agent_bundle_that_runs_zero_shot_on_another_model(evaluato
     assert all(torch.equal(v, weights[k]) for k, v in target.model.state_dict().items())
 
 
-def test_ppo_fine_tunes_a_saved_agent(evaluator, mlp_evaluator, tmp_path):
-    search("ppo", mlp_evaluator.with_budget(mlp_evaluator.budget), 4, save_agent=str(tmp_path / "mlp"))
-    result, _ = search("ppo", evaluator, 4, agent=str(tmp_path / "mlp"), learning_rate=1e-4)
+def test_ppo_fine_tunes_a_saved_agent(evaluator, fresh_mlp_evaluator, tmp_path):
+    search("ppo", fresh_mlp_evaluator, 4, save_agent=str(tmp_path / "mlp"))
+    result = search("ppo", evaluator, 4, agent=str(tmp_path / "mlp"), learning_rate=1e-4)
     assert len(result.history) == 4 and result.best.metrics.feasible
 
 
@@ -77,7 +74,7 @@ def test_ppo_fine_tunes_a_saved_agent(evaluator, mlp_evaluator, tmp_path):
 )
 def test_bad_hyper_parameters_raise_config_error_naming_them(evaluator, name, params, culprit):
     with pytest.raises(ConfigError, match=culprit):
-        get_searcher(name, params, progress=False).search(evaluator, 2)
+        search(name, evaluator, 2, **params)
     assert evaluator.history == []
 
 
@@ -89,14 +86,14 @@ def test_interrupted_ppo_search_resumes_from_its_checkpoint_without_rerunning_ep
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        get_searcher("ppo", {"save_agent": str(folder), "checkpoint_every": 3}, progress=False,
-                     callback=stop_after_seven).search(evaluator, 10, seed=0)
+        search("ppo", evaluator, 10, callback=stop_after_seven, save_agent=str(folder), checkpoint_every=3)
     state = read_checkpoint(folder)
     assert state["episodes"] == 6 and all(p.is_file() for p in checkpoint_paths(folder))
     kept = [e.policy for e in evaluator.history[:6]]
     evaluator.history.clear()
 
-    result, calls = search("ppo", evaluator, 10, save_agent=str(folder), checkpoint_every=3)
+    calls = []
+    result = search("ppo", evaluator, 10, callback=calls.append, save_agent=str(folder), checkpoint_every=3)
     assert result.extras["resumed_episodes"] == 6
     assert len(result.history) == 10 and len(calls) == 4  # only the missing episodes are evaluated
     assert [e.policy for e in result.history[:6]] == kept
@@ -105,8 +102,8 @@ def test_interrupted_ppo_search_resumes_from_its_checkpoint_without_rerunning_ep
 
 
 @pytest.mark.parametrize("damage", ["truncated_zip", "no_manifest", "other_features", "bad_manifest_json"])
-def test_damaged_agent_bundle_is_refused_with_a_clear_error(evaluator, mlp_evaluator, tmp_path, damage):
-    search("ppo", mlp_evaluator.with_budget(mlp_evaluator.budget), 2, save_agent=str(tmp_path / "a"))
+def test_damaged_agent_bundle_is_refused_with_a_clear_error(evaluator, fresh_mlp_evaluator, tmp_path, damage):
+    search("ppo", fresh_mlp_evaluator, 2, save_agent=str(tmp_path / "a"))
     zpath, mpath = tmp_path / "a" / "agent.zip", tmp_path / "a" / "agent.json"
     if damage == "truncated_zip":
         zpath.write_bytes(zpath.read_bytes()[:300])

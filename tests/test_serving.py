@@ -11,16 +11,17 @@ import json
 
 import pytest
 import torch
+from helpers import fast_settings, tiny_experiment
 
 from autoprune.config import load_config
 from autoprune.config.settings import latency_settings
 from autoprune.errors import ConfigError
 from autoprune.graph.policy import Policy
 from autoprune.measure.runtime_table import FittedLatencyTable
+from autoprune.measure.settings import LatencySettings
 from autoprune.measure.table import LatencyTable
-from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator
-from autoprune.objective.proxy import ProxySettings
-from autoprune.training.baseline import TrainSettings, train_model
+from autoprune.objective.budget import Budget
+from autoprune.objective.evaluator import PolicyEvaluator
 
 DEMO = "experiments/configs/demo.yaml"
 #: The shared ONNX Runtime pool is permanent for a process; tests use per-session pools.
@@ -49,32 +50,24 @@ def test_default_backend_options_are_none_the_backends_serving_defaults() -> Non
     assert cfg.latency.backend_options is None and LatencySettings().backend_options is None
 
 
-@pytest.fixture(scope="module")
-def mlp(digits, make_model) -> torch.nn.Module:
-    model = make_model("mlp")
-    train_model(model, digits, TrainSettings(epochs=2, batch_size=64, lr=0.05, augment=False), progress=False)
-    return model.eval()
-
-
 def _evaluator(model, digits, backend: str, cache, **options) -> PolicyEvaluator:
-    latency = LatencySettings(backend=backend, rounds=3, min_rounds=2, threads=1, backend_options=options)
-    return PolicyEvaluator(model, digits, budget=Budget(metric="macs", target=0.6), proxy=ProxySettings(bn_batches=2, val_samples=200),
-                           latency=latency, check=False, table_cache=cache)
+    return PolicyEvaluator(model, digits, budget=Budget(metric="macs", target=0.6), check=False, table_cache=cache,
+                           **fast_settings(backend=backend, backend_options=options))
 
 
-def test_a_serving_backend_search_predicts_with_its_own_fitted_table_cached_on_disk(mlp, digits, tmp_path) -> None:
+def test_a_serving_backend_search_predicts_with_its_own_fitted_table_cached_on_disk(trained_mlp, digits, tmp_path) -> None:
     pytest.importorskip("onnxruntime")
-    first = _evaluator(mlp, digits, "onnxruntime", tmp_path, **PER_SESSION)
-    assert isinstance(first.table, FittedLatencyTable)
-    assert first.table_info["kind"] == "fitted" and first.table_info["from_cache"] is False
-    assert first.backend_settings["backend"] == "onnxruntime" and first.backend_settings["thread_pool"] == "per-session"
-    assert first.table.key["backend"]["backend"] == "onnxruntime"
+    first = _evaluator(trained_mlp, digits, "onnxruntime", tmp_path, **PER_SESSION)
+    assert isinstance(first.latency_model.table, FittedLatencyTable)
+    assert first.latency_model.table_info["kind"] == "fitted" and first.latency_model.table_info["from_cache"] is False
+    assert first.latency_model.backend_settings["backend"] == "onnxruntime" and first.latency_model.backend_settings["thread_pool"] == "per-session"
+    assert first.latency_model.table.key["backend"]["backend"] == "onnxruntime"
     assert list(tmp_path.glob("onnxruntime-*.json"))
     half = {u: 0.5 for u in first.unit_names}
     assert 0 < first.predicted_ratio(half) < 1.0
 
-    second = _evaluator(mlp, digits, "onnxruntime", tmp_path, **PER_SESSION)
-    assert second.table_info["from_cache"] is True
+    second = _evaluator(trained_mlp, digits, "onnxruntime", tmp_path, **PER_SESSION)
+    assert second.latency_model.table_info["from_cache"] is True
     assert second.predicted_ratio(half) == pytest.approx(first.predicted_ratio(half))
 
     m = first.evaluate(Policy.uniform(first.unit_names, 0.5))
@@ -84,42 +77,33 @@ def test_a_serving_backend_search_predicts_with_its_own_fitted_table_cached_on_d
     assert first.history[-1].metrics.backend == m.backend
 
 
-def test_eager_search_keeps_the_micro_benchmark_table_and_records_torch(mlp, digits, tmp_path) -> None:
-    ev = _evaluator(mlp, digits, "torch", tmp_path)
-    assert isinstance(ev.table, LatencyTable) and ev.table_info["kind"] == "eager micro-benchmarks"
+def test_eager_search_keeps_the_micro_benchmark_table_and_records_torch(trained_mlp, digits, tmp_path) -> None:
+    ev = _evaluator(trained_mlp, digits, "torch", tmp_path)
+    assert isinstance(ev.latency_model.table, LatencyTable) and ev.latency_model.table_info["kind"] == "eager micro-benchmarks"
     assert not list(tmp_path.iterdir())  # nothing cached for eager
     m = ev.evaluate(Policy.uniform(ev.unit_names, 0.3))
     assert m.backend.startswith("torch(") and "threads=1" in m.backend
 
 
-def test_bad_backend_option_value_fails_before_any_search(mlp, digits, tmp_path) -> None:
+def test_bad_backend_option_value_fails_before_any_search(trained_mlp, digits, tmp_path) -> None:
     pytest.importorskip("onnxruntime")
     with pytest.raises(ConfigError, match="graph_optimization"):
-        _evaluator(mlp, digits, "onnxruntime", tmp_path, graph_optimization="max", **PER_SESSION)
+        _evaluator(trained_mlp, digits, "onnxruntime", tmp_path, graph_optimization="max", **PER_SESSION)
 
 
 def test_run_on_onnxruntime_reports_both_runtimes_the_total_speedup_and_the_int8_decision(tmp_path, monkeypatch) -> None:
     pytest.importorskip("onnxruntime")
     import mlflow
-    from rich.console import Console
 
     from autoprune.app.pipeline import run_experiment
-    from autoprune.app.tables import run_tables
+    from autoprune.app.tables import deployment_lines, final_rows, run_tables
     from autoprune.config.loading import parse_config
 
     monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
-    cfg = parse_config({
-        "name": "serving", "output_dir": str(tmp_path / "out"), "seed": 0,
-        "model": {"name": "mlp", "checkpoint": None}, "data": {"name": "digits"},
-        "train": {"epochs": 3, "batch_size": 64, "lr": 0.05, "augment": False},
-        "budget": {"metric": "macs", "target": 0.6},
-        "latency": {"threads": 1, "rounds": 3, "backend": "onnxruntime", "backend_options": PER_SESSION},
-        "proxy": {"bn_batches": 2, "val_samples": 200},
-        "search": {"searcher": "optuna", "episodes": 3},
-        "finetune": {"epochs": 1, "lr": 0.01},
-        "export": {"quantize": True, "int8_tolerance": 1.0},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "register": False},
-    })
+    cfg = parse_config(tiny_experiment(
+        tmp_path, name="serving", latency={"backend": "onnxruntime", "backend_options": PER_SESSION}, search={"episodes": 3},
+        export={"quantize": True, "int8_tolerance": 1.0}, tracking={"register": False},
+    ))
     res = run_experiment(cfg, progress=False)
     r = res.report
     assert r["backend"] == "onnxruntime" and res.pruned.backend == "onnxruntime"
@@ -146,18 +130,18 @@ def test_run_on_onnxruntime_reports_both_runtimes_the_total_speedup_and_the_int8
     assert run.data.params["latency.backend_options.thread_pool"] == "per-session"
     assert {"final_total_speedup", "final_eager_speedup", "final_pruned_eager_latency_ms"} <= set(run.data.metrics)
 
-    console = Console(width=200, record=True)
-    for item in run_tables(res):
-        console.print(item)
-    text = console.export_text()
-    assert "latency ms on onnxruntime" in text and "latency ms on torch eager" in text
-    assert "total: dense eager PyTorch" in text and r["int8_decision"][:20] in text
+    rows = {row.label: row for row in final_rows(res.dense, res.pruned, r)}
+    assert (rows["latency ms on onnxruntime [95% CI]"].other, rows["latency ms on torch eager"].other) == (
+        res.pruned.latency_ms, res.pruned.eager_latency_ms)
+    lines = deployment_lines(r)
+    assert lines[0] == r["int8_decision"] and lines[1].startswith("total: dense eager PyTorch")
+    assert lines[0] in run_tables(res) and res.pruned.backend_settings == r["backend_settings"]
 
 
 _INT8_AFTER_SHARED_POOL = """
 import numpy as np, torch
 from autoprune.formats.onnx import export_model, quantize_onnx, onnx_predictions, shared_pool_threads
-from autoprune.measure.latency import get_backend
+from autoprune.measure.backends import get_backend
 get_backend("onnxruntime", threads=1, thread_pool="shared")  # the process-wide pool, as a search with thread_pool shared makes it
 assert shared_pool_threads() == 1
 torch.manual_seed(0)

@@ -16,8 +16,10 @@ import optuna
 import plugins_for_tests
 import pytest
 import torch
+from helpers import tiny_experiment
 
-from autoprune.app.experiment import estimate, output_dir, run_search
+from autoprune.app.estimate import estimate
+from autoprune.app.experiment import output_dir, run_search
 from autoprune.config.loading import parse_config
 from autoprune.config.schema import dump_config
 from autoprune.config.sections import (
@@ -34,9 +36,11 @@ from autoprune.graph.importance import IMPORTANCES, register_importance
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
-from autoprune.measure.latency import BACKENDS, DEFAULT_THREADS, PairedTimer, measure_latency, register_backend
+from autoprune.measure.backends import BACKENDS, DEFAULT_THREADS, register_backend
+from autoprune.measure.latency import PairedTimer, measure_latency
+from autoprune.measure.settings import LatencySettings
 from autoprune.measure.table import LatencyTable
-from autoprune.objective.evaluator import Budget, LatencySettings, Reward
+from autoprune.objective.budget import Budget, Reward
 from autoprune.objective.proxy import ProxySettings
 from autoprune.search import SEARCHERS, get_searcher
 from autoprune.search.samplers import SAMPLERS, make_sampler
@@ -85,8 +89,9 @@ def test_training_epochs_default_to_the_15_the_readme_promises():
 
 def test_thread_count_has_one_default_everywhere():
     assert LatencySettings().threads == LatencyConfig().threads == DEFAULT_THREADS
-    for fn in (measure_latency, PairedTimer.__init__, LatencyTable.__init__, estimate):
+    for fn in (measure_latency, PairedTimer.__init__, LatencyTable.__init__):
         assert inspect.signature(fn).parameters["threads"].default == DEFAULT_THREADS, fn.__qualname__
+    assert inspect.signature(estimate).parameters["latency"].default == LatencySettings()
 
 
 def test_budget_target_has_one_default():
@@ -214,16 +219,12 @@ def test_a_sampler_reference_builds_that_optuna_sampler():
 
 def test_searcher_backend_and_importance_named_as_module_class_run_a_search(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
-    cfg = parse_config({
-        "name": "plugins", "output_dir": str(tmp_path / "out"),
-        "model": {"name": "mlp"}, "data": {"name": "digits"},
-        "train": {"epochs": 1, "batch_size": 64, "lr": 0.05, "augment": False},
-        "budget": {"metric": "macs", "target": 0.6},
-        "latency": {"threads": 1, "rounds": 3, "backend": "plugins_for_tests:CountingEagerBackend"},
-        "proxy": {"bn_batches": 1, "val_samples": 100},
-        "pruning": {"importance": "plugins_for_tests:LastChannelsFirstImportance"},
-        "search": {"searcher": "plugins_for_tests:HalfEverywhereSearcher", "episodes": 2, "params": {"ratio": 0.6}},
-    })
+    cfg = parse_config(tiny_experiment(
+        tmp_path, name="plugins", train={"epochs": 1},
+        latency={"backend": "plugins_for_tests:CountingEagerBackend"},
+        pruning={"importance": "plugins_for_tests:LastChannelsFirstImportance"},
+        search={"searcher": "plugins_for_tests:HalfEverywhereSearcher", "episodes": 2, "params": {"ratio": 0.6}},
+    ))
     before = plugins_for_tests.CountingEagerBackend.prepared
     run = run_search(cfg, progress=False)
     assert run.result.searcher == "half-everywhere" and run.result.extras["ratio"] == 0.6

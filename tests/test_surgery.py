@@ -28,12 +28,6 @@ def state_dicts_equal(a: nn.Module, b: nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.fixture(scope="module")
-def graphs(make_model, example_input):
-    """One dense model and its graph per zoo name (read-only: tests prune copies)."""
-    return {name: PrunableGraph(make_model(name), example_input) for name in MODEL_NAMES}
-
-
 def half_and_drop(g: PrunableGraph) -> Policy:
     """Every unit at 50%, plus the second droppable block when the model has one."""
     return Policy.uniform(g.unit_names, 0.5, drop=g.block_names[1:2])

@@ -3,14 +3,14 @@
 import json
 
 import pytest
-from conftest import SEARCH_SETTINGS
+from helpers import fast_settings
 
 from autoprune.app.uris import load_policy
 from autoprune.errors import BudgetError, ConfigError, PolicyError
 from autoprune.formats.policy_file import policy_document
 from autoprune.graph.policy import Policy, check_policy_fits, model_fingerprint
-from autoprune.graph.prunable import PrunableGraph
-from autoprune.objective.evaluator import Budget, PolicyEvaluator
+from autoprune.objective.budget import Budget
+from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.paths import write_json_atomic
 from autoprune.transfer.mapping import Candidate, MappingRow, transfer_policy
 from autoprune.transfer.refit import (
@@ -31,15 +31,9 @@ TARGET = 0.5
 
 
 @pytest.fixture(scope="module")
-def graphs(make_model, example_input):
-    """Graphs of the zoo models a policy is mapped between (seeded weights; no training needed)."""
-    return {name: PrunableGraph(make_model(name), example_input) for name in ("resnet20", "resnet56", "mobilenetv2")}
-
-
-@pytest.fixture(scope="module")
 def resnet32_evaluator(make_model, digits) -> PolicyEvaluator:
     """An evaluator over an untrained ResNet-32 under a MAC budget (exact feasibility)."""
-    return PolicyEvaluator(make_model("resnet32"), digits, budget=Budget(metric="macs", target=TARGET), **SEARCH_SETTINGS)
+    return PolicyEvaluator(make_model("resnet32"), digits, budget=Budget(metric="macs", target=TARGET), **fast_settings())
 
 
 def deepening_policy(graph, low=0.1, high=0.6, drop=()):
@@ -279,7 +273,7 @@ def test_latency_transfer_measures_every_candidate_and_keeps_the_best(graphs, ma
     src = graphs["resnet20"]
     doc = policy_document(deepening_policy(src, 0.2, 0.5, drop=("layer1.1",)), model="resnet20", data="digits",
                           metric="latency", target=0.6, backend={}, searcher="optuna", fingerprint=model_fingerprint(src))
-    ev = PolicyEvaluator(make_model("resnet32"), digits, budget=Budget(metric="latency", target=0.6), **SEARCH_SETTINGS)
+    ev = PolicyEvaluator(make_model("resnet32"), digits, budget=Budget(metric="latency", target=0.6), **fast_settings())
     result = transfer(Policy.from_dict(doc), doc, ev, measure=True, candidates=2)
     measured = [e for e in ev.history if not e.cached]
     assert len(result.candidates) == 2 and 2 <= len(measured) <= 3 * 3  # at most 3 per fit, one spare fit

@@ -7,6 +7,7 @@ The CLI parses its options, calls one of these and prints what it returns (see
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -16,24 +17,15 @@ from typing import Any
 
 import torch
 
-from autoprune.app.experiment import (
-    Baseline,
-    EstimateRow,
-    SearchRun,
-    baseline_checkpoint,
-    build_evaluator,
-    estimate,
-    load_baseline,
-    run_search,
-    run_worker,
-)
+from autoprune.app.estimate import EstimateRow, estimate
+from autoprune.app.experiment import Baseline, SearchRun, baseline_checkpoint, build_evaluator, load_baseline, run_search, run_worker
 from autoprune.app.pipeline import RunResult, run_experiment
 from autoprune.app.uris import load_policy, locate_bundle
 from autoprune.config.loading import load_config, parse_config
 from autoprune.config.machine import fit_to_machine
 from autoprune.config.names import DATA, MODEL
 from autoprune.config.schema import ExperimentConfig
-from autoprune.config.settings import proxy_settings
+from autoprune.config.settings import latency_settings, proxy_settings
 from autoprune.config.settings import round_to as settings_round_to
 from autoprune.errors import ConfigError
 from autoprune.paths import writable_file, write_json_atomic
@@ -163,7 +155,7 @@ def estimate_uniform(
 
     Latency is timed on ``latency.backend`` with ``latency.backend_options`` (and on eager
     PyTorch beside it when the backend is another runtime); a last row of unstructured magnitude
-    masks shows that zeros alone speed nothing up (see :func:`autoprune.app.experiment.estimate`).
+    masks shows that zeros alone speed nothing up (see :func:`autoprune.app.estimate.estimate`).
 
     Args:
         config, model, data, overrides: The experiment (see :func:`experiment_config`);
@@ -179,11 +171,10 @@ def estimate_uniform(
     cfg = experiment_config(config, model, data, overrides)
     values = parse_ratios(ratios)
     baseline = load_baseline(cfg, progress=progress)
-    bs = batch_size or cfg.latency.batch_size
-    rows = estimate(baseline, values, batch_size=bs, threads=cfg.latency.threads, proxy=proxy_settings(cfg),
-                    importance=cfg.pruning.importance, round_to=settings_round_to(cfg), ignored=tuple(cfg.model.ignore),
-                    backend=cfg.latency.backend, backend_options=dict(cfg.latency.backend_options or {}))
-    return EstimateReport(cfg, baseline.data.name, bs, rows)
+    latency = dataclasses.replace(latency_settings(cfg), batch_size=batch_size or cfg.latency.batch_size)
+    rows = estimate(baseline, values, latency=latency, proxy=proxy_settings(cfg), importance=cfg.pruning.importance,
+                    round_to=settings_round_to(cfg), ignored=tuple(cfg.model.ignore))
+    return EstimateReport(cfg, baseline.data.name, latency.batch_size, rows)
 
 
 # ----------------------------------------------------------------- search, worker, run

@@ -1,18 +1,16 @@
 """Wire a validated config into the real objects: data, baseline model, evaluator, searcher.
 
-This is the library behind ``autoprune estimate`` and ``autoprune search``; each
-CLI command is a few lines over these functions.
+This is the library behind ``autoprune search`` (and the baseline of every command; the
+library of ``autoprune estimate`` is :mod:`autoprune.app.estimate`); each CLI command is a
+few lines over these functions.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
-import math
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,15 +24,8 @@ from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import evaluator_options, train_settings
 from autoprune.errors import ConfigError, describe
 from autoprune.formats.policy_file import POLICY_FILE, policy_document, write_policy_file
-from autoprune.graph.importance import DEFAULT_IMPORTANCE
 from autoprune.graph.policy import Policy, model_fingerprint
-from autoprune.graph.prunable import PrunableGraph
-from autoprune.graph.surgery import apply_policy
-from autoprune.measure.latency import DEFAULT_THREADS, PairedTimer, count_macs_params, model_size_bytes
-from autoprune.measure.table import LatencyTable
-from autoprune.objective.evaluator import PolicyEvaluator, settings_label
-from autoprune.objective.proxies import make_proxy
-from autoprune.objective.proxy import ProxySettings
+from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.search import ExperimentContext, Searcher, SearchResult, searcher_class, searchers_that
 from autoprune.training.baseline import default_checkpoint_path, train_or_load
 from autoprune.zoo import DataBundle, build_model, check_model_fits, load_data
@@ -212,7 +203,7 @@ def write_policy(path: Path, evaluator: PolicyEvaluator, result: SearchResult, c
     if best is not None:
         payload = policy_document(
             best.policy, model=cfg.model.name, data=cfg.data.name, metric=evaluator.budget.metric, target=evaluator.target,
-            backend={**cfg.latency.backend_info(), "settings": getattr(evaluator, "backend_settings", {})}, searcher=result.searcher, episode=best.index, metrics=best.metrics.as_dict(),
+            backend={**cfg.latency.backend_info(), "settings": evaluator.latency_model.backend_settings}, searcher=result.searcher, episode=best.index, metrics=best.metrics.as_dict(),
             fingerprint=model_fingerprint(evaluator.graph), ignore=cfg.model.ignore,
         )
     write_policy_file(path, payload)
@@ -377,195 +368,3 @@ def run_worker(storage: str, study_name: str, *, n_trials: int | None = None, pr
         return searcher.search(evaluator, info.episodes, seed=seed)
     with tracker:
         return searcher.search(evaluator, info.episodes, seed=seed)
-
-
-# ----------------------------------------------------------------- estimate
-@dataclass
-class EstimateRow:
-    """One line of ``autoprune estimate``: one variant of the dense model, measured on the latency backend.
-
-    Attributes:
-        label: ``dense``, ``uniform channels 30%`` or ``unstructured masks 75%``.
-        kind: ``dense``, ``channels`` (Torch-Pruning surgery, tensors really shrink) or ``masks``
-            (smallest-magnitude weights set to zero, shapes unchanged).
-        ratio: The channel ratio of every unit (``channels``), the fraction of conv/linear weights
-            set to zero (``masks``), or 0 (``dense``).
-        params: Parameters stored; ``nonzero_params``: those not zero.
-        macs: Multiply-accumulates per input sample, counted from the shapes.
-        size_bytes: The serialised ``state_dict``.
-        latency_ms: Milliseconds per call at the timed batch size on the backend (ratio x dense ms).
-        latency_ratio, latency_ci: Paired latency ratio to dense on the backend, and its 95% CI.
-        eager_latency_ms, eager_ratio: The same on eager PyTorch (equal to the above on ``torch``).
-        predicted_ratio: The eager lookup table's prediction (``torch`` only; NaN on other backends).
-        proxy_accuracy: Validation accuracy after BatchNorm re-estimation (the search's proxy).
-        seconds: Time spent per step (``prune``, ``accuracy``, ``latency``).
-        backend: The backend and its settings that timed the row (``onnxruntime(threads=2, ...)``).
-    """
-
-    ratio: float
-    params: int
-    macs: int
-    size_bytes: int
-    latency_ms: float
-    latency_ratio: float
-    latency_ci: tuple[float, float]
-    predicted_ratio: float
-    proxy_accuracy: float
-    seconds: dict[str, float]
-    label: str = "dense"
-    kind: str = "dense"
-    nonzero_params: int = 0
-    eager_latency_ms: float = float("nan")
-    eager_ratio: float = float("nan")
-    backend: str = "torch"
-
-
-def _maskable(model: nn.Module, ignored: tuple[str, ...]) -> list[tuple[nn.Module, str]]:
-    """The ``(module, "weight")`` pairs of every conv and linear layer outside ``ignored`` (and their children)."""
-    def skipped(name: str) -> bool:
-        return any(name == i or name.startswith(i + ".") for i in ignored)
-
-    return [(m, "weight") for name, m in model.named_modules()
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and not skipped(name)]
-
-
-def magnitude_masked(model: nn.Module, n_zero: int, *, ignored: tuple[str, ...] = ()) -> nn.Module:
-    """A copy of ``model`` with its ``n_zero`` smallest-magnitude conv/linear weights set to zero.
-
-    Global unstructured magnitude pruning (Han et al. 2015) through PyTorch's own
-    ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured``, made permanent with
-    ``prune.remove``: the weights are plain tensors again, of the same shapes, with zeros in them.
-
-    Args:
-        model: The dense model (not modified).
-        n_zero: How many weights to zero, over all conv/linear weights together.
-        ignored: Module names left untouched (``model.ignore``).
-
-    Returns:
-        The masked copy, in eval mode.
-    """
-    from torch.nn.utils import prune
-
-    masked = copy.deepcopy(model)
-    params = _maskable(masked, ignored)
-    if params and n_zero > 0:
-        prune.global_unstructured(params, pruning_method=prune.L1Unstructured,
-                                  amount=min(int(n_zero), sum(m.weight.numel() for m, _ in params)))
-        for m, name in params:
-            prune.remove(m, name)
-    return masked.eval()
-
-
-def _weights(model: nn.Module, ignored: tuple[str, ...] = ()) -> int:
-    return sum(m.weight.numel() for m, _ in _maskable(model, ignored))
-
-
-def estimate(
-    baseline: Baseline,
-    ratios: list[float],
-    *,
-    batch_size: int = 1,
-    threads: int = DEFAULT_THREADS,
-    proxy: ProxySettings = ProxySettings(),
-    importance: str = DEFAULT_IMPORTANCE,
-    round_to: int | None = None,
-    ignored: tuple[str, ...] = (),
-    backend: str = "torch",
-    backend_options: dict[str, Any] | None = None,
-    masks: bool = True,
-    rounds: int = 20,
-) -> list[EstimateRow]:
-    """Measure what uniform channel pruning at each ratio really saves on a runtime, and what masks do not.
-
-    The first row is the dense model (ratio 0, timed against a second copy of itself: the noise
-    floor). Each uniform row prunes every unit by the same ratio with Torch-Pruning. With
-    ``masks``, a last row zeroes as many conv/linear weights as the largest ratio's channel
-    pruning removed (:func:`magnitude_masked`): the same count of non-zero weights, so its
-    accuracy is comparable, with unchanged shapes, so its latency ratio stays near 1.
-
-    Every row is timed paired against the dense model (:class:`~autoprune.measure.latency.PairedTimer`:
-    5 warm-up pairs, then ``rounds`` rounds interleaving dense and candidate) on ``backend``
-    and, when that is not ``torch``, again on eager PyTorch.
-
-    Args:
-        baseline: The dense model and its data.
-        ratios: Channel ratios in [0, 1).
-        batch_size: Batch size timed.
-        threads: Intra-op threads while timing.
-        proxy: Accuracy proxy settings (BN re-estimation, validation subset).
-        importance, round_to, ignored: Channel selection as in the search (``pruning`` and ``model.ignore``).
-        backend: Latency backend name (:data:`autoprune.measure.latency.BACKENDS`).
-        backend_options: The backend's settings (``latency.backend_options``).
-        masks: Add the row of unstructured magnitude masks.
-        rounds: Paired rounds per row and runtime.
-
-    Returns:
-        The rows, dense first and masks last.
-
-    Raises:
-        ConfigError: a ratio out of range, an unknown backend or option, or a missing extra.
-        ModelError: a model the backend cannot run (e.g. the ONNX export fails).
-    """
-    for r in ratios:
-        if not 0.0 <= r < 1.0:
-            raise ConfigError(f"--ratios: {r!r} is out of range; allowed: 0 <= ratio < 1")
-    model, data = baseline.model, baseline.data
-    x1 = data.example_input(1)
-    xb = data.example_input(batch_size)
-    graph = PrunableGraph(model, x1, ignored=ignored)
-    timer = PairedTimer(model, xb, backend=backend, threads=threads, backend_options=backend_options)
-    on_torch = timer.backend.name == "torch"
-    eager = timer if on_torch else PairedTimer(model, xb, threads=threads)
-    label = settings_label(timer.settings())
-    dense_specs = graph.specs_for({}, (), batch_size=batch_size)
-    table = None
-    if on_torch:
-        table = LatencyTable(threads=threads)
-        table.fit([(dense_specs, timer.reference_ms())])
-
-    def paired(t: PairedTimer, m: nn.Module) -> Any:
-        return t.ratio(t.prepare(m.eval()), warmup=5, rounds=rounds)
-
-    scorer = make_proxy(model, data, proxy)  # accuracy after adaptive BN, or an encoder's fidelity
-    dense_weights = _weights(model, ignored)
-    variants: list[tuple[str, float]] = [("dense", 0.0), *(("channels", r) for r in ratios if r > 0)]
-    if masks and any(r > 0 for r in ratios):
-        variants.append(("masks", max(ratios)))
-    rows: list[EstimateRow] = []
-    removed_by: dict[float, int] = {}  # channel ratio -> conv/linear weights it removed
-    for kind, r in variants:
-        t0 = time.perf_counter()
-        pol = Policy.uniform(graph.unit_names, r if kind == "channels" else 0.0)
-        if kind == "channels":
-            pruned = apply_policy(model, pol, graph=graph, importance=importance, round_to=round_to)
-            removed_by[r] = dense_weights - _weights(pruned, ignored)
-        elif kind == "masks":  # as many zeros as the largest channel row removed weights
-            pruned = magnitude_masked(model, removed_by[r], ignored=ignored)
-            r = removed_by[r] / max(1, dense_weights)
-        else:
-            pruned = copy.deepcopy(model)
-        t1 = time.perf_counter()
-        acc = scorer.score(pruned) if kind != "dense" else scorer.dense_score()
-        t2 = time.perf_counter()
-        lat = paired(timer, pruned)
-        eag = lat if on_torch else paired(eager, pruned)
-        t3 = time.perf_counter()
-        macs, params = count_macs_params(pruned, x1)
-        predicted = float("nan")
-        if table is not None:
-            predicted = table.predict_ratio(graph.specs_for(pol.ratios, (), round_to=round_to, batch_size=batch_size), dense_specs)
-        name = {"dense": "dense", "channels": f"uniform channels {r:.0%}", "masks": f"unstructured masks {r:.0%}"}[kind]
-        rows.append(
-            EstimateRow(
-                ratio=r, params=int(params), macs=int(macs), size_bytes=model_size_bytes(pruned),
-                latency_ms=math.nan, latency_ratio=lat.ratio, latency_ci=(lat.ci_low, lat.ci_high),
-                predicted_ratio=predicted, proxy_accuracy=acc,
-                seconds={"prune": t1 - t0, "accuracy": t2 - t1, "latency": t3 - t2},
-                label=name, kind=kind, nonzero_params=sum(int(torch.count_nonzero(p)) for p in pruned.parameters()),
-                eager_ratio=eag.ratio, backend=label,
-            )
-        )
-    dense_ms, eager_ms = timer.reference_ms(), eager.reference_ms()  # medians over every reference call above
-    for row in rows:
-        row.latency_ms, row.eager_latency_ms = row.latency_ratio * dense_ms, row.eager_ratio * eager_ms
-    return rows

@@ -25,8 +25,8 @@ from autoprune.config.schema import ExperimentConfig
 from autoprune.formats.pruned import load_pruned, save_pruned
 from autoprune.graph.policy import check_policy_fits
 from autoprune.graph.prunable import PrunableGraph
-from autoprune.measure.backends import backend_settings, get_backend
-from autoprune.measure.latency import DEFAULT_THREADS, count_macs_params
+from autoprune.measure.backends import DEFAULT_THREADS, get_backend
+from autoprune.measure.latency import count_macs_params
 from autoprune.objective.proxy import split_metrics
 from autoprune.paths import writable_file
 from autoprune.tracking.artifacts import download_model_uri
@@ -189,8 +189,8 @@ def evaluate_file(source: str, *, data: str = "fashion_mnist", batch_size: int =
     """Test accuracy and latency of a saved pruned model against its dense baseline, on the serving backend and eager PyTorch.
 
     Both models are timed paired (dense and pruned interleaved, 5 warm-up and 30 measured rounds)
-    on ``latency.backend`` and, when that is not ``torch``, again on eager PyTorch, exactly as
-    ``autoprune run`` measures its final models.
+    on ``latency.backend`` and then on eager PyTorch (:func:`autoprune.measure.compare.compare_to_dense`),
+    exactly as ``autoprune run`` measures its final models.
 
     Args:
         source: A pruned-model file, ``runs:/`` or ``models:/`` URI.
@@ -213,11 +213,11 @@ def evaluate_file(source: str, *, data: str = "fashion_mnist", batch_size: int =
     with opened_model(source, tracking_uri=tracking_uri) as (net, meta, path):
         cfg = parse_config({"name": "evaluate", "model": {"name": meta["model"]["name"], "checkpoint": str(checkpoint) if checkpoint else None},
                             "data": {"name": data}, "latency": latency}, source="command line", overrides=sets)
-        settings = backend_settings(get_backend(cfg.latency.backend, threads=threads, **(cfg.latency.backend_options or {})))  # before any work
+        get_backend(cfg.latency.backend, threads=threads, **(cfg.latency.backend_options or {}))  # a bad backend fails before any work
         baseline = load_baseline(cfg, progress=progress)
         dense, pruned = measure_final(net.eval(), baseline.model, baseline, cfg)
         shown = str(path) if not is_mlflow_uri(source) else source
-    report = serving_report(cfg, dense, pruned, None, settings)
+    report = serving_report(cfg, dense, pruned, None, pruned.backend_settings)
     report["deployed_artifact"] = f"{shown} on {cfg.latency.backend}"
     return EvaluateReport(shown, pruned.test_accuracy, batch_size, pruned.macs, pruned.params, dense, pruned, report, cfg)
 

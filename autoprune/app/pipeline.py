@@ -23,14 +23,17 @@ from torch import nn
 
 from autoprune.app.experiment import Baseline, SearchRun, experiment_dir, is_encoder, load_baseline, run_search, sized_for_workers
 from autoprune.config.schema import ExperimentConfig
-from autoprune.config.settings import finetune_settings, recover_settings
+from autoprune.config.settings import finetune_settings, latency_settings, recover_settings
 from autoprune.config.settings import round_to as settings_round_to
 from autoprune.formats.onnx import export_onnx, onnx_predictions, quantize_onnx
 from autoprune.formats.pruned import save_pruned
 from autoprune.graph.importance import make_importance, needs_data
 from autoprune.graph.policy import Policy, model_fingerprint
 from autoprune.graph.surgery import apply_iteratively, apply_policy
-from autoprune.measure.latency import PairedTimer, count_macs_params, model_size_bytes
+from autoprune.measure.backends import backend_class
+from autoprune.measure.compare import RuntimeComparison, compare_onnx_files, compare_to_dense, int8_timing_backend
+from autoprune.measure.latency import count_macs_params, model_size_bytes
+from autoprune.measure.schedule import PairedSchedule
 from autoprune.objective.proxy import recalibrate_bn, split_metrics
 from autoprune.paths import write_json_atomic
 from autoprune.tracking.tracker import Tracker, resolve_tracking_uri
@@ -88,9 +91,9 @@ class ModelReport:
 
     ``latency_ms`` and ``latency_ci_ms`` are milliseconds per call at the latency batch size on
     ``latency.backend`` (the serving runtime); ``eager_latency_ms`` the same on eager PyTorch
-    (equal to ``latency_ms`` when the backend is ``torch``); ``macs`` are multiply-accumulates
+    (equal to ``latency_ms`` when the backend is eager); ``macs`` are multiply-accumulates
     per input sample (:func:`autoprune.measure.latency.count_macs_params`); ``size_bytes`` is the
-    serialised ``state_dict``.
+    serialised ``state_dict``; ``backend_settings`` are the serving backend's settings that timed it.
     """
 
     test_accuracy: float
@@ -101,75 +104,47 @@ class ModelReport:
     size_bytes: int
     eager_latency_ms: float = float("nan")
     backend: str = "torch"
-
-
-def _paired_ms(model: nn.Module, dense: nn.Module, x: Any, backend: str, threads: int, options: dict) -> tuple[float, Any]:
-    """(dense ms, ratio stats of ``model`` to ``dense``) on one backend: 5 warm-up rounds, then 30."""
-    timer = PairedTimer(dense, x, backend=backend, threads=threads, backend_options=options)
-    cand = timer.prepare(model.eval())  # exported / compiled once for both measurements
-    timer.ratio(cand, rounds=5)  # warm both models up after fine-tuning (fresh kernels, caches)
-    lat = timer.ratio(cand, rounds=30)
-    return lat.ref_median_ms, lat
+    backend_settings: dict[str, Any] = field(default_factory=dict)
 
 
 def measure_final(model: nn.Module, dense: nn.Module, baseline: Baseline, cfg: ExperimentConfig,
                   score: Callable[[nn.Module], float] | None = None) -> tuple[ModelReport, ModelReport]:
     """Test accuracy and paired latency (30 rounds) of ``model`` and the dense model.
 
-    Latency is measured on the serving backend (``latency.backend`` with its options) and, when
-    that is not ``torch``, again on eager PyTorch, each pair on one runtime.
+    Latency is measured by :func:`autoprune.measure.compare.compare_to_dense`: on the serving
+    backend (``latency.backend`` with its options) and then on eager PyTorch, each pair on one
+    runtime.
 
     Args:
         score: The test figure of a model (None: top-1 accuracy on the test split; an encoder's
             is its test fidelity, :func:`autoprune.app.encoder_run.test_fidelity`).
     """
     score = score or (lambda m: split_metrics(m, baseline.data.test)["accuracy"])
-    lc = cfg.latency
-    x = baseline.data.example_input(lc.batch_size)
+    latency = latency_settings(cfg)
+    (timed,) = compare_to_dense([model], dense, baseline.data.example_input(latency.batch_size), latency, rounds=30)
     x1 = baseline.data.example_input(1)
-    dense_ms, lat = _paired_ms(model, dense, x, lc.backend, lc.threads, dict(lc.backend_options or {}))
-    if lc.backend == "torch":
-        eager_dense_ms, eager = dense_ms, lat
-    else:
-        eager_dense_ms, eager = _paired_ms(model, dense, x, "torch", lc.threads, {})
-    reports = []
-    for m, ratio, ci, eager_ratio in ((dense, 1.0, (1.0, 1.0), 1.0), (model, lat.ratio, (lat.ci_low, lat.ci_high), eager.ratio)):
-        macs, params = count_macs_params(m, x1)
-        reports.append(
-            ModelReport(
-                test_accuracy=score(m),
-                latency_ms=ratio * dense_ms,
-                latency_ci_ms=(ci[0] * dense_ms, ci[1] * dense_ms),
-                macs=int(macs),
-                params=int(params),
-                size_bytes=model_size_bytes(m),
-                eager_latency_ms=eager_ratio * eager_dense_ms,
-                backend=lc.backend,
-            )
-        )
-    return reports[0], reports[1]
+    return _report(dense, score, x1, cfg, timed, dense=True), _report(model, score, x1, cfg, timed, dense=False)
 
 
-def _ort_compare_options(cfg: ExperimentConfig) -> dict[str, Any]:
-    """ONNX Runtime options to time int8 against fp32: the search's own on ``onnxruntime``.
-
-    On another backend: the process's shared pool when it exists, else per-session pools with
-    spinning off (two spinning per-session pools fight for the cores).
-    """
-    from autoprune.formats.onnx import shared_pool_threads
-
-    if cfg.latency.backend == "onnxruntime":
-        return dict(cfg.latency.backend_options or {})
-    return {} if shared_pool_threads() is not None else {"thread_pool": "per-session", "spinning": False}
+def _report(m: nn.Module, score: Callable[[nn.Module], float], x1: Any, cfg: ExperimentConfig, timed: RuntimeComparison,
+            *, dense: bool) -> ModelReport:
+    """One model's figures: the dense model's latency is the dense ms of the pairs, its ratio 1."""
+    macs, params = count_macs_params(m, x1)
+    serving_ms, ci_ms, eager_ms = ((timed.serving_dense_ms, (timed.serving_dense_ms,) * 2, timed.eager_dense_ms) if dense
+                                   else (timed.serving_ms, timed.serving_ci_ms, timed.eager_ms))
+    return ModelReport(test_accuracy=score(m), latency_ms=serving_ms, latency_ci_ms=ci_ms, macs=int(macs), params=int(params),
+                       size_bytes=model_size_bytes(m), eager_latency_ms=eager_ms, backend=cfg.latency.backend,
+                       backend_settings=dict(timed.settings))
 
 
 def decide_int8(cfg: ExperimentConfig, baseline: Baseline, fp32_path: Path, fp32_accuracy: float, out: Path) -> dict[str, Any]:
     """Static QDQ int8 of the fp32 artifact, kept only when it is faster *and* accurate enough.
 
     Calibrated on 8 training batches of 32 (ONNX Runtime ``quantize_static``, MinMax); timed
-    against fp32 by paired measurement (:func:`autoprune.measure.onnxruntime.compare_onnx_files`,
-    30 rounds at the latency batch size) on the serving runtime when it opens ONNX files
-    (``onnxruntime``, ``openvino``), else on ONNX Runtime; its test accuracy is computed by ONNX Runtime.
+    against fp32 by paired measurement (:func:`autoprune.measure.compare.compare_onnx_files`,
+    30 rounds at the latency batch size) on the runtime that will serve it
+    (:func:`autoprune.measure.compare.int8_timing_backend`: the serving backend when it runs int8
+    ONNX files, else ONNX Runtime); its test accuracy is computed by ONNX Runtime.
 
     Args:
         cfg: The experiment (``export.int8_tolerance``, ``latency``).
@@ -186,14 +161,11 @@ def decide_int8(cfg: ExperimentConfig, baseline: Baseline, fp32_path: Path, fp32
         ConfigError: the onnx extra is missing.
         ModelError: ONNX Runtime's quantiser fails on the model.
     """
-    from autoprune.measure.onnxruntime import compare_onnx_files
-
     batches = [xb.numpy() for xb, _ in list(baseline.data.train.batches(32, shuffle=True, seed=cfg.seed))[:8]]
     int8_path = quantize_onnx(fp32_path, out / "model.int8.onnx", calibration=batches)
-    runtime = cfg.latency.backend if cfg.latency.backend in ("onnxruntime", "openvino") else "onnxruntime"
-    options = dict(cfg.latency.backend_options or {}) if runtime == "openvino" else _ort_compare_options(cfg)
+    runtime, options = int8_timing_backend(latency_settings(cfg))
     stats = compare_onnx_files(fp32_path, int8_path, baseline.data.example_input(cfg.latency.batch_size), threads=cfg.latency.threads,
-                               rounds=30, backend=runtime, backend_options=options)
+                               schedule=PairedSchedule(rounds=30), backend=runtime, backend_options=options)
     test = baseline.data.test
     logits = onnx_predictions(int8_path, test.x, threads=cfg.latency.threads)
     acc = float((torch.from_numpy(logits).argmax(1) == test.y).float().mean()) if len(test.y) else float("nan")
@@ -228,6 +200,7 @@ def serving_report(cfg: ExperimentConfig, dense: ModelReport, pruned: ModelRepor
         Report entries (latencies in ms per call at the latency batch size).
     """
     backend = cfg.latency.backend
+    served = backend_class(backend)
     rep: dict[str, Any] = {
         "backend": backend,
         "dense_latency_ms": dense.latency_ms,
@@ -237,7 +210,9 @@ def serving_report(cfg: ExperimentConfig, dense: ModelReport, pruned: ModelRepor
         "pruned_eager_latency_ms": pruned.eager_latency_ms,
         "eager_speedup": dense.eager_latency_ms / pruned.eager_latency_ms,
     }
-    deployed_ms, artifact = pruned.latency_ms, ("model.pt (torch eager)" if backend == "torch" else f"model.onnx (fp32, {backend})")
+    artifact = (f"model.{served.artifact} (fp32, {backend})" if served.artifact else
+                "model.pt (torch eager)" if served.eager else f"model.pt ({backend})")
+    deployed_ms = pruned.latency_ms
     if int8 is not None:
         rep.update({"int8_kept": int8["kept"], "int8_speed_ratio": int8["speed_ratio"], "int8_test_accuracy": int8["test_accuracy"],
                     "int8_accuracy_drop_points": int8["accuracy_drop_points"], "int8_decision": int8["reason"]})
@@ -342,7 +317,7 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
             info["uniform"] = uniform
             tracker.log_metrics({"uniform_accuracy": uniform[1], "uniform_value": uniform[0]})
         tracker.log_search_result(search.result, info, out_dir=out, written=[search.policy_path, search.history_path])
-        tracker.log_backend(getattr(ev, "backend_settings", {"backend": cfg.latency.backend}))
+        tracker.log_backend(ev.latency_model.backend_settings)
         best = search.result.best
         if best is None:
             raise RuntimeError("the search produced no successful evaluation")
@@ -367,7 +342,7 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
             from autoprune.app.encoder_run import export_encoder
 
             onnx_info = export_encoder(pruned, baseline, out)
-        elif cfg.export.onnx or cfg.export.quantize or cfg.latency.backend != "torch":  # a serving runtime's artifact is ONNX
+        elif cfg.export.onnx or cfg.export.quantize or backend_class(cfg.latency.backend).artifact == "onnx":  # what the runtime serves
             onnx_info = export_onnx(pruned, baseline.data.example_input(1), out / "model.onnx")
             if cfg.export.quantize:
                 int8 = decide_int8(cfg, baseline, out / "model.onnx", pruned_r.test_accuracy, out)
@@ -379,7 +354,7 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
             f"pruned_test_{score_name}": pruned_r.test_accuracy,
             **({} if encoder else {"accuracy_drop_points": 100 * (dense_r.test_accuracy - pruned_r.test_accuracy)}),
             **fidelity_report,
-            **serving_report(cfg, dense_r, pruned_r, int8, getattr(ev, "backend_settings", {"backend": cfg.latency.backend})),
+            **serving_report(cfg, dense_r, pruned_r, int8, ev.latency_model.backend_settings),
             "mac_reduction": dense_r.macs / max(1, pruned_r.macs),
             "dense_macs": dense_r.macs,
             "pruned_macs": pruned_r.macs,

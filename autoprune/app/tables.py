@@ -1,11 +1,17 @@
 """What each command shows: its result as rich tables and text lines, ready for the CLI to print.
 
 Every function returns a list of renderables (rich tables or strings); nothing here prints.
+A table comparing the dense model with another is built from :class:`Row` objects (the
+values unrounded, and how they are shown), which tests check exactly: :func:`search_rows`
+for ``autoprune search``, :func:`final_rows` for the dense-vs-pruned table of ``run`` and
+``evaluate``; ``estimate``'s table is built from its :class:`~autoprune.app.estimate.EstimateRow`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rich.table import Table
@@ -14,11 +20,66 @@ from autoprune.app.commands import EstimateReport, TrainReport, TransferReport
 from autoprune.app.experiment import SearchRun
 from autoprune.app.model_files import ApplyReport, EvaluateReport, ExportReport, FinetuneReport
 from autoprune.app.pipeline import RunResult
-from autoprune.objective.evaluator import settings_label
+from autoprune.measure.backends import backend_class, settings_label
 from autoprune.search import SearchResult
 
 #: Renderables: rich tables (printed at least this wide) and plain lines.
 Shown = list[Any]
+
+#: A cell's value: a number (kept unrounded), text, or None for an empty cell.
+Value = float | int | str | None
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a table of the dense model against another: the values as numbers, and how they are shown.
+
+    Attributes:
+        label: The first column.
+        dense, other: The dense and the other model's values, unrounded (text where the cell is a
+            word, e.g. ``met``; None: an empty cell).
+        change: From dense to the other model: a factor or points (shown with ``change_fmt``), a
+            remark, or None.
+        ci: The 95% confidence interval of ``other`` (shown after it, in its format).
+        fmt: How a number is shown, after division by ``scale`` (``"{:.3f}"``, ``"{:,}"``, ``"{:.2f} M"``).
+        scale: Divides numbers before ``fmt`` (1e6 for MACs in millions, 1024 for KiB).
+        change_fmt: How a numeric change is shown (``"{:.2f}x faster"``, ``"{:+.2f} pts"``).
+    """
+
+    label: str
+    dense: Value
+    other: Value
+    change: Value = None
+    ci: tuple[float, float] | None = None
+    fmt: str = "{:.3f}"
+    scale: float = 1.0
+    change_fmt: str = "{:.2f}x"
+
+    def show(self, value: Value) -> str:
+        """One value as shown in this row."""
+        if value is None:
+            return ""
+        if isinstance(value, str):
+            return value
+        return self.fmt.format(value / self.scale if self.scale != 1 else value)
+
+    def cells(self) -> tuple[str, str, str, str]:
+        """``(label, dense, other [ci], change)`` as printed."""
+        other = self.show(self.other) + (f" [{self.show(self.ci[0])}, {self.show(self.ci[1])}]" if self.ci is not None else "")
+        change = self.change if self.change is None or isinstance(self.change, str) else self.change_fmt.format(self.change)
+        return self.label, self.show(self.dense), other, change or ""
+
+
+def rows_table(title: str, columns: Sequence[str], rows: Sequence[Row], *, label_style: str | None = None,
+               label_justify: str = "right", no_wrap: bool = True) -> Table:
+    """A rich table of ``rows`` under ``columns``: the label column first, then right-aligned values (as many as ``columns``)."""
+    table = Table(title=title)
+    table.add_column(columns[0], style=label_style, justify=label_justify, no_wrap=no_wrap)
+    for col in columns[1:]:
+        table.add_column(col, justify="right", no_wrap=no_wrap)
+    for row in rows:
+        table.add_row(*row.cells()[: len(columns)])
+    return table
 
 
 def train_table(r: TrainReport) -> Shown:
@@ -37,7 +98,7 @@ def estimate_table(r: EstimateReport) -> Shown:
     """One row per variant (dense, uniform channel ratios, unstructured masks): size, speed-up on the backend (and eager), proxy accuracy."""
     cfg = r.config
     backend = cfg.latency.backend
-    on_torch = all(row.backend.startswith("torch(") for row in r.rows)
+    on_torch = backend_class(backend).eager  # a per-layer sum: the eager lookup table's prediction is shown
     table = Table(title=f"{cfg.model.name} on {r.data}: uniform channels vs unstructured masks, timed on {backend} "
                         f"(batch {r.batch_size}, {cfg.latency.threads} threads)")
     cols = ["pruning", "nonzero params", "MACs", "size", f"ms {backend}", "speed-up [95% CI]", "predicted" if on_torch else "eager", "proxy acc"]
@@ -62,30 +123,36 @@ def estimate_table(r: EstimateReport) -> Shown:
 
 
 def search_summary(run: SearchRun) -> Shown:
-    """Dense model against the best policy; the files written.
-
-    Both "latency ms" cells come from this process: the best policy's ms is its measured ratio
-    times this process's dense latency (a resumed search's best may have been timed by another
-    process, against another dense time), so the two cells agree with the ratio beside them.
-    """
-    res, ev = run.result, run.evaluator
-    best = res.best
-    if best is None:
+    """Dense model against the best policy (:func:`search_rows`); the files written."""
+    res = run.result
+    if res.best is None:
         return ["no successful evaluation"]
-    table = Table(title=f"{res.searcher}: {res.episodes} episodes in {res.seconds:.0f} s ({60 * res.episodes / max(res.seconds, 1e-9):.1f}/min)")
-    table.add_column("", style="bold")
-    table.add_column("dense", justify="right")
-    table.add_column("best policy", justify="right")
-    m = best.metrics
-    table.add_row(f"proxy {getattr(getattr(ev, 'scorer', None), 'metric', 'accuracy')} (val)", f"{ev.dense_accuracy:.4f}", f"{m.accuracy:.4f}")
-    table.add_row(f"latency ratio (paired, {ev.latency.backend})", "1.000", f"{m.latency_ratio:.3f} [{m.latency_ci[0]:.3f}, {m.latency_ci[1]:.3f}]")
-    table.add_row(f"latency ms ({ev.latency.backend})", f"{ev.dense_ms:.3f}", f"{best_latency_ms(run):.3f}")
-    table.add_row("MAC ratio", "1.000", f"{m.macs_ratio:.3f}")
-    table.add_row("params", f"{ev.dense_params:,}", f"{m.params:,}")
-    table.add_row(f"budget ({ev.budget.metric} <= {ev.target:.3f})", "", "met" if m.feasible else "NOT met")
-    table.add_row("reward", "", f"{m.reward:.4f}")
-    table.add_row("blocks dropped", "", ", ".join(best.policy.drop) or "-")
+    title = f"{res.searcher}: {res.episodes} episodes in {res.seconds:.0f} s ({60 * res.episodes / max(res.seconds, 1e-9):.1f}/min)"
+    table = rows_table(title, ("", "dense", "best policy"), search_rows(run), label_style="bold", label_justify="left", no_wrap=False)
     return [table, f"policy: {run.policy_path}\nhistory: {run.history_path}"]
+
+
+def search_rows(run: SearchRun) -> list[Row]:
+    """The rows of the search summary: proxy, latency ratio and ms, MACs, params, budget, reward, blocks dropped.
+
+    Both "latency ms" values come from this process: the best policy's ms is its measured ratio
+    times this process's dense latency (a resumed search's best may have been timed by another
+    process, against another dense time), so the two agree with the ratio beside them.
+    """
+    ev, best = run.evaluator, run.result.best
+    if best is None:
+        return []
+    m, backend = best.metrics, ev.latency.backend
+    return [
+        Row(f"proxy {getattr(getattr(ev, 'scorer', None), 'metric', 'accuracy')} (val)", ev.dense_accuracy, m.accuracy, fmt="{:.4f}"),
+        Row(f"latency ratio (paired, {backend})", 1.0, m.latency_ratio, ci=tuple(m.latency_ci)),
+        Row(f"latency ms ({backend})", ev.dense_ms, best_latency_ms(run)),
+        Row("MAC ratio", 1.0, m.macs_ratio),
+        Row("params", ev.dense_params, m.params, fmt="{:,}"),
+        Row(f"budget ({ev.budget.metric} <= {ev.target:.3f})", None, "met" if m.feasible else "NOT met"),
+        Row("reward", None, m.reward, fmt="{:.4f}"),
+        Row("blocks dropped", None, ", ".join(best.policy.drop) or "-"),
+    ]
 
 
 def best_latency_ms(run: SearchRun) -> float:
@@ -107,29 +174,36 @@ def run_tables(res: RunResult) -> Shown:
 
 
 def dense_vs_pruned(title: str, d: Any, p: Any, report: dict[str, Any] | None = None) -> Table:
+    """Dense against pruned (:func:`final_rows`) as a table."""
+    return rows_table(title, ("", "dense", "pruned", "change"), final_rows(d, p, report))
+
+
+def final_rows(d: Any, p: Any, report: dict[str, Any] | None = None) -> list[Row]:
     """Dense against pruned (:class:`~autoprune.app.pipeline.ModelReport`): test accuracy (or an encoder's fidelity, from
-    ``report``), latency on the serving backend and eager PyTorch, size."""
+    ``report``), latency on the serving backend and, beside a non-eager one, on eager PyTorch, MACs, params, size."""
     r = report or {}
-    table = Table(title=title)
-    for col in ("", "dense", "pruned", "change"):
-        table.add_column(col, justify="right", no_wrap=True)
     if r.get("proxy_metric") == "fidelity":
-        table.add_row("test fidelity (cosine+10-NN)/2", f"{d.test_accuracy:.4f}", f"{r['pruned_test_fidelity_before_finetune']:.4f} -> "
-                      f"{p.test_accuracy:.4f}", "before -> after distillation")
-        table.add_row("test cosine / 10-NN agreement", "1.0000 / 1.0000", f"{r['pruned_test_cosine_after_finetune']:.4f} / "
-                      f"{r['pruned_test_neighbour_agreement_after_finetune']:.4f}", "after distillation")
+        rows = [
+            Row("test fidelity (cosine+10-NN)/2", d.test_accuracy, f"{r['pruned_test_fidelity_before_finetune']:.4f} -> {p.test_accuracy:.4f}",
+                "before -> after distillation", fmt="{:.4f}"),
+            Row("test cosine / 10-NN agreement", "1.0000 / 1.0000", f"{r['pruned_test_cosine_after_finetune']:.4f} / "
+                f"{r['pruned_test_neighbour_agreement_after_finetune']:.4f}", "after distillation"),
+        ]
     else:
-        table.add_row("test accuracy", f"{d.test_accuracy:.4f}", f"{p.test_accuracy:.4f}", f"{100 * (p.test_accuracy - d.test_accuracy):+.2f} pts")
-    backend = p.backend
-    table.add_row(f"latency ms on {backend} [95% CI]", f"{d.latency_ms:.3f}", f"{p.latency_ms:.3f} [{p.latency_ci_ms[0]:.3f}, {p.latency_ci_ms[1]:.3f}]",
-                  f"{d.latency_ms / p.latency_ms:.2f}x faster")
-    if backend != "torch":
-        table.add_row("latency ms on torch eager", f"{d.eager_latency_ms:.3f}", f"{p.eager_latency_ms:.3f}",
-                      f"{d.eager_latency_ms / p.eager_latency_ms:.2f}x faster")
-    table.add_row("MACs", f"{d.macs / 1e6:.2f} M", f"{p.macs / 1e6:.2f} M", f"{d.macs / max(1, p.macs):.2f}x fewer")
-    table.add_row("params", f"{d.params:,}", f"{p.params:,}", f"{d.params / max(1, p.params):.2f}x fewer")
-    table.add_row("size", f"{d.size_bytes / 1024:.0f} KiB", f"{p.size_bytes / 1024:.0f} KiB", f"{d.size_bytes / max(1, p.size_bytes):.2f}x smaller")
-    return table
+        rows = [Row("test accuracy", d.test_accuracy, p.test_accuracy, 100 * (p.test_accuracy - d.test_accuracy), fmt="{:.4f}",
+                    change_fmt="{:+.2f} pts")]
+    faster = "{:.2f}x faster"
+    rows.append(Row(f"latency ms on {p.backend} [95% CI]", d.latency_ms, p.latency_ms, d.latency_ms / p.latency_ms,
+                    ci=tuple(p.latency_ci_ms), change_fmt=faster))
+    if not backend_class(p.backend).eager:
+        rows.append(Row("latency ms on torch eager", d.eager_latency_ms, p.eager_latency_ms, d.eager_latency_ms / p.eager_latency_ms,
+                        change_fmt=faster))
+    return [
+        *rows,
+        Row("MACs", d.macs, p.macs, d.macs / max(1, p.macs), fmt="{:.2f} M", scale=1e6, change_fmt="{:.2f}x fewer"),
+        Row("params", d.params, p.params, d.params / max(1, p.params), fmt="{:,}", change_fmt="{:.2f}x fewer"),
+        Row("size", d.size_bytes, p.size_bytes, d.size_bytes / max(1, p.size_bytes), fmt="{:.0f} KiB", scale=1024, change_fmt="{:.2f}x smaller"),
+    ]
 
 
 def deployment_lines(report: dict[str, Any]) -> Shown:
@@ -216,7 +290,8 @@ def check_table(model: str, graph: Any, report: Any) -> Shown:
                    f"{len(graph.skipped)} not prunable"]
 
 
-__all = [
-    "apply_lines", "best_latency_ms", "dense_vs_pruned", "deployment_lines", "estimate_table", "evaluate_lines", "export_lines", "finetune_lines", "run_tables",
-    "search_summary", "train_table", "transfer_lines", "worker_line",
-]
+__all__ = [
+    "Row", "apply_lines", "best_latency_ms", "check_table", "dense_vs_pruned", "deployment_lines", "estimate_table", "evaluate_lines",
+    "export_lines", "final_rows", "finetune_lines", "rows_table", "run_tables", "search_rows", "search_summary", "train_table",
+    "transfer_lines", "worker_line",
+]  # fmt: skip

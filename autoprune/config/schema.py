@@ -14,7 +14,7 @@ dotted field, the bad value and what is allowed.
 
 **One source for each setting.** A default is written once, in the library's settings
 dataclass (:class:`~autoprune.training.baseline.TrainSettings`,
-:class:`~autoprune.objective.evaluator.LatencySettings`, ...), and the fields here read it
+:class:`~autoprune.measure.settings.LatencySettings`, ...), and the fields here read it
 (``Field(TrainSettings.epochs)``): the library is usable without a config, so its defaults
 must exist there, and a config only documents, validates and overrides them. The schema is
 turned into those settings by one function, :func:`autoprune.config.settings.library_settings`.

@@ -16,8 +16,10 @@ from pydantic_core import PydanticCustomError
 
 from autoprune.config.names import BackendName, DataName, ImportanceName, ModelName, SamplerName, SearcherName, not_allowed
 from autoprune.graph.importance import DEFAULT_IMPORTANCE
-from autoprune.measure.latency import backend_option_names
-from autoprune.objective.evaluator import DEFAULT_MAX_RATIO, Budget, LatencySettings, Reward
+from autoprune.measure.backends import backend_option_names
+from autoprune.measure.settings import LatencySettings
+from autoprune.objective.budget import Budget, Reward
+from autoprune.objective.evaluator import DEFAULT_MAX_RATIO
 from autoprune.objective.proxy import ProxySettings
 from autoprune.training.baseline import TrainSettings
 from autoprune.training.finetune import FinetuneSettings
@@ -118,7 +120,7 @@ class LatencyConfig(Section):
     reward is always measured.
 
     Attributes:
-        backend: A latency backend in :data:`autoprune.measure.latency.BACKENDS` (``torch``
+        backend: A latency backend in :data:`autoprune.measure.backends.BACKENDS` (``torch``
             eager, ``onnxruntime`` with the ``onnx`` extra, or one registered from Python) or
             a ``"package.module:Class"`` reference.
         batch_size: Inference batch size timed.
@@ -204,7 +206,7 @@ class RewardConfig(Section):
     """The episode reward, computed once a whole policy is applied.
 
     With ``acc`` the proxy accuracy, ``c`` the budget metric as a fraction of dense and ``t``
-    the target (see :class:`autoprune.objective.evaluator.Reward`):
+    the target (see :class:`autoprune.objective.budget.Reward`):
 
     * ``hard``: ``acc - penalty * max(0, c/t - 1)``: no effect within budget, a linear
       penalty above it.
@@ -232,7 +234,7 @@ class PruningConfig(Section):
             Torch-Pruning importance (``__call__(group)`` -> 1-D tensor of per-channel scores).
         round_to: Keep channel counts at multiples of this (null: no rounding). ``auto``
             (default): the multiple the latency backend runs fastest with
-            (:func:`autoprune.measure.backends.channel_multiple`): the CPU's SIMD block (8 with
+            (``channel_multiple()`` of :func:`autoprune.measure.backends.backend_class`): the CPU's SIMD block (8 with
             AVX2, 16 with AVX-512) on ``onnxruntime`` and ``openvino``, whose blocked layouts pad
             other counts; no rounding on eager ``torch``.
         max_ratio: Largest ratio any unit may be pruned by, in (0, 1).

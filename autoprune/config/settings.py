@@ -2,7 +2,7 @@
 
 Every command that works from a config (``estimate``, ``search``, ``run``, ``transfer``,
 ``worker``) gets its :class:`~autoprune.training.baseline.TrainSettings`,
-:class:`~autoprune.objective.evaluator.LatencySettings`, ... from here, so a config field means
+:class:`~autoprune.measure.settings.LatencySettings`, ... from here, so a config field means
 the same thing everywhere and a new field needs one line, not one per command.
 
 Where defaults live: in those library dataclasses (see :mod:`autoprune.config.schema`). A
@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from autoprune.config.schema import ExperimentConfig
-from autoprune.measure.backends import channel_multiple
-from autoprune.objective.evaluator import Budget, LatencySettings, Reward
+from autoprune.measure.backends import backend_class
+from autoprune.measure.settings import LatencySettings
+from autoprune.objective.budget import Budget, Reward
 from autoprune.objective.proxy import ProxySettings
 from autoprune.training.baseline import TrainSettings
 from autoprune.training.finetune import FinetuneSettings
@@ -80,7 +81,7 @@ def round_to(cfg: ExperimentConfig) -> int | None:
         ConfigError: an unknown backend (``auto`` asks it for its multiple).
     """
     value = cfg.pruning.round_to
-    return channel_multiple(cfg.latency.backend) if value == "auto" else value
+    return backend_class(cfg.latency.backend).channel_multiple() if value == "auto" else value
 
 
 def evaluator_options(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -206,7 +206,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, *, calibration: Iterable[np.
     a 2-core x86 CPU a ResNet-20 ran about 2x faster than fp32 at batch 1. Without
     ``calibration``: dynamic quantisation (weights only), which makes convolution nets
     slower on CPU: keep it for linear-heavy models. Whether the result is faster on the
-    machine must be measured (``autoprune.measure.onnxruntime.compare_onnx_files``).
+    machine must be measured (``autoprune.measure.compare.compare_onnx_files``).
 
     Args:
         src: The fp32 ONNX file (one input).

@@ -1,68 +1,134 @@
-"""Latency backends: the protocol, the registry of their names, and PyTorch eager.
+"""Latency backends: the base class whose attributes say what a backend can do, the registry of their names, and PyTorch eager.
 
 A backend turns a model into a zero-argument runner of one inference; all one-off work
-(export, compilation, session) happens in ``prepare``. Serving runtimes live in their own
-modules (:mod:`autoprune.measure.onnxruntime`, :mod:`autoprune.measure.openvino`) and are
-imported only when named, so their extras stay optional.
+(export, compilation, session) happens in :meth:`LatencyBackend.prepare`. Everything else
+a caller may need to know (how it is best timed, which channel multiple it runs fastest
+with, whether it is eager PyTorch, which file it serves, whether it can time an int8 ONNX
+file) is an attribute with a default on :class:`LatencyBackend`, so code elsewhere asks the
+backend (or, where no instance exists, :func:`backend_class`) and never compares names.
+Serving runtimes live in their own modules (:mod:`autoprune.measure.onnx_file`,
+:mod:`autoprune.measure.onnxruntime`, :mod:`autoprune.measure.openvino`) and are imported
+only when named, so their extras stay optional.
 """
 
 from __future__ import annotations
 
+import abc
 import inspect
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
-from autoprune.errors import ConfigError, ModelError
+from autoprune.errors import ConfigError
 from autoprune.graph.layers import ExampleInput
+from autoprune.measure.schedule import PairedSchedule
 from autoprune.registry import Registry
 
 #: Intra-op threads used for timing unless told otherwise: the one default of every ``threads``
-#: argument in :mod:`autoprune.measure`, of :class:`autoprune.objective.LatencySettings` and of ``latency.threads``.
+#: argument in :mod:`autoprune.measure`, of :class:`autoprune.measure.settings.LatencySettings` and of ``latency.threads``.
 DEFAULT_THREADS = 2
 
-Runner = Callable[[], None]
-"""A zero-argument callable that runs one inference of a prepared model."""
+Runner = Callable[[], object]
+"""A zero-argument callable that runs one inference of a prepared model (its return value is ignored by the timers)."""
 
 
+def check_threads(threads: int | None) -> None:
+    """Refuse a thread count that is neither None nor an integer >= 1.
 
-@runtime_checkable
-class LatencyBackend(Protocol):
-    """Runs a model for timing. ``prepare`` does all one-off work (compilation, session).
+    Raises:
+        ConfigError: ``latency.threads: expected an integer >= 1, got ...``.
+    """
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"latency.threads: expected an integer >= 1, got {threads!r}")
 
-    A backend may also define ``settings() -> dict``: the runtime settings (threads,
-    spinning, optimisation level, precision, library version) that every result
-    measured on it is recorded with (see :func:`backend_settings`), and
-    ``runs_on_calling_thread``: True when an inference computes entirely on the calling
-    thread (then CPU-time clocks are valid; see :meth:`PairedTimer.ratio`).
+
+class LatencyBackend(abc.ABC):
+    """Runs a model for timing; its class attributes say what it can do.
+
+    Subclass it and implement :meth:`prepare`; override an attribute only where the default
+    is wrong for the runtime. A subclass named as ``"package.module:Class"`` in
+    ``latency.backend`` works through the whole pipeline with no edit elsewhere.
+
+    Attributes:
+        name: The name its results are recorded under (default: the class name).
+        eager: True only for PyTorch eager: the reference runtime shown beside a serving runtime,
+            and the runtime whose latency is a per-layer sum, so the micro-benchmark lookup table
+            (:class:`autoprune.measure.table.LatencyTable`) models it; any other backend is
+            predicted by a table fitted to measurements on it.
+        artifact: The file format it serves (``"onnx"``: ``autoprune run`` exports ``model.onnx``
+            for it); None: it runs the PyTorch model itself.
+        runs_int8: It can time a QDQ int8 ONNX file (:meth:`prepare_file`), so an int8 artifact is
+            timed where it will be served.
+        paired_schedule: How a paired measurement on it is best scheduled: its ``interleave`` and
+            ``calls_per_round`` fill a :class:`~autoprune.measure.schedule.PairedSchedule` that
+            leaves them None (default: single calls interleaved, 3 per round).
+        threads: Intra-op threads it computes with.
     """
 
-    name: str
+    name: ClassVar[str]
+    eager: ClassVar[bool] = False
+    artifact: ClassVar[str | None] = None
+    runs_int8: ClassVar[bool] = False
+    paired_schedule: ClassVar[PairedSchedule] = PairedSchedule(interleave="calls", calls_per_round=3)
 
+    threads: int
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if not isinstance(getattr(cls, "name", None), str):
+            cls.name = cls.__name__
+
+    @abc.abstractmethod
     def prepare(self, model: nn.Module, example_input: ExampleInput) -> Runner:
-        """Return a zero-argument callable that runs one inference of ``model`` on ``example_input``."""
-        ...
+        """Return a zero-argument runner of one inference of ``model`` on ``example_input`` (all one-off work done here).
+
+        Raises:
+            ModelError: the runtime cannot run the model.
+        """
+
+    def prepare_file(self, path: str | Path, example_input: ExampleInput) -> Runner:
+        """A runner of one inference of the ONNX file at ``path`` on ``example_input`` (backends that serve ONNX files).
+
+        Raises:
+            ConfigError: this backend does not open ONNX files (the default), naming those that do.
+        """
+        allowed = ", ".join(backends_that(lambda c: c.artifact == "onnx")) or "none"
+        raise ConfigError(f"latency.backend: {self.name!r} cannot time ONNX files; allowed: {allowed}")
+
+    def settings(self) -> dict[str, object]:
+        """The runtime settings (threads, spinning, optimisation level, precision, library version) every result measured on it is recorded with."""
+        return {"backend": self.name}
+
+    @property
+    def runs_on_calling_thread(self) -> bool:
+        """True when an inference computes entirely on the calling thread, so a ``thread`` clock is valid (default False)."""
+        return False
+
+    @classmethod
+    def channel_multiple(cls) -> int | None:
+        """The channel multiple it runs fastest with (``pruning.round_to: auto``); None: no rounding (the default)."""
+        return None
 
 
-class TorchEagerBackend:
+class TorchEagerBackend(LatencyBackend):
     """PyTorch eager mode: ``model.eval()`` and ``torch.inference_mode()``.
 
     Args:
         threads: Intra-op threads recorded in :meth:`settings` (the timers set
             ``torch.set_num_threads`` themselves; None: the current count).
+
+    Raises:
+        ConfigError: ``threads`` is not an integer >= 1.
     """
 
     name = "torch"
+    eager = True
 
     def __init__(self, threads: int | None = None) -> None:
-        if threads is not None:
-            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-                raise ConfigError(f"latency.threads: expected an integer >= 1, got {threads!r}")
+        check_threads(threads)
         self.threads = threads or torch.get_num_threads()
 
     @property
@@ -87,11 +153,11 @@ class TorchEagerBackend:
 
 
 #: The latency backends: the one list of their names (``latency.backend`` is checked against it).
-BACKENDS: Registry[Callable[..., LatencyBackend]] = Registry(
+BACKENDS: Registry[type[LatencyBackend]] = Registry(
     "latency backend",
     "latency.backend",
     {
-        "torch": "autoprune.measure.latency:TorchEagerBackend",
+        "torch": "autoprune.measure.backends:TorchEagerBackend",
         "onnxruntime": "autoprune.measure.onnxruntime:OnnxRuntimeBackend",
         "openvino": "autoprune.measure.openvino:OpenVinoBackend",
     },
@@ -99,18 +165,73 @@ BACKENDS: Registry[Callable[..., LatencyBackend]] = Registry(
 )
 
 
-def register_backend(name: str, factory: Callable[..., LatencyBackend] | str) -> None:
+def register_backend(name: str, cls: type[LatencyBackend] | str) -> None:
     """Make a backend available to :func:`get_backend` and to configs under ``name``.
 
     Args:
         name: The name a config uses (``latency.backend: NAME``).
-        factory: A callable returning a :class:`LatencyBackend` (it may accept ``threads=``
-            and backend options as keywords), or its ``"package.module:Class"`` reference.
+        cls: A :class:`LatencyBackend` subclass (it may accept ``threads=`` and backend options
+            as keywords), or its ``"package.module:Class"`` reference.
 
     Raises:
         ConfigError: an empty name or one containing ``:``.
     """
-    BACKENDS.register(name, factory)
+    BACKENDS.register(name, cls)
+
+
+def backend_class(name: str) -> type[LatencyBackend]:
+    """The :class:`LatencyBackend` subclass behind a registered name or ``"package.module:Class"``, to ask what it can do.
+
+    Importing a class needs no optional extra (only building a serving backend does).
+
+    Raises:
+        ConfigError: unknown name, an import failure, or an entry that is not a LatencyBackend subclass.
+    """
+    cls = BACKENDS.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, LatencyBackend)):
+        raise ConfigError(f"{BACKENDS.field}: {name!r} is {cls!r}, not a subclass of autoprune.measure.backends.LatencyBackend")
+    return cls
+
+
+def backends_that(can: Callable[[type[LatencyBackend]], bool]) -> list[str]:
+    """The registered names whose backend class can do something, e.g. ``backends_that(lambda c: c.runs_int8)``.
+
+    For messages that say what is allowed; backends whose class does not import are left out.
+    """
+    names = []
+    for name in BACKENDS.names():
+        try:
+            if can(backend_class(name)):
+                names.append(name)
+        except ConfigError:
+            continue
+    return names
+
+
+def _keyword_names(cls: type[LatencyBackend]) -> tuple[tuple[str, ...], bool]:
+    """``(keyword parameters of cls.__init__, whether it takes any keyword)``."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return (), False
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return tuple(k for k, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)), takes_any
+
+
+def backend_option_names(name: str) -> tuple[str, ...] | None:
+    """The options (``latency.backend_options`` keys) the backend registered as ``name`` accepts.
+
+    Read from the signature of its class, as :func:`get_backend` passes them (``threads`` is
+    a field of its own and not listed).
+
+    Returns:
+        The option names, or None when the class takes any keyword (``**options``).
+
+    Raises:
+        ConfigError: unknown backend, or not a LatencyBackend subclass.
+    """
+    names, takes_any = _keyword_names(backend_class(name))
+    return None if takes_any else tuple(k for k in names if k != "threads")
 
 
 def get_backend(name: str | LatencyBackend, *, threads: int | None = None, **options: object) -> LatencyBackend:
@@ -118,130 +239,40 @@ def get_backend(name: str | LatencyBackend, *, threads: int | None = None, **opt
 
     Args:
         name: Registered name, reference, or a backend instance.
-        threads: Intra-op threads, passed as ``threads=`` when the factory accepts it.
+        threads: Intra-op threads, passed as ``threads=`` when the class accepts it.
         **options: Backend settings (e.g. ``spinning=True`` for ``onnxruntime``,
             ``performance_hint="LATENCY"`` for ``openvino``), passed as keywords.
 
     Raises:
-        ConfigError: unknown backend name, its optional extra is not installed (naming it),
-            or an option the backend does not take or accept.
+        ConfigError: unknown backend name, a class that is not a :class:`LatencyBackend` subclass,
+            its optional extra is not installed (naming it), or an option the backend does not
+            take or accept.
     """
     if not isinstance(name, str):
+        if not isinstance(name, LatencyBackend):
+            raise ConfigError(f"latency.backend: {name!r} is not a subclass of autoprune.measure.backends.LatencyBackend")
         if options:
             raise ConfigError(f"latency.backend_options: options {sorted(options)} given with a backend instance; configure the instance instead")
         return name
-    factory = BACKENDS.get(name)
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        params = {}
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    unknown = [k for k in options if k not in params and not takes_any]
+    cls = backend_class(name)
+    names, takes_any = _keyword_names(cls)
+    unknown = [k for k in options if k not in names and not takes_any]
     if unknown:
-        allowed = [k for k, p in params.items() if k != "threads" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        allowed = [k for k in names if k != "threads"]
         raise ConfigError(f"latency.backend_options: {name!r} has no option {unknown[0]!r}; allowed: {', '.join(allowed) or 'none'}")
     kwargs = dict(options)
-    if threads is not None and ("threads" in params or takes_any):
+    if threads is not None and ("threads" in names or takes_any):
         kwargs["threads"] = threads
-    return factory(**kwargs)
+    return cls(**kwargs)
 
 
-#: Largest allowed difference between a runtime's output and torch's, relative to the output's scale.
-OUTPUT_TOLERANCE = 1e-3
+def settings_label(settings: Mapping[str, object]) -> str:
+    """One line naming a backend and its settings, e.g. ``onnxruntime(threads=2, spinning=True, ...)``."""
+    rest = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "backend")
+    return f"{settings.get('backend', '?')}({rest})"
 
 
-def prepare_exported(
-    backend: str,
-    model: nn.Module,
-    example_input: ExampleInput,
-    open_file: Callable[[Path, tuple[torch.Tensor, ...]], Callable[[], Any]],
-) -> Runner:
-    """Export ``model`` to a temporary ONNX file, open it on a runtime, check it against torch, return a runner.
-
-    The one path of every serving backend's ``prepare`` (ONNX Runtime, OpenVINO): export with
-    :func:`autoprune.formats.onnx.export_model`, then ``open_file(path, args)`` (the backend's
-    ``prepare_file``) returns a runner of one inference that returns the outputs: a sequence, or
-    a mapping such as OpenVINO's results (the first output is compared). The check runs the
-    example once on both: a model the runtime computes differently (an unsupported or
-    mis-exported operator) fails here, before any search starts, not as silently wrong latency.
-
-    Args:
-        backend: The backend's name, for messages.
-        model: The model (put in eval mode).
-        example_input: Its input (a tensor ``(N, ...)`` or a tuple of them).
-        open_file: Opens the exported file; may read it only while this function runs.
-
-    Returns:
-        A zero-argument runner of one inference.
-
-    Raises:
-        ModelError: the export fails, or the runtime's output differs from torch's by more than
-            :data:`OUTPUT_TOLERANCE` of the output's largest magnitude (naming both).
-    """
-    from autoprune.formats.onnx import as_args, export_model
-
-    model.eval()
-    args = as_args(example_input)
-    with tempfile.TemporaryDirectory(prefix=f"autoprune-{backend}-") as d:
-        path = Path(d) / "model.onnx"
-        export_model(model, args, path, None)
-        infer = open_file(path, args)
-    with torch.inference_mode():
-        expected = model(*args)
-    expected = (expected[0] if isinstance(expected, (tuple, list)) else expected).detach().cpu().numpy()
-    outputs = infer()
-    got = np.asarray(next(iter(outputs.values())) if isinstance(outputs, Mapping) else outputs[0], dtype=np.float64)
-    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
-    diff = float(np.abs(got - expected).max(initial=0.0)) if got.shape == expected.shape else float("inf")
-    if not diff <= OUTPUT_TOLERANCE * scale:
-        shapes = "" if got.shape == expected.shape else f"; shapes {tuple(got.shape)} vs torch {tuple(expected.shape)}"
-        raise ModelError(
-            f"latency.backend {backend!r}: {type(model).__name__}'s output on {backend} differs from torch's by {diff:.3g} "
-            f"(allowed {OUTPUT_TOLERANCE * scale:.3g}{shapes}); the runtime computes an operator differently: "
-            "choose another latency.backend (e.g. torch) or simplify the model"
-        )
-
-    return infer
-
-
-def simd_channel_block() -> int:
-    """Channels per SIMD block in the blocked layouts of CPU runtimes on this machine: 16 with AVX-512, else 8.
-
-    ONNX Runtime's MLAS (NCHWc) and OpenVINO's oneDNN (nChw8c / nChw16c) reorder convolution
-    tensors into blocks of this many channels; a channel count that is not a multiple of it
-    is padded and reordered at run time, which can make a *pruned* layer slower than the dense
-    one (see ``experiments/results/runtimes.md``).
-    """
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "")
-    except OSError:
-        flags = ""
-    return 16 if " avx512f" in flags else 8
-
-
-def channel_multiple(name: str | LatencyBackend) -> int | None:
-    """The channel multiple a backend runs fastest with (``pruning.round_to: auto``), or None for no rounding.
-
-    A backend (class or instance) states it by a ``channel_multiple()`` method; eager PyTorch
-    does not (its batch-1 latency is per-module overhead, not layout).
-
-    Raises:
-        ConfigError: an unknown backend name.
-    """
-    found = BACKENDS.get(name) if isinstance(name, str) else name
-    method = getattr(found, "channel_multiple", None)
-    return int(method()) if callable(method) else None
-
-
-def backend_settings(backend: LatencyBackend) -> dict[str, object]:
-    """The settings a result measured on ``backend`` is recorded with (at least its name).
-
-    Uses the backend's ``settings()`` when it has one (every built-in does).
-    """
-    settings = getattr(backend, "settings", None)
-    found = dict(settings()) if callable(settings) else {}
-    return {"backend": getattr(backend, "name", type(backend).__name__), **found}
-
-
-__all__ = ["BACKENDS", "LatencyBackend", "Runner", "TorchEagerBackend", "backend_settings", "OUTPUT_TOLERANCE", "channel_multiple", "get_backend", "prepare_exported", "register_backend", "simd_channel_block"]
+__all__ = [
+    "BACKENDS", "DEFAULT_THREADS", "LatencyBackend", "Runner", "TorchEagerBackend", "backend_class", "backend_option_names",
+    "backends_that", "check_threads", "get_backend", "register_backend", "settings_label",
+]  # fmt: skip

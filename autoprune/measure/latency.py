@@ -3,9 +3,10 @@
 Absolute latencies on a shared machine drift by 10-20% between back-to-back runs, so
 the search compares a candidate with the dense reference by *paired* measurement:
 calls of the two models are interleaved and only their ratio is reported
-(:class:`PairedTimer`, :func:`measure_latency_ratio`). Everything runs with a fixed
-thread count (:func:`fixed_threads`) on a named backend (:func:`get_backend`, defined
-with the backend protocol and registry in :mod:`autoprune.measure.backends`).
+(:class:`PairedTimer`, :func:`measure_latency_ratio`), on a schedule given by one
+:class:`~autoprune.measure.schedule.PairedSchedule`. Everything runs with a fixed thread
+count (:func:`fixed_threads`) on a backend (:func:`~autoprune.measure.backends.get_backend`,
+defined with the backend base class and registry in :mod:`autoprune.measure.backends`).
 The latency lookup table that predicts latency without running a model lives in
 :mod:`autoprune.measure.table`.
 """
@@ -13,10 +14,8 @@ The latency lookup table that predicts latency without running a model lives in
 from __future__ import annotations
 
 import gc
-import inspect
 import io
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -29,40 +28,10 @@ from torch import nn
 
 from autoprune.errors import ConfigError
 from autoprune.graph.layers import ExampleInput, count_macs, record_layer_specs
-from autoprune.measure.backends import (
-    BACKENDS,
-    DEFAULT_THREADS,
-    LatencyBackend,
-    Runner,
-    TorchEagerBackend,
-    backend_settings,
-    get_backend,
-    register_backend,
-)
+from autoprune.measure.backends import DEFAULT_THREADS, LatencyBackend, Runner, get_backend
+from autoprune.measure.schedule import CLOCKS, STATISTICS, PairedSchedule, check_count, median_ci
 
 logger = logging.getLogger(__name__)
-
-
-def backend_option_names(name: str) -> tuple[str, ...] | None:
-    """The options (``latency.backend_options`` keys) the backend registered as ``name`` accepts.
-
-    Read from the signature of its factory, as :func:`get_backend` passes them (``threads`` is
-    a field of its own and not listed).
-
-    Returns:
-        The option names, or None when the factory takes any keyword (``**options``).
-
-    Raises:
-        ConfigError: unknown backend, or its optional extra is not installed (naming it).
-    """
-    factory = BACKENDS.get(name)
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return ()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return tuple(k for k, p in params.items() if k != "threads" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
 @contextmanager
@@ -72,7 +41,7 @@ def fixed_threads(n: int) -> Iterator[None]:
     Raises:
         ConfigError: ``n`` is not a positive integer.
     """
-    _check_int("threads", n, 1)
+    check_count("threads", n, 1)
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -94,19 +63,10 @@ def _timing(threads: int) -> Iterator[None]:
             gc.enable()
 
 
-def _check_int(field: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{field}: expected an integer >= {minimum}, got {value!r}")
-
-
 def _time_ms(run: Runner, clock: Callable[[], int] = time.perf_counter_ns) -> float:
     start = clock()
     run()
     return (clock() - start) / 1e6
-
-
-#: Clocks of :meth:`PairedTimer.ratio`: wall time, or CPU time of the calling thread / whole process.
-CLOCKS: dict[str, Callable[[], int]] = {"wall": time.perf_counter_ns, "thread": time.thread_time_ns, "process": time.process_time_ns}
 
 
 def _as_runner(model: nn.Module | Runner, example_input: ExampleInput, backend: LatencyBackend) -> Runner:
@@ -161,8 +121,8 @@ def measure_latency(
     Raises:
         ConfigError: bad backend name or counts.
     """
-    _check_int("warmup", warmup, 0)
-    _check_int("repeats", repeats, 1)
+    check_count("warmup", warmup, 0)
+    check_count("repeats", repeats, 1)
     run = _as_runner(model, example_input, get_backend(backend))
     with _timing(threads):
         for _ in range(warmup):
@@ -200,28 +160,20 @@ class RatioStats:
         return (self.ci_high - self.ci_low) / 2 / self.ratio
 
 
-def _median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Order-statistic confidence interval for the median (binomial, no distribution assumed)."""
-    x = sorted(values)
-    n = len(x)
-    tail = (1 - confidence) / 2
-    k, cdf = 1, 0.5**n  # cdf = P(Binomial(n, 1/2) <= k - 1)
-    while k < (n + 1) // 2:
-        next_cdf = cdf + math.comb(n, k) * 0.5**n
-        if next_cdf > tail:
-            break
-        k, cdf = k + 1, next_cdf
-    return x[k - 1], x[n - k]
+@dataclass
+class _Rounds:
+    """What the rounds of one paired measurement collected."""
 
-
-_STATISTICS: dict[str, Callable[[Sequence[float]], float]] = {"min": min, "median": lambda v: float(np.median(v))}
+    ratios: list[float]
+    ref_ms: list[float]
+    cand_ms: list[float]
 
 
 class PairedTimer:
     """Measures latency ratios to one reference model, prepared once.
 
-    Each round times ``calls_per_round`` (reference, candidate) pairs back to back;
-    the first model alternates between rounds to cancel order effects. The
+    Each round times the two models back to back (:class:`~autoprune.measure.schedule.PairedSchedule`
+    says how); the first model alternates between rounds to cancel order effects. The
     round's ratio is min(candidate times) / min(reference times): noise only ever
     adds time, so the fastest call of each model is its least disturbed one, and
     calls close in time see the same machine state. The result is the median over
@@ -233,10 +185,11 @@ class PairedTimer:
         backend: Backend name or instance.
         threads: Intra-op threads during measurements (also the backend's threads).
         history: Reference call times kept for :meth:`reference_ms`.
-        backend_options: Backend settings by keyword (see :func:`get_backend`).
+        backend_options: Backend settings by keyword (see :func:`~autoprune.measure.backends.get_backend`).
 
     Raises:
         ConfigError: bad backend name, option or thread count, or the backend's extra is missing.
+        ModelError: the backend cannot run the reference.
     """
 
     def __init__(
@@ -249,7 +202,7 @@ class PairedTimer:
         history: int = 2000,
         backend_options: dict[str, object] | None = None,
     ) -> None:
-        _check_int("threads", threads, 1)
+        check_count("threads", threads, 1)
         self.backend = get_backend(backend, threads=threads, **(backend_options or {}))
         self.example_input = example_input
         self.threads = threads
@@ -257,144 +210,58 @@ class PairedTimer:
         self._ref_times: deque[float] = deque(maxlen=history)
 
     def settings(self) -> dict[str, object]:
-        """The backend's settings (:func:`backend_settings`) plus the timer's threads: record them with every result."""
-        return {**backend_settings(self.backend), "threads": self.threads}
+        """The backend's name and settings plus the timer's threads: record them with every result."""
+        return {"backend": self.backend.name, **self.backend.settings(), "threads": self.threads}
 
     def prepare(self, candidate: nn.Module) -> Runner:
         """Prepare a candidate on this timer's backend, to be timed several times."""
         return self.backend.prepare(candidate, self.example_input)
 
-    def ratio(
-        self,
-        candidate: nn.Module | Runner,
-        *,
-        warmup: int = 3,
-        rounds: int = 15,
-        calls_per_round: int | None = None,
-        min_rounds: int = 5,
-        max_rounds: int | None = None,
-        rel_ci: float | None = None,
-        time_budget_s: float | None = None,
-        interleave: str | None = None,
-        statistic: str = "min",
-        clock: str = "wall",
-    ) -> RatioStats:
+    def ratio(self, candidate: nn.Module | Runner, schedule: PairedSchedule | None = None) -> RatioStats:
         """Latency of ``candidate`` divided by the reference's, by interleaved calls.
-
-        At the defaults this costs about 100 calls (0.3-0.5 s for a ResNet-20 at batch 1
-        and one thread on a quiet core).
 
         Args:
             candidate: Module (prepared here) or prepared runner.
-            warmup: Untimed (reference, candidate) pairs first.
-            rounds: Rounds to measure when ``rel_ci`` is None.
-            calls_per_round: Calls of each model per round (None: the backend's
-                ``paired_schedule``, else 3).
-            min_rounds: With ``rel_ci`` or ``time_budget_s``, never stop before this many rounds.
-            max_rounds: With ``rel_ci``, stop after this many rounds anyway (default ``rounds``).
-            rel_ci: Stop as soon as the CI half-width relative to the ratio is at most this.
-            time_budget_s: Stop after ``min_rounds`` once this much wall time has passed
-                (bounds the cost when the machine is overloaded).
-            interleave: None: the backend's ``paired_schedule`` (``blocks`` on the serving
-                runtimes, whose ratio it measured least noisy and closest to sequential
-                timing), else ``calls``. ``calls``: each round alternates single reference and candidate
-                calls; ``blocks``: each round runs one untimed call and then
-                ``calls_per_round`` timed calls of one model, then the same for the other
-                (a runtime's caches and idle threads settle on one model before timing it).
-            statistic: Per-round summary of each model's calls: ``min`` (the least disturbed
-                call) or ``median``.
-            clock: ``wall`` (latency as served); ``thread``: CPU time of the calling thread,
-                which excludes the time other processes hold the core (on an overloaded
-                machine it cut the ratio's CV from 5.4% to 2.4% on ONNX Runtime), valid only
-                when the whole inference runs on the calling thread (threads 1 on ``torch`` or
-                ``onnxruntime``: the backend's ``runs_on_calling_thread``); ``process``: CPU
-                time of all the process's threads (counts idle spinning, so only for
-                non-spinning runtimes).
+            schedule: How to time it (None: :class:`~autoprune.measure.schedule.PairedSchedule`'s
+                defaults); the fields it leaves None are the backend's ``paired_schedule``.
 
         Raises:
-            ConfigError: invalid counts, ``rel_ci``, ``time_budget_s``, ``interleave``,
-                ``statistic`` or ``clock`` (``thread`` on a backend that computes off the calling thread).
+            ConfigError: a ``thread`` clock on a backend that computes off the calling thread.
         """
-        _check_int("warmup", warmup, 0)
-        _check_int("rounds", rounds, 1)
-        schedule = {"interleave": "calls", "calls_per_round": 3, **getattr(self.backend, "paired_schedule", {})}
-        interleave = schedule["interleave"] if interleave is None else interleave
-        calls_per_round = schedule["calls_per_round"] if calls_per_round is None else calls_per_round
-        _check_int("calls_per_round", calls_per_round, 1)
-        _check_int("min_rounds", min_rounds, 1)
-        if max_rounds is None:
-            max_rounds = max(rounds, min_rounds)
-        _check_int("max_rounds", max_rounds, min_rounds)
-        if rel_ci is not None and not (isinstance(rel_ci, (int, float)) and rel_ci > 0):
-            raise ConfigError(f"rel_ci: expected a positive fraction such as 0.03 or None, got {rel_ci!r}")
-        if time_budget_s is not None and not (isinstance(time_budget_s, (int, float)) and time_budget_s > 0):
-            raise ConfigError(f"time_budget_s: expected a positive number of seconds or None, got {time_budget_s!r}")
-        if interleave not in ("calls", "blocks"):
-            raise ConfigError(f"interleave: expected 'calls' or 'blocks', got {interleave!r}")
-        if statistic not in _STATISTICS:
-            raise ConfigError(f"statistic: expected one of {', '.join(_STATISTICS)}, got {statistic!r}")
-        summarise = _STATISTICS[statistic]
-        if clock not in CLOCKS:
-            raise ConfigError(f"clock: expected one of {', '.join(CLOCKS)}, got {clock!r}")
-        if clock == "thread" and not getattr(self.backend, "runs_on_calling_thread", False):
+        plan = (schedule or PairedSchedule()).on(self.backend.paired_schedule)
+        self._check_clock(plan.clock)
+        cand = _as_runner(candidate, self.example_input, self.backend)
+        start = time.perf_counter()
+        with _timing(self.threads):
+            for _ in range(plan.warmup):
+                self._reference()
+                cand()
+            done = self._rounds(cand, plan, start)
+        if plan.clock == "wall":  # reference_ms() reports wall latency
+            self._ref_times.extend(done.ref_ms)
+        stats = _summary(done, time.perf_counter() - start)
+        logger.debug("paired ratio %.4f [%.4f, %.4f] in %d rounds", stats.ratio, stats.ci_low, stats.ci_high, stats.rounds)
+        return stats
+
+    def _check_clock(self, clock: str) -> None:
+        if clock == "thread" and not self.backend.runs_on_calling_thread:
             raise ConfigError(
                 f"clock: 'thread' needs the whole inference on the calling thread (threads 1 on torch or onnxruntime); "
                 f"backend {self.backend.name!r} with threads {self.threads} computes elsewhere; use 'wall'"
             )
-        tick = CLOCKS[clock]
-        cand = _as_runner(candidate, self.example_input, self.backend)
-        ref = self._reference
-        limit = rounds if rel_ci is None else max_rounds
 
-        start = time.perf_counter()
-        ratios: list[float] = []
-        ref_all: list[float] = []
-        cand_all: list[float] = []
-        with _timing(self.threads):
-            for _ in range(warmup):
-                ref()
-                cand()
-            for r in range(limit):
-                ref_t, cand_t = [], []
-                first, second = (ref, cand) if r % 2 == 0 else (cand, ref)
-                first_t, second_t = (ref_t, cand_t) if r % 2 == 0 else (cand_t, ref_t)
-                if interleave == "calls":
-                    for _ in range(calls_per_round):
-                        first_t.append(_time_ms(first, tick))
-                        second_t.append(_time_ms(second, tick))
-                else:
-                    for run, times in ((first, first_t), (second, second_t)):
-                        run()
-                        times.extend(_time_ms(run, tick) for _ in range(calls_per_round))
-                ratios.append(summarise(cand_t) / summarise(ref_t))
-                ref_all += ref_t
-                cand_all += cand_t
-                if len(ratios) < min_rounds:
-                    continue
-                if time_budget_s is not None and time.perf_counter() - start >= time_budget_s:
-                    break
-                if rel_ci is not None:
-                    low, high = _median_ci(ratios)
-                    if (high - low) / 2 / float(np.median(ratios)) <= rel_ci:
-                        break
-        if clock == "wall":  # reference_ms() reports wall latency
-            self._ref_times.extend(ref_all)
-
-        a = np.asarray(ratios)
-        low, high = _median_ci(ratios)
-        cv = float(a.std(ddof=1) / a.mean()) if a.size > 1 else 0.0
-        stats = RatioStats(
-            ratio=float(np.median(a)),
-            ci_low=float(low),
-            ci_high=float(high),
-            cv=cv,
-            rounds=len(ratios),
-            ref_median_ms=float(np.median(ref_all)),
-            cand_median_ms=float(np.median(cand_all)),
-            elapsed_s=time.perf_counter() - start,
-        )
-        logger.debug("paired ratio %.4f [%.4f, %.4f] in %d rounds", stats.ratio, low, high, stats.rounds)
-        return stats
+    def _rounds(self, cand: Runner, plan: PairedSchedule, start: float) -> _Rounds:
+        """Time rounds until the schedule says stop."""
+        done = _Rounds([], [], [])
+        summarise, tick = STATISTICS[plan.statistic], CLOCKS[plan.clock]
+        for r in range(plan.limit):
+            ref_t, cand_t = _one_round(self._reference, cand, reference_first=r % 2 == 0, plan=plan, tick=tick)
+            done.ratios.append(summarise(cand_t) / summarise(ref_t))
+            done.ref_ms += ref_t
+            done.cand_ms += cand_t
+            if _should_stop(done.ratios, plan, start):
+                break
+        return done
 
     def reference_ms(self, *, repeats: int = 30) -> float:
         """Median reference call time seen so far (``repeats`` calls are timed if none yet)."""
@@ -404,6 +271,49 @@ class PairedTimer:
         return float(np.median(self._ref_times))
 
 
+def _one_round(ref: Runner, cand: Runner, *, reference_first: bool, plan: PairedSchedule, tick: Callable[[], int]) -> tuple[list[float], list[float]]:
+    """``(reference ms, candidate ms)`` of one round: single calls alternated, or one block per model."""
+    ref_t: list[float] = []
+    cand_t: list[float] = []
+    first, second = ((ref, ref_t), (cand, cand_t)) if reference_first else ((cand, cand_t), (ref, ref_t))
+    if plan.interleave == "calls":
+        for _ in range(plan.calls_per_round):
+            first[1].append(_time_ms(first[0], tick))
+            second[1].append(_time_ms(second[0], tick))
+    else:
+        for run, times in (first, second):
+            run()
+            times.extend(_time_ms(run, tick) for _ in range(plan.calls_per_round))
+    return ref_t, cand_t
+
+
+def _should_stop(ratios: list[float], plan: PairedSchedule, start: float) -> bool:
+    """After ``min_rounds``: the time budget is spent, or the CI is as narrow as ``rel_ci`` asks."""
+    if len(ratios) < plan.min_rounds:
+        return False
+    if plan.time_budget_s is not None and time.perf_counter() - start >= plan.time_budget_s:
+        return True
+    if plan.rel_ci is not None:
+        low, high = median_ci(ratios)
+        return (high - low) / 2 / float(np.median(ratios)) <= plan.rel_ci
+    return False
+
+
+def _summary(done: _Rounds, elapsed_s: float) -> RatioStats:
+    a = np.asarray(done.ratios)
+    low, high = median_ci(done.ratios)
+    return RatioStats(
+        ratio=float(np.median(a)),
+        ci_low=float(low),
+        ci_high=float(high),
+        cv=float(a.std(ddof=1) / a.mean()) if a.size > 1 else 0.0,
+        rounds=len(done.ratios),
+        ref_median_ms=float(np.median(done.ref_ms)),
+        cand_median_ms=float(np.median(done.cand_ms)),
+        elapsed_s=elapsed_s,
+    )
+
+
 def measure_latency_ratio(
     candidate: nn.Module | Runner,
     reference: nn.Module | Runner,
@@ -411,13 +321,7 @@ def measure_latency_ratio(
     *,
     backend: str | LatencyBackend = "torch",
     threads: int = DEFAULT_THREADS,
-    warmup: int = 5,
-    rounds: int = 15,
-    calls_per_round: int | None = None,
-    min_rounds: int = 5,
-    max_rounds: int | None = None,
-    rel_ci: float | None = None,
-    time_budget_s: float | None = None,
+    schedule: PairedSchedule = PairedSchedule(warmup=5),
 ) -> RatioStats:
     """Latency of ``candidate`` relative to ``reference`` by interleaved calls.
 
@@ -425,19 +329,9 @@ def measure_latency_ratio(
     same reference is compared with many candidates.
 
     Raises:
-        ConfigError: bad backend name, counts or ``rel_ci``.
+        ConfigError: bad backend name or thread count.
     """
-    timer = PairedTimer(reference, example_input, backend=backend, threads=threads)
-    return timer.ratio(
-        candidate,
-        warmup=warmup,
-        rounds=rounds,
-        calls_per_round=calls_per_round,
-        min_rounds=min_rounds,
-        max_rounds=max_rounds,
-        rel_ci=rel_ci,
-        time_budget_s=time_budget_s,
-    )
+    return PairedTimer(reference, example_input, backend=backend, threads=threads).ratio(candidate, schedule)
 
 
 def count_macs_params(model: nn.Module, example_input: ExampleInput) -> tuple[int, int]:
@@ -475,23 +369,6 @@ def model_size_bytes(model: nn.Module) -> int:
 
 
 __all__ = [
-    "backend_option_names",
-    "BACKENDS",
-    "CLOCKS",
-    "ExampleInput",
-    "LatencyBackend",
-    "LatencyStats",
-    "PairedTimer",
-    "RatioStats",
-    "Runner",
-    "TorchEagerBackend",
-    "backend_settings",
-    "count_macs_params",
-    "DEFAULT_THREADS",
-    "fixed_threads",
-    "get_backend",
-    "measure_latency",
-    "measure_latency_ratio",
+    "LatencyStats", "PairedTimer", "RatioStats", "count_macs_params", "fixed_threads", "measure_latency", "measure_latency_ratio",
     "model_size_bytes",
-    "register_backend",
-]
+]  # fmt: skip

@@ -27,13 +27,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from autoprune.errors import ConfigError
 from autoprune.formats.onnx import as_args, ensure_shared_pool, ort_session, require_onnx, shared_pool_threads
 from autoprune.graph.layers import ExampleInput
-from autoprune.measure.latency import PairedTimer, RatioStats, Runner
+from autoprune.measure.backends import Runner
+from autoprune.measure.onnx_file import OnnxFileBackend
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +39,11 @@ GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 THREAD_POOLS = ("shared", "per-session")
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(OnnxFileBackend):
     """Latency backend: the model exported to ONNX and run by an ONNX Runtime CPU session.
+
+    Export, the check against torch, the channel multiple and the blocked paired schedule come
+    from :class:`~autoprune.measure.onnx_file.OnnxFileBackend`; this class opens the sessions.
 
     Args:
         threads: Intra-op threads (None: ``torch.get_num_threads()`` now).
@@ -66,13 +67,6 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    @staticmethod
-    def channel_multiple() -> int:
-        """Channel counts run fastest in multiples of the CPU's SIMD block (:func:`~autoprune.measure.backends.simd_channel_block`)."""
-        from autoprune.measure.backends import simd_channel_block
-
-        return simd_channel_block()
-
     def __init__(
         self,
         threads: int | None = None,
@@ -82,8 +76,7 @@ class OnnxRuntimeBackend:
         thread_pool: str = "per-session",
     ) -> None:
         _, self._ort = require_onnx("latency.backend 'onnxruntime'")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ConfigError(f"latency.threads: expected an integer >= 1, got {threads!r}")
+        super().__init__(threads)
         if not isinstance(spinning, bool):
             raise ConfigError(f"latency.backend_options.spinning: expected true or false, got {spinning!r}")
         if graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
@@ -98,7 +91,6 @@ class OnnxRuntimeBackend:
                 "latency.backend_options.spinning: false needs thread_pool 'per-session' "
                 "(ONNX Runtime's shared pool always spins)"
             )
-        self.threads = threads or max(1, torch.get_num_threads())
         self.spinning = spinning
         self.graph_optimization = graph_optimization
         self.thread_pool = thread_pool
@@ -117,12 +109,6 @@ class OnnxRuntimeBackend:
     def runs_on_calling_thread(self) -> bool:
         """With one intra-op thread ONNX Runtime computes on the caller (what a ``thread`` clock needs)."""
         return self.threads == 1
-
-    #: How :meth:`PairedTimer.ratio` times this runtime by default: blocks of 10 calls of one model
-    #: after one untimed call, then the other. Interleaving single calls lets each call start with
-    #: the other model's weights in cache, which biased the ratio up (0.31 vs 0.26 blocked, 0.22
-    #: sequential; experiments/results/runtimes.md) and was noisier.
-    paired_schedule = {"interleave": "blocks", "calls_per_round": 10}
 
     def settings(self) -> dict[str, Any]:
         """The runtime settings every result measured on this backend is recorded with."""
@@ -160,17 +146,6 @@ class OnnxRuntimeBackend:
         """Open an ``onnxruntime.InferenceSession`` on the ONNX file at ``path`` with :meth:`session_options`."""
         return ort_session(self._ort, path, self.threads, self.session_options())
 
-    def prepare(self, model: nn.Module, example_input: ExampleInput) -> Runner:
-        """Export ``model`` (eval mode), open a session on it, check it against torch, return a runner of one inference.
-
-        Raises:
-            ModelError: the model cannot be exported to ONNX, or ONNX Runtime's output differs from
-                torch's (:func:`~autoprune.measure.backends.prepare_exported`).
-        """
-        from autoprune.measure.backends import prepare_exported
-
-        return prepare_exported(self.name, model, example_input, self.prepare_file)
-
     def prepare_file(self, path: str | Path, example_input: ExampleInput) -> Runner:
         """A runner of one inference of the ONNX file at ``path`` (e.g. an int8 artifact) on ``example_input``.
 
@@ -186,43 +161,4 @@ class OnnxRuntimeBackend:
         return run
 
 
-def compare_onnx_files(
-    reference: str | Path,
-    candidate: str | Path,
-    example_input: ExampleInput,
-    *,
-    threads: int = 2,
-    rounds: int = 15,
-    backend: str = "onnxruntime",
-    backend_options: dict[str, Any] | None = None,
-    **ratio_options: Any,
-) -> RatioStats:
-    """Latency of the ONNX file ``candidate`` relative to ``reference`` on a runtime, by paired timing.
-
-    Decides, for example, whether an int8 artifact is faster than its fp32 source on this
-    machine. OpenVINO runs a QDQ int8 file as int8 (its low-precision transformations read the
-    Q/DQ pairs), so the same file is timed on the runtime that will serve it.
-
-    Args:
-        reference, candidate: ONNX files taking the same input.
-        example_input: The input batch (its batch size is the one measured).
-        threads: Intra-op threads.
-        rounds: Paired rounds.
-        backend: A backend that opens ONNX files (``prepare_file``): ``onnxruntime`` or ``openvino``.
-        backend_options: That backend's options.
-        **ratio_options: More keywords of :meth:`PairedTimer.ratio`.
-
-    Raises:
-        ConfigError: the backend's extra is missing, it cannot open files, or an option is invalid.
-        ModelError: the runtime cannot read or compile a file.
-    """
-    from autoprune.measure.backends import get_backend
-
-    runtime = get_backend(backend, threads=threads, **(backend_options or {}))
-    if not callable(getattr(runtime, "prepare_file", None)):
-        raise ConfigError(f"latency.backend: {backend!r} cannot time ONNX files; allowed: onnxruntime, openvino")
-    timer = PairedTimer(runtime.prepare_file(reference, example_input), example_input, backend=runtime, threads=threads)
-    return timer.ratio(runtime.prepare_file(candidate, example_input), rounds=rounds, **ratio_options)
-
-
-__all__ = ["GRAPH_OPTIMIZATION_LEVELS", "THREAD_POOLS", "OnnxRuntimeBackend", "compare_onnx_files"]
+__all__ = ["GRAPH_OPTIMIZATION_LEVELS", "THREAD_POOLS", "OnnxRuntimeBackend"]

@@ -13,12 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from autoprune.errors import ConfigError, ModelError, one_line
 from autoprune.graph.layers import ExampleInput
-from autoprune.measure.latency import Runner
+from autoprune.measure.backends import Runner
+from autoprune.measure.onnx_file import OnnxFileBackend
 
 OPENVINO_EXTRA_HINT = "pip install 'autoprune[openvino]'"
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
@@ -38,8 +36,11 @@ def require_openvino(what: str) -> Any:
     return openvino
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(OnnxFileBackend):
     """Latency backend: OpenVINO Runtime on the CPU, compiled for one static input shape.
+
+    Export, the check against torch, the channel multiple and the blocked paired schedule come
+    from :class:`~autoprune.measure.onnx_file.OnnxFileBackend`; this class compiles the file.
 
     Args:
         threads: ``INFERENCE_NUM_THREADS`` (None: ``torch.get_num_threads()`` now).
@@ -53,21 +54,13 @@ class OpenVinoBackend:
 
     name = "openvino"
 
-    @staticmethod
-    def channel_multiple() -> int:
-        """Channel counts run fastest in multiples of the CPU's SIMD block (:func:`~autoprune.measure.backends.simd_channel_block`)."""
-        from autoprune.measure.backends import simd_channel_block
-
-        return simd_channel_block()
-
     def __init__(self, threads: int | None = None, *, performance_hint: str = "LATENCY", precision: str = "f32") -> None:
         self._ov = require_openvino("latency.backend 'openvino'")
         try:
             import onnx  # noqa: F401  (the backend reads the exported ONNX file)
         except ImportError as e:
             raise ConfigError("latency.backend 'openvino': needs the optional extra: pip install 'autoprune[onnx]'") from e
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ConfigError(f"latency.threads: expected an integer >= 1, got {threads!r}")
+        super().__init__(threads)
         hint = str(performance_hint).upper()
         if hint not in PERFORMANCE_HINTS:
             raise ConfigError(
@@ -75,7 +68,6 @@ class OpenVinoBackend:
             )
         if precision not in PRECISIONS:
             raise ConfigError(f"latency.backend_options.precision: unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
-        self.threads = threads or max(1, torch.get_num_threads())
         self.performance_hint = hint
         self.precision = precision
         self._core = self._ov.Core()
@@ -87,12 +79,6 @@ class OpenVinoBackend:
             "INFERENCE_NUM_THREADS": self.threads,
             "INFERENCE_PRECISION_HINT": self.precision,
         }
-
-    #: How :meth:`PairedTimer.ratio` times this runtime by default: blocks of 10 calls of one model
-    #: after one untimed call, then the other. Interleaving single calls lets each call start with
-    #: the other model's weights in cache, which biased the ratio up (0.31 vs 0.26 blocked, 0.22
-    #: sequential; experiments/results/runtimes.md) and was noisier.
-    paired_schedule = {"interleave": "blocks", "calls_per_round": 10}
 
     def settings(self) -> dict[str, Any]:
         """The runtime settings every result measured on this backend is recorded with."""
@@ -125,17 +111,6 @@ class OpenVinoBackend:
             if "property" in message.lower() or "Wrong value" in message:
                 raise ConfigError(f"latency.backend_options: OpenVINO rejects {self.config()} ({message})") from e
             raise ModelError(f"latency.backend 'openvino': cannot compile the model ({type(e).__name__}: {message})") from e
-
-    def prepare(self, model: nn.Module, example_input: ExampleInput) -> Runner:
-        """Export ``model`` (eval mode) to ONNX, compile it for the example's shapes, check it against torch, return a runner.
-
-        Raises:
-            ModelError: the model cannot be exported or compiled, or OpenVINO's output differs from
-                torch's (:func:`~autoprune.measure.backends.prepare_exported`).
-        """
-        from autoprune.measure.backends import prepare_exported
-
-        return prepare_exported(self.name, model, example_input, self.prepare_file)
 
     def prepare_file(self, path: str | Path, example_input: ExampleInput) -> Runner:
         """A runner of one inference of the ONNX file at ``path`` (e.g. a QDQ int8 artifact) on ``example_input``.

@@ -27,6 +27,7 @@ second search of the same model on the same backend skips calibration.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -48,6 +49,7 @@ from autoprune.graph.policy import Policy, architecture_hash
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
 from autoprune.measure.latency import PairedTimer
+from autoprune.measure.schedule import PairedSchedule
 from autoprune.paths import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -289,9 +291,8 @@ def calibrate_on_backend(
     round_to: int | None = None,
     n_random: int = 24,
     seed: int = 0,
-    rounds: int = 10,
+    schedule: PairedSchedule = PairedSchedule(rounds=10),
     cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
-    ratio_options: dict[str, Any] | None = None,
 ) -> tuple[FittedLatencyTable, bool]:
     """The latency table of ``model`` on ``timer``'s backend, from the disk cache or calibrated now.
 
@@ -306,24 +307,25 @@ def calibrate_on_backend(
         max_ratio, round_to: The search's pruning limits (ratios are drawn up to ``max_ratio``).
         n_random: Random calibration policies on top of the 6 uniform ones.
         seed: Seed of the random policies.
-        rounds: Paired rounds per calibration model.
+        schedule: The paired schedule of each calibration model (e.g. ``PairedSchedule(rounds=10, clock="thread")``);
+            part of the cache key.
         cache_dir: Folder of cached tables (None: always calibrate, never write).
-        ratio_options: More keywords of :meth:`PairedTimer.ratio` (e.g. ``clock="thread"``); part of the cache key.
 
     Returns:
         ``(table, from_cache)``.
 
     Raises:
-        ConfigError: a bad count or ratio option.
+        ConfigError: a bad count.
     """
     policies = calibration_policies(graph.unit_names, graph.block_names, max_ratio=max_ratio, n_random=n_random, seed=seed)
     key = table_key(
         architecture_hash(model), timer.settings(), batch_size,
-        round_to=round_to, max_ratio=max_ratio, n_random=n_random, seed=seed, features=list(FEATURES), ratio_options=ratio_options or {},
+        round_to=round_to, max_ratio=max_ratio, n_random=n_random, seed=seed, features=list(FEATURES),
+        schedule=dataclasses.asdict(schedule),
     )
 
     def measure(policy: Policy) -> Callable[[], float]:
-        return lambda: timer.ratio(apply_policy(model, policy, graph=graph, round_to=round_to).eval(), rounds=rounds, **(ratio_options or {})).ratio
+        return lambda: timer.ratio(apply_policy(model, policy, graph=graph, round_to=round_to).eval(), schedule).ratio
 
     variants = [
         (graph.specs_for(p.ratios, p.drop, round_to=round_to, batch_size=batch_size), 1.0 if not p.ratios and not p.drop else measure(p))

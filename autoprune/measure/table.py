@@ -32,7 +32,9 @@ from torch import nn
 from autoprune.errors import ConfigError
 from autoprune.graph.layers import ATTENTION_CORE, FUNCTIONAL_KINDS, ExampleInput, LayerSpec, record_layer_specs
 from autoprune.graph.transformer import AttentionCore
-from autoprune.measure.latency import DEFAULT_THREADS, LatencyBackend, PairedTimer, fixed_threads
+from autoprune.measure.backends import DEFAULT_THREADS, LatencyBackend
+from autoprune.measure.latency import PairedTimer, fixed_threads
+from autoprune.measure.schedule import PairedSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -407,7 +409,7 @@ class LatencyTable:
             raise ConfigError("models: expected at least one model to calibrate the latency table, got none")
         table = cls(threads=threads, warmup=warmup, repeats=repeats, passes=passes)
         timer = PairedTimer(models[0], example_input, backend=backend, threads=threads)
-        ratios = [1.0] + [timer.ratio(model, rounds=rounds).ratio for model in models[1:]]
+        ratios = [1.0] + [timer.ratio(model, PairedSchedule(rounds=rounds)).ratio for model in models[1:]]
         reference_ms = timer.reference_ms()
         specs = [record_layer_specs(model, example_input) for model in models]
         table.fit([(s, r * reference_ms) for s, r in zip(specs, ratios)])

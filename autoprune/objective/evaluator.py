@@ -17,14 +17,10 @@ for a classifier; for a sentence encoder on text it is the label-free fidelity t
 embeddings (:class:`autoprune.objective.proxies.FidelityProxy`), chosen by the data
 (:func:`autoprune.objective.proxies.make_proxy`).
 
-Rewards (``acc`` is the proxy accuracy in [0, 1], ``c`` the budget metric as a
-fraction of dense: measured latency ratio, or MAC ratio; ``t`` the target):
-
-* ``hard``: ``acc - penalty * max(0, c / t - 1)``. Anything within budget is
-  scored by accuracy alone; every 1% of overshoot costs ``penalty`` points of
-  accuracy (default 2.0: 1% over costs 2 points).
-* ``soft``: ``acc * (c / t) ** w`` with ``w = exponent`` (default -0.07), the
-  MnasNet trade-off: faster than target earns a little, slower loses a little.
+Latency comes from one :class:`~autoprune.measure.latency_model.LatencyModel` (the backend's
+paired timer, the dense latency, the lookup table): the evaluator asks it to predict a ratio
+and to measure a candidate, and does not know how either is done. The budget and the reward
+are :class:`~autoprune.objective.budget.Budget` and :class:`~autoprune.objective.budget.Reward`.
 """
 
 from __future__ import annotations
@@ -32,10 +28,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
@@ -46,10 +40,11 @@ from autoprune.graph.importance import DEFAULT_IMPORTANCE
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
-from autoprune.measure.latency import DEFAULT_THREADS, PairedTimer, count_macs_params
-from autoprune.measure.runtime_table import FittedLatencyTable
+from autoprune.measure.latency import count_macs_params
+from autoprune.measure.latency_model import LatencyModel
+from autoprune.measure.settings import LatencySettings
 from autoprune.measure.table import LatencyTable
-from autoprune.objective.latency_model import backend_table, eager_table
+from autoprune.objective.budget import Budget, Reward
 from autoprune.objective.proxies import AccuracyProxy, make_proxy
 from autoprune.objective.proxy import ProxySettings
 from autoprune.zoo import DataBundle
@@ -59,95 +54,6 @@ log = logging.getLogger(__name__)
 
 #: Largest pruning ratio of any unit unless told otherwise (``pruning.max_ratio``).
 DEFAULT_MAX_RATIO = 0.8
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What the pruned model must meet: ``metric`` at most ``target`` x dense (or ``target_ms``).
-
-    Attributes:
-        metric: ``latency`` (measured latency ratio to dense) or ``macs`` (MACs per sample, ratio to dense).
-        target: The allowed fraction of dense, in (0, 1].
-        target_ms: An absolute latency target in milliseconds (latency only); overrides ``target``.
-
-    ``target`` 0.5 is the one default budget (the config's ``budget`` section reads it).
-    """
-
-    metric: Literal["latency", "macs"] = "latency"
-    target: float | None = 0.5
-    target_ms: float | None = None
-
-    def target_ratio(self, dense_ms: float) -> float:
-        """The target as a fraction of the dense model.
-
-        Args:
-            dense_ms: The dense model's latency in milliseconds (used with ``target_ms``).
-
-        Raises:
-            ConfigError: ``target_ms`` with the ``macs`` metric, or ``target`` outside (0, 1].
-        """
-        if self.target_ms is not None:
-            if self.metric != "latency":
-                raise ConfigError("budget.target_ms: only allowed with budget.metric 'latency'")
-            return self.target_ms / dense_ms
-        if self.target is None or not 0 < self.target <= 1:
-            raise ConfigError(f"budget.target: {self.target!r} is out of range; allowed: 0 < target <= 1")
-        return float(self.target)
-
-
-@dataclass(frozen=True)
-class Reward:
-    """How accuracy and the budget metric combine into one scalar (see module docstring).
-
-    Attributes:
-        kind: ``hard`` (penalty over budget only) or ``soft`` (MnasNet, Tan et al. 2019: ``acc * (c/t)**w`` always).
-        penalty: ``hard``: accuracy points lost per unit of relative overshoot.
-        exponent: ``soft``: the MnasNet exponent ``w`` (negative).
-    """
-
-    kind: Literal["hard", "soft"] = "hard"
-    penalty: float = 2.0
-    exponent: float = -0.07
-
-    def __call__(self, acc: float, value: float, target: float) -> float:
-        """Reward of proxy accuracy ``acc`` at budget-metric ``value`` for ``target`` (both fractions of dense).
-
-        Raises:
-            ConfigError: ``kind`` is neither ``hard`` nor ``soft``.
-        """
-        if self.kind == "hard":
-            return acc - self.penalty * max(0.0, value / target - 1.0)
-        if self.kind == "soft":
-            return acc * (value / target) ** self.exponent
-        raise ConfigError(f"reward.kind: {self.kind!r} is not allowed; allowed: 'hard', 'soft'")
-
-
-@dataclass(frozen=True)
-class LatencySettings:
-    """How latency is measured during search: paired against dense, at ``batch_size``.
-
-    These defaults are the only ones: the config's ``latency`` section reads them.
-
-    Attributes:
-        backend: Latency backend name (``autoprune.measure.latency.BACKENDS``).
-        batch_size: ``N`` of the timed input.
-        threads: Intra-op threads while timing (:data:`autoprune.measure.latency.DEFAULT_THREADS`).
-        warmup: Untimed (reference, candidate) pairs first.
-        rounds: Rounds of a paired measurement (the most, with ``rel_ci``).
-        min_rounds: Rounds before ``rel_ci`` may stop early.
-        rel_ci: Stop once the 95% CI half-width relative to the ratio is at most this.
-        backend_options: The backend's own settings (:func:`autoprune.measure.latency.get_backend`
-            keywords, e.g. ``{"spinning": True}`` for ``onnxruntime``); None or empty: its serving defaults.
-    """
-
-    backend: str = "torch"
-    batch_size: int = 1
-    threads: int = DEFAULT_THREADS
-    warmup: int = 5
-    rounds: int = 15
-    min_rounds: int = 5
-    rel_ci: float | None = 0.03
-    backend_options: Mapping[str, object] | None = None
 
 
 @dataclass
@@ -167,7 +73,7 @@ class Metrics:
         reward: See the module docstring.
         seconds: Time spent per step (prune, accuracy, latency, total).
         failed: The evaluation raised or produced NaN; ``error`` says why.
-        backend: The latency backend and its settings that timed it (:func:`settings_label`).
+        backend: The latency backend and its settings that timed it (:func:`~autoprune.measure.backends.settings_label`).
         details: Parts of the proxy (fidelity: ``cosine`` and ``neighbour_agreement``; empty for accuracy).
     """
 
@@ -219,12 +125,6 @@ class Metrics:
             failed=bool(d.get("failed")), error=d.get("error"), backend=str(d.get("backend") or ""),
             details={k.removeprefix("proxy_"): float(v) for k, v in d.items() if k.startswith("proxy_") and v is not None},
         )
-
-
-def settings_label(settings: Mapping[str, object]) -> str:
-    """One line naming a backend and its settings, e.g. ``onnxruntime(threads=2, spinning=True, ...)``."""
-    rest = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "backend")
-    return f"{settings.get('backend', '?')}({rest})"
 
 
 def check_baseline_accuracy(val_accuracy: float, labels: torch.Tensor, model_name: str) -> None:
@@ -292,11 +192,10 @@ class PolicyEvaluator:
             ``latency-tables`` beside the check cache; ``None``: calibrate every time, write nothing).
 
     Attributes:
+        latency_model: What the search knows about latency (:class:`~autoprune.measure.latency_model.LatencyModel`:
+            the backend's timer, the dense ms, the lookup table and how it was made, the backend's
+            settings recorded with every result as ``Metrics.backend``).
         dense_ms: The dense model's latency in milliseconds per call at ``latency.batch_size``.
-        backend_settings: The latency backend's settings (:meth:`PairedTimer.settings`: name,
-            version, threads, spinning, ...), recorded with every result (``Metrics.backend``).
-        table_info: How the lookup table was made (``kind``: eager micro-benchmarks or fitted on
-            the backend; ``from_cache``).
         dense_macs, dense_params: MACs per input sample and parameters of the dense model.
         target: The budget target as a fraction of dense.
 
@@ -350,11 +249,7 @@ class PolicyEvaluator:
         self.allow_drop = allow_drop and bool(self.graph.blocks)
         self.unit_names = self.graph.unit_names
         self.block_names = self.graph.block_names if self.allow_drop else []
-        self.timer = PairedTimer(self.model, self.example_input, backend=latency.backend, threads=latency.threads,
-                                 backend_options=dict(latency.backend_options or {}))
-        self.backend_settings = self.timer.settings()
-        self.backend_label = settings_label(self.backend_settings)
-        self.dense_ms = self.timer.reference_ms(repeats=30)
+        budget.target_ratio(1.0)  # a bad target fails before anything is measured
         self.dense_macs, self.dense_params = count_macs_params(self.model, data.example_input(1))
         self.scorer = make_proxy(self.model, data, proxy, seed=seed)
         self.dense_accuracy = self.scorer.dense_score()
@@ -365,47 +260,33 @@ class PolicyEvaluator:
             )
         if baseline_name is not None and isinstance(self.scorer, AccuracyProxy):
             check_baseline_accuracy(self.dense_accuracy, data.val.subset(proxy.val_samples).y, baseline_name)
+        self.latency_model = LatencyModel.build(
+            self.model, self.graph, latency, example_input=self.example_input, max_ratio=max_ratio, round_to=round_to,
+            unit_names=self.unit_names, block_names=self.block_names, table=table, table_cache=table_cache,
+        )
         self.target = budget.target_ratio(self.dense_ms)
-        self._dense_specs = self.graph.specs_for({}, (), batch_size=latency.batch_size)
-        self.table_info: dict = {"kind": "given"}
-        self.table = table or self._calibrate_table(table_cache)
         self._cache: dict[tuple, Metrics] = {}
         self.history: list[Evaluation] = []
         #: Calibration batches of data-driven importance criteria (drawn only when one needs them).
         self.calibration_batches = self.scorer.calibration_batches
 
+    @property
+    def dense_ms(self) -> float:
+        """The dense model's latency in milliseconds per call at ``latency.batch_size`` (the latency model's)."""
+        return self.latency_model.dense_ms
+
     def __deepcopy__(self, memo: dict) -> PolicyEvaluator:
-        """The evaluator is a shared service (model, graph, timer, cache): copies of an env share it."""
+        """The evaluator is a shared service (model, graph, latency model, cache): copies of an env share it."""
         return self
 
     # ------------------------------------------------------------ prediction
-    def _calibrate_table(self, cache: str | Path | None) -> LatencyTable | FittedLatencyTable:
-        """The lookup table: eager micro-benchmarks on ``torch``, else fitted on the serving backend itself."""
-        if self.latency.backend == "torch":
-            table, self.calibration_failures = eager_table(
-                self.model, self.graph, self.timer, dense_ms=self.dense_ms, threads=self.latency.threads,
-                batch_size=self.latency.batch_size, max_ratio=self.max_ratio, round_to=self.round_to,
-                unit_names=self.unit_names, block_names=self.block_names,
-            )
-            self.table_info = {"kind": "eager micro-benchmarks"}
-            return table
-        self.calibration_failures = []
-        if cache == "auto":
-            cache = default_cache_dir().parent / "latency-tables"
-        table, self.table_info = backend_table(
-            self.model, self.graph, self.timer, batch_size=self.latency.batch_size, max_ratio=self.max_ratio,
-            round_to=self.round_to, cache_dir=cache,
-        )
-        return table
-
     def predicted_ratio(self, ratios: dict[str, float], drop: tuple[str, ...] | list[str] = ()) -> float:
         """Latency ratio to dense predicted by the lookup table, without surgery.
 
         Raises:
             PolicyError: a ratio is out of range or would remove every channel of a unit.
         """
-        specs = self.graph.specs_for(ratios, drop, round_to=self.round_to, batch_size=self.latency.batch_size)
-        return self.table.predict_ratio(specs, self._dense_specs)
+        return self.latency_model.predict_ratio(ratios, drop)
 
     def predicted_value(self, ratios: dict[str, float], drop: tuple[str, ...] | list[str] = ()) -> float:
         """The budget metric predicted without surgery: latency ratio from the lookup table, or the MAC ratio.
@@ -503,7 +384,7 @@ class PolicyEvaluator:
 
     def _failed(self, why: str) -> Metrics:
         nan = float("nan")
-        return Metrics(nan, nan, (nan, nan), nan, nan, 0, 0, nan, nan, nan, False, FAILED_REWARD, {}, True, why, self.backend_label)
+        return Metrics(nan, nan, (nan, nan), nan, nan, 0, 0, nan, nan, nan, False, FAILED_REWARD, {}, True, why, self.latency_model.label)
 
     def _evaluate_uncached(self, policy: Policy) -> Metrics:
         t0 = time.perf_counter()
@@ -515,10 +396,7 @@ class PolicyEvaluator:
         details = dict(self.scorer.details)
         pruned.eval()
         t2 = time.perf_counter()
-        lat = self.timer.ratio(
-            pruned, warmup=self.latency.warmup, rounds=self.latency.rounds,
-            min_rounds=self.latency.min_rounds, rel_ci=self.latency.rel_ci,
-        )
+        lat = self.latency_model.measure(pruned)
         t3 = time.perf_counter()
         macs, params = count_macs_params(pruned, self.data.example_input(1))
         predicted = self.predicted_ratio(policy.ratios, policy.drop)
@@ -539,7 +417,7 @@ class PolicyEvaluator:
             feasible=value <= self.target,
             reward=self.reward(acc, value),
             seconds={"prune": t1 - t0, "accuracy": t2 - t1, "latency": t3 - t2, "other": t4 - t3, "total": t4 - t0},
-            backend=self.backend_label,
+            backend=self.latency_model.label,
             details=details,
         )
 
@@ -552,7 +430,7 @@ class PolicyEvaluator:
         return max(pool, key=lambda e: e.metrics.reward, default=None)
 
     def with_budget(self, budget: Budget) -> PolicyEvaluator:
-        """A shallow variant with another budget sharing the graph, table, timer and cache-free history."""
+        """A shallow variant with another budget sharing the graph and latency model, with an empty cache and history."""
         clone = object.__new__(PolicyEvaluator)
         clone.__dict__.update(self.__dict__)
         clone.budget = budget

@@ -119,7 +119,7 @@ def confirm_best(evaluator: PolicyEvaluator, feasible: list[Evaluation], top: in
         pruned = apply_policy(
             evaluator.model, e.policy, graph=evaluator.graph, importance=evaluator.importance, round_to=evaluator.round_to
         ).eval()
-        ratio = evaluator.timer.ratio(pruned, rounds=30).ratio
+        ratio = evaluator.latency_model.confirm(pruned).ratio
         confirmed.append({"episode": e.index, "searched_ratio": e.metrics.latency_ratio, "confirmed_ratio": ratio, "reward": e.metrics.reward})
         if ratio <= evaluator.target:
             return e, confirmed

@@ -408,7 +408,7 @@ def fit_measured(
     Raises:
         BudgetError: the first re-fit cannot reach the goal's target even with every block dropped.
     """
-    from autoprune.objective.evaluator import Budget
+    from autoprune.objective.budget import Budget
 
     goal = evaluator if goal is None else goal
     ratios = policy.ratios

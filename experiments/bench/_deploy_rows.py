@@ -9,18 +9,23 @@ latency, each from its own search on the validation proxy:
 - ``global``: Torch-Pruning global magnitude pruning, its global ratio bisected the same way.
 
 Each is applied, BN-recalibrated and fine-tuned with the same budget (distillation on), then
-scored on the test split; exported to ONNX (fp32) and static QDQ int8. Latency is re-measured
-in a **fresh process**: paired against the dense model on the serving backend (fp32), int8
-against dense fp32 on ONNX Runtime, and the deployed artifact against the dense model in eager
-PyTorch (the user's starting point). One JSON per setting under ``experiments/results/runtimes_rows/``,
-so settings can be run one at a time and the section is rebuilt from all of them.
+scored on the test split; exported to ONNX (fp32) and static QDQ int8 (the pipeline's
+``decide_int8``). Latency is re-measured in a **fresh process**
+(:func:`autoprune.measure.fresh.remeasure_in_fresh_process`): paired against the dense model on
+the serving backend (fp32), int8 against dense fp32 on the runtime that would serve it, and the
+deployed artifact against the dense model in eager PyTorch (the user's starting point, timed in a
+fresh process of its own). One JSON per setting under ``experiments/results/runtimes_rows/``, so
+settings can be run one at a time and the section is rebuilt from all of them:
+
+    python -m experiments.bench._deploy_rows section                  # rebuild the section of runtimes.md
+    python -m experiments.bench._deploy_rows refresh ROWS_JSON        # re-run only its fresh-process measurement
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ._common import Goal, command, git_commit, goals_report, table, zoo_model
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 ROWS_DIR = RESULTS / "runtimes_rows"
@@ -45,13 +52,13 @@ def _overrides(model: str, batch: int, backend: str, episodes: int, epochs: floa
 
 def run_setting(model: str, batch: int, backend: str, *, episodes: int, epochs: float, target: float, threads: int = 2) -> dict[str, Any]:
     """Search, fine-tune, export and re-measure the four policies of one setting; returns (and writes) its JSON."""
-    from _common import git_commit
-
     from autoprune.app.experiment import build_evaluator, load_baseline
     from autoprune.app.pipeline import apply_best, decide_int8
     from autoprune.config.loading import load_config
     from autoprune.config.settings import finetune_settings, round_to
     from autoprune.formats.onnx import export_onnx
+    from autoprune.formats.pruned import save_pruned
+    from autoprune.measure.backends import backend_class
     from autoprune.objective.proxy import split_metrics
     from autoprune.search import get_searcher
     from autoprune.training.finetune import finetune
@@ -62,25 +69,27 @@ def run_setting(model: str, batch: int, backend: str, *, episodes: int, epochs: 
     baseline = load_baseline(cfg, progress=False)
     dense = baseline.model.eval()
     tmp = Path(tempfile.mkdtemp(prefix="ap-rows-"))
-    torch.save(dense, tmp / "dense.pt")
-    export_onnx(dense, baseline.data.example_input(batch), tmp / "dense.onnx")
+    zoo = zoo_model(cfg, baseline)
+    save = {"model_name": zoo.name, "in_channels": zoo.in_channels, "num_classes": zoo.num_classes, "input_size": zoo.input_size}
+    save_pruned(tmp / "dense.pt", dense, **save)  # pickle-free: the fresh process (and refresh) rebuild it
     dense_test = split_metrics(dense, baseline.data.test)["accuracy"]
     label = LABELS[backend]
+    tpe = {"sampler": "tpe", "n_startup_trials": 15}
+    # (row, searcher, its params, its episodes, the backend it searches on)
     specs = [
-        (f"searched on {label}", "optuna", backend),
-        ("searched on eager PyTorch", "optuna", "torch"),
-        ("uniform", "uniform", backend),
-        ("global (Torch-Pruning)", "global", backend),
+        (f"searched on {label}", "optuna", tpe, episodes, backend),
+        ("searched on eager PyTorch", "optuna", tpe, episodes, "torch"),
+        ("uniform", "uniform", {}, min(episodes, 8), backend),
+        ("global (Torch-Pruning)", "global", {}, min(episodes, 8), backend),
     ]
-    if backend == "torch":
+    if backend_class(backend).eager:
         specs.pop(1)
     rows = []
-    for name, searcher, search_backend in specs:
+    for name, searcher, params, row_episodes, search_backend in specs:
         row_cfg = load_config(DEMO, base_over + [f"latency.backend={search_backend}", f"search.searcher={searcher}"])
         ev = build_evaluator(row_cfg, baseline)
-        params = {"sampler": "tpe", "n_startup_trials": 15} if searcher == "optuna" else {}
         t0 = time.perf_counter()
-        res = get_searcher(searcher, params, progress=False).search(ev, episodes if searcher == "optuna" else min(episodes, 8), seed=0)
+        res = get_searcher(searcher, params, progress=False).search(ev, row_episodes, seed=0)
         search_s = time.perf_counter() - t0
         best = res.best
         pruned = apply_best(row_cfg, baseline, best.policy, evaluator=ev)
@@ -89,9 +98,9 @@ def run_setting(model: str, batch: int, backend: str, *, episodes: int, epochs: 
         ft_s = time.perf_counter() - t0
         pruned.eval()
         acc = split_metrics(pruned, baseline.data.test)["accuracy"]
-        slug = "eager" if search_backend == "torch" and backend != "torch" else name.split()[0]
+        slug = "eager" if backend_class(search_backend).eager and not backend_class(backend).eager else name.split()[0]
         (tmp / slug).mkdir(exist_ok=True)
-        torch.save(pruned, tmp / f"{slug}.pt")
+        save_pruned(tmp / f"{slug}.pt", pruned, **save)
         export_onnx(pruned, baseline.data.example_input(batch), tmp / f"{slug}.onnx")
         int8 = decide_int8(cfg, baseline, tmp / f"{slug}.onnx", acc, tmp / slug)
         rows.append({
@@ -102,16 +111,15 @@ def run_setting(model: str, batch: int, backend: str, *, episodes: int, epochs: 
             "int8_decision": int8["reason"], "model": str(tmp / f"{slug}.pt"), "onnx": str(tmp / f"{slug}.onnx"), "int8_onnx": int8["path"],
         })
         print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("model", "onnx", "int8_onnx")}), file=sys.stderr, flush=True)
-    fresh = remeasure_in_fresh_process(tmp, rows, backend=backend, batch=batch, threads=threads, options=dict(cfg.latency.backend_options or {}))
-    for row, m in zip(rows, fresh["rows"]):
+    fresh = remeasure(tmp, rows, backend=backend, batch=batch, threads=threads, options=dict(cfg.latency.backend_options or {}))
+    for row, m in zip(rows, fresh.pop("rows")):
         row.update(m)
     result = {
         "model": model, "batch": batch, "backend": backend, "target": target, "episodes": episodes, "finetune_epochs": epochs,
-        "threads": threads, "dense_test_accuracy": dense_test, "dense_backend_ms": fresh["dense_backend_ms"],
-        "dense_eager_ms": fresh["dense_eager_ms"], "backend_settings": fresh["backend_settings"], "rows": rows,
+        "threads": threads, "dense_test_accuracy": dense_test, **fresh, "rows": rows,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average": open("/proc/loadavg").read().split()[:3],
-        "command": "python " + " ".join(sys.argv),
+        "command": command(),
         "commit": git_commit(),
     }
     ROWS_DIR.mkdir(parents=True, exist_ok=True)
@@ -119,55 +127,34 @@ def run_setting(model: str, batch: int, backend: str, *, episodes: int, epochs: 
     return result
 
 
-def remeasure_in_fresh_process(tmp: Path, rows: list[dict], *, backend: str, batch: int, threads: int, options: dict) -> dict[str, Any]:
-    """Run :func:`_remeasure` in a new Python process (no warm caches, no sessions of the search)."""
-    spec = {"tmp": str(tmp), "backend": backend, "batch": batch, "threads": threads, "options": options,
-            "rows": [{k: r[k] for k in ("model", "onnx", "int8_onnx")} for r in rows]}
-    (tmp / "spec.json").write_text(json.dumps(spec))
-    out = subprocess.run([sys.executable, __file__, "remeasure", str(tmp / "spec.json")], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def remeasure(tmp: Path, rows: list[dict], *, backend: str, batch: int, threads: int, options: dict) -> dict[str, Any]:
+    """The rows' fresh-process figures: fp32 and int8 against dense where served, and dense in eager PyTorch.
 
+    Two new processes (:func:`autoprune.measure.fresh.remeasure_in_fresh_process`): dense alone on eager
+    PyTorch (no runtime session has ever run in it), then every row's fp32 model against dense on
+    ``backend`` (5 + 40 paired rounds) and its int8 file against dense fp32 on the runtime that would
+    serve it (``backend`` when it opens ONNX files, else ONNX Runtime).
 
-def _remeasure(spec_path: str) -> None:
-    from autoprune.measure.backends import backend_settings
-    from autoprune.measure.latency import PairedTimer, measure_latency
-    from autoprune.measure.onnxruntime import compare_onnx_files
+    Returns:
+        ``{"rows": [per-row figures], "dense_backend_ms", "dense_eager_ms", "int8_dense_ms", "backend_settings"}``.
+    """
+    from autoprune.formats.pruned import load_pruned
+    from autoprune.measure.fresh import remeasure_in_fresh_process
 
-    spec = json.loads(Path(spec_path).read_text())
-    tmp, threads, batch, backend = Path(spec["tmp"]), spec["threads"], spec["batch"], spec["backend"]
-    torch.set_num_threads(threads)
-    dense = torch.load(tmp / "dense.pt", weights_only=False).eval()
-    shape = next(dense.parameters()).shape  # (C_out, C_in, k, k) of the stem
-    x = torch.randn(batch, shape[1], 28, 28)
-    # eager first: no runtime session (and its spinning pool) exists yet in this process
-    dense_eager_ms = measure_latency(dense, x, warmup=10, repeats=100 if batch == 1 else 20, threads=threads).median_ms
-    timer = PairedTimer(dense, x, backend=backend, threads=threads, backend_options=spec["options"])
-    # int8 runs where it would be deployed: the serving runtime when it opens ONNX files, else ONNX Runtime
-    int8_runtime = backend if backend in ("onnxruntime", "openvino") else "onnxruntime"
-    out_rows = []
-    for r in spec["rows"]:
-        cand = timer.prepare(torch.load(r["model"], weights_only=False).eval())
-        timer.ratio(cand, rounds=5)
-        fp32 = timer.ratio(cand, rounds=40)
-        int8 = compare_onnx_files(tmp / "dense.onnx", r["int8_onnx"], x, threads=threads, rounds=40, backend=int8_runtime,
-                                  backend_options=spec["options"] if int8_runtime == backend else {})
-        out_rows.append({"fresh_ratio": fp32.ratio, "fresh_ci": [fp32.ci_low, fp32.ci_high], "fresh_int8_ratio": int8.ratio, "int8_runtime": int8_runtime})
-    dense_backend_ms = timer.reference_ms()
-    int8_dense_ms = dense_backend_ms
-    if int8_runtime != backend:
-        int8_dense_ms = measure_latency(PairedTimer(dense, x, backend=int8_runtime, threads=threads).prepare(dense), x, warmup=10,
-                                        repeats=100 if batch == 1 else 20, threads=threads).median_ms
-    for r in out_rows:
-        r["fresh_ms"] = r["fresh_ratio"] * dense_backend_ms
-        r["fresh_int8_ms"] = r["fresh_int8_ratio"] * int8_dense_ms
-    print(json.dumps({"rows": out_rows, "dense_backend_ms": dense_backend_ms, "dense_eager_ms": dense_eager_ms,
-                      "int8_dense_ms": int8_dense_ms, "backend_settings": backend_settings(timer.backend)}))
+    spec = load_pruned(tmp / "dense.pt")[1]["model"]
+    shape = (batch, spec["in_channels"], spec["input_size"], spec["input_size"])
+    eager = remeasure_in_fresh_process(tmp / "dense.pt", [], shape, backend="torch", threads=threads)
+    served = remeasure_in_fresh_process(tmp / "dense.pt", [r["model"] for r in rows], shape, backend=backend, threads=threads,
+                                        backend_options=options, rounds=40, int8_files=[r["int8_onnx"] for r in rows])
+    int8_runtime = served.int8.settings["backend"]
+    out_rows = [{"fresh_ratio": fp32.ratio, "fresh_ci": [fp32.ci_low, fp32.ci_high], "fresh_ms": fp32.ms, "fresh_int8_ratio": int8.ratio,
+                 "fresh_int8_ms": int8.ms, "int8_runtime": int8_runtime} for fp32, int8 in zip(served.ratios, served.int8.ratios)]
+    return {"rows": out_rows, "dense_backend_ms": served.dense_ms, "dense_eager_ms": eager.dense_ms, "int8_dense_ms": served.int8.reference_ms,
+            "backend_settings": served.settings}
 
 
 def section() -> str:
     """The markdown section built from every setting's JSON under ``runtimes_rows/``."""
-    from _common import table
-
     files = sorted(ROWS_DIR.glob("*.json"))
     if not files:
         return ""
@@ -178,7 +165,7 @@ def section() -> str:
             "latency / dense on the serving backend, re-measured in a new process (40 paired rounds); int8 is timed against "
             "dense fp32 on the runtime that would serve it (the backend itself for ONNX Runtime and OpenVINO). **deployed**: the "
             "faster of fp32 and int8 if int8 was kept; its speed-up is against the dense model in eager PyTorch at the same batch, "
-            "measured first in the fresh process.\n\n")
+            "measured in a fresh process in which no serving-runtime session has run.\n\n")
     goals = []
     for f in files:
         s = json.loads(f.read_text())
@@ -206,8 +193,8 @@ def section() -> str:
         text += table(["policy", "round_to", "episodes", "episodes/min", "ratio in search", "fresh ratio", "95% CI", "blocks dropped",
                        "proxy acc", "test acc", "vs dense (pts)", "int8 / dense fp32 (same runtime)", "int8 test acc", "int8 kept",
                        "deployed ms", "deployed vs dense eager"], rows) + "\n"
-        goals.append(_goals(s))
-    text += "### Goals (issue 13)\n\n" + "".join(goals)
+        goals += _goals(s)
+    text += goals_report(goals, "### Goals (issue 13)")
     return text
 
 
@@ -231,33 +218,28 @@ def write_section(path: Path = RESULTS / "runtimes.md") -> Path:
     return path
 
 
-def _goals(s: dict) -> str:
+def _goals(s: dict) -> list[Goal]:
     rows = {r["slug"]: r for r in s["rows"]}
     searched = rows["searched"]
     dense = s["dense_test_accuracy"]
     name = f"{s['model']} b{s['batch']} on {LABELS[s['backend']]}"
-
-    def mark(ok: bool) -> str:
-        return "met" if ok else "**not met**"
-
-    out = []
     gap = 100 * (dense - searched["test_accuracy"])
-    out.append(f"- {name}: searched policy within 1.0 point of dense: {-gap:+.2f} pts: {mark(gap <= 1.0)}")
+    out = [Goal(f"{name}: searched policy within 1.0 point of dense", f"{-gap:+.2f} pts", gap <= 1.0)]
     for other in ("uniform", "global"):
         if other in rows:
             d = 100 * (searched["test_accuracy"] - rows[other]["test_accuracy"])
-            out.append(f"- {name}: searched >= {other} + 1.0 point: {d:+.2f} pts: {mark(d >= 1.0)}")
+            out.append(Goal(f"{name}: searched >= {other} + 1.0 point", f"{d:+.2f} pts", d >= 1.0))
     ratio = searched["fresh_ratio"] / s["target"]
-    out.append(f"- {name}: fresh-process latency <= 1.05 x target: {searched['fresh_ratio']:.3f} = {ratio:.2f} x target: {mark(ratio <= 1.05)}")
+    out.append(Goal(f"{name}: fresh-process latency <= 1.05 x target", f"{searched['fresh_ratio']:.3f} = {ratio:.2f} x target", ratio <= 1.05))
     if s["backend"] == "onnxruntime" and s["batch"] == 1:
-        out.append(f"- {name}: search >= 30 episodes/min: {searched['episodes_per_min']:.1f}: {mark(searched['episodes_per_min'] >= 30)}")
+        out.append(Goal(f"{name}: search >= 30 episodes/min", f"{searched['episodes_per_min']:.1f}", searched["episodes_per_min"] >= 30))
         speed = s["dense_eager_ms"] / searched.get("deployed_ms", searched["fresh_ms"])
         loss = 100 * (dense - searched.get("deployed_acc", searched["test_accuracy"]))
-        out.append(f"- {name}: deployed artifact >= 15x faster than dense eager at <= 1 point loss: {speed:.1f}x, {-loss:+.2f} pts: "
-                   f"{mark(speed >= 15 and loss <= 1.0)}")
+        out.append(Goal(f"{name}: deployed artifact >= 15x faster than dense eager at <= 1 point loss", f"{speed:.1f}x, {-loss:+.2f} pts",
+                        speed >= 15 and loss <= 1.0))
     if "eager" in rows:
-        out.append(f"- {name}: the eager-searched policy re-measured here: {rows['eager']['fresh_ratio']:.3f} of dense (target {s['target']})")
-    return "".join(line + "\n" for line in out)
+        out.append(Goal(f"{name}: the eager-searched policy re-measured here", f"{rows['eager']['fresh_ratio']:.3f} of dense (target {s['target']})", None))
+    return out
 
 
 def refresh(json_path: str) -> None:
@@ -265,22 +247,26 @@ def refresh(json_path: str) -> None:
     path = Path(json_path)
     s = json.loads(path.read_text())
     tmp = Path(s["rows"][0]["model"]).parent
-    fresh = remeasure_in_fresh_process(tmp, s["rows"], backend=s["backend"], batch=s["batch"], threads=s["threads"],
-                                       options={})
-    for row, m in zip(s["rows"], fresh["rows"]):
+    fresh = remeasure(tmp, s["rows"], backend=s["backend"], batch=s["batch"], threads=s["threads"], options={})
+    for row, m in zip(s["rows"], fresh.pop("rows")):
         row.pop("fresh_int8_ratio_on_ort", None)
         row.pop("fresh_int8_ms_on_ort", None)
         row.update(m)
-    s.update({"dense_backend_ms": fresh["dense_backend_ms"], "dense_eager_ms": fresh["dense_eager_ms"], "backend_settings": fresh["backend_settings"],
-              "remeasured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+    s.update({**fresh, "remeasured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
     path.write_text(json.dumps(s, indent=1))
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("section", help="rebuild the rows section of runtimes.md from runtimes_rows/*.json")
+    again = sub.add_parser("refresh", help="re-run only the fresh-process measurement of one saved setting, then rebuild the section")
+    again.add_argument("json", help="the setting's JSON under runtimes_rows/ (its pruned-model files must still exist)")
+    args = parser.parse_args()
+    if args.action == "refresh":
+        refresh(args.json)
+    print(f"wrote {write_section()}")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "remeasure":
-        _remeasure(sys.argv[2])
-    elif len(sys.argv) == 3 and sys.argv[1] == "refresh":
-        refresh(sys.argv[2])
-        print(f"wrote {write_section()}")
-    elif len(sys.argv) == 2 and sys.argv[1] == "section":
-        print(f"wrote {write_section()}")
+    main()

@@ -18,7 +18,7 @@ Sections 2-4 list the exact units, the units left dense, the opaque modules, a r
 whether the MACs predicted for a uniform 50% policy equal those counted on the pruned model. Every
 reason is listed below the tables. Writes ``experiments/results/coverage.md``.
 
-    python experiments/bench/coverage.py [--episodes 8] [--batch 32]
+    python -m experiments.bench.coverage [--episodes 8] [--batch 32]
 """
 
 from __future__ import annotations
@@ -32,19 +32,21 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, table, write
-
 from autoprune.errors import ModelError
 from autoprune.graph.layers import count_macs, record_layer_specs
 from autoprune.graph.policy import Policy
 from autoprune.graph.safety import verified_graph
 from autoprune.graph.surgery import apply_policy
 from autoprune.measure.latency import PairedTimer, count_macs_params
-from autoprune.objective.evaluator import Budget, LatencySettings, PolicyEvaluator
+from autoprune.measure.schedule import PairedSchedule
+from autoprune.measure.settings import LatencySettings
+from autoprune.objective.budget import Budget
+from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.objective.proxy import ProxySettings
 from autoprune.search import get_searcher
 from autoprune.zoo import load_data
+
+from ._common import header, table, write
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))  # the catalogues import their plug-ins (fault_plugins) by name
@@ -114,7 +116,7 @@ def patterns_section(args, data, backend, export) -> tuple[list, list]:
         x1 = data.example_input(1)
         macs_ratio = count_macs_params(pruned, x1)[0] / count_macs_params(model, x1)[0]
         timer = PairedTimer(model, data.example_input(args.batch), backend=backend, threads=1)
-        speed = 1.0 / timer.ratio(pruned, rounds=args.rounds).ratio
+        speed = 1.0 / timer.ratio(pruned, PairedSchedule(rounds=args.rounds)).ratio
         rows.append((
             name, f"{len(report.exact)}/{n_all}", f"{built}/{len(ev.history)}", f"{target:.2f}", f"{macs_ratio:.2f}", f"{speed:.2f}x",
         ))
@@ -124,7 +126,7 @@ def patterns_section(args, data, backend, export) -> tuple[list, list]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--episodes", type=int, default=8)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=20)

@@ -2,7 +2,7 @@
 
 ResNet-20 on Fashion-MNIST (the committed baseline). Writes ``experiments/results/measure.md``.
 
-    python experiments/bench/measure.py [--policies 50] [--spearman 10] [--ft-samples 54000]
+    python -m experiments.bench.measure [--policies 50] [--spearman 10] [--ft-samples 54000]
 """
 
 from __future__ import annotations
@@ -10,25 +10,24 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, table, write
-
 from autoprune.app.experiment import build_evaluator, load_baseline
+from autoprune.app.pipeline import apply_best
 from autoprune.config.loading import parse_config
 from autoprune.graph.policy import Policy
 from autoprune.graph.surgery import apply_policy
 from autoprune.measure.latency import PairedTimer, measure_latency
+from autoprune.measure.schedule import PairedSchedule
 from autoprune.objective.proxy import accuracy
 from autoprune.training.finetune import FinetuneSettings, finetune
 from autoprune.zoo import Split
+
+from ._common import Goal, goals_report, header, table, write
 
 
 def random_policy(ev, rng: np.random.Generator, drop_prob: float = 0.25) -> Policy:
@@ -48,7 +47,7 @@ def noise_section(ev, policies: list[Policy], repeats: int) -> tuple[str, dict]:
             ref = measure_latency(model, x, warmup=5, repeats=30, threads=ev.latency.threads).median_ms
             cand = measure_latency(pruned, x, warmup=5, repeats=30, threads=ev.latency.threads).median_ms
             up.append(cand / ref)
-            pa.append(ev.timer.ratio(pruned, rounds=15).ratio)
+            pa.append(ev.latency_model.measure(pruned, PairedSchedule(rounds=15)).ratio)
         unpaired_cv.append(float(np.std(up, ddof=1) / np.mean(up)))
         paired_cv.append(float(np.std(pa, ddof=1) / np.mean(pa)))
     rows = [
@@ -74,7 +73,7 @@ def table_section(ev, evaluations) -> tuple[str, dict]:
     text = (
         "## Lookup-table prediction error (vs paired measurement)\n\n"
         + table(["policies", "n", "median rel. error", "p90 rel. error"], [row("all", errors), row("channels only", without), row("with block drops", with_drop)])
-        + f"\nTable: {len(ev.table)} micro-benchmarked layer shapes, calibration scale {ev.table.scale:.3f}, offset {ev.table.offset_ms:.3f} ms.\n\n"
+        + f"\nTable: {len(ev.latency_model.table)} micro-benchmarked layer shapes, calibration scale {ev.latency_model.table.scale:.3f}, offset {ev.latency_model.table.offset_ms:.3f} ms.\n\n"
     )
     return text, {"median_err": float(np.median(errors)), "p90_err": float(np.percentile(errors, 90))}
 
@@ -101,7 +100,7 @@ def speedup_section(ev, baseline) -> str:
     for name, pol, round_to in configs:
         pruned = apply_policy(model, pol, graph=ev.graph, round_to=round_to).eval()
         macs, _ = count_macs_params(pruned, x1)
-        lat = {b: t.ratio(pruned, rounds=15 if b == 1 else 7, calls_per_round=3 if b == 1 else 2) for b, t in timers.items()}
+        lat = {b: t.ratio(pruned, PairedSchedule(rounds=15 if b == 1 else 7, calls_per_round=3 if b == 1 else 2)) for b, t in timers.items()}
         mr = macs / dense_macs
         rows.append((name, mr, lat[1].ratio, (1 / lat[1].ratio) / (1 / mr), lat[32].ratio, (1 / lat[32].ratio) / (1 / mr)))
     return (
@@ -124,7 +123,7 @@ def cost_section(evaluations) -> tuple[str, dict]:
     return text, means
 
 
-def spearman_section(ev, baseline, evaluations, n: int, ft_samples: int) -> tuple[str, dict]:
+def spearman_section(cfg, ev, baseline, evaluations, n: int, ft_samples: int) -> tuple[str, dict]:
     data = baseline.data
     sub = copy.copy(data)
     sub.train = Split(data.train.x[:ft_samples], data.train.y[:ft_samples])
@@ -133,7 +132,7 @@ def spearman_section(ev, baseline, evaluations, n: int, ft_samples: int) -> tupl
     proxies, tuned = [], []
     for i in picks:
         pol, m = evaluations[i]
-        pruned = apply_policy(ev.model, pol, graph=ev.graph)
+        pruned = apply_best(cfg, baseline, pol, evaluator=ev)  # as `autoprune run` delivers it: BN re-estimated
         finetune(pruned, sub, FinetuneSettings(epochs=1, lr=0.01, augment=False), progress=False)
         proxies.append(m.accuracy)
         tuned.append(accuracy(pruned, data.val))
@@ -148,7 +147,7 @@ def spearman_section(ev, baseline, evaluations, n: int, ft_samples: int) -> tupl
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policies", type=int, default=50)
     ap.add_argument("--noise-policies", type=int, default=6)
     ap.add_argument("--noise-repeats", type=int, default=8)
@@ -183,17 +182,17 @@ def main() -> None:
     summary.update(s)
     out += speedup_section(ev, baseline)
     if args.spearman > 1:
-        text, s = spearman_section(ev, baseline, evaluations, args.spearman, args.ft_samples)
+        text, s = spearman_section(cfg, ev, baseline, evaluations, args.spearman, args.ft_samples)
         out += text
         summary.update(s)
     goals = [
-        ("one evaluation <= 2 s", f"{summary['total']:.2f} s", summary["total"] <= 2.0),
-        ("paired latency-ratio CV <= 3%", f"{100 * summary['paired_cv']:.1f}% (unpaired {100 * summary['unpaired_cv']:.1f}%)", summary["paired_cv"] <= 0.03),
-        ("lookup-table median error <= 5%", f"{100 * summary['median_err']:.1f}% (p90 {100 * summary['p90_err']:.1f}%)", summary["median_err"] <= 0.05),
+        Goal("one evaluation <= 2 s", f"{summary['total']:.2f} s", summary["total"] <= 2.0),
+        Goal("paired latency-ratio CV <= 3%", f"{100 * summary['paired_cv']:.1f}% (unpaired {100 * summary['unpaired_cv']:.1f}%)", summary["paired_cv"] <= 0.03),
+        Goal("lookup-table median error <= 5%", f"{100 * summary['median_err']:.1f}% (p90 {100 * summary['p90_err']:.1f}%)", summary["median_err"] <= 0.05),
     ]
     if "spearman" in summary:
-        goals.append(("proxy vs fine-tuned Spearman >= 0.7", f"{summary['spearman']:.3f}", summary["spearman"] >= 0.7))
-    out += "## Goals\n\n" + table(["goal", "measured", "met"], [(g, v, "yes" if ok else "**no**") for g, v, ok in goals])
+        goals.append(Goal("proxy vs fine-tuned Spearman >= 0.7", f"{summary['spearman']:.3f}", summary["spearman"] >= 0.7))
+    out += goals_report(goals)
     path = write(args.out, out)
     print(out)
     print(f"written to {path}")

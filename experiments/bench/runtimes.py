@@ -3,10 +3,10 @@
 ResNet-20 on Fashion-MNIST shapes (1x28x28), the committed checkpoint, dense vs a pruned
 variant (uniform 0.5 channels, blocks 2, 5, 8 dropped). Writes ``experiments/results/runtimes.md``.
 
-    python experiments/bench/runtimes.py [--repeats 8] [--sections paired,table] [--batches 1,32] [--threads 2]
+    python -m experiments.bench.runtimes [--repeats 8] [--sections paired,table] [--batches 1,32] [--threads 2]
         [--backends torch,onnxruntime,openvino] [--calibration 24] [--test-policies 20] [--append]
-    python experiments/bench/runtimes.py --sections rows [--settings resnet20:1:onnxruntime,...] [--episodes 40] [--epochs 1]
-    python experiments/bench/_deploy_rows.py section   # rebuild the rows section from runtimes_rows/*.json
+    python -m experiments.bench.runtimes --sections rows [--settings resnet20:1:onnxruntime,...] [--episodes 40] [--epochs 1]
+    python -m experiments.bench._deploy_rows section   # rebuild the rows section from runtimes_rows/*.json
 
 The paired, prepare and table sections are written (or appended, ``--append``) above a marker;
 the rows section after the marker is always rebuilt from every setting's JSON.
@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, _version, header, table
-
 from autoprune.graph import Policy, PrunableGraph, apply_policy
 from autoprune.measure.latency import PairedTimer, measure_latency
+from autoprune.measure.schedule import PairedSchedule
 from autoprune.training.baseline import load_model_weights
 from autoprune.zoo import build_model
+
+from ._common import RESULTS, _version, header, table
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "resnet20-fashion_mnist.pt"
 THREADS = 2  # --threads
@@ -86,14 +86,14 @@ def paired_section(repeats: int, batches: list[int]) -> tuple[str, list[tuple]]:
             rows.append((label, batch, f"sequential medians of {n_seq}", statistics.mean(seq), _cv(seq), ref_ms, "-"))
             print(*rows[-1], np.round(seq, 3), file=sys.stderr, flush=True)
             for method, kwargs in METHODS:
-                if kwargs.get("clock") == "thread" and not getattr(timer.backend, "runs_on_calling_thread", False):
+                if kwargs.get("clock") == "thread" and not timer.backend.runs_on_calling_thread:
                     continue
                 if batch > 1 and kwargs["calls_per_round"] > 3:
                     kwargs = {**kwargs, "calls_per_round": 5}
                     method = method.replace("10", "5")
                 values, seconds = [], []
                 for _ in range(repeats):
-                    stats = timer.ratio(cand, rounds=15, **kwargs)
+                    stats = timer.ratio(cand, PairedSchedule(rounds=15, **kwargs))
                     values.append(stats.ratio)
                     seconds.append(stats.elapsed_s)
                 rows.append((label, batch, method, statistics.mean(values), _cv(values), stats.ref_median_ms, statistics.mean(seconds)))
@@ -128,7 +128,7 @@ def table_section(batches: list[int], n_test: int, n_random: int) -> str:
     """
     import tempfile
 
-    from autoprune.measure.backends import channel_multiple
+    from autoprune.measure.backends import backend_class
     from autoprune.measure.runtime_table import calibrate_on_backend, calibration_policies
 
     dense, _, graph = models()
@@ -139,23 +139,23 @@ def table_section(batches: list[int], n_test: int, n_random: int) -> str:
             if name not in ONLY:
                 continue
             timer = PairedTimer(dense, x, backend=name, threads=THREADS, backend_options=options)
-            clock = {"clock": "thread"} if getattr(timer.backend, "runs_on_calling_thread", False) else {}
-            for round_to in dict.fromkeys([None, channel_multiple(name)]):
+            clock = {"clock": "thread"} if timer.backend.runs_on_calling_thread else {}
+            for round_to in dict.fromkeys([None, backend_class(name).channel_multiple()]):
                 with tempfile.TemporaryDirectory() as cache:
                     t0 = time.perf_counter()
                     fitted, cached = calibrate_on_backend(dense, graph, timer, batch_size=batch, n_random=n_random, cache_dir=cache,
-                                                          ratio_options=clock, round_to=round_to)
+                                                          schedule=PairedSchedule(rounds=10, **clock), round_to=round_to)
                     first_s = time.perf_counter() - t0
                     t0 = time.perf_counter()
                     _, cached_again = calibrate_on_backend(dense, graph, timer, batch_size=batch, n_random=n_random, cache_dir=cache,
-                                                           ratio_options=clock, round_to=round_to)
+                                                           schedule=PairedSchedule(rounds=10, **clock), round_to=round_to)
                     second_s = time.perf_counter() - t0
                 assert not cached and cached_again
                 dense_specs = graph.specs_for({}, (), batch_size=batch)
                 tests = calibration_policies(graph.unit_names, graph.block_names, n_random=n_test, seed=777)[6:]
                 errs, errs_drop, measured_all = [], [], []
                 for pol in tests:
-                    measured = timer.ratio(apply_policy(dense, pol, graph=graph, round_to=round_to).eval(), rounds=10, **clock).ratio
+                    measured = timer.ratio(apply_policy(dense, pol, graph=graph, round_to=round_to).eval(), PairedSchedule(rounds=10, **clock)).ratio
                     predicted = fitted.predict_ratio(graph.specs_for(pol.ratios, pol.drop, round_to=round_to, batch_size=batch), dense_specs)
                     (errs_drop if pol.drop else errs).append(abs(predicted - measured) / measured)
                     measured_all.append(measured)
@@ -213,7 +213,7 @@ def _cv(values: list[float]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--sections", default="paired,table")
     parser.add_argument("--batches", default="1,32")
@@ -249,7 +249,7 @@ def main() -> None:
     if "table" in sections:
         text += table_section(batches, args.test_policies, args.calibration)
     if "rows" in sections:  # one JSON per setting; the section at the end of runtimes.md is rebuilt from all of them
-        from _deploy_rows import run_setting, write_section
+        from ._deploy_rows import run_setting, write_section
 
         for setting in filter(None, args.settings.split(",")):
             model, batch, backend = setting.split(":")
@@ -258,7 +258,7 @@ def main() -> None:
         if sections == ["rows"]:
             return
     text += f"Total time {time.perf_counter() - start:.0f} s; load average at the end: {' '.join(open('/proc/loadavg').read().split()[:3])}.\n"
-    from _deploy_rows import MARKER, write_section
+    from ._deploy_rows import MARKER, write_section
 
     path = RESULTS / "runtimes.md"
     old = path.read_text().split(MARKER, 1)[0] if args.append and path.exists() else ""

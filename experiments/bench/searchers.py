@@ -6,7 +6,7 @@ Each (searcher, batch size, seed) cell is one part: its row is appended to
 benchmark loses nothing and a rerun skips finished cells. ``searchers.md`` and
 ``searchers_curves.png`` are rebuilt from all rows after every part.
 
-    python experiments/bench/searchers.py [--episodes 150] [--seeds 3] [--batch-sizes 1,32]
+    python -m experiments.bench.searchers [--episodes 150] [--seeds 3] [--batch-sizes 1,32]
         [--searchers uniform,random,optuna,ppo,ddpg,sensitivity] [--mac-row] [--target 0.5]
 
 The returned policy's latency is re-measured in a fresh process, paired against dense.
@@ -16,25 +16,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, header, table, write
+from ._common import RESULTS, Goal, goals_report, header, table, write, zoo_model
 
 ROWS = RESULTS / "searchers.jsonl"
+
+
+SEARCH_SETTINGS = {"optuna": lambda episodes: {"sampler": "tpe", "storage": None, "params": {"storage": None, "n_startup_trials": max(5, episodes // 8)}}}
 
 
 def make_config(searcher: str, batch: int, seed: int, episodes: int, target: float, metric: str = "latency"):
     from autoprune.config.loading import parse_config
 
     search: dict = {"searcher": searcher, "episodes": episodes}
-    if searcher == "optuna":
-        search.update(sampler="tpe", storage=None, params={"storage": None, "n_startup_trials": max(5, episodes // 8)})
+    # the row's own settings: a study without storage and TPE's start-up sized to the budget
+    search.update(SEARCH_SETTINGS.get(searcher, lambda episodes: {})(episodes))
     return parse_config(
         {
             "name": f"bench-{searcher}-b{batch}-s{seed}",
@@ -49,20 +48,21 @@ def make_config(searcher: str, batch: int, seed: int, episodes: int, target: flo
     )
 
 
-def remeasure(policy_path: str, batch: int, threads: int = 2) -> dict:
-    """In a fresh process: load baseline, apply the policy, measure the paired latency ratio."""
-    code = (
-        f"import json,sys,torch;torch.set_num_threads({threads});"
-        "from autoprune.config.schema import parse_config;from autoprune.app.experiment import load_baseline;"
-        "from autoprune.graph.prunable import PrunableGraph;from autoprune.graph.surgery import apply_policy;"
-        "from autoprune.graph.policy import load_policy;from autoprune.measure.latency import PairedTimer;"
-        "cfg=parse_config({'model':{'name':'resnet20'},'data':{'name':'fashion_mnist'}});b=load_baseline(cfg,progress=False);"
-        f"p=load_policy({policy_path!r})[0];g=PrunableGraph(b.model,b.data.example_input(1));"
-        f"m=apply_policy(b.model,p,graph=g).eval();t=PairedTimer(b.model,b.data.example_input({batch}),threads={threads});"
-        "t.ratio(m,rounds=5);r=t.ratio(m,rounds=30);print(json.dumps({'ratio':r.ratio,'lo':r.ci_low,'hi':r.ci_high}))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def remeasure(cfg, baseline, run, batch: int) -> dict:
+    """The best policy as the pipeline delivers it (``apply_best``), timed paired against dense in a fresh process.
+
+    5 warm-up and 30 measured rounds on the search's latency backend, at ``batch``
+    (:func:`autoprune.measure.fresh.remeasure_in_fresh_process`).
+    """
+    from autoprune.app.pipeline import apply_best
+    from autoprune.measure.fresh import remeasure_in_fresh_process
+
+    lc = cfg.latency
+    pruned = apply_best(cfg, baseline, run.result.best.policy, evaluator=run.evaluator)
+    fresh = remeasure_in_fresh_process(baseline.model, [pruned], baseline.data.example_input(batch), backend=lc.backend, threads=lc.threads,
+                                       backend_options=lc.backend_options, rounds=30, zoo=zoo_model(cfg, baseline))
+    r = fresh.ratios[0]
+    return {"ratio": r.ratio, "lo": r.ci_low, "hi": r.ci_high}
 
 
 def run_cell(searcher: str, batch: int, seed: int, episodes: int, target: float, metric: str) -> dict:
@@ -76,7 +76,7 @@ def run_cell(searcher: str, batch: int, seed: int, episodes: int, target: float,
     res, ev = run.result, run.evaluator
     best = res.best
     eval_s = sum(e.metrics.seconds.get("total", 0.0) for e in res.history if not e.cached)
-    fresh = remeasure(str(run.policy_path), batch)
+    fresh = remeasure(cfg, baseline, run, batch)
     return {
         "searcher": searcher,
         "metric": metric,
@@ -157,34 +157,36 @@ def goals(rows: list[dict]) -> str:
         v = [r["best_accuracy"] for r in rows if r["searcher"] == s and r["batch"] == batch and r["metric"] == metric]
         return float(np.mean(v)) if v else float("nan")
 
-    lines = ["## Goals (batch 1 unless noted)\n"]
+    out = []
     u = mean_acc("uniform")
     for s in ("ppo", "optuna"):
         a = mean_acc(s)
         if not np.isnan(a) and not np.isnan(u):
-            lines.append(f"- {s} vs uniform: {100 * (a - u):+.1f} points (goal >= +10): {'met' if a - u >= 0.10 else '**not met**'}")
+            out.append(Goal(f"{s} vs uniform >= +10 points", f"{100 * (a - u):+.1f} points", a - u >= 0.10))
         for other in ("ddpg", "random"):
             o = mean_acc(other)
             if not np.isnan(a) and not np.isnan(o):
-                lines.append(f"- {s} vs {other}: {100 * (a - o):+.1f} points (goal >= 0): {'met' if a >= o else '**not met**'}")
+                out.append(Goal(f"{s} vs {other} >= 0 points", f"{100 * (a - o):+.1f} points", a >= o))
     rates = [r["episodes_per_min"] for r in rows if r["batch"] == 1 and r["searcher"] not in ("uniform",)]
     if rates:
-        lines.append(f"- episodes/min (batch 1, mean over searchers): {np.mean(rates):.1f} (goal >= 30): {'met' if np.mean(rates) >= 30 else '**not met**'}")
+        out.append(Goal("episodes/min (batch 1, mean over searchers) >= 30", f"{np.mean(rates):.1f}", np.mean(rates) >= 30))
     fresh = [r["fresh_latency_ratio"] / r["target"] for r in rows if r["metric"] == "latency"]
     if fresh:
-        lines.append(f"- fresh re-measured latency / target: max {max(fresh):.3f} (goal <= 1.05): {'met' if max(fresh) <= 1.05 else '**not met**'}")
+        out.append(Goal("fresh re-measured latency / target <= 1.05", f"max {max(fresh):.3f}", max(fresh) <= 1.05))
     ppo_over = [1 - r["eval_s"] / r["search_s"] for r in rows if r["searcher"] == "ppo"]
     if ppo_over:
-        lines.append(f"- env+agent overhead over the evaluator (PPO): {100 * np.mean(ppo_over):.1f}% (goal for the env alone < 5%; this includes PPO's own training)")
+        out.append(Goal("env+agent overhead over the evaluator (PPO; the goal < 5% is for the env alone, this includes PPO's own training)",
+                        f"{100 * np.mean(ppo_over):.1f}%", None))
     mac = [r for r in rows if r["metric"] == "macs"]
     if mac:
         lat_rows = [r for r in rows if r["metric"] == "latency" and r["searcher"] == mac[0]["searcher"] and r["batch"] == mac[0]["batch"]]
         if lat_rows:
-            lines.append(
-                f"- latency-targeted vs MAC-targeted ({mac[0]['searcher']}): proxy acc {np.mean([r['best_accuracy'] for r in lat_rows]):.4f} at fresh latency "
-                f"{np.mean([r['fresh_latency_ratio'] for r in lat_rows]):.3f} vs {np.mean([r['best_accuracy'] for r in mac]):.4f} at {np.mean([r['fresh_latency_ratio'] for r in mac]):.3f}"
-            )
-    return "\n".join(lines) + "\n"
+            out.append(Goal(
+                f"latency-targeted vs MAC-targeted ({mac[0]['searcher']})",
+                f"proxy acc {np.mean([r['best_accuracy'] for r in lat_rows]):.4f} at fresh latency "
+                f"{np.mean([r['fresh_latency_ratio'] for r in lat_rows]):.3f} vs {np.mean([r['best_accuracy'] for r in mac]):.4f} at "
+                f"{np.mean([r['fresh_latency_ratio'] for r in mac]):.3f}", None))
+    return goals_report(out, "## Goals (batch 1 unless noted)")
 
 
 def plot_curves(rows: list[dict]) -> None:
@@ -221,7 +223,7 @@ def plot_curves(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--episodes", type=int, default=150)
     ap.add_argument("--seeds", type=int, default=3, help="seeds at batch 1 (batch 32 always uses 1)")
     ap.add_argument("--batch-sizes", default="1,32")

@@ -18,10 +18,10 @@ For each target model, at the same latency target, side by side:
 
 Reported per method: proxy accuracy (validation split, after BN re-estimation), the measured
 latency ratio, the wall time of finding the policy, and the test accuracy after the same
-short fine-tune. "share of gain" = (method - uniform) / (fresh - uniform). Baselines are
+short fine-tune (applied as ``autoprune run`` applies it: ``apply_best``, BN re-estimated). "share of gain" = (method - uniform) / (fresh - uniform). Baselines are
 trained by ``autoprune train`` with a short schedule (see the results file).
 
-    python experiments/bench/transfer.py [--episodes 100] [--seeds 3] [--finetune-epochs 0.2] [--targets resnet32,resnet56,mobilenetv2]
+    python -m experiments.bench.transfer [--episodes 100] [--seeds 3] [--finetune-epochs 0.2] [--targets resnet32,resnet56,mobilenetv2]
 
 Each (target, seed)'s rows are kept in ``experiments/results/transfer.jsonl`` as they finish, so an
 interrupted run goes on where it stopped when rerun; ``--fresh`` starts over (source searches too).
@@ -32,25 +32,23 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, header, table, write
-
 from autoprune.app.experiment import build_evaluator, load_baseline
+from autoprune.app.pipeline import apply_best
 from autoprune.config.loading import parse_config
 from autoprune.formats.policy_file import policy_document
 from autoprune.graph.policy import model_fingerprint
-from autoprune.graph.surgery import apply_policy
 from autoprune.objective.proxy import split_metrics
 from autoprune.search import get_searcher
 from autoprune.training.finetune import FinetuneSettings, finetune
 from autoprune.transfer import transfer
+
+from ._common import RESULTS, Goal, goals_report, header, table, write
 
 PARTS = RESULTS / "transfer.jsonl"
 MIN_GAIN = 0.005
@@ -73,7 +71,7 @@ def setup(model: str, target: float, threads: int):
                         "data": {"name": "fashion_mnist"},
                         "budget": {"target": target}, "latency": {"threads": threads}})
     baseline = load_baseline(cfg, progress=False)
-    return baseline, build_evaluator(cfg, baseline)
+    return cfg, baseline, build_evaluator(cfg, baseline)
 
 
 def source(episodes: int, target: float, threads: int) -> tuple[dict, Path, list[dict]]:
@@ -82,7 +80,7 @@ def source(episodes: int, target: float, threads: int) -> tuple[dict, Path, list
     if pol_path.is_file() and (agent_dir / "agent.zip").is_file() and rows_path.is_file():
         return json.loads(pol_path.read_text()), agent_dir, json.loads(rows_path.read_text())
     SOURCE_DIR.mkdir(parents=True, exist_ok=True)
-    baseline, ev = setup("resnet20", target, threads)
+    _, baseline, ev = setup("resnet20", target, threads)
     rows = []
     t0 = time.perf_counter()
     tpe = get_searcher("optuna", {"sampler": "tpe", "n_startup_trials": 15}, progress=False).search(ev, episodes, seed=0)
@@ -113,7 +111,7 @@ def run_target(model: str, doc: dict, agent_dir: Path, args, seed: int) -> list[
     from autoprune.errors import AutopruneError
     from autoprune.graph.policy import Policy
 
-    baseline, ev = setup(model, args.target, args.threads)
+    cfg, baseline, ev = setup(model, args.target, args.threads)
     src = Policy.from_dict(doc)
     rows: list[dict] = []
 
@@ -180,7 +178,7 @@ def run_target(model: str, doc: dict, agent_dir: Path, args, seed: int) -> list[
             continue
         pol = Policy.from_dict(r["policy"])
         torch.manual_seed(seed)
-        pruned = apply_policy(baseline.model, pol, graph=ev.graph, importance=ev.importance)
+        pruned = apply_best(cfg, baseline, pol, evaluator=ev)  # as `autoprune run` delivers it: BN re-estimated
         finetune(pruned, baseline.data, FinetuneSettings(epochs=args.finetune_epochs, seed=seed), teacher=None, progress=False)
         r["test_acc"] = split_metrics(pruned, baseline.data.test)["accuracy"]
     return rows
@@ -257,14 +255,14 @@ def render(rows: list[dict], args, dense: dict[str, dict]) -> str:
                          share_p, share_t, cost, cost_s))
             if m in CHEAP and uni and fresh:
                 if not rs:
-                    verdicts.append(f"- {model}, {m}: failed in every seed ({failed[m][0]['error']})")
+                    verdicts.append(Goal(f"{model}, {m}", f"failed in every seed ({failed[m][0]['error']})", False))
                     continue
-                def ok(share: float, cost: float = cost) -> str:
-                    if share != share:
-                        return "undefined: fresh search <= uniform + 0.5 pt"
-                    return "met" if share >= 0.8 and cost <= 0.10 + 1e-9 else "NOT met"
-                verdicts.append(f"- {model}, {m}: {share_p:.0%} of the proxy gain ({ok(share_p)}), {share_t:.0%} of the "
-                                f"test gain ({ok(share_t)}), at {cost:.1%} of the fresh search's evaluations ({cost_s:.1%} of its wall time)")
+                for split, share in (("proxy", share_p), ("test", share_t)):
+                    defined = share == share
+                    value = (f"{share:.0%}" if defined else "undefined (fresh search <= uniform + 0.5 pt)") + \
+                        f" at {cost:.1%} of the fresh search's evaluations ({cost_s:.1%} of its wall time)"
+                    verdicts.append(Goal(f"{model}, {m}: share of the {split} gain >= 80% at <= 10% of the evaluations", value,
+                                         share >= 0.8 and cost <= 0.10 + 1e-9 if defined else None))
             for seed in seeds:
                 by = {r["method"]: r for r in mine if r.get("seed", 0) == seed and not r.get("failed")}
                 if m in CHEAP and m in by and "uniform" in by and "fresh TPE" in by:
@@ -294,13 +292,12 @@ def render(rows: list[dict], args, dense: dict[str, dict]) -> str:
             out.append(table(["method", "seed", "share (proxy)", "share (test)"], per_seed))
             out.append("\n")
     if verdicts:
-        out.append("## Goal: transfer or zero-shot reaches >= 80% of the fresh search's gain over uniform at <= 10% of its cost\n\n")
-        out.append("\n".join(verdicts) + "\n")
+        out.append(goals_report(verdicts, "## Goal: transfer or zero-shot reaches >= 80% of the fresh search's gain over uniform at <= 10% of its cost"))
     return "".join(out)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--episodes", type=int, default=100, help="Episodes of the source and of each fresh search.")
     ap.add_argument("--target", type=float, default=0.5)
     ap.add_argument("--finetune-epochs", type=float, default=0.2)

@@ -15,14 +15,15 @@ The searches measure latency on ONNX Runtime at sequence length ``--seq`` and ba
 Each policy is applied, its test fidelity (cosine and 10-NN agreement with the dense
 embeddings, on the test quotations) taken, then distilled to the dense embeddings for
 ``--epochs`` epochs of training quotations (same budget for every row) and scored again. Its
-ONNX file is re-timed against the dense ONNX file in a **fresh process** on ONNX Runtime at
+ONNX file is re-timed against the dense ONNX file in a **fresh process**
+(:func:`autoprune.measure.fresh.remeasure_in_fresh_process`) on ONNX Runtime at
 batch 1 and batch ``--big-batch``, sequence ``--seq``. Writes
 ``experiments/results/transformers.md`` and one JSON per target under ``transformers_rows/``.
 
-    python experiments/bench/transformers.py [--targets 0.7,0.5] [--rows uniform,global,layer_drop,optuna,ppo]
+    python -m experiments.bench.transformers [--targets 0.7,0.5] [--rows uniform,global,layer_drop,optuna,ppo]
         [--episodes 16] [--epochs 0.25] [--val-samples 300] [--seq 128] [--big-batch 32] [--search-batch 1] [--threads 2]
-    python experiments/bench/transformers.py --report   # rebuild the markdown from the JSON files
-    python experiments/bench/transformers.py --model hf:/tiny/folder --limit 60 --episodes 3 --epochs 0.1 --seq 32 --out /tmp/smoke
+    python -m experiments.bench.transformers --report   # rebuild the markdown from the JSON files
+    python -m experiments.bench.transformers --model hf:/tiny/folder --limit 60 --episodes 3 --epochs 0.1 --seq 32 --out /tmp/smoke
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,13 +39,7 @@ from typing import Any
 
 import torch
 
-_HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(_HERE))
-from _common import RESULTS, _version, git_commit, header, table  # noqa: E402
-
-# This file is named like the ``transformers`` package (the issue names it so): take its folder off
-# the path, or ``import transformers`` anywhere below would import this script instead.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+from ._common import RESULTS, Goal, _version, command, git_commit, goals_report, header, table
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "minilm.yaml"
 ROWS_DIR = RESULTS / "transformers_rows"
@@ -80,8 +74,6 @@ def run_target(target: float, args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="ap-transformers-"))
     x1 = baseline.data.example_input(1)
     export_onnx(dense, x1, tmp / "dense.onnx")
-    for b in (1, args.big_batch):
-        torch.save(baseline.data.example_input(b), tmp / f"input-b{b}.pt")
     t0 = time.perf_counter()
     test = test_fidelity(baseline, cfg)
     test.dense_score()
@@ -121,7 +113,7 @@ def run_target(target: float, args: argparse.Namespace) -> dict[str, Any]:
             "distill_s": distill_s, "onnx": str(tmp / f"{row}.onnx"),
         })
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "onnx"}), file=sys.stderr, flush=True)
-    fresh = remeasure_in_fresh_process(tmp, rows, args)
+    fresh = remeasure(tmp / "dense.onnx", rows, {b: baseline.data.example_input(b) for b in (1, args.big_batch)}, args.threads)
     for r, m in zip(rows, fresh["rows"]):
         r.update(m)
     result = {
@@ -129,7 +121,7 @@ def run_target(target: float, args: argparse.Namespace) -> dict[str, Any]:
         "distill_epochs": args.epochs, "val_samples": args.val_samples, "test_sentences": len(baseline.data.test.texts),
         "train_sentences": len(baseline.data.train.texts), "dense_params": int(dense_params), "dense_embed_test_s": dense_embed_s,
         "dense_ms": fresh["dense_ms"], "backend_settings": fresh["backend_settings"], "rows": rows,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": "python " + " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": command(),
         "commit": git_commit(),
     }
     rows_dir = Path(args.out) / "transformers_rows" if args.out else ROWS_DIR
@@ -139,37 +131,29 @@ def run_target(target: float, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def remeasure_in_fresh_process(tmp: Path, rows: list[dict], args: argparse.Namespace) -> dict[str, Any]:
-    """Run :func:`_remeasure` in a new Python process (no session or cache of the search)."""
-    spec = {"tmp": str(tmp), "threads": args.threads, "batches": [1, args.big_batch], "onnx": [r["onnx"] for r in rows],
-            "rounds": {"1": 30, str(args.big_batch): 5}}
-    (tmp / "spec.json").write_text(json.dumps(spec))
-    out = subprocess.run([sys.executable, __file__, "--remeasure", str(tmp / "spec.json")], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def remeasure(dense_onnx: Path, rows: list[dict], inputs: dict[int, Any], threads: int) -> dict[str, Any]:
+    """Every row's ONNX file against the dense file on ONNX Runtime (serving settings), in a fresh process per batch.
 
+    Batch 1: 30 paired rounds at the backend's schedule; a larger batch (seconds per call): 5 rounds of
+    one call per model (:func:`autoprune.measure.fresh.remeasure_in_fresh_process`).
 
-def _remeasure(spec_path: str) -> None:
-    """Paired ONNX Runtime timing (serving settings) of every row's file against the dense file, per batch."""
-    from autoprune.measure.backends import backend_settings, get_backend
-    from autoprune.measure.latency import PairedTimer
+    Returns:
+        ``{"rows": [{"fresh_ratio_b<B>", "fresh_ci_b<B>"} per row], "dense_ms": {"<B>": ms}, "backend_settings"}``.
+    """
+    from autoprune.measure.fresh import remeasure_in_fresh_process
 
-    spec = json.loads(Path(spec_path).read_text())
-    tmp, threads = Path(spec["tmp"]), spec["threads"]
-    torch.set_num_threads(threads)
-    runtime = get_backend("onnxruntime", threads=threads)
-    out_rows: list[dict[str, Any]] = [{} for _ in spec["onnx"]]
-    dense_ms = {}
-    for b in spec["batches"]:
-        x = torch.load(tmp / f"input-b{b}.pt")
-        timer = PairedTimer(runtime.prepare_file(tmp / "dense.onnx", x), x, backend=runtime, threads=threads)
-        for i, path in enumerate(spec["onnx"]):
-            big = b > 1  # seconds per call: one call per side per round
-            stats = timer.ratio(runtime.prepare_file(path, x), warmup=1 if big else 2, rounds=spec["rounds"][str(b)],
-                                min_rounds=min(5, spec["rounds"][str(b)]), calls_per_round=1 if big else None)
-            out_rows[i][f"fresh_ratio_b{b}"] = stats.ratio
-            out_rows[i][f"fresh_ci_b{b}"] = [stats.ci_low, stats.ci_high]
-        dense_ms[str(b)] = timer.reference_ms()
-    print(json.dumps({"rows": out_rows, "dense_ms": dense_ms, "backend_settings": backend_settings(runtime)}))
+    out_rows: list[dict[str, Any]] = [{} for _ in rows]
+    dense_ms, settings = {}, {}
+    for b, x in inputs.items():
+        big = b > 1
+        fresh = remeasure_in_fresh_process(dense_onnx, [r["onnx"] for r in rows], x, backend="onnxruntime", threads=threads,
+                                           rounds=5 if big else 30, warmup_rounds=0, schedule={"warmup": 1, "calls_per_round": 1} if big else None)
+        for out, r in zip(out_rows, fresh.ratios):
+            out[f"fresh_ratio_b{b}"] = r.ratio
+            out[f"fresh_ci_b{b}"] = [r.ci_low, r.ci_high]
+        dense_ms[str(b)] = fresh.dense_ms
+        settings = settings or fresh.settings
+    return {"rows": out_rows, "dense_ms": dense_ms, "backend_settings": settings}
 
 
 def report(rows_dir: Path = ROWS_DIR) -> str:
@@ -213,38 +197,33 @@ def report(rows_dir: Path = ROWS_DIR) -> str:
         text += table(["policy", "episodes", "search min", "ratio in search", "feasible", "layers dropped (0-based)", "mean heads ratio",
                        "mean FFN ratio", "params", "test fidelity before (cos / 10-NN)", "after distillation", "distill min",
                        "fresh ratio b1 [95% CI]", f"fresh ratio b{B}"], rows) + "\n"
-        goals.append(_goals(s))
-    text += "## Goals (issue 15)\n\n" + "".join(goals)
+        goals += _goals(s)
+    text += goals_report(goals, "## Goals (issue 15)")
     return text
 
 
-def _goals(s: dict) -> str:
+def _goals(s: dict) -> list[Goal]:
     rows = {r["row"]: r for r in s["rows"]}
     t = s["target"]
     goal = GOALS.get(t)
     sb = s.get("search_batch", 1)
     tag = f"target {t}" + (f" searched at batch {sb}" if sb != 1 else "")
     out = []
-
-    def mark(ok: bool) -> str:
-        return "met" if ok else "**not met**"
-
-    searched = [rows[k] for k in ("optuna", "ppo") if k in rows]
-    for r in searched:
+    for r in (rows[k] for k in ("optuna", "ppo") if k in rows):
         fid = r["after"]["fidelity"]
         if goal is not None:
-            out.append(f"- {tag}: {r['label']} fidelity after distillation {fid:.4f} >= {goal}: {mark(fid >= goal)}")
+            out.append(Goal(f"{tag}: {r['label']} fidelity after distillation >= {goal}", f"{fid:.4f}", fid >= goal))
         fresh = r[f"fresh_ratio_b{sb}"]
-        out.append(f"- {tag}: {r['label']} fresh latency ratio (b{sb}) {fresh:.3f} <= 1.05 x target: {mark(fresh <= 1.05 * t)}")
+        out.append(Goal(f"{tag}: {r['label']} fresh latency ratio (b{sb}) <= 1.05 x target", f"{fresh:.3f}", fresh <= 1.05 * t))
         for other in ("uniform", "layer_drop"):
             if other in rows:
                 d = fid - rows[other]["after"]["fidelity"]
-                out.append(f"- {tag}: {r['label']} beats {LABELS[other]} after distillation: {d:+.4f}: {mark(d > 0)}")
-    return "".join(line + "\n" for line in out)
+                out.append(Goal(f"{tag}: {r['label']} beats {LABELS[other]} after distillation", f"{d:+.4f}", d > 0))
+    return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="0.7,0.5", help="latency targets, fractions of dense ONNX Runtime latency")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"policies to compare; any of {', '.join(ROWS)}")
     parser.add_argument("--episodes", type=int, default=16, help="episodes of the optuna and ppo searches (and the most for the baselines)")
@@ -258,11 +237,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="keep only this many quotations per split (smoke runs)")
     parser.add_argument("--out", default=None, help="write here instead of experiments/results/ (smoke runs)")
     parser.add_argument("--report", action="store_true", help="only rebuild transformers.md from the saved JSON files")
-    parser.add_argument("--remeasure", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.remeasure:
-        _remeasure(args.remeasure)
-        return
     if not args.report:
         args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
         bad = [r for r in args.rows if r not in ROWS]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from typing import NamedTuple
 
 import pytest
@@ -16,6 +17,11 @@ class Result(NamedTuple):
     out: str
     err: str
 
+    @classmethod
+    def of(cls, done: subprocess.CompletedProcess[str]) -> Result:
+        """The result of ``python -m autoprune ...`` run as a real process (text mode)."""
+        return cls(done.returncode, done.stdout, done.stderr)
+
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> Result:
     """Run ``autoprune ARGV`` in this process; only what this call printed is returned."""
@@ -28,7 +34,7 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> Result:
 
 
 def assert_user_error(res: Result, *culprits: str, absent: tuple[str, ...] = ()) -> str:
-    """Exit code 2, exactly one stderr line ``autoprune: error: ...`` naming every culprit, no traceback."""
+    """Exit code 2, exactly one stderr line ``autoprune: error: ...`` naming every culprit, no traceback; returns the line."""
     assert res.code == 2, f"exit code {res.code}\nstdout: {res.out}\nstderr: {res.err}"
     assert "Traceback" not in res.err + res.out, res.err
     lines = res.err.splitlines()

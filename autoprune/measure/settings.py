@@ -1,0 +1,52 @@
+"""``LatencySettings``: how latency is measured during a search, and the paired schedule it gives."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from autoprune.measure.backends import DEFAULT_THREADS
+from autoprune.measure.schedule import PairedSchedule
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """How latency is measured during search: paired against dense, at ``batch_size``.
+
+    These defaults are the only ones: the config's ``latency`` section reads them.
+
+    Attributes:
+        backend: Latency backend name (:data:`autoprune.measure.backends.BACKENDS`) or ``"package.module:Class"``.
+        batch_size: ``N`` of the timed input.
+        threads: Intra-op threads while timing (:data:`autoprune.measure.backends.DEFAULT_THREADS`).
+        warmup: Untimed (reference, candidate) pairs first.
+        rounds: Rounds of a paired measurement (the most, with ``rel_ci``).
+        min_rounds: Rounds before ``rel_ci`` may stop early.
+        rel_ci: Stop once the 95% CI half-width relative to the ratio is at most this.
+        backend_options: The backend's own settings (:func:`autoprune.measure.backends.get_backend`
+            keywords, e.g. ``{"spinning": True}`` for ``onnxruntime``); None or empty: its serving defaults.
+    """
+
+    backend: str = "torch"
+    batch_size: int = 1
+    threads: int = DEFAULT_THREADS
+    warmup: int = 5
+    rounds: int = 15
+    min_rounds: int = 5
+    rel_ci: float | None = 0.03
+    backend_options: Mapping[str, object] | None = None
+
+    def schedule(self) -> PairedSchedule:
+        """The paired schedule of one search measurement (the backend fills in how calls interleave).
+
+        Raises:
+            ConfigError: a count or ``rel_ci`` out of range, naming the field.
+        """
+        return PairedSchedule(warmup=self.warmup, rounds=self.rounds, min_rounds=self.min_rounds, rel_ci=self.rel_ci)
+
+    def options(self) -> dict[str, object]:
+        """``backend_options`` as keywords for :func:`~autoprune.measure.backends.get_backend` (empty when None)."""
+        return dict(self.backend_options or {})
+
+
+__all__ = ["LatencySettings"]

@@ -1,0 +1,1 @@
+"""autoprune's experiments: benchmark scripts (``experiments.bench``), their configs, checkpoints and results."""

@@ -1,0 +1,113 @@
+"""Specification of autoprune.measure.fresh: re-measuring candidates against the dense model in a new process.
+
+Behaviour only, never timings: the child is another process, every candidate gets a ratio
+inside its confidence interval and milliseconds consistent with it, the backend's settings come
+back, int8 files are timed on a runtime that opens ONNX files, and bad input fails with one-line
+autoprune errors naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from autoprune.errors import ConfigError, ModelError
+from autoprune.graph.policy import Policy
+from autoprune.graph.prunable import PrunableGraph
+from autoprune.graph.surgery import apply_policy
+from autoprune.measure.fresh import FreshMeasurement, ZooModel, remeasure_in_fresh_process
+
+ZOO = ZooModel("resnet20", in_channels=1, num_classes=10, input_size=8)
+QUICK = {"threads": 1, "rounds": 4, "warmup_rounds": 1}
+
+
+@pytest.fixture(scope="module")
+def dense(make_model) -> nn.Module:
+    return make_model("resnet20")
+
+
+@pytest.fixture(scope="module")
+def pruned(dense: nn.Module, example_input: torch.Tensor) -> nn.Module:
+    """Every unit at 50% and one block dropped: a structure the child must rebuild from the file."""
+    graph = PrunableGraph(dense, example_input)
+    return apply_policy(dense, Policy.uniform(graph.unit_names, 0.5, drop=graph.block_names[:1]), graph=graph).eval()
+
+
+def assert_consistent(result: FreshMeasurement, n: int, rounds: int) -> None:
+    assert len(result.ratios) == n
+    assert result.dense_ms > 0
+    for r in result.ratios:
+        assert r.ci_low <= r.ratio <= r.ci_high
+        assert r.ratio > 0 and r.rounds == rounds
+        assert r.ms == pytest.approx(r.ratio * result.dense_ms)
+
+
+def test_candidates_are_timed_against_dense_in_another_process_on_torch(dense, pruned, example_input) -> None:
+    result = remeasure_in_fresh_process(dense, [pruned, dense], example_input, zoo=ZOO, **QUICK)
+    assert result.pid != os.getpid()
+    assert_consistent(result, n=2, rounds=QUICK["rounds"])
+    assert result.settings["backend"] == "torch" and result.settings["threads"] == 1
+    assert result.int8 is None
+    doc = result.as_dict()
+    assert doc["pid"] == result.pid and len(doc["fp32"]["ratios"]) == 2
+
+
+def test_a_shape_stands_for_the_input_and_no_candidates_measures_only_dense(dense) -> None:
+    result = remeasure_in_fresh_process(dense, [], (1, 1, 8, 8), zoo=ZOO, **QUICK)
+    assert result.ratios == () and result.dense_ms > 0
+
+
+def test_modules_and_onnx_files_on_onnxruntime_with_int8_on_the_same_runtime(dense, pruned, example_input, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    from autoprune.formats.onnx import export_onnx, quantize_onnx
+
+    onnx_file = export_onnx(pruned, example_input, tmp_path / "pruned.onnx")["path"]
+    int8 = quantize_onnx(onnx_file, tmp_path / "pruned.int8.onnx", calibration=[example_input.numpy()])
+    options = {"thread_pool": "per-session", "spinning": False}
+    result = remeasure_in_fresh_process(dense, [pruned, onnx_file], example_input, backend="onnxruntime", backend_options=options,
+                                        int8_files=[int8], zoo=ZOO, **QUICK)
+    assert result.pid != os.getpid()
+    assert_consistent(result, n=2, rounds=QUICK["rounds"])
+    assert result.settings["backend"] == "onnxruntime" and result.settings["spinning"] is False
+    assert result.int8 is not None and len(result.int8.ratios) == 1
+    assert result.int8.settings["backend"] == "onnxruntime" and result.int8.settings["spinning"] is False  # the serving backend's options
+    r = result.int8.ratios[0]
+    assert r.ci_low <= r.ratio <= r.ci_high and r.ms == pytest.approx(r.ratio * result.int8.reference_ms)
+
+
+def test_int8_files_of_an_eager_search_are_timed_on_onnx_runtime(dense, pruned, example_input, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    from autoprune.formats.onnx import export_onnx, quantize_onnx
+
+    onnx_file = export_onnx(pruned, example_input, tmp_path / "pruned.onnx")["path"]
+    int8 = quantize_onnx(onnx_file, tmp_path / "pruned.int8.onnx", calibration=[example_input.numpy()])
+    result = remeasure_in_fresh_process(dense, [pruned], example_input, backend="torch", int8_files=[int8], zoo=ZOO, **QUICK)
+    assert result.settings["backend"] == "torch"
+    assert result.int8 is not None and result.int8.settings["backend"] == "onnxruntime"
+
+
+def test_a_file_the_child_cannot_read_is_a_model_error_naming_it(dense, example_input, tmp_path) -> None:
+    bad = tmp_path / "garbage.pt"
+    bad.write_bytes(b"not a pruned model")
+    with pytest.raises(ModelError, match="fresh-process re-measure: .*garbage.pt"):
+        remeasure_in_fresh_process(dense, [bad], example_input, zoo=ZOO, **QUICK)
+
+
+def test_bad_arguments_fail_before_any_child_starts(dense, pruned, example_input, tmp_path) -> None:
+    with pytest.raises(ModelError, match="candidates\\[0\\]: .*missing.onnx.*no such file"):
+        remeasure_in_fresh_process(dense, [tmp_path / "missing.onnx"], example_input, zoo=ZOO)
+    with pytest.raises(ConfigError, match="zoo=ZooModel"):
+        remeasure_in_fresh_process(dense, [pruned], example_input)
+    onnx_like = tmp_path / "model.onnx"
+    onnx_like.write_bytes(b"")
+    with pytest.raises(ConfigError, match="backend: 'torch' cannot time ONNX files"):
+        remeasure_in_fresh_process(dense, [onnx_like], example_input, zoo=ZOO)
+    with pytest.raises(ConfigError, match="rounds: expected an integer >= 1"):
+        remeasure_in_fresh_process(dense, [pruned], example_input, zoo=ZOO, rounds=0)
+    with pytest.raises(ConfigError, match="latency.backend"):
+        remeasure_in_fresh_process(dense, [pruned], example_input, zoo=ZOO, backend="no-such-runtime")
+    with pytest.raises(ConfigError, match="example_input"):
+        remeasure_in_fresh_process(dense, [pruned], "1x8x8", zoo=ZOO)

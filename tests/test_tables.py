@@ -1,0 +1,48 @@
+"""What the commands show is built from row objects: the values unrounded, and how each is printed."""
+
+from __future__ import annotations
+
+from autoprune.app.pipeline import ModelReport
+from autoprune.app.tables import Row, dense_vs_pruned, final_rows
+
+DENSE = ModelReport(test_accuracy=0.9512, latency_ms=0.25, latency_ci_ms=(0.25, 0.25), macs=41_000_000, params=270_000,
+                    size_bytes=1_100_000, eager_latency_ms=1.5, backend="onnxruntime")
+PRUNED = ModelReport(test_accuracy=0.9401, latency_ms=0.1, latency_ci_ms=(0.09, 0.11), macs=10_250_000, params=67_500,
+                     size_bytes=275_000, eager_latency_ms=0.6, backend="onnxruntime")
+
+
+def test_the_final_rows_hold_the_figures_and_print_them_rounded() -> None:
+    rows = final_rows(DENSE, PRUNED)
+    assert rows == [
+        Row("test accuracy", 0.9512, 0.9401, 100 * (0.9401 - 0.9512), fmt="{:.4f}", change_fmt="{:+.2f} pts"),
+        Row("latency ms on onnxruntime [95% CI]", 0.25, 0.1, 0.25 / 0.1, ci=(0.09, 0.11), change_fmt="{:.2f}x faster"),
+        Row("latency ms on torch eager", 1.5, 0.6, 1.5 / 0.6, change_fmt="{:.2f}x faster"),
+        Row("MACs", 41_000_000, 10_250_000, 4.0, fmt="{:.2f} M", scale=1e6, change_fmt="{:.2f}x fewer"),
+        Row("params", 270_000, 67_500, 4.0, fmt="{:,}", change_fmt="{:.2f}x fewer"),
+        Row("size", 1_100_000, 275_000, 4.0, fmt="{:.0f} KiB", scale=1024, change_fmt="{:.2f}x smaller"),
+    ]
+    assert [r.cells() for r in rows] == [
+        ("test accuracy", "0.9512", "0.9401", "-1.11 pts"),
+        ("latency ms on onnxruntime [95% CI]", "0.250", "0.100 [0.090, 0.110]", "2.50x faster"),
+        ("latency ms on torch eager", "1.500", "0.600", "2.50x faster"),
+        ("MACs", "41.00 M", "10.25 M", "4.00x fewer"),
+        ("params", "270,000", "67,500", "4.00x fewer"),
+        ("size", "1074 KiB", "269 KiB", "4.00x smaller"),
+    ]
+    table = dense_vs_pruned("t", DENSE, PRUNED)
+    assert [c.header for c in table.columns] == ["", "dense", "pruned", "change"]
+    assert list(table.columns[2].cells) == [r.cells()[2] for r in rows]
+
+
+def test_an_eager_backend_is_its_own_eager_row() -> None:
+    """The eager row is the reference beside a serving runtime; on an eager backend (a plug-in too) it would repeat the first."""
+    for backend in ("torch", "plugins_for_tests:CountingEagerBackend"):
+        d, p = (ModelReport(**{**vars(m), "backend": backend}) for m in (DENSE, PRUNED))
+        labels = [r.label for r in final_rows(d, p)]
+        assert labels == ["test accuracy", f"latency ms on {backend} [95% CI]", "MACs", "params", "size"]
+
+
+def test_a_row_shows_words_and_empty_cells_as_they_are() -> None:
+    assert Row("budget", None, "met").cells() == ("budget", "", "met", "")
+    assert Row("reward", None, 0.91234, fmt="{:.4f}").cells() == ("reward", "", "0.9123", "")
+    assert Row("fidelity", 0.5, "0.4 -> 0.6", "before -> after", fmt="{:.4f}").cells() == ("fidelity", "0.5000", "0.4 -> 0.6", "before -> after")
