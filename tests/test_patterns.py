@@ -393,7 +393,7 @@ def test_a_model_with_nothing_to_prune_says_so_and_names_why(digits):
         def forward(self, x):
             return self.fc(F.relu(self.fc1(x.flatten(1)) * self.gain))
 
-    with pytest.raises(ModelError, match=r"nothing to prune: no prunable unit \(fc1: .*'gain'.*\) and no droppable block"):
+    with pytest.raises(ModelError, match=r"nothing to prune: no unit passes the checks \(fc1: .*'gain'.*\) and no droppable block"):
         PolicyEvaluator(Gain().eval(), digits, budget=Budget(metric="macs", target=0.6), check_cache=None)
 
 

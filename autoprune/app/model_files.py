@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.app.experiment import load_baseline
+from autoprune.app.experiment import experiment_graph, load_baseline
 from autoprune.app.pipeline import ModelReport, apply_best, measure_final, serving_report
 from autoprune.app.uris import is_mlflow_uri, load_policy
 from autoprune.config.loading import parse_config
@@ -24,7 +24,6 @@ from autoprune.config.machine import check_threads
 from autoprune.config.schema import ExperimentConfig
 from autoprune.formats.pruned import load_pruned, save_pruned
 from autoprune.graph.policy import check_policy_fits
-from autoprune.graph.prunable import PrunableGraph
 from autoprune.measure.backends import DEFAULT_THREADS, get_backend
 from autoprune.measure.latency import count_macs_params
 from autoprune.objective.proxy import split_metrics
@@ -79,23 +78,28 @@ def apply_policy_file(
 ) -> ApplyReport:
     """Apply a saved policy to the same architecture, optionally fine-tune, save the pruned model, log it.
 
-    The layers the policy's search ignored (the file's ``ignore``) are ignored here too, so its
-    units match; a policy found on another architecture is refused (map it with ``autoprune transfer``).
+    The layers the policy's search ignored (the file's ``ignore``) are ignored here too, and the
+    graph goes through the same safety net with the export check of the backend the policy was
+    found on (the file's ``backend``), so its units match; a policy found on another architecture
+    is refused (map it with ``autoprune transfer``).
 
     Raises:
         ConfigError: a missing policy or checkpoint, or an unwritable ``out``.
         PolicyError: a malformed policy, or one of another architecture.
-        ModelError: an unreadable checkpoint.
+        ModelError: an unreadable checkpoint, or a model with nothing to prune.
     """
-    cfg = parse_config({"name": "apply", "model": {"name": model, "checkpoint": str(checkpoint) if checkpoint else None},
-                        "data": {"name": data}, "tracking": {"uri": tracking_uri, "register": False}}, source="command line")
     writable_file(out, "--out")
     pol, payload = load_policy(policy, tracking_uri=tracking_uri)
+    backend = payload.get("backend") if isinstance(payload.get("backend"), dict) else {}
+    latency = {"backend": backend["name"], "backend_options": backend.get("options") or {}} if backend.get("name") else {}
+    cfg = parse_config({"name": "apply", "model": {"name": model, "checkpoint": str(checkpoint) if checkpoint else None},
+                        "data": {"name": data}, "latency": latency, "tracking": {"uri": tracking_uri, "register": False}},
+                       source="command line")
     baseline = load_baseline(cfg, progress=progress)
     modules = {name for name, _ in baseline.model.named_modules()}
     ignored = [n for n in payload.get("ignore") or [] if n in modules]  # an unknown name: the fingerprint check says why
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"ignore": ignored})})
-    graph = PrunableGraph(baseline.model, baseline.data.example_input(1), ignored=ignored)
+    graph, _ = experiment_graph(cfg, baseline.model, baseline.data)
     check_policy_fits(pol, graph, fingerprint=payload.get("fingerprint"), source=f"--policy {policy}")
     pruned = apply_best(cfg, baseline, pol, graph=graph)
     if finetune_epochs > 0:

@@ -277,17 +277,25 @@ def export_lines(r: ExportReport) -> Shown:
 
 
 def check_table(model: str, graph: Any, report: Any) -> Shown:
-    """The differential surgery check of every unit (``autoprune check``), and a closing count."""
-    table = Table(title=f"{model}: surgery vs masked dense model (float64, tolerance 1e-5)")
+    """The safety net's verdict on every unit (``autoprune check``), the opaque modules, and a closing count.
+
+    Args:
+        graph, report: What :func:`autoprune.graph.safety.verified_graph` returned.
+    """
+    table = Table(title=f"{model}: the safety net (surgery vs masked dense model in float64 within 1e-5, forward, MACs, export)")
     for col in ("unit", "channels", "allowed step", "result"):
         table.add_column(col, no_wrap=False)
     for u in graph.units:
-        table.add_row(u.name, str(u.features.channels), str(u.constraint.step),
-                      report.failed.get(u.name, f"exact (max diff {report.max_diff.get(u.name, 0):.1e})"))
+        diff = report.max_diff.get(u.name)
+        table.add_row(u.name, str(u.features.channels), str(u.constraint.step), "exact" + (f" (max diff {diff:.1e})" if diff is not None else ""))
+    failed = {name for by_check in report.failed.values() for name in by_check}
     for name, why in graph.skipped.items():
-        table.add_row(name, "", "", f"not pruned: {why}")
-    return [table, f"{len(report.passed)} unit(s) exact, {len(report.failed)} failing (a search leaves them dense), "
-                   f"{len(graph.skipped)} not prunable"]
+        table.add_row(name, "", "", f"left dense: {why}")
+    for name, why in report.opaque.items():
+        table.add_row(name, "", "", f"opaque (channels kept): {why}")
+    return [table, f"{len(graph.units)} unit(s) exact, {len(failed)} failing a check and "
+                   f"{len(graph.skipped) - len(failed)} not prunable (left dense in every command), "
+                   f"{len(report.opaque)} opaque module(s), {len(graph.blocks)} droppable block(s)"]
 
 
 __all__ = [

@@ -317,34 +317,4 @@ def verify_graph(
     return report
 
 
-def check_model(
-    model_name: str, data_name: str = "digits", *, ignored: tuple[str, ...] = (), data_dir: str | None = None, seed: int = 0
-) -> tuple[PrunableGraph, CheckReport]:
-    """Build a zoo or plugin model (random weights) for a data set's shapes and check its surgery.
-
-    Args:
-        model_name: Zoo model or ``package.module:factory``.
-        data_name: Data set whose channels, classes and input size the model is built for.
-        ignored: Module names not to prune (``model.ignore``).
-        data_dir: Folder of the data set's files, when it has any.
-        seed: Seed of the weights, the random channels and the random input.
-
-    Returns:
-        The model's graph (units that cannot be cut are in ``graph.skipped``) and the report of
-        :func:`check_units` (the graph is not modified by failures).
-
-    Raises:
-        ConfigError, ModelError: an unknown model or data set, or a model that does not fit the data.
-    """
-    from autoprune.zoo import build_model, check_model_fits, load_data
-
-    data = load_data(data_name, data_dir=data_dir, seed=seed)
-    torch.manual_seed(seed)
-    kw = dict(in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
-    model = build_model(model_name, **kw).eval()
-    check_model_fits(model, model_name, **kw)
-    graph = PrunableGraph(model, data.example_input(1), ignored=ignored)
-    return graph, check_units(graph, seed=seed)
-
-
-__all__ = ["CheckReport", "TOLERANCE", "cache_key", "check_model", "check_units", "default_cache_dir", "masked_reference", "verify_graph"]
+__all__ = ["CheckReport", "TOLERANCE", "cache_key", "check_units", "default_cache_dir", "masked_reference", "verify_graph"]

@@ -67,6 +67,7 @@ class SafetyReport:
             "export": {unit: why}}``.
         opaque: ``{module: why}`` of the modules hidden from tracing (their channels are kept).
         blocks: Droppable blocks offered.
+        max_diff: ``{unit: largest output difference}`` of the surgery check (float64).
         cached: Whether the check verdicts came from the cache.
     """
 
@@ -75,6 +76,7 @@ class SafetyReport:
     failed: dict[str, dict[str, str]] = field(default_factory=dict)
     opaque: dict[str, str] = field(default_factory=dict)
     blocks: list[str] = field(default_factory=list)
+    max_diff: dict[str, float] = field(default_factory=dict)
     cached: bool = False
 
 
@@ -207,7 +209,8 @@ def verified_graph(
         except Exception as e:
             raise ModelError(f"the dense model does not export to the serving runtime ({type(e).__name__}: {one_line(e, 200)})") from e
     surgery: CheckReport = verify_graph(graph, cache_dir=cache_dir, seed=seed)
-    report = SafetyReport(failed={"surgery": dict(surgery.failed)}, opaque=dict(graph.opaque), cached=surgery.cached)
+    report = SafetyReport(failed={"surgery": dict(surgery.failed)}, opaque=dict(graph.opaque), max_diff=dict(surgery.max_diff),
+                          cached=surgery.cached)
     key = hashlib.sha256(f"{cache_key(graph, (ratio,), seed)}|{_label(export_check)}".encode()).hexdigest()[:20]
     path = Path(cache_dir) / f"safety-{key}.json" if cache_dir is not None else None
     verdict = _read(path)
@@ -230,9 +233,14 @@ def verified_graph(
     report.failed.update(macs=macs, export=export)
     report.exact, report.left_dense, report.blocks = graph.unit_names, dict(graph.skipped), graph.block_names
     if not graph.units and not (drop_blocks and graph.blocks):
-        why = "; ".join(f"{n}: {r}" for n, r in list(graph.skipped.items())[:3])
-        raise ModelError(f"the model has nothing to prune: no unit passes the checks ({why}) and no droppable block")
+        raise ModelError(nothing_to_prune(graph))
     return graph, report
 
 
-__all__ = ["ExportCheck", "SafetyReport", "verified_graph"]
+def nothing_to_prune(graph: PrunableGraph) -> str:
+    """The one line refusing a graph with no unit and no droppable block: why its first channel groups are left dense."""
+    why = "; ".join(f"{n}: {r}" for n, r in list(graph.skipped.items())[:3]) or "the model has no channel group Torch-Pruning can cut"
+    return f"the model has nothing to prune: no unit passes the checks ({why}) and no droppable block"
+
+
+__all__ = ["ExportCheck", "SafetyReport", "nothing_to_prune", "verified_graph"]
