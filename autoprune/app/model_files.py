@@ -7,6 +7,7 @@ in a temporary folder only while the command reads it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from autoprune.app.experiment import experiment_graph, load_baseline
-from autoprune.app.pipeline import ModelReport, apply_best, measure_final, serving_report
+from autoprune.app.pipeline import ModelReport, apply_best, measure_final, not_faster_warning, serving_report
 from autoprune.app.uris import is_mlflow_uri, load_policy
 from autoprune.config.loading import parse_config
 from autoprune.config.machine import check_threads
@@ -31,6 +32,8 @@ from autoprune.paths import writable_file
 from autoprune.tracking.artifacts import download_model_uri
 from autoprune.training.finetune import FinetuneSettings, finetune
 from autoprune.zoo import load_data
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -223,6 +226,10 @@ def evaluate_file(source: str, *, data: str = "fashion_mnist", batch_size: int =
         shown = str(path) if not is_mlflow_uri(source) else source
     report = serving_report(cfg, dense, pruned, None, pruned.backend_settings)
     report["deployed_artifact"] = f"{shown} on {cfg.latency.backend}"
+    slower = not_faster_warning(dense, pruned)
+    report["faster_than_dense"] = slower is None
+    if slower is not None:
+        log.warning("%s", slower)
     return EvaluateReport(shown, pruned.test_accuracy, batch_size, pruned.macs, pruned.params, dense, pruned, report, cfg)
 
 
