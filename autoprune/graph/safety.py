@@ -29,11 +29,12 @@ structural problems alone.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,11 +198,60 @@ def verified_graph(
     Returns:
         ``(graph, report)``: the graph offers only the units that passed (and the droppable blocks).
 
+    The graph's warnings (units left dense, opaque modules) are logged when the graph is returned;
+    a refused model shows only its one line (the reasons stay at INFO level, ``-v``).
+
     Raises:
         ModelError: the model cannot be pruned at all, in one line: a structural refusal of
             :class:`PrunableGraph` (naming the module and the operation), a dense model that does
             not export to the serving runtime, or no unit and no droppable block left (naming why).
     """
+    with _warnings_held_back():
+        return _verified_graph(model, example_input, ignored=ignored, drop_blocks=drop_blocks, export_check=export_check,
+                               cache_dir=cache_dir, ratio=ratio, seed=seed)
+
+
+class _Held(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _warnings_held_back() -> Iterator[None]:
+    """Hold the graph's log records back until the verdict: a refused model's warnings become INFO (its one line says why).
+
+    On success every record is logged as it was; on a refusal the warnings are logged at INFO
+    (shown at ``-v``), so the refusal is the one line the user sees by default.
+    """
+    graph_log = logging.getLogger("autoprune.graph")
+    held, propagate = _Held(), graph_log.propagate
+    graph_log.addHandler(held)
+    graph_log.propagate = False
+    refused = False
+    try:
+        yield
+    except ModelError:
+        refused = True
+        raise
+    finally:
+        graph_log.removeHandler(held)
+        graph_log.propagate = propagate
+        for record in held.records:
+            if refused and record.levelno == logging.WARNING:
+                record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+            logger = logging.getLogger(record.name)
+            if logger.isEnabledFor(record.levelno):
+                logger.handle(record)
+
+
+def _verified_graph(
+    model: nn.Module, example_input: ExampleInput, *, ignored: Sequence[str], drop_blocks: bool, export_check: ExportCheck | None,
+    cache_dir: str | os.PathLike | None, ratio: float, seed: int,
+) -> tuple[PrunableGraph, SafetyReport]:
     graph = PrunableGraph(model, example_input, ignored=ignored, drop_blocks=drop_blocks)
     if export_check is not None:
         try:
