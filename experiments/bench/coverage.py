@@ -60,19 +60,12 @@ def catalogue(name: str):
 
 
 def onnx_runtime_check():
-    """The export check of the serving runtime: ONNX export checked against PyTorch in ONNX Runtime (None without it)."""
+    """The export check every entry point uses on ONNX Runtime (``LatencySettings.serving_check``); None without it."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         return None
-    from autoprune.formats.onnx import export_onnx
-
-    def check(model, example_input):
-        with tempfile.TemporaryDirectory() as tmp:
-            export_onnx(model, example_input, Path(tmp) / "model.onnx")
-
-    check.label = "onnxruntime"
-    return check
+    return LatencySettings(backend="onnxruntime", threads=1).serving_check()
 
 
 def verdict(name: str, make, x, export, *, ignored=(), notes: list[str]) -> tuple:
