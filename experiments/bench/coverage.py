@@ -37,6 +37,7 @@ from autoprune.graph.layers import count_macs, record_layer_specs
 from autoprune.graph.policy import Policy
 from autoprune.graph.safety import verified_graph
 from autoprune.graph.surgery import apply_policy
+from autoprune.measure.compare import speed_words
 from autoprune.measure.latency import PairedTimer, count_macs_params
 from autoprune.measure.schedule import PairedSchedule
 from autoprune.measure.settings import LatencySettings
@@ -111,7 +112,7 @@ def patterns_section(args, data, backend, export) -> tuple[list, list]:
         timer = PairedTimer(model, data.example_input(args.batch), backend=backend, threads=1)
         speed = 1.0 / timer.ratio(pruned, PairedSchedule(rounds=args.rounds)).ratio
         rows.append((
-            name, f"{len(report.exact)}/{n_all}", f"{built}/{len(ev.history)}", f"{target:.2f}", f"{macs_ratio:.2f}", f"{speed:.2f}x",
+            name, f"{len(report.exact)}/{n_all}", f"{built}/{len(ev.history)}", f"{target:.2f}", f"{macs_ratio:.2f}", speed_words(speed),
         ))
         notes += [f"- `{name}` / `{unit}`: {why}" for unit, why in report.left_dense.items()]
         print(name, rows[-1], flush=True)
