@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from autoprune import __version__
-from autoprune.errors import AutopruneError, describe
+from autoprune.errors import AutopruneError, ConfigError, describe
 
 app = typer.Typer(
     name="autoprune",
@@ -125,13 +125,23 @@ def estimate(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size timed (default: latency.batch_size).")] = None,
     backend: Annotated[str | None, typer.Option(help="Override latency.backend: torch, onnxruntime, openvino or 'package.module:Class'.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config field.")] = None,
+    mode: Annotated[str | None, typer.Option(help="Decoder LLMs: latency mode, prefill or decode (default decode).")] = None,
 ) -> None:
     """Measure what uniform pruning really saves on the serving runtime: params, MACs, size, latency, proxy accuracy.
 
     A last row of unstructured magnitude masks, as many zeros as the largest ratio removes, shows that masks alone are not faster.
+    A decoder LLM (--model smollm2 or hf:/path to a Llama/Qwen2/Mistral folder) gets rows per unit kind, KL and perplexity on fortunes.
     """
-    from autoprune.app.commands import estimate_uniform
-    from autoprune.app.tables import estimate_table
+    from autoprune.app.commands import estimate_uniform, parse_ratios
+    from autoprune.app.decoder_estimate import estimate_decoder_command
+    from autoprune.app.tables import decoder_estimate_table, estimate_table
+    from autoprune.zoo.decoder import is_decoder_name
+
+    if config is None and model is not None and is_decoder_name(model):
+        _show(decoder_estimate_table(estimate_decoder_command(model, parse_ratios(ratios), mode=mode)))
+        return
+    if mode is not None:
+        raise ConfigError(f"--mode: {mode!r} applies to decoder LLMs only (smollm2 or hf:/path to a decoder), not to {model or config}")
 
     overrides = [*(set_ or []), *([f"latency.backend={backend}"] if backend is not None else [])]
     _show(estimate_table(estimate_uniform(config, ratios, model=model, data=data, overrides=overrides, batch_size=batch_size,
@@ -210,7 +220,7 @@ def run(
 def apply(
     policy: Annotated[str, typer.Option("--policy", "-p", help="policy.json, runs:/<run_id>/policy.json or models:/<name>@<alias>.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Zoo model or 'package.module:factory'.")],
-    data: Annotated[str, typer.Option("--data", "-d", help="Data set.")] = "fashion_mnist",
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Data set (default: the one the policy was found on).")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Dense weights (default: the cached baseline).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the pruned model (.pt, pickle-free).")] = Path("pruned.pt"),
     finetune_epochs: Annotated[float, typer.Option(min=0, help="Fine-tuning epochs after pruning.")] = 0,
@@ -265,7 +275,7 @@ def finetune_cmd(
                                           show_default="same as finetune.epochs", help="Epochs (fractions allowed).")],
     lr: Annotated[float, typer.Option(min=0, default_factory=lambda: _default("training.finetune", "FinetuneSettings", "lr"),
                                       show_default="same as finetune.lr", help="Peak learning rate.")],
-    data: Annotated[str, typer.Option("--data", "-d", help="Data set.")] = "fashion_mnist",
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Data set (default: the one recorded in the model file).")] = None,
     distill: Annotated[bool, typer.Option(help="Distil from the dense baseline of the same model (cached checkpoint).")] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the fine-tuned model.")] = Path("finetuned.pt"),
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for runs:/ and models:/.")] = None,
@@ -283,10 +293,10 @@ def evaluate_cmd(
     model_file: Annotated[str, typer.Argument(metavar="MODEL", help="Pruned model: .pt file, runs:/... or models:/name@alias.")],
     threads: Annotated[int, typer.Option(min=1, default_factory=lambda: _default("measure.latency", "DEFAULT_THREADS"),
                                          show_default="same as latency.threads", help="Threads while timing.")],
-    data: Annotated[str, typer.Option("--data", "-d", help="Data set.")] = "fashion_mnist",
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Data set (default: the one recorded in the model file).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size timed.")] = 1,
     backend: Annotated[str | None, typer.Option(help="Serving runtime, stands for latency.backend: torch, onnxruntime, openvino "
-                                                     "or 'package.module:Class' (default: latency.backend's default).")] = None,
+                                                     "or 'package.module:Class' (default: the one the model was searched for).")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Dense weights to compare with (default: the cached baseline).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE",
                                                    help="Override a config field, e.g. latency.backend_options.spinning=false.")] = None,
@@ -323,7 +333,7 @@ def ui(
     """Start the MLflow UI on the experiment store; SIGTERM or Ctrl-C stops it and its server."""
     from autoprune.tracking.ui import serve_ui
 
-    code = serve_ui(uri, host=host, port=port, announce=typer.echo)
+    code = serve_ui(uri, host=host, port=port, announce=typer.echo, access_log=logging.getLogger("autoprune").isEnabledFor(logging.INFO))
     if code == 130:
         raise KeyboardInterrupt
     raise typer.Exit(code)

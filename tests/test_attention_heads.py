@@ -11,6 +11,7 @@ import copy
 
 import pytest
 import torch
+from helpers.models import HEADS, SEQ, E, token_model, x_tokens
 from torch import nn
 
 from autoprune.graph import Policy, PrunableGraph, apply_policy
@@ -18,35 +19,6 @@ from autoprune.graph.check import check_units
 from autoprune.graph.layers import count_macs, record_layer_specs
 from autoprune.graph.surgery import pruning_history, replay_history
 from autoprune.graph.transformer import SkipLayer, SplitHeadAttention, split_attention_heads
-
-E, HEADS, FF, SEQ = 16, 4, 32, 6
-
-
-class TokenEncoder(nn.Module):
-    """Features -> tokens (Linear), two nn.TransformerEncoderLayer's, mean over tokens, classifier."""
-
-    def __init__(self, batch_first: bool = True) -> None:
-        super().__init__()
-        self.embed = nn.Linear(8, E)
-        layer = nn.TransformerEncoderLayer(E, HEADS, FF, dropout=0.0, batch_first=batch_first)
-        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        self.fc = nn.Linear(E, 3)
-        self.batch_first = batch_first
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.embed(x)
-        if not self.batch_first:
-            return self.fc(self.encoder(t.transpose(0, 1)).mean(0))
-        return self.fc(self.encoder(t).mean(1))
-
-
-def token_model(seed: int = 0, batch_first: bool = True) -> nn.Module:
-    torch.manual_seed(seed)
-    return TokenEncoder(batch_first).eval()
-
-
-def x_tokens(n: int = 4) -> torch.Tensor:
-    return torch.randn(n, SEQ, 8, generator=torch.Generator().manual_seed(1))
 
 
 @pytest.mark.parametrize("batch_first", [True, False])

@@ -207,9 +207,9 @@ def test_two_workers_log_their_trials_as_steps_of_one_mlflow_run(two_workers):
     client = MlflowClient(tracking_uri=two_workers["mlflow"])
     run = client.get_run(two_workers["run_id"])
     assert run.info.status == "FINISHED"
-    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "failed"))
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "episode/failed"))
     assert steps == list(range(TWO_WORKER_EPISODES)), "each trial, of either process, is one step of the run"
-    rewards = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "reward")}
+    rewards = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "episode/reward")}
     by_trial = {t.number: t.user_attrs["metrics"]["reward"] for t in two_workers["trials"]}
     assert rewards == pytest.approx(by_trial)
     experiment = client.get_experiment_by_name("test-distributed-pair")
@@ -400,6 +400,6 @@ def test_run_killed_with_sigkill_resumes_its_study_and_its_mlflow_run(tmp_path, 
     assert run.info.status == "FINISHED"
     assert run.data.tags.get("resumed") == "true"
     assert len(client.search_runs([run.info.experiment_id])) == 1
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "failed")]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "episode/failed")]
     assert len(steps) == len(set(steps)) and set(steps) <= {t.number for t in complete}, "a trial is logged once, under its number"
     assert f"MLflow run {run_file['run_id']}" in (tmp_path / "second.log").read_text()

@@ -4,20 +4,13 @@ import gymnasium
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
-from helpers import fast_settings
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs  # noqa: F401  (registers the environment)
 from autoprune.objective.budget import Budget
-from autoprune.objective.evaluator import PolicyEvaluator
 
+#: The shared `evaluator` fixture's MAC budget (conftest.SEARCH_BUDGET: MACs make feasibility exact).
 TARGET = 0.6
-
-
-@pytest.fixture(scope="module")
-def evaluator(trained_resnet20, digits):
-    """resnet20 on digits under a 60% MAC budget (MACs make feasibility exact; one thread keeps timing cheap)."""
-    return PolicyEvaluator(trained_resnet20, digits, budget=Budget(metric="macs", target=TARGET), **fast_settings())
 
 
 def make(evaluator, **kwargs):

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -37,8 +38,9 @@ def test_run_leaves_a_finished_mlflow_run_with_artifacts_and_a_champion(finished
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
     run = client.get_run(res.run_id)
     assert run.info.status == "FINISHED"
-    assert "final_pruned_test_accuracy" in run.data.metrics and "dense_test_accuracy" in run.data.metrics
-    assert len(client.get_metric_history(res.run_id, "reward")) == 6
+    assert "final/pruned_test_accuracy" in run.data.metrics and "final/dense_test_accuracy" in run.data.metrics
+    assert len(client.get_metric_history(res.run_id, "episode/reward")) == 6
+    assert {"uniform_accuracy", "uniform_value"} <= set(run.data.metrics)  # the uniform baseline beside the Optuna search
     names = {a.path for a in client.list_artifacts(res.run_id)}
     assert {"policy.json", "history.csv", "report.md", "model", "plots"} <= names
     plots = {a.path for a in client.list_artifacts(res.run_id, "plots")}
@@ -154,3 +156,20 @@ def test_evaluate_and_apply_from_the_registry_leave_no_temporary_download(finish
                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert not list(scratch.glob("autoprune-artifact-*")), list(scratch.iterdir())
+
+
+def test_a_model_file_carries_its_data_and_backend_and_evaluate_uses_them(finished, capsys):
+    from helpers import cli
+
+    from autoprune.app.model_files import evaluate_file, model_context
+    from autoprune.formats.pruned import load_pruned
+
+    _, cfg, _ = finished
+    model = next(Path(cfg.output_dir).rglob("model.pt"))
+    context = model_context(load_pruned(model)[1])
+    assert context["data"] == "digits" and context["backend"]["name"] == cfg.latency.backend
+    assert set(context["pruning"]) == {"importance", "round_to", "iterative_steps"}
+    report = evaluate_file(str(model), threads=1, checkpoint=cfg.model.checkpoint, progress=False)  # no --data: the file's
+    assert report.config.data.name == "digits" and report.config.latency.backend == cfg.latency.backend
+    code, _, err = cli(capsys, "evaluate", str(model), "--data", "fashion_mnist", "--threads", "1")
+    assert code == 2 and err.count("\n") == 1 and "--data: 'fashion_mnist'" in err and "'digits'" in err

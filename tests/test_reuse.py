@@ -179,3 +179,29 @@ def test_a_policy_searched_with_ignored_layers_applies_and_transfers_keeping_the
     assert code in (0, None), err
     moved_doc = json.loads(moved.read_text())
     assert moved_doc["ignore"] == ["layer1.0.conv1"] and "layer1.0.conv1" not in moved_doc["ratios"]
+
+
+def test_apply_uses_the_data_and_rounding_the_policy_records(workspace, capsys, tmp_path):
+    """apply gives the channel counts the search measured: the policy's round_to and data set, with no flag repeated."""
+    tmp, _ = workspace
+    run = run_search(parse_config(config(tmp, "resnet20", "r20-round4", pruning={"round_to": 4}, budget={"target": 0.4})), progress=False)
+    doc = json.loads(run.policy_path.read_text())
+    assert doc["pruning"]["round_to"] == 4 and doc["data"] == "digits"
+    out = tmp_path / "applied.pt"
+    code, _, err = cli(capsys, "apply", "--policy", str(run.policy_path), "--model", "resnet20", "--checkpoint", str(tmp / "resnet20.pt"),
+                       "--out", str(out), "--no-track")
+    assert code in (0, None), err
+    net, _ = load_pruned(out)
+    policy, _ = load_policy(str(run.policy_path))
+    baseline = load_baseline(parse_config(config(tmp, "resnet20", "r20")), progress=False)
+    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
+    rounded = apply_policy(baseline.model, policy, example_input=baseline.data.example_input(1), round_to=4)
+    unrounded = apply_policy(baseline.model, policy, example_input=baseline.data.example_input(1), round_to=None)
+    assert shapes(net) == shapes(rounded)
+    assert shapes(rounded) != shapes(unrounded), "the policy must prune a width that rounding changes, or this test proves nothing"
+
+
+def test_apply_refuses_another_data_set_than_the_policys(workspace, capsys):
+    tmp, policy_path = workspace
+    code, _, err = cli(capsys, "apply", "--policy", str(policy_path), "--model", "resnet20", "--data", "fashion_mnist", "--no-track")
+    assert code == 2 and err.count("\n") == 1 and "--data: 'fashion_mnist'" in err and "'digits'" in err

@@ -3,12 +3,15 @@
 import logging
 
 import pytest
-from helpers import search
+import torch
+from helpers import fast_settings, search
 
 from autoprune.errors import ConfigError
 from autoprune.graph.policy import Policy
 from autoprune.objective.budget import Budget
+from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.search import get_searcher
+from autoprune.search.base import confirm_best
 from autoprune.search.baselines import largest_ratio, make_feasible
 from autoprune.tracking.plots import plot_sensitivity
 
@@ -138,6 +141,16 @@ def test_best_latency_policy_is_confirmed_by_a_second_measurement(resnet_evaluat
     assert 1 <= len(confirmed) <= 3
     assert result.best.index in [c["episode"] for c in confirmed]
     assert all(c["confirmed_ratio"] > 0 for c in confirmed)
+
+
+def test_confirmation_prunes_with_the_evaluators_criterion_batches_and_loss(trained_mlp, digits):
+    ev = PolicyEvaluator(trained_mlp, digits, budget=Budget(metric="latency", target=0.9), importance="taylor", **fast_settings())
+    ev.scorer.loss = lambda out, y: torch.nn.functional.cross_entropy(out, y)  # a loss of its own, as an encoder's proxy has
+    ev.evaluate(Policy.uniform(ev.unit_names, 0.5))
+    (evaluated,) = ev.history
+    best, confirmed = confirm_best(ev, [evaluated], top=1)  # the channels taylor kept, ranked with the same batches and loss
+    assert best is evaluated and [c["episode"] for c in confirmed] == [evaluated.index]
+    assert confirmed[0]["confirmed_ratio"] > 0
 
 
 def test_layer_drop_prunes_no_channel_and_drops_the_least_harmful_blocks_until_feasible(resnet_evaluator):

@@ -1,6 +1,7 @@
 """Searchers say what they can do; the application asks them instead of reading their names.
 
-* the capabilities agree with the hyper-parameters each searcher declares (its one list);
+* which built-in searchers declare which capability (that every searcher's capabilities agree with
+  the hyper-parameters it declares is its contract, ``tests/contracts/test_searchers.py``);
 * the experiment's defaults of a searcher's parameters come from the searcher itself;
 * workers, ``--warm-start``, ``--agent`` and ``--restart`` follow the capabilities, for a user's
   searcher as for a built-in one.
@@ -20,7 +21,7 @@ from autoprune.app.commands import agent_searcher, search_command
 from autoprune.app.experiment import run_worker, searcher_params, sized_for_workers
 from autoprune.config.loading import parse_config
 from autoprune.errors import ConfigError
-from autoprune.search import AGENT_SEARCHER, SEARCHERS, ExperimentContext, register_searcher, searcher_class, searchers_that
+from autoprune.search import AGENT_SEARCHER, SEARCHERS, register_searcher, searcher_class, searchers_that
 from autoprune.search.distributed import publish_study
 from autoprune.search.optuna_search import OptunaSearcher
 from autoprune.search.ppo import PPOSearcher, checkpoint_paths
@@ -44,19 +45,6 @@ def friendly():
     register_searcher("friendly", WorkerFriendlySearcher)
     yield "friendly"
     SEARCHERS.unregister("friendly")
-
-
-@pytest.mark.parametrize("name", SEARCHERS.names())
-def test_every_searchers_capabilities_match_the_hyper_parameters_it_declares(name):
-    cls = searcher_class(name)
-    if cls.supports_warm_start:
-        assert "enqueue" in cls.defaults
-    if cls.loads_agent:
-        assert {"agent", "zero_shot"} <= set(cls.defaults)
-    if cls.supports_workers:
-        assert {"storage", "study_name"} <= set(cls.defaults)
-    context = ExperimentContext(output_dir=Path("out"), name="e", sampler="tpe")
-    assert set(cls.experiment_params(context)) <= set(cls.defaults)  # only parameters it accepts
 
 
 def test_the_built_in_capabilities():

@@ -77,7 +77,7 @@ def test_a_search_is_tracked_on_the_mlflow_server_in_postgres(
     assert run.info.status == "FINISHED"
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # uploaded through the server, not written locally
     assert run.data.params["search.episodes"] == str(EPISODES) and run.data.params["tracking.uri"] == mlflow_server
-    history = client.get_metric_history(res.run_id, "reward")
+    history = client.get_metric_history(res.run_id, "episode/reward")
     assert sorted(m.step for m in history) == list(range(EPISODES))
     assert {"policy.json", "history.csv", "config.yaml", "model"} <= {a.path for a in client.list_artifacts(res.run_id)}
     policy = json.loads(Path(client.download_artifacts(res.run_id, "policy.json", str(tmp_path))).read_text())
@@ -88,7 +88,7 @@ def test_a_search_is_tracked_on_the_mlflow_server_in_postgres(
     try:
         with engine.connect() as c:
             status = c.execute(sa.text("SELECT status FROM runs WHERE run_uuid = :r"), {"r": res.run_id}).scalar_one()
-            rewards = c.execute(sa.text("SELECT count(*) FROM metrics WHERE run_uuid = :r AND key = 'reward'"), {"r": res.run_id}).scalar_one()
+            rewards = c.execute(sa.text("SELECT count(*) FROM metrics WHERE run_uuid = :r AND key = 'episode/reward'"), {"r": res.run_id}).scalar_one()
     finally:
         engine.dispose()
     assert status == "FINISHED" and rewards == EPISODES

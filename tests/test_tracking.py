@@ -97,17 +97,17 @@ def test_run_logs_config_tags_and_episode_step_metrics_then_finishes(cfg, client
     assert (tags["model"], tags["data"], tags["searcher"], tags["backend"]) == ("mlp", "digits", "optuna", "torch")
     assert tags["version.torch"] == torch.__version__.split("+")[0] or tags["version.torch"].startswith(torch.__version__[:4])
     assert tags["machine.torch_threads"] == str(torch.get_num_threads()) and int(tags["machine.cpu_count"]) >= 1
-    assert run.data.metrics["dense_accuracy"] == pytest.approx(0.93)
-    assert "dense_note" not in run.data.metrics
+    assert run.data.metrics["dense/accuracy"] == pytest.approx(0.93)
+    assert "dense/note" not in run.data.metrics
 
-    reward = client.get_metric_history(run_id, "reward")
+    reward = client.get_metric_history(run_id, "episode/reward")
     assert [m.step for m in sorted(reward, key=lambda m: m.step)] == list(range(len(history)))
     assert sorted(reward, key=lambda m: m.step)[-1].value == -1.0
-    accuracy = {m.step: m.value for m in client.get_metric_history(run_id, "accuracy")}
+    accuracy = {m.step: m.value for m in client.get_metric_history(run_id, "episode/accuracy")}
     assert 6 not in accuracy, "a failed evaluation's NaN accuracy is left out"
-    feasible = {m.step: m.value for m in client.get_metric_history(run_id, "feasible")}
+    feasible = {m.step: m.value for m in client.get_metric_history(run_id, "episode/feasible")}
     assert feasible == {0: 0.0, 1: 1.0, 2: 1.0, 3: 1.0, 4: 0.0, 5: 1.0, 6: 0.0}
-    best = {m.step: m.value for m in client.get_metric_history(run_id, "best_reward")}
+    best = {m.step: m.value for m in client.get_metric_history(run_id, "episode/best_reward")}
     assert best == pytest.approx({1: 0.88, 2: 0.88, 3: 0.88, 4: 0.88, 5: 0.88, 6: 0.88}), "running best of feasible rewards"
     assert "config.yaml" in artifact_paths(client, run_id)
 
@@ -117,9 +117,9 @@ def test_episode_metrics_are_buffered_until_flush_every(cfg, client):
         history = fake_history()
         for e in history[:3]:
             tracker.log_episode(e)
-        assert client.get_metric_history(tracker.run_id, "reward") == []
+        assert client.get_metric_history(tracker.run_id, "episode/reward") == []
         tracker.log_episode(history[3])
-        assert len(client.get_metric_history(tracker.run_id, "reward")) == 4
+        assert len(client.get_metric_history(tracker.run_id, "episode/reward")) == 4
 
 
 def test_an_exception_inside_marks_the_run_failed(cfg, client):
@@ -130,7 +130,7 @@ def test_an_exception_inside_marks_the_run_failed(cfg, client):
     run = client.get_run(tracker.run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags["error"] == "ValueError: search blew up"
-    assert len(client.get_metric_history(tracker.run_id, "reward")) == 1, "buffered episodes are flushed on failure too"
+    assert len(client.get_metric_history(tracker.run_id, "episode/reward")) == 1, "buffered episodes are flushed on failure too"
 
 
 def test_keyboard_interrupt_marks_the_run_killed(cfg, client):
@@ -148,7 +148,7 @@ def test_resuming_continues_the_same_run(cfg, client):
     assert again.run_id == first.run_id
     run = client.get_run(first.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "true"
-    assert {m.step: m.value for m in client.get_metric_history(first.run_id, "best_reward")} == pytest.approx({1: 0.88, 5: 0.88})
+    assert {m.step: m.value for m in client.get_metric_history(first.run_id, "episode/best_reward")} == pytest.approx({1: 0.88, 5: 0.88})
 
 
 def test_resuming_an_unknown_run_is_a_config_error(cfg):
@@ -162,11 +162,23 @@ def test_finetune_epochs_and_final_report_are_logged(cfg, client):
         for epoch in range(3):
             tracker.log_finetune_epoch(epoch, {"loss": 1.0 / (epoch + 1), "val_accuracy": 0.8 + 0.05 * epoch})
         tracker.log_final({"test_accuracy": 0.91, "latency": {"ratio": 0.48, "ms": 1.2}, "policy": {"ratios": {"net.1": 0.5}}})
-    assert [m.value for m in sorted(client.get_metric_history(tracker.run_id, "finetune_val_accuracy"), key=lambda m: m.step)] == pytest.approx([0.8, 0.85, 0.9])
+    assert [m.value for m in sorted(client.get_metric_history(tracker.run_id, "finetune/val_accuracy"), key=lambda m: m.step)] == pytest.approx([0.8, 0.85, 0.9])
     metrics = client.get_run(tracker.run_id).data.metrics
-    assert metrics["final_test_accuracy"] == pytest.approx(0.91) and metrics["final_latency_ratio"] == pytest.approx(0.48)
+    assert metrics["final/test_accuracy"] == pytest.approx(0.91) and metrics["final/latency_ratio"] == pytest.approx(0.48)
     report = Path(client.download_artifacts(tracker.run_id, "report.md")).read_text()
     assert "| test_accuracy | 0.91 |" in report and '"net.1": 0.5' in report
+    assert client.get_run(tracker.run_id).data.tags["mlflow.note.content"] == report, "the run page opens on the report"
+
+
+def test_metrics_are_grouped_in_sections_of_the_run_page(cfg, client):
+    """MLflow groups a run's metrics by the part before '/': the result reads apart from the episode curves."""
+    with Tracker(cfg) as tracker:
+        tracker.log_dense({"accuracy": 0.93})
+        tracker.log_finetune_epoch(0, {"loss": 0.5})
+        tracker.log_final({"test_accuracy": 0.91})
+    names = set(client.get_run(tracker.run_id).data.metrics)
+    assert names == {"dense/accuracy", "finetune/loss", "final/test_accuracy"}
+    assert not any(n.startswith("system/") for n in names), "system/ is MLflow's own section"
 
 
 # ------------------------------------------------------------------ search result
@@ -196,8 +208,8 @@ def test_search_result_logs_the_search_files_unchanged_plus_info_and_plots(cfg, 
         assert Path(client.download_artifacts(tracker.run_id, name, str(tmp_path))).read_bytes() == data
     assert len(written["history.csv"].decode().splitlines()) == len(history) + 1
     metrics = client.get_run(tracker.run_id).data.metrics
-    assert metrics["best_accuracy"] == pytest.approx(0.88) and metrics["best_latency_ratio"] == pytest.approx(0.45)
-    assert metrics["search_episodes"] == 7 and metrics["search_failed_episodes"] == 1 and metrics["search_feasible_episodes"] == 4
+    assert metrics["search/best_accuracy"] == pytest.approx(0.88) and metrics["search/best_latency_ratio"] == pytest.approx(0.45)
+    assert metrics["search/episodes"] == 7 and metrics["search/failed_episodes"] == 1 and metrics["search/feasible_episodes"] == 4
 
 
 def test_search_result_without_a_best_policy_still_logs_its_plots(cfg, client, tmp_path):

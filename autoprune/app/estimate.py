@@ -69,7 +69,7 @@ class EstimateRow:
     nonzero_params: int = 0
     eager_latency_ms: float = float("nan")
     eager_ratio: float = float("nan")
-    backend: str = "torch"
+    backend: str = LatencySettings.backend
 
 
 def _maskable(model: nn.Module, ignored: tuple[str, ...]) -> list[tuple[nn.Module, str]]:
@@ -176,7 +176,8 @@ def estimate(
         t0 = time.perf_counter()
         pol = Policy.uniform(graph.unit_names, r if kind == "channels" else 0.0)
         if kind == "channels":
-            pruned = apply_policy(model, pol, graph=graph, importance=importance, round_to=round_to)
+            pruned = apply_policy(model, pol, graph=graph, importance=importance, round_to=round_to,  # as the search prunes
+                                  batches=scorer.calibration_batches, loss=scorer.loss)
             removed_by[r] = dense_weights - _weights(pruned, ignored)
         elif kind == "masks":  # as many zeros as the largest channel row removed weights
             pruned = magnitude_masked(model, removed_by[r], ignored=ignored)

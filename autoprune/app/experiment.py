@@ -21,7 +21,7 @@ from torch import nn
 
 from autoprune.config.machine import check_batches_fit, fit_to_machine
 from autoprune.config.schema import ExperimentConfig
-from autoprune.config.settings import evaluator_options, latency_settings, train_settings
+from autoprune.config.settings import evaluator_options, latency_settings, pruning_record, train_settings
 from autoprune.errors import ConfigError, describe
 from autoprune.formats.policy_file import POLICY_FILE, policy_document, write_policy_file
 from autoprune.graph.check import default_cache_dir
@@ -250,7 +250,7 @@ def write_policy(path: Path, evaluator: PolicyEvaluator, result: SearchResult, c
         payload = policy_document(
             best.policy, model=cfg.model.name, data=cfg.data.name, metric=evaluator.budget.metric, target=evaluator.target,
             backend={**cfg.latency.backend_info(), "settings": evaluator.latency_model.backend_settings}, searcher=result.searcher, episode=best.index, metrics=best.metrics.as_dict(),
-            fingerprint=model_fingerprint(evaluator.graph), ignore=cfg.model.ignore,
+            fingerprint=model_fingerprint(evaluator.graph), ignore=cfg.model.ignore, pruning=pruning_record(cfg),
         )
     write_policy_file(path, payload)
 

@@ -23,6 +23,7 @@ from autoprune.app.uris import is_mlflow_uri, load_policy
 from autoprune.config.loading import parse_config
 from autoprune.config.machine import check_threads
 from autoprune.config.schema import ExperimentConfig
+from autoprune.errors import ConfigError
 from autoprune.formats.pruned import load_pruned, save_pruned
 from autoprune.graph.policy import check_policy_fits
 from autoprune.measure.backends import DEFAULT_THREADS, get_backend
@@ -70,7 +71,7 @@ def apply_policy_file(
     policy: str,
     model: str,
     *,
-    data: str = "fashion_mnist",
+    data: str | None = None,
     checkpoint: str | Path | None = None,
     out: str | Path = "pruned.pt",
     finetune_epochs: float = 0,
@@ -81,23 +82,31 @@ def apply_policy_file(
 ) -> ApplyReport:
     """Apply a saved policy to the same architecture, optionally fine-tune, save the pruned model, log it.
 
-    The layers the policy's search ignored (the file's ``ignore``) are ignored here too, and the
-    graph goes through the same safety net with the export check of the backend the policy was
-    found on (the file's ``backend``), so its units match; a policy found on another architecture
-    is refused (map it with ``autoprune transfer``).
+    The policy carries its context and is applied in it: the layers its search ignored (the
+    file's ``ignore``), its data set, and its pruning (importance, the channel multiple it was
+    rounded to, iterative steps: the file's ``pruning``), so it gives the channel counts the search
+    measured; its graph goes through the same safety net with the export check of the backend the
+    policy was found on (the file's ``backend``), so its units match. A policy found on another
+    architecture is refused (map it with ``autoprune transfer``).
+
+    Args:
+        data: The data set (None: the one the policy was found on, else ``fashion_mnist``).
 
     Raises:
-        ConfigError: a missing policy or checkpoint, or an unwritable ``out``.
+        ConfigError: a missing policy or checkpoint, an unwritable ``out``, or ``data`` other than
+            the data set the policy records.
         PolicyError: a malformed policy, or one of another architecture.
         ModelError: an unreadable checkpoint, or a model with nothing to prune.
     """
     writable_file(out, "--out")
     pol, payload = load_policy(policy, tracking_uri=tracking_uri)
+    data = recorded_data(data, payload.get("data"), f"the policy {policy}")
+    pruning = {k: v for k, v in (payload.get("pruning") or {}).items() if k in ("importance", "round_to", "iterative_steps")}
     backend = payload.get("backend") if isinstance(payload.get("backend"), dict) else {}
     latency = {"backend": backend["name"], "backend_options": backend.get("options") or {}} if backend.get("name") else {}
     cfg = parse_config({"name": "apply", "model": {"name": model, "checkpoint": str(checkpoint) if checkpoint else None},
-                        "data": {"name": data}, "latency": latency, "tracking": {"uri": tracking_uri, "register": False}},
-                       source="command line")
+                        "data": {"name": data}, "pruning": pruning, "latency": latency,
+                        "tracking": {"uri": tracking_uri, "register": False}}, source=f"--policy {policy}")
     baseline = load_baseline(cfg, progress=progress)
     modules = {name for name, _ in baseline.model.named_modules()}
     ignored = [n for n in payload.get("ignore") or [] if n in modules]  # an unknown name: the fingerprint check says why
@@ -110,7 +119,8 @@ def apply_policy_file(
                  teacher=baseline.model if distill else None, progress=progress)
     acc = split_metrics(pruned, baseline.data.test)["accuracy"]
     out = save_pruned(out, pruned, model_name=model, in_channels=baseline.data.in_channels, num_classes=baseline.data.num_classes,
-                      input_size=baseline.data.input_size, extra={"policy": pol.to_dict(), "test_accuracy": acc, "ignore": ignored})
+                      input_size=baseline.data.input_size, extra={"policy": pol.to_dict(), "test_accuracy": acc, "ignore": ignored,
+                             "context": {"data": data, "backend": payload.get("backend"), "pruning": pruning}})
     x1 = baseline.data.example_input(1)
     dense_macs, dense_params = count_macs_params(baseline.model, x1)
     macs, params = count_macs_params(pruned, x1)
@@ -127,6 +137,23 @@ def apply_policy_file(
     return report
 
 
+def recorded_data(given: str | None, recorded: str | None, source: str, *, fallback: str = "fashion_mnist") -> str:
+    """The data set a command runs on: ``--data`` if given, else the one recorded with the model or policy.
+
+    Raises:
+        ConfigError: ``--data`` names another data set than the one recorded (one line naming both).
+    """
+    if given is not None and recorded is not None and given != recorded:
+        raise ConfigError(f"--data: {given!r}, but {source} was found on {recorded!r}; omit --data to use it, "
+                          "or map it to another model with 'autoprune transfer'")
+    return given or recorded or fallback
+
+
+def model_context(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a pruned-model file records about where it was made: ``data``, ``backend`` (name, options, ...), ``pruning``."""
+    return dict((meta.get("extra") or {}).get("context") or {})
+
+
 # ----------------------------------------------------------------- fine-tune, evaluate, export
 @dataclass
 class FinetuneReport:
@@ -140,7 +167,7 @@ class FinetuneReport:
 def finetune_file(
     source: str,
     *,
-    data: str = "fashion_mnist",
+    data: str | None = None,
     epochs: float = 3,
     lr: float = 0.01,
     distill: bool = False,
@@ -150,12 +177,17 @@ def finetune_file(
 ) -> FinetuneReport:
     """Fine-tune a saved pruned model (optionally distilling from its dense baseline) and save it.
 
+    Args:
+        data: The data set (None: the one recorded in the model file, else ``fashion_mnist``).
+
     Raises:
-        ConfigError: a missing file or URI. ModelError: an unreadable pruned-model file.
+        ConfigError: a missing file or URI, or ``data`` other than the one the file records.
+        ModelError: an unreadable pruned-model file.
     """
     out = writable_file(out, "--out")
     with opened_model(source, tracking_uri=tracking_uri) as (net, meta, _):
         spec = meta["model"]
+        data = recorded_data(data, model_context(meta).get("data"), source)
         teacher = None
         if distill:
             base_cfg = parse_config({"model": {"name": spec["name"]}, "data": {"name": data}}, source="command line")
@@ -190,7 +222,7 @@ class EvaluateReport:
     config: ExperimentConfig
 
 
-def evaluate_file(source: str, *, data: str = "fashion_mnist", batch_size: int = 1, threads: int = DEFAULT_THREADS,
+def evaluate_file(source: str, *, data: str | None = None, batch_size: int = 1, threads: int = DEFAULT_THREADS,
                   backend: str | None = None, checkpoint: str | Path | None = None, overrides: Sequence[str] = (),
                   tracking_uri: str | None = None, progress: bool = True) -> EvaluateReport:
     """Test accuracy and latency of a saved pruned model against its dense baseline, on the serving backend and eager PyTorch.
@@ -201,23 +233,30 @@ def evaluate_file(source: str, *, data: str = "fashion_mnist", batch_size: int =
 
     Args:
         source: A pruned-model file, ``runs:/`` or ``models:/`` URI.
-        data: The data set (its test split is evaluated).
+        data: The data set (its test split is evaluated; None: the one recorded in the model file).
         batch_size: Batch size timed (``latency.batch_size``).
         threads: Intra-op threads while timing (``latency.threads``).
-        backend: The serving backend (``latency.backend``; None: the config default).
+        backend: The serving backend (``latency.backend``; None: the one recorded in the model file,
+            with its options, else the config default).
         checkpoint: The dense baseline's weights (default: the cached baseline of the model, trained if missing).
         overrides: ``key=value`` config overrides, e.g. ``latency.backend_options.spinning=false``.
         tracking_uri: Where ``runs:/`` and ``models:/`` sources are.
 
     Raises:
         ConfigError: more threads than this machine's CPUs, a missing file or URI, an unknown
-            backend (naming ``latency.backend`` and the allowed ones) or its extra missing.
+            backend (naming ``latency.backend`` and the allowed ones) or its extra missing, or
+            ``data`` other than the one the file records.
         ModelError: an unreadable pruned-model file or checkpoint, or a model the backend cannot run.
     """
     check_threads(threads, "--threads")  # before any work
-    latency = {"batch_size": batch_size, "threads": threads}
+    latency: dict[str, Any] = {"batch_size": batch_size, "threads": threads}
     sets = [*overrides, *([f"latency.backend={backend}"] if backend is not None else [])]
     with opened_model(source, tracking_uri=tracking_uri) as (net, meta, path):
+        context = model_context(meta)
+        data = recorded_data(data, context.get("data"), source)
+        served = context.get("backend") or {}
+        if backend is None and served.get("name"):  # timed where it was searched for, unless told otherwise
+            latency.update(backend=served["name"], backend_options=served.get("options") or {})
         cfg = parse_config({"name": "evaluate", "model": {"name": meta["model"]["name"], "checkpoint": str(checkpoint) if checkpoint else None},
                             "data": {"name": data}, "latency": latency}, source="command line", overrides=sets)
         get_backend(cfg.latency.backend, threads=threads, **(cfg.latency.backend_options or {}))  # a bad backend fails before any work
@@ -261,5 +300,5 @@ def export_file(source: str, *, onnx: str | Path = "model.onnx", quantize: bool 
 
 __all__ = [
     "ApplyReport", "EvaluateReport", "ExportReport", "FinetuneReport", "apply_policy_file", "evaluate_file", "export_file",
-    "finetune_file", "opened_model",
+    "finetune_file", "model_context", "opened_model", "recorded_data",
 ]

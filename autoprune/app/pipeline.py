@@ -23,7 +23,7 @@ from torch import nn
 
 from autoprune.app.experiment import Baseline, SearchRun, experiment_dir, is_encoder, load_baseline, run_search, sized_for_workers
 from autoprune.config.schema import ExperimentConfig
-from autoprune.config.settings import finetune_settings, latency_settings, recover_settings
+from autoprune.config.settings import finetune_settings, latency_settings, pruning_record, recover_settings
 from autoprune.config.settings import round_to as settings_round_to
 from autoprune.formats.onnx import export_onnx, onnx_predictions, quantize_onnx
 from autoprune.formats.pruned import save_pruned
@@ -34,6 +34,7 @@ from autoprune.measure.backends import backend_class
 from autoprune.measure.compare import RuntimeComparison, compare_onnx_files, compare_to_dense, int8_timing_backend, speed_words
 from autoprune.measure.latency import count_macs_params, model_size_bytes
 from autoprune.measure.schedule import PairedSchedule
+from autoprune.measure.settings import LatencySettings
 from autoprune.objective.proxy import recalibrate_bn, split_metrics
 from autoprune.paths import write_json_atomic
 from autoprune.tracking.tracker import Tracker, resolve_tracking_uri
@@ -106,7 +107,7 @@ class ModelReport:
     params: int
     size_bytes: int
     eager_latency_ms: float = float("nan")
-    backend: str = "torch"
+    backend: str = LatencySettings.backend
     backend_settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -140,7 +141,9 @@ def _report(m: nn.Module, score: Callable[[nn.Module], float], x1: Any, cfg: Exp
                        backend_settings=dict(timed.settings))
 
 
-def decide_int8(cfg: ExperimentConfig, baseline: Baseline, fp32_path: Path, fp32_accuracy: float, out: Path) -> dict[str, Any]:
+def decide_int8(
+    cfg: ExperimentConfig, baseline: Baseline, fp32_path: Path, fp32_accuracy: float, out: Path, *, keep_rejected: bool = False
+) -> dict[str, Any]:
     """Static QDQ int8 of the fp32 artifact, kept only when it is faster *and* accurate enough.
 
     Calibrated on 8 training batches of 32 (ONNX Runtime ``quantize_static``, MinMax); timed
@@ -154,10 +157,11 @@ def decide_int8(cfg: ExperimentConfig, baseline: Baseline, fp32_path: Path, fp32
         baseline: The data (training batches to calibrate, test split to check).
         fp32_path: The pruned fp32 ONNX file.
         fp32_accuracy: The pruned model's test accuracy in [0, 1].
-        out: Where ``model.int8.onnx`` is written.
+        out: Where ``model.int8.onnx`` is written, only when it is kept (a rejected candidate is deleted).
+        keep_rejected: Keep a rejected file too, as ``model.int8.onnx`` (benchmarks that time it anyway).
 
     Returns:
-        ``{"path", "kept", "runtime" (where it was timed), "speed_ratio" (int8 / fp32 latency), "ms" (int8 ms
+        ``{"path" (None when rejected), "kept", "runtime" (where it was timed), "speed_ratio" (int8 / fp32 latency), "ms" (int8 ms
         there), "fp32_ms", "test_accuracy", "accuracy_drop_points", "reason"}``.
 
     Raises:
@@ -165,7 +169,9 @@ def decide_int8(cfg: ExperimentConfig, baseline: Baseline, fp32_path: Path, fp32
         ModelError: ONNX Runtime's quantiser fails on the model.
     """
     batches = [xb.numpy() for xb, _ in list(baseline.data.train.batches(32, shuffle=True, seed=cfg.seed))[:8]]
-    int8_path = quantize_onnx(fp32_path, out / "model.int8.onnx", calibration=batches)
+    deployable = out / "model.int8.onnx"
+    deployable.unlink(missing_ok=True)  # a rejected candidate of an earlier run must not linger either
+    int8_path = Path(quantize_onnx(fp32_path, out / ".model.int8.candidate.onnx", calibration=batches))
     runtime, options = int8_timing_backend(latency_settings(cfg))
     stats = compare_onnx_files(fp32_path, int8_path, baseline.data.example_input(cfg.latency.batch_size), threads=cfg.latency.threads,
                                schedule=PairedSchedule(rounds=30), backend=runtime, backend_options=options)
@@ -185,7 +191,11 @@ def decide_int8(cfg: ExperimentConfig, baseline: Baseline, fp32_path: Path, fp32
         if not accurate:
             why.append(f"int8 loses {drop:.2f} pts of test accuracy (export.int8_tolerance {tol:g})")
         reason = "fp32 kept: " + "; ".join(why)
-    return {"path": str(int8_path), "kept": faster and accurate, "runtime": runtime, "speed_ratio": stats.ratio, "ms": stats.cand_median_ms,
+    if faster and accurate or keep_rejected:
+        int8_path = int8_path.replace(deployable)
+    else:  # only the deployable artifact stays beside model.onnx; the figures stay in the report
+        int8_path.unlink(missing_ok=True)
+    return {"path": str(int8_path) if faster and accurate or keep_rejected else None, "kept": faster and accurate, "runtime": runtime, "speed_ratio": stats.ratio, "ms": stats.cand_median_ms,
             "fp32_ms": stats.ref_median_ms, "test_accuracy": acc, "accuracy_drop_points": drop, "reason": reason}
 
 
@@ -246,10 +256,10 @@ def uniform_point(evaluator: Any, max_evals: int = 6) -> tuple[float, float] | N
 
     Costs a few evaluations; shown on the Pareto plot so the search's gain is visible at a glance.
     """
-    from autoprune.search import get_searcher
+    from autoprune.search import BASELINE_SEARCHER, get_searcher
 
     try:
-        res = get_searcher("uniform", {"max_evals": max_evals}, progress=False).search(evaluator, max_evals)
+        res = get_searcher(BASELINE_SEARCHER, {"max_evals": max_evals}, progress=False).search(evaluator, max_evals)
     except Exception as e:  # noqa: BLE001 - the baseline is a courtesy: never fail a finished search for it
         log.warning("uniform baseline skipped: %s", e)
         return None
@@ -352,7 +362,8 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
         model_path = save_pruned(
             out / "model.pt", pruned, model_name=cfg.model.name, in_channels=getattr(baseline.data, "in_channels", 0),
             num_classes=getattr(baseline.data, "num_classes", 0), input_size=getattr(baseline.data, "input_size", 0),
-            extra={"policy": best.policy.to_dict(), "test_accuracy": pruned_r.test_accuracy},
+            extra={"policy": best.policy.to_dict(), "test_accuracy": pruned_r.test_accuracy,
+                   "context": {"data": cfg.data.name, "backend": cfg.latency.backend_info(), "pruning": pruning_record(cfg)}},
         )
         onnx_info, int8 = None, None
         if encoder:  # the serving artifact: model.onnx with named inputs, the tokenizer beside it
@@ -363,7 +374,8 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
             onnx_info = export_onnx(pruned, baseline.data.example_input(1), out / "model.onnx")
             if cfg.export.quantize:
                 int8 = decide_int8(cfg, baseline, out / "model.onnx", pruned_r.test_accuracy, out)
-                onnx_info["quantized"] = int8["path"]
+                if int8["kept"]:
+                    onnx_info["quantized"] = int8["path"]
                 log.info("%s", int8["reason"])
         score_name = "fidelity" if encoder else "accuracy"
         report = {

@@ -17,6 +17,7 @@ from typing import Any
 from rich.table import Table
 
 from autoprune.app.commands import EstimateReport, TrainReport, TransferReport
+from autoprune.app.decoder_estimate import DecoderEstimateReport
 from autoprune.app.experiment import SearchRun
 from autoprune.app.model_files import ApplyReport, EvaluateReport, ExportReport, FinetuneReport
 from autoprune.app.pipeline import RunResult
@@ -126,6 +127,25 @@ def estimate_table(r: EstimateReport) -> Shown:
              "proxy acc = validation accuracy after BN re-estimation; "
              + "; ".join(f"{k} {v:.1f} s" for k, v in secs.items()) + "."]
     return [table, "\n".join(notes)]
+
+
+def decoder_estimate_table(r: DecoderEstimateReport) -> Shown:
+    """One row per decoder variant (dense; per ratio, query heads, KV groups, MLP width, layers): sizes, KL, perplexity, paired latency."""
+    decode = r.mode == "decode"
+    what = f"decode {r.new_tokens} tokens after a {r.prompt_tokens}-token prompt" if decode else f"prefill {r.prompt_tokens} tokens"
+    table = Table(title=f"{r.model}: each unit kind pruned uniformly, timed on eager PyTorch ({what}, batch 1)")
+    cols = ["pruning", "params", "heads/KV/MLP/layers", "KL (val)", "perplexity (test)", "ms", "speed-up [95% CI]"] + (["tok/s"] if decode else [])
+    for col in cols:
+        table.add_column(col, justify="right", no_wrap=True)
+    for row in r.rows:
+        q, kv, mlp, n = row.sizes
+        cells = [row.label, f"{row.params:,}", f"{q}/{kv}/{mlp}/{n}", f"{row.kl:.4f}", f"{row.perplexity:.2f}", f"{row.ms:.1f}",
+                 f"{1 / row.latency_ratio:.2f}x [{1 / row.latency_ci[1]:.2f}-{1 / row.latency_ci[0]:.2f}]"]
+        table.add_row(*cells, *([f"{row.tokens_per_s:.1f}"] if decode else []))
+    notes = ("heads/KV/MLP are those of the first kept layer (every layer is pruned alike). KL = mean per-token KL divergence from the dense "
+             f"next-token distribution on validation fortunes, perplexity on test fortunes (blocks of {r.seq_len} tokens); no recovery. "
+             "Speed-up = dense / variant latency, measured paired on eager PyTorch; eager decode is noisy.")
+    return [table, notes]
 
 
 def search_summary(run: SearchRun) -> Shown:

@@ -84,6 +84,15 @@ def round_to(cfg: ExperimentConfig) -> int | None:
     return backend_class(cfg.latency.backend).channel_multiple() if value == "auto" else value
 
 
+def pruning_record(cfg: ExperimentConfig) -> dict[str, Any]:
+    """How a found policy is applied, as recorded in its file: ``importance``, ``round_to`` (``auto`` resolved), ``iterative_steps``.
+
+    Raises:
+        ConfigError: an unknown backend (``auto`` asks it for its multiple).
+    """
+    return {"importance": cfg.pruning.importance, "round_to": round_to(cfg), "iterative_steps": cfg.pruning.iterative_steps}
+
+
 def evaluator_options(cfg: ExperimentConfig) -> dict[str, Any]:
     """Keyword arguments of :class:`~autoprune.objective.evaluator.PolicyEvaluator` after the model and data."""
     p = cfg.pruning
@@ -138,6 +147,7 @@ __all__ = [
     "latency_settings",
     "library_settings",
     "proxy_settings",
+    "pruning_record",
     "recover_settings",
     "reward",
     "train_settings",

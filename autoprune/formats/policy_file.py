@@ -36,6 +36,7 @@ def policy_document(
     metrics: dict | None = None,
     fingerprint: dict | None = None,
     ignore: Sequence[str] = (),
+    pruning: dict | None = None,
 ) -> dict:
     """The one JSON form of a found policy: ratios and drops at the top, plus where it came from.
 
@@ -53,6 +54,9 @@ def policy_document(
         fingerprint: :func:`autoprune.graph.policy.model_fingerprint` of the model it was found on.
         ignore: Layers the search left unpruned (``model.ignore``); ``apply`` and ``transfer``
             ignore them again, so the policy's units match.
+        pruning: How the policy was applied in the search (``importance``, ``round_to`` resolved
+            to a number or None, ``iterative_steps``); ``apply`` applies it the same way, so it
+            gives the channel counts the search measured.
 
     Returns:
         A JSON-ready dict.
@@ -69,6 +73,7 @@ def policy_document(
         "metrics": metrics,
         "fingerprint": fingerprint,
         "ignore": list(ignore),
+        "pruning": dict(pruning or {}),
     }
 
 

@@ -27,7 +27,9 @@ from torch import nn
 
 from autoprune.errors import ConfigError, DataError
 from autoprune.objective.fidelity import Fidelity, embedding_fidelity, sentence_embeddings
+from autoprune.objective.lm_fidelity import KL_BLOCKS, KLProxy
 from autoprune.objective.proxy import ProxySettings, accuracy, proxy_accuracy
+from autoprune.zoo.lm_text import LMCorpus
 from autoprune.zoo.text import TokenizedCorpus, TokenSplit
 
 #: Sentences per forward pass when embedding (short sentences first, so little padding).
@@ -165,12 +167,14 @@ class FidelityProxy:
         return self._calibration
 
 
-def make_proxy(model: nn.Module, data: Any, settings: ProxySettings = ProxySettings(), *, seed: int = 0) -> AccuracyProxy | FidelityProxy:
-    """The proxy the data calls for: fidelity for tokenised text, accuracy for labelled data.
+def make_proxy(model: nn.Module, data: Any, settings: ProxySettings = ProxySettings(), *, seed: int = 0) -> AccuracyProxy | FidelityProxy | KLProxy:
+    """The proxy the data calls for: KL for a decoder's text blocks, fidelity for tokenised sentences, accuracy for labelled data.
 
     Args:
         model: The dense model.
-        data: A :class:`~autoprune.zoo.text.TokenizedCorpus` or a :class:`~autoprune.zoo.DataBundle`.
+        data: A :class:`~autoprune.zoo.lm_text.LMCorpus` (a decoder LLM's blocks: :class:`~autoprune.objective.lm_fidelity.KLProxy`
+            on the first ``min(val_samples, KL_BLOCKS)`` validation blocks), a
+            :class:`~autoprune.zoo.text.TokenizedCorpus` or a :class:`~autoprune.zoo.DataBundle`.
         settings: ``val_samples`` (sentences scored for fidelity), ``neighbours``, and the
             accuracy proxy's sizes.
         seed: Seed of calibration batches.
@@ -179,6 +183,10 @@ def make_proxy(model: nn.Module, data: Any, settings: ProxySettings = ProxySetti
         ConfigError: ``settings.metric`` does not fit the data (fidelity needs text, accuracy labels).
         DataError: a validation split too small for fidelity.
     """
+    if isinstance(data, LMCorpus):
+        if settings.metric not in (None, "kl"):
+            raise ConfigError(f"proxy.metric: {settings.metric!r} does not fit a decoder's text; allowed: kl or null")
+        return KLProxy(model, data.val.subset(min(settings.val_samples or KL_BLOCKS, KL_BLOCKS)), calibration=data.train)
     text = isinstance(data, TokenizedCorpus)
     if settings.metric not in (None, "fidelity" if text else "accuracy"):
         raise ConfigError(f"proxy.metric: {settings.metric!r} does not fit data {type(data).__name__}; "
@@ -189,4 +197,4 @@ def make_proxy(model: nn.Module, data: Any, settings: ProxySettings = ProxySetti
     return AccuracyProxy(model, data, settings, seed=seed)
 
 
-__all__ = ["AccuracyProxy", "CALIBRATION_BATCHES", "FidelityProxy", "embedding_loss", "fidelity_score", "make_proxy"]
+__all__ = ["AccuracyProxy", "CALIBRATION_BATCHES", "FidelityProxy", "KLProxy", "embedding_loss", "fidelity_score", "make_proxy"]

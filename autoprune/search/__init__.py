@@ -33,6 +33,8 @@ SEARCHERS: Registry[Callable[..., Searcher]] = Registry(
 
 #: The searcher ``--agent`` runs when the config's searcher does not load agents.
 AGENT_SEARCHER = "ppo"
+#: The classical baseline ``autoprune run`` shows beside a searcher that is ``compared_with_uniform``.
+BASELINE_SEARCHER = "uniform"
 
 
 def register_searcher(name: str, cls: Callable[..., Searcher] | str) -> None:
@@ -93,6 +95,6 @@ def searchers_that(can: Callable[[type[Searcher]], bool]) -> list[str]:
 
 
 __all__ = [
-    "AGENT_SEARCHER", "SEARCHERS", "ExperimentContext", "SearchResult", "Searcher", "get_searcher", "pareto_front",
+    "AGENT_SEARCHER", "BASELINE_SEARCHER", "SEARCHERS", "ExperimentContext", "SearchResult", "Searcher", "get_searcher", "pareto_front",
     "register_searcher", "searcher_class", "searchers_that",
 ]

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from autoprune.errors import ConfigError
 from autoprune.graph.policy import Policy
+from autoprune.graph.surgery import apply_policy
 from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
 from autoprune.paths import write_csv_atomic
 
@@ -111,13 +112,12 @@ def confirm_best(evaluator: PolicyEvaluator, feasible: list[Evaluation], top: in
     luckily low (the winner's curse); a second, longer paired measurement of the few finalists
     removes most of that bias. If none stays within the target, the one closest to it is returned.
     """
-    from autoprune.graph.surgery import apply_policy
-
     ranked = sorted({e.policy.key(): e for e in feasible}.values(), key=lambda e: e.metrics.reward, reverse=True)[:top]
     confirmed = []
     for e in ranked:
-        pruned = apply_policy(
-            evaluator.model, e.policy, graph=evaluator.graph, importance=evaluator.importance, round_to=evaluator.round_to
+        pruned = apply_policy(  # the channels the search's evaluation kept (same criterion, batches and loss)
+            evaluator.model, e.policy, graph=evaluator.graph, importance=evaluator.importance, round_to=evaluator.round_to,
+            batches=evaluator.calibration_batches, loss=evaluator.scorer.loss,
         ).eval()
         ratio = evaluator.latency_model.confirm(pruned).ratio
         confirmed.append({"episode": e.index, "searched_ratio": e.metrics.latency_ratio, "confirmed_ratio": ratio, "reward": e.metrics.reward})
@@ -177,6 +177,12 @@ class Searcher(abc.ABC):
     #: Starts from a saved agent (``--agent``), given as the hyper-parameter ``agent`` (a folder),
     #: and runs it without training with ``zero_shot``.
     loads_agent: ClassVar[bool] = False
+    #: The same evaluator, episodes and seed give the same proposals in the same order (one process,
+    #: no workers; under a MAC budget, where no measurement steers the search). A searcher whose
+    #: proposals depend on anything else (a clock, another process) sets it False.
+    deterministic: ClassVar[bool] = True
+    #: Searches only over dropped blocks: a model without droppable blocks is refused before the first episode.
+    needs_blocks: ClassVar[bool] = False
     #: ``autoprune run`` shows the uniform baseline beside this searcher's result (False for the
     #: uniform searcher: it is that baseline).
     compared_with_uniform: ClassVar[bool] = True
@@ -231,11 +237,14 @@ class Searcher(abc.ABC):
         """Run ``n_episodes`` evaluations and return the best policy, history and Pareto front.
 
         Raises:
-            ConfigError: ``n_episodes`` < 1.
+            ConfigError: ``n_episodes`` < 1, or a searcher that :attr:`needs_blocks` on a model without droppable blocks.
             BudgetError: the target is unreachable.
         """
         if not isinstance(n_episodes, int) or n_episodes < 1:
             raise ConfigError(f"search.episodes: {n_episodes!r} must be an integer >= 1")
+        if self.needs_blocks and not evaluator.block_names:
+            raise ConfigError(f"search.searcher: {self.name!r} needs droppable blocks, and this model has none; "
+                              "allowed: a model with residual blocks or transformer layers (pruning.drop_blocks: true)")
         evaluator.check_reachable()
         self._evaluator = evaluator
         start_index = len(evaluator.history)

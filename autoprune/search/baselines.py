@@ -372,12 +372,10 @@ class LayerDropSearcher(Searcher):
 
     name = "layer_drop"
     defaults: dict[str, Any] = {}
+    needs_blocks = True
 
     def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
-        blocks = list(evaluator.block_names)
-        if not blocks:
-            raise ConfigError("search.searcher: 'layer_drop' needs droppable blocks, and this model has none; "
-                              "allowed: a model with residual blocks or transformer layers (pruning.drop_blocks: true)")
+        blocks = list(evaluator.block_names)  # not empty: needs_blocks
         zero = {n: 0.0 for n in evaluator.unit_names}
         drop: tuple[str, ...] = ()
         steps: list[dict[str, Any]] = []

@@ -15,7 +15,6 @@ attributes, so a study stored in an RDB (``sqlite:///study.db``,
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import re
@@ -35,7 +34,7 @@ from autoprune.errors import ConfigError, describe
 from autoprune.graph.policy import Policy
 from autoprune.objective.evaluator import Evaluation, Metrics, PolicyEvaluator
 from autoprune.search.base import ExperimentContext, Searcher
-from autoprune.search.samplers import SAMPLERS, is_multi_objective, make_sampler
+from autoprune.search.samplers import SAMPLERS, is_multi_objective, make_sampler, missing_package
 from autoprune.search.study_lock import StudyLock
 
 log = logging.getLogger(__name__)
@@ -149,8 +148,11 @@ class OptunaSearcher(Searcher):
         self.on_ready = on_ready
         p = self.params
         SAMPLERS.check(p["sampler"])
-        if p["sampler"] == "cmaes" and importlib.util.find_spec("cmaes") is None:
-            raise ConfigError("search.params.sampler: 'cmaes' needs the `cmaes` package; run `pip install cmaes` or choose tpe, nsga2 or gp")
+        missing = missing_package(p["sampler"])
+        if missing is not None:
+            *others, last = [n for n in SAMPLERS.names() if missing_package(n) is None]
+            raise ConfigError(f"search.params.sampler: {p['sampler']!r} needs the `{missing}` package; run `pip install {missing}` "
+                              f"or choose {', '.join(others)} or {last}")
         if not isinstance(p["n_startup_trials"], int) or p["n_startup_trials"] < 0:
             raise ConfigError(f"search.params.n_startup_trials: {p['n_startup_trials']!r} must be an integer >= 0")
         if not isinstance(p["population_size"], int) or p["population_size"] < 2:

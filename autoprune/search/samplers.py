@@ -4,11 +4,13 @@ A built-in entry is a function ``make(params, seed=, has_ints=)`` reading the Op
 hyper-parameters. A config may also name the user's own ``optuna.samplers.BaseSampler``
 subclass as ``"package.module:Class"``; it is created as ``Class(seed=seed)`` (or ``Class()``
 when it takes no seed). A factory or class with a true ``multi_objective`` attribute is given
-two objectives (accuracy up, budget metric down) and searched for a Pareto front.
+two objectives (accuracy up, budget metric down) and searched for a Pareto front. A factory whose
+``requires`` attribute names a package is refused, naming it, where that package is not installed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from typing import Any
 
@@ -29,6 +31,9 @@ def cmaes(params: dict[str, Any], *, seed: int, has_ints: bool) -> Any:
     import optuna
 
     return optuna.samplers.CmaEsSampler(seed=seed, with_margin=has_ints)
+
+
+cmaes.requires = "cmaes"  # type: ignore[attr-defined]  # the CMA-ES package Optuna's sampler imports
 
 
 def nsga2(params: dict[str, Any], *, seed: int, has_ints: bool) -> Any:
@@ -65,6 +70,16 @@ def is_multi_objective(name: str) -> bool:
     return bool(getattr(SAMPLERS.get(name), "multi_objective", False))
 
 
+def missing_package(name: str) -> str | None:
+    """The package the sampler ``name`` needs (its factory's ``requires`` attribute) when it is not installed, else None.
+
+    Raises:
+        ConfigError: unknown name or import failure.
+    """
+    package = getattr(SAMPLERS.get(name), "requires", None)
+    return package if package and importlib.util.find_spec(package) is None else None
+
+
 def make_sampler(name: str, params: dict[str, Any], *, seed: int, has_ints: bool) -> Any:
     """A new ``optuna.samplers.BaseSampler`` for ``name`` (registered name or ``"package.module:Class"``).
 
@@ -94,4 +109,4 @@ def make_sampler(name: str, params: dict[str, Any], *, seed: int, has_ints: bool
         return target(params, seed=seed, has_ints=has_ints)
 
 
-__all__ = ["SAMPLERS", "is_multi_objective", "make_sampler"]
+__all__ = ["SAMPLERS", "is_multi_objective", "make_sampler", "missing_package"]

@@ -46,14 +46,17 @@ def flat_scalars(data: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def search_summary(result: Any) -> dict[str, float]:
-    """Summary metrics of a finished search (:class:`autoprune.search.SearchResult`): episodes, feasibility, the best's metrics."""
+    """Summary metrics of a finished search (:class:`autoprune.search.SearchResult`): episodes, feasibility, the best's metrics.
+
+    The tracker logs them under ``search/`` (``search/episodes``, ``search/best_accuracy``, ...).
+    """
     history = list(result.history)
     summary: dict[str, Any] = {
-        "search_seconds": result.seconds,
-        "search_episodes": len(history),
-        "search_feasible_episodes": sum(1 for e in history if not e.metrics.failed and e.metrics.feasible),
-        "search_failed_episodes": sum(1 for e in history if e.metrics.failed),
-        "search_pareto_size": len(result.pareto),
+        "seconds": result.seconds,
+        "episodes": len(history),
+        "feasible_episodes": sum(1 for e in history if not e.metrics.failed and e.metrics.feasible),
+        "failed_episodes": sum(1 for e in history if e.metrics.failed),
+        "pareto_size": len(result.pareto),
     }
     if result.best is not None:
         m = result.best.metrics

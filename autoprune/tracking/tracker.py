@@ -54,6 +54,10 @@ _LIBRARIES = ("torch", "torch-pruning", "optuna", "stable-baselines3", "gymnasiu
 
 #: MLflow 3 opens an experiment on the page of its kind: a model-training experiment opens on its runs
 #: (without the tag, the UI shows the GenAI traces overview, empty for autoprune).
+#: Metric sections: MLflow's run page groups metrics (and their charts) by the part before ``/``,
+#: so the result (``final/``) reads apart from the per-episode curves (``episode/``).
+EPISODE, SEARCH, DENSE, FINETUNE, FINAL = "episode/", "search/", "dense/", "finetune/", "final/"
+
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
@@ -134,7 +138,7 @@ class Tracker:
         if self.resume_run_id is not None:
             previous = self._existing_run(self.resume_run_id)
             run = mlflow.start_run(run_id=self.resume_run_id, nested=nested)
-            self._best = previous.data.metrics.get("best_reward", -math.inf)
+            self._best = previous.data.metrics.get(f"{EPISODE}best_reward", -math.inf)
             logged = previous.data.params
         else:
             run = mlflow.start_run(experiment_id=self._experiment_id(), run_name=self.run_name, nested=nested)
@@ -249,15 +253,15 @@ class Tracker:
             self.client.log_batch(run_id, tags=tags)
 
     def log_dense(self, metrics: Mapping[str, Any]) -> None:
-        """Metrics of the unpruned model, as ``dense_<name>``."""
-        self.log_metrics(metrics, prefix="dense_")
+        """Metrics of the unpruned model, as ``dense/<name>``."""
+        self.log_metrics(metrics, prefix=DENSE)
 
     def log_episode(self, evaluation: Any) -> None:
         """Buffer the step metrics of one evaluation (step = its index); usable as a searcher callback.
 
-        Logged: reward, accuracy, value, latency_ratio, predicted_ratio, macs_ratio,
-        feasible (0/1), failed (0/1) and best_reward (best feasible reward so far, once
-        there is one). Non-finite values (failed evaluations) are left out.
+        Logged under ``episode/`` (a section of the run page): reward, accuracy, value, latency_ratio,
+        predicted_ratio, macs_ratio, feasible (0/1), failed (0/1) and best_reward (best feasible
+        reward so far, once there is one). Non-finite values (failed evaluations) are left out.
         """
         self._require_run()
         m = evaluation.metrics
@@ -272,7 +276,7 @@ class Tracker:
             values["best_reward"] = self._best
         ts = int(time.time() * 1000)
         step = int(evaluation.index)
-        self._buffer.extend(Metric(k, f, ts, step) for k, v in values.items() if (f := finite(v)) is not None)
+        self._buffer.extend(Metric(f"{EPISODE}{k}", f, ts, step) for k, v in values.items() if (f := finite(v)) is not None)
         self._logged_steps.add(step)
         self._pending_episodes += 1
         if self._pending_episodes >= self.flush_every:
@@ -283,7 +287,7 @@ class Tracker:
         process or of workers whose buffer was lost); returns how many were added."""
         self.flush()
         try:
-            present = {m.step for m in self.client.get_metric_history(self._require_run(), "failed")}
+            present = {m.step for m in self.client.get_metric_history(self._require_run(), f"{EPISODE}failed")}
         except MlflowException:
             present = set()
         missing = [e for e in history if int(e.index) not in present | self._logged_steps]
@@ -305,8 +309,8 @@ class Tracker:
         self._pending_episodes = 0
 
     def log_finetune_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
-        """Fine-tuning metrics of one epoch as ``finetune_<name>`` at ``step=epoch``."""
-        self.log_metrics(metrics, step=int(epoch), prefix="finetune_")
+        """Fine-tuning metrics of one epoch as ``finetune/<name>`` at ``step=epoch``."""
+        self.log_metrics(metrics, step=int(epoch), prefix=FINETUNE)
 
     # ------------------------------------------------------------ artifacts
     def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
@@ -371,7 +375,7 @@ class Tracker:
             for name, path in files.items():  # only what this call wrote: out_dir may hold other files (e.g. study.db)
                 folder = str(Path(name).parent)
                 self.client.log_artifact(run_id, str(path), None if folder == "." else folder)
-            self.log_metrics(search_summary(result))
+            self.log_metrics(search_summary(result), prefix=SEARCH)
             if best is not None:
                 self.client.set_tag(run_id, "best_policy", json.dumps(best.policy.to_dict())[:MAX_TAG_VAL_LENGTH])
         finally:
@@ -380,10 +384,15 @@ class Tracker:
         return files
 
     def log_final(self, report: Mapping[str, Any], *, title: str | None = None) -> None:
-        """Final results: numeric entries as ``final_<name>`` metrics, everything as ``report.md``."""
+        """Final results: numeric entries as ``final/<name>`` metrics, everything as ``report.md``.
+
+        The report is also the run's description (``mlflow.note.content``): the run page opens on it.
+        """
         run_id = self._require_run()
-        self.log_metrics(report, prefix="final_")
-        self.client.log_text(run_id, render_report(report, title or f"autoprune: {self.cfg.name}"), "report.md")
+        self.log_metrics(report, prefix=FINAL)
+        text = render_report(report, title or f"autoprune: {self.cfg.name}")
+        self.client.log_text(run_id, text, "report.md")
+        self.client.set_tag(run_id, "mlflow.note.content", text[:MAX_TAG_VAL_LENGTH])
 
     # ------------------------------------------------------------ models
     def log_pruned_model(
@@ -419,14 +428,10 @@ class Tracker:
             ConfigError: a file is missing, or the registry rejects the name.
         """
         run_id = self._require_run()
-        files = {MODEL_FILE: Path(path_pt)}
-        if onnx_path is not None:
-            files["model.onnx"] = Path(onnx_path)
-        for f in extra_files:
-            files[Path(f).name] = Path(f)
-        for f in files.values():
-            if not f.is_file():
-                raise ConfigError(f"log_pruned_model: {f} does not exist")
+        files = {MODEL_FILE: Path(path_pt), **({"model.onnx": Path(onnx_path)} if onnx_path is not None else {})}
+        files.update({Path(f).name: Path(f) for f in extra_files})
+        if missing := [f for f in files.values() if not f.is_file()]:
+            raise ConfigError(f"log_pruned_model: {missing[0]} does not exist")
         with tempfile.TemporaryDirectory(prefix="autoprune-model-") as d:
             for name, src in files.items():
                 shutil.copyfile(src, Path(d) / name)

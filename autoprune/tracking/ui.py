@@ -57,7 +57,9 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def serve_ui(uri: str | None, *, host: str = "127.0.0.1", port: int = 5000, announce: Callable[[str], None] | None = None) -> int:
+def serve_ui(
+    uri: str | None, *, host: str = "127.0.0.1", port: int = 5000, announce: Callable[[str], None] | None = None, access_log: bool = False
+) -> int:
     """Run the MLflow UI on a tracking store until it exits or this process gets SIGTERM, SIGINT or SIGHUP.
 
     Args:
@@ -66,6 +68,8 @@ def serve_ui(uri: str | None, *, host: str = "127.0.0.1", port: int = 5000, anno
         host: Address to bind.
         port: TCP port.
         announce: Called once with a line saying where the UI is.
+        access_log: Let uvicorn print one line per HTTP request (``autoprune -v ui``); off by
+            default, since the UI polls and the log buries everything else in the terminal.
 
     Returns:
         The exit code: the server's, or 128 + the signal number after a stop signal (130 for SIGINT).
@@ -76,12 +80,15 @@ def serve_ui(uri: str | None, *, host: str = "127.0.0.1", port: int = 5000, anno
     store = resolve_tracking_uri(uri)
     if announce is not None:
         announce(f"MLflow UI on http://{host}:{port}/{UI_PAGE} (store {store}); Ctrl-C to stop")
+        announce("If the page shows GenAI traces, pick 'Model training' in the top-left switcher once: the browser remembers it.")
 
     def stop(signum: int, _frame: object) -> None:
         raise _Stopped(signum)
 
     previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", host, "--port", str(port), "--workers", "1"]
+    if not access_log:
+        cmd += ["--uvicorn-opts", "--no-access-log"]
     # One user: one web worker, and none of MLflow's background job runners (GenAI scorers), which
     # start a dozen processes and take minutes on a small machine.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}

@@ -102,7 +102,7 @@ def run_setting(model: str, batch: int, backend: str, *, episodes: int, epochs: 
         (tmp / slug).mkdir(exist_ok=True)
         save_pruned(tmp / f"{slug}.pt", pruned, **save)
         export_onnx(pruned, baseline.data.example_input(batch), tmp / f"{slug}.onnx")
-        int8 = decide_int8(cfg, baseline, tmp / f"{slug}.onnx", acc, tmp / slug)
+        int8 = decide_int8(cfg, baseline, tmp / f"{slug}.onnx", acc, tmp / slug, keep_rejected=True)
         rows.append({
             "policy": name, "slug": slug, "searcher": searcher, "search_backend": search_backend, "round_to": round_to(row_cfg),
             "episodes": len(res.history), "search_s": search_s, "episodes_per_min": 60 * len(res.history) / search_s,

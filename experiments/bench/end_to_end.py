@@ -52,7 +52,7 @@ def onnx_rows(cfg, baseline, model: torch.nn.Module, accuracy: float) -> tuple[l
     x1 = data.example_input(1)
     export_onnx(baseline.model, x1, tmp / "dense.onnx")
     export_onnx(model, x1, tmp / "pruned.onnx")
-    int8 = decide_int8(cfg, baseline, tmp / "pruned.onnx", accuracy, tmp)
+    int8 = decide_int8(cfg, baseline, tmp / "pruned.onnx", accuracy, tmp, keep_rejected=True)
     files = {"dense": tmp / "dense.onnx", "pruned": tmp / "pruned.onnx", "pruned int8 (static QDQ)": Path(int8["path"])}
     rows = []
     for name, path in files.items():

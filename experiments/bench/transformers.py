@@ -60,7 +60,7 @@ def run_target(target: float, args: argparse.Namespace) -> dict[str, Any]:
     from autoprune.formats.onnx import export_onnx
     from autoprune.measure.latency import count_macs_params
     from autoprune.objective.proxies import FidelityProxy, fidelity_score
-    from autoprune.search import get_searcher
+    from autoprune.search import get_searcher, searcher_class
     from autoprune.training.distill_encoder import distill_encoder
 
     torch.set_num_threads(args.threads)
@@ -85,7 +85,9 @@ def run_target(target: float, args: argparse.Namespace) -> dict[str, Any]:
         row_cfg = load_config(CONFIG, over + [f"search.searcher={row}"])
         ev = build_evaluator(row_cfg, baseline)
         # the baselines keep their defaults: uniform/global bisect at most max_evals times, layer_drop stops at the budget
-        params = {"sampler": "tpe", "n_startup_trials": max(4, args.episodes // 3)} if row == "optuna" else {}
+        # a model-based sampler starts after a third of the episodes (a searcher that has one)
+        takes = searcher_class(row).defaults
+        params = {"sampler": "tpe", "n_startup_trials": max(4, args.episodes // 3)} if {"sampler", "n_startup_trials"} <= set(takes) else {}
         t0 = time.perf_counter()
         res = get_searcher(row, params, progress=True).search(ev, args.episodes, seed=0)
         search_s = time.perf_counter() - t0

@@ -4,7 +4,8 @@
 * :mod:`helpers.settings`: proxy, latency and training settings sized for tests;
 * :mod:`helpers.search`: run one searcher quietly;
 * :mod:`helpers.cli`: run ``autoprune`` in-process and check the one-line user error;
-* :mod:`helpers.timing`: a virtual clock for the timer's arithmetic.
+* :mod:`helpers.timing`: a virtual clock for the timer's arithmetic;
+* :mod:`helpers.models`: a tiny token encoder with attention heads (imported as ``helpers.models``).
 
 Fixtures stay in ``tests/conftest.py``; these are plain functions and constants.
 """
