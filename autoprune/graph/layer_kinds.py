@@ -163,7 +163,7 @@ def plain_options(module: nn.Module) -> tuple[tuple[str, object], ...]:
         if isinstance(value, _PLAIN) or (isinstance(value, tuple) and all(isinstance(v, _PLAIN) for v in value)):
             items.append((key, value))
     cls = type(module)
-    if cls.__module__.split(".")[:2] != ["torch", "nn"]:
+    if not cls.__module__.startswith("torch.nn."):  # a layer of PyTorch's own is rebuilt by its class name
         items.insert(0, ("class", f"{cls.__module__}:{cls.__qualname__}"))
     return tuple(items)
 
