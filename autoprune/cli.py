@@ -392,12 +392,13 @@ def check_cmd(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="Zoo model or 'package.module:factory'.")],
     data: Annotated[str, typer.Option("--data", "-d", help="Data set the model is built for.")] = "digits",
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help="A module not to prune (repeatable).")] = None,
+    backend: Annotated[str, typer.Option(help="Serving runtime whose export is checked (latency.backend).")] = "torch",
 ) -> None:
-    """Check surgery on every unit: pruned output must equal the masked dense model's."""
+    """The safety net on every unit: exact surgery, a forward that runs, exact MACs, export to the runtime."""
+    from autoprune.app.commands import check_command
     from autoprune.app.tables import check_table
-    from autoprune.graph.check import check_model
 
-    _show(check_table(model, *check_model(model, data, ignored=tuple(ignore or ()))))
+    _show(check_table(model, *check_command(model, data, ignored=tuple(ignore or ()), backend=backend)))
 
 
 _stopped_by: list[int] = []  # the stop signal received, if any

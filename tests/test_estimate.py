@@ -67,7 +67,7 @@ def test_estimate_on_onnxruntime_shows_masks_shrink_nothing_and_channels_do(esti
     assert 0.0 <= masks.proxy_accuracy <= 1.0
     assert all(math.isnan(r.predicted_ratio) for r in report.rows)  # the eager lookup table does not model a serving runtime
     table, notes = estimate_table(report)
-    assert [c.header for c in table.columns] == ["pruning", "nonzero params", "MACs", "size", "ms onnxruntime", "speed-up [95% CI]",
+    assert [c.header for c in table.columns] == ["pruning", "nonzero params", "MACs", "size", "ms onnxruntime", "speed [95% CI]",
                                                  "eager", "proxy acc"]
     assert list(table.columns[0].cells) == [r.label for r in report.rows]
     assert notes.startswith(f"backend: {dense.backend}\n")

@@ -1,5 +1,7 @@
 """PrunableGraph: units, droppable blocks, features, channel arithmetic and predicted layer shapes."""
 
+import logging
+
 import pytest
 import torch
 import torch_pruning as tp
@@ -218,13 +220,19 @@ class RecurrentNet(nn.Module):
         return self.fc(self.rnn(x.squeeze(1))[0][:, -1])
 
 
-@pytest.mark.parametrize(("model_cls", "layer"), [(GainNet, "gain"), (RecurrentNet, "rnn")])
-def test_unsupported_parametrised_layer_is_a_model_error_naming_it(model_cls, layer, example_input):
-    with pytest.raises(ModelError) as info:
-        PrunableGraph(model_cls(), example_input)
-    message = str(info.value)
-    assert f"layer {layer!r}" in message
-    assert "model.ignore" in message
+@pytest.mark.parametrize(("model_cls", "layer", "words", "pruned"), [
+    (GainNet, "gain", "LearnedGain has parameters of its own", ["conv"]),
+    (RecurrentNet, "rnn", "LSTM: Torch-Pruning 1.6 cannot prune recurrent layers", []),
+])
+def test_a_layer_torch_pruning_cannot_prune_is_opaque_named_in_one_warning_and_the_rest_is_pruned(
+    model_cls, layer, words, pruned, example_input, caplog
+):
+    with caplog.at_level(logging.WARNING):
+        g = PrunableGraph(model_cls().eval(), example_input)
+    lines = [r.getMessage() for r in caplog.records if f"module {layer!r} is opaque" in r.getMessage()]
+    assert len(lines) == 1 and words in lines[0] and "channels are kept" in lines[0]
+    assert g.opaque.keys() == {layer} and g.unit_names == pruned
+    assert all(repr(layer) in why for why in g.skipped.values())  # every group it stops names it
 
 
 def test_ignoring_an_unsupported_layer_keeps_the_channels_it_touches(example_input):

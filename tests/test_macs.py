@@ -211,7 +211,7 @@ class TokenMixer(nn.Module):
 def test_predicted_macs_of_an_attention_model_equal_the_counted_macs_after_surgery(example_input) -> None:
     torch.manual_seed(0)
     model = TokenMixer().eval()
-    graph = PrunableGraph(model, example_input)
+    graph = PrunableGraph(model, example_input, split_heads=False)
     stream = graph.out_owner["attn"]  # the residual stream's unit also sets the attention width
     lq = 8
     attention = 4 * lq * 16 * 16 + 2 * lq * lq * 16
@@ -225,3 +225,13 @@ def test_predicted_macs_of_an_attention_model_equal_the_counted_macs_after_surge
         (real,) = [s for s in record_layer_specs(pruned, example_input) if s.module_name == "attn"]
         assert (predicted.in_channels, predicted.input_shape, predicted.kv_channels) == (8, (2, lq, 8), (8, 8))
         assert (real.in_channels, real.input_shape, real.kv_channels) == (8, (2, lq, 8), (8, 8))
+
+
+def test_predicted_macs_of_split_attention_heads_equal_the_counted_macs_after_surgery(example_input) -> None:
+    torch.manual_seed(0)
+    model = TokenMixer().eval()
+    graph = PrunableGraph(model, example_input)
+    assert graph.unit("attn").features.kind == "heads" and graph.dense_macs == count_macs_params(model, example_input)[0]
+    for policy in (Policy({"attn": 0.5}), Policy.uniform(graph.unit_names, 0.5)):
+        pruned = apply_policy(model, policy, graph=graph)
+        assert graph.macs_for(policy.ratios) == count_macs_params(pruned, example_input)[0] < graph.dense_macs

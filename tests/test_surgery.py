@@ -313,12 +313,22 @@ def test_a_grouped_conv_keeps_its_groups_and_loses_the_same_channels_in_every_gr
     assert sorted(i % 4 for i in cut) == [cut[0] % 4] * 4  # the same position in each of the 4 groups
 
 
-def test_attention_loses_whole_heads_and_keeps_its_head_size(example_input):
-    g = PrunableGraph(_pattern("multihead_attention"), example_input)
+def test_attention_left_tied_to_its_width_loses_whole_heads_with_it(example_input):
+    g = PrunableGraph(_pattern("multihead_attention"), example_input, split_heads=False)
     assert g.unit("c1.0").allowed == [8, 16, 24, 32]
     pruned = apply_policy(g.model, Policy({"c1.0": 0.5}), graph=g)
     attn = pruned.attn
     assert (attn.embed_dim, attn.num_heads, attn.head_dim) == (16, 2, 8)
+
+
+def test_split_attention_loses_whole_heads_and_keeps_its_head_size_and_width(example_input):
+    g = PrunableGraph(_pattern("multihead_attention"), example_input)
+    assert g.split_heads == ("attn",) and g.unit("attn").allowed == [8, 16, 24, 32]
+    assert g.unit("c1.0").allowed == list(range(1, 33))  # the stream is a width of its own now
+    pruned = apply_policy(g.model, Policy({"attn": 0.5}), graph=g)
+    attn = pruned.attn
+    assert (attn.num_attention_heads, attn.attention_head_size, attn.out_proj.out_features) == (2, 8, 32)
+    assert isinstance(g.model.attn, nn.MultiheadAttention)  # the model given is never modified
 
 
 def test_a_detached_probe_leaves_the_unit_it_reads_dense_with_or_without_model_ignore(example_input):

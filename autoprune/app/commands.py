@@ -1,4 +1,4 @@
-"""One function per ``autoprune`` command that works on experiments: train, estimate, search, worker, run, transfer.
+"""One function per ``autoprune`` command that works on experiments: train, estimate, search, worker, run, check, transfer.
 
 The CLI parses its options, calls one of these and prints what it returns (see
 :mod:`autoprune.app.tables`). Commands on saved files (apply, fine-tune, evaluate, export) are in
@@ -18,7 +18,17 @@ from typing import Any
 import torch
 
 from autoprune.app.estimate import EstimateRow, estimate
-from autoprune.app.experiment import Baseline, SearchRun, baseline_checkpoint, build_evaluator, load_baseline, run_search, run_worker, zoo_model
+from autoprune.app.experiment import (
+    Baseline,
+    SearchRun,
+    baseline_checkpoint,
+    build_evaluator,
+    experiment_graph,
+    load_baseline,
+    run_search,
+    run_worker,
+    zoo_model,
+)
 from autoprune.app.pipeline import RunResult, run_experiment
 from autoprune.app.preflight import preflight
 from autoprune.app.stages import stage
@@ -29,9 +39,13 @@ from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import latency_settings, proxy_settings
 from autoprune.config.settings import round_to as settings_round_to
 from autoprune.errors import ConfigError
+from autoprune.graph.prunable import PrunableGraph
+from autoprune.graph.safety import SafetyReport, verified_graph
 from autoprune.measure.backends import backend_class
+from autoprune.measure.settings import LatencySettings
 from autoprune.paths import writable_file, write_json_atomic
 from autoprune.search import AGENT_SEARCHER, SearchResult, searcher_class, searchers_that
+from autoprune.zoo import build_model, check_model_fits, load_data
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +108,6 @@ def train_baseline(
     """
     from autoprune.objective.proxy import accuracy
     from autoprune.training.baseline import TrainSettings, train_or_load
-    from autoprune.zoo import load_data
-
     MODEL.check(model)
     DATA.check(data)
     bundle = load_data(data, data_dir=str(data_dir) if data_dir else None, seed=seed)
@@ -172,13 +184,15 @@ def estimate_uniform(
     Raises:
         ConfigError: bad ratios, an unknown backend (or its extra missing), or a config problem
             found while loading the baseline.
-        ModelError: an unreadable checkpoint, or a model the backend cannot run.
+        ModelError: an unreadable checkpoint, a model the backend cannot run, or one with nothing to
+            prune (the safety net's line, as in every command: :func:`autoprune.app.experiment.experiment_graph`).
     """
     cfg = experiment_config(config, model, data, overrides)
     values = parse_ratios(ratios)
     baseline = load_baseline(cfg, progress=progress)
+    graph, _ = experiment_graph(cfg, baseline.model, baseline.data)
     latency = dataclasses.replace(latency_settings(cfg), batch_size=batch_size or cfg.latency.batch_size)
-    rows = estimate(baseline, values, latency=latency, proxy=proxy_settings(cfg), importance=cfg.pruning.importance,
+    rows = estimate(baseline, graph, values, latency=latency, proxy=proxy_settings(cfg), importance=cfg.pruning.importance,
                     round_to=settings_round_to(cfg), ignored=tuple(cfg.model.ignore), zoo=zoo_model(cfg, baseline))
     return EstimateReport(cfg, baseline.data.name, latency.batch_size, rows)
 
@@ -268,6 +282,38 @@ def run_command(config: str | Path, overrides: Sequence[str] = (), *, restart: b
         ConfigError, ModelError, BudgetError: a user's mistake, found before or during the work.
     """
     return run_experiment(preflight(load_config(config, list(overrides))), progress=progress, restart=restart)
+
+
+# ----------------------------------------------------------------- check
+def check_command(model: str, data: str = "digits", *, ignored: Sequence[str] = (), backend: str = "torch",
+                  seed: int = 0) -> tuple[PrunableGraph, SafetyReport]:
+    """``autoprune check``: build a zoo or plug-in model (random weights) for a data set's shapes and run the safety net on it.
+
+    The checks are those every command's graph goes through (:func:`autoprune.graph.safety.verified_graph`
+    with the export check of ``backend``), run afresh (no verdict cache), so a unit left dense or a
+    model refused here is left dense or refused by ``estimate``, ``search``, ``run`` and ``apply``.
+
+    Args:
+        model: Zoo model or ``package.module:factory``.
+        data: Data set whose channels, classes and input size the model is built for.
+        ignored: Module names not to prune (``model.ignore``).
+        backend: The serving runtime whose export is checked (``latency.backend``).
+        seed: Seed of the weights, the random channels and the random input.
+
+    Raises:
+        ConfigError: an unknown model, data set or backend (or its extra missing).
+        ModelError: a model that does not fit the data, or one with nothing to prune (the line
+            every command refuses it with).
+    """
+    MODEL.check(model)
+    DATA.check(data)
+    bundle = load_data(data, seed=seed)
+    torch.manual_seed(seed)
+    kw = dict(in_channels=bundle.in_channels, num_classes=bundle.num_classes, input_size=bundle.input_size)
+    net = build_model(model, **kw).eval()
+    check_model_fits(net, model, **kw)
+    export_check = LatencySettings(backend=backend).serving_check()
+    return verified_graph(net, bundle.example_input(1), ignored=tuple(ignored), export_check=export_check, seed=seed)
 
 
 # ----------------------------------------------------------------- transfer
@@ -383,6 +429,6 @@ def transfer_command(
 
 
 __all__ = [
-    "EstimateReport", "TrainReport", "TransferReport", "agent_searcher", "estimate_uniform", "experiment_config", "honoured_ignore",
+    "EstimateReport", "TrainReport", "TransferReport", "agent_searcher", "check_command", "estimate_uniform", "experiment_config", "honoured_ignore",
     "parse_ratios", "run_command", "search_command", "source_backend", "train_baseline", "transfer_command", "worker_command",
 ]

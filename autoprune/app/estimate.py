@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from autoprune.app.experiment import Baseline
-from autoprune.errors import ConfigError
+from autoprune.errors import ConfigError, ModelError
 from autoprune.graph.importance import DEFAULT_IMPORTANCE
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph
@@ -115,6 +115,7 @@ def _weights(model: nn.Module, ignored: tuple[str, ...] = ()) -> int:
 
 def estimate(
     baseline: Baseline,
+    graph: PrunableGraph,
     ratios: list[float],
     *,
     latency: LatencySettings = LatencySettings(),
@@ -141,6 +142,8 @@ def estimate(
 
     Args:
         baseline: The dense model and its data.
+        graph: Its graph from the safety net (:func:`autoprune.app.experiment.experiment_graph`):
+            the uniform rows prune its units, the ones every other command prunes.
         ratios: Channel ratios in [0, 1).
         latency: The backend, its options, the timed batch size and threads (``latency`` section).
         proxy: Accuracy proxy settings (BN re-estimation, validation subset).
@@ -156,14 +159,17 @@ def estimate(
 
     Raises:
         ConfigError: a ratio out of range, an unknown backend or option, or a missing extra.
-        ModelError: a model the backend cannot run (e.g. the ONNX export fails).
+        ModelError: a model the backend cannot run (e.g. the ONNX export fails), or a graph with
+            no unit (its droppable blocks are searched, not pruned uniformly), naming why.
     """
     for r in ratios:
         if not 0.0 <= r < 1.0:
             raise ConfigError(f"--ratios: {r!r} is out of range; allowed: 0 <= ratio < 1")
+    if not graph.units and any(r > 0 for r in ratios):
+        why = "; ".join(f"{n}: {w}" for n, w in list(graph.skipped.items())[:3]) or "the model has no channel group Torch-Pruning can cut"
+        raise ModelError(f"estimate: no unit to prune uniformly ({why}); only droppable blocks, which `autoprune search` tries")
     model, data = baseline.model, baseline.data
     x1 = data.example_input(1)
-    graph = PrunableGraph(model, x1, ignored=ignored)
     scorer = make_proxy(model, data, proxy)  # accuracy after adaptive BN, or an encoder's fidelity
     dense_weights = _weights(model, ignored)
     variants: list[tuple[str, float]] = [("dense", 0.0), *(("channels", r) for r in ratios if r > 0)]

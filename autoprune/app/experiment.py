@@ -23,10 +23,13 @@ from autoprune.app.folder_lock import folder_lock
 from autoprune.app.stages import stage
 from autoprune.config.machine import check_batches_fit, fit_to_machine
 from autoprune.config.schema import ExperimentConfig
-from autoprune.config.settings import evaluator_options, pruning_record, train_settings
+from autoprune.config.settings import evaluator_options, latency_settings, pruning_record, train_settings
 from autoprune.errors import ConfigError, describe
 from autoprune.formats.policy_file import POLICY_FILE, policy_document, write_policy_file
+from autoprune.graph.check import default_cache_dir
 from autoprune.graph.policy import Policy, model_fingerprint
+from autoprune.graph.prunable import PrunableGraph
+from autoprune.graph.safety import SafetyReport, verified_graph
 from autoprune.measure.fresh import ZooModel
 from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.search import ExperimentContext, Searcher, SearchResult, searcher_class, searchers_that
@@ -61,11 +64,14 @@ def load_baseline(cfg: ExperimentConfig, *, progress: bool = True) -> Baseline:
     """Load the data and the dense model, training and caching the model if no checkpoint exists.
 
     Before anything is trained, the config's batch sizes are checked against the memory
-    available (:func:`autoprune.config.machine.check_batches_fit`).
+    available (:func:`autoprune.config.machine.check_batches_fit`), and the untrained model goes
+    through the safety net (:func:`experiment_graph`), so a model with nothing to prune is refused
+    in seconds, not after its training; its verdicts are cached for the trained model.
 
     Raises:
         ConfigError: a missing ``model.checkpoint``, or a batch size that cannot fit in memory.
-        ModelError: the model does not fit the data (see :func:`autoprune.zoo.check_model_fits`) or its checkpoint.
+        ModelError: the model does not fit the data (see :func:`autoprune.zoo.check_model_fits`) or its
+            checkpoint, or it has nothing to prune (:func:`experiment_graph`).
     """
     torch.manual_seed(cfg.seed)
     if cfg.proxy.metric == "fidelity":
@@ -80,6 +86,9 @@ def load_baseline(cfg: ExperimentConfig, *, progress: bool = True) -> Baseline:
         probe = build_model(cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
     check_model_fits(probe, cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
     check_batches_fit(cfg, probe, data.example_input(1))
+    if not ckpt.is_file():  # the safety net's checks depend on the architecture only: refuse before training
+        with _graph_warnings_deferred():
+            experiment_graph(cfg, probe, data)
     model, meta = train_or_load(
         cfg.model.name, data, train_settings(cfg), checkpoint=ckpt, progress=progress,
         settings_must_match=not cfg.model.checkpoint and "train" in cfg.model_fields_set,  # train settings the user chose
@@ -128,14 +137,51 @@ def zoo_model(cfg: ExperimentConfig, baseline: Baseline) -> ZooModel | None:
     return ZooModel(cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
 
 
+def experiment_graph(cfg: ExperimentConfig, model: nn.Module, data: DataBundle) -> tuple[PrunableGraph, SafetyReport]:
+    """The graph every command prunes ``model`` through: :func:`autoprune.graph.safety.verified_graph` with the config's settings.
+
+    ``model.ignore``, ``pruning.drop_blocks``, the export check of ``latency.backend``
+    (:meth:`~autoprune.measure.settings.LatencySettings.serving_check`) and the shared verdict
+    cache (:func:`~autoprune.graph.check.default_cache_dir`): a unit that fails a check is left
+    dense with one warning line in every command alike, and a model with nothing left is refused
+    with the same line.
+
+    Args:
+        model: The dense model (trained or not: the verdicts depend on its architecture only).
+        data: Its data; the checks run at ``data.example_input(1)``'s shape.
+
+    Raises:
+        ModelError: the model cannot be pruned at all (one line naming the module and why).
+        ConfigError: the latency backend is unknown or its extra is missing.
+    """
+    return verified_graph(model, data.example_input(1), ignored=tuple(cfg.model.ignore), drop_blocks=cfg.pruning.drop_blocks,
+                          export_check=latency_settings(cfg).serving_check(), cache_dir=default_cache_dir())
+
+
+@contextlib.contextmanager
+def _graph_warnings_deferred() -> Iterator[None]:
+    """Hold back the graph's warnings: the probe's verdicts are cached and warned about once, by the trained model's graph."""
+    logger = logging.getLogger("autoprune.graph")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def build_evaluator(cfg: ExperimentConfig, baseline: Baseline) -> PolicyEvaluator:
     """The shared objective of a search, from the config's budget, reward, proxy, latency and pruning sections.
 
+    Its graph is :func:`experiment_graph`'s.
+
     Raises:
         ConfigError: e.g. a latency backend whose optional extra is not installed.
+        ModelError: the model has nothing to prune (see :func:`experiment_graph`).
     """
+    graph, _ = experiment_graph(cfg, baseline.model, baseline.data)
     stage("objective", f"pruning graph, dense {cfg.proxy.metric} and the latency model on {cfg.latency.backend}")
-    return PolicyEvaluator(baseline.model, baseline.data, **evaluator_options(cfg), baseline_name=cfg.model.name,
+    return PolicyEvaluator(baseline.model, baseline.data, **evaluator_options(cfg), graph=graph, baseline_name=cfg.model.name,
                            zoo=zoo_model(cfg, baseline))
 
 

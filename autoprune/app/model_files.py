@@ -7,6 +7,7 @@ in a temporary folder only while the command reads it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -16,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.app.experiment import load_baseline
-from autoprune.app.pipeline import ModelReport, apply_best, measure_final, serving_report
+from autoprune.app.experiment import experiment_graph, load_baseline
+from autoprune.app.pipeline import ModelReport, apply_best, measure_final, not_faster_warning, serving_report
 from autoprune.app.uris import is_mlflow_uri, load_policy
 from autoprune.config.loading import parse_config
 from autoprune.config.machine import check_threads
@@ -25,7 +26,6 @@ from autoprune.config.schema import ExperimentConfig
 from autoprune.errors import ConfigError
 from autoprune.formats.pruned import load_pruned, save_pruned
 from autoprune.graph.policy import check_policy_fits
-from autoprune.graph.prunable import PrunableGraph
 from autoprune.measure.backends import DEFAULT_THREADS, get_backend
 from autoprune.measure.latency import count_macs_params
 from autoprune.objective.proxy import split_metrics
@@ -33,6 +33,8 @@ from autoprune.paths import writable_file
 from autoprune.tracking.artifacts import download_model_uri
 from autoprune.training.finetune import FinetuneSettings, finetune
 from autoprune.zoo import load_data
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -83,7 +85,9 @@ def apply_policy_file(
     The policy carries its context and is applied in it: the layers its search ignored (the
     file's ``ignore``), its data set, and its pruning (importance, the channel multiple it was
     rounded to, iterative steps: the file's ``pruning``), so it gives the channel counts the search
-    measured. A policy found on another architecture is refused (map it with ``autoprune transfer``).
+    measured; its graph goes through the same safety net with the export check of the backend the
+    policy was found on (the file's ``backend``), so its units match. A policy found on another
+    architecture is refused (map it with ``autoprune transfer``).
 
     Args:
         data: The data set (None: the one the policy was found on, else ``fashion_mnist``).
@@ -92,20 +96,22 @@ def apply_policy_file(
         ConfigError: a missing policy or checkpoint, an unwritable ``out``, or ``data`` other than
             the data set the policy records.
         PolicyError: a malformed policy, or one of another architecture.
-        ModelError: an unreadable checkpoint.
+        ModelError: an unreadable checkpoint, or a model with nothing to prune.
     """
     writable_file(out, "--out")
     pol, payload = load_policy(policy, tracking_uri=tracking_uri)
     data = recorded_data(data, payload.get("data"), f"the policy {policy}")
     pruning = {k: v for k, v in (payload.get("pruning") or {}).items() if k in ("importance", "round_to", "iterative_steps")}
+    backend = payload.get("backend") if isinstance(payload.get("backend"), dict) else {}
+    latency = {"backend": backend["name"], "backend_options": backend.get("options") or {}} if backend.get("name") else {}
     cfg = parse_config({"name": "apply", "model": {"name": model, "checkpoint": str(checkpoint) if checkpoint else None},
-                        "data": {"name": data}, "pruning": pruning, "tracking": {"uri": tracking_uri, "register": False}},
-                       source=f"--policy {policy}")
+                        "data": {"name": data}, "pruning": pruning, "latency": latency,
+                        "tracking": {"uri": tracking_uri, "register": False}}, source=f"--policy {policy}")
     baseline = load_baseline(cfg, progress=progress)
     modules = {name for name, _ in baseline.model.named_modules()}
     ignored = [n for n in payload.get("ignore") or [] if n in modules]  # an unknown name: the fingerprint check says why
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"ignore": ignored})})
-    graph = PrunableGraph(baseline.model, baseline.data.example_input(1), ignored=ignored)
+    graph, _ = experiment_graph(cfg, baseline.model, baseline.data)
     check_policy_fits(pol, graph, fingerprint=payload.get("fingerprint"), source=f"--policy {policy}")
     pruned = apply_best(cfg, baseline, pol, graph=graph)
     if finetune_epochs > 0:
@@ -259,6 +265,10 @@ def evaluate_file(source: str, *, data: str | None = None, batch_size: int = 1, 
         shown = str(path) if not is_mlflow_uri(source) else source
     report = serving_report(cfg, dense, pruned, None, pruned.backend_settings)
     report["deployed_artifact"] = f"{shown} on {cfg.latency.backend}"
+    slower = not_faster_warning(dense, pruned)
+    report["faster_than_dense"] = slower is None
+    if slower is not None:
+        log.warning("%s", slower)
     return EvaluateReport(shown, pruned.test_accuracy, batch_size, pruned.macs, pruned.params, dense, pruned, report, cfg)
 
 

@@ -32,7 +32,7 @@ from autoprune.graph.importance import make_importance, needs_data
 from autoprune.graph.policy import Policy, model_fingerprint
 from autoprune.graph.surgery import apply_iteratively, apply_policy
 from autoprune.measure.backends import backend_class
-from autoprune.measure.compare import RuntimeComparison, compare_onnx_files, compare_to_dense, int8_timing_backend
+from autoprune.measure.compare import RuntimeComparison, compare_onnx_files, compare_to_dense, int8_timing_backend, speed_words
 from autoprune.measure.fresh import ZooModel, compare_in_fresh_process
 from autoprune.measure.latency import count_macs_params, model_size_bytes
 from autoprune.measure.schedule import PairedSchedule
@@ -44,6 +44,9 @@ from autoprune.tracking.tracker import Tracker, resolve_tracking_uri
 from autoprune.training.finetune import finetune
 
 log = logging.getLogger(__name__)
+
+#: MLflow tag of a run whose delivered model is not faster than dense on the serving runtime (its value: the warning line).
+NOT_FASTER_TAG = "not_faster_than_dense"
 
 
 def apply_best(cfg: ExperimentConfig, baseline: Baseline, policy: Policy, graph: Any = None, *, evaluator: Any = None) -> nn.Module:
@@ -210,6 +213,20 @@ def decide_int8(
         int8_path.unlink(missing_ok=True)
     return {"path": str(int8_path) if faster and accurate or keep_rejected else None, "kept": faster and accurate, "runtime": runtime, "speed_ratio": stats.ratio, "ms": stats.cand_median_ms,
             "fp32_ms": stats.ref_median_ms, "test_accuracy": acc, "accuracy_drop_points": drop, "reason": reason}
+
+
+def not_faster_warning(dense: ModelReport, pruned: ModelReport) -> str | None:
+    """One line when the delivered model is not faster than dense on the serving runtime, else None.
+
+    Not faster: the upper end of the pruned model's 95% latency interval reaches the dense latency
+    (a paired measurement, :func:`measure_final`), so no speed-up was measured.
+    """
+    low, high = pruned.latency_ci_ms
+    if high < dense.latency_ms:
+        return None
+    return (f"the pruned model is not faster than dense on {pruned.backend}: {dense.latency_ms:.3f} -> {pruned.latency_ms:.3f} ms "
+            f"[{low:.3f}, {high:.3f}], {speed_words(dense.latency_ms / pruned.latency_ms)}, although its MACs fell "
+            f"{dense.macs / max(1, pruned.macs):.2f}x; budget on budget.metric: latency, or try pruning.round_to or another latency.backend")
 
 
 def serving_report(cfg: ExperimentConfig, dense: ModelReport, pruned: ModelReport, int8: dict[str, Any] | None,
@@ -404,6 +421,11 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
             "blocks_dropped": len(best.policy.drop),
             "total_seconds": time.perf_counter() - t0,
         }
+        slower = not_faster_warning(dense_r, pruned_r)
+        report["faster_than_dense"] = slower is None
+        if slower is not None:
+            log.warning("%s", slower)
+            tracker.client.set_tag(tracker.run_id, NOT_FASTER_TAG, slower)
         stage("MLflow", f"report and model of run {tracker.run_id}")
         tracker.log_final(report, title=f"autoprune: {cfg.name}")
         tracker.log_pruned_model(

@@ -10,7 +10,7 @@ for ``autoprune search``, :func:`final_rows` for the dense-vs-pruned table of ``
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from autoprune.app.experiment import SearchRun
 from autoprune.app.model_files import ApplyReport, EvaluateReport, ExportReport, FinetuneReport
 from autoprune.app.pipeline import RunResult
 from autoprune.measure.backends import backend_class, settings_label
+from autoprune.measure.compare import speed_words
 from autoprune.search import SearchResult
 
 #: Renderables: rich tables (printed at least this wide) and plain lines.
@@ -44,7 +45,9 @@ class Row:
         ci: The 95% confidence interval of ``other`` (shown after it, in its format).
         fmt: How a number is shown, after division by ``scale`` (``"{:.3f}"``, ``"{:,}"``, ``"{:.2f} M"``).
         scale: Divides numbers before ``fmt`` (1e6 for MACs in millions, 1024 for KiB).
-        change_fmt: How a numeric change is shown (``"{:.2f}x faster"``, ``"{:+.2f} pts"``).
+        change_fmt: How a numeric change is shown: a format (``"{:+.2f} pts"``, ``"{:.2f}x fewer"``) or a
+            function of it (:func:`~autoprune.measure.compare.speed_words` for a speed-up: ``"1.01x slower"``
+            below 1, never a speed-up below 1).
     """
 
     label: str
@@ -54,7 +57,7 @@ class Row:
     ci: tuple[float, float] | None = None
     fmt: str = "{:.3f}"
     scale: float = 1.0
-    change_fmt: str = "{:.2f}x"
+    change_fmt: str | Callable[[float], str] = "{:.2f}x"
 
     def show(self, value: Value) -> str:
         """One value as shown in this row."""
@@ -67,7 +70,9 @@ class Row:
     def cells(self) -> tuple[str, str, str, str]:
         """``(label, dense, other [ci], change)`` as printed."""
         other = self.show(self.other) + (f" [{self.show(self.ci[0])}, {self.show(self.ci[1])}]" if self.ci is not None else "")
-        change = self.change if self.change is None or isinstance(self.change, str) else self.change_fmt.format(self.change)
+        change = self.change
+        if change is not None and not isinstance(change, str):
+            change = self.change_fmt(change) if callable(self.change_fmt) else self.change_fmt.format(change)
         return self.label, self.show(self.dense), other, change or ""
 
 
@@ -102,18 +107,19 @@ def estimate_table(r: EstimateReport) -> Shown:
     on_torch = backend_class(backend).eager  # a per-layer sum: the eager lookup table's prediction is shown
     table = Table(title=f"{cfg.model.name} on {r.data}: uniform channels vs unstructured masks, timed on {backend} "
                         f"(batch {r.batch_size}, {cfg.latency.threads} threads)")
-    cols = ["pruning", "nonzero params", "MACs", "size", f"ms {backend}", "speed-up [95% CI]", "predicted" if on_torch else "eager", "proxy acc"]
+    cols = ["pruning", "nonzero params", "MACs", "size", f"ms {backend}", "speed [95% CI]", "predicted" if on_torch else "eager", "proxy acc"]
     for col in cols:
         table.add_column(col, justify="right", no_wrap=True)
     for row in r.rows:
         table.add_row(
             row.label, f"{row.nonzero_params:,}", f"{row.macs / 1e6:.2f} M", f"{row.size_bytes / 1024:.0f} KiB", f"{row.latency_ms:.3f}",
-            f"{1 / row.latency_ratio:.2f}x [{1 / row.latency_ci[1]:.2f}-{1 / row.latency_ci[0]:.2f}]",
-            f"{1 / row.predicted_ratio:.2f}x" if on_torch else f"{1 / row.eager_ratio:.2f}x", f"{row.proxy_accuracy:.4f}",
+            f"{speed_words(1 / row.latency_ratio)} [{1 / row.latency_ci[1]:.2f}-{1 / row.latency_ci[0]:.2f}x]",
+            speed_words(1 / row.predicted_ratio) if on_torch else speed_words(1 / row.eager_ratio), f"{row.proxy_accuracy:.4f}",
         )
     secs = {k: sum(row.seconds[k] for row in r.rows) for k in ("prune", "accuracy", "latency")}
     notes = [f"backend: {r.rows[0].backend}" if r.rows else f"backend: {backend}",
-             f"speed-up = dense latency / variant latency on {backend}, measured paired (dense and variant calls interleaved)"
+             f"speed = dense latency / variant latency on {backend}, measured paired (dense and variant calls interleaved); "
+             "below 1 it reads as slower, the interval is of dense / variant"
              + ("; predicted = eager lookup table" if on_torch else "; eager = the same speed-up on eager PyTorch") + ".",
              "uniform channels: every unit loses that share of its channels (Torch-Pruning surgery: tensors shrink). "
              "unstructured masks: the smallest-magnitude conv/linear weights set to zero (torch.nn.utils.prune, global L1), "
@@ -236,16 +242,15 @@ def final_rows(d: Any, p: Any, report: dict[str, Any] | None = None) -> list[Row
     else:
         rows = [Row("test accuracy", d.test_accuracy, p.test_accuracy, 100 * (p.test_accuracy - d.test_accuracy), fmt="{:.4f}",
                     change_fmt="{:+.2f} pts")]
-    faster = "{:.2f}x faster"
     if getattr(p, "latency", None) is not None:
         est = p.latency
         rows.append(Row(f"latency ratio on {p.backend} ({'fresh process' if est.source == 'fresh' else 'paired'}, {est.n} rounds)",
                         1.0, est.mean, ci=(est.low, est.high)))
     rows.append(Row(f"latency ms on {p.backend} [95% CI]", d.latency_ms, p.latency_ms, d.latency_ms / p.latency_ms,
-                    ci=tuple(p.latency_ci_ms), change_fmt=faster))
+                    ci=tuple(p.latency_ci_ms), change_fmt=speed_words))
     if not backend_class(p.backend).eager:
         rows.append(Row("latency ms on torch eager", d.eager_latency_ms, p.eager_latency_ms, d.eager_latency_ms / p.eager_latency_ms,
-                        change_fmt=faster))
+                        change_fmt=speed_words))
     return [
         *rows,
         Row("MACs", d.macs, p.macs, d.macs / max(1, p.macs), fmt="{:.2f} M", scale=1e6, change_fmt="{:.2f}x fewer"),
@@ -261,7 +266,7 @@ def deployment_lines(report: dict[str, Any]) -> Shown:
         lines.append(report["int8_decision"])
     if "total_speedup" in report:
         lines.append(f"total: dense eager PyTorch {report['dense_eager_latency_ms']:.3f} ms -> deployed {report['deployed_artifact']} "
-                     f"{report['deployed_latency_ms']:.3f} ms: {report['total_speedup']:.2f}x faster")
+                     f"{report['deployed_latency_ms']:.3f} ms: {speed_words(report['total_speedup'])}")
     return lines
 
 
@@ -325,17 +330,25 @@ def export_lines(r: ExportReport) -> Shown:
 
 
 def check_table(model: str, graph: Any, report: Any) -> Shown:
-    """The differential surgery check of every unit (``autoprune check``), and a closing count."""
-    table = Table(title=f"{model}: surgery vs masked dense model (float64, tolerance 1e-5)")
+    """The safety net's verdict on every unit (``autoprune check``), the opaque modules, and a closing count.
+
+    Args:
+        graph, report: What :func:`autoprune.graph.safety.verified_graph` returned.
+    """
+    table = Table(title=f"{model}: the safety net (surgery vs masked dense model in float64 within 1e-5, forward, MACs, export)")
     for col in ("unit", "channels", "allowed step", "result"):
         table.add_column(col, no_wrap=False)
     for u in graph.units:
-        table.add_row(u.name, str(u.features.channels), str(u.constraint.step),
-                      report.failed.get(u.name, f"exact (max diff {report.max_diff.get(u.name, 0):.1e})"))
+        diff = report.max_diff.get(u.name)
+        table.add_row(u.name, str(u.features.channels), str(u.constraint.step), "exact" + (f" (max diff {diff:.1e})" if diff is not None else ""))
+    failed = {name for by_check in report.failed.values() for name in by_check}
     for name, why in graph.skipped.items():
-        table.add_row(name, "", "", f"not pruned: {why}")
-    return [table, f"{len(report.passed)} unit(s) exact, {len(report.failed)} failing (a search leaves them dense), "
-                   f"{len(graph.skipped)} not prunable"]
+        table.add_row(name, "", "", f"left dense: {why}")
+    for name, why in report.opaque.items():
+        table.add_row(name, "", "", f"opaque (channels kept): {why}")
+    return [table, f"{len(graph.units)} unit(s) exact, {len(failed)} failing a check and "
+                   f"{len(graph.skipped) - len(failed)} not prunable (left dense in every command), "
+                   f"{len(report.opaque)} opaque module(s), {len(graph.blocks)} droppable block(s)"]
 
 
 __all__ = [

@@ -41,6 +41,7 @@ from torch.utils._pytree import tree_flatten
 
 from autoprune.config.schema import ExperimentConfig
 from autoprune.errors import ConfigError
+from autoprune.graph.hooks import hookable_leaves
 from autoprune.graph.layers import ExampleInput
 from autoprune.zoo import DATA_SHAPES, build_model, check_model_fits, is_encoder_name
 
@@ -219,7 +220,7 @@ def activation_bytes(model: nn.Module, example_input: ExampleInput) -> Activatio
 
     one = _as_args(example_input)
     two = tuple(torch.cat([t, t]) for t in one)
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in hookable_leaves(model)]  # not inside scripted/compiled modules
     was_training = model.training
     try:
         model.eval()

@@ -9,20 +9,26 @@ without surgery), and the latency table (:mod:`autoprune.measure.table`) keys it
 **MAC convention.** Every function here and above that returns MACs returns *multiply-accumulates
 per input sample* (the batch size of the recorded input divides out). Only the layers that do the
 multiply-accumulates are counted, exactly: Conv1d/2d/3d, ConvTranspose1d/2d/3d, Linear (over every
-leading token dimension) and ``nn.MultiheadAttention`` (its Q, K, V and output projections and the
-``Q·Kᵀ`` and ``attn·V`` matmuls of every head). Bias additions, normalisation, activations and
-pooling count 0. See :func:`spec_macs` for the formulas.
+leading token dimension), ``nn.MultiheadAttention`` (its Q, K, V and output projections and the
+``Q·Kᵀ`` and ``attn·V`` matmuls of every head) and the functional products no layer makes
+(``q @ k.transpose(-2, -1)``, ``attn @ v``, ``torch.einsum``, ``F.scaled_dot_product_attention``,
+recorded by :mod:`autoprune.graph.functional`). Bias additions, normalisation, activations,
+pooling and embedding lookups count 0. The layers inside a scripted or compiled submodule cannot
+be hooked and are not counted. See :func:`spec_macs` for the formulas.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
+from autoprune.graph.functional import FUNCTIONAL_KINDS, FunctionalCall, FunctionalRecorder
+from autoprune.graph.hooks import hookable_modules, is_unhookable
+from autoprune.graph.layer_kinds import ATTENTION_CORE, spec_fields
 from autoprune.graph.transformer import attention_width
 
 ExampleInput = torch.Tensor | tuple[torch.Tensor, ...]
@@ -60,18 +66,6 @@ def with_batch_size(example_input: ExampleInput, batch_size: int, *, generator: 
     return tuple(one(t) for t in example_input) if isinstance(example_input, tuple) else one(example_input)
 
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
-_ADAPTIVE_POOL = (
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-)  # fmt: skip
-
-#: The scaled dot-product core of a Hugging Face self-attention module (``Q·Kᵀ`` and ``attn·V`` of every head),
-#: recorded as one call beside its query/key/value/output linears; its channels are ``heads * head_dim``.
-ATTENTION_CORE = "dotproductattention"
-
 #: Layer kinds that hold weights over channels: the layers a unit is rooted at and that do MACs.
 MAC_LAYER_KINDS = frozenset(
     {"conv1d", "conv2d", "conv3d", "convtranspose1d", "convtranspose2d", "convtranspose3d", "linear", "multiheadattention"}
@@ -100,6 +94,13 @@ class LayerSpec:
             (1 for convs and norms over ``(N, C, ...)``, the last for Linear, LayerNorm and attention).
         key_length: Attention only: sequence length of keys and values.
         kv_channels: Attention only: ``(kdim, vdim)``, features of keys and values.
+        options: The constructor arguments of a layer the latency table rebuilds generically
+            (``(("scale_factor", 2.0), ("mode", "nearest"), ...)`` for ``nn.Upsample``, the plain
+            attributes of a parameter-free module), and for a functional call (``matmul``,
+            ``einsum``, ``scaled_dot_product_attention``) its ``macs`` per sample and ``operands``
+            shapes. Part of the key only when not empty.
+        module: The module instance the spec was recorded from (not part of the key): the latency
+            table times a layer it cannot rebuild on this instance, at the recorded shape.
     """
 
     module_name: str
@@ -117,14 +118,17 @@ class LayerSpec:
     channel_axis: int = 1
     key_length: int = 0
     kv_channels: tuple[int, ...] = ()
+    options: tuple[tuple[str, object], ...] = ()
+    module: object = field(default=None, compare=False, repr=False)
 
     def key(self) -> tuple:
-        """Everything that determines latency (all fields but the name): the lookup-table key."""
-        return (
+        """Everything that determines latency (all fields but the name and the instance): the lookup-table key."""
+        base = (
             self.kind, self.in_channels, self.out_channels, self.input_shape, self.output_shape, self.kernel_size,
             self.stride, self.padding, self.dilation, self.groups, self.bias, self.channel_axis, self.key_length,
             self.kv_channels,
         )  # fmt: skip
+        return (*base, self.options) if self.options else base
 
     @property
     def batch_size(self) -> int:
@@ -158,9 +162,15 @@ class LayerSpec:
         )
 
     def with_batch(self, batch_size: int) -> LayerSpec:
-        """A copy with a different batch size ``N``."""
+        """A copy with a different batch size ``N`` (a functional call's operands too, where their first dimension is ``N``)."""
         out = (batch_size, *self.output_shape[1:]) if self.output_shape else ()
-        return replace(self, input_shape=(batch_size, *self.input_shape[1:]), output_shape=out)
+        options = self.options
+        if self.kind in FUNCTIONAL_KINDS:
+            n = self.batch_size
+            opts = dict(options)
+            opts["operands"] = tuple((batch_size, *o[1:]) if o and o[0] == n else o for o in opts.get("operands", ()))
+            options = tuple(opts.items())
+        return replace(self, input_shape=(batch_size, *self.input_shape[1:]), output_shape=out, options=options)
 
 
 def _set_axis(shape: tuple[int, ...], axis: int, value: int) -> tuple[int, ...]:
@@ -183,6 +193,8 @@ def spec_macs(spec: LayerSpec) -> int:
       and ``Lq*Lk*d`` for ``attn·V`` (``d = E / heads``), i.e. ``2*Lq*Lk*E`` over all heads;
     * the dot-product core of a Hugging Face self-attention (``dotproductattention``, width
       ``W = heads * head_dim``, sequence length ``L``): ``2*L*L*W`` (its projections are Linear specs);
+    * a functional product (``matmul``, ``einsum``, ``scaled_dot_product_attention``): the MACs
+      recorded with it (:mod:`autoprune.graph.functional`);
     * every other kind: 0.
 
     Args:
@@ -206,6 +218,8 @@ def spec_macs(spec: LayerSpec) -> int:
         return 2 * lq * e * e + lk * (kdim + vdim) * e + 2 * lq * lk * e
     if kind == ATTENTION_CORE:
         return 2 * spec.input_shape[1] * spec.key_length * spec.in_channels
+    if kind in FUNCTIONAL_KINDS:
+        return int(dict(spec.options).get("macs", 0))
     return 0
 
 
@@ -213,109 +227,31 @@ def count_macs(specs: list[LayerSpec] | tuple[LayerSpec, ...]) -> int:
     """MACs per input sample of a whole model: :func:`spec_macs` summed over its layer calls."""
     return sum(spec_macs(s) for s in specs)
 
+class _Passthrough(nn.Module):
+    """Stands in for a module that cannot be hooked (scripted, compiled) while specs are recorded."""
 
-def _tuple(value: object) -> tuple[int, ...]:
-    if isinstance(value, int):
-        return (value,)
-    return tuple(int(v) for v in value)  # type: ignore[union-attr]
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "inner", inner)
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        return self.inner(*args, **kwargs)
 
 
-def _per_dim(value: object, dims: int) -> tuple[int, ...]:
-    values = _tuple(value)
-    return values * dims if len(values) == 1 and dims > 1 else values
-
-
-def _spec_of(
-    name: str, module: nn.Module, args: tuple, kwargs: dict, output: object, previous: LayerSpec | None
-) -> LayerSpec | None:
-    """The spec of one call, or None when the call has no tensor input.
-
-    A shape-preserving layer of no known kind (activation, dropout, ...) fed the previous call's
-    output takes that call's channel axis, so after a Linear on tokens ``(N, L, F)`` its channels are ``F``.
-    """
-    x = args[0] if args else kwargs.get("input", kwargs.get("query", kwargs.get("hidden_states")))
-    if not isinstance(x, torch.Tensor):
-        return None
-    core = attention_width(module)
-    if core is not None and x.dim() == 3:  # (N, L, hidden) -> the heads' (N, L, heads * head_dim)
-        width, heads = core
-        n, length, key_length = int(x.shape[0]), int(x.shape[1]), int(x.shape[1])
-        if getattr(module, "batch_first", None) is not None:  # SplitHeadAttention: (query, key, value) like nn.MultiheadAttention
-            key = args[1] if len(args) > 1 else kwargs.get("key", x)
-            if not module.batch_first:
-                n, length = length, n
-            key_length = int(key.shape[1 if module.batch_first else 0])
-        return LayerSpec(
-            name, ATTENTION_CORE, width, width, (n, length, width), (n, length, width), groups=heads, channel_axis=2,
-            key_length=key_length,
-        )
-    kind = type(module).__name__.lower()
-    shape = tuple(int(s) for s in x.shape)
-    out = output[0] if isinstance(output, tuple) and output else output
-    out_shape = tuple(int(s) for s in out.shape) if isinstance(out, torch.Tensor) else ()
-    channels = shape[1] if len(shape) > 1 else (shape[0] if shape else 0)
-    if isinstance(module, _CONV + _CONV_TRANSPOSE):
-        dims = len(module.kernel_size)
-        padding = module.padding
-        if isinstance(padding, str):  # "valid" or "same"
-            padding = (0,) * dims if padding == "valid" else tuple((k - 1) * d // 2 for k, d in zip(module.kernel_size, module.dilation))
-        return LayerSpec(
-            name, kind, module.in_channels, module.out_channels, shape, out_shape,
-            _tuple(module.kernel_size), _tuple(module.stride), _tuple(padding), _tuple(module.dilation),
-            module.groups, module.bias is not None,
-        )  # fmt: skip
-    if isinstance(module, nn.Linear):
-        return LayerSpec(
-            name, kind, module.in_features, module.out_features, shape, out_shape,
-            bias=module.bias is not None, channel_axis=len(shape) - 1,
-        )  # fmt: skip
-    if isinstance(module, nn.MultiheadAttention):
-        key = args[1] if len(args) > 1 else kwargs.get("key", x)
-        batch_first = getattr(module, "batch_first", False)
-        if not batch_first and x.dim() == 3:  # (L, N, E) -> (N, L, E)
-            shape = (shape[1], shape[0], shape[2])
-            out_shape = (out_shape[1], out_shape[0], out_shape[2]) if len(out_shape) == 3 else out_shape
-        seq_axis = 1 if batch_first or key.dim() < 3 else 0
-        key_length = int(key.shape[seq_axis]) if key.dim() >= 2 else 1
-        return LayerSpec(
-            name, kind, module.embed_dim, module.embed_dim, shape, out_shape, groups=module.num_heads,
-            bias=module.in_proj_bias is not None, channel_axis=len(shape) - 1, key_length=key_length,
-            kv_channels=(int(module.kdim), int(module.vdim)),
-        )  # fmt: skip
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return LayerSpec(name, kind, module.num_features, module.num_features, shape, out_shape, bias=module.affine)
-    if isinstance(module, nn.LayerNorm):
-        features = int(module.normalized_shape[-1])
-        return LayerSpec(
-            name, kind, features, features, shape, out_shape, bias=module.elementwise_affine, channel_axis=len(shape) - 1
-        )
-    if isinstance(module, _POOL):
-        dims = max(1, len(shape) - 2)
-        kernel = _per_dim(module.kernel_size, dims)
-        stride = _per_dim(module.stride, dims) if module.stride else kernel
-        return LayerSpec(name, kind, channels, channels, shape, out_shape, kernel, stride, _per_dim(module.padding, dims))
-    if isinstance(module, _ADAPTIVE_POOL):
-        size = module.output_size
-        dims = max(1, len(shape) - 2)
-        sizes = _per_dim(size, dims) if isinstance(size, int) else tuple(
-            s if s is not None else d for s, d in zip(size, shape[2:])
-        )
-        return LayerSpec(name, kind, channels, channels, shape, out_shape, kernel_size=_tuple(sizes))
-    if isinstance(module, nn.Flatten):
-        flat = out_shape[1] if len(out_shape) > 1 else math.prod(shape[1:])
-        return LayerSpec(name, kind, channels, int(flat), shape, out_shape)
-    axis = 1
-    if previous is not None and previous.output_shape == shape and len(shape) > previous.channel_axis:
-        axis = previous.channel_axis
-        channels = shape[axis]
-    return LayerSpec(name, kind, channels, channels, shape, out_shape, channel_axis=axis)
+def _inner_kind(module: nn.Module) -> str:
+    """``torchscript:<class>`` or ``compiled:<class>``: a kind no builder rebuilds (the latency table times it in place)."""
+    inner = getattr(module, "_orig_mod", module)
+    how = "compiled" if inner is not module else "torchscript"
+    return f"{how}:{str(getattr(inner, 'original_name', type(inner).__name__)).lower()}"
 
 
 def _recorded_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Leaf modules, and attention modules (whose ``out_proj`` child is used functionally, never called)."""
+    """Leaf modules, attention modules (whose ``out_proj`` child is used functionally, never called), and
+    scripted or compiled modules as one call each (they cannot be hooked; their inside is not seen)."""
     inside_attention: list[str] = []
     chosen = []
-    for name, module in model.named_modules():
+    unhookable = {n for n, m in model.named_modules() if n and is_unhookable(m)}
+    for name, module in hookable_modules(model):
         if any(name.startswith(a + ".") for a in inside_attention):
             continue
         if isinstance(module, nn.MultiheadAttention):
@@ -325,7 +261,13 @@ def _recorded_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
             chosen.append((name, module))
         elif next(module.children(), None) is None:
             chosen.append((name, module))
+    outer = [n for n in unhookable if not any(n.startswith(o + ".") for o in unhookable if o != n)]
+    chosen += [(n, model.get_submodule(n)) for n in sorted(outer)]
     return chosen
+
+
+def _counts_its_products(module: nn.Module) -> bool:
+    return isinstance(module, nn.MultiheadAttention) or attention_width(module) is not None
 
 
 def record_layer_specs(model: nn.Module, example_input: ExampleInput) -> list[LayerSpec]:
@@ -333,10 +275,15 @@ def record_layer_specs(model: nn.Module, example_input: ExampleInput) -> list[La
 
     This is the one recorder: the prunable graph, the MAC counter and the latency table all use
     it, so a layer has the same spec (and lookup-table key) everywhere. ``module_name`` is the
-    name in ``named_modules()``; a module called twice yields two specs. Functional ops
-    (``F.relu``, ``torch.cat``, residual additions) are not seen. ``nn.MultiheadAttention`` is
-    recorded as one call. The model runs once in eval mode under ``torch.inference_mode``;
-    its training flag is restored.
+    name in ``named_modules()``; a module called twice yields two specs. Element-wise functional
+    ops (``F.relu``, ``torch.cat``, residual additions) are not seen; the tensor products no layer
+    makes (``@``, ``torch.matmul``/``bmm``/``einsum``, ``F.scaled_dot_product_attention``) are
+    recorded as specs of kind ``matmul``, ``einsum`` or ``scaled_dot_product_attention`` named
+    after the innermost module that makes them (:mod:`autoprune.graph.functional`), except inside
+    ``nn.MultiheadAttention`` and recognised self-attention modules, whose own spec counts them. A
+    scripted or compiled submodule is recorded as one call of kind ``torchscript:<class>`` or
+    ``compiled:<class>`` (its inside cannot be hooked, its MACs are not counted). The model runs
+    once in eval mode under ``torch.inference_mode``; its training flag is restored.
 
     Args:
         model: Any ``nn.Module``.
@@ -352,30 +299,75 @@ def record_layer_specs(model: nn.Module, example_input: ExampleInput) -> list[La
             :class:`~autoprune.graph.prunable.PrunableGraph` turns them into a ``ModelError``.
     """
     specs: list[LayerSpec] = []
+    stack: list[tuple[str, bool]] = []
+    args = as_args(example_input)
+    batch = int(args[0].shape[0]) if args and args[0].dim() else 1
 
-    def hook_for(name: str) -> Callable[..., None]:
+    def hook_for(name: str, kind: str | None = None) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
-            spec = _spec_of(name, module, args, kwargs, output, specs[-1] if specs else None)
-            if spec is not None:
-                specs.append(spec)
+            target = module.inner if isinstance(module, _Passthrough) else module
+            fields = spec_fields(name, target, args, kwargs, output, specs[-1] if specs else None)
+            if fields is not None:
+                if kind is not None:  # a scripted or compiled module: one call of its class, rebuilt by nothing
+                    fields.update(kind=kind, options=())
+                specs.append(LayerSpec(**fields, module=target))
 
         return hook
 
-    handles = [m.register_forward_hook(hook_for(n), with_kwargs=True) for n, m in _recorded_modules(model)]
-    args = as_args(example_input)
-    was_training = model.training
+    def where() -> str | None:
+        if any(counted for _, counted in stack):
+            return None
+        return stack[-1][0] if stack else ""
+
+    def functional(call: FunctionalCall) -> None:
+        a = call.operands[0] if call.operands else ()
+        spec = LayerSpec(
+            call.module_name, call.kind, int(a[-1]) if a else 0, int(call.output[-1]) if call.output else 0, a, call.output,
+            channel_axis=max(0, len(a) - 1), options=(("macs", call.macs // max(1, batch)), ("operands", call.operands), ("equation", call.equation)),
+        )  # fmt: skip
+        specs.append(spec)
+
+    recorded = _recorded_modules(model)
+    swapped = {n: m for n, m in recorded if n and is_unhookable(m)}
+    for n, m in swapped.items():
+        _set_module(model, n, _Passthrough(m))
+    handles = []
     try:
-        model.eval()
-        with torch.inference_mode():
-            model(*args)
+        for n, m in recorded:
+            hooked = model.get_submodule(n) if n in swapped else m
+            kind = _inner_kind(m) if n in swapped else None
+            handles.append(hooked.register_forward_hook(hook_for(n, kind), with_kwargs=True))
+        def enter(module: nn.Module, _args: tuple, name: str) -> None:
+            stack.append((name, _counts_its_products(module)))
+
+        def leave(_module: nn.Module, _args: tuple, _output: object) -> None:
+            if stack:
+                stack.pop()
+
+        for n, m in hookable_modules(model):
+            handles.append(m.register_forward_pre_hook(lambda module, a, n=n: enter(module, a, n)))
+            handles.append(m.register_forward_hook(leave))
+        was_training = model.training
+        try:
+            model.eval()
+            with torch.inference_mode(), FunctionalRecorder(where, functional):
+                model(*args)
+        finally:
+            model.train(was_training)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
+        for n, m in swapped.items():
+            _set_module(model, n, m)
     return specs
 
 
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
 __all__ = [
-    "ATTENTION_CORE", "MAC_LAYER_KINDS", "ExampleInput", "LayerSpec", "as_args", "count_macs", "input_shapes", "record_layer_specs", "spec_macs",
-    "with_batch_size",
+    "ATTENTION_CORE", "FUNCTIONAL_KINDS", "MAC_LAYER_KINDS", "ExampleInput", "LayerSpec", "as_args", "count_macs", "input_shapes",
+    "record_layer_specs", "spec_macs", "with_batch_size",
 ]

@@ -18,8 +18,8 @@ model's structure afterwards (policy checks, kept channels, importance, pruning 
 
 from __future__ import annotations
 
+import copy
 import logging
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
@@ -29,16 +29,27 @@ from torch import nn
 
 from autoprune.errors import ModelError, PolicyError
 from autoprune.graph.constraints import kept_channels
-from autoprune.graph.discovery import check_supported_layers, find_blocks, find_units
-from autoprune.graph.layers import MAC_LAYER_KINDS, ExampleInput, LayerSpec, count_macs, input_shapes, record_layer_specs
+from autoprune.graph.discovery import find_blocks, find_units
+from autoprune.graph.layers import FUNCTIONAL_KINDS, MAC_LAYER_KINDS, ExampleInput, LayerSpec, count_macs, input_shapes, record_layer_specs
+from autoprune.graph.opaque import opaque_modules, trace
 from autoprune.graph.scoring import BatchSource, LossFn, unit_scores
-from autoprune.graph.transformer import head_layouts, unknown_head_layouts
+from autoprune.graph.transformer import head_layouts, split_attention_heads, unknown_head_layouts
 from autoprune.graph.units import DroppableBlock, PrunableUnit
 from autoprune.graph.visibility import invisible_layers, units_feeding
 
 __all__ = ["PrunableGraph", "kept_channels"]
 
 log = logging.getLogger(__name__)
+
+
+def _width(dense: int, shares: dict[str, int], kept: dict[str, int], channels: dict[str, int]) -> int:
+    """A layer dimension of ``dense`` channels after each unit sharing it keeps ``kept`` of its ``channels``."""
+    return dense - sum(share * (channels[u] - kept[u]) // channels[u] for u, share in shares.items() if u in kept and channels[u])
+
+
+def _inside(name: str, containers: Sequence[str]) -> bool:
+    """Whether module ``name`` is one of ``containers`` or inside one."""
+    return any(name == c or name.startswith(c + ".") for c in containers)
 
 
 class PrunableGraph:
@@ -53,13 +64,30 @@ class PrunableGraph:
         example_input: One batch shaped like the model's input, batch first: ``(N, C, H, W)`` for
             images, ``(N, F)`` for features, or a tuple of tensors passed as ``model(*example_input)``
             (an encoder: ``(input_ids, attention_mask)``, int64 ``(N, L)``). MACs are per sample.
-        ignored: Module names not to prune (besides the classifier output, always ignored).
+        ignored: Module names not to prune (besides the classifier output, always ignored). A layer
+            Torch-Pruning prunes (conv, linear, norm, embedding, attention) keeps its output channels;
+            any other module (a container, a custom layer) is opaque: hidden from tracing and hooks,
+            its input and output channels kept (:mod:`autoprune.graph.opaque`).
         drop_blocks: Whether to look for droppable residual blocks.
+        split_heads: Split every ``nn.MultiheadAttention`` (outside ``ignored``; not one with
+            ``bias_k`` or ``add_zero_attn``) into an equivalent
+            :class:`~autoprune.graph.transformer.SplitHeadAttention` in :attr:`network`, so its heads
+            are a unit of their own (``False``: its heads stay tied to the width around it).
+
+    Attributes:
+        model: The model given (never modified).
+        network: The network the units are found on (``model``, or a copy with its attention heads split).
+        opaque: ``{module name: why}`` of the modules hidden from tracing: scripted or compiled
+            submodules, recurrent and custom parametrised layers, ``ignored`` containers, modules
+            holding an operation Torch-Pruning cannot trace.
+        skipped: ``{unit name: why}`` of each channel group that is not a unit (never empty when
+            there is no unit).
 
     Raises:
         ModelError: an ``ignored`` name is not a module, the model fails on ``example_input``, has no
-            conv/linear/attention layer, holds a layer Torch-Pruning cannot handle, holds attention heads
-            in a layout it cannot split (e.g. a fused QKV projection), or cannot be traced.
+            conv/linear/attention layer, holds attention heads in a layout it cannot split (e.g. a
+            fused QKV projection), or cannot be traced because of an operation in its own forward
+            (naming the operation).
     """
 
     def __init__(
@@ -69,25 +97,36 @@ class PrunableGraph:
         *,
         ignored: Sequence[str] = (),
         drop_blocks: bool = True,
+        split_heads: bool = True,
     ) -> None:
         self.model = model
         self.example_input = example_input
-        self._module_by_name = dict(model.named_modules())
-        unknown = [n for n in ignored if n not in self._module_by_name]
+        given = dict(model.named_modules())
+        unknown = [n for n in ignored if n not in given]
         if unknown:
             names = [n for n, m in model.named_modules() if n and not list(m.children())]
             shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
             raise ModelError(f"model.ignore: {unknown} are not modules of the model; its layers are: {shown}")
-        check_supported_layers(model, set(ignored))
-        unknown_heads = [h for h in unknown_head_layouts(model) if not any(h == i or h.startswith(i + " ") for i in ignored)]
+        #: ``{module name: why}`` of the modules hidden from tracing (:mod:`autoprune.graph.opaque`).
+        self.opaque: dict[str, str] = opaque_modules(model, ignored)
+        hidden_names = (*ignored, *self.opaque)
+        unknown_heads = [h for h in unknown_head_layouts(model) if not _inside(h.split(" ")[0], hidden_names)]
         if unknown_heads:
             raise ModelError(
                 f"attention {unknown_heads[0]}: autoprune cannot split its heads (expected nn.MultiheadAttention or "
                 "query/key/value Linear children with num_attention_heads and attention_head_size); add it to model.ignore"
             )
-        self.head_layouts = head_layouts(model)
+        #: ``nn.MultiheadAttention`` modules split into :class:`~autoprune.graph.transformer.SplitHeadAttention` in :attr:`network`.
+        self.split_heads: tuple[str, ...] = tuple(
+            n for n, m in given.items()
+            if split_heads and isinstance(m, nn.MultiheadAttention) and m.bias_k is None and not m.add_zero_attn and not _inside(n, hidden_names)
+        )  # fmt: skip
+        #: The network the units are found on: ``model`` itself, or a copy with :attr:`split_heads` split (same function).
+        self.network = self.dense_copy(model) if self.split_heads else model
+        self._module_by_name = dict(self.network.named_modules())
+        self.head_layouts = {n: h for n, h in head_layouts(self.network).items() if not _inside(n, hidden_names)}
         try:
-            self.dense_specs = record_layer_specs(model, example_input)
+            self.dense_specs = record_layer_specs(self.network, example_input)
         except (RuntimeError, ValueError, TypeError, IndexError) as e:  # the model's forward fails on this input
             first = " ".join(str(e).split())[:300]
             raise ModelError(
@@ -96,37 +135,46 @@ class PrunableGraph:
             ) from e
         if not any(s.kind in MAC_LAYER_KINDS for s in self.dense_specs):
             raise ModelError("the model has no Conv, ConvTranspose, Linear or MultiheadAttention layer to prune")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self.dg = tp.DependencyGraph().build_dependency(
-                    model, example_inputs=example_input, verbose=False
-                )
-        except Exception as e:
-            raise ModelError(f"Torch-Pruning cannot trace the model ({type(e).__name__}: {e})") from e
-        # Layers that run but that autograd tracing cannot see (e.g. fed a detached tensor).
-        self.invisible = invisible_layers(model, self.dg, [s.module_name for s in self.dense_specs])
+        for name, why in self.opaque.items():
+            (log.info if name in ignored else log.warning)("module %r is opaque (%s): its input and output channels are kept", name, why)
+        traced = trace(self.network, example_input, self.opaque)
+        self.dg, self.opaque = traced.dg, traced.opaque
+        layers = [s.module_name for s in self.dense_specs if s.kind not in FUNCTIONAL_KINDS and s.module_name in self._module_by_name]
+        # Layers that run but that autograd tracing cannot see (e.g. fed a detached tensor); not those hidden on purpose.
+        self.invisible = [n for n in invisible_layers(self.network, self.dg, layers) if not _inside(n, tuple(self.opaque))]
         # The classifier: the last executed conv/linear the graph can see (not a detached probe).
         param_specs = [s for s in self.dense_specs if s.kind in MAC_LAYER_KINDS and s.module_name not in self.invisible]
         if not param_specs:
-            raise ModelError("the model has no Conv2d or Linear layer to prune that autograd tracing can see")
+            raise ModelError("the model has no Conv or Linear layer to prune that autograd tracing can see")
         self.output_layer = param_specs[-1].module_name
-        ignored_modules = [m for n in (*ignored, self.output_layer) for m in self._module_by_name[n].modules()]  # a container: all inside
+        kept = [n for n in (*ignored, self.output_layer) if not _inside(n, tuple(self.opaque))]
+        ignored_modules = [m for n in kept for m in self._module_by_name[n].modules()]  # a container: all inside
         self.skipped: dict[str, str] = {}
-        self.head_dims = {n: m.head_dim for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
+        self.head_dims = {n: m.head_dim for n, m in self.network.named_modules() if isinstance(m, nn.MultiheadAttention)}
         self.head_dims.update({n: h.head_dim for n, h in self.head_layouts.items()})
-        found = find_units(model, self.dg, self.dense_specs, example_input, self.head_layouts, ignored_modules)
+        found = find_units(self.network, self.dg, self.dense_specs, example_input, self.head_layouts, ignored_modules, traced.blocked)
         self.units: list[PrunableUnit] = found.units
         self._groups: dict[str, tp.dependency.Group] = found.groups
         self.out_owner, self.in_owner = found.out_owner, found.in_owner  # layer name -> unit owning its output / input channels
+        self.out_share, self.in_share = found.out_share, found.in_share  # layer name -> {unit: channels of it the unit's are}
         for name, reason, warn in found.skipped:
             self._skip(name, reason, warn=warn)
         for layer in self.invisible:
             kind = type(self._module_by_name[layer]).__name__
             for unit in units_feeding(self, layer):
                 self.exclude(unit, f"its channels feed {layer!r} ({kind}), which runs outside the dependency graph (e.g. on a detached tensor)")
-        self.blocks: list[DroppableBlock] = find_blocks(model, example_input, self.dense_specs, self.units) if drop_blocks else []
+        if not self.units and not self.skipped:
+            outside = f" outside the opaque module(s) {', '.join(map(repr, self.opaque))}" if self.opaque else ""
+            self.skipped[self.output_layer] = f"the model's output layer, never pruned, is its only conv/linear channel group{outside}"
+        self.blocks: list[DroppableBlock] = find_blocks(self.network, example_input, self.dense_specs, self.units) if drop_blocks else []
         self._importance_cache: dict[str, dict[str, torch.Tensor]] = {}
+        self._channels = {u.name: u.features.channels for u in self.units}
+
+    def dense_copy(self, model: nn.Module) -> nn.Module:
+        """A deep copy of ``model`` (the dense model or one equal to it) laid out like :attr:`network`: its :attr:`split_heads` split."""
+        copied = copy.deepcopy(model)
+        split_attention_heads(copied, [n for n in self.split_heads if isinstance(copied.get_submodule(n), nn.MultiheadAttention)])
+        return copied
 
     # ----------------------------------------------------------------- discovery
     def _skip(self, name: str, reason: str, *, warn: bool = False) -> None:
@@ -144,6 +192,9 @@ class PrunableGraph:
         self.units = [u for u in self.units if u.name != name]
         self.out_owner = {k: v for k, v in self.out_owner.items() if v != name}
         self.in_owner = {k: v for k, v in self.in_owner.items() if v != name}
+        for shares in (self.out_share, self.in_share):
+            for per_unit in shares.values():
+                per_unit.pop(name, None)
         self._groups.pop(name, None)
         self.blocks = [replace(b, units_inside=tuple(n for n in b.units_inside if n != name)) for b in getattr(self, "blocks", [])]
         for scores in getattr(self, "_importance_cache", {}).values():
@@ -274,12 +325,12 @@ class PrunableGraph:
                 continue
             out_unit = self.out_owner.get(s.module_name)
             in_unit = self.in_owner.get(s.module_name)
-            in_c = kept[in_unit] if in_unit in kept else s.in_channels
-            out_c = kept[out_unit] if out_unit in kept else s.out_channels
+            in_c = _width(s.in_channels, self.in_share.get(s.module_name, {}), kept, self._channels)
+            out_c = _width(s.out_channels, self.out_share.get(s.module_name, {}), kept, self._channels)
             norm = "norm" in s.kind  # batchnorm*, layernorm, groupnorm, instancenorm*: in == out
             if (norm or s.kind == "multiheadattention") and out_unit in kept:  # one width in and out
                 in_c = out_c
-            if s.kind not in MAC_LAYER_KINDS and not norm and out_unit is None and in_unit is None:
+            if s.kind not in MAC_LAYER_KINDS and s.kind not in FUNCTIONAL_KINDS and not norm and out_unit is None and in_unit is None:
                 if current is not None and len(s.input_shape) > 1 and s.in_channels == s.out_channels:
                     in_c = out_c = current
             new = s.with_channels(in_c, out_c) if (in_c, out_c) != (s.in_channels, s.out_channels) else s

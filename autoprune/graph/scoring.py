@@ -153,10 +153,10 @@ def unit_scores(graph: Any, criterion: str, batches: BatchSource | None = None, 
         why = "training batches to compute gradients" if grads else "calibration batches to record activations"
         raise PolicyError(f"importance {criterion!r} needs {why}")
     if grads:
-        accumulate_gradients(graph.model, batches, loss)
+        accumulate_gradients(graph.network, batches, loss)
     if acts:
         points = activation_points(graph)
-        scorer.activations = mean_abs_activations(graph.model, [p for ps in points.values() for p in ps], batches)
+        scorer.activations = mean_abs_activations(graph.network, [p for ps in points.values() for p in ps], batches)
     scores = {}
     try:
         with warnings.catch_warnings():
@@ -176,7 +176,7 @@ def unit_scores(graph: Any, criterion: str, batches: BatchSource | None = None, 
                 scores[u.name] = torch.nan_to_num(s.detach().float().clone(), nan=0.0)
     finally:
         if grads:
-            graph.model.zero_grad(set_to_none=True)
+            graph.network.zero_grad(set_to_none=True)
     return scores
 
 

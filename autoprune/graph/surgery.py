@@ -16,22 +16,19 @@ dense model along their dimensions.
 
 from __future__ import annotations
 
-import copy
 import logging
-import warnings
 from collections.abc import Callable
 
-import torch
-import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import PolicyError
 from autoprune.graph.importance import DEFAULT_IMPORTANCE, IMPORTANCES
 from autoprune.graph.layers import ExampleInput
+from autoprune.graph.opaque import build_dependency_graph
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph, kept_channels
 from autoprune.graph.scoring import BatchSource, LossFn
-from autoprune.graph.transformer import fix_head_counts, head_layouts, shortcut_for
+from autoprune.graph.transformer import fix_head_counts, head_layouts, shortcut_for, split_attention_heads
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +87,7 @@ def apply_policy(
         if example_input is None:
             raise PolicyError("apply_policy needs either a graph or an example_input")
         graph = PrunableGraph(model, example_input)
-    elif graph.model is not model:
+    elif model is not graph.model and model is not graph.network:
         raise PolicyError("the graph was built on a different model object than the one passed to apply_policy")
     graph.validate_policy(policy.ratios, policy.drop)
     kept = graph.kept(policy.ratios, round_to)
@@ -107,15 +104,9 @@ def apply_policy(
     return pruned
 
 
-def _trace(model: nn.Module, example_input: ExampleInput) -> tp.DependencyGraph:
-    with warnings.catch_warnings(), torch.enable_grad():
-        warnings.simplefilter("ignore")
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
-
-
-def _cut_fresh(model: nn.Module, unit: str, idxs: list[int], example_input: ExampleInput) -> None:
-    """Cut ``idxs`` of the unit rooted at layer ``unit`` through a group queried on ``model`` as it is now."""
-    dg = _trace(model, example_input)
+def _cut_fresh(model: nn.Module, unit: str, idxs: list[int], example_input: ExampleInput, opaque: list[str]) -> None:
+    """Cut ``idxs`` of the unit rooted at layer ``unit`` through a group queried on ``model`` as it is now (``opaque`` modules hidden)."""
+    dg = build_dependency_graph(model, example_input, opaque)
     root = model.get_submodule(unit)
     pruner = dg.get_pruner_of_module(root)
     dg.get_pruning_group(root, pruner.prune_out_channels, idxs).prune(record_history=False)
@@ -148,7 +139,9 @@ def prune_channels(model: nn.Module, graph: PrunableGraph, cuts: dict[str, list[
             e.g. chosen by the unit's :class:`~autoprune.graph.constraints.ChannelConstraint`).
 
     Returns:
-        The pruned copy, with its surgery recorded (see :func:`pruning_history`).
+        The pruned copy (laid out like ``graph.network``: its attention heads split), with its
+        surgery recorded (see :func:`pruning_history`: the heads split, the opaque modules and the
+        cuts, so :func:`replay_history` repeats them on a fresh dense model).
 
     Raises:
         PolicyError: an unknown unit name.
@@ -157,21 +150,27 @@ def prune_channels(model: nn.Module, graph: PrunableGraph, cuts: dict[str, list[
     unknown = sorted(set(cuts) - set(by_name))
     if unknown:
         raise PolicyError(f"unknown units {unknown}; units of this model: {', '.join(graph.unit_names)}")
-    pruned = copy.deepcopy(model)
+    pruned = graph.dense_copy(model)
     modules = dict(pruned.named_modules())
+    opaque = sorted(graph.opaque)
     history: list[list] = []
     order = [u for u in graph.units if cuts.get(u.name) and not u.requery] + [u for u in graph.units if cuts.get(u.name) and u.requery]
     for unit in order:
         idxs = sorted(int(i) for i in cuts[unit.name])
         if unit.requery:
-            _cut_fresh(pruned, unit.root, idxs, graph.example_input)
+            _cut_fresh(pruned, unit.root, idxs, graph.example_input, opaque)
         else:
             for mname, handler, dim, ix in graph.pruning_plan(unit.name, idxs):
                 handler.__self__.pruning_dim = dim
                 handler(modules[mname], ix)
         history.append([unit.root, True, idxs])  # the root layer: what replay_history cuts again
     _fix_heads(pruned, graph.head_dims)
-    setattr(pruned, HISTORY_ATTR, pruning_history(model) + [{"prune": history, "drop": []}])
+    stage = {"prune": history, "drop": []}
+    if graph.split_heads:
+        stage["split"] = list(graph.split_heads)
+    if opaque:
+        stage["opaque"] = opaque
+    setattr(pruned, HISTORY_ATTR, pruning_history(model) + [stage])
     return pruned
 
 
@@ -225,10 +224,11 @@ def apply_iteratively(
 def replay_history(model: nn.Module, history: list[dict], example_input: ExampleInput) -> nn.Module:
     """Replay recorded surgery on a fresh dense ``model`` (in place), so saved weights fit it again."""
     for stage in history:
+        split_attention_heads(model, stage.get("split", []))
         head_dims = {n: m.head_dim for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
         head_dims.update({n: h.head_dim for n, h in head_layouts(model).items()})
         for name, _out, idxs in stage.get("prune", []):
-            _cut_fresh(model, name, list(idxs), example_input)
+            _cut_fresh(model, name, list(idxs), example_input, list(stage.get("opaque", [])))
         _fix_heads(model, head_dims)
         for block in stage.get("drop", []):
             _set_submodule(model, block, shortcut_for(model.get_submodule(block)))

@@ -24,10 +24,10 @@ class UnitKind(StrEnum):
 
     Channel kinds (a unit, pruned by a ratio), in the order the agent observes them:
 
-    - ``conv``: output channels of a convolution;
+    - ``conv``: output channels of a convolution (1-, 2- or 3-D, transposed too);
     - ``depthwise``: channels of a group that holds a depthwise convolution (coupled to the conv
       that expands into it);
-    - ``linear``: output features of a linear layer;
+    - ``linear``: output features of a linear layer, or the width of an embedding (a linear map of one-hot ids);
     - ``heads``: whole attention heads of one self-attention (``head_dim`` kept);
     - ``ffn``: the intermediate width of one encoder layer's feed-forward block.
 
@@ -76,12 +76,14 @@ def unit_kind(root: nn.Module, *, depthwise: bool, whole_heads: bool, in_encoder
 
     Returns:
         ``heads`` for whole heads; else ``depthwise``; else ``ffn`` for a linear unit inside an
-        encoder layer, ``linear`` for another linear root; else ``conv``.
+        encoder layer, ``linear`` for another linear or embedding root; else ``conv``.
     """
     if whole_heads:
         return UnitKind.HEADS
     if depthwise:
         return UnitKind.DEPTHWISE
+    if isinstance(root, nn.Embedding):
+        return UnitKind.LINEAR
     if isinstance(root, nn.Linear):
         return UnitKind.FFN if in_encoder_layer else UnitKind.LINEAR
     return UnitKind.CONV

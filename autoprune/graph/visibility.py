@@ -72,10 +72,10 @@ def units_feeding(graph: Any, layer: str) -> list[str]:
     Returns:
         Unit names, in graph order.
     """
-    dense = input_shape(graph.model, layer, graph.example_input)
+    dense = input_shape(graph.network, layer, graph.example_input)
     feeding = []
     for unit in graph.units:
-        pruned = copy.deepcopy(graph.model)
+        pruned = copy.deepcopy(graph.network)
         modules = dict(pruned.named_modules())
         n = unit.features.channels
         idxs = unit.constraint.choose(torch.arange(n, dtype=torch.float64), unit.allowed[-2])

@@ -131,6 +131,20 @@ def _dense_ms(stats: Sequence[RatioStats]) -> float:
     return float(statistics.median(s.ref_median_ms for s in stats)) if stats else float("nan")
 
 
+def speed_words(speedup: float) -> str:
+    """How a speed-up reads: ``"2.50x faster"`` at or above 1, ``"1.01x slower"`` below 1 (never a speed-up below 1).
+
+    Args:
+        speedup: Dense latency / other latency (a paired ratio's inverse).
+
+    Returns:
+        The phrase, with two decimals; ``"n/a"`` when ``speedup`` is not a positive finite number.
+    """
+    if not (speedup > 0 and speedup != float("inf")):
+        return "n/a"
+    return f"{speedup:.2f}x faster" if speedup >= 1.0 else f"{1.0 / speedup:.2f}x slower"
+
+
 def int8_timing_backend(settings: LatencySettings) -> tuple[str, dict[str, object]]:
     """``(backend, options)`` that time an int8 QDQ ONNX file for an experiment measured with ``settings``.
 
@@ -179,4 +193,4 @@ def compare_onnx_files(
     return timer.ratio(runtime.prepare_file(candidate, example_input), schedule)
 
 
-__all__ = ["INT8_FALLBACK", "RuntimeComparison", "WARM_UP_ROUNDS", "compare_onnx_files", "compare_to_dense", "int8_timing_backend"]
+__all__ = ["INT8_FALLBACK", "RuntimeComparison", "WARM_UP_ROUNDS", "compare_onnx_files", "compare_to_dense", "int8_timing_backend", "speed_words"]

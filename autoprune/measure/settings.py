@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from autoprune.measure.backends import DEFAULT_THREADS
+from torch import nn
+
+from autoprune.graph.layers import ExampleInput
+from autoprune.graph.safety import ExportCheck
+from autoprune.measure.backends import DEFAULT_THREADS, backend_class, get_backend, settings_label
 from autoprune.measure.schedule import PairedSchedule
 
 
@@ -47,6 +51,32 @@ class LatencySettings:
     def options(self) -> dict[str, object]:
         """``backend_options`` as keywords for :func:`~autoprune.measure.backends.get_backend` (empty when None)."""
         return dict(self.backend_options or {})
+
+    def serving_check(self) -> ExportCheck | None:
+        """The safety net's export check for this backend (:func:`autoprune.graph.safety.verified_graph`).
+
+        The check prepares a pruned model on the serving runtime (:meth:`LatencyBackend.prepare
+        <autoprune.measure.backends.LatencyBackend.prepare>`: for an ONNX runtime the export, the
+        session and one inference compared with PyTorch's) and runs one inference; it raises when
+        the runtime cannot serve the model. Its ``label`` (the backend and its options) keys the
+        cached verdicts.
+
+        Returns:
+            The check, or None on an eager backend (PyTorch runs what the safety net's forward
+            check already ran).
+
+        Raises:
+            ConfigError: an unknown backend, a bad option, or its extra not installed.
+        """
+        if backend_class(self.backend).eager:
+            return None
+        backend = get_backend(self.backend, threads=self.threads, **self.options())
+
+        def check(model: nn.Module, example_input: ExampleInput) -> None:
+            backend.prepare(model, example_input)()
+
+        check.label = settings_label({"backend": backend.name, **self.options()})  # type: ignore[attr-defined]
+        return check
 
 
 __all__ = ["LatencySettings"]

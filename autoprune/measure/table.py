@@ -4,7 +4,11 @@ Specs come from :func:`autoprune.graph.layers.record_layer_specs`, the recorder 
 graph uses too, so the graph's predicted specs and a recorded model's specs share keys.
 Each distinct :meth:`LayerSpec.key` is micro-benchmarked once, on demand, by building
 a fresh module of that kind and timing it on a random input of the recorded shape
-(fastest of a few calls).
+(fastest of a few calls). A parameter-free layer of no known kind is rebuilt from its recorded
+attributes (``nn.Upsample(scale_factor=2)``, a ``DropPath``); a layer that cannot be rebuilt (a
+custom layer with weights, a scripted submodule) is timed in place, on the recorded instance,
+when the spec still has its recorded shapes; only what neither can run counts 0 ms, with one
+warning line naming it.
 The sum over a model's specs misses functional ops (``F.relu``, residual additions)
 and per-call Python overhead, so the table is calibrated against whole-model
 measurements: ``latency ≈ a + b * sum(spec latencies)``. The search mostly uses
@@ -13,6 +17,7 @@ measurements: ``latency ≈ a + b * sum(spec latencies)``. The search mostly use
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -25,7 +30,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import ConfigError
-from autoprune.graph.layers import ATTENTION_CORE, ExampleInput, LayerSpec, record_layer_specs
+from autoprune.graph.layers import ATTENTION_CORE, FUNCTIONAL_KINDS, ExampleInput, LayerSpec, record_layer_specs
 from autoprune.graph.transformer import AttentionCore
 from autoprune.measure.backends import DEFAULT_THREADS, LatencyBackend
 from autoprune.measure.latency import PairedTimer, fixed_threads
@@ -39,8 +44,54 @@ _NO_ARG_MODULES: dict[str, type[nn.Module]] = {
 }
 
 
+class _Product(nn.Module):
+    """A functional product alone (``matmul``, ``einsum``, SDPA), timed on random operands of its recorded shapes."""
+
+    def __init__(self, kind: str, equation: str) -> None:
+        super().__init__()
+        self.kind, self.equation = kind, equation
+
+    def forward(self, *operands: torch.Tensor) -> torch.Tensor:
+        if self.kind == "einsum":
+            return torch.einsum(self.equation, *operands)
+        if self.kind == "scaled_dot_product_attention":
+            return nn.functional.scaled_dot_product_attention(*operands)
+        return torch.matmul(*operands)
+
+
+def _class_of(spec: LayerSpec) -> type[nn.Module] | None:
+    """The module class of a spec: ``torch.nn``'s by kind, or the ``class`` option of one outside it."""
+    ref = dict(spec.options).get("class")
+    if isinstance(ref, str) and ":" in ref:
+        module, _, qualname = ref.partition(":")
+        try:
+            obj: object = importlib.import_module(module)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError):
+            return None
+        return obj if isinstance(obj, type) and issubclass(obj, nn.Module) else None
+    return _NO_ARG_MODULES.get(spec.kind)
+
+
+def _with_options(cls: type[nn.Module], options: tuple[tuple[str, object], ...]) -> nn.Module:
+    """A parameter-free module of ``cls`` rebuilt from its recorded attributes (its constructor is not called)."""
+    module = cls.__new__(cls)
+    nn.Module.__init__(module)
+    for key, value in options:
+        if key != "class":
+            object.__setattr__(module, key, value)
+    return module
+
+
 def _build(spec: LayerSpec) -> nn.Module | None:
-    """A fresh module with the spec's parameters, or None if the kind is unknown."""
+    """A fresh module with the spec's parameters, or None if the kind cannot be rebuilt.
+
+    Convolutions (any dimensionality, transposed), linear layers, attention cores, norms
+    (batch, instance, group, layer), PReLU, embeddings, pools and functional products have
+    builders; any other parameter-free module is rebuilt from its recorded attributes
+    (:attr:`LayerSpec.options`: ``nn.Upsample(scale_factor=2)``, a ``DropPath``).
+    """
     kind = spec.kind
     cls = _NO_ARG_MODULES.get(kind)
     if kind.startswith(("conv", "convtranspose")) and cls is not None:
@@ -52,20 +103,48 @@ def _build(spec: LayerSpec) -> nn.Module | None:
         return nn.Linear(spec.in_channels, spec.out_channels, bias=spec.bias)
     if kind == ATTENTION_CORE:  # a Hugging Face self-attention's Q·Kᵀ and attn·V
         return AttentionCore(spec.groups)
-    if kind.startswith("batchnorm") and cls is not None:
+    if kind in FUNCTIONAL_KINDS:
+        return _Product(kind, str(dict(spec.options).get("equation", "")))
+    if kind == "embedding":
+        return nn.Embedding(spec.in_channels, spec.out_channels)
+    if (kind.startswith(("batchnorm", "instancenorm"))) and cls is not None:
         return cls(spec.in_channels, affine=spec.bias)
+    if kind == "groupnorm":
+        return nn.GroupNorm(spec.groups, spec.in_channels, affine=spec.bias)
+    if kind == "prelu":
+        return nn.PReLU(spec.groups if spec.groups > 1 else 1)
     if kind == "layernorm":
         return nn.LayerNorm(spec.in_channels, elementwise_affine=spec.bias)
     if kind.startswith(("maxpool", "avgpool")) and cls is not None:
         return cls(spec.kernel_size, spec.stride, spec.padding)
     if kind.startswith(("adaptiveavgpool", "adaptivemaxpool")) and cls is not None:
         return cls(spec.kernel_size)
+    cls = _class_of(spec)
+    if cls is not None and spec.options:
+        return _with_options(cls, spec.options)
     if cls is not None:
         try:
             return cls()
         except TypeError:
             return None
     return None
+
+
+def _inputs(spec: LayerSpec) -> tuple[torch.Tensor, ...]:
+    """Random inputs of a spec's recorded shapes: token ids for an embedding, every operand of a product."""
+    if spec.kind == "embedding":
+        return (torch.randint(0, max(1, spec.in_channels), spec.input_shape),)
+    if spec.kind in FUNCTIONAL_KINDS:
+        return tuple(torch.randn(shape) for shape in dict(spec.options).get("operands", (spec.input_shape,)))
+    return (torch.randn(spec.input_shape),)
+
+
+def _in_place(spec: LayerSpec) -> nn.Module | None:
+    """The recorded instance itself, when the spec still has its recorded shapes (a layer no builder knows, e.g. a custom norm)."""
+    module = spec.module
+    if not isinstance(module, nn.Module):
+        return None
+    return module
 
 
 class LatencyTable:
@@ -111,6 +190,7 @@ class LatencyTable:
         self.offset_ms = float(offset_ms)
         self.scale = float(scale)
         self._unknown_kinds: set[str] = set()
+        self._in_place_kinds: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -130,27 +210,36 @@ class LatencyTable:
             return self._bench_unseeded(specs)
 
     def _bench_unseeded(self, specs: list[LayerSpec]) -> list[float]:
-        cases: list[tuple[nn.Module, torch.Tensor] | None] = []
+        cases: list[tuple[nn.Module, tuple[torch.Tensor, ...]] | None] = []
         for spec in specs:
-            try:
-                module = _build(spec)
-                case = None if module is None else (module.eval(), torch.randn(spec.input_shape))
-                if case is not None:
+            case = None
+            for how, make in (("rebuilt", _build), ("timed in place", _in_place)):
+                try:
+                    module = make(spec)
+                    if module is None:
+                        continue
+                    case = (module.eval(), _inputs(spec))
                     with torch.inference_mode():
-                        case[0](case[1])  # a spec its builder cannot run is counted as 0 ms, never fatal
-            except Exception as e:  # noqa: BLE001 - one odd layer must not end calibration
-                logger.warning("latency table: cannot time layer %s (%s: %s); counted as 0 ms", spec.module_name, type(e).__name__, e)
-                module, case = None, None
+                        case[0](*case[1])  # a spec no module can run is counted as 0 ms, never fatal
+                    if how != "rebuilt" and spec.kind not in self._in_place_kinds:
+                        self._in_place_kinds.add(spec.kind)
+                        logger.info("latency table: layer kind %r has no builder; %s (%s)", spec.kind, how, spec.module_name)
+                    break
+                except Exception as e:  # noqa: BLE001 - one odd layer must not end calibration
+                    logger.debug("latency table: layer %s not %s (%s: %s)", spec.module_name, how, type(e).__name__, e)
+                    case = None
+            if case is None and spec.kind not in self._unknown_kinds:
                 self._unknown_kinds.add(spec.kind)
-            if module is None and spec.kind not in self._unknown_kinds:
-                self._unknown_kinds.add(spec.kind)
-                logger.warning("latency table: no builder for layer kind %r; counted as 0 ms (calibration absorbs it)", spec.kind)
+                logger.warning(
+                    "latency table: layer %s (%s) can be neither rebuilt nor timed in place at shape %s; counted as 0 ms "
+                    "(calibration absorbs it)", spec.module_name, spec.kind, spec.input_shape,
+                )  # fmt: skip
             cases.append(case)
         best = [math.inf if case else 0.0 for case in cases]
         with fixed_threads(self.threads), torch.inference_mode():
             for case in cases:
                 for _ in range(self.warmup if case else 0):
-                    case[0](case[1])
+                    case[0](*case[1])
             for _ in range(self.passes):
                 for i, case in enumerate(cases):
                     if case is None:
@@ -158,7 +247,7 @@ class LatencyTable:
                     module, x = case
                     for _ in range(self.repeats):
                         start = time.perf_counter_ns()
-                        module(x)
+                        module(*x)
                         best[i] = min(best[i], (time.perf_counter_ns() - start) / 1e6)
         return best
 

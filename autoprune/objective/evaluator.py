@@ -34,10 +34,11 @@ import torch
 from torch import nn
 
 from autoprune.errors import BudgetError, ConfigError, ModelError, PolicyError
-from autoprune.graph.check import default_cache_dir, verify_graph
+from autoprune.graph.check import default_cache_dir
 from autoprune.graph.importance import DEFAULT_IMPORTANCE
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph
+from autoprune.graph.safety import nothing_to_prune, verified_graph
 from autoprune.graph.surgery import apply_policy
 from autoprune.measure.fresh import ZooModel
 from autoprune.measure.latency import count_macs_params
@@ -100,11 +101,13 @@ class PolicyEvaluator:
         max_ratio: Largest per-unit ratio searchers may use.
         allow_drop: Whether policies may drop residual blocks.
         ignored: Module names never pruned.
-        graph: Reuse a graph built on ``model`` (built here otherwise).
+        graph: The graph of ``model``, as the caller got it from
+            :func:`autoprune.graph.safety.verified_graph` (used as it is; built here otherwise).
         table: A calibrated latency table (calibrated here otherwise).
         seed: Seed of the BN-recalibration batches.
-        check: Run the differential surgery check (:func:`autoprune.graph.check.verify_graph`)
-            on the graph first; units that fail it are not offered (one warning line each).
+        check: Build the graph with the safety net (:func:`autoprune.graph.safety.verified_graph`:
+            exact surgery, a forward that runs, exact MACs, export to ``latency.backend``); units
+            that fail are not offered (one warning line each). False: an unchecked graph (tests).
         baseline_name: When given, a dense model scoring at chance on the validation subset is
             refused, naming it (see :func:`check_baseline_accuracy`).
         check_cache: Folder caching check verdicts by model fingerprint ("auto":
@@ -166,12 +169,13 @@ class PolicyEvaluator:
         self.seed = seed
         self.zoo = zoo
         self.example_input = data.example_input(latency.batch_size)
+        if graph is None and check:
+            graph, _ = verified_graph(model, data.example_input(1), ignored=ignored, drop_blocks=allow_drop,
+                                      export_check=latency.serving_check(),
+                                      cache_dir=default_cache_dir() if check_cache == "auto" else check_cache)
         self.graph = graph or PrunableGraph(model, data.example_input(1), ignored=ignored, drop_blocks=allow_drop)
-        if check:
-            verify_graph(self.graph, cache_dir=default_cache_dir() if check_cache == "auto" else check_cache)
         if not self.graph.units and not (allow_drop and self.graph.blocks):
-            why = "; ".join(f"{n}: {r}" for n, r in list(self.graph.skipped.items())[:4]) or "no conv/linear channel group outside model.ignore"
-            raise ModelError(f"the model has nothing to prune: no prunable unit ({why}) and no droppable block")
+            raise ModelError(nothing_to_prune(self.graph))
         self.allow_drop = allow_drop and bool(self.graph.blocks)
         self.unit_names = self.graph.unit_names
         self.block_names = self.graph.block_names if self.allow_drop else []

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from autoprune.graph import Policy, PrunableGraph, apply_policy
+from autoprune.graph.check import default_cache_dir
+from autoprune.graph.safety import verified_graph
 from autoprune.measure.latency import PairedTimer, measure_latency
 from autoprune.measure.schedule import PairedSchedule
 from autoprune.training.baseline import load_model_weights
@@ -62,7 +64,7 @@ def models() -> tuple[torch.nn.Module, torch.nn.Module, PrunableGraph]:
     dense = build_model("resnet20", in_channels=1, num_classes=10, input_size=28)
     load_model_weights(dense, CHECKPOINT)
     dense.eval()
-    graph = PrunableGraph(dense, torch.randn(1, 1, 28, 28), drop_blocks=True)
+    graph, _ = verified_graph(dense, torch.randn(1, 1, 28, 28), drop_blocks=True, cache_dir=default_cache_dir())
     policy = Policy.uniform(graph.unit_names, 0.5, drop=graph.block_names[1::3])
     return dense, apply_policy(dense, policy, graph=graph).eval(), graph
 
