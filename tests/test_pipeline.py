@@ -39,6 +39,8 @@ def test_run_leaves_a_finished_mlflow_run_with_artifacts_and_a_champion(finished
     run = client.get_run(res.run_id)
     assert run.info.status == "FINISHED"
     assert "final/pruned_test_accuracy" in run.data.metrics and "final/dense_test_accuracy" in run.data.metrics
+    assert {"final/latency_ratio", "final/budget_met"} <= set(run.data.metrics), "the budget verdict of the final measurement"
+    assert run.data.metrics["final/budget_met"] == float(res.report["budget_met"])
     assert len(client.get_metric_history(res.run_id, "episode/reward")) == 6
     assert {"uniform_accuracy", "uniform_value"} <= set(run.data.metrics)  # the uniform baseline beside the Optuna search
     names = {a.path for a in client.list_artifacts(res.run_id)}

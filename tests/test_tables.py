@@ -70,3 +70,16 @@ def test_a_row_shows_words_and_empty_cells_as_they_are() -> None:
     assert Row("budget", None, "met").cells() == ("budget", "", "met", "")
     assert Row("reward", None, 0.91234, fmt="{:.4f}").cells() == ("reward", "", "0.9123", "")
     assert Row("fidelity", 0.5, "0.4 -> 0.6", "before -> after", fmt="{:.4f}").cells() == ("fidelity", "0.5000", "0.4 -> 0.6", "before -> after")
+
+
+def test_the_final_table_judges_the_budget_on_the_final_measurement():
+    from autoprune.measure.uncertainty import LatencyEstimate
+    from autoprune.objective.budget import Budget
+
+    est = LatencyEstimate(mean=0.49, low=0.47, high=0.52, n=30, measured=0.49, predicted=0.5, source="fresh")
+    crossing = Budget(metric="latency", target=0.5).verdict(0.5, est, 0.49, 0.4)
+    assert crossing["latency_ratio"] == 0.49 and crossing["budget_met"] is False, "an interval that crosses the target is not met"
+    inside = Budget(metric="latency", target=0.55).verdict(0.55, est, 0.49, 0.4)
+    assert inside["budget_met"] is True
+    macs = Budget(metric="macs", target=0.5).verdict(0.5, est, 0.49, 0.4)
+    assert macs["budget_value"] == 0.4 and macs["budget_met"] is True

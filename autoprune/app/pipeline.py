@@ -418,6 +418,7 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
             **{f"search_latency_{k}": v for k, v in best.metrics.latency.as_dict().items() if k in ("mean", "low", "high", "n")},
             **{f"final_latency_{k}": v for k, v in pruned_r.latency.as_dict().items() if k in ("mean", "low", "high", "n")},
             "search_latency_source": best.metrics.latency_source,
+            **ev.budget.verdict(ev.target, pruned_r.latency, pruned_r.latency_ms / dense_r.latency_ms, pruned_r.macs / max(1, dense_r.macs)),
             "blocks_dropped": len(best.policy.drop),
             "total_seconds": time.perf_counter() - t0,
         }

@@ -248,6 +248,9 @@ def final_rows(d: Any, p: Any, report: dict[str, Any] | None = None) -> list[Row
                         1.0, est.mean, ci=(est.low, est.high)))
     rows.append(Row(f"latency ms on {p.backend} [95% CI]", d.latency_ms, p.latency_ms, d.latency_ms / p.latency_ms,
                     ci=tuple(p.latency_ci_ms), change_fmt=speed_words))
+    if "budget_met" in r:  # judged on this final measurement, not on the search's
+        rows.append(Row(f"budget ({r['budget_metric']} <= {r['budget_target']:.3f}, final measurement)", None,
+                        f"{r['budget_value']:.3f}: " + ("met" if r["budget_met"] else "NOT met")))
     if not backend_class(p.backend).eager:
         rows.append(Row("latency ms on torch eager", d.eager_latency_ms, p.eager_latency_ms, d.eager_latency_ms / p.eager_latency_ms,
                         change_fmt=speed_words))

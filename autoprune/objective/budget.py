@@ -16,7 +16,7 @@ dense: measured latency ratio, or MAC ratio; ``t`` the target):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from autoprune.errors import ConfigError
 
@@ -69,6 +69,24 @@ class Budget:
         if self.metric == "macs":
             return value <= target
         return high <= target
+
+    def verdict(self, target: float, latency: Any, latency_ratio: float, macs_ratio: float) -> dict[str, Any]:
+        """The budget judged on a delivered model's final figures, as report entries.
+
+        Args:
+            target: :meth:`target_ratio`.
+            latency: The final :class:`~autoprune.measure.uncertainty.LatencyEstimate` (None: only ``latency_ratio``).
+            latency_ratio: Its point ratio to dense when there is no estimate.
+            macs_ratio: Pruned over dense MACs.
+
+        Returns:
+            ``budget_metric``, ``budget_target``, ``latency_ratio`` (fraction of dense), ``budget_value``
+            and ``budget_met`` (latency: the interval's upper end within the target; MACs: the count).
+        """
+        ratio = latency.mean if latency is not None else latency_ratio
+        value = ratio if self.metric == "latency" else macs_ratio
+        met = (latency.high if latency is not None and self.metric == "latency" else value) <= target
+        return {"budget_metric": self.metric, "budget_target": target, "latency_ratio": ratio, "budget_value": value, "budget_met": met}
 
     @property
     def field(self) -> str:
