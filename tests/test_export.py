@@ -137,9 +137,9 @@ def test_user_model_factory_reference_round_trips(tmp_path, monkeypatch, example
 def test_unknown_model_name_in_file_names_the_file(tmp_path, pruned_resnet20):
     path = save_pruned(tmp_path / "p.pt", pruned_resnet20, model_name="resnet20", **DIGITS)
     data = torch.load(path, weights_only=True)
-    data["model"]["name"] = "resnet999"
+    data["model"]["name"] = "nosuchnet"
     torch.save(data, path)
-    with pytest.raises(ConfigError, match=r"p\.pt: model\.name: unknown model 'resnet999'"):
+    with pytest.raises(ConfigError, match=r"p\.pt: model\.name: unknown model 'nosuchnet'"):
         load_pruned(path)
 
 
