@@ -27,6 +27,7 @@ from autoprune.formats.policy_file import POLICY_FILE, policy_document, write_po
 from autoprune.graph.policy import Policy, model_fingerprint
 from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.search import ExperimentContext, Searcher, SearchResult, searcher_class, searchers_that
+from autoprune.search.pool import baseline_pool
 from autoprune.training.baseline import default_checkpoint_path, train_or_load
 from autoprune.zoo import DataBundle, build_model, check_model_fits, load_data
 
@@ -300,7 +301,8 @@ def _search_in(cfg: ExperimentConfig, out: Path, *, progress: bool, callback: Ca
     searcher = searcher_cls(params, progress=progress, callback=callback, **extra)
     evaluator.check_reachable()
     try:
-        result = searcher.search(evaluator, cfg.search.episodes, seed=cfg.seed)
+        seeds = baseline_pool(evaluator) if cfg.search.seed_baselines and searcher.seeded else None
+        result = searcher.search(evaluator, cfg.search.episodes, seed=cfg.seed, seeds=seeds)
         wait_workers(procs, log_dir=out / "workers")
     finally:
         stop_workers(procs)

@@ -276,6 +276,11 @@ class SearchConfig(Section):
         workers: Parallel worker processes on this machine, at most its CPUs; the latency
             threads are lowered so that ``workers x latency.threads`` fits them.
         params: Searcher hyper-parameters, validated by the searcher itself.
+        seed_baselines: The pool starts with the baselines uniform (SIMD-rounded through
+            ``pruning.round_to``), Torch-Pruning global and layer dropping, each predicted to just
+            meet the budget (:func:`autoprune.search.pool.baseline_pool`), so the search never
+            returns worse than the best of them on its reward. They count against ``episodes``.
+            Ignored by the baseline searchers themselves.
     """
 
     searcher: SearcherName = "optuna"
@@ -285,6 +290,7 @@ class SearchConfig(Section):
     study: str | None = None
     workers: int = Field(1, ge=1)
     params: dict[str, Any] = Field(default_factory=dict)
+    seed_baselines: bool = True
 
     @field_validator("storage")
     @classmethod

@@ -77,6 +77,7 @@ class RandomSearcher(Searcher):
 
     name = "random"
     defaults = {"drop_prob": 0.3, "repair": True}
+    seeded = False  # a baseline
 
     def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> None:
         drop_prob = self.params["drop_prob"]
@@ -129,8 +130,8 @@ def predicted_knob(evaluator: PolicyEvaluator, family: Callable[[float, tuple[st
 def predicted_baseline(evaluator: PolicyEvaluator, family: Callable[[float, tuple[str, ...]], Policy], top: float) -> Policy | None:
     """The member of a one-knob family predicted to just meet the budget, with the fewest drops needed; no evaluation.
 
-    None when the target is unreachable. Seeds searches with the classical baselines (see
-    :class:`autoprune.search.optuna_search.OptunaSearcher`'s ``seed_baselines``).
+    None when the target is unreachable. Seeds searches with the classical baselines
+    (:func:`autoprune.search.pool.baseline_pool`).
     """
     drop = evaluator.drops_to_reach()
     if drop is None:
@@ -238,6 +239,7 @@ class UniformSearcher(Searcher):
     name = "uniform"
     defaults = {"tolerance": 0.01, "max_evals": 8}
     compared_with_uniform = False  # it is the uniform baseline
+    seeded = False
 
     def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
         ratio, drop = bisect_knob(self, evaluator, uniform_family(evaluator), evaluator.max_ratio, n_episodes)
@@ -264,6 +266,7 @@ class SensitivitySearcher(Searcher):
 
     name = "sensitivity"
     defaults = {"levels": [0.2, 0.4, 0.6, 0.8], "neighbours": 2}
+    seeded = False  # a baseline
 
     def _levels(self, evaluator: PolicyEvaluator, n_episodes: int) -> list[float]:
         raw, neighbours = self.params["levels"], self.params["neighbours"]
@@ -372,6 +375,7 @@ class LayerDropSearcher(Searcher):
 
     name = "layer_drop"
     defaults: dict[str, Any] = {}
+    seeded = False  # a baseline
 
     def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
         blocks = list(evaluator.block_names)

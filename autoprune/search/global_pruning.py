@@ -112,6 +112,7 @@ class GlobalSearcher(Searcher):
 
     name = "global"
     defaults = {"tolerance": 0.01, "max_evals": 8}
+    seeded = False  # a baseline
 
     def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
         family = global_family(evaluator)
