@@ -21,14 +21,16 @@ from torch import nn
 
 from autoprune.config.machine import check_batches_fit, fit_to_machine
 from autoprune.config.schema import ExperimentConfig
-from autoprune.config.settings import evaluator_options, train_settings
+from autoprune.config.settings import evaluator_options, finetune_settings, selection_settings, train_settings
 from autoprune.errors import ConfigError, describe
 from autoprune.formats.policy_file import POLICY_FILE, policy_document, write_policy_file
 from autoprune.graph.policy import Policy, model_fingerprint
 from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.search import ExperimentContext, Searcher, SearchResult, searcher_class, searchers_that
 from autoprune.search.pool import baseline_pool
+from autoprune.search.selection import select_on_higher_fidelity
 from autoprune.training.baseline import default_checkpoint_path, train_or_load
+from autoprune.training.screen import short_finetune_accuracy
 from autoprune.zoo import DataBundle, build_model, check_model_fits, load_data
 
 log = logging.getLogger(__name__)
@@ -306,6 +308,11 @@ def _search_in(cfg: ExperimentConfig, out: Path, *, progress: bool, callback: Ca
         wait_workers(procs, log_dir=out / "workers")
     finally:
         stop_workers(procs)
+    selection = selection_settings(cfg)
+    if selection.finalists > 1 and not is_encoder(baseline):  # an encoder's recovery is distillation of embeddings
+        short = finetune_settings(cfg)
+        result = select_on_higher_fidelity(
+            result, lambda policy: short_finetune_accuracy(evaluator, policy, short, selection.finalist_steps), selection, progress=progress)
     policy_path, history_path = out / POLICY_FILE, out / "history.csv"
     write_policy(policy_path, evaluator, result, cfg)
     result.write_history_csv(history_path)

@@ -69,6 +69,8 @@ class SearchResult:
         pareto: Non-dominated evaluations on (accuracy up, budget metric down).
         seconds: Wall time of the search.
         extras: Searcher-specific data (e.g. sensitivity curves, the agent's path).
+        finetuned: Episode index -> the higher-fidelity score of the finalists of multi-fidelity
+            selection (:func:`autoprune.search.selection.select_on_higher_fidelity`), else empty.
     """
 
     searcher: str
@@ -77,6 +79,7 @@ class SearchResult:
     pareto: list[Evaluation]
     seconds: float
     extras: dict[str, Any] = field(default_factory=dict)
+    finetuned: dict[int, float] = field(default_factory=dict)
 
     @property
     def episodes(self) -> int:
@@ -84,8 +87,10 @@ class SearchResult:
         return len(self.history)
 
     def write_history_csv(self, path: str | Path) -> None:
-        """One row per evaluation: index, reward, metrics and the policy as JSON; written atomically."""
-        rows = [{"episode": e.index, "cached": e.cached, **e.metrics.as_dict(), "policy": json.dumps(e.policy.to_dict())} for e in self.history]
+        """One row per evaluation: index, reward, metrics, the short fine-tune's score (finalists only) and the policy as JSON; written atomically."""
+        rows = [{"episode": e.index, "cached": e.cached, **e.metrics.as_dict(),
+                 "short_finetune": "" if e.cached else self.finetuned.get(e.index, ""), "policy": json.dumps(e.policy.to_dict())}
+                for e in self.history]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_csv_atomic(path, rows)
 
