@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import optuna
 import pytest
 import torch
 from helpers import fast_settings, search
@@ -59,3 +60,17 @@ def test_seeds_count_against_the_budget_and_come_first(resnet14):
     assert len(result.history) == 6
     assert [e.policy.key() for e in result.history[: len(pool)]] == [p.key() for p in pool.values()]
     assert result.best.metrics.reward >= max(e.metrics.reward for e in result.history[: len(pool)])
+
+
+def test_a_study_is_seeded_once_and_a_resumed_search_evaluates_no_seed_again(resnet14, tmp_path):
+    from autoprune.search.optuna_search import SEED_ATTR, SEEDED_ATTR
+
+    url = f"sqlite:///{tmp_path}/study.db"
+    pool = baseline_pool(resnet14)
+    search("optuna", resnet14.with_budget(resnet14.budget), 4, seeds=pool, storage=url, n_startup_trials=1)
+    resumed = search("optuna", resnet14.with_budget(resnet14.budget), 6, seeds=pool, storage=url, n_startup_trials=1)
+    study = optuna.load_study(study_name="autoprune", storage=url)
+    seeded = [t.user_attrs[SEED_ATTR] for t in study.trials if SEED_ATTR in t.user_attrs]
+    assert seeded == list(pool) and study.user_attrs[SEEDED_ATTR] == list(pool)
+    assert len(study.trials) == 6 and len(resumed.history) == 6, "the seeds are trials of the study, counted once"
+    assert resumed.extras["seeds"] == {name: i for i, name in enumerate(pool)}
