@@ -162,7 +162,7 @@ def run_cell(model: str, data: str, seed: int, args: argparse.Namespace) -> dict
         row.update({"fresh_ratio": m.ratio, "fresh_ci": [m.ci_low, m.ci_high]})
     chosen_level = f"short fine-tune, {args.steps[0]} steps" if selection_settings(cfg).finalists > 1 else "proxy"
     result = {
-        "model": model, "data": data, "seed": seed, "target": args.target, "episodes": args.episodes, "recovery_epochs": args.epochs,
+        "model": model, "data": data, "seed": seed, "target": args.target, "metric": cfg.budget.metric, "episodes": args.episodes, "recovery_epochs": args.epochs,
         "backend": cfg.latency.backend, "threads": args.threads, "dense_test": split_metrics(dense, bundle.test)["accuracy"],
         "rows": rows, "policies": policies, "tau": tau, "seconds_per_policy": cost, "selection_level": chosen_level,
         "command": command(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
@@ -201,14 +201,17 @@ def section(cells: list[dict[str, Any]]) -> str:
             "re-measured in a fresh process (paired against dense). Kendall's tau-b is over the setting's policy pool "
             "(rows, predicted baselines, the searches' next candidates, random policies pushed into the budget), mean ± sd over seeds.\n\n")
     goals: list[Goal] = []
+    if any(not c["quick"] for c in cells):  # a real run replaces the --quick check
+        cells = [c for c in cells if not c["quick"]]
     for setting in sorted({(c["model"], c["data"], c["quick"]) for c in cells}):
         group = [c for c in cells if (c["model"], c["data"], c["quick"]) == setting]
         first = group[0]
         text += (f"## {setting[0]} on {setting[1]}{' (--quick: checks the path, not a result)' if setting[2] else ''}\n\n"
                  f"- command: `{first['command']}`; commit {first['commit']}; dates {', '.join(sorted({c['date'] for c in group}))}; "
                  f"load average {', '.join(' '.join(c['load_average']) for c in group)}\n"
-                 f"- seeds {sorted(c['seed'] for c in group)}; target {first['target']} of dense on {first['backend']}, batch 1, "
-                 f"{first['threads']} threads; {first['episodes']} episodes per search; recovery {first['recovery_epochs']} epoch(s) "
+                 f"- seeds {sorted(c['seed'] for c in group)}; target {first['target']} of dense {first['metric']} (latency on "
+                 f"{first['backend']}, batch 1, "
+                 f"{first['threads']} threads); {first['episodes']} episodes per search; recovery {first['recovery_epochs']} epoch(s) "
                  f"with distillation; {statistics.mean(len(c['policies']) for c in group):.0f} policies per seed; dense test "
                  f"{first['dense_test']:.4f}; final choice on: {first['selection_level']}\n\n")
         levels = list(first["tau"])
