@@ -251,8 +251,8 @@ class Searcher(abc.ABC):
             seeds: Named policies evaluated into the pool first (e.g. the baselines of
                 :func:`autoprune.search.pool.baseline_pool`), so the best is never worse than the
                 best of them on the reward. They count against ``n_episodes``; all of them are
-                evaluated even when ``n_episodes`` is smaller. ``extras["seeds"]`` maps each name
-                to its evaluation's index.
+                evaluated even when ``n_episodes`` is smaller, and the searcher itself still gets
+                at least one episode. ``extras["seeds"]`` maps each name to its evaluation's index.
 
         Raises:
             ConfigError: ``n_episodes`` < 1.
@@ -271,8 +271,8 @@ class Searcher(abc.ABC):
             if self._seeds and not self.enqueues_seeds:
                 for policy in self._seeds.values():
                     self.evaluate(policy)
-                own -= len(self._seeds)
-            extras = (self._run(evaluator, own, seed) if own >= 1 else None) or {}
+                own = max(1, n_episodes - len(self._seeds))  # the searcher always runs (e.g. PPO saves its agent)
+            extras = self._run(evaluator, own, seed) or {}
             done = {e.policy.key() for e in evaluator.history[start_index:]}
             for policy in self._seeds.values():  # a budget smaller than the pool: the seeds the searcher did not reach
                 if policy.key() not in done:
