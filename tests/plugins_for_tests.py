@@ -89,6 +89,7 @@ class HalfEverywhereSearcher(Searcher):
 
     name = "half-everywhere"
     defaults = {"ratio": 0.5}
+    seeded = False  # a fixed policy, like a baseline: the search returns it
 
     def _run(self, evaluator, n_episodes, seed):
         for _ in range(n_episodes):

@@ -153,8 +153,9 @@ def two_workers(tmp_path_factory, checkpoint, postgres_server, mlflow_server) ->
     reader = optuna.storages.RDBStorage(url)
 
     def worker_has_a_trial() -> bool:
+        # Not merely one this process has not run: the baseline seeds wait in the study (WAITING) from the start.
         trials = optuna.load_study(study_name="pair", storage=reader).get_trials(deepcopy=False)
-        return any(t.number not in mine for t in trials)
+        return any(t.number not in mine and t.state != TrialState.WAITING for t in trials)
 
     try:
         with Tracker(cfg) as tracker:
@@ -186,6 +187,9 @@ def test_two_workers_on_postgres_run_exactly_the_requested_trials_between_them(t
     # nothing re-queued (a stale trial would be); the baseline seeds are the only enqueued trials
     enqueued = [t.number for t in trials if "fixed_params" in t.system_attrs and SEED_ATTR not in t.user_attrs]
     assert not enqueued
+    seeds = {t.number: t.user_attrs[SEED_ATTR] for t in trials if SEED_ATTR in t.user_attrs}
+    assert sorted(seeds.values()) == sorted(result.extras["seeds"]) and len(seeds) >= 2, "each seed enqueued once"
+    assert set(seeds) == set(result.extras["seeds"].values())
     mine = result.extras["trial_numbers"]
     theirs = sorted(set(range(TWO_WORKER_EPISODES)) - set(mine))
     assert mine and theirs, f"both processes must run trials: this one ran {mine}"

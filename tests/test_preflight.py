@@ -34,8 +34,8 @@ def _never_loaded(tmp_path: Path, **sections: object) -> Path:
 
 # ------------------------------------------------------------------ searcher params
 def test_a_searcher_checks_its_params_without_an_evaluator():
-    with pytest.raises(ConfigError, match=r"search.params: unknown hyper-parameter\(s\) \['seed_baselines'\] for searcher 'uniform'"):
-        searcher_class("uniform").check_params({"seed_baselines": True})
+    with pytest.raises(ConfigError, match=r"search.params: unknown hyper-parameter\(s\) \['n_startup_trials'\] for searcher 'uniform'"):
+        searcher_class("uniform").check_params({"n_startup_trials": 5})
     with pytest.raises(ConfigError, match=r"search.params.drop_prob: 2 is out of range"):
         searcher_class("random").check_params({"drop_prob": 2})
     with pytest.raises(ConfigError, match=r"search.params.zero_shot needs search.params.agent"):
@@ -45,21 +45,22 @@ def test_a_searcher_checks_its_params_without_an_evaluator():
 
 @pytest.mark.parametrize("command", ["run", "search"])
 def test_params_another_searcher_takes_are_refused_before_the_baseline_and_the_output_folder(tmp_path, capsys, command):
-    path = _never_loaded(tmp_path, search={"searcher": "uniform", "params": {"seed_baselines": True}})
-    assert_user_error(cli(capsys, command, str(path)), "search.params", "seed_baselines", "'uniform'", absent=("checkpoint",))
+    path = _never_loaded(tmp_path, search={"searcher": "uniform", "params": {"n_startup_trials": 5}})
+    assert_user_error(cli(capsys, command, str(path)), "search.params", "n_startup_trials", "'uniform'", absent=("checkpoint",))
     assert not (tmp_path / "out").exists()
 
 
 def test_searcher_option_drops_the_params_only_the_replaced_searcher_takes(caplog):
     data = yaml.safe_load(DEMO.read_text())
+    data["search"]["params"] = {"n_startup_trials": 5}  # a parameter only Optuna takes
     with caplog.at_level(logging.INFO, logger="autoprune.config.loading"):
         switched = switch_searcher(data, "uniform")
     assert switched["search"]["searcher"] == "uniform" and switched["search"]["params"] == {}
-    assert data["search"]["params"] == {"seed_baselines": True}  # the caller's mapping is not changed
-    assert "search.params seed_baselines dropped" in caplog.text
+    assert data["search"]["params"] == {"n_startup_trials": 5}  # the caller's mapping is not changed
+    assert "search.params n_startup_trials dropped" in caplog.text
     for name in ("uniform", "ppo", "random"):  # the README's forms on the shipped demo config
         cfg = preflight(load_config(DEMO, searcher=name), memory=False)
-        assert cfg.search.searcher == name and "seed_baselines" not in cfg.search.params
+        assert cfg.search.searcher == name and "n_startup_trials" not in cfg.search.params
 
 
 def test_searcher_option_keeps_a_param_the_new_searcher_takes_and_a_typo_is_still_refused():
@@ -71,7 +72,7 @@ def test_searcher_option_keeps_a_param_the_new_searcher_takes_and_a_typo_is_stil
 
 
 def test_search_with_searcher_option_runs_the_tiny_experiment_written_for_optuna(tmp_path, capsys):
-    path = write_experiment(tmp_path / "exp.yaml", tiny_experiment(tmp_path, search={"params": {"seed_baselines": True}}))
+    path = write_experiment(tmp_path / "exp.yaml", tiny_experiment(tmp_path, search={"params": {"n_startup_trials": 5}}))
     res = cli(capsys, "search", str(path), "--searcher", "random", "--episodes", "3")
     assert res.code == 0, res.err
     assert (tmp_path / "out" / "policy.json").is_file()

@@ -13,6 +13,7 @@ from autoprune.objective.budget import Budget
 from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.objective.metrics import Evaluation
 from autoprune.search import get_searcher
+from autoprune.search.pool import baseline_pool
 from autoprune.zoo.models import CifarResNet
 
 HAS_CMAES = importlib.util.find_spec("cmaes") is not None
@@ -176,24 +177,26 @@ def test_a_new_study_is_seeded_with_the_uniform_and_global_baselines_at_the_pred
     from autoprune.search.global_pruning import global_family
 
     ev = resnet14_evaluator.with_budget(Budget(metric="macs", target=0.5))
-    result = search("optuna", ev, 4, n_startup_trials=2, seed_baselines=True)
+    pool = baseline_pool(ev)
+    result = search("optuna", ev, 4, n_startup_trials=2, seeds=pool)
     uniform = predicted_baseline(ev, uniform_family(ev), ev.max_ratio)
     global_ = predicted_baseline(ev, global_family(ev), 1.0)
     first, second = (e.policy for e in result.history[:2])
     assert len(set(first.ratios.values())) == 1 and first.drop == uniform.drop
     assert first.ratios == pytest.approx(uniform.ratios) and second.ratios == pytest.approx(global_.ratios)
     assert len(set(second.ratios.values())) > 1  # global ranks channels across units
+    assert result.extras["seeds"] == {name: i for i, name in enumerate(pool)}
     # MACs are predicted exactly, so both seeds just meet the budget and the best is at least as good
     assert all(e.metrics.feasible and e.metrics.value <= 0.5 + 1e-9 for e in result.history[:2])
     assert result.best.metrics.reward >= max(e.metrics.reward for e in result.history[:2])
-    off = search("optuna", ev.with_budget(ev.budget), 2, n_startup_trials=2, seed_baselines=False)
+    off = search("optuna", ev.with_budget(ev.budget), 2, n_startup_trials=2)
     assert off.history[0].policy.ratios != pytest.approx(first.ratios)
 
 
 def test_a_warm_started_new_study_is_seeded_too_after_the_warm_start(resnet14_evaluator):
     ev = resnet14_evaluator.with_budget(Budget(metric="macs", target=0.5))
     warm = {"ratios": {u: 0.4 for u in ev.unit_names}, "drop": [ev.block_names[0]]}
-    result = search("optuna", ev, 4, n_startup_trials=2, seed_baselines=True, enqueue=[warm])
+    result = search("optuna", ev, 4, n_startup_trials=2, seeds=baseline_pool(ev), enqueue=[warm])
     sources = [e.policy for e in result.history[:3]]
     assert sources[0].drop == (ev.block_names[0],) and all(v == pytest.approx(0.4) for v in sources[0].ratios.values())
     assert len(set(sources[1].ratios.values())) == 1 and len(set(sources[2].ratios.values())) > 1  # uniform, then global

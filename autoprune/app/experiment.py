@@ -23,7 +23,7 @@ from autoprune.app.folder_lock import folder_lock
 from autoprune.app.stages import stage
 from autoprune.config.machine import check_batches_fit, fit_to_machine
 from autoprune.config.schema import ExperimentConfig
-from autoprune.config.settings import evaluator_options, latency_settings, pruning_record, train_settings
+from autoprune.config.settings import evaluator_options, finetune_settings, latency_settings, pruning_record, selection_settings, train_settings
 from autoprune.errors import ConfigError, describe
 from autoprune.formats.policy_file import POLICY_FILE, policy_document, write_policy_file
 from autoprune.graph.check import default_cache_dir
@@ -33,7 +33,10 @@ from autoprune.graph.safety import SafetyReport, verified_graph
 from autoprune.measure.fresh import ZooModel
 from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.search import ExperimentContext, Searcher, SearchResult, searcher_class, searchers_that
+from autoprune.search.pool import baseline_pool
+from autoprune.search.selection import select_on_higher_fidelity
 from autoprune.training.baseline import default_checkpoint_path, train_or_load
+from autoprune.training.screen import short_finetune_accuracy
 from autoprune.zoo import DataBundle, build_model, check_model_fits, load_data
 
 log = logging.getLogger(__name__)
@@ -364,10 +367,16 @@ def _search_in(cfg: ExperimentConfig, out: Path, *, progress: bool, callback: Ca
     evaluator.check_reachable()
     stage("search", f"{cfg.search.searcher}, {cfg.search.episodes} episodes" + (f", {workers} workers" if workers > 1 else ""))
     try:
-        result = searcher.search(evaluator, cfg.search.episodes, seed=cfg.seed)
+        seeds = baseline_pool(evaluator) if cfg.search.seed_baselines and searcher.seeded else None
+        result = searcher.search(evaluator, cfg.search.episodes, seed=cfg.seed, seeds=seeds)
         wait_workers(procs, log_dir=out / "workers")
     finally:
         stop_workers(procs)
+    selection = selection_settings(cfg)
+    if selection.finalists > 1 and not is_encoder(baseline):  # an encoder's recovery is distillation of embeddings
+        short = finetune_settings(cfg)
+        result = select_on_higher_fidelity(
+            result, lambda policy: short_finetune_accuracy(evaluator, policy, short, selection.finalist_steps), selection, progress=progress)
     policy_path, history_path = out / POLICY_FILE, out / "history.csv"
     write_policy(policy_path, evaluator, result, cfg)
     result.write_history_csv(history_path)

@@ -21,6 +21,7 @@ from autoprune.measure.settings import LatencySettings
 from autoprune.objective.budget import Budget, Reward
 from autoprune.objective.evaluator import DEFAULT_MAX_RATIO
 from autoprune.objective.proxy import ProxySettings
+from autoprune.search.selection import SelectionSettings
 from autoprune.training.baseline import TrainSettings
 from autoprune.training.finetune import FinetuneSettings
 
@@ -276,6 +277,15 @@ class SearchConfig(Section):
         workers: Parallel worker processes on this machine, at most its CPUs; the latency
             threads are lowered so that ``workers x latency.threads`` fits them.
         params: Searcher hyper-parameters, validated by the searcher itself.
+        seed_baselines: The pool starts with the baselines uniform (SIMD-rounded through
+            ``pruning.round_to``), Torch-Pruning global and layer dropping, each predicted to just
+            meet the budget (:func:`autoprune.search.pool.baseline_pool`), so the search never
+            returns worse than the best of them on its reward. They count against ``episodes``.
+            Ignored by the baseline searchers themselves.
+        finalists: The final choice is made on a short fine-tune of this many feasible candidates
+            with the best proxy reward (:mod:`autoprune.search.selection`; 0: on the proxy alone).
+        finalist_steps: Optimiser steps of each finalist's short fine-tune (distillation on, the
+            ``finetune`` section's learning rate and batch size, scored on the validation split).
     """
 
     searcher: SearcherName = "optuna"
@@ -285,6 +295,9 @@ class SearchConfig(Section):
     study: str | None = None
     workers: int = Field(1, ge=1)
     params: dict[str, Any] = Field(default_factory=dict)
+    seed_baselines: bool = True
+    finalists: int = Field(SelectionSettings.finalists, ge=0)
+    finalist_steps: int = Field(SelectionSettings.finalist_steps, ge=1)
 
     @field_validator("storage")
     @classmethod

@@ -24,6 +24,7 @@ from autoprune.measure.backends import backend_class
 from autoprune.measure.settings import LatencySettings
 from autoprune.objective.budget import Budget, Reward
 from autoprune.objective.proxy import ProxySettings
+from autoprune.search.selection import SelectionSettings
 from autoprune.training.baseline import TrainSettings
 from autoprune.training.finetune import FinetuneSettings
 
@@ -67,6 +68,11 @@ def reward(cfg: ExperimentConfig) -> Reward:
 def finetune_settings(cfg: ExperimentConfig) -> FinetuneSettings:
     """Fine-tuning of the pruned model: the ``finetune`` section and the experiment's seed."""
     return _from_section(FinetuneSettings, cfg.finetune, seed=cfg.seed)
+
+
+def selection_settings(cfg: ExperimentConfig) -> SelectionSettings:
+    """Multi-fidelity selection of the search's result: ``search.finalists`` and ``search.finalist_steps``."""
+    return _from_section(SelectionSettings, cfg.search)
 
 
 def recover_settings(cfg: ExperimentConfig) -> FinetuneSettings:

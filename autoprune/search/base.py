@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -73,6 +73,8 @@ class SearchResult:
         pareto: Non-dominated evaluations on (accuracy up, budget metric down).
         seconds: Wall time of the search.
         extras: Searcher-specific data (e.g. sensitivity curves, the agent's path).
+        finetuned: Episode index -> the higher-fidelity score of the finalists of multi-fidelity
+            selection (:func:`autoprune.search.selection.select_on_higher_fidelity`), else empty.
     """
 
     searcher: str
@@ -81,6 +83,7 @@ class SearchResult:
     pareto: list[Evaluation]
     seconds: float
     extras: dict[str, Any] = field(default_factory=dict)
+    finetuned: dict[int, float] = field(default_factory=dict)
 
     @property
     def episodes(self) -> int:
@@ -88,8 +91,10 @@ class SearchResult:
         return len(self.history)
 
     def write_history_csv(self, path: str | Path) -> None:
-        """One row per evaluation: index, reward, metrics and the policy as JSON; written atomically."""
-        rows = [{"episode": e.index, "cached": e.cached, **e.metrics.as_dict(), "policy": json.dumps(e.policy.to_dict())} for e in self.history]
+        """One row per evaluation: index, reward, metrics, the short fine-tune's score (finalists only) and the policy as JSON; written atomically."""
+        rows = [{"episode": e.index, "cached": e.cached, **e.metrics.as_dict(),
+                 "short_finetune": "" if e.cached else self.finetuned.get(e.index, ""), "policy": json.dumps(e.policy.to_dict())}
+                for e in self.history]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_csv_atomic(path, rows)
 
@@ -168,6 +173,13 @@ class Searcher(abc.ABC):
     #: ``autoprune run`` shows the uniform baseline beside this searcher's result (False for the
     #: uniform searcher: it is that baseline).
     compared_with_uniform: ClassVar[bool] = True
+    #: The search's pool starts with the classical baselines (``search.seed_baselines``, the ``seeds``
+    #: of :meth:`search`, :func:`autoprune.search.pool.baseline_pool`); False for the baselines themselves.
+    seeded: ClassVar[bool] = True
+    #: The searcher evaluates :meth:`search`'s ``seeds`` itself, as part of its own state (Optuna:
+    #: enqueued trials of the study, run by whichever worker); otherwise :meth:`search` evaluates them
+    #: before :meth:`_run`.
+    enqueues_seeds: ClassVar[bool] = False
 
     @classmethod
     def experiment_params(cls, context: ExperimentContext) -> dict[str, Any]:
@@ -217,6 +229,7 @@ class Searcher(abc.ABC):
         self.callback = callback
         self._reporter: ProgressReporter | None = None
         self._evaluator: PolicyEvaluator | None = None
+        self._seeds: dict[str, Policy] = {}
 
     def evaluate(self, policy: Policy, *, index: int | None = None) -> Metrics:
         """Score one policy with the shared evaluator (one episode) and report progress."""
@@ -226,8 +239,19 @@ class Searcher(abc.ABC):
             self._reporter.update(self._evaluator.history[-1])
         return metrics
 
-    def search(self, evaluator: PolicyEvaluator, n_episodes: int, *, seed: int = 0) -> SearchResult:
+    def search(self, evaluator: PolicyEvaluator, n_episodes: int, *, seed: int = 0,
+               seeds: Mapping[str, Policy] | None = None) -> SearchResult:
         """Run ``n_episodes`` evaluations and return the best policy, history and Pareto front.
+
+        Args:
+            evaluator: The shared evaluator (budget, reward, history).
+            n_episodes: Evaluations, the seeds included.
+            seed: Random seed of the searcher.
+            seeds: Named policies evaluated into the pool first (e.g. the baselines of
+                :func:`autoprune.search.pool.baseline_pool`), so the best is never worse than the
+                best of them on the reward. They count against ``n_episodes``; all of them are
+                evaluated even when ``n_episodes`` is smaller, and the searcher itself still gets
+                at least one episode. ``extras["seeds"]`` maps each name to its evaluation's index.
 
         Raises:
             ConfigError: ``n_episodes`` < 1, or a searcher that :attr:`needs_blocks` on a model without droppable blocks.
@@ -240,16 +264,29 @@ class Searcher(abc.ABC):
                               "allowed: a model with residual blocks or transformer layers (pruning.drop_blocks: true)")
         evaluator.check_reachable()
         self._evaluator = evaluator
+        self._seeds = dict(seeds or {})
         start_index = len(evaluator.history)
-        self._reporter = ProgressReporter(n_episodes, self.name, enabled=self.progress, callback=self.callback)
+        self._reporter = ProgressReporter(max(n_episodes, len(self._seeds)), self.name, enabled=self.progress, callback=self.callback)
         t0 = time.perf_counter()
         try:
-            extras = self._run(evaluator, n_episodes, seed) or {}
+            own = n_episodes
+            if self._seeds and not self.enqueues_seeds:
+                for policy in self._seeds.values():
+                    self.evaluate(policy)
+                own = max(1, n_episodes - len(self._seeds))  # the searcher always runs (e.g. PPO saves its agent)
+            extras = self._run(evaluator, own, seed) or {}
+            done = {e.policy.key() for e in evaluator.history[start_index:]}
+            for policy in self._seeds.values():  # a budget smaller than the pool: the seeds the searcher did not reach
+                if policy.key() not in done:
+                    self.evaluate(policy)
         finally:
             self._reporter.close()
             self._reporter = None
         seconds = time.perf_counter() - t0
         history = evaluator.history[start_index:]
+        if self._seeds:
+            index = {e.policy.key(): e.index for e in reversed(history)}
+            extras["seeds"] = {name: index.get(p.key()) for name, p in self._seeds.items()}
         ok = [e for e in history if not e.metrics.failed]
         feasible = [e for e in ok if e.metrics.feasible]
         best = max(feasible or ok, key=lambda e: e.metrics.reward, default=None)

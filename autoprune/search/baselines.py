@@ -77,6 +77,7 @@ class RandomSearcher(Searcher):
 
     name = "random"
     defaults = {"drop_prob": 0.3, "repair": True}
+    seeded = False  # a baseline
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
@@ -140,8 +141,8 @@ def predicted_knob(evaluator: PolicyEvaluator, family: Callable[[float, tuple[st
 def predicted_baseline(evaluator: PolicyEvaluator, family: Callable[[float, tuple[str, ...]], Policy], top: float) -> Policy | None:
     """The member of a one-knob family predicted to just meet the budget, with the fewest drops needed; no evaluation.
 
-    None when the target is unreachable. Seeds searches with the classical baselines (see
-    :class:`autoprune.search.optuna_search.OptunaSearcher`'s ``seed_baselines``).
+    None when the target is unreachable. Seeds searches with the classical baselines
+    (:func:`autoprune.search.pool.baseline_pool`).
     """
     drop = evaluator.drops_to_reach()
     if drop is None:
@@ -249,6 +250,7 @@ class UniformSearcher(Searcher):
     name = "uniform"
     defaults = {"tolerance": 0.01, "max_evals": 8}
     compared_with_uniform = False  # it is the uniform baseline
+    seeded = False
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
@@ -286,6 +288,7 @@ class SensitivitySearcher(Searcher):
 
     name = "sensitivity"
     defaults = {"levels": [0.2, 0.4, 0.6, 0.8], "neighbours": 2}
+    seeded = False  # a baseline
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
@@ -406,6 +409,7 @@ class LayerDropSearcher(Searcher):
     name = "layer_drop"
     defaults: dict[str, Any] = {}
     needs_blocks = True
+    seeded = False  # a baseline
 
     def _run(self, evaluator: PolicyEvaluator, n_episodes: int, seed: int) -> dict[str, Any]:
         blocks = list(evaluator.block_names)  # not empty: needs_blocks

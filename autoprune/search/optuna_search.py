@@ -73,11 +73,6 @@ class OptunaSearcher(Searcher):
         constant_liar: TPE avoids proposing what parallel workers are running.
         enqueue: Policies as ``{"ratios": {...}, "drop": [...]}`` evaluated first (warm start);
             ones already in a resumed study are skipped.
-        seed_baselines: (off by default; the demo turns it on) A new study first evaluates the classical baselines at the target, as
-            predicted by the latency table (no extra measurement): ``uniform`` and, with a magnitude
-            ``pruning.importance``, Torch-Pruning ``global`` (:func:`autoprune.search.baselines.predicted_baseline`).
-            The sampler then improves on the best of them rather than on random startup trials, so
-            the search never ends below the baselines on the proxy (at two episodes of the budget).
         heartbeat_interval: Seconds between heartbeats of a running trial (RDB storage only;
             ``None`` turns them off). A trial without a heartbeat for ``grace_period`` seconds
             (default: twice the interval) belongs to a dead worker: it is marked FAIL and its
@@ -85,6 +80,12 @@ class OptunaSearcher(Searcher):
         max_local_trials: This process runs at most this many trials (``autoprune worker --n-trials``);
             the study's total is still ``n_episodes``.
         poll_interval: Seconds between looks at the storage while the last trials run elsewhere.
+
+    The ``seeds`` of :meth:`~autoprune.search.base.Searcher.search` (the baselines,
+    ``search.seed_baselines``) are enqueued once per study, under the study's lock, after the
+    warm start and only into a new study; whichever worker is free runs them, and they count
+    against the budget. The study records that it was seeded (``autoprune.seeded``), so a second
+    process opening the same new study at the same moment does not enqueue them again.
 
     The budget counts finished trials in the study, whichever process ran them: a resumed
     or joined search runs only what is missing, and the trials it did not run itself are
@@ -104,7 +105,6 @@ class OptunaSearcher(Searcher):
         "multivariate": True,
         "constant_liar": False,
         "enqueue": [],
-        "seed_baselines": False,
         "heartbeat_interval": 5,
         "grace_period": None,
         "retry_stale": 2,
@@ -113,6 +113,7 @@ class OptunaSearcher(Searcher):
     }
     supports_workers = True
     supports_warm_start = True
+    enqueues_seeds = True
 
     @classmethod
     def experiment_params(cls, context: ExperimentContext) -> dict[str, Any]:
@@ -172,8 +173,6 @@ class OptunaSearcher(Searcher):
             raise ConfigError(f"search.params.poll_interval: {p['poll_interval']!r} must be a number > 0 (seconds)")
         if not isinstance(p["enqueue"], (list, tuple)) or not all(isinstance(d, dict) for d in p["enqueue"]):
             raise ConfigError('search.params.enqueue: must be a list of policies like {"ratios": {"unit": 0.3}, "drop": []}')
-        if not isinstance(p["seed_baselines"], bool):
-            raise ConfigError(f"search.params.seed_baselines: {p['seed_baselines']!r} is not allowed; allowed: true or false")
         url = p["storage"]
         if url is not None and (not isinstance(url, str) or "://" not in url):
             raise ConfigError(f"search.params.storage: {url!r} is not an RDB URL; use e.g. 'sqlite:///study.db' or None")
@@ -288,16 +287,20 @@ class OptunaSearcher(Searcher):
         new_study = not study.get_trials(deepcopy=False)  # before the warm start queues trials of its own
         for params in queued:
             study.enqueue_trial(params, skip_if_exists=True)
-        if self.params["seed_baselines"] and new_study:
-            for name, p in baseline_seeds(evaluator).items():
-                params = self._enqueue_params(evaluator, {"ratios": p.ratios, "drop": list(p.drop)})
-                study.enqueue_trial(params, user_attrs={SEED_ATTR: name}, skip_if_exists=True)
+        lock = StudyLock(self.params["storage"], study.study_name)
+        if self._seeds and new_study:
+            with lock:  # once per study: another process may be opening the same new study
+                if not study.user_attrs.get(SEEDED_ATTR):
+                    room = max(0, n_episodes - len(queued))  # seeds beyond the budget are evaluated by search()
+                    for name, p in list(self._seeds.items())[:room]:
+                        params = self._enqueue_params(evaluator, {"ratios": p.ratios, "drop": list(p.drop)})
+                        study.enqueue_trial(params, user_attrs={SEED_ATTR: name}, skip_if_exists=True)
+                    study.set_user_attr(SEEDED_ATTR, list(self._seeds)[:room])
         if self.on_ready is not None:
             self.on_ready(study)
         previous = _done_trials(study)
         if previous:
             log.info("study %r already holds %d finished trials of %d", study.study_name, len(previous), n_episodes)
-        lock = StudyLock(self.params["storage"], study.study_name)
         numbers: list[int] = []
         max_local = self.params["max_local_trials"]
 
@@ -355,19 +358,10 @@ class OptunaSearcher(Searcher):
         return extras
 
 
-#: User attribute of a trial enqueued as a baseline seed (its value: ``uniform`` or ``global``).
+#: User attribute of a trial enqueued as a baseline seed (its value: the seed's name, e.g. ``uniform``).
 SEED_ATTR = "autoprune.baseline_seed"
-
-
-def baseline_seeds(evaluator: PolicyEvaluator) -> dict[str, Policy]:
-    """``uniform`` and (with a magnitude criterion) ``global`` policies predicted to just meet the budget; none if unreachable."""
-    from autoprune.search.baselines import predicted_baseline, uniform_family
-    from autoprune.search.global_pruning import MAGNITUDE_CRITERIA, global_family
-
-    seeds = {"uniform": predicted_baseline(evaluator, uniform_family(evaluator), evaluator.max_ratio)}
-    if evaluator.importance in MAGNITUDE_CRITERIA:
-        seeds["global"] = predicted_baseline(evaluator, global_family(evaluator), 1.0)
-    return {name: p for name, p in seeds.items() if p is not None}
+#: Study attribute: the names of the seeds enqueued into the study (set once, by the first process).
+SEEDED_ATTR = "autoprune.seeded"
 
 
 def _counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
