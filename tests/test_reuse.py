@@ -189,12 +189,16 @@ def test_apply_uses_the_data_and_rounding_the_policy_records(workspace, capsys, 
     run = run_search(parse_config(config(tmp, "resnet20", "r20-round4", pruning={"round_to": 4}, budget={"target": 0.4})), progress=False)
     doc = json.loads(run.policy_path.read_text())
     assert doc["pruning"]["round_to"] == 4 and doc["data"] == "digits"
+    # ratios whose widths rounding changes (16 x 0.7 = 11.2 -> 12), whatever policy the search returned
+    doc.update(ratios={name: 0.3 for name in doc["ratios"]}, drop=[])
+    policy_path = tmp_path / "policy.json"
+    policy_path.write_text(json.dumps(doc))
     out = tmp_path / "applied.pt"
-    code, _, err = cli(capsys, "apply", "--policy", str(run.policy_path), "--model", "resnet20", "--checkpoint", str(tmp / "resnet20.pt"),
+    code, _, err = cli(capsys, "apply", "--policy", str(policy_path), "--model", "resnet20", "--checkpoint", str(tmp / "resnet20.pt"),
                        "--out", str(out), "--no-track")
     assert code in (0, None), err
     net, _ = load_pruned(out)
-    policy, _ = load_policy(str(run.policy_path))
+    policy, _ = load_policy(str(policy_path))
     baseline = load_baseline(parse_config(config(tmp, "resnet20", "r20")), progress=False)
     shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
     rounded = apply_policy(baseline.model, policy, example_input=baseline.data.example_input(1), round_to=4)
