@@ -71,6 +71,13 @@ def activation_scores(model: nn.Module, batches: Iterable[torch.Tensor]) -> Deco
     for i, layer in enumerate(layers):
         handles.append(layer.self_attn.o_proj.register_forward_pre_hook(hook(i, 0, int(layer.self_attn.head_dim))))
         handles.append(layer.mlp.down_proj.register_forward_pre_hook(hook(i, 1, None)))
+    _calibration_pass(model, batches, handles)
+    n = max(count[0], 1)
+    return DecoderScores([LayerScores(q / n, m / n) for q, m in sums])
+
+
+def _calibration_pass(model: nn.Module, batches: Iterable[torch.Tensor], handles: list) -> None:
+    """Run ``model`` in eval mode, without a KV cache, over token-id batches; then remove the hooks ``handles`` and restore its mode."""
     was = model.training
     model.eval()
     try:
@@ -81,8 +88,6 @@ def activation_scores(model: nn.Module, batches: Iterable[torch.Tensor]) -> Deco
         for h in handles:
             h.remove()
         model.train(was)
-    n = max(count[0], 1)
-    return DecoderScores([LayerScores(q / n, m / n) for q, m in sums])
 
 
 def block_influence(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[float]:
@@ -104,16 +109,7 @@ def block_influence(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[f
         return post
 
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    was = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for ids in batches:
-                model(input_ids=ids, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+    _calibration_pass(model, batches, handles)
     return [t / max(c, 1) for t, c in zip(total, count)]
 
 
