@@ -90,7 +90,8 @@ def run_cell(model: str, data: str, seed: int, args: argparse.Namespace) -> dict
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="ap-quality-"))
     over = [f"model.name={model}", f"data.name={data}", f"seed={seed}", f"search.episodes={args.episodes}", f"budget.target={args.target}",
-            f"latency.threads={args.threads}", "finetune.distill=true", f"finetune.epochs={args.epochs}", f"search.finalist_steps={args.steps[0]}",
+            f"latency.threads={args.threads}", "finetune.distill=true", f"finetune.epochs={max(1, round(args.epochs))}",  # the config takes whole epochs; recovery below uses --epochs
+            f"search.finalist_steps={args.steps[0]}",
             *args.set]
     cfg = load_config(DEMO, over + [f"output_dir={tmp / 'base'}"])
     baseline = load_baseline(cfg, progress=False)
