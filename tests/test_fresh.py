@@ -68,7 +68,7 @@ def test_modules_and_onnx_files_on_onnxruntime_with_int8_on_the_same_runtime(den
     int8 = quantize_onnx(onnx_file, tmp_path / "pruned.int8.onnx", calibration=[example_input.numpy()])
     options = {"thread_pool": "per-session", "spinning": False}
     result = remeasure_in_fresh_process(dense, [pruned, onnx_file], example_input, backend="onnxruntime", backend_options=options,
-                                        int8_files=[int8], zoo=ZOO, **QUICK)
+                                        int8_files=[int8], zoo=ZOO, protocol="serving", **QUICK)
     assert result.pid != os.getpid()
     assert_consistent(result, n=2, rounds=QUICK["rounds"])
     assert result.settings["backend"] == "onnxruntime" and result.settings["spinning"] is False
@@ -76,6 +76,21 @@ def test_modules_and_onnx_files_on_onnxruntime_with_int8_on_the_same_runtime(den
     assert result.int8.settings["backend"] == "onnxruntime" and result.int8.settings["spinning"] is False  # the serving backend's options
     r = result.int8.ratios[0]
     assert r.ci_low <= r.ratio <= r.ci_high and r.ms == pytest.approx(r.ratio * result.int8.reference_ms)
+
+
+def test_the_ratio_protocol_times_onnx_runtime_on_its_shared_pool_and_serving_keeps_the_options(dense, pruned, example_input) -> None:
+    pytest.importorskip("onnxruntime")
+    options = {"thread_pool": "per-session", "spinning": False}
+    ratio = remeasure_in_fresh_process(dense, [pruned], example_input, backend="onnxruntime", backend_options=options, zoo=ZOO, **QUICK)
+    served = remeasure_in_fresh_process(dense, [pruned], example_input, backend="onnxruntime", backend_options=options, zoo=ZOO,
+                                        protocol="serving", **QUICK)
+    assert ratio.settings["thread_pool"] == "shared" and ratio.settings["spinning"] is True  # ONNX Runtime's shared pool always spins
+    assert served.settings["thread_pool"] == "per-session" and served.settings["spinning"] is False
+
+
+def test_an_unknown_protocol_is_refused_before_any_child_starts(dense, example_input) -> None:
+    with pytest.raises(ConfigError, match="protocol: unknown timing protocol 'fast'; allowed: ratio, serving"):
+        remeasure_in_fresh_process(dense, [], example_input, zoo=ZOO, protocol="fast")
 
 
 def test_int8_files_of_an_eager_search_are_timed_on_onnx_runtime(dense, pruned, example_input, tmp_path) -> None:

@@ -404,7 +404,7 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
             f"pruned_test_{score_name}": pruned_r.test_accuracy,
             **({} if encoder else {"accuracy_drop_points": 100 * (dense_r.test_accuracy - pruned_r.test_accuracy)}),
             **fidelity_report,
-            **serving_report(cfg, dense_r, pruned_r, int8, ev.latency_model.backend_settings),
+            **serving_report(cfg, dense_r, pruned_r, int8, pruned_r.backend_settings or ev.latency_model.backend_settings),
             "mac_reduction": dense_r.macs / max(1, pruned_r.macs),
             "dense_macs": dense_r.macs,
             "pruned_macs": pruned_r.macs,

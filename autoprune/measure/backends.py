@@ -116,6 +116,20 @@ class LatencyBackend(abc.ABC):
         return None
 
     @classmethod
+    def ratio_options(cls, options: Mapping[str, object], *, timing_only: bool = False) -> dict[str, object]:
+        """The options every paired ratio on it is measured with, given the serving ``options`` (default: the same).
+
+        A backend whose serving settings make two models timed side by side disturb each other
+        (ONNX Runtime's per-session spinning pools) returns settings that do not. ``timing_only``:
+        the process does nothing but time (a fresh child), so settings that would constrain the
+        rest of a process (ONNX Runtime's process-wide pool) are allowed. Chosen by data,
+        with :attr:`paired_schedule`: ``experiments/bench/protocols.py`` ("Timing protocols" in
+        ``experiments/results/runtimes.md``). The serving ``options`` still give the deployed
+        artifact's absolute milliseconds (:func:`autoprune.measure.fresh.compare_in_fresh_process`).
+        """
+        return dict(options)
+
+    @classmethod
     def channel_multiple(cls) -> int | None:
         """The channel multiple it runs fastest with (``pruning.round_to: auto``); None: no rounding (the default)."""
         return None

@@ -113,7 +113,7 @@ def compare_to_dense(
         ConfigError: an unknown backend or option, or its extra missing.
         ModelError: a model the backend cannot run (e.g. its ONNX export fails).
     """
-    timer = PairedTimer(dense, example_input, backend=settings.backend, threads=settings.threads, backend_options=settings.options())
+    timer = PairedTimer(dense, example_input, backend=settings.backend, threads=settings.threads, backend_options=settings.ratio_options())
     backend_settings, eager_backend = timer.settings(), timer.backend.eager
     serving = _time_all(timer, models, rounds)
     serving_ms = _dense_ms(serving)
@@ -149,14 +149,14 @@ def int8_timing_backend(settings: LatencySettings) -> tuple[str, dict[str, objec
     """``(backend, options)`` that time an int8 QDQ ONNX file for an experiment measured with ``settings``.
 
     The serving backend itself when it can (``LatencyBackend.runs_int8``: ONNX Runtime, OpenVINO),
-    with its options; otherwise ONNX Runtime, on the process's shared pool when one exists, else
+    with its ratio protocol's options (:meth:`LatencySettings.ratio_options`); otherwise ONNX Runtime, on the process's shared pool when one exists, else
     on per-session pools with spinning off (two spinning per-session pools fight for the cores).
 
     Raises:
         ConfigError: an unknown backend.
     """
     if backend_class(settings.backend).runs_int8:
-        return settings.backend, settings.options()
+        return settings.backend, settings.ratio_options()
     return INT8_FALLBACK, {} if shared_pool_threads() is not None else {"thread_pool": "per-session", "spinning": False}
 
 

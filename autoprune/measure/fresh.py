@@ -44,6 +44,10 @@ from autoprune.paths import write_json_atomic
 
 #: The runtime int8 ONNX files are timed on when the serving backend cannot open ONNX files itself.
 INT8_FALLBACK_BACKEND = INT8_FALLBACK
+#: Timing protocols of :func:`remeasure_in_fresh_process`: the backend's ratio protocol, or its serving settings as given.
+PROTOCOLS = ("ratio", "serving")
+#: Paired rounds of the serving-settings child that gives the absolute milliseconds (:func:`compare_in_fresh_process`).
+SERVING_ROUNDS = 10
 #: Model file suffixes the child reads: ONNX files (opened by the backend's ``prepare_file``) and pruned-model files.
 ONNX_SUFFIX, PRUNED_SUFFIX = ".onnx", ".pt"
 
@@ -193,6 +197,7 @@ def remeasure_in_fresh_process(
     int8_backend: str | None = None,
     zoo: ZooModel | None = None,
     timeout_s: float | None = None,
+    protocol: str = "ratio",
 ) -> FreshMeasurement:
     """Time each candidate paired against ``dense`` in a new Python process, on one backend.
 
@@ -220,6 +225,10 @@ def remeasure_in_fresh_process(
             :data:`INT8_FALLBACK_BACKEND`); ``backend_options`` apply when it is ``backend``.
         zoo: How the child rebuilds modules (needed when ``dense`` or a candidate is a module).
         timeout_s: Give up on the child after this many seconds (None: wait).
+        protocol: ``ratio`` (default): the backend's ratio protocol,
+            :meth:`~autoprune.measure.backends.LatencyBackend.ratio_options` over ``backend_options``
+            (e.g. ONNX Runtime's shared pool), as every ratio of a search is measured; ``serving``:
+            exactly ``backend_options`` (the deployed runtime's own settings).
 
     Returns:
         The ratios with their confidence intervals, the dense milliseconds and the backend settings.
@@ -239,6 +248,11 @@ def remeasure_in_fresh_process(
     for field, value, minimum in (("threads", threads, 1), ("rounds", rounds, 1), ("warmup_rounds", warmup_rounds, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ConfigError(f"{field}: expected an integer >= {minimum}, got {value!r}")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol: unknown timing protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
+    options, schedule = dict(backend_options or {}), dict(schedule or {})
+    if protocol == "ratio":
+        options = factory.ratio_options(options, timing_only=True)
     args = _example_tensors(example_input)
     with tempfile.TemporaryDirectory(prefix="autoprune-fresh-") as tmp:
         folder = Path(tmp)
@@ -248,14 +262,14 @@ def remeasure_in_fresh_process(
             raise ConfigError(f"backend: {backend!r} cannot time ONNX files; use a backend with prepare_file (onnxruntime, openvino) or give modules")
         spec: dict[str, Any] = {
             "input": str(folder / "input.pt"), "threads": threads, "rounds": rounds, "warmup_rounds": warmup_rounds,
-            "schedule": dict(schedule or {}), "out": str(folder / "result.json"),
-            "fp32": {"backend": backend, "options": dict(backend_options or {}), "reference": models[0], "models": models[1:]},
+            "schedule": schedule, "out": str(folder / "result.json"),
+            "fp32": {"backend": backend, "options": options, "reference": models[0], "models": models[1:]},
             "int8": None,
         }
         torch.save(args, spec["input"])
         if int8_files:
             reference = models[0] if models[0]["kind"] == "onnx" else _export_dense(dense, folder, args, zoo)
-            spec["int8"] = {"backend": int8_name, "options": dict(backend_options or {}) if int8_name == backend else {}, "reference": reference,
+            spec["int8"] = {"backend": int8_name, "options": options if int8_name == backend else {}, "reference": reference,
                             "models": [_write_model(p, folder, f"int8-{i}", None, f"int8_files[{i}]") for i, p in enumerate(int8_files)]}
         write_json_atomic(folder / "spec.json", spec)
         return _run_child(folder / "spec.json", Path(spec["out"]), threads, timeout_s)
@@ -264,7 +278,8 @@ def remeasure_in_fresh_process(
 def _stats(r: FreshRatio, reference_ms: float) -> RatioStats:
     """A child's figure as :class:`RatioStats` (the child does not report the CV or the time spent: NaN)."""
     nan = float("nan")
-    return RatioStats(r.ratio, r.ci_low, r.ci_high, cv=nan, rounds=r.rounds, ref_median_ms=reference_ms, cand_median_ms=r.ms, elapsed_s=nan)
+    return RatioStats(r.ratio, r.ci_low, r.ci_high, cv=nan, rounds=r.rounds, ref_median_ms=reference_ms, cand_median_ms=r.ratio * reference_ms,
+                      elapsed_s=nan)
 
 
 def compare_in_fresh_process(
@@ -274,9 +289,13 @@ def compare_in_fresh_process(
     """:func:`~autoprune.measure.compare.compare_to_dense` in fresh processes: the serving backend in one, eager PyTorch in another.
 
     No session of the caller (e.g. a search's) and none of the serving runtime is alive while
-    eager PyTorch is timed, and the serving figures come from the same protocol as a search's
-    finalists (:mod:`autoprune.search.finalists`): :func:`remeasure_in_fresh_process` with
-    ``settings.warmup`` warm-up rounds and ``rounds`` rounds.
+    eager PyTorch is timed, and the serving ratios come from the same protocol as a search's
+    finalists (:mod:`autoprune.search.finalists`): :func:`remeasure_in_fresh_process` with the
+    backend's ratio protocol, ``settings.warmup`` warm-up rounds and ``rounds`` rounds. When that
+    protocol is not how the backend serves (ONNX Runtime: shared pool for ratios, per-session
+    spinning pools as served), one more child times the models with the serving settings
+    (:data:`SERVING_ROUNDS` rounds) for the dense model's absolute milliseconds, and those
+    settings are the ones recorded (the ratio protocol's under ``ratio_protocol``).
 
     Args:
         models: The candidates; dense: the reference; both rebuilt in the child by ``zoo``.
@@ -292,16 +311,21 @@ def compare_in_fresh_process(
     Raises:
         As :func:`remeasure_in_fresh_process`.
     """
-    def timed(backend: str, options: Mapping[str, Any]) -> FreshMeasurement:
-        return remeasure_in_fresh_process(dense, list(models), example_input, backend=backend, threads=settings.threads,
-                                          backend_options=options, rounds=rounds, warmup_rounds=settings.warmup, zoo=zoo, timeout_s=timeout_s)
+    def timed(backend: str, options: Mapping[str, Any], protocol: str = "ratio", n: int = rounds) -> FreshMeasurement:
+        return remeasure_in_fresh_process(dense, list(models), example_input, backend=backend, threads=settings.threads, backend_options=options,
+                                          rounds=n, warmup_rounds=settings.warmup, zoo=zoo, timeout_s=timeout_s, protocol=protocol)
 
-    serving = timed(settings.backend, settings.options())
-    s_stats = [_stats(r, serving.dense_ms) for r in serving.ratios]
-    if backend_class(settings.backend).eager:
-        return [RuntimeComparison(s, serving.dense_ms, s, serving.dense_ms, serving.settings) for s in s_stats]
+    factory, options = backend_class(settings.backend), settings.options()
+    ratio = timed(settings.backend, options)
+    dense_ms, recorded = ratio.dense_ms, ratio.settings
+    if factory.ratio_options(options, timing_only=True) != dict(options):  # the ratio protocol is not how it serves: absolute ms as served
+        served = timed(settings.backend, options, "serving", SERVING_ROUNDS)
+        dense_ms, recorded = served.dense_ms, {**served.settings, "ratio_protocol": ratio.settings}
+    s_stats = [_stats(r, dense_ms) for r in ratio.ratios]
+    if factory.eager:
+        return [RuntimeComparison(s, dense_ms, s, dense_ms, recorded) for s in s_stats]
     eager = timed("torch", {})
-    return [RuntimeComparison(s, serving.dense_ms, _stats(e, eager.dense_ms), eager.dense_ms, serving.settings)
+    return [RuntimeComparison(s, dense_ms, _stats(e, eager.dense_ms), eager.dense_ms, recorded)
             for s, e in zip(s_stats, eager.ratios)]
 
 

@@ -240,7 +240,7 @@ class LatencyModel:
             ModelError: the backend cannot run the model, or no pruned calibration variant can be built.
         """
         settings.schedule()  # a bad count or rel_ci fails before anything is timed
-        timer = PairedTimer(model, example_input, backend=settings.backend, threads=settings.threads, backend_options=settings.options())
+        timer = PairedTimer(model, example_input, backend=settings.backend, threads=settings.threads, backend_options=settings.ratio_options())
         dense_ms = timer.reference_ms(repeats=30)
         info: dict[str, Any] = {"kind": "given"}
         failures: list[str] = []

@@ -49,8 +49,18 @@ class LatencySettings:
         return PairedSchedule(warmup=self.warmup, rounds=self.rounds, min_rounds=self.min_rounds, rel_ci=self.rel_ci)
 
     def options(self) -> dict[str, object]:
-        """``backend_options`` as keywords for :func:`~autoprune.measure.backends.get_backend` (empty when None)."""
+        """``backend_options`` as keywords for :func:`~autoprune.measure.backends.get_backend` (empty when None): how the artifact is served."""
         return dict(self.backend_options or {})
+
+    def ratio_options(self) -> dict[str, object]:
+        """The backend options every paired ratio is measured with: the backend's ratio protocol over :meth:`options`.
+
+        (:meth:`LatencyBackend.ratio_options <autoprune.measure.backends.LatencyBackend.ratio_options>`:
+        on ONNX Runtime the shared thread pool, on which two sessions timed in turn do not fight;
+        ``experiments/results/runtimes.md``, "Timing protocols".) The serving :meth:`options` give the
+        deployed artifact's absolute milliseconds in a fresh process.
+        """
+        return backend_class(self.backend).ratio_options(self.options())
 
     def serving_check(self) -> ExportCheck | None:
         """The safety net's export check for this backend (:func:`autoprune.graph.safety.verified_graph`).
@@ -70,7 +80,7 @@ class LatencySettings:
         """
         if backend_class(self.backend).eager:
             return None
-        backend = get_backend(self.backend, threads=self.threads, **self.options())
+        backend = get_backend(self.backend, threads=self.threads, **self.ratio_options())  # this process times with it later
 
         def check(model: nn.Module, example_input: ExampleInput) -> None:
             backend.prepare(model, example_input)()

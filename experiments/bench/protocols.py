@@ -40,11 +40,15 @@ from .runtimes import models
 #: (label, backend, options): per-session rows first; once ONNX Runtime's shared pool exists in a
 #: process every later session uses it, so the shared row comes last.
 PROTOCOLS = [
-    ("PyTorch eager", "torch", {}),
-    ("ONNX Runtime, spinning, per-session pools", "onnxruntime", {"thread_pool": "per-session", "spinning": True}),
-    ("ONNX Runtime, no spinning, per-session pools", "onnxruntime", {"thread_pool": "per-session", "spinning": False}),
-    ("OpenVINO, CPU, LATENCY hint", "openvino", {}),
-    ("ONNX Runtime, spinning, shared pool", "onnxruntime", {"thread_pool": "shared"}),
+    ("PyTorch eager", "torch", {}, "calls"),
+    ("ONNX Runtime, spinning, per-session pools", "onnxruntime", {"thread_pool": "per-session", "spinning": True}, "calls"),
+    ("ONNX Runtime, spinning, per-session pools", "onnxruntime", {"thread_pool": "per-session", "spinning": True}, "blocks"),
+    ("ONNX Runtime, no spinning, per-session pools", "onnxruntime", {"thread_pool": "per-session", "spinning": False}, "calls"),
+    ("ONNX Runtime, no spinning, per-session pools", "onnxruntime", {"thread_pool": "per-session", "spinning": False}, "blocks"),
+    ("OpenVINO, CPU, LATENCY hint", "openvino", {}, "calls"),
+    ("OpenVINO, CPU, LATENCY hint", "openvino", {}, "blocks"),
+    ("ONNX Runtime, spinning, shared pool", "onnxruntime", {"thread_pool": "shared"}, "calls"),
+    ("ONNX Runtime, spinning, shared pool", "onnxruntime", {"thread_pool": "shared"}, "blocks"),
 ]
 ZOO = ZooModel("resnet20", in_channels=1, num_classes=10, input_size=28)
 BEGIN, END = "<!-- timing protocols: experiments/bench/protocols.py -->\n", "<!-- /timing protocols -->\n"
@@ -54,11 +58,11 @@ def _cv(values: list[float]) -> float:
     return statistics.stdev(values) / statistics.mean(values) if len(values) > 1 else float("nan")
 
 
-def measure(name: str, options: dict, calls: int, *, repeats: int, fresh: int, rounds: int, threads: int) -> tuple:
+def measure(name: str, options: dict, calls: int, interleave: str, *, repeats: int, fresh: int, rounds: int, threads: int) -> tuple:
     """One protocol's row: in-process CV, per-round CV, in-process and fresh medians, their gap, fresh half-width."""
     dense, pruned, _ = models()
     x = torch.randn(1, 1, 28, 28)
-    schedule = {"calls_per_round": calls, "interleave": "calls"}
+    schedule = {"calls_per_round": calls, "interleave": interleave}
     timer = PairedTimer(dense, x, backend=name, threads=threads, backend_options=options)
     cand = timer.prepare(pruned)
     timer.ratio(cand, PairedSchedule(rounds=5, **schedule))  # warm-up
@@ -77,23 +81,28 @@ def measure(name: str, options: dict, calls: int, *, repeats: int, fresh: int, r
 
 def section(args: argparse.Namespace) -> str:
     rows = []
-    for label, name, options in PROTOCOLS:
+    for label, name, options, interleave in PROTOCOLS:
         if name not in args.backends:
             continue
         for calls in args.calls:
             try:
-                found = measure(name, options, calls, repeats=args.repeats, fresh=args.fresh, rounds=args.rounds, threads=args.threads)
+                found = measure(name, options, calls, interleave, repeats=args.repeats, fresh=args.fresh, rounds=args.rounds, threads=args.threads)
             except Exception as e:  # noqa: BLE001 - a missing extra or a refused option is a row, not the end of the run
-                rows.append((label, calls, *(["-"] * 6), f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"))
+                rows.append((label, interleave, calls, *(["-"] * 6), f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"))
                 continue
-            rows.append((label, calls, *found, ""))
-    cols = ["protocol", "calls/round", "CV of repeated in-process ratios", "median per-round CV", "in-process ratio",
+            rows.append((label, interleave, calls, *found, ""))
+    best: dict[str, tuple] = {}  # per backend: the row with the lowest fresh half-width among those whose |gap| <= 3%
+    for row, (_, name, _, _) in zip(rows, [p for p in PROTOCOLS if p[1] in args.backends for _ in args.calls]):
+        if row[3] != "-" and abs(row[7]) <= 0.03 and (name not in best or row[8] < best[name][8]):
+            best[name] = row
+    rows = [(*r[:-1], ("**chosen** " if r in best.values() else "") + r[-1]) for r in rows]
+    cols = ["protocol", "interleave", "calls/round", "CV of repeated in-process ratios", "median per-round CV", "in-process ratio",
             "fresh-process ratio", "in-process / fresh - 1", "fresh 95% half-width", "note"]
     return (BEGIN + header("Timing protocols: paired-ratio noise and in-process vs fresh-process agreement", args.threads)
             + f"- load average at start: {os.getloadavg()[0]:.2f}; {args.repeats} in-process repeats and {args.fresh} fresh processes "
               f"of {args.rounds} rounds per row, batch 1, {args.threads} threads\n"
-            + "- the default protocol for measuring ratios should be the row with the lowest fresh half-width whose "
-              "in-process / fresh gap is within +-3% (choose by hand from these rows, per backend)\n\n"
+            + "- **chosen** per backend: the row with the lowest fresh 95% half-width among those whose in-process / fresh gap "
+              "is within +-3%; the backend's `ratio_protocol` (autoprune/measure/backends.py) is set from it\n\n"
             + table(cols, rows) + END)
 
 

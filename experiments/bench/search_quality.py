@@ -118,14 +118,15 @@ def run_cell(model: str, data: str, seed: int, args: argparse.Namespace) -> dict
 
     for name, run in runs.items():
         add(name, run.result.best.policy)
-    for name, policy in baseline_pool(ev).items():
+    pooled = seed in args.tau_seeds
+    for name, policy in (baseline_pool(ev) if pooled else {}).items():
         add(f"{name} (predicted)", policy)
-    for name in SEARCHED:
+    for name in SEARCHED if pooled else ():
         history = sorted((e for e in runs[name].result.history if e.metrics.feasible and not e.metrics.failed),
                          key=lambda e: e.metrics.reward, reverse=True)
         for e in history[: args.per_search]:
             add(f"{name} candidate", e.policy)
-    missing = max(args.random, args.policies - len(candidates))
+    missing = max(args.random, args.policies - len(candidates)) if pooled else 0
     for policy in _random_policies(ev, missing, seed):
         add("random", policy)
 
@@ -153,7 +154,7 @@ def run_cell(model: str, data: str, seed: int, args: argparse.Namespace) -> dict
 
     test = [p["test"] for p in policies]
     levels = {"proxy": "proxy"} | {f"short fine-tune, {s} steps": f"short_{s}" for s in args.steps}
-    tau = {label: kendall_tau([p[k] for p in policies], test) for label, k in levels.items()}
+    tau = {label: kendall_tau([p[k] for p in policies], test) if pooled else None for label, k in levels.items()}
     cost = {label: statistics.mean(p[f"{k}_s"] for p in policies) for label, k in levels.items()}
 
     timed = [r for r in rows if "model_file" in r]  # a row whose policy failed to evaluate has no model
@@ -213,11 +214,12 @@ def section(cells: list[dict[str, Any]]) -> str:
                  f"- seeds {sorted(c['seed'] for c in group)}; target {first['target']} of dense {first['metric']} (latency on "
                  f"{first['backend']}, batch 1, "
                  f"{first['threads']} threads); {first['episodes']} episodes per search; recovery {first['recovery_epochs']} epoch(s) "
-                 f"with distillation; {statistics.mean(len(c['policies']) for c in group):.0f} policies per seed; dense test "
+                 f"with distillation; policies scored per seed {', '.join(str(c['seed']) + ': ' + str(len(c['policies'])) for c in group)} (tau over the pooled seeds); dense test "
                  f"{first['dense_test']:.4f}; final choice on: {first['selection_level']}\n\n")
         levels = list(first["tau"])
         text += table(["fidelity level", "Kendall tau vs test (mean ± sd)", "seconds per policy"],
-                      [(lv, _mean_sd([c["tau"][lv] for c in group]), _mean_sd([c["seconds_per_policy"][lv] for c in group], digits=1))
+                      [(lv, _mean_sd([c["tau"][lv] for c in group if c["tau"][lv] is not None]),
+                        _mean_sd([c["seconds_per_policy"][lv] for c in group], digits=1))
                        for lv in levels]) + "\n"
         body, acc = [], {}
         for name in ROWS:
@@ -240,7 +242,7 @@ def section(cells: list[dict[str, Any]]) -> str:
             d = 100 * (statistics.mean(acc[name]) - best_base) if acc[name] else float("nan")
             goals.append(Goal(f"{label} {name}: mean test accuracy >= best baseline + 1.0 point", f"{d:+.2f} pts", d >= 1.0))
         sel = first["selection_level"]
-        t = statistics.mean(c["tau"][sel] for c in group)
+        t = statistics.mean(c["tau"][sel] for c in group if c["tau"][sel] is not None)
         goals.append(Goal(f"{label}: Kendall tau of the level that makes the final choice ({sel}) >= 0.6", f"{t:.2f}", t >= 0.6))
     text += "MiniLM (fidelity) is not covered: an encoder's recovery is embedding distillation, with no short fine-tune level yet.\n\n"
     return text + goals_report(goals)
@@ -256,6 +258,8 @@ def main() -> None:
     ap.add_argument("--steps", nargs="+", type=int, default=[60, 240], help="short fine-tune levels, optimiser steps; the first is the product's")
     ap.add_argument("--policies", type=int, default=20, help="at least this many policies per cell")
     ap.add_argument("--random", type=int, default=6, help="at least this many random policies")
+    ap.add_argument("--tau-seeds", nargs="*", type=int, default=[0, 1, 2],
+                    help="seeds whose cell scores the whole policy pool for tau (the others score only the five rows)")
     ap.add_argument("--per-search", type=int, default=3, help="next-best feasible candidates taken from each of PPO and Optuna")
     ap.add_argument("--target", type=float, default=0.5)
     ap.add_argument("--rounds", type=int, default=40, help="paired rounds of the fresh-process re-measure")

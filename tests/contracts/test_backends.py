@@ -9,6 +9,7 @@
   a backend without an artifact refuses ``prepare_file`` with a one-line ConfigError;
   ``channel_multiple()`` is None or a positive int; ``paired_schedule`` is a PairedSchedule;
   a ``thread`` clock is accepted exactly when ``runs_on_calling_thread``;
+  ``ratio_options`` of its serving options builds the same backend;
 * a paired ratio of a model against itself is positive and inside its own confidence interval.
 
 A backend whose optional runtime is not installed is skipped, naming the extra to install.
@@ -134,3 +135,14 @@ def test_a_model_paired_with_itself_gives_a_positive_ratio_inside_its_interval(b
     assert stats.rounds == 3
     assert 0 < stats.ci_low <= stats.ratio <= stats.ci_high
     assert stats.ref_median_ms > 0 and stats.cand_median_ms > 0
+
+
+def test_the_ratio_protocol_builds_the_same_backend(backend):
+    cls = type(backend)
+    options = cls.ratio_options({})
+    assert isinstance(options, dict) and json.loads(json.dumps(options)) == options
+    if "thread_pool" in options and options["thread_pool"] == "shared":
+        return  # ONNX Runtime's shared pool is permanent for a process: built in a fresh child (tests/test_fresh.py)
+    again = get_backend(backend_class(cls.name).name if cls.name in BACKENDS.names() else f"{cls.__module__}:{cls.__qualname__}",
+                        threads=1, **options)
+    assert type(again) is cls
