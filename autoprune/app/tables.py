@@ -250,7 +250,9 @@ def final_rows(d: Any, p: Any, report: dict[str, Any] | None = None) -> list[Row
                     ci=tuple(p.latency_ci_ms), change_fmt=speed_words))
     if "budget_met" in r:  # judged on this final measurement, not on the search's
         rows.append(Row(f"budget ({r['budget_metric']} <= {r['budget_target']:.3f}, final measurement)", None,
-                        f"{r['budget_value']:.3f}: " + ("met" if r["budget_met"] else "NOT met")))
+                        f"{r['budget_value']:.3f}" + (f" (upper end of its 95% CI {r['final_latency_high']:.3f})"
+                                                       if r["budget_metric"] == "latency" and r.get("final_latency_high") is not None else "")
+                        + ": " + ("met" if r["budget_met"] else "NOT met")))
     if not backend_class(p.backend).eager:
         rows.append(Row("latency ms on torch eager", d.eager_latency_ms, p.eager_latency_ms, d.eager_latency_ms / p.eager_latency_ms,
                         change_fmt=speed_words))
