@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from autoprune.app.decoder_run import DecoderRunResult
 from autoprune.app.estimate import EstimateRow, estimate
 from autoprune.app.experiment import (
     Baseline,
@@ -275,7 +276,7 @@ def worker_command(storage: str, study: str, *, n_trials: int | None = None, thr
     return run_worker(storage, study, n_trials=n_trials, progress=progress)
 
 
-def run_command(config: str | Path, overrides: Sequence[str] = (), *, restart: bool = False, progress: bool = True) -> RunResult:
+def run_command(config: str | Path, overrides: Sequence[str] = (), *, restart: bool = False, progress: bool = True) -> RunResult | DecoderRunResult:
     """``autoprune run``: the whole job on a config file (see :func:`autoprune.app.pipeline.run_experiment`), checked first (:func:`~autoprune.app.preflight.preflight`).
 
     Raises:

@@ -335,6 +335,8 @@ class FinetuneConfig(Section):
         distill: Add a knowledge-distillation loss with the dense model as teacher.
         temperature: Distillation softmax temperature.
         alpha: Weight of the distillation loss (1 - alpha on the label loss), in [0, 1].
+        steps: Optimiser steps in all, instead of ``epochs`` (null: ``epochs`` decide); e.g. a
+            decoder LLM's short distillation budget.
     """
 
     epochs: int = Field(FinetuneSettings.epochs, ge=0)
@@ -345,6 +347,7 @@ class FinetuneConfig(Section):
     distill: bool = FinetuneSettings.distill
     temperature: float = Field(FinetuneSettings.temperature, gt=0.0)
     alpha: float = Field(FinetuneSettings.alpha, ge=0.0, le=1.0)
+    steps: int | None = Field(FinetuneSettings.steps, ge=1)
 
 
 class ExportConfig(Section):

@@ -209,4 +209,32 @@ class DecoderLatencyModel:
         gc.collect()
 
 
-__all__ = ["DecoderLatencyModel", "mac_weights"]
+def compare_decoder_modes(dense: nn.Module, pruned: nn.Module, prompt: torch.Tensor, *, new_tokens: int, threads: int,
+                          rounds: int = 10) -> dict[str, tuple[float, LatencyEstimate]]:
+    """Time a pruned decoder against the dense one in both modes, paired (one call of each per round, alternating order).
+
+    Args:
+        dense, pruned: The decoders (eval mode).
+        prompt: ``(1, L)`` int64 prompt of real text.
+        new_tokens: Tokens per ``decode`` call.
+        threads: Intra-op threads.
+        rounds: Paired rounds per mode.
+
+    Returns:
+        ``{mode: (dense ms per call, the pruned model's ratio to dense as a LatencyEstimate)}`` for ``prefill`` and ``decode``.
+
+    Raises:
+        ConfigError: the prompt with the new tokens exceeds the model's context.
+    """
+    out = {}
+    for name in ("prefill", "decode"):
+        mode = decoder_mode(name, new_tokens=new_tokens)
+        check_prompt(prompt, dense, mode)
+        timer = PairedTimer(mode.runner(dense, prompt), prompt, threads=threads)
+        stats = timer.ratio(mode.runner(pruned, prompt), PairedSchedule(warmup=1, rounds=rounds, calls_per_round=1))
+        out[name] = (timer.reference_ms(), LatencyEstimate.of_measurement(stats, source="final"))
+        timer.close()
+    return out
+
+
+__all__ = ["DecoderLatencyModel", "compare_decoder_modes", "mac_weights"]
