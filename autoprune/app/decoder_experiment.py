@@ -15,6 +15,7 @@ from torch import nn
 from autoprune.app.stages import stage
 from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import budget, latency_settings, proxy_settings, reward
+from autoprune.graph.policy import Policy, check_policy_fits
 from autoprune.objective.decoder_evaluator import DecoderEvaluator
 from autoprune.zoo.decoder import load_decoder
 from autoprune.zoo.lm_text import LMCorpus, lm_corpus
@@ -43,6 +44,21 @@ def load_decoder_parts(cfg: ExperimentConfig) -> tuple[nn.Module, LMCorpus, dict
     return decoder.model.eval(), corpus, meta, decoder.folder or Path(cfg.model.name)
 
 
+def checked_decoder_policy(policy: Policy, payload: dict[str, Any], evaluator: DecoderEvaluator) -> Policy:
+    """A policy given to a decoder's search (``--warm-start``), checked against the decoder and capped at ``pruning.max_ratio``.
+
+    A decoder's policy is not transferred from another architecture (its graph is not ``transferable``).
+
+    Raises:
+        PolicyError: one line: an unknown unit or layer, a policy that removes every KV group, every query head of a
+            group or every MLP channel of a layer, or every layer; a policy found on another model; or one that drops
+            layer 0 (which a search never drops).
+    """
+    evaluator.graph.validate_policy(policy.ratios, policy.drop)
+    check_policy_fits(policy, evaluator.graph, fingerprint=payload.get("fingerprint"), source="--warm-start")
+    return Policy({u: min(r, evaluator.max_ratio) for u, r in policy.ratios.items()}, policy.drop)
+
+
 def decoder_evaluator(cfg: ExperimentConfig, model: nn.Module, corpus: LMCorpus) -> DecoderEvaluator:
     """The search's objective on a decoder: the config's budget, reward, proxy, latency (``latency.mode``) and pruning sections.
 
@@ -56,4 +72,4 @@ def decoder_evaluator(cfg: ExperimentConfig, model: nn.Module, corpus: LMCorpus)
                             importance=p.importance, max_ratio=p.max_ratio, allow_drop=p.drop_blocks, seed=cfg.seed)
 
 
-__all__ = ["decoder_evaluator", "load_decoder_parts"]
+__all__ = ["checked_decoder_policy", "decoder_evaluator", "load_decoder_parts"]

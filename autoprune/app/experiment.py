@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.app.decoder_experiment import decoder_evaluator, load_decoder_parts
+from autoprune.app.decoder_experiment import checked_decoder_policy, decoder_evaluator, load_decoder_parts
 from autoprune.app.folder_lock import folder_lock
 from autoprune.app.stages import stage
 from autoprune.config.machine import check_batches_fit, fit_to_machine
@@ -196,9 +196,7 @@ def build_evaluator(cfg: ExperimentConfig, baseline: Baseline) -> PolicyEvaluato
 
 
 def output_dir(cfg: ExperimentConfig) -> Path:
-    """The experiment's output directory (created); ``{name}`` was already filled in by the schema.
-
-    Raises:
+    """The experiment's output directory (created); ``{name}`` was already filled in by the schema. Raises:
         ConfigError: it cannot be created or written.
     """
     d = Path(cfg.output_dir)
@@ -391,7 +389,7 @@ def _search_in(cfg: ExperimentConfig, out: Path, *, progress: bool, callback: Ca
 
 
 def warm_start_policies(source: tuple[Policy, dict], evaluator: PolicyEvaluator, candidates: int = 3) -> list[Policy]:
-    """The policies to enqueue first: the policy as it is when it fits the model, else its transfer.
+    """The policies to enqueue first: the policy as it is when it fits the model, else its transfer (a decoder's is only checked).
 
     A transferred policy is re-fitted to the budget with ``candidates`` drop sets (the mapped one
     first, then shallower and deeper cuts, see :func:`autoprune.transfer.mapping.drop_candidates`); the
@@ -402,6 +400,8 @@ def warm_start_policies(source: tuple[Policy, dict], evaluator: PolicyEvaluator,
     from autoprune.transfer.refit import transfer
 
     policy, payload = source
+    if not evaluator.graph.transferable:
+        return [checked_decoder_policy(policy, payload, evaluator)]
     try:
         check_policy_fits(policy, evaluator.graph, fingerprint=payload.get("fingerprint"))
         if set(policy.drop) <= set(evaluator.block_names):

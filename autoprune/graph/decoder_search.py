@@ -67,6 +67,9 @@ class DecoderSearchGraph:
         ModelError: the model does not have the Llama-family layout.
     """
 
+    #: A policy of another architecture is not mapped onto a decoder (``autoprune transfer`` works on Torch-Pruning graphs).
+    transferable = False
+
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.decoder = DecoderGraph(model)
