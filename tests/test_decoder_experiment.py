@@ -96,7 +96,7 @@ def test_search_through_the_cli_finds_a_feasible_policy_over_kv_groups_query_hea
     assert roles == {"kv_groups", "query_heads", "mlp"} and len(doc["ratios"]) == 9
     assert doc["backend"]["settings"]["mode"] == "decode" and doc["backend"]["settings"]["new_tokens"] == 4
     assert {b["name"] for b in doc["fingerprint"]["blocks"]} == {"model.layers.1", "model.layers.2"}  # layer 0 is never dropped
-    assert 0 < doc["metrics"]["accuracy"] <= 1 and "kl" in res.out
+    assert 0 < doc["metrics"]["accuracy"] <= 1 and "proxy exp(-KL) (val)" in res.out
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +217,10 @@ def test_a_decoder_of_an_unknown_architecture_is_refused_naming_its_class(tmp_pa
     cfg = decoder_config(tmp_path, folder)
     assert_user_error(cli(capsys, "search", write(tmp_path, cfg)), "Qwen3ForCausalLM", "LlamaForCausalLM")
     assert not (tmp_path / "out").exists()
+
+
+def test_estimate_on_a_decoder_config_shows_rows_per_unit_kind_in_its_latency_mode(tmp_path, decoder_dir, capsys):
+    res = cli(capsys, "estimate", write(tmp_path, decoder_config(tmp_path, decoder_dir, latency={"mode": "prefill"})), "--ratios", "0.5")
+    assert res.code == 0, res.err
+    for label in ("dense", "KV groups 50%", "MLP width 50%", "layers (lowest block", "prefill"):
+        assert label in res.out

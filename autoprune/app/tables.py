@@ -101,8 +101,12 @@ def train_table(r: TrainReport) -> Shown:
     return [table]
 
 
-def estimate_table(r: EstimateReport) -> Shown:
-    """One row per variant (dense, uniform channel ratios, unstructured masks): size, speed-up on the backend (and eager), proxy accuracy."""
+def estimate_table(r: EstimateReport | DecoderEstimateReport) -> Shown:
+    """One row per variant (dense, uniform channel ratios, unstructured masks): size, speed-up on the backend (and eager), proxy accuracy.
+
+    A decoder's config gives its rows per unit kind (:func:`decoder_estimate_table`)."""
+    if isinstance(r, DecoderEstimateReport):
+        return decoder_estimate_table(r)
     cfg = r.config
     backend = cfg.latency.backend
     on_torch = backend_class(backend).eager  # a per-layer sum: the eager lookup table's prediction is shown
@@ -185,11 +189,11 @@ def search_rows(run: SearchRun) -> list[Row]:
     ev, best = run.evaluator, run.result.best
     if best is None:
         return []
-    m, backend = best.metrics, ev.latency.backend
+    m, backend, scorer = best.metrics, ev.latency.backend, getattr(ev, "scorer", None)
     est = m.latency
     where = "fresh process" if est.source == "fresh" else "search"
     return [
-        Row(f"proxy {getattr(getattr(ev, 'scorer', None), 'metric', 'accuracy')} (val)", ev.dense_accuracy, m.accuracy, fmt="{:.4f}"),
+        Row(f"proxy {getattr(scorer, 'label', None) or getattr(scorer, 'metric', 'accuracy')} (val)", ev.dense_accuracy, m.accuracy, fmt="{:.4f}"),
         Row(f"latency ratio (paired, {backend}, {where}, {est.n} rounds)", 1.0, est.mean, ci=(est.low, est.high)),
         Row(f"latency ms ({backend})", dense_ms_of(run), best_latency_ms(run)),
         Row("MAC ratio", 1.0, m.macs_ratio),
@@ -239,7 +243,8 @@ def decoder_run_tables(res: DecoderRunResult) -> Shown:
         Row(f"decode tokens/s ({r['new_tokens']} new, paired)", r["dense_decode_tokens_per_s"], r["pruned_decode_tokens_per_s"],
             r["decode_speedup"], fmt="{:.1f}", change_fmt=speed_words),
         Row("params", r["dense_params"], r["pruned_params"], r["dense_params"] / max(1, r["pruned_params"]), fmt="{:,}", change_fmt="{:.2f}x fewer"),
-        Row(f"budget ({r['budget_metric']} in {r['latency_mode']} mode <= {r['budget_target']:.3f})", None,
+        Row(f"budget ({'latency in ' + r['latency_mode'] + ' mode' if r['budget_metric'] == 'latency' else 'MACs per token'} "
+            f"<= {r['budget_target']:.3f})", None,
             "met" if r["budget_met"] else "NOT met"),
     ]
     title = f"{cfg.name if cfg else 'run'}: dense vs pruned decoder (eager PyTorch, {cfg.latency.threads if cfg else 1} threads)"

@@ -128,6 +128,8 @@ class KLProxy:
     """
 
     metric = "kl"
+    #: How its score is named in tables: it is a fidelity, not the KL itself.
+    label = "exp(-KL)"
 
     def __init__(self, model: nn.Module, blocks: TokenBlocks, *, calibration: TokenBlocks | None = None) -> None:
         self.model, self.calibration = model, calibration if calibration is not None else blocks
