@@ -106,7 +106,7 @@ class ProxyConfig(Section):
         metric: ``accuracy`` (classifiers: top-1 after adaptive BN), ``fidelity`` (sentence
             encoders, label-free: the mean of the cosine similarity to the dense embeddings and
             the 10-nearest-neighbour agreement, :mod:`autoprune.objective.proxies`) or ``kl``
-            (decoder LLMs: ``exp(-KL)`` of the next-token distribution to the dense model's on
+            (decoder LLMs: ``1 / (1 + KL)`` of the next-token distribution to the dense model's on
             validation blocks, :class:`autoprune.objective.lm_fidelity.KLProxy`). Null: the one
             the model calls for.
         neighbours: ``fidelity``: neighbours compared per sentence.

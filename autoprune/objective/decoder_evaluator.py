@@ -11,7 +11,7 @@ What differs from a CNN's evaluator, and nothing else:
   ``pruning.importance``: a criterion that needs activations (``activation``, the default)
   ranks heads and channels by Minitron's activation importance on training text (Muralidharan
   et al. 2024), a magnitude criterion (``l1``, ``l2``) by weight norms;
-- **the proxy** is :class:`~autoprune.objective.lm_fidelity.KLProxy`: ``exp(-KL)`` of the
+- **the proxy** is :class:`~autoprune.objective.lm_fidelity.KLProxy`: ``1 / (1 + KL)`` of the
   next-token distribution to the dense model's on validation blocks, a fidelity in ``(0, 1]``
   (1 for the dense model) that takes the place of accuracy in the reward (the logit-matching
   view of Hinton et al. 2015: a pruned model is as good as it predicts what the dense one did);
