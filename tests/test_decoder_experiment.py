@@ -130,6 +130,17 @@ def test_every_searcher_runs_on_a_decoder_unchanged(evaluator, searcher):
     assert res.best.metrics.feasible and res.best.metrics.macs_ratio <= ev.target
 
 
+def test_the_global_searcher_ranks_a_decoders_heads_and_channels_by_magnitude(evaluator):
+    from autoprune.objective.decoder_evaluator import DecoderEvaluator
+    from autoprune.search import get_searcher
+
+    ev = DecoderEvaluator(evaluator.model, evaluator.data, budget=evaluator.budget, latency=evaluator.latency, importance="l2")
+    scores = ev.graph.importance("l2")
+    assert {n: len(v) for n, v in scores.items()} == {u.name: u.features.channels for u in ev.graph.units}
+    res = get_searcher("global", progress=False).search(ev, 3, seed=0)
+    assert res.best.metrics.feasible and 0 < res.extras["global_ratio"] < 1
+
+
 # ------------------------------------------------------------------ run
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, decoder_dir):
