@@ -14,9 +14,9 @@ The prediction is a linear cost model of the decoder's shape, ``ratio = 1 - w_a 
 (1 - m) - w_l (1 - l)``, with ``a``, ``m`` and ``l`` the shares of the dense attention MACs, MLP
 MACs and layers a policy keeps (:mod:`autoprune.graph.decoder_search`); the rest, ``1 - w_a - w_m -
 w_l``, is what pruning cannot touch (embedding, LM head, per-call overhead). The weights are
-fitted by non-negative least squares to three pruned variants measured paired at build time
-(every attention unit, every MLP unit at ``max_ratio``, half the layers dropped); until then,
-or when a fit fails, they are the MAC shares. Decode on a CPU reads every weight per token, so its
+fitted to three pruned variants measured paired at build time (every attention unit, every MLP
+unit at ``max_ratio``, half the layers dropped) by ridge regression towards the MAC shares
+(:func:`fit_weights`); until then, or when a fit fails, they are the MAC shares. Decode on a CPU reads every weight per token, so its
 time follows the weights kept plus a large fixed LM head (the scout's measurements, issue 23).
 """
 
@@ -69,6 +69,33 @@ def mac_weights(graph: DecoderSearchGraph) -> np.ndarray:
     mlp = sum(3 * h * s.mlp for s in graph.decoder.shapes)
     attn = sum(layer_macs(s, h) for s in graph.decoder.shapes) - mlp
     return np.array([attn / total, mlp / total, 0.0])
+
+
+#: Weight of the MAC-share prior against each measured variant in :func:`fit_weights` (a ridge penalty towards it).
+PRIOR_STRENGTH = 0.5
+
+
+def fit_weights(x: np.ndarray, y: np.ndarray, prior: np.ndarray, strength: float = PRIOR_STRENGTH) -> np.ndarray:
+    """The cost model's weights from measured variants: ridge regression towards ``prior``, then clipped to ``w >= 0, sum(w) <= 1``.
+
+    Minimises ``||x w - y||^2 + strength * ||w - prior||^2`` (Hoerl & Kennard 1970, ridge regression
+    shrunk towards a prior mean instead of 0), so three short measurements on a busy machine cannot
+    move a weight far from what the MAC shares say unless they agree.
+
+    Args:
+        x: ``(n, 3)`` shares each variant removes (:func:`_shares`).
+        y: ``(n,)`` the measured ``1 - ratio`` of each variant.
+        prior: ``(3,)`` weights before any measurement (:func:`mac_weights`).
+        strength: Weight of the prior (0: least squares).
+
+    Returns:
+        ``(3,)`` weights.
+    """
+    if len(x) == 0:
+        return prior.copy()
+    a = x.T @ x + strength * np.eye(x.shape[1])
+    w = np.clip(np.linalg.solve(a, x.T @ y + strength * prior), 0.0, None)
+    return w / w.sum() if w.sum() > 1.0 else w
 
 
 @dataclass
@@ -151,10 +178,7 @@ class DecoderLatencyModel:
             targets.append(1.0 - stats.ratio)
         if not rows:
             return
-        x, y = np.array(rows), np.array(targets)
-        w = np.clip(np.linalg.lstsq(x, y, rcond=None)[0], 0.0, None)
-        if w.sum() > 1.0:
-            w = w / w.sum()
+        w = fit_weights(np.array(rows), np.array(targets), self.weights)
         if np.all(np.isfinite(w)) and w.sum() > 0:
             self.weights = w
             self.table_info = {"kind": "decoder cost model (fitted)", "variants": len(rows)}
@@ -237,4 +261,4 @@ def compare_decoder_modes(dense: nn.Module, pruned: nn.Module, prompt: torch.Ten
     return out
 
 
-__all__ = ["DecoderLatencyModel", "compare_decoder_modes", "mac_weights"]
+__all__ = ["PRIOR_STRENGTH", "DecoderLatencyModel", "compare_decoder_modes", "fit_weights", "mac_weights"]
