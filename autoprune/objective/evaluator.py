@@ -21,6 +21,9 @@ Latency comes from one :class:`~autoprune.measure.latency_model.LatencyModel` (t
 paired timer, the dense latency, the lookup table): the evaluator asks it to predict a ratio
 and to measure a candidate, and does not know how either is done. The budget and the reward
 are :class:`~autoprune.objective.budget.Budget` and :class:`~autoprune.objective.budget.Reward`.
+A model family pruned without Torch-Pruning subclasses it and overrides how a policy is applied
+(:meth:`PolicyEvaluator.prune`) and counted (:meth:`PolicyEvaluator.cost`): the decoder LLMs'
+:class:`~autoprune.objective.decoder_evaluator.DecoderEvaluator`.
 """
 
 from __future__ import annotations
