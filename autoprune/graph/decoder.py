@@ -78,8 +78,11 @@ class DecoderUnit:
     size: int
 
     def kept(self, ratio: float) -> int:
-        """What a ratio keeps: ``floor(size * (1 - ratio) + 0.5)`` (half rounds up, so 0.5 of 3 keeps 2 and of 5 keeps 3)."""
-        return math.floor(self.size * (1.0 - ratio) + 0.5 + 1e-9)
+        """What a ratio keeps: ``floor(size * (1 - ratio) + 0.5)`` (half rounds up, so 0.5 of 3 keeps 2 and of 5 keeps 3), at
+        least one for any ratio below 1 (as a CNN unit keeps a channel: no ratio a searcher proposes in ``[0, 1)`` empties a
+        unit); ratio 1 keeps none, which :meth:`DecoderGraph.kept` refuses."""
+        n = math.floor(self.size * (1.0 - ratio) + 0.5 + 1e-9)
+        return max(1, n) if ratio < 1.0 else n
 
 
 @dataclass(frozen=True)

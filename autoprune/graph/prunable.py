@@ -90,6 +90,9 @@ class PrunableGraph:
             (naming the operation).
     """
 
+    #: A policy found on another architecture can be mapped onto this graph (``autoprune transfer``, ``--warm-start``).
+    transferable = True
+
     def __init__(
         self,
         model: nn.Module,

@@ -26,7 +26,6 @@ from typing import Any
 from torch import nn
 
 from autoprune.errors import AutopruneError, one_line
-from autoprune.graph.surgery import apply_policy
 from autoprune.measure.backends import backend_class
 from autoprune.measure.fresh import remeasure_in_fresh_process
 from autoprune.measure.schedule import PairedSchedule
@@ -67,8 +66,7 @@ def final_rounds(evaluator: PolicyEvaluator) -> int:
 
 
 def _pruned(evaluator: PolicyEvaluator, e: Evaluation) -> nn.Module:
-    return apply_policy(evaluator.model, e.policy, graph=evaluator.graph, importance=evaluator.importance, round_to=evaluator.round_to,
-                        batches=evaluator.calibration_batches, loss=evaluator.scorer.loss).eval()
+    return evaluator.prune(e.policy).eval()
 
 
 def remeasure(evaluator: PolicyEvaluator, models: list[nn.Module], rounds: int) -> tuple[list[LatencyEstimate], float]:
