@@ -29,6 +29,10 @@ class LatencySettings:
         rel_ci: Stop once the 95% CI half-width relative to the ratio is at most this.
         backend_options: The backend's own settings (:func:`autoprune.measure.backends.get_backend`
             keywords, e.g. ``{"spinning": True}`` for ``onnxruntime``); None or empty: its serving defaults.
+        table_cache: Reuse latency-table measurements from ``$AUTOPRUNE_CACHE/latency-tables``: per-layer
+            timings shared by every model with the same layer specs (eager tables,
+            :mod:`autoprune.measure.layer_cache`) and per-architecture fitted tables (serving runtimes).
+            False: measure everything, read and write nothing.
     """
 
     backend: str = "torch"
@@ -39,6 +43,7 @@ class LatencySettings:
     min_rounds: int = 5
     rel_ci: float | None = 0.03
     backend_options: Mapping[str, object] | None = None
+    table_cache: bool = True
 
     def schedule(self) -> PairedSchedule:
         """The paired schedule of one search measurement (the backend fills in how calls interleave).
