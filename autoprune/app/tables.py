@@ -279,7 +279,7 @@ def table_cache_lines(report: dict[str, Any]) -> Shown:
         return []
     r = report
     return [f"latency table cache: {r['latency_table_reused']} {r['latency_table_unit']} reused "
-            f"({r['latency_table_seconds_saved']:.1f} s of measurement saved), {r['latency_table_measured']} measured"]
+            f"({r['latency_table_seconds_saved']:.3g} s of measurement saved), {r['latency_table_measured']} measured"]
 
 
 def worker_line(res: SearchResult, study: str) -> Shown:

@@ -18,7 +18,8 @@
 
 **The key** of an entry is the layer spec plus everything that changes its timing: the backend's
 settings (:meth:`LatencyBackend.settings <autoprune.measure.backends.LatencyBackend.settings>`:
-name, runtime version, threads, options), torch's version, the default dtype, the
+name, runtime version, threads, options), torch's version, the default dtype, the CPU kernels
+torch dispatches to (its CPU capability, e.g. ``AVX2``, and whether oneDNN is on), the
 micro-benchmark's counts (warmup, repeats, passes: the kept value is the fastest call of them),
 the machine (:func:`~autoprune.measure.runtime_table.machine_id`: CPU model, cores, OS) and
 :data:`FORMAT`. Each entry is a JSON file ``<folder>/<2 hex>/<sha256 of the key>.json`` holding
@@ -155,6 +156,7 @@ def timing_context(backend_settings: dict[str, Any], *, threads: int, warmup: in
         "threads": int(threads),
         "torch": torch.__version__,
         "dtype": str(torch.get_default_dtype()),
+        "kernels": {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "mkldnn": bool(torch.backends.mkldnn.enabled)},
         "bench": {"warmup": warmup, "repeats": repeats, "passes": passes},
         "machine": machine_id(),
     }
