@@ -66,7 +66,7 @@ def test_a_second_transfer_reuses_the_first_ones_layer_timings_and_says_how_much
     first, second = cli(capsys, *args), cli(capsys, *args)
     off = cli(capsys, *args, "--set", "latency.table_cache=false")
     assert first.code == second.code == off.code == 0, (first.err, second.err, off.err)
-    counts = [re.search(r"latency table cache: (\d+) layer timings reused \(([\d.e+-]+) s of measurement saved\), (\d+) measured", r.out)
+    counts = [re.search(r"latency table cache \(layer timings\): (\d+) reused \(([\d.e+-]+) s of measurement saved\), (\d+) measured", r.out)
               for r in (first, second, off)]
     assert all(counts), [r.out for r in (first, second, off)]
     (reused1, _, measured1), (reused2, saved2, _), (reused_off, _, measured_off) = (m.groups() for m in counts)

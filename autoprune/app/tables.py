@@ -278,7 +278,7 @@ def table_cache_lines(report: dict[str, Any]) -> Shown:
     if "latency_table_reused" not in report:
         return []
     r = report
-    return [f"latency table cache: {r['latency_table_reused']} {r['latency_table_unit']} reused "
+    return [f"latency table cache ({r['latency_table_unit']}): {r['latency_table_reused']} reused "
             f"({r['latency_table_seconds_saved']:.3g} s of measurement saved), {r['latency_table_measured']} measured"]
 
 

@@ -271,7 +271,7 @@ class LatencyModel:
                     graph.specs_for({}, (), batch_size=settings.batch_size))
         if "cache" in info:
             c = built.cache_summary()
-            log.info("latency table cache: %d %s reused (%.3g s of measurement saved), %d measured", c["reused"], c["unit"], c["seconds_saved"], c["measured"])
+            log.info("latency table cache (%s): %d reused (%.3g s of measurement saved), %d measured", c["unit"], c["reused"], c["seconds_saved"], c["measured"])
         return built
 
     def cache_summary(self) -> dict[str, Any]:
