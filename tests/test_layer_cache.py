@@ -58,6 +58,7 @@ def test_a_second_table_reads_the_timings_of_shared_specs_and_measures_only_new_
     shared = set(first.entries) & set(second.entries)
     assert second.cache.reused == len(shared) == len(first) and second.cache.measured == len(second) - len(shared)
     assert all(second.entries[k] == first.entries[k] for k in shared)  # read back, not timed again
+    assert second._anchors and {LatencyTable.key_of(a) for a in second._anchors} <= shared  # new specs rescaled to reused ones
     stored = [json.loads(second.cache.path(k).read_text())["seconds"] for k in shared]
     assert second.cache.seconds_saved == pytest.approx(sum(stored)) and all(s > 0 for s in stored)
 
@@ -119,3 +120,14 @@ def test_a_reused_fitted_table_reports_the_seconds_its_calibration_took(tmp_path
     fresh, cached = calibrated_table(key, variants, dense_ms=1.0, cache_dir=tmp_path)
     again, cached_again = calibrated_table(key, variants, dense_ms=1.0, cache_dir=tmp_path)
     assert not cached and cached_again and again.seconds == fresh.seconds >= 0
+
+
+def test_a_cache_folder_that_cannot_be_written_costs_one_warning_and_never_the_measurement(tmp_path, caplog) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    context = timing_context({"backend": "torch"}, threads=1, warmup=0, repeats=1, passes=1)
+    table = LatencyTable(threads=1, warmup=0, repeats=1, passes=1, cache=LayerTimingCache(blocker / "layers", context))
+    with caplog.at_level(logging.WARNING, logger="autoprune.measure.layer_cache"):
+        table.prefill([record_layer_specs(cnn(2), X)])
+    assert len(table) == table.cache.measured > 1 and table.cache.reused == 0
+    assert sum("cannot write" in r.getMessage() for r in caplog.records) == 1

@@ -85,7 +85,8 @@ class LayerTimingCache:
         self.reused = 0
         self.measured = 0
         self.seconds_saved = 0.0
-        self._warned = False
+        self._warned = False  # one warning line per cache for unreadable entries, one for unwritable ones
+        self._write_warned = False
 
     def _key(self, spec_key: str) -> dict[str, Any]:
         return {"format": FORMAT, "spec": spec_key, "context": self.context}
@@ -122,7 +123,7 @@ class LayerTimingCache:
         return hit
 
     def put(self, spec_key: str, ms: float, seconds: float) -> None:
-        """Store a fresh timing (counted in :attr:`measured`); a folder that cannot be written costs one warning, never the job.
+        """Store a fresh timing (counted in :attr:`measured`); a folder that cannot be written costs one warning line, never the job.
 
         Args:
             spec_key: The spec's table key.
@@ -135,7 +136,9 @@ class LayerTimingCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, {"key": self._key(spec_key), "ms": float(ms), "seconds": float(seconds)}, indent=None)
         except OSError as e:
-            log.warning("latency table cache: cannot write %s (%s); the timing is kept for this run only", path, e.strerror or e)
+            (log.debug if self._write_warned else log.warning)(
+                "latency table cache: cannot write %s (%s); timings are kept for this run only", path, e.strerror or e)
+            self._write_warned = True
 
     def summary(self) -> dict[str, float]:
         """``{"reused", "measured", "seconds_saved"}`` so far (counts, and seconds)."""

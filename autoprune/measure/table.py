@@ -192,7 +192,6 @@ class LatencyTable:
         self.passes = passes
         self.entries: dict[str, float] = dict(entries or {})
         self._anchors: list[LayerSpec] = []  # specs re-timed with every later batch (see prefill)
-        self._reused_anchors: list[LayerSpec] = []  # cached specs that become the anchors when the cache answers first
         self.offset_ms = float(offset_ms)
         self.scale = float(scale)
         self._unknown_kinds: set[str] = set()
@@ -277,15 +276,14 @@ class LatencyTable:
                 if key not in self.entries:
                     missing.setdefault(key, spec)
         if self.cache is not None:
+            hits = []
             for key in list(missing):
                 hit = self.cache.get(key)
                 if hit is not None:
-                    self.entries[key] = hit.ms
-                    if not self._anchors and hit.ms > 0 and len(self._reused_anchors) < 6:
-                        self._reused_anchors.append(missing[key])  # the new specs are rescaled to the cache's scale
-                    del missing[key]
-            if not self._anchors:
-                self._anchors = self._reused_anchors
+                    self.entries[key], spec = hit.ms, missing.pop(key)
+                    hits += [spec] if hit.ms > 0 else []
+            if not self._anchors:  # new specs are then rescaled to the cache's scale
+                self._anchors = hits[:: max(1, len(hits) // 6)][:6]
         keys = list(missing)
         for i in range(0, len(keys), chunk):
             part = keys[i : i + chunk]
