@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -337,6 +337,8 @@ class TransferReport:
     mapping: str  #: the mapping table (markdown)
     candidates: str  #: the candidate table (markdown)
     run_id: str | None = None
+    #: What the latency-table cache gave (:meth:`~autoprune.measure.latency_model.LatencyModel.cache_summary`).
+    table_cache: dict[str, Any] = field(default_factory=dict)
 
 
 def source_backend(cfg: ExperimentConfig, payload: dict) -> ExperimentConfig:
@@ -420,7 +422,8 @@ def transfer_command(
     doc = res.document(model=cfg.model.name, data=cfg.data.name, backend=cfg.latency.backend_info(), metrics=res.metrics)
     doc["ignore"] = list(cfg.model.ignore)
     write_json_atomic(out, doc)
-    report = TransferReport(res, payload.get("model"), evaluator.dense_accuracy, out, mapping_table(res.rows), candidate_table(res))
+    report = TransferReport(res, payload.get("model"), evaluator.dense_accuracy, out, mapping_table(res.rows), candidate_table(res),
+                            table_cache=evaluator.latency_model.cache_summary())
     if track:
         from autoprune.tracking.tracker import Tracker
 
@@ -429,7 +432,8 @@ def transfer_command(
         with Tracker(cfg, run_name=f"transfer-{payload.get('model')}-to-{cfg.model.name}") as tracker:
             tracker.client.set_tag(tracker.run_id, "policy_source", policy)
             tracker.log_metrics({"scale": res.scale, "predicted_value": res.predicted_value, "target": res.target,
-                                 **{k: v for k, v in m.items() if k in ("accuracy", "value", "latency_ratio", "macs_ratio", "feasible")}})
+                                 **{k: v for k, v in m.items() if k in ("accuracy", "value", "latency_ratio", "macs_ratio", "feasible")},
+                                 **{f"latency_table_{k}": v for k, v in report.table_cache.items() if k != "unit"}})
             tracker.client.log_text(tracker.run_id, report.mapping, "transfer/mapping.md")
             tracker.client.log_text(tracker.run_id, report.candidates, "transfer/candidates.md")
             tracker.log_artifact(out, "transfer")

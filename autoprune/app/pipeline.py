@@ -417,6 +417,7 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
             "pruned_size_bytes": pruned_r.size_bytes,
             "search_episodes": search.result.episodes,
             "search_seconds": search.result.seconds,
+            **{f"latency_table_{k}": v for k, v in ev.latency_model.cache_summary().items()},  # unit, reused, measured, seconds_saved
             "search_best_proxy_accuracy": best.metrics.accuracy,
             **{f"search_latency_{k}": v for k, v in best.metrics.latency.as_dict().items() if k in ("mean", "low", "high", "n")},
             **{f"final_latency_{k}": v for k, v in pruned_r.latency.as_dict().items() if k in ("mean", "low", "high", "n")},

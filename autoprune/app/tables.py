@@ -225,7 +225,7 @@ def run_tables(res: RunResult | DecoderRunResult) -> Shown:
     threads = f", {cfg.latency.threads} threads" if cfg is not None else ""
     title = f"{cfg.name if cfg else 'run'}: dense vs pruned (test split, batch {cfg.latency.batch_size if cfg else 1}{threads})"
     return [*search_summary(res.search), dense_vs_pruned(title, res.dense, res.pruned, res.report), *deployment_lines(res.report),
-            f"pruned model: {res.model_path}" + (f"\nonnx: {res.onnx['path']}" if res.onnx else "")
+            *table_cache_lines(res.report), f"pruned model: {res.model_path}" + (f"\nonnx: {res.onnx['path']}" if res.onnx else "")
             + (f"\ntokenizer: {res.onnx['tokenizer']}" if res.onnx and "tokenizer" in res.onnx else ""),
             f"MLflow run {res.run_id}: see it with 'autoprune ui'"]
 
@@ -305,6 +305,15 @@ def deployment_lines(report: dict[str, Any]) -> Shown:
     return lines
 
 
+def table_cache_lines(report: dict[str, Any]) -> Shown:
+    """What the latency-table cache gave (``latency_table_*`` entries of a report), as one line; none without them."""
+    if "latency_table_reused" not in report:
+        return []
+    r = report
+    return [f"latency table cache ({r['latency_table_unit']}): {r['latency_table_reused']} reused "
+            f"({r['latency_table_seconds_saved']:.3g} s of measurement saved), {r['latency_table_measured']} measured"]
+
+
 def worker_line(res: SearchResult, study: str) -> Shown:
     """How many trials this worker ran, and the study's best so far."""
     mine = res.extras.get("trial_numbers", [])
@@ -335,6 +344,7 @@ def transfer_lines(r: TransferReport) -> Shown:
     shown.append(f"{how}; scale {res.scale:.3f}; predicted {res.metric} {res.predicted_value:.3f}, measured "
                  f"{m.get('value', float('nan')):.3f} (target {res.target:.3f}, {'met' if m.get('feasible') else 'NOT met'}); "
                  f"proxy accuracy {m.get('accuracy', float('nan')):.4f} (dense {r.dense_accuracy:.4f}); written to {r.out}")
+    shown += table_cache_lines({f"latency_table_{k}": v for k, v in r.table_cache.items()})
     if r.run_id:
         shown.append(f"MLflow run {r.run_id} (experiment 'transfer')")
     return shown
@@ -388,6 +398,6 @@ def check_table(model: str, graph: Any, report: Any) -> Shown:
 
 __all__ = [
     "Row", "apply_lines", "best_latency_ms", "budget_lines", "check_table", "dense_ms_of", "dense_vs_pruned", "deployment_lines", "estimate_table", "evaluate_lines",
-    "decoder_run_tables", "export_lines", "final_rows", "finetune_lines", "rows_table", "run_tables", "search_rows", "search_summary", "train_table",
-    "transfer_lines", "worker_line",
+    "decoder_run_tables", "export_lines", "final_rows", "finetune_lines", "rows_table", "run_tables", "search_rows", "search_summary",
+    "table_cache_lines", "train_table", "transfer_lines", "worker_line",
 ]  # fmt: skip

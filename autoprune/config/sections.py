@@ -141,6 +141,9 @@ class LatencyConfig(Section):
             ``thread_pool``; ``openvino``: e.g. ``performance_hint``, ``precision``; ``torch``:
             none). Names are checked against what the chosen backend accepts, values when the
             backend is built (before any search starts). Empty: the backend's serving defaults.
+        table_cache: Reuse latency-table measurements across runs and models (per-layer timings keyed
+            by layer spec, backend settings, versions and CPU; fitted tables per architecture) from
+            ``$AUTOPRUNE_CACHE/latency-tables``; false: measure everything and write nothing.
         predictor: Removed: only ``table`` (what was always used) is still accepted, from
             older configs; it is not written back.
         mode: Decoder LLMs only (ignored for other models): ``decode`` (tokens per second of
@@ -158,6 +161,7 @@ class LatencyConfig(Section):
     rounds: int = Field(LatencySettings.rounds, ge=1)
     rel_ci: float | None = Field(LatencySettings.rel_ci, gt=0.0)
     backend_options: dict[str, Any] | None = LatencySettings.backend_options
+    table_cache: bool = LatencySettings.table_cache
     predictor: str | None = Field(None, exclude=True)
     mode: ModeName = LatencySettings.mode
     prompt_tokens: int = Field(LatencySettings.prompt_tokens, ge=1)

@@ -34,6 +34,10 @@ class LatencySettings:
             ``prefill`` (one pass over a prompt, time to first token) or ``decode`` (greedy tokens from a KV cache).
         prompt_tokens: Decoder LLMs only: tokens of the timed prompt (batch 1).
         new_tokens: Decoder LLMs only: tokens a ``decode`` call generates.
+        table_cache: Reuse latency-table measurements from ``$AUTOPRUNE_CACHE/latency-tables``: per-layer
+            timings shared by every model with the same layer specs (eager tables,
+            :mod:`autoprune.measure.layer_cache`) and per-architecture fitted tables (serving runtimes).
+            False: measure everything, read and write nothing.
     """
 
     backend: str = "torch"
@@ -47,6 +51,7 @@ class LatencySettings:
     mode: str = "decode"
     prompt_tokens: int = PROMPT_TOKENS
     new_tokens: int = NEW_TOKENS
+    table_cache: bool = True
 
     def schedule(self) -> PairedSchedule:
         """The paired schedule of one search measurement (the backend fills in how calls interleave).
