@@ -56,13 +56,15 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
+        if self.code is None and self.last.startswith("skipped"):
+            return True
         if self.traceback or self.code not in (0, 2) or self.network.startswith(("differs", "error")):
             return False
         return self.code == 0 or self.last.startswith(ERROR_PREFIX)
 
     def cell(self) -> str:
         if self.code is None:
-            return "**timeout**"
+            return self.last or "**timeout**"
         what = "exit 0" if self.code == 0 else f"exit {self.code}"
         if self.traceback:
             what += ", **traceback**"
@@ -149,7 +151,7 @@ def run_case(case: Path, commands: tuple[str, ...], timeout: float, logs: Path) 
     results = {}
     for name in commands:
         if name in ("apply", "transfer") and not policy.is_file():
-            results[name] = Outcome(None, "no policy.json from search", False, "-", 0.0)
+            results[name] = Outcome(None, "skipped (search wrote no policy)", False, "-", 0.0)
             continue
         if name == "worker":
             _publish_worker_study(config, work / "worker", storage)
