@@ -120,6 +120,7 @@ def _publish_worker_study(config: Path, out: Path, storage: str) -> None:
     from autoprune.config.loading import parse_config
     from autoprune.search.distributed import publish_study
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     raw = yaml.safe_load(config.read_text())
     raw["output_dir"] = str(out)
     study = optuna.create_study(storage=storage, study_name="cases", direction="maximize")
