@@ -9,6 +9,8 @@ folders), and its commands run as a user runs them, each in its own process with
 - ``estimate config.yaml`` (ratios 0.1, 0.3, 0.5; it trains the baseline the others reuse);
 - ``search config.yaml``, then ``run config.yaml`` (each in its own output folder);
 - ``apply --policy <search's policy.json> --model model:build --data digits``;
+  when ``search`` is refused (exit 2), apply and transfer use the policy of the same search at
+  ``budget.target`` :data:`FALLBACK_TARGET`, and say so;
 - ``transfer config.yaml --policy <search's policy.json>`` (onto the same model);
 - ``worker`` on an SQLite study published with the case's config (2 episodes, ``--n-trials 1``),
   as ``autoprune search`` publishes one for workers (no PostgreSQL needed).
@@ -22,7 +24,7 @@ forward hooks) equal those the policy predicts on the dense model's verified gra
 (:meth:`~autoprune.graph.prunable.PrunableGraph.specs_for`); the policies of ``search`` and
 ``transfer`` must name only units of that graph. Writes ``experiments/results/cases.md``.
 
-    python -m experiments.bench.cases [--cases ../shared/cases] [--only a,b] [--commands check,run] [--timeout 1800]
+    python -m experiments.bench.cases [--cases ../shared/cases] [--only a,b] [--commands check,run] [--timeout 1800] [--append]
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ from ._common import git_commit, header, table, write
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ("check", "estimate", "search", "run", "apply", "transfer", "worker")
 ERROR_PREFIX = "autoprune: error: "
+#: When the config's search is refused (e.g. its budget is unreachable once units are left dense),
+#: apply and transfer get the policy of the same search at this budget, so they run on the case too.
+FALLBACK_TARGET = 0.95
 
 
 @dataclass
@@ -72,8 +77,10 @@ class Outcome:
             what += ", one line" if self.last.startswith(ERROR_PREFIX) else ", **no error line**"
         elif self.code != 0:
             what += ", **not a user error**"
-        if self.network != "-":
-            what += f", network {self.network}" if self.network == "matches" else f", **network {self.network}**"
+        if self.network.startswith("- "):
+            what += self.network[1:]
+        elif self.network != "-":
+            what += f", network {self.network}" if self.network.startswith("matches") else f", **network {self.network}**"
         return what
 
 
@@ -149,8 +156,11 @@ def run_case(case: Path, commands: tuple[str, ...], timeout: float, logs: Path) 
                      "--set", f"output_dir={work / 'transfer'}"],
         "worker": ["worker", "--storage", storage, "--study", "cases", "--n-trials", "1"],
     }
-    results = {}
+    results: dict[str, Outcome] = {}
     for name in commands:
+        if name in ("apply", "transfer") and not policy.is_file() and results.get("search") and results["search"].code == 2:
+            fallback = ["search", str(config), "--set", f"output_dir={work / 'search'}", "--set", f"budget.target={FALLBACK_TARGET}"]
+            _run(fallback, env=env, cwd=work, timeout=timeout, log=logs / f"{case.name}.search-fallback.log")
         if name in ("apply", "transfer") and not policy.is_file():
             results[name] = Outcome(None, "skipped (search wrote no policy)", False, "-", 0.0)
             continue
@@ -169,6 +179,8 @@ def run_case(case: Path, commands: tuple[str, ...], timeout: float, logs: Path) 
             elif name == "transfer":
                 network = _verify(env, ROOT, "policy", str(work / "transferred.json"))
         results[name] = Outcome(code, _last_line(err), traceback, network, seconds)
+        if name in ("apply", "transfer") and results.get("search") and results["search"].code != 0:
+            results[name].network += f" (policy of a search at budget.target={FALLBACK_TARGET})"
         print(f"{case.name:24s} {name:9s} {results[name].cell()} ({seconds:.0f} s)", flush=True)
     return results
 
@@ -225,8 +237,10 @@ def check_delivered(model_file: str, policy_path: str) -> str:
 # ------------------------------------------------------------------ report
 
 
-def report(results: dict[str, dict[str, Outcome]], commands: tuple[str, ...], cases_dir: Path) -> str:
+def report(results: dict[str, dict[str, Outcome]], commands: tuple[str, ...], cases_dir: Path, *, appended: bool = False) -> str:
     text = header("Every entry point on every pattern case")
+    if appended:  # a later run of some cases, below the first: its own header, one level down
+        text = "\n#" + text.replace("\n\n", "\n\n", 1)
     text += (f"- commit: {git_commit()}\n- cases: `{cases_dir}` ({len(results)} folders), digits configs as shipped\n\n"
              "A cell is the exit code; for exit 2 whether the last stderr line is one `autoprune: error:` line; "
              "**traceback** when any was printed; for exit-0 `run`/`apply` whether the delivered network's channel counts "
@@ -257,6 +271,7 @@ def main() -> None:
     ap.add_argument("--commands", default=",".join(COMMANDS), help="Comma-separated entry points, in this order.")
     ap.add_argument("--timeout", type=float, default=1800, help="Seconds per command.")
     ap.add_argument("--out", default="cases.md", help="Result file in experiments/results.")
+    ap.add_argument("--append", action="store_true", help="Append this run (e.g. of --only some cases) to the result file.")
     args = ap.parse_args()
     commands = tuple(c for c in COMMANDS if c in args.commands.split(","))
     only = set(filter(None, args.only.split(",")))
@@ -264,7 +279,7 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="cases-logs-"))
     print(f"logs in {logs}", flush=True)
     results = {case.name: run_case(case, commands, args.timeout, logs) for case in cases}
-    path = write(args.out, report(results, commands, args.cases))
+    path = write(args.out, report(results, commands, args.cases, appended=args.append), append=args.append)
     print(f"wrote {path}")
 
 
