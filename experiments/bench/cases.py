@@ -240,7 +240,7 @@ def check_delivered(model_file: str, policy_path: str) -> str:
 def report(results: dict[str, dict[str, Outcome]], commands: tuple[str, ...], cases_dir: Path, *, appended: bool = False) -> str:
     text = header("Every entry point on every pattern case")
     if appended:  # a later run of some cases, below the first: its own header, one level down
-        text = "\n#" + text.replace("\n\n", "\n\n", 1)
+        text = "\n#" + text
     text += (f"- commit: {git_commit()}\n- cases: `{cases_dir}` ({len(results)} folders), digits configs as shipped\n\n"
              "A cell is the exit code; for exit 2 whether the last stderr line is one `autoprune: error:` line; "
              "**traceback** when any was printed; for exit-0 `run`/`apply` whether the delivered network's channel counts "
