@@ -147,6 +147,7 @@ class DecoderGraph:
         shapes: :class:`DecoderLayerShape` per layer, as the model is now.
         units: :class:`DecoderUnit` s in layer order (a unit of size 1 is left out: nothing to cut).
         block_names: The droppable layers, ``model.layers.{i}``.
+        skipped: Units and layers left dense by :meth:`exclude`, with the reason.
 
     Raises:
         ModelError: the model does not have the layout (:func:`decoder_layers`).
@@ -163,6 +164,21 @@ class DecoderGraph:
                     self.units.append(DecoderUnit(name, kind, i, role, size))
         self.block_names = [f"model.layers.{i}" for i in range(len(self.shapes))]
         self._by_name = {u.name: u for u in self.units}
+        self.skipped: dict[str, str] = {}
+
+    def exclude(self, name: str, reason: str) -> None:
+        """Leave a unit or a droppable layer dense (it fails a check): it is no longer offered; ``skipped`` records why.
+
+        ``(all together)`` and names the graph does not offer are ignored.
+        """
+        if name in self._by_name:
+            del self._by_name[name]
+            self.units = [u for u in self.units if u.name != name]
+        elif name in self.block_names:
+            self.block_names = [b for b in self.block_names if b != name]
+        else:
+            return
+        self.skipped[name] = reason
 
     @property
     def unit_names(self) -> list[str]:
