@@ -160,6 +160,8 @@ def config_cmd(
         typer.echo("\n".join(f"{k}={v}" for k, v in cfg.flat().items()))
     else:
         typer.echo(dump_config(cfg), nl=False)
+    for line in cfg.notes():
+        typer.echo(line)
 
 
 @app.command()

@@ -171,3 +171,16 @@ class FusedAttentionDigitsNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.attn(self.embed(x.flatten(1, 2))).mean(1))
+
+
+class TaggedEagerBackend(TorchEagerBackend):
+    """PyTorch eager with one option of its own (``tag``), recorded in its settings: what changes a latency table's cache key."""
+
+    name = "tagged-eager"
+
+    def __init__(self, threads: int | None = None, tag: str = "a") -> None:
+        super().__init__(threads)
+        self.tag = tag
+
+    def settings(self) -> dict[str, object]:
+        return {**super().settings(), "tag": self.tag}

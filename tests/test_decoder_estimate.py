@@ -1,5 +1,8 @@
 """``autoprune estimate`` on a decoder LLM: rows per unit kind with KL, perplexity and paired latency; works with --model hf:/path alone."""
 
+import copy
+import logging
+
 import pytest
 from helpers.cli import assert_user_error, cli
 
@@ -42,3 +45,17 @@ def test_estimate_with_only_a_decoder_folder_uses_the_fortunes_and_shows_every_k
 
 def test_mode_is_refused_for_a_model_that_is_not_a_decoder(capsys):
     assert_user_error(cli(capsys, "estimate", "--model", "resnet20", "--data", "digits", "--mode", "decode"), "--mode", "decoder LLMs only")
+
+
+def test_a_unit_that_fails_the_surgery_check_stays_dense_in_every_row(decoder, caplog):
+    from test_decoder_safety import FlippedMLP
+
+    corpus = lm_corpus(load_fortunes(limit=120), decoder.tokenizer, seq_len=16, max_blocks=2)
+    flipped = copy.deepcopy(decoder)
+    flipped.model.model.layers[0].mlp.__class__ = FlippedMLP
+    with caplog.at_level(logging.WARNING, logger="autoprune.graph"):
+        report = estimate_decoder(flipped, corpus, [0.5], mode="prefill", prompt_tokens=8, rounds=2)
+    rows = {r.kind: r for r in report.rows}
+    assert rows["mlp"].sizes == (6, 2, 64, 4)  # layer 0's MLP kept its width; the other layers' MLPs were cut
+    assert rows["mlp"].params < rows["dense"].params
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING][0].startswith("decoder model.layers.0.mlp is not pruned")

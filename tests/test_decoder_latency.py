@@ -59,3 +59,19 @@ def test_bad_modes_and_prompts_longer_than_the_context_are_refused_in_one_line(m
         decoder_mode("generate")
     with pytest.raises(ConfigError, match=r"latency.prompt_tokens: 60 prompt \+ 32 new tokens exceed the model's context \(64\)"):
         decoder_latency(model, torch.zeros(1, 60, dtype=torch.int64), "decode")
+
+
+def test_the_decoder_cost_model_recovers_consistent_weights_and_is_pulled_to_its_prior_by_one_wild_variant():
+    import numpy as np
+
+    from autoprune.measure.decoder_latency_model import fit_weights
+
+    x = np.array([[0.8, 0.0, 0.0], [0.0, 0.75, 0.0], [0.5, 0.5, 0.5]])  # attention, MLP, half the layers removed
+    true = np.array([0.2, 0.5, 0.1])
+    assert np.allclose(fit_weights(x, x @ true, np.zeros(3), strength=1e-9), true, atol=1e-6)
+    prior = np.array([0.2, 0.6, 0.0])
+    assert np.array_equal(fit_weights(x[:0], np.zeros(0), prior), prior)
+    wild = (x @ true) + np.array([0.5, 0.0, 0.0])  # the attention variant measured far too fast (a busy machine)
+    least, ridge = fit_weights(x, wild, prior, strength=1e-9), fit_weights(x, wild, prior)
+    assert abs(ridge[0] - prior[0]) < abs(least[0] - prior[0])
+    assert (ridge >= 0).all() and ridge.sum() <= 1.0

@@ -117,7 +117,8 @@ def test_embeddings_tied_lm_head_norms_and_rotary_are_left_intact():
 
 @pytest.mark.parametrize(("ratios", "drop", "says"), [
     ({"model.layers.0.self_attn.kv_groups": 1.0}, (), "removes every KV group of layer 0"),
-    ({"model.layers.1.self_attn.query_heads": 0.9}, (), "removes every query head of each KV group of layer 1"),
+    ({"model.layers.1.self_attn.query_heads": 1.0}, (), "removes every query head of each KV group of layer 1"),
+    ({"model.layers.1.mlp": 1.0}, (), "removes every MLP channel of layer 1"),
     ({}, ("model.layers.0", "model.layers.1", "model.layers.2"), "drops every layer"),
     ({"model.layers.0.self_attn.heads": 0.5}, (), "unknown decoder unit"),
     ({"model.layers.0.mlp": -0.1}, (), "allowed: 0 <= ratio < 1"),

@@ -88,6 +88,16 @@ def test_the_ratio_protocol_times_onnx_runtime_on_its_shared_pool_and_serving_ke
     assert served.settings["thread_pool"] == "per-session" and served.settings["spinning"] is False
 
 
+def test_several_processes_give_the_median_ratio_and_an_interval_spanning_each_process(dense, pruned, example_input) -> None:
+    one = remeasure_in_fresh_process(dense, [pruned], example_input, zoo=ZOO, **QUICK)
+    pooled = remeasure_in_fresh_process(dense, [pruned], example_input, zoo=ZOO, processes=2, **QUICK)
+    r = pooled.ratios[0]
+    assert pooled.settings["processes"] == 2 and "processes" not in one.settings
+    assert r.rounds == 2 * one.ratios[0].rounds and r.ci_low <= r.ratio <= r.ci_high
+    with pytest.raises(ConfigError, match="processes: expected an integer >= 1, got 0"):
+        remeasure_in_fresh_process(dense, [pruned], example_input, zoo=ZOO, processes=0)
+
+
 def test_an_unknown_protocol_is_refused_before_any_child_starts(dense, example_input) -> None:
     with pytest.raises(ConfigError, match="protocol: unknown timing protocol 'fast'; allowed: ratio, serving"):
         remeasure_in_fresh_process(dense, [], example_input, zoo=ZOO, protocol="fast")

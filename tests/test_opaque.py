@@ -195,6 +195,19 @@ def test_a_scripted_submodule_takes_no_hooks_anywhere_and_its_model_replays_from
     assert table.spec_ms(next(s for s in specs if s.module_name == "mid")) > 0  # timed in place
 
 
+@pytest.mark.parametrize("name", ["scripted_submodule", "compiled_submodule"])
+def test_the_pruned_copy_of_a_model_with_an_opaque_submodule_can_be_fine_tuned(name):
+    model = build(OPAQUE[name][0])
+    graph, _ = verified_graph(model, X)
+    pruned = apply_policy(model, Policy.uniform(graph.unit_names, 0.5), graph=graph).train()
+    assert all(p.is_leaf and p.requires_grad for p in pruned.parameters())  # an optimizer takes them (not copies' outputs)
+    before = [p.detach().clone() for p in pruned.mid.parameters()]
+    opt = torch.optim.SGD(pruned.parameters(), lr=0.1)
+    pruned(torch.randn(4, 1, 8, 8)).square().mean().backward()
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, pruned.mid.parameters()))  # the opaque module's weights train too
+
+
 def test_an_op_torch_pruning_cannot_map_makes_its_module_opaque_naming_module_and_op(caplog):
     with caplog.at_level(logging.WARNING):
         graph, report = verified_graph(build(RotaryNet), X)

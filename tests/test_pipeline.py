@@ -41,6 +41,8 @@ def test_run_leaves_a_finished_mlflow_run_with_artifacts_and_a_champion(finished
     assert "final/pruned_test_accuracy" in run.data.metrics and "final/dense_test_accuracy" in run.data.metrics
     assert {"final/latency_ratio", "final/budget_met"} <= set(run.data.metrics), "the budget verdict of the final measurement"
     assert run.data.metrics["final/budget_met"] == float(res.report["budget_met"])
+    saved = {"final/latency_table_reused", "final/latency_table_measured", "final/latency_table_seconds_saved"}
+    assert saved <= set(run.data.metrics), "what the latency-table cache gave"
     assert len(client.get_metric_history(res.run_id, "episode/reward")) == 6
     assert {"uniform_accuracy", "uniform_value"} <= set(run.data.metrics)  # the uniform baseline beside the Optuna search
     names = {a.path for a in client.list_artifacts(res.run_id)}

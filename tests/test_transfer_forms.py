@@ -7,6 +7,7 @@ PyTorch although the policy recorded ONNX Runtime.
 from __future__ import annotations
 
 import json
+import re
 
 import torch
 from helpers import cli, tiny_experiment, write_experiment
@@ -55,3 +56,20 @@ def test_source_backend_only_fills_what_the_config_leaves_unset():
     chosen = parse_config(tiny_experiment(latency={"backend": "torch", "batch_size": 2}))
     assert source_backend(chosen, payload) is chosen
     assert source_backend(parse_config(tiny_experiment()), {}).latency.backend == parse_config(tiny_experiment()).latency.backend
+
+
+def test_a_second_transfer_reuses_the_first_ones_layer_timings_and_says_how_much_time_it_saved(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
+    policy = _policy_file(tmp_path, "torch")
+    args = ("transfer", "--policy", str(policy), "--model", "mlp", "--data", "digits", "--no-track", "--candidates", "1",
+            "--set", "budget.metric=macs", "--set", "budget.target=0.6", "--set", "train.epochs=2", "--out", str(tmp_path / "t.json"))
+    first, second = cli(capsys, *args), cli(capsys, *args)
+    off = cli(capsys, *args, "--set", "latency.table_cache=false")
+    assert first.code == second.code == off.code == 0, (first.err, second.err, off.err)
+    counts = [re.search(r"latency table cache \(layer timings\): (\d+) reused \(([\d.e+-]+) s of measurement saved\), (\d+) measured", r.out)
+              for r in (first, second, off)]
+    assert all(counts), [r.out for r in (first, second, off)]
+    (reused1, _, measured1), (reused2, saved2, _), (reused_off, _, measured_off) = (m.groups() for m in counts)
+    assert int(reused1) == 0 and int(measured1) > 0
+    assert int(reused2) >= int(measured1) and float(saved2) > 0
+    assert int(reused_off) == 0 and int(measured_off) > 0

@@ -11,12 +11,14 @@ import dataclasses
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from autoprune.app.decoder_estimate import DecoderEstimateReport, estimate_decoder
+from autoprune.app.decoder_run import DecoderRunResult
 from autoprune.app.estimate import EstimateRow, estimate
 from autoprune.app.experiment import (
     Baseline,
@@ -24,6 +26,7 @@ from autoprune.app.experiment import (
     baseline_checkpoint,
     build_evaluator,
     experiment_graph,
+    is_decoder,
     load_baseline,
     run_search,
     run_worker,
@@ -46,6 +49,7 @@ from autoprune.measure.settings import LatencySettings
 from autoprune.paths import writable_file, write_json_atomic
 from autoprune.search import AGENT_SEARCHER, SearchResult, searcher_class, searchers_that
 from autoprune.zoo import build_model, check_model_fits, load_data
+from autoprune.zoo.decoder import Decoder
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +172,13 @@ def estimate_uniform(
     overrides: Sequence[str] = (),
     batch_size: int | None = None,
     progress: bool = True,
-) -> EstimateReport:
+) -> EstimateReport | DecoderEstimateReport:
     """Measure uniform channel pruning at each of ``ratios`` (comma-separated) on a config's model and runtime.
 
     Latency is timed on ``latency.backend`` with ``latency.backend_options`` (and on eager
     PyTorch beside it when the backend is another runtime); a last row of unstructured magnitude
-    masks shows that zeros alone speed nothing up (see :func:`autoprune.app.estimate.estimate`).
+    masks shows that zeros alone speed nothing up (see :func:`autoprune.app.estimate.estimate`). A decoder
+    LLM's config gets :func:`autoprune.app.decoder_estimate.estimate_decoder` in its ``latency.mode`` instead.
 
     Args:
         config, model, data, overrides: The experiment (see :func:`experiment_config`);
@@ -190,6 +195,10 @@ def estimate_uniform(
     cfg = experiment_config(config, model, data, overrides)
     values = parse_ratios(ratios)
     baseline = load_baseline(cfg, progress=progress)
+    if is_decoder(baseline):  # a decoder's config: rows per unit kind, timed in its latency.mode
+        lat = cfg.latency
+        return estimate_decoder(Decoder(cfg.model.name, baseline.model, baseline.data.tokenizer), baseline.data, values, mode=lat.mode,
+                                prompt_tokens=lat.prompt_tokens, new_tokens=lat.new_tokens, threads=lat.threads)
     graph, _ = experiment_graph(cfg, baseline.model, baseline.data)
     latency = dataclasses.replace(latency_settings(cfg), batch_size=batch_size or cfg.latency.batch_size)
     rows = estimate(baseline, graph, values, latency=latency, proxy=proxy_settings(cfg), importance=cfg.pruning.importance,
@@ -275,7 +284,7 @@ def worker_command(storage: str, study: str, *, n_trials: int | None = None, thr
     return run_worker(storage, study, n_trials=n_trials, progress=progress)
 
 
-def run_command(config: str | Path, overrides: Sequence[str] = (), *, restart: bool = False, progress: bool = True) -> RunResult:
+def run_command(config: str | Path, overrides: Sequence[str] = (), *, restart: bool = False, progress: bool = True) -> RunResult | DecoderRunResult:
     """``autoprune run``: the whole job on a config file (see :func:`autoprune.app.pipeline.run_experiment`), checked first (:func:`~autoprune.app.preflight.preflight`).
 
     Raises:
@@ -328,6 +337,8 @@ class TransferReport:
     mapping: str  #: the mapping table (markdown)
     candidates: str  #: the candidate table (markdown)
     run_id: str | None = None
+    #: What the latency-table cache gave (:meth:`~autoprune.measure.latency_model.LatencyModel.cache_summary`).
+    table_cache: dict[str, Any] = field(default_factory=dict)
 
 
 def source_backend(cfg: ExperimentConfig, payload: dict) -> ExperimentConfig:
@@ -411,7 +422,8 @@ def transfer_command(
     doc = res.document(model=cfg.model.name, data=cfg.data.name, backend=cfg.latency.backend_info(), metrics=res.metrics)
     doc["ignore"] = list(cfg.model.ignore)
     write_json_atomic(out, doc)
-    report = TransferReport(res, payload.get("model"), evaluator.dense_accuracy, out, mapping_table(res.rows), candidate_table(res))
+    report = TransferReport(res, payload.get("model"), evaluator.dense_accuracy, out, mapping_table(res.rows), candidate_table(res),
+                            table_cache=evaluator.latency_model.cache_summary())
     if track:
         from autoprune.tracking.tracker import Tracker
 
@@ -420,7 +432,8 @@ def transfer_command(
         with Tracker(cfg, run_name=f"transfer-{payload.get('model')}-to-{cfg.model.name}") as tracker:
             tracker.client.set_tag(tracker.run_id, "policy_source", policy)
             tracker.log_metrics({"scale": res.scale, "predicted_value": res.predicted_value, "target": res.target,
-                                 **{k: v for k, v in m.items() if k in ("accuracy", "value", "latency_ratio", "macs_ratio", "feasible")}})
+                                 **{k: v for k, v in m.items() if k in ("accuracy", "value", "latency_ratio", "macs_ratio", "feasible")},
+                                 **{f"latency_table_{k}": v for k, v in report.table_cache.items() if k != "unit"}})
             tracker.client.log_text(tracker.run_id, report.mapping, "transfer/mapping.md")
             tracker.client.log_text(tracker.run_id, report.candidates, "transfer/candidates.md")
             tracker.log_artifact(out, "transfer")

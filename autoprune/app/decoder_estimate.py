@@ -21,7 +21,7 @@ import torch
 from autoprune.errors import ConfigError
 from autoprune.graph.decoder import DecoderGraph
 from autoprune.graph.decoder_importance import activation_scores, block_influence
-from autoprune.graph.decoder_surgery import prune_decoder
+from autoprune.graph.decoder_surgery import prune_decoder, verified_decoder_graph
 from autoprune.graph.policy import Policy
 from autoprune.measure.backends import DEFAULT_THREADS
 from autoprune.measure.decoder_latency import NEW_TOKENS, PROMPT_TOKENS, check_prompt, decoder_latency, decoder_mode
@@ -81,7 +81,9 @@ class DecoderEstimateReport:
 def _policy(graph: DecoderGraph, kind: str, ratio: float, influence: list[float]) -> Policy | None:
     if kind == "layers":
         n = min(len(graph.shapes) - 1, math.floor(ratio * len(graph.shapes) + 0.5))
-        order = sorted(range(len(influence)), key=lambda i: (influence[i], i))
+        droppable = {int(b.rsplit(".", 1)[1]) for b in graph.block_names}  # a layer that failed the check stays
+        n = min(n, len(droppable))
+        order = sorted(droppable, key=lambda i: (influence[i], i))
         return Policy({}, tuple(f"model.layers.{i}" for i in sorted(order[:n]))) if n > 0 else None
     units = [u for u in graph.units if u.role == kind and u.kept(ratio) < u.size]
     return Policy({u.name: ratio for u in units}) if units else None
@@ -102,8 +104,12 @@ def estimate_decoder(
         new_tokens: Tokens decoded per call in ``decode`` mode.
         rounds: Paired rounds per row.
 
+    Units and layers that fail the masked-equivalence check (:func:`~autoprune.graph.decoder_surgery.verified_decoder_graph`)
+    are left dense in every row, with one warning line naming them.
+
     Raises:
         ConfigError: a bad mode, ratio or prompt length.
+        ModelError: no unit or layer passes the check.
     """
     for r in ratios:
         if not 0.0 <= r < 1.0:
@@ -114,7 +120,7 @@ def estimate_decoder(
     model = decoder.model
     prompt = corpus.train.input_ids[:1, :prompt_tokens]
     check_prompt(prompt, model, m)
-    graph = DecoderGraph(model)
+    graph, _ = verified_decoder_graph(model)
     calibration = list(corpus.train.subset(4).batches(2))
     scores, influence = activation_scores(model, calibration), block_influence(model, calibration)
     kl = NextTokenKL(model, corpus.val.subset(KL_BLOCKS))

@@ -8,7 +8,6 @@ and on eager PyTorch.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from torch import nn
 
 from autoprune.app.experiment import Baseline
 from autoprune.errors import ConfigError, ModelError
+from autoprune.graph.hooks import model_copy
 from autoprune.graph.importance import DEFAULT_IMPORTANCE
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph
@@ -99,7 +99,7 @@ def magnitude_masked(model: nn.Module, n_zero: int, *, ignored: tuple[str, ...] 
     """
     from torch.nn.utils import prune
 
-    masked = copy.deepcopy(model)
+    masked = model_copy(model)
     params = _maskable(masked, ignored)
     if params and n_zero > 0:
         prune.global_unstructured(params, pruning_method=prune.L1Unstructured,
@@ -188,7 +188,7 @@ def estimate(
             pruned = magnitude_masked(model, removed_by[r], ignored=ignored)
             r = removed_by[r] / max(1, dense_weights)
         else:
-            pruned = copy.deepcopy(model)
+            pruned = model_copy(model)
         t1 = time.perf_counter()
         acc = scorer.score(pruned) if kind != "dense" else scorer.dense_score()
         built.append((kind, r, pol, pruned, acc, {"prune": t1 - t0, "accuracy": time.perf_counter() - t1}))

@@ -1,9 +1,5 @@
-"""Wire a validated config into the real objects: data, baseline model, evaluator, searcher.
-
-This is the library behind ``autoprune search`` (and the baseline of every command; the
-library of ``autoprune estimate`` is :mod:`autoprune.app.estimate`); each CLI command is a
-few lines over these functions.
-"""
+"""Wire a validated config into the real objects: data, baseline model, evaluator, searcher (the library behind ``autoprune search``
+and the baseline of every command; ``estimate``'s is :mod:`autoprune.app.estimate`, a decoder's parts :mod:`autoprune.app.decoder_experiment`)."""
 
 from __future__ import annotations
 
@@ -19,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.app.decoder_experiment import checked_decoder_policy, decoder_evaluator, load_decoder_parts
 from autoprune.app.folder_lock import folder_lock
 from autoprune.app.stages import stage
 from autoprune.config.machine import check_batches_fit, fit_to_machine
@@ -38,6 +35,7 @@ from autoprune.search.selection import select_on_higher_fidelity
 from autoprune.training.baseline import default_checkpoint_path, train_or_load
 from autoprune.training.screen import short_finetune_accuracy
 from autoprune.zoo import DataBundle, build_model, check_model_fits, load_data
+from autoprune.zoo.lm_text import LMCorpus
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +77,8 @@ def load_baseline(cfg: ExperimentConfig, *, progress: bool = True) -> Baseline:
     torch.manual_seed(cfg.seed)
     if cfg.proxy.metric == "fidelity":
         return load_encoder_baseline(cfg)
+    if cfg.proxy.metric == "kl":  # a decoder LLM (the schema sets kl for one): pretrained, on text blocks
+        return Baseline(*load_decoder_parts(cfg))
     data = load_data(cfg.data.name, data_dir=cfg.data.data_dir, val_fraction=cfg.data.val_fraction, seed=cfg.seed)
     ckpt = Path(cfg.model.checkpoint) if cfg.model.checkpoint else baseline_checkpoint(cfg.model.name, data.name)
     if cfg.model.checkpoint and not ckpt.is_file():
@@ -132,9 +132,14 @@ def is_encoder(baseline: Baseline) -> bool:
     return isinstance(baseline.data, TokenizedCorpus)
 
 
+def is_decoder(baseline: Baseline) -> bool:
+    """True when the baseline is a decoder LLM on blocks of text (proxy: KL)."""
+    return isinstance(baseline.data, LMCorpus)
+
+
 def zoo_model(cfg: ExperimentConfig, baseline: Baseline) -> ZooModel | None:
-    """How a fresh process rebuilds the experiment's model (None for a sentence encoder: no zoo factory rebuilds it)."""
-    if is_encoder(baseline):
+    """How a fresh process rebuilds the experiment's model (None for an encoder or decoder: no zoo factory rebuilds it)."""
+    if is_encoder(baseline) or is_decoder(baseline):
         return None
     data = baseline.data
     return ZooModel(cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
@@ -182,6 +187,8 @@ def build_evaluator(cfg: ExperimentConfig, baseline: Baseline) -> PolicyEvaluato
         ConfigError: e.g. a latency backend whose optional extra is not installed.
         ModelError: the model has nothing to prune (see :func:`experiment_graph`).
     """
+    if is_decoder(baseline):
+        return decoder_evaluator(cfg, baseline.model, baseline.data)
     graph, _ = experiment_graph(cfg, baseline.model, baseline.data)
     stage("objective", f"pruning graph, dense {cfg.proxy.metric} and the latency model on {cfg.latency.backend}")
     return PolicyEvaluator(baseline.model, baseline.data, **evaluator_options(cfg), graph=graph, baseline_name=cfg.model.name,
@@ -189,9 +196,7 @@ def build_evaluator(cfg: ExperimentConfig, baseline: Baseline) -> PolicyEvaluato
 
 
 def output_dir(cfg: ExperimentConfig) -> Path:
-    """The experiment's output directory (created); ``{name}`` was already filled in by the schema.
-
-    Raises:
+    """The experiment's output directory (created); ``{name}`` was already filled in by the schema. Raises:
         ConfigError: it cannot be created or written.
     """
     d = Path(cfg.output_dir)
@@ -373,7 +378,7 @@ def _search_in(cfg: ExperimentConfig, out: Path, *, progress: bool, callback: Ca
     finally:
         stop_workers(procs)
     selection = selection_settings(cfg)
-    if selection.finalists > 1 and not is_encoder(baseline):  # an encoder's recovery is distillation of embeddings
+    if selection.finalists > 1 and not (is_encoder(baseline) or is_decoder(baseline)):  # theirs is distillation, not labels
         short = finetune_settings(cfg)
         result = select_on_higher_fidelity(
             result, lambda policy: short_finetune_accuracy(evaluator, policy, short, selection.finalist_steps), selection, progress=progress)
@@ -384,7 +389,7 @@ def _search_in(cfg: ExperimentConfig, out: Path, *, progress: bool, callback: Ca
 
 
 def warm_start_policies(source: tuple[Policy, dict], evaluator: PolicyEvaluator, candidates: int = 3) -> list[Policy]:
-    """The policies to enqueue first: the policy as it is when it fits the model, else its transfer.
+    """The policies to enqueue first: the policy as it is when it fits the model, else its transfer (a decoder's is only checked).
 
     A transferred policy is re-fitted to the budget with ``candidates`` drop sets (the mapped one
     first, then shallower and deeper cuts, see :func:`autoprune.transfer.mapping.drop_candidates`); the
@@ -395,6 +400,8 @@ def warm_start_policies(source: tuple[Policy, dict], evaluator: PolicyEvaluator,
     from autoprune.transfer.refit import transfer
 
     policy, payload = source
+    if not evaluator.graph.transferable:
+        return [checked_decoder_policy(policy, payload, evaluator)]
     try:
         check_policy_fits(policy, evaluator.graph, fingerprint=payload.get("fingerprint"))
         if set(policy.drop) <= set(evaluator.block_names):

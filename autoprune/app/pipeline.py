@@ -21,7 +21,8 @@ import torch
 from mlflow import MlflowClient
 from torch import nn
 
-from autoprune.app.experiment import Baseline, SearchRun, experiment_dir, is_encoder, load_baseline, run_search, sized_for_workers
+from autoprune.app.decoder_run import DecoderRunResult, run_decoder
+from autoprune.app.experiment import Baseline, SearchRun, experiment_dir, is_decoder, is_encoder, load_baseline, run_search, sized_for_workers
 from autoprune.app.stages import stage
 from autoprune.config.schema import ExperimentConfig
 from autoprune.config.settings import finetune_settings, latency_settings, pruning_record, recover_settings
@@ -326,7 +327,7 @@ def _previous_run(out: Path, cfg: ExperimentConfig) -> tuple[str | None, bool]:
     return run.info.run_id, False
 
 
-def run_experiment(cfg: ExperimentConfig, *, progress: bool = True, restart: bool = False) -> RunResult:
+def run_experiment(cfg: ExperimentConfig, *, progress: bool = True, restart: bool = False) -> RunResult | DecoderRunResult:
     """The whole job, tracked in one MLflow run (ended FAILED/KILLED if anything goes wrong).
 
     Run again after a crash or Ctrl-C, the same config continues: the Optuna study keeps the
@@ -338,7 +339,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True, restart: boo
         return _run_in(cfg, out, progress=progress, restart=restart)
 
 
-def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) -> RunResult:
+def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) -> RunResult | DecoderRunResult:
     torch.set_num_threads(cfg.latency.threads)
     resume, finished = (None, False) if restart else _previous_run(out, cfg)
     if finished:
@@ -348,6 +349,8 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
         write_json_atomic(out / RUN_FILE, {"run_id": tracker.run_id, "tracking_uri": tracker.uri})
         t0 = time.perf_counter()
         baseline = load_baseline(cfg, progress=progress)
+        if is_decoder(baseline):  # no labels and no zoo factory: distil to the dense logits, time prefill and decode
+            return run_decoder(cfg, baseline, tracker, out, progress=progress, restart=restart, t0=t0)
         tracker.log_dense({"val_accuracy": baseline.meta.get("val_accuracy", float("nan")), "test_accuracy": baseline.meta.get("test_accuracy", float("nan"))})
         search = run_search(cfg, progress=progress, callback=tracker.log_episode, baseline=baseline,
                             tracking=(tracker.uri, tracker.run_id), restart=restart)
@@ -414,6 +417,7 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
             "pruned_size_bytes": pruned_r.size_bytes,
             "search_episodes": search.result.episodes,
             "search_seconds": search.result.seconds,
+            **{f"latency_table_{k}": v for k, v in ev.latency_model.cache_summary().items()},  # unit, reused, measured, seconds_saved
             "search_best_proxy_accuracy": best.metrics.accuracy,
             **{f"search_latency_{k}": v for k, v in best.metrics.latency.as_dict().items() if k in ("mean", "low", "high", "n")},
             **{f"final_latency_{k}": v for k, v in pruned_r.latency.as_dict().items() if k in ("mean", "low", "high", "n")},

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from autoprune.app.commands import EstimateReport, TrainReport, TransferReport
 from autoprune.app.decoder_estimate import DecoderEstimateReport
+from autoprune.app.decoder_run import DecoderRunResult
 from autoprune.app.experiment import SearchRun
 from autoprune.app.model_files import ApplyReport, EvaluateReport, ExportReport, FinetuneReport
 from autoprune.app.pipeline import RunResult
@@ -100,8 +101,12 @@ def train_table(r: TrainReport) -> Shown:
     return [table]
 
 
-def estimate_table(r: EstimateReport) -> Shown:
-    """One row per variant (dense, uniform channel ratios, unstructured masks): size, speed-up on the backend (and eager), proxy accuracy."""
+def estimate_table(r: EstimateReport | DecoderEstimateReport) -> Shown:
+    """One row per variant (dense, uniform channel ratios, unstructured masks): size, speed-up on the backend (and eager), proxy accuracy.
+
+    A decoder's config gives its rows per unit kind (:func:`decoder_estimate_table`)."""
+    if isinstance(r, DecoderEstimateReport):
+        return decoder_estimate_table(r)
     cfg = r.config
     backend = cfg.latency.backend
     on_torch = backend_class(backend).eager  # a per-layer sum: the eager lookup table's prediction is shown
@@ -184,11 +189,11 @@ def search_rows(run: SearchRun) -> list[Row]:
     ev, best = run.evaluator, run.result.best
     if best is None:
         return []
-    m, backend = best.metrics, ev.latency.backend
+    m, backend, scorer = best.metrics, ev.latency.backend, getattr(ev, "scorer", None)
     est = m.latency
     where = "fresh process" if est.source == "fresh" else "search"
     return [
-        Row(f"proxy {getattr(getattr(ev, 'scorer', None), 'metric', 'accuracy')} (val)", ev.dense_accuracy, m.accuracy, fmt="{:.4f}"),
+        Row(f"proxy {getattr(scorer, 'label', None) or getattr(scorer, 'metric', 'accuracy')} (val)", ev.dense_accuracy, m.accuracy, fmt="{:.4f}"),
         Row(f"latency ratio (paired, {backend}, {where}, {est.n} rounds)", 1.0, est.mean, ci=(est.low, est.high)),
         Row(f"latency ms ({backend})", dense_ms_of(run), best_latency_ms(run)),
         Row("MAC ratio", 1.0, m.macs_ratio),
@@ -212,15 +217,40 @@ def best_latency_ms(run: SearchRun) -> float:
     return float(ratio) * dense_ms_of(run) if ratio is not None else math.nan
 
 
-def run_tables(res: RunResult) -> Shown:
+def run_tables(res: RunResult | DecoderRunResult) -> Shown:
     """The search summary, then dense against pruned on the test split, and where the results went."""
+    if isinstance(res, DecoderRunResult):
+        return decoder_run_tables(res)
     cfg = res.config
     threads = f", {cfg.latency.threads} threads" if cfg is not None else ""
     title = f"{cfg.name if cfg else 'run'}: dense vs pruned (test split, batch {cfg.latency.batch_size if cfg else 1}{threads})"
     return [*search_summary(res.search), dense_vs_pruned(title, res.dense, res.pruned, res.report), *deployment_lines(res.report),
-            f"pruned model: {res.model_path}" + (f"\nonnx: {res.onnx['path']}" if res.onnx else "")
+            *table_cache_lines(res.report), f"pruned model: {res.model_path}" + (f"\nonnx: {res.onnx['path']}" if res.onnx else "")
             + (f"\ntokenizer: {res.onnx['tokenizer']}" if res.onnx and "tokenizer" in res.onnx else ""),
             f"MLflow run {res.run_id}: see it with 'autoprune ui'"]
+
+
+def decoder_run_tables(res: DecoderRunResult) -> Shown:
+    """A decoder's run: the search summary, dense against pruned (KL and perplexity before -> after distillation, prefill ms,
+    decode tokens/s, parameters, budget), the two greedy completions, and where the results went."""
+    r, cfg = res.report, res.config
+    rows = [Row(f"{split} {what}", r[f"dense_{split}_{what}"], f"{r[f'pruned_{split}_{what}_before_distill']:.4f} -> "
+                f"{r[f'pruned_{split}_{what}_after_distill']:.4f}", "before -> after distillation", fmt="{:.4f}")
+            for split in ("val", "test") for what in ("kl", "perplexity")]
+    rows += [
+        Row(f"prefill ms ({r['prompt_tokens']} tokens, paired)", r["dense_prefill_ms"], r["pruned_prefill_ms"], r["prefill_speedup"],
+            change_fmt=speed_words),
+        Row(f"decode tokens/s ({r['new_tokens']} new, paired)", r["dense_decode_tokens_per_s"], r["pruned_decode_tokens_per_s"],
+            r["decode_speedup"], fmt="{:.1f}", change_fmt=speed_words),
+        Row("params", r["dense_params"], r["pruned_params"], r["dense_params"] / max(1, r["pruned_params"]), fmt="{:,}", change_fmt="{:.2f}x fewer"),
+        Row(f"budget ({'latency in ' + r['latency_mode'] + ' mode' if r['budget_metric'] == 'latency' else 'MACs per token'} "
+            f"<= {r['budget_target']:.3f})", None,
+            "met" if r["budget_met"] else "NOT met"),
+    ]
+    title = f"{cfg.name if cfg else 'run'}: dense vs pruned decoder (eager PyTorch, {cfg.latency.threads if cfg else 1} threads)"
+    return [*search_summary(res.search), rows_table(title, ("", "dense", "pruned", "change"), rows),
+            f"{r['completion_prompt']!r}\n  dense:  {r['dense_completion']!r}\n  pruned: {r['pruned_completion']!r}",
+            f"pruned decoder: {res.model_path} (reload: model.name hf:{res.model_path})", f"MLflow run {res.run_id}: see it with 'autoprune ui'"]
 
 
 def dense_vs_pruned(title: str, d: Any, p: Any, report: dict[str, Any] | None = None) -> Table:
@@ -250,7 +280,9 @@ def final_rows(d: Any, p: Any, report: dict[str, Any] | None = None) -> list[Row
                     ci=tuple(p.latency_ci_ms), change_fmt=speed_words))
     if "budget_met" in r:  # judged on this final measurement, not on the search's
         rows.append(Row(f"budget ({r['budget_metric']} <= {r['budget_target']:.3f}, final measurement)", None,
-                        f"{r['budget_value']:.3f}: " + ("met" if r["budget_met"] else "NOT met")))
+                        f"{r['budget_value']:.3f}" + (f" (upper end of its 95% CI {r['final_latency_high']:.3f})"
+                                                       if r["budget_metric"] == "latency" and r.get("final_latency_high") is not None else "")
+                        + ": " + ("met" if r["budget_met"] else "NOT met")))
     if not backend_class(p.backend).eager:
         rows.append(Row("latency ms on torch eager", d.eager_latency_ms, p.eager_latency_ms, d.eager_latency_ms / p.eager_latency_ms,
                         change_fmt=speed_words))
@@ -271,6 +303,15 @@ def deployment_lines(report: dict[str, Any]) -> Shown:
         lines.append(f"total: dense eager PyTorch {report['dense_eager_latency_ms']:.3f} ms -> deployed {report['deployed_artifact']} "
                      f"{report['deployed_latency_ms']:.3f} ms: {speed_words(report['total_speedup'])}")
     return lines
+
+
+def table_cache_lines(report: dict[str, Any]) -> Shown:
+    """What the latency-table cache gave (``latency_table_*`` entries of a report), as one line; none without them."""
+    if "latency_table_reused" not in report:
+        return []
+    r = report
+    return [f"latency table cache ({r['latency_table_unit']}): {r['latency_table_reused']} reused "
+            f"({r['latency_table_seconds_saved']:.3g} s of measurement saved), {r['latency_table_measured']} measured"]
 
 
 def worker_line(res: SearchResult, study: str) -> Shown:
@@ -303,6 +344,7 @@ def transfer_lines(r: TransferReport) -> Shown:
     shown.append(f"{how}; scale {res.scale:.3f}; predicted {res.metric} {res.predicted_value:.3f}, measured "
                  f"{m.get('value', float('nan')):.3f} (target {res.target:.3f}, {'met' if m.get('feasible') else 'NOT met'}); "
                  f"proxy accuracy {m.get('accuracy', float('nan')):.4f} (dense {r.dense_accuracy:.4f}); written to {r.out}")
+    shown += table_cache_lines({f"latency_table_{k}": v for k, v in r.table_cache.items()})
     if r.run_id:
         shown.append(f"MLflow run {r.run_id} (experiment 'transfer')")
     return shown
@@ -356,6 +398,6 @@ def check_table(model: str, graph: Any, report: Any) -> Shown:
 
 __all__ = [
     "Row", "apply_lines", "best_latency_ms", "budget_lines", "check_table", "dense_ms_of", "dense_vs_pruned", "deployment_lines", "estimate_table", "evaluate_lines",
-    "export_lines", "final_rows", "finetune_lines", "rows_table", "run_tables", "search_rows", "search_summary", "train_table",
-    "transfer_lines", "worker_line",
+    "decoder_run_tables", "export_lines", "final_rows", "finetune_lines", "rows_table", "run_tables", "search_rows", "search_summary",
+    "table_cache_lines", "train_table", "transfer_lines", "worker_line",
 ]  # fmt: skip

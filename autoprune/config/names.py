@@ -24,6 +24,7 @@ from pydantic_core import PydanticCustomError
 from autoprune.errors import ConfigError
 from autoprune.graph.importance import IMPORTANCES
 from autoprune.measure.backends import BACKENDS
+from autoprune.measure.decoder_latency import DECODER_MODES
 from autoprune.registry import Registry, is_reference
 from autoprune.search import SEARCHERS
 from autoprune.search.samplers import SAMPLERS
@@ -100,9 +101,10 @@ def registry_rule(registry: Registry[Any]) -> NameRule:
 
 def _known_model(name: str) -> bool:
     from autoprune.zoo import is_zoo_model  # imports torch: only when a config is validated
+    from autoprune.zoo.decoder import is_decoder_name
     from autoprune.zoo.hf import is_encoder_name
 
-    return is_zoo_model(name) or is_factory_reference(name) or is_encoder_name(name)
+    return is_zoo_model(name) or is_factory_reference(name) or is_encoder_name(name) or is_decoder_name(name)
 
 
 def _model_problem(name: str) -> str | None:
@@ -113,10 +115,11 @@ def _model_problem(name: str) -> str | None:
 
 def _allowed_models() -> str:
     from autoprune.zoo import MODEL_NAMES
+    from autoprune.zoo.decoder import DECODER_NAMES
     from autoprune.zoo.hf import ENCODER_NAMES
 
-    return (", ".join(repr(n) for n in (*MODEL_NAMES, *ENCODER_NAMES))
-            + ", any 'resnet<6n+2>' (e.g. 'resnet44'), 'hf:/path/to/encoder-folder' or 'package.module:factory'")
+    return (", ".join(repr(n) for n in (*MODEL_NAMES, *ENCODER_NAMES, *DECODER_NAMES))
+            + ", any 'resnet<6n+2>' (e.g. 'resnet44'), 'hf:/path/to/encoder-or-decoder-folder' or 'package.module:factory'")
 
 
 def _known_data(name: str) -> bool:
@@ -138,6 +141,8 @@ MODEL = NameRule("model.name", _known_model, _allowed_models, problem=_model_pro
 #: ``data.name``: a zoo data set, a text data set, or a ``"package.module:factory"`` reference.
 DATA = NameRule("data.name", _known_data, _allowed_data)
 BACKEND = registry_rule(BACKENDS)
+#: ``latency.mode``: the decoder latency modes (:data:`autoprune.measure.decoder_latency.DECODER_MODES`, their one list).
+MODE = NameRule("latency.mode", lambda name: name in DECODER_MODES, lambda: ", ".join(DECODER_MODES))
 SEARCHER = registry_rule(SEARCHERS)
 SAMPLER = registry_rule(SAMPLERS)
 IMPORTANCE = registry_rule(IMPORTANCES)
@@ -148,8 +153,9 @@ BackendName = Annotated[str, AfterValidator(BACKEND.validate)]
 SearcherName = Annotated[str, AfterValidator(SEARCHER.validate)]
 SamplerName = Annotated[str, AfterValidator(SAMPLER.validate)]
 ImportanceName = Annotated[str, AfterValidator(IMPORTANCE.validate)]
+ModeName = Annotated[str, AfterValidator(MODE.validate)]
 
 __all__ = [
-    "BACKEND", "DATA", "IMPORTANCE", "MODEL", "SAMPLER", "SEARCHER", "BackendName", "DataName", "ImportanceName", "ModelName",
-    "NameRule", "SamplerName", "SearcherName", "is_factory_reference", "not_allowed", "registry_rule",
+    "BACKEND", "DATA", "IMPORTANCE", "MODE", "MODEL", "SAMPLER", "SEARCHER", "BackendName", "DataName", "ImportanceName", "ModeName",
+    "ModelName", "NameRule", "SamplerName", "SearcherName", "is_factory_reference", "not_allowed", "registry_rule",
 ]

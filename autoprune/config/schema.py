@@ -99,10 +99,13 @@ class ExperimentConfig(Section):
         return self
 
     def _model_fits_data(self) -> None:
-        """An encoder goes with text and the fidelity proxy, a classifier with labelled data and accuracy."""
+        """An encoder goes with text and the fidelity proxy, a decoder LLM with text and the KL proxy, a classifier with labelled data and accuracy."""
+        from autoprune.zoo.decoder import is_decoder_name
         from autoprune.zoo.hf import is_encoder_name
         from autoprune.zoo.text import TEXT_DATASET_NAMES
 
+        if is_decoder_name(self.model.name):
+            return self._decoder_fits()
         m, d = self.model.name, self.data.name
         encoder, text = is_encoder_name(m), d in TEXT_DATASET_NAMES
         if encoder and not text and not is_factory_reference(d):
@@ -111,6 +114,8 @@ class ExperimentConfig(Section):
             raise combination(f"model.name: {m!r} is not a sentence encoder; data {d!r} is text and needs one: 'minilm' or 'hf:/path/to/folder'")
         if self.proxy.metric is None:
             self.proxy.metric = "fidelity" if encoder else "accuracy"
+        elif self.proxy.metric == "kl":
+            raise combination(f"proxy.metric: 'kl' needs a decoder LLM ('smollm2' or 'hf:/path/to/decoder'), not model {m!r}")
         elif self.proxy.metric == "fidelity" and not encoder:
             raise combination(f"proxy.metric: 'fidelity' needs a sentence encoder and text, not model {m!r}; use 'accuracy'")
         elif self.proxy.metric == "accuracy" and encoder:
@@ -119,11 +124,48 @@ class ExperimentConfig(Section):
             if self.data.limit is not None:
                 raise combination(f"data.limit: {self.data.limit!r} is for text data only; set it to null for {d!r}")
             return
-        for field, bad, fix in (("model.checkpoint", self.model.checkpoint is not None, "null (the pretrained encoder is the baseline)"),
-                                ("export.quantize", self.export.quantize, "false (int8 of an encoder is not supported yet)"),
-                                ("pruning.iterative_steps", self.pruning.iterative_steps > 1, "1 (an encoder is pruned in one shot)")):
+        self._pretrained_only("encoder")
+
+    def _pretrained_only(self, what: str) -> None:
+        """A pretrained transformer is pruned as it is: no checkpoint, no int8, one shot."""
+        for field, bad, fix in (("model.checkpoint", self.model.checkpoint is not None, f"null (the pretrained {what} is the baseline)"),
+                                ("export.quantize", self.export.quantize, f"false (int8 of an {what} is not supported yet)"),
+                                ("pruning.iterative_steps", self.pruning.iterative_steps > 1, f"1 (an {what} is pruned in one shot)")):
             if bad:
-                raise combination(f"{field}: not allowed with the encoder {m!r}; set it to {fix}")
+                raise combination(f"{field}: not allowed with the {what} {self.model.name!r}; set it to {fix}")
+
+    def _decoder_fits(self) -> None:
+        """A decoder LLM: real text (``fortunes`` by default), the KL proxy, activation importance by default, latency timed eagerly."""
+        from autoprune.measure.backends import backend_class
+        from autoprune.zoo.text import TEXT_DATASET_NAMES
+
+        m = self.model.name
+        if "name" not in self.data.model_fields_set:
+            self.data.name = TEXT_DATASET_NAMES[0]
+        if self.data.name not in TEXT_DATASET_NAMES and not is_factory_reference(self.data.name):
+            raise combination(f"data.name: {self.data.name!r} is not text; the decoder {m!r} needs a text data set: 'fortunes'")
+        if self.proxy.metric is None:
+            self.proxy.metric = "kl"
+        elif self.proxy.metric != "kl":
+            raise combination(f"proxy.metric: {self.proxy.metric!r} does not fit the decoder {m!r}; use 'kl' (or null)")
+        if "importance" not in self.pruning.model_fields_set:
+            self.pruning.importance = "activation"  # Minitron's width criterion
+        if not backend_class(self.latency.backend).eager:
+            raise combination(f"latency.backend: {self.latency.backend!r} cannot time a decoder LLM yet; allowed: an eager backend ('torch')")
+        if self.latency.prompt_tokens > self.data.max_length:
+            raise combination(f"latency.prompt_tokens: {self.latency.prompt_tokens} is above data.max_length {self.data.max_length} "
+                              "(the prompt is cut from a block of text); lower it or raise data.max_length")
+        if self.export.onnx:
+            raise combination(f"export.onnx: not allowed with the decoder {m!r} yet; set it to false (the pruned decoder is saved as safetensors)")
+        self._pretrained_only("decoder")
+
+    def notes(self) -> list[str]:
+        """Lines ``autoprune config`` prints about settings this experiment ignores (as YAML comments)."""
+        from autoprune.zoo.decoder import is_decoder_name
+
+        if is_decoder_name(self.model.name):
+            return []
+        return [f"# latency.mode, latency.prompt_tokens and latency.new_tokens apply to decoder LLMs only; ignored for model {self.model.name!r}"]
 
     def flat(self) -> dict[str, str]:
         """All settings as ``{"search.episodes": "150", ...}``, e.g. for MLflow params.

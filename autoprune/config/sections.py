@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from autoprune.config.names import BackendName, DataName, ImportanceName, ModelName, SamplerName, SearcherName, not_allowed
+from autoprune.config.names import BackendName, DataName, ImportanceName, ModelName, ModeName, SamplerName, SearcherName, not_allowed
 from autoprune.graph.importance import DEFAULT_IMPORTANCE
 from autoprune.measure.backends import backend_option_names
 from autoprune.measure.settings import LatencySettings
@@ -47,7 +47,8 @@ class ModelConfig(Section):
             ``mobilenetv2``, ``mlp``) or a ``"package.module:factory"`` reference, called with
             ``in_channels=``, ``num_classes=`` and ``input_size=``; or a pretrained sentence
             encoder (needs a text data set): ``minilm`` or ``hf:/path/to/folder`` (any local
-            BERT-family encoder, :mod:`autoprune.zoo.hf`).
+            BERT-family encoder, :mod:`autoprune.zoo.hf`); or a decoder LLM: ``smollm2`` or
+            ``hf:/path/to/folder`` of a Llama, Qwen2 or Mistral causal LM (:mod:`autoprune.zoo.decoder`).
         checkpoint: Weights to start from. None: the cached baseline, trained once with the
             ``train`` section when missing (an encoder is used as it is: no checkpoint, no training).
         ignore: Module names (as in ``model.named_modules()``) that are never pruned.
@@ -67,11 +68,13 @@ class DataConfig(Section):
             (Debian's quotations, :mod:`autoprune.zoo.text`) for a sentence encoder.
         data_dir: Where Fashion-MNIST's IDX files are (None: ``$AUTOPRUNE_DATA``, then
             ``/usr/share/datasets/fashion-mnist``); for ``fortunes``, a folder of ``%``-separated
-            files (None: ``/usr/share/games/fortunes``).
+            files (None: ``/usr/share/games/fortunes``). A decoder LLM's default is ``fortunes``.
         val_fraction: Share of the training set held out for validation; the search only
             ever scores on it, the test split is kept for the final result.
         max_length: Text only: tokens per sentence at most (special tokens included), also the
-            sequence length at which latency is measured; at most the encoder's positions.
+            sequence length at which latency is measured; at most the encoder's positions. For a
+            decoder LLM: tokens per block of contiguous text (calibration, KL, perplexity,
+            distillation), at most the model's context.
         limit: Text only: keep the first ``limit`` sentences of each split (null: all), e.g. a
             small real subset for a quick run.
     """
@@ -100,17 +103,19 @@ class ProxyConfig(Section):
         bn_batches: Training batches to re-estimate BatchNorm statistics after pruning (0: off).
         bn_batch_size: Size of those batches.
         val_samples: Validation samples (sentences, for fidelity) scored per candidate (null: the whole split).
-        metric: ``accuracy`` (classifiers: top-1 after adaptive BN) or ``fidelity`` (sentence
+        metric: ``accuracy`` (classifiers: top-1 after adaptive BN), ``fidelity`` (sentence
             encoders, label-free: the mean of the cosine similarity to the dense embeddings and
-            the 10-nearest-neighbour agreement, :mod:`autoprune.objective.proxies`). Null: the
-            one the model calls for.
+            the 10-nearest-neighbour agreement, :mod:`autoprune.objective.proxies`) or ``kl``
+            (decoder LLMs: ``1 / (1 + KL)`` of the next-token distribution to the dense model's on
+            validation blocks, :class:`autoprune.objective.lm_fidelity.KLProxy`). Null: the one
+            the model calls for.
         neighbours: ``fidelity``: neighbours compared per sentence.
     """
 
     bn_batches: int = Field(ProxySettings.bn_batches, ge=0)
     bn_batch_size: int = Field(ProxySettings.bn_batch_size, ge=1)
     val_samples: int | None = Field(ProxySettings.val_samples, ge=1)
-    metric: Literal["accuracy", "fidelity"] | None = None
+    metric: Literal["accuracy", "fidelity", "kl"] | None = None
     neighbours: int = Field(ProxySettings.neighbours, ge=1)
 
 
@@ -136,8 +141,17 @@ class LatencyConfig(Section):
             ``thread_pool``; ``openvino``: e.g. ``performance_hint``, ``precision``; ``torch``:
             none). Names are checked against what the chosen backend accepts, values when the
             backend is built (before any search starts). Empty: the backend's serving defaults.
+        table_cache: Reuse latency-table measurements across runs and models (per-layer timings keyed
+            by layer spec, backend settings, versions and CPU; fitted tables per architecture) from
+            ``$AUTOPRUNE_CACHE/latency-tables``; false: measure everything and write nothing.
         predictor: Removed: only ``table`` (what was always used) is still accepted, from
             older configs; it is not written back.
+        mode: Decoder LLMs only (ignored for other models): ``decode`` (tokens per second of
+            ``new_tokens`` greedy steps from a KV cache holding the prompt) or ``prefill`` (one
+            pass over a prompt of ``prompt_tokens`` tokens); the budget is a fraction of the dense
+            model's time in this mode.
+        prompt_tokens: Decoder LLMs only: prompt length timed (batch 1), at most ``data.max_length``.
+        new_tokens: Decoder LLMs only: tokens generated per ``decode`` call.
     """
 
     backend: BackendName = LatencySettings.backend
@@ -147,7 +161,11 @@ class LatencyConfig(Section):
     rounds: int = Field(LatencySettings.rounds, ge=1)
     rel_ci: float | None = Field(LatencySettings.rel_ci, gt=0.0)
     backend_options: dict[str, Any] | None = LatencySettings.backend_options
+    table_cache: bool = LatencySettings.table_cache
     predictor: str | None = Field(None, exclude=True)
+    mode: ModeName = LatencySettings.mode
+    prompt_tokens: int = Field(LatencySettings.prompt_tokens, ge=1)
+    new_tokens: int = Field(LatencySettings.new_tokens, ge=1)
 
     @field_validator("predictor")
     @classmethod
@@ -321,6 +339,8 @@ class FinetuneConfig(Section):
         distill: Add a knowledge-distillation loss with the dense model as teacher.
         temperature: Distillation softmax temperature.
         alpha: Weight of the distillation loss (1 - alpha on the label loss), in [0, 1].
+        steps: Optimiser steps in all, instead of ``epochs`` (null: ``epochs`` decide); e.g. a
+            decoder LLM's short distillation budget.
     """
 
     epochs: int = Field(FinetuneSettings.epochs, ge=0)
@@ -331,6 +351,7 @@ class FinetuneConfig(Section):
     distill: bool = FinetuneSettings.distill
     temperature: float = Field(FinetuneSettings.temperature, gt=0.0)
     alpha: float = Field(FinetuneSettings.alpha, ge=0.0, le=1.0)
+    steps: int | None = Field(FinetuneSettings.steps, ge=1)
 
 
 class ExportConfig(Section):

@@ -78,8 +78,11 @@ class DecoderUnit:
     size: int
 
     def kept(self, ratio: float) -> int:
-        """What a ratio keeps: ``floor(size * (1 - ratio) + 0.5)`` (half rounds up, so 0.5 of 3 keeps 2 and of 5 keeps 3)."""
-        return math.floor(self.size * (1.0 - ratio) + 0.5 + 1e-9)
+        """What a ratio keeps: ``floor(size * (1 - ratio) + 0.5)`` (half rounds up, so 0.5 of 3 keeps 2 and of 5 keeps 3), at
+        least one for any ratio below 1 (as a CNN unit keeps a channel: no ratio a searcher proposes in ``[0, 1)`` empties a
+        unit); ratio 1 keeps none, which :meth:`DecoderGraph.kept` refuses."""
+        n = math.floor(self.size * (1.0 - ratio) + 0.5 + 1e-9)
+        return max(1, n) if ratio < 1.0 else n
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ class DecoderGraph:
         shapes: :class:`DecoderLayerShape` per layer, as the model is now.
         units: :class:`DecoderUnit` s in layer order (a unit of size 1 is left out: nothing to cut).
         block_names: The droppable layers, ``model.layers.{i}``.
+        skipped: Units and layers left dense by :meth:`exclude`, with the reason.
 
     Raises:
         ModelError: the model does not have the layout (:func:`decoder_layers`).
@@ -160,6 +164,21 @@ class DecoderGraph:
                     self.units.append(DecoderUnit(name, kind, i, role, size))
         self.block_names = [f"model.layers.{i}" for i in range(len(self.shapes))]
         self._by_name = {u.name: u for u in self.units}
+        self.skipped: dict[str, str] = {}
+
+    def exclude(self, name: str, reason: str) -> None:
+        """Leave a unit or a droppable layer dense (it fails a check): it is no longer offered; ``skipped`` records why.
+
+        ``(all together)`` and names the graph does not offer are ignored.
+        """
+        if name in self._by_name:
+            del self._by_name[name]
+            self.units = [u for u in self.units if u.name != name]
+        elif name in self.block_names:
+            self.block_names = [b for b in self.block_names if b != name]
+        else:
+            return
+        self.skipped[name] = reason
 
     @property
     def unit_names(self) -> list[str]:

@@ -8,8 +8,10 @@ caller hides (an opaque one) is seen as one leaf.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator
 
+import torch
 from torch import jit, nn
 
 
@@ -47,4 +49,21 @@ def hookable_leaves(model: nn.Module, hidden: Iterable[str] = ()) -> list[nn.Mod
     return [m for name, m in hookable_modules(model, hidden) if name in hidden or next(m.children(), None) is None]
 
 
-__all__ = ["hookable_leaves", "hookable_modules", "is_unhookable"]
+def model_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters are leaf tensors, as an optimizer needs them.
+
+    Deep-copying a TorchScript submodule while autograd records gives parameters that are outputs
+    of a copy op (not leaves: ``torch.optim`` raises "can't optimize a non-leaf Tensor"); copying
+    without recording keeps each parameter a leaf (a scripted one loses its ``requires_grad``
+    then, so it is set again from the original's).
+    """
+    with torch.no_grad():
+        copied = copy.deepcopy(model)
+    wanted = dict(model.named_parameters(remove_duplicate=False))
+    for name, p in copied.named_parameters(remove_duplicate=False):
+        if name in wanted and p.requires_grad != wanted[name].requires_grad:
+            p.requires_grad_(wanted[name].requires_grad)
+    return copied
+
+
+__all__ = ["hookable_leaves", "hookable_modules", "is_unhookable", "model_copy"]

@@ -18,7 +18,6 @@ model's structure afterwards (policy checks, kept channels, importance, pruning 
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -30,6 +29,7 @@ from torch import nn
 from autoprune.errors import ModelError, PolicyError
 from autoprune.graph.constraints import kept_channels
 from autoprune.graph.discovery import find_blocks, find_units
+from autoprune.graph.hooks import model_copy
 from autoprune.graph.layers import FUNCTIONAL_KINDS, MAC_LAYER_KINDS, ExampleInput, LayerSpec, count_macs, input_shapes, record_layer_specs
 from autoprune.graph.opaque import opaque_modules, trace
 from autoprune.graph.scoring import BatchSource, LossFn, unit_scores
@@ -89,6 +89,9 @@ class PrunableGraph:
             fused QKV projection), or cannot be traced because of an operation in its own forward
             (naming the operation).
     """
+
+    #: A policy found on another architecture can be mapped onto this graph (``autoprune transfer``, ``--warm-start``).
+    transferable = True
 
     def __init__(
         self,
@@ -172,7 +175,7 @@ class PrunableGraph:
 
     def dense_copy(self, model: nn.Module) -> nn.Module:
         """A deep copy of ``model`` (the dense model or one equal to it) laid out like :attr:`network`: its :attr:`split_heads` split."""
-        copied = copy.deepcopy(model)
+        copied = model_copy(model)
         split_attention_heads(copied, [n for n in self.split_heads if isinstance(copied.get_submodule(n), nn.MultiheadAttention)])
         return copied
 

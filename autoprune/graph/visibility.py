@@ -9,13 +9,14 @@ allowed step on a copy to see whether that layer's input changes.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
+
+from autoprune.graph.hooks import model_copy
 
 
 def invisible_layers(model: nn.Module, dg: tp.DependencyGraph, executed: Sequence[str]) -> list[str]:
@@ -75,7 +76,7 @@ def units_feeding(graph: Any, layer: str) -> list[str]:
     dense = input_shape(graph.network, layer, graph.example_input)
     feeding = []
     for unit in graph.units:
-        pruned = copy.deepcopy(graph.network)
+        pruned = model_copy(graph.network)
         modules = dict(pruned.named_modules())
         n = unit.features.channels
         idxs = unit.constraint.choose(torch.arange(n, dtype=torch.float64), unit.allowed[-2])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,9 @@ from autoprune.paths import write_json_atomic
 INT8_FALLBACK_BACKEND = INT8_FALLBACK
 #: Timing protocols of :func:`remeasure_in_fresh_process`: the backend's ratio protocol, or its serving settings as given.
 PROTOCOLS = ("ratio", "serving")
+#: Fresh processes behind every ratio that decides or reports the budget (a search's finalists, the final
+#: table, ``estimate``): the median over them, the interval spanning theirs (:func:`remeasure_in_fresh_process`).
+FRESH_PROCESSES = 3
 #: Paired rounds of the serving-settings child that gives the absolute milliseconds (:func:`compare_in_fresh_process`).
 SERVING_ROUNDS = 10
 #: Model file suffixes the child reads: ONNX files (opened by the backend's ``prepare_file``) and pruned-model files.
@@ -198,6 +202,7 @@ def remeasure_in_fresh_process(
     zoo: ZooModel | None = None,
     timeout_s: float | None = None,
     protocol: str = "ratio",
+    processes: int = 1,
 ) -> FreshMeasurement:
     """Time each candidate paired against ``dense`` in a new Python process, on one backend.
 
@@ -229,6 +234,12 @@ def remeasure_in_fresh_process(
             :meth:`~autoprune.measure.backends.LatencyBackend.ratio_options` over ``backend_options``
             (e.g. ONNX Runtime's shared pool), as every ratio of a search is measured; ``serving``:
             exactly ``backend_options`` (the deployed runtime's own settings).
+        processes: Fresh processes measuring the same models one after another. A process has a
+            lasting effect of its own on a runtime's speed (where its threads and buffers land):
+            on 2 cores, two fresh processes timing one pair on ONNX Runtime's shared pool gave
+            0.42 and 0.53, each with a +-0.2% interval. With several, each ratio is the median
+            over the processes and its interval spans theirs (the lowest ``ci_low`` to the
+            highest ``ci_high``), so it covers the process-to-process spread.
 
     Returns:
         The ratios with their confidence intervals, the dense milliseconds and the backend settings.
@@ -245,7 +256,7 @@ def remeasure_in_fresh_process(
         int8_name = int8_backend if int8_backend is not None else (backend if _opens_files(factory) else INT8_FALLBACK_BACKEND)
         if not _opens_files(_backend_class(int8_name, "int8_backend")):
             raise ConfigError(f"int8_backend: {int8_name!r} cannot time ONNX files; use a backend with prepare_file such as {INT8_FALLBACK_BACKEND!r}")
-    for field, value, minimum in (("threads", threads, 1), ("rounds", rounds, 1), ("warmup_rounds", warmup_rounds, 0)):
+    for field, value, minimum in (("threads", threads, 1), ("rounds", rounds, 1), ("warmup_rounds", warmup_rounds, 0), ("processes", processes, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ConfigError(f"{field}: expected an integer >= {minimum}, got {value!r}")
     if protocol not in PROTOCOLS:
@@ -272,7 +283,27 @@ def remeasure_in_fresh_process(
             spec["int8"] = {"backend": int8_name, "options": options if int8_name == backend else {}, "reference": reference,
                             "models": [_write_model(p, folder, f"int8-{i}", None, f"int8_files[{i}]") for i, p in enumerate(int8_files)]}
         write_json_atomic(folder / "spec.json", spec)
-        return _run_child(folder / "spec.json", Path(spec["out"]), threads, timeout_s)
+        runs = []
+        for _ in range(processes):
+            Path(spec["out"]).unlink(missing_ok=True)
+            runs.append(_run_child(folder / "spec.json", Path(spec["out"]), threads, timeout_s))
+        return runs[0] if processes == 1 else _pooled(runs)
+
+
+def _pooled_group(groups: Sequence[FreshGroup]) -> FreshGroup:
+    """One group from the same group measured in several processes: median ratios, intervals spanning them all."""
+    ref_ms = statistics.median(g.reference_ms for g in groups)
+    ratios = []
+    for per_model in zip(*(g.ratios for g in groups)):
+        r = statistics.median(m.ratio for m in per_model)
+        ratios.append(FreshRatio(ratio=r, ci_low=min(m.ci_low for m in per_model), ci_high=max(m.ci_high for m in per_model),
+                                 rounds=sum(m.rounds for m in per_model), ms=r * ref_ms))
+    return FreshGroup(ratios=tuple(ratios), reference_ms=ref_ms, settings={**groups[0].settings, "processes": len(groups)})
+
+
+def _pooled(runs: Sequence[FreshMeasurement]) -> FreshMeasurement:
+    int8 = _pooled_group([r.int8 for r in runs]) if all(r.int8 is not None for r in runs) else None  # type: ignore[misc]
+    return FreshMeasurement(fp32=_pooled_group([r.fp32 for r in runs]), int8=int8, pid=runs[0].pid)
 
 
 def _stats(r: FreshRatio, reference_ms: float) -> RatioStats:
@@ -311,12 +342,13 @@ def compare_in_fresh_process(
     Raises:
         As :func:`remeasure_in_fresh_process`.
     """
-    def timed(backend: str, options: Mapping[str, Any], protocol: str = "ratio", n: int = rounds) -> FreshMeasurement:
+    def timed(backend: str, options: Mapping[str, Any], protocol: str = "ratio", n: int = rounds, processes: int = 1) -> FreshMeasurement:
         return remeasure_in_fresh_process(dense, list(models), example_input, backend=backend, threads=settings.threads, backend_options=options,
-                                          rounds=n, warmup_rounds=settings.warmup, zoo=zoo, timeout_s=timeout_s, protocol=protocol)
+                                          rounds=n, warmup_rounds=settings.warmup, zoo=zoo, timeout_s=timeout_s, protocol=protocol,
+                                          processes=processes)
 
     factory, options = backend_class(settings.backend), settings.options()
-    ratio = timed(settings.backend, options)
+    ratio = timed(settings.backend, options, processes=FRESH_PROCESSES)
     dense_ms, recorded = ratio.dense_ms, ratio.settings
     if factory.ratio_options(options, timing_only=True) != dict(options):  # the ratio protocol is not how it serves: absolute ms as served
         served = timed(settings.backend, options, "serving", SERVING_ROUNDS)

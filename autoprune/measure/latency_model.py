@@ -39,6 +39,7 @@ from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
 from autoprune.measure.backends import LatencyBackend, Runner, settings_label
 from autoprune.measure.latency import PairedTimer, RatioStats
+from autoprune.measure.layer_cache import LayerTimingCache, timing_context
 from autoprune.measure.runtime_table import DEFAULT_CACHE_DIR, FittedLatencyTable, calibrate_on_backend
 from autoprune.measure.schedule import PairedSchedule
 from autoprune.measure.settings import LatencySettings
@@ -65,6 +66,7 @@ def eager_table(
     unit_names: list[str],
     block_names: list[str],
     n_random: int = 8,
+    cache_dir: str | Path | None = None,
 ) -> tuple[LatencyTable, list[str]]:
     """Fit the eager micro-benchmark table on dense, uniform and random pruned variants, measured paired.
 
@@ -79,15 +81,22 @@ def eager_table(
         max_ratio, round_to: The search's pruning limits.
         unit_names, block_names: Units and droppable blocks offered to the search.
         n_random: Random variants.
+        cache_dir: Folder of per-layer timings shared across models (:mod:`autoprune.measure.layer_cache`;
+            None: time every spec here, write nothing). The whole-model variant measurements are of this
+            model and are not cached.
 
     Returns:
-        ``(table, failures)``: the fitted table and one line per variant that failed (skipped).
+        ``(table, failures)``: the fitted table and one line per variant that failed (skipped); the
+        table's ``cache`` counts the timings reused and measured.
 
     Raises:
         ModelError: every pruned variant failed.
     """
     t0 = time.perf_counter()
     table = LatencyTable(threads=threads)
+    if cache_dir is not None:
+        context = timing_context(timer.settings(), threads=threads, warmup=table.warmup, repeats=table.repeats, passes=table.passes)
+        table.cache = LayerTimingCache(Path(cache_dir) / "layers", context)
     rng = np.random.default_rng(12345)
     variants = [Policy(), Policy.uniform(unit_names, min(0.5, max_ratio))]
     variants.append(Policy.uniform(unit_names, min(0.25, max_ratio), drop=block_names[::2]))
@@ -161,14 +170,23 @@ def _calibrated_table(
     model: nn.Module, graph: PrunableGraph, timer: PairedTimer, settings: LatencySettings, *, dense_ms: float, max_ratio: float,
     round_to: int | None, unit_names: list[str], block_names: list[str], cache: str | Path | None,
 ) -> tuple[LatencyTable | FittedLatencyTable, dict[str, Any], list[str]]:
-    """``(table, info, failures)``: eager micro-benchmarks on an eager backend, else a table fitted on the backend itself."""
+    """``(table, info, failures)``: eager micro-benchmarks on an eager backend, else a table fitted on the backend itself.
+
+    ``info["cache"]`` says what the cache gave: ``unit`` (``layer timings`` or ``tables``), ``reused`` and
+    ``measured`` (counts of that unit) and ``seconds_saved`` (the stored measurement seconds of the reused ones).
+    """
+    if not settings.table_cache:
+        cache = None
+    elif cache == "auto":
+        cache = default_cache_dir().parent / "latency-tables"
     if timer.backend.eager:
         table, failures = eager_table(model, graph, timer, dense_ms=dense_ms, threads=settings.threads, batch_size=settings.batch_size,
-                                      max_ratio=max_ratio, round_to=round_to, unit_names=unit_names, block_names=block_names)
-        return table, {"kind": "eager micro-benchmarks"}, failures
-    if cache == "auto":
-        cache = default_cache_dir().parent / "latency-tables"
+                                      max_ratio=max_ratio, round_to=round_to, unit_names=unit_names, block_names=block_names, cache_dir=cache)
+        counts = table.cache.summary() if table.cache is not None else {"reused": 0, "measured": len(table), "seconds_saved": 0.0}
+        return table, {"kind": "eager micro-benchmarks", "cache": {"unit": "layer timings", **counts}}, failures
     fitted, info = backend_table(model, graph, timer, batch_size=settings.batch_size, max_ratio=max_ratio, round_to=round_to, cache_dir=cache)
+    reused = bool(info["from_cache"])
+    info["cache"] = {"unit": "tables", "reused": int(reused), "measured": int(not reused), "seconds_saved": fitted.seconds if reused else 0.0}
     return fitted, info, []
 
 
@@ -185,7 +203,8 @@ class LatencyModel:
         dense_ms: The dense model's latency in milliseconds per call.
         table: The lookup table that predicts ratios without surgery.
         table_info: How the table was made (``kind``: ``eager micro-benchmarks``, ``fitted`` on the
-            backend, or ``given``; ``from_cache``, ``variants``, ``seconds`` for fitted tables).
+            backend, or ``given``; ``from_cache``, ``variants``, ``seconds`` for fitted tables; ``cache``:
+            what the latency-table cache gave at build time, see :meth:`cache_summary`).
         calibration_failures: One line per calibration variant that failed (skipped).
         backend_settings: The backend's settings (:meth:`PairedTimer.settings`: name, version,
             threads, ...), recorded with every result.
@@ -248,8 +267,26 @@ class LatencyModel:
             units = list(graph.unit_names if unit_names is None else unit_names)
             table, info, failures = _calibrated_table(model, graph, timer, settings, dense_ms=dense_ms, max_ratio=max_ratio,
                                                       round_to=round_to, unit_names=units, block_names=list(block_names), cache=table_cache)
-        return cls(settings, timer, dense_ms, table, graph, round_to, info, failures, timer.settings(),
-                   graph.specs_for({}, (), batch_size=settings.batch_size))
+        built = cls(settings, timer, dense_ms, table, graph, round_to, info, failures, timer.settings(),
+                    graph.specs_for({}, (), batch_size=settings.batch_size))
+        if "cache" in info:
+            c = built.cache_summary()
+            log.info("latency table cache (%s): %d reused (%.3g s of measurement saved), %d measured", c["unit"], c["reused"], c["seconds_saved"], c["measured"])
+        return built
+
+    def cache_summary(self) -> dict[str, Any]:
+        """What the latency-table cache has given so far (the search keeps timing new layer specs on eager tables).
+
+        Returns:
+            ``{"unit": "layer timings" | "tables" | "none", "reused": count, "measured": count,
+            "seconds_saved": s}``, the seconds being the stored measurement times of the reused entries.
+        """
+        cache = getattr(self.table, "cache", None)
+        if isinstance(cache, LayerTimingCache):
+            return {"unit": "layer timings", **cache.summary()}
+        if isinstance(self.table, LatencyTable):
+            return {"unit": "layer timings", "reused": 0, "measured": len(self.table), "seconds_saved": 0.0}
+        return dict(self.table_info.get("cache", {"unit": "none", "reused": 0, "measured": 0, "seconds_saved": 0.0}))
 
     @property
     def backend(self) -> LatencyBackend:

@@ -22,7 +22,9 @@ regression on architecture features measured on the target device" approach of
 nn-Meter (Zhang et al., MobiSys 2021) and HELP, reduced to one model family's variants.
 
 Tables are cached on disk per (architecture, backend settings, batch, machine), so a
-second search of the same model on the same backend skips calibration.
+second search of the same model on the same backend skips calibration. The variants are
+ratios of whole models of one architecture, so another architecture cannot honestly reuse
+them (unlike the per-layer eager timings of :mod:`autoprune.measure.layer_cache`).
 """
 
 from __future__ import annotations
@@ -124,12 +126,14 @@ class FittedLatencyTable:
         dense_ms: The dense model's latency on the backend when calibrated (for :meth:`predict_ms`).
         key: What the table was calibrated for (architecture, backend settings, batch, machine).
         samples: Calibration points kept for reporting (``[{"ratio", "predicted"}]``).
+        seconds: Wall seconds its calibration took (what a reuse from the cache saves; NaN: not recorded).
 
     Raises:
         ConfigError: a weight for an unknown feature.
     """
 
-    def __init__(self, weights: dict[str, float] | None = None, *, dense_ms: float = float("nan"), key: dict | None = None, samples: list | None = None) -> None:
+    def __init__(self, weights: dict[str, float] | None = None, *, dense_ms: float = float("nan"), key: dict | None = None,
+                 samples: list | None = None, seconds: float = float("nan")) -> None:
         unknown = set(weights or {}) - set(FEATURES)
         if unknown:
             raise ConfigError(f"latency table weights: unknown feature {sorted(unknown)[0]!r}; allowed: {', '.join(FEATURES)}")
@@ -137,6 +141,7 @@ class FittedLatencyTable:
         self.dense_ms = float(dense_ms)
         self.key = dict(key or {})
         self.samples = list(samples or [])
+        self.seconds = float(seconds)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -185,7 +190,8 @@ class FittedLatencyTable:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what :meth:`save` writes)."""
-        return {"format": _FORMAT, "kind": "fitted", "weights": self.weights, "dense_ms": self.dense_ms, "key": self.key, "samples": self.samples}
+        return {"format": _FORMAT, "kind": "fitted", "weights": self.weights, "dense_ms": self.dense_ms, "key": self.key, "samples": self.samples,
+                "seconds": self.seconds}
 
     def save(self, path: str | Path) -> Path:
         """Write the table as JSON, atomically."""
@@ -203,7 +209,8 @@ class FittedLatencyTable:
             data = json.loads(Path(path).read_text())
             if data.get("format") != _FORMAT or data.get("kind") != "fitted":
                 raise ValueError(f"format {data.get('format')!r}/{data.get('kind')!r}, expected {_FORMAT}/fitted")
-            return cls(data["weights"], dense_ms=data["dense_ms"], key=data["key"], samples=data.get("samples"))
+            return cls(data["weights"], dense_ms=data["dense_ms"], key=data["key"], samples=data.get("samples"),
+                       seconds=float(data.get("seconds", float("nan"))))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ConfigError(f"latency table path: cannot read {str(path)!r} as a fitted latency table ({e})") from e
 
@@ -255,7 +262,8 @@ def calibrated_table(
     samples = [(specs, float(m() if callable(m) else m)) for specs, m in variants]
     table = FittedLatencyTable(dense_ms=dense_ms() if callable(dense_ms) else dense_ms, key=json.loads(json.dumps(key, default=str)))
     table.fit(samples)
-    log.info("latency table: calibrated on %d variants in %.1fs", len(samples), time.perf_counter() - t0)
+    table.seconds = time.perf_counter() - t0
+    log.info("latency table: calibrated on %d variants in %.1fs", len(samples), table.seconds)
     if path is not None:
         table.save(path)
     return table, False

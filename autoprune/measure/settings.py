@@ -10,6 +10,7 @@ from torch import nn
 from autoprune.graph.layers import ExampleInput
 from autoprune.graph.safety import ExportCheck
 from autoprune.measure.backends import DEFAULT_THREADS, backend_class, get_backend, settings_label
+from autoprune.measure.decoder_latency import NEW_TOKENS, PROMPT_TOKENS
 from autoprune.measure.schedule import PairedSchedule
 
 
@@ -29,6 +30,14 @@ class LatencySettings:
         rel_ci: Stop once the 95% CI half-width relative to the ratio is at most this.
         backend_options: The backend's own settings (:func:`autoprune.measure.backends.get_backend`
             keywords, e.g. ``{"spinning": True}`` for ``onnxruntime``); None or empty: its serving defaults.
+        mode: Decoder LLMs only: what a call is (:data:`autoprune.measure.decoder_latency.DECODER_MODES`):
+            ``prefill`` (one pass over a prompt, time to first token) or ``decode`` (greedy tokens from a KV cache).
+        prompt_tokens: Decoder LLMs only: tokens of the timed prompt (batch 1).
+        new_tokens: Decoder LLMs only: tokens a ``decode`` call generates.
+        table_cache: Reuse latency-table measurements from ``$AUTOPRUNE_CACHE/latency-tables``: per-layer
+            timings shared by every model with the same layer specs (eager tables,
+            :mod:`autoprune.measure.layer_cache`) and per-architecture fitted tables (serving runtimes).
+            False: measure everything, read and write nothing.
     """
 
     backend: str = "torch"
@@ -39,6 +48,10 @@ class LatencySettings:
     min_rounds: int = 5
     rel_ci: float | None = 0.03
     backend_options: Mapping[str, object] | None = None
+    mode: str = "decode"
+    prompt_tokens: int = PROMPT_TOKENS
+    new_tokens: int = NEW_TOKENS
+    table_cache: bool = True
 
     def schedule(self) -> PairedSchedule:
         """The paired schedule of one search measurement (the backend fills in how calls interleave).

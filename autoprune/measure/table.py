@@ -13,6 +13,8 @@ The sum over a model's specs misses functional ops (``F.relu``, residual additio
 and per-call Python overhead, so the table is calibrated against whole-model
 measurements: ``latency ≈ a + b * sum(spec latencies)``. The search mostly uses
 :meth:`LatencyTable.predict_ratio`, the predicted ratio to the dense model.
+With a :class:`~autoprune.measure.layer_cache.LayerTimingCache`, a model pays only for specs no
+earlier model had (same settings, versions, machine); new ones are rescaled to reused anchors.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from autoprune.graph.layers import ATTENTION_CORE, FUNCTIONAL_KINDS, ExampleInpu
 from autoprune.graph.transformer import AttentionCore
 from autoprune.measure.backends import DEFAULT_THREADS, LatencyBackend
 from autoprune.measure.latency import PairedTimer, fixed_threads
+from autoprune.measure.layer_cache import LayerTimingCache
 from autoprune.measure.schedule import PairedSchedule
 
 logger = logging.getLogger(__name__)
@@ -162,6 +165,7 @@ class LatencyTable:
         entries: Initial ``{key: milliseconds}`` (as written by :meth:`save`).
         offset_ms: Calibration intercept ``a``.
         scale: Calibration slope ``b``.
+        cache: Per-spec timings shared across models on disk (None: time every new spec here).
 
     Raises:
         ConfigError: non-positive counts.
@@ -177,6 +181,7 @@ class LatencyTable:
         entries: dict[str, float] | None = None,
         offset_ms: float = 0.0,
         scale: float = 1.0,
+        cache: LayerTimingCache | None = None,
     ) -> None:
         for field, value, minimum in (("threads", threads, 1), ("warmup", warmup, 0), ("repeats", repeats, 1), ("passes", passes, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -191,6 +196,7 @@ class LatencyTable:
         self.scale = float(scale)
         self._unknown_kinds: set[str] = set()
         self._in_place_kinds: set[str] = set()
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -200,8 +206,8 @@ class LatencyTable:
         """The JSON string under which ``spec`` is stored."""
         return json.dumps(spec.key())
 
-    def _bench(self, specs: list[LayerSpec]) -> list[float]:
-        """Fastest call of each spec over ``passes`` sweeps (0 ms for kinds without a builder).
+    def _bench(self, specs: list[LayerSpec]) -> tuple[list[float], list[float]]:
+        """``(fastest call of each spec in ms over passes sweeps, wall seconds spent on each)``; 0 ms for kinds without a builder.
 
         Runs under a forked RNG so micro-benchmarks never change torch's global random state
         (searchers' reproducibility must not depend on which shapes were new).
@@ -209,10 +215,11 @@ class LatencyTable:
         with torch.random.fork_rng(devices=[]):
             return self._bench_unseeded(specs)
 
-    def _bench_unseeded(self, specs: list[LayerSpec]) -> list[float]:
+    def _bench_unseeded(self, specs: list[LayerSpec]) -> tuple[list[float], list[float]]:
         cases: list[tuple[nn.Module, tuple[torch.Tensor, ...]] | None] = []
+        spent = []
         for spec in specs:
-            case = None
+            start, case = time.perf_counter(), None
             for how, make in (("rebuilt", _build), ("timed in place", _in_place)):
                 try:
                     module = make(spec)
@@ -235,11 +242,14 @@ class LatencyTable:
                     "(calibration absorbs it)", spec.module_name, spec.kind, spec.input_shape,
                 )  # fmt: skip
             cases.append(case)
+            spent.append(time.perf_counter() - start)
         best = [math.inf if case else 0.0 for case in cases]
         with fixed_threads(self.threads), torch.inference_mode():
-            for case in cases:
+            for i, case in enumerate(cases):
+                start = time.perf_counter()
                 for _ in range(self.warmup if case else 0):
                     case[0](*case[1])
+                spent[i] += time.perf_counter() - start
             for _ in range(self.passes):
                 for i, case in enumerate(cases):
                     if case is None:
@@ -248,8 +258,9 @@ class LatencyTable:
                     for _ in range(self.repeats):
                         start = time.perf_counter_ns()
                         module(*x)
-                        best[i] = min(best[i], (time.perf_counter_ns() - start) / 1e6)
-        return best
+                        took = time.perf_counter_ns() - start
+                        best[i], spent[i] = min(best[i], took / 1e6), spent[i] + took / 1e9
+        return best, spent
 
     def spec_ms(self, spec: LayerSpec) -> float:
         """Raw (uncalibrated) latency of one spec in milliseconds, benchmarked on first use."""
@@ -257,34 +268,52 @@ class LatencyTable:
         return self.entries[self.key_of(spec)]
 
     def prefill(self, spec_lists: Iterable[Sequence[LayerSpec]], *, chunk: int = 64) -> int:
-        """Benchmark every spec not yet in the table, ``chunk`` at a time; returns how many were new."""
+        """Benchmark every spec neither in the table nor in :attr:`cache`, ``chunk`` at a time; returns how many were new here."""
         missing: dict[str, LayerSpec] = {}
         for specs in spec_lists:
             for spec in specs:
                 key = self.key_of(spec)
                 if key not in self.entries:
                     missing.setdefault(key, spec)
+        if self.cache is not None:
+            hits = []
+            for key in list(missing):
+                hit = self.cache.get(key)
+                if hit is not None:
+                    self.entries[key], spec = hit.ms, missing.pop(key)
+                    hits += [spec] if hit.ms > 0 else []
+            if not self._anchors:  # new specs are then rescaled to the cache's scale
+                self._anchors = hits[:: max(1, len(hits) // 6)][:6]
         keys = list(missing)
         for i in range(0, len(keys), chunk):
             part = keys[i : i + chunk]
             specs = [missing[k] for k in part]
             if not self._anchors:
                 # The first batch defines the machine's "normal" speed; a few of its specs become anchors.
-                times = self._bench(specs)
+                times, spent = self._bench(specs)
                 self.entries.update(zip(part, times))
+                self._store(part, times, spent)
                 self._anchors = [sp for sp, t in zip(specs, times) if t > 0][:: max(1, len(specs) // 6)][:6]
                 continue
             # Later batches are timed together with the anchors and rescaled by how much slower the
             # anchors ran this time: the paired-measurement idea, so a noisy moment on a shared
             # machine does not inflate the entries benchmarked in it.
-            times = self._bench(specs + self._anchors)
+            times, spent = self._bench(specs + self._anchors)
             now, ref = times[len(specs):], [self.entries[self.key_of(a)] for a in self._anchors]
             factors = sorted(r / n for r, n in zip(ref, now) if n > 0)
             factor = factors[len(factors) // 2] if factors else 1.0
-            self.entries.update(zip(part, (t * factor for t in times[: len(specs)])))
+            scaled = [t * factor for t in times[: len(specs)]]
+            self.entries.update(zip(part, scaled))
+            self._store(part, scaled, spent)
         if missing:
             logger.debug("latency table: benchmarked %d new specs (%d total)", len(missing), len(self.entries))
         return len(missing)
+
+    def _store(self, keys: Sequence[str], times: Sequence[float], spent: Sequence[float]) -> None:
+        """Write fresh timings to :attr:`cache` (with the seconds each took), if there is one."""
+        if self.cache is not None:
+            for key, ms, seconds in zip(keys, times, spent):
+                self.cache.put(key, ms, seconds)
 
     def raw_ms(self, specs: Sequence[LayerSpec]) -> float:
         """Sum of the per-spec latencies in milliseconds, uncalibrated."""

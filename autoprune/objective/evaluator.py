@@ -21,6 +21,9 @@ Latency comes from one :class:`~autoprune.measure.latency_model.LatencyModel` (t
 paired timer, the dense latency, the lookup table): the evaluator asks it to predict a ratio
 and to measure a candidate, and does not know how either is done. The budget and the reward
 are :class:`~autoprune.objective.budget.Budget` and :class:`~autoprune.objective.budget.Reward`.
+A model family pruned without Torch-Pruning subclasses it and overrides how a policy is applied
+(:meth:`PolicyEvaluator.prune`) and counted (:meth:`PolicyEvaluator.cost`): the decoder LLMs'
+:class:`~autoprune.objective.decoder_evaluator.DecoderEvaluator`.
 """
 
 from __future__ import annotations
@@ -265,8 +268,7 @@ class PolicyEvaluator:
         reachable = self.min_reachable()
         if reachable <= self.target and self.budget.metric == "latency":
             fastest = Policy({n: self.max_ratio for n in self.unit_names}, tuple(self.block_names))
-            pruned = apply_policy(self.model, fastest, graph=self.graph, importance=self.importance, round_to=self.round_to,
-                                  batches=self.calibration_batches, loss=self.scorer.loss).eval()
+            pruned = self.prune(fastest).eval()
             est = self.latency_model.estimate(pruned, self.predicted_ratio(fastest.ratios, fastest.drop))
             if not est.within(self.target):
                 raise BudgetError(
@@ -334,11 +336,24 @@ class PolicyEvaluator:
         nan = float("nan")
         return Metrics(nan, nan, (nan, nan), nan, nan, 0, 0, nan, nan, nan, False, FAILED_REWARD, {}, True, why, self.latency_model.label)
 
+    def prune(self, policy: Policy) -> nn.Module:
+        """The pruned copy of the dense model a policy gives, by the search's surgery (:func:`~autoprune.graph.surgery.apply_policy`).
+
+        The calibration batches are drawn only by a criterion that needs gradients or activations.
+
+        Raises:
+            PolicyError: the policy does not fit the graph.
+        """
+        return apply_policy(self.model, policy, graph=self.graph, importance=self.importance, round_to=self.round_to,
+                            batches=self.calibration_batches, loss=self.scorer.loss)
+
+    def cost(self, pruned: nn.Module) -> tuple[int, int]:
+        """``(MACs per input sample, parameters)`` of a pruned model (:func:`~autoprune.measure.latency.count_macs_params`)."""
+        return count_macs_params(pruned, self.data.example_input(1))
+
     def _evaluate_uncached(self, policy: Policy) -> Metrics:
         t0 = time.perf_counter()
-        # The batches are drawn only by a criterion that needs gradients (taylor, or a user's own).
-        pruned = apply_policy(self.model, policy, graph=self.graph, importance=self.importance, round_to=self.round_to,
-                              batches=self.calibration_batches, loss=self.scorer.loss)
+        pruned = self.prune(policy)
         t1 = time.perf_counter()
         acc = self.scorer.score(pruned)
         details = dict(self.scorer.details)
@@ -347,7 +362,7 @@ class PolicyEvaluator:
         predicted = self.predicted_ratio(policy.ratios, policy.drop)
         lat = self.latency_model.estimate(pruned, predicted)
         t3 = time.perf_counter()
-        macs, params = count_macs_params(pruned, self.data.example_input(1))
+        macs, params = self.cost(pruned)
         macs_ratio = macs / self.dense_macs
         value = macs_ratio if self.budget.metric == "macs" else lat.mean
         t4 = time.perf_counter()
@@ -392,7 +407,7 @@ class PolicyEvaluator:
 
     def with_budget(self, budget: Budget) -> PolicyEvaluator:
         """A shallow variant with another budget sharing the graph and latency model, with an empty cache and history."""
-        clone = object.__new__(PolicyEvaluator)
+        clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
         clone.budget = budget
         clone.target = budget.target_ratio(self.dense_ms)

@@ -26,9 +26,8 @@ from typing import Any
 from torch import nn
 
 from autoprune.errors import AutopruneError, one_line
-from autoprune.graph.surgery import apply_policy
 from autoprune.measure.backends import backend_class
-from autoprune.measure.fresh import remeasure_in_fresh_process
+from autoprune.measure.fresh import FRESH_PROCESSES, remeasure_in_fresh_process
 from autoprune.measure.schedule import PairedSchedule
 from autoprune.measure.uncertainty import LatencyEstimate
 from autoprune.objective.evaluator import PolicyEvaluator
@@ -67,8 +66,7 @@ def final_rounds(evaluator: PolicyEvaluator) -> int:
 
 
 def _pruned(evaluator: PolicyEvaluator, e: Evaluation) -> nn.Module:
-    return apply_policy(evaluator.model, e.policy, graph=evaluator.graph, importance=evaluator.importance, round_to=evaluator.round_to,
-                        batches=evaluator.calibration_batches, loss=evaluator.scorer.loss).eval()
+    return evaluator.prune(e.policy).eval()
 
 
 def remeasure(evaluator: PolicyEvaluator, models: list[nn.Module], rounds: int) -> tuple[list[LatencyEstimate], float]:
@@ -87,7 +85,8 @@ def remeasure(evaluator: PolicyEvaluator, models: list[nn.Module], rounds: int) 
                     dense = export_onnx(evaluator.model, x, Path(tmp) / "dense.onnx")["path"]
                     cands = [export_onnx(m, x, Path(tmp) / f"c{i}.onnx")["path"] for i, m in enumerate(models)]
                 fresh = remeasure_in_fresh_process(dense, cands, evaluator.example_input, backend=s.backend, threads=s.threads,
-                                                   backend_options=s.options(), rounds=rounds, warmup_rounds=s.warmup, zoo=evaluator.zoo)
+                                                   backend_options=s.options(), rounds=rounds, warmup_rounds=s.warmup, zoo=evaluator.zoo,
+                                                   processes=FRESH_PROCESSES)
             return [LatencyEstimate(r.ratio, r.ci_low, r.ci_high, r.rounds, r.ratio, source="fresh") for r in fresh.ratios], fresh.dense_ms
         except (AutopruneError, RuntimeError) as e:  # e.g. a backend registered at run time, unknown to the child
             log.warning("finalists re-measured in this process, not a fresh one: %s", one_line(e, None))

@@ -35,6 +35,8 @@ class FinetuneSettings:
         alpha: Weight of the distillation loss; ``1 - alpha`` weighs the label loss.
         augment: Random crops and flips.
         seed: Shuffling seed.
+        steps: Optimiser steps in all, overriding ``epochs`` (None: ``epochs`` decide), for a stated
+            short budget (e.g. a decoder's distillation, where one epoch of real text is long).
     """
 
     epochs: float = 3
@@ -48,6 +50,7 @@ class FinetuneSettings:
     alpha: float = 0.7
     augment: bool = True
     seed: int = 0
+    steps: int | None = None
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -137,7 +140,7 @@ def train_loop(
     """The training loop shared by :func:`finetune` and the encoder's distillation.
 
     ``round(settings.epochs * ceil(n_train / batch_size))`` optimiser steps (fractional epochs stop
-    mid-epoch), :func:`make_optimizer`, cosine decay to 0 over those steps (or a constant rate),
+    mid-epoch; ``settings.steps`` when set), :func:`make_optimizer`, cosine decay to 0 over those steps (or a constant rate),
     a progress bar, and after every (possibly partial) epoch ``validate()``.
 
     Args:
@@ -156,7 +159,7 @@ def train_loop(
     """
     torch.manual_seed(settings.seed)
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], settings)
-    total = max(1, int(round(settings.epochs * math.ceil(n_train / settings.batch_size))))
+    total = settings.steps or max(1, int(round(settings.epochs * math.ceil(n_train / settings.batch_size))))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total) if settings.schedule == "cosine" else None
     history: list[dict[str, float]] = []
     bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True)

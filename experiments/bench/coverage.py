@@ -4,7 +4,8 @@ Every model goes through :func:`autoprune.graph.safety.verified_graph` (surgery 
 masked dense model, the pruned forward runs, MACs predicted exactly, ONNX Runtime export when
 installed), digits-sized, random weights (exactness and speed do not depend on training).
 
-1. **patterns** (``tests/test_patterns.py``): exact units / all channel groups; a random search of
+1. **patterns** (``tests/test_patterns.py``): exact units / all channel groups (named), the units left
+   dense and a refusal (reasons listed below the table); a random search of
    ``--episodes`` candidates under a MAC budget (every unit's reachable minimum + 0.1) and how many
    were built; the best policy's MAC ratio (counted on the pruned model); its speed-up on the
    serving runtime (ONNX Runtime when installed, else torch), paired interleaved timing at batch
@@ -93,7 +94,12 @@ def patterns_section(args, data, backend, export) -> tuple[list, list]:
     rows, notes = [], []
     for name in cat.PATTERNS:
         model = cat.build(name)
-        graph, report = verified_graph(model, data.example_input(1), export_check=export)
+        try:
+            graph, report = verified_graph(model, data.example_input(1), export_check=export)
+        except ModelError as e:
+            notes.append(f"- `{name}` refused: {e}")
+            rows.append((name, "-", "-", "refused", "-", "-", "-", "-"))
+            continue
         n_all = len(graph.units) + len(report.left_dense)
         with tempfile.TemporaryDirectory() as tmp:
             ev = PolicyEvaluator(
@@ -112,9 +118,10 @@ def patterns_section(args, data, backend, export) -> tuple[list, list]:
         timer = PairedTimer(model, data.example_input(args.batch), backend=backend, threads=1)
         speed = 1.0 / timer.ratio(pruned, PairedSchedule(rounds=args.rounds)).ratio
         rows.append((
-            name, f"{len(report.exact)}/{n_all}", f"{built}/{len(ev.history)}", f"{target:.2f}", f"{macs_ratio:.2f}", speed_words(speed),
+            name, f"{len(report.exact)}/{n_all}: {', '.join(report.exact) or '-'}", ", ".join(report.left_dense) or "-", "no",
+            f"{built}/{len(ev.history)}", f"{target:.2f}", f"{macs_ratio:.2f}", speed_words(speed),
         ))
-        notes += [f"- `{name}` / `{unit}`: {why}" for unit, why in report.left_dense.items()]
+        notes += [f"- `{name}` / `{unit}` left dense: {why}" for unit, why in report.left_dense.items()]
         print(name, rows[-1], flush=True)
     return rows, notes
 
@@ -156,13 +163,14 @@ def main() -> None:
     text += (
         f"Every model on digits (1x8x8, random weights) through `verified_graph`: surgery equals the masked dense model "
         f"(float64, 1e-5), the pruned forward runs, MACs are predicted exactly, and the pruned model exports to {runtime}.\n\n"
-        f"## Patterns\n\nexact = units passing every check / all channel groups; search = candidates built / evaluated by a "
+        f"## Patterns\n\nexact = units passing every check / all channel groups, then their names; left dense = units that fail a "
+        f"check (each reason below); refused = the model refused in one line; search = candidates built / evaluated by a "
         f"random search of {args.episodes} under a MAC budget (target); MAC ratio of the best policy (measured on the pruned "
         f"model); speed-up = dense / pruned latency on {backend}, batch {args.batch}, 1 thread, paired interleaved timing "
         f"({args.rounds} rounds; the machine is shared, so read ratios, not absolute times).\n\n"
     )
-    text += table(["pattern", "exact units", "search built", "MAC target", "MAC ratio", "speed-up"], rows)
-    text += "\nUnits left dense, with the reason autoprune gives:\n\n" + "\n".join(notes) + "\n"
+    text += table(["pattern", "exact units", "left dense", "refused", "search built", "MAC target", "MAC ratio", "speed-up"], rows)
+    text += "\nUnits left dense and refusals, with the reason autoprune gives:\n\n" + ("\n".join(notes) or "None.") + "\n"
     columns = ["model", "exact units", "left dense", "opaque", "refused", "MACs at 50%: predicted vs counted"]
     for title, section, section_notes, extra in (
         ("Layer kinds", kinds, kind_notes, []),

@@ -3,7 +3,7 @@
 Each seed runs ``autoprune run experiments/configs/demo.yaml --set seed=S`` as a user would (its own
 Python process: search, finalists re-measured, fine-tune, final table in a fresh process, export),
 then this script times the delivered fp32 ``model.onnx`` paired against the dense model's ONNX
-export in **another** fresh process (:func:`autoprune.measure.fresh.remeasure_in_fresh_process`,
+export in **other** fresh processes (the median of :data:`REFERENCE_PROCESSES`) (:func:`autoprune.measure.fresh.remeasure_in_fresh_process`,
 ONNX Runtime with the run's recorded serving settings, ``--rounds`` paired rounds). Per seed it
 reports:
 
@@ -41,6 +41,8 @@ from ._common import RESULTS, Goal, _version, command, git_commit, goals_report,
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 ROWS = RESULTS / "demo_seeds_rows"
 ROOT = Path(__file__).resolve().parents[2]
+#: Fresh processes of the independent re-measure (the median over them; a process has a lasting effect of its own on speed).
+REFERENCE_PROCESSES = 5
 
 
 def child(seed: int, out: Path, epochs: int | None) -> None:
@@ -85,7 +87,7 @@ def run_seed(seed: int, epochs: int | None, rounds: int, dense: Path, tmp: Path)
     settings = rep.get("backend_settings") or {}
     options = {k: settings[k] for k in ("thread_pool", "spinning") if k in settings}
     fresh = remeasure_in_fresh_process(dense, [out / "model.onnx"], (1, 1, 28, 28), backend="onnxruntime", threads=2,
-                                       backend_options=options, rounds=rounds).ratios[0]
+                                       backend_options=options, rounds=rounds, processes=REFERENCE_PROCESSES).ratios[0]
     row = {
         "seed": seed, "epochs": epochs, "wall_s": wall, "search_s": rep["search_seconds"], "episodes": rep["search_episodes"],
         "search_ratio": rep["search_latency_mean"], "search_ci": [rep["search_latency_low"], rep["search_latency_high"]],
