@@ -24,7 +24,8 @@ from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.surgery import apply_policy
 from autoprune.measure.backends import backend_class, settings_label
 from autoprune.measure.compare import compare_to_dense
-from autoprune.measure.fresh import ZooModel, compare_in_fresh_process
+from autoprune.measure.fresh import ZooModel
+from autoprune.measure.fresh_compare import compare_in_fresh_process
 from autoprune.measure.latency import count_macs_params, model_size_bytes
 from autoprune.measure.settings import LatencySettings
 from autoprune.measure.table import LatencyTable
@@ -151,7 +152,7 @@ def estimate(
         masks: Add the row of unstructured magnitude masks.
         rounds: Paired rounds per row and runtime.
         zoo: How a fresh process rebuilds the model: then every row is timed in fresh processes
-            (:func:`~autoprune.measure.fresh.compare_in_fresh_process`), the protocol of ``autoprune run``'s
+            (:func:`~autoprune.measure.fresh_compare.compare_in_fresh_process`), the protocol of ``autoprune run``'s
             final table and of a search's finalists, so the three report one kind of figure; None: in this process.
 
     Returns:

@@ -34,7 +34,8 @@ from autoprune.graph.policy import Policy, model_fingerprint
 from autoprune.graph.surgery import apply_iteratively, apply_policy
 from autoprune.measure.backends import backend_class
 from autoprune.measure.compare import RuntimeComparison, compare_onnx_files, compare_to_dense, int8_timing_backend, speed_words
-from autoprune.measure.fresh import ZooModel, compare_in_fresh_process
+from autoprune.measure.fresh import ZooModel
+from autoprune.measure.fresh_compare import compare_in_fresh_process
 from autoprune.measure.latency import count_macs_params, model_size_bytes
 from autoprune.measure.schedule import PairedSchedule
 from autoprune.measure.settings import LatencySettings
@@ -124,7 +125,7 @@ def measure_final(model: nn.Module, dense: nn.Module, baseline: Baseline, cfg: E
 
     Latency is measured on the serving backend (``latency.backend`` with its options) and then on
     eager PyTorch, each pair on one runtime: with ``zoo`` in fresh processes
-    (:func:`autoprune.measure.fresh.compare_in_fresh_process`, the protocol of the search's
+    (:func:`autoprune.measure.fresh_compare.compare_in_fresh_process`, the protocol of the search's
     finalists, so the final table and the search summary report one kind of figure, and no
     session of the search is alive while eager PyTorch is timed); without it (a model no child can
     rebuild) in this process by :func:`autoprune.measure.compare.compare_to_dense`.

@@ -125,7 +125,7 @@ class LatencyBackend(abc.ABC):
         rest of a process (ONNX Runtime's process-wide pool) are allowed. Chosen by data,
         with :attr:`paired_schedule`: ``experiments/bench/protocols.py`` ("Timing protocols" in
         ``experiments/results/runtimes.md``). The serving ``options`` still give the deployed
-        artifact's absolute milliseconds (:func:`autoprune.measure.fresh.compare_in_fresh_process`).
+        artifact's absolute milliseconds (:func:`autoprune.measure.fresh_compare.compare_in_fresh_process`).
         """
         return dict(options)
 

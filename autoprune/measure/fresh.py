@@ -37,10 +37,8 @@ from torch import nn
 from autoprune import errors
 from autoprune.errors import AutopruneError, ConfigError, ModelError, one_line
 from autoprune.graph.layers import ExampleInput
-from autoprune.measure.backends import BACKENDS, DEFAULT_THREADS, backend_class
-from autoprune.measure.compare import INT8_FALLBACK, RuntimeComparison
-from autoprune.measure.latency import RatioStats
-from autoprune.measure.settings import LatencySettings
+from autoprune.measure.backends import BACKENDS, DEFAULT_THREADS
+from autoprune.measure.compare import INT8_FALLBACK
 from autoprune.paths import write_json_atomic
 
 #: The runtime int8 ONNX files are timed on when the serving backend cannot open ONNX files itself.
@@ -50,8 +48,6 @@ PROTOCOLS = ("ratio", "serving")
 #: Fresh processes behind every ratio that decides or reports the budget (a search's finalists, the final
 #: table, ``estimate``): the median over them, the interval spanning theirs (:func:`remeasure_in_fresh_process`).
 FRESH_PROCESSES = 3
-#: Paired rounds of the serving-settings child that gives the absolute milliseconds (:func:`compare_in_fresh_process`).
-SERVING_ROUNDS = 10
 #: Model file suffixes the child reads: ONNX files (opened by the backend's ``prepare_file``) and pruned-model files.
 ONNX_SUFFIX, PRUNED_SUFFIX = ".onnx", ".pt"
 
@@ -306,61 +302,6 @@ def _pooled(runs: Sequence[FreshMeasurement]) -> FreshMeasurement:
     return FreshMeasurement(fp32=_pooled_group([r.fp32 for r in runs]), int8=int8, pid=runs[0].pid)
 
 
-def _stats(r: FreshRatio, reference_ms: float) -> RatioStats:
-    """A child's figure as :class:`RatioStats` (the child does not report the CV or the time spent: NaN)."""
-    nan = float("nan")
-    return RatioStats(r.ratio, r.ci_low, r.ci_high, cv=nan, rounds=r.rounds, ref_median_ms=reference_ms, cand_median_ms=r.ratio * reference_ms,
-                      elapsed_s=nan)
-
-
-def compare_in_fresh_process(
-    models: Sequence[nn.Module], dense: nn.Module, example_input: ExampleInput, settings: LatencySettings, *, zoo: ZooModel,
-    rounds: int = 30, timeout_s: float | None = None,
-) -> list[RuntimeComparison]:
-    """:func:`~autoprune.measure.compare.compare_to_dense` in fresh processes: the serving backend in one, eager PyTorch in another.
-
-    No session of the caller (e.g. a search's) and none of the serving runtime is alive while
-    eager PyTorch is timed, and the serving ratios come from the same protocol as a search's
-    finalists (:mod:`autoprune.search.finalists`): :func:`remeasure_in_fresh_process` with the
-    backend's ratio protocol, ``settings.warmup`` warm-up rounds and ``rounds`` rounds. When that
-    protocol is not how the backend serves (ONNX Runtime: shared pool for ratios, per-session
-    spinning pools as served), one more child times the models with the serving settings
-    (:data:`SERVING_ROUNDS` rounds) for the dense model's absolute milliseconds, and those
-    settings are the ones recorded (the ratio protocol's under ``ratio_protocol``).
-
-    Args:
-        models: The candidates; dense: the reference; both rebuilt in the child by ``zoo``.
-        example_input: The timed batch.
-        settings: The serving backend, its options and threads.
-        zoo: How the child rebuilds the modules.
-        rounds: Measured paired rounds per model and runtime.
-        timeout_s: Give up on a child after this many seconds (None: wait).
-
-    Returns:
-        One comparison per model, in order (one dense figure per runtime).
-
-    Raises:
-        As :func:`remeasure_in_fresh_process`.
-    """
-    def timed(backend: str, options: Mapping[str, Any], protocol: str = "ratio", n: int = rounds, processes: int = 1) -> FreshMeasurement:
-        return remeasure_in_fresh_process(dense, list(models), example_input, backend=backend, threads=settings.threads, backend_options=options,
-                                          rounds=n, warmup_rounds=settings.warmup, zoo=zoo, timeout_s=timeout_s, protocol=protocol,
-                                          processes=processes)
-
-    factory, options = backend_class(settings.backend), settings.options()
-    ratio = timed(settings.backend, options, processes=FRESH_PROCESSES)
-    dense_ms, recorded = ratio.dense_ms, ratio.settings
-    if factory.ratio_options(options, timing_only=True) != dict(options):  # the ratio protocol is not how it serves: absolute ms as served
-        served = timed(settings.backend, options, "serving", SERVING_ROUNDS)
-        dense_ms, recorded = served.dense_ms, {**served.settings, "ratio_protocol": ratio.settings}
-    s_stats = [_stats(r, dense_ms) for r in ratio.ratios]
-    if factory.eager:
-        return [RuntimeComparison(s, dense_ms, s, dense_ms, recorded) for s in s_stats]
-    eager = timed("torch", {})
-    return [RuntimeComparison(s, dense_ms, _stats(e, eager.dense_ms), eager.dense_ms, recorded)
-            for s, e in zip(s_stats, eager.ratios)]
-
-
 def _export_dense(dense: ModelLike, folder: Path, args: tuple[torch.Tensor, ...], zoo: ZooModel | None) -> dict[str, str]:
     """The dense model's fp32 ONNX file, the reference of the int8 files."""
     from autoprune.formats.onnx import export_onnx
@@ -461,4 +402,4 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["FreshGroup", "FreshMeasurement", "FreshRatio", "ModelLike", "ZooModel", "compare_in_fresh_process", "remeasure_in_fresh_process"]
+__all__ = ["FreshGroup", "FreshMeasurement", "FreshRatio", "ModelLike", "FRESH_PROCESSES", "ZooModel", "remeasure_in_fresh_process"]

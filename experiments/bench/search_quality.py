@@ -81,7 +81,7 @@ def run_cell(model: str, data: str, seed: int, args: argparse.Namespace) -> dict
     from autoprune.config.loading import load_config
     from autoprune.config.settings import finetune_settings, selection_settings
     from autoprune.formats.pruned import save_pruned
-    from autoprune.measure.fresh import remeasure_in_fresh_process
+    from autoprune.measure.fresh import FRESH_PROCESSES, remeasure_in_fresh_process
     from autoprune.objective.proxy import split_metrics
     from autoprune.search.pool import baseline_pool
     from autoprune.training.finetune import finetune
@@ -159,7 +159,8 @@ def run_cell(model: str, data: str, seed: int, args: argparse.Namespace) -> dict
 
     timed = [r for r in rows if "model_file" in r]  # a row whose policy failed to evaluate has no model
     fresh = remeasure_in_fresh_process(tmp / "dense.pt", [r["model_file"] for r in timed], dense_shape(cfg, bundle), backend=cfg.latency.backend,
-                                       threads=args.threads, backend_options=dict(cfg.latency.backend_options or {}), rounds=args.rounds)
+                                       threads=args.threads, backend_options=dict(cfg.latency.backend_options or {}), rounds=args.rounds,
+                                       processes=FRESH_PROCESSES)
     for row, m in zip(timed, fresh.ratios):
         row.update({"fresh_ratio": m.ratio, "fresh_ci": [m.ci_low, m.ci_high]})
     chosen_level = f"short fine-tune, {args.steps[0]} steps" if selection_settings(cfg).finalists > 1 else "proxy"
