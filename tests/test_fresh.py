@@ -88,14 +88,27 @@ def test_the_ratio_protocol_times_onnx_runtime_on_its_shared_pool_and_serving_ke
     assert served.settings["thread_pool"] == "per-session" and served.settings["spinning"] is False
 
 
-def test_several_processes_give_the_median_ratio_and_an_interval_spanning_each_process(dense, pruned, example_input) -> None:
+def test_several_processes_give_the_median_ratio_and_the_interval_of_the_median_process(dense, pruned, example_input) -> None:
     one = remeasure_in_fresh_process(dense, [pruned], example_input, zoo=ZOO, **QUICK)
     pooled = remeasure_in_fresh_process(dense, [pruned], example_input, zoo=ZOO, processes=2, **QUICK)
     r = pooled.ratios[0]
-    assert pooled.settings["processes"] == 2 and "processes" not in one.settings
-    assert r.rounds == 2 * one.ratios[0].rounds and r.ci_low <= r.ratio <= r.ci_high
+    per_process = pooled.settings["process_ratios"][0]
+    assert pooled.settings["processes"] == 2 and "processes" not in one.settings and len(per_process) == 2
+    assert r.rounds == 2 * one.ratios[0].rounds
+    assert r.ci_low <= min(per_process) + 1e-4 and r.ci_high >= max(per_process) - 1e-4  # the two processes' range, at least
     with pytest.raises(ConfigError, match="processes: expected an integer >= 1, got 0"):
         remeasure_in_fresh_process(dense, [pruned], example_input, zoo=ZOO, processes=0)
+
+
+def test_processes_are_added_while_they_disagree_by_more_than_rel_ci(dense, pruned, example_input) -> None:
+    # no two processes agree to one part in a million: measuring goes on to max_processes; without rel_ci it stops at processes
+    strict = remeasure_in_fresh_process(dense, [pruned], example_input, zoo=ZOO, processes=1, max_processes=2, rel_ci=1e-6, **QUICK)
+    plain = remeasure_in_fresh_process(dense, [pruned], example_input, zoo=ZOO, processes=2, max_processes=3, **QUICK)
+    assert strict.settings["processes"] == 2 and plain.settings["processes"] == 2
+    with pytest.raises(ConfigError, match=r"max_processes: expected an integer >= processes \(3\), got 2"):
+        remeasure_in_fresh_process(dense, [pruned], example_input, zoo=ZOO, processes=3, max_processes=2)
+    with pytest.raises(ConfigError, match="rel_ci: expected a number in"):
+        remeasure_in_fresh_process(dense, [pruned], example_input, zoo=ZOO, processes=2, rel_ci=1.5)
 
 
 def test_an_unknown_protocol_is_refused_before_any_child_starts(dense, example_input) -> None:

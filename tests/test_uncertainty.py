@@ -7,7 +7,7 @@ import math
 import pytest
 
 from autoprune.measure.latency import RatioStats
-from autoprune.measure.uncertainty import MIN_RESIDUALS, LatencyEstimate, ResidualPrior, combine
+from autoprune.measure.uncertainty import MIN_RESIDUALS, LatencyEstimate, ResidualPrior, combine, pooled_interval
 from autoprune.objective.budget import Budget
 
 
@@ -52,3 +52,18 @@ def test_latency_budget_is_met_only_when_the_whole_interval_is_within_the_target
 def test_mac_budget_is_counted_so_the_point_value_decides():
     assert Budget(metric="macs", target=0.5).met(0.5, math.nan, 0.5)
     assert not Budget(metric="macs", target=0.5).met(0.51, 0.0, 0.5)
+
+
+def test_the_pooled_interval_is_the_sign_test_interval_of_the_median_process() -> None:
+    # five processes: [min, max] is the narrowest interval covering the median at >= 93% (1 - 2/32)
+    assert pooled_interval([0.52, 0.50, 0.51, 0.49, 0.53]) == (0.51, 0.49, 0.53)
+    # nine: [2nd, 8th] (96%), so one odd process at either end no longer decides it
+    values = [0.40, 0.401, 0.402, 0.403, 0.404, 0.405, 0.406, 0.407, 0.63]
+    median, low, high = pooled_interval(values)
+    assert (median, low, high) == (0.404, 0.401, 0.407)
+    # three processes cannot reach 93%: the whole range, never narrower than the data
+    assert pooled_interval([0.6, 0.4, 0.5]) == (0.5, 0.4, 0.6)
+    # two odd processes out of nine do move the upper end: the spread is real
+    assert pooled_interval([*values[:7], 0.62, 0.63])[2] == 0.62
+    with pytest.raises(ValueError, match="no values"):
+        pooled_interval([])

@@ -39,6 +39,7 @@ from autoprune.errors import AutopruneError, ConfigError, ModelError, one_line
 from autoprune.graph.layers import ExampleInput
 from autoprune.measure.backends import BACKENDS, DEFAULT_THREADS
 from autoprune.measure.compare import INT8_FALLBACK
+from autoprune.measure.uncertainty import pooled_interval
 from autoprune.paths import write_json_atomic
 
 #: The runtime int8 ONNX files are timed on when the serving backend cannot open ONNX files itself.
@@ -46,8 +47,12 @@ INT8_FALLBACK_BACKEND = INT8_FALLBACK
 #: Timing protocols of :func:`remeasure_in_fresh_process`: the backend's ratio protocol, or its serving settings as given.
 PROTOCOLS = ("ratio", "serving")
 #: Fresh processes behind every ratio that decides or reports the budget (a search's finalists, the final
-#: table, ``estimate``): the median over them, the interval spanning theirs (:func:`remeasure_in_fresh_process`).
-FRESH_PROCESSES = 3
+#: table, ``estimate``): the median over them with an order-statistic interval (:func:`pooled_interval`).
+#: Five is the fewest whose [min, max] covers the median process at >= 93% (1 - 2 / 2**5).
+FRESH_PROCESSES = 5
+#: At most this many when the first :data:`FRESH_PROCESSES` disagree by more than ``rel_ci``: with nine, one
+#: process at either end no longer decides the interval ([2nd, 8th] of 9 covers the median at 96%).
+MAX_FRESH_PROCESSES = 9
 #: Model file suffixes the child reads: ONNX files (opened by the backend's ``prepare_file``) and pruned-model files.
 ONNX_SUFFIX, PRUNED_SUFFIX = ".onnx", ".pt"
 
@@ -199,6 +204,8 @@ def remeasure_in_fresh_process(
     timeout_s: float | None = None,
     protocol: str = "ratio",
     processes: int = 1,
+    max_processes: int | None = None,
+    rel_ci: float | None = None,
 ) -> FreshMeasurement:
     """Time each candidate paired against ``dense`` in a new Python process, on one backend.
 
@@ -231,11 +238,15 @@ def remeasure_in_fresh_process(
             (e.g. ONNX Runtime's shared pool), as every ratio of a search is measured; ``serving``:
             exactly ``backend_options`` (the deployed runtime's own settings).
         processes: Fresh processes measuring the same models one after another. A process has a
-            lasting effect of its own on a runtime's speed (where its threads and buffers land):
-            on 2 cores, two fresh processes timing one pair on ONNX Runtime's shared pool gave
-            0.42 and 0.53, each with a +-0.2% interval. With several, each ratio is the median
-            over the processes and its interval spans theirs (the lowest ``ci_low`` to the
-            highest ``ci_high``), so it covers the process-to-process spread.
+            lasting state of its own on a runtime's speed: on 2 cores (a VM), 8 fresh processes
+            timing one pair on ONNX Runtime's shared pool gave 0.397-0.632, each within +-0.2%
+            (``experiments/results/process_spread.md``). With several, each ratio is the median
+            over the processes and its interval the distribution-free one of the median process
+            (:func:`pooled_interval`), so it covers the process-to-process spread and not only
+            each process's own noise.
+        max_processes: With ``rel_ci``, more processes (up to this many) while some ratio's
+            pooled interval is wider than ``+-rel_ci`` of it (None: ``processes``).
+        rel_ci: The relative half-width at which measuring stops (None: after ``processes``).
 
     Returns:
         The ratios with their confidence intervals, the dense milliseconds and the backend settings.
@@ -255,6 +266,11 @@ def remeasure_in_fresh_process(
     for field, value, minimum in (("threads", threads, 1), ("rounds", rounds, 1), ("warmup_rounds", warmup_rounds, 0), ("processes", processes, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ConfigError(f"{field}: expected an integer >= {minimum}, got {value!r}")
+    most = processes if max_processes is None else max_processes
+    if isinstance(most, bool) or not isinstance(most, int) or most < processes:
+        raise ConfigError(f"max_processes: expected an integer >= processes ({processes}), got {max_processes!r}")
+    if rel_ci is not None and not (isinstance(rel_ci, (int, float)) and 0 < rel_ci < 1):
+        raise ConfigError(f"rel_ci: expected a number in (0, 1), got {rel_ci!r}")
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol: unknown timing protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
     options, schedule = dict(backend_options or {}), dict(schedule or {})
@@ -279,22 +295,35 @@ def remeasure_in_fresh_process(
             spec["int8"] = {"backend": int8_name, "options": options if int8_name == backend else {}, "reference": reference,
                             "models": [_write_model(p, folder, f"int8-{i}", None, f"int8_files[{i}]") for i, p in enumerate(int8_files)]}
         write_json_atomic(folder / "spec.json", spec)
-        runs = []
-        for _ in range(processes):
+        runs: list[FreshMeasurement] = []
+        while True:
             Path(spec["out"]).unlink(missing_ok=True)
             runs.append(_run_child(folder / "spec.json", Path(spec["out"]), threads, timeout_s))
-        return runs[0] if processes == 1 else _pooled(runs)
+            found = runs[0] if len(runs) == 1 else _pooled(runs)  # one process: its own interval
+            if len(runs) >= processes and (len(runs) >= most or _tight(found, rel_ci)):
+                return found
+
+
+def _tight(m: FreshMeasurement, rel_ci: float | None) -> bool:
+    return rel_ci is None or all((r.ci_high - r.ci_low) / 2 <= rel_ci * r.ratio for r in m.ratios)
 
 
 def _pooled_group(groups: Sequence[FreshGroup]) -> FreshGroup:
-    """One group from the same group measured in several processes: median ratios, intervals spanning them all."""
+    """One group from the same group measured in several processes: median ratios, order-statistic intervals (:func:`pooled_interval`).
+
+    An interval is never narrower than the median of the processes' own intervals.
+    """
     ref_ms = statistics.median(g.reference_ms for g in groups)
-    ratios = []
+    ratios, per_process = [], []
     for per_model in zip(*(g.ratios for g in groups)):
-        r = statistics.median(m.ratio for m in per_model)
-        ratios.append(FreshRatio(ratio=r, ci_low=min(m.ci_low for m in per_model), ci_high=max(m.ci_high for m in per_model),
-                                 rounds=sum(m.rounds for m in per_model), ms=r * ref_ms))
-    return FreshGroup(ratios=tuple(ratios), reference_ms=ref_ms, settings={**groups[0].settings, "processes": len(groups)})
+        values = [m.ratio for m in per_model]
+        r, low, high = pooled_interval(values)
+        # never narrower than a typical process's own interval (processes that happen to agree exactly, e.g. a seeded backend)
+        low, high = min(low, statistics.median(m.ci_low for m in per_model)), max(high, statistics.median(m.ci_high for m in per_model))
+        ratios.append(FreshRatio(ratio=r, ci_low=min(low, r), ci_high=max(high, r), rounds=sum(m.rounds for m in per_model), ms=r * ref_ms))
+        per_process.append([round(v, 4) for v in values])
+    return FreshGroup(ratios=tuple(ratios), reference_ms=ref_ms,
+                      settings={**groups[0].settings, "processes": len(groups), "process_ratios": per_process})
 
 
 def _pooled(runs: Sequence[FreshMeasurement]) -> FreshMeasurement:
@@ -402,4 +431,5 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["FreshGroup", "FreshMeasurement", "FreshRatio", "ModelLike", "FRESH_PROCESSES", "ZooModel", "remeasure_in_fresh_process"]
+__all__ = [
+    "MAX_FRESH_PROCESSES", "FreshGroup", "FreshMeasurement", "FreshRatio", "ModelLike", "FRESH_PROCESSES", "ZooModel", "remeasure_in_fresh_process"]

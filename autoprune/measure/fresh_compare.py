@@ -17,7 +17,7 @@ from torch import nn
 from autoprune.graph.layers import ExampleInput
 from autoprune.measure.backends import backend_class
 from autoprune.measure.compare import RuntimeComparison
-from autoprune.measure.fresh import FRESH_PROCESSES, FreshMeasurement, FreshRatio, ZooModel, remeasure_in_fresh_process
+from autoprune.measure.fresh import FRESH_PROCESSES, MAX_FRESH_PROCESSES, FreshMeasurement, FreshRatio, ZooModel, remeasure_in_fresh_process
 from autoprune.measure.latency import RatioStats
 from autoprune.measure.settings import LatencySettings
 
@@ -41,7 +41,9 @@ def compare_in_fresh_process(
     No session of the caller (e.g. a search's) and none of the serving runtime is alive while
     eager PyTorch is timed, and the serving ratios come from the same protocol as a search's
     finalists (:mod:`autoprune.search.finalists`): :func:`remeasure_in_fresh_process` with the
-    backend's ratio protocol, ``settings.warmup`` warm-up rounds and ``rounds`` rounds. When that
+    backend's ratio protocol, ``settings.warmup`` warm-up rounds and ``rounds`` rounds, in
+    :data:`~autoprune.measure.fresh.FRESH_PROCESSES` processes (up to
+    :data:`~autoprune.measure.fresh.MAX_FRESH_PROCESSES` while they disagree by more than ``settings.rel_ci``). When that
     protocol is not how the backend serves (ONNX Runtime: shared pool for ratios, per-session
     spinning pools as served), one more child times the models with the serving settings
     (:data:`SERVING_ROUNDS` rounds) for the dense model's absolute milliseconds, and those
@@ -64,7 +66,8 @@ def compare_in_fresh_process(
     def timed(backend: str, options: Mapping[str, Any], protocol: str = "ratio", n: int = rounds, processes: int = 1) -> FreshMeasurement:
         return remeasure_in_fresh_process(dense, list(models), example_input, backend=backend, threads=settings.threads, backend_options=options,
                                           rounds=n, warmup_rounds=settings.warmup, zoo=zoo, timeout_s=timeout_s, protocol=protocol,
-                                          processes=processes)
+                                          processes=processes, max_processes=max(processes, MAX_FRESH_PROCESSES) if processes > 1 else None,
+                                          rel_ci=settings.rel_ci if processes > 1 else None)
 
     factory, options = backend_class(settings.backend), settings.options()
     ratio = timed(settings.backend, options, processes=FRESH_PROCESSES)

@@ -19,6 +19,8 @@ search summary, the final table) is one :class:`LatencyEstimate`.
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from autoprune.measure.latency import RatioStats
@@ -31,6 +33,8 @@ MIN_RESIDUALS = 5
 WIDE_PRIOR_SD = 1.0
 #: The smallest log-sd a prior or a measurement is given (0.5%): a perfect-looking figure is never taken as exact.
 MIN_SD = 0.005
+#: Coverage of the interval of the median process (:func:`pooled_interval`).
+POOLED_COVERAGE = 0.93
 
 
 @dataclass(frozen=True)
@@ -138,4 +142,26 @@ def combine(predicted: float, stats: RatioStats, prior: ResidualPrior | None = N
     return LatencyEstimate(math.exp(mu), math.exp(mu - Z95 * sd), math.exp(mu + Z95 * sd), stats.rounds, stats.ratio, predicted, source)
 
 
-__all__ = ["LatencyEstimate", "MIN_RESIDUALS", "ResidualPrior", "Z95", "combine", "measurement_log_sd"]
+def pooled_interval(values: Sequence[float], coverage: float = POOLED_COVERAGE) -> tuple[float, float, float]:
+    """``(median, low, high)`` of per-process figures: the median and its distribution-free interval.
+
+    The interval is ``[x(k), x(n+1-k)]`` of the sorted values with the largest ``k`` whose
+    coverage of the population median, ``1 - 2 * P(Binomial(n, 1/2) < k)``, is at least
+    ``coverage`` (the sign-test interval; Conover, *Practical Nonparametric Statistics*, 3.2);
+    below the ``n`` that reaches it (5 for 0.93), the whole range. Unlike the span of the
+    processes' own intervals, one odd process among nine does not decide it.
+
+    Raises:
+        ValueError: no values.
+    """
+    xs = sorted(values)
+    n = len(xs)
+    if not n:
+        raise ValueError("pooled_interval: no values")
+    k = 1
+    while k < (n + 1) // 2 and 1 - 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n >= coverage:
+        k += 1
+    return statistics.median(xs), xs[k - 1], xs[n - k]
+
+
+__all__ = ["LatencyEstimate", "MIN_RESIDUALS", "POOLED_COVERAGE", "ResidualPrior", "Z95", "combine", "measurement_log_sd", "pooled_interval"]

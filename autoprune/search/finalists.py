@@ -27,7 +27,7 @@ from torch import nn
 
 from autoprune.errors import AutopruneError, one_line
 from autoprune.measure.backends import backend_class
-from autoprune.measure.fresh import FRESH_PROCESSES, remeasure_in_fresh_process
+from autoprune.measure.fresh import FRESH_PROCESSES, MAX_FRESH_PROCESSES, remeasure_in_fresh_process
 from autoprune.measure.schedule import PairedSchedule
 from autoprune.measure.uncertainty import LatencyEstimate
 from autoprune.objective.evaluator import PolicyEvaluator
@@ -86,7 +86,7 @@ def remeasure(evaluator: PolicyEvaluator, models: list[nn.Module], rounds: int) 
                     cands = [export_onnx(m, x, Path(tmp) / f"c{i}.onnx")["path"] for i, m in enumerate(models)]
                 fresh = remeasure_in_fresh_process(dense, cands, evaluator.example_input, backend=s.backend, threads=s.threads,
                                                    backend_options=s.options(), rounds=rounds, warmup_rounds=s.warmup, zoo=evaluator.zoo,
-                                                   processes=FRESH_PROCESSES)
+                                                   processes=FRESH_PROCESSES, max_processes=MAX_FRESH_PROCESSES, rel_ci=s.rel_ci)
             return [LatencyEstimate(r.ratio, r.ci_low, r.ci_high, r.rounds, r.ratio, source="fresh") for r in fresh.ratios], fresh.dense_ms
         except (AutopruneError, RuntimeError) as e:  # e.g. a backend registered at run time, unknown to the child
             log.warning("finalists re-measured in this process, not a fresh one: %s", one_line(e, None))
@@ -96,7 +96,8 @@ def remeasure(evaluator: PolicyEvaluator, models: list[nn.Module], rounds: int) 
 
 
 def _noisy_line(worst: LatencyEstimate, rel_ci: float, rounds: int) -> str:
-    return (f"latency: too noisy to confirm the budget: the re-measured 95% interval is +-{worst.rel_halfwidth:.1%} after {rounds} rounds, "
+    return (f"latency: too noisy to confirm the budget: the re-measured 95% interval is +-{worst.rel_halfwidth:.1%} after {rounds} rounds "
+            f"in up to {MAX_FRESH_PROCESSES} fresh processes, "
             f"wider than latency.rel_ci {rel_ci:g}; raise latency.rounds (re-measure rounds = max({FINAL_ROUNDS}, 2 x rounds)) "
             f"or run on a quieter machine")
 
