@@ -19,13 +19,13 @@ from autoprune.measure.runtime_table import (
     FEATURES,
     FittedLatencyTable,
     cache_path,
-    calibrate_on_backend,
     calibrated_table,
     calibration_policies,
     spec_features,
     table_key,
 )
 from autoprune.measure.schedule import PairedSchedule
+from autoprune.measure.variant_cache import calibrate_on_backend
 from autoprune.zoo import build_model
 
 
@@ -93,14 +93,14 @@ def test_calibrated_table_is_cached_per_key_and_reused_without_measuring(tmp_pat
 def test_calibration_on_a_backend_prunes_measures_and_is_skipped_the_second_time(tmp_path, resnet) -> None:
     model, graph = resnet
     timer = PairedTimer(model, torch.randn(1, 1, 28, 28), threads=1)
-    table, cached = calibrate_on_backend(model, graph, timer, batch_size=1, n_random=1, schedule=PairedSchedule(rounds=2), cache_dir=tmp_path)
-    assert not cached and len(table) == 7
+    table, info = calibrate_on_backend(model, graph, timer, batch_size=1, n_random=1, schedule=PairedSchedule(rounds=2), cache_dir=tmp_path)
+    assert not info["from_cache"] and len(table) == 7 and info["measured"] == 6
     assert table.key["backend"]["backend"] == "torch" and table.key["batch_size"] == 1 and "machine" in table.key
     dense_specs = graph.specs_for({}, (), batch_size=1)
     assert table.predict_ratio(dense_specs, dense_specs) == pytest.approx(1.0)
     assert table.dense_ms > 0
-    again, cached = calibrate_on_backend(model, graph, timer, batch_size=1, n_random=1, schedule=PairedSchedule(rounds=2), cache_dir=tmp_path)
-    assert cached and again.weights == table.weights
+    again, info = calibrate_on_backend(model, graph, timer, batch_size=1, n_random=1, schedule=PairedSchedule(rounds=2), cache_dir=tmp_path)
+    assert info["from_cache"] and info["measured"] == 0 and again.weights == table.weights
 
 
 def test_bad_tables_and_samples_raise_config_error(tmp_path, resnet) -> None:

@@ -141,9 +141,10 @@ class LatencyConfig(Section):
             ``thread_pool``; ``openvino``: e.g. ``performance_hint``, ``precision``; ``torch``:
             none). Names are checked against what the chosen backend accepts, values when the
             backend is built (before any search starts). Empty: the backend's serving defaults.
-        table_cache: Reuse latency-table measurements across runs and models (per-layer timings keyed
-            by layer spec, backend settings, versions and CPU; fitted tables per architecture) from
-            ``$AUTOPRUNE_CACHE/latency-tables``; false: measure everything and write nothing.
+        table_cache: Reuse latency-table measurements across runs and models (eager: per-layer timings
+            keyed by layer spec, backend settings, versions and CPU; serving runtimes: fitted tables per
+            architecture, and the timed calibration variants pooled into the fit of a model made of the
+            same layer specs) from ``$AUTOPRUNE_CACHE/latency-tables``; false: measure everything and write nothing.
         predictor: Removed: only ``table`` (what was always used) is still accepted, from
             older configs; it is not written back.
         mode: Decoder LLMs only (ignored for other models): ``decode`` (tokens per second of

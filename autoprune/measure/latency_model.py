@@ -14,8 +14,9 @@ The lookup table depends on what the backend is. On eager PyTorch (``LatencyBack
 is the per-layer micro-benchmark table (:class:`autoprune.measure.table.LatencyTable`) fitted to
 a few paired measurements of pruned variants. On any other runtime per-layer eager timings do not
 model a runtime that fuses conv+BN+activation, so the table is fitted to whole-model paired
-measurements *on that backend* (:func:`autoprune.measure.runtime_table.calibrate_on_backend`,
-cached on disk per architecture, backend settings, batch and machine).
+measurements *on that backend* (:func:`autoprune.measure.variant_cache.calibrate_on_backend`,
+cached on disk per architecture, backend settings, batch and machine; its variant timings are
+reused by a later model made of the same layer specs).
 """
 
 from __future__ import annotations
@@ -40,16 +41,18 @@ from autoprune.graph.surgery import apply_policy
 from autoprune.measure.backends import LatencyBackend, Runner, settings_label
 from autoprune.measure.latency import PairedTimer, RatioStats
 from autoprune.measure.layer_cache import LayerTimingCache, timing_context
-from autoprune.measure.runtime_table import DEFAULT_CACHE_DIR, FittedLatencyTable, calibrate_on_backend
+from autoprune.measure.runtime_table import DEFAULT_CACHE_DIR, FittedLatencyTable
 from autoprune.measure.schedule import PairedSchedule
 from autoprune.measure.settings import LatencySettings
 from autoprune.measure.table import LatencyTable
 from autoprune.measure.uncertainty import LatencyEstimate, ResidualPrior, combine
+from autoprune.measure.variant_cache import calibrate_on_backend
 
 log = logging.getLogger(__name__)
 
 #: Random calibration policies of the per-backend table (on top of its 6 uniform ones): 30
-#: variants in all, each exported, opened and timed once per (model, backend settings, batch, machine).
+#: variants in all, each exported, opened and timed once per (model, backend settings, batch, machine);
+#: a model whose layer specs overlap a calibrated one's times 4 (:data:`autoprune.measure.variant_cache.REUSE_RANDOM`).
 BACKEND_CALIBRATION_RANDOM = 24
 
 
@@ -140,8 +143,9 @@ def backend_table(
 ) -> tuple[FittedLatencyTable, dict[str, Any]]:
     """The per-backend fitted table of ``model`` on ``timer``'s backend, from the disk cache or calibrated now.
 
-    Follows :func:`autoprune.measure.runtime_table.calibrate_on_backend` (nn-Meter-style
-    regression on layer-shape features, fitted to paired whole-model measurements).
+    Follows :func:`autoprune.measure.variant_cache.calibrate_on_backend` (nn-Meter-style
+    regression on layer-shape features, fitted to paired whole-model measurements, pooled with the
+    cached variants of models made of the same layer specs).
 
     Args:
         model, graph: The dense model (``timer``'s reference) and its graph.
@@ -149,20 +153,23 @@ def backend_table(
         batch_size: The timed batch.
         max_ratio, round_to: The search's pruning limits.
         n_random: Random calibration policies.
-        cache_dir: Folder of cached tables (None: calibrate, never write).
+        cache_dir: Folder of cached tables and variant timings (None: calibrate alone, never write).
 
     Returns:
-        ``(table, info)`` with ``info`` = ``{"kind": "fitted", "from_cache": bool, "variants": int, "seconds": float}``.
+        ``(table, info)`` with ``info`` = ``{"kind": "fitted", "from_cache": bool, "variants": int, "seconds": float,
+        "donors": [...], "cache": {"unit": "variant timings", "reused", "measured", "seconds_saved"}}``.
 
     Raises:
         ModelError: a calibration variant cannot run on the backend (e.g. its export fails).
     """
     t0 = time.perf_counter()
-    table, cached = calibrate_on_backend(
+    table, got = calibrate_on_backend(
         model, graph, timer, batch_size=batch_size, max_ratio=max_ratio, round_to=round_to, n_random=n_random, cache_dir=cache_dir,
     )
-    info = {"kind": "fitted", "from_cache": cached, "variants": len(table), "seconds": time.perf_counter() - t0}
-    log.info("latency table on %s: %s (%d variants, %.1fs)", timer.backend.name, "from cache" if cached else "calibrated", len(table), info["seconds"])
+    info = {"kind": "fitted", "from_cache": got["from_cache"], "variants": len(table), "seconds": time.perf_counter() - t0, "donors": got["donors"],
+            "cache": {"unit": "variant timings", **{k: got[k] for k in ("reused", "measured", "seconds_saved")}}}
+    log.info("latency table on %s: %s (%d variants%s, %.1fs)", timer.backend.name, "from cache" if got["from_cache"] else "calibrated", len(table),
+             f" + {got['reused']} reused from {len(got['donors'])} other model(s)" if got["donors"] else "", info["seconds"])
     return table, info
 
 
@@ -172,7 +179,7 @@ def _calibrated_table(
 ) -> tuple[LatencyTable | FittedLatencyTable, dict[str, Any], list[str]]:
     """``(table, info, failures)``: eager micro-benchmarks on an eager backend, else a table fitted on the backend itself.
 
-    ``info["cache"]`` says what the cache gave: ``unit`` (``layer timings`` or ``tables``), ``reused`` and
+    ``info["cache"]`` says what the cache gave: ``unit`` (``layer timings`` or ``variant timings``), ``reused`` and
     ``measured`` (counts of that unit) and ``seconds_saved`` (the stored measurement seconds of the reused ones).
     """
     if not settings.table_cache:
@@ -185,8 +192,6 @@ def _calibrated_table(
         counts = table.cache.summary() if table.cache is not None else {"reused": 0, "measured": len(table), "seconds_saved": 0.0}
         return table, {"kind": "eager micro-benchmarks", "cache": {"unit": "layer timings", **counts}}, failures
     fitted, info = backend_table(model, graph, timer, batch_size=settings.batch_size, max_ratio=max_ratio, round_to=round_to, cache_dir=cache)
-    reused = bool(info["from_cache"])
-    info["cache"] = {"unit": "tables", "reused": int(reused), "measured": int(not reused), "seconds_saved": fitted.seconds if reused else 0.0}
     return fitted, info, []
 
 
@@ -251,7 +256,7 @@ class LatencyModel:
             max_ratio, round_to: The search's pruning limits.
             unit_names, block_names: Units and droppable blocks offered to the search (default: the graph's units, no blocks).
             table: A calibrated table to use as it is (``table_info`` kind ``given``).
-            table_cache: Folder caching the fitted tables of non-eager backends ("auto":
+            table_cache: Folder caching the latency tables and their measurements ("auto":
                 ``latency-tables`` beside the surgery-check cache; None: calibrate, write nothing).
 
         Raises:
@@ -278,8 +283,10 @@ class LatencyModel:
         """What the latency-table cache has given so far (the search keeps timing new layer specs on eager tables).
 
         Returns:
-            ``{"unit": "layer timings" | "tables" | "none", "reused": count, "measured": count,
-            "seconds_saved": s}``, the seconds being the stored measurement times of the reused entries.
+            ``{"unit": "layer timings" | "variant timings" | "none", "reused": count, "measured": count,
+            "seconds_saved": s}``: on eager tables the stored measurement times of the reused layer timings;
+            on fitted tables the stored calibration time of a reused table, or the variants a pooled fit
+            did not time times its mean seconds per variant (:func:`~autoprune.measure.variant_cache.calibrate_on_backend`).
         """
         cache = getattr(self.table, "cache", None)
         if isinstance(cache, LayerTimingCache):

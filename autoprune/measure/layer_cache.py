@@ -11,10 +11,10 @@
   ResNet-20 (same stage widths and resolutions), and a second model pays only for its new shapes;
 - on a serving runtime, :class:`~autoprune.measure.runtime_table.FittedLatencyTable` is fitted to
   paired measurements of ~30 pruned variants *of one model* against that model's dense latency.
-  Those are ratios of whole models of one architecture: no part of them is a per-layer timing, and
-  reusing them for another architecture would be a guess presented as a measurement. They stay
-  cached per architecture (:func:`~autoprune.measure.runtime_table.calibrated_table`), which
-  records its calibration seconds so a reuse reports the time saved too.
+  Those are ratios of whole models, not per-layer timings (the runtime fuses layers), so their unit
+  of reuse is the variant: :mod:`autoprune.measure.variant_cache` keeps them per model and pools
+  them into the fit of a later model made of the same layer specs. Whole tables stay cached per
+  architecture too (:func:`~autoprune.measure.runtime_table.calibrated_table`).
 
 **The key** of an entry is the layer spec plus everything that changes its timing: the backend's
 settings (:meth:`LatencyBackend.settings <autoprune.measure.backends.LatencyBackend.settings>`:

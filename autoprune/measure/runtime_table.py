@@ -22,14 +22,15 @@ regression on architecture features measured on the target device" approach of
 nn-Meter (Zhang et al., MobiSys 2021) and HELP, reduced to one model family's variants.
 
 Tables are cached on disk per (architecture, backend settings, batch, machine), so a
-second search of the same model on the same backend skips calibration. The variants are
-ratios of whole models of one architecture, so another architecture cannot honestly reuse
-them (unlike the per-layer eager timings of :mod:`autoprune.measure.layer_cache`).
+second search of the same model on the same backend skips calibration. The timed variants
+themselves are cached too (:mod:`autoprune.measure.variant_cache`, which calibrates): a model
+made of the same layer specs as one calibrated before (ResNet-32 after ResNet-20) is fitted
+on that model's variants pooled with a few of its own (:meth:`FittedLatencyTable.fit`'s
+``donors``: each donor model gets a fitted dense-latency scale), so it times 9 variants, not 29.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -43,15 +44,10 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import nnls
-from torch import nn
 
 from autoprune.errors import ConfigError
 from autoprune.graph.layers import ATTENTION_CORE, LayerSpec, spec_macs
-from autoprune.graph.policy import Policy, architecture_hash
-from autoprune.graph.prunable import PrunableGraph
-from autoprune.graph.surgery import apply_policy
-from autoprune.measure.latency import PairedTimer
-from autoprune.measure.schedule import PairedSchedule
+from autoprune.graph.policy import Policy
 from autoprune.paths import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -118,6 +114,25 @@ def machine_id() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.system(), "machine": platform.machine()}
 
 
+def _pooled_nnls(x: np.ndarray, y: np.ndarray, donors: list[tuple[np.ndarray, np.ndarray]],
+                 scales: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(w, s)`` minimising ``Σ (x·w / y - 1)² + Σ_d Σ ((X_d·w / y_d - s_d) / s_d⁰)²`` with ``w, s >= 0``.
+
+    ``s_d⁰``: the donors' scales of a previous pass (None: 1), so each row's residual is relative.
+    """
+    n_donors = len(donors)
+    rows = [np.hstack([x / y[:, None], np.zeros((len(y), n_donors))])]
+    rhs = [np.ones(len(y))]
+    for j, (fx, fy) in enumerate(donors):
+        block = np.zeros((len(fy), n_donors))
+        block[:, j] = -1.0
+        weight = 1.0 if scales is None or not scales[j] > 0 else 1.0 / scales[j]
+        rows.append(np.hstack([fx / fy[:, None], block]) * weight)
+        rhs.append(np.zeros(len(fy)))
+    solution, _ = nnls(np.vstack(rows), np.concatenate(rhs))
+    return solution[: x.shape[1]], solution[x.shape[1]:]
+
+
 class FittedLatencyTable:
     """Latency relative to the dense model, predicted from layer-shape features fitted on one backend.
 
@@ -125,15 +140,18 @@ class FittedLatencyTable:
         weights: Cost per feature (:data:`FEATURES`), in dense-latency units.
         dense_ms: The dense model's latency on the backend when calibrated (for :meth:`predict_ms`).
         key: What the table was calibrated for (architecture, backend settings, batch, machine).
-        samples: Calibration points kept for reporting (``[{"ratio", "predicted"}]``).
+        samples: Calibration points of this model kept for reporting (``[{"ratio", "predicted", "seconds"}]``,
+            seconds: the wall time of that variant's measurement).
         seconds: Wall seconds its calibration took (what a reuse from the cache saves; NaN: not recorded).
+        donors: The other models whose cached variants the fit pooled (``[{"model", "variants", "overlap", "scale"}]``,
+            :mod:`autoprune.measure.variant_cache`); empty for a fit on this model's variants alone.
 
     Raises:
         ConfigError: a weight for an unknown feature.
     """
 
     def __init__(self, weights: dict[str, float] | None = None, *, dense_ms: float = float("nan"), key: dict | None = None,
-                 samples: list | None = None, seconds: float = float("nan")) -> None:
+                 samples: list | None = None, seconds: float = float("nan"), donors: list | None = None) -> None:
         unknown = set(weights or {}) - set(FEATURES)
         if unknown:
             raise ConfigError(f"latency table weights: unknown feature {sorted(unknown)[0]!r}; allowed: {', '.join(FEATURES)}")
@@ -142,6 +160,8 @@ class FittedLatencyTable:
         self.key = dict(key or {})
         self.samples = list(samples or [])
         self.seconds = float(seconds)
+        self.donors = list(donors or [])
+        self.donor_scales: list[float] = []
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -149,18 +169,26 @@ class FittedLatencyTable:
     def _w(self) -> np.ndarray:
         return np.array([self.weights[n] for n in FEATURES])
 
-    def fit(self, samples: Sequence[tuple[Sequence[LayerSpec], float]]) -> dict[str, float]:
-        """Fit the weights by non-negative least squares on relative error.
+    def fit(self, samples: Sequence[tuple[Sequence[LayerSpec], float]],
+            donors: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> dict[str, float]:
+        """Fit the weights by non-negative least squares on relative error, optionally pooled with other models' variants.
 
         Args:
             samples: ``(layer specs of a model, its measured latency ratio to dense)``; include
                 the dense model at 1.0.
+            donors: Variants of *other* models timed in the same context
+                (:mod:`autoprune.measure.variant_cache`), one ``(features, ratios)`` pair per model:
+                features of shape ``(n, len(FEATURES))`` (:func:`spec_features`) and ratios of shape
+                ``(n,)`` to that model's own dense latency. Each donor model gets a free scale
+                ``s`` (its dense latency in this model's dense units, fitted too), so its rows
+                ask ``w · f ≈ s · ratio``: they shape the per-feature costs, the samples fix the
+                unit. Rows are weighted by 1 / (s · ratio) (the scales from a first unweighted pass).
 
         Returns:
-            The fitted ``{feature: weight}``, also stored.
+            The fitted ``{feature: weight}``, also stored (:attr:`donor_scales`: the donors' fitted ``s``).
 
         Raises:
-            ConfigError: fewer than 3 samples or a non-positive ratio.
+            ConfigError: fewer than 3 samples, a non-positive ratio, or a donor of the wrong shape.
         """
         if len(samples) < 3:
             raise ConfigError(f"samples: expected at least 3 (specs, measured ratio) pairs to fit a latency table, got {len(samples)}")
@@ -169,11 +197,19 @@ class FittedLatencyTable:
                 raise ConfigError(f"samples[{i}]: measured ratio must be > 0, got {r!r}")
         x = np.stack([spec_features(specs) for specs, _ in samples])
         y = np.array([float(r) for _, r in samples])
-        scale = np.where(x.max(0) > 0, x.max(0), 1.0)
-        w_scaled, _ = nnls(x / scale / y[:, None], np.ones_like(y))
+        pooled = [(np.asarray(fx, dtype=float).reshape(-1, len(FEATURES)), np.asarray(fy, dtype=float).reshape(-1)) for fx, fy in donors]
+        for i, (fx, fy) in enumerate(pooled):
+            if len(fx) != len(fy) or not np.all(fy > 0):
+                raise ConfigError(f"donors[{i}]: expected one positive ratio per feature row, got {len(fy)} ratios for {len(fx)} rows")
+        every = np.vstack([x, *(fx for fx, _ in pooled)])
+        scale = np.where(every.max(0) > 0, every.max(0), 1.0)
+        w_scaled, scales = _pooled_nnls(x / scale, y, [(fx / scale, fy) for fx, fy in pooled], None)
+        if pooled:  # weight donor rows by their relative error now that their scales are known
+            w_scaled, scales = _pooled_nnls(x / scale, y, [(fx / scale, fy) for fx, fy in pooled], scales)
         w = w_scaled / scale
         self.weights = {name: float(v) for name, v in zip(FEATURES, w)}
         self.samples = [{"ratio": float(r), "predicted": float(p)} for r, p in zip(y, x @ w)]
+        self.donor_scales = [float(v) for v in scales]
         return dict(self.weights)
 
     def predict(self, specs: Sequence[LayerSpec]) -> float:
@@ -191,7 +227,7 @@ class FittedLatencyTable:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what :meth:`save` writes)."""
         return {"format": _FORMAT, "kind": "fitted", "weights": self.weights, "dense_ms": self.dense_ms, "key": self.key, "samples": self.samples,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "donors": self.donors}
 
     def save(self, path: str | Path) -> Path:
         """Write the table as JSON, atomically."""
@@ -210,7 +246,7 @@ class FittedLatencyTable:
             if data.get("format") != _FORMAT or data.get("kind") != "fitted":
                 raise ValueError(f"format {data.get('format')!r}/{data.get('kind')!r}, expected {_FORMAT}/fitted")
             return cls(data["weights"], dense_ms=data["dense_ms"], key=data["key"], samples=data.get("samples"),
-                       seconds=float(data.get("seconds", float("nan"))))
+                       seconds=float(data.get("seconds", float("nan"))), donors=data.get("donors"))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ConfigError(f"latency table path: cannot read {str(path)!r} as a fitted latency table ({e})") from e
 
@@ -232,16 +268,23 @@ def calibrated_table(
     *,
     dense_ms: float | Callable[[], float],
     cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
+    donors: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+    donor_info: Sequence[dict[str, Any]] = (),
 ) -> tuple[FittedLatencyTable, bool]:
     """The cached table for ``key``, or one fitted on ``variants`` now (and cached).
+
+    This function is the one writer of the table files.
 
     Args:
         key: From :func:`table_key`.
         variants: ``(layer specs, measured ratio or a callable measuring it)`` per calibration
-            model; callables run only when the cache misses.
+            model; callables run only when the cache misses (each one's wall seconds is kept in
+            :attr:`FittedLatencyTable.samples`).
         dense_ms: The dense model's latency on the backend (or a callable measuring it, run only on a
             cache miss), stored for :meth:`FittedLatencyTable.predict_ms`.
         cache_dir: Folder of cached tables (None: no cache).
+        donors: Other models' variants to pool in the fit (:meth:`FittedLatencyTable.fit`).
+        donor_info: One description per donor (``{"model", "variants", "overlap"}``), recorded with its fitted scale.
 
     Returns:
         ``(table, from_cache)``.
@@ -259,11 +302,19 @@ def calibrated_table(
         except ConfigError as e:
             log.warning("latency table: ignoring unreadable cache %s (%s)", path, e)
     t0 = time.perf_counter()
-    samples = [(specs, float(m() if callable(m) else m)) for specs, m in variants]
+    samples, spent = [], []
+    for specs, m in variants:
+        t = time.perf_counter()
+        samples.append((specs, float(m() if callable(m) else m)))
+        spent.append(time.perf_counter() - t if callable(m) else 0.0)
     table = FittedLatencyTable(dense_ms=dense_ms() if callable(dense_ms) else dense_ms, key=json.loads(json.dumps(key, default=str)))
-    table.fit(samples)
+    table.fit(samples, donors)
+    for sample, s in zip(table.samples, spent):
+        sample["seconds"] = s
+    table.donors = [{**dict(info), "scale": scale} for info, scale in zip(donor_info, table.donor_scales)]
     table.seconds = time.perf_counter() - t0
-    log.info("latency table: calibrated on %d variants in %.1fs", len(samples), table.seconds)
+    log.info("latency table: calibrated on %d variants%s in %.1fs", len(samples),
+             f" and {sum(len(fy) for _, fy in donors)} cached ones of {len(donors)} other model(s)" if donors else "", table.seconds)
     if path is not None:
         table.save(path)
     return table, False
@@ -289,57 +340,4 @@ def calibration_policies(unit_names: Sequence[str], block_names: Sequence[str], 
     return policies
 
 
-def calibrate_on_backend(
-    model: nn.Module,
-    graph: PrunableGraph,
-    timer: PairedTimer,
-    *,
-    batch_size: int,
-    max_ratio: float = 0.8,
-    round_to: int | None = None,
-    n_random: int = 24,
-    seed: int = 0,
-    schedule: PairedSchedule = PairedSchedule(rounds=10),
-    cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
-) -> tuple[FittedLatencyTable, bool]:
-    """The latency table of ``model`` on ``timer``'s backend, from the disk cache or calibrated now.
-
-    Each calibration policy (:func:`calibration_policies`) is applied with the real surgery
-    and timed against the dense model (``timer``'s reference) by paired measurement.
-
-    Args:
-        model: The dense model (``timer``'s reference).
-        graph: Its :class:`PrunableGraph`.
-        timer: A :class:`PairedTimer` on the backend, batch and threads to predict.
-        batch_size: Batch of ``timer``'s example input.
-        max_ratio, round_to: The search's pruning limits (ratios are drawn up to ``max_ratio``).
-        n_random: Random calibration policies on top of the 6 uniform ones.
-        seed: Seed of the random policies.
-        schedule: The paired schedule of each calibration model (e.g. ``PairedSchedule(rounds=10, clock="thread")``);
-            part of the cache key.
-        cache_dir: Folder of cached tables (None: always calibrate, never write).
-
-    Returns:
-        ``(table, from_cache)``.
-
-    Raises:
-        ConfigError: a bad count.
-    """
-    policies = calibration_policies(graph.unit_names, graph.block_names, max_ratio=max_ratio, n_random=n_random, seed=seed)
-    key = table_key(
-        architecture_hash(model), timer.settings(), batch_size,
-        round_to=round_to, max_ratio=max_ratio, n_random=n_random, seed=seed, features=list(FEATURES),
-        schedule=dataclasses.asdict(schedule),
-    )
-
-    def measure(policy: Policy) -> Callable[[], float]:
-        return lambda: timer.ratio(apply_policy(model, policy, graph=graph, round_to=round_to).eval(), schedule).ratio
-
-    variants = [
-        (graph.specs_for(p.ratios, p.drop, round_to=round_to, batch_size=batch_size), 1.0 if not p.ratios and not p.drop else measure(p))
-        for p in policies
-    ]
-    return calibrated_table(key, variants, dense_ms=lambda: timer.reference_ms(), cache_dir=cache_dir)
-
-
-__all__ = ["calibrate_on_backend", "calibration_policies", "DEFAULT_CACHE_DIR", "FEATURES", "FittedLatencyTable", "cache_path", "calibrated_table", "machine_id", "spec_features", "table_key"]
+__all__ = ["calibration_policies", "DEFAULT_CACHE_DIR", "FEATURES", "FittedLatencyTable", "cache_path", "calibrated_table", "machine_id", "spec_features", "table_key"]

@@ -36,8 +36,9 @@ class LatencySettings:
         new_tokens: Decoder LLMs only: tokens a ``decode`` call generates.
         table_cache: Reuse latency-table measurements from ``$AUTOPRUNE_CACHE/latency-tables``: per-layer
             timings shared by every model with the same layer specs (eager tables,
-            :mod:`autoprune.measure.layer_cache`) and per-architecture fitted tables (serving runtimes).
-            False: measure everything, read and write nothing.
+            :mod:`autoprune.measure.layer_cache`); on serving runtimes per-architecture fitted tables and the
+            timed calibration variants, pooled into the fit of a model made of the same layer specs
+            (:mod:`autoprune.measure.variant_cache`). False: measure everything, read and write nothing.
     """
 
     backend: str = "torch"

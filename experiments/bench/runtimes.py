@@ -131,7 +131,8 @@ def table_section(batches: list[int], n_test: int, n_random: int) -> str:
     import tempfile
 
     from autoprune.measure.backends import backend_class
-    from autoprune.measure.runtime_table import calibrate_on_backend, calibration_policies
+    from autoprune.measure.runtime_table import calibration_policies
+    from autoprune.measure.variant_cache import calibrate_on_backend
 
     dense, _, graph = models()
     rows = []
@@ -145,14 +146,14 @@ def table_section(batches: list[int], n_test: int, n_random: int) -> str:
             for round_to in dict.fromkeys([None, backend_class(name).channel_multiple()]):
                 with tempfile.TemporaryDirectory() as cache:
                     t0 = time.perf_counter()
-                    fitted, cached = calibrate_on_backend(dense, graph, timer, batch_size=batch, n_random=n_random, cache_dir=cache,
+                    fitted, got = calibrate_on_backend(dense, graph, timer, batch_size=batch, n_random=n_random, cache_dir=cache,
                                                           schedule=PairedSchedule(rounds=10, **clock), round_to=round_to)
                     first_s = time.perf_counter() - t0
                     t0 = time.perf_counter()
-                    _, cached_again = calibrate_on_backend(dense, graph, timer, batch_size=batch, n_random=n_random, cache_dir=cache,
+                    _, got_again = calibrate_on_backend(dense, graph, timer, batch_size=batch, n_random=n_random, cache_dir=cache,
                                                            schedule=PairedSchedule(rounds=10, **clock), round_to=round_to)
                     second_s = time.perf_counter() - t0
-                assert not cached and cached_again
+                assert not got["from_cache"] and got_again["from_cache"]
                 dense_specs = graph.specs_for({}, (), batch_size=batch)
                 tests = calibration_policies(graph.unit_names, graph.block_names, n_random=n_test, seed=777)[6:]
                 errs, errs_drop, measured_all = [], [], []
