@@ -83,3 +83,14 @@ def test_the_final_table_judges_the_budget_on_the_final_measurement():
     assert inside["budget_met"] is True
     macs = Budget(metric="macs", target=0.5).verdict(0.5, est, 0.49, 0.4)
     assert macs["budget_value"] == 0.4 and macs["budget_met"] is True
+
+
+def test_the_table_cache_line_never_prints_nan_for_a_table_cached_without_its_fit_time():
+    from autoprune.app.tables import table_cache_lines
+
+    report = {"latency_table_unit": "variant timings", "latency_table_reused": 1, "latency_table_seconds_saved": float("nan"),
+              "latency_table_measured": 0}
+    (line,) = table_cache_lines(report)
+    assert "nan" not in line and "time saved not recorded" in line
+    (line,) = table_cache_lines({**report, "latency_table_seconds_saved": 6.2})
+    assert "6.2 s of measurement saved" in line

@@ -310,8 +310,10 @@ def table_cache_lines(report: dict[str, Any]) -> Shown:
     if "latency_table_reused" not in report:
         return []
     r = report
+    saved = r["latency_table_seconds_saved"]
+    saved_words = f"{saved:.3g} s of measurement saved" if isinstance(saved, (int, float)) and math.isfinite(saved) else "time saved not recorded"
     return [f"latency table cache ({r['latency_table_unit']}): {r['latency_table_reused']} reused "
-            f"({r['latency_table_seconds_saved']:.3g} s of measurement saved), {r['latency_table_measured']} measured"]
+            f"({saved_words}), {r['latency_table_measured']} measured"]
 
 
 def worker_line(res: SearchResult, study: str) -> Shown:
