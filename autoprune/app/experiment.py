@@ -148,9 +148,8 @@ def zoo_model(cfg: ExperimentConfig, baseline: Baseline) -> ZooModel | None:
 def experiment_graph(cfg: ExperimentConfig, model: nn.Module, data: DataBundle) -> tuple[PrunableGraph, SafetyReport]:
     """The graph every command prunes ``model`` through: :func:`autoprune.graph.safety.verified_graph` with the config's settings.
 
-    ``model.ignore``, ``pruning.drop_blocks``, the export check of what the experiment serves and
-    delivers (:func:`~autoprune.config.settings.export_check`: ``latency.backend``, and the
-    ``model.onnx`` of ``export.onnx``/``export.quantize``) and the shared verdict
+    ``model.ignore``, ``pruning.drop_blocks``, the export check of what it serves and delivers
+    (:func:`~autoprune.config.settings.export_check`: ``latency.backend``, ``export.onnx``) and the shared verdict
     cache (:func:`~autoprune.graph.check.default_cache_dir`): a unit that fails a check is left
     dense with one warning line in every command alike, and a model with nothing left is refused
     with the same line.

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import ConfigError, ModelError, one_line
+from autoprune.graph.hooks import is_unhookable, model_copy
 from autoprune.graph.layers import ExampleInput
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def export_model(model: nn.Module, args: tuple[torch.Tensor, ...], path: Path, o
         with warnings.catch_warnings(), exporter_dump_silenced():
             warnings.simplefilter("ignore")  # the legacy exporter's DeprecationWarning and tracer warnings
             torch.onnx.export(
-                model, args, str(path), dynamo=False, input_names=names, output_names=["output"],
+                exportable(model, args), args, str(path), dynamo=False, input_names=names, output_names=["output"],
                 dynamic_axes=axes, opset_version=opset,
             )
     except Exception as e:
@@ -93,6 +94,29 @@ def export_model(model: nn.Module, args: tuple[torch.Tensor, ...], path: Path, o
                          f"{type(e).__name__}: {one_line(e, 200)}{')' if where else ''}") from e
     finally:
         model.train(was_training)
+
+
+def exportable(model: nn.Module, args: tuple[torch.Tensor, ...]) -> nn.Module:
+    """What the exporter is given: ``model``, or a :func:`torch.jit.trace` of it when a submodule is scripted or compiled.
+
+    torch.onnx's TorchScript exporter (torch 2.13) refuses a ``torch.jit.script`` submodule called
+    inside its own trace ("... is not part of the active trace") but exports the traced model, and
+    ``torch.jit.trace`` refuses a ``torch.compile`` submodule ("a dynamo-optimized function"):
+    those are replaced by the modules they compile (``_orig_mod``, the same computation) in a copy
+    first. ``model`` itself is not modified.
+    """
+    inside = [(name, why) for name, m in model.named_modules() if name and (why := is_unhookable(m))]
+    if not inside:
+        return model
+    compiled = [name for name, why in inside if why.startswith("compiled")]
+    if compiled:
+        model = model_copy(model)
+        for name in compiled:
+            parent, _, leaf = name.rpartition(".")
+            holder = model.get_submodule(parent) if parent else model
+            setattr(holder, leaf, getattr(holder, leaf)._orig_mod)
+    with torch.no_grad():
+        return torch.jit.trace(model, args, check_trace=False, strict=False)
 
 
 #: The operation an exporter error names, e.g. ``Exporting the operator 'aten::sinc' to ONNX opset version 20 is not supported``.
@@ -408,4 +432,4 @@ class _DropMessage(logging.Filter):
         return not str(record.msg).startswith(self.prefix)
 
 
-__all__ = ["ensure_shared_pool", "shared_pool_threads", "ONNX_EXTRA_HINT", "export_onnx", "exporter_dump_silenced", "onnx_file_check", "onnx_predictions", "quantize_onnx", "require_onnx", "as_args", "export_model", "unexportable_op", "ort_session", "input_names", "dynamic_axes"]
+__all__ = ["ensure_shared_pool", "shared_pool_threads", "ONNX_EXTRA_HINT", "export_onnx", "exporter_dump_silenced", "onnx_file_check", "onnx_predictions", "quantize_onnx", "require_onnx", "as_args", "export_model", "exportable", "unexportable_op", "ort_session", "input_names", "dynamic_axes"]
