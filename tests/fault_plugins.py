@@ -14,7 +14,10 @@ and keep the others.
   and hand-written attention compute): cutting that unit is exact but changes the matmul's MACs,
   which the MAC budget would mispredict;
 - :class:`MultipleOfEightRuntime`: an export check whose runtime refuses conv widths that are
-  not multiples of 8 (a unit of 24 channels cut in half fails, one of 16 passes).
+  not multiples of 8 (a unit of 24 channels cut in half fails, one of 16 passes);
+- :func:`build_unexportable`: a ``torch.sinc`` activation (SincNet-style audio front ends) between
+  two convs: every unit prunes exactly, but torch 2.13's ONNX exporter has no ``aten::sinc``, so
+  no ONNX runtime can serve even the dense model.
 """
 
 from __future__ import annotations
@@ -105,6 +108,25 @@ class Mixed(nn.Module):
         return self.head(self.c(self.b(self.a(x))))
 
 
+class Sinc(nn.Module):
+    """``sin(pi x) / (pi x)`` element-wise: torch runs it, the TorchScript ONNX exporter cannot export it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sinc(x)
+
+
+class Unexportable(nn.Module):
+    """a -> act (Sinc) -> b -> head: prunable everywhere, exportable nowhere."""
+
+    def __init__(self, c: int = 1, n: int = 10) -> None:
+        super().__init__()
+        self.a, self.act, self.b = _cbr(c, 16), Sinc(), _cbr(16, 16)
+        self.head = _Head(16, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.b(self.act(self.a(x))))
+
+
 class MultipleOfEightRuntime:
     """An export check (``export_check(model, example_input)``): a runtime that refuses conv widths not a multiple of 8."""
 
@@ -131,3 +153,7 @@ def build_mispredicted(in_channels: int = 1, num_classes: int = 10, input_size: 
 
 def build_mixed(in_channels: int = 1, num_classes: int = 10, input_size: int = 8) -> nn.Module:
     return Mixed(in_channels, num_classes)
+
+
+def build_unexportable(in_channels: int = 1, num_classes: int = 10, input_size: int = 8) -> nn.Module:
+    return Unexportable(in_channels, num_classes)

@@ -7,7 +7,11 @@ The fault-injection plug-ins of ``tests/fault_plugins.py`` go through ``check``,
   convs in ``model.ignore``) is refused by every command with the same one line and exit 2, no
   traceback, before any baseline training when no checkpoint exists;
 - a model whose stem Torch-Pruning silently mis-prunes (``build_corrupting``) has that unit left
-  dense by every command, with the same warning line naming it, and never pruned.
+  dense by every command, with the same warning line naming it, and never pruned;
+- a model no ONNX runtime can serve (``build_unexportable``: ``torch.sinc``, which the ONNX exporter
+  lacks) is refused by every command that serves or delivers ONNX (``latency.backend:
+  onnxruntime``, or ``export.onnx`` on eager PyTorch) in one line naming the module, the operation
+  and the runtime, before any baseline training or search, with nothing written.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from autoprune.app.experiment import baseline_checkpoint
 from autoprune.config.loading import parse_config
 from autoprune.search.distributed import publish_study
 
-RAISING, CORRUPTING = "fault_plugins:build_raising", "fault_plugins:build_corrupting"
+RAISING, CORRUPTING, UNEXPORTABLE = "fault_plugins:build_raising", "fault_plugins:build_corrupting", "fault_plugins:build_unexportable"
 HEALTHY = ["mid.0", "out.0"]
 REFUSAL = ("autoprune: error: the model has nothing to prune: no unit passes the checks (stem.0: surgery check failed: "
            "surgery fails (RuntimeError: expected 16 channels, got ")
@@ -35,10 +39,10 @@ LEFT_DENSE = "unit 'stem.0' is not pruned: surgery check failed: pruned output d
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Trained dense weights of both plug-ins (three epochs on digits: above chance, so every command accepts them)."""
+    """Trained dense weights of the plug-ins (three epochs on digits: above chance, so every command accepts them)."""
     folder = tmp_path_factory.mktemp("faulty-baselines")
     out = {}
-    for model in (RAISING, CORRUPTING):
+    for model in (RAISING, CORRUPTING, UNEXPORTABLE):
         path = folder / f"{model.split(':')[1]}.pt"
         torch.manual_seed(0)
         train_baseline(model, "digits", epochs=3, checkpoint=path, augment=False, progress=False)
@@ -46,16 +50,16 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def experiment(tmp_path: Path, model: str, checkpoint: Path | None, ignore: list[str]) -> Path:
+def experiment(tmp_path: Path, model: str, checkpoint: Path | None, ignore: list[str], **sections: object) -> Path:
     cfg = tiny_experiment(tmp_path, model={"name": model, "checkpoint": str(checkpoint) if checkpoint else None, "ignore": ignore},
                           budget={"metric": "macs", "target": 0.9}, search={"searcher": "optuna", "episodes": 3},
-                          finetune={"epochs": 1})
+                          finetune={"epochs": 1}, **sections)
     return write_experiment(tmp_path / "exp.yaml", cfg)
 
 
-def policy_file(tmp_path: Path, ratios: dict[str, float], ignore: list[str]) -> Path:
+def policy_file(tmp_path: Path, ratios: dict[str, float], ignore: list[str], backend: str | None = None) -> Path:
     path = tmp_path / "given_policy.json"
-    path.write_text(json.dumps({"ratios": ratios, "drop": [], "ignore": ignore}))
+    path.write_text(json.dumps({"ratios": ratios, "drop": [], "ignore": ignore, **({"backend": {"name": backend}} if backend else {})}))
     return path
 
 
@@ -69,12 +73,15 @@ def stored_study(tmp_path: Path, config: Path) -> tuple[str, str]:
     return storage, "faulty"
 
 
-def every_entry_point(tmp_path: Path, model: str, checkpoint: Path, ignore: list[str], policy: Path) -> dict[str, list[str]]:
-    """The argv of each command on ``model`` (its dense weights at ``checkpoint``)."""
-    config = experiment(tmp_path, model, checkpoint, ignore)
+def every_entry_point(tmp_path: Path, model: str, checkpoint: Path, ignore: list[str], policy: Path,
+                      **sections: object) -> dict[str, list[str]]:
+    """The argv of each command on ``model`` (its dense weights at ``checkpoint``; ``sections`` of the config, e.g. its latency backend)."""
+    config = experiment(tmp_path, model, checkpoint, ignore, **sections)
     storage, study = stored_study(tmp_path, config)
+    backend = sections.get("latency", {}).get("backend")  # type: ignore[union-attr]
     return {
-        "check": ["check", model, "--data", "digits", *(a for name in ignore for a in ("--ignore", name))],
+        "check": ["check", model, "--data", "digits", *(a for name in ignore for a in ("--ignore", name)),
+                  *(["--backend", backend] if backend else [])],
         "estimate": ["estimate", str(config), "--ratios", "0.5"],
         "search": ["search", str(config)],
         "run": ["run", str(config)],
@@ -122,3 +129,34 @@ def test_a_unit_the_net_leaves_dense_is_left_dense_by_every_entry_point_with_one
     assert set(json.loads((tmp_path / "transferred.json").read_text())["ratios"]) <= set(HEALTHY)
     trials = optuna.load_study(study_name="faulty", storage=f"sqlite:///{tmp_path}/study.db").trials
     assert trials and all(not any("stem" in p for p in t.params) for t in trials)
+
+
+#: The config sections that make a run serve or deliver ONNX, and the runtime its refusal names.
+SERVED_AS_ONNX = {
+    "onnxruntime": ({"latency": {"backend": "onnxruntime"}}, "onnxruntime (latency.backend)"),
+    "export.onnx": ({"export": {"onnx": True}}, "ONNX (model.onnx, export.onnx)"),
+}
+NOT_EXPORTABLE = "module 'act' (Sinc) calls aten::sinc, which the ONNX exporter does not support"
+
+
+@pytest.mark.parametrize("served", SERVED_AS_ONNX)
+@pytest.mark.parametrize("command", ["estimate", "search", "run"])
+def test_a_model_onnx_cannot_serve_is_refused_before_training_naming_module_operation_and_runtime(tmp_path, capfd, command, served):
+    sections, runtime = SERVED_AS_ONNX[served]
+    config = experiment(tmp_path, UNEXPORTABLE, None, [], **sections)
+    res = cli(capfd, command, str(config), *(["--ratios", "0.5"] if command == "estimate" else []))
+    line = assert_user_error(res, NOT_EXPORTABLE)
+    assert line.startswith(f"autoprune: error: the dense model does not export to {runtime}: "), line
+    assert "Torch IR graph" not in res.out  # the exporter's graph dump on file descriptor 1 is silenced
+    assert not baseline_checkpoint(UNEXPORTABLE, "digits").exists()  # nothing was trained
+    assert not (tmp_path / "out").exists()  # no policy, no model, no folder
+
+
+def test_with_trained_weights_every_entry_point_refuses_a_model_onnxruntime_cannot_serve_before_any_search(tmp_path, capfd, checkpoints):
+    policy = policy_file(tmp_path, {"a.0": 0.5}, [], backend="onnxruntime")
+    argvs = every_entry_point(tmp_path, UNEXPORTABLE, checkpoints[UNEXPORTABLE], [], policy, latency={"backend": "onnxruntime"})
+    for command, argv in argvs.items():
+        line = assert_user_error(cli(capfd, *argv), NOT_EXPORTABLE)
+        assert line.startswith("autoprune: error: the dense model does not export to onnxruntime (latency.backend): "), f"{command}: {line}"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "pruned.pt").exists() and not (tmp_path / "transferred.json").exists()
+    assert not optuna.load_study(study_name="faulty", storage=f"sqlite:///{tmp_path}/study.db").trials  # the worker ran no trial

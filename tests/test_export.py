@@ -184,3 +184,30 @@ def test_onnxruntime_latency_backend_times_a_model(pruned_resnet20, example_inpu
     assert backend.name == "onnxruntime"
     stats = measure_latency(pruned_resnet20, example_input, backend=backend, warmup=1, repeats=5, threads=1)
     assert stats.n == 5 and stats.median_ms > 0
+
+
+class _Sinc(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sinc(x)
+
+
+class _SincNet(nn.Module):
+    """conv -> act (torch.sinc: no ONNX symbolic in torch 2.13's exporter) -> conv, and the same op once more in its own forward."""
+
+    def __init__(self, in_forward: bool = False) -> None:
+        super().__init__()
+        self.c1, self.act, self.c2, self.in_forward = nn.Conv2d(1, 4, 3), _Sinc(), nn.Conv2d(4, 4, 3), in_forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c1(x)
+        return self.c2(torch.sinc(h) if self.in_forward else self.act(h))
+
+
+@pytest.mark.parametrize(("in_forward", "who"), [(False, "module 'act' (_Sinc)"), (True, "_SincNet.forward")])
+def test_an_operation_the_onnx_exporter_lacks_is_named_with_the_module_calling_it_in_one_line(tmp_path, capfd, in_forward, who):
+    with pytest.raises(ModelError) as info:
+        export_onnx(_SincNet(in_forward).eval(), torch.randn(1, 1, 8, 8), tmp_path / "m.onnx")
+    message = str(info.value)
+    assert message.startswith(f"cannot export _SincNet to ONNX: {who} calls aten::sinc, which the ONNX exporter does not support")
+    assert "\n" not in message and not (tmp_path / "m.onnx").exists()
+    assert "Torch IR graph" not in capfd.readouterr().out  # the exporter's graph dump is kept off standard output

@@ -3,7 +3,8 @@
 - scripted and compiled submodules, custom autograd functions that change the channel count, and
   modules holding an op Torch-Pruning cannot map (``torch.cat`` over the last dimension, as in a
   rotary embedding) are hidden from tracing and hooks: their channels are kept, everything around
-  them is pruned, and the warning names the module and the operation;
+  them is pruned, and the warning names the module and the operation; a model with a scripted or
+  compiled submodule still exports to ONNX Runtime;
 - ``model.ignore`` hides a listed container the same way;
 - the same op in the model's own forward is refused in one line naming it;
 - matmul, einsum and SDPA MACs are counted; a parameter-free layer of no known kind is rebuilt with
@@ -23,11 +24,14 @@ from torch import nn
 
 from autoprune.config.machine import activation_bytes
 from autoprune.errors import ModelError
+from autoprune.formats.onnx import export_onnx
+from autoprune.graph.hooks import is_unhookable
 from autoprune.graph.layers import count_macs, record_layer_specs
 from autoprune.graph.policy import Policy
 from autoprune.graph.prunable import PrunableGraph
 from autoprune.graph.safety import verified_graph
 from autoprune.graph.surgery import apply_policy, pruning_history, replay_history
+from autoprune.measure.settings import LatencySettings
 from autoprune.measure.table import LatencyTable
 
 X = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -193,6 +197,17 @@ def test_a_scripted_submodule_takes_no_hooks_anywhere_and_its_model_replays_from
     assert torch.equal(fresh(X), pruned(X))
     table = LatencyTable(threads=1, warmup=0, repeats=1, passes=1)
     assert table.spec_ms(next(s for s in specs if s.module_name == "mid")) > 0  # timed in place
+
+
+@pytest.mark.parametrize("name", ["scripted_submodule", "compiled_submodule"])
+def test_a_model_with_a_scripted_or_compiled_submodule_is_served_on_onnx_runtime_with_the_rest_pruned(name, tmp_path):
+    pytest.importorskip("onnxruntime")
+    model = build(OPAQUE[name][0])
+    graph, report = verified_graph(model, X, export_check=LatencySettings(backend="onnxruntime", threads=1).serving_check())
+    assert graph.unit_names == ["c2.0", "c3.0"] and not report.failed["export"]  # not refused: the opaque module is kept as it is
+    pruned = apply_policy(model, Policy.uniform(graph.unit_names, 0.5), graph=graph)
+    assert export_onnx(pruned, X, tmp_path / "pruned.onnx")["max_abs_diff"] < 1e-4  # ONNX Runtime computes what torch does
+    assert is_unhookable(model.mid)  # the user's model keeps its scripted or compiled submodule
 
 
 @pytest.mark.parametrize("name", ["scripted_submodule", "compiled_submodule"])

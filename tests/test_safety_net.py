@@ -82,12 +82,12 @@ def test_a_model_with_no_unit_left_is_refused_in_one_line_naming_why():
 
 def test_a_dense_model_the_serving_runtime_refuses_is_refused_in_one_line():
     class NeedsSixtyFour(fp.MultipleOfEightRuntime):
-        label = "needs 64"
+        label, runtime = "needs 64", "the 64-channel runtime"
 
         def __call__(self, model, example_input):
             raise RuntimeError("this runtime only runs models of 64 channels")
 
-    with pytest.raises(ModelError, match=r"^the dense model does not export to the serving runtime \(RuntimeError: this runtime only runs"):
+    with pytest.raises(ModelError, match=r"^the dense model does not export to the 64-channel runtime: RuntimeError: this runtime only runs"):
         verified_graph(build(fp.build_mixed), X, export_check=NeedsSixtyFour())
 
 

@@ -20,7 +20,7 @@ from autoprune.app.folder_lock import folder_lock
 from autoprune.app.stages import stage
 from autoprune.config.machine import check_batches_fit, fit_to_machine
 from autoprune.config.schema import ExperimentConfig
-from autoprune.config.settings import evaluator_options, finetune_settings, latency_settings, pruning_record, selection_settings, train_settings
+from autoprune.config.settings import evaluator_options, export_check, finetune_settings, pruning_record, selection_settings, train_settings
 from autoprune.errors import ConfigError, describe
 from autoprune.formats.policy_file import POLICY_FILE, policy_document, write_policy_file
 from autoprune.graph.check import default_cache_dir
@@ -83,8 +83,6 @@ def load_baseline(cfg: ExperimentConfig, *, progress: bool = True) -> Baseline:
     ckpt = Path(cfg.model.checkpoint) if cfg.model.checkpoint else baseline_checkpoint(cfg.model.name, data.name)
     if cfg.model.checkpoint and not ckpt.is_file():
         raise ConfigError(f"model.checkpoint: file {str(ckpt)!r} does not exist")
-    stage("baseline", f"{cfg.model.name} on {data.name}, " + (f"weights from {ckpt}" if ckpt.is_file() else
-                                                              f"training {cfg.train.epochs} epoch(s) into {ckpt}"))
     with torch.random.fork_rng(devices=[]):  # the probe must not change the baseline's initialisation
         probe = build_model(cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
     check_model_fits(probe, cfg.model.name, in_channels=data.in_channels, num_classes=data.num_classes, input_size=data.input_size)
@@ -92,6 +90,8 @@ def load_baseline(cfg: ExperimentConfig, *, progress: bool = True) -> Baseline:
     if not ckpt.is_file():  # the safety net's checks depend on the architecture only: refuse before training
         with _graph_warnings_deferred():
             experiment_graph(cfg, probe, data)
+    stage("baseline", f"{cfg.model.name} on {data.name}, " + (f"weights from {ckpt}" if ckpt.is_file() else
+                                                              f"training {cfg.train.epochs} epoch(s) into {ckpt}"))
     model, meta = train_or_load(
         cfg.model.name, data, train_settings(cfg), checkpoint=ckpt, progress=progress,
         settings_must_match=not cfg.model.checkpoint and "train" in cfg.model_fields_set,  # train settings the user chose
@@ -148,8 +148,8 @@ def zoo_model(cfg: ExperimentConfig, baseline: Baseline) -> ZooModel | None:
 def experiment_graph(cfg: ExperimentConfig, model: nn.Module, data: DataBundle) -> tuple[PrunableGraph, SafetyReport]:
     """The graph every command prunes ``model`` through: :func:`autoprune.graph.safety.verified_graph` with the config's settings.
 
-    ``model.ignore``, ``pruning.drop_blocks``, the export check of ``latency.backend``
-    (:meth:`~autoprune.measure.settings.LatencySettings.serving_check`) and the shared verdict
+    ``model.ignore``, ``pruning.drop_blocks``, the export check of what it serves and delivers
+    (:func:`~autoprune.config.settings.export_check`: ``latency.backend``, ``export.onnx``) and the shared verdict
     cache (:func:`~autoprune.graph.check.default_cache_dir`): a unit that fails a check is left
     dense with one warning line in every command alike, and a model with nothing left is refused
     with the same line.
@@ -163,7 +163,7 @@ def experiment_graph(cfg: ExperimentConfig, model: nn.Module, data: DataBundle) 
         ConfigError: the latency backend is unknown or its extra is missing.
     """
     return verified_graph(model, data.example_input(1), ignored=tuple(cfg.model.ignore), drop_blocks=cfg.pruning.drop_blocks,
-                          export_check=latency_settings(cfg).serving_check(), cache_dir=default_cache_dir())
+                          export_check=export_check(cfg), cache_dir=default_cache_dir())
 
 
 @contextlib.contextmanager

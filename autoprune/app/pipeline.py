@@ -25,7 +25,7 @@ from autoprune.app.decoder_run import DecoderRunResult, run_decoder
 from autoprune.app.experiment import Baseline, SearchRun, experiment_dir, is_decoder, is_encoder, load_baseline, run_search, sized_for_workers
 from autoprune.app.stages import stage
 from autoprune.config.schema import ExperimentConfig
-from autoprune.config.settings import finetune_settings, latency_settings, pruning_record, recover_settings
+from autoprune.config.settings import exports_onnx, finetune_settings, latency_settings, pruning_record, recover_settings
 from autoprune.config.settings import round_to as settings_round_to
 from autoprune.formats.onnx import export_onnx, onnx_predictions, quantize_onnx
 from autoprune.formats.pruned import save_pruned
@@ -395,7 +395,7 @@ def _run_in(cfg: ExperimentConfig, out: Path, *, progress: bool, restart: bool) 
             from autoprune.app.encoder_run import export_encoder
 
             onnx_info = export_encoder(pruned, baseline, out)
-        elif cfg.export.onnx or cfg.export.quantize or backend_class(cfg.latency.backend).artifact == "onnx":  # what the runtime serves
+        elif exports_onnx(cfg):  # what the runtime serves, or what export.onnx asks for
             onnx_info = export_onnx(pruned, baseline.data.example_input(1), out / "model.onnx")
             if cfg.export.quantize:
                 int8 = decide_int8(cfg, baseline, out / "model.onnx", pruned_r.test_accuracy, out)

@@ -25,8 +25,7 @@ from pathlib import Path
 from autoprune.app.experiment import searcher_params, sized_for_workers
 from autoprune.config.machine import check_batches_fit_before_work
 from autoprune.config.schema import ExperimentConfig
-from autoprune.config.settings import round_to
-from autoprune.measure.backends import backend_class
+from autoprune.config.settings import exports_onnx, round_to
 from autoprune.search import searcher_class
 from autoprune.tracking.store import resolve_tracking_uri
 
@@ -57,29 +56,20 @@ def preflight(cfg: ExperimentConfig, *, memory: bool = True) -> ExperimentConfig
     return cfg
 
 
-def serves_onnx(backend: str) -> bool:
-    """True when the latency backend serves the exported ONNX file (its ``artifact`` is ``"onnx"``), so a run exports ``model.onnx``.
-
-    Raises:
-        ConfigError: an unknown backend.
-    """
-    return backend_class(backend).artifact == "onnx"
-
-
 def effective_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """``cfg`` with the values a run really uses written out.
 
-    ``export.onnx`` is true when the serving backend runs the ONNX file (or int8 is asked);
+    ``export.onnx`` is true when a run delivers ``model.onnx`` (:func:`~autoprune.config.settings.exports_onnx`);
     ``pruning.round_to: auto`` becomes the backend's channel multiple (or null); ``tracking.uri``
     becomes the store it resolves to (null: ``./mlflow.db``).
 
     Raises:
         ConfigError: an unknown backend or an invalid tracking URI.
     """
-    export = cfg.export.model_copy(update={"onnx": cfg.export.onnx or cfg.export.quantize or serves_onnx(cfg.latency.backend)})
+    export = cfg.export.model_copy(update={"onnx": exports_onnx(cfg)})
     pruning = cfg.pruning.model_copy(update={"round_to": round_to(cfg)})
     tracking = cfg.tracking.model_copy(update={"uri": resolve_tracking_uri(cfg.tracking.uri, reach=False)})
     return cfg.model_copy(update={"export": export, "pruning": pruning, "tracking": tracking})
 
 
-__all__ = ["effective_config", "preflight", "serves_onnx"]
+__all__ = ["effective_config", "preflight"]

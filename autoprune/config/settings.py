@@ -18,8 +18,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
+from torch import nn
 
 from autoprune.config.schema import ExperimentConfig
+from autoprune.errors import ModelError, describe
+from autoprune.formats.onnx import onnx_file_check
+from autoprune.graph.layers import ExampleInput
+from autoprune.graph.safety import ExportCheck
 from autoprune.measure.backends import backend_class
 from autoprune.measure.settings import LatencySettings
 from autoprune.objective.budget import Budget, Reward
@@ -53,6 +58,60 @@ def proxy_settings(cfg: ExperimentConfig) -> ProxySettings:
 def latency_settings(cfg: ExperimentConfig) -> LatencySettings:
     """Latency measurement during search: the ``latency`` section."""
     return _from_section(LatencySettings, cfg.latency)
+
+
+def exports_onnx(cfg: ExperimentConfig) -> bool:
+    """True when ``autoprune run`` delivers ``model.onnx``.
+
+    That is when ``export.onnx`` or ``export.quantize`` asks for it, when the latency backend
+    serves the ONNX file (its ``artifact`` is ``"onnx"``), or for a sentence encoder (proxy
+    ``fidelity``: always delivered as ``model.onnx`` beside its tokenizer).
+
+    Raises:
+        ConfigError: an unknown backend.
+    """
+    e = cfg.export
+    return bool(e.onnx or e.quantize or backend_class(cfg.latency.backend).artifact == "onnx" or cfg.proxy.metric == "fidelity")
+
+
+def export_check(cfg: ExperimentConfig) -> ExportCheck | None:
+    """The safety net's export check of everything the experiment serves and delivers (:func:`autoprune.graph.safety.verified_graph`).
+
+    The serving runtime's check (:meth:`~autoprune.measure.settings.LatencySettings.serving_check`),
+    and, when a run delivers ``model.onnx`` (:func:`exports_onnx`) that the backend does not serve
+    itself (e.g. ``export.onnx`` with ``latency.backend: torch``), the ONNX file's check
+    (:func:`autoprune.formats.onnx.onnx_file_check`). So a model ``run`` could not deliver is
+    refused, or has the units it cannot deliver left dense, before any training or search, not
+    when ``run`` exports at the end.
+
+    Returns:
+        The check (its ``label`` keys cached verdicts, its ``runtime`` is named by failures), or
+        None when nothing but eager PyTorch runs the model.
+
+    Raises:
+        ConfigError: an unknown backend, a bad option, or an extra that is not installed.
+    """
+    serving = latency_settings(cfg).serving_check()
+    if not exports_onnx(cfg) or backend_class(cfg.latency.backend).artifact == "onnx":
+        return serving
+    field = "export.quantize" if cfg.export.quantize else "export.onnx" if cfg.export.onnx else "a sentence encoder's delivery"
+    onnx = onnx_file_check(f"ONNX (model.onnx, {field})")
+    if serving is None:
+        return onnx
+    return _both(serving, onnx)
+
+
+def _both(first: ExportCheck, second: ExportCheck) -> ExportCheck:
+    def check(model: nn.Module, example_input: ExampleInput) -> None:
+        for part in (first, second):
+            try:
+                part(model, example_input)
+            except Exception as e:
+                raise ModelError(f"{getattr(part, 'runtime', 'the serving runtime')}: {describe(e)}") from e
+
+    check.label = f"{getattr(first, 'label', '')}+{getattr(second, 'label', '')}"  # type: ignore[attr-defined]
+    check.runtime = f"{getattr(first, 'runtime', '?')} and {getattr(second, 'runtime', '?')}"  # type: ignore[attr-defined]
+    return check
 
 
 def budget(cfg: ExperimentConfig) -> Budget:
@@ -149,6 +208,8 @@ __all__ = [
     "Settings",
     "budget",
     "evaluator_options",
+    "export_check",
+    "exports_onnx",
     "finetune_settings",
     "latency_settings",
     "library_settings",

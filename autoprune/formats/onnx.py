@@ -5,10 +5,14 @@ Needs the optional extra: ``pip install 'autoprune[onnx]'`` (onnx and onnxruntim
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import sys
+import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import ConfigError, ModelError, one_line
+from autoprune.graph.hooks import is_unhookable, model_copy
 from autoprune.graph.layers import ExampleInput
 
 log = logging.getLogger(__name__)
@@ -67,22 +72,112 @@ def export_model(model: nn.Module, args: tuple[torch.Tensor, ...], path: Path, o
 
     Inputs are named by :func:`input_names`; the batch axis is dynamic, and so is the sequence
     axis of token inputs (:func:`dynamic_axes`), so one file serves every batch size and length.
+
+    Raises:
+        ModelError: the exporter fails, in one line naming the module and the operation when the
+            exporter names an operation it cannot export (:func:`unexportable_op`).
     """
     names = input_names(model, len(args))
     axes = dynamic_axes(names, args)
     was_training = model.training
     model.eval()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), exporter_dump_silenced():
             warnings.simplefilter("ignore")  # the legacy exporter's DeprecationWarning and tracer warnings
             torch.onnx.export(
-                model, args, str(path), dynamo=False, input_names=names, output_names=["output"],
+                exportable(model, args), args, str(path), dynamo=False, input_names=names, output_names=["output"],
                 dynamic_axes=axes, opset_version=opset,
             )
     except Exception as e:
-        raise ModelError(f"export.onnx: cannot export {type(model).__name__} to ONNX ({type(e).__name__}: {one_line(e)})") from e
+        where = unexportable_op(model, args, e)
+        raise ModelError(f"cannot export {type(model).__name__} to ONNX: {where + ' (' if where else ''}"
+                         f"{type(e).__name__}: {one_line(e, 200)}{')' if where else ''}") from e
     finally:
         model.train(was_training)
+
+
+def exportable(model: nn.Module, args: tuple[torch.Tensor, ...]) -> nn.Module:
+    """What the exporter is given: ``model``, or a :func:`torch.jit.trace` of it when a submodule is scripted or compiled.
+
+    torch.onnx's TorchScript exporter (torch 2.13) refuses a ``torch.jit.script`` submodule called
+    inside its own trace ("... is not part of the active trace") but exports the traced model, and
+    ``torch.jit.trace`` refuses a ``torch.compile`` submodule ("a dynamo-optimized function"):
+    those are replaced by the modules they compile (``_orig_mod``, the same computation) in a copy
+    first. ``model`` itself is not modified.
+    """
+    inside = [(name, why) for name, m in model.named_modules() if name and (why := is_unhookable(m))]
+    if not inside:
+        return model
+    compiled = [name for name, why in inside if why.startswith("compiled")]
+    if compiled:
+        model = model_copy(model)
+        for name in compiled:
+            parent, _, leaf = name.rpartition(".")
+            holder = model.get_submodule(parent) if parent else model
+            setattr(holder, leaf, getattr(holder, leaf)._orig_mod)
+    with torch.no_grad():
+        return torch.jit.trace(model, args, check_trace=False, strict=False)
+
+
+#: The operation an exporter error names, e.g. ``Exporting the operator 'aten::sinc' to ONNX opset version 20 is not supported``.
+_OPERATOR = re.compile(r"operator '?([A-Za-z_]\w*::[\w.]+)'?")
+
+
+def unexportable_op(model: nn.Module, args: tuple[torch.Tensor, ...], error: BaseException) -> str:
+    """Where the operation an exporter error names is called: ``"module 'act' (Sinc) calls aten::sinc"``, or ``""``.
+
+    The operation (e.g. ``aten::sinc``) is read from the error; the module calling it from the
+    scopes of a :func:`torch.jit.trace` of ``model`` (what the TorchScript exporter traces). Only
+    the operation is named when the trace fails or does not contain it, nothing when the error
+    names no operation.
+    """
+    found = _OPERATOR.search(str(error))
+    if found is None:
+        return ""
+    op = found.group(1)
+    scope = None
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, args, check_trace=False, strict=False)
+        scope = next((n.scopeName() for n in traced.inlined_graph.nodes() if n.kind() == op), None)
+    except Exception as e:  # noqa: BLE001 - naming the module is a courtesy: the operation is named anyway
+        log.debug("tracing %s to find %s failed: %s", type(model).__name__, op, one_line(e))
+    if scope is None:
+        return f"it calls {op}, which the ONNX exporter does not support"
+    name = scope.rsplit("/", 1)[-1].removeprefix("__module.") if scope else ""
+    try:
+        module = model.get_submodule(name) if name else model
+    except AttributeError:
+        module = None
+    kind = f" ({type(module).__name__})" if module is not None else ""
+    who = f"module {name!r}{kind}" if name else f"{type(model).__name__}.forward"
+    return f"{who} calls {op}, which the ONNX exporter does not support"
+
+
+@contextlib.contextmanager
+def exporter_dump_silenced() -> Iterator[None]:
+    """Keep the TorchScript exporter's IR dump off standard output while it exports.
+
+    On a failed export, torch (2.13) prints the whole graph (``Torch IR graph at exception: ...``)
+    to the process's standard output: its ``setup_onnx_logging`` tests the logging switch's
+    function object instead of calling it, so the log is always on. File descriptor 1 points to
+    ``/dev/null`` during the export (Python's own ``sys.stdout`` is flushed first); the error
+    itself is raised as usual.
+    """
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):  # no file descriptor 1 (an embedded interpreter): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 _shared_pool_size: int | None = None  # intra-op threads of this process's global ONNX Runtime pool, once created
@@ -194,6 +289,30 @@ def export_onnx(
         if not diff <= atol:
             raise ModelError(f"{path}: ONNX Runtime output differs from PyTorch by {diff:.3g} (allowed {atol:g})")
     return {"path": str(path), "max_abs_diff": diff, "opset": int(opset_used)}
+
+
+def onnx_file_check(runtime: str = "ONNX (model.onnx)") -> Callable[[nn.Module, ExampleInput], None]:
+    """The safety net's export check of the delivered ONNX file (:data:`autoprune.graph.safety.ExportCheck`).
+
+    It exports a model as ``autoprune run`` delivers it (:func:`export_onnx`: export, ``onnx.checker``
+    and one ONNX Runtime inference compared with PyTorch's) into a temporary folder and raises
+    when that fails.
+
+    Args:
+        runtime: What a failure names (the check's ``runtime`` attribute), e.g. the setting that asks for the file.
+
+    Raises:
+        ConfigError: the onnx extra is missing (when the check is made, not when it runs).
+    """
+    require_onnx(runtime)
+
+    def check(model: nn.Module, example_input: ExampleInput) -> None:
+        with tempfile.TemporaryDirectory(prefix="autoprune-onnx-check-") as d:
+            export_onnx(model, example_input, Path(d) / "model.onnx")
+
+    check.label = "onnx-file"  # type: ignore[attr-defined]
+    check.runtime = runtime  # type: ignore[attr-defined]
+    return check
 
 
 def quantize_onnx(src: str | Path, dst: str | Path, *, calibration: Iterable[np.ndarray] | None = None, per_channel: bool = True) -> Path:
@@ -313,4 +432,4 @@ class _DropMessage(logging.Filter):
         return not str(record.msg).startswith(self.prefix)
 
 
-__all__ = ["ensure_shared_pool", "shared_pool_threads", "ONNX_EXTRA_HINT", "export_onnx", "onnx_predictions", "quantize_onnx", "require_onnx", "as_args", "export_model", "ort_session", "input_names", "dynamic_axes"]
+__all__ = ["ensure_shared_pool", "shared_pool_threads", "ONNX_EXTRA_HINT", "export_onnx", "exporter_dump_silenced", "onnx_file_check", "onnx_predictions", "quantize_onnx", "require_onnx", "as_args", "export_model", "exportable", "unexportable_op", "ort_session", "input_names", "dynamic_axes"]

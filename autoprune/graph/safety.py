@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autoprune.errors import ModelError, one_line
+from autoprune.errors import AutopruneError, ModelError, one_line
 from autoprune.graph.check import CheckReport, cache_key, verify_graph
 from autoprune.graph.layers import ExampleInput, count_macs, record_layer_specs
 from autoprune.graph.prunable import PrunableGraph
@@ -50,7 +50,8 @@ from autoprune.graph.surgery import prune_channels
 log = logging.getLogger(__name__)
 
 #: ``export_check(pruned_model, example_input)``: raises when the model cannot be exported to and run
-#: by the serving runtime. A ``label`` attribute (else its qualified name) keys the cached verdict.
+#: by the serving runtime. A ``label`` attribute (else its qualified name) keys the cached verdict; a
+#: ``runtime`` attribute (else "the serving runtime") is what a failure names, e.g. ``"onnxruntime (latency.backend)"``.
 ExportCheck = Callable[[nn.Module, ExampleInput], None]
 
 _VERSION = 1
@@ -87,6 +88,15 @@ def _label(export_check: ExportCheck | None) -> str:
     return str(getattr(export_check, "label", None) or getattr(export_check, "__qualname__", type(export_check).__name__))
 
 
+def _runtime(export_check: ExportCheck) -> str:
+    return str(getattr(export_check, "runtime", None) or "the serving runtime")
+
+
+def _why(e: BaseException, limit: int) -> str:
+    """An export failure in one line: autoprune's own errors as they are, others with their type."""
+    return one_line(e, limit) if isinstance(e, AutopruneError) else f"{type(e).__name__}: {one_line(e, limit)}"
+
+
 def _cut(graph: PrunableGraph, units: Sequence[str], ratio: float, gen: torch.Generator) -> tuple[dict[str, float], dict[str, list[int]]]:
     """Ratios and random channels (of the counts those ratios keep) for ``units``."""
     ratios = {u: ratio for u in units}
@@ -120,7 +130,7 @@ def _export_problem(graph: PrunableGraph, units: Sequence[str], ratio: float, ge
         pruned = prune_channels(graph.model, graph, cuts).eval()
         export_check(pruned, graph.example_input)
     except Exception as e:  # noqa: BLE001 - any failure fails the unit, never the caller
-        return f"the pruned model does not export to the serving runtime ({type(e).__name__}: {one_line(e, 160)})"
+        return f"the pruned model does not export to {_runtime(export_check)} ({_why(e, 200)})"
     return ""
 
 
@@ -257,7 +267,7 @@ def _verified_graph(
         try:
             export_check(graph.dense_copy(model).eval(), example_input)
         except Exception as e:
-            raise ModelError(f"the dense model does not export to the serving runtime ({type(e).__name__}: {one_line(e, 200)})") from e
+            raise ModelError(f"the dense model does not export to {_runtime(export_check)}: {_why(e, 300)}") from e
     surgery: CheckReport = verify_graph(graph, cache_dir=cache_dir, seed=seed)
     report = SafetyReport(failed={"surgery": dict(surgery.failed)}, opaque=dict(graph.opaque), max_diff=dict(surgery.max_diff),
                           cached=surgery.cached)

@@ -83,7 +83,7 @@ class LatencySettings:
         <autoprune.measure.backends.LatencyBackend.prepare>`: for an ONNX runtime the export, the
         session and one inference compared with PyTorch's) and runs one inference; it raises when
         the runtime cannot serve the model. Its ``label`` (the backend and its options) keys the
-        cached verdicts.
+        cached verdicts; its ``runtime`` (``"onnxruntime (latency.backend)"``) is what a failure names.
 
         Returns:
             The check, or None on an eager backend (PyTorch runs what the safety net's forward
@@ -100,6 +100,7 @@ class LatencySettings:
             backend.prepare(model, example_input)()
 
         check.label = settings_label({"backend": backend.name, **self.options()})  # type: ignore[attr-defined]
+        check.runtime = f"{backend.name} (latency.backend)"  # type: ignore[attr-defined]
         return check
 
 
