@@ -186,8 +186,8 @@ def estimate(
     from autoprune.zoo.decoder import is_decoder_name
 
     if config is None and model is not None and is_decoder_name(model):
-        _show(decoder_estimate_table(estimate_decoder_command(model, parse_ratios(ratios), mode=mode)))
-        return
+        unused = {"--data": data, "--set": set_, "--backend": backend, "--batch-size": batch_size}  # refused, not ignored
+        return _show(decoder_estimate_table(estimate_decoder_command(model, parse_ratios(ratios), mode=mode, unused=unused)))
     if mode is not None:
         raise ConfigError(f"--mode: {mode!r} applies to decoder LLMs only (smollm2 or hf:/path to a decoder), not to {model or config}")
 

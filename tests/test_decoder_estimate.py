@@ -47,6 +47,14 @@ def test_mode_is_refused_for_a_model_that_is_not_a_decoder(capsys):
     assert_user_error(cli(capsys, "estimate", "--model", "resnet20", "--data", "digits", "--mode", "decode"), "--mode", "decoder LLMs only")
 
 
+@pytest.mark.parametrize("flag", [["--set", "data.max_length=64"], ["--data", "digits"], ["--backend", "onnxruntime"], ["--batch-size", "4"]])
+def test_a_flag_that_estimate_model_decoder_would_ignore_is_refused_naming_it(tmp_path, capsys, decoder, flag):
+    decoder.model.save_pretrained(tmp_path)
+    decoder.tokenizer.save_pretrained(tmp_path)
+    res = cli(capsys, "estimate", "--model", f"hf:{tmp_path}", *flag)
+    assert_user_error(res, f"{flag[0]}: does not apply to --model hf:{tmp_path} alone", "write a config with model.name")
+
+
 def test_a_unit_that_fails_the_surgery_check_stays_dense_in_every_row(decoder, caplog):
     from test_decoder_safety import FlippedMLP
 

@@ -201,14 +201,17 @@ def test_distillation_to_the_dense_logits_lowers_the_kl_of_a_pruned_tiny_decoder
 
 # ------------------------------------------------------------------ bad input
 @pytest.mark.parametrize(("policy", "says"), [
-    ({"ratios": {"model.layers.0.self_attn.kv_groups": 1.0}}, "would remove every channel or head of 'model.layers.0.self_attn.kv_groups'"),
-    ({"ratios": {}, "drop": ["model.layers.0", "model.layers.1", "model.layers.2"]}, "drops every layer"),
+    ({"ratios": {"model.layers.0.self_attn.kv_groups": 1.0}}, ("would remove every channel or head of 'model.layers.0.self_attn.kv_groups'",)),
+    ({"ratios": {"model.layers.1.self_attn.query_heads": 1.0}},
+     ("--warm-start:", "would remove every channel or head of 'model.layers.1.self_attn.query_heads'")),
+    ({"ratios": {}, "drop": ["model.layers.0", "model.layers.1", "model.layers.2"]}, ("drops every layer",)),
 ])  # fmt: skip
-def test_a_policy_that_removes_every_kv_group_or_every_layer_is_one_line_exit_2_and_writes_nothing(tmp_path, decoder_dir, capsys, policy, says):
+def test_a_policy_that_removes_every_kv_group_every_head_of_a_group_or_every_layer_is_one_line_exit_2_and_writes_nothing(
+        tmp_path, decoder_dir, capsys, policy, says):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(policy))
     res = cli(capsys, "search", write(tmp_path, decoder_config(tmp_path, decoder_dir)), "--warm-start", str(bad))
-    assert_user_error(res, says)
+    assert_user_error(res, *says)
     assert not (tmp_path / "out").exists()
 
 

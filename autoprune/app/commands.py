@@ -252,7 +252,7 @@ def search_command(
             allowed = ", ".join(repr(n) for n in searchers_that(lambda s: s.supports_warm_start))
             raise ConfigError(f"--warm-start: enqueues a policy in a searcher that takes policies to evaluate first ({allowed}); "
                               f"search.searcher is {cfg.search.searcher!r}")
-        warm = load_policy(warm_start, tracking_uri=tracking_uri)
+        warm = load_policy(warm_start, tracking_uri=tracking_uri, option="--warm-start")
     return run_search(cfg, progress=progress, restart=restart, warm_start=warm)
 
 

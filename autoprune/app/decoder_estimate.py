@@ -151,14 +151,21 @@ def estimate_decoder(
 
 
 def estimate_decoder_command(model: str, ratios: Sequence[float], *, mode: str | None = None, seq_len: int = PROMPT_TOKENS,
-                             limit: int | None = 400) -> DecoderEstimateReport:
+                             limit: int | None = 400, unused: dict[str, object] | None = None) -> DecoderEstimateReport:
     """``autoprune estimate --model smollm2|hf:/path``: load the decoder and Debian's fortunes (the default text), then :func:`estimate_decoder`.
 
+    ``unused`` maps the command's other options (``--data``, ``--set``, ...) to their values: any
+    given is refused, not silently ignored (the text, runtime and batch are fixed here; a config sets them).
+
     Raises:
-        ConfigError: a missing extra, an unknown model, a bad mode, a block longer than the model's context.
+        ConfigError: one of ``unused`` given, a missing extra, an unknown model, a bad mode, a block longer than the model's context.
         DataError: the fortunes are not installed.
         ModelError: an unknown architecture.
     """
+    given = [flag for flag, value in (unused or {}).items() if value]
+    if given:
+        raise ConfigError(f"{given[0]}: does not apply to --model {model} alone (fortunes, eager PyTorch, batch 1); "
+                          f"write a config with model.name: {model} and pass it to estimate instead")
     decoder = load_decoder(model)
     torch.manual_seed(0)
     corpus = lm_corpus(load_text_data("fortunes", limit=limit), decoder.tokenizer, seq_len=seq_len, max_positions=decoder.max_positions,

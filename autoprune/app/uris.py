@@ -25,25 +25,26 @@ def is_mlflow_uri(source: str | Path) -> bool:
     return str(source).startswith(MLFLOW_SCHEMES)
 
 
-def load_policy(source: str, *, tracking_uri: str | None = None) -> tuple[Policy, dict]:
+def load_policy(source: str, *, tracking_uri: str | None = None, option: str = "--policy") -> tuple[Policy, dict]:
     """Read a policy from a JSON file, ``runs:/<run_id>/policy.json`` or ``models:/<name>@<alias>``.
 
-    Returns the policy and the whole file payload (see :func:`autoprune.formats.policy_file.read_policy_file`).
+    Returns the policy and the whole file payload (see :func:`autoprune.formats.policy_file.read_policy_file`);
+    every message names ``option``, the command-line option the policy was given with.
 
     Raises:
         ConfigError: a missing file, an unknown MLflow URI, or a URI that holds no policy.json.
         PolicyError: an unreadable, truncated or malformed file, or a wrong format version.
     """
     if not is_mlflow_uri(source):
-        return read_policy_file(source, source=source)
+        return read_policy_file(source, source=source, option=option)
     with tempfile.TemporaryDirectory(prefix="autoprune-artifact-") as tmp:  # read into memory, then deleted
-        path = download_artifact_uri(source, tracking_uri=tracking_uri, dst=tmp, option="--policy")
+        path = download_artifact_uri(source, tracking_uri=tracking_uri, dst=tmp, option=option)
         if path.is_dir():
             found = sorted(path.rglob(POLICY_FILE))
             if not found:
-                raise ConfigError(f"--policy: {source!r} holds no {POLICY_FILE}")
+                raise ConfigError(f"{option}: {source!r} holds no {POLICY_FILE}")
             path = found[0]
-        return read_policy_file(path, source=source)
+        return read_policy_file(path, source=source, option=option)
 
 
 def locate_bundle(source: str | Path, *, tracking_uri: str | None = None) -> Path:

@@ -297,7 +297,8 @@ class SearchConfig(Section):
             threads are lowered so that ``workers x latency.threads`` fits them.
         params: Searcher hyper-parameters, validated by the searcher itself.
         seed_baselines: The pool starts with the baselines uniform (SIMD-rounded through
-            ``pruning.round_to``), Torch-Pruning global and layer dropping, each predicted to just
+            ``pruning.round_to``), Torch-Pruning global, Minitron (a transformer's MLP width only)
+            and layer dropping (least block influence first on a decoder), each predicted to just
             meet the budget (:func:`autoprune.search.pool.baseline_pool`), so the search never
             returns worse than the best of them on its reward. They count against ``episodes``.
             Ignored by the baseline searchers themselves.

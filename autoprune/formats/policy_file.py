@@ -78,12 +78,13 @@ def policy_document(
 
 
 # ----------------------------------------------------------------- loading
-def read_policy_file(path: str | Path, *, source: str | None = None) -> tuple[Policy, dict]:
+def read_policy_file(path: str | Path, *, source: str | None = None, option: str = "--policy") -> tuple[Policy, dict]:
     """Read a policy file (local; ``runs:/`` and ``models:/`` URIs are resolved by :mod:`autoprune.app.uris`).
 
     Accepts the file ``autoprune search`` writes (``"format": "autoprune-policy/2"``) or a bare
     ``{"ratios": ..., "drop": ...}`` without a format (no fingerprint: it can only be applied by
-    unit names). Returns the policy and the whole payload.
+    unit names). Returns the policy and the whole payload. ``option`` is the command-line option
+    the file was given with, named by every message (``--policy``, ``--warm-start``).
 
     Raises:
         PolicyError: unreadable, truncated or malformed file, or a wrong format version.
@@ -92,36 +93,36 @@ def read_policy_file(path: str | Path, *, source: str | None = None) -> tuple[Po
     path = Path(path)
     source = str(path) if source is None else source
     if not path.is_file():
-        raise ConfigError(f"--policy: file {source!r} does not exist")
+        raise ConfigError(f"{option}: file {source!r} does not exist")
     try:
         payload = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PolicyError(f"--policy: {source!r} is not valid JSON ({e})") from e
+        raise PolicyError(f"{option}: {source!r} is not valid JSON ({e})") from e
     if not isinstance(payload, dict):
-        raise PolicyError(f"--policy: {source!r} must hold a JSON object")
+        raise PolicyError(f"{option}: {source!r} must hold a JSON object")
     fmt = payload.get("format")
     if fmt is not None and fmt != POLICY_FORMAT:
         why = _OLD_FORMATS.get(fmt, "written by another version of autoprune?")
-        raise PolicyError(f"--policy: {source!r} has format {fmt!r}; this version reads {POLICY_FORMAT!r} ({why})")
+        raise PolicyError(f"{option}: {source!r} has format {fmt!r}; this version reads {POLICY_FORMAT!r} ({why})")
     body = payload.get("policy", payload)
     if not isinstance(body, dict) or not isinstance(body.get("ratios", {}), dict) or not isinstance(body.get("drop", []), list):
-        raise PolicyError(f"--policy: {source!r} has no valid 'ratios' mapping / 'drop' list")
+        raise PolicyError(f"{option}: {source!r} has no valid 'ratios' mapping / 'drop' list")
     fp = payload.get("fingerprint")
     if fp is not None and not (isinstance(fp, dict) and isinstance(fp.get("units"), list) and isinstance(fp.get("blocks", []), list)):
-        raise PolicyError(f"--policy: {source!r} has a malformed 'fingerprint' (expected units and blocks lists)")
+        raise PolicyError(f"{option}: {source!r} has a malformed 'fingerprint' (expected units and blocks lists)")
     ignore = payload.get("ignore", [])
     if not isinstance(ignore, list) or not all(isinstance(n, str) for n in ignore):
-        raise PolicyError(f"--policy: {source!r} has a malformed 'ignore' (expected a list of layer names)")
+        raise PolicyError(f"{option}: {source!r} has a malformed 'ignore' (expected a list of layer names)")
     try:
         policy = Policy.from_dict(body)
     except (TypeError, ValueError, AttributeError) as e:
-        raise PolicyError(f"--policy: {source!r} holds a non-numeric ratio ({e})") from e
+        raise PolicyError(f"{option}: {source!r} holds a non-numeric ratio ({e})") from e
     bad = {k: v for k, v in policy.ratios.items() if not 0.0 <= v < 1.0}
     if bad:
         full = [k for k, v in bad.items() if v == 1.0]
         hint = (f"; a ratio of 1.0 would remove every channel or head of {full[0]!r}: list its block or layer under 'drop' instead"
                 if full else "")
-        raise PolicyError(f"--policy: {source!r} holds ratios outside [0, 1): {bad}{hint}")
+        raise PolicyError(f"{option}: {source!r} holds ratios outside [0, 1): {bad}{hint}")
     return policy, payload
 
 

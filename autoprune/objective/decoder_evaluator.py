@@ -19,6 +19,10 @@ What differs from a CNN's evaluator, and nothing else:
   PyTorch in ``latency.mode`` (``prefill`` or ``decode``), paired against the dense model, a
   candidate's estimate the cost model's prediction updated by the measurement, the budget met
   on the interval's upper end (:meth:`~autoprune.objective.budget.Budget.met`) as for every model;
+- **depth** is ranked by ShortGPT's block influence (Men et al. 2024) on training text
+  (:attr:`block_importance`): the baselines drop the layers of least influence first, and
+  Optuna's proposals are moved onto the predicted target with no more layers dropped than the
+  target needs (:attr:`searches_at_target`, :mod:`autoprune.search.at_target`);
 - **MACs** are per token (:func:`~autoprune.graph.decoder_search.decoder_macs`), exact for a
   ``macs`` budget.
 
@@ -35,7 +39,7 @@ from torch import nn
 
 from autoprune.errors import ConfigError, ModelError
 from autoprune.graph.decoder import DecoderScores
-from autoprune.graph.decoder_importance import activation_scores, magnitude_scores
+from autoprune.graph.decoder_importance import activation_scores, block_influence, magnitude_scores
 from autoprune.graph.decoder_search import DecoderSearchGraph, decoder_macs
 from autoprune.graph.decoder_surgery import prune_decoder
 from autoprune.graph.importance import make_importance, needs_activations, needs_gradients
@@ -106,6 +110,8 @@ class DecoderEvaluator(PolicyEvaluator):
         if not self.scorer.dense_output_finite():
             raise ModelError("the dense decoder's next-token distribution on the validation text is not finite (NaN); check its weights")
         self.scores = decoder_scores(model, importance, data)
+        influence = block_influence(model, list(data.train.subset(IMPORTANCE_BLOCKS).batches(2)))
+        self.block_importance = {f"model.layers.{i}": v for i, v in enumerate(influence)}
         self.example_input = prompt_of(data, latency.prompt_tokens)
         self.latency_model = DecoderLatencyModel.build(model, self.graph, latency, prompt=self.example_input, max_ratio=max_ratio,
                                                        unit_names=self.unit_names, block_names=self.block_names, scores=self.scores)
@@ -113,6 +119,10 @@ class DecoderEvaluator(PolicyEvaluator):
         self._cache: dict[tuple, object] = {}
         self.history = []
         self.calibration_batches = self.scorer.calibration_batches
+
+    #: Optuna's proposals are moved onto the predicted target (:func:`autoprune.search.at_target.at_target`): coin flips over
+    #: 29 layers drop about 15 where about 9 meet 0.7 of SmolLM2's decode latency.
+    searches_at_target = True
 
     def prune(self, policy: Policy) -> nn.Module:
         """The pruned copy a policy gives: the heads and channels kept by :attr:`scores`, sliced (layers deleted).

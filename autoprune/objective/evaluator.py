@@ -135,6 +135,13 @@ class PolicyEvaluator:
             candidate at all can be built during calibration.
     """
 
+    #: Importance of each droppable block (higher is kept), or None: where blocks save the same predicted cost, the
+    #: baselines and the searchers drop the least important first (a decoder: ShortGPT's block influence, Men et al. 2024).
+    block_importance: dict[str, float] | None = None
+    #: Searchers that can (Optuna) move each proposal onto the predicted target before it is evaluated
+    #: (:func:`autoprune.search.at_target.at_target`), so candidates are compared at equal cost.
+    searches_at_target: bool = False
+
     def __init__(
         self,
         model: nn.Module,
@@ -242,17 +249,22 @@ class PolicyEvaluator:
         """``drop`` plus the fewest blocks that let every unit at ``max_ratio`` meet the predicted target.
 
         Blocks are added one at a time, each time the one whose drop lowers the predicted value
-        most (ties go to the deeper block). ``None`` when even every block dropped misses it.
+        most (ties go to the less important block by :attr:`block_importance`, then to the deeper
+        one). ``None`` when even every block dropped misses it.
         """
         at_max = {n: self.max_ratio for n in self.unit_names}
         drop = tuple(drop)
-        order = {b: i for i, b in enumerate(self.block_names)}
         while self.predicted_value(at_max, drop) > self.target:
             left = [b for b in self.block_names if b not in drop]
             if not left:
                 return None
-            drop = (*drop, min(left, key=lambda b: (round(self.predicted_value(at_max, (*drop, b)), 9), -order[b])))
+            drop = (*drop, min(left, key=lambda b: (round(self.predicted_value(at_max, (*drop, b)), 9), *self.block_rank(b))))
         return drop
+
+    def block_rank(self, block: str) -> tuple[float, int]:
+        """Sort key of a droppable block, the first dropped first: lower :attr:`block_importance` (when known), then deeper."""
+        importance = self.block_importance or {}
+        return importance.get(block, 0.0), -self.block_names.index(block)
 
     def check_reachable(self) -> None:
         """Refuse a target below what the maximum ratios (and every block dropped) can reach.

@@ -11,6 +11,12 @@ records the budget as an Optuna constraint ``value - target <= 0`` (CMA-ES ignor
 it; the hard reward already penalises overshoot) and its metrics as user
 attributes, so a study stored in an RDB (``sqlite:///study.db``,
 ``postgresql://...``) can be resumed by another process.
+
+On an evaluator that ``searches_at_target`` (a decoder LLM), each sampled proposal is moved onto
+the predicted target before it is evaluated (:func:`autoprune.search.at_target.at_target`: drops
+scaled to what the target needs, least important first, and one factor on the ratios), so the
+sampler compares shapes at equal cost; the policy evaluated is stored with the trial
+(``autoprune.policy``). Enqueued trials (warm start, seeds) are evaluated as given.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from autoprune.errors import ConfigError, describe
 from autoprune.graph.policy import Policy
 from autoprune.objective.evaluator import PolicyEvaluator
 from autoprune.objective.metrics import Evaluation, Metrics
+from autoprune.search.at_target import at_target, max_drops
 from autoprune.search.base import ExperimentContext, Searcher
 from autoprune.search.samplers import SAMPLERS, is_multi_objective, make_sampler, missing_package
 from autoprune.search.study_lock import StudyLock
@@ -298,6 +305,10 @@ class OptunaSearcher(Searcher):
                     study.set_user_attr(SEEDED_ATTR, list(self._seeds)[:room])
         if self.on_ready is not None:
             self.on_ready(study)
+        # Proposals of the sampler are moved onto the predicted target (the evaluator says whether), enqueued ones are evaluated as given.
+        most_drops = max_drops(evaluator) if evaluator.searches_at_target else None
+        fixed = [t.system_attrs["fixed_params"] for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                 if "fixed_params" in t.system_attrs]
         previous = _done_trials(study)
         if previous:
             log.info("study %r already holds %d finished trials of %d", study.study_name, len(previous), n_episodes)
@@ -309,7 +320,11 @@ class OptunaSearcher(Searcher):
             numbers.append(trial.number)
             ratios = {u: trial.suggest_float(f"ratio/{u}", 0.0, evaluator.max_ratio) for u in evaluator.unit_names}
             drop = tuple(b for b in evaluator.block_names if trial.suggest_int(f"drop/{b}", 0, 1))
-            m = self.evaluate(Policy(ratios, drop), index=trial.number)
+            policy = Policy(ratios, drop)
+            if most_drops is not None and trial.params not in fixed:
+                policy = at_target(evaluator, policy, most_drops=most_drops)
+                trial.set_user_attr(POLICY_ATTR, policy.to_dict())
+            m = self.evaluate(policy, index=trial.number)
             # One attribute for all metrics: on an RDB storage every attribute is a transaction.
             trial.set_user_attr("metrics", m.as_dict())
             if m.failed:
@@ -358,6 +373,8 @@ class OptunaSearcher(Searcher):
         return extras
 
 
+#: User attribute of a trial whose proposal was moved onto the target (:func:`~autoprune.search.at_target.at_target`): the policy evaluated.
+POLICY_ATTR = "autoprune.policy"
 #: User attribute of a trial enqueued as a baseline seed (its value: the seed's name, e.g. ``uniform``).
 SEED_ATTR = "autoprune.baseline_seed"
 #: Study attribute: the names of the seeds enqueued into the study (set once, by the first process).
@@ -416,6 +433,8 @@ def _start_missing_heartbeats(study: optuna.Study, seen: dict[int, float], grace
 
 
 def _trial_policy(trial: FrozenTrial) -> Policy:
+    if POLICY_ATTR in trial.user_attrs:
+        return Policy.from_dict(trial.user_attrs[POLICY_ATTR])
     ratios = {k.removeprefix("ratio/"): float(v) for k, v in trial.params.items() if k.startswith("ratio/")}
     drop = tuple(k.removeprefix("drop/") for k, v in trial.params.items() if k.startswith("drop/") and v)
     return Policy(ratios, drop)
