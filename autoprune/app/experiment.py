@@ -179,20 +179,20 @@ def _graph_warnings_deferred() -> Iterator[None]:
 
 
 def build_evaluator(cfg: ExperimentConfig, baseline: Baseline) -> PolicyEvaluator:
-    """The shared objective of a search, from the config's budget, reward, proxy, latency and pruning sections.
-
-    Its graph is :func:`experiment_graph`'s.
+    """The shared objective of a search, from the config's sections (its graph is :func:`experiment_graph`'s).
 
     Raises:
         ConfigError: e.g. a latency backend whose optional extra is not installed.
         ModelError: the model has nothing to prune (see :func:`experiment_graph`).
     """
-    if is_decoder(baseline):
-        return decoder_evaluator(cfg, baseline.model, baseline.data)
-    graph, _ = experiment_graph(cfg, baseline.model, baseline.data)
-    stage("objective", f"pruning graph, dense {cfg.proxy.metric} and the latency model on {cfg.latency.backend}")
-    return PolicyEvaluator(baseline.model, baseline.data, **evaluator_options(cfg), graph=graph, baseline_name=cfg.model.name,
-                           zoo=zoo_model(cfg, baseline))
+    evaluator = decoder_evaluator(cfg, baseline.model, baseline.data) if is_decoder(baseline) else None
+    if evaluator is None:
+        graph, _ = experiment_graph(cfg, baseline.model, baseline.data)
+        stage("objective", f"pruning graph, dense {cfg.proxy.metric} and the latency model on {cfg.latency.backend}")
+        evaluator = PolicyEvaluator(baseline.model, baseline.data, **evaluator_options(cfg), graph=graph,
+                                    baseline_name=cfg.model.name, zoo=zoo_model(cfg, baseline))
+    evaluator.searches_at_target = cfg.search.at_target
+    return evaluator
 
 
 def output_dir(cfg: ExperimentConfig) -> Path:

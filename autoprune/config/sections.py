@@ -302,6 +302,10 @@ class SearchConfig(Section):
             meet the budget (:func:`autoprune.search.pool.baseline_pool`), so the search never
             returns worse than the best of them on its reward. They count against ``episodes``.
             Ignored by the baseline searchers themselves.
+        at_target: Each policy Optuna samples is moved onto the predicted budget before it is
+            evaluated, keeping its shape (:func:`autoprune.search.at_target.at_target`; on latency
+            aimed at 0.97 of the target with the table's learned bias removed), so candidates are
+            compared at equal cost and the returned one spends the budget. False: proposals as sampled.
         finalists: The final choice is made on a short fine-tune of this many feasible candidates
             with the best proxy reward (:mod:`autoprune.search.selection`; 0: on the proxy alone).
         finalist_steps: Optimiser steps of each finalist's short fine-tune (distillation on, the
@@ -316,6 +320,7 @@ class SearchConfig(Section):
     workers: int = Field(1, ge=1)
     params: dict[str, Any] = Field(default_factory=dict)
     seed_baselines: bool = True
+    at_target: bool = True
     finalists: int = Field(SelectionSettings.finalists, ge=0)
     finalist_steps: int = Field(SelectionSettings.finalist_steps, ge=1)
 

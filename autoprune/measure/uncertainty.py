@@ -108,6 +108,13 @@ class ResidualPrior:
         if predicted > 0 and measured > 0 and math.isfinite(predicted) and math.isfinite(measured):
             self.residuals.append(math.log(measured / predicted))
 
+    def corrected(self, predicted: float) -> float:
+        """``predicted`` with the table's learned bias removed (``predicted * exp(mean residual)``); unchanged before
+        :data:`MIN_RESIDUALS` residuals."""
+        if len(self.residuals) < MIN_RESIDUALS or not predicted > 0:
+            return predicted
+        return predicted * math.exp(sum(self.residuals) / len(self.residuals))
+
     def prior(self, predicted: float) -> tuple[float, float]:
         """``(log mean, log sd)`` of the prior for a candidate the table predicts at ``predicted``."""
         r = self.residuals

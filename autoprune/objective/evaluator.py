@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 
 #: Largest pruning ratio of any unit unless told otherwise (``pruning.max_ratio``).
 DEFAULT_MAX_RATIO = 0.8
+#: Fraction of a latency target a proposal is aimed at (:attr:`PolicyEvaluator.aim`): a measured interval's
+#: half-width is about 2-3% of the ratio (``latency.rel_ci``), and the budget check uses its upper end.
+LATENCY_AIM = 0.97
 
 
 def check_baseline_accuracy(val_accuracy: float, labels: torch.Tensor, model_name: str) -> None:
@@ -139,8 +142,9 @@ class PolicyEvaluator:
     #: baselines and the searchers drop the least important first (a decoder: ShortGPT's block influence, Men et al. 2024).
     block_importance: dict[str, float] | None = None
     #: Searchers that can (Optuna) move each proposal onto the predicted target before it is evaluated
-    #: (:func:`autoprune.search.at_target.at_target`), so candidates are compared at equal cost.
-    searches_at_target: bool = False
+    #: (:func:`autoprune.search.at_target.at_target`), so candidates are compared at equal cost
+    #: (``search.at_target``, on by default).
+    searches_at_target: bool = True
 
     def __init__(
         self,
@@ -240,6 +244,24 @@ class PolicyEvaluator:
         if self.budget.metric == "macs":
             return self.graph.macs_for(ratios, drop, round_to=self.round_to) / max(1, self.graph.dense_macs)
         return self.predicted_ratio(ratios, drop)
+
+    @property
+    def aim(self) -> float:
+        """The budget value a proposal is moved onto (:func:`autoprune.search.at_target.at_target`): the target on MACs
+        (exact), :data:`LATENCY_AIM` of it on latency, so that a candidate whose interval (about ±2-3%) reaches its
+        upper end still meets the target and the delivered ratio lands in ``[0.95, 1.0]`` of it."""
+        return self.target if self.budget.metric == "macs" else self.target * LATENCY_AIM
+
+    def proposal_value(self, ratios: dict[str, float], drop: tuple[str, ...] | list[str] = ()) -> float:
+        """The budget metric :func:`~autoprune.search.at_target.at_target` aims a proposal by: :meth:`predicted_value`,
+        on latency with the table's bias learned from the candidates measured so far removed
+        (:meth:`autoprune.measure.uncertainty.ResidualPrior.corrected`).
+
+        Raises:
+            PolicyError: a ratio is out of range or would remove every channel of a unit.
+        """
+        value = self.predicted_value(ratios, drop)
+        return value if self.budget.metric == "macs" else self.latency_model.prior.corrected(value)
 
     def min_reachable(self) -> float:
         """Smallest budget metric reachable: every unit at ``max_ratio`` and every block dropped."""

@@ -23,7 +23,13 @@ different budgets, and the ones that spend less of it lose for that reason, not 
    (bisection); the proposal's ratios say *where* to prune, ``alpha`` *how much*. A proposal
    that cannot reach the target at ``alpha``'s top drops the next least important blocks.
 
-Only the prediction is used (the latency model or the exact MAC count): no measurement.
+Only the prediction is used (the latency model or the exact MAC count): no measurement of the
+proposal itself. On latency the prediction has the table's bias, learned from the candidates
+measured so far, removed (:meth:`~autoprune.objective.evaluator.PolicyEvaluator.proposal_value`),
+and the aim is :data:`~autoprune.objective.evaluator.LATENCY_AIM` of the target
+(:attr:`~autoprune.objective.evaluator.PolicyEvaluator.aim`), so the measured interval's upper end
+meets the target and the returned policy spends the budget it is given (issue 21: a search
+that proposed ratios freely returned 0.41-0.47 of dense for a target of 0.5).
 """
 
 from __future__ import annotations
@@ -72,7 +78,7 @@ def at_target(evaluator: PolicyEvaluator, policy: Policy, *, most_drops: int) ->
         return Policy({u: min(evaluator.max_ratio, alpha * r) for u, r in shape.items()}, d)
 
     def meets(p: Policy) -> bool:
-        return evaluator.predicted_value(p.ratios, p.drop) <= evaluator.target
+        return evaluator.proposal_value(p.ratios, p.drop) <= evaluator.aim
 
     while not meets(scaled(top, drop)):
         left = sorted((b for b in evaluator.block_names if b not in drop), key=evaluator.block_rank)

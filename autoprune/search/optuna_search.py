@@ -12,7 +12,7 @@ it; the hard reward already penalises overshoot) and its metrics as user
 attributes, so a study stored in an RDB (``sqlite:///study.db``,
 ``postgresql://...``) can be resumed by another process.
 
-On an evaluator that ``searches_at_target`` (a decoder LLM), each sampled proposal is moved onto
+On an evaluator that ``searches_at_target`` (``search.at_target``, on by default), each sampled proposal is moved onto
 the predicted target before it is evaluated (:func:`autoprune.search.at_target.at_target`: drops
 scaled to what the target needs, least important first, and one factor on the ratios), so the
 sampler compares shapes at equal cost; the policy evaluated is stored with the trial
