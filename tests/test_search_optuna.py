@@ -200,3 +200,20 @@ def test_a_warm_started_new_study_is_seeded_too_after_the_warm_start(resnet14_ev
     sources = [e.policy for e in result.history[:3]]
     assert sources[0].drop == (ev.block_names[0],) and all(v == pytest.approx(0.4) for v in sources[0].ratios.values())
     assert len(set(sources[1].ratios.values())) == 1 and len(set(sources[2].ratios.values())) > 1  # uniform, then global
+
+
+def test_every_proposal_on_a_cnn_is_moved_onto_the_mac_target_and_off_switch_restores_free_proposals(resnet14_evaluator):
+    """search.at_target on a CNN: each sampled proposal keeps its shape and lands just at the target (MACs are exact)."""
+    ev = resnet14_evaluator.with_budget(Budget(metric="macs", target=0.5))
+    assert ev.searches_at_target and ev.aim == 0.5
+    moved = search("optuna", ev, 6, seed=2, n_startup_trials=6)
+    values = [e.metrics.value for e in moved.history]
+    assert all(0.5 - 0.02 <= v <= 0.5 + 1e-9 for v in values), values
+    assert len({tuple(sorted(e.policy.ratios.items())) for e in moved.history}) == 6  # shapes differ
+    ev.searches_at_target = False
+    try:
+        free = search("optuna", ev, 6, seed=2, n_startup_trials=6)
+    finally:
+        ev.searches_at_target = True
+    spread = [e.metrics.value for e in free.history]
+    assert max(abs(v - 0.5) for v in spread) > 0.05, spread  # free proposals spend very different budgets
