@@ -191,3 +191,37 @@ def test_a_model_the_runtime_computes_differently_fails_before_any_timing_with_o
     assert "\n" not in message and f"latency.backend {backend!r}" in message and "differs from torch" in message
     # a model the runtime does compute like torch is accepted
     PairedTimer(torch.nn.Linear(8, 4), torch.randn(2, 8), backend=backend, threads=1)
+
+
+_OWNED_PROCESS = """
+import sys
+from autoprune.measure.settings import LatencySettings
+from autoprune.formats.onnx import shared_pool_threads
+s = LatencySettings(backend="onnxruntime", threads=1)
+print(s.ratio_options()["thread_pool"])
+if sys.argv[1] == "own":
+    import autoprune.__main__ as entry
+    entry.main = lambda: None  # the command itself is not needed: only what `autoprune` does to its process first
+    entry.console()
+    print(s.ratio_options()["thread_pool"])
+    s.serving_check()  # builds the ratio backend, as a search's export check does
+    print(shared_pool_threads())
+"""
+
+
+@pytest.mark.parametrize("mode", ["library", "own"])
+def test_the_autoprune_command_times_ratios_on_the_shared_pool_and_a_library_process_keeps_per_session(tmp_path, mode) -> None:
+    """The command's process is autoprune's own (``console`` calls ``own_process``): its in-search ratios are timed as
+    served (shared, spinning pool); a library caller's process keeps per-session pools and can still open plain sessions."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    done = subprocess.run([sys.executable, "-c", _OWNED_PROCESS, mode], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.split()
+    assert lines[0] == "per-session"
+    if mode == "own":
+        assert lines[1:] == ["shared", "1"]

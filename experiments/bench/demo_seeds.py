@@ -49,6 +49,9 @@ def child(seed: int, out: Path, epochs: int | None) -> None:
     """Run the demo for one seed in this process and write its report to ``out/bench.json``."""
     from autoprune.app.pipeline import run_experiment
     from autoprune.config.loading import load_config
+    from autoprune.measure.onnxruntime import own_process
+
+    own_process()  # as the `autoprune` command does: ratios on ONNX Runtime's shared pool
 
     over = [f"seed={seed}", f"output_dir={out}", f"tracking.uri=sqlite:///{out / 'mlflow.db'}", *([f"finetune.epochs={epochs}"] if epochs is not None else [])]
     t0 = time.perf_counter()

@@ -250,6 +250,9 @@ def section(cells: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
+    from autoprune.measure.onnxruntime import own_process
+
+    own_process()  # as `autoprune search` does: in-search ratios on ONNX Runtime's shared pool
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["resnet20", "mobilenetv2"])
     ap.add_argument("--data", default="fashion_mnist")
