@@ -10,9 +10,10 @@ and keep the others.
   instead of input ``C-1-i``: surgery silently corrupts the network;
 - :func:`build_raising`: a guard module that raises once its input has lost channels: the
   pruned model's forward raises;
-- :func:`build_mispredicted`: a Gram matrix over one unit's channels (``fᵀ @ f``, as style losses
-  and hand-written attention compute): cutting that unit is exact but changes the matmul's MACs,
-  which the MAC budget would mispredict;
+- :func:`build_mispredicted`: a product contracting over every *pair* of one unit's channels (its
+  ``C * C`` outer products flattened): cutting that unit is exact, but the matmul's MACs grow with
+  the square of its width, which the prediction (linear in each width,
+  :mod:`autoprune.graph.product_widths`) gets wrong;
 - :class:`MultipleOfEightRuntime`: an export check whose runtime refuses conv widths that are
   not multiples of 8 (a unit of 24 channels cut in half fails, one of 16 passes);
 - :func:`build_unexportable`: a ``torch.sinc`` activation (SincNet-style audio front ends) between
@@ -78,10 +79,10 @@ class Raising(nn.Module):
 
 
 class Mispredicted(nn.Module):
-    """a -> b -> c -> head, scaled by the mean of the positions' Gram matrix over b's channels (``fᵀ @ f``).
+    """a -> b -> c -> head, scaled by a statistic over every pair of b's pooled channels (a ``C * C`` contraction).
 
     Cutting b's channels leaves the output equal to the masked dense model's (a cut channel adds
-    0 to every dot product) but shrinks the matmul's contraction: its MACs change with b's width.
+    0 to every product) but shrinks the matmul's contraction with the square of b's width.
     """
 
     def __init__(self, c: int = 1, n: int = 10) -> None:
@@ -91,8 +92,9 @@ class Mispredicted(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.b(self.a(x))
-        f = h.flatten(2)  # (N, C, H*W)
-        energy = (f.transpose(1, 2) @ f).mean((1, 2))  # (N, HW, C) @ (N, C, HW): contracts over b's channels
+        s = h.mean((2, 3))  # (N, C)
+        pairs = (s[:, :, None] * s[:, None, :]).flatten(1)  # (N, C * C): every pair of b's channels
+        energy = (pairs @ pairs.transpose(0, 1)).diagonal()  # contracts over C * C: MACs grow with b's width squared
         return self.head(self.c(h)) * energy[:, None].detach()  # a gain, not a channel coupling
 
 

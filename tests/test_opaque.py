@@ -139,6 +139,46 @@ class FusedNet(nn.Module):
         return self.head((t + self.fc2(F.gelu(self.fc1(t)))).mean(1))
 
 
+class GroupedQuery(nn.Module):
+    """Llama-style grouped-query attention: 4 query heads share 2 key/value heads (``repeat_interleave``), rotary q and k, causal SDPA."""
+
+    def __init__(self, dim: int = 16, heads: int = 4, kv_heads: int = 2, seq: int = 8) -> None:
+        super().__init__()
+        self.num_heads, self.num_key_value_heads, self.head_dim = heads, kv_heads, dim // heads
+        hd = self.head_dim
+        self.q_proj, self.o_proj = nn.Linear(dim, heads * hd, bias=False), nn.Linear(heads * hd, dim, bias=False)
+        self.k_proj, self.v_proj = nn.Linear(dim, kv_heads * hd, bias=False), nn.Linear(dim, kv_heads * hd, bias=False)
+        freqs = torch.outer(torch.arange(seq).float(), 1.0 / 10000 ** (torch.arange(0, hd, 2).float() / hd))
+        emb = torch.cat((freqs, freqs), -1)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, x):
+        (b, n, _), h, kv, hd = x.shape, self.num_heads, self.num_key_value_heads, self.head_dim
+        q = self.q_proj(x).view(b, n, h, hd).transpose(1, 2)
+        k = self.k_proj(x).view(b, n, kv, hd).transpose(1, 2)
+        v = self.v_proj(x).view(b, n, kv, hd).transpose(1, 2)
+        q, k = q * self.cos + rotate_half(q) * self.sin, k * self.cos + rotate_half(k) * self.sin
+        k, v = k.repeat_interleave(h // kv, 1), v.repeat_interleave(h // kv, 1)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(o.transpose(1, 2).reshape(b, n, -1))
+
+
+class GQANet(nn.Module):
+    """A pre-norm decoder layer over the 8 image rows: embed -> (+ GQA attention) -> (+ GELU MLP) -> classifier on the last token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.ln1, self.attn, self.ln2 = nn.Linear(8, 16), nn.LayerNorm(16), GroupedQuery(), nn.LayerNorm(16)
+        self.mlp, self.head = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16)), nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = self.embed(x[:, 0])
+        h = h + self.attn(self.ln1(h))
+        h = h + self.mlp(self.ln2(h))
+        return self.head(h[:, -1])
+
+
 def _scripted() -> nn.Module:
     return WithInside(torch.jit.script(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())))
 
@@ -161,6 +201,8 @@ OPAQUE = {
     "cat_over_last_dim_in_own_forward": (lambda: RotaryNet(rotary_in_forward=True), ()),
     "fused_attention_refused": (FusedNet, ()),
     "fused_attention_ignored": (FusedNet, ("attn",)),
+    "gqa_repeat_kv_refused": (GQANet, ()),
+    "gqa_repeat_kv_ignored": (GQANet, ("attn",)),
 }
 
 
@@ -252,6 +294,26 @@ def test_model_ignore_hides_a_container_from_tracing_so_the_model_around_it_is_p
         PrunableGraph(build(FusedNet), X)
     graph, report = verified_graph(build(FusedNet), X, ignored=("attn",))
     assert report.opaque == {"attn": "listed in model.ignore"} and graph.unit_names == ["fc1"]
+
+
+def test_grouped_query_attention_with_rotary_is_refused_naming_it_then_ignored_with_the_mlp_pruned():
+    """The gqa_repeat_kv report: after the advised ``model.ignore`` the run failed naming nothing; now the MLP is pruned."""
+    make, ignored = OPAQUE["gqa_repeat_kv_ignored"]
+    with pytest.raises(ModelError) as info:
+        verified_graph(build(OPAQUE["gqa_repeat_kv_refused"][0]), X)
+    message = str(info.value)
+    assert message.startswith("attention attn (GroupedQuery, heads=4): autoprune cannot split its heads") and "\n" not in message
+    assert message.endswith("add it to model.ignore")
+    model = build(make)
+    graph, report = verified_graph(model, X, ignored=ignored)
+    assert report.opaque == {"attn": "listed in model.ignore"}
+    assert graph.unit_names == ["mlp.0"]  # the MLP's hidden width
+    assert list(report.left_dense) == ["mlp.2"] and "'attn', which is opaque" in report.left_dense["mlp.2"]  # the residual stream
+    policy = Policy.uniform(graph.unit_names, 0.5)
+    pruned = apply_policy(model, policy, graph=graph)
+    assert pruned.mlp[0].out_features == 16 and pruned.attn.q_proj.weight.shape == (16, 16)
+    assert graph.macs_for(policy.ratios) == count_macs(record_layer_specs(pruned, X))
+    assert pruned(X).shape == (1, 10)
 
 
 def test_matmul_einsum_and_sdpa_macs_are_counted_where_no_layer_makes_them():

@@ -279,6 +279,37 @@ class ResidualMLP(nn.Module):
         return self.fc(x)
 
 
+class Bottleneck(nn.Module):
+    """Two 3x3 convs with a residual (YOLOv8's Bottleneck)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.cv1, self.cv2 = cbr(c, c), cbr(c, c)
+
+    def forward(self, x):
+        return x + self.cv2(self.cv1(x))
+
+
+class C2f(nn.Module):
+    """YOLOv8's C2f block: stem -> cv1 -> chunk(2) -> a bottleneck on the last chunk -> cat(all three) -> cv2.
+
+    The bottleneck's residual couples its output with cv1's second chunk, so that unit's channels
+    pass through the chunk; stem, the bottleneck's first conv and cv2 are ordinary units.
+    """
+
+    def __init__(self, n: int = 1) -> None:
+        super().__init__()
+        self.stem, self.cv1 = cbr(IN, 16), cbr(16, 32, k=1)
+        self.m = nn.ModuleList(Bottleneck(16) for _ in range(n))
+        self.cv2 = cbr((2 + n) * 16, 32, k=1)
+        self.head = Head(32)
+
+    def forward(self, x):
+        y = list(self.cv1(self.stem(x)).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.head(self.cv2(torch.cat(y, 1)))
+
+
 #: name -> (model class, {unit: words its refusal must contain}) for units left dense.
 PATTERNS: dict[str, tuple[type[nn.Module], dict[str, tuple[str, ...]]]] = {
     "inception_concat": (Inception, {}),
@@ -298,6 +329,7 @@ PATTERNS: dict[str, tuple[type[nn.Module], dict[str, tuple[str, ...]]]] = {
     "conv1d": (Conv1dNet, {}),
     "conv_transpose": (Deconv, {}),
     "residual_mlp": (ResidualMLP, {}),
+    "c2f_chunk_concat": (C2f, {"m.0.cv2.0": ("split/chunk",)}),
 }
 
 
@@ -410,3 +442,18 @@ def test_a_failing_unit_is_excluded_with_one_warning_naming_it(digits, caplog, t
     again = PrunableGraph(build("channel_chunk"), digits.example_input(1))
     assert verify_graph(again, cache_dir=tmp_path).cached and again.unit_names == graph.unit_names
     assert report.failed.keys() == {"c1.0"}
+
+
+def test_a_c2f_block_keeps_its_chunked_unit_dense_and_prunes_the_rest_at_uniform_30_percent(digits, x):
+    """YOLOv8 C2f (the c2f_chunk_concat report): ``estimate --ratios 0.3`` pruned the unit the check rejects and crashed."""
+    from autoprune.graph.layers import count_macs, record_layer_specs
+    from autoprune.graph.safety import verified_graph
+
+    model = build("c2f_chunk_concat")
+    graph, report = verified_graph(model, digits.example_input(1))
+    assert report.exact == ["stem.0", "m.0.cv1.0", "cv2.0"]
+    assert list(report.left_dense) == ["m.0.cv2.0"] and "split/chunk" in report.left_dense["m.0.cv2.0"]
+    policy = Policy.uniform(graph.unit_names, 0.3)
+    pruned = apply_policy(model, policy, graph=graph).eval()
+    assert pruned(x).shape == (len(x), CLASSES) and pruned.stem[0].out_channels == graph.kept(policy.ratios)["stem.0"] < 16
+    assert graph.macs_for(policy.ratios) == count_macs(record_layer_specs(pruned, digits.example_input(1)))

@@ -32,6 +32,7 @@ from autoprune.graph.discovery import find_blocks, find_units
 from autoprune.graph.hooks import model_copy
 from autoprune.graph.layers import FUNCTIONAL_KINDS, MAC_LAYER_KINDS, ExampleInput, LayerSpec, count_macs, input_shapes, record_layer_specs
 from autoprune.graph.opaque import opaque_modules, trace
+from autoprune.graph.product_widths import ProductWidth, batch_of, probe_product_widths, resized_product
 from autoprune.graph.scoring import BatchSource, LossFn, unit_scores
 from autoprune.graph.transformer import head_layouts, split_attention_heads, unknown_head_layouts
 from autoprune.graph.units import DroppableBlock, PrunableUnit
@@ -172,6 +173,7 @@ class PrunableGraph:
         self.blocks: list[DroppableBlock] = find_blocks(self.network, example_input, self.dense_specs, self.units) if drop_blocks else []
         self._importance_cache: dict[str, dict[str, torch.Tensor]] = {}
         self._channels = {u.name: u.features.channels for u in self.units}
+        self._product_widths: dict[int, list[ProductWidth]] | None = None  # probed on first use (product_widths.py)
 
     def dense_copy(self, model: nn.Module) -> nn.Module:
         """A deep copy of ``model`` (the dense model or one equal to it) laid out like :attr:`network`: its :attr:`split_heads` split."""
@@ -323,8 +325,13 @@ class PrunableGraph:
         dropped = tuple(b + "." for b in drop)
         specs: list[LayerSpec] = []
         current: int | None = None
-        for s in self.dense_specs:
+        products = self._products()
+        for i, s in enumerate(self.dense_specs):
             if dropped and s.module_name.startswith(dropped):
+                continue
+            if i in products:  # a q @ kᵀ, attn @ v, einsum or SDPA whose operands shrink with the units feeding them
+                specs.append(resized_product(s, products[i], kept, self._channels, batch_of(self.example_input)))
+                specs[-1] = specs[-1].with_batch(batch_size) if batch_size is not None else specs[-1]
                 continue
             out_unit = self.out_owner.get(s.module_name)
             in_unit = self.in_owner.get(s.module_name)
@@ -342,6 +349,14 @@ class PrunableGraph:
             specs.append(new)
             current = new.out_channels
         return specs
+
+    def _products(self) -> dict[int, list[ProductWidth]]:
+        """Per dense spec index, the product dimensions tied to units (:func:`~autoprune.graph.product_widths.probe_product_widths`)."""
+        if self._product_widths is None:
+            self._product_widths = {}
+            for w in probe_product_widths(self):
+                self._product_widths.setdefault(w.spec, []).append(w)
+        return self._product_widths
 
     def macs_for(self, ratios: dict[str, float], drop: Iterable[str] = (), *, round_to: int | None = None) -> int:
         """Predicted MACs **per input sample** of the model pruned by a policy, without surgery.

@@ -13,13 +13,19 @@ installed), digits-sized, random weights (exactness and speed do not depend on t
 2. **layer kinds** (``tests/test_layer_kinds.py``): one model per kind Torch-Pruning prunes;
 3. **opaque modules** (``tests/test_opaque.py``): scripted/compiled submodules, custom autograd
    functions, ops Torch-Pruning cannot map, ``model.ignore``;
-4. **injected faults** (``tests/fault_plugins.py``): each must be caught by the check named.
+4. **injected faults** (``tests/fault_plugins.py``): each must be caught by the check named;
+5. **patterns from the issue's reports** (``experiments/bench/_reported.py``): the C2f block, grouped-query
+   attention with rotary embeddings (refused, then with ``model.ignore``), a pruned model that is not
+   faster (measured ratio and the words printed), latency-table layers without a builder (how they
+   are timed, ms), blocks not offered as droppable (the ``-v`` line), and hand-written attention MACs
+   against a hand count.
 
 Sections 2-4 list the exact units, the units left dense, the opaque modules, a refusal, and
 whether the MACs predicted for a uniform 50% policy equal those counted on the pruned model. Every
-reason is listed below the tables. Writes ``experiments/results/coverage.md``.
+reason is listed below the tables. Writes ``experiments/results/coverage.md``; with ``--only`` the
+sections not run are kept from the file's previous run.
 
-    python -m experiments.bench.coverage [--episodes 8] [--batch 32]
+    python -m experiments.bench.coverage [--episodes 8] [--batch 32] [--only patterns,kinds,opaque,faults,reported]
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ from autoprune.objective.proxy import ProxySettings
 from autoprune.search import get_searcher
 from autoprune.zoo import load_data
 
-from ._common import header, table, write
+from ._common import RESULTS, header, table, write
+from ._reported import reported_section
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))  # the catalogues import their plug-ins (fault_plugins) by name
@@ -126,60 +133,95 @@ def patterns_section(args, data, backend, export) -> tuple[list, list]:
     return rows, notes
 
 
+def _verdicts(catalog, items, x, export) -> tuple[list, list]:
+    rows, notes = [], []
+    for name, make, ignored in items(catalog):
+        rows.append(verdict(name, make, x, export, ignored=ignored, notes=notes))
+        print(rows[-1], flush=True)
+    return rows, notes
+
+
+def _faults(x, export) -> tuple[list, list]:
+    rows, notes = [], []
+    for name, (make, unit, check, _words, fault_export) in catalogue("test_safety_net").FAULTS.items():
+        row = verdict(name, make, x, fault_export or export, notes=notes)
+        rows.append((*row, f"{unit} by the {check} check" if unit not in row[1].split(", ") else "NOT CAUGHT"))
+        print(rows[-1], flush=True)
+    return rows, notes
+
+
+COLUMNS = ["model", "exact units", "left dense", "opaque", "refused", "MACs at 50%: predicted vs counted"]
+#: --only names -> section titles, in the order they are written
+SECTIONS = {"patterns": "Patterns", "kinds": "Layer kinds", "opaque": "Opaque modules", "faults": "Injected faults",
+            "reported": "Patterns from the issue's reports"}
+
+
+def _section(key: str, args, data, backend, export) -> str:
+    """One section's markdown (its ``## title`` included)."""
+    x = data.example_input(1)
+    if key == "patterns":
+        rows, notes = patterns_section(args, data, backend, export)
+        text = (f"exact = units passing every check / all channel groups, then their names; left dense = units that fail a "
+                f"check (each reason below); refused = the model refused in one line; search = candidates built / evaluated by a "
+                f"random search of {args.episodes} under a MAC budget (target); MAC ratio of the best policy (measured on the pruned "
+                f"model); speed-up = dense / pruned latency on {backend}, batch {args.batch}, 1 thread, paired interleaved timing "
+                f"({args.rounds} rounds; the machine is shared, so read ratios, not absolute times).\n\n")
+        text += table(["pattern", "exact units", "left dense", "refused", "search built", "MAC target", "MAC ratio", "speed-up"], rows)
+        text += "\nUnits left dense and refusals, with the reason autoprune gives:\n\n" + ("\n".join(notes) or "None.") + "\n"
+    elif key == "reported":
+        text = reported_section(catalogue, x, export)
+    else:
+        if key == "kinds":
+            kinds = catalogue("test_layer_kinds")
+            rows, notes = _verdicts(kinds, lambda c: [(n, lambda n=n: c.build(n), ()) for n in c.KINDS], x, export)
+        elif key == "opaque":
+            rows, notes = _verdicts(catalogue("test_opaque"), lambda c: [(n, m, i) for n, (m, i) in c.OPAQUE.items()], x, export)
+        else:
+            rows, notes = _faults(x, export)
+        text = table(COLUMNS + (["caught"] if key == "faults" else []), rows) + "\n" + ("\n".join(notes) or "Nothing left dense.") + "\n"
+    return f"## {SECTIONS[key]}\n\n{text}"
+
+
+def _merge(old: str, new: dict[str, str]) -> str:
+    """``old``'s sections with those in ``new`` (title -> text) replaced (or added), in :data:`SECTIONS` order."""
+    parts = old.split("\n## ")
+    kept = {p.split("\n", 1)[0]: "## " + p for p in parts[1:]}
+    sections = {**kept, **new}
+    order = [t for t in SECTIONS.values() if t in sections] + [t for t in sections if t not in SECTIONS.values()]
+    return "\n".join(sections[t].rstrip("\n") + "\n" for t in order)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--episodes", type=int, default=8)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"SECTION[,SECTION]: run only these ({', '.join(SECTIONS)}); "
+                    "the other sections of coverage.md are kept from its last run")
     args = ap.parse_args()
+    only = [k.strip() for k in args.only.split(",") if k.strip()]
+    if not only or set(only) - set(SECTIONS):
+        ap.error(f"--only: expected names among {', '.join(SECTIONS)}, got {args.only!r}")
     logging.basicConfig(level=logging.ERROR)
     torch.set_num_threads(1)
     export = onnx_runtime_check()
     backend = "onnxruntime" if export is not None else "torch"
     data = load_data("digits")
-    x = data.example_input(1)
-    rows, notes = patterns_section(args, data, backend, export)
-
-    kinds, kind_notes = [], []
-    layer_kinds = catalogue("test_layer_kinds")
-    for name in layer_kinds.KINDS:
-        kinds.append(verdict(name, lambda name=name: layer_kinds.build(name), x, export, notes=kind_notes))
-        print(kinds[-1], flush=True)
-    opaque, opaque_notes = [], []
-    opaque_cat = catalogue("test_opaque")
-    for name, (make, ignored) in opaque_cat.OPAQUE.items():
-        opaque.append(verdict(name, make, x, export, ignored=ignored, notes=opaque_notes))
-        print(opaque[-1], flush=True)
-    faults, fault_notes = [], []
-    safety = catalogue("test_safety_net")
-    for name, (make, unit, check, _words, fault_export) in safety.FAULTS.items():
-        row = verdict(name, make, x, fault_export or export, notes=fault_notes)
-        caught = f"{unit} by the {check} check" if unit not in row[1].split(", ") else "NOT CAUGHT"
-        faults.append((*row, caught))
-        print(faults[-1], flush=True)
+    new = {SECTIONS[k]: _section(k, args, data, backend, export) for k in SECTIONS if k in only}
 
     text = header("Model coverage: the safety net on patterns, layer kinds, opaque modules and faults", threads=1)
     runtime = "ONNX Runtime (export checked against PyTorch)" if export is not None else "no export check (onnxruntime not installed)"
     text += (
         f"Every model on digits (1x8x8, random weights) through `verified_graph`: surgery equals the masked dense model "
-        f"(float64, 1e-5), the pruned forward runs, MACs are predicted exactly, and the pruned model exports to {runtime}.\n\n"
-        f"## Patterns\n\nexact = units passing every check / all channel groups, then their names; left dense = units that fail a "
-        f"check (each reason below); refused = the model refused in one line; search = candidates built / evaluated by a "
-        f"random search of {args.episodes} under a MAC budget (target); MAC ratio of the best policy (measured on the pruned "
-        f"model); speed-up = dense / pruned latency on {backend}, batch {args.batch}, 1 thread, paired interleaved timing "
-        f"({args.rounds} rounds; the machine is shared, so read ratios, not absolute times).\n\n"
+        f"(float64, 1e-5), the pruned forward runs, MACs are predicted exactly, and the pruned model exports to {runtime}.\n"
     )
-    text += table(["pattern", "exact units", "left dense", "refused", "search built", "MAC target", "MAC ratio", "speed-up"], rows)
-    text += "\nUnits left dense and refusals, with the reason autoprune gives:\n\n" + ("\n".join(notes) or "None.") + "\n"
-    columns = ["model", "exact units", "left dense", "opaque", "refused", "MACs at 50%: predicted vs counted"]
-    for title, section, section_notes, extra in (
-        ("Layer kinds", kinds, kind_notes, []),
-        ("Opaque modules", opaque, opaque_notes, []),
-        ("Injected faults", faults, fault_notes, ["caught"]),
-    ):
-        text += f"\n## {title}\n\n" + table(columns + extra, section)
-        text += "\n" + ("\n".join(section_notes) or "Nothing left dense.") + "\n"
-    print(write("coverage.md", text))
+    path = RESULTS / "coverage.md"
+    if set(only) != set(SECTIONS) and path.exists():
+        text += f"\nThis run (`--only {','.join(only)}`) regenerated: {', '.join(new)}; the other sections are from the previous run.\n"
+        body = _merge(path.read_text(), new)
+    else:
+        body = "\n".join(t.rstrip("\n") + "\n" for t in new.values())
+    print(write("coverage.md", text + "\n" + body))
 
 
 if __name__ == "__main__":
