@@ -335,21 +335,7 @@ def test_matmul_einsum_and_sdpa_macs_are_counted_where_no_layer_makes_them():
 
 
 def test_a_layer_without_a_builder_is_rebuilt_with_its_arguments_or_timed_in_place(caplog):
-    class DropPath(nn.Module):
-        def __init__(self, drop_prob: float) -> None:
-            super().__init__()
-            self.drop_prob = drop_prob
-
-        def forward(self, x):
-            return x if not self.training or not self.drop_prob else x * (torch.rand(len(x), 1, 1, 1) > self.drop_prob)
-
-    class RMSNorm(nn.Module):
-        def __init__(self, d: int) -> None:
-            super().__init__()
-            self.weight = nn.Parameter(torch.ones(d))
-
-        def forward(self, x):
-            return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+    from test_reported import DropPath, RMSNorm  # the REBUILT catalogue's layers
 
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Upsample(scale_factor=2), DropPath(0.1), RMSNorm(16)).eval()
     specs = record_layer_specs(model, X)
